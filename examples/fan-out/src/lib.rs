@@ -1,0 +1,53 @@
+//! Enqueues `count` child jobs of task `task` (default `hello`), each with
+//! input `{"name": "child <i>"}`, reporting progress as it goes; returns the
+//! children's ids. Needs the `jobs` grant.
+
+use runner_sdk::{Context, TaskError, jobs, task};
+use serde::{Deserialize, Serialize};
+
+#[derive(Deserialize)]
+#[serde(default)]
+struct Input {
+    task: String,
+    count: u32,
+    queue: Option<String>,
+}
+
+impl Default for Input {
+    fn default() -> Self {
+        Input {
+            task: "hello".into(),
+            count: 3,
+            queue: None,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Output {
+    children: Vec<String>,
+}
+
+#[task]
+fn run(ctx: &Context, input: Option<Input>) -> Result<Output, TaskError> {
+    let input = input.unwrap_or_default();
+    let parent = ctx.job().id.clone();
+    let total = u64::from(input.count);
+    let mut children = Vec::new();
+    for i in 0..input.count {
+        let mut options = jobs::Options::new().idempotency_key(format!("{parent}:{i}"));
+        if let Some(queue) = &input.queue {
+            options = options.queue(queue.clone());
+        }
+        let child = serde_json::json!({ "name": format!("child {i}") });
+        let id = jobs::enqueue_with(&input.task, &child, options)?;
+        ctx.info(format!("enqueued {} job {id}", input.task));
+        children.push(id);
+        ctx.progress_with(
+            u64::from(i) + 1,
+            total,
+            format!("{} of {total} enqueued", i + 1),
+        );
+    }
+    Ok(Output { children })
+}
