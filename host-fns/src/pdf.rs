@@ -1,0 +1,527 @@
+//! Renders the document model of `runner:task/pdf` to PDF with typst.
+//!
+//! Task text is never typst markup. The typst source is one fixed template
+//! ([`TEMPLATE`]); the document travels into it as JSON, served as the
+//! template's only readable file (`data.json`) and decoded by typst's own
+//! `json()`. Every title, heading, cell and value therefore reaches the
+//! layout as a typst *string*, which is shown as literal text: `#panic()`,
+//! `$x$`, `*bold*`, `<label>`, `@ref` or backslashes in task data are just
+//! characters. The typst world serves no other file, so even a bug in the
+//! template could not read the host's files.
+//!
+//! Fonts: typst-assets' fonts (Libertinus Serif, New Computer Modern,
+//! DejaVu Sans Mono) plus every font found under the configured font
+//! directories (by default the system's, where Debian's `fonts-noto-cjk`
+//! or `fonts-ipaexfont-gothic` put their CJK fonts). Fonts are indexed once
+//! at start-up and loaded on first use. A document with CJK text fails with
+//! `unavailable` and a clear message when no installed font covers it,
+//! rather than rendering empty boxes. PDFs embed subset fonts.
+//!
+//! Layout is CPU-bound: it runs on tokio's blocking pool.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use typst::diag::{FileError, FileResult, SourceDiagnostic};
+use typst::foundations::{Bytes, Datetime};
+use typst::syntax::{FileId, RootedPath, Source, VirtualPath, VirtualRoot};
+use typst::text::{Font, FontBook, FontInfo};
+use typst::utils::LazyHash;
+use typst::{Library, LibraryExt, World};
+use typst_layout::PagedDocument;
+
+use crate::HostError;
+use crate::trace::traced;
+
+const CAPABILITY: &str = "pdf";
+
+/// The one typst source ever compiled. It reads the document from
+/// `data.json` and only ever passes task strings as values.
+pub const TEMPLATE: &str = r##"
+#let doc = json("data.json")
+#set document(title: doc.title, author: doc.authors)
+#set page(paper: doc.paper, flipped: doc.landscape, margin: (x: 2cm, y: 2.2cm), numbering: "1 / 1")
+#set text(font: doc.fonts, size: 10.5pt, lang: doc.lang)
+#set table(stroke: 0.5pt + luma(150), inset: 5pt)
+#align(center, block(below: 1.4em, text(size: 18pt, weight: "bold", doc.title)))
+#for b in doc.blocks {
+  if b.kind == "heading" {
+    heading(level: b.level, b.text)
+  } else if b.kind == "paragraph" {
+    par(b.text)
+  } else if b.kind == "table" {
+    let header = if b.header.len() > 0 { (table.header(..b.header.map(h => strong(h))),) } else { () }
+    table(columns: b.columns, ..header, ..b.cells)
+  } else if b.kind == "key-values" {
+    block(grid(columns: 2, column-gutter: 1.5em, row-gutter: 0.65em, ..b.pairs.map(p => (strong(p.at(0)), p.at(1))).flatten()))
+  } else if b.kind == "page-break" {
+    pagebreak(weak: true)
+  }
+}
+"##;
+
+/// Most characters of task text in one document.
+pub const MAX_TEXT_BYTES: usize = 8 * 1024 * 1024;
+/// Most table cells in one document.
+pub const MAX_CELLS: usize = 200_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Paper {
+    #[default]
+    A4,
+    Letter,
+}
+
+/// One block of the document (mirrors WIT `pdf.block`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Block {
+    Heading {
+        level: u8,
+        text: String,
+    },
+    Paragraph(String),
+    Table {
+        header: Vec<String>,
+        rows: Vec<Vec<String>>,
+    },
+    KeyValues(Vec<(String, String)>),
+    PageBreak,
+}
+
+/// Mirrors WIT `pdf.document`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Document {
+    pub title: String,
+    pub author: Option<String>,
+    pub paper: Paper,
+    pub landscape: bool,
+    pub blocks: Vec<Block>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PdfConfig {
+    /// Directories searched (recursively) for `.ttf`, `.otf`, `.ttc` and
+    /// `.otc` fonts, besides the fonts built into typst-assets.
+    pub font_dirs: Vec<PathBuf>,
+}
+
+impl Default for PdfConfig {
+    fn default() -> Self {
+        Self {
+            font_dirs: vec![
+                PathBuf::from("/usr/share/fonts"),
+                PathBuf::from("/usr/local/share/fonts"),
+            ],
+        }
+    }
+}
+
+/// CJK families preferred, in order, when installed.
+const CJK_FAMILIES: &[&str] = &[
+    "IPAexGothic",
+    "Noto Sans CJK JP",
+    "Noto Serif CJK JP",
+    "IPAGothic",
+    "IPAexMincho",
+    "Noto Sans CJK SC",
+    "Noto Sans CJK KR",
+];
+
+/// A font known to the book, loaded on first use.
+struct FontSlot {
+    source: FontSource,
+    index: u32,
+    font: OnceLock<Option<Font>>,
+}
+
+enum FontSource {
+    Embedded(&'static [u8]),
+    File(PathBuf),
+}
+
+impl FontSlot {
+    fn get(&self) -> Option<Font> {
+        self.font
+            .get_or_init(|| {
+                let data = match &self.source {
+                    FontSource::Embedded(bytes) => Bytes::new(*bytes),
+                    FontSource::File(path) => match fs::read(path) {
+                        Ok(data) => Bytes::new(data),
+                        Err(e) => {
+                            tracing::warn!(path = %path.display(), error = %e, "cannot read a font");
+                            return None;
+                        }
+                    },
+                };
+                Font::new(data, self.index)
+            })
+            .clone()
+    }
+}
+
+struct Fonts {
+    book: LazyHash<FontBook>,
+    slots: Vec<FontSlot>,
+    /// Families listed first in `text(font: ..)`.
+    families: Vec<String>,
+    has_cjk: bool,
+}
+
+/// The pdf capability; one per process (font index and typst library are
+/// built once), shared by every task.
+pub struct PdfService {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    library: LazyHash<Library>,
+    fonts: Fonts,
+}
+
+impl PdfService {
+    /// Indexes the fonts; warns (does not fail) when no CJK font is found,
+    /// since only documents with CJK text need one.
+    pub fn new(config: &PdfConfig) -> Self {
+        let fonts = index_fonts(&config.font_dirs);
+        if !fonts.has_cjk {
+            tracing::warn!(
+                dirs = ?config.font_dirs,
+                "no CJK font found: PDFs with Japanese text will fail; install fonts-noto-cjk or fonts-ipaexfont-gothic"
+            );
+        }
+        Self {
+            shared: Arc::new(Shared {
+                library: LazyHash::new(Library::builder().build()),
+                fonts,
+            }),
+        }
+    }
+
+    /// The font families available, for diagnostics.
+    pub fn families(&self) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .shared
+            .fonts
+            .book
+            .families()
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        all.dedup();
+        all
+    }
+
+    /// Renders the document; returns the PDF bytes.
+    pub async fn render(&self, document: &Document) -> Result<Vec<u8>, HostError> {
+        traced(CAPABILITY, "render", async {
+            let data = self.prepare(document)?;
+            let shared = self.shared.clone();
+            tokio::task::spawn_blocking(move || compile(&shared, data))
+                .await
+                .map_err(|e| HostError::transient(format!("PDF rendering did not complete: {e}")))?
+        })
+        .await
+    }
+
+    /// Validates the document and turns it into the template's JSON.
+    fn prepare(&self, doc: &Document) -> Result<Vec<u8>, HostError> {
+        let mut text_bytes = doc.title.len() + doc.author.as_ref().map_or(0, String::len);
+        let mut cells_total = 0usize;
+        let mut uncovered: Option<char> = None;
+        let mut japanese = false;
+        let mut check = |s: &str, bytes: &mut usize| {
+            *bytes += s.len();
+            for c in s.chars() {
+                if is_cjk(c) {
+                    japanese |= is_kana(c);
+                    if uncovered.is_none() && !self.covered(c) {
+                        uncovered = Some(c);
+                    }
+                }
+            }
+        };
+        check(&doc.title, &mut 0);
+        if let Some(a) = &doc.author {
+            check(a, &mut 0);
+        }
+        let mut blocks = Vec::with_capacity(doc.blocks.len());
+        for (i, block) in doc.blocks.iter().enumerate() {
+            blocks.push(match block {
+                Block::Heading { level, text } => {
+                    if !(1..=4).contains(level) {
+                        return Err(HostError::invalid(format!(
+                            "block {i}: heading level {level} is not 1 to 4"
+                        )));
+                    }
+                    check(text, &mut text_bytes);
+                    json!({"kind": "heading", "level": level, "text": text})
+                }
+                Block::Paragraph(text) => {
+                    check(text, &mut text_bytes);
+                    json!({"kind": "paragraph", "text": text})
+                }
+                Block::Table { header, rows } => {
+                    let columns = rows
+                        .iter()
+                        .map(Vec::len)
+                        .chain([header.len()])
+                        .max()
+                        .unwrap_or(0);
+                    if columns == 0 {
+                        continue;
+                    }
+                    cells_total += columns * (rows.len() + 1);
+                    if cells_total > MAX_CELLS {
+                        return Err(HostError::invalid(format!(
+                            "more than {MAX_CELLS} table cells"
+                        )));
+                    }
+                    let pad = |r: &Vec<String>| -> Vec<String> {
+                        let mut r = r.clone();
+                        r.resize(columns, String::new());
+                        r
+                    };
+                    let header = if header.is_empty() {
+                        Vec::new()
+                    } else {
+                        pad(header)
+                    };
+                    for s in &header {
+                        check(s, &mut text_bytes);
+                    }
+                    let mut cells = Vec::with_capacity(columns * rows.len());
+                    for row in rows {
+                        for s in pad(row) {
+                            check(&s, &mut text_bytes);
+                            cells.push(s);
+                        }
+                    }
+                    json!({"kind": "table", "columns": columns, "header": header, "cells": cells})
+                }
+                Block::KeyValues(pairs) => {
+                    for (k, v) in pairs {
+                        check(k, &mut text_bytes);
+                        check(v, &mut text_bytes);
+                    }
+                    json!({"kind": "key-values", "pairs": pairs})
+                }
+                Block::PageBreak => json!({"kind": "page-break"}),
+            });
+            if text_bytes > MAX_TEXT_BYTES {
+                return Err(HostError::invalid(format!(
+                    "document text exceeds {MAX_TEXT_BYTES} bytes"
+                )));
+            }
+        }
+        if let Some(c) = uncovered {
+            return Err(HostError::unavailable(format!(
+                "no installed font can show '{c}' (U+{:04X}): install a CJK font (Debian: fonts-noto-cjk or \
+                 fonts-ipaexfont-gothic) or add its directory to the pdf font_dirs",
+                c as u32
+            )));
+        }
+        let data = json!({
+            "title": doc.title,
+            "authors": doc.author.iter().collect::<Vec<_>>(),
+            "paper": match doc.paper { Paper::A4 => "a4", Paper::Letter => "us-letter" },
+            "landscape": doc.landscape,
+            "lang": if japanese { "ja" } else { "en" },
+            "fonts": self.shared.fonts.families,
+            "blocks": blocks,
+        });
+        serde_json::to_vec(&data)
+            .map_err(|e| HostError::invalid(format!("cannot encode the document: {e}")))
+    }
+
+    fn covered(&self, c: char) -> bool {
+        let book = &self.shared.fonts.book;
+        (0..self.shared.fonts.slots.len())
+            .filter_map(|i| book.info(i))
+            .any(|info| info.coverage.contains(c as u32))
+    }
+}
+
+fn is_cjk(c: char) -> bool {
+    matches!(c as u32,
+        0x3000..=0x303F // CJK symbols and punctuation
+        | 0x3040..=0x30FF // hiragana, katakana
+        | 0x3400..=0x4DBF // extension A
+        | 0x4E00..=0x9FFF // unified ideographs
+        | 0xAC00..=0xD7AF // hangul
+        | 0xF900..=0xFAFF // compatibility ideographs
+        | 0xFF00..=0xFFEF // half- and full-width forms
+        | 0x20000..=0x2FA1F)
+}
+
+fn is_kana(c: char) -> bool {
+    matches!(c as u32, 0x3040..=0x30FF | 0xFF66..=0xFF9F)
+}
+
+fn index_fonts(dirs: &[PathBuf]) -> Fonts {
+    let mut book = FontBook::new();
+    let mut slots = Vec::new();
+    for data in typst_assets::fonts() {
+        for (index, info) in FontInfo::iter(data).enumerate() {
+            book.push(info);
+            slots.push(FontSlot {
+                source: FontSource::Embedded(data),
+                index: index as u32,
+                font: OnceLock::new(),
+            });
+        }
+    }
+    let mut files = Vec::new();
+    for dir in dirs {
+        collect_font_files(dir, &mut files);
+    }
+    files.sort();
+    for path in files {
+        let Ok(data) = fs::read(&path) else {
+            continue;
+        };
+        for (index, info) in FontInfo::iter(&data).enumerate() {
+            book.push(info);
+            slots.push(FontSlot {
+                source: FontSource::File(path.clone()),
+                index: index as u32,
+                font: OnceLock::new(),
+            });
+        }
+    }
+    let mut families = vec!["Libertinus Serif".to_owned()];
+    let mut has_cjk = false;
+    for family in CJK_FAMILIES {
+        if book.contains_family(family) {
+            families.push((*family).to_owned());
+            has_cjk = true;
+        }
+    }
+    // Any other font covering kana also makes Japanese renderable.
+    has_cjk |= (0..slots.len())
+        .filter_map(|i| book.info(i))
+        .any(|info| info.coverage.contains('あ' as u32));
+    tracing::debug!(fonts = slots.len(), has_cjk, "pdf fonts indexed");
+    Fonts {
+        book: LazyHash::new(book),
+        slots,
+        families,
+        has_cjk,
+    }
+}
+
+fn collect_font_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(items) = fs::read_dir(dir) else {
+        return;
+    };
+    for item in items.flatten() {
+        let path = item.path();
+        let Ok(meta) = fs::metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            collect_font_files(&path, out);
+        } else if path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+            matches!(
+                e.to_ascii_lowercase().as_str(),
+                "ttf" | "otf" | "ttc" | "otc"
+            )
+        }) {
+            out.push(path);
+        }
+    }
+}
+
+/// The world one render sees: the template, its data, the fonts; nothing
+/// else is readable.
+struct RenderWorld<'a> {
+    shared: &'a Shared,
+    main: Source,
+    data_id: FileId,
+    data: Bytes,
+}
+
+impl World for RenderWorld<'_> {
+    fn library(&self) -> &LazyHash<Library> {
+        &self.shared.library
+    }
+
+    fn book(&self) -> &LazyHash<FontBook> {
+        &self.shared.fonts.book
+    }
+
+    fn main(&self) -> FileId {
+        self.main.id()
+    }
+
+    fn source(&self, id: FileId) -> FileResult<Source> {
+        if id == self.main.id() {
+            Ok(self.main.clone())
+        } else {
+            Err(FileError::AccessDenied)
+        }
+    }
+
+    fn file(&self, id: FileId) -> FileResult<Bytes> {
+        if id == self.data_id {
+            Ok(self.data.clone())
+        } else {
+            Err(FileError::AccessDenied)
+        }
+    }
+
+    fn font(&self, index: usize) -> Option<Font> {
+        self.shared.fonts.slots.get(index)?.get()
+    }
+
+    fn today(&self, _offset: Option<typst::foundations::Duration>) -> Option<Datetime> {
+        use chrono::Datelike;
+        let now = chrono::Utc::now();
+        Datetime::from_ymd(now.year(), now.month() as u8, now.day() as u8)
+    }
+}
+
+fn file_id(path: &str) -> Result<FileId, HostError> {
+    let vpath = VirtualPath::new(path)
+        .map_err(|e| HostError::unavailable(format!("typst path {path}: {e:?}")))?;
+    Ok(FileId::new(RootedPath::new(VirtualRoot::Project, vpath)))
+}
+
+fn compile(shared: &Shared, data: Vec<u8>) -> Result<Vec<u8>, HostError> {
+    let main_id = file_id("/main.typ")?;
+    let world = RenderWorld {
+        shared,
+        main: Source::new(main_id, TEMPLATE.to_owned()),
+        data_id: file_id("/data.json")?,
+        data: Bytes::new(data),
+    };
+    let warned = typst::compile::<PagedDocument>(&world);
+    for warning in &warned.warnings {
+        tracing::debug!(warning = %warning.message, "typst warning");
+    }
+    let result = warned
+        .output
+        .map_err(|errors: typst::ecow::EcoVec<SourceDiagnostic>| {
+            HostError::invalid(format!("PDF layout failed: {}", messages(&errors)))
+        })
+        .and_then(|document| {
+            typst_pdf::pdf(&document, &typst_pdf::PdfOptions::default()).map_err(|errors| {
+                HostError::invalid(format!("PDF export failed: {}", messages(&errors)))
+            })
+        });
+    // typst memoizes across calls; keep the cache from growing without end.
+    typst::comemo::evict(10);
+    result
+}
+
+fn messages(errors: &[SourceDiagnostic]) -> String {
+    errors
+        .iter()
+        .map(|e| e.message.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}

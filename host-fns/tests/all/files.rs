@@ -1,0 +1,411 @@
+//! The files service on a real temp tree.
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use runner_host_fns::HostError;
+use runner_host_fns::files::{Access, FilesConfig, FilesGrant, FilesService};
+
+struct Tree {
+    _tmp: tempfile::TempDir,
+    base: PathBuf,
+    service: FilesService,
+}
+
+impl Tree {
+    /// `base/reports`, `base/logs` as roots, and `base/outside` (not a root)
+    /// holding a secret.
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let base = tmp.path().to_path_buf();
+        fs::create_dir_all(base.join("outside")).expect("mkdir");
+        fs::write(base.join("outside/secret.txt"), b"secret").expect("write");
+        let config = FilesConfig::new([
+            ("reports".to_owned(), base.join("reports")),
+            ("logs".to_owned(), base.join("logs")),
+        ]);
+        let service = FilesService::new(config).expect("service");
+        Self {
+            _tmp: tmp,
+            base,
+            service,
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.base.join(rel)
+    }
+}
+
+fn rw() -> FilesGrant {
+    FilesGrant::new([("reports", Access::ReadWrite), ("logs", Access::ReadWrite)])
+}
+
+fn write_aged(path: &Path, data: &[u8], age: Duration) {
+    fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    fs::write(path, data).expect("write");
+    let mtime = SystemTime::now() - age;
+    fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(mtime))
+        .expect("set mtime");
+}
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+#[tokio::test]
+async fn write_read_list_delete_round_trip() {
+    let t = Tree::new();
+    let g = rw();
+    t.service
+        .write(
+            &g,
+            "reports",
+            "2026/11/daily.pdf",
+            b"%PDF-1.7 hello".to_vec(),
+        )
+        .await
+        .expect("write");
+    assert_eq!(
+        fs::read(t.path("reports/2026/11/daily.pdf")).expect("on disk"),
+        b"%PDF-1.7 hello"
+    );
+    assert_eq!(
+        t.service
+            .read(&g, "reports", "2026/11/daily.pdf")
+            .await
+            .expect("read"),
+        b"%PDF-1.7 hello"
+    );
+    // Replacing keeps one file and leaves no temporary file behind.
+    t.service
+        .write(&g, "reports", "2026/11/daily.pdf", b"v2".to_vec())
+        .await
+        .expect("rewrite");
+    let listed = t
+        .service
+        .list(&g, "reports", "2026/11")
+        .await
+        .expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].path, "2026/11/daily.pdf");
+    assert_eq!(listed[0].size, 2);
+    assert!(!listed[0].is_dir);
+    assert!(listed[0].modified_ms > 0);
+
+    let top = t.service.list(&g, "reports", "").await.expect("list root");
+    assert_eq!(top.len(), 1);
+    assert_eq!(top[0].path, "2026");
+    assert!(top[0].is_dir);
+
+    assert!(
+        t.service
+            .delete(&g, "reports", "2026/11/daily.pdf")
+            .await
+            .expect("delete")
+    );
+    assert!(
+        !t.service
+            .delete(&g, "reports", "2026/11/daily.pdf")
+            .await
+            .expect("delete again")
+    );
+    assert!(matches!(
+        t.service.read(&g, "reports", "2026/11/daily.pdf").await,
+        Err(HostError::Invalid(_))
+    ));
+}
+
+#[tokio::test]
+async fn grants_are_enforced() {
+    let t = Tree::new();
+    let ro = FilesGrant::new([("reports", Access::ReadOnly)]);
+    fs::write(t.path("reports/a.txt"), b"a").expect("write");
+
+    assert_eq!(
+        t.service.read(&ro, "reports", "a.txt").await.expect("read"),
+        b"a"
+    );
+    assert!(matches!(
+        t.service
+            .write(&ro, "reports", "b.txt", b"b".to_vec())
+            .await,
+        Err(HostError::Denied(_))
+    ));
+    assert!(matches!(
+        t.service.delete(&ro, "reports", "a.txt").await,
+        Err(HostError::Denied(_))
+    ));
+    assert!(matches!(
+        t.service
+            .cleanup(&ro, "reports", "*", Duration::ZERO, false)
+            .await,
+        Err(HostError::Denied(_))
+    ));
+    // A dry run only reads.
+    t.service
+        .cleanup(&ro, "reports", "*", Duration::ZERO, true)
+        .await
+        .expect("dry run on a read-only root");
+    // Not granted at all.
+    assert!(matches!(
+        t.service.read(&ro, "logs", "x").await,
+        Err(HostError::Denied(_))
+    ));
+    // Granted but not configured on this runner.
+    let ghost = FilesGrant::new([("ghost", Access::ReadWrite)]);
+    assert!(matches!(
+        t.service.read(&ghost, "ghost", "x").await,
+        Err(HostError::Unavailable(_))
+    ));
+    assert!(fs::read(t.path("reports/b.txt")).is_err());
+}
+
+#[tokio::test]
+async fn dot_dot_and_absolute_paths_are_refused() {
+    let t = Tree::new();
+    let g = rw();
+    for bad in [
+        "../outside/secret.txt",
+        "a/../../outside/secret.txt",
+        "..",
+        "x/..",
+    ] {
+        assert!(
+            matches!(
+                t.service.read(&g, "reports", bad).await,
+                Err(HostError::Denied(_))
+            ),
+            "read {bad}"
+        );
+        assert!(
+            matches!(
+                t.service.write(&g, "reports", bad, b"x".to_vec()).await,
+                Err(HostError::Denied(_))
+            ),
+            "write {bad}"
+        );
+    }
+    let abs = t.path("outside/secret.txt");
+    let abs = abs.to_str().expect("utf-8 path");
+    assert!(matches!(
+        t.service.read(&g, "reports", abs).await,
+        Err(HostError::Denied(_))
+    ));
+    assert!(matches!(
+        t.service.delete(&g, "reports", abs).await,
+        Err(HostError::Denied(_))
+    ));
+    assert!(matches!(
+        t.service.list(&g, "reports", "/").await,
+        Err(HostError::Denied(_))
+    ));
+    assert!(matches!(
+        t.service.write(&g, "reports", "", b"x".to_vec()).await,
+        Err(HostError::Invalid(_))
+    ));
+    assert_eq!(
+        fs::read(t.path("outside/secret.txt")).expect("secret intact"),
+        b"secret"
+    );
+}
+
+#[tokio::test]
+async fn symlinks_out_of_the_root_are_refused() {
+    let t = Tree::new();
+    let g = rw();
+    symlink(t.path("outside"), t.path("reports/escape")).expect("dir symlink");
+    symlink(t.path("outside/secret.txt"), t.path("reports/secret-link")).expect("file symlink");
+    // Relative symlink climbing out.
+    symlink("../outside/secret.txt", t.path("reports/rel-link")).expect("relative symlink");
+    // A symlink to another root is still outside this root.
+    symlink(t.path("logs"), t.path("reports/to-logs")).expect("root symlink");
+
+    for bad in [
+        "escape/secret.txt",
+        "secret-link",
+        "rel-link",
+        "to-logs/x.log",
+    ] {
+        assert!(
+            matches!(
+                t.service.read(&g, "reports", bad).await,
+                Err(HostError::Denied(_))
+            ),
+            "read {bad}"
+        );
+        assert!(
+            matches!(
+                t.service.write(&g, "reports", bad, b"pwned".to_vec()).await,
+                Err(HostError::Denied(_))
+            ),
+            "write {bad}"
+        );
+    }
+    assert!(matches!(
+        t.service.list(&g, "reports", "escape").await,
+        Err(HostError::Denied(_))
+    ));
+    assert!(matches!(
+        t.service
+            .write(&g, "reports", "escape/new/file.txt", b"x".to_vec())
+            .await,
+        Err(HostError::Denied(_))
+    ));
+    assert_eq!(
+        fs::read(t.path("outside/secret.txt")).expect("secret intact"),
+        b"secret"
+    );
+    assert!(!t.path("outside/new").exists());
+
+    // Deleting a symlink removes the link, never its target.
+    assert!(
+        t.service
+            .delete(&g, "reports", "secret-link")
+            .await
+            .expect("delete link")
+    );
+    assert!(t.path("outside/secret.txt").exists());
+
+    // A symlink that stays inside the root is fine.
+    fs::create_dir_all(t.path("reports/real")).expect("mkdir");
+    fs::write(t.path("reports/real/in.txt"), b"inside").expect("write");
+    symlink(t.path("reports/real"), t.path("reports/alias")).expect("inner symlink");
+    assert_eq!(
+        t.service
+            .read(&g, "reports", "alias/in.txt")
+            .await
+            .expect("read"),
+        b"inside"
+    );
+}
+
+#[tokio::test]
+async fn cleanup_deletes_exactly_the_old_matching_files() {
+    let t = Tree::new();
+    let g = rw();
+    let logs = t.path("logs");
+    write_aged(&logs.join("app/old1.log"), &[1; 100], 10 * DAY);
+    write_aged(&logs.join("app/deep/old2.log"), &[2; 250], 8 * DAY);
+    write_aged(&logs.join("app/new.log"), &[3; 50], DAY);
+    write_aged(&logs.join("app/old.txt"), &[4; 70], 10 * DAY);
+    write_aged(&logs.join("top-old.log"), &[5; 30], 10 * DAY);
+    // Old files outside the root, reachable only through symlinks.
+    write_aged(&t.path("outside/ancient.log"), &[6; 10], 100 * DAY);
+    symlink(t.path("outside"), logs.join("app/linked-dir")).expect("dir symlink");
+    symlink(t.path("outside/ancient.log"), logs.join("app/linked.log")).expect("file symlink");
+
+    let dry = t
+        .service
+        .cleanup(&g, "logs", "app/**/*.log", 7 * DAY, true)
+        .await
+        .expect("dry run");
+    assert!(dry.dry_run);
+    let paths: Vec<&str> = dry.deleted.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["app/deep/old2.log", "app/old1.log"]);
+    assert_eq!(dry.bytes_freed, 350);
+    // Nothing was deleted by the dry run.
+    assert!(logs.join("app/old1.log").exists());
+    assert!(logs.join("app/deep/old2.log").exists());
+
+    let real = t
+        .service
+        .cleanup(&g, "logs", "app/**/*.log", 7 * DAY, false)
+        .await
+        .expect("cleanup");
+    assert!(!real.dry_run);
+    assert_eq!(real.deleted, dry.deleted);
+    assert_eq!(real.bytes_freed, 350);
+    assert!(!logs.join("app/old1.log").exists());
+    assert!(!logs.join("app/deep/old2.log").exists());
+    for kept in ["app/new.log", "app/old.txt", "top-old.log"] {
+        assert!(logs.join(kept).exists(), "{kept} must be kept");
+    }
+    // Symlinks are neither followed nor deleted.
+    assert!(logs.join("app/linked.log").symlink_metadata().is_ok());
+    assert!(t.path("outside/ancient.log").exists());
+
+    // `*` does not cross directories.
+    let top = t
+        .service
+        .cleanup(&g, "logs", "*.log", 7 * DAY, false)
+        .await
+        .expect("top");
+    let paths: Vec<&str> = top.deleted.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["top-old.log"]);
+
+    assert!(matches!(
+        t.service.cleanup(&g, "logs", "app/[", DAY, true).await,
+        Err(HostError::Invalid(_))
+    ));
+}
+
+#[tokio::test]
+async fn disk_usage_reports_filesystem_and_root() {
+    let t = Tree::new();
+    let g = rw();
+    fs::create_dir_all(t.path("reports/a")).expect("mkdir");
+    fs::write(t.path("reports/a/one"), vec![0u8; 1000]).expect("write");
+    fs::write(t.path("reports/two"), vec![0u8; 234]).expect("write");
+    // The big file outside must not be counted through the symlink.
+    fs::write(t.path("outside/big"), vec![0u8; 100_000]).expect("write");
+    symlink(t.path("outside"), t.path("reports/link")).expect("symlink");
+
+    let usage = t.service.disk_usage(&g, "reports").await.expect("usage");
+    assert_eq!(usage.used_by_root, 1234);
+    assert!(usage.total_bytes > 0);
+    assert!(usage.free_bytes <= usage.total_bytes);
+}
+
+#[tokio::test]
+async fn size_limit_and_bad_names_are_invalid() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut config = FilesConfig::new([("reports".to_owned(), tmp.path().join("reports"))]);
+    config.max_file_bytes = 10;
+    let service = FilesService::new(config).expect("service");
+    let g = FilesGrant::new([("reports", Access::ReadWrite)]);
+    assert!(matches!(
+        service.write(&g, "reports", "big", vec![0; 11]).await,
+        Err(HostError::Invalid(_))
+    ));
+    fs::write(tmp.path().join("reports/big-on-disk"), [0u8; 11]).expect("write");
+    assert!(matches!(
+        service.read(&g, "reports", "big-on-disk").await,
+        Err(HostError::Invalid(_))
+    ));
+    let long = "x".repeat(300);
+    assert!(matches!(
+        service.write(&g, "reports", &long, b"x".to_vec()).await,
+        Err(HostError::Invalid(_))
+    ));
+    assert!(matches!(
+        service
+            .write(&g, "reports", "nul\0byte", b"x".to_vec())
+            .await,
+        Err(HostError::Invalid(_))
+    ));
+    // A directory cannot be read, written over or deleted as a file.
+    fs::create_dir_all(tmp.path().join("reports/dir")).expect("mkdir");
+    assert!(matches!(
+        service.read(&g, "reports", "dir").await,
+        Err(HostError::Invalid(_))
+    ));
+    assert!(matches!(
+        service.write(&g, "reports", "dir", b"x".to_vec()).await,
+        Err(HostError::Invalid(_))
+    ));
+    assert!(matches!(
+        service.delete(&g, "reports", "dir").await,
+        Err(HostError::Invalid(_))
+    ));
+    // No temporary files are left behind by failed writes.
+    let leftovers: Vec<_> = fs::read_dir(tmp.path().join("reports"))
+        .expect("list")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty());
+}
