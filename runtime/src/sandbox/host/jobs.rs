@@ -1,0 +1,35 @@
+//! `runner:task/jobs`: enqueueing child jobs (fan-out).
+
+use futures::future::BoxFuture;
+
+use super::GuestResult;
+use crate::sandbox::bindings::HostError;
+use crate::sandbox::bindings::runner::task::jobs::{self, EnqueueOptions};
+use crate::sandbox::run::RunState;
+
+/// The queue as one run sees it: bound to the current job, so that what it
+/// enqueues is recorded as that job's child, and to the task's grant.
+pub trait JobEnqueuer: Send + Sync {
+    /// Enqueues a job for `task` with JSON `input`; returns the new job's id.
+    fn enqueue(
+        &self,
+        task: String,
+        input: String,
+        options: EnqueueOptions,
+    ) -> BoxFuture<'_, Result<String, HostError>>;
+}
+
+impl jobs::Host for RunState {
+    async fn enqueue(
+        &mut self,
+        task: String,
+        input: String,
+        options: EnqueueOptions,
+    ) -> GuestResult<String> {
+        let queue = match self.host.jobs.service("jobs") {
+            Ok(queue) => queue,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(queue.enqueue(task, input, options).await)
+    }
+}

@@ -1,0 +1,277 @@
+//! The sandbox: runs one task component once, safely and fast.
+//!
+//! It owns the process's single wasmtime [`Engine`] (component model, async,
+//! pooling allocator, fuel, epoch interruption with a background ticker), the
+//! compiled modules, and the host side of the `runner:task` imports
+//! ([`host`]). It never decides *whether* a job should run or be retried:
+//! it reports how a run ended ([`Outcome`]) and the worker decides.
+//!
+//! # Use
+//!
+//! ```no_run
+//! # async fn demo(bytes: &[u8]) -> anyhow::Result<()> {
+//! use runner::sandbox::{RunRequest, Sandbox, SandboxConfig};
+//!
+//! let sandbox = Sandbox::new(SandboxConfig::default())?; // once per process
+//! let module = sandbox.load(bytes)?;                     // once per module hash
+//! let report = sandbox.run(&module, RunRequest::new(r#"{"name":"Ada"}"#)).await;
+//! println!("{}", report.outcome);
+//! # Ok(()) }
+//! ```
+//!
+//! # Loading
+//!
+//! [`Sandbox::load`] hashes the bytes ([`ModuleHash`], sha256), and compiles
+//! each hash once per process; with a `cache_dir` the compiled artifact is
+//! also kept on disk, keyed by the hash and the engine's compatibility hash,
+//! so the next process deserializes it instead of compiling. A component is
+//! checked against the `task` world before it is accepted: [`LoadError`]
+//! names a missing `run` export or an import this runner does not provide
+//! (only `runner:task/*@0.1.0` and WASI 0.2). The result, a
+//! [`LoadedModule`], keeps a linked `InstancePre`.
+//!
+//! # Running
+//!
+//! [`Sandbox::run`] gives every run a fresh store: a fuel budget (yielding
+//! to the executor every `fuel_yield_interval` units), a memory limit (a
+//! `ResourceLimiter` that remembers it said no), a wall-clock deadline and
+//! cancellation (checked at every epoch tick, and while the guest waits in a
+//! host call), and capped stdout/stderr/log buffers. WASI p2 is linked with
+//! clocks, random and captured stdio; no preopens, no network. However a run
+//! ends, it ends as one [`Outcome`] and leaves the process and the next run
+//! untouched.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use tokio::sync::Semaphore;
+use wasmtime::Engine;
+use wasmtime::component::{Component, HasSelf, Linker};
+
+pub mod bindings;
+mod engine;
+pub mod host;
+mod limits;
+mod module;
+mod pipe;
+mod run;
+
+pub use bindings::HostError;
+/// The `runner:task` types as generated from the WIT (`wit::mail::Message`,
+/// `wit::http::Request`, ...), for implementors of the host service traits.
+pub use bindings::runner::task as wit;
+pub use engine::SandboxConfig;
+pub use host::{Capability, HostEnv, LogLevel, LogLine, Progress, ProgressSink};
+pub use module::{LoadError, LoadedModule, ModuleHash, ModuleOrigin, ParseHashError};
+pub use run::{CancelToken, JobInfo, Outcome, RunLimits, RunReport, RunRequest};
+
+use bindings::{Task, TaskPre};
+use run::RunState;
+
+/// The process's sandbox. Create one and clone it: clones share the engine,
+/// the compiled modules and the instance pools.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<RunState>,
+    config: SandboxConfig,
+    compat_key: String,
+    modules: Mutex<HashMap<ModuleHash, Arc<LoadedModule>>>,
+    compilations: AtomicU64,
+    /// One permit per instance slot in the pools: a run past the pool's
+    /// capacity waits here instead of failing to instantiate.
+    slots: Semaphore,
+}
+
+impl Sandbox {
+    pub fn new(config: SandboxConfig) -> anyhow::Result<Self> {
+        let engine = engine::build_engine(&config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("linking WASI")?;
+        Task::add_to_linker::<RunState, HasSelf<RunState>>(&mut linker, |state| state)
+            .map_err(anyhow::Error::from)
+            .context("linking the runner:task imports")?;
+        if let Some(dir) = &config.cache_dir {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the module cache {}", dir.display()))?;
+        }
+        engine::start_epoch_ticker(&engine, config.epoch_tick)?;
+        let compat_key = engine::compatibility_key(&engine);
+        let slots = Semaphore::new(config.max_concurrent_runs as usize);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                config,
+                compat_key,
+                modules: Mutex::new(HashMap::new()),
+                compilations: AtomicU64::new(0),
+                slots,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &SandboxConfig {
+        &self.inner.config
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// How many components this sandbox has compiled from source (not
+    /// counting those read back from the disk cache).
+    pub fn compilations(&self) -> u64 {
+        self.inner.compilations.load(Ordering::Relaxed)
+    }
+
+    /// The module with this hash, if it was loaded in this process.
+    pub fn get(&self, hash: &ModuleHash) -> Option<Arc<LoadedModule>> {
+        self.modules().get(hash).cloned()
+    }
+
+    /// Validates and compiles a component, once per hash.
+    ///
+    /// Compiling takes from milliseconds to seconds of CPU: from async code,
+    /// call it in `spawn_blocking` unless the module is known to be loaded.
+    pub fn load(&self, bytes: &[u8]) -> Result<Arc<LoadedModule>, LoadError> {
+        module::check_header(bytes)?;
+        let hash = ModuleHash::of(bytes);
+        if let Some(loaded) = self.get(&hash) {
+            return Ok(loaded);
+        }
+        let engine = &self.inner.engine;
+
+        let cached = self
+            .cache_path(&hash)
+            .and_then(|path| self.read_cache(&path));
+        let (component, origin) = match cached {
+            Some(component) => (component, ModuleOrigin::DiskCache),
+            None => {
+                let component = Component::new(engine, bytes)
+                    .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+                self.inner.compilations.fetch_add(1, Ordering::Relaxed);
+                (component, ModuleOrigin::Compiled)
+            }
+        };
+
+        let imports = module::check_world(engine, &component)?;
+        let instance_pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let pre = TaskPre::new(instance_pre).map_err(|e| LoadError::WrongWorld {
+            missing: format!("{e:#}"),
+        })?;
+
+        if origin == ModuleOrigin::Compiled
+            && let Some(path) = self.cache_path(&hash)
+        {
+            self.write_cache(&component, &path);
+        }
+
+        let loaded = Arc::new(LoadedModule {
+            hash,
+            imports,
+            origin,
+            pre,
+        });
+        // Another thread may have loaded the same hash meanwhile: keep one.
+        let mut modules = self.modules();
+        Ok(Arc::clone(modules.entry(hash).or_insert(loaded)))
+    }
+
+    /// Runs the module once with the request's input, limits and host
+    /// environment. Never fails: how the run ended is the report's outcome.
+    pub async fn run(&self, module: &LoadedModule, req: RunRequest) -> RunReport {
+        let inner = &self.inner;
+        let _slot = match inner.slots.acquire().await {
+            Ok(permit) => permit,
+            Err(_) => {
+                return RunReport {
+                    outcome: Outcome::HostFailure("the sandbox is shutting down".into()),
+                    stdout: String::new(),
+                    stdout_truncated: false,
+                    stderr: String::new(),
+                    stderr_truncated: false,
+                    logs: Vec::new(),
+                    logs_dropped: 0,
+                    last_progress: None,
+                    fuel_used: None,
+                    duration: std::time::Duration::ZERO,
+                };
+            }
+        };
+        let env = run::RunEnv {
+            engine: &inner.engine,
+            max_memory_bytes: inner.config.max_memory_bytes,
+            fuel_metering: inner.config.fuel_metering,
+            fuel_yield_interval: inner.config.fuel_yield_interval,
+        };
+        run::run(env, module, req).await
+    }
+
+    fn modules(&self) -> std::sync::MutexGuard<'_, HashMap<ModuleHash, Arc<LoadedModule>>> {
+        // The map is only ever inserted into whole: a panic elsewhere cannot
+        // leave it inconsistent.
+        self.inner
+            .modules
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn cache_path(&self, hash: &ModuleHash) -> Option<PathBuf> {
+        let dir = self.inner.config.cache_dir.as_ref()?;
+        Some(dir.join(format!("{}.{}.cwasm", hash.to_hex(), self.inner.compat_key)))
+    }
+
+    fn read_cache(&self, path: &Path) -> Option<Component> {
+        if !path.is_file() {
+            return None;
+        }
+        // SAFETY: the cache directory is the runner's own (see
+        // `SandboxConfig::cache_dir`), files are written whole by
+        // `write_cache`, and their names carry the engine's compatibility
+        // hash, so only artifacts this engine produced are read.
+        match unsafe { Component::deserialize_file(&self.inner.engine, path) } {
+            Ok(component) => Some(component),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "ignoring unreadable compiled module: {e:#}");
+                None
+            }
+        }
+    }
+
+    /// Best effort: a failure to cache costs a compile in the next process,
+    /// nothing more.
+    fn write_cache(&self, component: &Component, path: &Path) {
+        let result = (|| -> anyhow::Result<()> {
+            let bytes = component.serialize()?;
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::write(&tmp, bytes)?;
+            std::fs::rename(&tmp, path)?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            tracing::warn!(path = %path.display(), "cannot cache the compiled module: {e:#}");
+        }
+    }
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,609 @@
+//! The sandbox against real components: every outcome, limits that do not
+//! leak into the next run, bad modules, the compiled-module disk cache.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use runner::sandbox::{
+    CancelToken, HostEnv, JobInfo, LoadError, LoadedModule, ModuleOrigin, Outcome, Progress,
+    RunLimits, RunReport, RunRequest, Sandbox, SandboxConfig,
+};
+
+use crate::support::{self, guest_bytes, sandbox};
+
+fn limits(fuel: Option<u64>, memory_mib: u64, timeout: Duration) -> RunLimits {
+    RunLimits {
+        fuel,
+        memory_bytes: memory_mib << 20,
+        timeout,
+        ..RunLimits::default()
+    }
+}
+
+async fn run_with(
+    sandbox: &Sandbox,
+    module: &LoadedModule,
+    input: &str,
+    limits: RunLimits,
+) -> RunReport {
+    let request = RunRequest {
+        limits,
+        ..RunRequest::new(input)
+    };
+    sandbox.run(module, request).await
+}
+
+fn assert_kind(report: &RunReport, kind: &str) {
+    assert_eq!(
+        report.outcome.kind(),
+        kind,
+        "unexpected outcome {:?}\nstderr: {}",
+        report.outcome,
+        report.stderr
+    );
+}
+
+// ---- WAT components: every outcome, independent of the examples ----
+
+#[tokio::test]
+async fn a_task_returning_json_succeeds() {
+    let sandbox = sandbox();
+    let module = sandbox.load(&support::ok_component()).unwrap();
+    let report = sandbox.run(&module, RunRequest::new("{}")).await;
+    assert_eq!(report.outcome, Outcome::Success(r#"{"ok":true}"#.into()));
+    assert!(report.fuel_used.is_some_and(|fuel| fuel > 0));
+}
+
+#[tokio::test]
+async fn task_errors_are_retry_and_fail() {
+    let sandbox = sandbox();
+    let retry = sandbox
+        .load(&support::task_error_component(true, "smtp busy"))
+        .unwrap();
+    let fail = sandbox
+        .load(&support::task_error_component(false, "no such user"))
+        .unwrap();
+    let report = sandbox.run(&retry, RunRequest::new("{}")).await;
+    assert_eq!(report.outcome, Outcome::Retry("smtp busy".into()));
+    let report = sandbox.run(&fail, RunRequest::new("{}")).await;
+    assert_eq!(report.outcome, Outcome::Fail("no such user".into()));
+}
+
+#[tokio::test]
+async fn output_that_is_not_json_or_too_large_is_invalid() {
+    let sandbox = sandbox();
+    let module = sandbox
+        .load(&support::constant_output_component("hello there"))
+        .unwrap();
+    let report = sandbox.run(&module, RunRequest::new("{}")).await;
+    let Outcome::InvalidOutput(why) = &report.outcome else {
+        panic!("expected invalid output, got {:?}", report.outcome);
+    };
+    assert!(why.contains("not JSON"), "{why}");
+
+    let echo = sandbox.load(&support::echo_component()).unwrap();
+    let big = format!("[{}1]", "1,".repeat(1000));
+    let mut request = RunRequest::new(big);
+    request.limits.result_cap_bytes = 100;
+    let report = sandbox.run(&echo, request).await;
+    let Outcome::InvalidOutput(why) = &report.outcome else {
+        panic!("expected invalid output, got {:?}", report.outcome);
+    };
+    assert!(why.contains("above the cap of 100 bytes"), "{why}");
+}
+
+#[tokio::test]
+async fn an_endless_loop_exhausts_its_fuel_within_the_budget() {
+    let sandbox = sandbox();
+    let module = sandbox.load(&support::spin_component()).unwrap();
+    let budget = 5_000_000;
+    let report = run_with(
+        &sandbox,
+        &module,
+        "{}",
+        limits(Some(budget), 16, Duration::from_secs(60)),
+    )
+    .await;
+    assert_eq!(report.outcome, Outcome::FuelExhausted);
+    let used = report.fuel_used.unwrap();
+    assert!(used <= budget, "used {used} of {budget}");
+}
+
+#[tokio::test]
+async fn an_endless_loop_without_fuel_budget_hits_the_time_limit() {
+    let sandbox = sandbox();
+    let module = sandbox.load(&support::spin_component()).unwrap();
+    let report = run_with(
+        &sandbox,
+        &module,
+        "{}",
+        limits(None, 16, Duration::from_millis(200)),
+    )
+    .await;
+    assert_eq!(report.outcome, Outcome::TimeLimit);
+}
+
+#[tokio::test]
+async fn growing_memory_past_the_limit_is_a_memory_limit_not_a_trap() {
+    let sandbox = sandbox();
+    let module = sandbox.load(&support::memory_grow_component()).unwrap();
+    let report = run_with(
+        &sandbox,
+        &module,
+        "{}",
+        limits(None, 8, Duration::from_secs(30)),
+    )
+    .await;
+    assert_eq!(report.outcome, Outcome::MemoryLimit);
+}
+
+#[tokio::test]
+async fn a_trap_carries_the_wasm_backtrace() {
+    let sandbox = sandbox();
+    let module = sandbox.load(&support::unreachable_component()).unwrap();
+    let report = sandbox.run(&module, RunRequest::new("{}")).await;
+    let Outcome::Trap { message, backtrace } = &report.outcome else {
+        panic!("expected a trap, got {:?}", report.outcome);
+    };
+    assert!(message.contains("unreachable"), "{message}");
+    let backtrace = backtrace.as_deref().expect("a wasm backtrace");
+    assert!(backtrace.contains("explode"), "{backtrace}");
+}
+
+#[tokio::test]
+async fn cancelling_stops_a_running_guest_as_revoked() {
+    let sandbox = sandbox();
+    let module = sandbox.load(&support::spin_component()).unwrap();
+    let cancel = CancelToken::new();
+    let request = RunRequest {
+        limits: limits(None, 16, Duration::from_secs(60)),
+        cancel: cancel.clone(),
+        ..RunRequest::new("{}")
+    };
+    let run = tokio::spawn({
+        let sandbox = sandbox.clone();
+        async move { sandbox.run(&module, request).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!run.is_finished(), "the spinning guest ended on its own");
+    cancel.cancel();
+    let report = run.await.unwrap();
+    assert_eq!(report.outcome, Outcome::Revoked);
+}
+
+#[tokio::test]
+async fn a_memory_minimum_above_the_limit_is_a_memory_limit_at_instantiation() {
+    let sandbox = sandbox();
+    // 200 pages (12.5 MiB) of initial memory against a 4 MiB limit.
+    let module = sandbox
+        .load(&support::task_component_with_memory(200))
+        .unwrap();
+    let report = run_with(
+        &sandbox,
+        &module,
+        "{}",
+        limits(None, 4, Duration::from_secs(30)),
+    )
+    .await;
+    assert_eq!(report.outcome, Outcome::MemoryLimit);
+    let report = run_with(
+        &sandbox,
+        &module,
+        "{}",
+        limits(None, 16, Duration::from_secs(30)),
+    )
+    .await;
+    assert_kind(&report, "success");
+}
+
+/// Every outcome, several times, interleaved, in one process and one
+/// sandbox: none of them may leave anything behind for the next run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_runs_of_every_outcome_leave_the_sandbox_healthy() {
+    let sandbox = sandbox();
+    let ok = sandbox.load(&support::ok_component()).unwrap();
+    let retry = sandbox
+        .load(&support::task_error_component(true, "later"))
+        .unwrap();
+    let fail = sandbox
+        .load(&support::task_error_component(false, "never"))
+        .unwrap();
+    let spin = sandbox.load(&support::spin_component()).unwrap();
+    let grow = sandbox.load(&support::memory_grow_component()).unwrap();
+    let trap = sandbox.load(&support::unreachable_component()).unwrap();
+    let echo = sandbox.load(&support::echo_component()).unwrap();
+    let fuel = limits(Some(2_000_000), 16, Duration::from_secs(60));
+    let short = limits(None, 16, Duration::from_millis(50));
+    let small = limits(None, 4, Duration::from_secs(30));
+
+    for _round in 0..5 {
+        let cases: [(&LoadedModule, &str, RunLimits, &str); 8] = [
+            (&ok, "{}", RunLimits::default(), "success"),
+            (&retry, "{}", RunLimits::default(), "retry"),
+            (&fail, "{}", RunLimits::default(), "fail"),
+            (&spin, "{}", fuel.clone(), "fuel_exhausted"),
+            (&spin, "{}", short.clone(), "time_limit"),
+            (&grow, "{}", small.clone(), "memory_limit"),
+            (&trap, "{}", RunLimits::default(), "trap"),
+            (&echo, "not json", RunLimits::default(), "invalid_output"),
+        ];
+        for (module, input, limits, kind) in cases {
+            let report = run_with(&sandbox, module, input, limits).await;
+            assert_kind(&report, kind);
+        }
+    }
+    let report = sandbox.run(&ok, RunRequest::new("{}")).await;
+    assert_kind(&report, "success");
+}
+
+/// One executor thread: if a CPU-bound guest did not yield, the short run
+/// could not even start until the spinners were stopped.
+#[tokio::test(flavor = "current_thread")]
+async fn cpu_bound_guests_do_not_stall_other_runs_on_the_same_executor() {
+    let sandbox = sandbox();
+    let spin = sandbox.load(&support::spin_component()).unwrap();
+    let ok = sandbox.load(&support::ok_component()).unwrap();
+    let cancel = CancelToken::new();
+    let spinners: Vec<_> = (0..3)
+        .map(|_| {
+            let sandbox = sandbox.clone();
+            let spin = Arc::clone(&spin);
+            let request = RunRequest {
+                limits: limits(None, 16, Duration::from_secs(120)),
+                cancel: cancel.clone(),
+                ..RunRequest::new("{}")
+            };
+            tokio::spawn(async move { sandbox.run(&spin, request).await })
+        })
+        .collect();
+    // Let the spinners get going first.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    for _ in 0..3 {
+        let report = sandbox.run(&ok, RunRequest::new("{}")).await;
+        assert_kind(&report, "success");
+    }
+    assert!(
+        spinners.iter().all(|s| !s.is_finished()),
+        "the short runs finished only after the spinners"
+    );
+    cancel.cancel();
+    for spinner in spinners {
+        assert_eq!(spinner.await.unwrap().outcome, Outcome::Revoked);
+    }
+}
+
+// ---- Bad modules ----
+
+#[test]
+fn bad_modules_are_refused_with_what_is_wrong() {
+    let sandbox = sandbox();
+    assert_eq!(
+        sandbox.load(b"hello, world").unwrap_err(),
+        LoadError::NotWasm
+    );
+    assert_eq!(sandbox.load(b"").unwrap_err(), LoadError::NotWasm);
+    assert_eq!(
+        sandbox.load(&support::core_module()).unwrap_err(),
+        LoadError::CoreModule
+    );
+
+    let err = sandbox.load(&support::other_world_component()).unwrap_err();
+    let LoadError::WrongWorld { missing } = &err else {
+        panic!("expected a wrong world, got {err:?}");
+    };
+    assert!(missing.contains("missing the export `run"), "{missing}");
+    assert!(missing.contains("`hello`"), "{missing}");
+
+    let err = sandbox
+        .load(&support::wrong_run_type_component())
+        .unwrap_err();
+    let LoadError::WrongWorld { missing } = &err else {
+        panic!("expected a wrong world, got {err:?}");
+    };
+    assert!(missing.contains("wrong type"), "{missing}");
+
+    assert_eq!(
+        sandbox
+            .load(&support::unknown_import_component())
+            .unwrap_err(),
+        LoadError::UnknownImport {
+            name: "example:net/raw-socket@1.0.0".into()
+        }
+    );
+
+    // The right header, then garbage.
+    let mut truncated = support::ok_component();
+    truncated.truncate(truncated.len() / 2);
+    assert!(matches!(
+        sandbox.load(&truncated).unwrap_err(),
+        LoadError::Invalid(_)
+    ));
+}
+
+// ---- Loading and the disk cache ----
+
+#[test]
+fn a_module_is_compiled_once_per_process() {
+    let sandbox = sandbox();
+    let bytes = support::ok_component();
+    let first = sandbox.load(&bytes).unwrap();
+    let second = sandbox.load(&bytes).unwrap();
+    assert!(Arc::ptr_eq(&first, &second));
+    assert_eq!(sandbox.compilations(), 1);
+    assert_eq!(first.hash, runner::sandbox::ModuleHash::of(&bytes));
+    assert_eq!(sandbox.get(&first.hash).map(|m| m.hash), Some(first.hash));
+}
+
+#[tokio::test]
+async fn a_second_sandbox_loads_the_compiled_module_from_disk() {
+    let cache = tempfile::tempdir().unwrap();
+    let config = SandboxConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        max_concurrent_runs: 8,
+        ..SandboxConfig::default()
+    };
+    let bytes = support::ok_component();
+
+    let first = Sandbox::new(config.clone()).unwrap();
+    let module = first.load(&bytes).unwrap();
+    assert_eq!(module.origin, ModuleOrigin::Compiled);
+    assert_eq!(first.compilations(), 1);
+    let cached: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    assert!(cached[0].starts_with(&module.hash.to_hex()), "{cached:?}");
+
+    let second = Sandbox::new(config).unwrap();
+    let module = second.load(&bytes).unwrap();
+    assert_eq!(module.origin, ModuleOrigin::DiskCache);
+    assert_eq!(second.compilations(), 0);
+    let report = second.run(&module, RunRequest::new("{}")).await;
+    assert_kind(&report, "success");
+}
+
+#[test]
+fn a_corrupt_cache_file_is_recompiled() {
+    let cache = tempfile::tempdir().unwrap();
+    let config = SandboxConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        max_concurrent_runs: 8,
+        ..SandboxConfig::default()
+    };
+    let bytes = support::ok_component();
+    let first = Sandbox::new(config.clone()).unwrap();
+    first.load(&bytes).unwrap();
+    for entry in std::fs::read_dir(cache.path()).unwrap() {
+        std::fs::write(entry.unwrap().path(), b"not a compiled module").unwrap();
+    }
+    let second = Sandbox::new(config).unwrap();
+    let module = second.load(&bytes).unwrap();
+    assert_eq!(module.origin, ModuleOrigin::Compiled);
+    assert_eq!(second.compilations(), 1);
+}
+
+// ---- The example guests ----
+
+#[tokio::test]
+async fn hello_greets_from_its_input_with_logs_and_progress() {
+    let sandbox = sandbox();
+    let module = sandbox.load(&guest_bytes("hello")).unwrap();
+    assert!(
+        module
+            .imports
+            .iter()
+            .any(|i| i == "runner:task/context@0.1.0"),
+        "{:?}",
+        module.imports
+    );
+    assert!(
+        module.capabilities().is_empty(),
+        "{:?}",
+        module.capabilities()
+    );
+
+    let seen: Arc<Mutex<Vec<Progress>>> = Arc::default();
+    let sink = Arc::clone(&seen);
+    let request = RunRequest {
+        host: HostEnv {
+            progress: Some(Arc::new(move |p: &Progress| {
+                sink.lock().unwrap().push(p.clone());
+            })),
+            ..HostEnv::default()
+        },
+        ..RunRequest::new(r#"{"name":"Ada"}"#)
+    };
+    let report = sandbox.run(&module, request).await;
+    let Outcome::Success(output) = &report.outcome else {
+        panic!(
+            "hello failed: {:?}\nstderr: {}",
+            report.outcome, report.stderr
+        );
+    };
+    let output: serde_json::Value = serde_json::from_str(output).unwrap();
+    assert!(output.to_string().contains("Ada"), "{output}");
+    assert!(!report.logs.is_empty(), "hello logs a line");
+    assert!(!seen.lock().unwrap().is_empty(), "hello reports progress");
+    assert_eq!(report.last_progress.as_ref(), seen.lock().unwrap().last());
+}
+
+#[tokio::test]
+async fn the_fuel_burner_stops_within_its_budget() {
+    let sandbox = sandbox();
+    let module = sandbox.load(&guest_bytes("fuel_burner")).unwrap();
+    let budget = 50_000_000;
+    let report = run_with(
+        &sandbox,
+        &module,
+        "{}",
+        limits(Some(budget), 64, Duration::from_secs(60)),
+    )
+    .await;
+    assert_eq!(report.outcome, Outcome::FuelExhausted);
+    assert!(report.fuel_used.unwrap() <= budget);
+}
+
+#[tokio::test]
+async fn the_memory_hog_stops_at_the_memory_limit() {
+    let sandbox = sandbox();
+    let module = sandbox.load(&guest_bytes("memory_hog")).unwrap();
+    let report = run_with(
+        &sandbox,
+        &module,
+        "{}",
+        limits(None, 32, Duration::from_secs(60)),
+    )
+    .await;
+    assert_eq!(
+        report.outcome,
+        Outcome::MemoryLimit,
+        "stderr: {}",
+        report.stderr
+    );
+}
+
+#[tokio::test]
+async fn the_panicker_traps_with_its_panic_message_and_a_backtrace() {
+    let sandbox = sandbox();
+    let module = sandbox.load(&guest_bytes("panicker")).unwrap();
+    let report = sandbox.run(&module, RunRequest::new("{}")).await;
+    let Outcome::Trap { message, backtrace } = &report.outcome else {
+        panic!("expected a trap, got {:?}", report.outcome);
+    };
+    assert!(message.starts_with("panicked at"), "{message}");
+    assert!(
+        message.contains("panicker: deliberate panic: the sky is falling"),
+        "{message}"
+    );
+    assert!(report.stderr.contains("panicked at"), "{}", report.stderr);
+    assert!(backtrace.is_some(), "no wasm backtrace");
+}
+
+#[tokio::test]
+async fn the_sleeper_stops_at_the_time_limit() {
+    let sandbox = sandbox();
+    let module = sandbox.load(&guest_bytes("sleeper")).unwrap();
+    let input = r#"{"ms":60000}"#;
+    let report = run_with(
+        &sandbox,
+        &module,
+        input,
+        limits(None, 64, Duration::from_millis(300)),
+    )
+    .await;
+    assert_eq!(report.outcome, Outcome::TimeLimit);
+}
+
+#[tokio::test]
+async fn flaky_asks_for_a_retry_on_its_first_attempt_and_sees_the_attempt_number() {
+    let sandbox = sandbox();
+    let module = sandbox.load(&guest_bytes("flaky")).unwrap();
+    let first = sandbox.run(&module, RunRequest::new("{}")).await;
+    assert_kind(&first, "retry");
+
+    let late = RunRequest {
+        job: JobInfo {
+            attempt: 10,
+            max_retries: 10,
+            ..JobInfo::default()
+        },
+        ..RunRequest::new("{}")
+    };
+    let report = sandbox.run(&module, late).await;
+    assert_kind(&report, "success");
+}
+
+/// Revoking a guest that waits in a host call (a WASI sleep) stops it at
+/// once, without waiting for an epoch check inside wasm.
+#[tokio::test]
+async fn revoking_a_sleeping_guest_stops_it() {
+    let sandbox = sandbox();
+    let module = sandbox.load(&guest_bytes("sleeper")).unwrap();
+    let cancel = CancelToken::new();
+    let request = RunRequest {
+        limits: limits(None, 64, Duration::from_secs(60)),
+        cancel: cancel.clone(),
+        ..RunRequest::new(r#"{"ms":60000}"#)
+    };
+    let run = tokio::spawn({
+        let sandbox = sandbox.clone();
+        async move { sandbox.run(&module, request).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!run.is_finished());
+    cancel.cancel();
+    assert_eq!(run.await.unwrap().outcome, Outcome::Revoked);
+}
+
+/// The examples in one process: each outcome, then hello still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_example_outcome_in_one_process_then_hello_still_works() {
+    let sandbox = sandbox();
+    let hello = sandbox.load(&guest_bytes("hello")).unwrap();
+    let burner = sandbox.load(&guest_bytes("fuel_burner")).unwrap();
+    let hog = sandbox.load(&guest_bytes("memory_hog")).unwrap();
+    let panicker = sandbox.load(&guest_bytes("panicker")).unwrap();
+    let sleeper = sandbox.load(&guest_bytes("sleeper")).unwrap();
+    let flaky = sandbox.load(&guest_bytes("flaky")).unwrap();
+    for _round in 0..3 {
+        let cases: [(&LoadedModule, &str, RunLimits, &str); 6] = [
+            (&hello, r#"{"name":"Ada"}"#, RunLimits::default(), "success"),
+            (
+                &burner,
+                "{}",
+                limits(Some(20_000_000), 64, Duration::from_secs(60)),
+                "fuel_exhausted",
+            ),
+            (
+                &hog,
+                "{}",
+                limits(None, 32, Duration::from_secs(60)),
+                "memory_limit",
+            ),
+            (&panicker, "{}", RunLimits::default(), "trap"),
+            (
+                &sleeper,
+                r#"{"ms":60000}"#,
+                limits(None, 64, Duration::from_millis(100)),
+                "time_limit",
+            ),
+            (&flaky, "{}", RunLimits::default(), "retry"),
+        ];
+        for (module, input, limits, kind) in cases {
+            let report = run_with(&sandbox, module, input, limits).await;
+            assert_kind(&report, kind);
+        }
+    }
+    let report = sandbox
+        .run(&hello, RunRequest::new(r#"{"name":"Ada"}"#))
+        .await;
+    assert_kind(&report, "success");
+}
+
+/// A real Rust guest burning CPU next to hello on one executor thread.
+#[tokio::test(flavor = "current_thread")]
+async fn the_fuel_burner_does_not_stall_hello() {
+    let sandbox = sandbox();
+    let burner = sandbox.load(&guest_bytes("fuel_burner")).unwrap();
+    let hello = sandbox.load(&guest_bytes("hello")).unwrap();
+    let cancel = CancelToken::new();
+    let burning = tokio::spawn({
+        let sandbox = sandbox.clone();
+        let request = RunRequest {
+            limits: limits(None, 64, Duration::from_secs(120)),
+            cancel: cancel.clone(),
+            ..RunRequest::new("{}")
+        };
+        async move { sandbox.run(&burner, request).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let report = sandbox
+        .run(&hello, RunRequest::new(r#"{"name":"Ada"}"#))
+        .await;
+    assert_kind(&report, "success");
+    assert!(!burning.is_finished());
+    cancel.cancel();
+    assert_eq!(burning.await.unwrap().outcome, Outcome::Revoked);
+}

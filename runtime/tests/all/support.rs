@@ -1,0 +1,214 @@
+//! Helpers shared by the integration tests: the example guests built by
+//! `build.rs`, and small hand-written components in WAT for the cases an
+//! example cannot produce (a core module, another world, an unknown import,
+//! a task returning non-JSON).
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use runner::sandbox::{Sandbox, SandboxConfig};
+
+/// An example component built from `examples/` by `runtime/build.rs`.
+pub fn guest(name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("RUNNER_GUEST_DIR")).join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} is missing: runtime/build.rs builds it from examples/{name}",
+        path.display()
+    );
+    path
+}
+
+pub fn guest_bytes(name: &str) -> Vec<u8> {
+    let path = guest(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// A sandbox with pools sized for tests.
+pub fn sandbox() -> Sandbox {
+    Sandbox::new(SandboxConfig {
+        max_concurrent_runs: 64,
+        ..SandboxConfig::default()
+    })
+    .expect("creating the sandbox")
+}
+
+pub fn wat(text: &str) -> Vec<u8> {
+    wat::parse_str(text).unwrap_or_else(|e| panic!("bad WAT in a test: {e}"))
+}
+
+/// A component of the `task` world whose core `run(ptr, len) -> retptr`
+/// has the given body. The core module has a bump allocator, the JSON
+/// `{"ok":true}` at offset 16 (11 bytes), the text `DATA` at 32, and a return
+/// area at 64: `[64] = 0` ok / `1` error, then for ok the string at 68/72,
+/// for an error the case (`0` retry, `1` fail) at 68 and its string at 72/76.
+pub fn task_component(run_body: &str, data: &str) -> Vec<u8> {
+    task_component_with("", run_body, data)
+}
+
+/// [`task_component`] with more core functions next to `run`.
+pub fn task_component_with(funcs: &str, run_body: &str, data: &str) -> Vec<u8> {
+    task_component_full(1, funcs, run_body, data)
+}
+
+/// [`ok_component`] with `pages` of initial memory (64 KiB each).
+pub fn task_component_with_memory(pages: u32) -> Vec<u8> {
+    task_component_full(
+        pages,
+        "",
+        "(i32.store8 (i32.const 64) (i32.const 0))
+         (i32.store (i32.const 68) (i32.const 16))
+         (i32.store (i32.const 72) (i32.const 11))
+         (i32.const 64)",
+        "",
+    )
+}
+
+fn task_component_full(pages: u32, funcs: &str, run_body: &str, data: &str) -> Vec<u8> {
+    wat(&format!(
+        r#"
+(component
+  (core module $m
+    (memory (export "memory") {pages})
+    (global $heap (mut i32) (i32.const 4096))
+    (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
+      (local $p i32)
+      (local.set $p
+        (i32.and
+          (i32.add (global.get $heap) (i32.sub (local.get 2) (i32.const 1)))
+          (i32.sub (i32.const 0) (local.get 2))))
+      (global.set $heap (i32.add (local.get $p) (local.get 3)))
+      (local.get $p))
+    (data (i32.const 16) "{{\22ok\22:true}}")
+    (data (i32.const 32) "{data}")
+    {funcs}
+    (func $run (export "run") (param $ptr i32) (param $len i32) (result i32)
+      {run_body}))
+  (core instance $i (instantiate $m))
+  (type $task-error (variant (case "retry" string) (case "fail" string)))
+  (export $te "task-error" (type $task-error))
+  (func (export "run") (param "input" string) (result (result string (error $te)))
+    (canon lift (core func $i "run") (memory (core memory $i "memory")) (realloc (core func $i "cabi_realloc")))))
+"#
+    ))
+}
+
+/// Returns `{"ok":true}`.
+pub fn ok_component() -> Vec<u8> {
+    task_component(
+        "(i32.store8 (i32.const 64) (i32.const 0))
+         (i32.store (i32.const 68) (i32.const 16))
+         (i32.store (i32.const 72) (i32.const 11))
+         (i32.const 64)",
+        "",
+    )
+}
+
+/// Returns its input unchanged (so non-JSON input gives non-JSON output).
+pub fn echo_component() -> Vec<u8> {
+    task_component(
+        "(i32.store8 (i32.const 64) (i32.const 0))
+         (i32.store (i32.const 68) (local.get $ptr))
+         (i32.store (i32.const 72) (local.get $len))
+         (i32.const 64)",
+        "",
+    )
+}
+
+/// Returns the text `text` as its output (to test non-JSON output).
+pub fn constant_output_component(text: &str) -> Vec<u8> {
+    task_component(
+        &format!(
+            "(i32.store8 (i32.const 64) (i32.const 0))
+             (i32.store (i32.const 68) (i32.const 32))
+             (i32.store (i32.const 72) (i32.const {}))
+             (i32.const 64)",
+            text.len()
+        ),
+        text,
+    )
+}
+
+/// Returns `task-error::retry(message)` or `task-error::fail(message)`.
+pub fn task_error_component(retry: bool, message: &str) -> Vec<u8> {
+    task_component(
+        &format!(
+            "(i32.store8 (i32.const 64) (i32.const 1))
+             (i32.store8 (i32.const 68) (i32.const {case}))
+             (i32.store (i32.const 72) (i32.const 32))
+             (i32.store (i32.const 76) (i32.const {len}))
+             (i32.const 64)",
+            case = if retry { 0 } else { 1 },
+            len = message.len()
+        ),
+        message,
+    )
+}
+
+/// Loops forever without calling the host.
+pub fn spin_component() -> Vec<u8> {
+    task_component("(loop $forever (br $forever)) (unreachable)", "")
+}
+
+/// Grows its memory one MiB at a time until refused, then traps.
+pub fn memory_grow_component() -> Vec<u8> {
+    task_component(
+        "(loop $grow
+           (br_if $grow (i32.ne (memory.grow (i32.const 16)) (i32.const -1))))
+         (unreachable)",
+        "",
+    )
+}
+
+/// Executes `unreachable` inside a named function, for the backtrace.
+pub fn unreachable_component() -> Vec<u8> {
+    task_component_with(
+        "(func $explode (unreachable))",
+        "(call $explode) (unreachable)",
+        "",
+    )
+}
+
+/// A core module: the most common wrong upload.
+pub fn core_module() -> Vec<u8> {
+    wat(r#"(module (func (export "run")))"#)
+}
+
+/// A component of another world: it exports `hello`, not `run`.
+pub fn other_world_component() -> Vec<u8> {
+    wat(r#"
+(component
+  (core module $m (func (export "f")))
+  (core instance $i (instantiate $m))
+  (func (export "hello") (canon lift (core func $i "f"))))
+"#)
+}
+
+/// Exports `run` with the wrong signature.
+pub fn wrong_run_type_component() -> Vec<u8> {
+    wat(r#"
+(component
+  (core module $m (func (export "f")))
+  (core instance $i (instantiate $m))
+  (func (export "run") (canon lift (core func $i "f"))))
+"#)
+}
+
+/// A valid task that also imports an interface this runner does not have.
+pub fn unknown_import_component() -> Vec<u8> {
+    wat(r#"
+(component
+  (import "example:net/raw-socket@1.0.0" (instance
+    (export "open" (func))))
+  (core module $m
+    (memory (export "memory") 1)
+    (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32) (i32.const 1024))
+    (func (export "run") (param i32 i32) (result i32) (unreachable)))
+  (core instance $i (instantiate $m))
+  (type $task-error (variant (case "retry" string) (case "fail" string)))
+  (export $te "task-error" (type $task-error))
+  (func (export "run") (param "input" string) (result (result string (error $te)))
+    (canon lift (core func $i "run") (memory (core memory $i "memory")) (realloc (core func $i "cabi_realloc")))))
+"#)
+}
