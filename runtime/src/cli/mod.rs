@@ -1,0 +1,86 @@
+//! The `runner` command line. Each subcommand lives in its own file with an
+//! async `execute()` returning the process exit code; `main` builds the
+//! tokio runtime and logging once for all of them.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub mod bench;
+pub mod bench_queue;
+pub mod call;
+pub mod inspect;
+pub mod revoke;
+pub mod run;
+pub mod status;
+pub mod worker;
+
+#[derive(Parser, Debug)]
+#[command(name = "runner", version, about = "WASM-sandboxed task runner")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run one component once, locally, and print its output.
+    Run(run::RunArgs),
+    /// Measure and print performance figures.
+    Bench(bench::BenchArgs),
+    /// Consume queues: `runner worker -Q mail,ai -c 4`.
+    Worker(worker::WorkerArgs),
+    /// Enqueue a job for a task name.
+    Call(call::CallArgs),
+    /// Show a job's state and result.
+    Status(status::StatusArgs),
+    /// Revoke a job (`--terminate` also stops it if running).
+    Revoke(revoke::RevokeArgs),
+    /// List queues, workers or dead letters.
+    Inspect(inspect::InspectArgs),
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => run::execute(args).await,
+            Command::Bench(args) => bench::execute(args).await,
+            Command::Worker(args) => worker::execute(args).await,
+            Command::Call(args) => call::execute(args).await,
+            Command::Status(args) => status::execute(args).await,
+            Command::Revoke(args) => revoke::execute(args).await,
+            Command::Inspect(args) => inspect::execute(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr (stdout is for results), `RUST_LOG` filters them.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // Fails only if a subscriber is already set, which is then kept.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,615 @@
+//! The embedded broker: the same contract as the Redis one, in this
+//! process. **State is kept in memory only**: every job, result and dead
+//! letter is lost when the process exits. It serves `runner dev` and tests
+//! on a machine with nothing installed; production uses Redis.
+//!
+//! Leases work as on Redis (a worker that stops settling loses its jobs
+//! after the lease), so the conformance suite runs unchanged against both.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use tokio::sync::{broadcast, mpsc};
+
+use super::job::{DEAD_LETTER_TTL, Job, JobFailure, JobId, JobState, Progress};
+use super::ratelimit::Limiter;
+use super::{
+    Broker, BrokerResult, Delivery, Enqueued, JobEvent, Lease, QueueStats, RevokeOutcome,
+    SettleReply, SettleRequest, Settlement, Signal, WorkerInfo, ms_to_time,
+};
+
+struct Record {
+    queue: String,
+    json: String,
+    /// Wall-clock ms after which the record is gone.
+    expires_at: Option<i64>,
+}
+
+#[derive(Default)]
+struct QueueState {
+    ready: VecDeque<(JobId, u32)>,
+    delayed: BTreeSet<(i64, JobId, u32)>,
+    /// member -> deadline ms
+    leases: HashMap<String, (JobId, i64)>,
+    dead: BTreeSet<(i64, JobId)>,
+}
+
+#[derive(Default)]
+struct State {
+    records: HashMap<JobId, Record>,
+    queues: HashMap<String, QueueState>,
+    idem: HashMap<(String, String), (JobId, i64)>,
+    revoked: HashSet<JobId>,
+    progress: HashMap<JobId, Progress>,
+    limiter: Limiter,
+    workers: HashMap<String, (WorkerInfo, i64)>,
+    subscribers: Vec<(Vec<String>, mpsc::UnboundedSender<Signal>)>,
+}
+
+impl State {
+    fn record(&self, id: &JobId, now: i64) -> Option<&Record> {
+        self.records
+            .get(id)
+            .filter(|r| r.expires_at.is_none_or(|e| e > now))
+    }
+
+    fn signal(&mut self, queue: Option<&str>, s: Signal) {
+        self.subscribers.retain(|(queues, tx)| {
+            if queue.is_none_or(|q| queues.iter().any(|x| x == q)) {
+                tx.send(s.clone()).is_ok()
+            } else {
+                !tx.is_closed()
+            }
+        });
+    }
+
+    fn leased(&self, queue: &str, id: JobId) -> Option<&String> {
+        self.queues
+            .get(queue)?
+            .leases
+            .iter()
+            .find(|(_, (j, _))| *j == id)
+            .map(|(m, _)| m)
+    }
+}
+
+/// In-process broker; see the module docs. Cheap to clone.
+#[derive(Clone)]
+pub struct EmbeddedBroker {
+    state: Arc<Mutex<State>>,
+    events: broadcast::Sender<JobEvent>,
+    idempotency_ttl: Duration,
+}
+
+impl Default for EmbeddedBroker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+impl EmbeddedBroker {
+    pub fn new() -> Self {
+        let (events, _) = broadcast::channel(4096);
+        EmbeddedBroker {
+            state: Arc::new(Mutex::new(State::default())),
+            events,
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state is only mutated in short sections without awaits; a
+        // poisoned lock still holds consistent maps.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn emit(&self, id: JobId, queue: &str, state: JobState) {
+        let _ = self.events.send(JobEvent {
+            id,
+            queue: queue.to_string(),
+            state,
+            progress: None,
+        });
+    }
+}
+
+#[async_trait]
+impl Broker for EmbeddedBroker {
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn enqueue(&self, jobs: Vec<Job>) -> BrokerResult<Vec<Enqueued>> {
+        let now = now_ms();
+        let mut out = Vec::with_capacity(jobs.len());
+        let mut st = self.lock();
+        let mut woken: HashMap<String, (bool, Option<i64>)> = HashMap::new();
+        for job in jobs {
+            if let Some(key) = &job.idempotency_key {
+                let k = (job.queue.clone(), key.clone());
+                if let Some((prev, until)) = st.idem.get(&k).copied()
+                    && until > now
+                    && let Some(rec) = st.record(&prev, now)
+                {
+                    out.push(Enqueued {
+                        job: Job::from_json(&rec.json)?,
+                        created: false,
+                    });
+                    continue;
+                }
+                st.idem
+                    .insert(k, (job.id, now + self.idempotency_ttl.as_millis() as i64));
+            }
+            let expires_at = job
+                .expires
+                .map(|e| e.timestamp_millis().max(now + 1) + job.result_ttl_ms as i64);
+            st.records.insert(
+                job.id,
+                Record {
+                    queue: job.queue.clone(),
+                    json: job.to_json(),
+                    expires_at,
+                },
+            );
+            let q = st.queues.entry(job.queue.clone()).or_default();
+            let w = woken.entry(job.queue.clone()).or_default();
+            match job.eta.map(|e| e.timestamp_millis()).filter(|&e| e > now) {
+                Some(due) => {
+                    q.delayed.insert((due, job.id, 0));
+                    w.1 = Some(w.1.map_or(due, |d: i64| d.min(due)));
+                }
+                None => {
+                    q.ready.push_back((job.id, 0));
+                    w.0 = true;
+                }
+            }
+            out.push(Enqueued { job, created: true });
+        }
+        for (q, (ready, wake)) in woken {
+            if ready {
+                st.signal(Some(&q), Signal::Work { queue: q.clone() });
+            }
+            if let Some(at) = wake {
+                st.signal(
+                    Some(&q),
+                    Signal::WakeAt {
+                        queue: q.clone(),
+                        at: ms_to_time(at),
+                    },
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    async fn get(&self, id: JobId) -> BrokerResult<Option<Job>> {
+        let now = now_ms();
+        let st = self.lock();
+        let Some(rec) = st.record(&id, now) else {
+            return Ok(None);
+        };
+        let mut job = Job::from_json(&rec.json)?;
+        if !job.state.is_final() {
+            if let Some(member) = st.leased(&rec.queue, id) {
+                let mut parts = member.split('|');
+                let _ = parts.next();
+                job.redeliveries = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                job.worker = parts.next().map(str::to_string);
+                job.started_at = parts.next().and_then(|t| t.parse().ok()).map(ms_to_time);
+                job.state = JobState::Started;
+            }
+            if let Some(p) = st.progress.get(&id) {
+                job.progress = Some(p.clone());
+            }
+        }
+        Ok(Some(job))
+    }
+
+    async fn subscribe(&self) -> BrokerResult<broadcast::Receiver<JobEvent>> {
+        Ok(self.events.subscribe())
+    }
+
+    async fn revoke(&self, id: JobId, terminate: bool) -> BrokerResult<RevokeOutcome> {
+        let now = now_ms();
+        let mut st = self.lock();
+        let Some(rec) = st.record(&id, now) else {
+            return Ok(RevokeOutcome::NotFound);
+        };
+        let queue = rec.queue.clone();
+        let mut job = Job::from_json(&rec.json)?;
+        if job.state.is_final() {
+            return Ok(RevokeOutcome::AlreadyFinal(job.state));
+        }
+        if st.leased(&queue, id).is_some() {
+            st.revoked.insert(id);
+            st.signal(None, Signal::Revoke { id, terminate });
+            return Ok(if terminate {
+                RevokeOutcome::Terminating
+            } else {
+                RevokeOutcome::WillNotRetry
+            });
+        }
+        job.state = JobState::Revoked;
+        job.finished_at = Some(Utc::now());
+        job.error = Some(JobFailure {
+            kind: "revoked".into(),
+            message: "revoked before it ran".into(),
+        });
+        st.records.insert(
+            id,
+            Record {
+                queue: queue.clone(),
+                json: job.to_json(),
+                expires_at: Some(now + job.result_ttl_ms as i64),
+            },
+        );
+        drop(st);
+        self.emit(id, &queue, JobState::Revoked);
+        Ok(RevokeOutcome::Revoked)
+    }
+
+    async fn settle(&self, req: SettleRequest) -> BrokerResult<SettleReply> {
+        let now = now_ms();
+        let mut events: Vec<(JobId, JobState)> = Vec::new();
+        let mut reply = SettleReply::default();
+        let mut readied = false;
+        let mut st = self.lock();
+        st.queues.entry(req.queue.clone()).or_default();
+        let defer = |reply: &mut SettleReply, t: i64| {
+            let t = ms_to_time(t);
+            reply.deferred_until = Some(reply.deferred_until.map_or(t, |d| d.min(t)));
+        };
+
+        for c in &req.completions {
+            let st_ref = &mut *st;
+            let Some(q) = st_ref.queues.get_mut(&req.queue) else {
+                continue;
+            };
+            if q.leases.remove(&c.lease.member).is_none() {
+                reply.stale.push(c.lease.id);
+                continue;
+            }
+            if c.had_progress {
+                st_ref.progress.remove(&c.lease.id);
+            }
+            match &c.settlement {
+                Settlement::Finish { job, dead } => {
+                    let ttl = if *dead {
+                        DEAD_LETTER_TTL.as_millis() as i64
+                    } else {
+                        job.result_ttl_ms as i64
+                    };
+                    if *dead {
+                        q.dead.insert((now, job.id));
+                    }
+                    st_ref.records.insert(
+                        job.id,
+                        Record {
+                            queue: req.queue.clone(),
+                            json: job.to_json(),
+                            expires_at: Some(now + ttl.max(1)),
+                        },
+                    );
+                    events.push((job.id, job.state));
+                }
+                Settlement::Retry {
+                    job,
+                    due,
+                    if_revoked,
+                } => {
+                    if st_ref.revoked.contains(&job.id) {
+                        st_ref.records.insert(
+                            job.id,
+                            Record {
+                                queue: req.queue.clone(),
+                                json: if_revoked.to_json(),
+                                expires_at: Some(now + if_revoked.result_ttl_ms as i64),
+                            },
+                        );
+                        events.push((job.id, JobState::Revoked));
+                    } else {
+                        let due = due.timestamp_millis();
+                        q.delayed.insert((due, job.id, 0));
+                        st_ref.records.insert(
+                            job.id,
+                            Record {
+                                queue: req.queue.clone(),
+                                json: job.to_json(),
+                                expires_at: None,
+                            },
+                        );
+                        defer(&mut reply, due);
+                        events.push((job.id, JobState::Retry));
+                    }
+                }
+                Settlement::Release => {
+                    q.ready.push_front((c.lease.id, c.lease.redeliveries));
+                    readied = true;
+                }
+            }
+        }
+
+        if req.due_check {
+            let st_ref = &mut *st;
+            let q = st_ref.queues.entry(req.queue.clone()).or_default();
+            while let Some(&(due, id, n)) = q.delayed.first() {
+                if due > now {
+                    break;
+                }
+                q.delayed.pop_first();
+                q.ready.push_back((id, n));
+                readied = true;
+            }
+            let expired: Vec<String> = q
+                .leases
+                .iter()
+                .filter(|(_, (_, deadline))| *deadline <= now)
+                .map(|(m, _)| m.clone())
+                .collect();
+            for m in expired {
+                let Some((id, _)) = q.leases.remove(&m) else {
+                    continue;
+                };
+                let n: u32 = m
+                    .split('|')
+                    .nth(1)
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                if st_ref.revoked.contains(&id) {
+                    if let Some(rec) = st_ref.records.get_mut(&id)
+                        && let Ok(mut job) = Job::from_json(&rec.json)
+                    {
+                        job.state = JobState::Revoked;
+                        rec.json = job.to_json();
+                        rec.expires_at = Some(now + job.result_ttl_ms as i64);
+                        events.push((id, JobState::Revoked));
+                    }
+                } else {
+                    q.ready.push_front((id, n + 1));
+                    readied = true;
+                }
+            }
+            let d = q.delayed.first().map(|(t, _, _)| *t);
+            let own = format!("|{}|", req.worker);
+            let l = q
+                .leases
+                .iter()
+                .filter(|(m, _)| !(req.holds_leases && m.contains(&own)))
+                .map(|(_, (_, t))| *t)
+                .min();
+            reply.next_due = match (d, l) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+            .map(ms_to_time);
+        }
+
+        let lease_until = now + req.lease.as_millis() as i64;
+        let mut fetched = 0;
+        while fetched < req.fetch {
+            let st_ref = &mut *st;
+            let Some(q) = st_ref.queues.get_mut(&req.queue) else {
+                break;
+            };
+            let Some((id, n)) = q.ready.pop_front() else {
+                break;
+            };
+            fetched += 1;
+            let Some(rec) = st_ref
+                .records
+                .get(&id)
+                .filter(|r| r.expires_at.is_none_or(|e| e > now))
+            else {
+                continue;
+            };
+            let mut job = Job::from_json(&rec.json)?;
+            if !matches!(job.state, JobState::Pending | JobState::Retry) {
+                continue;
+            }
+            if !job.rate_limits.is_empty()
+                && let Err(slot) = st_ref.limiter.try_start(&job.rate_limits, now)
+            {
+                q.delayed.insert((slot, id, n));
+                defer(&mut reply, slot);
+                continue;
+            }
+            let member = format!("{id}|{n}|{}|{now}", req.worker);
+            q.leases.insert(member.clone(), (id, lease_until));
+            job.state = JobState::Started;
+            job.worker = Some(req.worker.clone());
+            job.started_at = Some(ms_to_time(now));
+            job.redeliveries = n;
+            events.push((id, JobState::Started));
+            reply.deliveries.push(Delivery {
+                job,
+                lease: Lease {
+                    queue: req.queue.clone(),
+                    id,
+                    member,
+                    redeliveries: n,
+                },
+                leased_at: ms_to_time(now),
+            });
+        }
+
+        if readied {
+            st.signal(
+                Some(&req.queue),
+                Signal::Work {
+                    queue: req.queue.clone(),
+                },
+            );
+        }
+        if let Some(at) = reply.deferred_until {
+            st.signal(
+                Some(&req.queue),
+                Signal::WakeAt {
+                    queue: req.queue.clone(),
+                    at,
+                },
+            );
+        }
+        if !reply.deliveries.is_empty() {
+            st.signal(
+                Some(&req.queue),
+                Signal::LeaseUntil {
+                    queue: req.queue.clone(),
+                    worker: req.worker.clone(),
+                    at: ms_to_time(lease_until),
+                },
+            );
+        }
+        drop(st);
+        for (id, state) in events {
+            self.emit(id, &req.queue, state);
+        }
+        Ok(reply)
+    }
+
+    async fn extend(&self, leases: &[Lease], lease: Duration) -> BrokerResult<Vec<JobId>> {
+        let until = now_ms() + lease.as_millis() as i64;
+        let mut st = self.lock();
+        let mut lost = Vec::new();
+        for l in leases {
+            match st
+                .queues
+                .get_mut(&l.queue)
+                .and_then(|q| q.leases.get_mut(&l.member))
+            {
+                Some(entry) => entry.1 = until,
+                None => lost.push(l.id),
+            }
+        }
+        Ok(lost)
+    }
+
+    async fn progress(&self, lease: &Lease, progress: &Progress) -> BrokerResult<()> {
+        self.lock().progress.insert(lease.id, progress.clone());
+        let _ = self.events.send(JobEvent {
+            id: lease.id,
+            queue: lease.queue.clone(),
+            state: JobState::Started,
+            progress: Some(progress.clone()),
+        });
+        Ok(())
+    }
+
+    async fn signals(&self, queues: &[String]) -> BrokerResult<mpsc::UnboundedReceiver<Signal>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        // Same contract as Redis: the first signal says "look now".
+        let _ = tx.send(Signal::Reconnected);
+        self.lock().subscribers.push((queues.to_vec(), tx));
+        Ok(rx)
+    }
+
+    async fn heartbeat(&self, worker: &WorkerInfo, ttl: Duration) -> BrokerResult<()> {
+        let until = now_ms() + ttl.as_millis() as i64;
+        self.lock()
+            .workers
+            .insert(worker.id.clone(), (worker.clone(), until));
+        Ok(())
+    }
+
+    async fn worker_gone(&self, worker_id: &str) -> BrokerResult<()> {
+        self.lock().workers.remove(worker_id);
+        Ok(())
+    }
+
+    async fn workers(&self) -> BrokerResult<Vec<WorkerInfo>> {
+        let now = now_ms();
+        let mut st = self.lock();
+        st.workers.retain(|_, (_, until)| *until > now);
+        let mut out: Vec<WorkerInfo> = st.workers.values().map(|(w, _)| w.clone()).collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    async fn register_queue(&self, queue: &str) -> BrokerResult<()> {
+        self.lock().queues.entry(queue.to_string()).or_default();
+        Ok(())
+    }
+
+    async fn queues(&self) -> BrokerResult<Vec<QueueStats>> {
+        let st = self.lock();
+        let mut out: Vec<QueueStats> = st
+            .queues
+            .iter()
+            .map(|(name, q)| QueueStats {
+                name: name.clone(),
+                ready: q.ready.len() as u64,
+                delayed: q.delayed.len() as u64,
+                in_flight: q.leases.len() as u64,
+                dead: q.dead.len() as u64,
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn dead_letters(&self, queue: &str, limit: usize) -> BrokerResult<Vec<Job>> {
+        let now = now_ms();
+        let mut st = self.lock();
+        let ids: Vec<(i64, JobId)> = st
+            .queues
+            .get(queue)
+            .map(|q| q.dead.iter().copied().collect())
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for (t, id) in ids {
+            match st.record(&id, now) {
+                Some(r) => {
+                    if out.len() < limit {
+                        out.push(Job::from_json(&r.json)?);
+                    }
+                }
+                None => {
+                    if let Some(q) = st.queues.get_mut(queue) {
+                        q.dead.remove(&(t, id));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn replay(&self, queue: &str, ids: &[JobId]) -> BrokerResult<Vec<JobId>> {
+        let dead = self.dead_letters(queue, usize::MAX).await?;
+        let mut st = self.lock();
+        let mut done = Vec::new();
+        for job in dead
+            .into_iter()
+            .filter(|j| ids.is_empty() || ids.contains(&j.id))
+        {
+            let Some(q) = st.queues.get_mut(queue) else {
+                break;
+            };
+            q.dead.retain(|(_, id)| *id != job.id);
+            q.ready.push_back((job.id, 0));
+            st.records.insert(
+                job.id,
+                Record {
+                    queue: queue.to_string(),
+                    json: super::client::fresh_attempt(&job).to_json(),
+                    expires_at: None,
+                },
+            );
+            done.push(job.id);
+        }
+        if !done.is_empty() {
+            st.signal(
+                Some(queue),
+                Signal::Work {
+                    queue: queue.to_string(),
+                },
+            );
+        }
+        Ok(done)
+    }
+}

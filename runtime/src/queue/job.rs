@@ -1,0 +1,498 @@
+//! The job model: what a producer asks for, what a worker runs, and the
+//! record that a status query returns.
+//!
+//! A job record is stored as one JSON document. `state` is serialised first
+//! on purpose: the Redis scripts read it with a prefix match instead of
+//! decoding (and never re-encode a record, so numbers are never mangled by
+//! Lua's number formatting).
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Results and errors are kept this long unless the job says otherwise (the
+/// scenario's fix: one hour, not a day).
+pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(3600);
+/// Dead letters outlive ordinary results so that an operator can replay them.
+pub const DEAD_LETTER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// A job id: a UUIDv7, so ids sort by creation time.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(pub Uuid);
+
+impl JobId {
+    pub fn new() -> Self {
+        JobId(Uuid::now_v7())
+    }
+}
+
+impl Default for JobId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl fmt::Debug for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "JobId({self})")
+    }
+}
+
+impl FromStr for JobId {
+    type Err = JobError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s.trim())
+            .map(JobId)
+            .map_err(|e| JobError::InvalidId(format!("{s:?}: {e}")))
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobState {
+    Pending,
+    Started,
+    Retry,
+    Success,
+    Failure,
+    Revoked,
+    Expired,
+}
+
+impl JobState {
+    /// A final state never changes again.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Success | JobState::Failure | JobState::Revoked | JobState::Expired
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "PENDING",
+            JobState::Started => "STARTED",
+            JobState::Retry => "RETRY",
+            JobState::Success => "SUCCESS",
+            JobState::Failure => "FAILURE",
+            JobState::Revoked => "REVOKED",
+            JobState::Expired => "EXPIRED",
+        }
+    }
+}
+
+impl FromStr for JobState {
+    type Err = JobError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "PENDING" => JobState::Pending,
+            "STARTED" => JobState::Started,
+            "RETRY" => JobState::Retry,
+            "SUCCESS" => JobState::Success,
+            "FAILURE" => JobState::Failure,
+            "REVOKED" => JobState::Revoked,
+            "EXPIRED" => JobState::Expired,
+            other => return Err(JobError::InvalidState(other.to_string())),
+        })
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Kinds of failure a retry policy may opt into retrying. A task's `retry`
+/// error and infrastructure failures are always retried.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    Fail,
+    FuelExhausted,
+    MemoryLimit,
+    TimeLimit,
+    Trap,
+    InvalidOutput,
+}
+
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RetryPolicy {
+    pub max_retries: u32,
+    /// First retry waits about this long; each further one doubles it.
+    pub backoff_base_ms: u64,
+    pub backoff_cap_ms: u64,
+    /// Full jitter: the delay is drawn uniformly from [delay/2, delay].
+    pub jitter: bool,
+    /// Final failures that are nevertheless retried under this policy.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub retry_on: Vec<FailureKind>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        // The scenario's policy: 3 retries, 60 s base, capped at 600 s, jitter.
+        RetryPolicy {
+            max_retries: 3,
+            backoff_base_ms: 60_000,
+            backoff_cap_ms: 600_000,
+            jitter: true,
+            retry_on: Vec::new(),
+        }
+    }
+}
+
+impl RetryPolicy {
+    pub fn none() -> Self {
+        RetryPolicy {
+            max_retries: 0,
+            ..Default::default()
+        }
+    }
+
+    /// Delay before retry number `retry` (1-based).
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let exp = retry.saturating_sub(1).min(32);
+        let raw = self.backoff_base_ms.saturating_mul(1u64 << exp);
+        let capped = raw.min(self.backoff_cap_ms.max(self.backoff_base_ms));
+        let ms = if self.jitter && capped > 1 {
+            rand::random_range(capped / 2..=capped)
+        } else {
+            capped
+        };
+        Duration::from_millis(ms)
+    }
+
+    pub fn retries(&self, kind: FailureKind) -> bool {
+        self.retry_on.contains(&kind)
+    }
+}
+
+/// Resource limits for one run. `None` means the worker's default.
+#[derive(Clone, Default, PartialEq, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JobLimits {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_limit_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+}
+
+/// A global rate limit: at most `count` starts in any window of `period_ms`,
+/// shared by every worker. `key` names what is limited (`task:send_mail`,
+/// `queue:email`).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct RateLimit {
+    pub key: String,
+    pub count: u32,
+    pub period_ms: u64,
+}
+
+impl RateLimit {
+    /// Parses `10/m`, `30/m`, `5/2s`, `100/h`, `2/500ms` for `key`.
+    pub fn parse(key: impl Into<String>, spec: &str) -> Result<Self, JobError> {
+        let bad = |why: &str| JobError::InvalidRateLimit(format!("{spec:?}: {why}"));
+        let (count, per) = spec
+            .trim()
+            .split_once('/')
+            .ok_or_else(|| bad("expected N/period, e.g. 10/m"))?;
+        let count: u32 = count
+            .trim()
+            .parse()
+            .map_err(|_| bad("the count is not a whole number"))?;
+        if count == 0 {
+            return Err(bad("the count must be at least 1"));
+        }
+        let per = per.trim();
+        let split = per.find(|c: char| !c.is_ascii_digit()).unwrap_or(per.len());
+        let (n, unit) = per.split_at(split);
+        let n: u64 = if n.is_empty() {
+            1
+        } else {
+            n.parse().map_err(|_| bad("bad period"))?
+        };
+        let unit_ms = match unit {
+            "ms" => 1,
+            "s" | "sec" => 1000,
+            "m" | "min" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(bad("the period unit must be ms, s, m, h or d")),
+        };
+        let period_ms = n.saturating_mul(unit_ms);
+        if period_ms == 0 {
+            return Err(bad("the period must be positive"));
+        }
+        Ok(RateLimit {
+            key: key.into(),
+            count,
+            period_ms,
+        })
+    }
+}
+
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct Progress {
+    pub done: u64,
+    pub total: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Why a job failed (or why its last attempt failed, on RETRY).
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct JobFailure {
+    /// `retry`, `fail`, `fuel_exhausted`, `memory_limit`, `time_limit`,
+    /// `trap`, `invalid_output`, `infrastructure`, `lost_lease`, `revoked`,
+    /// `expired`.
+    pub kind: String,
+    pub message: String,
+}
+
+/// The stored job: spec, state and outcome in one document.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct Job {
+    /// Must stay the first field: see the module docs.
+    pub state: JobState,
+    pub id: JobId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// `sha256:<hex>`; resolved from the task binding at run time when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+    /// JSON text, validated at enqueue.
+    pub input: String,
+    pub queue: String,
+    /// 1 for the first run, 2 for the first retry, ...
+    pub attempt: u32,
+    pub retry: RetryPolicy,
+    #[serde(default)]
+    pub limits: JobLimits,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<JobId>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<JobId>,
+    pub result_ttl_ms: u64,
+    pub created_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The worker running (or that ran) the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    /// JSON text of the task's output, on SUCCESS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobFailure>,
+    /// Times the job was handed out again because its lease ran out.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub redeliveries: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl Job {
+    pub fn to_json(&self) -> String {
+        // Serialising this struct cannot fail: every field is a plain value.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub fn from_json(s: &str) -> Result<Self, JobError> {
+        serde_json::from_str(s).map_err(|e| JobError::Corrupt(e.to_string()))
+    }
+
+    /// The result value as JSON, when the job succeeded.
+    pub fn result_value(&self) -> Option<serde_json::Value> {
+        self.result
+            .as_deref()
+            .and_then(|r| serde_json::from_str(r).ok())
+    }
+
+    pub fn is_expired_at(&self, now: DateTime<Utc>) -> bool {
+        self.expires.is_some_and(|e| e <= now)
+    }
+}
+
+/// Validates a queue name: short, printable, no spaces or braces (braces
+/// would break the `{queue}` hash tag).
+pub fn validate_queue_name(name: &str) -> Result<(), JobError> {
+    let bad = |why: &str| JobError::InvalidQueue {
+        name: name.to_string(),
+        reason: why.to_string(),
+    };
+    if name.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    if name.len() > 100 {
+        return Err(bad("it is longer than 100 bytes"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')))
+    {
+        let what = if c.is_whitespace() {
+            "spaces are not allowed".to_string()
+        } else {
+            format!("{c:?} is not allowed (use letters, digits, '-', '_', '.', ':')")
+        };
+        return Err(bad(&what));
+    }
+    Ok(())
+}
+
+/// Bad input to the job model. Nothing is enqueued when one of these comes back.
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum JobError {
+    #[error("unknown task {0:?}: bind it to a module first")]
+    UnknownTask(String),
+    #[error("invalid JSON input at line {line}, column {column}: {message}")]
+    InvalidJson {
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("countdown must not be negative (got {0} s)")]
+    NegativeCountdown(f64),
+    #[error("expiry {0} is in the past")]
+    ExpiryInPast(DateTime<Utc>),
+    #[error("invalid queue name {name:?}: {reason}")]
+    InvalidQueue { name: String, reason: String },
+    #[error("invalid rate limit {0}")]
+    InvalidRateLimit(String),
+    #[error("a job needs a task name or a module hash")]
+    NoTask,
+    #[error("invalid job id {0}")]
+    InvalidId(String),
+    #[error("invalid job state {0:?}")]
+    InvalidState(String),
+    #[error("invalid module hash {0:?}: expected sha256:<64 hex digits>")]
+    InvalidModuleHash(String),
+    #[error("invalid idempotency key: {0}")]
+    InvalidIdempotencyKey(String),
+    #[error("stored job record is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Checks that `input` is JSON; the error carries line and column.
+pub fn validate_json(input: &str) -> Result<(), JobError> {
+    serde_json::from_str::<serde::de::IgnoredAny>(input)
+        .map(|_| ())
+        .map_err(|e| {
+            let text = e.to_string();
+            // serde_json appends the position, which the error shows already.
+            let message = match text.rsplit_once(" at line ") {
+                Some((m, _)) => m.to_string(),
+                None => text,
+            };
+            JobError::InvalidJson {
+                line: e.line(),
+                column: e.column(),
+                message,
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limits_parse() {
+        let r = RateLimit::parse("q", "10/m").unwrap();
+        assert_eq!((r.count, r.period_ms), (10, 60_000));
+        let r = RateLimit::parse("q", "5/2s").unwrap();
+        assert_eq!((r.count, r.period_ms), (5, 2000));
+        assert!(RateLimit::parse("q", "0/m").is_err());
+        assert!(RateLimit::parse("q", "5/2y").is_err());
+        assert!(RateLimit::parse("q", "abc").is_err());
+    }
+
+    #[test]
+    fn queue_names() {
+        assert!(validate_queue_name("mail").is_ok());
+        assert!(matches!(
+            validate_queue_name("my queue"),
+            Err(JobError::InvalidQueue { .. })
+        ));
+        assert!(validate_queue_name("a{b}").is_err());
+        assert!(validate_queue_name("").is_err());
+    }
+
+    #[test]
+    fn backoff_is_capped() {
+        let p = RetryPolicy {
+            max_retries: 10,
+            backoff_base_ms: 1000,
+            backoff_cap_ms: 5000,
+            jitter: false,
+            retry_on: vec![],
+        };
+        assert_eq!(p.backoff(1), Duration::from_millis(1000));
+        assert_eq!(p.backoff(2), Duration::from_millis(2000));
+        assert_eq!(p.backoff(5), Duration::from_millis(5000));
+        let j = RetryPolicy { jitter: true, ..p };
+        for _ in 0..100 {
+            let d = j.backoff(3).as_millis();
+            assert!((2000..=4000).contains(&d));
+        }
+    }
+
+    #[test]
+    fn state_is_first_field() {
+        let j = Job {
+            state: JobState::Pending,
+            id: JobId::new(),
+            task: Some("t".into()),
+            module: None,
+            input: "{}".into(),
+            queue: "q".into(),
+            attempt: 1,
+            retry: RetryPolicy::none(),
+            limits: JobLimits::default(),
+            rate_limits: vec![],
+            eta: None,
+            expires: None,
+            idempotency_key: None,
+            parent: None,
+            children: vec![],
+            result_ttl_ms: 1000,
+            created_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+            worker: None,
+            progress: None,
+            result: None,
+            error: None,
+            redeliveries: 0,
+        };
+        assert!(j.to_json().starts_with("{\"state\":\"PENDING\""));
+    }
+}

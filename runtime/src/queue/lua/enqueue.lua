@@ -1,0 +1,61 @@
+-- Stores a batch of jobs and makes them ready or delayed, in one call.
+-- KEYS[1]: the queue's ready list (routes the call to the queue's slot)
+-- ARGV: prefix, channel, queue, idempotency ttl ms, n,
+--       then per job: id, record, due ms (0 = now), idempotency key, record ttl ms (0 = none)
+-- Returns per job: 'new' or 'dup', then the earlier record for a dup ('' otherwise).
+local P, chan, qname = ARGV[1], ARGV[2], ARGV[3]
+local idem_ttl = tonumber(ARGV[4])
+local n = tonumber(ARGV[5])
+local out = {}
+if n == 0 then return out end
+
+local mset, ready, delayed = {}, {}, {}
+local seen = {}
+local wake = nil
+for j = 0, n - 1 do
+  local b = 6 + j * 5
+  local id, rec, due, idem, ttl = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3], tonumber(ARGV[b + 4])
+  local dup = nil
+  if idem ~= '' then
+    dup = seen[idem]
+    if not dup then
+      local ik = P .. 'idem:' .. idem
+      local prev = redis.call('GET', ik)
+      if prev then dup = redis.call('GET', P .. 'job:' .. prev) end
+      if not dup then
+        redis.call('SET', ik, id, 'PX', idem_ttl)
+        seen[idem] = rec
+      end
+    end
+  end
+  if dup then
+    out[#out + 1] = 'dup'
+    out[#out + 1] = dup
+  else
+    out[#out + 1] = 'new'
+    out[#out + 1] = ''
+    if ttl > 0 then
+      redis.call('SET', P .. 'job:' .. id, rec, 'PX', ttl)
+    else
+      mset[#mset + 1] = P .. 'job:' .. id
+      mset[#mset + 1] = rec
+    end
+    if due > 0 then
+      delayed[#delayed + 1] = due
+      delayed[#delayed + 1] = id .. '|0'
+      if not wake or due < wake then wake = due end
+    else
+      ready[#ready + 1] = id .. '|0'
+    end
+  end
+end
+if #mset > 0 then redis.call('MSET', unpack(mset)) end
+if #ready > 0 then redis.call('RPUSH', P .. 'ready', unpack(ready)) end
+if #delayed > 0 then redis.call('ZADD', P .. 'delayed', unpack(delayed)) end
+if #ready > 0 or wake then
+  local msg = { q = qname }
+  if #ready > 0 then msg.ready = #ready end
+  if wake then msg.wake = wake end
+  redis.call('PUBLISH', chan, cjson.encode(msg))
+end
+return out

@@ -1,0 +1,206 @@
+-- One worker round trip: settle finished jobs, optionally move what is due,
+-- lease new jobs (under the queue's global rate limits), publish one event.
+-- KEYS[1]: the queue's ready list
+-- ARGV: prefix, channel, queue, now ms, lease ms, worker, fetch max, due check (1/0), n completions,
+--       skip own leases in next due (1/0),
+--       then per completion: lease member, action, record, arg, id, alt record, alt ttl, state
+-- action: F final, D final + dead letter, R retry (arg = due ms), H hand back;
+--         a trailing 'p' clears stored progress.
+-- Returns {leased {member, record}..., stale ids, next due, deferred until}.
+local P, chan, qname = ARGV[1], ARGV[2], ARGV[3]
+local now, lease_ms = tonumber(ARGV[4]), tonumber(ARGV[5])
+local worker, fetch_max, due_check = ARGV[6], tonumber(ARGV[7]), ARGV[8] == '1'
+local nc = tonumber(ARGV[9])
+local skip_own = ARGV[10] == '1'
+local ev, stale = {}, {}
+local readied = 0
+local deferred = nil
+local function defer(t)
+  if not deferred or t < deferred then deferred = t end
+end
+
+if nc > 0 then
+  local members = {}
+  for j = 0, nc - 1 do members[j + 1] = ARGV[11 + j * 8] end
+  local scores
+  if nc == 1 then
+    -- One result: ZREM itself says whether the lease was still ours.
+    scores = { redis.call('ZREM', P .. 'leases', members[1]) == 1 }
+  else
+    scores = redis.call('ZMSCORE', P .. 'leases', unpack(members))
+  end
+  local held, dead, back, delayed, clear = {}, {}, {}, {}, {}
+  for j = 0, nc - 1 do
+    local b = 11 + j * 8
+    local member, action, rec, arg = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+    local id, alt, altttl, state = ARGV[b + 4], ARGV[b + 5], ARGV[b + 6], ARGV[b + 7]
+    if not scores[j + 1] then
+      stale[#stale + 1] = id
+    else
+      held[#held + 1] = member
+      local kind = string.sub(action, 1, 1)
+      if string.find(action, 'p', 2, true) then clear[#clear + 1] = id end
+      if kind == 'F' or kind == 'D' then
+        redis.call('SET', P .. 'job:' .. id, rec, 'PX', arg)
+        if kind == 'D' then
+          dead[#dead + 1] = now
+          dead[#dead + 1] = id
+        end
+        ev[#ev + 1] = { id, state }
+      elseif kind == 'R' then
+        if redis.call('ZSCORE', P .. 'revoked', id) then
+          redis.call('SET', P .. 'job:' .. id, alt, 'PX', altttl)
+          ev[#ev + 1] = { id, 'REVOKED' }
+        else
+          redis.call('SET', P .. 'job:' .. id, rec)
+          local due = tonumber(arg)
+          delayed[#delayed + 1] = due
+          delayed[#delayed + 1] = id .. '|0'
+          defer(due)
+          ev[#ev + 1] = { id, 'RETRY' }
+        end
+      elseif kind == 'H' then
+        local n = string.match(member, '^[^|]+|(%d+)|') or '0'
+        back[#back + 1] = id .. '|' .. n
+      end
+    end
+  end
+  if #held > 0 and nc > 1 then redis.call('ZREM', P .. 'leases', unpack(held)) end
+  if #dead > 0 then redis.call('ZADD', P .. 'dead', unpack(dead)) end
+  if #delayed > 0 then redis.call('ZADD', P .. 'delayed', unpack(delayed)) end
+  if #back > 0 then
+    redis.call('LPUSH', P .. 'ready', unpack(back))
+    readied = readied + #back
+  end
+  if #clear > 0 then redis.call('HDEL', P .. 'progress', unpack(clear)) end
+end
+
+local next_due = nil
+if due_check then
+  local due = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', now, 'LIMIT', 0, 1000)
+  if #due > 0 then
+    redis.call('ZREM', P .. 'delayed', unpack(due))
+    redis.call('RPUSH', P .. 'ready', unpack(due))
+    readied = readied + #due
+  end
+  local expired = redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', now, 'LIMIT', 0, 1000)
+  if #expired > 0 then
+    redis.call('ZREM', P .. 'leases', unpack(expired))
+    local back = {}
+    for _, m in ipairs(expired) do
+      local id, n = string.match(m, '^([^|]+)|(%d+)|')
+      if id then
+        if redis.call('ZSCORE', P .. 'revoked', id) then
+          -- Revoked while its worker was lost: end it here. The record's
+          -- state is its first field, so a prefix swap keeps the JSON intact.
+          local k = P .. 'job:' .. id
+          local rec = redis.call('GET', k)
+          if rec then
+            local ttl = tonumber(string.match(rec, '"result_ttl_ms":(%d+)')) or 3600000
+            local s = string.gsub(rec, '^{"state":"%u+"', '{"state":"REVOKED"', 1)
+            redis.call('SET', k, s, 'PX', ttl)
+            ev[#ev + 1] = { id, 'REVOKED' }
+          end
+        else
+          back[#back + 1] = id .. '|' .. (tonumber(n) + 1)
+        end
+      end
+    end
+    if #back > 0 then
+      redis.call('LPUSH', P .. 'ready', unpack(back))
+      readied = readied + #back
+    end
+  end
+  local d = redis.call('ZRANGE', P .. 'delayed', 0, 0, 'WITHSCORES')
+  if d[2] then next_due = tonumber(d[2]) end
+  -- Another worker's lease may run out (if it dies): wake then. Our own
+  -- leases we extend ourselves; others learn of them when we take them.
+  local l = redis.call('ZRANGE', P .. 'leases', 0, 0, 'WITHSCORES')
+  if l[2] and not (skip_own and string.find(l[1], '|' .. worker .. '|', 1, true))
+      and (not next_due or tonumber(l[2]) < next_due) then
+    next_due = tonumber(l[2])
+  end
+end
+
+-- Global rate limits (see ratelimit.rs for the rule). Returns nil when the
+-- job may start now, else the time to try again.
+local function limit(rules, id)
+  local blocked = nil
+  for _, r in ipairs(rules) do
+    local k = P .. 'rl:' .. r.key
+    local period, cnt = tonumber(r.period_ms), tonumber(r.count)
+    redis.call('ZREMRANGEBYSCORE', k, '-inf', now - period)
+    local starts = redis.call('ZRANGE', k, 0, -1, 'WITHSCORES')
+    local c = #starts / 2
+    if c >= cnt then
+      local until_ = tonumber(starts[(c - cnt) * 2 + 2]) + period
+      if not blocked or until_ > blocked then blocked = until_ end
+    end
+  end
+  if blocked then
+    local slot = math.max(blocked, now)
+    for _, r in ipairs(rules) do
+      local tail = tonumber(redis.call('GET', P .. 'rl:' .. r.key .. ':tail') or '0')
+      local step = math.floor(tonumber(r.period_ms) / tonumber(r.count))
+      if tail + step > slot then slot = tail + step end
+    end
+    for _, r in ipairs(rules) do
+      redis.call('SET', P .. 'rl:' .. r.key .. ':tail', slot, 'PX', (slot - now) + tonumber(r.period_ms) * 2)
+    end
+    return slot
+  end
+  for _, r in ipairs(rules) do
+    local k = P .. 'rl:' .. r.key
+    redis.call('ZADD', k, now, id .. ':' .. now)
+    redis.call('PEXPIRE', k, tonumber(r.period_ms) * 2)
+  end
+  return nil
+end
+
+local out = {}
+if fetch_max > 0 then
+  local els = redis.call('LPOP', P .. 'ready', fetch_max)
+  if els then
+    local keys = {}
+    for i, e in ipairs(els) do keys[i] = P .. 'job:' .. string.match(e, '^[^|]+') end
+    local recs = redis.call('MGET', unpack(keys))
+    local leases = {}
+    local until_ = now + lease_ms
+    for i, e in ipairs(els) do
+      local rec = recs[i]
+      if rec then
+        local st = string.match(rec, '^{"state":"(%u+)"')
+        if st == 'PENDING' or st == 'RETRY' then
+          local id = string.match(e, '^[^|]+')
+          local n = string.match(e, '|(%d+)') or '0'
+          local slot = nil
+          if string.find(rec, '"rate_limits":[', 1, true) then
+            slot = limit(cjson.decode(rec).rate_limits, id)
+          end
+          if slot then
+            redis.call('ZADD', P .. 'delayed', slot, id .. '|' .. n)
+            defer(slot)
+          else
+            local member = id .. '|' .. n .. '|' .. worker .. '|' .. now
+            leases[#leases + 1] = until_
+            leases[#leases + 1] = member
+            out[#out + 1] = member
+            out[#out + 1] = rec
+            ev[#ev + 1] = { id, 'STARTED' }
+          end
+        end
+      end
+    end
+    if #leases > 0 then redis.call('ZADD', P .. 'leases', unpack(leases)) end
+  end
+end
+
+if #ev > 0 or readied > 0 or deferred then
+  local msg = { q = qname, w = worker }
+  if #ev > 0 then msg.ev = ev end
+  if readied > 0 then msg.ready = readied end
+  if deferred then msg.wake = deferred end
+  if #out > 0 then msg.lease = now + lease_ms end
+  redis.call('PUBLISH', chan, cjson.encode(msg))
+end
+return { out, stale, next_due and tostring(next_due) or '', deferred and tostring(deferred) or '' }

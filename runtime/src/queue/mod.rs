@@ -1,0 +1,297 @@
+//! The queue engine: the job model, the [`Broker`] trait and its two
+//! implementations.
+//!
+//! - [`RedisBroker`]: production. Several workers on several machines share
+//!   one Redis. Every key of a queue carries the `{queue}` hash tag; every
+//!   state change is one Lua script, so a job costs few Redis commands (see
+//!   `redis.rs` for the budget).
+//! - [`EmbeddedBroker`]: in-process, state in memory only. Used when no
+//!   Redis URL is configured (`runner dev`); everything is lost when the
+//!   process exits.
+//!
+//! Delivery is at least once with leases: a worker leases jobs with
+//! [`Broker::settle`], extends the leases while it runs them and settles them
+//! (result, retry or hand-back) with the next `settle` call. A lease that
+//! runs out puts the job back. Nothing here polls: workers learn of new work
+//! from [`Broker::signals`], waiters from [`Broker::subscribe`].
+//!
+//! The queue never runs anything and never reads the registry: producers
+//! resolve task names before they enqueue ([`client::Producer`]).
+
+pub mod client;
+pub mod embedded;
+pub mod job;
+pub mod ratelimit;
+pub mod redis;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc};
+
+pub use client::{EnqueueError, EnqueueRequest, Producer};
+pub use embedded::EmbeddedBroker;
+pub use job::{
+    FailureKind, Job, JobError, JobFailure, JobId, JobLimits, JobState, Progress, RateLimit,
+    RetryPolicy,
+};
+pub use redis::RedisBroker;
+
+/// A worker's claim on one job. The `member` string identifies this very
+/// delivery: a settlement with a stale lease is ignored.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Lease {
+    pub queue: String,
+    pub id: JobId,
+    pub member: String,
+    /// Times this job was redelivered because a lease ran out.
+    pub redeliveries: u32,
+}
+
+/// A job handed to a worker.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub job: Job,
+    pub lease: Lease,
+    /// When the lease was taken: the job's start time for rate limits.
+    pub leased_at: DateTime<Utc>,
+}
+
+/// What a worker reports for a leased job.
+#[derive(Clone, Debug)]
+pub enum Settlement {
+    /// A final record (SUCCESS, FAILURE, REVOKED, EXPIRED), kept for
+    /// `job.result_ttl_ms` (or the dead-letter TTL when `dead`).
+    Finish { job: Job, dead: bool },
+    /// Run again at `due`. `if_revoked` is stored instead when the job was
+    /// revoked while it ran.
+    Retry {
+        job: Job,
+        due: DateTime<Utc>,
+        if_revoked: Job,
+    },
+    /// Give the job back untouched (graceful shutdown).
+    Release,
+}
+
+#[derive(Clone, Debug)]
+pub struct Completion {
+    pub lease: Lease,
+    pub settlement: Settlement,
+    /// The job stored progress that must now be cleared.
+    pub had_progress: bool,
+}
+
+/// One round trip between a worker and the broker: settle finished jobs,
+/// lease new ones.
+#[derive(Clone, Debug)]
+pub struct SettleRequest {
+    pub queue: String,
+    pub worker: String,
+    pub completions: Vec<Completion>,
+    /// Lease up to this many jobs.
+    pub fetch: usize,
+    /// Also move due delayed jobs and reclaim expired leases.
+    pub due_check: bool,
+    /// The caller holds leases in this queue and extends them itself: its
+    /// own leases are left out of `next_due`. A caller that holds none gets
+    /// them too (they can only be orphans of a lost reply or an earlier run).
+    pub holds_leases: bool,
+    pub lease: Duration,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct SettleReply {
+    pub deliveries: Vec<Delivery>,
+    /// Completions whose lease was no longer held (the job was redelivered).
+    pub stale: Vec<JobId>,
+    /// Earliest time something in this queue comes due (a delayed job or a
+    /// lease that may run out), when `due_check` was asked for.
+    pub next_due: Option<DateTime<Utc>>,
+    /// Earliest time a job deferred by this call (retry, rate limit) is due.
+    pub deferred_until: Option<DateTime<Utc>>,
+}
+
+/// What wakes a worker.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Signal {
+    /// New jobs are ready in `queue`.
+    Work { queue: String },
+    /// Something in `queue` comes due at `at`.
+    WakeAt { queue: String, at: DateTime<Utc> },
+    /// Another worker leased jobs of `queue` until `at`: if it dies, they
+    /// must be reclaimed then.
+    LeaseUntil {
+        queue: String,
+        worker: String,
+        at: DateTime<Utc>,
+    },
+    /// Drop the job if it waits here; stop it if it runs and `terminate`.
+    Revoke { id: JobId, terminate: bool },
+    /// The signal connection was re-established: signals may have been missed.
+    Reconnected,
+}
+
+/// A job's state changed (or its progress moved).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobEvent {
+    pub id: JobId,
+    pub queue: String,
+    pub state: JobState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RevokeOutcome {
+    /// It was queued and will never run.
+    Revoked,
+    /// It is running; its worker was told to stop it.
+    Terminating,
+    /// It is running and will finish, but will not be retried.
+    WillNotRetry,
+    AlreadyFinal(JobState),
+    NotFound,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStats {
+    pub name: String,
+    pub ready: u64,
+    pub delayed: u64,
+    pub in_flight: u64,
+    pub dead: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub id: String,
+    pub hostname: String,
+    pub pid: u32,
+    pub queues: Vec<String>,
+    pub concurrency: usize,
+    pub started_at: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    pub running: Vec<JobId>,
+    pub processed: u64,
+    pub failed: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Enqueued {
+    pub job: Job,
+    /// False when an earlier job with the same idempotency key was returned.
+    pub created: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("Redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    #[error(transparent)]
+    Job(#[from] JobError),
+    #[error("unknown queue {0:?}")]
+    UnknownQueue(String),
+    #[error("broker protocol error: {0}")]
+    Protocol(String),
+}
+
+impl BrokerError {
+    /// The broker could not be reached; the call may be repeated.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            BrokerError::Redis(e) => {
+                e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_timeout()
+                    || e.is_unrecoverable_error()
+            }
+            _ => false,
+        }
+    }
+}
+
+pub type BrokerResult<T> = Result<T, BrokerError>;
+
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// `"redis"` or `"embedded"`.
+    fn kind(&self) -> &'static str;
+
+    /// Stores validated jobs (ready now, or delayed until `eta`). A job whose
+    /// idempotency key was seen before is not stored; the earlier job is
+    /// returned instead.
+    async fn enqueue(&self, jobs: Vec<Job>) -> BrokerResult<Vec<Enqueued>>;
+
+    /// The job as it is now: STARTED with its worker while leased, with its
+    /// latest progress.
+    async fn get(&self, id: JobId) -> BrokerResult<Option<Job>>;
+
+    /// Job events of every queue, pushed.
+    async fn subscribe(&self) -> BrokerResult<broadcast::Receiver<JobEvent>>;
+
+    async fn revoke(&self, id: JobId, terminate: bool) -> BrokerResult<RevokeOutcome>;
+
+    /// Settles `completions` and leases up to `fetch` jobs, atomically.
+    async fn settle(&self, req: SettleRequest) -> BrokerResult<SettleReply>;
+
+    /// Extends leases; returns the jobs whose lease was already lost.
+    async fn extend(&self, leases: &[Lease], lease: Duration) -> BrokerResult<Vec<JobId>>;
+
+    /// Stores the progress of a leased job and publishes it.
+    async fn progress(&self, lease: &Lease, progress: &Progress) -> BrokerResult<()>;
+
+    /// Wake-ups for a worker consuming `queues`, plus revoke requests.
+    async fn signals(&self, queues: &[String]) -> BrokerResult<mpsc::UnboundedReceiver<Signal>>;
+
+    async fn heartbeat(&self, worker: &WorkerInfo, ttl: Duration) -> BrokerResult<()>;
+    async fn worker_gone(&self, worker_id: &str) -> BrokerResult<()>;
+    async fn workers(&self) -> BrokerResult<Vec<WorkerInfo>>;
+
+    /// Makes a queue known (listed) before any job was sent to it.
+    async fn register_queue(&self, queue: &str) -> BrokerResult<()>;
+    async fn queues(&self) -> BrokerResult<Vec<QueueStats>>;
+
+    /// Dead letters of `queue`, oldest first.
+    async fn dead_letters(&self, queue: &str, limit: usize) -> BrokerResult<Vec<Job>>;
+    /// Puts dead letters back as new attempts (all of them when `ids` is
+    /// empty); returns the ids replayed.
+    async fn replay(&self, queue: &str, ids: &[JobId]) -> BrokerResult<Vec<JobId>>;
+
+    /// Waits until the job is final or `timeout` passes, woken by events.
+    /// Returns the job as it is then (`None` if unknown).
+    async fn wait(&self, id: JobId, timeout: Duration) -> BrokerResult<Option<Job>> {
+        // Subscribe before reading, so that an end between the read and the
+        // subscription cannot be missed.
+        let mut events = self.subscribe().await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let job = self.get(id).await?;
+            match &job {
+                None => return Ok(None),
+                Some(j) if j.state.is_final() => return Ok(job),
+                Some(_) => {}
+            }
+            loop {
+                match tokio::time::timeout_at(deadline, events.recv()).await {
+                    Err(_) => return self.get(id).await,
+                    Ok(Ok(ev)) if ev.id == id && ev.state.is_final() => break,
+                    Ok(Ok(_)) => continue,
+                    // Lagged or reconnected: read again.
+                    Ok(Err(broadcast::error::RecvError::Lagged(_))) => break,
+                    Ok(Err(broadcast::error::RecvError::Closed)) => {
+                        events = self.subscribe().await?;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub(crate) fn ms_to_time(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}

@@ -1,0 +1,100 @@
+//! Global rate limits: at most `count` starts in any window of `period`.
+//!
+//! The rule, shared by both brokers (the Redis one runs it in Lua, inside
+//! the script that leases jobs, so that every worker sees the same log):
+//!
+//! - a log per limit key holds the lease times of recent starts;
+//! - a job may start at `now` when fewer than `count` starts lie in
+//!   `(now - period, now]`; its start is logged;
+//! - otherwise it waits in the delayed set until the earliest time a start
+//!   leaves the window, and no earlier than `period / count` after the
+//!   previous deferred job (the log's "tail"), so that a backlog comes back
+//!   one by one at the allowed rate instead of all at once.
+//!
+//! The check at lease time is exact; the tail only spreads wake-ups.
+
+use std::collections::{HashMap, VecDeque};
+
+use super::job::RateLimit;
+
+#[derive(Default, Debug)]
+struct Log {
+    starts: VecDeque<i64>,
+    tail: i64,
+}
+
+/// In-memory limiter for the embedded broker.
+#[derive(Default, Debug)]
+pub struct Limiter {
+    logs: HashMap<String, Log>,
+}
+
+impl Limiter {
+    /// `Ok(())` when a job under `rules` may start at `now` (its start is
+    /// logged), `Err(slot)` with the time to try again otherwise.
+    pub fn try_start(&mut self, rules: &[RateLimit], now: i64) -> Result<(), i64> {
+        let mut blocked: Option<i64> = None;
+        for r in rules {
+            let log = self.logs.entry(r.key.clone()).or_default();
+            let period = r.period_ms as i64;
+            while log.starts.front().is_some_and(|&t| t <= now - period) {
+                log.starts.pop_front();
+            }
+            let c = log.starts.len();
+            let n = r.count as usize;
+            if c >= n {
+                let until = log.starts[c - n] + period;
+                blocked = Some(blocked.map_or(until, |b| b.max(until)));
+            }
+        }
+        if let Some(until) = blocked {
+            let mut slot = until.max(now);
+            for r in rules {
+                let log = self.logs.entry(r.key.clone()).or_default();
+                slot = slot.max(log.tail + (r.period_ms / r.count as u64) as i64);
+            }
+            for r in rules {
+                if let Some(log) = self.logs.get_mut(&r.key) {
+                    log.tail = slot;
+                }
+            }
+            return Err(slot);
+        }
+        for r in rules {
+            let log = self.logs.entry(r.key.clone()).or_default();
+            log.starts.push_back(now);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_more_than_count_in_a_window() {
+        let rule = RateLimit::parse("k", "5/2s").unwrap();
+        let mut l = Limiter::default();
+        let mut starts = Vec::new();
+        // 40 jobs, each retried at its slot until it starts.
+        let mut pending: Vec<i64> = vec![0; 40];
+        while !pending.is_empty() {
+            pending.sort();
+            let now = pending.remove(0);
+            match l.try_start(std::slice::from_ref(&rule), now) {
+                Ok(()) => starts.push(now),
+                Err(slot) => {
+                    assert!(slot > now);
+                    pending.push(slot);
+                }
+            }
+        }
+        starts.sort();
+        for (i, &s) in starts.iter().enumerate() {
+            let in_window = starts[i..].iter().take_while(|&&t| t < s + 2000).count();
+            assert!(in_window <= 5, "{in_window} starts after {s}");
+        }
+        assert_eq!(starts.len(), 40);
+    }
+}

@@ -1,0 +1,880 @@
+//! The Redis broker.
+//!
+//! # Keys
+//!
+//! Every key of queue `q` starts with `runner:{q}:` so that a queue lives in
+//! one Redis Cluster slot and one script may touch all of it:
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `ready` | list | `<id>\|<redeliveries>` of jobs that may run now |
+//! | `delayed` | zset | same members, scored by due time (ms): countdown, ETA, retry backoff, rate limit |
+//! | `leases` | zset | `<id>\|<redeliveries>\|<worker>\|<leased ms>`, scored by lease deadline |
+//! | `job:<id>` | string | the job record (JSON); a TTL once final |
+//! | `idem:<key>` | string | the id of the job enqueued with that idempotency key |
+//! | `dead` | zset | dead-lettered ids, scored by time of death |
+//! | `revoked` | zset | running jobs revoked without (or before) termination |
+//! | `progress` | hash | id -> latest progress of a running job |
+//! | `rl:<key>` | zset | start log of a rate limit (see `ratelimit.rs`) |
+//!
+//! Outside the queues: `runner:queues` (set of names), `runner:worker:<id>`
+//! (heartbeats with a TTL), pub/sub channels `runner:q:<queue>` (job events
+//! and wake-ups) and `runner:control` (revokes).
+//!
+//! # Cost
+//!
+//! A producer stores a whole batch with one script (EVALSHA, MSET, RPUSH,
+//! PUBLISH). A worker settles every finished job and leases new ones in one
+//! script (EVALSHA, ZMSCORE, one SET per result, ZREM, LPOP, MGET, ZADD,
+//! PUBLISH). So a job costs one command (its result) plus its share of a few
+//! per batch: `runner bench queue` measures about 1.5-2 per job (budget 4),
+//! and 14 for a job enqueued and run entirely alone. An idle worker sends
+//! nothing but its heartbeat: it waits on pub/sub, and sets a timer for the
+//! earliest delayed job instead of polling.
+//!
+//! An enqueue call whose reply is lost is not repeated by this client: a
+//! caller that retries should set an idempotency key.
+//!
+//! Blocking waits use dedicated pub/sub connections, which have no response
+//! timeout; commands go through a `ConnectionManager` that reconnects.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use futures::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Client, Script, Value};
+use serde::Deserialize;
+use tokio::sync::{broadcast, mpsc};
+
+use super::job::{DEAD_LETTER_TTL, Job, JobId, JobState, Progress};
+use super::{
+    Broker, BrokerError, BrokerResult, Completion, Delivery, Enqueued, JobEvent, Lease, QueueStats,
+    RevokeOutcome, SettleReply, SettleRequest, Settlement, Signal, WorkerInfo, ms_to_time,
+};
+
+const QUEUES_KEY: &str = "runner:queues";
+const CONTROL_CHANNEL: &str = "runner:control";
+/// Jobs per enqueue script call: keeps Lua's `unpack` well inside its stack.
+const ENQUEUE_CHUNK: usize = 1000;
+
+fn prefix(queue: &str) -> String {
+    format!("runner:{{{queue}}}:")
+}
+
+fn channel(queue: &str) -> String {
+    format!("runner:q:{queue}")
+}
+
+struct Scripts {
+    enqueue: Script,
+    settle: Script,
+    extend: Script,
+    status: Script,
+    revoke: Script,
+    replay: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Scripts {
+            enqueue: Script::new(include_str!("lua/enqueue.lua")),
+            settle: Script::new(include_str!("lua/settle.lua")),
+            extend: Script::new(include_str!("lua/extend.lua")),
+            status: Script::new(include_str!("lua/status.lua")),
+            revoke: Script::new(include_str!("lua/revoke.lua")),
+            replay: Script::new(include_str!("lua/replay.lua")),
+        }
+    }
+}
+
+struct Inner {
+    client: Client,
+    conn: ConnectionManager,
+    scripts: Scripts,
+    known_queues: Mutex<HashSet<String>>,
+    hub: Mutex<Option<broadcast::Sender<JobEvent>>>,
+    idempotency_ttl: Duration,
+}
+
+/// The production broker. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+}
+
+impl RedisBroker {
+    /// Connects to `url` (`redis://host:port/db`, `rediss://` for TLS).
+    pub async fn connect(url: &str) -> BrokerResult<Self> {
+        let client = Client::open(url)?;
+        let cfg = ConnectionManagerConfig::new()
+            // Scripts over large batches may take a while; nothing on this
+            // connection blocks on purpose.
+            .set_response_timeout(Some(Duration::from_secs(30)))
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        let conn = ConnectionManager::new_with_config(client.clone(), cfg).await?;
+        Ok(RedisBroker {
+            inner: Arc::new(Inner {
+                client,
+                conn,
+                scripts: Scripts::new(),
+                known_queues: Mutex::new(HashSet::new()),
+                hub: Mutex::new(None),
+                idempotency_ttl: Duration::from_secs(24 * 3600),
+            }),
+        })
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.inner.conn.clone()
+    }
+
+    /// The connection manager, for callers that measure Redis itself
+    /// (`runner bench`).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn()
+    }
+
+    async fn find_record(&self, id: JobId) -> BrokerResult<Option<(String, String)>> {
+        let mut conn = self.conn();
+        let queues: Vec<String> = conn.smembers(QUEUES_KEY).await?;
+        if queues.is_empty() {
+            return Ok(None);
+        }
+        let mut pipe = redis::pipe();
+        for q in &queues {
+            pipe.get(format!("{}job:{id}", prefix(q)));
+        }
+        let recs: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
+        Ok(queues
+            .into_iter()
+            .zip(recs)
+            .find_map(|(q, r)| r.map(|r| (q, r))))
+    }
+
+    async fn start_hub(&self) -> BrokerResult<broadcast::Sender<JobEvent>> {
+        let mut pubsub = self.inner.client.get_async_pubsub().await?;
+        pubsub.psubscribe("runner:q:*").await?;
+        let (tx, _) = broadcast::channel(65_536);
+        let sender = tx.clone();
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut stream = pubsub.into_on_message();
+            while let Some(msg) = stream.next().await {
+                let Ok(payload) = msg.get_payload::<String>() else {
+                    continue;
+                };
+                let Ok(m) = serde_json::from_str::<WireMessage>(&payload) else {
+                    continue;
+                };
+                for ev in m.events() {
+                    // No receivers is fine: nobody waits right now.
+                    let _ = tx.send(ev);
+                }
+            }
+            // The connection dropped: forget this hub, so that the next
+            // subscriber starts a fresh one and every current receiver sees
+            // `Closed` and reads again.
+            if let Some(inner) = weak.upgrade()
+                && let Ok(mut hub) = inner.hub.lock()
+                && hub.as_ref().is_some_and(|h| h.same_channel(&tx))
+            {
+                *hub = None;
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// A message on `runner:q:<queue>`, published by the scripts.
+#[derive(Deserialize, Default)]
+struct WireMessage {
+    q: String,
+    #[serde(default)]
+    w: Option<String>,
+    #[serde(default)]
+    ev: Option<Vec<(String, String)>>,
+    #[serde(default)]
+    ready: Option<u64>,
+    #[serde(default)]
+    wake: Option<i64>,
+    #[serde(default)]
+    lease: Option<i64>,
+    #[serde(default)]
+    progress: Option<WireProgress>,
+}
+
+#[derive(Deserialize)]
+struct WireProgress {
+    id: String,
+    #[serde(flatten)]
+    progress: Progress,
+}
+
+impl WireMessage {
+    fn events(&self) -> Vec<JobEvent> {
+        let mut out = Vec::new();
+        // cjson encodes an empty list as `{}`, so an absent or odd `ev`
+        // simply yields nothing.
+        for (id, state) in self.ev.iter().flatten() {
+            if let (Ok(id), Ok(state)) = (id.parse(), state.parse()) {
+                out.push(JobEvent {
+                    id,
+                    queue: self.q.clone(),
+                    state,
+                    progress: None,
+                });
+            }
+        }
+        if let Some(p) = &self.progress
+            && let Ok(id) = p.id.parse()
+        {
+            out.push(JobEvent {
+                id,
+                queue: self.q.clone(),
+                state: JobState::Started,
+                progress: Some(p.progress.clone()),
+            });
+        }
+        out
+    }
+}
+
+fn as_string(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        Value::Okay => Some("OK".into()),
+        _ => None,
+    }
+}
+
+fn as_array(v: Value) -> Vec<Value> {
+    match v {
+        Value::Array(a) | Value::Set(a) => a,
+        _ => Vec::new(),
+    }
+}
+
+fn protocol(what: &str) -> BrokerError {
+    BrokerError::Protocol(what.to_string())
+}
+
+/// Parses a lease member `<id>|<redeliveries>|<worker>|<leased ms>`.
+fn parse_member(queue: &str, member: &str) -> Option<(Lease, String, i64)> {
+    let mut parts = member.splitn(4, '|');
+    let id: JobId = parts.next()?.parse().ok()?;
+    let redeliveries: u32 = parts.next()?.parse().ok()?;
+    let worker = parts.next()?.to_string();
+    let at: i64 = parts.next()?.parse().ok()?;
+    Some((
+        Lease {
+            queue: queue.to_string(),
+            id,
+            member: member.to_string(),
+            redeliveries,
+        },
+        worker,
+        at,
+    ))
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+fn ttl_ms(d: Duration) -> u64 {
+    (d.as_millis() as u64).max(1)
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn enqueue(&self, jobs: Vec<Job>) -> BrokerResult<Vec<Enqueued>> {
+        let mut out = Vec::with_capacity(jobs.len());
+        // Group by queue, keeping the caller's order within each queue.
+        let mut queues: Vec<String> = Vec::new();
+        for j in &jobs {
+            if !queues.contains(&j.queue) {
+                queues.push(j.queue.clone());
+            }
+        }
+        let mut results: Vec<Option<Enqueued>> = vec![None; jobs.len()];
+        for q in &queues {
+            self.register_queue(q).await?;
+            let idx: Vec<usize> = (0..jobs.len()).filter(|&i| jobs[i].queue == *q).collect();
+            for chunk in idx.chunks(ENQUEUE_CHUNK) {
+                let p = prefix(q);
+                let mut inv = self.inner.scripts.enqueue.prepare_invoke();
+                inv.key(format!("{p}ready"))
+                    .arg(&p)
+                    .arg(channel(q))
+                    .arg(q)
+                    .arg(ttl_ms(self.inner.idempotency_ttl))
+                    .arg(chunk.len());
+                let now = Utc::now();
+                for &i in chunk {
+                    let j = &jobs[i];
+                    let due = j
+                        .eta
+                        .filter(|e| *e > now)
+                        .map(|e| e.timestamp_millis())
+                        .unwrap_or(0);
+                    // A job that expires unrun is kept a result-TTL past its expiry.
+                    let ttl = j
+                        .expires
+                        .map(|e| (e - now).num_milliseconds().max(1) as u64 + j.result_ttl_ms)
+                        .unwrap_or(0);
+                    inv.arg(j.id.to_string())
+                        .arg(j.to_json())
+                        .arg(due)
+                        .arg(j.idempotency_key.as_deref().unwrap_or(""))
+                        .arg(ttl);
+                }
+                let reply: Value = inv.invoke_async(&mut self.conn()).await?;
+                let reply = as_array(reply);
+                if reply.len() != chunk.len() * 2 {
+                    return Err(protocol("enqueue reply has the wrong length"));
+                }
+                for (k, &i) in chunk.iter().enumerate() {
+                    let flag = as_string(&reply[2 * k]).unwrap_or_default();
+                    results[i] = Some(if flag == "dup" {
+                        let rec = as_string(&reply[2 * k + 1]).unwrap_or_default();
+                        Enqueued {
+                            job: Job::from_json(&rec)?,
+                            created: false,
+                        }
+                    } else {
+                        Enqueued {
+                            job: jobs[i].clone(),
+                            created: true,
+                        }
+                    });
+                }
+            }
+        }
+        for r in results {
+            out.push(r.ok_or_else(|| protocol("a job of the batch got no reply"))?);
+        }
+        Ok(out)
+    }
+
+    async fn get(&self, id: JobId) -> BrokerResult<Option<Job>> {
+        let Some((queue, rec)) = self.find_record(id).await? else {
+            return Ok(None);
+        };
+        let mut job = Job::from_json(&rec)?;
+        if job.state.is_final() {
+            return Ok(Some(job));
+        }
+        let p = prefix(&queue);
+        let reply: Value = self
+            .inner
+            .scripts
+            .status
+            .key(format!("{p}job:{id}"))
+            .arg(&p)
+            .arg(id.to_string())
+            .invoke_async(&mut self.conn())
+            .await?;
+        let parts = as_array(reply);
+        if parts.len() == 3 {
+            if let Some(rec) = as_string(&parts[0]) {
+                job = Job::from_json(&rec)?;
+            }
+            let lease = as_string(&parts[1]).unwrap_or_default();
+            if let Some((l, worker, at)) = parse_member(&queue, &lease) {
+                job.state = JobState::Started;
+                job.worker = Some(worker);
+                job.started_at = Some(ms_to_time(at));
+                job.redeliveries = l.redeliveries;
+            }
+            let prog = as_string(&parts[2]).unwrap_or_default();
+            if !prog.is_empty() {
+                job.progress = serde_json::from_str(&prog).ok();
+            }
+        }
+        Ok(Some(job))
+    }
+
+    async fn subscribe(&self) -> BrokerResult<broadcast::Receiver<JobEvent>> {
+        if let Some(tx) = self.inner.hub.lock().ok().and_then(|h| h.clone()) {
+            return Ok(tx.subscribe());
+        }
+        let tx = self.start_hub().await?;
+        let rx = tx.subscribe();
+        if let Ok(mut hub) = self.inner.hub.lock() {
+            // Two callers may race to start a hub; the loser's hub keeps
+            // serving its own receivers and ends with its connection.
+            if hub.is_none() {
+                *hub = Some(tx);
+            }
+        }
+        Ok(rx)
+    }
+
+    async fn revoke(&self, id: JobId, terminate: bool) -> BrokerResult<RevokeOutcome> {
+        for _ in 0..10 {
+            let Some((queue, rec)) = self.find_record(id).await? else {
+                return Ok(RevokeOutcome::NotFound);
+            };
+            let mut job = Job::from_json(&rec)?;
+            if job.state.is_final() {
+                return Ok(RevokeOutcome::AlreadyFinal(job.state));
+            }
+            job.state = JobState::Revoked;
+            job.finished_at = Some(Utc::now());
+            job.error = Some(super::JobFailure {
+                kind: "revoked".into(),
+                message: "revoked before it ran".into(),
+            });
+            let p = prefix(&queue);
+            let reply: String = self
+                .inner
+                .scripts
+                .revoke
+                .key(format!("{p}job:{id}"))
+                .arg(&p)
+                .arg(id.to_string())
+                .arg(now_ms())
+                .arg(job.to_json())
+                .arg(job.result_ttl_ms.max(1))
+                .arg(if terminate { "1" } else { "0" })
+                .arg(channel(&queue))
+                .arg(&rec)
+                .arg(&queue)
+                .invoke_async(&mut self.conn())
+                .await?;
+            return Ok(match reply.as_str() {
+                "NOTFOUND" => RevokeOutcome::NotFound,
+                "TERMINATING" => RevokeOutcome::Terminating,
+                "RUNNING" => RevokeOutcome::WillNotRetry,
+                "REVOKED" => RevokeOutcome::Revoked,
+                // The record changed under us (a retry was stored): again.
+                "CHANGED" => continue,
+                s if s.starts_with("FINAL:") => {
+                    RevokeOutcome::AlreadyFinal(s[6..].parse().map_err(BrokerError::Job)?)
+                }
+                other => return Err(protocol(&format!("revoke replied {other:?}"))),
+            });
+        }
+        Err(protocol("revoke: the job kept changing"))
+    }
+
+    async fn settle(&self, req: SettleRequest) -> BrokerResult<SettleReply> {
+        let q = &req.queue;
+        let p = prefix(q);
+        let now = now_ms();
+        let mut inv = self.inner.scripts.settle.prepare_invoke();
+        inv.key(format!("{p}ready"))
+            .arg(&p)
+            .arg(channel(q))
+            .arg(q)
+            .arg(now)
+            .arg(ttl_ms(req.lease))
+            .arg(&req.worker)
+            .arg(req.fetch)
+            .arg(if req.due_check { "1" } else { "0" })
+            .arg(req.completions.len())
+            .arg(if req.holds_leases { "1" } else { "0" });
+        for c in &req.completions {
+            push_completion(&mut inv, c);
+        }
+        let reply: Value = inv.invoke_async(&mut self.conn()).await?;
+        let mut parts = as_array(reply).into_iter();
+        let leased = as_array(parts.next().ok_or_else(|| protocol("settle: no leases"))?);
+        let stale = as_array(parts.next().unwrap_or(Value::Nil));
+        let next_due = parts.next().and_then(|v| as_string(&v)).unwrap_or_default();
+        let deferred = parts.next().and_then(|v| as_string(&v)).unwrap_or_default();
+        let mut out = SettleReply::default();
+        for pair in leased.chunks(2) {
+            let (Some(member), Some(rec)) = (as_string(&pair[0]), pair.get(1).and_then(as_string))
+            else {
+                continue;
+            };
+            let Some((lease, worker, at)) = parse_member(q, &member) else {
+                return Err(protocol("settle: bad lease member"));
+            };
+            let mut job = Job::from_json(&rec)?;
+            job.state = JobState::Started;
+            job.worker = Some(worker);
+            job.started_at = Some(ms_to_time(at));
+            job.redeliveries = lease.redeliveries;
+            out.deliveries.push(Delivery {
+                job,
+                lease,
+                leased_at: ms_to_time(at),
+            });
+        }
+        out.stale = stale
+            .iter()
+            .filter_map(as_string)
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        out.next_due = next_due.parse::<f64>().ok().map(|ms| ms_to_time(ms as i64));
+        out.deferred_until = deferred.parse::<f64>().ok().map(|ms| ms_to_time(ms as i64));
+        Ok(out)
+    }
+
+    async fn extend(&self, leases: &[Lease], lease: Duration) -> BrokerResult<Vec<JobId>> {
+        let mut lost = Vec::new();
+        let mut queues: Vec<&str> = leases.iter().map(|l| l.queue.as_str()).collect();
+        queues.sort();
+        queues.dedup();
+        let until = now_ms() + ttl_ms(lease) as i64;
+        for q in queues {
+            let mut inv = self.inner.scripts.extend.prepare_invoke();
+            inv.key(format!("{}leases", prefix(q))).arg(until);
+            for l in leases.iter().filter(|l| l.queue == q) {
+                inv.arg(&l.member);
+            }
+            let gone: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
+            lost.extend(
+                gone.iter()
+                    .filter_map(|m| parse_member(q, m))
+                    .map(|(l, _, _)| l.id),
+            );
+        }
+        Ok(lost)
+    }
+
+    async fn progress(&self, lease: &Lease, progress: &Progress) -> BrokerResult<()> {
+        let p = prefix(&lease.queue);
+        let json = serde_json::to_string(progress).unwrap_or_default();
+        let mut wire = serde_json::to_value(progress).unwrap_or_default();
+        wire["id"] = serde_json::Value::String(lease.id.to_string());
+        let msg = serde_json::json!({"q": lease.queue, "progress": wire});
+        let mut conn = self.conn();
+        redis::pipe()
+            .hset(format!("{p}progress"), lease.id.to_string(), json)
+            .ignore()
+            .publish(channel(&lease.queue), msg.to_string())
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn signals(&self, queues: &[String]) -> BrokerResult<mpsc::UnboundedReceiver<Signal>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let client = self.inner.client.clone();
+        let queues = queues.to_vec();
+        // Fail early when Redis cannot be reached at all.
+        let first = connect_signals(&client, &queues).await?;
+        tokio::spawn(signal_loop(client, queues, tx, first));
+        Ok(rx)
+    }
+
+    async fn heartbeat(&self, worker: &WorkerInfo, ttl: Duration) -> BrokerResult<()> {
+        let json = serde_json::to_string(worker).unwrap_or_default();
+        let _: () = self
+            .conn()
+            .set_ex(
+                format!("runner:worker:{}", worker.id),
+                json,
+                ttl.as_secs().max(1),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn worker_gone(&self, worker_id: &str) -> BrokerResult<()> {
+        let _: () = self
+            .conn()
+            .del(format!("runner:worker:{worker_id}"))
+            .await?;
+        Ok(())
+    }
+
+    async fn workers(&self) -> BrokerResult<Vec<WorkerInfo>> {
+        let mut conn = self.conn();
+        let mut keys: Vec<String> = Vec::new();
+        {
+            let mut iter = conn.scan_match::<_, String>("runner:worker:*").await?;
+            while let Some(k) = iter.next().await {
+                keys.push(k?);
+            }
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let vals: Vec<Option<String>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        let mut out: Vec<WorkerInfo> = vals
+            .into_iter()
+            .flatten()
+            .filter_map(|v| serde_json::from_str(&v).ok())
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    async fn register_queue(&self, queue: &str) -> BrokerResult<()> {
+        if self
+            .inner
+            .known_queues
+            .lock()
+            .map(|k| k.contains(queue))
+            .unwrap_or(false)
+        {
+            return Ok(());
+        }
+        let _: () = self.conn().sadd(QUEUES_KEY, queue).await?;
+        if let Ok(mut k) = self.inner.known_queues.lock() {
+            k.insert(queue.to_string());
+        }
+        Ok(())
+    }
+
+    async fn queues(&self) -> BrokerResult<Vec<QueueStats>> {
+        let mut conn = self.conn();
+        let mut names: Vec<String> = conn.smembers(QUEUES_KEY).await?;
+        names.sort();
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for q in &names {
+            let p = prefix(q);
+            pipe.llen(format!("{p}ready"))
+                .zcard(format!("{p}delayed"))
+                .zcard(format!("{p}leases"))
+                .zcard(format!("{p}dead"));
+        }
+        let counts: Vec<u64> = pipe.query_async(&mut conn).await?;
+        Ok(names
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| QueueStats {
+                name,
+                ready: counts.get(4 * i).copied().unwrap_or(0),
+                delayed: counts.get(4 * i + 1).copied().unwrap_or(0),
+                in_flight: counts.get(4 * i + 2).copied().unwrap_or(0),
+                dead: counts.get(4 * i + 3).copied().unwrap_or(0),
+            })
+            .collect())
+    }
+
+    async fn dead_letters(&self, queue: &str, limit: usize) -> BrokerResult<Vec<Job>> {
+        let mut conn = self.conn();
+        let p = prefix(queue);
+        let ids: Vec<String> = conn
+            .zrange(format!("{p}dead"), 0, limit.max(1) as isize - 1)
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|i| format!("{p}job:{i}")).collect();
+        let recs: Vec<Option<String>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        let mut out = Vec::new();
+        let mut gone = Vec::new();
+        for (id, rec) in ids.iter().zip(recs) {
+            match rec {
+                Some(r) => out.push(Job::from_json(&r)?),
+                None => gone.push(id.clone()),
+            }
+        }
+        if !gone.is_empty() {
+            // Their records expired: nothing left to replay.
+            let _: () = conn.zrem(format!("{p}dead"), gone).await?;
+        }
+        Ok(out)
+    }
+
+    async fn replay(&self, queue: &str, ids: &[JobId]) -> BrokerResult<Vec<JobId>> {
+        let dead = self.dead_letters(queue, 100_000).await?;
+        let chosen: Vec<Job> = dead
+            .into_iter()
+            .filter(|j| ids.is_empty() || ids.contains(&j.id))
+            .collect();
+        if chosen.is_empty() {
+            return Ok(Vec::new());
+        }
+        let p = prefix(queue);
+        let mut replayed = Vec::new();
+        for chunk in chosen.chunks(ENQUEUE_CHUNK) {
+            let mut inv = self.inner.scripts.replay.prepare_invoke();
+            inv.key(format!("{p}ready"))
+                .arg(&p)
+                .arg(channel(queue))
+                .arg(queue);
+            for j in chunk {
+                inv.arg(j.id.to_string())
+                    .arg(super::client::fresh_attempt(j).to_json());
+            }
+            let done: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
+            replayed.extend(done.iter().filter_map(|s| s.parse::<JobId>().ok()));
+        }
+        Ok(replayed)
+    }
+}
+
+fn push_completion(inv: &mut redis::ScriptInvocation<'_>, c: &Completion) {
+    let p = if c.had_progress { "p" } else { "" };
+    match &c.settlement {
+        Settlement::Finish { job, dead } => {
+            let ttl = if *dead {
+                ttl_ms(DEAD_LETTER_TTL)
+            } else {
+                job.result_ttl_ms.max(1)
+            };
+            inv.arg(&c.lease.member)
+                .arg(format!("{}{p}", if *dead { "D" } else { "F" }))
+                .arg(job.to_json())
+                .arg(ttl)
+                .arg(c.lease.id.to_string())
+                .arg("")
+                .arg(0)
+                .arg(job.state.as_str());
+        }
+        Settlement::Retry {
+            job,
+            due,
+            if_revoked,
+        } => {
+            inv.arg(&c.lease.member)
+                .arg(format!("R{p}"))
+                .arg(job.to_json())
+                .arg(due.timestamp_millis())
+                .arg(c.lease.id.to_string())
+                .arg(if_revoked.to_json())
+                .arg(if_revoked.result_ttl_ms.max(1))
+                .arg("RETRY");
+        }
+        Settlement::Release => {
+            inv.arg(&c.lease.member)
+                .arg(format!("H{p}"))
+                .arg("")
+                .arg(0)
+                .arg(c.lease.id.to_string())
+                .arg("")
+                .arg(0)
+                .arg("PENDING");
+        }
+    }
+}
+
+async fn connect_signals(client: &Client, queues: &[String]) -> BrokerResult<redis::aio::PubSub> {
+    let mut ps = client.get_async_pubsub().await?;
+    for q in queues {
+        ps.subscribe(channel(q)).await?;
+    }
+    ps.subscribe(CONTROL_CHANNEL).await?;
+    Ok(ps)
+}
+
+/// Forwards pub/sub messages as [`Signal`]s; reconnects with backoff and
+/// logs once per outage. Ends when the receiver is dropped.
+async fn signal_loop(
+    client: Client,
+    queues: Vec<String>,
+    tx: mpsc::UnboundedSender<Signal>,
+    first: redis::aio::PubSub,
+) {
+    #[derive(Deserialize)]
+    struct Control {
+        revoke: String,
+        #[serde(default)]
+        terminate: bool,
+    }
+    let mut next = Some(first);
+    let mut backoff = Duration::from_millis(100);
+    let mut outage_logged = false;
+    loop {
+        let ps = match next.take() {
+            Some(ps) => ps,
+            None => {
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tx.closed() => return,
+                }
+                match connect_signals(&client, &queues).await {
+                    Ok(ps) => ps,
+                    Err(e) => {
+                        if !outage_logged {
+                            tracing::warn!(error = %e, "Redis unreachable; retrying with backoff");
+                            outage_logged = true;
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                }
+            }
+        };
+        if outage_logged {
+            tracing::info!("Redis reachable again");
+        }
+        backoff = Duration::from_millis(100);
+        if tx.send(Signal::Reconnected).is_err() {
+            return;
+        }
+        let mut stream = ps.into_on_message();
+        loop {
+            let msg = tokio::select! {
+                m = stream.next() => m,
+                _ = tx.closed() => return,
+            };
+            let Some(msg) = msg else { break };
+            let Ok(payload) = msg.get_payload::<String>() else {
+                continue;
+            };
+            let sent = if msg.get_channel_name() == CONTROL_CHANNEL {
+                match serde_json::from_str::<Control>(&payload) {
+                    Ok(c) => match c.revoke.parse() {
+                        Ok(id) => tx
+                            .send(Signal::Revoke {
+                                id,
+                                terminate: c.terminate,
+                            })
+                            .is_ok(),
+                        Err(_) => true,
+                    },
+                    Err(_) => true,
+                }
+            } else {
+                let Ok(m) = serde_json::from_str::<WireMessage>(&payload) else {
+                    continue;
+                };
+                let mut ok = true;
+                if m.ready.unwrap_or(0) > 0 {
+                    ok &= tx.send(Signal::Work { queue: m.q.clone() }).is_ok();
+                }
+                if let Some(w) = m.wake {
+                    ok &= tx
+                        .send(Signal::WakeAt {
+                            queue: m.q.clone(),
+                            at: ms_to_time(w),
+                        })
+                        .is_ok();
+                }
+                // Another worker's lease: if that worker dies, someone must
+                // reclaim the job once the lease is over.
+                if let (Some(l), Some(w)) = (m.lease, &m.w) {
+                    ok &= tx
+                        .send(Signal::LeaseUntil {
+                            queue: m.q.clone(),
+                            worker: w.clone(),
+                            at: ms_to_time(l),
+                        })
+                        .is_ok();
+                }
+                ok
+            };
+            if !sent {
+                return;
+            }
+        }
+        tracing::warn!("Redis signal connection lost; reconnecting");
+        outage_logged = true;
+    }
+}

@@ -1,0 +1,386 @@
+//! The registry's storage: task modules by sha256, and task names bound to a
+//! module with their defaults (queue, retry policy, limits, rate limit) and
+//! grants. Workers resolve a job's module here; producers resolve task names.
+//!
+//! Two stores: [`RedisRegistry`] (every worker on every machine sees it) and
+//! [`LocalRegistry`] (memory, optionally backed by a directory; for the
+//! embedded broker). This layer stores and returns; validating a component
+//! and checking grants against its imports belong to the upload path.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::queue::{JobLimits, RetryPolicy};
+
+/// A task name bound to a module.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskBinding {
+    pub name: String,
+    /// `sha256:<hex>`.
+    pub module: String,
+    #[serde(default = "default_queue")]
+    pub queue: String,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    #[serde(default)]
+    pub limits: JobLimits,
+    /// `10/m` style, global across workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_ttl_ms: Option<u64>,
+    /// What the task may reach; interpreted by the sandbox's host side.
+    #[serde(default)]
+    pub grants: serde_json::Value,
+    #[serde(default = "Utc::now")]
+    pub bound_at: DateTime<Utc>,
+}
+
+fn default_queue() -> String {
+    crate::queue::client::DEFAULT_QUEUE.to_string()
+}
+
+impl TaskBinding {
+    pub fn new(name: impl Into<String>, module: impl Into<String>) -> Self {
+        TaskBinding {
+            name: name.into(),
+            module: module.into(),
+            queue: default_queue(),
+            retry: RetryPolicy::default(),
+            limits: JobLimits::default(),
+            rate_limit: None,
+            result_ttl_ms: None,
+            grants: serde_json::Value::Null,
+            bound_at: Utc::now(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModuleInfo {
+    pub hash: String,
+    pub size: u64,
+    pub uploaded_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("registry directory: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("invalid module hash {0:?}: expected sha256:<64 hex digits>")]
+    InvalidHash(String),
+    #[error("unknown module {0}")]
+    UnknownModule(String),
+    #[error("corrupt registry entry: {0}")]
+    Corrupt(String),
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub fn module_hash(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Accepts `sha256:<hex>` or bare hex; returns the canonical `sha256:<hex>`.
+pub fn parse_module_hash(s: &str) -> Option<String> {
+    let hex_part = s.trim().strip_prefix("sha256:").unwrap_or(s.trim());
+    (hex_part.len() == 64 && hex_part.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| format!("sha256:{}", hex_part.to_ascii_lowercase()))
+}
+
+fn hex_of(hash: &str) -> Result<String, RegistryError> {
+    parse_module_hash(hash)
+        .map(|h| h["sha256:".len()..].to_string())
+        .ok_or_else(|| RegistryError::InvalidHash(hash.to_string()))
+}
+
+#[async_trait]
+pub trait Registry: Send + Sync + 'static {
+    /// Stores a module under its sha256; idempotent. Returns the hash.
+    async fn put_module(&self, bytes: &[u8]) -> Result<String, RegistryError>;
+    async fn module(&self, hash: &str) -> Result<Option<Vec<u8>>, RegistryError>;
+    async fn has_module(&self, hash: &str) -> Result<bool, RegistryError>;
+    async fn modules(&self) -> Result<Vec<ModuleInfo>, RegistryError>;
+    /// Binds (or re-binds) a task name; the previous binding goes to history.
+    async fn bind(&self, binding: TaskBinding) -> Result<(), RegistryError>;
+    async fn task(&self, name: &str) -> Result<Option<TaskBinding>, RegistryError>;
+    async fn tasks(&self) -> Result<Vec<TaskBinding>, RegistryError>;
+    /// Earlier bindings of `name`, newest first.
+    async fn history(&self, name: &str) -> Result<Vec<TaskBinding>, RegistryError>;
+}
+
+/// The registry in Redis: `runner:module:<hex>` (bytes), `runner:modules`
+/// (hash of metadata), `runner:tasks` (hash of bindings),
+/// `runner:task-history:<name>` (list, newest first).
+#[derive(Clone)]
+pub struct RedisRegistry {
+    conn: ConnectionManager,
+}
+
+impl RedisRegistry {
+    pub fn new(conn: ConnectionManager) -> Self {
+        RedisRegistry { conn }
+    }
+
+    pub async fn connect(url: &str) -> Result<Self, RegistryError> {
+        let client = redis::Client::open(url)?;
+        Ok(RedisRegistry {
+            conn: ConnectionManager::new(client).await?,
+        })
+    }
+}
+
+const HISTORY_KEEP: isize = 50;
+
+#[async_trait]
+impl Registry for RedisRegistry {
+    async fn put_module(&self, bytes: &[u8]) -> Result<String, RegistryError> {
+        let hash = module_hash(bytes);
+        let hex = hex_of(&hash)?;
+        let info = ModuleInfo {
+            hash: hash.clone(),
+            size: bytes.len() as u64,
+            uploaded_at: Utc::now(),
+        };
+        let mut conn = self.conn.clone();
+        let created: bool = conn.set_nx(format!("runner:module:{hex}"), bytes).await?;
+        if created {
+            let _: () = conn
+                .hset(
+                    "runner:modules",
+                    &hex,
+                    serde_json::to_string(&info).unwrap_or_default(),
+                )
+                .await?;
+        }
+        Ok(hash)
+    }
+
+    async fn module(&self, hash: &str) -> Result<Option<Vec<u8>>, RegistryError> {
+        let hex = hex_of(hash)?;
+        Ok(self
+            .conn
+            .clone()
+            .get(format!("runner:module:{hex}"))
+            .await?)
+    }
+
+    async fn has_module(&self, hash: &str) -> Result<bool, RegistryError> {
+        let hex = hex_of(hash)?;
+        Ok(self.conn.clone().hexists("runner:modules", hex).await?)
+    }
+
+    async fn modules(&self) -> Result<Vec<ModuleInfo>, RegistryError> {
+        let all: HashMap<String, String> = self.conn.clone().hgetall("runner:modules").await?;
+        let mut out: Vec<ModuleInfo> = all
+            .values()
+            .filter_map(|v| serde_json::from_str(v).ok())
+            .collect();
+        out.sort_by(|a, b| a.uploaded_at.cmp(&b.uploaded_at));
+        Ok(out)
+    }
+
+    async fn bind(&self, binding: TaskBinding) -> Result<(), RegistryError> {
+        let json =
+            serde_json::to_string(&binding).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+        let mut conn = self.conn.clone();
+        let prev: Option<String> = conn.hget("runner:tasks", &binding.name).await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset("runner:tasks", &binding.name, json)
+            .ignore();
+        if let Some(prev) = prev {
+            let key = format!("runner:task-history:{}", binding.name);
+            pipe.lpush(&key, prev)
+                .ignore()
+                .ltrim(&key, 0, HISTORY_KEEP - 1)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    async fn task(&self, name: &str) -> Result<Option<TaskBinding>, RegistryError> {
+        let v: Option<String> = self.conn.clone().hget("runner:tasks", name).await?;
+        v.map(|v| serde_json::from_str(&v).map_err(|e| RegistryError::Corrupt(e.to_string())))
+            .transpose()
+    }
+
+    async fn tasks(&self) -> Result<Vec<TaskBinding>, RegistryError> {
+        let all: HashMap<String, String> = self.conn.clone().hgetall("runner:tasks").await?;
+        let mut out: Vec<TaskBinding> = all
+            .values()
+            .filter_map(|v| serde_json::from_str(v).ok())
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn history(&self, name: &str) -> Result<Vec<TaskBinding>, RegistryError> {
+        let v: Vec<String> = self
+            .conn
+            .clone()
+            .lrange(format!("runner:task-history:{name}"), 0, -1)
+            .await?;
+        Ok(v.iter()
+            .filter_map(|s| serde_json::from_str(s).ok())
+            .collect())
+    }
+}
+
+#[derive(Default)]
+struct LocalState {
+    modules: HashMap<String, (Vec<u8>, ModuleInfo)>,
+    tasks: HashMap<String, TaskBinding>,
+    history: HashMap<String, Vec<TaskBinding>>,
+}
+
+/// A registry in this process, optionally persisted under a directory
+/// (`modules/<hex>.wasm`, `tasks.json`) so that `runner dev` keeps its
+/// uploads across restarts.
+pub struct LocalRegistry {
+    dir: Option<PathBuf>,
+    state: Mutex<LocalState>,
+}
+
+impl LocalRegistry {
+    /// Memory only.
+    pub fn in_memory() -> Self {
+        LocalRegistry {
+            dir: None,
+            state: Mutex::new(LocalState::default()),
+        }
+    }
+
+    /// Loads (and later saves) the registry under `dir`.
+    pub fn open(dir: &Path) -> Result<Self, RegistryError> {
+        std::fs::create_dir_all(dir.join("modules"))?;
+        let mut st = LocalState::default();
+        for entry in std::fs::read_dir(dir.join("modules"))? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "wasm") {
+                let bytes = std::fs::read(&path)?;
+                let hash = module_hash(&bytes);
+                let info = ModuleInfo {
+                    hash: hash.clone(),
+                    size: bytes.len() as u64,
+                    uploaded_at: Utc::now(),
+                };
+                st.modules.insert(hash, (bytes, info));
+            }
+        }
+        let tasks = dir.join("tasks.json");
+        if tasks.exists() {
+            let text = std::fs::read_to_string(&tasks)?;
+            let (t, h): (
+                HashMap<String, TaskBinding>,
+                HashMap<String, Vec<TaskBinding>>,
+            ) = serde_json::from_str(&text).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+            st.tasks = t;
+            st.history = h;
+        }
+        Ok(LocalRegistry {
+            dir: Some(dir.to_path_buf()),
+            state: Mutex::new(st),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LocalState> {
+        // A panic while holding this lock cannot leave the maps half-updated
+        // in a way that matters more than losing the registry would.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn save_tasks(&self, st: &LocalState) -> Result<(), RegistryError> {
+        if let Some(dir) = &self.dir {
+            let text = serde_json::to_string_pretty(&(&st.tasks, &st.history))
+                .map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+            let tmp = dir.join("tasks.json.tmp");
+            std::fs::write(&tmp, text)?;
+            std::fs::rename(tmp, dir.join("tasks.json"))?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Registry for LocalRegistry {
+    async fn put_module(&self, bytes: &[u8]) -> Result<String, RegistryError> {
+        let hash = module_hash(bytes);
+        let hex = hex_of(&hash)?;
+        if let Some(dir) = &self.dir {
+            let path = dir.join("modules").join(format!("{hex}.wasm"));
+            if !path.exists() {
+                std::fs::write(&path, bytes)?;
+            }
+        }
+        let mut st = self.lock();
+        st.modules.entry(hash.clone()).or_insert_with(|| {
+            (
+                bytes.to_vec(),
+                ModuleInfo {
+                    hash: hash.clone(),
+                    size: bytes.len() as u64,
+                    uploaded_at: Utc::now(),
+                },
+            )
+        });
+        Ok(hash)
+    }
+
+    async fn module(&self, hash: &str) -> Result<Option<Vec<u8>>, RegistryError> {
+        let hash =
+            parse_module_hash(hash).ok_or_else(|| RegistryError::InvalidHash(hash.to_string()))?;
+        Ok(self.lock().modules.get(&hash).map(|(b, _)| b.clone()))
+    }
+
+    async fn has_module(&self, hash: &str) -> Result<bool, RegistryError> {
+        let hash =
+            parse_module_hash(hash).ok_or_else(|| RegistryError::InvalidHash(hash.to_string()))?;
+        Ok(self.lock().modules.contains_key(&hash))
+    }
+
+    async fn modules(&self) -> Result<Vec<ModuleInfo>, RegistryError> {
+        let mut out: Vec<ModuleInfo> = self
+            .lock()
+            .modules
+            .values()
+            .map(|(_, i)| i.clone())
+            .collect();
+        out.sort_by(|a, b| a.uploaded_at.cmp(&b.uploaded_at));
+        Ok(out)
+    }
+
+    async fn bind(&self, binding: TaskBinding) -> Result<(), RegistryError> {
+        let mut st = self.lock();
+        if let Some(prev) = st.tasks.insert(binding.name.clone(), binding.clone()) {
+            let h = st.history.entry(binding.name.clone()).or_default();
+            h.insert(0, prev);
+            h.truncate(HISTORY_KEEP as usize);
+        }
+        self.save_tasks(&st)
+    }
+
+    async fn task(&self, name: &str) -> Result<Option<TaskBinding>, RegistryError> {
+        Ok(self.lock().tasks.get(name).cloned())
+    }
+
+    async fn tasks(&self) -> Result<Vec<TaskBinding>, RegistryError> {
+        let mut out: Vec<TaskBinding> = self.lock().tasks.values().cloned().collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn history(&self, name: &str) -> Result<Vec<TaskBinding>, RegistryError> {
+        Ok(self.lock().history.get(name).cloned().unwrap_or_default())
+    }
+}

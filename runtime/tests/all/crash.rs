@@ -1,0 +1,206 @@
+//! Crashes with real processes: `kill -9` of a `runner worker` mid-run, and
+//! a Redis restart (AOF on) mid-run. Nothing may be lost or finished twice.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+use runner::queue::{Broker, EnqueueRequest, JobId, JobState, Producer, RedisBroker, RetryPolicy};
+use runner::registry::{RedisRegistry, Registry, TaskBinding};
+
+use crate::redis_support::RedisServer;
+use crate::support::guest_bytes;
+
+const JOBS: usize = 2000;
+const QUEUE: &str = "crash";
+
+struct WorkerProcess(Child);
+
+impl WorkerProcess {
+    fn start(url: &str, cache: &std::path::Path) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_runner"))
+            .args([
+                "worker", "-Q", QUEUE, "-c", "8", "--lease", "2s", "--grace", "10s", "--redis", url,
+            ])
+            .arg("--cache-dir")
+            .arg(cache)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting `runner worker`");
+        WorkerProcess(child)
+    }
+
+    fn kill_9(mut self) {
+        // Child::kill is SIGKILL on Unix: no chance to hand anything back.
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on a pid we spawned and still own.
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGTERM);
+        }
+        self.0.wait().unwrap()
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn setup(server: &RedisServer, ms: u64) -> (Arc<dyn Broker>, Vec<JobId>) {
+    let b = RedisBroker::connect(&server.url()).await.unwrap();
+    let registry = Arc::new(RedisRegistry::new(b.connection()));
+    let hash = registry.put_module(&guest_bytes("sleeper")).await.unwrap();
+    let mut binding = TaskBinding::new("sleeper", hash);
+    binding.queue = QUEUE.into();
+    binding.retry = RetryPolicy::none();
+    registry.bind(binding).await.unwrap();
+    let broker: Arc<dyn Broker> = Arc::new(b);
+    let producer = Producer::new(broker.clone(), registry);
+    let input = format!(r#"{{"ms":{ms}}}"#);
+    let reqs = (0..JOBS)
+        .map(|_| EnqueueRequest::task("sleeper", input.clone()))
+        .collect();
+    let ids = producer
+        .enqueue_batch(reqs)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.job.id)
+        .collect();
+    (broker, ids)
+}
+
+/// Jobs not yet final: ready + delayed + in flight.
+async fn remaining(broker: &Arc<dyn Broker>) -> Option<u64> {
+    let qs = broker.queues().await.ok()?;
+    let q = qs.into_iter().find(|q| q.name == QUEUE)?;
+    Some(q.ready + q.delayed + q.in_flight)
+}
+
+async fn wait_remaining_at_most(broker: &Arc<dyn Broker>, n: u64, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        if remaining(broker).await.is_some_and(|r| r <= n) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {:?} jobs left after {limit:?}",
+            remaining(broker).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every job is SUCCESS, its record exists once, nothing is left anywhere.
+async fn assert_all_done_once(server: &RedisServer, broker: &Arc<dyn Broker>, ids: &[JobId]) {
+    for id in ids {
+        let j = broker
+            .get(*id)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("job {id} lost"));
+        assert_eq!(j.state, JobState::Success, "job {id}: {j:?}");
+    }
+    let q = broker
+        .queues()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|q| q.name == QUEUE)
+        .unwrap();
+    assert_eq!((q.ready, q.delayed, q.in_flight, q.dead), (0, 0, 0, 0));
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut keys: Vec<String> = Vec::new();
+    {
+        let mut it = conn
+            .scan_match::<_, String>(format!("runner:{{{QUEUE}}}:job:*"))
+            .await
+            .unwrap();
+        while let Some(k) = futures::StreamExt::next(&mut it).await {
+            keys.push(k.unwrap());
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), ids.len(), "one final record per job, no more");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_worker_mid_run_second_worker_finishes_everything() {
+    let server = RedisServer::start();
+    let cache = tempfile::tempdir().unwrap();
+    let (broker, ids) = setup(&server, 20).await;
+    assert_eq!(remaining(&broker).await, Some(JOBS as u64));
+
+    let first = WorkerProcess::start(&server.url(), cache.path());
+    // Mid-run: some done, most still in flight or queued.
+    wait_remaining_at_most(&broker, (JOBS - 200) as u64, Duration::from_secs(120)).await;
+    let in_flight = broker
+        .queues()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|q| q.name == QUEUE)
+        .unwrap()
+        .in_flight;
+    first.kill_9();
+    assert!(
+        remaining(&broker).await.unwrap() > 0,
+        "killed too late to test anything"
+    );
+
+    let second = WorkerProcess::start(&server.url(), cache.path());
+    wait_remaining_at_most(&broker, 0, Duration::from_secs(180)).await;
+    assert_all_done_once(&server, &broker, &ids).await;
+    // The killed worker's leased jobs came back once their lease ran out.
+    let redelivered = {
+        let mut n = 0;
+        for id in &ids {
+            if broker.get(*id).await.unwrap().unwrap().redeliveries > 0 {
+                n += 1;
+            }
+        }
+        n
+    };
+    assert!(
+        redelivered as u64 <= in_flight + 8,
+        "{redelivered} redelivered, {in_flight} were in flight"
+    );
+    assert!(second.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_with_aof_mid_run_loses_nothing() {
+    let mut server = RedisServer::start_with_aof();
+    let cache = tempfile::tempdir().unwrap();
+    let (broker, ids) = setup(&server, 10).await;
+    let worker = WorkerProcess::start(&server.url(), cache.path());
+    wait_remaining_at_most(&broker, (JOBS - 300) as u64, Duration::from_secs(120)).await;
+    server.restart();
+    // The test's own connection recovers too (ConnectionManager).
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        if remaining(&broker).await == Some(0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "workers did not recover: {:?} left",
+            remaining(&broker).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_all_done_once(&server, &broker, &ids).await;
+    assert!(worker.terminate().success());
+}

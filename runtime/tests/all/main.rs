@@ -1,0 +1,12 @@
+//! The runtime's one integration-test binary: one module per area, shared
+//! helpers in `support`.
+
+mod redis_support;
+mod support;
+
+mod cli_run;
+mod crash;
+mod queue_conformance;
+mod rate_limit;
+mod sandbox;
+mod worker;

@@ -1,0 +1,731 @@
+//! One conformance suite for the `Broker` contract, run against the embedded
+//! broker and against Redis (a real `redis-server` per test).
+//!
+//! These tests talk to the broker the way a worker does (settle, extend),
+//! without wasm: the module bytes bound below are placeholders that nothing
+//! here loads.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use runner::queue::{
+    Broker, Completion, EmbeddedBroker, EnqueueError, EnqueueRequest, JobError, JobFailure,
+    JobState, Producer, RedisBroker, RevokeOutcome, SettleRequest, Settlement, Signal,
+};
+use runner::registry::{LocalRegistry, Registry, TaskBinding};
+
+use crate::redis_support::RedisServer;
+
+pub struct Env {
+    pub broker: Arc<dyn Broker>,
+    pub producer: Producer,
+    _redis: Option<RedisServer>,
+}
+
+async fn registry() -> Arc<dyn Registry> {
+    let reg = LocalRegistry::in_memory();
+    let hash = reg
+        .put_module(b"placeholder: the queue never loads modules")
+        .await
+        .unwrap();
+    let mut b = TaskBinding::new("echo", &hash);
+    b.queue = "work".into();
+    reg.bind(b).await.unwrap();
+    let mut limited = TaskBinding::new("limited", &hash);
+    limited.queue = "slow".into();
+    limited.rate_limit = Some("5/1s".into());
+    reg.bind(limited).await.unwrap();
+    Arc::new(reg)
+}
+
+pub async fn embedded() -> Env {
+    let broker: Arc<dyn Broker> = Arc::new(EmbeddedBroker::new());
+    Env {
+        producer: Producer::new(broker.clone(), registry().await),
+        broker,
+        _redis: None,
+    }
+}
+
+pub async fn redis() -> Env {
+    let server = RedisServer::start();
+    let broker: Arc<dyn Broker> = Arc::new(RedisBroker::connect(&server.url()).await.unwrap());
+    Env {
+        producer: Producer::new(broker.clone(), registry().await),
+        broker,
+        _redis: Some(server),
+    }
+}
+
+fn settle(queue: &str, worker: &str, completions: Vec<Completion>, fetch: usize) -> SettleRequest {
+    SettleRequest {
+        queue: queue.into(),
+        worker: worker.into(),
+        completions,
+        fetch,
+        due_check: true,
+        holds_leases: false,
+        lease: Duration::from_secs(30),
+    }
+}
+
+fn success(d: &runner::queue::Delivery, result: &str) -> Completion {
+    let mut job = d.job.clone();
+    job.state = JobState::Success;
+    job.result = Some(result.into());
+    job.finished_at = Some(Utc::now());
+    Completion {
+        lease: d.lease.clone(),
+        settlement: Settlement::Finish { job, dead: false },
+        had_progress: false,
+    }
+}
+
+fn call(input: &str) -> EnqueueRequest {
+    EnqueueRequest::task("echo", input)
+}
+
+async fn enqueue_lease_and_succeed(env: Env) {
+    let b = &env.broker;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let e = env
+            .producer
+            .enqueue(call(&format!("{{\"n\":{i}}}")))
+            .await
+            .unwrap();
+        assert!(e.created);
+        assert_eq!(e.job.queue, "work");
+        ids.push(e.job.id);
+    }
+    assert_eq!(
+        b.get(ids[0]).await.unwrap().unwrap().state,
+        JobState::Pending
+    );
+    let stats = b.queues().await.unwrap();
+    let work = stats.iter().find(|q| q.name == "work").unwrap();
+    assert_eq!((work.ready, work.in_flight), (3, 0));
+
+    let r = b.settle(settle("work", "w1", vec![], 10)).await.unwrap();
+    assert_eq!(r.deliveries.len(), 3);
+    // FIFO.
+    let got: Vec<_> = r.deliveries.iter().map(|d| d.job.id).collect();
+    assert_eq!(got, ids);
+    let live = b.get(ids[1]).await.unwrap().unwrap();
+    assert_eq!(live.state, JobState::Started);
+    assert_eq!(live.worker.as_deref(), Some("w1"));
+    let work = b
+        .queues()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|q| q.name == "work")
+        .unwrap();
+    assert_eq!((work.ready, work.in_flight), (0, 3));
+
+    let done: Vec<_> = r
+        .deliveries
+        .iter()
+        .map(|d| success(d, "{\"ok\":true}"))
+        .collect();
+    let r2 = b.settle(settle("work", "w1", done, 10)).await.unwrap();
+    assert!(r2.deliveries.is_empty() && r2.stale.is_empty());
+    for id in &ids {
+        let j = b.get(*id).await.unwrap().unwrap();
+        assert_eq!(j.state, JobState::Success);
+        assert_eq!(j.result_value(), Some(serde_json::json!({"ok": true})));
+    }
+    let work = b
+        .queues()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|q| q.name == "work")
+        .unwrap();
+    assert_eq!((work.ready, work.in_flight, work.delayed), (0, 0, 0));
+}
+
+async fn idempotency_key_returns_first_job(env: Env) {
+    let mut req = call("{}");
+    req.idempotency_key = Some("welcome-42".into());
+    let first = env.producer.enqueue(req.clone()).await.unwrap();
+    let second = env.producer.enqueue(req.clone()).await.unwrap();
+    assert!(first.created);
+    assert!(!second.created);
+    assert_eq!(first.job.id, second.job.id);
+    // Within one batch too.
+    let batch = env
+        .producer
+        .enqueue_batch(vec![req.clone(), req])
+        .await
+        .unwrap();
+    assert!(batch.iter().all(|e| !e.created && e.job.id == first.job.id));
+    let r = env
+        .broker
+        .settle(settle("work", "w", vec![], 10))
+        .await
+        .unwrap();
+    assert_eq!(r.deliveries.len(), 1);
+}
+
+async fn countdown_waits_in_the_broker(env: Env) {
+    let b = &env.broker;
+    let mut req = call("{}");
+    req.countdown_secs = Some(0.6);
+    let e = env.producer.enqueue(req).await.unwrap();
+    let r = b.settle(settle("work", "w", vec![], 10)).await.unwrap();
+    assert!(
+        r.deliveries.is_empty(),
+        "a delayed job must not be delivered early"
+    );
+    let due = r
+        .next_due
+        .expect("the reply names when the delayed job is due");
+    assert!(due > Utc::now() && due <= Utc::now() + chrono::Duration::milliseconds(700));
+    let s = b
+        .queues()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|q| q.name == "work")
+        .unwrap();
+    assert_eq!((s.ready, s.delayed), (0, 1));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let r = b.settle(settle("work", "w", vec![], 10)).await.unwrap();
+    assert_eq!(r.deliveries.len(), 1);
+    assert_eq!(r.deliveries[0].job.id, e.job.id);
+}
+
+async fn expired_lease_is_redelivered_and_late_settlement_is_stale(env: Env) {
+    let b = &env.broker;
+    let e = env.producer.enqueue(call("{}")).await.unwrap();
+    let mut req = settle("work", "dying", vec![], 1);
+    req.lease = Duration::from_millis(300);
+    let first = b.settle(req).await.unwrap().deliveries;
+    assert_eq!(first.len(), 1);
+    // Before the lease ends nobody else gets it.
+    let r = b.settle(settle("work", "other", vec![], 1)).await.unwrap();
+    assert!(r.deliveries.is_empty());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let r = b.settle(settle("work", "other", vec![], 1)).await.unwrap();
+    assert_eq!(r.deliveries.len(), 1, "an expired lease puts the job back");
+    assert_eq!(r.deliveries[0].job.id, e.job.id);
+    assert_eq!(r.deliveries[0].lease.redeliveries, 1);
+    // The first worker wakes up late: its result is refused.
+    let late = b
+        .settle(settle("work", "dying", vec![success(&first[0], "1")], 0))
+        .await
+        .unwrap();
+    assert_eq!(late.stale, vec![e.job.id]);
+    let ok = b
+        .settle(settle(
+            "work",
+            "other",
+            vec![success(&r.deliveries[0], "2")],
+            0,
+        ))
+        .await
+        .unwrap();
+    assert!(ok.stale.is_empty());
+    assert_eq!(
+        b.get(e.job.id).await.unwrap().unwrap().result.as_deref(),
+        Some("2")
+    );
+}
+
+async fn extended_lease_is_not_redelivered(env: Env) {
+    let b = &env.broker;
+    env.producer.enqueue(call("{}")).await.unwrap();
+    let lease = Duration::from_millis(300);
+    let mut req = settle("work", "long", vec![], 1);
+    req.lease = lease;
+    let d = b.settle(req).await.unwrap().deliveries;
+    assert_eq!(d.len(), 1);
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let lost = b.extend(&[d[0].lease.clone()], lease).await.unwrap();
+        assert!(lost.is_empty());
+        let r = b.settle(settle("work", "other", vec![], 1)).await.unwrap();
+        assert!(
+            r.deliveries.is_empty(),
+            "a live lease must not be redelivered"
+        );
+    }
+    let r = b
+        .settle(settle("work", "long", vec![success(&d[0], "1")], 0))
+        .await
+        .unwrap();
+    assert!(r.stale.is_empty());
+}
+
+async fn retry_then_dead_letter_then_replay(env: Env) {
+    let b = &env.broker;
+    let e = env.producer.enqueue(call("{}")).await.unwrap();
+    let d = b
+        .settle(settle("work", "w", vec![], 1))
+        .await
+        .unwrap()
+        .deliveries;
+    let mut retry = d[0].job.clone();
+    retry.state = JobState::Retry;
+    retry.attempt = 2;
+    retry.error = Some(JobFailure {
+        kind: "retry".into(),
+        message: "smtp 451".into(),
+    });
+    let mut revoked = retry.clone();
+    revoked.state = JobState::Revoked;
+    let due = Utc::now() + chrono::Duration::milliseconds(300);
+    let c = Completion {
+        lease: d[0].lease.clone(),
+        settlement: Settlement::Retry {
+            job: retry,
+            due,
+            if_revoked: revoked,
+        },
+        had_progress: false,
+    };
+    let r = b.settle(settle("work", "w", vec![c], 1)).await.unwrap();
+    assert!(
+        r.deliveries.is_empty(),
+        "backoff keeps it in the delayed set"
+    );
+    assert_eq!(
+        r.deferred_until.map(|t| t.timestamp_millis()),
+        Some(due.timestamp_millis())
+    );
+    let j = b.get(e.job.id).await.unwrap().unwrap();
+    assert_eq!((j.state, j.attempt), (JobState::Retry, 2));
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let d = b
+        .settle(settle("work", "w", vec![], 1))
+        .await
+        .unwrap()
+        .deliveries;
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].job.attempt, 2);
+    let mut failed = d[0].job.clone();
+    failed.state = JobState::Failure;
+    failed.error = Some(JobFailure {
+        kind: "fail".into(),
+        message: "bad address".into(),
+    });
+    let c = Completion {
+        lease: d[0].lease.clone(),
+        settlement: Settlement::Finish {
+            job: failed,
+            dead: true,
+        },
+        had_progress: false,
+    };
+    b.settle(settle("work", "w", vec![c], 0)).await.unwrap();
+    let dead = b.dead_letters("work", 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].id, e.job.id);
+    assert_eq!(dead[0].state, JobState::Failure);
+    let stats = b
+        .queues()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|q| q.name == "work")
+        .unwrap();
+    assert_eq!(stats.dead, 1);
+
+    let replayed = b.replay("work", &[]).await.unwrap();
+    assert_eq!(replayed, vec![e.job.id]);
+    assert!(b.dead_letters("work", 10).await.unwrap().is_empty());
+    let j = b.get(e.job.id).await.unwrap().unwrap();
+    assert_eq!((j.state, j.attempt), (JobState::Pending, 1));
+    let d = b
+        .settle(settle("work", "w", vec![], 1))
+        .await
+        .unwrap()
+        .deliveries;
+    assert_eq!(d.len(), 1);
+}
+
+async fn revoke_queued_running_and_final(env: Env) {
+    let b = &env.broker;
+    let mut signals = b.signals(&["work".to_string()]).await.unwrap();
+    assert_eq!(signals.recv().await, Some(Signal::Reconnected));
+
+    let queued = env.producer.enqueue(call("{}")).await.unwrap().job.id;
+    assert_eq!(
+        b.revoke(queued, false).await.unwrap(),
+        RevokeOutcome::Revoked
+    );
+    assert_eq!(
+        b.get(queued).await.unwrap().unwrap().state,
+        JobState::Revoked
+    );
+    let r = b.settle(settle("work", "w", vec![], 10)).await.unwrap();
+    assert!(r.deliveries.is_empty(), "a revoked job never runs");
+
+    let running = env.producer.enqueue(call("{}")).await.unwrap().job.id;
+    let d = b
+        .settle(settle("work", "w", vec![], 10))
+        .await
+        .unwrap()
+        .deliveries;
+    assert_eq!(d.len(), 1);
+    assert_eq!(
+        b.revoke(running, true).await.unwrap(),
+        RevokeOutcome::Terminating
+    );
+    let got = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match signals.recv().await {
+                Some(Signal::Revoke { id, terminate }) => break (id, terminate),
+                Some(_) => continue,
+                None => panic!("signals ended"),
+            }
+        }
+    })
+    .await
+    .expect("the worker is told to stop the job");
+    assert_eq!(got, (running, true));
+    // The worker stops it and records REVOKED.
+    let mut job = d[0].job.clone();
+    job.state = JobState::Revoked;
+    b.settle(settle(
+        "work",
+        "w",
+        vec![Completion {
+            lease: d[0].lease.clone(),
+            settlement: Settlement::Finish { job, dead: false },
+            had_progress: false,
+        }],
+        0,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        b.get(running).await.unwrap().unwrap().state,
+        JobState::Revoked
+    );
+    assert_eq!(
+        b.revoke(running, true).await.unwrap(),
+        RevokeOutcome::AlreadyFinal(JobState::Revoked)
+    );
+
+    // Revoked without terminate while running: it may finish, never retry.
+    let flagged = env.producer.enqueue(call("{}")).await.unwrap().job.id;
+    let d = b
+        .settle(settle("work", "w", vec![], 10))
+        .await
+        .unwrap()
+        .deliveries;
+    assert_eq!(
+        b.revoke(flagged, false).await.unwrap(),
+        RevokeOutcome::WillNotRetry
+    );
+    let mut retry = d[0].job.clone();
+    retry.state = JobState::Retry;
+    let mut revoked = retry.clone();
+    revoked.state = JobState::Revoked;
+    b.settle(settle(
+        "work",
+        "w",
+        vec![Completion {
+            lease: d[0].lease.clone(),
+            settlement: Settlement::Retry {
+                job: retry,
+                due: Utc::now(),
+                if_revoked: revoked,
+            },
+            had_progress: false,
+        }],
+        0,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        b.get(flagged).await.unwrap().unwrap().state,
+        JobState::Revoked
+    );
+    assert_eq!(
+        b.revoke(runner::queue::JobId::new(), true).await.unwrap(),
+        RevokeOutcome::NotFound
+    );
+}
+
+async fn wait_is_woken_by_the_end(env: Env) {
+    let b = env.broker.clone();
+    let id = env.producer.enqueue(call("{}")).await.unwrap().job.id;
+    // Not final yet: a short wait returns the live state.
+    let j = b
+        .wait(id, Duration::from_millis(100))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(j.state, JobState::Pending);
+    let waiter = {
+        let b = b.clone();
+        tokio::spawn(async move { b.wait(id, Duration::from_secs(20)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let d = b
+        .settle(settle("work", "w", vec![], 1))
+        .await
+        .unwrap()
+        .deliveries;
+    let started = std::time::Instant::now();
+    b.settle(settle("work", "w", vec![success(&d[0], "7")], 0))
+        .await
+        .unwrap();
+    let j = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiter wakes")
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(j.state, JobState::Success);
+    assert_eq!(j.result.as_deref(), Some("7"));
+    // Woken by the event, not by the 20 s timeout.
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        b.wait(runner::queue::JobId::new(), Duration::from_millis(10))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn rate_limit_is_global_and_exact(env: Env) {
+    let b = &env.broker;
+    let reqs: Vec<_> = (0..12)
+        .map(|_| EnqueueRequest::task("limited", "{}"))
+        .collect();
+    env.producer.enqueue_batch(reqs).await.unwrap();
+    let mut starts = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    // Two "workers" alternate; each settles immediately.
+    let mut turn = 0;
+    while starts.len() < 12 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "limited jobs must all start eventually"
+        );
+        let w = if turn % 2 == 0 { "a" } else { "b" };
+        turn += 1;
+        let r = b.settle(settle("slow", w, vec![], 3)).await.unwrap();
+        let mut done = Vec::new();
+        for d in &r.deliveries {
+            starts.push(d.leased_at.timestamp_millis());
+            done.push(success(d, "1"));
+        }
+        b.settle(settle("slow", w, done, 0)).await.unwrap();
+        let wait = r
+            .deferred_until
+            .or(r.next_due)
+            .map(|t| (t - Utc::now()).num_milliseconds().clamp(1, 1000) as u64)
+            .unwrap_or(20);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
+    starts.sort();
+    for (i, &s) in starts.iter().enumerate() {
+        let n = starts[i..].iter().take_while(|&&t| t < s + 1000).count();
+        assert!(n <= 5, "{n} starts in the 1 s window from {s}: {starts:?}");
+    }
+    let s = b
+        .queues()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|q| q.name == "slow")
+        .unwrap();
+    assert_eq!(
+        (s.ready, s.delayed, s.in_flight),
+        (0, 0, 0),
+        "nothing dropped or left behind"
+    );
+}
+
+async fn signals_announce_work_and_delays(env: Env) {
+    let b = &env.broker;
+    let mut s = b.signals(&["work".to_string()]).await.unwrap();
+    assert_eq!(s.recv().await, Some(Signal::Reconnected));
+    env.producer.enqueue(call("{}")).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), s.recv())
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        Some(Signal::Work {
+            queue: "work".into()
+        })
+    );
+    let mut req = call("{}");
+    req.countdown_secs = Some(30.0);
+    let e = env.producer.enqueue(req).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), s.recv())
+        .await
+        .unwrap();
+    match got {
+        Some(Signal::WakeAt { queue, at }) => {
+            assert_eq!(queue, "work");
+            assert_eq!(
+                Some(at.timestamp_millis()),
+                e.job.eta.map(|t| t.timestamp_millis())
+            );
+        }
+        other => panic!("expected WakeAt, got {other:?}"),
+    }
+}
+
+async fn bad_input_enqueues_nothing(env: Env) {
+    let p = &env.producer;
+    let err = p
+        .enqueue(EnqueueRequest::task("nope", "{}"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, EnqueueError::Invalid(JobError::UnknownTask(ref t)) if t == "nope"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("unknown task \"nope\""));
+
+    let err = p.enqueue(call("{\"a\": ")).await.unwrap_err();
+    match err {
+        EnqueueError::Invalid(JobError::InvalidJson { line, column, .. }) => {
+            assert_eq!((line, column), (1, 6))
+        }
+        other => panic!("{other}"),
+    }
+
+    let mut r = call("{}");
+    r.countdown_secs = Some(-5.0);
+    let err = p.enqueue(r).await.unwrap_err();
+    assert!(
+        matches!(err, EnqueueError::Invalid(JobError::NegativeCountdown(_))),
+        "{err}"
+    );
+
+    let mut r = call("{}");
+    r.expires = Some(Utc::now() - chrono::Duration::seconds(10));
+    let err = p.enqueue(r).await.unwrap_err();
+    assert!(
+        matches!(err, EnqueueError::Invalid(JobError::ExpiryInPast(_))),
+        "{err}"
+    );
+    assert!(err.to_string().contains("in the past"));
+
+    let mut r = call("{}");
+    r.queue = Some("my queue".into());
+    let err = p.enqueue(r).await.unwrap_err();
+    assert!(
+        matches!(err, EnqueueError::Invalid(JobError::InvalidQueue { .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("spaces are not allowed"), "{err}");
+
+    // One bad job spoils the batch: nothing of it is stored.
+    let err = p
+        .enqueue_batch(vec![call("{}"), call("{}"), call("not json")])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, EnqueueError::InBatch { index: 2, .. }),
+        "{err}"
+    );
+
+    let total: u64 = env
+        .broker
+        .queues()
+        .await
+        .unwrap()
+        .iter()
+        .map(|q| q.ready + q.delayed + q.in_flight)
+        .sum();
+    assert_eq!(total, 0, "bad input must enqueue nothing");
+}
+
+async fn progress_is_stored_and_published(env: Env) {
+    let b = &env.broker;
+    let id = env.producer.enqueue(call("{}")).await.unwrap().job.id;
+    let mut events = b.subscribe().await.unwrap();
+    let d = b
+        .settle(settle("work", "w", vec![], 1))
+        .await
+        .unwrap()
+        .deliveries;
+    let p = runner::queue::Progress {
+        done: 3,
+        total: 62,
+        message: Some("batch 1".into()),
+    };
+    b.progress(&d[0].lease, &p).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let ev = events.recv().await.unwrap();
+            if ev.id == id && ev.progress.is_some() {
+                break ev;
+            }
+        }
+    })
+    .await
+    .expect("a progress event");
+    assert_eq!(got.progress, Some(p.clone()));
+    assert_eq!(b.get(id).await.unwrap().unwrap().progress, Some(p));
+}
+
+async fn workers_are_listed_by_heartbeat(env: Env) {
+    let b = &env.broker;
+    let w = runner::queue::WorkerInfo {
+        id: "w-1".into(),
+        hostname: "h".into(),
+        pid: 1,
+        queues: vec!["work".into()],
+        concurrency: 4,
+        started_at: Utc::now(),
+        last_seen: Utc::now(),
+        running: vec![],
+        processed: 0,
+        failed: 0,
+    };
+    b.heartbeat(&w, Duration::from_secs(60)).await.unwrap();
+    let ws = b.workers().await.unwrap();
+    assert_eq!(ws.len(), 1);
+    assert_eq!(ws[0].id, "w-1");
+    b.worker_gone("w-1").await.unwrap();
+    assert!(b.workers().await.unwrap().is_empty());
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod embedded_broker {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::embedded().await).await;
+                }
+            )*
+        }
+        mod redis_broker {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::redis().await).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    enqueue_lease_and_succeed,
+    idempotency_key_returns_first_job,
+    countdown_waits_in_the_broker,
+    expired_lease_is_redelivered_and_late_settlement_is_stale,
+    extended_lease_is_not_redelivered,
+    retry_then_dead_letter_then_replay,
+    revoke_queued_running_and_final,
+    wait_is_woken_by_the_end,
+    rate_limit_is_global_and_exact,
+    signals_announce_work_and_delays,
+    bad_input_enqueues_nothing,
+    progress_is_stored_and_published,
+    workers_are_listed_by_heartbeat,
+);

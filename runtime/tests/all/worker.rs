@@ -1,0 +1,373 @@
+//! The worker end to end: real example guests, a real sandbox, both brokers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use runner::queue::{
+    Broker, EmbeddedBroker, EnqueueRequest, JobId, JobState, Producer, RedisBroker, RetryPolicy,
+};
+use runner::registry::{LocalRegistry, RedisRegistry, Registry, TaskBinding};
+use runner::sandbox::{HostEnv, Sandbox, SandboxConfig};
+use runner::worker::{Worker, WorkerConfig, WorkerStats};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::redis_support::RedisServer;
+use crate::support::guest_bytes;
+
+pub struct Env {
+    pub broker: Arc<dyn Broker>,
+    pub registry: Arc<dyn Registry>,
+    pub producer: Producer,
+    pub redis: Option<RedisServer>,
+}
+
+impl Env {
+    pub async fn embedded() -> Env {
+        let broker: Arc<dyn Broker> = Arc::new(EmbeddedBroker::new());
+        let registry: Arc<dyn Registry> = Arc::new(LocalRegistry::in_memory());
+        Env {
+            producer: Producer::new(broker.clone(), registry.clone()),
+            broker,
+            registry,
+            redis: None,
+        }
+    }
+
+    pub async fn redis() -> Env {
+        let server = RedisServer::start();
+        let b = RedisBroker::connect(&server.url()).await.unwrap();
+        let registry: Arc<dyn Registry> = Arc::new(RedisRegistry::new(b.connection()));
+        let broker: Arc<dyn Broker> = Arc::new(b);
+        Env {
+            producer: Producer::new(broker.clone(), registry.clone()),
+            broker,
+            registry,
+            redis: Some(server),
+        }
+    }
+
+    /// Uploads an example and binds `name` to it on `queue`.
+    pub async fn bind(
+        &self,
+        name: &str,
+        example: &str,
+        queue: &str,
+        edit: impl FnOnce(&mut TaskBinding),
+    ) {
+        let hash = self
+            .registry
+            .put_module(&guest_bytes(example))
+            .await
+            .unwrap();
+        let mut b = TaskBinding::new(name, hash);
+        b.queue = queue.into();
+        b.retry = RetryPolicy {
+            max_retries: 3,
+            backoff_base_ms: 50,
+            backoff_cap_ms: 200,
+            jitter: true,
+            retry_on: vec![],
+        };
+        edit(&mut b);
+        self.registry.bind(b).await.unwrap();
+    }
+
+    /// A worker with its own broker connection when on Redis.
+    pub async fn worker(&self, cfg: WorkerConfig) -> RunningWorker {
+        let broker: Arc<dyn Broker> = match &self.redis {
+            Some(server) => Arc::new(RedisBroker::connect(&server.url()).await.unwrap()),
+            None => self.broker.clone(),
+        };
+        start_worker(broker, self.registry.clone(), cfg)
+    }
+}
+
+pub struct RunningWorker {
+    stop: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<WorkerStats>,
+}
+
+impl RunningWorker {
+    pub async fn stop(mut self) -> WorkerStats {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(60), self.handle)
+            .await
+            .expect("the worker stops within its grace period")
+            .unwrap()
+    }
+}
+
+pub fn start_worker(
+    broker: Arc<dyn Broker>,
+    registry: Arc<dyn Registry>,
+    cfg: WorkerConfig,
+) -> RunningWorker {
+    let sandbox = Sandbox::new(SandboxConfig {
+        max_concurrent_runs: 16,
+        ..SandboxConfig::default()
+    })
+    .unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let worker = Worker::new(broker, registry, sandbox, HostEnv::default(), cfg);
+    let handle = tokio::spawn(async move {
+        worker
+            .run(async move {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap()
+    });
+    RunningWorker {
+        stop: Some(tx),
+        handle,
+    }
+}
+
+pub fn cfg(queues: &[&str], concurrency: usize) -> WorkerConfig {
+    WorkerConfig {
+        queues: queues.iter().map(|q| q.to_string()).collect(),
+        concurrency,
+        lease: Duration::from_secs(5),
+        grace: Duration::from_secs(10),
+        ..WorkerConfig::default()
+    }
+}
+
+async fn wait_final(b: &Arc<dyn Broker>, id: JobId) -> runner::queue::Job {
+    let j = b.wait(id, Duration::from_secs(30)).await.unwrap().unwrap();
+    assert!(
+        j.state.is_final(),
+        "job {id} still {:?} after 30 s",
+        j.state
+    );
+    j
+}
+
+async fn hello_runs_to_success(env: Env) {
+    env.bind("hello", "hello", "mail", |_| {}).await;
+    let w = env.worker(cfg(&["mail"], 2)).await;
+    let id = env
+        .producer
+        .enqueue(EnqueueRequest::task("hello", r#"{"name":"Ada"}"#))
+        .await
+        .unwrap()
+        .job
+        .id;
+    let j = wait_final(&env.broker, id).await;
+    assert_eq!(j.state, JobState::Success, "{j:?}");
+    let out = j.result_value().unwrap();
+    assert_eq!(out["greeting"], "Hello, Ada!");
+    assert_eq!(out["attempt"], 1);
+    assert!(j.started_at.is_some() && j.finished_at.is_some());
+    // The task's last progress report is kept on the final record.
+    assert_eq!(j.progress.as_ref().map(|p| (p.done, p.total)), Some((1, 1)));
+
+    // A task `fail` is final and lands in the dead letters.
+    let id = env
+        .producer
+        .enqueue(EnqueueRequest::task("hello", r#"{"name":"  "}"#))
+        .await
+        .unwrap()
+        .job
+        .id;
+    let j = wait_final(&env.broker, id).await;
+    assert_eq!(j.state, JobState::Failure);
+    assert_eq!(j.attempt, 1, "fail is not retried");
+    assert_eq!(j.error.as_ref().unwrap().kind, "fail");
+    assert_eq!(env.broker.dead_letters("mail", 10).await.unwrap().len(), 1);
+    let stats = w.stop().await;
+    assert_eq!((stats.succeeded, stats.failed), (1, 1));
+}
+
+async fn retries_with_backoff_then_success_or_dead_letter(env: Env) {
+    env.bind("flaky", "flaky", "default", |_| {}).await;
+    env.bind("flaky-once", "flaky", "default", |b| {
+        b.retry.max_retries = 1
+    })
+    .await;
+    let w = env.worker(cfg(&["default"], 2)).await;
+    let ok = env
+        .producer
+        .enqueue(EnqueueRequest::task("flaky", r#"{"succeed_on_attempt":3}"#))
+        .await
+        .unwrap()
+        .job
+        .id;
+    let gives_up = env
+        .producer
+        .enqueue(EnqueueRequest::task(
+            "flaky-once",
+            r#"{"succeed_on_attempt":3}"#,
+        ))
+        .await
+        .unwrap()
+        .job
+        .id;
+    let j = wait_final(&env.broker, ok).await;
+    assert_eq!(j.state, JobState::Success);
+    assert_eq!(j.result_value().unwrap()["attempt"], 3);
+    assert_eq!(j.attempt, 3);
+    let j = wait_final(&env.broker, gives_up).await;
+    assert_eq!(j.state, JobState::Failure);
+    assert_eq!(j.attempt, 2);
+    let e = j.error.unwrap();
+    assert_eq!(e.kind, "retry");
+    assert!(
+        e.message.contains("gave up after 1 retries"),
+        "{}",
+        e.message
+    );
+    let dead = env.broker.dead_letters("default", 10).await.unwrap();
+    assert_eq!(
+        dead.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![gives_up]
+    );
+    w.stop().await;
+}
+
+async fn revoke_terminates_a_running_job(env: Env) {
+    env.bind("sleeper", "sleeper", "default", |b| {
+        b.limits.time_limit_ms = Some(60_000)
+    })
+    .await;
+    let w = env.worker(cfg(&["default"], 2)).await;
+    let mut events = env.broker.subscribe().await.unwrap();
+    let id = env
+        .producer
+        .enqueue(EnqueueRequest::task("sleeper", r#"{"ms":20000}"#))
+        .await
+        .unwrap()
+        .job
+        .id;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let ev = events.recv().await.unwrap();
+            if ev.id == id && ev.state == JobState::Started {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the job starts");
+    let t = std::time::Instant::now();
+    assert_eq!(
+        env.broker.revoke(id, true).await.unwrap(),
+        runner::queue::RevokeOutcome::Terminating
+    );
+    let j = wait_final(&env.broker, id).await;
+    assert_eq!(j.state, JobState::Revoked);
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "stopped long before its 20 s sleep"
+    );
+    // A queued job that is revoked never runs.
+    let mut req = EnqueueRequest::task("sleeper", r#"{"ms":1}"#);
+    req.countdown_secs = Some(0.3);
+    let later = env.producer.enqueue(req).await.unwrap().job.id;
+    env.broker.revoke(later, false).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        env.broker.get(later).await.unwrap().unwrap().state,
+        JobState::Revoked
+    );
+    w.stop().await;
+}
+
+async fn long_job_outlives_its_lease_and_runs_once(env: Env) {
+    env.bind("sleeper", "sleeper", "default", |_| {}).await;
+    let lease = Duration::from_millis(600);
+    let mut c = cfg(&["default"], 2);
+    c.lease = lease;
+    let a = env.worker(c.clone()).await;
+    let b = env.worker(c).await;
+    let mut events = env.broker.subscribe().await.unwrap();
+    // Three times the lease.
+    let id = env
+        .producer
+        .enqueue(EnqueueRequest::task("sleeper", r#"{"ms":1800}"#))
+        .await
+        .unwrap()
+        .job
+        .id;
+    let j = wait_final(&env.broker, id).await;
+    assert_eq!(j.state, JobState::Success);
+    assert_eq!(j.redeliveries, 0);
+    let mut starts = 0;
+    while let Ok(ev) = events.try_recv() {
+        if ev.id == id && ev.state == JobState::Started && ev.progress.is_none() {
+            starts += 1;
+        }
+    }
+    assert_eq!(starts, 1, "executed exactly once");
+    let (sa, sb) = (a.stop().await, b.stop().await);
+    assert_eq!(sa.processed + sb.processed, 1);
+}
+
+async fn graceful_shutdown_finishes_running_jobs(env: Env) {
+    env.bind("sleeper", "sleeper", "default", |_| {}).await;
+    let w = env.worker(cfg(&["default"], 4)).await;
+    let mut events = env.broker.subscribe().await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let e = env
+            .producer
+            .enqueue(EnqueueRequest::task("sleeper", r#"{"ms":700}"#))
+            .await
+            .unwrap();
+        ids.push(e.job.id);
+    }
+    let mut started = 0;
+    while started < 4 {
+        let ev = tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if ev.state == JobState::Started && ev.progress.is_none() {
+            started += 1;
+        }
+    }
+    let stats = w.stop().await;
+    assert_eq!(stats.succeeded, 4);
+    for id in ids {
+        assert_eq!(
+            env.broker.get(id).await.unwrap().unwrap().state,
+            JobState::Success
+        );
+    }
+    assert!(
+        env.broker.workers().await.unwrap().is_empty(),
+        "a stopped worker is not listed"
+    );
+}
+
+macro_rules! both_brokers {
+    ($($name:ident),* $(,)?) => {
+        mod embedded_broker {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Env::embedded().await).await;
+                }
+            )*
+        }
+        mod redis_broker {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Env::redis().await).await;
+                }
+            )*
+        }
+    };
+}
+
+both_brokers!(
+    hello_runs_to_success,
+    retries_with_backoff_then_success_or_dead_letter,
+    revoke_terminates_a_running_job,
+    long_job_outlives_its_lease_and_runs_once,
+    graceful_shutdown_finishes_running_jobs,
+);
