@@ -44,6 +44,9 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    // Both ring and aws-lc-rs are linked in (lettre, reqwest), so rustls
+    // cannot pick a provider itself. An error only means one is installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

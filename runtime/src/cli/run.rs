@@ -1,5 +1,11 @@
 //! `runner run <module.wasm> --input '<json>'`: runs one component once,
-//! locally, with no broker and no capabilities beyond `context` and WASI.
+//! locally, with no broker (so no `jobs` capability).
+//!
+//! With `--config runner.toml`, the services of its `[host]` section are
+//! available, and `--task NAME` runs with the grants of
+//! `[tasks.NAME.grants]` (the format is in
+//! [`crate::sandbox::host::services`]). Without `--task` nothing is granted:
+//! a configured service answers `denied`, any other `unavailable`.
 //!
 //! The task's output JSON goes to stdout; everything else (its log lines,
 //! progress, its own stdout and stderr, the failure) goes to stderr. The
@@ -28,9 +34,10 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use clap::Args;
 
+use crate::sandbox::host::services;
 use crate::sandbox::{
-    CancelToken, HostEnv, LogLine, Outcome, Progress, RunLimits, RunReport, RunRequest, Sandbox,
-    SandboxConfig,
+    CancelToken, HostEnv, JobInfo, LogLine, Outcome, Progress, RunLimits, RunReport, RunRequest,
+    Sandbox, SandboxConfig,
 };
 
 /// Exit codes of `runner run`, one per way a run ends.
@@ -73,6 +80,13 @@ pub struct RunArgs {
     /// Keep compiled modules here between invocations.
     #[arg(long, env = "RUNNER_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// `runner.toml` with the `[host]` services and the tasks' grants.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Run as this task: its name namespaces kv keys, and with `--config`
+    /// its `[tasks.NAME.grants]` apply.
+    #[arg(long)]
+    pub task: Option<String>,
     /// Also print the duration and fuel used.
     #[arg(long, short)]
     pub verbose: bool,
@@ -110,6 +124,15 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
 
+    let (services, grants) =
+        match services::load(args.config.as_deref(), args.task.as_deref()).await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return Ok(ExitCode::from(exit::BAD_INPUT));
+            }
+        };
+
     let defaults = SandboxConfig::default();
     let sandbox = Sandbox::new(SandboxConfig {
         cache_dir: args.cache_dir.clone(),
@@ -127,9 +150,10 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
 
+    let task = args.task.clone().unwrap_or_default();
     let host = HostEnv {
         progress: Some(Arc::new(print_progress)),
-        ..HostEnv::default()
+        ..services.env_for(&task, &grants, None)
     };
     let request = RunRequest {
         input: args.input.clone(),
@@ -139,9 +163,12 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
             timeout: args.timeout,
             ..RunLimits::default()
         },
+        job: JobInfo {
+            task,
+            ..JobInfo::default()
+        },
         host,
         cancel,
-        ..RunRequest::default()
     };
     let report = sandbox.run(&module, request).await;
     print_guest_output(&report);

@@ -4,6 +4,7 @@
 mod redis_support;
 mod support;
 
+mod capabilities;
 mod cli_run;
 mod crash;
 mod queue_conformance;

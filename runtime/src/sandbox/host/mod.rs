@@ -25,6 +25,7 @@ pub mod jobs;
 pub mod kv;
 pub mod mail;
 pub mod pdf;
+pub mod services;
 
 pub use context::{LogLevel, LogLine, Progress, ProgressSink};
 pub use files::FileStore;
@@ -33,6 +34,7 @@ pub use jobs::JobEnqueuer;
 pub use kv::KvNamespace;
 pub use mail::MailSender;
 pub use pdf::PdfRenderer;
+pub use services::{HostServices, TaskGrants};
 
 /// Whether a run may use one capability, and the service that provides it.
 #[derive(Default)]
