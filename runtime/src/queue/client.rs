@@ -40,6 +40,9 @@ pub struct EnqueueRequest {
     pub idempotency_key: Option<String>,
     pub parent: Option<JobId>,
     pub result_ttl_secs: Option<u64>,
+    /// Set by the scheduler: the beat's name and the fire's due time.
+    pub schedule: Option<String>,
+    pub scheduled_for: Option<DateTime<Utc>>,
 }
 
 impl EnqueueRequest {
@@ -262,6 +265,8 @@ impl Producer {
             result: None,
             error: None,
             redeliveries: 0,
+            schedule: req.schedule,
+            scheduled_for: req.scheduled_for,
         })
     }
 }

@@ -294,6 +294,12 @@ pub struct Job {
     pub parent: Option<JobId>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub children: Vec<JobId>,
+    /// The beat that enqueued this job, if a scheduler did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// The due time of that beat's fire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_for: Option<DateTime<Utc>>,
     pub result_ttl_ms: u64,
     pub created_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -492,6 +498,8 @@ mod tests {
             result: None,
             error: None,
             redeliveries: 0,
+            schedule: None,
+            scheduled_for: None,
         };
         assert!(j.to_json().starts_with("{\"state\":\"PENDING\""));
     }

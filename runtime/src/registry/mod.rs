@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::queue::{JobLimits, RetryPolicy};
+use crate::sandbox::host::TaskGrants;
 
 /// A task name bound to a module.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -39,7 +40,7 @@ pub struct TaskBinding {
     pub result_ttl_ms: Option<u64>,
     /// What the task may reach; interpreted by the sandbox's host side.
     #[serde(default)]
-    pub grants: serde_json::Value,
+    pub grants: TaskGrants,
     #[serde(default = "Utc::now")]
     pub bound_at: DateTime<Utc>,
 }
@@ -58,7 +59,7 @@ impl TaskBinding {
             limits: JobLimits::default(),
             rate_limit: None,
             result_ttl_ms: None,
-            grants: serde_json::Value::Null,
+            grants: TaskGrants::default(),
             bound_at: Utc::now(),
         }
     }

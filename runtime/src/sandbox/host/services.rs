@@ -68,7 +68,7 @@ use runner_host_fns::mail::{
     MailAddress, MailAttachment, MailConfig, MailGrant, Mailer, OutgoingMail,
 };
 use runner_host_fns::pdf::{PdfConfig, PdfService};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     Capability, FileStore, HostEnv, HttpClient, JobEnqueuer, KvNamespace, MailSender, PdfRenderer,
@@ -170,26 +170,31 @@ pub struct TaskConfig {
 }
 
 /// What one task may use. The default grants nothing.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskGrants {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv: Option<KvGrant>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mail: Option<MailGrant>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpGrant>,
     /// Root name -> access.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub files: BTreeMap<String, Access>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pdf: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub jobs: bool,
 }
 
 /// The kv grant: its quota, each limit defaulting to [`KvQuota::default`].
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KvGrant {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_keys: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_bytes: Option<u64>,
 }
 
