@@ -22,4 +22,5 @@ pub mod cli;
 pub mod queue;
 pub mod registry;
 pub mod sandbox;
+pub mod scheduler;
 pub mod worker;

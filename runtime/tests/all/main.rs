@@ -10,4 +10,6 @@ mod crash;
 mod queue_conformance;
 mod rate_limit;
 mod sandbox;
+mod scheduler;
+mod scheduler_race;
 mod worker;

@@ -1,0 +1,821 @@
+//! The scheduler (Celery Beat's job): fires beats, recurring jobs defined
+//! by a cron expression or an interval in a named time zone, exactly once
+//! per due time across any number of replicas.
+//!
+//! # Using it
+//!
+//! ```no_run
+//! # async fn demo(producer: runner::queue::Producer,
+//! #               registry: std::sync::Arc<dyn runner::registry::Registry>,
+//! #               config_beats: Vec<runner::scheduler::Beat>) -> anyhow::Result<()> {
+//! use runner::scheduler::{Beat, Scheduler};
+//! // Redis broker: beats and fire records shared with every replica.
+//! let scheduler =
+//!     Scheduler::connect_redis("redis://127.0.0.1/", producer, registry, config_beats).await?;
+//! // (Embedded broker: `Scheduler::embedded(producer, registry, config_beats)?`.)
+//! let looping = scheduler.clone();
+//! tokio::spawn(async move { looping.run(std::future::pending::<()>()).await });
+//! // The same value serves the API: list/get/put/delete/set_enabled/fire_now.
+//! scheduler.put(Beat::cron("morning", "reminder", "0 9 * * mon-fri")).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! [`Scheduler`] is cheap to clone; one clone runs the loop ([`Scheduler::run`]),
+//! the others answer the API. `put` refuses bad beats with a [`BeatError`]
+//! naming the field (`cron: 61 is out of range for minutes (0-59)`) or the
+//! unknown task; [`BeatError::is_bad_input`] tells 400 from 404/503.
+//!
+//! # Sources
+//!
+//! Beats from `runner.toml` (`[[beats]]`, given to the constructor) merged
+//! with dynamic beats stored through [`Scheduler::put`] in a [`BeatStore`]
+//! (Redis hash `runner:beats`, or memory). A dynamic beat with the same name
+//! as a config beat overrides it; deleting the dynamic one brings the config
+//! one back. Disabling a config beat stores such an override with
+//! `enabled = false`. A config beat cannot be deleted through the API: the
+//! file is its source.
+//!
+//! Every change is announced (pub/sub `runner:beats:changed`), and a running
+//! loop reloads on the announcement: no polling, no restart, no file.
+//!
+//! # Exactly once
+//!
+//! Every replica computes the same due times (cron in the beat's zone;
+//! intervals counted from the Unix epoch) and, at each, enqueues the job
+//! with the idempotency key `beat:<name>:<due unix seconds>`. The broker's
+//! enqueue script claims that key with `SET NX` and stores the job in the
+//! same atomic step, so the claim and the enqueue cannot be separated: there
+//! is no window in which a replica holds a claim but has not yet stored the
+//! job, and a replica that dies at any point loses nothing (the others enqueue
+//! the same fire; at most one is created). The broker remembers the key for
+//! 24 hours, far longer than a fire can be late. Only the replica whose
+//! enqueue created the job records the fire (`runner:beats:fired`, kept only
+//! if its due time is the newest).
+//!
+//! # Missed fires
+//!
+//! A due time that passes while this loop watches the beat is fired even if
+//! the loop gets to it late, up to [`ON_TIME_GRACE`]. Older due times (the
+//! process was down or suspended, Redis was unreachable, or they fell before
+//! start-up) are *missed*: `skip` drops them, `catch-up-once` enqueues one
+//! job for the latest of them. The last recorded fire tells a fresh replica
+//! what was missed; a beat never fired before has missed nothing.
+//!
+//! # Idle cost
+//!
+//! The loop sleeps until the earliest due time (at most a minute, to follow
+//! wall-clock jumps, without touching Redis) or a change announcement.
+//! While nothing is due it sends no Redis command at all.
+//!
+//! See `docs/scheduler.md` for DST rules with examples.
+
+pub mod beat;
+pub mod store;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+pub use beat::{Beat, BeatError, FieldError, MissedPolicy, Schedule, parse_cron, parse_every};
+pub use store::{
+    BeatChange, BeatStore, FireRecord, MemoryBeatStore, RedisBeatStore, StoreError, StoredBeat,
+};
+
+use crate::queue::{BrokerError, EnqueueError, EnqueueRequest, Job, JobId, JobState, Producer};
+use crate::registry::{Registry, RegistryError};
+
+/// How late a due time may be reached and still count as on time.
+pub const ON_TIME_GRACE: Duration = Duration::from_secs(5);
+
+/// The longest the loop sleeps without looking at the clock again.
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+/// The idempotency key of one fire: the claim every replica races for.
+pub fn fire_key(beat: &str, due: DateTime<Utc>) -> String {
+    format!("beat:{beat}:{}", due.timestamp())
+}
+
+/// The `[[beats]]` of a `runner.toml`; every other section is ignored here
+/// (the full config loader reads those). Unknown keys inside a beat are
+/// refused with their position. Validation is [`Scheduler::new`]'s job.
+pub fn beats_from_toml(text: &str) -> Result<Vec<Beat>, toml::de::Error> {
+    #[derive(serde::Deserialize)]
+    struct BeatsOnly {
+        #[serde(default)]
+        beats: Vec<Beat>,
+    }
+    Ok(toml::from_str::<BeatsOnly>(text)?.beats)
+}
+
+/// Where the effective definition of a beat comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BeatSource {
+    /// `runner.toml`.
+    Config,
+    /// The API or CLI.
+    Api,
+    /// The API or CLI, replacing a beat of the same name in `runner.toml`.
+    ApiOverConfig,
+}
+
+/// A point in time in the beat's zone and in UTC.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FireTime {
+    pub utc: DateTime<Utc>,
+    /// RFC 3339 with the zone's offset at that instant.
+    pub local: String,
+}
+
+/// The newest fire of a beat.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LastFire {
+    /// The due time fired (for a manual fire: when it was asked for).
+    pub due: FireTime,
+    /// When the job was enqueued.
+    pub fired_at: DateTime<Utc>,
+    pub job: JobId,
+    pub manual: bool,
+}
+
+/// The job of the last fire as the broker has it now.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct JobOutcome {
+    pub id: JobId,
+    /// `None` once the broker forgot the job (its result TTL passed).
+    pub state: Option<JobState>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A beat with where it comes from and how it has been firing.
+#[derive(Clone, Debug, Serialize)]
+pub struct BeatStatus {
+    #[serde(flatten)]
+    pub beat: Beat,
+    pub source: BeatSource,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<DateTime<Utc>>,
+    /// `None` while disabled.
+    pub next_fire: Option<FireTime>,
+    pub last_fire: Option<LastFire>,
+    pub last_job: Option<JobOutcome>,
+    /// The last fire this process could not enqueue, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+struct Effective {
+    beat: Beat,
+    source: BeatSource,
+    updated_at: Option<DateTime<Utc>>,
+}
+
+struct Inner {
+    store: Arc<dyn BeatStore>,
+    producer: Producer,
+    registry: Arc<dyn Registry>,
+    config: Vec<Beat>,
+    /// Fire errors seen by this process, by beat.
+    errors: Mutex<HashMap<String, String>>,
+}
+
+/// The scheduler: its loop ([`run`](Self::run)) and the operations the API
+/// and CLI need. Cheap to clone.
+#[derive(Clone)]
+pub struct Scheduler {
+    inner: Arc<Inner>,
+}
+
+impl Scheduler {
+    /// A scheduler over `store`, enqueueing through `producer`. The config
+    /// beats are validated here (every problem reported, each naming the
+    /// beat and the field); whether their tasks exist is only known at fire
+    /// time, since a config may name tasks bound later.
+    pub fn new(
+        store: Arc<dyn BeatStore>,
+        producer: Producer,
+        registry: Arc<dyn Registry>,
+        config_beats: Vec<Beat>,
+    ) -> Result<Self, BeatError> {
+        let mut problems = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (i, b) in config_beats.iter().enumerate() {
+            let at = if b.name.is_empty() {
+                format!("beats[{i}]")
+            } else {
+                format!("beats[{i}] ({})", b.name)
+            };
+            if let Err(BeatError::Invalid(errs)) = b.validate() {
+                for e in errs {
+                    problems.push(FieldError::new(&format!("{at}.{}", e.field), e.message));
+                }
+            }
+            if !b.name.is_empty() && !seen.insert(b.name.clone()) {
+                problems.push(FieldError::new(
+                    &format!("{at}.name"),
+                    "another beat in the file has this name",
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(BeatError::Invalid(problems));
+        }
+        Ok(Scheduler {
+            inner: Arc::new(Inner {
+                store,
+                producer,
+                registry,
+                config: config_beats,
+                errors: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// For the Redis broker: dynamic beats and fire records in the Redis at
+    /// `url`, shared by every replica.
+    pub async fn connect_redis(
+        url: &str,
+        producer: Producer,
+        registry: Arc<dyn Registry>,
+        config_beats: Vec<Beat>,
+    ) -> anyhow::Result<Self> {
+        let store = RedisBeatStore::connect(url).await?;
+        Ok(Self::new(
+            Arc::new(store),
+            producer,
+            registry,
+            config_beats,
+        )?)
+    }
+
+    /// For the embedded broker: dynamic beats in this process only.
+    pub fn embedded(
+        producer: Producer,
+        registry: Arc<dyn Registry>,
+        config_beats: Vec<Beat>,
+    ) -> Result<Self, BeatError> {
+        Self::new(
+            Arc::new(MemoryBeatStore::new()),
+            producer,
+            registry,
+            config_beats,
+        )
+    }
+
+    pub fn store(&self) -> &Arc<dyn BeatStore> {
+        &self.inner.store
+    }
+
+    /// The beats from `runner.toml`.
+    pub fn config_beats(&self) -> &[Beat] {
+        &self.inner.config
+    }
+
+    async fn effective(&self) -> Result<Vec<Effective>, StoreError> {
+        let dynamic = self.inner.store.beats().await?;
+        Ok(merge(&self.inner.config, dynamic))
+    }
+
+    /// Every beat (config and dynamic, disabled ones too) with its status,
+    /// by name.
+    pub async fn list(&self) -> Result<Vec<BeatStatus>, BeatError> {
+        let beats = self.effective().await?;
+        self.statuses(beats).await
+    }
+
+    /// One beat with its status.
+    pub async fn get(&self, name: &str) -> Result<BeatStatus, BeatError> {
+        let beats: Vec<Effective> = self
+            .effective()
+            .await?
+            .into_iter()
+            .filter(|e| e.beat.name == name)
+            .collect();
+        if beats.is_empty() {
+            return Err(BeatError::NotFound(name.to_string()));
+        }
+        Ok(self.statuses(beats).await?.remove(0))
+    }
+
+    async fn statuses(&self, beats: Vec<Effective>) -> Result<Vec<BeatStatus>, BeatError> {
+        let fired = self.inner.store.fires(false).await?;
+        let manual = self.inner.store.fires(true).await?;
+        let errors = self.inner.errors.lock().map(|e| e.clone()).unwrap_or_default();
+        let now = Utc::now();
+        let mut out = Vec::with_capacity(beats.len());
+        for e in beats {
+            let Ok(schedule) = e.beat.schedule() else {
+                // Stored before a stricter check: shown, never fired.
+                out.push(BeatStatus {
+                    last_error: e.beat.validate().err().map(|x| x.to_string()),
+                    beat: e.beat,
+                    source: e.source,
+                    updated_at: e.updated_at,
+                    next_fire: None,
+                    last_fire: None,
+                    last_job: None,
+                });
+                continue;
+            };
+            let scheduled = fired.get(&e.beat.name);
+            let by_hand = manual.get(&e.beat.name);
+            let last = match (scheduled, by_hand) {
+                (Some(s), Some(m)) if m.fired_at > s.fired_at => Some((m, true)),
+                (Some(s), _) => Some((s, false)),
+                (None, Some(m)) => Some((m, true)),
+                (None, None) => None,
+            };
+            let after = scheduled.map_or(now, |s| s.due.max(now));
+            let next_fire = e
+                .beat
+                .enabled
+                .then(|| schedule.next_after(after))
+                .flatten()
+                .map(|t| FireTime {
+                    utc: t,
+                    local: schedule.local(t),
+                });
+            let last_job = match last {
+                Some((rec, _)) => Some(self.outcome(rec.job).await?),
+                None => None,
+            };
+            out.push(BeatStatus {
+                last_fire: last.map(|(rec, manual)| LastFire {
+                    due: FireTime {
+                        utc: rec.due,
+                        local: schedule.local(rec.due),
+                    },
+                    fired_at: rec.fired_at,
+                    job: rec.job,
+                    manual,
+                }),
+                last_error: errors.get(&e.beat.name).cloned(),
+                beat: e.beat,
+                source: e.source,
+                updated_at: e.updated_at,
+                next_fire,
+                last_job,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn outcome(&self, id: JobId) -> Result<JobOutcome, BeatError> {
+        let job = self
+            .inner
+            .producer
+            .broker()
+            .get(id)
+            .await
+            .map_err(|e| BeatError::Enqueue(EnqueueError::Broker(e)))?;
+        Ok(JobOutcome {
+            id,
+            state: job.as_ref().map(|j| j.state),
+            finished_at: job.as_ref().and_then(|j| j.finished_at),
+            error: job
+                .and_then(|j| j.error)
+                .map(|f| format!("{}: {}", f.kind, f.message)),
+        })
+    }
+
+    /// Creates or replaces a dynamic beat: validated, its task must be
+    /// bound. A running loop picks it up at once; its schedule starts from
+    /// now (no catch-up for times before the change).
+    pub async fn put(&self, beat: Beat) -> Result<BeatStatus, BeatError> {
+        beat.validate()?;
+        if self.inner.registry.task(&beat.task).await?.is_none() {
+            return Err(BeatError::UnknownTask(beat.task.clone()));
+        }
+        let name = beat.name.clone();
+        self.inner
+            .store
+            .put(&StoredBeat {
+                beat,
+                updated_at: Utc::now(),
+            })
+            .await?;
+        self.get(&name).await
+    }
+
+    /// Enables or disables a beat without deleting it. For a beat from
+    /// `runner.toml`, this stores an override (see the module docs).
+    pub async fn set_enabled(&self, name: &str, enabled: bool) -> Result<BeatStatus, BeatError> {
+        let current = self.get(name).await?;
+        if current.beat.enabled == enabled {
+            return Ok(current);
+        }
+        let mut beat = current.beat;
+        beat.enabled = enabled;
+        beat.validate()?;
+        self.inner
+            .store
+            .put(&StoredBeat {
+                beat,
+                updated_at: Utc::now(),
+            })
+            .await?;
+        self.get(name).await
+    }
+
+    /// Deletes a dynamic beat. If it overrode a beat of `runner.toml`, that
+    /// one applies again; a beat only in `runner.toml` cannot be deleted.
+    pub async fn delete(&self, name: &str) -> Result<(), BeatError> {
+        let in_config = self.inner.config.iter().any(|b| b.name == name);
+        let existed = self.inner.store.delete(name, !in_config).await?;
+        if existed {
+            if let Ok(mut e) = self.inner.errors.lock() {
+                e.remove(name);
+            }
+            Ok(())
+        } else if in_config {
+            Err(BeatError::FromConfig(name.to_string()))
+        } else {
+            Err(BeatError::NotFound(name.to_string()))
+        }
+    }
+
+    /// Enqueues the beat's job now, whatever its schedule (disabled beats
+    /// too). The job carries the beat's name and the time of this call; it
+    /// has no fire key, so it never takes the place of a scheduled fire.
+    pub async fn fire_now(&self, name: &str) -> Result<Job, BeatError> {
+        let e = self
+            .effective()
+            .await?
+            .into_iter()
+            .find(|e| e.beat.name == name)
+            .ok_or_else(|| BeatError::NotFound(name.to_string()))?;
+        let now = Utc::now();
+        let mut req = request(&e.beat, now);
+        req.idempotency_key = None;
+        let enqueued = self.inner.producer.enqueue(req).await?;
+        let job = enqueued.job;
+        let record = FireRecord {
+            due: now,
+            fired_at: job.created_at,
+            job: job.id,
+            queue: job.queue.clone(),
+        };
+        if let Err(err) = self.inner.store.record_fire(name, &record, true).await {
+            tracing::warn!(beat = name, "job {} enqueued, but not recorded: {err}", job.id);
+        }
+        Ok(job)
+    }
+
+    /// Runs the loop until `shutdown` completes. Store or broker outages are
+    /// waited out (logged once each); this never returns an error.
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut outage = Outage::default();
+        // Subscribe before the first read: a change between the two is then
+        // seen as an event, never lost.
+        let mut changes = loop {
+            match self.inner.store.watch().await {
+                Ok(rx) => break rx,
+                Err(e) => outage.failed("watching beat changes", &e),
+            }
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(outage.backoff()) => {}
+            }
+        };
+        let mut entries: HashMap<String, Entry> = HashMap::new();
+        let mut initial = true;
+        let mut reload_at: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
+        loop {
+            if reload_at.is_some_and(|t| t <= tokio::time::Instant::now()) {
+                match self.load(&mut entries, initial).await {
+                    Ok(()) => {
+                        initial = false;
+                        reload_at = None;
+                        outage.recovered("reading beats");
+                    }
+                    Err(e) => {
+                        outage.failed("reading beats", &e);
+                        reload_at = Some(tokio::time::Instant::now() + outage.backoff());
+                    }
+                }
+            }
+            if !initial {
+                self.fire_due(&mut entries).await;
+            }
+            let now = Utc::now();
+            let mut sleep = entries
+                .values()
+                .filter_map(|e| e.wake_at())
+                .min()
+                .map(|w| (w - now).to_std().unwrap_or(Duration::ZERO))
+                .unwrap_or(MAX_SLEEP)
+                .min(MAX_SLEEP);
+            if let Some(t) = reload_at {
+                sleep = sleep.min(t.saturating_duration_since(tokio::time::Instant::now()));
+            }
+            tokio::select! {
+                _ = &mut shutdown => return,
+                change = changes.recv() => match change {
+                    Some(_) => {
+                        // One reload for a burst of changes.
+                        while changes.try_recv().is_ok() {}
+                        reload_at = Some(tokio::time::Instant::now());
+                    }
+                    None => {
+                        // The store dropped the feed: watch again.
+                        match self.inner.store.watch().await {
+                            Ok(rx) => {
+                                changes = rx;
+                                reload_at = Some(tokio::time::Instant::now());
+                            }
+                            Err(e) => {
+                                outage.failed("watching beat changes", &e);
+                                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                                // A feed that ends at once makes the next
+                                // round try again after the backoff.
+                                let backoff = outage.backoff();
+                                tokio::spawn(async move {
+                                    tokio::time::sleep(backoff).await;
+                                    drop(tx);
+                                });
+                                changes = rx;
+                            }
+                        }
+                    }
+                },
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+
+    /// Reads the beats again and rebuilds the loop's entries. A beat whose
+    /// timing did not change keeps its place in its schedule.
+    async fn load(&self, entries: &mut HashMap<String, Entry>, initial: bool) -> Result<(), StoreError> {
+        let beats = self.effective().await?;
+        let fired = if initial {
+            self.inner.store.fires(false).await?
+        } else {
+            HashMap::new()
+        };
+        let now = Utc::now();
+        let grace = chrono::Duration::from_std(ON_TIME_GRACE).unwrap_or_default();
+        let mut next = HashMap::with_capacity(beats.len());
+        for e in beats {
+            if !e.beat.enabled {
+                entries.remove(&e.beat.name);
+                continue;
+            }
+            let schedule = match e.beat.schedule() {
+                Ok(s) => s,
+                Err(err) => {
+                    tracing::warn!(beat = e.beat.name, "not scheduled: {err}");
+                    continue;
+                }
+            };
+            let name = e.beat.name.clone();
+            let entry = match entries.remove(&name) {
+                Some(old) if old.beat.same_timing(&e.beat) => Entry {
+                    beat: e.beat,
+                    schedule,
+                    ..old
+                },
+                _ if initial => {
+                    // Due times after the last recorded fire (or after the
+                    // beat last changed) and before now were missed.
+                    let from = match (fired.get(&name).map(|f| f.due), e.updated_at) {
+                        (Some(a), Some(b)) => a.max(b),
+                        (Some(a), None) | (None, Some(a)) => a,
+                        (None, None) => now,
+                    }
+                    .min(now);
+                    Entry::new(e.beat, schedule, from, now)
+                }
+                _ => {
+                    // New or re-timed while running: its schedule starts at
+                    // the change (another host's clock may differ a little).
+                    let from = e.updated_at.unwrap_or(now).clamp(now - grace, now);
+                    Entry::new(e.beat, schedule, from, from)
+                }
+            };
+            next.insert(name, entry);
+        }
+        *entries = next;
+        Ok(())
+    }
+
+    async fn fire_due(&self, entries: &mut HashMap<String, Entry>) {
+        let now = Utc::now();
+        let work = entries
+            .values_mut()
+            .filter(|e| e.wake_at().is_some_and(|w| w <= now))
+            .map(|e| self.fire_entry(e, now));
+        futures::future::join_all(work).await;
+    }
+
+    async fn fire_entry(&self, e: &mut Entry, now: DateTime<Utc>) {
+        e.retry_at = None;
+        let grace = chrono::Duration::from_std(ON_TIME_GRACE).unwrap_or_default();
+        let on_time_from = e.watch_from.max(now - grace);
+        let Some(first) = e.schedule.next_after(e.cursor) else {
+            return;
+        };
+        if first > now {
+            return;
+        }
+        if first <= on_time_from {
+            if e.beat.missed == MissedPolicy::CatchUpOnce
+                && let Some(latest) = e.schedule.latest_at_or_before(on_time_from)
+                && latest > e.cursor
+            {
+                tracing::info!(
+                    beat = e.beat.name,
+                    "catching up once for the missed period {first} .. {latest}"
+                );
+                if !self.fire_one(e, latest, now).await {
+                    return;
+                }
+            } else {
+                tracing::info!(
+                    beat = e.beat.name,
+                    "skipping due times missed from {first} to {on_time_from}"
+                );
+            }
+            e.cursor = e.cursor.max(on_time_from);
+        }
+        while let Some(due) = e.schedule.next_after(e.cursor)
+            && due <= now
+        {
+            if !self.fire_one(e, due, now).await {
+                return;
+            }
+        }
+    }
+
+    /// Fires one due time. Returns false if the broker could not be reached
+    /// (the entry then waits and tries again).
+    async fn fire_one(&self, e: &mut Entry, due: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        let name = e.beat.name.clone();
+        match self.inner.producer.enqueue(request(&e.beat, due)).await {
+            Ok(enq) => {
+                if enq.created {
+                    let record = FireRecord {
+                        due,
+                        fired_at: enq.job.created_at,
+                        job: enq.job.id,
+                        queue: enq.job.queue.clone(),
+                    };
+                    if let Err(err) = self.inner.store.record_fire(&name, &record, false).await {
+                        tracing::warn!(beat = name, "fire of {due} enqueued, not recorded: {err}");
+                    }
+                    tracing::debug!(beat = name, %due, job = %enq.job.id, "fired");
+                }
+                if e.failing {
+                    tracing::info!(beat = name, "firing again");
+                    e.failing = false;
+                }
+                if let Ok(mut errs) = self.inner.errors.lock() {
+                    errs.remove(&name);
+                }
+                e.cursor = due;
+                true
+            }
+            Err(err) if is_transient(&err) => {
+                if !e.failing {
+                    tracing::warn!(beat = name, "cannot fire {due} now, will retry: {err}");
+                    e.failing = true;
+                }
+                self.note_error(&name, format!("{due}: {err}"));
+                e.retry_at = Some(now + chrono::Duration::seconds(1));
+                false
+            }
+            Err(err) => {
+                tracing::warn!(beat = name, "fire of {due} refused: {err}");
+                self.note_error(&name, format!("{due}: {err}"));
+                e.cursor = due;
+                true
+            }
+        }
+    }
+
+    fn note_error(&self, name: &str, msg: String) {
+        if let Ok(mut errs) = self.inner.errors.lock() {
+            errs.insert(name.to_string(), msg);
+        }
+    }
+}
+
+/// The job a beat's fire enqueues.
+fn request(beat: &Beat, due: DateTime<Utc>) -> EnqueueRequest {
+    EnqueueRequest {
+        task: Some(beat.task.clone()),
+        input: beat.input.to_string(),
+        queue: beat.queue.clone(),
+        retry: beat.retry.clone(),
+        limits: beat.limits.clone(),
+        expires_in_secs: beat.expires_in_secs,
+        idempotency_key: Some(fire_key(&beat.name, due)),
+        schedule: Some(beat.name.clone()),
+        scheduled_for: Some(due),
+        ..Default::default()
+    }
+}
+
+fn is_transient(err: &EnqueueError) -> bool {
+    match err {
+        EnqueueError::Broker(e) => e.is_unavailable() || matches!(e, BrokerError::Protocol(_)),
+        EnqueueError::Registry(RegistryError::Redis(_) | RegistryError::Io(_)) => true,
+        _ => false,
+    }
+}
+
+/// Config beats overridden by dynamic beats of the same name, by name.
+fn merge(config: &[Beat], dynamic: Vec<StoredBeat>) -> Vec<Effective> {
+    let mut out: Vec<Effective> = config
+        .iter()
+        .map(|b| Effective {
+            beat: b.clone(),
+            source: BeatSource::Config,
+            updated_at: None,
+        })
+        .collect();
+    for d in dynamic {
+        match out.iter_mut().find(|e| e.beat.name == d.beat.name) {
+            Some(e) => {
+                *e = Effective {
+                    beat: d.beat,
+                    source: BeatSource::ApiOverConfig,
+                    updated_at: Some(d.updated_at),
+                }
+            }
+            None => out.push(Effective {
+                beat: d.beat,
+                source: BeatSource::Api,
+                updated_at: Some(d.updated_at),
+            }),
+        }
+    }
+    out.sort_by(|a, b| a.beat.name.cmp(&b.beat.name));
+    out
+}
+
+/// The loop's view of one enabled beat.
+struct Entry {
+    beat: Beat,
+    schedule: Schedule,
+    /// Every due time at or before this was handled (fired, refused or
+    /// skipped).
+    cursor: DateTime<Utc>,
+    /// Due times after this (and within the grace) are on time; earlier
+    /// ones are missed.
+    watch_from: DateTime<Utc>,
+    /// The broker was unreachable: try again then.
+    retry_at: Option<DateTime<Utc>>,
+    failing: bool,
+}
+
+impl Entry {
+    fn new(beat: Beat, schedule: Schedule, cursor: DateTime<Utc>, watch_from: DateTime<Utc>) -> Self {
+        Entry {
+            beat,
+            schedule,
+            cursor,
+            watch_from,
+            retry_at: None,
+            failing: false,
+        }
+    }
+
+    fn wake_at(&self) -> Option<DateTime<Utc>> {
+        self.retry_at.or_else(|| self.schedule.next_after(self.cursor))
+    }
+}
+
+/// Logs an outage once, and its end.
+#[derive(Default)]
+struct Outage {
+    failures: u32,
+}
+
+impl Outage {
+    fn failed(&mut self, what: &str, err: &dyn std::fmt::Display) {
+        if self.failures == 0 {
+            tracing::warn!("scheduler: {what} failed, retrying: {err}");
+        }
+        self.failures += 1;
+    }
+
+    fn recovered(&mut self, what: &str) {
+        if self.failures > 0 {
+            tracing::info!("scheduler: {what} works again");
+        }
+        self.failures = 0;
+    }
+
+    fn backoff(&self) -> Duration {
+        Duration::from_millis(100 * 2u64.pow(self.failures.min(6))).min(Duration::from_secs(5))
+    }
+}
