@@ -51,7 +51,44 @@ fn run() -> Result<(), String> {
         }
         build_workspace(&cargo, &manifest, &target_dir)?;
     }
-    Ok(())
+    write_builtin_table(&guest_dir)
+}
+
+/// Components embedded in the `runner` binary (see `src/builtin.rs`): the
+/// built-in tasks and the examples `runner dev` binds. A component that was
+/// not built (its crate does not exist yet) is left out.
+const EMBEDDED: &[(&str, &str, &str)] = &[
+    // (task name, file stem, kind)
+    ("reminder", "reminder", "task"),
+    ("report", "report", "task"),
+    ("cleanup", "cleanup", "task"),
+    ("notify", "notify", "task"),
+    ("hello", "hello", "example"),
+    ("flaky", "flaky", "example"),
+    ("sleeper", "sleeper", "example"),
+    ("fan-out", "fan_out", "example"),
+    ("kv-guard", "kv_guard", "example"),
+    ("pdf-report", "pdf_report", "example"),
+    ("mailer", "mailer", "example"),
+    ("webhook", "webhook", "example"),
+    ("file-cleanup", "file_cleanup", "example"),
+];
+
+fn write_builtin_table(guest_dir: &Path) -> Result<(), String> {
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or("OUT_DIR is not set")?);
+    let mut table = String::from("&[\n");
+    for (name, stem, kind) in EMBEDDED {
+        let path = guest_dir.join(format!("{stem}.wasm"));
+        if path.exists() {
+            table.push_str(&format!(
+                "    ({name:?}, {kind:?}, include_bytes!({:?})),\n",
+                path.display().to_string()
+            ));
+        }
+    }
+    table.push_str("]\n");
+    fs::write(out_dir.join("builtin.rs"), table)
+        .map_err(|e| format!("cannot write {}: {e}", out_dir.display()))
 }
 
 /// Fails with the fix when the standard library for the guest target is

@@ -99,7 +99,8 @@ impl HttpGrant {
 pub struct HostRule {
     scheme: String,
     host: HostPattern,
-    port: u16,
+    /// `None`: any port (`host:*`).
+    port: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,7 +115,7 @@ enum HostPattern {
 
 impl HostRule {
     /// Parses `[scheme://]host[:port]`; the scheme defaults to `https`, the
-    /// port to the scheme's. The host is a name, `*.domain`, `*`, an IPv4
+    /// port to the scheme's; `:*` allows any port. The host is a name, `*.domain`, `*`, an IPv4
     /// address or a bracketed IPv6 address.
     pub fn parse(rule: &str) -> Result<Self, String> {
         let rule = rule.trim();
@@ -171,16 +172,22 @@ impl HostRule {
             (pattern, port)
         };
         let port = match port {
-            None => default_port,
-            Some(p) => p
-                .parse()
-                .map_err(|_| format!("rule '{rule}': bad port '{p}'"))?,
+            None => Some(default_port),
+            Some("*") => None,
+            Some(p) => Some(
+                p.parse()
+                    .map_err(|_| format!("rule '{rule}': bad port '{p}'"))?,
+            ),
         };
         Ok(Self { scheme, host, port })
     }
 
     fn matches(&self, url: &Url) -> bool {
-        if url.scheme() != self.scheme || url.port_or_known_default() != Some(self.port) {
+        if url.scheme() != self.scheme
+            || self
+                .port
+                .is_some_and(|p| url.port_or_known_default() != Some(p))
+        {
             return false;
         }
         match (&self.host, url.host()) {

@@ -18,7 +18,11 @@
 //! Data takes one path: CLI/HTTP -> registry/queue -> worker -> sandbox ->
 //! host functions -> result.
 
+pub mod api;
+pub mod app;
+pub mod builtin;
 pub mod cli;
+pub mod config;
 pub mod queue;
 pub mod registry;
 pub mod sandbox;

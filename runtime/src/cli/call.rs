@@ -1,14 +1,14 @@
-//! `runner call <task> --input '{..}' [--queue q] [--countdown 10] [--wait 30s]`
+//! `runner call <task> --input '{..}' [--queue q] [--countdown 10] [--wait 30s] [--repeat N]`
+//! enqueues over HTTP; `--wait` prints the result when the job ends, with
+//! the exit code of `runner status`.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::Args;
+use serde_json::{Value, json};
 
-use super::worker::RedisArgs;
-use crate::queue::{Broker, EnqueueRequest, Producer};
+use super::client::{ApiArgs, ApiClient, json_arg, report, text_or_file};
 
 #[derive(Args, Debug)]
 pub struct CallArgs {
@@ -30,41 +30,64 @@ pub struct CallArgs {
     /// Wait this long for the result (e.g. 30s) and print it.
     #[arg(long, value_parser = humantime::parse_duration, num_args = 0..=1, default_missing_value = "60s")]
     pub wait: Option<Duration>,
+    /// Enqueue this many jobs with the same input (in batches, with a
+    /// progress bar).
+    #[arg(long, default_value_t = 1, conflicts_with = "wait")]
+    pub repeat: u64,
     #[command(flatten)]
-    pub redis: RedisArgs,
+    pub api: ApiArgs,
 }
 
+const BATCH: u64 = 500;
+
 pub async fn execute(args: CallArgs) -> anyhow::Result<ExitCode> {
-    let input = match args.input.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?,
-        None => args.input.clone(),
-    };
-    let (broker, registry) = args.redis.connect().await?;
-    let broker: Arc<dyn Broker> = Arc::new(broker);
-    let producer = Producer::new(broker.clone(), Arc::new(registry));
-    let req = EnqueueRequest {
-        task: Some(args.task.clone()),
-        input,
-        queue: args.queue.clone(),
-        countdown_secs: args.countdown,
-        expires_in_secs: args.expires,
-        idempotency_key: args.idempotency_key.clone(),
-        ..Default::default()
-    };
-    let enq = producer.enqueue(req).await?;
-    let id = enq.job.id;
-    if !enq.created {
-        eprintln!("an earlier job with this idempotency key exists");
+    let input = json_arg("--input", &text_or_file(&args.input)?)?;
+    let client = ApiClient::new(&args.api)?;
+    let mut job = json!({ "task": args.task, "input": input });
+    let obj = job.as_object_mut().expect("object");
+    if let Some(q) = &args.queue {
+        obj.insert("queue".into(), json!(q));
     }
+    if let Some(c) = args.countdown {
+        obj.insert("countdown".into(), json!(c));
+    }
+    if let Some(e) = args.expires {
+        obj.insert("expires_in".into(), json!(e));
+    }
+    if let Some(k) = &args.idempotency_key {
+        obj.insert("idempotency_key".into(), json!(k));
+    }
+
+    if args.repeat > 1 {
+        let bar = indicatif::ProgressBar::new(args.repeat);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} jobs  {per_sec}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        let mut left = args.repeat;
+        while left > 0 {
+            let n = left.min(BATCH);
+            let jobs: Vec<Value> = (0..n).map(|_| job.clone()).collect();
+            if let Err(e) = client.post_json("/v1/jobs/batch", &json!({ "jobs": jobs })).await {
+                bar.abandon();
+                return Ok(report(e));
+            }
+            bar.inc(n);
+            left -= n;
+        }
+        bar.finish();
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let accepted = match client.post_json("/v1/jobs", &job).await {
+        Ok(v) => v,
+        Err(e) => return Ok(report(e)),
+    };
+    let id = accepted["id"].as_str().unwrap_or_default().to_string();
     let Some(wait) = args.wait else {
         println!("{id}");
         return Ok(ExitCode::SUCCESS);
     };
-    eprintln!("{id}");
-    let job = broker
-        .wait(id, wait)
-        .await?
-        .context("the job disappeared")?;
-    super::status::print_job(&job);
-    Ok(super::status::exit_code(&job))
+    eprintln!("enqueued {id}");
+    super::status::wait_and_print(&client, &id, wait).await
 }

@@ -1,18 +1,19 @@
-//! `runner inspect queues|workers|dead <queue> [--replay]`
+//! `runner inspect queues|workers|tasks|modules|dead <queue> [--replay]`,
+//! over HTTP.
 
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+use serde_json::{Value, json};
 
-use super::worker::RedisArgs;
-use crate::queue::Broker;
+use super::client::{ApiArgs, ApiClient, report};
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
     #[command(subcommand)]
     pub what: InspectWhat,
     #[command(flatten)]
-    pub redis: RedisArgs,
+    pub api: ApiArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -21,6 +22,10 @@ pub enum InspectWhat {
     Queues,
     /// Workers with a live heartbeat.
     Workers,
+    /// Task names and their modules.
+    Tasks,
+    /// Uploaded modules.
+    Modules,
     /// Dead letters of a queue; `--replay` puts them all back.
     Dead {
         queue: String,
@@ -31,58 +36,84 @@ pub enum InspectWhat {
     },
 }
 
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        v => v.to_string(),
+    }
+}
+
 pub async fn execute(args: InspectArgs) -> anyhow::Result<ExitCode> {
-    let (broker, _) = args.redis.connect().await?;
-    match args.what {
-        InspectWhat::Queues => {
-            println!(
-                "{:<24} {:>10} {:>10} {:>10} {:>10}",
-                "QUEUE", "READY", "DELAYED", "IN-FLIGHT", "DEAD"
-            );
-            for q in broker.queues().await? {
+    let client = ApiClient::new(&args.api)?;
+    let result = match &args.what {
+        InspectWhat::Queues => client.get("/v1/queues").await.map(|v| {
+            println!("{:<24} {:>10} {:>10} {:>10} {:>10}", "QUEUE", "READY", "DELAYED", "IN-FLIGHT", "DEAD");
+            for q in v.as_array().into_iter().flatten() {
                 println!(
                     "{:<24} {:>10} {:>10} {:>10} {:>10}",
-                    q.name, q.ready, q.delayed, q.in_flight, q.dead
+                    s(&q["name"]), s(&q["ready"]), s(&q["delayed"]), s(&q["in_flight"]), s(&q["dead"])
                 );
             }
-        }
-        InspectWhat::Workers => {
-            println!(
-                "{:<32} {:<16} {:>4} {:>9} {:>9}  LAST SEEN",
-                "WORKER", "QUEUES", "C", "RUNNING", "DONE"
-            );
-            for w in broker.workers().await? {
+        }),
+        InspectWhat::Workers => client.get("/v1/workers").await.map(|v| {
+            println!("{:<32} {:<24} {:>4} {:>8} {:>9}  LAST SEEN", "WORKER", "QUEUES", "C", "RUNNING", "DONE");
+            for w in v.as_array().into_iter().flatten() {
+                let queues: Vec<String> = w["queues"].as_array().into_iter().flatten().map(s).collect();
                 println!(
-                    "{:<32} {:<16} {:>4} {:>9} {:>9}  {}",
-                    w.id,
-                    w.queues.join(","),
-                    w.concurrency,
-                    w.running.len(),
-                    w.processed,
-                    w.last_seen.format("%Y-%m-%d %H:%M:%S")
+                    "{:<32} {:<24} {:>4} {:>8} {:>9}  {}",
+                    s(&w["id"]),
+                    queues.join(","),
+                    s(&w["concurrency"]),
+                    w["running"].as_array().map(|a| a.len()).unwrap_or(0),
+                    s(&w["processed"]),
+                    s(&w["last_seen"])
                 );
             }
-        }
-        InspectWhat::Dead {
-            queue,
-            limit,
-            replay,
-        } => {
-            crate::queue::job::validate_queue_name(&queue)?;
-            if replay {
-                let ids = broker.replay(&queue, &[]).await?;
-                println!("replayed {} jobs", ids.len());
+        }),
+        InspectWhat::Tasks => client.get("/v1/tasks").await.map(|v| {
+            println!("{:<20} {:<16} {:<20} BOUND AT", "TASK", "QUEUE", "MODULE");
+            for t in v.as_array().into_iter().flatten() {
+                let module = s(&t["module"]);
+                println!(
+                    "{:<20} {:<16} {:<20} {}",
+                    s(&t["name"]),
+                    s(&t["queue"]),
+                    module.get(..19).unwrap_or(&module),
+                    s(&t["bound_at"])
+                );
+            }
+        }),
+        InspectWhat::Modules => client.get("/v1/modules").await.map(|v| {
+            println!("{:<73} {:>10}  NEEDS", "MODULE", "BYTES");
+            for m in v.as_array().into_iter().flatten() {
+                let caps: Vec<String> = m["capabilities"].as_array().into_iter().flatten().map(s).collect();
+                println!("{:<73} {:>10}  {}", s(&m["hash"]), s(&m["size"]), caps.join(","));
+            }
+        }),
+        InspectWhat::Dead { queue, limit, replay } => {
+            if *replay {
+                client
+                    .post_json(&format!("/v1/queues/{queue}/replay"), &json!({}))
+                    .await
+                    .map(|v| println!("replayed {} jobs", v["replayed"].as_array().map(|a| a.len()).unwrap_or(0)))
             } else {
-                for j in broker.dead_letters(&queue, limit).await? {
-                    let err = j
-                        .error
-                        .as_ref()
-                        .map(|e| format!("{}: {}", e.kind, e.message))
-                        .unwrap_or_default();
-                    println!("{}  {}  {}", j.id, j.task.as_deref().unwrap_or("-"), err);
-                }
+                client.get(&format!("/v1/queues/{queue}/dead?limit={limit}")).await.map(|v| {
+                    for j in v.as_array().into_iter().flatten() {
+                        println!(
+                            "{}  {}  {}: {}",
+                            s(&j["id"]),
+                            s(&j["task"]),
+                            s(&j["error"]["kind"]),
+                            s(&j["error"]["message"])
+                        );
+                    }
+                })
             }
         }
-    }
-    Ok(ExitCode::SUCCESS)
+    };
+    Ok(match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report(e),
+    })
 }

@@ -8,11 +8,18 @@ use clap::{Parser, Subcommand};
 
 pub mod bench;
 pub mod bench_queue;
+pub mod bench_scheduler;
+pub mod bind;
 pub mod call;
+pub mod client;
+pub mod dev;
 pub mod inspect;
 pub mod revoke;
 pub mod run;
+pub mod scheduler;
+pub mod serve;
 pub mod status;
+pub mod upload;
 pub mod worker;
 
 #[derive(Parser, Debug)]
@@ -24,12 +31,23 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Everything on this machine: API, worker, scheduler, built-in tasks,
+    /// embedded broker (no Redis needed). Prints the URL and an admin token.
+    Dev(dev::DevArgs),
+    /// The HTTP API (optionally with a worker): `runner serve --config runner.toml`.
+    Serve(serve::ServeArgs),
+    /// Upload task components over HTTP (`--bind NAME` binds a task name).
+    Upload(upload::UploadArgs),
+    /// Bind a task name to a module with defaults and grants (`--rollback`).
+    Bind(bind::BindArgs),
     /// Run one component once, locally, and print its output.
     Run(run::RunArgs),
     /// Measure and print performance figures.
     Bench(bench::BenchArgs),
     /// Consume queues: `runner worker -Q mail,ai -c 4`.
     Worker(worker::WorkerArgs),
+    /// Fire the beats of runner.toml and the API (any number of replicas).
+    Scheduler(scheduler::SchedulerArgs),
     /// Enqueue a job for a task name.
     Call(call::CallArgs),
     /// Show a job's state and result.
@@ -59,9 +77,14 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
+            Command::Dev(args) => dev::execute(args).await,
+            Command::Serve(args) => serve::execute(args).await,
+            Command::Upload(args) => upload::execute(args).await,
+            Command::Bind(args) => bind::execute(args).await,
             Command::Run(args) => run::execute(args).await,
             Command::Bench(args) => bench::execute(args).await,
             Command::Worker(args) => worker::execute(args).await,
+            Command::Scheduler(args) => scheduler::execute(args).await,
             Command::Call(args) => call::execute(args).await,
             Command::Status(args) => status::execute(args).await,
             Command::Revoke(args) => revoke::execute(args).await,

@@ -3,33 +3,37 @@
 use std::process::ExitCode;
 
 use clap::Args;
+use serde_json::json;
 
-use super::worker::RedisArgs;
-use crate::queue::{Broker, JobId, RevokeOutcome};
+use super::client::{ApiArgs, ApiClient, report};
 
 #[derive(Args, Debug)]
 pub struct RevokeArgs {
-    pub id: JobId,
-    /// Also stop it if it is running.
+    pub id: String,
+    /// Also stop the job if it is running (at its next epoch check).
     #[arg(long)]
     pub terminate: bool,
     #[command(flatten)]
-    pub redis: RedisArgs,
+    pub api: ApiArgs,
 }
 
 pub async fn execute(args: RevokeArgs) -> anyhow::Result<ExitCode> {
-    let (broker, _) = args.redis.connect().await?;
-    let out = broker.revoke(args.id, args.terminate).await?;
-    let (msg, code) = match out {
-        RevokeOutcome::Revoked => ("revoked: it will never run".to_string(), 0),
-        RevokeOutcome::Terminating => ("running: its worker was told to stop it".into(), 0),
-        RevokeOutcome::WillNotRetry => (
-            "running: it will finish but not be retried (add --terminate to stop it)".into(),
-            0,
-        ),
-        RevokeOutcome::AlreadyFinal(s) => (format!("already finished: {s}"), 1),
-        RevokeOutcome::NotFound => ("no such job (unknown, or its result expired)".into(), 4),
-    };
-    println!("{}: {msg}", args.id);
-    Ok(ExitCode::from(code))
+    let client = ApiClient::new(&args.api)?;
+    match client
+        .post_json(
+            &format!("/v1/jobs/{}/revoke", args.id),
+            &json!({ "terminate": args.terminate }),
+        )
+        .await
+    {
+        Ok(v) => {
+            let outcome = v["outcome"].as_str().unwrap_or_default();
+            match v["state"].as_str() {
+                Some(state) => println!("{outcome} ({state})"),
+                None => println!("{outcome}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Ok(report(e)),
+    }
 }

@@ -1,80 +1,55 @@
-//! `runner status <id> [--wait 30s]`
+//! `runner status <id> [--wait 30s]`: a job's state and result. The exit
+//! code says how it ended: 0 success, 10 failure, 3 still running (or
+//! waiting), 4 revoked or expired, 2 unknown job.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
 
-use super::worker::RedisArgs;
-use crate::queue::{Broker, Job, JobId, JobState};
+use super::client::{ApiArgs, ApiClient, report};
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    pub id: JobId,
+    pub id: String,
     /// Wait up to this long for the job to end.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = humantime::parse_duration, num_args = 0..=1, default_missing_value = "60s")]
     pub wait: Option<Duration>,
-    /// Print the whole record as JSON.
-    #[arg(long)]
-    pub json: bool,
     #[command(flatten)]
-    pub redis: RedisArgs,
+    pub api: ApiArgs,
 }
 
 pub async fn execute(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let (broker, _) = args.redis.connect().await?;
-    let job = match args.wait {
-        Some(w) => broker.wait(args.id, w).await?,
-        None => broker.get(args.id).await?,
-    };
-    let Some(job) = job else {
-        eprintln!("no job {} (unknown, or its result expired)", args.id);
-        return Ok(ExitCode::from(4));
-    };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&job)?);
-    } else {
-        print_job(&job);
-    }
-    Ok(exit_code(&job))
+    let client = ApiClient::new(&args.api)?;
+    wait_and_print(&client, &args.id, args.wait.unwrap_or_default()).await
 }
 
-pub fn print_job(job: &Job) {
-    println!("id:       {}", job.id);
-    println!("state:    {}", job.state);
-    if let Some(t) = &job.task {
-        println!("task:     {t}");
-    }
-    println!("queue:    {}", job.queue);
-    println!("attempt:  {} of {}", job.attempt, job.retry.max_retries + 1);
-    if let Some(w) = &job.worker {
-        println!("worker:   {w}");
-    }
-    if let Some(p) = &job.progress {
-        println!(
-            "progress: {}/{}{}",
-            p.done,
-            p.total,
-            p.message
-                .as_deref()
-                .map(|m| format!(" {m}"))
-                .unwrap_or_default()
-        );
-    }
-    if let Some(r) = &job.result {
-        println!("result:   {r}");
-    }
-    if let Some(e) = &job.error {
-        println!("error:    {}: {}", e.kind, e.message);
-    }
-}
-
-/// 0 success, 1 failure, 2 revoked or expired, 3 not finished.
-pub fn exit_code(job: &Job) -> ExitCode {
-    ExitCode::from(match job.state {
-        JobState::Success => 0,
-        JobState::Failure => 1,
-        JobState::Revoked | JobState::Expired => 2,
-        _ => 3,
+/// Prints the job (waiting up to `wait`, in long-polls of at most 5 min)
+/// and returns the exit code of its state.
+pub async fn wait_and_print(client: &ApiClient, id: &str, wait: Duration) -> anyhow::Result<ExitCode> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let job = loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let path = if left.is_zero() {
+            format!("/v1/jobs/{id}")
+        } else {
+            format!("/v1/jobs/{id}?wait={}ms", left.min(Duration::from_secs(300)).as_millis())
+        };
+        let job = match client.get(&path).await {
+            Ok(j) => j,
+            Err(e) => return Ok(report(e)),
+        };
+        let state = job["state"].as_str().unwrap_or_default();
+        let is_final = matches!(state, "SUCCESS" | "FAILURE" | "REVOKED" | "EXPIRED");
+        if is_final || tokio::time::Instant::now() >= deadline {
+            break job;
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&job)?);
+    Ok(match job["state"].as_str().unwrap_or_default() {
+        "SUCCESS" => ExitCode::SUCCESS,
+        "FAILURE" => ExitCode::from(10),
+        "REVOKED" | "EXPIRED" => ExitCode::from(4),
+        _ => ExitCode::from(3),
     })
 }

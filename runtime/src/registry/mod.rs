@@ -7,6 +7,8 @@
 //! embedded broker). This layer stores and returns; validating a component
 //! and checking grants against its imports belong to the upload path.
 
+pub mod deploy;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -70,6 +72,33 @@ pub struct ModuleInfo {
     pub hash: String,
     pub size: u64,
     pub uploaded_at: DateTime<Utc>,
+    /// Every interface the component imports (`runner:task/kv@0.1.0`,
+    /// `wasi:cli/stdout@0.2.3`, ...), as found when it was validated.
+    #[serde(default)]
+    pub imports: Vec<String>,
+}
+
+/// Task names: 1 to 100 of `A-Z a-z 0-9 _ - . :`, starting with a letter
+/// or digit (they appear in URLs, Redis keys and metric labels).
+pub fn validate_task_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("a task name must not be empty".into());
+    }
+    if name.len() > 100 {
+        return Err(format!("task name is {} bytes long; at most 100", name.len()));
+    }
+    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(format!("task name {name:?} must start with a letter or digit"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')))
+    {
+        return Err(format!(
+            "task name {name:?} contains {c:?}; allowed: letters, digits, `_ - . :`"
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,8 +135,19 @@ fn hex_of(hash: &str) -> Result<String, RegistryError> {
 
 #[async_trait]
 pub trait Registry: Send + Sync + 'static {
-    /// Stores a module under its sha256; idempotent. Returns the hash.
-    async fn put_module(&self, bytes: &[u8]) -> Result<String, RegistryError>;
+    /// Stores a module under its sha256 with what it imports; idempotent
+    /// (a second upload keeps the first record). Returns the stored record
+    /// and whether this call created it.
+    async fn store_module(
+        &self,
+        bytes: &[u8],
+        imports: Vec<String>,
+    ) -> Result<(ModuleInfo, bool), RegistryError>;
+    /// Stores a module without recording its imports. Returns the hash.
+    async fn put_module(&self, bytes: &[u8]) -> Result<String, RegistryError> {
+        Ok(self.store_module(bytes, Vec::new()).await?.0.hash)
+    }
+    async fn module_info(&self, hash: &str) -> Result<Option<ModuleInfo>, RegistryError>;
     async fn module(&self, hash: &str) -> Result<Option<Vec<u8>>, RegistryError>;
     async fn has_module(&self, hash: &str) -> Result<bool, RegistryError>;
     async fn modules(&self) -> Result<Vec<ModuleInfo>, RegistryError>;
@@ -144,26 +184,42 @@ const HISTORY_KEEP: isize = 50;
 
 #[async_trait]
 impl Registry for RedisRegistry {
-    async fn put_module(&self, bytes: &[u8]) -> Result<String, RegistryError> {
+    async fn store_module(
+        &self,
+        bytes: &[u8],
+        imports: Vec<String>,
+    ) -> Result<(ModuleInfo, bool), RegistryError> {
         let hash = module_hash(bytes);
         let hex = hex_of(&hash)?;
         let info = ModuleInfo {
             hash: hash.clone(),
             size: bytes.len() as u64,
             uploaded_at: Utc::now(),
+            imports,
         };
         let mut conn = self.conn.clone();
-        let created: bool = conn.set_nx(format!("runner:module:{hex}"), bytes).await?;
+        // Bytes first, metadata second: a module is listed (and
+        // `has_module` says yes) only once its bytes are stored.
+        let _: bool = conn.set_nx(format!("runner:module:{hex}"), bytes).await?;
+        let created: bool = conn
+            .hset_nx(
+                "runner:modules",
+                &hex,
+                serde_json::to_string(&info).unwrap_or_default(),
+            )
+            .await?;
         if created {
-            let _: () = conn
-                .hset(
-                    "runner:modules",
-                    &hex,
-                    serde_json::to_string(&info).unwrap_or_default(),
-                )
-                .await?;
+            Ok((info, true))
+        } else {
+            Ok((self.module_info(&hash).await?.unwrap_or(info), false))
         }
-        Ok(hash)
+    }
+
+    async fn module_info(&self, hash: &str) -> Result<Option<ModuleInfo>, RegistryError> {
+        let hex = hex_of(hash)?;
+        let v: Option<String> = self.conn.clone().hget("runner:modules", hex).await?;
+        v.map(|v| serde_json::from_str(&v).map_err(|e| RegistryError::Corrupt(e.to_string())))
+            .transpose()
     }
 
     async fn module(&self, hash: &str) -> Result<Option<Vec<u8>>, RegistryError> {
@@ -271,11 +327,17 @@ impl LocalRegistry {
             if path.extension().is_some_and(|e| e == "wasm") {
                 let bytes = std::fs::read(&path)?;
                 let hash = module_hash(&bytes);
-                let info = ModuleInfo {
-                    hash: hash.clone(),
-                    size: bytes.len() as u64,
-                    uploaded_at: Utc::now(),
-                };
+                let meta = path.with_extension("json");
+                let info = std::fs::read_to_string(&meta)
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<ModuleInfo>(&t).ok())
+                    .filter(|i| i.hash == hash)
+                    .unwrap_or_else(|| ModuleInfo {
+                        hash: hash.clone(),
+                        size: bytes.len() as u64,
+                        uploaded_at: Utc::now(),
+                        imports: Vec::new(),
+                    });
                 st.modules.insert(hash, (bytes, info));
             }
         }
@@ -315,27 +377,44 @@ impl LocalRegistry {
 
 #[async_trait]
 impl Registry for LocalRegistry {
-    async fn put_module(&self, bytes: &[u8]) -> Result<String, RegistryError> {
+    async fn store_module(
+        &self,
+        bytes: &[u8],
+        imports: Vec<String>,
+    ) -> Result<(ModuleInfo, bool), RegistryError> {
         let hash = module_hash(bytes);
         let hex = hex_of(&hash)?;
+        if let Some(existing) = self.lock().modules.get(&hash) {
+            return Ok((existing.1.clone(), false));
+        }
+        let info = ModuleInfo {
+            hash: hash.clone(),
+            size: bytes.len() as u64,
+            uploaded_at: Utc::now(),
+            imports,
+        };
         if let Some(dir) = &self.dir {
             let path = dir.join("modules").join(format!("{hex}.wasm"));
-            if !path.exists() {
-                std::fs::write(&path, bytes)?;
-            }
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, bytes)?;
+            std::fs::rename(&tmp, &path)?;
+            let meta = serde_json::to_string_pretty(&info)
+                .map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+            std::fs::write(path.with_extension("json"), meta)?;
         }
         let mut st = self.lock();
-        st.modules.entry(hash.clone()).or_insert_with(|| {
-            (
-                bytes.to_vec(),
-                ModuleInfo {
-                    hash: hash.clone(),
-                    size: bytes.len() as u64,
-                    uploaded_at: Utc::now(),
-                },
-            )
-        });
-        Ok(hash)
+        let entry = st
+            .modules
+            .entry(hash.clone())
+            .or_insert_with(|| (bytes.to_vec(), info.clone()));
+        let created = entry.1 == info;
+        Ok((entry.1.clone(), created))
+    }
+
+    async fn module_info(&self, hash: &str) -> Result<Option<ModuleInfo>, RegistryError> {
+        let hash =
+            parse_module_hash(hash).ok_or_else(|| RegistryError::InvalidHash(hash.to_string()))?;
+        Ok(self.lock().modules.get(&hash).map(|(_, i)| i.clone()))
     }
 
     async fn module(&self, hash: &str) -> Result<Option<Vec<u8>>, RegistryError> {

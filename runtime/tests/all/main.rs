@@ -4,6 +4,8 @@
 mod redis_support;
 mod support;
 
+mod api;
+mod builtin_tasks;
 mod capabilities;
 mod cli_run;
 mod crash;
@@ -13,3 +15,4 @@ mod sandbox;
 mod scheduler;
 mod scheduler_race;
 mod worker;
+mod worker_grants;

@@ -1,0 +1,204 @@
+//! One error type for every handler, and the JSON body extractor whose
+//! rejections say what was wrong and where.
+
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+
+use crate::queue::{BrokerError, EnqueueError, JobError};
+use crate::registry::RegistryError;
+use crate::registry::deploy::DeployError;
+
+/// `{"error": {"code": "...", "message": "..."}}` with a status.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// The body of every error response.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `bad_request`, `not_found`, `invalid_module`, ...
+    pub code: String,
+    /// What was wrong, for a human.
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(status = self.status.as_u16(), code = self.code, message = %self.message, "request failed");
+        }
+        let mut res = (
+            self.status,
+            axum::Json(ErrorBody {
+                error: ErrorDetail {
+                    code: self.code.to_string(),
+                    message: self.message,
+                },
+            }),
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            res.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        res
+    }
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(e: BrokerError) -> Self {
+        match e {
+            BrokerError::Job(j) => j.into(),
+            BrokerError::UnknownQueue(q) => ApiError::not_found(format!("unknown queue {q:?}")),
+            e if e.is_unavailable() => ApiError::unavailable(format!("the broker is unreachable: {e}")),
+            e => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::InvalidHash(_) => ApiError::bad_request(e.to_string()),
+            RegistryError::UnknownModule(_) => ApiError::not_found(e.to_string()),
+            RegistryError::Redis(_) => ApiError::unavailable(format!("the registry is unreachable: {e}")),
+            e => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
+impl From<JobError> for ApiError {
+    fn from(e: JobError) -> Self {
+        match e {
+            JobError::UnknownTask(_) => ApiError::not_found(e.to_string()),
+            JobError::Corrupt(_) => ApiError::internal(e.to_string()),
+            e => ApiError::bad_request(e.to_string()),
+        }
+    }
+}
+
+impl From<EnqueueError> for ApiError {
+    fn from(e: EnqueueError) -> Self {
+        match e {
+            EnqueueError::Invalid(j) => j.into(),
+            EnqueueError::InBatch { index, source } => {
+                let inner = ApiError::from(source);
+                ApiError::new(inner.status, inner.code, format!("jobs[{index}]: {}", inner.message))
+            }
+            EnqueueError::UnknownModule(_) => ApiError::not_found(e.to_string()),
+            EnqueueError::Registry(r) => r.into(),
+            EnqueueError::Broker(b) => b.into(),
+        }
+    }
+}
+
+impl From<DeployError> for ApiError {
+    fn from(e: DeployError) -> Self {
+        match e {
+            DeployError::Invalid(_) => ApiError::unprocessable("invalid_module", e.to_string()),
+            DeployError::Refused(_) => ApiError::unprocessable("refused", e.to_string()),
+            DeployError::UnknownModule(_) => ApiError::not_found(e.to_string()),
+            DeployError::Registry(r) => r.into(),
+        }
+    }
+}
+
+/// The maximum body size in an error message: `64 MiB (67108864 bytes)`.
+pub fn describe_limit(bytes: usize) -> String {
+    const KIB: usize = 1024;
+    const MIB: usize = 1024 * 1024;
+    let human = if bytes >= MIB && bytes % MIB == 0 {
+        format!("{} MiB", bytes / MIB)
+    } else if bytes >= KIB && bytes % KIB == 0 {
+        format!("{} KiB", bytes / KIB)
+    } else {
+        bytesize::ByteSize(bytes as u64).display().iec().to_string()
+    };
+    format!("{human} ({bytes} bytes)")
+}
+
+/// Reads the whole body, turning axum's rejections into our errors: a body
+/// over the limit is 413 with the limit in the message.
+pub async fn read_body(req: Request, limit: usize) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, &()).await.map_err(|rej| {
+        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the request body is larger than the limit of {}", describe_limit(limit)),
+            )
+        } else {
+            ApiError::bad_request(format!("cannot read the request body: {rej}"))
+        }
+    })
+}
+
+/// A JSON body. Malformed JSON is 400 naming the line and column; a body
+/// over the limit is 413. The content type is not checked (curl users
+/// forget it), the text is.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<super::AppState> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &super::AppState) -> Result<Self, ApiError> {
+        let bytes = read_body(req, state.max_body).await?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Parses a JSON body; an empty body counts as `{}`.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        bytes
+    };
+    serde_json::from_slice(text).map_err(|e| {
+        let what = if e.is_syntax() || e.is_eof() {
+            "malformed JSON"
+        } else {
+            "invalid request"
+        };
+        // serde_json's message ends with "at line L column C".
+        ApiError::bad_request(format!("{what}: {e}"))
+    })
+}

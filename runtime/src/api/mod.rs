@@ -1,0 +1,141 @@
+//! The HTTP API (`/v1/...`, axum): modules, task names, jobs, queues,
+//! workers and schedules, plus `/healthz`, `/readyz`, `/metrics` and the
+//! OpenAPI document at `/v1/openapi.json`, generated from the handlers'
+//! annotations (the same registration builds the router and the document,
+//! so a route cannot be missing from it).
+//!
+//! [`router`] builds the whole app from an [`ApiContext`]; [`serve`] runs it
+//! on a listener the caller bound (tests bind `127.0.0.1:0`) until a
+//! shutdown future resolves.
+//!
+//! Every error is JSON, `{"error": {"code": "...", "message": "..."}}`,
+//! with a status that says whose fault it is (see [`ApiError`]).
+
+pub mod auth;
+mod error;
+mod jobs;
+mod modules;
+mod queues;
+mod system;
+mod tasks;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request};
+use tokio::net::TcpListener;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi as _;
+use utoipa::openapi::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+pub use auth::{Auth, Role};
+use auth::SecurityAddon;
+pub use error::{ApiError, ApiJson};
+
+use crate::queue::{Broker, Producer};
+use crate::registry::Registry;
+use crate::sandbox::Sandbox;
+
+/// What the handlers share.
+pub struct ApiContext {
+    pub registry: Arc<dyn Registry>,
+    pub broker: Arc<dyn Broker>,
+    pub producer: Producer,
+    /// Validates and compiles uploads (the compiled module stays cached).
+    pub sandbox: Sandbox,
+    pub auth: Auth,
+    /// Largest accepted request body, in bytes.
+    pub max_body: usize,
+    /// Renders `/metrics`; `None` serves an empty page.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+pub type AppState = Arc<ApiContext>;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "runner",
+        description = "WASM-sandboxed task runner: modules, task names, jobs, queues, workers, schedules."
+    ),
+    modifiers(&SecurityAddon),
+    tags(
+        (name = "modules", description = "Task components, stored by sha256"),
+        (name = "tasks", description = "Task names bound to modules, with defaults and grants"),
+        (name = "jobs", description = "Enqueue, inspect, wait for and revoke jobs"),
+        (name = "queues", description = "Queues, dead letters, workers"),
+        (name = "schedules", description = "Cron and interval beats"),
+        (name = "system", description = "Health, readiness, metrics"),
+    )
+)]
+struct ApiDoc;
+
+fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(system::routes())
+        .merge(modules::routes())
+        .merge(tasks::routes())
+        .merge(jobs::routes())
+        .merge(queues::routes())
+}
+
+/// The OpenAPI document of every route.
+pub fn openapi() -> OpenApi {
+    api_router().split_for_parts().1
+}
+
+/// The whole app: routes, body limit, request ids, access logs.
+pub fn router(ctx: ApiContext) -> Router {
+    let max_body = ctx.max_body;
+    let (router, doc) = api_router().split_for_parts();
+    let doc = Arc::new(doc);
+    router
+        .route(
+            "/v1/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { axum::Json(doc.as_ref().clone()) }
+            }),
+        )
+        .fallback(|uri: axum::http::Uri| async move {
+            ApiError::not_found(format!("no route for {}", uri.path()))
+        })
+        .with_state(Arc::new(ctx))
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request<_>| {
+                    let id = req
+                        .headers()
+                        .get(&REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-");
+                    tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                })
+                .on_response(
+                    |res: &axum::http::Response<_>, latency: Duration, _span: &tracing::Span| {
+                        tracing::info!(status = res.status().as_u16(), ms = latency.as_millis() as u64, "request");
+                    },
+                ),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves; in-flight
+/// requests (long polls, event streams) are then given a moment to end.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,114 @@
+//! `/v1/queues` (depths, delayed, in flight, dead letters, replay) and
+//! `/v1/workers` (heartbeats and what they run).
+
+use axum::extract::{Path, Query, State};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::auth::{Admin, Submit};
+use super::error::ErrorBody;
+use super::jobs::job_view;
+use super::{ApiError, ApiJson, AppState};
+use crate::queue::job::validate_queue_name;
+use crate::queue::{JobId, QueueStats, WorkerInfo};
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_queues))
+        .routes(routes!(dead_letters))
+        .routes(routes!(replay))
+        .routes(routes!(list_workers))
+}
+
+/// Every known queue: ready, delayed, in flight, dead.
+#[utoipa::path(get, path = "/v1/queues", tag = "queues", security(("bearer" = [])),
+    responses((status = 200, description = "queues", body = Vec<Object>)))]
+async fn list_queues(
+    State(ctx): State<AppState>,
+    _: Submit,
+) -> Result<axum::Json<Vec<QueueStats>>, ApiError> {
+    Ok(axum::Json(ctx.broker.queues().await?))
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct DeadQuery {
+    /// At most this many (default 100).
+    pub limit: Option<usize>,
+}
+
+fn check_queue(q: &str) -> Result<(), ApiError> {
+    validate_queue_name(q).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// Dead letters of a queue, oldest first.
+#[utoipa::path(get, path = "/v1/queues/{queue}/dead", tag = "queues",
+    params(("queue" = String, Path, description = "queue name"), DeadQuery),
+    security(("bearer" = [])),
+    responses((status = 200, description = "dead jobs", body = Vec<Object>)))]
+async fn dead_letters(
+    State(ctx): State<AppState>,
+    _: Submit,
+    Path(queue): Path<String>,
+    Query(q): Query<DeadQuery>,
+) -> Result<axum::Json<Vec<serde_json::Value>>, ApiError> {
+    check_queue(&queue)?;
+    let jobs = ctx
+        .broker
+        .dead_letters(&queue, q.limit.unwrap_or(100).min(10_000))
+        .await?;
+    Ok(axum::Json(jobs.iter().map(job_view).collect()))
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplayRequest {
+    /// Job ids to replay; every dead letter of the queue when empty.
+    pub ids: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Replayed {
+    pub replayed: Vec<String>,
+}
+
+/// Puts dead letters back in the queue as fresh first attempts.
+#[utoipa::path(post, path = "/v1/queues/{queue}/replay", tag = "queues",
+    params(("queue" = String, Path, description = "queue name")),
+    request_body = ReplayRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "replayed", body = Replayed),
+        (status = 400, description = "bad id", body = ErrorBody),
+    ))]
+async fn replay(
+    State(ctx): State<AppState>,
+    _: Admin,
+    Path(queue): Path<String>,
+    ApiJson(req): ApiJson<ReplayRequest>,
+) -> Result<axum::Json<Replayed>, ApiError> {
+    check_queue(&queue)?;
+    let ids = req
+        .ids
+        .iter()
+        .map(|s| {
+            s.parse::<JobId>()
+                .map_err(|_| ApiError::bad_request(format!("ids: {s:?} is not a job id")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let done = ctx.broker.replay(&queue, &ids).await?;
+    Ok(axum::Json(Replayed {
+        replayed: done.iter().map(|i| i.to_string()).collect(),
+    }))
+}
+
+/// Live workers: queues, concurrency, heartbeats, the jobs they run.
+#[utoipa::path(get, path = "/v1/workers", tag = "queues", security(("bearer" = [])),
+    responses((status = 200, description = "workers", body = Vec<Object>)))]
+async fn list_workers(
+    State(ctx): State<AppState>,
+    _: Submit,
+) -> Result<axum::Json<Vec<WorkerInfo>>, ApiError> {
+    Ok(axum::Json(ctx.broker.workers().await?))
+}

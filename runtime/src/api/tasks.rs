@@ -1,0 +1,189 @@
+//! `/v1/tasks`: task names bound to modules, with defaults and grants.
+//! Re-binding deploys at once (new jobs take the new module; running ones
+//! finish on theirs); every earlier binding is kept, so a rollback is one
+//! call.
+
+use axum::extract::{Path, State};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::auth::{Admin, Submit};
+use super::error::ErrorBody;
+use super::{ApiError, ApiJson, AppState};
+use crate::config::{ModuleSource, TaskSpec, parse_module_source};
+use crate::queue::RetryPolicy;
+use crate::registry::{TaskBinding, deploy};
+use crate::sandbox::host::TaskGrants;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_tasks))
+        .routes(routes!(put_task, get_task))
+        .routes(routes!(rollback_task))
+}
+
+/// A binding: the module a task name runs, its defaults and its grants.
+/// Everything but `module` is optional.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BindRequest {
+    /// `sha256:<hex>` of an uploaded module, or `builtin:<name>`.
+    pub module: String,
+    /// Default queue (`default`).
+    pub queue: Option<String>,
+    /// `30/m`: global limit on starts of this task.
+    pub rate_limit: Option<String>,
+    /// `60s` style wall-clock limit per run.
+    pub time_limit: Option<String>,
+    pub fuel: Option<u64>,
+    /// `64MiB` style memory limit.
+    pub memory: Option<String>,
+    #[schema(value_type = Object)]
+    pub retry: Option<RetryPolicy>,
+    /// `1h` style: how long results are kept.
+    pub result_ttl: Option<String>,
+    /// What the task may reach: `kv`, `mail`, `http`, `pdf`, `files`, `jobs`
+    /// (the format of `[tasks.NAME.grants]` in runner.toml).
+    #[schema(value_type = Object)]
+    #[serde(default)]
+    pub grants: TaskGrants,
+}
+
+/// A task name's binding and its earlier bindings, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct TaskView {
+    #[schema(value_type = Object)]
+    pub binding: TaskBinding,
+    #[schema(value_type = Vec<Object>)]
+    pub history: Vec<TaskBinding>,
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// Bind this earlier module (`sha256:<hex>`); the previous binding when absent.
+    pub to: Option<String>,
+}
+
+/// Binds (or re-binds) a task name. Refused (422, naming the import) when
+/// the module imports a capability the grants do not allow.
+#[utoipa::path(put, path = "/v1/tasks/{name}", tag = "tasks",
+    params(("name" = String, Path, description = "task name")),
+    request_body = BindRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "bound", body = TaskView),
+        (status = 400, description = "malformed request", body = ErrorBody),
+        (status = 404, description = "unknown module", body = ErrorBody),
+        (status = 422, description = "refused: bad name, grants or module", body = ErrorBody),
+    ))]
+async fn put_task(
+    State(ctx): State<AppState>,
+    _: Admin,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<BindRequest>,
+) -> Result<axum::Json<TaskView>, ApiError> {
+    let module = match parse_module_source(&req.module).map_err(|e| ApiError::bad_request(format!("module: {e:#}")))? {
+        ModuleSource::Hash(h) => h,
+        ModuleSource::Builtin(b) => {
+            let bytes = crate::builtin::module(&b).unwrap_or_default().to_vec();
+            deploy::upload(&ctx.sandbox, &ctx.registry, bytes).await?.0.hash
+        }
+        ModuleSource::Path(_) => {
+            return Err(ApiError::bad_request(format!(
+                "module: {:?} is neither sha256:<hex> nor builtin:<name>; upload the component first (POST /v1/modules)",
+                req.module
+            )));
+        }
+    };
+    let spec = TaskSpec {
+        module: None,
+        queue: req.queue,
+        rate_limit: req.rate_limit,
+        time_limit: req.time_limit,
+        fuel: req.fuel,
+        memory: req.memory,
+        retry: req.retry,
+        result_ttl: req.result_ttl,
+        grants: req.grants,
+    };
+    let binding = spec
+        .defaults(&name, &module)
+        .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+    let binding = deploy::bind(&ctx.sandbox, &ctx.registry, binding).await?;
+    let history = ctx.registry.history(&name).await?;
+    Ok(axum::Json(TaskView { binding, history }))
+}
+
+/// A task name's binding and its history.
+#[utoipa::path(get, path = "/v1/tasks/{name}", tag = "tasks",
+    params(("name" = String, Path, description = "task name")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the binding", body = TaskView),
+        (status = 404, description = "unknown task", body = ErrorBody),
+    ))]
+async fn get_task(
+    State(ctx): State<AppState>,
+    _: Submit,
+    Path(name): Path<String>,
+) -> Result<axum::Json<TaskView>, ApiError> {
+    let binding = ctx
+        .registry
+        .task(&name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("unknown task {name:?}")))?;
+    let history = ctx.registry.history(&name).await?;
+    Ok(axum::Json(TaskView { binding, history }))
+}
+
+/// Every task name with its current binding.
+#[utoipa::path(get, path = "/v1/tasks", tag = "tasks", security(("bearer" = [])),
+    responses((status = 200, description = "bindings", body = Vec<Object>)))]
+async fn list_tasks(
+    State(ctx): State<AppState>,
+    _: Submit,
+) -> Result<axum::Json<Vec<TaskBinding>>, ApiError> {
+    Ok(axum::Json(ctx.registry.tasks().await?))
+}
+
+/// Binds the previous module again (or the one named in `to`), with the
+/// defaults and grants it had then.
+#[utoipa::path(post, path = "/v1/tasks/{name}/rollback", tag = "tasks",
+    params(("name" = String, Path, description = "task name")),
+    request_body = RollbackRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "rolled back", body = TaskView),
+        (status = 404, description = "unknown task, or no such earlier binding", body = ErrorBody),
+    ))]
+async fn rollback_task(
+    State(ctx): State<AppState>,
+    _: Admin,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<RollbackRequest>,
+) -> Result<axum::Json<TaskView>, ApiError> {
+    let current = ctx
+        .registry
+        .task(&name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("unknown task {name:?}")))?;
+    let history = ctx.registry.history(&name).await?;
+    let target = match &req.to {
+        None => history.iter().find(|b| b.module != current.module),
+        Some(to) => {
+            let to = crate::registry::parse_module_hash(to)
+                .ok_or_else(|| ApiError::bad_request(format!("to: {to:?} is not sha256:<64 hex digits>")))?;
+            history.iter().find(|b| b.module == to)
+        }
+    }
+    .cloned()
+    .ok_or_else(|| ApiError::not_found(format!("task {name:?} has no earlier binding to roll back to")))?;
+    let mut binding = target;
+    binding.bound_at = chrono::Utc::now();
+    let binding = deploy::bind(&ctx.sandbox, &ctx.registry, binding).await?;
+    let history = ctx.registry.history(&name).await?;
+    Ok(axum::Json(TaskView { binding, history }))
+}

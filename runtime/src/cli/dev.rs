@@ -1,0 +1,133 @@
+//! `runner dev`: everything in one process on this machine. The API, a
+//! worker on every queue and the scheduler, on the embedded broker (or on
+//! Redis with `--redis`), with the built-in tasks and the examples uploaded
+//! and bound, mail written to a directory instead of sent, and a generated
+//! admin token printed at start.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Args;
+
+use crate::app::{self, Core};
+use crate::config::Config;
+use crate::sandbox::host::HostServices;
+use crate::sandbox::{Sandbox, SandboxConfig};
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Use this Redis instead of the embedded broker.
+    #[arg(long, env = "RUNNER_REDIS_URL")]
+    pub redis: Option<String>,
+    /// A runner.toml to use instead of the built-in dev configuration.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Where uploads, compiled modules, dry-run mail and file roots live.
+    #[arg(long, default_value = ".runner")]
+    pub data_dir: PathBuf,
+    /// The admin token (default: generated and printed).
+    #[arg(long, env = "RUNNER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Jobs run at once by the worker.
+    #[arg(short = 'c', long)]
+    pub concurrency: Option<usize>,
+}
+
+const DEV_CONFIG: &str = include_str!("dev.toml");
+
+/// The built-in dev configuration with its paths under `data`; tasks whose
+/// built-in component is not in this binary are left out.
+pub fn dev_config(data: &Path) -> anyhow::Result<Config> {
+    let text = DEV_CONFIG.replace("{data}", &data.display().to_string());
+    let mut config: Config = toml::from_str(&text).context("the built-in dev configuration")?;
+    config.tasks.retain(|_, t| match t.module.as_deref().and_then(|m| m.strip_prefix("builtin:")) {
+        Some(b) => crate::builtin::module(b).is_some(),
+        None => true,
+    });
+    config.base_dir = data.to_path_buf();
+    Ok(config)
+}
+
+pub async fn execute(args: DevArgs) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let data = std::fs::canonicalize(&args.data_dir)?;
+    let mut config = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => dev_config(&data)?,
+    };
+    config.apply_env(|k| std::env::var(k).ok())?;
+    config.server.listen = args.listen.clone();
+    if let Some(r) = &args.redis {
+        config.broker.redis_url = Some(r.clone());
+    }
+    if config.broker.redis_url.is_none() && config.broker.data_dir.is_none() {
+        config.broker.data_dir = Some(data.join("registry"));
+    }
+    if let Some(files) = &config.host.files {
+        for dir in files.roots.values() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+    }
+    config.check()?;
+
+    let token = args.token.clone().unwrap_or_else(|| {
+        let bytes: [u8; 24] = rand::random();
+        hex::encode(bytes)
+    });
+    anyhow::ensure!(token.len() >= 16, "--token must be at least 16 characters long");
+    config.auth.admin.push(token.clone());
+    let auth = app::auth_from(&config)?;
+
+    let sandbox = Sandbox::new(SandboxConfig {
+        cache_dir: Some(data.join("cache")),
+        ..SandboxConfig::default()
+    })?;
+    let core = Core::open(&config, sandbox).await?;
+    let bound = core.apply_tasks(&config).await?;
+
+    let mut services = HostServices::from_config(&config.host).await.context("[host]")?;
+    let mail_dir = data.join("mail");
+    if services.mail.is_none() {
+        services.mail = Some(Arc::new(runner_host_fns::mail::Mailer::dry_run(
+            &mail_dir,
+            runner_host_fns::mail::MailAddress::new("runner@localhost", Some("runner dev")),
+            None,
+            None,
+        )?));
+    }
+    let worker = app::worker_with(&core, &config, services, args.concurrency)?;
+    let queues = app::worker_queues(&config);
+
+    let listener = tokio::net::TcpListener::bind(&config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let worker_task = tokio::spawn(worker.run(stopped(stop_rx.clone())));
+    let router = crate::api::router(app::api_context(&core, &config, auth)?);
+    let server = tokio::spawn(crate::api::serve(listener, router, stopped(stop_rx.clone())));
+
+    println!("runner dev: http://{addr}  ({} broker)", core.broker.kind());
+    println!("admin token: {token}");
+    println!("  export RUNNER_URL=http://{addr} RUNNER_TOKEN={token}");
+    println!("tasks: {}", bound.join(", "));
+    println!("queues: {}", queues.join(", "));
+    println!("data: {} (mail in {})", data.display(), mail_dir.display());
+    println!("try:  runner call hello --input '{{\"name\":\"world\"}}' --wait");
+
+    app::shutdown_signal().await;
+    eprintln!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    let _ = worker_task.await;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,87 @@
+//! `runner serve --config runner.toml [--listen ADDR] [--worker] [--scheduler]`:
+//! the HTTP API, and optionally a worker and the scheduler in the same
+//! process. In production each runs as its own process (`runner worker`,
+//! `runner scheduler`) against one Redis.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Args;
+
+use crate::app::{self, Core};
+use crate::sandbox::{Sandbox, SandboxConfig};
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// `runner.toml`.
+    #[arg(long, env = "RUNNER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (overrides `[server] listen` and RUNNER_LISTEN).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Redis URL (overrides `[broker] redis_url` and RUNNER_REDIS_URL).
+    #[arg(long)]
+    pub redis: Option<String>,
+    /// Also run a worker on the config's queues.
+    #[arg(long)]
+    pub worker: bool,
+    /// Where compiled modules are cached between runs.
+    #[arg(long, env = "RUNNER_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+pub async fn execute(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut config = app::load_config(args.config.as_deref())?;
+    if let Some(l) = &args.listen {
+        config.server.listen = l.clone();
+    }
+    if let Some(r) = &args.redis {
+        config.broker.redis_url = Some(r.clone());
+    }
+    if config.broker.redis_url.is_none() && !args.worker {
+        anyhow::bail!(
+            "no Redis URL ([broker] redis_url, RUNNER_REDIS_URL or --redis): with the embedded \
+             broker, jobs only run in this process; add --worker, or use `runner dev`"
+        );
+    }
+    let auth = app::auth_from(&config)?;
+    let sandbox = Sandbox::new(SandboxConfig {
+        cache_dir: args.cache_dir.clone(),
+        ..SandboxConfig::default()
+    })?;
+    let core = Core::open(&config, sandbox).await?;
+    let bound = core.apply_tasks(&config).await?;
+    if !bound.is_empty() {
+        eprintln!("bound from config: {}", bound.join(", "));
+    }
+    let listener = tokio::net::TcpListener::bind(&config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+    let addr = listener.local_addr()?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    if args.worker {
+        let worker = app::worker(&core, &config, None).await?;
+        let mut rx = stop_rx.clone();
+        tasks.spawn(async move {
+            let _ = worker.run(async move { let _ = rx.wait_for(|s| *s).await; }).await;
+        });
+    }
+    let router = crate::api::router(app::api_context(&core, &config, auth)?);
+    eprintln!("runner API listening on http://{addr} ({} broker)", core.broker.kind());
+    let mut rx = stop_rx.clone();
+    let server = crate::api::serve(listener, router, async move {
+        let _ = rx.wait_for(|s| *s).await;
+    });
+    let server = tokio::spawn(server);
+    app::shutdown_signal().await;
+    eprintln!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    while tasks.join_next().await.is_some() {}
+    let _ = Arc::strong_count(&core.broker);
+    Ok(ExitCode::SUCCESS)
+}

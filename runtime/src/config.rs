@@ -1,0 +1,455 @@
+//! `runner.toml`: one file configures every process of a deployment (API,
+//! workers, scheduler, `runner dev`), each reading the sections it needs.
+//!
+//! ```toml
+//! [server]
+//! listen = "0.0.0.0:8080"
+//! max_body = "64MiB"          # larger request bodies get 413
+//! # open = true               # no tokens at all: only for a laptop
+//!
+//! [auth]                      # bearer tokens; usually from the env
+//! admin = []                  # RUNNER_ADMIN_TOKENS=a,b
+//! submit = []                 # RUNNER_SUBMIT_TOKENS=c
+//!
+//! [broker]
+//! redis_url = "redis://127.0.0.1:6379/0"   # absent: the embedded broker
+//! # data_dir = ".runner"      # where the embedded registry keeps uploads
+//!
+//! [worker]
+//! queues = ["default", "email"]
+//! concurrency = 4
+//!
+//! [queues.notifications]
+//! rate_limit = "30/m"         # global: shared by every worker
+//!
+//! [host.mail]                 # services: see sandbox::host::services
+//! # ...
+//!
+//! [tasks.reminder]
+//! module = "builtin:reminder" # or "sha256:<hex>", or a .wasm path (relative to this file)
+//! queue = "email"
+//! rate_limit = "30/m"
+//! time_limit = "60s"
+//! fuel = 5000000000
+//! memory = "64MiB"
+//! retry = { max_retries = 3, backoff_base_ms = 60000, backoff_cap_ms = 600000, jitter = true }
+//! [tasks.reminder.grants]
+//! kv = {}
+//! mail = { allowed_senders = ["*@example.com"] }
+//!
+//! [[beats]]                   # read by the scheduler
+//! name = "morning-reminder"
+//! task = "reminder"
+//! cron = "0 9 * * *"
+//! timezone = "Asia/Tokyo"
+//! ```
+//!
+//! Environment variables override the file: `RUNNER_REDIS_URL`,
+//! `RUNNER_LISTEN`, `RUNNER_ADMIN_TOKENS`, `RUNNER_SUBMIT_TOKENS`
+//! (comma-separated), and for `[host.mail]` `RUNNER_SMTP_HOST`,
+//! `RUNNER_SMTP_PORT`, `RUNNER_SMTP_USERNAME`, `RUNNER_SMTP_PASSWORD`,
+//! `RUNNER_SMTP_FROM`. Secrets belong in the environment, not in the file.
+//!
+//! Unknown keys are errors (a typo must not silently drop a setting), and
+//! every error names the file and the key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+
+use crate::queue::job::{RateLimit, validate_queue_name};
+use crate::queue::{JobLimits, RetryPolicy};
+use crate::registry::TaskBinding;
+use crate::sandbox::host::TaskGrants;
+use crate::sandbox::host::services::HostConfig;
+
+/// The whole file. Every section is optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub broker: BrokerConfig,
+    #[serde(default)]
+    pub worker: WorkerSection,
+    #[serde(default)]
+    pub queues: BTreeMap<String, QueueConfig>,
+    #[serde(default)]
+    pub host: HostConfig,
+    #[serde(default)]
+    pub tasks: BTreeMap<String, TaskSpec>,
+    /// `[[beats]]`, interpreted by the scheduler.
+    #[serde(default)]
+    pub beats: Vec<serde_json::Value>,
+    /// The directory relative paths in the file are taken from.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// `64MiB` style.
+    #[serde(default = "default_max_body")]
+    pub max_body: String,
+    /// Serve without tokens. Only an operator who writes this gets it.
+    #[serde(default)]
+    pub open: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            max_body: default_max_body(),
+            open: false,
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+
+fn default_max_body() -> String {
+    "64MiB".into()
+}
+
+impl ServerConfig {
+    pub fn max_body_bytes(&self) -> anyhow::Result<usize> {
+        parse_size(&self.max_body).with_context(|| format!("server.max_body = {:?}", self.max_body))
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default)]
+    pub admin: Vec<String>,
+    #[serde(default)]
+    pub submit: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    pub redis_url: Option<String>,
+    /// Where the embedded registry keeps uploaded modules and bindings.
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSection {
+    pub queues: Option<Vec<String>>,
+    pub concurrency: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// `30/m`: every job of the queue, across all workers.
+    pub rate_limit: Option<String>,
+}
+
+/// `[tasks.NAME]`: a task name, its module, defaults and grants.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// `builtin:NAME`, `sha256:<hex>` (already uploaded) or a path to a
+    /// component. Without it the section only gives grants (for `runner run
+    /// --task`).
+    pub module: Option<String>,
+    pub queue: Option<String>,
+    pub rate_limit: Option<String>,
+    /// `60s` style.
+    pub time_limit: Option<String>,
+    pub fuel: Option<u64>,
+    /// `64MiB` style.
+    pub memory: Option<String>,
+    pub retry: Option<RetryPolicy>,
+    /// `1h` style: how long results are kept.
+    pub result_ttl: Option<String>,
+    #[serde(default)]
+    pub grants: TaskGrants,
+}
+
+/// Where a task's module comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModuleSource {
+    Builtin(String),
+    Hash(String),
+    Path(PathBuf),
+}
+
+impl Config {
+    /// Reads `path` and applies the environment overrides.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let mut config =
+            Self::from_toml(&text).with_context(|| format!("in {}", path.display()))?;
+        config.base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Ok(config)
+    }
+
+    /// The file when given, else the defaults; then the environment.
+    pub fn load_or_default(path: Option<&Path>) -> anyhow::Result<Self> {
+        let mut config = match path {
+            Some(p) => Self::load(p)?,
+            None => Self {
+                base_dir: PathBuf::from("."),
+                ..Self::default()
+            },
+        };
+        config.apply_env(|k| std::env::var(k).ok())?;
+        config.check()?;
+        Ok(config)
+    }
+
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        let config: Self = toml::from_str(text)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Overrides from the environment (`get` is `std::env::var` outside
+    /// tests).
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        let non_empty = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+        if let Some(url) = non_empty("RUNNER_REDIS_URL") {
+            self.broker.redis_url = Some(url);
+        }
+        if let Some(listen) = non_empty("RUNNER_LISTEN") {
+            self.server.listen = listen;
+        }
+        let list = |v: String| -> Vec<String> {
+            v.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        if let Some(v) = non_empty("RUNNER_ADMIN_TOKENS") {
+            self.auth.admin.extend(list(v));
+        }
+        if let Some(v) = non_empty("RUNNER_SUBMIT_TOKENS") {
+            self.auth.submit.extend(list(v));
+        }
+        if let Some(mail) = self.host.mail.as_mut() {
+            if let Some(h) = non_empty("RUNNER_SMTP_HOST") {
+                mail.host = h;
+            }
+            if let Some(p) = non_empty("RUNNER_SMTP_PORT") {
+                mail.port = p
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("RUNNER_SMTP_PORT={p:?} is not a port number"))?;
+            }
+            if let Some(u) = non_empty("RUNNER_SMTP_USERNAME") {
+                mail.username = Some(u);
+            }
+            if let Some(p) = get("RUNNER_SMTP_PASSWORD").filter(|p| !p.is_empty()) {
+                mail.password = Some(p);
+            }
+            if let Some(f) = non_empty("RUNNER_SMTP_FROM") {
+                mail.from = runner_host_fns::mail::MailAddress::new(f.trim(), None);
+            }
+        }
+        Ok(())
+    }
+
+    /// Everything that can be refused before anything starts.
+    pub fn check(&self) -> anyhow::Result<()> {
+        self.server.max_body_bytes()?;
+        for t in self.auth.admin.iter().chain(&self.auth.submit) {
+            if t.len() < 16 {
+                bail!("auth: a token must be at least 16 characters long");
+            }
+        }
+        for q in self.worker.queues.iter().flatten() {
+            validate_queue_name(q).with_context(|| format!("worker.queues: {q:?}"))?;
+        }
+        for (name, q) in &self.queues {
+            validate_queue_name(name).with_context(|| format!("queues.{name}"))?;
+            if let Some(spec) = &q.rate_limit {
+                RateLimit::parse(format!("queue:{name}"), spec)
+                    .with_context(|| format!("queues.{name}.rate_limit"))?;
+            }
+        }
+        for (name, task) in &self.tasks {
+            crate::registry::validate_task_name(name)
+                .map_err(|e| anyhow::anyhow!("tasks.{name}: {e}"))?;
+            task.defaults(name, "sha256:0")
+                .with_context(|| format!("tasks.{name}"))?;
+            if let Some(m) = &task.module {
+                parse_module_source(m).with_context(|| format!("tasks.{name}.module"))?;
+            }
+            if let Some(http) = &task.grants.http {
+                http.validate()
+                    .map_err(|e| anyhow::anyhow!("tasks.{name}.grants.http: {e}"))?;
+            }
+            for root in task.grants.files.keys() {
+                let configured = self
+                    .host
+                    .files
+                    .as_ref()
+                    .is_some_and(|f| f.roots.contains_key(root));
+                if !configured {
+                    bail!("tasks.{name}.grants.files: root `{root}` is not in [host.files.roots]");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Global queue rate limits, `(queue, spec)`.
+    pub fn queue_limits(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.queues
+            .iter()
+            .filter_map(|(n, q)| q.rate_limit.as_deref().map(|r| (n.as_str(), r)))
+    }
+
+    /// Resolves a path written in the file.
+    pub fn path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+}
+
+impl TaskSpec {
+    /// The binding this section describes, for `module` (a resolved hash).
+    pub fn defaults(&self, name: &str, module: &str) -> anyhow::Result<TaskBinding> {
+        let mut b = TaskBinding::new(name, module);
+        if let Some(q) = &self.queue {
+            validate_queue_name(q).context("queue")?;
+            b.queue = q.clone();
+        }
+        if let Some(r) = &self.rate_limit {
+            RateLimit::parse(format!("task:{name}"), r).context("rate_limit")?;
+            b.rate_limit = Some(r.clone());
+        }
+        if let Some(r) = &self.retry {
+            b.retry = r.clone();
+        }
+        let mut limits = JobLimits::default();
+        if let Some(t) = &self.time_limit {
+            let d = humantime::parse_duration(t)
+                .with_context(|| format!("time_limit = {t:?}: expected e.g. \"30s\""))?;
+            limits.time_limit_ms = Some(d.as_millis() as u64);
+        }
+        limits.fuel = self.fuel;
+        if let Some(m) = &self.memory {
+            limits.memory_bytes = Some(parse_size(m).with_context(|| format!("memory = {m:?}"))? as u64);
+        }
+        b.limits = limits;
+        if let Some(t) = &self.result_ttl {
+            let d = humantime::parse_duration(t)
+                .with_context(|| format!("result_ttl = {t:?}: expected e.g. \"1h\""))?;
+            b.result_ttl_ms = Some(d.as_millis() as u64);
+        }
+        b.grants = self.grants.clone();
+        Ok(b)
+    }
+}
+
+pub fn parse_module_source(s: &str) -> anyhow::Result<ModuleSource> {
+    if let Some(name) = s.strip_prefix("builtin:") {
+        if crate::builtin::module(name).is_none() {
+            bail!(
+                "no built-in task `{name}` (built-ins: {})",
+                crate::builtin::names().join(", ")
+            );
+        }
+        return Ok(ModuleSource::Builtin(name.to_string()));
+    }
+    if s.starts_with("sha256:") {
+        let h = crate::registry::parse_module_hash(s)
+            .with_context(|| format!("{s:?} is not sha256:<64 hex digits>"))?;
+        return Ok(ModuleSource::Hash(h));
+    }
+    if s.is_empty() {
+        bail!("empty module");
+    }
+    Ok(ModuleSource::Path(PathBuf::from(s)))
+}
+
+/// `64MiB`, `512KiB`, `1GB`, `1048576`.
+pub fn parse_size(s: &str) -> anyhow::Result<usize> {
+    let b: bytesize::ByteSize = s
+        .trim()
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{s:?} is not a size like \"64MiB\": {e}"))?;
+    usize::try_from(b.as_u64()).context("size too large")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_file_parses_and_env_overrides_it() {
+        let text = r#"
+[server]
+listen = "0.0.0.0:9000"
+max_body = "8MiB"
+[broker]
+redis_url = "redis://127.0.0.1:1/0"
+[queues.notifications]
+rate_limit = "30/m"
+[tasks.notify]
+module = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+queue = "notifications"
+time_limit = "10s"
+memory = "32MiB"
+[tasks.notify.grants]
+http = { allow = ["https://hooks.slack.com"] }
+[[beats]]
+name = "b"
+task = "notify"
+every = "30s"
+"#;
+        let mut c = Config::from_toml(text).unwrap();
+        assert_eq!(c.server.max_body_bytes().unwrap(), 8 * 1024 * 1024);
+        let b = c.tasks["notify"].defaults("notify", "sha256:x").unwrap();
+        assert_eq!(b.queue, "notifications");
+        assert_eq!(b.limits.time_limit_ms, Some(10_000));
+        assert_eq!(b.limits.memory_bytes, Some(32 * 1024 * 1024));
+        assert!(b.grants.http.is_some());
+        assert_eq!(c.beats.len(), 1);
+        c.apply_env(|k| match k {
+            "RUNNER_REDIS_URL" => Some("redis://other:6379".into()),
+            "RUNNER_ADMIN_TOKENS" => Some("aaaaaaaaaaaaaaaa, bbbbbbbbbbbbbbbb".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.broker.redis_url.as_deref(), Some("redis://other:6379"));
+        assert_eq!(c.auth.admin.len(), 2);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let e = Config::from_toml("[server]\nlisten = \"x\"\nmax_bodyy = 1\n").unwrap_err();
+        assert!(format!("{e:#}").contains("max_bodyy"), "{e:#}");
+        let e = Config::from_toml("[queues.email]\nrate_limit = \"lots\"\n").unwrap_err();
+        assert!(format!("{e:#}").contains("queues.email.rate_limit"), "{e:#}");
+        let e = Config::from_toml("[tasks.x]\ntime_limit = \"soon\"\n").unwrap_err();
+        assert!(format!("{e:#}").contains("time_limit"), "{e:#}");
+        let e = Config::from_toml("[tasks.x]\nmodule = \"builtin:nope\"\n").unwrap_err();
+        assert!(format!("{e:#}").contains("no built-in task `nope`"), "{e:#}");
+        let e = Config::from_toml("[auth]\nadmin = [\"short\"]\n").unwrap_err();
+        assert!(format!("{e:#}").contains("16 characters"), "{e:#}");
+    }
+}

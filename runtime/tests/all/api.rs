@@ -1,0 +1,442 @@
+//! The HTTP API end to end over real HTTP on a loopback port: a server and a
+//! worker in this process, on the embedded broker or a real redis-server.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use runner::app::{self, Core};
+use runner::config::Config;
+use runner::registry::module_hash;
+use runner::sandbox::host::HostServices;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::redis_support::RedisServer;
+use crate::support::{
+    constant_output_component, core_module, guest_bytes, other_world_component, sandbox,
+};
+
+const ADMIN: &str = "admin-token-0123456789abcdef";
+const SUBMIT: &str = "submit-token-0123456789abcdef";
+
+pub struct TestApi {
+    pub url: String,
+    pub http: reqwest::Client,
+    stop: watch::Sender<bool>,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl TestApi {
+    /// A server (and a worker unless `worker` is false) on `redis` or the
+    /// embedded broker.
+    pub async fn start(redis: Option<String>, max_body: &str, worker: bool) -> TestApi {
+        let mut config = Config::default();
+        config.broker.redis_url = redis;
+        config.server.max_body = max_body.to_string();
+        config.auth.admin.push(ADMIN.into());
+        config.auth.submit.push(SUBMIT.into());
+        config.check().unwrap();
+        let core = Core::open(&config, sandbox()).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, rx) = watch::channel(false);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let mut handles = Vec::new();
+        if worker {
+            let w = app::worker_with(&core, &config, HostServices::default(), Some(4)).unwrap();
+            let f = stopped(rx.clone());
+            handles.push(tokio::spawn(async move {
+                w.run(f).await.unwrap();
+            }));
+        }
+        let auth = app::auth_from(&config).unwrap();
+        let router = runner::api::router(app::api_context(&core, &config, auth).unwrap());
+        let f = stopped(rx.clone());
+        handles.push(tokio::spawn(async move {
+            runner::api::serve(listener, router, f).await.unwrap();
+        }));
+        TestApi {
+            url,
+            http: reqwest::Client::new(),
+            stop,
+            handles,
+        }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for h in self.handles {
+            let _ = tokio::time::timeout(Duration::from_secs(30), h).await;
+        }
+    }
+
+    pub fn req(&self, method: reqwest::Method, path: &str, token: Option<&str>) -> reqwest::RequestBuilder {
+        let rb = self.http.request(method, format!("{}{path}", self.url));
+        match token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        }
+    }
+
+    pub async fn call(&self, rb: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let res = rb.send().await.expect("request");
+        let status = res.status();
+        let text = res.text().await.unwrap();
+        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, v)
+    }
+
+    pub async fn upload(&self, bytes: &[u8]) -> (StatusCode, Value) {
+        self.call(
+            self.req(reqwest::Method::PUT, &format!("/v1/modules/{}", module_hash(bytes)), Some(ADMIN))
+                .body(bytes.to_vec()),
+        )
+        .await
+    }
+
+    pub async fn bind(&self, name: &str, body: Value) -> (StatusCode, Value) {
+        self.call(self.req(reqwest::Method::PUT, &format!("/v1/tasks/{name}"), Some(ADMIN)).json(&body))
+            .await
+    }
+
+    pub async fn enqueue(&self, body: Value) -> (StatusCode, Value) {
+        self.call(self.req(reqwest::Method::POST, "/v1/jobs", Some(SUBMIT)).json(&body)).await
+    }
+
+    pub async fn wait(&self, id: &str) -> Value {
+        let (s, v) = self
+            .call(self.req(reqwest::Method::GET, &format!("/v1/jobs/{id}?wait=30s"), Some(SUBMIT)))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v
+    }
+}
+
+fn message(v: &Value) -> String {
+    v["error"]["message"].as_str().unwrap_or_default().to_string()
+}
+
+async fn upload_bind_enqueue_wait(api: &TestApi) {
+    let hello = guest_bytes("hello");
+    let (s, v) = api.upload(&hello).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["hash"], module_hash(&hello));
+    assert!(v["imports"].as_array().unwrap().iter().any(|i| i.as_str().unwrap().starts_with("runner:task/context")));
+    // Idempotent: the same bytes again are 200, not a second module.
+    let (s, v) = api.upload(&hello).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["created"], false);
+
+    let (s, v) = api.bind("greet", json!({ "module": module_hash(&hello), "queue": "default" })).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = api.enqueue(json!({ "task": "greet", "input": { "name": "API" } })).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let job = api.wait(&id).await;
+    assert_eq!(job["state"], "SUCCESS", "{job}");
+    assert!(job["result"].to_string().contains("API"), "{job}");
+    assert_eq!(job["module"], module_hash(&hello));
+
+    // Listed.
+    let (s, v) = api.call(api.req(reqwest::Method::GET, "/v1/modules", Some(SUBMIT))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    let (s, v) = api.call(api.req(reqwest::Method::GET, "/v1/queues", Some(SUBMIT))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(v.as_array().unwrap().iter().any(|q| q["name"] == "default"), "{v}");
+    let (s, v) = api.call(api.req(reqwest::Method::GET, "/v1/workers", Some(SUBMIT))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api_upload_bind_enqueue_wait_on_the_embedded_broker() {
+    let api = TestApi::start(None, "64MiB", true).await;
+    upload_bind_enqueue_wait(&api).await;
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api_upload_bind_enqueue_wait_on_redis() {
+    let redis = RedisServer::start();
+    let api = TestApi::start(Some(redis.url()), "64MiB", true).await;
+    upload_bind_enqueue_wait(&api).await;
+    api.stop().await;
+}
+
+/// Re-binding under load: no job fails; jobs enqueued before the re-bind
+/// run the old module, jobs after it the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api_rebind_under_load_keeps_old_jobs_on_the_old_module() {
+    let redis = RedisServer::start();
+    let api = TestApi::start(Some(redis.url()), "64MiB", true).await;
+    // Two modules of one task, told apart by their output (`1` or `2`).
+    let v1 = constant_output_component("1");
+    let v2 = constant_output_component("2");
+    for m in [&v1, &v2] {
+        let (s, v) = api.upload(m).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+    assert_eq!(api.bind("versioned", json!({ "module": module_hash(&v1) })).await.0, StatusCode::OK);
+
+    let batch = |n: usize| json!({ "jobs": (0..n).map(|_| json!({"task": "versioned"})).collect::<Vec<_>>() });
+    let send = |body: Value| api.call(api.req(reqwest::Method::POST, "/v1/jobs/batch", Some(SUBMIT)).json(&body));
+    let mut before = Vec::new();
+    for _ in 0..4 {
+        let (s, v) = send(batch(100)).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        before.extend(v["jobs"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_string()));
+    }
+    // Re-bind while the worker is busy with the first jobs.
+    let (s, v) = api.bind("versioned", json!({ "module": module_hash(&v2) })).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["history"][0]["module"], module_hash(&v1));
+    let mut after = Vec::new();
+    for _ in 0..2 {
+        let (s, v) = send(batch(100)).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        after.extend(v["jobs"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_string()));
+    }
+    for (ids, expect) in [(&before, 1), (&after, 2)] {
+        for id in ids.iter() {
+            let job = api.wait(id).await;
+            assert_eq!(job["state"], "SUCCESS", "{job}");
+            assert_eq!(job["result"], expect, "{job}");
+        }
+    }
+    // Rollback is one call.
+    let (s, v) = api
+        .call(api.req(reqwest::Method::POST, "/v1/tasks/versioned/rollback", Some(ADMIN)))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["binding"]["module"], module_hash(&v1));
+    let (_, v) = api.enqueue(json!({ "task": "versioned" })).await;
+    let job = api.wait(v["id"].as_str().unwrap()).await;
+    assert_eq!(job["result"], 1, "{job}");
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_bad_input_gets_the_right_status_and_says_what_is_wrong() {
+    let api = TestApi::start(None, "1MiB", false).await;
+    let hello = guest_bytes("hello");
+    let put = |path: String, token: Option<&'static str>, body: Vec<u8>| {
+        api.call(api.req(reqwest::Method::PUT, &path, token).body(body))
+    };
+
+    // Hash mismatch: 400 naming both hashes.
+    let other = module_hash(b"something else");
+    let (s, v) = put(format!("/v1/modules/{other}"), Some(ADMIN), hello.clone()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(message(&v).contains(&module_hash(&hello)) && message(&v).contains(&other), "{v}");
+    // A malformed hash.
+    let (s, v) = put("/v1/modules/sha256:abc".into(), Some(ADMIN), hello.clone()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(message(&v).contains("64 hex digits"), "{v}");
+
+    // Not wasm, a core module, another world: 422 saying which.
+    let (s, v) = api.upload(b"#!/bin/sh\necho hi\n").await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(message(&v).contains("not a WebAssembly file"), "{v}");
+    let (s, v) = api.upload(&core_module()).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(message(&v).contains("core WebAssembly module, not a component"), "{v}");
+    let (s, v) = api.upload(&other_world_component()).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(message(&v).contains("missing the export") && message(&v).contains("run"), "{v}");
+
+    // An import the grants do not allow: 422 naming it; with the grant, bound.
+    let kv_guard = guest_bytes("kv_guard");
+    assert_eq!(api.upload(&kv_guard).await.0, StatusCode::CREATED);
+    let (s, v) = api.bind("guard", json!({ "module": module_hash(&kv_guard) })).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(message(&v).contains("runner:task/kv@0.1.0"), "{v}");
+    let (s, v) = api.bind("guard", json!({ "module": module_hash(&kv_guard), "grants": { "kv": {} } })).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // Bad grants and bad names.
+    let (s, v) = api
+        .bind("guard", json!({ "module": module_hash(&kv_guard), "grants": { "kv": {}, "shell": true } }))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(message(&v).contains("shell"), "{v}");
+    let (s, v) = api.bind("bad%20name", json!({ "module": module_hash(&kv_guard), "grants": { "kv": {} } })).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(message(&v).contains("task name"), "{v}");
+    // Binding a module never uploaded: 404.
+    let (s, v) = api.bind("ghost", json!({ "module": other })).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+
+    // Oversized body: 413 with the limit.
+    let big = vec![0u8; 2 * 1024 * 1024];
+    let (s, v) = api
+        .call(api.req(reqwest::Method::POST, "/v1/modules", Some(ADMIN)).body(big))
+        .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    assert!(message(&v).contains("1 MiB") && message(&v).contains("1048576"), "{v}");
+
+    // Unknown task, unknown job: 404. A bad id: 400.
+    let (s, v) = api.enqueue(json!({ "task": "nope" })).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    assert!(message(&v).contains("nope"), "{v}");
+    let missing = "0190a0a0-0000-7000-8000-000000000000";
+    let (s, _) = api.call(api.req(reqwest::Method::GET, &format!("/v1/jobs/{missing}"), Some(SUBMIT))).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = api.call(api.req(reqwest::Method::GET, "/v1/jobs/not-a-uuid", Some(SUBMIT))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = api.call(api.req(reqwest::Method::GET, "/v1/tasks/nope", Some(SUBMIT))).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // Malformed JSON: 400 with line and column.
+    let (s, v) = api
+        .call(
+            api.req(reqwest::Method::POST, "/v1/jobs", Some(SUBMIT))
+                .header("content-type", "application/json")
+                .body("{\n  \"task\": \"guard\",\n  \"input\": {,}\n}"),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(message(&v).contains("line 3") && message(&v).contains("column"), "{v}");
+    // An unknown field is named.
+    let (s, v) = api.enqueue(json!({ "task": "guard", "inptu": {} })).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(message(&v).contains("inptu"), "{v}");
+
+    // Tokens: none or unknown is 401; submit on an admin route is 403.
+    let (s, v) = api.call(api.req(reqwest::Method::GET, "/v1/modules", None)).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    let (s, _) = api.call(api.req(reqwest::Method::GET, "/v1/modules", Some("wrong-token-0123456789"))).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, v) = put(format!("/v1/modules/{}", module_hash(&hello)), Some(SUBMIT), hello.clone()).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    let (s, _) = api.call(api.req(reqwest::Method::POST, "/v1/jobs", None).json(&json!({"task": "guard"}))).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // Nothing was stored by the refused requests.
+    let (_, v) = api.call(api.req(reqwest::Method::GET, "/v1/modules", Some(ADMIN))).await;
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+
+    // Health needs no token.
+    let (s, _) = api.call(api.req(reqwest::Method::GET, "/healthz", None)).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = api.call(api.req(reqwest::Method::GET, "/readyz", None)).await;
+    assert_eq!(s, StatusCode::OK);
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_readyz_is_503_when_redis_is_down() {
+    let mut redis = RedisServer::start();
+    let api = TestApi::start(Some(redis.url()), "64MiB", false).await;
+    let (s, _) = api.call(api.req(reqwest::Method::GET, "/readyz", None)).await;
+    assert_eq!(s, StatusCode::OK);
+    redis.stop();
+    let (s, v) = api.call(api.req(reqwest::Method::GET, "/readyz", None)).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    let (s, v) = api.enqueue(json!({ "module": module_hash(b"x") })).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    api.stop().await;
+}
+
+/// Events are pushed: the stream shows STARTED, progress and the final
+/// record with the result, then ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api_job_events_stream_state_changes_until_the_end() {
+    let api = TestApi::start(None, "64MiB", true).await;
+    let sleeper = guest_bytes("sleeper");
+    api.upload(&sleeper).await;
+    assert_eq!(api.bind("sleep", json!({ "module": module_hash(&sleeper) })).await.0, StatusCode::OK);
+    let (_, v) = api.enqueue(json!({ "task": "sleep", "input": { "ms": 300 }, "countdown": 0.3 })).await;
+    let id = v["id"].as_str().unwrap().to_string();
+    let res = api
+        .req(reqwest::Method::GET, &format!("/v1/jobs/{id}/events"), Some(SUBMIT))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let body = tokio::time::timeout(Duration::from_secs(30), res.text())
+        .await
+        .expect("the stream ends after the final state")
+        .unwrap();
+    let datas: Vec<Value> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| serde_json::from_str(d.trim()).unwrap())
+        .collect();
+    let states: Vec<&str> = datas.iter().filter_map(|d| d["state"].as_str()).collect();
+    assert_eq!(states.first(), Some(&"PENDING"), "{body}");
+    assert!(states.contains(&"STARTED"), "{body}");
+    assert_eq!(states.last(), Some(&"SUCCESS"), "{body}");
+    assert_eq!(datas.last().unwrap()["result"]["slept_ms"].as_u64().map(|ms| ms >= 300), Some(true), "{body}");
+    api.stop().await;
+}
+
+/// The OpenAPI document is served, well-formed, its references resolve,
+/// and it lists every route the router serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_openapi_document_lists_every_route_and_its_refs_resolve() {
+    let api = TestApi::start(None, "64MiB", false).await;
+    let (s, doc) = api.call(api.req(reqwest::Method::GET, "/v1/openapi.json", None)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
+    assert!(doc["info"]["title"].is_string());
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    let expected = [
+        ("get", "/healthz"),
+        ("get", "/readyz"),
+        ("get", "/metrics"),
+        ("post", "/v1/modules"),
+        ("get", "/v1/modules"),
+        ("put", "/v1/modules/{hash}"),
+        ("get", "/v1/modules/{hash}"),
+        ("get", "/v1/tasks"),
+        ("put", "/v1/tasks/{name}"),
+        ("get", "/v1/tasks/{name}"),
+        ("post", "/v1/tasks/{name}/rollback"),
+        ("post", "/v1/jobs"),
+        ("post", "/v1/jobs/batch"),
+        ("get", "/v1/jobs/{id}"),
+        ("post", "/v1/jobs/{id}/revoke"),
+        ("get", "/v1/jobs/{id}/events"),
+        ("get", "/v1/queues"),
+        ("get", "/v1/queues/{queue}/dead"),
+        ("post", "/v1/queues/{queue}/replay"),
+        ("get", "/v1/workers"),
+    ];
+    let paths = doc["paths"].as_object().unwrap();
+    let mut listed = Vec::new();
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            if ["get", "put", "post", "delete", "patch"].contains(&method.as_str()) {
+                assert!(op["responses"].as_object().is_some_and(|r| !r.is_empty()), "{method} {path}");
+                listed.push((method.clone(), path.clone()));
+            }
+        }
+    }
+    for (m, p) in expected {
+        assert!(listed.iter().any(|(lm, lp)| lm == m && lp == p), "{m} {p} missing from the document");
+        // And the router serves it (anything but 404/405 for the route itself).
+        let path = p
+            .replace("{hash}", &module_hash(b"x"))
+            .replace("{name}", "t")
+            .replace("{id}", "0190a0a0-0000-7000-8000-000000000000")
+            .replace("{queue}", "default");
+        let method = reqwest::Method::from_bytes(m.to_uppercase().as_bytes()).unwrap();
+        let res = api.req(method, &path, Some(ADMIN)).body("{}").send().await.unwrap();
+        assert_ne!(res.status(), StatusCode::METHOD_NOT_ALLOWED, "{m} {p}");
+        if res.status() == StatusCode::NOT_FOUND {
+            let v: Value = res.json().await.unwrap();
+            assert!(!message(&v).starts_with("no route"), "{m} {p} is not routed: {v}");
+        }
+    }
+    // Every $ref points at a schema that exists.
+    let text = doc.to_string();
+    let schemas = doc["components"]["schemas"].as_object().cloned().unwrap_or_default();
+    for piece in text.split("\"$ref\":\"").skip(1) {
+        let r = &piece[..piece.find('"').unwrap()];
+        let name = r.strip_prefix("#/components/schemas/").unwrap_or_else(|| panic!("odd $ref {r}"));
+        assert!(schemas.contains_key(name), "dangling $ref {r}");
+    }
+    api.stop().await;
+}
