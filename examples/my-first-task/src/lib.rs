@@ -61,7 +61,9 @@ fn run(ctx: &Context, order: Order) -> Result<Total, TaskError> {
             .price
             .checked_mul(u64::from(item.quantity))
             .and_then(|line| subtotal.checked_add(line))
-            .ok_or_else(|| TaskError::fail(format!("items[{i}] ({}): amount too large", item.name)))?;
+            .ok_or_else(|| {
+                TaskError::fail(format!("items[{i}] ({}): amount too large", item.name))
+            })?;
         subtotal = line;
         ctx.progress(i as u64 + 1, count);
     }

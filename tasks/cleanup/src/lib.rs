@@ -229,7 +229,11 @@ fn run(ctx: &Context, input: Input) -> Result<Output, TaskError> {
             rule.root,
             rule.glob,
             rule.older_than_days,
-            if input.dry_run { "would delete" } else { "deleted" },
+            if input.dry_run {
+                "would delete"
+            } else {
+                "deleted"
+            },
             human_bytes(report.bytes_freed)
         ));
         ctx.progress(i as u64 + 1, input.rules.len() as u64);

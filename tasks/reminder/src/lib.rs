@@ -330,7 +330,8 @@ fn run(ctx: &Context, input: Input) -> Result<Output, TaskError> {
             detail: None,
             message_id: None,
         };
-        if let Some((reason, detail)) = skip_reason(r, local.weekday(), local.hour() * 60 + local.minute())
+        if let Some((reason, detail)) =
+            skip_reason(r, local.weekday(), local.hour() * 60 + local.minute())
         {
             report.reason = Some(reason);
             report.detail = Some(detail);
@@ -465,7 +466,9 @@ fn check_user(user: User, default_tz: Tz) -> Result<Recipient, String> {
         Some("none") => Frequency::None,
         Some("weekly") => Frequency::Weekly(weekday.unwrap_or(Weekday::Mon)),
         Some(other) => match other.strip_prefix("weekly:") {
-            Some(day) => Frequency::Weekly(parse_weekday(day).map_err(|e| format!("frequency: {e}"))?),
+            Some(day) => {
+                Frequency::Weekly(parse_weekday(day).map_err(|e| format!("frequency: {e}"))?)
+            }
             None => {
                 return Err(format!(
                     "frequency: {other:?} is not one of \"daily\", \"weekly\", \"none\""
@@ -527,7 +530,10 @@ fn subject(frequency: Frequency, date: NaiveDate) -> String {
         Frequency::Weekly(_) => "今週",
         _ => "本日",
     };
-    format!("{when}の進捗リマインダー（{}）", date.format("%Y年%m月%d日"))
+    format!(
+        "{when}の進捗リマインダー（{}）",
+        date.format("%Y年%m月%d日")
+    )
 }
 
 fn body(r: &Recipient, date: NaiveDate, link: Option<&str>) -> String {

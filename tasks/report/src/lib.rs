@@ -311,11 +311,9 @@ fn render(title: &str, kind: Kind, period: &str, data: &Data) -> Result<Vec<u8>,
         .author("runner builtin:report")
         .key_values([(period_label, period)]);
     if !data.summary.is_empty() {
-        doc = doc.heading(2, "概要").key_values(
-            data.summary
-                .iter()
-                .map(|(k, v)| (k.clone(), cell_text(v))),
-        );
+        doc = doc
+            .heading(2, "概要")
+            .key_values(data.summary.iter().map(|(k, v)| (k.clone(), cell_text(v))));
     }
     for table in &data.tables {
         if let Some(heading) = &table.heading {
@@ -339,7 +337,9 @@ fn render(title: &str, kind: Kind, period: &str, data: &Data) -> Result<Vec<u8>,
             doc = doc.paragraph(note.clone());
         }
     }
-    Ok(doc.render().map_err(|e| TaskError::from(e).context("rendering the PDF"))?)
+    Ok(doc
+        .render()
+        .map_err(|e| TaskError::from(e).context("rendering the PDF"))?)
 }
 
 fn mail_body(title: &str, period: &str, data: &Data, filename: &str) -> String {
