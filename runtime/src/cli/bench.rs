@@ -32,12 +32,15 @@ pub enum BenchTarget {
     Sandbox(SandboxBench),
     /// Queue jobs/s, Redis commands per job, round trip, idle worker cost.
     Queue(super::bench_queue::QueueBench),
+    /// Scheduler fire delay, exactly-once across replicas, idle Redis cost.
+    Scheduler(super::bench_scheduler::SchedulerBench),
 }
 
 pub async fn execute(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.target {
         BenchTarget::Sandbox(bench) => sandbox(bench).await,
         BenchTarget::Queue(bench) => super::bench_queue::execute(bench).await,
+        BenchTarget::Scheduler(bench) => super::bench_scheduler::execute(bench).await,
     }
 }
 

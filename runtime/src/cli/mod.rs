@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 pub mod bench;
 pub mod bench_queue;
 pub mod bench_scheduler;
+pub mod bench_scheduler;
 pub mod bind;
 pub mod call;
 pub mod client;
@@ -16,6 +17,7 @@ pub mod dev;
 pub mod inspect;
 pub mod revoke;
 pub mod run;
+pub mod scheduler;
 pub mod scheduler;
 pub mod serve;
 pub mod status;
@@ -46,6 +48,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Consume queues: `runner worker -Q mail,ai -c 4`.
     Worker(worker::WorkerArgs),
+    /// Fire the beats of runner.toml and the API (any number of replicas).
+    Scheduler(scheduler::SchedulerArgs),
     /// Fire the beats of runner.toml and the API (any number of replicas).
     Scheduler(scheduler::SchedulerArgs),
     /// Enqueue a job for a task name.
@@ -84,6 +88,7 @@ pub fn main() -> ExitCode {
             Command::Run(args) => run::execute(args).await,
             Command::Bench(args) => bench::execute(args).await,
             Command::Worker(args) => worker::execute(args).await,
+            Command::Scheduler(args) => scheduler::execute(args).await,
             Command::Scheduler(args) => scheduler::execute(args).await,
             Command::Call(args) => call::execute(args).await,
             Command::Status(args) => status::execute(args).await,
