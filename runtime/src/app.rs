@@ -24,6 +24,9 @@ pub struct Core {
     pub sandbox: Sandbox,
     /// The Redis URL, when the broker is Redis.
     pub redis_url: Option<String>,
+    /// The beats (config and dynamic); its loop runs where the caller
+    /// starts it (`runner scheduler`, `runner dev`, `serve --scheduler`).
+    pub scheduler: crate::scheduler::Scheduler,
 }
 
 impl Core {
@@ -59,12 +62,26 @@ impl Core {
                 .with_queue_limit(queue, spec)
                 .with_context(|| format!("queues.{queue}.rate_limit"))?;
         }
+        let beats = config_beats(config)?;
+        let scheduler = match &config.broker.redis_url {
+            Some(url) => crate::scheduler::Scheduler::connect_redis(
+                url,
+                producer.clone(),
+                registry.clone(),
+                beats,
+            )
+            .await
+            .context("[[beats]]")?,
+            None => crate::scheduler::Scheduler::embedded(producer.clone(), registry.clone(), beats)
+                .context("[[beats]]")?,
+        };
         Ok(Core {
             broker,
             registry,
             producer,
             sandbox,
             redis_url: config.broker.redis_url.clone(),
+            scheduler,
         })
     }
 
@@ -115,6 +132,18 @@ impl Core {
     }
 }
 
+/// The `[[beats]]` of the config, each error naming its index.
+pub fn config_beats(config: &Config) -> anyhow::Result<Vec<crate::scheduler::beat::Beat>> {
+    config
+        .beats
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            serde_json::from_value(v.clone()).with_context(|| format!("beats[{i}]"))
+        })
+        .collect()
+}
+
 fn same_binding(a: &crate::registry::TaskBinding, b: &crate::registry::TaskBinding) -> bool {
     let mut a = a.clone();
     a.bound_at = b.bound_at;
@@ -151,6 +180,7 @@ pub fn api_context(core: &Core, config: &Config, auth: crate::api::Auth) -> anyh
         auth,
         max_body: config.server.max_body_bytes()?,
         metrics: metrics_handle(),
+        scheduler: Some(core.scheduler.clone()),
     })
 }
 
@@ -214,10 +244,23 @@ pub async fn worker(
     config: &Config,
     concurrency: Option<usize>,
 ) -> anyhow::Result<crate::worker::Worker> {
-    let services = crate::sandbox::host::HostServices::from_config(&config.host)
+    let services = crate::sandbox::host::HostServices::from_config(&host_config(config))
         .await
         .context("[host]")?;
     worker_with(core, config, services, concurrency)
+}
+
+/// `[host]` as the services see it: a `[host.kv]` without its own
+/// `redis_url` lives in the broker's Redis when there is one (so that
+/// every worker shares it), in memory otherwise.
+pub fn host_config(config: &Config) -> crate::sandbox::host::services::HostConfig {
+    let mut host = config.host.clone();
+    if let (Some(kv), Some(url)) = (host.kv.as_mut(), &config.broker.redis_url)
+        && kv.redis_url.is_none()
+    {
+        kv.redis_url = Some(url.clone());
+    }
+    host
 }
 
 /// Like [`worker`], with services built by the caller.

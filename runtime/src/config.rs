@@ -22,6 +22,8 @@
 //! [queues.notifications]
 //! rate_limit = "30/m"         # global: shared by every worker
 //!
+//! [host.kv]                   # kv for tasks: in the broker's Redis when
+//!                             # there is one (or its own redis_url), else memory
 //! [host.mail]                 # services: see sandbox::host::services
 //! # ...
 //!

@@ -16,6 +16,7 @@ mod error;
 mod jobs;
 mod modules;
 mod queues;
+mod schedules;
 mod system;
 mod tasks;
 
@@ -52,6 +53,9 @@ pub struct ApiContext {
     pub max_body: usize,
     /// Renders `/metrics`; `None` serves an empty page.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// The schedules (the loop may run in another process); `None`
+    /// answers 503 on `/v1/schedules`.
+    pub scheduler: Option<crate::scheduler::Scheduler>,
 }
 
 pub type AppState = Arc<ApiContext>;
@@ -83,6 +87,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(tasks::routes())
         .merge(jobs::routes())
         .merge(queues::routes())
+        .merge(schedules::routes())
 }
 
 /// The OpenAPI document of every route.

@@ -91,7 +91,7 @@ pub async fn execute(args: DevArgs) -> anyhow::Result<ExitCode> {
     let core = Core::open(&config, sandbox).await?;
     let bound = core.apply_tasks(&config).await?;
 
-    let mut services = HostServices::from_config(&config.host).await.context("[host]")?;
+    let mut services = HostServices::from_config(&app::host_config(&config)).await.context("[host]")?;
     let mail_dir = data.join("mail");
     if services.mail.is_none() {
         services.mail = Some(Arc::new(runner_host_fns::mail::Mailer::dry_run(
@@ -113,6 +113,9 @@ pub async fn execute(args: DevArgs) -> anyhow::Result<ExitCode> {
         let _ = rx.wait_for(|s| *s).await;
     };
     let worker_task = tokio::spawn(worker.run(stopped(stop_rx.clone())));
+    let sched = core.scheduler.clone();
+    let sched_stop = stopped(stop_rx.clone());
+    let sched_task = tokio::spawn(async move { sched.run(sched_stop).await });
     let router = crate::api::router(app::api_context(&core, &config, auth)?);
     let server = tokio::spawn(crate::api::serve(listener, router, stopped(stop_rx.clone())));
 
@@ -121,6 +124,8 @@ pub async fn execute(args: DevArgs) -> anyhow::Result<ExitCode> {
     println!("  export RUNNER_URL=http://{addr} RUNNER_TOKEN={token}");
     println!("tasks: {}", bound.join(", "));
     println!("queues: {}", queues.join(", "));
+    let beats = core.scheduler.list().await.map(|b| b.len()).unwrap_or(0);
+    println!("scheduler: {beats} beats (GET /v1/schedules)");
     println!("data: {} (mail in {})", data.display(), mail_dir.display());
     println!("try:  runner call hello --input '{{\"name\":\"world\"}}' --wait");
 
@@ -129,5 +134,6 @@ pub async fn execute(args: DevArgs) -> anyhow::Result<ExitCode> {
     let _ = stop_tx.send(true);
     let _ = server.await;
     let _ = worker_task.await;
+    let _ = sched_task.await;
     Ok(ExitCode::SUCCESS)
 }

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod bench;
+pub mod beats;
 pub mod bench_queue;
-pub mod bench_scheduler;
 pub mod bench_scheduler;
 pub mod bind;
 pub mod call;
@@ -17,7 +17,6 @@ pub mod dev;
 pub mod inspect;
 pub mod revoke;
 pub mod run;
-pub mod scheduler;
 pub mod scheduler;
 pub mod serve;
 pub mod status;
@@ -40,6 +39,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Upload task components over HTTP (`--bind NAME` binds a task name).
     Upload(upload::UploadArgs),
+    /// Schedules over HTTP: `runner beats list|show|add|rm|fire|enable|disable`.
+    Beats(beats::BeatsArgs),
     /// Bind a task name to a module with defaults and grants (`--rollback`).
     Bind(bind::BindArgs),
     /// Run one component once, locally, and print its output.
@@ -48,8 +49,6 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Consume queues: `runner worker -Q mail,ai -c 4`.
     Worker(worker::WorkerArgs),
-    /// Fire the beats of runner.toml and the API (any number of replicas).
-    Scheduler(scheduler::SchedulerArgs),
     /// Fire the beats of runner.toml and the API (any number of replicas).
     Scheduler(scheduler::SchedulerArgs),
     /// Enqueue a job for a task name.
@@ -85,10 +84,10 @@ pub fn main() -> ExitCode {
             Command::Serve(args) => serve::execute(args).await,
             Command::Upload(args) => upload::execute(args).await,
             Command::Bind(args) => bind::execute(args).await,
+            Command::Beats(args) => beats::execute(args).await,
             Command::Run(args) => run::execute(args).await,
             Command::Bench(args) => bench::execute(args).await,
             Command::Worker(args) => worker::execute(args).await,
-            Command::Scheduler(args) => scheduler::execute(args).await,
             Command::Scheduler(args) => scheduler::execute(args).await,
             Command::Call(args) => call::execute(args).await,
             Command::Status(args) => status::execute(args).await,

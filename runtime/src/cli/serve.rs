@@ -5,7 +5,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
@@ -27,6 +26,9 @@ pub struct ServeArgs {
     /// Also run a worker on the config's queues.
     #[arg(long)]
     pub worker: bool,
+    /// Also run the scheduler loop (any number of replicas may run).
+    #[arg(long)]
+    pub scheduler: bool,
     /// Where compiled modules are cached between runs.
     #[arg(long, env = "RUNNER_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -70,6 +72,13 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<ExitCode> {
             let _ = worker.run(async move { let _ = rx.wait_for(|s| *s).await; }).await;
         });
     }
+    if args.scheduler {
+        let sched = core.scheduler.clone();
+        let mut rx = stop_rx.clone();
+        tasks.spawn(async move {
+            sched.run(async move { let _ = rx.wait_for(|s| *s).await; }).await;
+        });
+    }
     let router = crate::api::router(app::api_context(&core, &config, auth)?);
     eprintln!("runner API listening on http://{addr} ({} broker)", core.broker.kind());
     let mut rx = stop_rx.clone();
@@ -82,6 +91,5 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let _ = stop_tx.send(true);
     let _ = server.await;
     while tasks.join_next().await.is_some() {}
-    let _ = Arc::strong_count(&core.broker);
     Ok(ExitCode::SUCCESS)
 }

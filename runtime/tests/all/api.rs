@@ -30,6 +30,11 @@ impl TestApi {
     /// A server (and a worker unless `worker` is false) on `redis` or the
     /// embedded broker.
     pub async fn start(redis: Option<String>, max_body: &str, worker: bool) -> TestApi {
+        Self::start_with(redis, max_body, worker, false).await
+    }
+
+    /// [`start`](Self::start), with the scheduler loop too when `scheduler`.
+    pub async fn start_with(redis: Option<String>, max_body: &str, worker: bool, scheduler: bool) -> TestApi {
         let mut config = Config::default();
         config.broker.redis_url = redis;
         config.server.max_body = max_body.to_string();
@@ -50,6 +55,11 @@ impl TestApi {
             handles.push(tokio::spawn(async move {
                 w.run(f).await.unwrap();
             }));
+        }
+        if scheduler {
+            let sched = core.scheduler.clone();
+            let f = stopped(rx.clone());
+            handles.push(tokio::spawn(async move { sched.run(f).await }));
         }
         let auth = app::auth_from(&config).unwrap();
         let router = runner::api::router(app::api_context(&core, &config, auth).unwrap());
@@ -403,6 +413,13 @@ async fn api_openapi_document_lists_every_route_and_its_refs_resolve() {
         ("get", "/v1/queues/{queue}/dead"),
         ("post", "/v1/queues/{queue}/replay"),
         ("get", "/v1/workers"),
+        ("get", "/v1/schedules"),
+        ("get", "/v1/schedules/{name}"),
+        ("put", "/v1/schedules/{name}"),
+        ("delete", "/v1/schedules/{name}"),
+        ("post", "/v1/schedules/{name}/fire"),
+        ("post", "/v1/schedules/{name}/enable"),
+        ("post", "/v1/schedules/{name}/disable"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     let mut listed = Vec::new();
@@ -438,5 +455,80 @@ async fn api_openapi_document_lists_every_route_and_its_refs_resolve() {
         let name = r.strip_prefix("#/components/schemas/").unwrap_or_else(|| panic!("odd $ref {r}"));
         assert!(schemas.contains_key(name), "dangling $ref {r}");
     }
+    api.stop().await;
+}
+
+/// Beats through the API: bad ones are 400 with the reason; a new beat is
+/// picked up by the running scheduler at once; a manual fire carries the
+/// beat's name; disable stops it without deleting it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api_schedules_are_validated_picked_up_and_fired() {
+    let redis = RedisServer::start();
+    let api = TestApi::start_with(Some(redis.url()), "64MiB", true, true).await;
+    let hello = guest_bytes("hello");
+    api.upload(&hello).await;
+    assert_eq!(api.bind("greet", json!({ "module": module_hash(&hello) })).await.0, StatusCode::OK);
+    let put = |name: &str, body: Value| {
+        api.call(api.req(reqwest::Method::PUT, &format!("/v1/schedules/{name}"), Some(ADMIN)).json(&body))
+    };
+
+    for (name, body, expect) in [
+        ("b1", json!({"task": "greet", "cron": "61 * * * *"}), "61"),
+        ("b2", json!({"task": "greet", "cron": "0 9 * * 8"}), "8"),
+        ("b3", json!({"task": "greet", "cron": "0 9 * * *", "timezone": "Mars/Olympus"}), "Mars/Olympus"),
+        ("b4", json!({"task": "nope", "every": "1s"}), "nope"),
+        ("b5", json!({"task": "greet"}), "cron"),
+    ] {
+        let (s, v) = put(name, body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{name}: {v}");
+        assert!(message(&v).contains(expect), "{name}: {v}");
+    }
+    // An empty name: the body's name must match the URL's, and "" cannot.
+    let (s, v) = put("x", json!({"name": "", "task": "greet", "every": "1s"})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+
+    let (s, v) = put("tick", json!({"task": "greet", "every": "1s", "input": {"name": "beat"}})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v["next_fire"]["utc"].is_string(), "{v}");
+    // Picked up without a restart: a job of this beat appears within ~2 s.
+    let mut fired = None;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (_, v) = api.call(api.req(reqwest::Method::GET, "/v1/schedules/tick", Some(SUBMIT))).await;
+        if let Some(id) = v["last_fire"]["job"].as_str() {
+            fired = Some(id.to_string());
+            break;
+        }
+    }
+    let id = fired.expect("the new beat fired within 4 s");
+    let job = api.wait(&id).await;
+    assert_eq!(job["state"], "SUCCESS", "{job}");
+    assert_eq!(job["schedule"], "tick", "{job}");
+    assert!(job["scheduled_for"].is_string(), "{job}");
+
+    // Disable: no more fires; still listed.
+    let (s, _) = api.call(api.req(reqwest::Method::POST, "/v1/schedules/tick/disable", Some(ADMIN))).await;
+    assert_eq!(s, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, before) = api.call(api.req(reqwest::Method::GET, "/v1/schedules/tick", Some(SUBMIT))).await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let (_, after) = api.call(api.req(reqwest::Method::GET, "/v1/schedules/tick", Some(SUBMIT))).await;
+    assert_eq!(before["last_fire"], after["last_fire"], "a disabled beat fired");
+    assert_eq!(after["enabled"], false);
+
+    // Fire by hand: the job carries the beat's name.
+    let (s, v) = api.call(api.req(reqwest::Method::POST, "/v1/schedules/tick/fire", Some(ADMIN))).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(v["schedule"], "tick");
+    let job = api.wait(v["id"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "SUCCESS", "{job}");
+    // A submit token may not fire or change beats.
+    let (s, _) = api.call(api.req(reqwest::Method::POST, "/v1/schedules/tick/fire", Some(SUBMIT))).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    let (s, _) = api.call(api.req(reqwest::Method::DELETE, "/v1/schedules/tick", Some(ADMIN))).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = api.call(api.req(reqwest::Method::GET, "/v1/schedules/tick", Some(SUBMIT))).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
     api.stop().await;
 }
