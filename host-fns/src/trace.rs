@@ -7,10 +7,12 @@
 //! `info`, so an operator sees denied and failed calls without enabling
 //! debug logs.
 //!
-//! Each call is also counted in metrics (through the `metrics` facade; the
-//! runtime installs the Prometheus recorder):
-//! `runner_host_calls_total{capability, op, outcome}` and
-//! `runner_host_call_duration_seconds{capability, op}`.
+//! Metrics are not counted here but by the runtime's sandbox adapter
+//! (`runner_host_calls_total{capability,outcome}`,
+//! `runner_host_call_seconds{capability}`), which sees every call a task
+//! makes, including the ones refused before they reach a service (not
+//! granted, not configured) and the ones the job's time limit cuts short;
+//! counting here as well would count those calls twice.
 
 use std::future::Future;
 use std::time::Instant;
@@ -42,10 +44,6 @@ where
         Ok(_) => "ok",
         Err(e) => e.kind(),
     };
-    metrics::counter!("runner_host_calls_total", "capability" => capability, "op" => op, "outcome" => outcome)
-        .increment(1);
-    metrics::histogram!("runner_host_call_duration_seconds", "capability" => capability, "op" => op)
-        .record(duration_ms / 1000.0);
     span.record("outcome", outcome);
     span.record("duration_ms", duration_ms);
     let _enter = span.enter();

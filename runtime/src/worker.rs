@@ -8,14 +8,24 @@
 //! earliest due time it was told about, on a finished job, or on its
 //! heartbeat / lease-extension ticks.
 //!
-//! The worker never decides what a task may reach (that is the host
-//! environment it is given) and never touches Redis itself (that is the
-//! broker).
+//! Each run gets the capabilities its task binding grants
+//! ([`TaskGrants`]), served by the process's [`HostServices`]: the grants of
+//! the binding that bound the job's module (a job keeps the module it was
+//! enqueued with, and so the grants that came with it; see
+//! [`Worker::new`]). `jobs.enqueue` goes through a [`Producer`] and records
+//! the running job as the child's parent and the children on the parent.
+//!
+//! The worker never touches Redis itself (that is the broker). It counts
+//! every job that ends in `runner_jobs_total{queue,task,outcome}` and
+//! `runner_job_seconds{queue,task}` (the `metrics` facade; whoever runs the
+//! process installs a recorder).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use tracing::Instrument as _;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{Mutex, mpsc};
@@ -24,12 +34,12 @@ use tokio::time::Instant;
 
 use crate::queue::{
     Broker, BrokerError, Completion, Delivery, FailureKind, JobFailure, JobId, JobState, Lease,
-    Progress, SettleRequest, Settlement, Signal, WorkerInfo,
+    Producer, Progress, SettleRequest, Settlement, Signal, WorkerInfo,
 };
-use crate::registry::Registry;
-use crate::sandbox::{
-    CancelToken, HostEnv, JobInfo, LoadedModule, Outcome, RunLimits, RunRequest, Sandbox,
-};
+use crate::registry::{Registry, RegistryError};
+use crate::sandbox::host::jobs::ChildJobs;
+use crate::sandbox::host::{HostServices, JobEnqueuer, TaskGrants};
+use crate::sandbox::{CancelToken, JobInfo, LoadedModule, Outcome, RunLimits, RunRequest, Sandbox};
 
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
@@ -89,7 +99,8 @@ pub struct Worker {
     broker: Arc<dyn Broker>,
     registry: Arc<dyn Registry>,
     sandbox: Sandbox,
-    host: HostEnv,
+    services: HostServices,
+    producer: Producer,
     cfg: WorkerConfig,
     id: String,
 }
@@ -104,13 +115,27 @@ fn hostname() -> String {
 }
 
 impl Worker {
-    /// `host` is the environment every run gets (services and grants); its
-    /// progress sink is replaced per job.
+    /// A worker leasing jobs from `broker` and resolving modules and task
+    /// bindings in `registry`.
+    ///
+    /// `services` are the process's host services (built once from
+    /// `[host]` with [`HostServices::from_config`]; `HostServices::default()`
+    /// for none). Each run reaches them only as far as its grants allow:
+    /// the grants of the binding of the job's task whose module is the
+    /// job's module (the current binding, or the newest earlier one in the
+    /// registry's history; none for a job enqueued by module hash). A
+    /// re-bind to another module applies to the jobs enqueued after it at
+    /// once; new grants for the same module within
+    /// [`GRANTS_CACHE_FOR`].
+    ///
+    /// `jobs.enqueue` enqueues through a [`Producer`] on `broker` and
+    /// `registry`; give [`Worker::with_producer`] one that carries the
+    /// queues' rate limits.
     pub fn new(
         broker: Arc<dyn Broker>,
         registry: Arc<dyn Registry>,
         sandbox: Sandbox,
-        host: HostEnv,
+        services: HostServices,
         cfg: WorkerConfig,
     ) -> Self {
         let id = cfg.id.clone().unwrap_or_else(|| {
@@ -123,13 +148,21 @@ impl Worker {
             )
         });
         Worker {
+            producer: Producer::new(broker.clone(), registry.clone()),
             broker,
             registry,
             sandbox,
-            host,
+            services,
             cfg,
             id,
         }
+    }
+
+    /// Child jobs (`jobs.enqueue`) go through `producer` (e.g. one with the
+    /// configured queue rate limits) instead of a plain one.
+    pub fn with_producer(mut self, producer: Producer) -> Self {
+        self.producer = producer;
+        self
     }
 
     pub fn id(&self) -> &str {
@@ -165,9 +198,11 @@ impl Worker {
             broker: self.broker.clone(),
             registry: self.registry.clone(),
             sandbox: self.sandbox.clone(),
-            host: self.host.clone(),
+            services: self.services.clone(),
+            producer: self.producer.clone(),
             cfg: self.cfg.clone(),
             modules: Mutex::new(HashMap::new()),
+            grants: std::sync::Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
         });
         let mut lp = Loop {
@@ -208,11 +243,31 @@ struct RunCtx {
     broker: Arc<dyn Broker>,
     registry: Arc<dyn Registry>,
     sandbox: Sandbox,
-    host: HostEnv,
+    services: HostServices,
+    producer: Producer,
     cfg: WorkerConfig,
     modules: Mutex<HashMap<String, Arc<LoadedModule>>>,
+    /// Grants by (task, module), with when they were read.
+    grants: std::sync::Mutex<HashMap<(String, String), CachedGrants>>,
     shutting_down: AtomicBool,
 }
+
+/// The grants a (task, module) pair runs with; `None`: no binding of the
+/// task ever bound that module.
+#[derive(Clone)]
+struct CachedGrants {
+    grants: Option<Arc<TaskGrants>>,
+    read_at: Instant,
+}
+
+/// How long the worker trusts the grants it read for a (task, module) pair
+/// before it reads the binding again: the delay until new grants for the
+/// same module reach running jobs. (A job whose module is not cached reads
+/// the binding at once.)
+pub const GRANTS_CACHE_FOR: Duration = Duration::from_secs(5);
+
+/// Bounds the grants cache; past it the cache starts over.
+const GRANTS_CACHE_MAX: usize = 4096;
 
 struct QueueView {
     /// The queue may have ready jobs.
@@ -345,10 +400,20 @@ impl Loop {
             let cancel = h.cancel.clone();
             let ctx = self.ctx.clone();
             let worker = self.id.clone();
-            self.running.spawn(async move {
-                let c = execute(&ctx, &d, cancel, &worker).await;
-                (d, c)
-            });
+            let span = tracing::info_span!(
+                "job",
+                job = %d.job.id,
+                task = d.job.task.as_deref().unwrap_or(""),
+                queue = %d.lease.queue,
+                attempt = d.job.attempt,
+            );
+            self.running.spawn(
+                async move {
+                    let c = execute(&ctx, &d, cancel, &worker).await;
+                    (d, c)
+                }
+                .instrument(span),
+            );
         }
     }
 
@@ -774,8 +839,10 @@ fn failure(d: &Delivery, kind: FailureKind, name: &str, message: String) -> Sett
 
 /// Runs one delivery to its settlement.
 async fn execute(ctx: &RunCtx, d: &Delivery, cancel: CancelToken, worker: &str) -> Completion {
+    let started = Instant::now();
     let had_progress = Arc::new(AtomicBool::new(false));
     let settlement = run_job(ctx, d, cancel, worker, had_progress.clone()).await;
+    count_job(d, &settlement, started.elapsed());
     Completion {
         lease: d.lease.clone(),
         settlement,
@@ -783,7 +850,83 @@ async fn execute(ctx: &RunCtx, d: &Delivery, cancel: CancelToken, worker: &str) 
     }
 }
 
-async fn resolve(ctx: &RunCtx, d: &Delivery) -> Result<Arc<LoadedModule>, Settlement> {
+/// `runner_jobs_total{queue,task,outcome}` and `runner_job_seconds{queue,task}`
+/// for one delivery that ended. `task` is empty for a job enqueued by module
+/// hash; `outcome` is the final state (`success`, `failure`, `revoked`,
+/// `expired`), `retry`, or `released` (handed back on shutdown).
+fn count_job(d: &Delivery, settlement: &Settlement, took: Duration) {
+    let outcome = match settlement {
+        Settlement::Finish { job, .. } => match job.state {
+            JobState::Success => "success",
+            JobState::Failure => "failure",
+            JobState::Revoked => "revoked",
+            JobState::Expired => "expired",
+            // Not a final state; never settled with Finish.
+            _ => "other",
+        },
+        Settlement::Retry { .. } => "retry",
+        Settlement::Release => "released",
+    };
+    let queue = d.lease.queue.clone();
+    let task = d.job.task.clone().unwrap_or_default();
+    metrics::counter!(
+        "runner_jobs_total",
+        "queue" => queue.clone(),
+        "task" => task.clone(),
+        "outcome" => outcome,
+    )
+    .increment(1);
+    metrics::histogram!("runner_job_seconds", "queue" => queue, "task" => task)
+        .record(took.as_secs_f64());
+}
+
+/// The grants a job runs with: those of the binding of its task that bound
+/// its module. `None` when the job has no task, or no binding of the task
+/// ever bound that module.
+async fn grants_for(
+    ctx: &RunCtx,
+    task: Option<&str>,
+    module: &str,
+) -> Result<Option<Arc<TaskGrants>>, RegistryError> {
+    let Some(task) = task else {
+        return Ok(None);
+    };
+    let key = (task.to_string(), module.to_string());
+    if let Some(cached) = lock(&ctx.grants).get(&key)
+        && cached.read_at.elapsed() < GRANTS_CACHE_FOR
+    {
+        return Ok(cached.grants.clone());
+    }
+    let current = ctx.registry.task(task).await?;
+    let binding = match current {
+        Some(b) if b.module == module => Some(b),
+        _ => ctx
+            .registry
+            .history(task)
+            .await?
+            .into_iter()
+            .find(|b| b.module == module),
+    };
+    let grants = binding.map(|b| Arc::new(b.grants));
+    let mut cache = lock(&ctx.grants);
+    if cache.len() >= GRANTS_CACHE_MAX {
+        cache.clear();
+    }
+    cache.insert(
+        key,
+        CachedGrants {
+            grants: grants.clone(),
+            read_at: Instant::now(),
+        },
+    );
+    Ok(grants)
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn resolve(ctx: &RunCtx, d: &Delivery) -> Result<(String, Arc<LoadedModule>), Settlement> {
     let hash = match &d.job.module {
         Some(h) => h.clone(),
         None => match &d.job.task {
@@ -818,7 +961,7 @@ async fn resolve(ctx: &RunCtx, d: &Delivery) -> Result<Arc<LoadedModule>, Settle
         },
     };
     if let Some(m) = ctx.modules.lock().await.get(&hash) {
-        return Ok(m.clone());
+        return Ok((hash, m.clone()));
     }
     let bytes = match ctx.registry.module(&hash).await {
         Ok(Some(b)) => b,
@@ -841,8 +984,8 @@ async fn resolve(ctx: &RunCtx, d: &Delivery) -> Result<Arc<LoadedModule>, Settle
     let loaded = tokio::task::spawn_blocking(move || sandbox.load(&bytes)).await;
     match loaded {
         Ok(Ok(m)) => {
-            ctx.modules.lock().await.insert(hash, m.clone());
-            Ok(m)
+            ctx.modules.lock().await.insert(hash.clone(), m.clone());
+            Ok((hash, m))
         }
         Ok(Err(e)) => Err(finish(
             d,
@@ -897,10 +1040,15 @@ async fn run_job(
             true,
         );
     }
-    let module = match resolve(ctx, d).await {
+    let (hash, module) = match resolve(ctx, d).await {
         Ok(m) => m,
         Err(s) => return s,
     };
+    let grants = match grants_for(ctx, job.task.as_deref(), &hash).await {
+        Ok(g) => g,
+        Err(e) => return retry_or_fail(d, "infrastructure", format!("registry: {e}")),
+    };
+    let children = Arc::new(ChildJobs::new(ctx.producer.clone(), job.id));
 
     // Progress: the sink must not block, so it hands reports to a task that
     // stores the latest one at most every 200 ms.
@@ -960,7 +1108,12 @@ async fn run_job(
             }
         })
     };
-    let mut host = ctx.host.clone();
+    let no_grants = TaskGrants::default();
+    let mut host = ctx.services.env_for(
+        job.task.as_deref().unwrap_or(""),
+        grants.as_deref().unwrap_or(&no_grants),
+        Some(children.clone() as Arc<dyn JobEnqueuer>),
+    );
     host.progress = Some(Arc::new(move |p: &crate::sandbox::Progress| {
         let _ = ptx.send(p.clone());
     }));
@@ -1044,6 +1197,22 @@ async fn run_job(
             }
         }
     };
+    // The children this attempt enqueued go on the parent's record (the
+    // final one, or the retry's, to be completed by later attempts).
+    let enqueued = children.children();
+    if !enqueued.is_empty() {
+        let record = match &mut settlement {
+            Settlement::Finish { job, .. } | Settlement::Retry { job, .. } => Some(job),
+            Settlement::Release => None,
+        };
+        if let Some(record) = record {
+            for id in enqueued {
+                if !record.children.contains(&id) {
+                    record.children.push(id);
+                }
+            }
+        }
+    }
     if let Settlement::Finish { job, .. } = &mut settlement
         && let Some(p) = report.last_progress
     {

@@ -25,7 +25,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::queue::{Broker, EnqueueRequest, JobState, Producer, RedisBroker, RetryPolicy};
 use crate::registry::{RedisRegistry, Registry, TaskBinding};
-use crate::sandbox::{HostEnv, Sandbox, SandboxConfig};
+use crate::sandbox::host::HostServices;
+use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::worker::{Worker, WorkerConfig};
 
 #[derive(Args, Debug)]
@@ -251,7 +252,7 @@ pub async fn execute(args: QueueBench) -> anyhow::Result<ExitCode> {
         worker_broker,
         registry.clone(),
         sandbox,
-        HostEnv::default(),
+        HostServices::default(),
         cfg,
     );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

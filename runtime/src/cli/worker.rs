@@ -1,4 +1,10 @@
-//! `runner worker -Q mail,ai -c 4`: consume queues until SIGTERM/SIGINT.
+//! `runner worker -Q mail,ai -c 4 [--config runner.toml]`: consume queues
+//! until SIGTERM/SIGINT.
+//!
+//! With `--config`, the services of `[host]` are built once and every job
+//! reaches them as far as its task binding's grants allow (see
+//! [`crate::worker`]); without it, no service is configured and a task's
+//! host calls answer `unavailable`.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -9,7 +15,8 @@ use clap::Args;
 
 use crate::queue::{Broker, RedisBroker};
 use crate::registry::{RedisRegistry, Registry};
-use crate::sandbox::{HostEnv, Sandbox, SandboxConfig};
+use crate::sandbox::host::services::{HostServices, RunnerConfig};
+use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::worker::{Worker, WorkerConfig};
 
 /// Where the queues are. Shared by the subcommands that talk to Redis.
@@ -66,11 +73,25 @@ pub struct WorkerArgs {
     /// Identifies this worker in listings (default: host-pid-random).
     #[arg(long)]
     pub id: Option<String>,
+    /// `runner.toml`: its `[host]` section configures the services
+    /// (mail, http, pdf, files, kv) that granted tasks may use.
+    #[arg(long, env = "RUNNER_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub redis: RedisArgs,
 }
 
 pub async fn execute(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    // Before connecting: a bad file is reported without waiting on Redis.
+    let services = match &args.config {
+        Some(path) => {
+            let config = RunnerConfig::load(path)?;
+            HostServices::from_config(&config.host)
+                .await
+                .with_context(|| format!("{}", path.display()))?
+        }
+        None => HostServices::default(),
+    };
     let (broker, registry) = args.redis.connect().await?;
     let broker: Arc<dyn Broker> = Arc::new(broker);
     let registry: Arc<dyn Registry> = Arc::new(registry);
@@ -92,7 +113,7 @@ pub async fn execute(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         max_concurrent_runs: (cfg.concurrency as u32).max(1),
         ..SandboxConfig::default()
     })?;
-    let worker = Worker::new(broker, registry, sandbox, HostEnv::default(), cfg);
+    let worker = Worker::new(broker, registry, sandbox, services, cfg);
     eprintln!("worker {} consuming {}", worker.id(), args.queues.join(","));
     let stats = worker.run(shutdown_signal()).await?;
     eprintln!(

@@ -35,3 +35,28 @@ impl HostError {
         Self::Permanent(message.into())
     }
 }
+
+impl HostError {
+    /// The case's name as in the WIT (`denied`, `invalid`, ...): the
+    /// outcome of a traced host call and a metrics label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Denied(_) => "denied",
+            Self::Invalid(_) => "invalid",
+            Self::Transient(_) => "transient",
+            Self::Permanent(_) => "permanent",
+            Self::Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// The message, without the case.
+    pub fn message(&self) -> &str {
+        match self {
+            Self::Denied(m)
+            | Self::Invalid(m)
+            | Self::Transient(m)
+            | Self::Permanent(m)
+            | Self::Unavailable(m) => m,
+        }
+    }
+}

@@ -200,7 +200,7 @@ pub(crate) struct RunState {
     pub(crate) last_progress: Option<Progress>,
     pub(crate) started: Instant,
     pub(crate) deadline: Instant,
-    cancel: CancelToken,
+    pub(crate) cancel: CancelToken,
 }
 
 #[cfg(test)]
@@ -232,9 +232,11 @@ impl WasiView for RunState {
     }
 }
 
-/// Why the epoch callback stopped a guest: a marker carried by the trap.
+/// Why a run was stopped: a marker carried by the trap, raised by the
+/// epoch callback while wasm runs and by the host-call wrapper while a host
+/// call waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-enum Stopped {
+pub(crate) enum Stopped {
     #[error("time limit reached")]
     TimeLimit,
     #[error("revoked")]

@@ -7,7 +7,8 @@ use runner::queue::{
     Broker, EmbeddedBroker, EnqueueRequest, JobId, JobState, Producer, RedisBroker, RetryPolicy,
 };
 use runner::registry::{LocalRegistry, RedisRegistry, Registry, TaskBinding};
-use runner::sandbox::{HostEnv, Sandbox, SandboxConfig};
+use runner::sandbox::host::HostServices;
+use runner::sandbox::{Sandbox, SandboxConfig};
 use runner::worker::{Worker, WorkerConfig, WorkerStats};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -75,11 +76,17 @@ impl Env {
 
     /// A worker with its own broker connection when on Redis.
     pub async fn worker(&self, cfg: WorkerConfig) -> RunningWorker {
+        self.worker_with(HostServices::default(), cfg).await
+    }
+
+    /// [`Env::worker`] whose runs reach `services` as far as their grants
+    /// allow.
+    pub async fn worker_with(&self, services: HostServices, cfg: WorkerConfig) -> RunningWorker {
         let broker: Arc<dyn Broker> = match &self.redis {
             Some(server) => Arc::new(RedisBroker::connect(&server.url()).await.unwrap()),
             None => self.broker.clone(),
         };
-        start_worker(broker, self.registry.clone(), cfg)
+        start_worker_with(broker, self.registry.clone(), services, cfg)
     }
 }
 
@@ -100,9 +107,10 @@ impl RunningWorker {
     }
 }
 
-pub fn start_worker(
+pub fn start_worker_with(
     broker: Arc<dyn Broker>,
     registry: Arc<dyn Registry>,
+    services: HostServices,
     cfg: WorkerConfig,
 ) -> RunningWorker {
     let sandbox = Sandbox::new(SandboxConfig {
@@ -111,7 +119,7 @@ pub fn start_worker(
     })
     .unwrap();
     let (tx, rx) = oneshot::channel::<()>();
-    let worker = Worker::new(broker, registry, sandbox, HostEnv::default(), cfg);
+    let worker = Worker::new(broker, registry, sandbox, services, cfg);
     let handle = tokio::spawn(async move {
         worker
             .run(async move {
@@ -136,7 +144,7 @@ pub fn cfg(queues: &[&str], concurrency: usize) -> WorkerConfig {
     }
 }
 
-async fn wait_final(b: &Arc<dyn Broker>, id: JobId) -> runner::queue::Job {
+pub async fn wait_final(b: &Arc<dyn Broker>, id: JobId) -> runner::queue::Job {
     let j = b.wait(id, Duration::from_secs(30)).await.unwrap().unwrap();
     assert!(
         j.state.is_final(),

@@ -42,35 +42,27 @@ const CAPABILITY: &str = "files";
 
 impl files::Host for RunState {
     async fn write(&mut self, root: String, path: String, data: Vec<u8>) -> GuestResult<()> {
-        let store = match self.host.files.service(CAPABILITY) {
-            Ok(store) => store,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(store.write(root, path, data).await)
+        self.host_call(CAPABILITY, "write", |host| &host.files)
+            .run(|store| async move { store.write(root, path, data).await })
+            .await
     }
 
     async fn read(&mut self, root: String, path: String) -> GuestResult<Vec<u8>> {
-        let store = match self.host.files.service(CAPABILITY) {
-            Ok(store) => store,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(store.read(root, path).await)
+        self.host_call(CAPABILITY, "read", |host| &host.files)
+            .run(|store| async move { store.read(root, path).await })
+            .await
     }
 
     async fn list(&mut self, root: String, dir: String) -> GuestResult<Vec<Entry>> {
-        let store = match self.host.files.service(CAPABILITY) {
-            Ok(store) => store,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(store.list(root, dir).await)
+        self.host_call(CAPABILITY, "list", |host| &host.files)
+            .run(|store| async move { store.list(root, dir).await })
+            .await
     }
 
     async fn delete(&mut self, root: String, path: String) -> GuestResult<bool> {
-        let store = match self.host.files.service(CAPABILITY) {
-            Ok(store) => store,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(store.delete(root, path).await)
+        self.host_call(CAPABILITY, "delete", |host| &host.files)
+            .run(|store| async move { store.delete(root, path).await })
+            .await
     }
 
     async fn cleanup(
@@ -80,19 +72,15 @@ impl files::Host for RunState {
         older_than_secs: u64,
         dry_run: bool,
     ) -> GuestResult<CleanupReport> {
-        let store = match self.host.files.service(CAPABILITY) {
-            Ok(store) => store,
-            Err(e) => return Ok(Err(e)),
-        };
         let older_than = Duration::from_secs(older_than_secs);
-        Ok(store.cleanup(root, glob, older_than, dry_run).await)
+        self.host_call(CAPABILITY, "cleanup", |host| &host.files)
+            .run(|store| async move { store.cleanup(root, glob, older_than, dry_run).await })
+            .await
     }
 
     async fn disk_usage(&mut self, root: String) -> GuestResult<DiskUsageReport> {
-        let store = match self.host.files.service(CAPABILITY) {
-            Ok(store) => store,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(store.disk_usage(root).await)
+        self.host_call(CAPABILITY, "disk_usage", |host| &host.files)
+            .run(|store| async move { store.disk_usage(root).await })
+            .await
     }
 }

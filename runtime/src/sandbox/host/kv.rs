@@ -43,36 +43,29 @@ impl kv::Host for RunState {
         value: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> GuestResult<bool> {
-        let kv = match self.host.kv.service(CAPABILITY) {
-            Ok(kv) => kv,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(kv
-            .set_nx(key, value, ttl_ms.map(Duration::from_millis))
-            .await)
+        self.host_call(CAPABILITY, "set_nx", |host| &host.kv)
+            .run(|kv| async move {
+                kv.set_nx(key, value, ttl_ms.map(Duration::from_millis))
+                    .await
+            })
+            .await
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> GuestResult<()> {
-        let kv = match self.host.kv.service(CAPABILITY) {
-            Ok(kv) => kv,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(kv.set(key, value, ttl_ms.map(Duration::from_millis)).await)
+        self.host_call(CAPABILITY, "set", |host| &host.kv)
+            .run(|kv| async move { kv.set(key, value, ttl_ms.map(Duration::from_millis)).await })
+            .await
     }
 
     async fn get(&mut self, key: String) -> GuestResult<Option<Vec<u8>>> {
-        let kv = match self.host.kv.service(CAPABILITY) {
-            Ok(kv) => kv,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(kv.get(key).await)
+        self.host_call(CAPABILITY, "get", |host| &host.kv)
+            .run(|kv| async move { kv.get(key).await })
+            .await
     }
 
     async fn delete(&mut self, key: String) -> GuestResult<bool> {
-        let kv = match self.host.kv.service(CAPABILITY) {
-            Ok(kv) => kv,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(kv.delete(key).await)
+        self.host_call(CAPABILITY, "delete", |host| &host.kv)
+            .run(|kv| async move { kv.delete(key).await })
+            .await
     }
 }

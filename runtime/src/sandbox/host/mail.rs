@@ -16,10 +16,8 @@ pub trait MailSender: Send + Sync {
 
 impl mail::Host for RunState {
     async fn send(&mut self, message: Message) -> GuestResult<String> {
-        let mailer = match self.host.mail.service("mail") {
-            Ok(mailer) => mailer,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(mailer.send(message).await)
+        self.host_call("mail", "send", |host| &host.mail)
+            .run(|mailer| async move { mailer.send(message).await })
+            .await
     }
 }

@@ -12,11 +12,15 @@
 //! `host-error::unavailable`, an ungranted one `host-error::denied`.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::Instrument as _;
 
 use super::bindings::HostError;
 use super::bindings::runner::task::types;
-use super::run::RunState;
+use super::run::{CancelToken, RunState, Stopped};
 
 pub mod context;
 pub mod files;
@@ -115,10 +119,134 @@ impl fmt::Debug for HostEnv {
 /// `runner:task/types` defines only types.
 impl types::Host for RunState {}
 
-/// The guest-visible result of a host call, with the trap channel
-/// (`wasmtime::Result`) unused: a missing or failing service is the task's
+/// The guest-visible result of a host call. The trap channel
+/// (`wasmtime::Result`) only carries the run being stopped (time limit,
+/// revoke) while the call waits: a missing or failing service is the task's
 /// business, not a broken invariant.
 pub(crate) type GuestResult<T> = wasmtime::Result<Result<T, HostError>>;
+
+/// One host call about to be made: what it is, for whom, and until when.
+/// Owns everything it needs, so that the call's future does not borrow the
+/// store (whose data is not `Sync`).
+pub(crate) struct HostCall<S: ?Sized> {
+    capability: &'static str,
+    function: &'static str,
+    task: String,
+    job: String,
+    deadline: Instant,
+    cancel: CancelToken,
+    service: Result<Arc<S>, HostError>,
+}
+
+impl RunState {
+    /// Prepares a call to `capability.function`, with the service `pick`
+    /// selects from this run's environment (or the `unavailable`/`denied`
+    /// answer when the run has none).
+    pub(crate) fn host_call<S: ?Sized>(
+        &self,
+        capability: &'static str,
+        function: &'static str,
+        pick: impl FnOnce(&HostEnv) -> &Capability<S>,
+    ) -> HostCall<S> {
+        HostCall {
+            capability,
+            function,
+            task: self.job.task.clone(),
+            job: self.job.id.clone(),
+            deadline: self.deadline,
+            cancel: self.cancel.clone(),
+            service: pick(&self.host).service(capability),
+        }
+    }
+}
+
+impl<S: ?Sized> HostCall<S> {
+    /// Makes the call: inside a `host_call` span (task, job, capability,
+    /// function), raced against the run's wall-clock deadline and its
+    /// cancellation, so that a call waiting on the network cannot outlive
+    /// the job's time limit (the run then ends `TimeLimit` or `Revoked`,
+    /// not with an error the task could swallow). Every call ends with one
+    /// event carrying its outcome and duration, and is counted in
+    /// `runner_host_calls_total{capability,outcome}` and
+    /// `runner_host_call_seconds{capability}`.
+    pub(crate) async fn run<T, Fut>(self, call: impl FnOnce(Arc<S>) -> Fut) -> GuestResult<T>
+    where
+        Fut: Future<Output = Result<T, HostError>>,
+    {
+        let HostCall {
+            capability,
+            function,
+            task,
+            job,
+            deadline,
+            cancel,
+            service,
+        } = self;
+        let span = tracing::info_span!(
+            "host_call",
+            task = %task,
+            job = %job,
+            capability,
+            function,
+            outcome = tracing::field::Empty,
+            duration_ms = tracing::field::Empty,
+        );
+        let started = Instant::now();
+        let result: GuestResult<T> = match service {
+            // No call starts once the run is over (a timer past its deadline
+            // only fires when the driver turns).
+            _ if cancel.is_cancelled() => Err(Stopped::Revoked.into()),
+            _ if started >= deadline => Err(Stopped::TimeLimit.into()),
+            Err(refused) => Ok(Err(refused)),
+            Ok(service) => {
+                let call = call(service).instrument(span.clone());
+                // Stopping wins a tie: once the deadline has passed, the run
+                // is over whatever the call answered.
+                tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => Err(Stopped::Revoked.into()),
+                    () = tokio::time::sleep_until(deadline.into()) => Err(Stopped::TimeLimit.into()),
+                    answer = call => Ok(answer),
+                }
+            }
+        };
+        let elapsed = started.elapsed();
+        let outcome = match &result {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(e)) => e.kind(),
+            Err(e) => match e.downcast_ref::<Stopped>() {
+                Some(Stopped::TimeLimit) => "time_limit",
+                Some(Stopped::Revoked) => "revoked",
+                None => "trap",
+            },
+        };
+        let duration_ms = elapsed.as_secs_f64() * 1000.0;
+        span.record("outcome", outcome);
+        span.record("duration_ms", duration_ms);
+        metrics::counter!(
+            "runner_host_calls_total",
+            "capability" => capability,
+            "outcome" => outcome,
+        )
+        .increment(1);
+        metrics::histogram!("runner_host_call_seconds", "capability" => capability)
+            .record(elapsed.as_secs_f64());
+        let _entered = span.enter();
+        match &result {
+            Ok(Ok(_)) => tracing::debug!(outcome, duration_ms, "host call"),
+            Ok(Err(e)) => {
+                tracing::info!(
+                    outcome,
+                    duration_ms,
+                    error = e.message(),
+                    "host call failed"
+                )
+            }
+            Err(_) => tracing::info!(outcome, duration_ms, "host call stopped"),
+        }
+        result
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -240,6 +368,70 @@ mod tests {
             state.get("k".into()).await.unwrap().unwrap(),
             Some(b"v".to_vec())
         );
+    }
+
+    /// A kv service that never answers, like a server that accepted the
+    /// connection and went silent.
+    struct SilentKv;
+
+    impl KvNamespace for SilentKv {
+        fn set_nx(
+            &self,
+            _: String,
+            _: Vec<u8>,
+            _: Option<Duration>,
+        ) -> BoxFuture<'_, Result<bool, HostError>> {
+            Box::pin(std::future::pending())
+        }
+        fn set(
+            &self,
+            _: String,
+            _: Vec<u8>,
+            _: Option<Duration>,
+        ) -> BoxFuture<'_, Result<(), HostError>> {
+            Box::pin(std::future::pending())
+        }
+        fn get(&self, _: String) -> BoxFuture<'_, Result<Option<Vec<u8>>, HostError>> {
+            Box::pin(std::future::pending())
+        }
+        fn delete(&self, _: String) -> BoxFuture<'_, Result<bool, HostError>> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_host_call_still_waiting_at_the_deadline_or_a_revoke_stops_the_run() {
+        let silent = || HostEnv {
+            kv: Capability::Granted(Arc::new(SilentKv)),
+            ..HostEnv::default()
+        };
+        let mut state = RunState::for_tests(silent());
+        state.deadline = Instant::now() + Duration::from_millis(50);
+        let stopped = state.get("k".into()).await.unwrap_err();
+        assert_eq!(
+            stopped.downcast_ref::<Stopped>(),
+            Some(&Stopped::TimeLimit),
+            "{stopped:#}"
+        );
+        assert!(Instant::now() >= state.deadline);
+
+        let mut state = RunState::for_tests(silent());
+        let cancel = state.cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            cancel.cancel();
+        });
+        let stopped = state.delete("k".into()).await.unwrap_err();
+        assert_eq!(stopped.downcast_ref::<Stopped>(), Some(&Stopped::Revoked));
+
+        // Past the deadline, even an answer at hand does not count.
+        let mut state = RunState::for_tests(HostEnv {
+            kv: Capability::Granted(Arc::new(MemoryKv::default())),
+            ..HostEnv::default()
+        });
+        state.deadline = Instant::now();
+        let stopped = state.get("k".into()).await.unwrap_err();
+        assert_eq!(stopped.downcast_ref::<Stopped>(), Some(&Stopped::TimeLimit));
     }
 
     #[tokio::test]

@@ -15,10 +15,8 @@ pub trait PdfRenderer: Send + Sync {
 
 impl pdf::Host for RunState {
     async fn render(&mut self, document: Document) -> GuestResult<Vec<u8>> {
-        let renderer = match self.host.pdf.service("pdf") {
-            Ok(renderer) => renderer,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(renderer.render(document).await)
+        self.host_call("pdf", "render", |host| &host.pdf)
+            .run(|renderer| async move { renderer.render(document).await })
+            .await
     }
 }

@@ -1,0 +1,344 @@
+//! Capabilities in the worker: each job runs with the grants of the binding
+//! that bound its module, `jobs.enqueue` fans out through the queue, and
+//! every job and host call is traced and counted.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use metrics::{
+    Counter, CounterFn, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
+    SharedString, Unit,
+};
+use runner::queue::{EnqueueRequest, JobId, JobState};
+use runner::sandbox::host::services::KvGrant;
+use runner::sandbox::host::{HostServices, TaskGrants};
+use runner_host_fns::kv::KvService;
+
+use crate::support::guest_bytes;
+use crate::worker::{Env, cfg, wait_final};
+
+fn kv_services() -> HostServices {
+    HostServices {
+        kv: Some(Arc::new(KvService::in_memory())),
+        ..HostServices::default()
+    }
+}
+
+fn kv_grant() -> TaskGrants {
+    TaskGrants {
+        kv: Some(KvGrant::default()),
+        ..TaskGrants::default()
+    }
+}
+
+async fn enqueue(env: &Env, task: &str, input: &str) -> JobId {
+    env.producer
+        .enqueue(EnqueueRequest::task(task, input))
+        .await
+        .unwrap()
+        .job
+        .id
+}
+
+async fn fan_out_children_run_and_succeed(env: Env) {
+    env.bind("hello", "hello", "default", |_| {}).await;
+    env.bind("fan-out", "fan_out", "default", |b| b.grants.jobs = true)
+        .await;
+    env.bind("fan-out-ungranted", "fan_out", "default", |_| {})
+        .await;
+    let w = env.worker(cfg(&["default"], 2)).await;
+
+    let parent = enqueue(&env, "fan-out", r#"{"task": "hello", "count": 3}"#).await;
+    let p = wait_final(&env.broker, parent).await;
+    assert_eq!(p.state, JobState::Success, "{p:?}");
+    let out = p.result_value().unwrap();
+    let ids: Vec<JobId> = out["children"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no children in {out}"))
+        .iter()
+        .map(|id| id.as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3, "{out}");
+    assert_eq!(p.children, ids, "the parent's record lists its children");
+    for (i, id) in ids.iter().enumerate() {
+        let child = wait_final(&env.broker, *id).await;
+        assert_eq!(child.state, JobState::Success, "{child:?}");
+        assert_eq!(child.parent, Some(parent));
+        assert_eq!(child.task.as_deref(), Some("hello"));
+        assert_eq!(
+            child.result_value().unwrap()["greeting"],
+            format!("Hello, child {i}!")
+        );
+    }
+
+    // Without the grant the task reads `denied` and fails; nothing is enqueued.
+    let denied = enqueue(&env, "fan-out-ungranted", r#"{"task": "hello"}"#).await;
+    let j = wait_final(&env.broker, denied).await;
+    assert_eq!(j.state, JobState::Failure);
+    let e = j.error.unwrap();
+    assert!(
+        e.message
+            .contains("denied: this task is not granted `jobs`"),
+        "{e:?}"
+    );
+    assert!(j.children.is_empty());
+
+    // An unknown child task is the task's mistake: `invalid`, not a retry.
+    let unknown = enqueue(&env, "fan-out", r#"{"task": "no-such-task", "count": 1}"#).await;
+    let j = wait_final(&env.broker, unknown).await;
+    assert_eq!(j.state, JobState::Failure);
+    assert_eq!(j.attempt, 1);
+    let e = j.error.unwrap();
+    assert!(
+        e.message.contains("invalid") && e.message.contains("no-such-task"),
+        "{e:?}"
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_children_run_and_succeed_on_the_embedded_broker() {
+    fan_out_children_run_and_succeed(Env::embedded().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_children_run_and_succeed_on_redis() {
+    fan_out_children_run_and_succeed(Env::redis().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_with_the_grants_of_the_binding_of_its_module() {
+    let env = Env::embedded().await;
+    let guard = env
+        .registry
+        .put_module(&guest_bytes("kv_guard"))
+        .await
+        .unwrap();
+    env.bind("guard", "kv_guard", "default", |b| b.grants = kv_grant())
+        .await;
+    // Enqueued while `guard` binds kv_guard with kv: the job keeps that module.
+    let old = enqueue(&env, "guard", r#"{"key": "old"}"#).await;
+    // Re-bound to another module without grants: kv_guard's binding is history.
+    env.bind("guard", "hello", "default", |_| {}).await;
+    // By module hash, no task: no binding, no grants.
+    let by_hash = env
+        .producer
+        .enqueue(EnqueueRequest {
+            module: Some(guard.clone()),
+            input: r#"{"key": "by-hash"}"#.into(),
+            ..EnqueueRequest::default()
+        })
+        .await
+        .unwrap()
+        .job
+        .id;
+
+    let w = env.worker_with(kv_services(), cfg(&["default"], 2)).await;
+    let j = wait_final(&env.broker, old).await;
+    assert_eq!(j.state, JobState::Success, "history's grants apply: {j:?}");
+    assert_eq!(j.result_value().unwrap()["first"], true);
+    let j = wait_final(&env.broker, by_hash).await;
+    assert_eq!(j.state, JobState::Failure);
+    assert!(
+        j.error
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("denied: this task is not granted `kv`"),
+        "{j:?}"
+    );
+    w.stop().await;
+
+    // Re-bound to kv_guard without grants: the current binding decides, not
+    // the older one with the same module.
+    env.bind("guard", "kv_guard", "default", |_| {}).await;
+    let w = env.worker_with(kv_services(), cfg(&["default"], 2)).await;
+    let now = enqueue(&env, "guard", r#"{"key": "now"}"#).await;
+    let j = wait_final(&env.broker, now).await;
+    assert_eq!(j.state, JobState::Failure, "{j:?}");
+    assert!(
+        j.error.as_ref().unwrap().message.contains("denied"),
+        "{j:?}"
+    );
+    w.stop().await;
+}
+
+/// A metrics recorder that keeps counters and histogram samples by their
+/// rendered key (`name{label=value,...}`, labels sorted).
+#[derive(Clone, Default)]
+struct Recorded {
+    counters: Arc<Mutex<HashMap<String, Arc<Count>>>>,
+    histograms: Arc<Mutex<HashMap<String, Arc<Samples>>>>,
+}
+
+#[derive(Default)]
+struct Count(AtomicU64);
+
+impl CounterFn for Count {
+    fn increment(&self, value: u64) {
+        self.0.fetch_add(value, Ordering::Relaxed);
+    }
+    fn absolute(&self, value: u64) {
+        self.0.store(value, Ordering::Relaxed);
+    }
+}
+
+#[derive(Default)]
+struct Samples(Mutex<Vec<f64>>);
+
+impl HistogramFn for Samples {
+    fn record(&self, value: f64) {
+        self.0.lock().unwrap().push(value);
+    }
+}
+
+fn render(key: &Key) -> String {
+    let mut labels: Vec<String> = key
+        .labels()
+        .map(|l| format!("{}={}", l.key(), l.value()))
+        .collect();
+    labels.sort();
+    format!("{}{{{}}}", key.name(), labels.join(","))
+}
+
+impl Recorder for Recorded {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+        let count = self
+            .counters
+            .lock()
+            .unwrap()
+            .entry(render(key))
+            .or_default()
+            .clone();
+        Counter::from_arc(count)
+    }
+
+    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+        Gauge::noop()
+    }
+
+    fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+        let samples = self
+            .histograms
+            .lock()
+            .unwrap()
+            .entry(render(key))
+            .or_default()
+            .clone();
+        Histogram::from_arc(samples)
+    }
+}
+
+impl Recorded {
+    fn counter(&self, key: &str) -> u64 {
+        self.counters
+            .lock()
+            .unwrap()
+            .get(key)
+            .map_or(0, |c| c.0.load(Ordering::Relaxed))
+    }
+
+    fn samples(&self, key: &str) -> Vec<f64> {
+        self.histograms
+            .lock()
+            .unwrap()
+            .get(key)
+            .map_or_else(Vec::new, |s| s.0.lock().unwrap().clone())
+    }
+}
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// One thread: the recorder and the subscriber below are this thread's, and
+// the worker's tasks run on it.
+#[tokio::test(flavor = "current_thread")]
+async fn jobs_and_host_calls_are_traced_and_counted() {
+    let recorded = Recorded::default();
+    let _metrics = metrics::set_default_local_recorder(&recorded);
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _tracing = tracing::subscriber::set_default(subscriber);
+
+    let env = Env::embedded().await;
+    env.bind("counted", "kv_guard", "default", |b| b.grants = kv_grant())
+        .await;
+    env.bind("uncounted", "kv_guard", "default", |_| {}).await;
+    let w = env.worker_with(kv_services(), cfg(&["default"], 1)).await;
+    let ok = enqueue(&env, "counted", r#"{"key": "k"}"#).await;
+    assert_eq!(wait_final(&env.broker, ok).await.state, JobState::Success);
+    let denied = enqueue(&env, "uncounted", r#"{"key": "k"}"#).await;
+    assert_eq!(
+        wait_final(&env.broker, denied).await.state,
+        JobState::Failure
+    );
+    w.stop().await;
+
+    assert_eq!(
+        recorded.counter("runner_jobs_total{outcome=success,queue=default,task=counted}"),
+        1
+    );
+    assert_eq!(
+        recorded.counter("runner_jobs_total{outcome=failure,queue=default,task=uncounted}"),
+        1
+    );
+    assert_eq!(
+        recorded
+            .samples("runner_job_seconds{queue=default,task=counted}")
+            .len(),
+        1
+    );
+    // kv_guard calls set_nx then get: two granted calls, one denied.
+    assert_eq!(
+        recorded.counter("runner_host_calls_total{capability=kv,outcome=ok}"),
+        2
+    );
+    assert_eq!(
+        recorded.counter("runner_host_calls_total{capability=kv,outcome=denied}"),
+        1
+    );
+    let seconds = recorded.samples("runner_host_call_seconds{capability=kv}");
+    assert_eq!(seconds.len(), 3, "{seconds:?}");
+    assert!(seconds.iter().all(|s| *s >= 0.0));
+
+    let out = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let line = out
+        .lines()
+        .find(|l| l.contains("host call failed") && l.contains("task=uncounted"))
+        .unwrap_or_else(|| panic!("no line for the denied call:\n{out}"));
+    for part in [
+        &format!("job={denied}"),
+        r#"capability="kv""#,
+        r#"function="set_nx""#,
+        r#"outcome="denied""#,
+        "duration_ms=",
+    ] {
+        assert!(line.contains(part), "{part} not in {line}");
+    }
+    let ok_line = out
+        .lines()
+        .find(|l| l.contains("host call") && l.contains(&format!("job={ok}")))
+        .unwrap_or_else(|| panic!("no line for the granted calls:\n{out}"));
+    assert!(ok_line.contains(r#"outcome="ok""#), "{ok_line}");
+}
