@@ -74,10 +74,35 @@ impl MailAddress {
     }
 }
 
-/// The operator's SMTP settings.
+/// Where messages go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MailTransport {
+    /// The SMTP server at `host`:`port`.
+    #[default]
+    Smtp,
+    /// Nowhere: each message is written to `<dir>/<message id>.eml`
+    /// ([`Mailer::dry_run`]); for `runner dev` and trying tasks out.
+    DryRun,
+}
+
+/// The operator's mail settings (`[host.mail]`): the SMTP server, or the
+/// dry-run transport with `transport = "dry-run"` and `dir`. Unknown keys
+/// are refused.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MailConfig {
+    #[serde(default)]
+    pub transport: MailTransport,
+    /// Where the dry-run transport writes `.eml` files (created if absent).
+    /// Only with `transport = "dry-run"`.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// The SMTP server. Required for SMTP; ignored by the dry-run transport,
+    /// so that one line switches a configuration between the two.
+    #[serde(default)]
     pub host: String,
+    #[serde(default = "default_port")]
     pub port: u16,
     #[serde(default)]
     pub tls: TlsMode,
@@ -107,6 +132,10 @@ pub struct MailConfig {
     /// The name sent in EHLO; the machine's host name when absent.
     #[serde(default)]
     pub hello_name: Option<String>,
+}
+
+fn default_port() -> u16 {
+    587
 }
 
 fn default_timeout() -> Duration {
@@ -175,9 +204,35 @@ pub struct Mailer {
 }
 
 impl Mailer {
+    /// The mailer `config.transport` names: [`Mailer::smtp`] or
+    /// [`Mailer::dry_run`] into `config.dir`.
+    pub fn from_config(config: &MailConfig) -> anyhow::Result<Self> {
+        match config.transport {
+            MailTransport::Smtp => Self::smtp(config),
+            MailTransport::DryRun => {
+                let dir = config.dir.as_ref().ok_or_else(|| {
+                    anyhow::anyhow!("mail.dir: required with transport = \"dry-run\"")
+                })?;
+                Self::dry_run(
+                    dir,
+                    config.from.clone(),
+                    config.reply_to.clone(),
+                    config.return_path.clone(),
+                )
+                .map_err(|e| anyhow::anyhow!("mail.dir {}: {e:#}", dir.display()))
+            }
+        }
+    }
+
     /// An SMTP mailer with a connection pool. Connects lazily, on the first
     /// message.
     pub fn smtp(config: &MailConfig) -> anyhow::Result<Self> {
+        if config.host.trim().is_empty() {
+            anyhow::bail!("mail.host: required for the SMTP transport");
+        }
+        if config.dir.is_some() {
+            anyhow::bail!("mail.dir: only used with transport = \"dry-run\"");
+        }
         parse_address(&config.from.email)
             .map_err(|e| anyhow::anyhow!("mail.from: {}", e.message()))?;
         if let Some(rp) = &config.return_path {

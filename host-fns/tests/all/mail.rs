@@ -12,7 +12,8 @@ use mailin_embedded::response::{AUTH_OK, INVALID_CREDENTIALS, OK};
 use mailin_embedded::{AuthMechanism, Handler, Response, Server, SslConfig};
 use runner_host_fns::HostError;
 use runner_host_fns::mail::{
-    MailAddress, MailAttachment, MailConfig, MailGrant, Mailer, OutgoingMail, TlsMode,
+    MailAddress, MailAttachment, MailConfig, MailGrant, MailTransport, Mailer, OutgoingMail,
+    TlsMode,
 };
 use rustls::pki_types::pem::PemObject;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -202,6 +203,8 @@ async fn start_implicit_tls_server(recorder: Recorder, cert: &TestCert) -> u16 {
 
 fn config(port: u16, tls: TlsMode, cert: &TestCert) -> MailConfig {
     MailConfig {
+        transport: MailTransport::Smtp,
+        dir: None,
         host: "localhost".to_owned(),
         port,
         tls,

@@ -20,8 +20,8 @@
 //! # prefix = "runner:kv"
 //!
 //! [host.mail]                 # SMTP (see runner_host_fns::mail::MailConfig)
-//! host = "smtp.example.com"
-//! port = 587
+//! host = "smtp.example.com"   # required for SMTP
+//! port = 587                  # the default
 //! tls = "auto"                # auto | implicit | starttls-required | starttls-opportunistic | none
 //! username = "runner"
 //! password = "..."
@@ -29,6 +29,9 @@
 //! from = { email = "noreply@example.com", name = "Runner" }
 //! # reply_to = { email = "support@example.com" }
 //! # return_path = "bounces@example.com"
+//! # transport = "dry-run"     # send nothing: write each message to
+//! # dir = ".runner/mail"      # <dir>/<message id>.eml (host, port, tls,
+//! #                           # credentials are then ignored)
 //!
 //! [host.http]                 # every field optional (HttpConfig)
 //! # max_response_bytes = 10485760
@@ -49,9 +52,20 @@
 //! ```
 //!
 //! A section that is absent leaves the service unconfigured; a grant that is
-//! absent is not given. Unknown keys under `[host]` and in a task's grants
-//! are errors, so that a typo does not silently leave a task without (or
-//! with) a capability.
+//! absent is not given. Unknown keys under `[host]` (including
+//! `[host.mail]`) and in a task's grants are errors, so that a typo does not
+//! silently leave a task without (or with) a capability; `dir` with the SMTP
+//! transport, or a dry-run transport without `dir`, is refused when the
+//! services are built.
+//!
+//! # Where grants apply
+//!
+//! `runner run --config F --task NAME` runs with `[tasks.NAME.grants]`. In
+//! a worker, a job runs with the grants of the task binding that bound the
+//! job's module (bindings hold a [`TaskGrants`]; `runner.toml`'s
+//! `[tasks.NAME.grants]` reach them when the task is bound). `jobs = true`
+//! lets a task enqueue child jobs; only a worker (which has a queue)
+//! provides it, `runner run` answers `unavailable`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -247,7 +261,7 @@ impl HostServices {
             None => None,
         };
         let mail = match &config.mail {
-            Some(c) => Some(Arc::new(Mailer::smtp(c).context("[host.mail]")?)),
+            Some(c) => Some(Arc::new(Mailer::from_config(c).context("[host.mail]")?)),
             None => None,
         };
         let http = config
@@ -623,6 +637,46 @@ mod tests {
         let root = RunnerConfig::from_toml("[tasks.t.grants]\nfiles = { logs = \"read-only\" }\n")
             .unwrap_err();
         assert!(format!("{root:#}").contains("logs"), "{root:#}");
+    }
+
+    #[tokio::test]
+    async fn the_mail_transport_is_smtp_or_dry_run_into_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = RunnerConfig::from_toml(&format!(
+            "[host.mail]\ntransport = \"dry-run\"\ndir = {:?}\nfrom = {{ email = \"a@example.com\" }}\n",
+            dir.path().join("outbox")
+        ))
+        .unwrap();
+        let services = HostServices::from_config(&config.host).await.unwrap();
+        assert!(services.mail.is_some());
+        assert!(dir.path().join("outbox").is_dir());
+
+        let typo = RunnerConfig::from_toml(
+            "[host.mail]\ntransport = \"dryrun\"\nfrom = { email = \"a@example.com\" }\n",
+        )
+        .unwrap_err();
+        assert!(format!("{typo:#}").contains("dry-run"), "{typo:#}");
+        let unknown = RunnerConfig::from_toml(
+            "[host.mail]\nhots = \"smtp.example.com\"\nfrom = { email = \"a@example.com\" }\n",
+        )
+        .unwrap_err();
+        assert!(format!("{unknown:#}").contains("hots"), "{unknown:#}");
+
+        for (text, expected) in [
+            ("transport = \"dry-run\"", "mail.dir"),
+            ("host = \"smtp.example.com\"\ndir = \"/tmp\"", "mail.dir"),
+            ("port = 25", "mail.host"),
+        ] {
+            let config = RunnerConfig::from_toml(&format!(
+                "[host.mail]\n{text}\nfrom = {{ email = \"a@example.com\" }}\n"
+            ))
+            .unwrap();
+            let err = HostServices::from_config(&config.host)
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{text} accepted"));
+            assert!(format!("{err:#}").contains(expected), "{text}: {err:#}");
+        }
     }
 
     #[tokio::test]
