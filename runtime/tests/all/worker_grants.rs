@@ -342,3 +342,50 @@ async fn jobs_and_host_calls_are_traced_and_counted() {
         .unwrap_or_else(|| panic!("no line for the granted calls:\n{out}"));
     assert!(ok_line.contains(r#"outcome="ok""#), "{ok_line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_waiting_in_a_host_call_ends_at_its_time_limit() {
+    // Accepts connections and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    let env = Env::embedded().await;
+    env.bind("hook", "webhook", "default", |b| {
+        b.limits.time_limit_ms = Some(1000);
+        b.retry.max_retries = 0;
+        b.grants = TaskGrants {
+            http: Some(
+                toml::from_str(&format!(
+                    "allow = [\"http://127.0.0.1:{port}\"]\nprivate_networks = [\"127.0.0.1/32\"]"
+                ))
+                .unwrap(),
+            ),
+            ..TaskGrants::default()
+        };
+    })
+    .await;
+    let services = HostServices {
+        http: Some(Arc::new(runner_host_fns::http::HttpService::new(
+            toml::from_str("default_timeout = 120").unwrap(),
+        ))),
+        ..HostServices::default()
+    };
+    let w = env.worker_with(services, cfg(&["default"], 1)).await;
+    let id = enqueue(
+        &env,
+        "hook",
+        &format!(r#"{{"url": "http://127.0.0.1:{port}/", "kind": "json"}}"#),
+    )
+    .await;
+    let j = wait_final(&env.broker, id).await;
+    assert_eq!(j.state, JobState::Failure, "{j:?}");
+    assert_eq!(j.error.as_ref().unwrap().kind, "time_limit", "{j:?}");
+    let ran = j.finished_at.unwrap() - j.started_at.unwrap();
+    assert!(ran >= chrono::Duration::seconds(1), "{ran:?}");
+    w.stop().await;
+}
