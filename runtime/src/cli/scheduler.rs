@@ -13,7 +13,7 @@ use clap::Args;
 use super::worker::{RedisArgs, shutdown_signal};
 use crate::queue::{Broker, Producer};
 use crate::registry::Registry;
-use crate::scheduler::{Scheduler, beats_from_toml};
+use crate::scheduler::{Scheduler, beats_from_toml, validate_config_beats};
 
 #[derive(Args, Debug)]
 pub struct SchedulerArgs {
@@ -31,7 +31,10 @@ pub async fn execute(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            beats_from_toml(&text).with_context(|| format!("{}", path.display()))?
+            let beats = beats_from_toml(&text).with_context(|| format!("{}", path.display()))?;
+            validate_config_beats(&beats)
+                .with_context(|| format!("beats of {}", path.display()))?;
+            beats
         }
         None => Vec::new(),
     };

@@ -143,7 +143,10 @@ impl Beat {
         if let Some(s) = self.expires_in_secs
             && !(s.is_finite() && s > 0.0)
         {
-            problems.push(FieldError::new("expires_in_secs", "must be a positive number"));
+            problems.push(FieldError::new(
+                "expires_in_secs",
+                "must be a positive number",
+            ));
         }
         let tz = match Tz::from_str(self.timezone.trim()) {
             Ok(tz) => Some(tz),
@@ -289,7 +292,10 @@ impl BeatError {
 }
 
 fn join(v: &[FieldError]) -> String {
-    v.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+    v.iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[derive(Clone, Debug)]
@@ -325,9 +331,7 @@ impl Schedule {
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let secs = t.timestamp();
         match &self.rule {
-            Rule::Every(n) => Utc
-                .timestamp_opt((secs.div_euclid(*n) + 1) * n, 0)
-                .single(),
+            Rule::Every(n) => Utc.timestamp_opt((secs.div_euclid(*n) + 1) * n, 0).single(),
             Rule::Cron(cron) => {
                 // Whole seconds: `t` itself is never returned, and a
                 // fraction of a second cannot leak into a due time.
@@ -547,11 +551,17 @@ mod tests {
             err(&Beat::cron("a", "t", "61 * * * *")),
             "cron: 61 is out of range for minutes (0-59)"
         );
-        assert!(err(&Beat::cron("a", "t", "0 9 * * 8")).starts_with("cron: 8 is out of range for day of week"));
+        assert!(
+            err(&Beat::cron("a", "t", "0 9 * * 8"))
+                .starts_with("cron: 8 is out of range for day of week")
+        );
         let mut b = Beat::cron("a", "t", "0 9 * * *");
         b.timezone = "Mars/Olympus".into();
         assert!(err(&b).starts_with("timezone: unknown time zone \"Mars/Olympus\""));
-        assert_eq!(err(&Beat::cron("", "t", "0 9 * * *")), "name: must not be empty");
+        assert_eq!(
+            err(&Beat::cron("", "t", "0 9 * * *")),
+            "name: must not be empty"
+        );
         assert!(err(&Beat::every("a", "t", "0s")).starts_with("every: "));
         assert!(err(&Beat::cron("a", "t", "@fortnightly")).starts_with("cron: unknown alias"));
     }

@@ -111,6 +111,37 @@ pub fn beats_from_toml(text: &str) -> Result<Vec<Beat>, toml::de::Error> {
     Ok(toml::from_str::<BeatsOnly>(text)?.beats)
 }
 
+/// Checks the beats of a config file: every problem reported, each naming
+/// the beat and the field (`beats[1] (bad).cron: ...`), and no two beats of
+/// one name. Whether their tasks exist is not checked here.
+pub fn validate_config_beats(beats: &[Beat]) -> Result<(), BeatError> {
+    let mut problems = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, b) in beats.iter().enumerate() {
+        let at = if b.name.is_empty() {
+            format!("beats[{i}]")
+        } else {
+            format!("beats[{i}] ({})", b.name)
+        };
+        if let Err(BeatError::Invalid(errs)) = b.validate() {
+            for e in errs {
+                problems.push(FieldError::new(&format!("{at}.{}", e.field), e.message));
+            }
+        }
+        if !b.name.is_empty() && !seen.insert(b.name.clone()) {
+            problems.push(FieldError::new(
+                &format!("{at}.name"),
+                "another beat in the file has this name",
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(BeatError::Invalid(problems))
+    }
+}
+
 /// Where the effective definition of a beat comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -205,29 +236,7 @@ impl Scheduler {
         registry: Arc<dyn Registry>,
         config_beats: Vec<Beat>,
     ) -> Result<Self, BeatError> {
-        let mut problems = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for (i, b) in config_beats.iter().enumerate() {
-            let at = if b.name.is_empty() {
-                format!("beats[{i}]")
-            } else {
-                format!("beats[{i}] ({})", b.name)
-            };
-            if let Err(BeatError::Invalid(errs)) = b.validate() {
-                for e in errs {
-                    problems.push(FieldError::new(&format!("{at}.{}", e.field), e.message));
-                }
-            }
-            if !b.name.is_empty() && !seen.insert(b.name.clone()) {
-                problems.push(FieldError::new(
-                    &format!("{at}.name"),
-                    "another beat in the file has this name",
-                ));
-            }
-        }
-        if !problems.is_empty() {
-            return Err(BeatError::Invalid(problems));
-        }
+        validate_config_beats(&config_beats)?;
         Ok(Scheduler {
             inner: Arc::new(Inner {
                 store,
@@ -308,7 +317,12 @@ impl Scheduler {
     async fn statuses(&self, beats: Vec<Effective>) -> Result<Vec<BeatStatus>, BeatError> {
         let fired = self.inner.store.fires(false).await?;
         let manual = self.inner.store.fires(true).await?;
-        let errors = self.inner.errors.lock().map(|e| e.clone()).unwrap_or_default();
+        let errors = self
+            .inner
+            .errors
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default();
         let now = Utc::now();
         let mut out = Vec::with_capacity(beats.len());
         for e in beats {
@@ -464,7 +478,11 @@ impl Scheduler {
             queue: job.queue.clone(),
         };
         if let Err(err) = self.inner.store.record_fire(name, &record, true).await {
-            tracing::warn!(beat = name, "job {} enqueued, but not recorded: {err}", job.id);
+            tracing::warn!(
+                beat = name,
+                "job {} enqueued, but not recorded: {err}",
+                job.id
+            );
         }
         Ok(job)
     }
@@ -554,7 +572,11 @@ impl Scheduler {
 
     /// Reads the beats again and rebuilds the loop's entries. A beat whose
     /// timing did not change keeps its place in its schedule.
-    async fn load(&self, entries: &mut HashMap<String, Entry>, initial: bool) -> Result<(), StoreError> {
+    async fn load(
+        &self,
+        entries: &mut HashMap<String, Entry>,
+        initial: bool,
+    ) -> Result<(), StoreError> {
         let beats = self.effective().await?;
         let fired = if initial {
             self.inner.store.fires(false).await?
@@ -778,7 +800,12 @@ struct Entry {
 }
 
 impl Entry {
-    fn new(beat: Beat, schedule: Schedule, cursor: DateTime<Utc>, watch_from: DateTime<Utc>) -> Self {
+    fn new(
+        beat: Beat,
+        schedule: Schedule,
+        cursor: DateTime<Utc>,
+        watch_from: DateTime<Utc>,
+    ) -> Self {
         Entry {
             beat,
             schedule,
@@ -790,7 +817,8 @@ impl Entry {
     }
 
     fn wake_at(&self) -> Option<DateTime<Utc>> {
-        self.retry_at.or_else(|| self.schedule.next_after(self.cursor))
+        self.retry_at
+            .or_else(|| self.schedule.next_after(self.cursor))
     }
 }
 

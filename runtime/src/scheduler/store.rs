@@ -106,8 +106,7 @@ pub trait BeatStore: Send + Sync + 'static {
 
     /// Records a fire. A scheduled fire replaces the stored one only if its
     /// due time is later (replicas may record out of order).
-    async fn record_fire(&self, name: &str, record: &FireRecord, manual: bool)
-    -> StoreResult<()>;
+    async fn record_fire(&self, name: &str, record: &FireRecord, manual: bool) -> StoreResult<()>;
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(key: &str, text: &str) -> StoreResult<T> {
@@ -268,12 +267,7 @@ impl BeatStore for RedisBeatStore {
         Ok(out)
     }
 
-    async fn record_fire(
-        &self,
-        name: &str,
-        record: &FireRecord,
-        manual: bool,
-    ) -> StoreResult<()> {
+    async fn record_fire(&self, name: &str, record: &FireRecord, manual: bool) -> StoreResult<()> {
         let wire = encode(&WireFire {
             due_ms: record.due.timestamp_millis(),
             record: record.clone(),
@@ -371,14 +365,13 @@ impl BeatStore for MemoryBeatStore {
         })
     }
 
-    async fn record_fire(
-        &self,
-        name: &str,
-        record: &FireRecord,
-        manual: bool,
-    ) -> StoreResult<()> {
+    async fn record_fire(&self, name: &str, record: &FireRecord, manual: bool) -> StoreResult<()> {
         let mut st = self.lock();
-        let map = if manual { &mut st.manual } else { &mut st.fired };
+        let map = if manual {
+            &mut st.manual
+        } else {
+            &mut st.fired
+        };
         let newer = manual || map.get(name).is_none_or(|cur| cur.due < record.due);
         if newer {
             map.insert(name.to_string(), record.clone());

@@ -28,9 +28,7 @@ fn t(s: &str) -> DateTime<Utc> {
 
 /// The next `n` due times strictly after `from`.
 fn next_fires(beat: &Beat, from: &str, n: usize) -> Vec<String> {
-    let schedule = beat
-        .schedule()
-        .unwrap_or_else(|e| panic!("{beat:?}: {e}"));
+    let schedule = beat.schedule().unwrap_or_else(|e| panic!("{beat:?}: {e}"));
     let mut at = t(from);
     let mut out = Vec::new();
     for _ in 0..n {
@@ -51,56 +49,156 @@ fn next_fire_tables() {
     // (cron, zone, from, expected next fires in UTC)
     let table: &[(&str, &str, &str, &[&str])] = &[
         // 09:00 in Tokyo (UTC+9, no DST) is midnight UTC.
-        ("0 9 * * *", "Asia/Tokyo", "2025-01-01T00:00:00Z",
-         &["2025-01-02T00:00:00Z", "2025-01-03T00:00:00Z", "2025-01-04T00:00:00Z"]),
-        ("0 9 * * *", "Asia/Tokyo", "2024-12-31T23:59:59Z", &["2025-01-01T00:00:00Z"]),
+        (
+            "0 9 * * *",
+            "Asia/Tokyo",
+            "2025-01-01T00:00:00Z",
+            &[
+                "2025-01-02T00:00:00Z",
+                "2025-01-03T00:00:00Z",
+                "2025-01-04T00:00:00Z",
+            ],
+        ),
+        (
+            "0 9 * * *",
+            "Asia/Tokyo",
+            "2024-12-31T23:59:59Z",
+            &["2025-01-01T00:00:00Z"],
+        ),
         // 2025-01-01 is a Wednesday.
-        ("0 0 * * mon", "UTC", "2025-01-01T00:00:00Z",
-         &["2025-01-06T00:00:00Z", "2025-01-13T00:00:00Z", "2025-01-20T00:00:00Z"]),
-        ("0 8 1 * *", "UTC", "2025-01-15T12:00:00Z",
-         &["2025-02-01T08:00:00Z", "2025-03-01T08:00:00Z", "2025-04-01T08:00:00Z"]),
-        ("*/30 * * * * *", "UTC", "2025-01-01T00:00:10Z",
-         &["2025-01-01T00:00:30Z", "2025-01-01T00:01:00Z", "2025-01-01T00:01:30Z"]),
+        (
+            "0 0 * * mon",
+            "UTC",
+            "2025-01-01T00:00:00Z",
+            &[
+                "2025-01-06T00:00:00Z",
+                "2025-01-13T00:00:00Z",
+                "2025-01-20T00:00:00Z",
+            ],
+        ),
+        (
+            "0 8 1 * *",
+            "UTC",
+            "2025-01-15T12:00:00Z",
+            &[
+                "2025-02-01T08:00:00Z",
+                "2025-03-01T08:00:00Z",
+                "2025-04-01T08:00:00Z",
+            ],
+        ),
+        (
+            "*/30 * * * * *",
+            "UTC",
+            "2025-01-01T00:00:10Z",
+            &[
+                "2025-01-01T00:00:30Z",
+                "2025-01-01T00:01:00Z",
+                "2025-01-01T00:01:30Z",
+            ],
+        ),
         // From Friday 09:00 (exclusive): Monday to Wednesday.
-        ("0 9 * * 1-5", "UTC", "2025-01-03T09:00:00Z",
-         &["2025-01-06T09:00:00Z", "2025-01-07T09:00:00Z", "2025-01-08T09:00:00Z"]),
-        ("0 0 1 1,7 *", "UTC", "2025-02-01T00:00:00Z",
-         &["2025-07-01T00:00:00Z", "2026-01-01T00:00:00Z", "2026-07-01T00:00:00Z"]),
-        ("@daily", "Asia/Tokyo", "2025-01-01T12:00:00Z",
-         &["2025-01-01T15:00:00Z", "2025-01-02T15:00:00Z"]),
-        ("0 0 * * 7", "UTC", "2025-01-01T00:00:00Z", &["2025-01-05T00:00:00Z"]),
+        (
+            "0 9 * * 1-5",
+            "UTC",
+            "2025-01-03T09:00:00Z",
+            &[
+                "2025-01-06T09:00:00Z",
+                "2025-01-07T09:00:00Z",
+                "2025-01-08T09:00:00Z",
+            ],
+        ),
+        (
+            "0 0 1 1,7 *",
+            "UTC",
+            "2025-02-01T00:00:00Z",
+            &[
+                "2025-07-01T00:00:00Z",
+                "2026-01-01T00:00:00Z",
+                "2026-07-01T00:00:00Z",
+            ],
+        ),
+        (
+            "@daily",
+            "Asia/Tokyo",
+            "2025-01-01T12:00:00Z",
+            &["2025-01-01T15:00:00Z", "2025-01-02T15:00:00Z"],
+        ),
+        (
+            "0 0 * * 7",
+            "UTC",
+            "2025-01-01T00:00:00Z",
+            &["2025-01-05T00:00:00Z"],
+        ),
         // --- America/New_York: spring forward 2025-03-09 02:00 EST -> 03:00 EDT.
         // 02:30 does not exist that day: it fires at 03:00 EDT (07:00Z).
-        ("30 2 * * *", "America/New_York", "2025-03-08T12:00:00Z",
-         &["2025-03-09T07:00:00Z", "2025-03-10T06:30:00Z"]),
+        (
+            "30 2 * * *",
+            "America/New_York",
+            "2025-03-08T12:00:00Z",
+            &["2025-03-09T07:00:00Z", "2025-03-10T06:30:00Z"],
+        ),
         // A step pattern keeps its rhythm: no tick inside the gap.
-        ("*/30 * * * *", "America/New_York", "2025-03-09T06:45:00Z",
-         &["2025-03-09T07:00:00Z", "2025-03-09T07:30:00Z"]),
+        (
+            "*/30 * * * *",
+            "America/New_York",
+            "2025-03-09T06:45:00Z",
+            &["2025-03-09T07:00:00Z", "2025-03-09T07:30:00Z"],
+        ),
         // --- fall back 2025-11-02 02:00 EDT -> 01:00 EST.
         // 01:30 occurs twice (05:30Z EDT, 06:30Z EST): once, the first.
-        ("30 1 * * *", "America/New_York", "2025-11-01T12:00:00Z",
-         &["2025-11-02T05:30:00Z", "2025-11-03T06:30:00Z"]),
+        (
+            "30 1 * * *",
+            "America/New_York",
+            "2025-11-01T12:00:00Z",
+            &["2025-11-02T05:30:00Z", "2025-11-03T06:30:00Z"],
+        ),
         // 02:30 occurs once (EST).
-        ("30 2 * * *", "America/New_York", "2025-11-01T12:00:00Z",
-         &["2025-11-02T07:30:00Z", "2025-11-03T07:30:00Z"]),
+        (
+            "30 2 * * *",
+            "America/New_York",
+            "2025-11-01T12:00:00Z",
+            &["2025-11-02T07:30:00Z", "2025-11-03T07:30:00Z"],
+        ),
         // Hourly stays hourly: 01:00 EDT, 01:00 EST, 02:00 EST.
-        ("0 * * * *", "America/New_York", "2025-11-02T04:30:00Z",
-         &["2025-11-02T05:00:00Z", "2025-11-02T06:00:00Z", "2025-11-02T07:00:00Z"]),
+        (
+            "0 * * * *",
+            "America/New_York",
+            "2025-11-02T04:30:00Z",
+            &[
+                "2025-11-02T05:00:00Z",
+                "2025-11-02T06:00:00Z",
+                "2025-11-02T07:00:00Z",
+            ],
+        ),
         // --- Europe/Berlin: spring forward 2025-03-30 02:00 CET -> 03:00 CEST.
-        ("30 2 * * *", "Europe/Berlin", "2025-03-29T12:00:00Z",
-         &["2025-03-30T01:00:00Z", "2025-03-31T00:30:00Z"]),
+        (
+            "30 2 * * *",
+            "Europe/Berlin",
+            "2025-03-29T12:00:00Z",
+            &["2025-03-30T01:00:00Z", "2025-03-31T00:30:00Z"],
+        ),
         // --- fall back 2025-10-26 03:00 CEST -> 02:00 CET: 02:30 occurs
         // twice (00:30Z CEST, 01:30Z CET): once, the first.
-        ("30 2 * * *", "Europe/Berlin", "2025-10-25T12:00:00Z",
-         &["2025-10-26T00:30:00Z", "2025-10-27T01:30:00Z"]),
-        ("0 9 * * *", "Europe/Berlin", "2025-10-25T12:00:00Z",
-         &["2025-10-26T08:00:00Z", "2025-10-27T08:00:00Z"]),
+        (
+            "30 2 * * *",
+            "Europe/Berlin",
+            "2025-10-25T12:00:00Z",
+            &["2025-10-26T00:30:00Z", "2025-10-27T01:30:00Z"],
+        ),
+        (
+            "0 9 * * *",
+            "Europe/Berlin",
+            "2025-10-25T12:00:00Z",
+            &["2025-10-26T08:00:00Z", "2025-10-27T08:00:00Z"],
+        ),
     ];
     let mut failures = Vec::new();
     for (cron, tz, from, want) in table {
         let got = next_fires(&cron_in(cron, tz), from, want.len());
         if got != *want {
-            failures.push(format!("{cron:?} in {tz} after {from}: got {got:?}, want {want:?}"));
+            failures.push(format!(
+                "{cron:?} in {tz} after {from}: got {got:?}, want {want:?}"
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -151,10 +249,9 @@ fn beats_parse_from_toml_and_json() {
     assert!(!beats[1].enabled);
     assert_eq!(beats[1].timezone, "UTC");
 
-    let json: Beat = serde_json::from_str(
-        r#"{"name":"n","task":"t","cron":"@hourly","input":[1,"x"]}"#,
-    )
-    .unwrap();
+    let json: Beat =
+        serde_json::from_str(r#"{"name":"n","task":"t","cron":"@hourly","input":[1,"x"]}"#)
+            .unwrap();
     assert_eq!(json.input, serde_json::json!([1, "x"]));
 
     // A typo in a key is refused, naming it.
@@ -252,7 +349,8 @@ async fn bad_beats_are_refused_naming_the_problem() {
 
     let e = put(Beat::cron("a", "tick", "0 9 * * 8")).await;
     assert!(
-        e.to_string().starts_with("cron: 8 is out of range for day of week (0-7"),
+        e.to_string()
+            .starts_with("cron: 8 is out of range for day of week (0-7"),
         "{e}"
     );
 
@@ -260,7 +358,8 @@ async fn bad_beats_are_refused_naming_the_problem() {
     mars.timezone = "Mars/Olympus".into();
     let e = put(mars).await;
     assert!(
-        e.to_string().starts_with(r#"timezone: unknown time zone "Mars/Olympus""#),
+        e.to_string()
+            .starts_with(r#"timezone: unknown time zone "Mars/Olympus""#),
         "{e}"
     );
 
@@ -270,7 +369,10 @@ async fn bad_beats_are_refused_naming_the_problem() {
     let e = put(Beat::cron("a", "no-such-task", "0 9 * * *")).await;
     assert!(e.is_bad_input());
     assert!(matches!(e, BeatError::UnknownTask(_)));
-    assert!(e.to_string().contains(r#"unknown task "no-such-task""#), "{e}");
+    assert!(
+        e.to_string().contains(r#"unknown task "no-such-task""#),
+        "{e}"
+    );
 
     let e = put(Beat {
         every: Some("5m".into()),
@@ -285,7 +387,12 @@ async fn bad_beats_are_refused_naming_the_problem() {
     let mut many = Beat::cron("", "tick", "0 25 * * *");
     many.timezone = "Nowhere".into();
     let msg = put(many).await.to_string();
-    assert!(msg.contains("name: ") && msg.contains("timezone: ") && msg.contains("cron: 25 is out of range for hours (0-23)"), "{msg}");
+    assert!(
+        msg.contains("name: ")
+            && msg.contains("timezone: ")
+            && msg.contains("cron: 25 is out of range for hours (0-23)"),
+        "{msg}"
+    );
 
     // Nothing was stored.
     assert!(r.scheduler.list().await.unwrap().is_empty());
@@ -295,13 +402,19 @@ async fn bad_beats_are_refused_naming_the_problem() {
         &server.url(),
         Producer::new(r.broker.clone(), Arc::new(LocalRegistry::in_memory())),
         Arc::new(LocalRegistry::in_memory()),
-        vec![Beat::cron("ok", "tick", "0 * * * *"), Beat::cron("bad", "tick", "0 9 * * 8")],
+        vec![
+            Beat::cron("ok", "tick", "0 * * * *"),
+            Beat::cron("bad", "tick", "0 9 * * 8"),
+        ],
     )
     .await
     .err()
     .expect("refused")
     .to_string();
-    assert!(err.starts_with("beats[1] (bad).cron: 8 is out of range"), "{err}");
+    assert!(
+        err.starts_with("beats[1] (bad).cron: 8 is out of range"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,7 +425,10 @@ async fn a_changed_beat_is_picked_up_without_restart() {
     let r = replica(&server.url(), vec![Beat::every("pulse", "tick", "1h")]).await;
     let looping = spawn_loop(&r.scheduler);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(r.scheduler.get("pulse").await.unwrap().source, BeatSource::Config);
+    assert_eq!(
+        r.scheduler.get("pulse").await.unwrap().source,
+        BeatSource::Config
+    );
 
     // Changed through the handle (another clone, as the API would hold).
     let api = r.scheduler.clone();
@@ -329,13 +445,19 @@ async fn a_changed_beat_is_picked_up_without_restart() {
     let due = first.scheduled_for.expect("scheduled_for");
     // The first due time after the change was fired, and within a second
     // of it: the running loop had the change before then.
-    assert!(due > put_at && due <= put_at + chrono::Duration::seconds(1), "due {due}, put at {put_at}");
+    assert!(
+        due > put_at && due <= put_at + chrono::Duration::seconds(1),
+        "due {due}, put at {put_at}"
+    );
     assert!(
         first.created_at <= due + chrono::Duration::seconds(1),
         "enqueued at {} for {due}",
         first.created_at
     );
-    assert_eq!(first.idempotency_key.as_deref(), Some(runner::scheduler::fire_key("pulse", due).as_str()));
+    assert_eq!(
+        first.idempotency_key.as_deref(),
+        Some(runner::scheduler::fire_key("pulse", due).as_str())
+    );
 
     // Disabled without deleting: it stops firing and is still listed.
     let status = api.set_enabled("pulse", false).await.unwrap();
@@ -352,8 +474,14 @@ async fn a_changed_beat_is_picked_up_without_restart() {
     let back = api.get("pulse").await.unwrap();
     assert_eq!(back.source, BeatSource::Config);
     assert_eq!(back.beat.every.as_deref(), Some("1h"));
-    assert!(matches!(api.delete("pulse").await, Err(BeatError::FromConfig(_))));
-    assert!(matches!(api.delete("ghost").await, Err(BeatError::NotFound(_))));
+    assert!(matches!(
+        api.delete("pulse").await,
+        Err(BeatError::FromConfig(_))
+    ));
+    assert!(matches!(
+        api.delete("ghost").await,
+        Err(BeatError::NotFound(_))
+    ));
     looping.abort();
 }
 
@@ -399,9 +527,21 @@ async fn missed_fires_skip_or_catch_up_once() {
             .push(j.scheduled_for.unwrap());
     }
     let caught = &by_beat["catcher"];
-    assert_eq!(caught.len(), 1, "one job for three missed ticks, not a burst: {caught:?}");
-    assert!(caught[0] == before || caught[0] == after, "caught up {} (latest due {before})", caught[0]);
-    assert!(!by_beat.contains_key("skipper"), "skip fired: {:?}", by_beat.get("skipper"));
+    assert_eq!(
+        caught.len(),
+        1,
+        "one job for three missed ticks, not a burst: {caught:?}"
+    );
+    assert!(
+        caught[0] == before || caught[0] == after,
+        "caught up {} (latest due {before})",
+        caught[0]
+    );
+    assert!(
+        !by_beat.contains_key("skipper"),
+        "skip fired: {:?}",
+        by_beat.get("skipper")
+    );
 
     // Status: the catch-up is the catcher's last fire; the skipper's is
     // still the old one; both show their next fire in UTC and their zone.
@@ -410,7 +550,10 @@ async fn missed_fires_skip_or_catch_up_once() {
     assert_eq!(last.due.utc, caught[0]);
     assert!(!last.manual);
     assert_eq!(status.last_job.as_ref().unwrap().id, last.job);
-    assert_eq!(status.last_job.as_ref().unwrap().state, Some(runner::queue::JobState::Started));
+    assert_eq!(
+        status.last_job.as_ref().unwrap().state,
+        Some(runner::queue::JobState::Started)
+    );
     let next = status.next_fire.expect("next fire");
     assert_eq!(next.utc, hour.next_after(caught[0]).unwrap());
     let skipped = r.scheduler.get("skipper").await.unwrap();
@@ -418,17 +561,31 @@ async fn missed_fires_skip_or_catch_up_once() {
     looping.abort();
 
     // A second start after the catch-up has nothing more to catch up.
-    let r2 = replica(&server.url(), vec![
-        Beat { missed: MissedPolicy::CatchUpOnce, ..Beat::every("catcher", "tick", "1h") },
-        Beat { missed: MissedPolicy::CatchUpOnce, ..Beat::every("marker", "tick", "1h") },
-    ])
+    let r2 = replica(
+        &server.url(),
+        vec![
+            Beat {
+                missed: MissedPolicy::CatchUpOnce,
+                ..Beat::every("catcher", "tick", "1h")
+            },
+            Beat {
+                missed: MissedPolicy::CatchUpOnce,
+                ..Beat::every("marker", "tick", "1h")
+            },
+        ],
+    )
     .await;
     // `marker` catches up in the same pass: when its job is there, `catcher`
     // was looked at too.
     store
         .record_fire(
             "marker",
-            &FireRecord { due: old, fired_at: old, job: runner::queue::JobId::new(), queue: QUEUE.into() },
+            &FireRecord {
+                due: old,
+                fired_at: old,
+                job: runner::queue::JobId::new(),
+                queue: QUEUE.into(),
+            },
             false,
         )
         .await
@@ -463,7 +620,10 @@ async fn embedded_scheduler_fires_and_fires_now() {
     beat.input = serde_json::json!({"n": 1});
     s.put(beat).await.unwrap();
     let jobs = wait_for_beat(&broker, "fast", Duration::from_secs(10)).await;
-    let job = jobs.iter().find(|j| j.schedule.as_deref() == Some("fast")).unwrap();
+    let job = jobs
+        .iter()
+        .find(|j| j.schedule.as_deref() == Some("fast"))
+        .unwrap();
     assert_eq!(job.input, r#"{"n":1}"#);
     assert_eq!(job.task.as_deref(), Some("tick"));
 
@@ -476,6 +636,31 @@ async fn embedded_scheduler_fires_and_fires_now() {
     let last = status.last_fire.unwrap();
     assert!(last.manual);
     assert_eq!(last.job, manual.id);
-    assert!(matches!(s.fire_now("ghost").await, Err(BeatError::NotFound(_))));
+    assert!(matches!(
+        s.fire_now("ghost").await,
+        Err(BeatError::NotFound(_))
+    ));
     looping.abort();
+}
+
+/// The beats shipped in the repo's example and deployment configs parse and
+/// validate (a bad cron there would otherwise surface only at start-up).
+#[test]
+fn shipped_config_beats_are_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut seen = 0;
+    for file in ["examples/runner.toml", "deploy/runner.toml"] {
+        let path = root.join(file);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let beats =
+            runner::scheduler::beats_from_toml(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+        for b in &beats {
+            b.validate()
+                .unwrap_or_else(|e| panic!("{file}: beat {}: {e}", b.name));
+        }
+        seen += beats.len();
+    }
+    assert!(seen > 0, "no [[beats]] found in the shipped configs");
 }

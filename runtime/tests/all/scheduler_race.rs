@@ -24,9 +24,9 @@ async fn three_replicas_fire_each_second_exactly_once() {
     let mut loops = Vec::new();
     for r in &replicas {
         let s = r.scheduler.clone();
-        loops.push(tokio::spawn(
-            async move { s.run(std::future::pending::<()>()).await },
-        ));
+        loops.push(tokio::spawn(async move {
+            s.run(std::future::pending::<()>()).await
+        }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Utc::now();
@@ -51,8 +51,13 @@ async fn three_replicas_fire_each_second_exactly_once() {
 
     let jobs = take_jobs(&replicas[2].broker).await;
     let mut per_second: BTreeMap<DateTime<Utc>, usize> = BTreeMap::new();
-    for j in jobs.iter().filter(|j| j.schedule.as_deref() == Some("race")) {
-        *per_second.entry(j.scheduled_for.expect("scheduled_for")).or_default() += 1;
+    for j in jobs
+        .iter()
+        .filter(|j| j.schedule.as_deref() == Some("race"))
+    {
+        *per_second
+            .entry(j.scheduled_for.expect("scheduled_for"))
+            .or_default() += 1;
     }
     let dups: Vec<_> = per_second.iter().filter(|(_, n)| **n > 1).collect();
     assert!(dups.is_empty(), "fired more than once: {dups:?}");
@@ -69,9 +74,19 @@ async fn three_replicas_fire_each_second_exactly_once() {
     assert_eq!(per_second.len() as i64, span);
     // The first second after the beat was created fired, and fires went on
     // well past the kill until the end.
-    assert!(first <= started + chrono::Duration::seconds(2), "first fire {first}, put at {started}");
-    assert!(last >= killed_at + chrono::Duration::seconds(5), "last fire {last}, killed at {killed_at}");
-    assert!(per_second.len() >= 17, "only {} fires in ~20 s", per_second.len());
+    assert!(
+        first <= started + chrono::Duration::seconds(2),
+        "first fire {first}, put at {started}"
+    );
+    assert!(
+        last >= killed_at + chrono::Duration::seconds(5),
+        "last fire {last}, killed at {killed_at}"
+    );
+    assert!(
+        per_second.len() >= 17,
+        "only {} fires in ~20 s",
+        per_second.len()
+    );
     assert!(last <= stopped + chrono::Duration::seconds(1));
 
     // The shared record of the newest fire agrees with the jobs.
