@@ -13,9 +13,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 
+use crate::queue::Producer;
 use crate::queue::{Broker, RedisBroker};
 use crate::registry::{RedisRegistry, Registry};
-use crate::sandbox::host::services::{HostServices, RunnerConfig};
+use crate::sandbox::host::services::HostServices;
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::worker::{Worker, WorkerConfig};
 
@@ -74,7 +75,8 @@ pub struct WorkerArgs {
     #[arg(long)]
     pub id: Option<String>,
     /// `runner.toml`: its `[host]` section configures the services
-    /// (mail, http, pdf, files, kv) that granted tasks may use.
+    /// (mail, http, pdf, files, kv) that granted tasks may use, `[queues]`
+    /// the rate limits of the child jobs tasks enqueue.
     #[arg(long, env = "RUNNER_CONFIG")]
     pub config: Option<std::path::PathBuf>,
     #[command(flatten)]
@@ -83,18 +85,21 @@ pub struct WorkerArgs {
 
 pub async fn execute(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     // Before connecting: a bad file is reported without waiting on Redis.
-    let services = match &args.config {
-        Some(path) => {
-            let config = RunnerConfig::load(path)?;
-            HostServices::from_config(&config.host)
-                .await
-                .with_context(|| format!("{}", path.display()))?
-        }
-        None => HostServices::default(),
-    };
+    // The environment overrides (RUNNER_SMTP_*, ...) apply as everywhere.
+    let config = crate::config::Config::load_or_default(args.config.as_deref())?;
+    let services = HostServices::from_config(&config.host)
+        .await
+        .context("[host]")?;
     let (broker, registry) = args.redis.connect().await?;
     let broker: Arc<dyn Broker> = Arc::new(broker);
     let registry: Arc<dyn Registry> = Arc::new(registry);
+    // Child jobs (`jobs.enqueue`) observe the queues' global rate limits.
+    let mut producer = Producer::new(broker.clone(), registry.clone());
+    for (queue, spec) in config.queue_limits() {
+        producer = producer
+            .with_queue_limit(queue, spec)
+            .with_context(|| format!("queues.{queue}.rate_limit"))?;
+    }
     let mut cfg = WorkerConfig {
         queues: args.queues.clone(),
         lease: args.lease,
@@ -113,7 +118,7 @@ pub async fn execute(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         max_concurrent_runs: (cfg.concurrency as u32).max(1),
         ..SandboxConfig::default()
     })?;
-    let worker = Worker::new(broker, registry, sandbox, services, cfg);
+    let worker = Worker::new(broker, registry, sandbox, services, cfg).with_producer(producer);
     eprintln!("worker {} consuming {}", worker.id(), args.queues.join(","));
     let stats = worker.run(shutdown_signal()).await?;
     eprintln!(
