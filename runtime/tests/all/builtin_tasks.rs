@@ -100,11 +100,11 @@ fn ended_with(output: &Output, code: i32, expected: &str) {
 }
 
 /// A TOML string literal.
-fn toml_str(text: &str) -> String {
+pub(crate) fn toml_str(text: &str) -> String {
     toml::Value::String(text.to_owned()).to_string()
 }
 
-fn toml_path(path: &Path) -> String {
+pub(crate) fn toml_path(path: &Path) -> String {
     toml_str(path.to_str().unwrap())
 }
 
@@ -112,15 +112,15 @@ fn toml_path(path: &Path) -> String {
 
 /// One message as the SMTP server received it.
 #[derive(Debug, Clone, Default)]
-struct Received {
-    rcpt_to: Vec<String>,
-    data: Vec<u8>,
+pub(crate) struct Received {
+    pub(crate) rcpt_to: Vec<String>,
+    pub(crate) data: Vec<u8>,
 }
 
 /// A real SMTP server (mailin-embedded, plain text on loopback) that keeps
 /// every message; while `reject` is non-zero it answers RCPT with that code.
 #[derive(Clone, Default)]
-struct Inbox {
+pub(crate) struct Inbox {
     messages: Arc<Mutex<Vec<Received>>>,
     reject: Arc<AtomicU16>,
     current: Received,
@@ -129,7 +129,7 @@ struct Inbox {
 impl Inbox {
     /// Starts the server on a free port; it lives until the test process
     /// ends.
-    fn start() -> (Inbox, u16) {
+    pub(crate) fn start() -> (Inbox, u16) {
         let inbox = Inbox::default();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -141,12 +141,12 @@ impl Inbox {
         (inbox, port)
     }
 
-    fn messages(&self) -> Vec<Received> {
+    pub(crate) fn messages(&self) -> Vec<Received> {
         self.messages.lock().unwrap().clone()
     }
 
     /// The received messages, parsed.
-    fn parsed(&self) -> Vec<(Received, mail_parser::Message<'static>)> {
+    pub(crate) fn parsed(&self) -> Vec<(Received, mail_parser::Message<'static>)> {
         self.messages()
             .into_iter()
             .map(|m| {
@@ -534,7 +534,7 @@ async fn reminder_refuses_bad_user_records_before_sending() {
 
 // ---------------------------------------------------------------- report
 
-fn pdftotext(pdf: &Path) -> String {
+pub(crate) fn pdftotext(pdf: &Path) -> String {
     let out = std::process::Command::new("pdftotext")
         .arg(pdf)
         .arg("-")
@@ -680,7 +680,7 @@ async fn monthly_report_fetches_its_figures_from_a_granted_endpoint() {
 // ---------------------------------------------------------------- cleanup
 
 /// Writes `name` (10 bytes) under `dir`, last modified `days` ago.
-fn file_aged(dir: &Path, name: &str, days: u64) {
+pub(crate) fn file_aged(dir: &Path, name: &str, days: u64) {
     let path = dir.join(name);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, b"0123456789").unwrap();
@@ -693,7 +693,7 @@ fn file_aged(dir: &Path, name: &str, days: u64) {
         .unwrap();
 }
 
-fn remaining(dir: &Path) -> Vec<String> {
+pub(crate) fn remaining(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {

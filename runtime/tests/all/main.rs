@@ -12,6 +12,7 @@ mod crash;
 mod queue_conformance;
 mod rate_limit;
 mod sandbox;
+mod scenarios;
 mod scheduler;
 mod scheduler_race;
 mod worker;
