@@ -695,9 +695,8 @@ impl Scheduler {
                     }
                     tracing::debug!(beat = name, %due, job = %enq.job.id, "fired");
                 }
-                if e.failing {
+                if e.failing.take().is_some() {
                     tracing::info!(beat = name, "firing again");
-                    e.failing = false;
                 }
                 if let Ok(mut errs) = self.inner.errors.lock() {
                     errs.remove(&name);
@@ -706,16 +705,22 @@ impl Scheduler {
                 true
             }
             Err(err) if is_transient(&err) => {
-                if !e.failing {
+                if e.failing.as_deref() != Some(UNAVAILABLE) {
                     tracing::warn!(beat = name, "cannot fire {due} now, will retry: {err}");
-                    e.failing = true;
+                    e.failing = Some(UNAVAILABLE.to_string());
                 }
                 self.note_error(&name, format!("{due}: {err}"));
                 e.retry_at = Some(now + chrono::Duration::seconds(1));
                 false
             }
             Err(err) => {
-                tracing::warn!(beat = name, "fire of {due} refused: {err}");
+                // Logged once until the reason changes: a beat firing every
+                // second for an unbound task must not flood the log.
+                let reason = err.to_string();
+                if e.failing.as_deref() != Some(reason.as_str()) {
+                    tracing::warn!(beat = name, "fire of {due} refused: {reason}");
+                    e.failing = Some(reason);
+                }
                 self.note_error(&name, format!("{due}: {err}"));
                 e.cursor = due;
                 true
@@ -796,7 +801,9 @@ struct Entry {
     watch_from: DateTime<Utc>,
     /// The broker was unreachable: try again then.
     retry_at: Option<DateTime<Utc>>,
-    failing: bool,
+    /// Why the last fire failed, as logged (logged again only when the
+    /// reason changes).
+    failing: Option<String>,
 }
 
 impl Entry {
@@ -812,7 +819,7 @@ impl Entry {
             cursor,
             watch_from,
             retry_at: None,
-            failing: false,
+            failing: None,
         }
     }
 
@@ -821,6 +828,8 @@ impl Entry {
             .or_else(|| self.schedule.next_after(self.cursor))
     }
 }
+
+const UNAVAILABLE: &str = "unavailable";
 
 /// Logs an outage once, and its end.
 #[derive(Default)]

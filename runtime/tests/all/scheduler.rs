@@ -612,7 +612,10 @@ async fn embedded_scheduler_fires_and_fires_now() {
     registry.bind(b).await.unwrap();
     let registry: Arc<dyn Registry> = Arc::new(registry);
     let producer = Producer::new(broker.clone(), registry.clone());
-    let s = Scheduler::embedded(producer, registry, vec![]).unwrap();
+    // A config beat whose task is not bound: refused at fire time, shown in
+    // its status, and the other beats fire regardless.
+    let orphan = Beat::every("orphan", "unbound", "1s");
+    let s = Scheduler::embedded(producer, registry, vec![orphan]).unwrap();
     assert_eq!(s.store().kind(), "memory");
     let looping = spawn_loop(&s);
 
@@ -640,6 +643,42 @@ async fn embedded_scheduler_fires_and_fires_now() {
         s.fire_now("ghost").await,
         Err(BeatError::NotFound(_))
     ));
+
+    let orphan = s.get("orphan").await.unwrap();
+    assert_eq!(orphan.source, BeatSource::Config);
+    let why = orphan.last_error.expect("the orphan's fire error");
+    assert!(why.contains("unbound"), "{why}");
+    looping.abort();
+}
+
+/// The change feed survives a Redis restart: a beat put afterwards still
+/// reaches the running loop (and jobs are enqueued on the new server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_still_arrive_after_redis_restarts() {
+    let mut server = RedisServer::start();
+    bind_task(&server.url(), "tick").await;
+    let r = replica(&server.url(), vec![]).await;
+    let looping = spawn_loop(&r.scheduler);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    server.restart();
+    // Nothing was persisted: bind the task again on the fresh server.
+    bind_task(&server.url(), "tick").await;
+    // The API side's connection comes back on its own; retry until it has.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match r.scheduler.put(Beat::every("after", "tick", "1s")).await {
+            Ok(_) => break,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("put not yet possible: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("put after restart: {e}"),
+        }
+    }
+    // Counted over a connection of its own, made after the restart.
+    let watcher: Arc<dyn Broker> = Arc::new(RedisBroker::connect(&server.url()).await.unwrap());
+    wait_for_beat(&watcher, "after", Duration::from_secs(15)).await;
     looping.abort();
 }
 
