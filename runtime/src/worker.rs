@@ -518,7 +518,6 @@ impl Loop {
             for id in &reply.stale {
                 tracing::warn!(job = %id, "lease was lost before the result was stored; another run owns it");
             }
-            let got = reply.deliveries.len();
             if let Some(v) = self.queues.get_mut(&q) {
                 if due_check {
                     v.due_check = false;
@@ -527,9 +526,11 @@ impl Loop {
                 if let Some(t) = reply.deferred_until {
                     v.next_due = Some(v.next_due.map_or(t, |d| d.min(t)));
                 }
-                // Only a fetch that came back short says the queue is empty.
+                // Only a fetch that took fewer entries than asked says the
+                // queue is empty: jobs deferred by a rate limit (or dropped
+                // as expired) were taken too, and more may wait behind them.
                 if want > 0 {
-                    v.maybe_work = got >= want;
+                    v.maybe_work = reply.popped >= want;
                 }
             }
             for d in reply.deliveries {

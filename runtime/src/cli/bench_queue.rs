@@ -272,7 +272,7 @@ pub async fn execute(args: QueueBench) -> anyhow::Result<ExitCode> {
                 if ev.state != JobState::Success {
                     failed += 1;
                 }
-                if done % 500 == 0 {
+                if done.is_multiple_of(500) {
                     bar.set_position(done as u64);
                 }
             }

@@ -392,8 +392,7 @@ impl Broker for EmbeddedBroker {
         }
 
         let lease_until = now + req.lease.as_millis() as i64;
-        let mut fetched = 0;
-        while fetched < req.fetch {
+        while reply.popped < req.fetch {
             let st_ref = &mut *st;
             let Some(q) = st_ref.queues.get_mut(&req.queue) else {
                 break;
@@ -401,7 +400,7 @@ impl Broker for EmbeddedBroker {
             let Some((id, n)) = q.ready.pop_front() else {
                 break;
             };
-            fetched += 1;
+            reply.popped += 1;
             let Some(rec) = st_ref
                 .records
                 .get(&id)

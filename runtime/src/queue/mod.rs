@@ -60,6 +60,9 @@ pub struct Delivery {
 }
 
 /// What a worker reports for a leased job.
+// A few of these live at once, in a settle batch: boxing the jobs would buy
+// nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Settlement {
     /// A final record (SUCCESS, FAILURE, REVOKED, EXPIRED), kept for
@@ -112,6 +115,10 @@ pub struct SettleReply {
     pub next_due: Option<DateTime<Utc>>,
     /// Earliest time a job deferred by this call (retry, rate limit) is due.
     pub deferred_until: Option<DateTime<Utc>>,
+    /// Entries taken from the ready list: leased, deferred by a rate limit,
+    /// or dropped (expired, revoked). Fewer than `fetch` means the list is
+    /// empty; fewer deliveries alone does not.
+    pub popped: usize,
 }
 
 /// What wakes a worker.

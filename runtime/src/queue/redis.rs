@@ -495,7 +495,14 @@ impl Broker for RedisBroker {
         let stale = as_array(parts.next().unwrap_or(Value::Nil));
         let next_due = parts.next().and_then(|v| as_string(&v)).unwrap_or_default();
         let deferred = parts.next().and_then(|v| as_string(&v)).unwrap_or_default();
-        let mut out = SettleReply::default();
+        let popped = match parts.next() {
+            Some(Value::Int(n)) => n.max(0) as usize,
+            _ => 0,
+        };
+        let mut out = SettleReply {
+            popped,
+            ..SettleReply::default()
+        };
         for pair in leased.chunks(2) {
             let (Some(member), Some(rec)) = (as_string(&pair[0]), pair.get(1).and_then(as_string))
             else {

@@ -49,3 +49,48 @@ async fn five_per_two_seconds_across_two_workers() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Jobs of a limited task fill the front of a queue; an unlimited job behind
+/// them runs at once. (A fetch whose every job was deferred does not mean
+/// the queue is empty: the worker fetches again instead of sleeping until
+/// the limit's next window.)
+async fn unlimited_job_behind_deferred_ones_runs_at_once(env: Env) {
+    env.bind("limited", "hello", "mail", |b| {
+        b.rate_limit = Some("1/m".into())
+    })
+    .await;
+    env.bind("free", "hello", "mail", |_| {}).await;
+    let mut reqs: Vec<EnqueueRequest> = (0..60)
+        .map(|i| EnqueueRequest::task("limited", format!(r#"{{"name":"l{i}"}}"#)))
+        .collect();
+    reqs.push(EnqueueRequest::task(
+        "free",
+        r#"{"name":"free"}"#.to_string(),
+    ));
+    let enqueued = env.producer.enqueue_batch(reqs).await.unwrap();
+    let free = enqueued.last().unwrap().job.id;
+    let w = env.worker(cfg(&["mail"], 2)).await;
+    // Well inside the limit's one-minute window: a worker that slept until
+    // the window's end would not have run it yet.
+    let j = env
+        .broker
+        .wait(free, Duration::from_secs(20))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(j.state, JobState::Success, "{j:?}");
+    let stats = env.broker.queues().await.unwrap();
+    let mail = stats.iter().find(|q| q.name == "mail").unwrap();
+    assert_eq!(mail.ready, 0, "every limited job was examined: {mail:?}");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlimited_job_behind_deferred_ones_runs_at_once_on_redis() {
+    unlimited_job_behind_deferred_ones_runs_at_once(Env::redis().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlimited_job_behind_deferred_ones_runs_at_once_embedded() {
+    unlimited_job_behind_deferred_ones_runs_at_once(Env::embedded().await).await;
+}

@@ -6,7 +6,8 @@
 --       then per completion: lease member, action, record, arg, id, alt record, alt ttl, state
 -- action: F final, D final + dead letter, R retry (arg = due ms), H hand back;
 --         a trailing 'p' clears stored progress.
--- Returns {leased {member, record}..., stale ids, next due, deferred until}.
+-- Returns {leased {member, record}..., stale ids, next due, deferred until,
+-- number of entries taken from ready (leased, deferred or dropped)}.
 local P, chan, qname = ARGV[1], ARGV[2], ARGV[3]
 local now, lease_ms = tonumber(ARGV[4]), tonumber(ARGV[5])
 local worker, fetch_max, due_check = ARGV[6], tonumber(ARGV[7]), ARGV[8] == '1'
@@ -158,9 +159,11 @@ local function limit(rules, id)
 end
 
 local out = {}
+local popped = 0
 if fetch_max > 0 then
   local els = redis.call('LPOP', P .. 'ready', fetch_max)
   if els then
+    popped = #els
     local keys = {}
     for i, e in ipairs(els) do keys[i] = P .. 'job:' .. string.match(e, '^[^|]+') end
     local recs = redis.call('MGET', unpack(keys))
@@ -203,4 +206,4 @@ if #ev > 0 or readied > 0 or deferred then
   if #out > 0 then msg.lease = now + lease_ms end
   redis.call('PUBLISH', chan, cjson.encode(msg))
 end
-return { out, stale, next_due and tostring(next_due) or '', deferred and tostring(deferred) or '' }
+return { out, stale, next_due and tostring(next_due) or '', deferred and tostring(deferred) or '', popped }
