@@ -4,7 +4,8 @@
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt as _;
 use serde::de::DeserializeOwned;
 
 use crate::queue::{BrokerError, EnqueueError, JobError};
@@ -88,7 +89,9 @@ impl From<BrokerError> for ApiError {
         match e {
             BrokerError::Job(j) => j.into(),
             BrokerError::UnknownQueue(q) => ApiError::not_found(format!("unknown queue {q:?}")),
-            e if e.is_unavailable() => ApiError::unavailable(format!("the broker is unreachable: {e}")),
+            e if e.is_unavailable() => {
+                ApiError::unavailable(format!("the broker is unreachable: {e}"))
+            }
             e => ApiError::internal(e.to_string()),
         }
     }
@@ -99,7 +102,9 @@ impl From<RegistryError> for ApiError {
         match e {
             RegistryError::InvalidHash(_) => ApiError::bad_request(e.to_string()),
             RegistryError::UnknownModule(_) => ApiError::not_found(e.to_string()),
-            RegistryError::Redis(_) => ApiError::unavailable(format!("the registry is unreachable: {e}")),
+            RegistryError::Redis(_) => {
+                ApiError::unavailable(format!("the registry is unreachable: {e}"))
+            }
             e => ApiError::internal(e.to_string()),
         }
     }
@@ -121,7 +126,11 @@ impl From<EnqueueError> for ApiError {
             EnqueueError::Invalid(j) => j.into(),
             EnqueueError::InBatch { index, source } => {
                 let inner = ApiError::from(source);
-                ApiError::new(inner.status, inner.code, format!("jobs[{index}]: {}", inner.message))
+                ApiError::new(
+                    inner.status,
+                    inner.code,
+                    format!("jobs[{index}]: {}", inner.message),
+                )
             }
             EnqueueError::UnknownModule(_) => ApiError::not_found(e.to_string()),
             EnqueueError::Registry(r) => r.into(),
@@ -145,9 +154,9 @@ impl From<DeployError> for ApiError {
 pub fn describe_limit(bytes: usize) -> String {
     const KIB: usize = 1024;
     const MIB: usize = 1024 * 1024;
-    let human = if bytes >= MIB && bytes % MIB == 0 {
+    let human = if bytes >= MIB && bytes.is_multiple_of(MIB) {
         format!("{} MiB", bytes / MIB)
-    } else if bytes >= KIB && bytes % KIB == 0 {
+    } else if bytes >= KIB && bytes.is_multiple_of(KIB) {
         format!("{} KiB", bytes / KIB)
     } else {
         bytesize::ByteSize(bytes as u64).display().iec().to_string()
@@ -155,20 +164,64 @@ pub fn describe_limit(bytes: usize) -> String {
     format!("{human} ({bytes} bytes)")
 }
 
-/// Reads the whole body, turning axum's rejections into our errors: a body
-/// over the limit is 413 with the limit in the message.
+/// Reads the whole body; a body over the limit is 413 with the limit in the
+/// message.
+///
+/// An oversized body is still read (and thrown away, up to [`DRAIN_MAX`]
+/// bytes or [`DRAIN_TIME`]) before the 413 goes out: a server that answers
+/// and closes while the client is still sending makes the kernel reset the
+/// connection, and the client sees "connection reset" instead of the 413
+/// that says what the limit is.
 pub async fn read_body(req: Request, limit: usize) -> Result<Bytes, ApiError> {
-    Bytes::from_request(req, &()).await.map_err(|rej| {
-        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("the request body is larger than the limit of {}", describe_limit(limit)),
-            )
-        } else {
-            ApiError::bad_request(format!("cannot read the request body: {rej}"))
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let mut stream = req.into_body().into_data_stream();
+    if declared.is_some_and(|n| n > limit as u64) {
+        drain(stream).await;
+        return Err(too_large(limit));
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            drain(stream).await;
+            return Err(too_large(limit));
         }
-    })
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// The most of an oversized body read and discarded before answering 413.
+pub const DRAIN_MAX: usize = 256 * 1024 * 1024;
+/// The longest time spent discarding an oversized body.
+pub const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn drain(mut stream: axum::body::BodyDataStream) {
+    let discard = async {
+        let mut seen = 0usize;
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen += chunk.len();
+            if seen > DRAIN_MAX {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, discard).await;
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!(
+            "the request body is larger than the limit of {}",
+            describe_limit(limit)
+        ),
+    )
 }
 
 /// A JSON body. Malformed JSON is 400 naming the line and column; a body

@@ -57,12 +57,21 @@ impl ModuleView {
     }
 }
 
-async fn store(ctx: &AppState, body: Vec<u8>) -> Result<(StatusCode, axum::Json<ModuleView>), ApiError> {
+async fn store(
+    ctx: &AppState,
+    body: Vec<u8>,
+) -> Result<(StatusCode, axum::Json<ModuleView>), ApiError> {
     if body.is_empty() {
-        return Err(ApiError::bad_request("empty body: send the component's bytes"));
+        return Err(ApiError::bad_request(
+            "empty body: send the component's bytes",
+        ));
     }
     let (info, created) = deploy::upload(&ctx.sandbox, &ctx.registry, body).await?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, axum::Json(ModuleView::new(info, created))))
 }
 
@@ -107,7 +116,9 @@ async fn put_module(
     req: Request,
 ) -> Result<impl IntoResponse, ApiError> {
     let expected = parse_module_hash(&hash).ok_or_else(|| {
-        ApiError::bad_request(format!("invalid module hash {hash:?}: expected sha256:<64 hex digits>"))
+        ApiError::bad_request(format!(
+            "invalid module hash {hash:?}: expected sha256:<64 hex digits>"
+        ))
     })?;
     let body = read_body(req, ctx.max_body).await?;
     let actual = module_hash(&body);
@@ -129,7 +140,12 @@ async fn list_modules(
     _: Submit,
 ) -> Result<axum::Json<Vec<ModuleView>>, ApiError> {
     let modules = ctx.registry.modules().await?;
-    Ok(axum::Json(modules.into_iter().map(|m| ModuleView::new(m, false)).collect()))
+    Ok(axum::Json(
+        modules
+            .into_iter()
+            .map(|m| ModuleView::new(m, false))
+            .collect(),
+    ))
 }
 
 /// One module: size, imports, upload time.
@@ -146,7 +162,9 @@ async fn get_module(
     Path(hash): Path<String>,
 ) -> Result<axum::Json<ModuleView>, ApiError> {
     let hash = parse_module_hash(&hash).ok_or_else(|| {
-        ApiError::bad_request(format!("invalid module hash {hash:?}: expected sha256:<64 hex digits>"))
+        ApiError::bad_request(format!(
+            "invalid module hash {hash:?}: expected sha256:<64 hex digits>"
+        ))
     })?;
     let info = ctx
         .registry

@@ -166,7 +166,9 @@ async fn enable_schedule(
     _: Admin,
     Path(name): Path<String>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    Ok(axum::Json(status_json(&scheduler(&ctx)?.set_enabled(&name, true).await?)))
+    Ok(axum::Json(status_json(
+        &scheduler(&ctx)?.set_enabled(&name, true).await?,
+    )))
 }
 
 /// Disables a beat without deleting it.
@@ -179,5 +181,7 @@ async fn disable_schedule(
     _: Admin,
     Path(name): Path<String>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    Ok(axum::Json(status_json(&scheduler(&ctx)?.set_enabled(&name, false).await?)))
+    Ok(axum::Json(status_json(
+        &scheduler(&ctx)?.set_enabled(&name, false).await?,
+    )))
 }

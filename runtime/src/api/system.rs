@@ -29,7 +29,10 @@ async fn healthz() -> &'static str {
 async fn readyz(State(ctx): State<AppState>) -> Result<&'static str, ApiError> {
     match tokio::time::timeout(std::time::Duration::from_secs(2), ctx.broker.queues()).await {
         Ok(Ok(_)) => Ok("ready\n"),
-        Ok(Err(e)) => Err(ApiError::unavailable(format!("{} broker: {e}", ctx.broker.kind()))),
+        Ok(Err(e)) => Err(ApiError::unavailable(format!(
+            "{} broker: {e}",
+            ctx.broker.kind()
+        ))),
         Err(_) => Err(ApiError::unavailable(format!(
             "{} broker: no answer within 2 s",
             ctx.broker.kind()

@@ -85,11 +85,16 @@ async fn put_task(
     Path(name): Path<String>,
     ApiJson(req): ApiJson<BindRequest>,
 ) -> Result<axum::Json<TaskView>, ApiError> {
-    let module = match parse_module_source(&req.module).map_err(|e| ApiError::bad_request(format!("module: {e:#}")))? {
+    let module = match parse_module_source(&req.module)
+        .map_err(|e| ApiError::bad_request(format!("module: {e:#}")))?
+    {
         ModuleSource::Hash(h) => h,
         ModuleSource::Builtin(b) => {
             let bytes = crate::builtin::module(&b).unwrap_or_default().to_vec();
-            deploy::upload(&ctx.sandbox, &ctx.registry, bytes).await?.0.hash
+            deploy::upload(&ctx.sandbox, &ctx.registry, bytes)
+                .await?
+                .0
+                .hash
         }
         ModuleSource::Path(_) => {
             return Err(ApiError::bad_request(format!(
@@ -174,13 +179,18 @@ async fn rollback_task(
     let target = match &req.to {
         None => history.iter().find(|b| b.module != current.module),
         Some(to) => {
-            let to = crate::registry::parse_module_hash(to)
-                .ok_or_else(|| ApiError::bad_request(format!("to: {to:?} is not sha256:<64 hex digits>")))?;
+            let to = crate::registry::parse_module_hash(to).ok_or_else(|| {
+                ApiError::bad_request(format!("to: {to:?} is not sha256:<64 hex digits>"))
+            })?;
             history.iter().find(|b| b.module == to)
         }
     }
     .cloned()
-    .ok_or_else(|| ApiError::not_found(format!("task {name:?} has no earlier binding to roll back to")))?;
+    .ok_or_else(|| {
+        ApiError::not_found(format!(
+            "task {name:?} has no earlier binding to roll back to"
+        ))
+    })?;
     let mut binding = target;
     binding.bound_at = chrono::Utc::now();
     let binding = deploy::bind(&ctx.sandbox, &ctx.registry, binding).await?;
