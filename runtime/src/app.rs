@@ -72,8 +72,10 @@ impl Core {
             )
             .await
             .context("[[beats]]")?,
-            None => crate::scheduler::Scheduler::embedded(producer.clone(), registry.clone(), beats)
-                .context("[[beats]]")?,
+            None => {
+                crate::scheduler::Scheduler::embedded(producer.clone(), registry.clone(), beats)
+                    .context("[[beats]]")?
+            }
         };
         Ok(Core {
             broker,
@@ -138,9 +140,7 @@ pub fn config_beats(config: &Config) -> anyhow::Result<Vec<crate::scheduler::bea
         .beats
         .iter()
         .enumerate()
-        .map(|(i, v)| {
-            serde_json::from_value(v.clone()).with_context(|| format!("beats[{i}]"))
-        })
+        .map(|(i, v)| serde_json::from_value(v.clone()).with_context(|| format!("beats[{i}]")))
         .collect()
 }
 
@@ -171,7 +171,11 @@ pub fn metrics_handle() -> Option<metrics_exporter_prometheus::PrometheusHandle>
 }
 
 /// The API's context for `core` with `config`'s server settings.
-pub fn api_context(core: &Core, config: &Config, auth: crate::api::Auth) -> anyhow::Result<crate::api::ApiContext> {
+pub fn api_context(
+    core: &Core,
+    config: &Config,
+    auth: crate::api::Auth,
+) -> anyhow::Result<crate::api::ApiContext> {
     Ok(crate::api::ApiContext {
         registry: core.registry.clone(),
         broker: core.broker.clone(),
@@ -181,6 +185,7 @@ pub fn api_context(core: &Core, config: &Config, auth: crate::api::Auth) -> anyh
         max_body: config.server.max_body_bytes()?,
         metrics: metrics_handle(),
         scheduler: Some(core.scheduler.clone()),
+        closing: tokio_util::sync::CancellationToken::new(),
     })
 }
 
@@ -197,7 +202,10 @@ pub fn auth_from(config: &Config) -> anyhow::Result<crate::api::Auth> {
              or `[server] open = true` to serve without tokens"
         );
     }
-    Ok(crate::api::Auth::new(&config.auth.admin, &config.auth.submit))
+    Ok(crate::api::Auth::new(
+        &config.auth.admin,
+        &config.auth.submit,
+    ))
 }
 
 /// Every queue a config mentions: `[worker] queues`, or else `default`,
@@ -219,13 +227,14 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

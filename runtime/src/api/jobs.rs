@@ -9,7 +9,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use futures::Stream;
+use futures::{Stream, StreamExt as _};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use utoipa::{IntoParams, ToSchema};
@@ -20,7 +20,9 @@ use super::auth::{Admin, Submit};
 use super::error::ErrorBody;
 use super::{ApiError, ApiJson, AppState};
 use crate::queue::client::parse_duration;
-use crate::queue::{EnqueueRequest, Enqueued, Job, JobEvent, JobId, JobLimits, RetryPolicy, RevokeOutcome};
+use crate::queue::{
+    EnqueueRequest, Enqueued, Job, JobEvent, JobId, JobLimits, RetryPolicy, RevokeOutcome,
+};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -278,7 +280,9 @@ async fn revoke_job(
         RevokeOutcome::WillNotRetry => ("will_not_retry", None),
         RevokeOutcome::AlreadyFinal(s) => (
             "already_final",
-            serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_string)),
+            serde_json::to_value(s)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string)),
         ),
         RevokeOutcome::NotFound => return Err(ApiError::not_found(format!("unknown job {id}"))),
     };
@@ -361,6 +365,8 @@ async fn job_events(
             }
         }
     });
+    // The stream ends when the server starts shutting down.
+    let stream = stream.take_until(ctx.closing.clone().cancelled_owned());
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 

@@ -1,6 +1,7 @@
 //! The HTTP API (`/v1/...`, axum): modules, task names, jobs, queues,
-//! workers and schedules, plus `/healthz`, `/readyz`, `/metrics` and the
-//! OpenAPI document at `/v1/openapi.json`, generated from the handlers'
+//! workers, schedules and a live event stream, plus `/healthz`, `/readyz`,
+//! `/metrics`, the dashboard (`/dashboard`) and the OpenAPI document at
+//! `/v1/openapi.json`, generated from the handlers'
 //! annotations (the same registration builds the router and the document,
 //! so a route cannot be missing from it).
 //!
@@ -12,7 +13,9 @@
 //! with a status that says whose fault it is (see [`ApiError`]).
 
 pub mod auth;
+mod dashboard;
 mod error;
+mod events;
 mod jobs;
 mod modules;
 mod queues;
@@ -33,8 +36,8 @@ use utoipa::OpenApi as _;
 use utoipa::openapi::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
-pub use auth::{Auth, Role};
 use auth::SecurityAddon;
+pub use auth::{Auth, Role};
 pub use error::{ApiError, ApiJson};
 
 use crate::queue::{Broker, Producer};
@@ -56,6 +59,9 @@ pub struct ApiContext {
     /// The schedules (the loop may run in another process); `None`
     /// answers 503 on `/v1/schedules`.
     pub scheduler: Option<crate::scheduler::Scheduler>,
+    /// Cancelled when the server starts shutting down: open event streams
+    /// end then, so that a graceful shutdown does not wait on a dashboard.
+    pub closing: tokio_util::sync::CancellationToken,
 }
 
 pub type AppState = Arc<ApiContext>;
@@ -86,6 +92,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(modules::routes())
         .merge(tasks::routes())
         .merge(jobs::routes())
+        .merge(events::routes())
         .merge(queues::routes())
         .merge(schedules::routes())
 }
@@ -108,6 +115,7 @@ pub fn router(ctx: ApiContext) -> Router {
                 async move { axum::Json(doc.as_ref().clone()) }
             }),
         )
+        .merge(dashboard::routes())
         .fallback(|uri: axum::http::Uri| async move {
             ApiError::not_found(format!("no route for {}", uri.path()))
         })
@@ -133,14 +141,19 @@ pub fn router(ctx: ApiContext) -> Router {
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves; in-flight
-/// requests (long polls, event streams) are then given a moment to end.
+/// Serves the app of `ctx` on `listener` until `shutdown` resolves. Then
+/// event streams end (`ctx.closing` is cancelled) and the requests still in
+/// flight, long polls included, are waited for.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    ctx: ApiContext,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+    let closing = ctx.closing.clone();
+    axum::serve(listener, router(ctx))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            closing.cancel();
+        })
         .await
 }

@@ -45,9 +45,11 @@ const DEV_CONFIG: &str = include_str!("dev.toml");
 pub fn dev_config(data: &Path) -> anyhow::Result<Config> {
     let text = DEV_CONFIG.replace("{data}", &data.display().to_string());
     let mut config: Config = toml::from_str(&text).context("the built-in dev configuration")?;
-    config.tasks.retain(|_, t| match t.module.as_deref().and_then(|m| m.strip_prefix("builtin:")) {
-        Some(b) => crate::builtin::module(b).is_some(),
-        None => true,
+    config.tasks.retain(|_, t| {
+        match t.module.as_deref().and_then(|m| m.strip_prefix("builtin:")) {
+            Some(b) => crate::builtin::module(b).is_some(),
+            None => true,
+        }
     });
     config.base_dir = data.to_path_buf();
     Ok(config)
@@ -80,7 +82,10 @@ pub async fn execute(args: DevArgs) -> anyhow::Result<ExitCode> {
         let bytes: [u8; 24] = rand::random();
         hex::encode(bytes)
     });
-    anyhow::ensure!(token.len() >= 16, "--token must be at least 16 characters long");
+    anyhow::ensure!(
+        token.len() >= 16,
+        "--token must be at least 16 characters long"
+    );
     config.auth.admin.push(token.clone());
     let auth = app::auth_from(&config)?;
 
@@ -91,7 +96,9 @@ pub async fn execute(args: DevArgs) -> anyhow::Result<ExitCode> {
     let core = Core::open(&config, sandbox).await?;
     let bound = core.apply_tasks(&config).await?;
 
-    let mut services = HostServices::from_config(&app::host_config(&config)).await.context("[host]")?;
+    let mut services = HostServices::from_config(&app::host_config(&config))
+        .await
+        .context("[host]")?;
     let mail_dir = data.join("mail");
     if services.mail.is_none() {
         services.mail = Some(Arc::new(runner_host_fns::mail::Mailer::dry_run(
@@ -116,12 +123,13 @@ pub async fn execute(args: DevArgs) -> anyhow::Result<ExitCode> {
     let sched = core.scheduler.clone();
     let sched_stop = stopped(stop_rx.clone());
     let sched_task = tokio::spawn(async move { sched.run(sched_stop).await });
-    let router = crate::api::router(app::api_context(&core, &config, auth)?);
-    let server = tokio::spawn(crate::api::serve(listener, router, stopped(stop_rx.clone())));
+    let ctx = app::api_context(&core, &config, auth)?;
+    let server = tokio::spawn(crate::api::serve(listener, ctx, stopped(stop_rx.clone())));
 
     println!("runner dev: http://{addr}  ({} broker)", core.broker.kind());
     println!("admin token: {token}");
     println!("  export RUNNER_URL=http://{addr} RUNNER_TOKEN={token}");
+    println!("dashboard: http://{addr}/dashboard#token={token}");
     println!("tasks: {}", bound.join(", "));
     println!("queues: {}", queues.join(", "));
     let beats = core.scheduler.list().await.map(|b| b.len()).unwrap_or(0);

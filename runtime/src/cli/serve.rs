@@ -69,20 +69,32 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let worker = app::worker(&core, &config, None).await?;
         let mut rx = stop_rx.clone();
         tasks.spawn(async move {
-            let _ = worker.run(async move { let _ = rx.wait_for(|s| *s).await; }).await;
+            let _ = worker
+                .run(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await;
         });
     }
     if args.scheduler {
         let sched = core.scheduler.clone();
         let mut rx = stop_rx.clone();
         tasks.spawn(async move {
-            sched.run(async move { let _ = rx.wait_for(|s| *s).await; }).await;
+            sched
+                .run(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await;
         });
     }
-    let router = crate::api::router(app::api_context(&core, &config, auth)?);
-    eprintln!("runner API listening on http://{addr} ({} broker)", core.broker.kind());
+    let ctx = app::api_context(&core, &config, auth)?;
+    eprintln!(
+        "runner API listening on http://{addr} ({} broker)",
+        core.broker.kind()
+    );
+    eprintln!("dashboard: http://{addr}/dashboard (give it a token: /dashboard#token=...)");
     let mut rx = stop_rx.clone();
-    let server = crate::api::serve(listener, router, async move {
+    let server = crate::api::serve(listener, ctx, async move {
         let _ = rx.wait_for(|s| *s).await;
     });
     let server = tokio::spawn(server);

@@ -16,8 +16,8 @@ use crate::support::{
     constant_output_component, core_module, guest_bytes, other_world_component, sandbox,
 };
 
-const ADMIN: &str = "admin-token-0123456789abcdef";
-const SUBMIT: &str = "submit-token-0123456789abcdef";
+pub(crate) const ADMIN: &str = "admin-token-0123456789abcdef";
+pub(crate) const SUBMIT: &str = "submit-token-0123456789abcdef";
 
 pub struct TestApi {
     pub url: String,
@@ -34,7 +34,12 @@ impl TestApi {
     }
 
     /// [`start`](Self::start), with the scheduler loop too when `scheduler`.
-    pub async fn start_with(redis: Option<String>, max_body: &str, worker: bool, scheduler: bool) -> TestApi {
+    pub async fn start_with(
+        redis: Option<String>,
+        max_body: &str,
+        worker: bool,
+        scheduler: bool,
+    ) -> TestApi {
         let mut config = Config::default();
         config.broker.redis_url = redis;
         config.server.max_body = max_body.to_string();
@@ -62,10 +67,10 @@ impl TestApi {
             handles.push(tokio::spawn(async move { sched.run(f).await }));
         }
         let auth = app::auth_from(&config).unwrap();
-        let router = runner::api::router(app::api_context(&core, &config, auth).unwrap());
+        let ctx = app::api_context(&core, &config, auth).unwrap();
         let f = stopped(rx.clone());
         handles.push(tokio::spawn(async move {
-            runner::api::serve(listener, router, f).await.unwrap();
+            runner::api::serve(listener, ctx, f).await.unwrap();
         }));
         TestApi {
             url,
@@ -82,7 +87,12 @@ impl TestApi {
         }
     }
 
-    pub fn req(&self, method: reqwest::Method, path: &str, token: Option<&str>) -> reqwest::RequestBuilder {
+    pub fn req(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> reqwest::RequestBuilder {
         let rb = self.http.request(method, format!("{}{path}", self.url));
         match token {
             Some(t) => rb.bearer_auth(t),
@@ -100,24 +110,67 @@ impl TestApi {
 
     pub async fn upload(&self, bytes: &[u8]) -> (StatusCode, Value) {
         self.call(
-            self.req(reqwest::Method::PUT, &format!("/v1/modules/{}", module_hash(bytes)), Some(ADMIN))
-                .body(bytes.to_vec()),
+            self.req(
+                reqwest::Method::PUT,
+                &format!("/v1/modules/{}", module_hash(bytes)),
+                Some(ADMIN),
+            )
+            .body(bytes.to_vec()),
         )
         .await
     }
 
     pub async fn bind(&self, name: &str, body: Value) -> (StatusCode, Value) {
-        self.call(self.req(reqwest::Method::PUT, &format!("/v1/tasks/{name}"), Some(ADMIN)).json(&body))
+        self.call(
+            self.req(
+                reqwest::Method::PUT,
+                &format!("/v1/tasks/{name}"),
+                Some(ADMIN),
+            )
+            .json(&body),
+        )
+        .await
+    }
+
+    /// Opens a server-sent event stream: 200 with `text/event-stream`.
+    pub async fn event_stream(&self, path: &str) -> reqwest::Response {
+        let res = self
+            .req(reqwest::Method::GET, path, Some(SUBMIT))
+            .send()
             .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{path}");
+        let ct = res.headers()["content-type"].to_str().unwrap();
+        assert!(ct.starts_with("text/event-stream"), "{path}: {ct}");
+        res
+    }
+
+    /// Uploads an example and binds `name` to it with the defaults.
+    pub async fn bind_example(&self, name: &str, example: &str) {
+        let bytes = guest_bytes(example);
+        let (s, v) = self.upload(&bytes).await;
+        assert!(s.is_success(), "{v}");
+        let (s, v) = self
+            .bind(name, json!({ "module": module_hash(&bytes) }))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
     }
 
     pub async fn enqueue(&self, body: Value) -> (StatusCode, Value) {
-        self.call(self.req(reqwest::Method::POST, "/v1/jobs", Some(SUBMIT)).json(&body)).await
+        self.call(
+            self.req(reqwest::Method::POST, "/v1/jobs", Some(SUBMIT))
+                .json(&body),
+        )
+        .await
     }
 
     pub async fn wait(&self, id: &str) -> Value {
         let (s, v) = self
-            .call(self.req(reqwest::Method::GET, &format!("/v1/jobs/{id}?wait=30s"), Some(SUBMIT)))
+            .call(self.req(
+                reqwest::Method::GET,
+                &format!("/v1/jobs/{id}?wait=30s"),
+                Some(SUBMIT),
+            ))
             .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         v
@@ -125,7 +178,10 @@ impl TestApi {
 }
 
 fn message(v: &Value) -> String {
-    v["error"]["message"].as_str().unwrap_or_default().to_string()
+    v["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 async fn upload_bind_enqueue_wait(api: &TestApi) {
@@ -133,15 +189,28 @@ async fn upload_bind_enqueue_wait(api: &TestApi) {
     let (s, v) = api.upload(&hello).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     assert_eq!(v["hash"], module_hash(&hello));
-    assert!(v["imports"].as_array().unwrap().iter().any(|i| i.as_str().unwrap().starts_with("runner:task/context")));
+    assert!(
+        v["imports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i.as_str().unwrap().starts_with("runner:task/context"))
+    );
     // Idempotent: the same bytes again are 200, not a second module.
     let (s, v) = api.upload(&hello).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["created"], false);
 
-    let (s, v) = api.bind("greet", json!({ "module": module_hash(&hello), "queue": "default" })).await;
+    let (s, v) = api
+        .bind(
+            "greet",
+            json!({ "module": module_hash(&hello), "queue": "default" }),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let (s, v) = api.enqueue(json!({ "task": "greet", "input": { "name": "API" } })).await;
+    let (s, v) = api
+        .enqueue(json!({ "task": "greet", "input": { "name": "API" } }))
+        .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
     let id = v["id"].as_str().unwrap().to_string();
     let job = api.wait(&id).await;
@@ -150,13 +219,22 @@ async fn upload_bind_enqueue_wait(api: &TestApi) {
     assert_eq!(job["module"], module_hash(&hello));
 
     // Listed.
-    let (s, v) = api.call(api.req(reqwest::Method::GET, "/v1/modules", Some(SUBMIT))).await;
+    let (s, v) = api
+        .call(api.req(reqwest::Method::GET, "/v1/modules", Some(SUBMIT)))
+        .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v.as_array().unwrap().len(), 1);
-    let (s, v) = api.call(api.req(reqwest::Method::GET, "/v1/queues", Some(SUBMIT))).await;
+    let (s, v) = api
+        .call(api.req(reqwest::Method::GET, "/v1/queues", Some(SUBMIT)))
+        .await;
     assert_eq!(s, StatusCode::OK);
-    assert!(v.as_array().unwrap().iter().any(|q| q["name"] == "default"), "{v}");
-    let (s, v) = api.call(api.req(reqwest::Method::GET, "/v1/workers", Some(SUBMIT))).await;
+    assert!(
+        v.as_array().unwrap().iter().any(|q| q["name"] == "default"),
+        "{v}"
+    );
+    let (s, v) = api
+        .call(api.req(reqwest::Method::GET, "/v1/workers", Some(SUBMIT)))
+        .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
 }
@@ -189,25 +267,49 @@ async fn api_rebind_under_load_keeps_old_jobs_on_the_old_module() {
         let (s, v) = api.upload(m).await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
     }
-    assert_eq!(api.bind("versioned", json!({ "module": module_hash(&v1) })).await.0, StatusCode::OK);
+    assert_eq!(
+        api.bind("versioned", json!({ "module": module_hash(&v1) }))
+            .await
+            .0,
+        StatusCode::OK
+    );
 
     let batch = |n: usize| json!({ "jobs": (0..n).map(|_| json!({"task": "versioned"})).collect::<Vec<_>>() });
-    let send = |body: Value| api.call(api.req(reqwest::Method::POST, "/v1/jobs/batch", Some(SUBMIT)).json(&body));
+    let send = |body: Value| {
+        api.call(
+            api.req(reqwest::Method::POST, "/v1/jobs/batch", Some(SUBMIT))
+                .json(&body),
+        )
+    };
     let mut before = Vec::new();
     for _ in 0..4 {
         let (s, v) = send(batch(100)).await;
         assert_eq!(s, StatusCode::ACCEPTED, "{v}");
-        before.extend(v["jobs"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_string()));
+        before.extend(
+            v["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["id"].as_str().unwrap().to_string()),
+        );
     }
     // Re-bind while the worker is busy with the first jobs.
-    let (s, v) = api.bind("versioned", json!({ "module": module_hash(&v2) })).await;
+    let (s, v) = api
+        .bind("versioned", json!({ "module": module_hash(&v2) }))
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["history"][0]["module"], module_hash(&v1));
     let mut after = Vec::new();
     for _ in 0..2 {
         let (s, v) = send(batch(100)).await;
         assert_eq!(s, StatusCode::ACCEPTED, "{v}");
-        after.extend(v["jobs"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_string()));
+        after.extend(
+            v["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["id"].as_str().unwrap().to_string()),
+        );
     }
     for (ids, expect) in [(&before, 1), (&after, 2)] {
         for id in ids.iter() {
@@ -218,7 +320,11 @@ async fn api_rebind_under_load_keeps_old_jobs_on_the_old_module() {
     }
     // Rollback is one call.
     let (s, v) = api
-        .call(api.req(reqwest::Method::POST, "/v1/tasks/versioned/rollback", Some(ADMIN)))
+        .call(api.req(
+            reqwest::Method::POST,
+            "/v1/tasks/versioned/rollback",
+            Some(ADMIN),
+        ))
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["binding"]["module"], module_hash(&v1));
@@ -240,7 +346,10 @@ async fn api_bad_input_gets_the_right_status_and_says_what_is_wrong() {
     let other = module_hash(b"something else");
     let (s, v) = put(format!("/v1/modules/{other}"), Some(ADMIN), hello.clone()).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    assert!(message(&v).contains(&module_hash(&hello)) && message(&v).contains(&other), "{v}");
+    assert!(
+        message(&v).contains(&module_hash(&hello)) && message(&v).contains(&other),
+        "{v}"
+    );
     // A malformed hash.
     let (s, v) = put("/v1/modules/sha256:abc".into(), Some(ADMIN), hello.clone()).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
@@ -252,26 +361,47 @@ async fn api_bad_input_gets_the_right_status_and_says_what_is_wrong() {
     assert!(message(&v).contains("not a WebAssembly file"), "{v}");
     let (s, v) = api.upload(&core_module()).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
-    assert!(message(&v).contains("core WebAssembly module, not a component"), "{v}");
+    assert!(
+        message(&v).contains("core WebAssembly module, not a component"),
+        "{v}"
+    );
     let (s, v) = api.upload(&other_world_component()).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
-    assert!(message(&v).contains("missing the export") && message(&v).contains("run"), "{v}");
+    assert!(
+        message(&v).contains("missing the export") && message(&v).contains("run"),
+        "{v}"
+    );
 
     // An import the grants do not allow: 422 naming it; with the grant, bound.
     let kv_guard = guest_bytes("kv_guard");
     assert_eq!(api.upload(&kv_guard).await.0, StatusCode::CREATED);
-    let (s, v) = api.bind("guard", json!({ "module": module_hash(&kv_guard) })).await;
+    let (s, v) = api
+        .bind("guard", json!({ "module": module_hash(&kv_guard) }))
+        .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     assert!(message(&v).contains("runner:task/kv@0.1.0"), "{v}");
-    let (s, v) = api.bind("guard", json!({ "module": module_hash(&kv_guard), "grants": { "kv": {} } })).await;
+    let (s, v) = api
+        .bind(
+            "guard",
+            json!({ "module": module_hash(&kv_guard), "grants": { "kv": {} } }),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     // Bad grants and bad names.
     let (s, v) = api
-        .bind("guard", json!({ "module": module_hash(&kv_guard), "grants": { "kv": {}, "shell": true } }))
+        .bind(
+            "guard",
+            json!({ "module": module_hash(&kv_guard), "grants": { "kv": {}, "shell": true } }),
+        )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     assert!(message(&v).contains("shell"), "{v}");
-    let (s, v) = api.bind("bad%20name", json!({ "module": module_hash(&kv_guard), "grants": { "kv": {} } })).await;
+    let (s, v) = api
+        .bind(
+            "bad%20name",
+            json!({ "module": module_hash(&kv_guard), "grants": { "kv": {} } }),
+        )
+        .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     assert!(message(&v).contains("task name"), "{v}");
     // Binding a module never uploaded: 404.
@@ -281,21 +411,37 @@ async fn api_bad_input_gets_the_right_status_and_says_what_is_wrong() {
     // Oversized body: 413 with the limit.
     let big = vec![0u8; 2 * 1024 * 1024];
     let (s, v) = api
-        .call(api.req(reqwest::Method::POST, "/v1/modules", Some(ADMIN)).body(big))
+        .call(
+            api.req(reqwest::Method::POST, "/v1/modules", Some(ADMIN))
+                .body(big),
+        )
         .await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
-    assert!(message(&v).contains("1 MiB") && message(&v).contains("1048576"), "{v}");
+    assert!(
+        message(&v).contains("1 MiB") && message(&v).contains("1048576"),
+        "{v}"
+    );
 
     // Unknown task, unknown job: 404. A bad id: 400.
     let (s, v) = api.enqueue(json!({ "task": "nope" })).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
     assert!(message(&v).contains("nope"), "{v}");
     let missing = "0190a0a0-0000-7000-8000-000000000000";
-    let (s, _) = api.call(api.req(reqwest::Method::GET, &format!("/v1/jobs/{missing}"), Some(SUBMIT))).await;
+    let (s, _) = api
+        .call(api.req(
+            reqwest::Method::GET,
+            &format!("/v1/jobs/{missing}"),
+            Some(SUBMIT),
+        ))
+        .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    let (s, _) = api.call(api.req(reqwest::Method::GET, "/v1/jobs/not-a-uuid", Some(SUBMIT))).await;
+    let (s, _) = api
+        .call(api.req(reqwest::Method::GET, "/v1/jobs/not-a-uuid", Some(SUBMIT)))
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    let (s, _) = api.call(api.req(reqwest::Method::GET, "/v1/tasks/nope", Some(SUBMIT))).await;
+    let (s, _) = api
+        .call(api.req(reqwest::Method::GET, "/v1/tasks/nope", Some(SUBMIT)))
+        .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 
     // Malformed JSON: 400 with line and column.
@@ -307,29 +453,56 @@ async fn api_bad_input_gets_the_right_status_and_says_what_is_wrong() {
         )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    assert!(message(&v).contains("line 3") && message(&v).contains("column"), "{v}");
+    assert!(
+        message(&v).contains("line 3") && message(&v).contains("column"),
+        "{v}"
+    );
     // An unknown field is named.
     let (s, v) = api.enqueue(json!({ "task": "guard", "inptu": {} })).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     assert!(message(&v).contains("inptu"), "{v}");
 
     // Tokens: none or unknown is 401; submit on an admin route is 403.
-    let (s, v) = api.call(api.req(reqwest::Method::GET, "/v1/modules", None)).await;
+    let (s, v) = api
+        .call(api.req(reqwest::Method::GET, "/v1/modules", None))
+        .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
-    let (s, _) = api.call(api.req(reqwest::Method::GET, "/v1/modules", Some("wrong-token-0123456789"))).await;
+    let (s, _) = api
+        .call(api.req(
+            reqwest::Method::GET,
+            "/v1/modules",
+            Some("wrong-token-0123456789"),
+        ))
+        .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
-    let (s, v) = put(format!("/v1/modules/{}", module_hash(&hello)), Some(SUBMIT), hello.clone()).await;
+    let (s, v) = put(
+        format!("/v1/modules/{}", module_hash(&hello)),
+        Some(SUBMIT),
+        hello.clone(),
+    )
+    .await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
-    let (s, _) = api.call(api.req(reqwest::Method::POST, "/v1/jobs", None).json(&json!({"task": "guard"}))).await;
+    let (s, _) = api
+        .call(
+            api.req(reqwest::Method::POST, "/v1/jobs", None)
+                .json(&json!({"task": "guard"})),
+        )
+        .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     // Nothing was stored by the refused requests.
-    let (_, v) = api.call(api.req(reqwest::Method::GET, "/v1/modules", Some(ADMIN))).await;
+    let (_, v) = api
+        .call(api.req(reqwest::Method::GET, "/v1/modules", Some(ADMIN)))
+        .await;
     assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
 
     // Health needs no token.
-    let (s, _) = api.call(api.req(reqwest::Method::GET, "/healthz", None)).await;
+    let (s, _) = api
+        .call(api.req(reqwest::Method::GET, "/healthz", None))
+        .await;
     assert_eq!(s, StatusCode::OK);
-    let (s, _) = api.call(api.req(reqwest::Method::GET, "/readyz", None)).await;
+    let (s, _) = api
+        .call(api.req(reqwest::Method::GET, "/readyz", None))
+        .await;
     assert_eq!(s, StatusCode::OK);
     api.stop().await;
 }
@@ -338,10 +511,14 @@ async fn api_bad_input_gets_the_right_status_and_says_what_is_wrong() {
 async fn api_readyz_is_503_when_redis_is_down() {
     let mut redis = RedisServer::start();
     let api = TestApi::start(Some(redis.url()), "64MiB", false).await;
-    let (s, _) = api.call(api.req(reqwest::Method::GET, "/readyz", None)).await;
+    let (s, _) = api
+        .call(api.req(reqwest::Method::GET, "/readyz", None))
+        .await;
     assert_eq!(s, StatusCode::OK);
     redis.stop();
-    let (s, v) = api.call(api.req(reqwest::Method::GET, "/readyz", None)).await;
+    let (s, v) = api
+        .call(api.req(reqwest::Method::GET, "/readyz", None))
+        .await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
     let (s, v) = api.enqueue(json!({ "module": module_hash(b"x") })).await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
@@ -355,16 +532,17 @@ async fn api_job_events_stream_state_changes_until_the_end() {
     let api = TestApi::start(None, "64MiB", true).await;
     let sleeper = guest_bytes("sleeper");
     api.upload(&sleeper).await;
-    assert_eq!(api.bind("sleep", json!({ "module": module_hash(&sleeper) })).await.0, StatusCode::OK);
-    let (_, v) = api.enqueue(json!({ "task": "sleep", "input": { "ms": 300 }, "countdown": 0.3 })).await;
+    assert_eq!(
+        api.bind("sleep", json!({ "module": module_hash(&sleeper) }))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (_, v) = api
+        .enqueue(json!({ "task": "sleep", "input": { "ms": 300 }, "countdown": 0.3 }))
+        .await;
     let id = v["id"].as_str().unwrap().to_string();
-    let res = api
-        .req(reqwest::Method::GET, &format!("/v1/jobs/{id}/events"), Some(SUBMIT))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let res = api.event_stream(&format!("/v1/jobs/{id}/events")).await;
     let body = tokio::time::timeout(Duration::from_secs(30), res.text())
         .await
         .expect("the stream ends after the final state")
@@ -378,7 +556,13 @@ async fn api_job_events_stream_state_changes_until_the_end() {
     assert_eq!(states.first(), Some(&"PENDING"), "{body}");
     assert!(states.contains(&"STARTED"), "{body}");
     assert_eq!(states.last(), Some(&"SUCCESS"), "{body}");
-    assert_eq!(datas.last().unwrap()["result"]["slept_ms"].as_u64().map(|ms| ms >= 300), Some(true), "{body}");
+    assert_eq!(
+        datas.last().unwrap()["result"]["slept_ms"]
+            .as_u64()
+            .map(|ms| ms >= 300),
+        Some(true),
+        "{body}"
+    );
     api.stop().await;
 }
 
@@ -387,7 +571,9 @@ async fn api_job_events_stream_state_changes_until_the_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_openapi_document_lists_every_route_and_its_refs_resolve() {
     let api = TestApi::start(None, "64MiB", false).await;
-    let (s, doc) = api.call(api.req(reqwest::Method::GET, "/v1/openapi.json", None)).await;
+    let (s, doc) = api
+        .call(api.req(reqwest::Method::GET, "/v1/openapi.json", None))
+        .await;
     assert_eq!(s, StatusCode::OK);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
     assert!(doc["info"]["title"].is_string());
@@ -409,6 +595,7 @@ async fn api_openapi_document_lists_every_route_and_its_refs_resolve() {
         ("get", "/v1/jobs/{id}"),
         ("post", "/v1/jobs/{id}/revoke"),
         ("get", "/v1/jobs/{id}/events"),
+        ("get", "/v1/events"),
         ("get", "/v1/queues"),
         ("get", "/v1/queues/{queue}/dead"),
         ("post", "/v1/queues/{queue}/replay"),
@@ -426,13 +613,19 @@ async fn api_openapi_document_lists_every_route_and_its_refs_resolve() {
     for (path, item) in paths {
         for (method, op) in item.as_object().unwrap() {
             if ["get", "put", "post", "delete", "patch"].contains(&method.as_str()) {
-                assert!(op["responses"].as_object().is_some_and(|r| !r.is_empty()), "{method} {path}");
+                assert!(
+                    op["responses"].as_object().is_some_and(|r| !r.is_empty()),
+                    "{method} {path}"
+                );
                 listed.push((method.clone(), path.clone()));
             }
         }
     }
     for (m, p) in expected {
-        assert!(listed.iter().any(|(lm, lp)| lm == m && lp == p), "{m} {p} missing from the document");
+        assert!(
+            listed.iter().any(|(lm, lp)| lm == m && lp == p),
+            "{m} {p} missing from the document"
+        );
         // And the router serves it (anything but 404/405 for the route itself).
         let path = p
             .replace("{hash}", &module_hash(b"x"))
@@ -440,19 +633,32 @@ async fn api_openapi_document_lists_every_route_and_its_refs_resolve() {
             .replace("{id}", "0190a0a0-0000-7000-8000-000000000000")
             .replace("{queue}", "default");
         let method = reqwest::Method::from_bytes(m.to_uppercase().as_bytes()).unwrap();
-        let res = api.req(method, &path, Some(ADMIN)).body("{}").send().await.unwrap();
+        let res = api
+            .req(method, &path, Some(ADMIN))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
         assert_ne!(res.status(), StatusCode::METHOD_NOT_ALLOWED, "{m} {p}");
         if res.status() == StatusCode::NOT_FOUND {
             let v: Value = res.json().await.unwrap();
-            assert!(!message(&v).starts_with("no route"), "{m} {p} is not routed: {v}");
+            assert!(
+                !message(&v).starts_with("no route"),
+                "{m} {p} is not routed: {v}"
+            );
         }
     }
     // Every $ref points at a schema that exists.
     let text = doc.to_string();
-    let schemas = doc["components"]["schemas"].as_object().cloned().unwrap_or_default();
+    let schemas = doc["components"]["schemas"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
     for piece in text.split("\"$ref\":\"").skip(1) {
         let r = &piece[..piece.find('"').unwrap()];
-        let name = r.strip_prefix("#/components/schemas/").unwrap_or_else(|| panic!("odd $ref {r}"));
+        let name = r
+            .strip_prefix("#/components/schemas/")
+            .unwrap_or_else(|| panic!("odd $ref {r}"));
         assert!(schemas.contains_key(name), "dangling $ref {r}");
     }
     api.stop().await;
@@ -465,17 +671,26 @@ async fn api_openapi_document_lists_every_route_and_its_refs_resolve() {
 async fn api_schedules_are_validated_picked_up_and_fired() {
     let redis = RedisServer::start();
     let api = TestApi::start_with(Some(redis.url()), "64MiB", true, true).await;
-    let hello = guest_bytes("hello");
-    api.upload(&hello).await;
-    assert_eq!(api.bind("greet", json!({ "module": module_hash(&hello) })).await.0, StatusCode::OK);
+    api.bind_example("greet", "hello").await;
     let put = |name: &str, body: Value| {
-        api.call(api.req(reqwest::Method::PUT, &format!("/v1/schedules/{name}"), Some(ADMIN)).json(&body))
+        api.call(
+            api.req(
+                reqwest::Method::PUT,
+                &format!("/v1/schedules/{name}"),
+                Some(ADMIN),
+            )
+            .json(&body),
+        )
     };
 
     for (name, body, expect) in [
         ("b1", json!({"task": "greet", "cron": "61 * * * *"}), "61"),
         ("b2", json!({"task": "greet", "cron": "0 9 * * 8"}), "8"),
-        ("b3", json!({"task": "greet", "cron": "0 9 * * *", "timezone": "Mars/Olympus"}), "Mars/Olympus"),
+        (
+            "b3",
+            json!({"task": "greet", "cron": "0 9 * * *", "timezone": "Mars/Olympus"}),
+            "Mars/Olympus",
+        ),
         ("b4", json!({"task": "nope", "every": "1s"}), "nope"),
         ("b5", json!({"task": "greet"}), "cron"),
     ] {
@@ -487,14 +702,20 @@ async fn api_schedules_are_validated_picked_up_and_fired() {
     let (s, v) = put("x", json!({"name": "", "task": "greet", "every": "1s"})).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
 
-    let (s, v) = put("tick", json!({"task": "greet", "every": "1s", "input": {"name": "beat"}})).await;
+    let (s, v) = put(
+        "tick",
+        json!({"task": "greet", "every": "1s", "input": {"name": "beat"}}),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert!(v["next_fire"]["utc"].is_string(), "{v}");
     // Picked up without a restart: a job of this beat appears within ~2 s.
     let mut fired = None;
     for _ in 0..40 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let (_, v) = api.call(api.req(reqwest::Method::GET, "/v1/schedules/tick", Some(SUBMIT))).await;
+        let (_, v) = api
+            .call(api.req(reqwest::Method::GET, "/v1/schedules/tick", Some(SUBMIT)))
+            .await;
         if let Some(id) = v["last_fire"]["job"].as_str() {
             fired = Some(id.to_string());
             break;
@@ -507,28 +728,57 @@ async fn api_schedules_are_validated_picked_up_and_fired() {
     assert!(job["scheduled_for"].is_string(), "{job}");
 
     // Disable: no more fires; still listed.
-    let (s, _) = api.call(api.req(reqwest::Method::POST, "/v1/schedules/tick/disable", Some(ADMIN))).await;
+    let (s, _) = api
+        .call(api.req(
+            reqwest::Method::POST,
+            "/v1/schedules/tick/disable",
+            Some(ADMIN),
+        ))
+        .await;
     assert_eq!(s, StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (_, before) = api.call(api.req(reqwest::Method::GET, "/v1/schedules/tick", Some(SUBMIT))).await;
+    let (_, before) = api
+        .call(api.req(reqwest::Method::GET, "/v1/schedules/tick", Some(SUBMIT)))
+        .await;
     tokio::time::sleep(Duration::from_millis(2200)).await;
-    let (_, after) = api.call(api.req(reqwest::Method::GET, "/v1/schedules/tick", Some(SUBMIT))).await;
-    assert_eq!(before["last_fire"], after["last_fire"], "a disabled beat fired");
+    let (_, after) = api
+        .call(api.req(reqwest::Method::GET, "/v1/schedules/tick", Some(SUBMIT)))
+        .await;
+    assert_eq!(
+        before["last_fire"], after["last_fire"],
+        "a disabled beat fired"
+    );
     assert_eq!(after["enabled"], false);
 
     // Fire by hand: the job carries the beat's name.
-    let (s, v) = api.call(api.req(reqwest::Method::POST, "/v1/schedules/tick/fire", Some(ADMIN))).await;
+    let (s, v) = api
+        .call(api.req(
+            reqwest::Method::POST,
+            "/v1/schedules/tick/fire",
+            Some(ADMIN),
+        ))
+        .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
     assert_eq!(v["schedule"], "tick");
     let job = api.wait(v["id"].as_str().unwrap()).await;
     assert_eq!(job["state"], "SUCCESS", "{job}");
     // A submit token may not fire or change beats.
-    let (s, _) = api.call(api.req(reqwest::Method::POST, "/v1/schedules/tick/fire", Some(SUBMIT))).await;
+    let (s, _) = api
+        .call(api.req(
+            reqwest::Method::POST,
+            "/v1/schedules/tick/fire",
+            Some(SUBMIT),
+        ))
+        .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
 
-    let (s, _) = api.call(api.req(reqwest::Method::DELETE, "/v1/schedules/tick", Some(ADMIN))).await;
+    let (s, _) = api
+        .call(api.req(reqwest::Method::DELETE, "/v1/schedules/tick", Some(ADMIN)))
+        .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
-    let (s, _) = api.call(api.req(reqwest::Method::GET, "/v1/schedules/tick", Some(SUBMIT))).await;
+    let (s, _) = api
+        .call(api.req(reqwest::Method::GET, "/v1/schedules/tick", Some(SUBMIT)))
+        .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     api.stop().await;
 }

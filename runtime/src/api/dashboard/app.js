@@ -1,0 +1,474 @@
+// The runner dashboard: reads the /v1 API with the user's bearer token.
+// Every piece of data goes into the page through textContent, never as
+// markup: task names, inputs and results are untrusted.
+"use strict";
+
+const REFRESH_MS = 2000;
+const LIVE_MAX = 300;
+const FINAL = new Set(["SUCCESS", "FAILURE", "REVOKED", "EXPIRED"]);
+
+const state = {
+  token: "",
+  view: "overview",
+  job: null,          // id of the job shown in the detail view
+  live: new Map(),    // id -> {id, queue, state, progress, task, seen}
+  lookups: [],        // job ids whose task name is still to be read
+  lookingUp: 0,
+  rendered: {},       // view part -> JSON last rendered (no redraw if equal)
+  stream: null,       // AbortController of the event stream
+  liveDirty: false,
+};
+
+// ---------------------------------------------------------------- helpers
+
+function $(id) { return document.getElementById(id); }
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") e.className = v;
+    else if (k === "text") e.textContent = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else if (k.startsWith("data-")) e.setAttribute(k, v);
+    else e[k] = v;
+  }
+  for (const c of children) {
+    if (c == null) continue;
+    e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return e;
+}
+
+function td(text, cls) { return el("td", { text: text == null ? "" : String(text), class: cls || "" }); }
+
+class ApiError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+function explain(status, message) {
+  if (status === 401) return "no valid token: enter a token above (401: " + message + ")";
+  if (status === 403) return "this token cannot do that: admin needed (403: " + message + ")";
+  return message + " (" + status + ")";
+}
+
+async function api(method, path, body) {
+  const headers = {};
+  if (state.token) headers["Authorization"] = "Bearer " + state.token;
+  const init = { method, headers };
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = typeof body === "string" ? body : JSON.stringify(body);
+  }
+  let res;
+  try {
+    res = await fetch(path, init);
+  } catch (e) {
+    throw new ApiError(0, "the server cannot be reached (" + e.message + ")");
+  }
+  const text = await res.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch (_) { data = null; }
+  if (!res.ok) {
+    const msg = data && data.error && data.error.message ? data.error.message : (text || res.statusText);
+    throw new ApiError(res.status, explain(res.status, msg));
+  }
+  return data;
+}
+
+function showError(message) {
+  const box = $("error");
+  if (message) { box.textContent = message; box.hidden = false; }
+  else { box.textContent = ""; box.hidden = true; }
+}
+
+function say(id, message, isError) {
+  const box = $(id);
+  box.textContent = message || "";
+  box.className = isError ? "error" : "message";
+}
+
+function ago(iso) {
+  if (!iso) return "";
+  const s = Math.round((Date.now() - Date.parse(iso)) / 1000);
+  if (!isFinite(s)) return iso;
+  if (s < 60) return s + " s ago";
+  if (s < 3600) return Math.round(s / 60) + " min ago";
+  return Math.round(s / 3600) + " h ago";
+}
+
+// An RFC 3339 time without its fraction of a second.
+function when(iso) {
+  return iso ? String(iso).replace(/\.\d+/, "") : "";
+}
+
+function progressText(p) {
+  if (!p) return "";
+  let t = p.total ? p.done + "/" + p.total : String(p.done ?? "");
+  if (p.message) t += " " + p.message;
+  return t;
+}
+
+// Redraws a part only when its data changed: no flicker, and buttons the
+// user is about to click are not replaced under the pointer.
+function changed(part, data) {
+  const json = JSON.stringify(data);
+  if (state.rendered[part] === json) return false;
+  state.rendered[part] = json;
+  return true;
+}
+
+// ---------------------------------------------------------------- views
+
+function showView(view) {
+  state.view = view;
+  for (const s of document.querySelectorAll("section.view")) s.hidden = s.id !== "view-" + view;
+  for (const b of document.querySelectorAll("#nav button")) b.classList.toggle("active", b.dataset.view === view);
+  refresh();
+}
+
+async function refresh() {
+  try {
+    switch (state.view) {
+      case "overview": await refreshOverview(); break;
+      case "jobs": renderLive(); break;
+      case "job": await refreshJob(); break;
+      case "tasks": await refreshTasks(); break;
+      case "schedules": await refreshSchedules(); break;
+      case "dead": await refreshDead(); break;
+    }
+    showError(null);
+    $("status").textContent = "updated " + new Date().toLocaleTimeString();
+  } catch (e) {
+    showError(e.message);
+    $("status").textContent = "last attempt " + new Date().toLocaleTimeString() + " failed";
+  }
+}
+
+async function refreshOverview() {
+  const [queues, workers] = await Promise.all([api("GET", "/v1/queues"), api("GET", "/v1/workers")]);
+  if (changed("queues", queues)) {
+    $("queues").tBodies[0].replaceChildren(...queues.map(q =>
+      el("tr", { "data-queue": q.name },
+        td(q.name, "name"), td(q.ready, "num ready"), td(q.delayed, "num delayed"),
+        td(q.in_flight, "num in-flight"), td(q.dead, "num dead"))));
+  }
+  if (changed("workers", workers)) {
+    $("workers").tBodies[0].replaceChildren(...workers.map(w =>
+      el("tr", { "data-worker": w.id },
+        td(w.id, "name"), td(w.hostname), td((w.queues || []).join(", ")),
+        td(w.concurrency, "num"), td((w.running || []).length, "num running"),
+        td(w.processed, "num"), td(w.failed, "num"), td(ago(w.last_seen)))));
+  }
+}
+
+// ---------------------------------------------------------------- live jobs
+
+function liveRow(j) {
+  const tr = el("tr", { class: "clickable", "data-job": j.id, onclick: () => openJob(j.id) },
+    td(j.id, "id"), td(j.task || "", "task"), td(j.queue, "queue"),
+    td(j.state, "state state-" + j.state), td(progressText(j.progress)), td(new Date(j.seen).toLocaleTimeString()));
+  return tr;
+}
+
+function renderLive() {
+  state.liveDirty = false;
+  if (state.view !== "jobs") return;
+  const rows = [...state.live.values()].sort((a, b) => b.seen - a.seen);
+  $("live").tBodies[0].replaceChildren(...rows.map(liveRow));
+}
+
+// One redraw for a burst of events.
+function renderLiveSoon() {
+  if (state.liveDirty) return;
+  state.liveDirty = true;
+  setTimeout(renderLive, 200);
+}
+
+function noteJob(ev) {
+  let j = state.live.get(ev.id);
+  if (!j) {
+    j = { id: ev.id, queue: ev.queue, task: null };
+    state.lookups.push(ev.id);
+  }
+  j.state = ev.state;
+  if (ev.progress) j.progress = ev.progress;
+  j.seen = Date.now();
+  state.live.delete(ev.id);
+  state.live.set(ev.id, j);
+  while (state.live.size > LIVE_MAX) state.live.delete(state.live.keys().next().value);
+  pumpLookups();
+  renderLiveSoon();
+  if (state.view === "job" && state.job === ev.id) refresh();
+}
+
+// The event carries no task name: read it, a few jobs at a time.
+function pumpLookups() {
+  while (state.lookingUp < 4 && state.lookups.length > 0) {
+    const id = state.lookups.shift();
+    if (!state.live.has(id)) continue;
+    state.lookingUp++;
+    api("GET", "/v1/jobs/" + encodeURIComponent(id))
+      .then(job => {
+        const j = state.live.get(id);
+        if (j && job) { j.task = job.task || job.module || ""; renderLiveSoon(); }
+      })
+      .catch(() => {})
+      .finally(() => { state.lookingUp--; pumpLookups(); });
+  }
+}
+
+async function followEvents() {
+  for (;;) {
+    if (!state.token) { $("live-state").textContent = "(no token)"; await sleep(1000); continue; }
+    const ctl = new AbortController();
+    state.stream = ctl;
+    try {
+      const res = await fetch("/v1/events", { headers: { "Authorization": "Bearer " + state.token }, signal: ctl.signal });
+      if (!res.ok) {
+        let msg = res.statusText;
+        try { msg = (await res.json()).error.message; } catch (_) {}
+        throw new ApiError(res.status, explain(res.status, msg));
+      }
+      $("live-state").textContent = "(connected)";
+      const reader = res.body.getReader();
+      const decoder = new TextDecoder();
+      let buf = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += decoder.decode(value, { stream: true });
+        let cut;
+        while ((cut = buf.indexOf("\n\n")) >= 0) {
+          const block = buf.slice(0, cut);
+          buf = buf.slice(cut + 2);
+          handleSse(block);
+        }
+      }
+      $("live-state").textContent = "(reconnecting)";
+    } catch (e) {
+      if (ctl.signal.aborted) continue;
+      $("live-state").textContent = "(disconnected: " + e.message + ")";
+    }
+    await sleep(1000);
+  }
+}
+
+function handleSse(block) {
+  let event = "message", data = "";
+  for (const line of block.split("\n")) {
+    if (line.startsWith("event:")) event = line.slice(6).trim();
+    else if (line.startsWith("data:")) data += line.slice(5).trim();
+  }
+  if (!data) return;
+  let payload;
+  try { payload = JSON.parse(data); } catch (_) { return; }
+  if (event === "job") noteJob(payload);
+  else if (event === "lagged") $("live-state").textContent = "(missed " + payload.missed + " events)";
+}
+
+function sleep(ms) { return new Promise(r => setTimeout(r, ms)); }
+
+// ---------------------------------------------------------------- one job
+
+function openJob(id) {
+  state.job = id;
+  delete state.rendered.job;
+  say("job-message", "");
+  showView("job");
+}
+
+async function refreshJob() {
+  const job = await api("GET", "/v1/jobs/" + encodeURIComponent(state.job));
+  if (!changed("job", job)) return;
+  $("job-id").textContent = job.id;
+  const fields = [
+    ["task", job.task || job.module], ["state", job.state], ["queue", job.queue],
+    ["attempt", job.attempt], ["progress", progressText(job.progress)],
+    ["beat", job.schedule ? job.schedule + " (due " + when(job.scheduled_for) + ")" : ""],
+    ["created", when(job.created_at)], ["started", when(job.started_at)], ["finished", when(job.finished_at)],
+    ["worker", job.worker], ["parent", job.parent],
+  ];
+  $("job-fields").replaceChildren(...fields.filter(f => f[1] != null && f[1] !== "").flatMap(([k, v]) =>
+    [el("dt", { text: k }), el("dd", { text: String(v), class: k === "state" ? "state state-" + v : "", "data-field": k })]));
+  const outcome = job.error !== undefined ? job.error : job.result;
+  $("job-outcome").textContent = outcome === undefined ? "(not ended yet)" : JSON.stringify(outcome, null, 2);
+  $("job-input").textContent = JSON.stringify(job.input, null, 2);
+  $("job-revoke").disabled = FINAL.has(job.state);
+}
+
+async function revokeJob() {
+  try {
+    const terminate = $("job-terminate").checked;
+    const r = await api("POST", "/v1/jobs/" + encodeURIComponent(state.job) + "/revoke", { terminate });
+    say("job-message", "revoke: " + r.outcome);
+    refresh();
+  } catch (e) { say("job-message", e.message, true); }
+}
+
+// ---------------------------------------------------------------- tasks
+
+function grantsText(g) {
+  if (!g) return "";
+  return Object.keys(g).sort().join(", ");
+}
+
+async function refreshTasks() {
+  const tasks = await api("GET", "/v1/tasks");
+  if (!changed("tasks", tasks)) return;
+  $("task-names").replaceChildren(...tasks.map(t => el("option", { value: t.name })));
+  $("tasks").tBodies[0].replaceChildren(...tasks.map(t =>
+    el("tr", { "data-task": t.name },
+      td(t.name, "name"), td((t.module || "").slice(0, 19), "module"), td(t.queue),
+      td(t.rate_limit || ""), td(grantsText(t.grants)), td(when(t.bound_at)),
+      el("td", {}, el("button", { type: "button", text: "History", onclick: () => showHistory(t.name) })))));
+}
+
+async function showHistory(name) {
+  say("history-message", "");
+  try {
+    const view = await api("GET", "/v1/tasks/" + encodeURIComponent(name));
+    $("history-name").textContent = name;
+    const rows = [view.binding, ...(view.history || [])];
+    $("history-table").tBodies[0].replaceChildren(...rows.map((b, i) =>
+      el("tr", { "data-module": b.module },
+        td(b.module), td(b.queue), td(when(b.bound_at)),
+        el("td", {}, i === 0 ? el("span", { text: "current" }) :
+          el("button", { type: "button", text: "Roll back to this", onclick: () => rollback(name, b.module) })))));
+    $("history").hidden = false;
+  } catch (e) { say("history-message", e.message, true); $("history").hidden = false; }
+}
+
+async function rollback(name, module) {
+  try {
+    await api("POST", "/v1/tasks/" + encodeURIComponent(name) + "/rollback", { to: module });
+    delete state.rendered.tasks;
+    await showHistory(name);
+    say("history-message", name + " is bound to " + module + " again");
+    refresh();
+  } catch (e) { say("history-message", e.message, true); }
+}
+
+async function enqueue(ev) {
+  ev.preventDefault();
+  const err = $("enqueue-error");
+  err.hidden = true;
+  const task = $("enqueue-task").value.trim();
+  let input;
+  try { input = JSON.parse($("enqueue-input").value); }
+  catch (e) { err.textContent = "input is not JSON: " + e.message; err.hidden = false; return; }
+  try {
+    const r = await api("POST", "/v1/jobs", { task, input });
+    openJob(r.id);
+  } catch (e) { err.textContent = e.message; err.hidden = false; }
+}
+
+// ---------------------------------------------------------------- schedules
+
+function scheduleText(b) {
+  if (b.cron) return b.cron;
+  if (b.every) return "every " + b.every;
+  return "";
+}
+
+async function refreshSchedules() {
+  const beats = await api("GET", "/v1/schedules");
+  if (!changed("schedules", beats)) return;
+  $("schedules").tBodies[0].replaceChildren(...beats.map(b => {
+    const last = b.last_job;
+    const lastText = last ? (last.state || "forgotten") + " " + last.id + (last.error ? ": " + last.error : "") : "";
+    const lastCell = td(lastText.trim(), "last-job");
+    if (last && last.id) { lastCell.classList.add("clickable"); lastCell.addEventListener("click", () => openJob(last.id)); }
+    return el("tr", { "data-beat": b.name },
+      td(b.name, "name"), td(b.task), td(scheduleText(b)), td(b.timezone),
+      td(b.enabled ? "yes" : "no", "enabled"),
+      td(b.next_fire ? when(b.next_fire.local) : ""), td(b.last_fire ? when(b.last_fire.due.local) + (b.last_fire.manual ? " (by hand)" : "") : ""),
+      lastCell,
+      el("td", {},
+        el("button", { type: "button", class: "fire", text: "Fire now", onclick: () => beatAction(b.name, "fire") }),
+        " ",
+        el("button", { type: "button", class: b.enabled ? "disable" : "enable", text: b.enabled ? "Disable" : "Enable",
+          onclick: () => beatAction(b.name, b.enabled ? "disable" : "enable") })));
+  }));
+}
+
+async function beatAction(name, action) {
+  try {
+    const r = await api("POST", "/v1/schedules/" + encodeURIComponent(name) + "/" + action);
+    if (action === "fire" && r && r.id) {
+      const box = $("schedule-message");
+      box.className = "message";
+      box.replaceChildren("fired " + name + ": job ",
+        el("a", { href: "#", text: r.id, "data-job": r.id, onclick: e => { e.preventDefault(); openJob(r.id); } }));
+    } else {
+      say("schedule-message", name + ": " + action + "d");
+    }
+    delete state.rendered.schedules;
+    refresh();
+  } catch (e) { say("schedule-message", e.message, true); }
+}
+
+// ---------------------------------------------------------------- dead letters
+
+async function refreshDead() {
+  const queues = await api("GET", "/v1/queues");
+  const withDead = queues.filter(q => q.dead > 0);
+  const lists = await Promise.all(withDead.map(q => api("GET", "/v1/queues/" + encodeURIComponent(q.name) + "/dead")));
+  const data = withDead.map((q, i) => ({ queue: q.name, jobs: lists[i] }));
+  if (!changed("dead", data)) return;
+  if (data.length === 0) {
+    $("dead-queues").replaceChildren(el("p", { text: "No dead letters." }));
+    return;
+  }
+  $("dead-queues").replaceChildren(...data.map(d =>
+    el("div", { "data-queue": d.queue },
+      el("h3", {}, el("span", { text: d.queue + " " }),
+        el("button", { type: "button", text: "Replay all", onclick: () => replay(d.queue) })),
+      el("table", {},
+        el("thead", {}, el("tr", {}, ...["job", "task", "attempt", "error", "finished"].map(h => el("th", { text: h })))),
+        el("tbody", {}, ...d.jobs.map(j =>
+          el("tr", { class: "clickable", "data-job": j.id, onclick: () => openJob(j.id) },
+            td(j.id), td(j.task || j.module), td(j.attempt, "num"),
+            td(j.error ? (j.error.message || JSON.stringify(j.error)) : ""), td(when(j.finished_at)))))))));
+}
+
+async function replay(queue) {
+  try {
+    const r = await api("POST", "/v1/queues/" + encodeURIComponent(queue) + "/replay", { ids: [] });
+    say("dead-message", queue + ": replayed " + r.replayed.length);
+    delete state.rendered.dead;
+    refresh();
+  } catch (e) { say("dead-message", e.message, true); }
+}
+
+// ---------------------------------------------------------------- start
+
+function useToken(token) {
+  state.token = token;
+  if (token) sessionStorage.setItem("runner.token", token);
+  else sessionStorage.removeItem("runner.token");
+  state.rendered = {};
+  if (state.stream) state.stream.abort();
+  refresh();
+}
+
+function start() {
+  // A token in the fragment (never sent to the server) wins; then drop it
+  // from the address bar.
+  const m = /(?:^|[#&])token=([^&]+)/.exec(location.hash);
+  if (m) {
+    state.token = decodeURIComponent(m[1]);
+    sessionStorage.setItem("runner.token", state.token);
+    history.replaceState(null, "", location.pathname + location.search);
+  } else {
+    state.token = sessionStorage.getItem("runner.token") || "";
+  }
+  for (const b of document.querySelectorAll("#nav button")) b.addEventListener("click", () => showView(b.dataset.view));
+  $("token-form").addEventListener("submit", e => { e.preventDefault(); useToken($("token").value.trim()); $("token").value = ""; });
+  $("enqueue-form").addEventListener("submit", enqueue);
+  $("job-revoke").addEventListener("click", revokeJob);
+  showView("overview");
+  setInterval(refresh, REFRESH_MS);
+  followEvents();
+}
+
+document.addEventListener("DOMContentLoaded", start);

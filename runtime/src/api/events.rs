@@ -1,0 +1,105 @@
+//! `/v1/events`: every job's state changes and progress as server-sent
+//! events, as the broker publishes them (the dashboard's live job list).
+//! It costs the broker nothing per job beyond what it already publishes for
+//! waiters; a client that reads too slowly is told how many events it
+//! missed instead of slowing anyone down.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::{Stream, StreamExt as _};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::auth::Submit;
+use super::error::ErrorBody;
+use super::{ApiError, AppState};
+use crate::queue::JobEvent;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(events))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// Only the jobs of these queues (comma-separated); all when absent.
+    pub queue: Option<String>,
+}
+
+/// The `lagged` event: this many events were dropped because the client
+/// read too slowly.
+#[derive(Serialize, ToSchema)]
+pub struct Lagged {
+    pub missed: u64,
+}
+
+/// Every job's state changes (`job` events: `{id, queue, state,
+/// progress?}`) as they happen, until the client disconnects. A `lagged`
+/// event says how many were missed by a slow reader.
+#[utoipa::path(get, path = "/v1/events", tag = "jobs",
+    params(EventsQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "text/event-stream of `job` and `lagged` events", content_type = "text/event-stream", body = String),
+        (status = 400, description = "bad queue filter", body = ErrorBody),
+    ))]
+async fn events(
+    State(ctx): State<AppState>,
+    _: Submit,
+    Query(q): Query<EventsQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let queues: Option<Vec<String>> = match q.queue.as_deref() {
+        None => None,
+        Some(list) => {
+            let names: Vec<String> = list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
+            if names.is_empty() {
+                return Err(ApiError::bad_request(
+                    "queue: give one or more queue names, comma-separated",
+                ));
+            }
+            Some(names)
+        }
+    };
+    let rx = ctx.broker.subscribe().await?;
+    let stream = futures::stream::unfold((rx, queues), |(mut rx, queues)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(ev) => {
+                    if queues.as_ref().is_some_and(|qs| !qs.contains(&ev.queue)) {
+                        continue;
+                    }
+                    return Some((Ok(job_event(&ev)), (rx, queues)));
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    let ev = Event::default()
+                        .event("lagged")
+                        .json_data(Lagged { missed })
+                        .unwrap_or_default();
+                    return Some((Ok(ev), (rx, queues)));
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    // The stream ends when the server starts shutting down.
+    let stream = stream.take_until(ctx.closing.clone().cancelled_owned());
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+fn job_event(ev: &JobEvent) -> Event {
+    Event::default()
+        .event("job")
+        .json_data(ev)
+        .unwrap_or_default()
+}

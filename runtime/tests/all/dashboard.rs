@@ -1,0 +1,476 @@
+//! The dashboard in headless Chromium (Debian's `chromium` and
+//! `chromium-driver`, installed by `scripts/setup`), driven over the W3C
+//! WebDriver protocol by a small client on reqwest, against a server, a
+//! worker and the scheduler on a loopback port. Also `/v1/events` directly.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use reqwest::{Method, StatusCode};
+use runner::registry::module_hash;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+use crate::api::{ADMIN, SUBMIT, TestApi};
+use crate::support::guest_bytes;
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// chromedriver on a free port, and one Chromium session through it.
+struct Browser {
+    driver: Child,
+    http: reqwest::Client,
+    session: String,
+    _profile: TempDir,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian package chromium-driver; scripts/setup installs it)");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let started = Instant::now();
+        loop {
+            if let Ok(r) = http.get(format!("{base}/status")).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "chromedriver did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let profile = TempDir::new().unwrap();
+        let caps = json!({ "capabilities": { "alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    "--window-size=1300,900",
+                    format!("--user-data-dir={}", profile.path().display()),
+                ]
+            }
+        }}});
+        let res: Value = http
+            .post(format!("{base}/session"))
+            .json(&caps)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let session = res["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no WebDriver session: {res}"))
+            .to_string();
+        Browser {
+            driver,
+            http,
+            session: format!("{base}/session/{session}"),
+            _profile: profile,
+        }
+    }
+
+    async fn command(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, String> {
+        let mut rb = self.http.request(method, format!("{}{path}", self.session));
+        rb = rb.json(&body.unwrap_or_else(|| json!({})));
+        let res: Value = rb
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        match res["value"].get("error") {
+            Some(err) => Err(format!("{err}: {}", res["value"]["message"])),
+            None => Ok(res["value"].clone()),
+        }
+    }
+
+    async fn go(&self, url: &str) {
+        self.command(Method::POST, "/url", Some(json!({ "url": url })))
+            .await
+            .unwrap();
+    }
+
+    async fn find(&self, css: &str) -> Result<String, String> {
+        let v = self
+            .command(
+                Method::POST,
+                "/element",
+                Some(json!({ "using": "css selector", "value": css })),
+            )
+            .await?;
+        Ok(v[ELEMENT].as_str().unwrap().to_string())
+    }
+
+    /// Runs `script` in the page (`arguments[0]` is `arg`).
+    async fn js(&self, script: &str, arg: Value) -> Value {
+        self.command(
+            Method::POST,
+            "/execute/sync",
+            Some(json!({ "script": script, "args": [arg] })),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// The text of the first element matching `css`, `None` if there is none.
+    async fn text(&self, css: &str) -> Option<String> {
+        let v = self
+            .js(
+                "const e = document.querySelector(arguments[0]); return e ? e.textContent : null;",
+                json!(css),
+            )
+            .await;
+        v.as_str().map(str::to_owned)
+    }
+
+    /// Waits until `css` has a text for which `ok` holds; returns it.
+    async fn wait_text(&self, css: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        let started = Instant::now();
+        loop {
+            let t = self.text(css).await;
+            if let Some(t) = &t
+                && ok(t)
+            {
+                return t.clone();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "waiting for {what} at {css}: last text {t:?}; page status {:?}, error {:?}",
+                self.text("#status").await,
+                self.text("#error").await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A real click (WebDriver element click) on the first match of `css`,
+    /// waiting for it to exist; retried if a refresh replaced it meanwhile.
+    async fn click(&self, css: &str) {
+        let started = Instant::now();
+        loop {
+            let r = match self.find(css).await {
+                Ok(id) => self
+                    .command(Method::POST, &format!("/element/{id}/click"), None)
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(()) => return,
+                Err(e) => assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "cannot click {css}: {e}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Replaces the value of the input or textarea at `css` by typing.
+    async fn type_into(&self, css: &str, text: &str) {
+        let id = self.find(css).await.unwrap();
+        self.command(Method::POST, &format!("/element/{id}/clear"), None)
+            .await
+            .unwrap();
+        self.command(
+            Method::POST,
+            &format!("/element/{id}/value"),
+            Some(json!({ "text": text })),
+        )
+        .await
+        .unwrap();
+    }
+
+    async fn quit(mut self) {
+        let _ = self.command(Method::DELETE, "", None).await;
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+async fn admin(api: &TestApi, method: Method, path: &str, body: Value) -> (StatusCode, Value) {
+    api.call(api.req(method, path, Some(ADMIN)).json(&body))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dashboard_shows_and_steers_the_system_in_chromium() {
+    let api = TestApi::start_with(None, "64MiB", true, true).await;
+    api.bind_example("greet", "hello").await;
+    let panicker = guest_bytes("panicker");
+    api.upload(&panicker).await;
+    let no_retry =
+        json!({ "max_retries": 0, "backoff_base_ms": 10, "backoff_cap_ms": 10, "jitter": false });
+    let (s, v) = api
+        .bind(
+            "boom",
+            json!({ "module": module_hash(&panicker), "retry": no_retry }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // Three jobs on a queue no worker consumes: they stay ready.
+    for i in 0..3 {
+        let (s, v) = api
+            .enqueue(
+                json!({ "task": "greet", "queue": "parked", "input": { "name": i.to_string() } }),
+            )
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    }
+    // A beat that would fire only in an hour: fired by hand below.
+    let (s, v) = admin(
+        &api,
+        Method::PUT,
+        "/v1/schedules/hourly-greet",
+        json!({ "task": "greet", "every": "1h", "input": { "name": "beat" } }),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // A job that fails for good: a dead letter.
+    let (_, v) = api.enqueue(json!({ "task": "boom" })).await;
+    let dead_id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(api.wait(&dead_id).await["state"], "FAILURE");
+
+    let b = Browser::start().await;
+    b.go(&format!("{}/dashboard#token={ADMIN}", api.url)).await;
+
+    // Overview: the queue counts and the worker.
+    b.wait_text(
+        "#queues tr[data-queue=parked] td.ready",
+        "3 ready jobs",
+        |t| t == "3",
+    )
+    .await;
+    b.wait_text(
+        "#queues tr[data-queue=default] td.dead",
+        "1 dead letter",
+        |t| t == "1",
+    )
+    .await;
+    b.wait_text("#workers tbody tr td.name", "a worker", |t| !t.is_empty())
+        .await;
+    assert_eq!(
+        b.text("#workers tbody tr td.running").await.as_deref(),
+        Some("0")
+    );
+    // The token left the address bar.
+    let href = b.js("return location.href;", Value::Null).await;
+    assert!(!href.as_str().unwrap().contains("token"), "{href}");
+
+    // Schedules: fire the beat by hand; its job shows up live and succeeds.
+    b.click("#nav button[data-view=schedules]").await;
+    b.wait_text(
+        "#schedules tr[data-beat=hourly-greet] td.enabled",
+        "the beat",
+        |t| t == "yes",
+    )
+    .await;
+    b.click("#schedules tr[data-beat=hourly-greet] button.fire")
+        .await;
+    let fired = b
+        .wait_text("#schedule-message a", "the fired job", |t| !t.is_empty())
+        .await;
+    b.click("#nav button[data-view=jobs]").await;
+    let row = format!("#live tr[data-job=\"{fired}\"]");
+    b.wait_text(&format!("{row} td.state"), "the fired job's success", |t| {
+        t == "SUCCESS"
+    })
+    .await;
+    b.wait_text(&format!("{row} td.task"), "the fired job's task", |t| {
+        t == "greet"
+    })
+    .await;
+    b.click(&format!("{row} td.id")).await;
+    b.wait_text("#job-fields dd[data-field=state]", "the job detail", |t| {
+        t == "SUCCESS"
+    })
+    .await;
+    let outcome = b
+        .wait_text("#job-outcome", "the result", |t| t.contains("Hello"))
+        .await;
+    assert!(outcome.contains("Hello, beat!"), "{outcome}");
+    assert_eq!(
+        b.text("#job-fields dd[data-field=beat]")
+            .await
+            .map(|t| t.starts_with("hourly-greet")),
+        Some(true)
+    );
+
+    // Enqueue from the form; untrusted text stays text.
+    let hostile = "<img src=x onerror=window.pwned=1>";
+    b.click("#nav button[data-view=tasks]").await;
+    b.wait_text("#tasks tr[data-task=greet] td.name", "the task list", |t| {
+        t == "greet"
+    })
+    .await;
+    b.type_into("#enqueue-task", "greet").await;
+    b.type_into("#enqueue-input", &json!({ "name": hostile }).to_string())
+        .await;
+    b.click("#enqueue-form button[type=submit]").await;
+    b.wait_text(
+        "#job-fields dd[data-field=state]",
+        "the enqueued job",
+        |t| t == "SUCCESS",
+    )
+    .await;
+    let outcome = b
+        .wait_text("#job-outcome", "the result", |t| t.contains("Hello"))
+        .await;
+    assert!(outcome.contains(hostile), "{outcome}");
+    let probe = b
+        .js(
+            "return [document.querySelectorAll('img').length, typeof window.pwned];",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(
+        probe,
+        json!([0, "undefined"]),
+        "markup from job data was interpreted"
+    );
+
+    // Bad input in the form: a clear error, nothing sent; then the server's.
+    b.click("#nav button[data-view=tasks]").await;
+    b.type_into("#enqueue-input", r#"{"name": "#).await;
+    b.click("#enqueue-form button[type=submit]").await;
+    b.wait_text("#enqueue-error", "the JSON error", |t| {
+        t.contains("not JSON")
+    })
+    .await;
+    b.type_into("#enqueue-task", "no-such-task").await;
+    b.type_into("#enqueue-input", "{}").await;
+    b.click("#enqueue-form button[type=submit]").await;
+    b.wait_text("#enqueue-error", "the server's error", |t| {
+        t.contains("no-such-task") && t.contains("404")
+    })
+    .await;
+
+    // Dead letters: listed, replayed.
+    b.click("#nav button[data-view=dead]").await;
+    b.wait_text(
+        &format!("#dead-queues div[data-queue=default] tr[data-job=\"{dead_id}\"] td"),
+        "the dead letter",
+        |t| t == dead_id,
+    )
+    .await;
+    b.click("#dead-queues div[data-queue=default] button").await;
+    b.wait_text("#dead-message", "the replay", |t| t.contains("replayed 1"))
+        .await;
+
+    // A submit token may look but not steer: the refusal is shown, nothing changes.
+    b.type_into("#token", SUBMIT).await;
+    b.click("#token-form button[type=submit]").await;
+    b.click("#nav button[data-view=schedules]").await;
+    b.click("#schedules tr[data-beat=hourly-greet] button.disable")
+        .await;
+    b.wait_text("#schedule-message", "the refusal", |t| {
+        t.contains("admin needed")
+    })
+    .await;
+    let (_, beat) = api
+        .call(api.req(Method::GET, "/v1/schedules/hourly-greet", Some(ADMIN)))
+        .await;
+    assert_eq!(beat["enabled"], true, "{beat}");
+
+    b.quit().await;
+    api.stop().await;
+}
+
+/// `/v1/events` streams every job's state changes, filtered by queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_stream_every_jobs_state_changes() {
+    let api = TestApi::start(None, "64MiB", true).await;
+    api.bind_example("greet", "hello").await;
+
+    let (s, v) = api
+        .call(api.req(Method::GET, "/v1/events?queue=,", Some(SUBMIT)))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, _) = api.call(api.req(Method::GET, "/v1/events", None)).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+
+    let mut body = api
+        .event_stream("/v1/events?queue=default")
+        .await
+        .bytes_stream();
+    // One job on another queue (not shown), then one on default.
+    api.enqueue(json!({ "task": "greet", "queue": "elsewhere" }))
+        .await;
+    let (_, v) = api
+        .enqueue(json!({ "task": "greet", "input": { "name": "ev" } }))
+        .await;
+    let id = v["id"].as_str().unwrap().to_string();
+
+    let mut text = String::new();
+    let mut states = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !states.iter().any(|s| s == "SUCCESS") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let chunk = tokio::time::timeout(left, body.next())
+            .await
+            .unwrap_or_else(|_| panic!("no SUCCESS event; got {text}"))
+            .expect("stream ended")
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(cut) = text.find("\n\n") {
+            let block: String = text.drain(..cut + 2).collect();
+            let data = block
+                .lines()
+                .find_map(|l| l.strip_prefix("data:"))
+                .map(str::trim);
+            assert!(
+                block.contains("event: job") || block.starts_with(':'),
+                "{block}"
+            );
+            if let Some(data) = data {
+                let ev: Value = serde_json::from_str(data).unwrap();
+                assert_eq!(ev["queue"], "default", "filtered by queue: {ev}");
+                if ev["id"] == id.as_str() {
+                    states.push(ev["state"].as_str().unwrap().to_string());
+                }
+            }
+        }
+    }
+    assert!(states.contains(&"STARTED".to_string()), "{states:?}");
+
+    // Shutting the server down ends the stream (a graceful shutdown does
+    // not wait for the client to go away).
+    let stopping = tokio::spawn(api.stop());
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(chunk) = body.next().await {
+            if chunk.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the event stream outlived the server's shutdown"
+    );
+    stopping.await.unwrap();
+}
