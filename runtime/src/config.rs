@@ -354,7 +354,8 @@ impl TaskSpec {
         }
         limits.fuel = self.fuel;
         if let Some(m) = &self.memory {
-            limits.memory_bytes = Some(parse_size(m).with_context(|| format!("memory = {m:?}"))? as u64);
+            limits.memory_bytes =
+                Some(parse_size(m).with_context(|| format!("memory = {m:?}"))? as u64);
         }
         b.limits = limits;
         if let Some(t) = &self.result_ttl {
@@ -446,11 +447,17 @@ every = "30s"
         let e = Config::from_toml("[server]\nlisten = \"x\"\nmax_bodyy = 1\n").unwrap_err();
         assert!(format!("{e:#}").contains("max_bodyy"), "{e:#}");
         let e = Config::from_toml("[queues.email]\nrate_limit = \"lots\"\n").unwrap_err();
-        assert!(format!("{e:#}").contains("queues.email.rate_limit"), "{e:#}");
+        assert!(
+            format!("{e:#}").contains("queues.email.rate_limit"),
+            "{e:#}"
+        );
         let e = Config::from_toml("[tasks.x]\ntime_limit = \"soon\"\n").unwrap_err();
         assert!(format!("{e:#}").contains("time_limit"), "{e:#}");
         let e = Config::from_toml("[tasks.x]\nmodule = \"builtin:nope\"\n").unwrap_err();
-        assert!(format!("{e:#}").contains("no built-in task `nope`"), "{e:#}");
+        assert!(
+            format!("{e:#}").contains("no built-in task `nope`"),
+            "{e:#}"
+        );
         let e = Config::from_toml("[auth]\nadmin = [\"short\"]\n").unwrap_err();
         assert!(format!("{e:#}").contains("16 characters"), "{e:#}");
     }

@@ -13,6 +13,14 @@
 //!   defaults and grants.
 //! - [`worker`]: pulls jobs, runs them in the sandbox, records outcomes,
 //!   retries.
+//! - [`scheduler`]: beats (cron or interval, in a time zone) from
+//!   `runner.toml` and the API, fired exactly once across replicas.
+//! - [`api`]: the HTTP API (axum, OpenAPI by utoipa) over the registry,
+//!   the broker and the scheduler.
+//! - [`config`]: `runner.toml` with its env overrides; [`app`] wires a
+//!   config into a broker, registry, scheduler, worker and API.
+//! - [`builtin`]: the built-in tasks and examples embedded in the binary
+//!   (`builtin:NAME` modules).
 //! - [`cli`]: the `runner` command and its subcommands.
 //!
 //! Data takes one path: CLI/HTTP -> registry/queue -> worker -> sandbox ->

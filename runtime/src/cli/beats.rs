@@ -23,7 +23,9 @@ pub enum BeatsCommand {
     /// Every beat: schedule, zone, next and last fire, last job's outcome.
     List,
     /// One beat, in full (JSON).
-    Show { name: String },
+    Show {
+        name: String,
+    },
     /// Create or replace a beat.
     Add {
         name: String,
@@ -51,7 +53,9 @@ pub enum BeatsCommand {
         disabled: bool,
     },
     /// Delete a beat created through the API.
-    Rm { name: String },
+    Rm {
+        name: String,
+    },
     /// Enqueue a beat's job now.
     Fire {
         name: String,
@@ -59,8 +63,12 @@ pub enum BeatsCommand {
         #[arg(long, value_parser = humantime::parse_duration, num_args = 0..=1, default_missing_value = "60s")]
         wait: Option<std::time::Duration>,
     },
-    Enable { name: String },
-    Disable { name: String },
+    Enable {
+        name: String,
+    },
+    Disable {
+        name: String,
+    },
 }
 
 fn s(v: &Value) -> String {
@@ -80,15 +88,28 @@ pub async fn execute(args: BeatsArgs) -> anyhow::Result<ExitCode> {
                 "BEAT", "TASK", "SCHEDULE", "ZONE", "NEXT FIRE (LOCAL)"
             );
             for b in v.as_array().into_iter().flatten() {
-                let schedule = b["cron"].as_str().map(str::to_string).or_else(|| b["every"].as_str().map(|e| format!("every {e}"))).unwrap_or_default();
-                let next = if b["enabled"] == false { "disabled".to_string() } else { s(&b["next_fire"]["local"]) };
+                let schedule = b["cron"]
+                    .as_str()
+                    .map(str::to_string)
+                    .or_else(|| b["every"].as_str().map(|e| format!("every {e}")))
+                    .unwrap_or_default();
+                let next = if b["enabled"] == false {
+                    "disabled".to_string()
+                } else {
+                    s(&b["next_fire"]["local"])
+                };
                 let last = match &b["last_job"] {
                     Value::Null => "-".to_string(),
                     j => format!("{} {}", s(&j["id"]), s(&j["state"])),
                 };
                 println!(
                     "{:<22} {:<14} {:<18} {:<16} {:<26} {}",
-                    s(&b["name"]), s(&b["task"]), schedule, s(&b["timezone"]), next, last
+                    s(&b["name"]),
+                    s(&b["task"]),
+                    schedule,
+                    s(&b["timezone"]),
+                    next,
+                    last
                 );
             }
         }),
@@ -96,29 +117,64 @@ pub async fn execute(args: BeatsArgs) -> anyhow::Result<ExitCode> {
             .get(&format!("/v1/schedules/{name}"))
             .await
             .map(|v| println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())),
-        BeatsCommand::Add { name, task, cron, every, timezone, input, queue, missed, disabled } => {
+        BeatsCommand::Add {
+            name,
+            task,
+            cron,
+            every,
+            timezone,
+            input,
+            queue,
+            missed,
+            disabled,
+        } => {
             let mut beat = json!({ "task": task, "enabled": !disabled });
             let obj = beat.as_object_mut().expect("object");
-            if let Some(c) = cron { obj.insert("cron".into(), json!(c)); }
-            if let Some(e) = every { obj.insert("every".into(), json!(e)); }
-            if let Some(t) = timezone { obj.insert("timezone".into(), json!(t)); }
-            if let Some(q) = queue { obj.insert("queue".into(), json!(q)); }
-            if let Some(m) = missed { obj.insert("missed".into(), json!(m)); }
-            if let Some(i) = input { obj.insert("input".into(), json_arg("--input", &text_or_file(&i)?)?); }
-            client.put_json(&format!("/v1/schedules/{name}"), &beat).await.map(|v| {
-                println!("{name}: next fire {} ({})", s(&v["next_fire"]["local"]), s(&v["next_fire"]["utc"]));
-            })
+            if let Some(c) = cron {
+                obj.insert("cron".into(), json!(c));
+            }
+            if let Some(e) = every {
+                obj.insert("every".into(), json!(e));
+            }
+            if let Some(t) = timezone {
+                obj.insert("timezone".into(), json!(t));
+            }
+            if let Some(q) = queue {
+                obj.insert("queue".into(), json!(q));
+            }
+            if let Some(m) = missed {
+                obj.insert("missed".into(), json!(m));
+            }
+            if let Some(i) = input {
+                obj.insert("input".into(), json_arg("--input", &text_or_file(&i)?)?);
+            }
+            client
+                .put_json(&format!("/v1/schedules/{name}"), &beat)
+                .await
+                .map(|v| {
+                    println!(
+                        "{name}: next fire {} ({})",
+                        s(&v["next_fire"]["local"]),
+                        s(&v["next_fire"]["utc"])
+                    );
+                })
         }
         BeatsCommand::Rm { name } => client
             .send(client.request(Method::DELETE, &format!("/v1/schedules/{name}")))
             .await
             .map(|_| println!("deleted {name}")),
-        BeatsCommand::Fire { name, wait } => match client.post_json(&format!("/v1/schedules/{name}/fire"), &json!({})).await {
+        BeatsCommand::Fire { name, wait } => match client
+            .post_json(&format!("/v1/schedules/{name}/fire"), &json!({}))
+            .await
+        {
             Ok(job) => {
                 let id = s(&job["id"]);
                 match wait {
                     Some(w) => return super::status::wait_and_print(&client, &id, w).await,
-                    None => { println!("{id}"); Ok(()) }
+                    None => {
+                        println!("{id}");
+                        Ok(())
+                    }
                 }
             }
             Err(e) => Err(e),

@@ -107,7 +107,9 @@ pub async fn execute(args: BindArgs) -> anyhow::Result<ExitCode> {
             hash
         };
         let body = args.opts.body(&module)?;
-        client.put_json(&format!("/v1/tasks/{}", args.name), &body).await
+        client
+            .put_json(&format!("/v1/tasks/{}", args.name), &body)
+            .await
     };
     match answer {
         Ok(v) => {

@@ -64,18 +64,53 @@ pub async fn execute(args: CallArgs) -> anyhow::Result<ExitCode> {
             indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} jobs  {per_sec}")
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
+        let started = std::time::Instant::now();
         let mut left = args.repeat;
+        let mut ids = Vec::with_capacity(args.repeat as usize);
         while left > 0 {
             let n = left.min(BATCH);
             let jobs: Vec<Value> = (0..n).map(|_| job.clone()).collect();
-            if let Err(e) = client.post_json("/v1/jobs/batch", &json!({ "jobs": jobs })).await {
-                bar.abandon();
-                return Ok(report(e));
+            match client
+                .post_json("/v1/jobs/batch", &json!({ "jobs": jobs }))
+                .await
+            {
+                Ok(v) => ids.extend(
+                    v["jobs"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|j| j["id"].as_str().map(str::to_owned)),
+                ),
+                Err(e) => {
+                    bar.abandon();
+                    eprintln!(
+                        "{} of {} jobs enqueued before the error",
+                        ids.len(),
+                        args.repeat
+                    );
+                    return Ok(report(e));
+                }
             }
             bar.inc(n);
             left -= n;
         }
-        bar.finish();
+        bar.finish_and_clear();
+        // The ids on stdout (one per line, for scripts); the summary on stderr.
+        let mut out = std::io::stdout().lock();
+        for id in &ids {
+            use std::io::Write as _;
+            if writeln!(out, "{id}").is_err() {
+                break;
+            }
+        }
+        let secs = started.elapsed().as_secs_f64().max(1e-6);
+        eprintln!(
+            "enqueued {} jobs of {} in {:.2} s ({:.0} jobs/s)",
+            ids.len(),
+            args.task,
+            secs,
+            ids.len() as f64 / secs
+        );
         return Ok(ExitCode::SUCCESS);
     }
 

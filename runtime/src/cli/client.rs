@@ -14,7 +14,11 @@ use serde_json::Value;
 #[derive(Args, Debug, Clone)]
 pub struct ApiArgs {
     /// The runner's API, e.g. http://127.0.0.1:8080.
-    #[arg(long = "url", env = "RUNNER_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long = "url",
+        env = "RUNNER_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub url: String,
     /// Bearer token (admin for upload, bind and revoke; submit for the rest).
     #[arg(long = "token", env = "RUNNER_TOKEN", hide_env_values = true)]

@@ -36,6 +36,11 @@ pub enum InspectWhat {
     },
 }
 
+/// The items of a JSON array as text (none if it is not an array).
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array().into_iter().flatten().map(s).collect()
+}
+
 fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -48,18 +53,28 @@ pub async fn execute(args: InspectArgs) -> anyhow::Result<ExitCode> {
     let client = ApiClient::new(&args.api)?;
     let result = match &args.what {
         InspectWhat::Queues => client.get("/v1/queues").await.map(|v| {
-            println!("{:<24} {:>10} {:>10} {:>10} {:>10}", "QUEUE", "READY", "DELAYED", "IN-FLIGHT", "DEAD");
+            println!(
+                "{:<24} {:>10} {:>10} {:>10} {:>10}",
+                "QUEUE", "READY", "DELAYED", "IN-FLIGHT", "DEAD"
+            );
             for q in v.as_array().into_iter().flatten() {
                 println!(
                     "{:<24} {:>10} {:>10} {:>10} {:>10}",
-                    s(&q["name"]), s(&q["ready"]), s(&q["delayed"]), s(&q["in_flight"]), s(&q["dead"])
+                    s(&q["name"]),
+                    s(&q["ready"]),
+                    s(&q["delayed"]),
+                    s(&q["in_flight"]),
+                    s(&q["dead"])
                 );
             }
         }),
         InspectWhat::Workers => client.get("/v1/workers").await.map(|v| {
-            println!("{:<32} {:<24} {:>4} {:>8} {:>9}  LAST SEEN", "WORKER", "QUEUES", "C", "RUNNING", "DONE");
+            println!(
+                "{:<32} {:<24} {:>4} {:>8} {:>9}  LAST SEEN",
+                "WORKER", "QUEUES", "C", "RUNNING", "DONE"
+            );
             for w in v.as_array().into_iter().flatten() {
-                let queues: Vec<String> = w["queues"].as_array().into_iter().flatten().map(s).collect();
+                let queues = strings(&w["queues"]);
                 println!(
                     "{:<32} {:<24} {:>4} {:>8} {:>9}  {}",
                     s(&w["id"]),
@@ -87,28 +102,45 @@ pub async fn execute(args: InspectArgs) -> anyhow::Result<ExitCode> {
         InspectWhat::Modules => client.get("/v1/modules").await.map(|v| {
             println!("{:<73} {:>10}  NEEDS", "MODULE", "BYTES");
             for m in v.as_array().into_iter().flatten() {
-                let caps: Vec<String> = m["capabilities"].as_array().into_iter().flatten().map(s).collect();
-                println!("{:<73} {:>10}  {}", s(&m["hash"]), s(&m["size"]), caps.join(","));
+                let caps = strings(&m["capabilities"]);
+                println!(
+                    "{:<73} {:>10}  {}",
+                    s(&m["hash"]),
+                    s(&m["size"]),
+                    caps.join(",")
+                );
             }
         }),
-        InspectWhat::Dead { queue, limit, replay } => {
+        InspectWhat::Dead {
+            queue,
+            limit,
+            replay,
+        } => {
             if *replay {
                 client
                     .post_json(&format!("/v1/queues/{queue}/replay"), &json!({}))
                     .await
-                    .map(|v| println!("replayed {} jobs", v["replayed"].as_array().map(|a| a.len()).unwrap_or(0)))
-            } else {
-                client.get(&format!("/v1/queues/{queue}/dead?limit={limit}")).await.map(|v| {
-                    for j in v.as_array().into_iter().flatten() {
+                    .map(|v| {
                         println!(
-                            "{}  {}  {}: {}",
-                            s(&j["id"]),
-                            s(&j["task"]),
-                            s(&j["error"]["kind"]),
-                            s(&j["error"]["message"])
-                        );
-                    }
-                })
+                            "replayed {} jobs",
+                            v["replayed"].as_array().map(|a| a.len()).unwrap_or(0)
+                        )
+                    })
+            } else {
+                client
+                    .get(&format!("/v1/queues/{queue}/dead?limit={limit}"))
+                    .await
+                    .map(|v| {
+                        for j in v.as_array().into_iter().flatten() {
+                            println!(
+                                "{}  {}  {}: {}",
+                                s(&j["id"]),
+                                s(&j["task"]),
+                                s(&j["error"]["kind"]),
+                                s(&j["error"]["message"])
+                            );
+                        }
+                    })
             }
         }
     };

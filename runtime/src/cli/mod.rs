@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-pub mod bench;
 pub mod beats;
+pub mod bench;
 pub mod bench_queue;
 pub mod bench_scheduler;
 pub mod bind;

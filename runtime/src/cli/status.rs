@@ -26,14 +26,21 @@ pub async fn execute(args: StatusArgs) -> anyhow::Result<ExitCode> {
 
 /// Prints the job (waiting up to `wait`, in long-polls of at most 5 min)
 /// and returns the exit code of its state.
-pub async fn wait_and_print(client: &ApiClient, id: &str, wait: Duration) -> anyhow::Result<ExitCode> {
+pub async fn wait_and_print(
+    client: &ApiClient,
+    id: &str,
+    wait: Duration,
+) -> anyhow::Result<ExitCode> {
     let deadline = tokio::time::Instant::now() + wait;
     let job = loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let path = if left.is_zero() {
             format!("/v1/jobs/{id}")
         } else {
-            format!("/v1/jobs/{id}?wait={}ms", left.min(Duration::from_secs(300)).as_millis())
+            format!(
+                "/v1/jobs/{id}?wait={}ms",
+                left.min(Duration::from_secs(300)).as_millis()
+            )
         };
         let job = match client.get(&path).await {
             Ok(j) => j,

@@ -70,7 +70,11 @@ pub async fn execute(args: UploadArgs) -> anyhow::Result<ExitCode> {
             hash,
             path.display(),
             info["size"],
-            if caps.is_empty() { "nothing".to_string() } else { caps.join(", ") }
+            if caps.is_empty() {
+                "nothing".to_string()
+            } else {
+                caps.join(", ")
+            }
         );
         match &bar {
             Some(bar) => {
@@ -87,7 +91,10 @@ pub async fn execute(args: UploadArgs) -> anyhow::Result<ExitCode> {
     if let (Some(name), Some(hash)) = (&args.bind, last) {
         let body = args.opts.body(&hash)?;
         match client.put_json(&format!("/v1/tasks/{name}"), &body).await {
-            Ok(v) => println!("bound {name} -> {}", v["binding"]["module"].as_str().unwrap_or(&hash)),
+            Ok(v) => println!(
+                "bound {name} -> {}",
+                v["binding"]["module"].as_str().unwrap_or(&hash)
+            ),
             Err(e) => return Ok(report(e)),
         }
     }

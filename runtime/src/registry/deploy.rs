@@ -32,11 +32,12 @@ pub async fn upload(
     bytes: Vec<u8>,
 ) -> Result<(ModuleInfo, bool), DeployError> {
     let sb = sandbox.clone();
-    let (imports, bytes) = tokio::task::spawn_blocking(move || {
-        sb.load(&bytes).map(|m| (m.imports.clone(), bytes))
-    })
-    .await
-    .map_err(|e| DeployError::Refused(format!("compiling the component panicked: {e}")))??;
+    let (imports, bytes) =
+        tokio::task::spawn_blocking(move || sb.load(&bytes).map(|m| (m.imports.clone(), bytes)))
+            .await
+            .map_err(|e| {
+                DeployError::Refused(format!("compiling the component panicked: {e}"))
+            })??;
     Ok(registry.store_module(&bytes, imports).await?)
 }
 
@@ -56,10 +57,19 @@ pub fn check_grants(imports: &[String], grants: &TaskGrants) -> Result<(), Strin
         let (granted, how) = match cap {
             "types" | "context" => (true, ""),
             "kv" => (grants.kv.is_some(), "grants.kv = {}"),
-            "mail" => (grants.mail.is_some(), "grants.mail = { allowed_senders = [..] }"),
-            "http" => (grants.http.is_some(), "grants.http = { allow = [\"https://host\"] }"),
+            "mail" => (
+                grants.mail.is_some(),
+                "grants.mail = { allowed_senders = [..] }",
+            ),
+            "http" => (
+                grants.http.is_some(),
+                "grants.http = { allow = [\"https://host\"] }",
+            ),
             "pdf" => (grants.pdf, "grants.pdf = true"),
-            "files" => (!grants.files.is_empty(), "grants.files = { root = \"read-write\" }"),
+            "files" => (
+                !grants.files.is_empty(),
+                "grants.files = { root = \"read-write\" }",
+            ),
             "jobs" => (grants.jobs, "grants.jobs = true"),
             other => {
                 return Err(format!(

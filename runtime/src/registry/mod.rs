@@ -85,10 +85,15 @@ pub fn validate_task_name(name: &str) -> Result<(), String> {
         return Err("a task name must not be empty".into());
     }
     if name.len() > 100 {
-        return Err(format!("task name is {} bytes long; at most 100", name.len()));
+        return Err(format!(
+            "task name is {} bytes long; at most 100",
+            name.len()
+        ));
     }
     if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-        return Err(format!("task name {name:?} must start with a letter or digit"));
+        return Err(format!(
+            "task name {name:?} must start with a letter or digit"
+        ));
     }
     if let Some(c) = name
         .chars()
@@ -242,7 +247,7 @@ impl Registry for RedisRegistry {
             .values()
             .filter_map(|v| serde_json::from_str(v).ok())
             .collect();
-        out.sort_by(|a, b| a.uploaded_at.cmp(&b.uploaded_at));
+        out.sort_by_key(|m| m.uploaded_at);
         Ok(out)
     }
 
@@ -436,7 +441,7 @@ impl Registry for LocalRegistry {
             .values()
             .map(|(_, i)| i.clone())
             .collect();
-        out.sort_by(|a, b| a.uploaded_at.cmp(&b.uploaded_at));
+        out.sort_by_key(|m| m.uploaded_at);
         Ok(out)
     }
 

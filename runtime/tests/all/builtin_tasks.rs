@@ -1107,3 +1107,84 @@ fn the_example_deployments_load() {
         );
     }
 }
+
+// ---------------------------------------------------------------- sources
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// The built-in tasks are what a task author can write: plain crates on the
+/// SDK's public API, with no generated bindings, no WIT of their own, no
+/// build scripts and no `unsafe`.
+#[test]
+fn builtin_tasks_use_only_the_sdks_public_api() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tasks");
+    let allowed = ["runner-sdk", "serde", "serde_json", "chrono", "chrono-tz"];
+    let mut crates = 0;
+    for e in std::fs::read_dir(&root).unwrap().flatten() {
+        let dir = e.path();
+        let manifest = dir.join("Cargo.toml");
+        if !manifest.is_file() {
+            continue;
+        }
+        crates += 1;
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let doc: toml::Table =
+            toml::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+        assert!(
+            doc.get("package").and_then(|p| p.get("build")).is_none()
+                && !dir.join("build.rs").exists(),
+            "{name} has a build script"
+        );
+        for section in ["dependencies", "build-dependencies", "target"] {
+            let Some(deps) = doc.get(section) else {
+                continue;
+            };
+            assert_eq!(
+                section, "dependencies",
+                "{name}: [{section}] is not expected"
+            );
+            for dep in deps.as_table().unwrap().keys() {
+                assert!(allowed.contains(&dep.as_str()), "{name} depends on {dep}");
+            }
+        }
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let n = entry.file_name().to_string_lossy().into_owned();
+            assert!(
+                n != "wit" && !n.ends_with(".wit"),
+                "{name} carries its own WIT: {n}"
+            );
+        }
+        let mut files = Vec::new();
+        rust_files(&dir.join("src"), &mut files);
+        assert!(!files.is_empty(), "{name} has no sources");
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            for banned in [
+                "wit_bindgen",
+                "__private",
+                "unsafe",
+                "extern \"C\"",
+                "export_name",
+                "no_mangle",
+                "bindings::",
+            ] {
+                assert!(!text.contains(banned), "{} uses {banned}", f.display());
+            }
+            assert!(
+                text.contains("runner_sdk"),
+                "{} does not use the SDK",
+                f.display()
+            );
+        }
+    }
+    assert_eq!(crates, 4, "reminder, report, cleanup, notify");
+}

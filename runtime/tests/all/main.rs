@@ -9,6 +9,8 @@ mod builtin_tasks;
 mod capabilities;
 mod cli_run;
 mod crash;
+mod dashboard;
+mod dev;
 mod queue_conformance;
 mod rate_limit;
 mod sandbox;

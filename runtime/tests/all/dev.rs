@@ -1,0 +1,282 @@
+//! `runner dev` and the CLI as the README's tour uses them: the built
+//! binary, started as a user starts it, driven by `runner upload`, `call`,
+//! `beats fire`, `inspect` and by plain HTTP (what curl sends).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use crate::support::guest;
+
+struct Dev {
+    child: Child,
+    url: String,
+    token: String,
+}
+
+impl Dev {
+    fn start(data: &Path) -> Dev {
+        Self::start_with(data, &[])
+    }
+
+    fn start_with(data: &Path, extra: &[&str]) -> Dev {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_runner"))
+            .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .args(extra)
+            .env_remove("RUNNER_TOKEN")
+            .env_remove("RUNNER_REDIS_URL")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting runner dev");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut url, mut token) = (None, None);
+        let started = Instant::now();
+        while url.is_none() || token.is_none() {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "runner dev did not start"
+            );
+            let line = lines.next().expect("runner dev exited").unwrap();
+            if let Some(rest) = line.strip_prefix("runner dev: ") {
+                url = Some(rest.split_whitespace().next().unwrap().to_string());
+            }
+            if let Some(rest) = line.strip_prefix("admin token: ") {
+                token = Some(rest.trim().to_string());
+            }
+        }
+        // Keep draining stdout so the child never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        Dev {
+            child,
+            url: url.unwrap(),
+            token: token.unwrap(),
+        }
+    }
+
+    fn runner(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_runner"))
+            .args(args)
+            .env("RUNNER_URL", &self.url)
+            .env("RUNNER_TOKEN", &self.token)
+            .output()
+            .expect("running the runner binary")
+    }
+
+    /// `GET /v1/jobs/ID?wait=30s`: the job once it has ended.
+    fn wait_job(&self, id: &str) -> serde_json::Value {
+        reqwest::blocking::Client::new()
+            .get(format!("{}/v1/jobs/{id}?wait=30s", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    }
+
+    fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+#[track_caller]
+fn ok(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {stdout}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn files_under(dir: &Path, ext: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p, ext));
+        } else if p.extension().is_some_and(|x| x == ext) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn dev_runs_the_readme_tour() {
+    let data = TempDir::new().unwrap();
+    let dev = Dev::start(data.path());
+
+    // The built-in tasks and examples are bound.
+    let tasks = ok(&dev.runner(&["inspect", "tasks"]));
+    for t in ["reminder", "report", "cleanup", "notify", "hello"] {
+        assert!(
+            tasks.lines().any(|l| l.starts_with(t)),
+            "{t} not bound:\n{tasks}"
+        );
+    }
+
+    // A built-in example, enqueued and waited for.
+    let out = ok(&dev.runner(&[
+        "call",
+        "hello",
+        "--input",
+        r#"{"name":"README"}"#,
+        "--wait",
+        "60s",
+    ]));
+    assert!(out.contains("SUCCESS") && out.contains("README"), "{out}");
+
+    // Your own task: upload and bind with the CLI, enqueue it.
+    let wasm = guest("my_first_task");
+    let out = ok(&dev.runner(&["upload", wasm.to_str().unwrap(), "--bind", "order-total"]));
+    assert!(out.contains("bound order-total"), "{out}");
+    let out = ok(&dev.runner(&[
+        "call",
+        "order-total",
+        "--input",
+        r#"{"items":[{"name":"りんご","price":120,"quantity":3}],"tax_percent":10}"#,
+        "--wait",
+    ]));
+    assert!(out.contains("\"total\": 396"), "{out}");
+
+    // The same with HTTP alone (what the README's curl lines send).
+    let http = reqwest::blocking::Client::new();
+    let bytes = std::fs::read(&wasm).unwrap();
+    let res = http
+        .post(format!("{}/v1/modules", dev.url))
+        .bearer_auth(&dev.token)
+        .body(bytes)
+        .send()
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200, "already uploaded: 200");
+    let hash = res.json::<serde_json::Value>().unwrap()["hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let res = http
+        .put(format!("{}/v1/tasks/order-total-2", dev.url))
+        .bearer_auth(&dev.token)
+        .json(&serde_json::json!({ "module": hash }))
+        .send()
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let res = http
+        .post(format!("{}/v1/jobs", dev.url))
+        .bearer_auth(&dev.token)
+        .json(&serde_json::json!({ "task": "order-total-2", "input": {"items": [{"name": "x", "price": 5, "quantity": 2}]} }))
+        .send()
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 202);
+    let id = res.json::<serde_json::Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let job = dev.wait_job(&id);
+    assert_eq!(job["result"]["total"], 10, "{job}");
+
+    // A batch: one id per line on stdout, each job runs.
+    let out = ok(&dev.runner(&[
+        "call",
+        "hello",
+        "--input",
+        r#"{"name":"many"}"#,
+        "--repeat",
+        "30",
+    ]));
+    let ids: Vec<&str> = out.lines().collect();
+    assert_eq!(ids.len(), 30, "{out}");
+    for id in [ids[0], ids[29]] {
+        let job = dev.wait_job(id);
+        assert_eq!(job["state"], "SUCCESS", "{job}");
+    }
+
+    // Fire the reminder beat by hand: the mail is in the dry-run directory.
+    let out = ok(&dev.runner(&["beats", "fire", "morning-reminder", "--wait", "60s"]));
+    assert!(
+        out.contains("SUCCESS") && out.contains("\"sent\": 1"),
+        "{out}"
+    );
+    let mails = files_under(&data.path().join("mail"), "eml");
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    let text = std::fs::read_to_string(&mails[0]).unwrap();
+    assert!(text.contains("taro@localhost"), "{text}");
+    // A second fire the same day mails nobody.
+    let out = ok(&dev.runner(&["beats", "fire", "morning-reminder", "--wait", "60s"]));
+    assert!(out.contains("\"sent\": 0"), "{out}");
+    assert_eq!(files_under(&data.path().join("mail"), "eml").len(), 1);
+
+    // The report beat: a PDF under the reports root, mailed too.
+    let out = ok(&dev.runner(&["beats", "fire", "daily-report", "--wait", "60s"]));
+    assert!(out.contains("SUCCESS"), "{out}");
+    let pdfs = files_under(&data.path().join("files").join("reports"), "pdf");
+    assert_eq!(pdfs.len(), 1, "{pdfs:?}");
+    let text = Command::new("pdftotext")
+        .arg(&pdfs[0])
+        .arg("-")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains("日次業務レポート"));
+    assert_eq!(files_under(&data.path().join("mail"), "eml").len(), 2);
+
+    let beats = ok(&dev.runner(&["beats", "list"]));
+    assert!(
+        beats.contains("morning-reminder") && beats.contains("Asia/Tokyo"),
+        "{beats}"
+    );
+    let queues = ok(&dev.runner(&["inspect", "queues"]));
+    assert!(
+        queues.contains("email") && queues.contains("reports"),
+        "{queues}"
+    );
+
+    // A refused request: exit 2 with the server's message.
+    let out = dev.runner(&["call", "no-such-task"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-task"));
+
+    let status = dev.stop();
+    assert!(status.success(), "runner dev exited with {status}");
+}
+
+/// `runner dev --redis URL`: the same system on a real Redis, where the
+/// jobs and the kv store then live.
+#[test]
+fn dev_runs_on_redis_with_the_redis_flag() {
+    let redis = crate::redis_support::RedisServer::start();
+    let data = TempDir::new().unwrap();
+    let dev = Dev::start_with(data.path(), &["--redis", &redis.url()]);
+    let out = ok(&dev.runner(&[
+        "call",
+        "hello",
+        "--input",
+        r#"{"name":"redis"}"#,
+        "--wait",
+        "60s",
+    ]));
+    assert!(
+        out.contains("SUCCESS") && out.contains("Hello, redis!"),
+        "{out}"
+    );
+    let out = ok(&dev.runner(&["beats", "fire", "morning-reminder", "--wait", "60s"]));
+    assert!(out.contains("\"sent\": 1"), "{out}");
+    // The job records and the kv day key are in that Redis.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
+    assert!(keys.iter().any(|k| k.contains(":job:")), "{keys:?}");
+    assert!(keys.iter().any(|k| k.contains("remind:taro:")), "{keys:?}");
+    let status = dev.stop();
+    assert!(status.success(), "runner dev exited with {status}");
+}
