@@ -339,6 +339,7 @@ impl HttpService {
         if let Some(c) = clients.get(&key) {
             return Ok(c.clone());
         }
+        crate::install_crypto_provider();
         let client = reqwest::Client::builder()
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())

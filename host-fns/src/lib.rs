@@ -23,11 +23,11 @@
 //!
 //! # TLS
 //!
-//! Both `ring` and `aws-lc-rs` are compiled into the dependency graph
-//! (lettre, reqwest), so rustls cannot pick a crypto provider by itself:
-//! the binary must call
-//! `rustls::crypto::ring::default_provider().install_default()` once at
-//! start-up, before the first mail or HTTPS request. The tests do the same.
+//! One crypto provider, `ring`, serves every TLS connection (lettre is
+//! built with it, reqwest with none of its own). reqwest takes rustls's
+//! process-wide default, so [`install_crypto_provider`] installs `ring` as
+//! that default; the HTTP service calls it before building a client, and
+//! the binary at start-up.
 
 pub mod error;
 pub mod files;
@@ -39,3 +39,14 @@ mod serde_secs;
 pub mod trace;
 
 pub use error::HostError;
+
+/// Installs `ring` as rustls's process-wide crypto provider, unless one is
+/// installed already. Cheap and idempotent: call it before building any
+/// reqwest client.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // An error means another provider was installed first: fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}

@@ -1,15 +1,7 @@
 //! Helpers shared by the test modules.
 
-use std::sync::Once;
-
-/// rustls needs one process-wide crypto provider because both ring and
-/// aws-lc-rs are in the dependency graph; the binary does the same at start.
-pub fn install_crypto_provider() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
+/// rustls's process-wide crypto provider (ring), as the binary installs it.
+pub use runner_host_fns::install_crypto_provider;
 
 /// A `redis-server` of our own on a free loopback port, in a temp dir;
 /// killed when dropped. Never the one on 6379.

@@ -65,9 +65,8 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    // Both ring and aws-lc-rs are linked in (lettre, reqwest), so rustls
-    // cannot pick a provider itself. An error only means one is installed.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // reqwest (the CLI's client, webhooks) takes rustls's process default.
+    runner_host_fns::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

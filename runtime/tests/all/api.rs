@@ -74,7 +74,7 @@ impl TestApi {
         }));
         TestApi {
             url,
-            http: reqwest::Client::new(),
+            http: crate::support::http_client(),
             stop,
             handles,
         }

@@ -39,7 +39,7 @@ impl Browser {
             .spawn()
             .expect("chromedriver (Debian package chromium-driver; scripts/setup installs it)");
         let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
+        let http = crate::support::http_client();
         let started = Instant::now();
         loop {
             if let Ok(r) = http.get(format!("{base}/status")).send().await

@@ -69,7 +69,7 @@ impl Dev {
 
     /// `GET /v1/jobs/ID?wait=30s`: the job once it has ended.
     fn wait_job(&self, id: &str) -> serde_json::Value {
-        reqwest::blocking::Client::new()
+        crate::support::blocking_http_client()
             .get(format!("{}/v1/jobs/{id}?wait=30s", self.url))
             .bearer_auth(&self.token)
             .send()
@@ -152,7 +152,7 @@ fn dev_runs_the_readme_tour() {
     assert!(out.contains("\"total\": 396"), "{out}");
 
     // The same with HTTP alone (what the README's curl lines send).
-    let http = reqwest::blocking::Client::new();
+    let http = crate::support::blocking_http_client();
     let bytes = std::fs::read(&wasm).unwrap();
     let res = http
         .post(format!("{}/v1/modules", dev.url))

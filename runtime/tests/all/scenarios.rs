@@ -331,7 +331,7 @@ impl Deployment {
         }));
         Deployment {
             url,
-            http: reqwest::Client::new(),
+            http: crate::support::http_client(),
             stop,
             handles,
         }

@@ -212,3 +212,16 @@ pub fn unknown_import_component() -> Vec<u8> {
     (canon lift (core func $i "run") (memory (core memory $i "memory")) (realloc (core func $i "cabi_realloc")))))
 "#)
 }
+
+/// An HTTP client for talking to the API in tests. reqwest takes rustls's
+/// process-wide crypto provider, which the binary installs at start-up.
+pub fn http_client() -> reqwest::Client {
+    runner_host_fns::install_crypto_provider();
+    reqwest::Client::new()
+}
+
+/// [`http_client`], blocking, for tests that drive a `runner` process.
+pub fn blocking_http_client() -> reqwest::blocking::Client {
+    runner_host_fns::install_crypto_provider();
+    reqwest::blocking::Client::new()
+}
