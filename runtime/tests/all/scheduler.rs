@@ -644,7 +644,16 @@ async fn embedded_scheduler_fires_and_fires_now() {
         Err(BeatError::NotFound(_))
     ));
 
-    let orphan = s.get("orphan").await.unwrap();
+    // The orphan falls due in the same ticks as `fast`, and the loop may
+    // come to it just after `fast`'s job was seen: wait for its refusal.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let orphan = loop {
+        let orphan = s.get("orphan").await.unwrap();
+        if orphan.last_error.is_some() || tokio::time::Instant::now() > deadline {
+            break orphan;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(orphan.source, BeatSource::Config);
     let why = orphan.last_error.expect("the orphan's fire error");
     assert!(why.contains("unbound"), "{why}");
