@@ -196,9 +196,9 @@ pub async fn read_body(req: Request, limit: usize) -> Result<Bytes, ApiError> {
 }
 
 /// The most of an oversized body read and discarded before answering 413.
-pub const DRAIN_MAX: usize = 256 * 1024 * 1024;
+const DRAIN_MAX: usize = 256 * 1024 * 1024;
 /// The longest time spent discarding an oversized body.
-pub const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn drain(mut stream: axum::body::BodyDataStream) {
     let discard = async {

@@ -5,11 +5,10 @@
 //! missed instead of slowing anyone down.
 
 use std::convert::Infallible;
-use std::time::Duration;
 
 use axum::extract::{Query, State};
-use axum::response::sse::{Event, KeepAlive, Sse};
-use futures::{Stream, StreamExt as _};
+use axum::response::sse::{Event, Sse};
+use futures::Stream;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use utoipa::{IntoParams, ToSchema};
@@ -92,9 +91,7 @@ async fn events(
             }
         }
     });
-    // The stream ends when the server starts shutting down.
-    let stream = stream.take_until(ctx.closing.clone().cancelled_owned());
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Ok(super::sse(&ctx, stream))
 }
 
 fn job_event(ev: &JobEvent) -> Event {

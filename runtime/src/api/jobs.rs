@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use futures::{Stream, StreamExt as _};
+use futures::Stream;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use utoipa::{IntoParams, ToSchema};
@@ -316,10 +316,7 @@ async fn job_events(
         .get(id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("unknown job {id}")))?;
-    let first = Event::default()
-        .event("state")
-        .json_data(job_view(&job))
-        .unwrap_or_default();
+    let first = state_event(&job);
     let state = EventsState {
         first: Some(first),
         done: job.state.is_final(),
@@ -342,11 +339,7 @@ async fn job_events(
                         && let Ok(Some(job)) = st.ctx.broker.get(st.id).await
                     {
                         // The final event carries the whole record (result or error).
-                        let ev = Event::default()
-                            .event("state")
-                            .json_data(job_view(&job))
-                            .unwrap_or_default();
-                        return Some((Ok(ev), st));
+                        return Some((Ok(state_event(&job)), st));
                     }
                     return Some((Ok(event_of(&ev)), st));
                 }
@@ -355,19 +348,21 @@ async fn job_events(
                     // Missed some: send the job as it is now.
                     let job = st.ctx.broker.get(st.id).await.ok().flatten()?;
                     st.done = job.state.is_final();
-                    let ev = Event::default()
-                        .event("state")
-                        .json_data(job_view(&job))
-                        .unwrap_or_default();
-                    return Some((Ok(ev), st));
+                    return Some((Ok(state_event(&job)), st));
                 }
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
     });
-    // The stream ends when the server starts shutting down.
-    let stream = stream.take_until(ctx.closing.clone().cancelled_owned());
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Ok(super::sse(&ctx, stream))
+}
+
+/// A `state` event: the job as it is now.
+fn state_event(job: &Job) -> Event {
+    Event::default()
+        .event("state")
+        .json_data(job_view(job))
+        .unwrap_or_default()
 }
 
 struct EventsState {

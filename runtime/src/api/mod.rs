@@ -23,12 +23,15 @@ mod schedules;
 mod system;
 mod tasks;
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::{Stream, StreamExt as _};
 use tokio::net::TcpListener;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -65,6 +68,16 @@ pub struct ApiContext {
 }
 
 pub type AppState = Arc<ApiContext>;
+
+/// An event-stream response: a comment every 15 s keeps proxies from
+/// closing it, and it ends when the server starts shutting down.
+fn sse<S>(ctx: &ApiContext, stream: S) -> Sse<impl Stream<Item = S::Item> + use<S>>
+where
+    S: Stream<Item = Result<Event, Infallible>> + Send + 'static,
+{
+    let stream = stream.take_until(ctx.closing.clone().cancelled_owned());
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
