@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::client::{ApiArgs, ApiClient, json_arg, report, text_or_file};
+use super::client::{ApiArgs, ApiClient, cell, json_arg, report, text_or_file};
 
 #[derive(Args, Debug)]
 pub struct BeatsArgs {
@@ -71,14 +71,6 @@ pub enum BeatsCommand {
     },
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        v => v.to_string(),
-    }
-}
-
 pub async fn execute(args: BeatsArgs) -> anyhow::Result<ExitCode> {
     let client = ApiClient::new(&args.api)?;
     let result = match args.what {
@@ -96,18 +88,18 @@ pub async fn execute(args: BeatsArgs) -> anyhow::Result<ExitCode> {
                 let next = if b["enabled"] == false {
                     "disabled".to_string()
                 } else {
-                    s(&b["next_fire"]["local"])
+                    cell(&b["next_fire"]["local"])
                 };
                 let last = match &b["last_job"] {
                     Value::Null => "-".to_string(),
-                    j => format!("{} {}", s(&j["id"]), s(&j["state"])),
+                    j => format!("{} {}", cell(&j["id"]), cell(&j["state"])),
                 };
                 println!(
                     "{:<22} {:<14} {:<18} {:<16} {:<26} {}",
-                    s(&b["name"]),
-                    s(&b["task"]),
+                    cell(&b["name"]),
+                    cell(&b["task"]),
                     schedule,
-                    s(&b["timezone"]),
+                    cell(&b["timezone"]),
                     next,
                     last
                 );
@@ -154,8 +146,8 @@ pub async fn execute(args: BeatsArgs) -> anyhow::Result<ExitCode> {
                 .map(|v| {
                     println!(
                         "{name}: next fire {} ({})",
-                        s(&v["next_fire"]["local"]),
-                        s(&v["next_fire"]["utc"])
+                        cell(&v["next_fire"]["local"]),
+                        cell(&v["next_fire"]["utc"])
                     );
                 })
         }
@@ -168,7 +160,7 @@ pub async fn execute(args: BeatsArgs) -> anyhow::Result<ExitCode> {
             .await
         {
             Ok(job) => {
-                let id = s(&job["id"]);
+                let id = cell(&job["id"]);
                 match wait {
                     Some(w) => return super::status::wait_and_print(&client, &id, w).await,
                     None => {

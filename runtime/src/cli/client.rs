@@ -136,3 +136,12 @@ pub fn text_or_file(arg: &str) -> anyhow::Result<String> {
 pub fn json_arg(flag: &str, text: &str) -> anyhow::Result<Value> {
     serde_json::from_str(text).map_err(|e| anyhow::anyhow!("{flag}: invalid JSON: {e}"))
 }
+
+/// A JSON value as a table cell: strings bare, null as `-`.
+pub fn cell(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        v => v.to_string(),
+    }
+}

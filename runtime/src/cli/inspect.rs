@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use super::client::{ApiArgs, ApiClient, report};
+use super::client::{ApiArgs, ApiClient, cell, report};
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
@@ -38,15 +38,7 @@ pub enum InspectWhat {
 
 /// The items of a JSON array as text (none if it is not an array).
 fn strings(v: &Value) -> Vec<String> {
-    v.as_array().into_iter().flatten().map(s).collect()
-}
-
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        v => v.to_string(),
-    }
+    v.as_array().into_iter().flatten().map(cell).collect()
 }
 
 pub async fn execute(args: InspectArgs) -> anyhow::Result<ExitCode> {
@@ -60,11 +52,11 @@ pub async fn execute(args: InspectArgs) -> anyhow::Result<ExitCode> {
             for q in v.as_array().into_iter().flatten() {
                 println!(
                     "{:<24} {:>10} {:>10} {:>10} {:>10}",
-                    s(&q["name"]),
-                    s(&q["ready"]),
-                    s(&q["delayed"]),
-                    s(&q["in_flight"]),
-                    s(&q["dead"])
+                    cell(&q["name"]),
+                    cell(&q["ready"]),
+                    cell(&q["delayed"]),
+                    cell(&q["in_flight"]),
+                    cell(&q["dead"])
                 );
             }
         }),
@@ -77,25 +69,25 @@ pub async fn execute(args: InspectArgs) -> anyhow::Result<ExitCode> {
                 let queues = strings(&w["queues"]);
                 println!(
                     "{:<32} {:<24} {:>4} {:>8} {:>9}  {}",
-                    s(&w["id"]),
+                    cell(&w["id"]),
                     queues.join(","),
-                    s(&w["concurrency"]),
+                    cell(&w["concurrency"]),
                     w["running"].as_array().map(|a| a.len()).unwrap_or(0),
-                    s(&w["processed"]),
-                    s(&w["last_seen"])
+                    cell(&w["processed"]),
+                    cell(&w["last_seen"])
                 );
             }
         }),
         InspectWhat::Tasks => client.get("/v1/tasks").await.map(|v| {
             println!("{:<20} {:<16} {:<20} BOUND AT", "TASK", "QUEUE", "MODULE");
             for t in v.as_array().into_iter().flatten() {
-                let module = s(&t["module"]);
+                let module = cell(&t["module"]);
                 println!(
                     "{:<20} {:<16} {:<20} {}",
-                    s(&t["name"]),
-                    s(&t["queue"]),
+                    cell(&t["name"]),
+                    cell(&t["queue"]),
                     module.get(..19).unwrap_or(&module),
-                    s(&t["bound_at"])
+                    cell(&t["bound_at"])
                 );
             }
         }),
@@ -105,8 +97,8 @@ pub async fn execute(args: InspectArgs) -> anyhow::Result<ExitCode> {
                 let caps = strings(&m["capabilities"]);
                 println!(
                     "{:<73} {:>10}  {}",
-                    s(&m["hash"]),
-                    s(&m["size"]),
+                    cell(&m["hash"]),
+                    cell(&m["size"]),
                     caps.join(",")
                 );
             }
@@ -134,10 +126,10 @@ pub async fn execute(args: InspectArgs) -> anyhow::Result<ExitCode> {
                         for j in v.as_array().into_iter().flatten() {
                             println!(
                                 "{}  {}  {}: {}",
-                                s(&j["id"]),
-                                s(&j["task"]),
-                                s(&j["error"]["kind"]),
-                                s(&j["error"]["message"])
+                                cell(&j["id"]),
+                                cell(&j["task"]),
+                                cell(&j["error"]["kind"]),
+                                cell(&j["error"]["message"])
                             );
                         }
                     })
