@@ -694,18 +694,10 @@ pub(crate) fn file_aged(dir: &Path, name: &str, days: u64) {
 }
 
 pub(crate) fn remaining(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                out.push(path.strip_prefix(dir).unwrap().to_str().unwrap().to_owned());
-            }
-        }
-    }
+    let mut out: Vec<String> = crate::support::files_in(dir)
+        .iter()
+        .map(|p| p.strip_prefix(dir).unwrap().to_str().unwrap().to_owned())
+        .collect();
     out.sort();
     out
 }
@@ -1110,17 +1102,6 @@ fn the_example_deployments_load() {
 
 // ---------------------------------------------------------------- sources
 
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            rust_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "rs") {
-            out.push(p);
-        }
-    }
-}
-
 /// The built-in tasks are what a task author can write: plain crates on the
 /// SDK's public API, with no generated bindings, no WIT of their own, no
 /// build scripts and no `unsafe`.
@@ -1163,8 +1144,7 @@ fn builtin_tasks_use_only_the_sdks_public_api() {
                 "{name} carries its own WIT: {n}"
             );
         }
-        let mut files = Vec::new();
-        rust_files(&dir.join("src"), &mut files);
+        let files = crate::support::files_with_ext(&dir.join("src"), "rs");
         assert!(!files.is_empty(), "{name} has no sources");
         for f in files {
             let text = std::fs::read_to_string(&f).unwrap();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::support::guest;
+use crate::support::{files_with_ext, guest};
 
 struct Dev {
     child: Child,
@@ -67,11 +67,16 @@ impl Dev {
             .expect("running the runner binary")
     }
 
+    /// A request to `path` with the admin token, as curl sends it.
+    fn http(&self, method: reqwest::Method, path: &str) -> reqwest::blocking::RequestBuilder {
+        crate::support::blocking_http_client()
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+    }
+
     /// `GET /v1/jobs/ID?wait=30s`: the job once it has ended.
     fn wait_job(&self, id: &str) -> serde_json::Value {
-        crate::support::blocking_http_client()
-            .get(format!("{}/v1/jobs/{id}?wait=30s", self.url))
-            .bearer_auth(&self.token)
+        self.http(reqwest::Method::GET, &format!("/v1/jobs/{id}?wait=30s"))
             .send()
             .unwrap()
             .json()
@@ -95,22 +100,6 @@ fn ok(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
-}
-
-fn files_under(dir: &Path, ext: &str) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files_under(&p, ext));
-        } else if p.extension().is_some_and(|x| x == ext) {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[test]
@@ -152,11 +141,9 @@ fn dev_runs_the_readme_tour() {
     assert!(out.contains("\"total\": 396"), "{out}");
 
     // The same with HTTP alone (what the README's curl lines send).
-    let http = crate::support::blocking_http_client();
     let bytes = std::fs::read(&wasm).unwrap();
-    let res = http
-        .post(format!("{}/v1/modules", dev.url))
-        .bearer_auth(&dev.token)
+    let res = dev
+        .http(reqwest::Method::POST, "/v1/modules")
         .body(bytes)
         .send()
         .unwrap();
@@ -165,16 +152,14 @@ fn dev_runs_the_readme_tour() {
         .as_str()
         .unwrap()
         .to_string();
-    let res = http
-        .put(format!("{}/v1/tasks/order-total-2", dev.url))
-        .bearer_auth(&dev.token)
+    let res = dev
+        .http(reqwest::Method::PUT, "/v1/tasks/order-total-2")
         .json(&serde_json::json!({ "module": hash }))
         .send()
         .unwrap();
     assert_eq!(res.status().as_u16(), 200);
-    let res = http
-        .post(format!("{}/v1/jobs", dev.url))
-        .bearer_auth(&dev.token)
+    let res = dev
+        .http(reqwest::Method::POST, "/v1/jobs")
         .json(&serde_json::json!({ "task": "order-total-2", "input": {"items": [{"name": "x", "price": 5, "quantity": 2}]} }))
         .send()
         .unwrap();
@@ -208,19 +193,19 @@ fn dev_runs_the_readme_tour() {
         out.contains("SUCCESS") && out.contains("\"sent\": 1"),
         "{out}"
     );
-    let mails = files_under(&data.path().join("mail"), "eml");
+    let mails = files_with_ext(&data.path().join("mail"), "eml");
     assert_eq!(mails.len(), 1, "{mails:?}");
     let text = std::fs::read_to_string(&mails[0]).unwrap();
     assert!(text.contains("taro@localhost"), "{text}");
     // A second fire the same day mails nobody.
     let out = ok(&dev.runner(&["beats", "fire", "morning-reminder", "--wait", "60s"]));
     assert!(out.contains("\"sent\": 0"), "{out}");
-    assert_eq!(files_under(&data.path().join("mail"), "eml").len(), 1);
+    assert_eq!(files_with_ext(&data.path().join("mail"), "eml").len(), 1);
 
     // The report beat: a PDF under the reports root, mailed too.
     let out = ok(&dev.runner(&["beats", "fire", "daily-report", "--wait", "60s"]));
     assert!(out.contains("SUCCESS"), "{out}");
-    let pdfs = files_under(&data.path().join("files").join("reports"), "pdf");
+    let pdfs = files_with_ext(&data.path().join("files").join("reports"), "pdf");
     assert_eq!(pdfs.len(), 1, "{pdfs:?}");
     let text = Command::new("pdftotext")
         .arg(&pdfs[0])
@@ -228,7 +213,7 @@ fn dev_runs_the_readme_tour() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&text.stdout).contains("日次業務レポート"));
-    assert_eq!(files_under(&data.path().join("mail"), "eml").len(), 2);
+    assert_eq!(files_with_ext(&data.path().join("mail"), "eml").len(), 2);
 
     let beats = ok(&dev.runner(&["beats", "list"]));
     assert!(

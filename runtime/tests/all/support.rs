@@ -5,7 +5,7 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use runner::sandbox::{Sandbox, SandboxConfig};
 
@@ -224,4 +224,30 @@ pub fn http_client() -> reqwest::Client {
 pub fn blocking_http_client() -> reqwest::blocking::Client {
     runner_host_fns::install_crypto_provider();
     reqwest::blocking::Client::new()
+}
+
+/// Every file below `dir`, in its subdirectories too (not the directories
+/// themselves). A directory that cannot be read fails the test.
+pub fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = std::fs::read_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display()));
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// [`files_in`] `dir` whose extension is `ext`.
+pub fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut out = files_in(dir);
+    out.retain(|p| p.extension().is_some_and(|x| x == ext));
+    out
 }
