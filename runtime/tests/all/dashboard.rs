@@ -331,6 +331,13 @@ async fn dashboard_shows_and_steers_the_system_in_chromium() {
     b.type_into("#enqueue-input", &json!({ "name": hostile }).to_string())
         .await;
     b.click("#enqueue-form button[type=submit]").await;
+    // The (hidden) job view still holds the fired job until the enqueue is
+    // answered and the new job opened: read nothing before it shows the new id.
+    let enqueued = b
+        .wait_text("#job-id", "the enqueued job's id", |t| {
+            !t.is_empty() && t != fired
+        })
+        .await;
     b.wait_text(
         "#job-fields dd[data-field=state]",
         "the enqueued job",
@@ -341,6 +348,7 @@ async fn dashboard_shows_and_steers_the_system_in_chromium() {
         .wait_text("#job-outcome", "the result", |t| t.contains("Hello"))
         .await;
     assert!(outcome.contains(hostile), "{outcome}");
+    assert_eq!(b.text("#job-id").await, Some(enqueued));
     let probe = b
         .js(
             "return [document.querySelectorAll('img').length, typeof window.pwned];",

@@ -11,6 +11,8 @@ const state = {
   token: "",
   view: "overview",
   job: null,          // id of the job shown in the detail view
+  jobAsked: 0,        // GET /v1/jobs/{id} requests of the job view so far
+  jobShown: 0,        // the one of them whose answer the view shows
   live: new Map(),    // id -> {id, queue, state, progress, task, seen}
   lookups: [],        // job ids whose task name is still to be read
   lookingUp: 0,
@@ -273,12 +275,31 @@ function sleep(ms) { return new Promise(r => setTimeout(r, ms)); }
 function openJob(id) {
   state.job = id;
   delete state.rendered.job;
+  // Nothing of the job shown before stays on screen while this one is read.
+  $("job-id").textContent = id;
+  $("job-fields").replaceChildren();
+  $("job-outcome").textContent = "";
+  $("job-input").textContent = "";
+  $("job-revoke").disabled = true;
   say("job-message", "");
   showView("job");
 }
 
+// Several reads of the job view can be under way at once (the 2 s refresh,
+// one per event of the job, one when a job is opened) and their answers can
+// arrive in any order: an answer is shown only if its job is still the one
+// selected and no later read of it has been shown.
 async function refreshJob() {
-  const job = await api("GET", "/v1/jobs/" + encodeURIComponent(state.job));
+  const id = state.job, asked = ++state.jobAsked;
+  let job;
+  try {
+    job = await api("GET", "/v1/jobs/" + encodeURIComponent(id));
+  } catch (e) {
+    if (id !== state.job) return;
+    throw e;
+  }
+  if (id !== state.job || asked < state.jobShown) return;
+  state.jobShown = asked;
   if (!changed("job", job)) return;
   $("job-id").textContent = job.id;
   const fields = [
