@@ -1,21 +1,41 @@
-//! Putting a deployment together from `runner.toml`: the broker and the
-//! registry it implies (Redis, or embedded in this process), the task
-//! bindings of `[tasks.*]`, the producer with the queues' rate limits, and
-//! the API. `runner dev`, `runner serve`, `runner worker` and `runner
-//! scheduler` all start here, so they agree on what a config file means.
+//! Putting a process together: the one path from a [`Config`] to the parts
+//! of a running process. `runner dev`, `serve`, `worker`, `scheduler` and
+//! `run` all load their configuration with [`Config::load_or_default`]
+//! (file, then environment), apply their flags on top, and build what they
+//! need with the constructors here, so that they agree on what a
+//! `runner.toml` means:
+//!
+//! - [`connect`]: the broker and registry (Redis, or embedded in this
+//!   process);
+//! - [`producer`]: enqueueing with the queues' rate limits;
+//! - [`scheduler`]: the beats of the file and the API;
+//! - [`host_services`]: the services of `[host]` (kv in the broker's Redis
+//!   unless it names its own);
+//! - [`sandbox`]: the wasmtime engine and its module cache;
+//! - [`worker`]: a worker with `[worker]` as its defaults;
+//! - [`api_context`], [`auth_from`], [`metrics_handle`]: the HTTP side.
+//!
+//! [`Process`] runs the long-lived parts (API, worker, scheduler) until
+//! SIGINT/SIGTERM and stops them together.
 
-use std::path::Path;
+use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 
 use crate::config::{Config, ModuleSource, parse_module_source};
-use crate::queue::{Broker, EmbeddedBroker, Producer, RedisBroker};
-use crate::registry::deploy;
+use crate::deploy;
+use crate::producer::Producer;
+use crate::queue::{Broker, DEFAULT_QUEUE, EmbeddedBroker, RedisBroker};
 use crate::registry::{LocalRegistry, RedisRegistry, Registry};
-use crate::sandbox::Sandbox;
+use crate::sandbox::host::HostServices;
+use crate::sandbox::host::services::HostConfig;
+use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::scheduler::Scheduler;
+use crate::worker::{Worker, WorkerConfig};
 
-/// The shared parts of one process.
+/// The shared parts of an API process (`dev`, `serve`).
 #[derive(Clone)]
 pub struct Core {
     pub broker: Arc<dyn Broker>,
@@ -26,57 +46,16 @@ pub struct Core {
     pub redis_url: Option<String>,
     /// The beats (config and dynamic); its loop runs where the caller
     /// starts it (`runner scheduler`, `runner dev`, `serve --scheduler`).
-    pub scheduler: crate::scheduler::Scheduler,
+    pub scheduler: Scheduler,
 }
 
 impl Core {
-    /// Connects to Redis when `config.broker.redis_url` is set; else an
-    /// embedded broker with a registry kept under `data_dir` (memory only
-    /// without it).
+    /// The broker and registry of `config` (see [`connect`]), its producer
+    /// and its scheduler, around `sandbox`.
     pub async fn open(config: &Config, sandbox: Sandbox) -> anyhow::Result<Self> {
-        let (broker, registry): (Arc<dyn Broker>, Arc<dyn Registry>) =
-            match &config.broker.redis_url {
-                Some(url) => {
-                    let broker = RedisBroker::connect(url)
-                        .await
-                        .with_context(|| format!("connecting to Redis at {url}"))?;
-                    let registry = RedisRegistry::new(broker.connection());
-                    (Arc::new(broker), Arc::new(registry))
-                }
-                None => {
-                    let registry: Arc<dyn Registry> = match &config.broker.data_dir {
-                        Some(dir) => {
-                            let dir = config.path(dir);
-                            Arc::new(LocalRegistry::open(&dir).with_context(|| {
-                                format!("opening the registry in {}", dir.display())
-                            })?)
-                        }
-                        None => Arc::new(LocalRegistry::in_memory()),
-                    };
-                    (Arc::new(EmbeddedBroker::new()), registry)
-                }
-            };
-        let mut producer = Producer::new(broker.clone(), registry.clone());
-        for (queue, spec) in config.queue_limits() {
-            producer = producer
-                .with_queue_limit(queue, spec)
-                .with_context(|| format!("queues.{queue}.rate_limit"))?;
-        }
-        let beats = config_beats(config)?;
-        let scheduler = match &config.broker.redis_url {
-            Some(url) => crate::scheduler::Scheduler::connect_redis(
-                url,
-                producer.clone(),
-                registry.clone(),
-                beats,
-            )
-            .await
-            .context("[[beats]]")?,
-            None => {
-                crate::scheduler::Scheduler::embedded(producer.clone(), registry.clone(), beats)
-                    .context("[[beats]]")?
-            }
-        };
+        let (broker, registry) = connect(config).await?;
+        let producer = producer(config, &broker, &registry)?;
+        let scheduler = scheduler(config, &producer, &registry).await?;
         Ok(Core {
             broker,
             registry,
@@ -85,6 +64,19 @@ impl Core {
             redis_url: config.broker.redis_url.clone(),
             scheduler,
         })
+    }
+
+    /// A worker on this core's broker, registry, producer and sandbox (see
+    /// [`worker`]).
+    pub fn worker(&self, config: &Config, services: HostServices) -> anyhow::Result<Worker> {
+        worker(
+            config,
+            &self.broker,
+            &self.registry,
+            &self.producer,
+            &self.sandbox,
+            services,
+        )
     }
 
     /// Uploads and binds every `[tasks.NAME]` that names a module. A
@@ -97,7 +89,9 @@ impl Core {
             let hash = match parse_module_source(source)? {
                 ModuleSource::Hash(h) => h,
                 ModuleSource::Builtin(b) => {
-                    let bytes = crate::builtin::module(&b).unwrap_or_default().to_vec();
+                    let bytes = crate::builtin::module(&b)
+                        .with_context(|| format!("tasks.{name}: no built-in {b}"))?
+                        .to_vec();
                     deploy::upload(&self.sandbox, &self.registry, bytes)
                         .await
                         .with_context(|| format!("tasks.{name}: built-in {b}"))?
@@ -134,25 +128,183 @@ impl Core {
     }
 }
 
-/// The `[[beats]]` of the config, each error naming its index.
-pub fn config_beats(config: &Config) -> anyhow::Result<Vec<crate::scheduler::beat::Beat>> {
-    config
-        .beats
-        .iter()
-        .enumerate()
-        .map(|(i, v)| serde_json::from_value(v.clone()).with_context(|| format!("beats[{i}]")))
-        .collect()
-}
-
 fn same_binding(a: &crate::registry::TaskBinding, b: &crate::registry::TaskBinding) -> bool {
     let mut a = a.clone();
     a.bound_at = b.bound_at;
     &a == b
 }
 
-/// Reads `path` (or the defaults) with the environment applied.
-pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
-    Config::load_or_default(path)
+/// The broker and the registry `config` names: Redis when
+/// `[broker] redis_url` is set; else an embedded broker with a registry
+/// kept under `[broker] data_dir` (memory only without it).
+pub async fn connect(config: &Config) -> anyhow::Result<(Arc<dyn Broker>, Arc<dyn Registry>)> {
+    match &config.broker.redis_url {
+        Some(url) => {
+            let broker = RedisBroker::connect(url)
+                .await
+                .with_context(|| format!("connecting to Redis at {url}"))?;
+            let registry = RedisRegistry::new(broker.connection());
+            Ok((Arc::new(broker), Arc::new(registry)))
+        }
+        None => {
+            let registry: Arc<dyn Registry> =
+                match &config.broker.data_dir {
+                    Some(dir) => {
+                        let dir = config.path(dir);
+                        Arc::new(LocalRegistry::open(&dir).with_context(|| {
+                            format!("opening the registry in {}", dir.display())
+                        })?)
+                    }
+                    None => Arc::new(LocalRegistry::in_memory()),
+                };
+            Ok((Arc::new(EmbeddedBroker::new()), registry))
+        }
+    }
+}
+
+/// Refuses a config without Redis for a process that must share its
+/// broker with others (`runner worker`, `runner scheduler`): the embedded
+/// broker lives inside one process.
+pub fn require_redis(config: &Config, process: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        config.broker.redis_url.is_some(),
+        "no Redis URL for `runner {process}`: pass --redis redis://host:port, set \
+         RUNNER_REDIS_URL or [broker] redis_url in runner.toml (the embedded broker only \
+         exists inside one process, e.g. `runner dev`)"
+    );
+    Ok(())
+}
+
+/// A producer on `broker` and `registry` that stamps every job with the
+/// global rate limit of its queue (`[queues.NAME] rate_limit`).
+pub fn producer(
+    config: &Config,
+    broker: &Arc<dyn Broker>,
+    registry: &Arc<dyn Registry>,
+) -> anyhow::Result<Producer> {
+    let mut producer = Producer::new(broker.clone(), registry.clone());
+    for (queue, spec) in config.queue_limits() {
+        producer = producer
+            .with_queue_limit(queue, spec)
+            .with_context(|| format!("queues.{queue}.rate_limit"))?;
+    }
+    Ok(producer)
+}
+
+/// The scheduler of `config`'s `[[beats]]` and the API's beats: in Redis
+/// (shared by every replica) or in this process with the embedded broker.
+pub async fn scheduler(
+    config: &Config,
+    producer: &Producer,
+    registry: &Arc<dyn Registry>,
+) -> anyhow::Result<Scheduler> {
+    let beats = config.beats.clone();
+    match &config.broker.redis_url {
+        Some(url) => Scheduler::connect_redis(url, producer.clone(), registry.clone(), beats)
+            .await
+            .context("[[beats]]"),
+        None => Scheduler::embedded(producer.clone(), registry.clone(), beats).context("[[beats]]"),
+    }
+}
+
+/// `[host]` as the services see it: a `[host.kv]` without its own
+/// `redis_url` lives in the broker's Redis when there is one (so that
+/// every process shares it), in memory otherwise.
+pub fn host_config(config: &Config) -> HostConfig {
+    let mut host = config.host.clone();
+    if let (Some(kv), Some(url)) = (host.kv.as_mut(), &config.broker.redis_url)
+        && kv.redis_url.is_none()
+    {
+        kv.redis_url = Some(url.clone());
+    }
+    host
+}
+
+/// The services of `[host]` (see [`host_config`]), built once per process.
+pub async fn host_services(config: &Config) -> anyhow::Result<HostServices> {
+    HostServices::from_config(&host_config(config))
+        .await
+        .context("[host]")
+}
+
+/// The process's sandbox: compiled modules cached in `cache_dir` when
+/// given; pools sized for `max_concurrent_runs` runs at once (the default
+/// when `None`).
+pub fn sandbox(
+    cache_dir: Option<PathBuf>,
+    max_concurrent_runs: Option<usize>,
+) -> anyhow::Result<Sandbox> {
+    let defaults = SandboxConfig::default();
+    let max_concurrent_runs = match max_concurrent_runs {
+        Some(n) => u32::try_from(n.max(1)).unwrap_or(u32::MAX),
+        None => defaults.max_concurrent_runs,
+    };
+    Sandbox::new(SandboxConfig {
+        cache_dir,
+        max_concurrent_runs,
+        ..defaults
+    })
+}
+
+/// Every queue a config mentions: `[worker] queues`, or else `default`,
+/// the `[queues.*]` and the tasks' queues.
+pub fn worker_queues(config: &Config) -> Vec<String> {
+    if let Some(q) = &config.worker.queues {
+        return q.clone();
+    }
+    let mut qs = vec![DEFAULT_QUEUE.to_string()];
+    qs.extend(config.queues.keys().cloned());
+    qs.extend(config.tasks.values().filter_map(|t| t.queue.clone()));
+    qs.sort();
+    qs.dedup();
+    qs
+}
+
+/// The worker settings `[worker]` gives (after the caller's flags were
+/// applied to it), over [`WorkerConfig::default`].
+pub fn worker_config(config: &Config) -> anyhow::Result<WorkerConfig> {
+    let section = &config.worker;
+    let mut cfg = WorkerConfig {
+        queues: worker_queues(config),
+        id: section.id.clone(),
+        ..WorkerConfig::default()
+    };
+    if let Some(c) = section.concurrency {
+        anyhow::ensure!(c > 0, "worker concurrency must be at least 1");
+        cfg.concurrency = c;
+    }
+    cfg.prefetch = section.prefetch.unwrap_or(cfg.concurrency);
+    if let Some(d) = section.lease()? {
+        cfg.lease = d;
+    }
+    if let Some(d) = section.grace()? {
+        cfg.grace = d;
+    }
+    if let Some(d) = section.heartbeat()? {
+        cfg.heartbeat = d;
+    }
+    Ok(cfg)
+}
+
+/// A worker on `broker` and `registry` with `config`'s `[worker]` settings,
+/// the given services, and child jobs through `producer`.
+pub fn worker(
+    config: &Config,
+    broker: &Arc<dyn Broker>,
+    registry: &Arc<dyn Registry>,
+    producer: &Producer,
+    sandbox: &Sandbox,
+    services: HostServices,
+) -> anyhow::Result<Worker> {
+    let cfg = worker_config(config)?;
+    Ok(Worker::new(
+        broker.clone(),
+        registry.clone(),
+        sandbox.clone(),
+        services,
+        cfg,
+    )
+    .with_producer(producer.clone()))
 }
 
 /// The process's Prometheus recorder, installed on first use (one per
@@ -208,92 +360,112 @@ pub fn auth_from(config: &Config) -> anyhow::Result<crate::api::Auth> {
     ))
 }
 
-/// Every queue a config mentions: `[worker] queues`, or else `default`,
-/// the `[queues.*]` and the tasks' queues.
-pub fn worker_queues(config: &Config) -> Vec<String> {
-    if let Some(q) = &config.worker.queues {
-        return q.clone();
-    }
-    let mut qs = vec![crate::queue::client::DEFAULT_QUEUE.to_string()];
-    qs.extend(config.queues.keys().cloned());
-    qs.extend(config.tasks.values().filter_map(|t| t.queue.clone()));
-    qs.sort();
-    qs.dedup();
-    qs
-}
-
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        // Without signal handlers there is no graceful way to stop.
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+}
+
+/// The long-lived parts of one process (API server, worker, scheduler
+/// loop), stopped together: each part gets a future that resolves when the
+/// process stops ([`Process::stopping`]).
+pub struct Process {
+    stop: tokio::sync::watch::Sender<bool>,
+    parts: tokio::task::JoinSet<(&'static str, anyhow::Result<()>)>,
+}
+
+impl Default for Process {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
-/// A worker on `core` consuming the config's queues (see [`worker_queues`])
-/// with the services of `[host]`.
-pub async fn worker(
-    core: &Core,
-    config: &Config,
-    concurrency: Option<usize>,
-) -> anyhow::Result<crate::worker::Worker> {
-    let services = crate::sandbox::host::HostServices::from_config(&host_config(config))
-        .await
-        .context("[host]")?;
-    worker_with(core, config, services, concurrency)
+impl Process {
+    pub fn new() -> Self {
+        Process {
+            stop: tokio::sync::watch::channel(false).0,
+            parts: tokio::task::JoinSet::new(),
+        }
+    }
+
+    /// Resolves once the process is stopping.
+    pub fn stopping(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.stop.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+
+    /// Starts a part; `name` says which one in errors.
+    pub fn spawn(
+        &mut self,
+        name: &'static str,
+        part: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) {
+        self.parts.spawn(async move { (name, part.await) });
+    }
+
+    /// Runs until `shutdown` resolves (SIGINT/SIGTERM in the commands) or a
+    /// part ends by itself; then tells every part to stop and waits for all
+    /// of them. A part that failed or ended early is the error returned.
+    pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let mut first: Option<anyhow::Error> = None;
+        tokio::select! {
+            () = shutdown => eprintln!("shutting down"),
+            Some(ended) = self.parts.join_next() => {
+                first = Some(part_error(ended));
+            }
+        }
+        let _ = self.stop.send(true);
+        while let Some(ended) = self.parts.join_next().await {
+            if let Err(e) = flatten(ended)
+                && first.is_none()
+            {
+                first = Some(e);
+            }
+        }
+        match first {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Process::run_until`] SIGINT or SIGTERM.
+    pub async fn run_until_shutdown(self) -> anyhow::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
 }
 
-/// `[host]` as the services see it: a `[host.kv]` without its own
-/// `redis_url` lives in the broker's Redis when there is one (so that
-/// every worker shares it), in memory otherwise.
-pub fn host_config(config: &Config) -> crate::sandbox::host::services::HostConfig {
-    let mut host = config.host.clone();
-    if let (Some(kv), Some(url)) = (host.kv.as_mut(), &config.broker.redis_url)
-        && kv.redis_url.is_none()
-    {
-        kv.redis_url = Some(url.clone());
+type Ended = Result<(&'static str, anyhow::Result<()>), tokio::task::JoinError>;
+
+fn flatten(ended: Ended) -> anyhow::Result<()> {
+    match ended {
+        Ok((name, result)) => result.with_context(|| format!("the {name}")),
+        Err(e) => Err(anyhow::anyhow!("a part of the process panicked: {e}")),
     }
-    host
 }
 
-/// Like [`worker`], with services built by the caller.
-pub fn worker_with(
-    core: &Core,
-    config: &Config,
-    services: crate::sandbox::host::HostServices,
-    concurrency: Option<usize>,
-) -> anyhow::Result<crate::worker::Worker> {
-    let mut cfg = crate::worker::WorkerConfig {
-        queues: worker_queues(config),
-        ..Default::default()
-    };
-    if let Some(c) = concurrency.or(config.worker.concurrency) {
-        anyhow::ensure!(c > 0, "worker concurrency must be at least 1");
-        cfg.concurrency = c;
+/// A part that ended before the process was told to stop: its error, or
+/// that it ended at all.
+fn part_error(ended: Ended) -> anyhow::Error {
+    match ended {
+        Ok((name, Ok(()))) => anyhow::anyhow!("the {name} stopped unexpectedly"),
+        other => flatten(other)
+            .err()
+            .unwrap_or_else(|| anyhow::anyhow!("a part of the process stopped unexpectedly")),
     }
-    cfg.prefetch = cfg.concurrency;
-    Ok(crate::worker::Worker::new(
-        core.broker.clone(),
-        core.registry.clone(),
-        core.sandbox.clone(),
-        services,
-        cfg,
-    )
-    .with_producer(core.producer.clone()))
 }

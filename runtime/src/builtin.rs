@@ -1,7 +1,9 @@
 //! Components embedded in the `runner` binary: the built-in tasks
 //! (`reminder`, `report`, `cleanup`, `notify`, built from `tasks/`) and the
-//! examples (`hello`, `fan-out`, ...) that `runner dev` uploads and binds.
-//! A `runner.toml` refers to them as `module = "builtin:reminder"`.
+//! `hello` example of the README tour, which `runner dev` uploads and binds.
+//! A `runner.toml` refers to them as `module = "builtin:reminder"`. Test
+//! programs are not embedded (they are built for the tests by the
+//! test-programs crate).
 //!
 //! They are built from source by `build.rs` on every build of the runtime;
 //! nothing here is a committed `.wasm`.

@@ -15,9 +15,13 @@
 //! redis_url = "redis://127.0.0.1:6379/0"   # absent: the embedded broker
 //! # data_dir = ".runner"      # where the embedded registry keeps uploads
 //!
-//! [worker]
-//! queues = ["default", "email"]
-//! concurrency = 4
+//! [worker]                    # `runner worker` (and the worker of dev/serve)
+//! queues = ["default", "email"]   # default: `default`, [queues.*], the tasks' queues
+//! concurrency = 4             # default: one per core
+//! # prefetch = 4              # jobs leased ahead; default: the concurrency
+//! # lease = "30s"             # extended every third of it while a job runs
+//! # grace = "30s"             # on SIGTERM, time for running jobs to finish
+//! # heartbeat = "60s"
 //!
 //! [queues.notifications]
 //! rate_limit = "30/m"         # global: shared by every worker
@@ -46,11 +50,24 @@
 //! timezone = "Asia/Tokyo"
 //! ```
 //!
-//! Environment variables override the file: `RUNNER_REDIS_URL`,
-//! `RUNNER_LISTEN`, `RUNNER_ADMIN_TOKENS`, `RUNNER_SUBMIT_TOKENS`
-//! (comma-separated), and for `[host.mail]` `RUNNER_SMTP_HOST`,
-//! `RUNNER_SMTP_PORT`, `RUNNER_SMTP_USERNAME`, `RUNNER_SMTP_PASSWORD`,
-//! `RUNNER_SMTP_FROM`. Secrets belong in the environment, not in the file.
+//! # Precedence
+//!
+//! Every command (`dev`, `serve`, `worker`, `scheduler`, `run`) reads its
+//! settings the same way, each later source overriding the earlier:
+//!
+//! 1. the defaults (documented with each key);
+//! 2. the file (`--config`, or `RUNNER_CONFIG`);
+//! 3. the environment: `RUNNER_REDIS_URL`, `RUNNER_LISTEN`,
+//!    `RUNNER_ADMIN_TOKENS`, `RUNNER_SUBMIT_TOKENS` (comma-separated, added
+//!    to the file's), and for `[host.mail]` `RUNNER_SMTP_HOST`,
+//!    `RUNNER_SMTP_PORT`, `RUNNER_SMTP_USERNAME`, `RUNNER_SMTP_PASSWORD`,
+//!    `RUNNER_SMTP_FROM`. Secrets belong in the environment, not in the
+//!    file;
+//! 4. the command's flags (`--redis`, `--listen`, `-Q`, `-c`, `--prefetch`,
+//!    `--lease`, `--grace`, ...), which set the key of the same meaning.
+//!
+//! [`Config::load_or_default`] does 1 to 3; each command applies its flags
+//! and then builds its parts with the constructors of [`crate::app`].
 //!
 //! Unknown keys are errors (a typo must not silently drop a setting), and
 //! every error names the file and the key.
@@ -63,9 +80,10 @@ use serde::Deserialize;
 
 use crate::queue::job::{RateLimit, validate_queue_name};
 use crate::queue::{JobLimits, RetryPolicy};
-use crate::registry::TaskBinding;
-use crate::sandbox::host::TaskGrants;
+use crate::registry::TaskGrants;
+use crate::registry::{ModuleHash, TaskBinding};
 use crate::sandbox::host::services::HostConfig;
+use crate::scheduler::{Beat, validate_config_beats};
 
 /// The whole file. Every section is optional.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -85,9 +103,9 @@ pub struct Config {
     pub host: HostConfig,
     #[serde(default)]
     pub tasks: BTreeMap<String, TaskSpec>,
-    /// `[[beats]]`, interpreted by the scheduler.
+    /// `[[beats]]`, fired by the scheduler.
     #[serde(default)]
-    pub beats: Vec<serde_json::Value>,
+    pub beats: Vec<Beat>,
     /// The directory relative paths in the file are taken from.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -152,6 +170,46 @@ pub struct BrokerConfig {
 pub struct WorkerSection {
     pub queues: Option<Vec<String>>,
     pub concurrency: Option<usize>,
+    /// Jobs leased ahead of a free slot; default: the concurrency.
+    pub prefetch: Option<usize>,
+    /// `30s` style.
+    pub lease: Option<String>,
+    /// `30s` style.
+    pub grace: Option<String>,
+    /// `60s` style.
+    pub heartbeat: Option<String>,
+    /// This worker's name in listings; default: host-pid-random.
+    pub id: Option<String>,
+}
+
+impl WorkerSection {
+    pub fn lease(&self) -> anyhow::Result<Option<std::time::Duration>> {
+        positive_duration("worker.lease", self.lease.as_deref())
+    }
+
+    pub fn grace(&self) -> anyhow::Result<Option<std::time::Duration>> {
+        duration("worker.grace", self.grace.as_deref())
+    }
+
+    pub fn heartbeat(&self) -> anyhow::Result<Option<std::time::Duration>> {
+        positive_duration("worker.heartbeat", self.heartbeat.as_deref())
+    }
+}
+
+fn duration(key: &str, text: Option<&str>) -> anyhow::Result<Option<std::time::Duration>> {
+    text.map(|t| {
+        humantime::parse_duration(t)
+            .with_context(|| format!("{key} = {t:?}: expected e.g. \"30s\""))
+    })
+    .transpose()
+}
+
+fn positive_duration(key: &str, text: Option<&str>) -> anyhow::Result<Option<std::time::Duration>> {
+    let d = duration(key, text)?;
+    if d.is_some_and(|d| d.is_zero()) {
+        bail!("{key} must be longer than zero");
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -187,7 +245,7 @@ pub struct TaskSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModuleSource {
     Builtin(String),
-    Hash(String),
+    Hash(ModuleHash),
     Path(PathBuf),
 }
 
@@ -281,6 +339,18 @@ impl Config {
         for q in self.worker.queues.iter().flatten() {
             validate_queue_name(q).with_context(|| format!("worker.queues: {q:?}"))?;
         }
+        if self.worker.concurrency == Some(0) {
+            bail!("worker.concurrency must be at least 1");
+        }
+        self.worker.lease()?;
+        self.worker.grace()?;
+        self.worker.heartbeat()?;
+        if let Some(id) = &self.worker.id
+            && (id.is_empty() || id.contains('|'))
+        {
+            bail!("worker.id {id:?} must be non-empty and must not contain `|`");
+        }
+        validate_config_beats(&self.beats)?;
         for (name, q) in &self.queues {
             validate_queue_name(name).with_context(|| format!("queues.{name}"))?;
             if let Some(spec) = &q.rate_limit {
@@ -289,9 +359,8 @@ impl Config {
             }
         }
         for (name, task) in &self.tasks {
-            crate::registry::validate_task_name(name)
-                .map_err(|e| anyhow::anyhow!("tasks.{name}: {e}"))?;
-            task.defaults(name, "sha256:0")
+            crate::registry::validate_task_name(name).with_context(|| format!("tasks.{name}"))?;
+            task.defaults(name, &ModuleHash([0; 32]))
                 .with_context(|| format!("tasks.{name}"))?;
             if let Some(m) = &task.module {
                 parse_module_source(m).with_context(|| format!("tasks.{name}.module"))?;
@@ -333,8 +402,8 @@ impl Config {
 
 impl TaskSpec {
     /// The binding this section describes, for `module` (a resolved hash).
-    pub fn defaults(&self, name: &str, module: &str) -> anyhow::Result<TaskBinding> {
-        let mut b = TaskBinding::new(name, module);
+    pub fn defaults(&self, name: &str, module: &ModuleHash) -> anyhow::Result<TaskBinding> {
+        let mut b = TaskBinding::new(name, *module);
         if let Some(q) = &self.queue {
             validate_queue_name(q).context("queue")?;
             b.queue = q.clone();
@@ -379,7 +448,8 @@ pub fn parse_module_source(s: &str) -> anyhow::Result<ModuleSource> {
         return Ok(ModuleSource::Builtin(name.to_string()));
     }
     if s.starts_with("sha256:") {
-        let h = crate::registry::parse_module_hash(s)
+        let h: ModuleHash = s
+            .parse()
             .with_context(|| format!("{s:?} is not sha256:<64 hex digits>"))?;
         return Ok(ModuleSource::Hash(h));
     }
@@ -426,7 +496,9 @@ every = "30s"
 "#;
         let mut c = Config::from_toml(text).unwrap();
         assert_eq!(c.server.max_body_bytes().unwrap(), 8 * 1024 * 1024);
-        let b = c.tasks["notify"].defaults("notify", "sha256:x").unwrap();
+        let b = c.tasks["notify"]
+            .defaults("notify", &ModuleHash::of(b"x"))
+            .unwrap();
         assert_eq!(b.queue, "notifications");
         assert_eq!(b.limits.time_limit_ms, Some(10_000));
         assert_eq!(b.limits.memory_bytes, Some(32 * 1024 * 1024));
@@ -460,5 +532,80 @@ every = "30s"
         );
         let e = Config::from_toml("[auth]\nadmin = [\"short\"]\n").unwrap_err();
         assert!(format!("{e:#}").contains("16 characters"), "{e:#}");
+    }
+
+    #[test]
+    fn the_documented_format_parses_and_typos_are_refused() {
+        let config = Config::from_toml(
+            r#"
+            [host.files.roots]
+            logs = "/tmp/logs"
+            [host.kv]
+            [host.http]
+            [host.pdf]
+            [tasks.clean.grants]
+            files = { logs = "read-write" }
+            kv = { max_keys = 5 }
+            pdf = true
+            http = { allow = ["https://hooks.slack.com"] }
+            "#,
+        )
+        .unwrap();
+        let grants = &config.tasks["clean"].grants;
+        assert_eq!(
+            grants.files.get("logs"),
+            Some(&runner_host_fns::files::Access::ReadWrite)
+        );
+        assert_eq!(grants.kv.unwrap().quota().max_keys, 5);
+        assert!(grants.pdf && !grants.jobs);
+        assert!(!config.tasks.contains_key("other"));
+
+        let typo = Config::from_toml("[tasks.t.grants]\nkvv = {}\n").unwrap_err();
+        assert!(format!("{typo:#}").contains("kvv"), "{typo:#}");
+        let root =
+            Config::from_toml("[tasks.t.grants]\nfiles = { logs = \"read-only\" }\n").unwrap_err();
+        assert!(format!("{root:#}").contains("logs"), "{root:#}");
+    }
+
+    #[tokio::test]
+    async fn the_mail_transport_is_smtp_or_dry_run_into_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::from_toml(&format!(
+            "[host.mail]\ntransport = \"dry-run\"\ndir = {:?}\nfrom = {{ email = \"a@example.com\" }}\n",
+            dir.path().join("outbox")
+        ))
+        .unwrap();
+        let services = crate::sandbox::host::HostServices::from_config(&config.host)
+            .await
+            .unwrap();
+        assert!(services.mail.is_some());
+        assert!(dir.path().join("outbox").is_dir());
+
+        let typo = Config::from_toml(
+            "[host.mail]\ntransport = \"dryrun\"\nfrom = { email = \"a@example.com\" }\n",
+        )
+        .unwrap_err();
+        assert!(format!("{typo:#}").contains("dry-run"), "{typo:#}");
+        let unknown = Config::from_toml(
+            "[host.mail]\nhots = \"smtp.example.com\"\nfrom = { email = \"a@example.com\" }\n",
+        )
+        .unwrap_err();
+        assert!(format!("{unknown:#}").contains("hots"), "{unknown:#}");
+
+        for (text, expected) in [
+            ("transport = \"dry-run\"", "mail.dir"),
+            ("host = \"smtp.example.com\"\ndir = \"/tmp\"", "mail.dir"),
+            ("port = 25", "mail.host"),
+        ] {
+            let config = Config::from_toml(&format!(
+                "[host.mail]\n{text}\nfrom = {{ email = \"a@example.com\" }}\n"
+            ))
+            .unwrap();
+            let err = crate::sandbox::host::HostServices::from_config(&config.host)
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{text} accepted"));
+            assert!(format!("{err:#}").contains(expected), "{text}: {err:#}");
+        }
     }
 }

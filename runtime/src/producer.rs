@@ -1,22 +1,30 @@
-//! The producer side: turns an [`EnqueueRequest`] into a validated [`Job`]
-//! (resolving the task name through the registry) and hands it to a broker.
-//! A batch is validated whole before anything is stored.
+//! The producer: turns an [`EnqueueRequest`] into a validated [`Job`]
+//! (resolving the task name through the registry, applying the binding's
+//! defaults and the queues' rate limits) and hands it to a broker. A batch
+//! is validated whole before anything is stored.
+//!
+//! It sits above the queue and the registry, which know nothing of each
+//! other: the queue stores and delivers jobs, the registry stores modules
+//! and bindings, and this is the one place that joins them. [`ChildJobs`]
+//! gives a run the same path for the jobs it enqueues (`jobs.enqueue`).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use super::job::{
-    DEFAULT_RESULT_TTL, Job, JobError, JobId, JobLimits, JobState, RateLimit, RetryPolicy,
-    validate_json, validate_queue_name,
+use crate::queue::job::{
+    DEFAULT_QUEUE, DEFAULT_RESULT_TTL, Job, JobError, JobId, JobLimits, JobState, RateLimit,
+    RetryPolicy, validate_json, validate_queue_name,
 };
-use super::{Broker, BrokerError, Enqueued};
-use crate::registry::{Registry, RegistryError, parse_module_hash};
-
-pub const DEFAULT_QUEUE: &str = "default";
+use crate::queue::{Broker, BrokerError, Enqueued};
+use crate::registry::{ModuleHash, Registry, RegistryError, TaskBinding};
+use crate::sandbox::HostError;
+use crate::sandbox::host::JobEnqueuer;
+use crate::sandbox::wit::jobs::EnqueueOptions;
 
 /// What a caller asks for. Everything but the task (or module) and the
 /// input is optional and falls back to the task binding's defaults.
@@ -62,7 +70,7 @@ pub enum EnqueueError {
     #[error("job {index} of the batch: {source}")]
     InBatch { index: usize, source: JobError },
     #[error("unknown module {0}: upload it first")]
-    UnknownModule(String),
+    UnknownModule(ModuleHash),
     #[error("registry: {0}")]
     Registry(#[from] RegistryError),
     #[error("broker: {0}")]
@@ -111,7 +119,7 @@ impl Producer {
         reqs: Vec<EnqueueRequest>,
     ) -> Result<Vec<Enqueued>, EnqueueError> {
         let mut jobs = Vec::with_capacity(reqs.len());
-        let mut bindings = HashMap::new();
+        let mut bindings: HashMap<String, TaskBinding> = HashMap::new();
         for (index, req) in reqs.into_iter().enumerate() {
             match self.prepare_cached(req, &mut bindings).await {
                 Ok(j) => jobs.push(j),
@@ -132,89 +140,22 @@ impl Producer {
     async fn prepare_cached(
         &self,
         req: EnqueueRequest,
-        bindings: &mut HashMap<String, crate::registry::TaskBinding>,
+        bindings: &mut HashMap<String, TaskBinding>,
     ) -> Result<Job, EnqueueError> {
-        validate_json(&req.input)?;
         let now = Utc::now();
-        if let Some(c) = req.countdown_secs
-            && (c < 0.0 || !c.is_finite())
-        {
-            return Err(JobError::NegativeCountdown(c).into());
-        }
-        let expires = match (req.expires, req.expires_in_secs) {
-            (Some(e), _) => Some(e),
-            (None, Some(s)) if s.is_finite() => {
-                Some(now + chrono::Duration::milliseconds((s * 1000.0) as i64))
-            }
-            (None, Some(_)) => return Err(JobError::ExpiryInPast(now).into()),
-            (None, None) => None,
-        };
-        if let Some(e) = expires
-            && e <= now
-        {
-            return Err(JobError::ExpiryInPast(e).into());
-        }
-        if let Some(q) = &req.queue {
-            validate_queue_name(q)?;
-        }
-        if let Some(k) = &req.idempotency_key
-            && (k.is_empty() || k.len() > 200)
-        {
-            return Err(JobError::InvalidIdempotencyKey("must be 1 to 200 bytes".into()).into());
-        }
-
+        let expires = check_request(&req, now)?;
         let binding = match &req.task {
-            Some(name) => {
-                if let Some(b) = bindings.get(name) {
-                    Some(b.clone())
-                } else {
-                    let b = self
-                        .registry
-                        .task(name)
-                        .await?
-                        .ok_or_else(|| JobError::UnknownTask(name.clone()))?;
-                    bindings.insert(name.clone(), b.clone());
-                    Some(b)
-                }
-            }
+            Some(name) => Some(self.binding(name, bindings).await?),
             None => None,
         };
-        let module = match (&req.module, &binding) {
-            (Some(m), _) => {
-                let hash =
-                    parse_module_hash(m).ok_or_else(|| JobError::InvalidModuleHash(m.clone()))?;
-                if !self.registry.has_module(&hash).await? {
-                    return Err(EnqueueError::UnknownModule(m.clone()));
-                }
-                Some(hash)
-            }
-            (None, Some(b)) => Some(b.module.clone()),
-            (None, None) => return Err(JobError::NoTask.into()),
-        };
-
+        let module = self.module_of(&req, binding.as_ref()).await?;
         let queue = req
             .queue
             .clone()
             .or_else(|| binding.as_ref().map(|b| b.queue.clone()))
             .unwrap_or_else(|| DEFAULT_QUEUE.to_string());
         validate_queue_name(&queue)?;
-
-        let mut rate_limits = Vec::new();
-        let task_limit = req
-            .rate_limit
-            .clone()
-            .or_else(|| binding.as_ref().and_then(|b| b.rate_limit.clone()));
-        if let Some(spec) = task_limit {
-            let key = match &req.task {
-                Some(t) => format!("task:{t}"),
-                None => format!("module:{}", module.clone().unwrap_or_default()),
-            };
-            rate_limits.push(RateLimit::parse(key, &spec)?);
-        }
-        if let Some(l) = self.queue_limits.get(&queue) {
-            rate_limits.push(l.clone());
-        }
-
+        let rate_limits = self.rate_limits(&req, binding.as_ref(), module.as_ref(), &queue)?;
         let eta = match (req.eta, req.countdown_secs) {
             (Some(e), _) => Some(e),
             (None, Some(c)) if c > 0.0 => {
@@ -269,22 +210,109 @@ impl Producer {
             scheduled_for: req.scheduled_for,
         })
     }
+
+    /// The binding of task `name`, read once per batch.
+    async fn binding(
+        &self,
+        name: &str,
+        bindings: &mut HashMap<String, TaskBinding>,
+    ) -> Result<TaskBinding, EnqueueError> {
+        if let Some(b) = bindings.get(name) {
+            return Ok(b.clone());
+        }
+        let b = self
+            .registry
+            .task(name)
+            .await?
+            .ok_or_else(|| JobError::UnknownTask(name.to_string()))?;
+        bindings.insert(name.to_string(), b.clone());
+        Ok(b)
+    }
+
+    /// The module the job runs: the one the request names (which must be
+    /// uploaded), else the binding's.
+    async fn module_of(
+        &self,
+        req: &EnqueueRequest,
+        binding: Option<&TaskBinding>,
+    ) -> Result<Option<ModuleHash>, EnqueueError> {
+        match (&req.module, binding) {
+            (Some(m), _) => {
+                let hash = ModuleHash::parse_lenient(m)
+                    .map_err(|_| JobError::InvalidModuleHash(m.clone()))?;
+                if !self.registry.has_module(&hash).await? {
+                    return Err(EnqueueError::UnknownModule(hash));
+                }
+                Ok(Some(hash))
+            }
+            (None, Some(b)) => Ok(Some(b.module)),
+            (None, None) => Err(JobError::NoTask.into()),
+        }
+    }
+
+    /// The task's rate limit (the request's, else the binding's) and the
+    /// queue's.
+    fn rate_limits(
+        &self,
+        req: &EnqueueRequest,
+        binding: Option<&TaskBinding>,
+        module: Option<&ModuleHash>,
+        queue: &str,
+    ) -> Result<Vec<RateLimit>, EnqueueError> {
+        let mut rate_limits = Vec::new();
+        let task_limit = req
+            .rate_limit
+            .clone()
+            .or_else(|| binding.and_then(|b| b.rate_limit.clone()));
+        if let Some(spec) = task_limit {
+            let key = match (&req.task, module) {
+                (Some(t), _) => format!("task:{t}"),
+                (None, Some(m)) => format!("module:{m}"),
+                (None, None) => "module:".to_string(),
+            };
+            rate_limits.push(RateLimit::parse(key, &spec)?);
+        }
+        if let Some(l) = self.queue_limits.get(queue) {
+            rate_limits.push(l.clone());
+        }
+        Ok(rate_limits)
+    }
 }
 
-/// The record of a dead letter put back in the queue: a fresh first attempt.
-pub fn fresh_attempt(job: &Job) -> Job {
-    let mut j = job.clone();
-    j.state = JobState::Pending;
-    j.attempt = 1;
-    j.eta = None;
-    j.started_at = None;
-    j.finished_at = None;
-    j.worker = None;
-    j.progress = None;
-    j.result = None;
-    j.error = None;
-    j.redeliveries = 0;
-    j
+/// The checks of a request that need no lookup: its input is JSON, its
+/// numbers are in range, its names are valid. Returns its expiry time.
+fn check_request(
+    req: &EnqueueRequest,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, EnqueueError> {
+    validate_json(&req.input)?;
+    if let Some(c) = req.countdown_secs
+        && (c < 0.0 || !c.is_finite())
+    {
+        return Err(JobError::NegativeCountdown(c).into());
+    }
+    let expires = match (req.expires, req.expires_in_secs) {
+        (Some(e), _) => Some(e),
+        (None, Some(s)) if s.is_finite() => {
+            Some(now + chrono::Duration::milliseconds((s * 1000.0) as i64))
+        }
+        (None, Some(_)) => return Err(JobError::ExpiryInPast(now).into()),
+        (None, None) => None,
+    };
+    if let Some(e) = expires
+        && e <= now
+    {
+        return Err(JobError::ExpiryInPast(e).into());
+    }
+    if let Some(q) = &req.queue {
+        validate_queue_name(q)?;
+    }
+    if let Some(k) = &req.idempotency_key
+        && (k.is_empty() || k.len() > 200)
+    {
+        return Err(JobError::InvalidIdempotencyKey("must be 1 to 200 bytes".into()).into());
+    }
+    Ok(expires)
 }
 
 /// Parses `30s`, `1m`, `1500ms` or a plain number of seconds.
@@ -294,4 +322,78 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         return (n >= 0.0 && n.is_finite()).then(|| Duration::from_secs_f64(n));
     }
     humantime::parse_duration(s).ok()
+}
+
+/// `jobs.enqueue` for the run of job `parent`, on top of a [`Producer`].
+pub struct ChildJobs {
+    producer: Producer,
+    parent: JobId,
+    children: Mutex<Vec<JobId>>,
+}
+
+impl ChildJobs {
+    pub fn new(producer: Producer, parent: JobId) -> Self {
+        Self {
+            producer,
+            parent,
+            children: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The jobs enqueued so far, in order, each once (an idempotent
+    /// enqueue that returned an earlier job lists it once).
+    pub fn children(&self) -> Vec<JobId> {
+        self.children
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl JobEnqueuer for ChildJobs {
+    fn enqueue(
+        &self,
+        task: String,
+        input: String,
+        options: EnqueueOptions,
+    ) -> BoxFuture<'_, Result<String, HostError>> {
+        Box::pin(async move {
+            let request = EnqueueRequest {
+                task: Some(task),
+                input,
+                queue: options.queue,
+                countdown_secs: options.countdown_ms.map(|ms| ms as f64 / 1000.0),
+                idempotency_key: options.idempotency_key,
+                parent: Some(self.parent),
+                ..EnqueueRequest::default()
+            };
+            let enqueued = self
+                .producer
+                .enqueue(request)
+                .await
+                .map_err(enqueue_error)?;
+            let id = enqueued.job.id;
+            let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
+            if !children.contains(&id) {
+                children.push(id);
+            }
+            Ok(id.to_string())
+        })
+    }
+}
+
+/// What the task can do about it: fix its call (`invalid`), or try again
+/// later (`transient`).
+fn enqueue_error(e: EnqueueError) -> HostError {
+    match e {
+        EnqueueError::Invalid(e) | EnqueueError::InBatch { source: e, .. } => invalid(e),
+        EnqueueError::UnknownModule(_) => HostError::Invalid(e.to_string()),
+        EnqueueError::Registry(e) => HostError::Transient(format!("registry: {e}")),
+        EnqueueError::Broker(BrokerError::Job(e)) => invalid(e),
+        EnqueueError::Broker(e) => HostError::Transient(format!("broker: {e}")),
+    }
+}
+
+fn invalid(e: JobError) -> HostError {
+    HostError::Invalid(e.to_string())
 }

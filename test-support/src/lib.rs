@@ -1,7 +1,6 @@
-//! A real `redis-server` per test: a free loopback port, its own temp dir,
-//! killed when dropped.
-
-#![allow(dead_code)]
+//! Helpers the crates' tests share. [`RedisServer`]: a real `redis-server`
+//! per test on a free loopback port with its own temp dir, killed when
+//! dropped; never the one on 6379.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -15,7 +14,8 @@ pub struct RedisServer {
     child: Option<Child>,
 }
 
-fn free_port() -> u16 {
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("binding a free port");
     l.local_addr().expect("local addr").port()
 }

@@ -176,7 +176,7 @@ async fn memory_store_quotas() {
 
 #[tokio::test]
 async fn redis_store_semantics_and_quotas() {
-    let server = RedisServer::start().await;
+    let server = RedisServer::start();
     let store = RedisKv::connect(&server.url(), "test:kv")
         .await
         .expect("connect");
@@ -200,7 +200,7 @@ async fn redis_store_semantics_and_quotas() {
 
 #[tokio::test]
 async fn redis_down_is_transient() {
-    let server = RedisServer::start().await;
+    let server = RedisServer::start();
     let store = RedisKv::connect(&server.url(), "test:kv")
         .await
         .expect("connect");

@@ -8,9 +8,10 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt as _;
 use serde::de::DeserializeOwned;
 
-use crate::queue::{BrokerError, EnqueueError, JobError};
+use crate::deploy::DeployError;
+use crate::producer::EnqueueError;
+use crate::queue::{BrokerError, JobError};
 use crate::registry::RegistryError;
-use crate::registry::deploy::DeployError;
 
 /// `{"error": {"code": "...", "message": "..."}}` with a status.
 #[derive(Debug)]
@@ -100,7 +101,6 @@ impl From<BrokerError> for ApiError {
 impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         match e {
-            RegistryError::InvalidHash(_) => ApiError::bad_request(e.to_string()),
             RegistryError::UnknownModule(_) => ApiError::not_found(e.to_string()),
             RegistryError::Redis(_) => {
                 ApiError::unavailable(format!("the registry is unreachable: {e}"))

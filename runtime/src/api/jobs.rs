@@ -19,10 +19,9 @@ use utoipa_axum::routes;
 use super::auth::{Admin, Submit};
 use super::error::ErrorBody;
 use super::{ApiError, ApiJson, AppState};
-use crate::queue::client::parse_duration;
-use crate::queue::{
-    EnqueueRequest, Enqueued, Job, JobEvent, JobId, JobLimits, RetryPolicy, RevokeOutcome,
-};
+use crate::producer::EnqueueRequest;
+use crate::producer::parse_duration;
+use crate::queue::{Enqueued, Job, JobEvent, JobId, JobLimits, RetryPolicy, RevokeOutcome};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

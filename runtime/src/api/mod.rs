@@ -43,7 +43,8 @@ use auth::SecurityAddon;
 pub use auth::{Auth, Role};
 pub use error::{ApiError, ApiJson};
 
-use crate::queue::{Broker, Producer};
+use crate::producer::Producer;
+use crate::queue::Broker;
 use crate::registry::Registry;
 use crate::sandbox::Sandbox;
 

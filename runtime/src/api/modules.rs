@@ -12,8 +12,8 @@ use utoipa_axum::routes;
 use super::auth::{Admin, Submit};
 use super::error::{ErrorBody, read_body};
 use super::{ApiError, AppState};
-use crate::registry::deploy;
-use crate::registry::{ModuleInfo, module_hash, parse_module_hash};
+use crate::deploy;
+use crate::registry::{ModuleHash, ModuleInfo};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -47,7 +47,7 @@ impl ModuleView {
             .filter(|c| c != "types" && c != "context")
             .collect();
         ModuleView {
-            hash: info.hash,
+            hash: info.hash.to_string(),
             size: info.size,
             uploaded_at: info.uploaded_at,
             imports: info.imports,
@@ -115,13 +115,13 @@ async fn put_module(
     Path(hash): Path<String>,
     req: Request,
 ) -> Result<impl IntoResponse, ApiError> {
-    let expected = parse_module_hash(&hash).ok_or_else(|| {
+    let expected = ModuleHash::parse_lenient(&hash).map_err(|e| {
         ApiError::bad_request(format!(
-            "invalid module hash {hash:?}: expected sha256:<64 hex digits>"
+            "invalid module hash {hash:?}: {e} (expected sha256:<64 hex digits>)"
         ))
     })?;
     let body = read_body(req, ctx.max_body).await?;
-    let actual = module_hash(&body);
+    let actual = ModuleHash::of(&body);
     if actual != expected {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -161,9 +161,9 @@ async fn get_module(
     _: Submit,
     Path(hash): Path<String>,
 ) -> Result<axum::Json<ModuleView>, ApiError> {
-    let hash = parse_module_hash(&hash).ok_or_else(|| {
+    let hash = ModuleHash::parse_lenient(&hash).map_err(|e| {
         ApiError::bad_request(format!(
-            "invalid module hash {hash:?}: expected sha256:<64 hex digits>"
+            "invalid module hash {hash:?}: {e} (expected sha256:<64 hex digits>)"
         ))
     })?;
     let info = ctx

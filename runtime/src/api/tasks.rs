@@ -13,9 +13,10 @@ use super::auth::{Admin, Submit};
 use super::error::ErrorBody;
 use super::{ApiError, ApiJson, AppState};
 use crate::config::{ModuleSource, TaskSpec, parse_module_source};
+use crate::deploy;
 use crate::queue::RetryPolicy;
-use crate::registry::{TaskBinding, deploy};
-use crate::sandbox::host::TaskGrants;
+use crate::registry::TaskBinding;
+use crate::registry::TaskGrants;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -90,7 +91,9 @@ async fn put_task(
     {
         ModuleSource::Hash(h) => h,
         ModuleSource::Builtin(b) => {
-            let bytes = crate::builtin::module(&b).unwrap_or_default().to_vec();
+            let bytes = crate::builtin::module(&b)
+                .ok_or_else(|| ApiError::bad_request(format!("module: no built-in {b}")))?
+                .to_vec();
             deploy::upload(&ctx.sandbox, &ctx.registry, bytes)
                 .await?
                 .0
@@ -179,8 +182,8 @@ async fn rollback_task(
     let target = match &req.to {
         None => history.iter().find(|b| b.module != current.module),
         Some(to) => {
-            let to = crate::registry::parse_module_hash(to).ok_or_else(|| {
-                ApiError::bad_request(format!("to: {to:?} is not sha256:<64 hex digits>"))
+            let to = crate::registry::ModuleHash::parse_lenient(to).map_err(|e| {
+                ApiError::bad_request(format!("to: {to:?} is not sha256:<64 hex digits>: {e}"))
             })?;
             history.iter().find(|b| b.module == to)
         }

@@ -104,7 +104,7 @@ pub async fn execute(args: BindArgs) -> anyhow::Result<ExitCode> {
             if let Err(e) = client.send(rb).await {
                 return Ok(report(e));
             }
-            hash
+            hash.to_string()
         };
         let body = args.opts.body(&module)?;
         client

@@ -11,10 +11,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Args;
 
-use crate::app::{self, Core};
+use crate::app::{self, Core, Process};
 use crate::config::Config;
-use crate::sandbox::host::HostServices;
-use crate::sandbox::{Sandbox, SandboxConfig};
 
 #[derive(Args, Debug)]
 pub struct DevArgs {
@@ -68,6 +66,10 @@ pub async fn execute(args: DevArgs) -> anyhow::Result<ExitCode> {
     if let Some(r) = &args.redis {
         config.broker.redis_url = Some(r.clone());
     }
+    if let Some(c) = args.concurrency {
+        anyhow::ensure!(c > 0, "--concurrency must be at least 1");
+        config.worker.concurrency = Some(c);
+    }
     if config.broker.redis_url.is_none() && config.broker.data_dir.is_none() {
         config.broker.data_dir = Some(data.join("registry"));
     }
@@ -89,16 +91,11 @@ pub async fn execute(args: DevArgs) -> anyhow::Result<ExitCode> {
     config.auth.admin.push(token.clone());
     let auth = app::auth_from(&config)?;
 
-    let sandbox = Sandbox::new(SandboxConfig {
-        cache_dir: Some(data.join("cache")),
-        ..SandboxConfig::default()
-    })?;
+    let sandbox = app::sandbox(Some(data.join("cache")), None)?;
     let core = Core::open(&config, sandbox).await?;
     let bound = core.apply_tasks(&config).await?;
 
-    let mut services = HostServices::from_config(&app::host_config(&config))
-        .await
-        .context("[host]")?;
+    let mut services = app::host_services(&config).await?;
     let mail_dir = data.join("mail");
     if services.mail.is_none() {
         services.mail = Some(Arc::new(runner_host_fns::mail::Mailer::dry_run(
@@ -108,23 +105,31 @@ pub async fn execute(args: DevArgs) -> anyhow::Result<ExitCode> {
             None,
         )?));
     }
-    let worker = app::worker_with(&core, &config, services, args.concurrency)?;
+    let worker = core.worker(&config, services)?;
     let queues = app::worker_queues(&config);
 
     let listener = tokio::net::TcpListener::bind(&config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     let addr = listener.local_addr()?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let worker_task = tokio::spawn(worker.run(stopped(stop_rx.clone())));
+    let mut process = Process::new();
+    let stopping = process.stopping();
+    process.spawn(
+        "worker",
+        async move { worker.run(stopping).await.map(drop) },
+    );
     let sched = core.scheduler.clone();
-    let sched_stop = stopped(stop_rx.clone());
-    let sched_task = tokio::spawn(async move { sched.run(sched_stop).await });
+    let stopping = process.stopping();
+    process.spawn("scheduler", async move {
+        sched.run(stopping).await;
+        Ok(())
+    });
     let ctx = app::api_context(&core, &config, auth)?;
-    let server = tokio::spawn(crate::api::serve(listener, ctx, stopped(stop_rx.clone())));
+    let stopping = process.stopping();
+    process.spawn("API server", async move {
+        crate::api::serve(listener, ctx, stopping).await?;
+        Ok(())
+    });
 
     println!("runner dev: http://{addr}  ({} broker)", core.broker.kind());
     println!("admin token: {token}");
@@ -137,11 +142,6 @@ pub async fn execute(args: DevArgs) -> anyhow::Result<ExitCode> {
     println!("data: {} (mail in {})", data.display(), mail_dir.display());
     println!("try:  runner call hello --input '{{\"name\":\"world\"}}' --wait");
 
-    app::shutdown_signal().await;
-    eprintln!("shutting down");
-    let _ = stop_tx.send(true);
-    let _ = server.await;
-    let _ = worker_task.await;
-    let _ = sched_task.await;
+    process.run_until_shutdown().await?;
     Ok(ExitCode::SUCCESS)
 }

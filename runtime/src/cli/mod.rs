@@ -8,8 +8,6 @@ use clap::{Parser, Subcommand};
 
 pub mod beats;
 pub mod bench;
-pub mod bench_queue;
-pub mod bench_scheduler;
 pub mod bind;
 pub mod call;
 pub mod client;

@@ -3,8 +3,9 @@
 //!
 //! With `--config runner.toml`, the services of its `[host]` section are
 //! available, and `--task NAME` runs with the grants of
-//! `[tasks.NAME.grants]` (the format is in
-//! [`crate::sandbox::host::services`]). Without `--task` nothing is granted:
+//! `[tasks.NAME.grants]` (the format is in [`crate::config`] and
+//! [`crate::sandbox::host::services`]); the file is read as every command
+//! reads it, environment overrides (`RUNNER_SMTP_*`, ...) included. Without `--task` nothing is granted:
 //! a configured service answers `denied`, any other `unavailable`.
 //!
 //! The task's output JSON goes to stdout; everything else (its log lines,
@@ -34,7 +35,10 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use clap::Args;
 
-use crate::sandbox::host::services;
+use crate::app;
+use crate::config::Config;
+use crate::registry::TaskGrants;
+use crate::sandbox::host::HostServices;
 use crate::sandbox::{
     CancelToken, HostEnv, JobInfo, LogLine, Outcome, Progress, RunLimits, RunReport, RunRequest,
     Sandbox, SandboxConfig,
@@ -124,14 +128,13 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
 
-    let (services, grants) =
-        match services::load(args.config.as_deref(), args.task.as_deref()).await {
-            Ok(loaded) => loaded,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                return Ok(ExitCode::from(exit::BAD_INPUT));
-            }
-        };
+    let (services, grants) = match host_for(&args).await {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(ExitCode::from(exit::BAD_INPUT));
+        }
+    };
 
     let defaults = SandboxConfig::default();
     let sandbox = Sandbox::new(SandboxConfig {
@@ -183,6 +186,22 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::from(print_outcome(&report, &args)))
+}
+
+/// The services of the config's `[host]` (none without `--config`) and the
+/// grants of `--task` (none without it), read as every command reads
+/// `runner.toml` (environment overrides included).
+async fn host_for(args: &RunArgs) -> anyhow::Result<(HostServices, TaskGrants)> {
+    let config = Config::load_or_default(args.config.as_deref())?;
+    let grants = match (&args.config, &args.task) {
+        (Some(path), Some(name)) => config
+            .tasks
+            .get(name)
+            .map(|t| t.grants.clone())
+            .ok_or_else(|| anyhow::anyhow!("{}: no [tasks.{name}] section", path.display()))?,
+        _ => TaskGrants::default(),
+    };
+    Ok((app::host_services(&config).await?, grants))
 }
 
 fn print_progress(progress: &Progress) {

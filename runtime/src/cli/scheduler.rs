@@ -1,58 +1,40 @@
-//! `runner scheduler --redis URL [--config runner.toml]`: fires the beats of
-//! the config file (`[[beats]]`) and those created through the API, until
-//! SIGTERM/SIGINT. Run as many as you like against one Redis: each due fire
-//! is enqueued once (see [`crate::scheduler`]).
+//! `runner scheduler [--config runner.toml] [--redis URL]`: fires the beats
+//! of the config file (`[[beats]]`) and those created through the API,
+//! until SIGTERM/SIGINT. Run as many as you like against one Redis: each
+//! due fire is enqueued once (see [`crate::scheduler`]). Jobs it enqueues
+//! carry their queue's rate limit (`[queues.NAME] rate_limit`), as jobs
+//! from the API do.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
 
-use super::worker::{RedisArgs, shutdown_signal};
-use crate::queue::{Broker, Producer};
-use crate::registry::Registry;
-use crate::scheduler::{Scheduler, beats_from_toml, validate_config_beats};
+use crate::app::{self, Process};
+use crate::config::Config;
 
 #[derive(Args, Debug)]
 pub struct SchedulerArgs {
-    /// `runner.toml`: its `[[beats]]` are scheduled (other sections are
-    /// ignored here).
+    /// `runner.toml`: its `[[beats]]` are scheduled, `[broker]` says where
+    /// Redis is and `[queues]` gives the rate limits of what is fired.
     #[arg(long, env = "RUNNER_CONFIG")]
     pub config: Option<PathBuf>,
-    #[command(flatten)]
-    pub redis: RedisArgs,
+    /// Redis URL (overrides `[broker] redis_url` and RUNNER_REDIS_URL).
+    #[arg(long = "redis")]
+    pub redis: Option<String>,
 }
 
 pub async fn execute(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
     // The file first: a bad beat is reported without waiting on Redis.
-    let beats = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let beats = beats_from_toml(&text).with_context(|| format!("{}", path.display()))?;
-            validate_config_beats(&beats)
-                .with_context(|| format!("beats of {}", path.display()))?;
-            beats
-        }
-        None => Vec::new(),
-    };
-    let url = args
-        .redis
-        .url
-        .clone()
-        .context("no Redis URL: pass --redis redis://host:port or set RUNNER_REDIS_URL")?;
-    let (broker, registry) = args.redis.connect().await?;
-    let broker: Arc<dyn Broker> = Arc::new(broker);
-    let registry: Arc<dyn Registry> = Arc::new(registry);
-    let producer = Producer::new(broker, registry.clone());
-    let scheduler = Scheduler::connect_redis(&url, producer, registry, beats)
-        .await
-        .with_context(|| match &args.config {
-            Some(p) => format!("beats of {}", p.display()),
-            None => "starting the scheduler".into(),
-        })?;
+    let mut config = Config::load_or_default(args.config.as_deref())?;
+    if let Some(url) = &args.redis {
+        config.broker.redis_url = Some(url.clone());
+    }
+    app::require_redis(&config, "scheduler")?;
+    let (broker, registry) = app::connect(&config).await?;
+    let producer = app::producer(&config, &broker, &registry)?;
+    let scheduler = app::scheduler(&config, &producer, &registry).await?;
 
     let list = scheduler.list().await.context("reading beats")?;
     eprintln!("scheduler: {} beat(s)", list.len());
@@ -73,7 +55,13 @@ pub async fn execute(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
             s.beat.name, rule, s.beat.timezone, s.beat.task
         );
     }
-    scheduler.run(shutdown_signal()).await;
-    eprintln!("scheduler stopped");
+    let mut process = Process::new();
+    let stopping = process.stopping();
+    process.spawn("scheduler", async move {
+        scheduler.run(stopping).await;
+        eprintln!("scheduler stopped");
+        Ok(())
+    });
+    process.run_until_shutdown().await?;
     Ok(ExitCode::SUCCESS)
 }

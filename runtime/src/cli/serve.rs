@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Args;
 
-use crate::app::{self, Core};
-use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::app::{self, Core, Process};
+use crate::config::Config;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -35,7 +35,7 @@ pub struct ServeArgs {
 }
 
 pub async fn execute(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let mut config = app::load_config(args.config.as_deref())?;
+    let mut config = Config::load_or_default(args.config.as_deref())?;
     if let Some(l) = &args.listen {
         config.server.listen = l.clone();
     }
@@ -49,10 +49,7 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let auth = app::auth_from(&config)?;
-    let sandbox = Sandbox::new(SandboxConfig {
-        cache_dir: args.cache_dir.clone(),
-        ..SandboxConfig::default()
-    })?;
+    let sandbox = app::sandbox(args.cache_dir.clone(), None)?;
     let core = Core::open(&config, sandbox).await?;
     let bound = core.apply_tasks(&config).await?;
     if !bound.is_empty() {
@@ -63,28 +60,22 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     let addr = listener.local_addr()?;
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut process = Process::new();
     if args.worker {
-        let worker = app::worker(&core, &config, None).await?;
-        let mut rx = stop_rx.clone();
-        tasks.spawn(async move {
-            let _ = worker
-                .run(async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })
-                .await;
-        });
+        let services = app::host_services(&config).await?;
+        let worker = core.worker(&config, services)?;
+        let stopping = process.stopping();
+        process.spawn(
+            "worker",
+            async move { worker.run(stopping).await.map(drop) },
+        );
     }
     if args.scheduler {
         let sched = core.scheduler.clone();
-        let mut rx = stop_rx.clone();
-        tasks.spawn(async move {
-            sched
-                .run(async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })
-                .await;
+        let stopping = process.stopping();
+        process.spawn("scheduler", async move {
+            sched.run(stopping).await;
+            Ok(())
         });
     }
     let ctx = app::api_context(&core, &config, auth)?;
@@ -93,15 +84,11 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<ExitCode> {
         core.broker.kind()
     );
     eprintln!("dashboard: http://{addr}/dashboard (give it a token: /dashboard#token=...)");
-    let mut rx = stop_rx.clone();
-    let server = crate::api::serve(listener, ctx, async move {
-        let _ = rx.wait_for(|s| *s).await;
+    let stopping = process.stopping();
+    process.spawn("API server", async move {
+        crate::api::serve(listener, ctx, stopping).await?;
+        Ok(())
     });
-    let server = tokio::spawn(server);
-    app::shutdown_signal().await;
-    eprintln!("shutting down");
-    let _ = stop_tx.send(true);
-    let _ = server.await;
-    while tasks.join_next().await.is_some() {}
+    process.run_until_shutdown().await?;
     Ok(ExitCode::SUCCESS)
 }

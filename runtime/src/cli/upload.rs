@@ -43,7 +43,7 @@ pub async fn execute(args: UploadArgs) -> anyhow::Result<ExitCode> {
     let mut last = None;
     for path in &args.files {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let hash = module_hash(&bytes);
+        let hash = module_hash(&bytes).to_string();
         if let Some(bar) = &bar {
             bar.set_message(path.display().to_string());
         }

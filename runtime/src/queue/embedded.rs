@@ -14,16 +14,16 @@ use async_trait::async_trait;
 use chrono::Utc;
 use tokio::sync::{broadcast, mpsc};
 
-use super::job::{DEAD_LETTER_TTL, Job, JobFailure, JobId, JobState, Progress};
+use super::job::{DEAD_LETTER_TTL, Job, JobId, JobState, Progress};
 use super::ratelimit::Limiter;
 use super::{
-    Broker, BrokerResult, Delivery, Enqueued, JobEvent, Lease, QueueStats, RevokeOutcome,
-    SettleReply, SettleRequest, Settlement, Signal, WorkerInfo, ms_to_time,
+    Broker, BrokerResult, Delivery, Enqueued, JobEvent, Lease, LeaseMember, QueueStats,
+    RevokeOutcome, SettleReply, SettleRequest, Settlement, Signal, WorkerInfo, ms_to_time,
 };
 
 struct Record {
     queue: String,
-    json: String,
+    job: Job,
     /// Wall-clock ms after which the record is gone.
     expires_at: Option<i64>,
 }
@@ -35,6 +35,9 @@ struct QueueState {
     /// member -> deadline ms
     leases: HashMap<String, (JobId, i64)>,
     dead: BTreeSet<(i64, JobId)>,
+    /// The queue's rate-limit logs: a limit counts starts per queue, as in
+    /// Redis (see `ratelimit.rs`).
+    limiter: Limiter,
 }
 
 #[derive(Default)]
@@ -44,7 +47,6 @@ struct State {
     idem: HashMap<(String, String), (JobId, i64)>,
     revoked: HashSet<JobId>,
     progress: HashMap<JobId, Progress>,
-    limiter: Limiter,
     workers: HashMap<String, (WorkerInfo, i64)>,
     subscribers: Vec<(Vec<String>, mpsc::UnboundedSender<Signal>)>,
 }
@@ -74,6 +76,256 @@ impl State {
             .find(|(_, (j, _))| *j == id)
             .map(|(m, _)| m)
     }
+}
+
+impl State {
+    /// Stores what each completion settles (final record, retry, hand-back);
+    /// a completion whose lease is no longer held is stale. True when a job
+    /// became ready.
+    fn apply_completions(
+        &mut self,
+        req: &SettleRequest,
+        now: i64,
+        reply: &mut SettleReply,
+        events: &mut Vec<(JobId, JobState)>,
+    ) -> bool {
+        let mut readied = false;
+        for c in &req.completions {
+            let st_ref = &mut *self;
+            let Some(q) = st_ref.queues.get_mut(&req.queue) else {
+                continue;
+            };
+            if q.leases.remove(&c.lease.member).is_none() {
+                reply.stale.push(c.lease.id);
+                continue;
+            }
+            if c.had_progress {
+                st_ref.progress.remove(&c.lease.id);
+            }
+            match &c.settlement {
+                Settlement::Finish { job, dead } => {
+                    let ttl = if *dead {
+                        DEAD_LETTER_TTL.as_millis() as i64
+                    } else {
+                        job.result_ttl_ms as i64
+                    };
+                    if *dead {
+                        q.dead.insert((now, job.id));
+                    }
+                    st_ref.records.insert(
+                        job.id,
+                        Record {
+                            queue: req.queue.clone(),
+                            job: job.clone(),
+                            expires_at: Some(now + ttl.max(1)),
+                        },
+                    );
+                    events.push((job.id, job.state));
+                }
+                Settlement::Retry {
+                    job,
+                    due,
+                    if_revoked,
+                } => {
+                    if st_ref.revoked.contains(&job.id) {
+                        st_ref.records.insert(
+                            job.id,
+                            Record {
+                                queue: req.queue.clone(),
+                                job: if_revoked.clone(),
+                                expires_at: Some(now + if_revoked.result_ttl_ms as i64),
+                            },
+                        );
+                        events.push((job.id, JobState::Revoked));
+                    } else {
+                        let due = due.timestamp_millis();
+                        q.delayed.insert((due, job.id, 0));
+                        st_ref.records.insert(
+                            job.id,
+                            Record {
+                                queue: req.queue.clone(),
+                                job: job.clone(),
+                                expires_at: None,
+                            },
+                        );
+                        defer(reply, due);
+                        events.push((job.id, JobState::Retry));
+                    }
+                }
+                Settlement::Release => {
+                    q.ready.push_front((c.lease.id, c.lease.redeliveries));
+                    readied = true;
+                }
+            }
+        }
+        readied
+    }
+
+    /// Moves due delayed jobs to ready and takes back expired leases (a
+    /// revoked job's lease ends it); tells the caller when to look again.
+    /// True when a job became ready.
+    fn due_check(
+        &mut self,
+        req: &SettleRequest,
+        now: i64,
+        reply: &mut SettleReply,
+        events: &mut Vec<(JobId, JobState)>,
+    ) -> bool {
+        let mut readied = false;
+        let st_ref = &mut *self;
+        let q = st_ref.queues.entry(req.queue.clone()).or_default();
+        while let Some(&(due, id, n)) = q.delayed.first() {
+            if due > now {
+                break;
+            }
+            q.delayed.pop_first();
+            q.ready.push_back((id, n));
+            readied = true;
+        }
+        let expired: Vec<String> = q
+            .leases
+            .iter()
+            .filter(|(_, (_, deadline))| *deadline <= now)
+            .map(|(m, _)| m.clone())
+            .collect();
+        for m in expired {
+            let Some((id, _)) = q.leases.remove(&m) else {
+                continue;
+            };
+            let n = LeaseMember::parse(&m).map_or(0, |m| m.redeliveries);
+            if st_ref.revoked.contains(&id) {
+                if let Some(rec) = st_ref.records.get_mut(&id) {
+                    rec.job.state = JobState::Revoked;
+                    rec.expires_at = Some(now + rec.job.result_ttl_ms as i64);
+                    events.push((id, JobState::Revoked));
+                }
+            } else {
+                q.ready.push_front((id, n + 1));
+                readied = true;
+            }
+        }
+        let d = q.delayed.first().map(|(t, _, _)| *t);
+        let own = format!("|{}|", req.worker);
+        let l = q
+            .leases
+            .iter()
+            .filter(|(m, _)| !(req.holds_leases && m.contains(&own)))
+            .map(|(_, (_, t))| *t)
+            .min();
+        reply.next_due = match (d, l) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+        .map(ms_to_time);
+        readied
+    }
+
+    /// Leases up to `req.fetch` ready jobs to the caller, deferring those
+    /// over a rate limit. Returns when the new leases run out.
+    fn lease_ready(
+        &mut self,
+        req: &SettleRequest,
+        now: i64,
+        reply: &mut SettleReply,
+        events: &mut Vec<(JobId, JobState)>,
+    ) -> i64 {
+        let lease_until = now + req.lease.as_millis() as i64;
+        while reply.popped < req.fetch {
+            let st_ref = &mut *self;
+            let Some(q) = st_ref.queues.get_mut(&req.queue) else {
+                break;
+            };
+            let Some((id, n)) = q.ready.pop_front() else {
+                break;
+            };
+            reply.popped += 1;
+            let Some(rec) = st_ref
+                .records
+                .get(&id)
+                .filter(|r| r.expires_at.is_none_or(|e| e > now))
+            else {
+                continue;
+            };
+            let mut job = rec.job.clone();
+            if !matches!(job.state, JobState::Pending | JobState::Retry) {
+                continue;
+            }
+            if !job.rate_limits.is_empty()
+                && let Err(slot) = q.limiter.try_start(&job.rate_limits, now)
+            {
+                q.delayed.insert((slot, id, n));
+                defer(reply, slot);
+                continue;
+            }
+            let member = LeaseMember {
+                id,
+                redeliveries: n,
+                worker: req.worker.clone(),
+                leased_ms: now,
+            }
+            .encode();
+            q.leases.insert(member.clone(), (id, lease_until));
+            job.state = JobState::Started;
+            job.worker = Some(req.worker.clone());
+            job.started_at = Some(ms_to_time(now));
+            job.redeliveries = n;
+            events.push((id, JobState::Started));
+            reply.deliveries.push(Delivery {
+                job,
+                lease: Lease {
+                    queue: req.queue.clone(),
+                    id,
+                    member,
+                    redeliveries: n,
+                },
+                leased_at: ms_to_time(now),
+            });
+        }
+        lease_until
+    }
+
+    /// The signals one settle call owes the queue's workers.
+    fn announce(
+        &mut self,
+        req: &SettleRequest,
+        reply: &SettleReply,
+        readied: bool,
+        lease_until: i64,
+    ) {
+        if readied {
+            self.signal(
+                Some(&req.queue),
+                Signal::Work {
+                    queue: req.queue.clone(),
+                },
+            );
+        }
+        if let Some(at) = reply.deferred_until {
+            self.signal(
+                Some(&req.queue),
+                Signal::WakeAt {
+                    queue: req.queue.clone(),
+                    at,
+                },
+            );
+        }
+        if !reply.deliveries.is_empty() {
+            self.signal(
+                Some(&req.queue),
+                Signal::LeaseUntil {
+                    queue: req.queue.clone(),
+                    worker: req.worker.clone(),
+                    at: ms_to_time(lease_until),
+                },
+            );
+        }
+    }
+}
+
+/// Keeps the earliest time a deferred job comes due.
+fn defer(reply: &mut SettleReply, t: i64) {
+    let t = ms_to_time(t);
+    reply.deferred_until = Some(reply.deferred_until.map_or(t, |d| d.min(t)));
 }
 
 /// In-process broker; see the module docs. Cheap to clone.
@@ -139,7 +391,7 @@ impl Broker for EmbeddedBroker {
                     && let Some(rec) = st.record(&prev, now)
                 {
                     out.push(Enqueued {
-                        job: Job::from_json(&rec.json)?,
+                        job: rec.job.clone(),
                         created: false,
                     });
                     continue;
@@ -154,7 +406,7 @@ impl Broker for EmbeddedBroker {
                 job.id,
                 Record {
                     queue: job.queue.clone(),
-                    json: job.to_json(),
+                    job: job.clone(),
                     expires_at,
                 },
             );
@@ -195,14 +447,15 @@ impl Broker for EmbeddedBroker {
         let Some(rec) = st.record(&id, now) else {
             return Ok(None);
         };
-        let mut job = Job::from_json(&rec.json)?;
+        let mut job = rec.job.clone();
         if !job.state.is_final() {
-            if let Some(member) = st.leased(&rec.queue, id) {
-                let mut parts = member.split('|');
-                let _ = parts.next();
-                job.redeliveries = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
-                job.worker = parts.next().map(str::to_string);
-                job.started_at = parts.next().and_then(|t| t.parse().ok()).map(ms_to_time);
+            if let Some(member) = st
+                .leased(&rec.queue, id)
+                .and_then(|m| LeaseMember::parse(m))
+            {
+                job.redeliveries = member.redeliveries;
+                job.worker = Some(member.worker);
+                job.started_at = Some(ms_to_time(member.leased_ms));
                 job.state = JobState::Started;
             }
             if let Some(p) = st.progress.get(&id) {
@@ -223,7 +476,7 @@ impl Broker for EmbeddedBroker {
             return Ok(RevokeOutcome::NotFound);
         };
         let queue = rec.queue.clone();
-        let mut job = Job::from_json(&rec.json)?;
+        let mut job = rec.job.clone();
         if job.state.is_final() {
             return Ok(RevokeOutcome::AlreadyFinal(job.state));
         }
@@ -236,17 +489,12 @@ impl Broker for EmbeddedBroker {
                 RevokeOutcome::WillNotRetry
             });
         }
-        job.state = JobState::Revoked;
-        job.finished_at = Some(Utc::now());
-        job.error = Some(JobFailure {
-            kind: "revoked".into(),
-            message: "revoked before it ran".into(),
-        });
+        job = job.revoked("revoked before it ran", Utc::now());
         st.records.insert(
             id,
             Record {
                 queue: queue.clone(),
-                json: job.to_json(),
+                job: job.clone(),
                 expires_at: Some(now + job.result_ttl_ms as i64),
             },
         );
@@ -259,212 +507,14 @@ impl Broker for EmbeddedBroker {
         let now = now_ms();
         let mut events: Vec<(JobId, JobState)> = Vec::new();
         let mut reply = SettleReply::default();
-        let mut readied = false;
         let mut st = self.lock();
         st.queues.entry(req.queue.clone()).or_default();
-        let defer = |reply: &mut SettleReply, t: i64| {
-            let t = ms_to_time(t);
-            reply.deferred_until = Some(reply.deferred_until.map_or(t, |d| d.min(t)));
-        };
-
-        for c in &req.completions {
-            let st_ref = &mut *st;
-            let Some(q) = st_ref.queues.get_mut(&req.queue) else {
-                continue;
-            };
-            if q.leases.remove(&c.lease.member).is_none() {
-                reply.stale.push(c.lease.id);
-                continue;
-            }
-            if c.had_progress {
-                st_ref.progress.remove(&c.lease.id);
-            }
-            match &c.settlement {
-                Settlement::Finish { job, dead } => {
-                    let ttl = if *dead {
-                        DEAD_LETTER_TTL.as_millis() as i64
-                    } else {
-                        job.result_ttl_ms as i64
-                    };
-                    if *dead {
-                        q.dead.insert((now, job.id));
-                    }
-                    st_ref.records.insert(
-                        job.id,
-                        Record {
-                            queue: req.queue.clone(),
-                            json: job.to_json(),
-                            expires_at: Some(now + ttl.max(1)),
-                        },
-                    );
-                    events.push((job.id, job.state));
-                }
-                Settlement::Retry {
-                    job,
-                    due,
-                    if_revoked,
-                } => {
-                    if st_ref.revoked.contains(&job.id) {
-                        st_ref.records.insert(
-                            job.id,
-                            Record {
-                                queue: req.queue.clone(),
-                                json: if_revoked.to_json(),
-                                expires_at: Some(now + if_revoked.result_ttl_ms as i64),
-                            },
-                        );
-                        events.push((job.id, JobState::Revoked));
-                    } else {
-                        let due = due.timestamp_millis();
-                        q.delayed.insert((due, job.id, 0));
-                        st_ref.records.insert(
-                            job.id,
-                            Record {
-                                queue: req.queue.clone(),
-                                json: job.to_json(),
-                                expires_at: None,
-                            },
-                        );
-                        defer(&mut reply, due);
-                        events.push((job.id, JobState::Retry));
-                    }
-                }
-                Settlement::Release => {
-                    q.ready.push_front((c.lease.id, c.lease.redeliveries));
-                    readied = true;
-                }
-            }
-        }
-
+        let mut readied = st.apply_completions(&req, now, &mut reply, &mut events);
         if req.due_check {
-            let st_ref = &mut *st;
-            let q = st_ref.queues.entry(req.queue.clone()).or_default();
-            while let Some(&(due, id, n)) = q.delayed.first() {
-                if due > now {
-                    break;
-                }
-                q.delayed.pop_first();
-                q.ready.push_back((id, n));
-                readied = true;
-            }
-            let expired: Vec<String> = q
-                .leases
-                .iter()
-                .filter(|(_, (_, deadline))| *deadline <= now)
-                .map(|(m, _)| m.clone())
-                .collect();
-            for m in expired {
-                let Some((id, _)) = q.leases.remove(&m) else {
-                    continue;
-                };
-                let n: u32 = m
-                    .split('|')
-                    .nth(1)
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0);
-                if st_ref.revoked.contains(&id) {
-                    if let Some(rec) = st_ref.records.get_mut(&id)
-                        && let Ok(mut job) = Job::from_json(&rec.json)
-                    {
-                        job.state = JobState::Revoked;
-                        rec.json = job.to_json();
-                        rec.expires_at = Some(now + job.result_ttl_ms as i64);
-                        events.push((id, JobState::Revoked));
-                    }
-                } else {
-                    q.ready.push_front((id, n + 1));
-                    readied = true;
-                }
-            }
-            let d = q.delayed.first().map(|(t, _, _)| *t);
-            let own = format!("|{}|", req.worker);
-            let l = q
-                .leases
-                .iter()
-                .filter(|(m, _)| !(req.holds_leases && m.contains(&own)))
-                .map(|(_, (_, t))| *t)
-                .min();
-            reply.next_due = match (d, l) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            }
-            .map(ms_to_time);
+            readied |= st.due_check(&req, now, &mut reply, &mut events);
         }
-
-        let lease_until = now + req.lease.as_millis() as i64;
-        while reply.popped < req.fetch {
-            let st_ref = &mut *st;
-            let Some(q) = st_ref.queues.get_mut(&req.queue) else {
-                break;
-            };
-            let Some((id, n)) = q.ready.pop_front() else {
-                break;
-            };
-            reply.popped += 1;
-            let Some(rec) = st_ref
-                .records
-                .get(&id)
-                .filter(|r| r.expires_at.is_none_or(|e| e > now))
-            else {
-                continue;
-            };
-            let mut job = Job::from_json(&rec.json)?;
-            if !matches!(job.state, JobState::Pending | JobState::Retry) {
-                continue;
-            }
-            if !job.rate_limits.is_empty()
-                && let Err(slot) = st_ref.limiter.try_start(&job.rate_limits, now)
-            {
-                q.delayed.insert((slot, id, n));
-                defer(&mut reply, slot);
-                continue;
-            }
-            let member = format!("{id}|{n}|{}|{now}", req.worker);
-            q.leases.insert(member.clone(), (id, lease_until));
-            job.state = JobState::Started;
-            job.worker = Some(req.worker.clone());
-            job.started_at = Some(ms_to_time(now));
-            job.redeliveries = n;
-            events.push((id, JobState::Started));
-            reply.deliveries.push(Delivery {
-                job,
-                lease: Lease {
-                    queue: req.queue.clone(),
-                    id,
-                    member,
-                    redeliveries: n,
-                },
-                leased_at: ms_to_time(now),
-            });
-        }
-
-        if readied {
-            st.signal(
-                Some(&req.queue),
-                Signal::Work {
-                    queue: req.queue.clone(),
-                },
-            );
-        }
-        if let Some(at) = reply.deferred_until {
-            st.signal(
-                Some(&req.queue),
-                Signal::WakeAt {
-                    queue: req.queue.clone(),
-                    at,
-                },
-            );
-        }
-        if !reply.deliveries.is_empty() {
-            st.signal(
-                Some(&req.queue),
-                Signal::LeaseUntil {
-                    queue: req.queue.clone(),
-                    worker: req.worker.clone(),
-                    at: ms_to_time(lease_until),
-                },
-            );
-        }
+        let lease_until = st.lease_ready(&req, now, &mut reply, &mut events);
+        st.announce(&req, &reply, readied, lease_until);
         drop(st);
         for (id, state) in events {
             self.emit(id, &req.queue, state);
@@ -565,7 +615,7 @@ impl Broker for EmbeddedBroker {
             match st.record(&id, now) {
                 Some(r) => {
                     if out.len() < limit {
-                        out.push(Job::from_json(&r.json)?);
+                        out.push(r.job.clone());
                     }
                 }
                 None => {
@@ -595,7 +645,7 @@ impl Broker for EmbeddedBroker {
                 job.id,
                 Record {
                     queue: queue.to_string(),
-                    json: super::client::fresh_attempt(&job).to_json(),
+                    job: job.fresh_attempt(),
                     expires_at: None,
                 },
             );

@@ -14,6 +14,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::names::ModuleHash;
+
+/// The queue of a job that names none and whose task binding names none.
+pub const DEFAULT_QUEUE: &str = "default";
 /// Results and errors are kept this long unless the job says otherwise (the
 /// scenario's fix: one hour, not a day).
 pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(3600);
@@ -273,7 +277,7 @@ pub struct Job {
     pub task: Option<String>,
     /// `sha256:<hex>`; resolved from the task binding at run time when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub module: Option<String>,
+    pub module: Option<ModuleHash>,
     /// JSON text, validated at enqueue.
     pub input: String,
     pub queue: String,
@@ -344,6 +348,36 @@ impl Job {
 
     pub fn is_expired_at(&self, now: DateTime<Utc>) -> bool {
         self.expires.is_some_and(|e| e <= now)
+    }
+
+    /// This job's final record when it is revoked (`message` says when),
+    /// stamped `at`.
+    pub fn revoked(&self, message: impl Into<String>, at: DateTime<Utc>) -> Job {
+        let mut j = self.clone();
+        j.state = JobState::Revoked;
+        j.finished_at = Some(at);
+        j.error = Some(JobFailure {
+            kind: "revoked".into(),
+            message: message.into(),
+        });
+        j
+    }
+
+    /// This job as a dead letter put back in its queue: a fresh first
+    /// attempt with no trace of the runs that failed.
+    pub fn fresh_attempt(&self) -> Job {
+        let mut j = self.clone();
+        j.state = JobState::Pending;
+        j.attempt = 1;
+        j.eta = None;
+        j.started_at = None;
+        j.finished_at = None;
+        j.worker = None;
+        j.progress = None;
+        j.result = None;
+        j.error = None;
+        j.redeliveries = 0;
+        j
     }
 }
 

@@ -15,10 +15,10 @@
 //! runs out puts the job back. Nothing here polls: workers learn of new work
 //! from [`Broker::signals`], waiters from [`Broker::subscribe`].
 //!
-//! The queue never runs anything and never reads the registry: producers
-//! resolve task names before they enqueue ([`client::Producer`]).
+//! The queue never runs anything and knows nothing of tasks, modules or the
+//! registry: the producer (`crate::producer`) resolves task names before it
+//! enqueues.
 
-pub mod client;
 pub mod embedded;
 pub mod job;
 pub mod ratelimit;
@@ -31,11 +31,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 
-pub use client::{EnqueueError, EnqueueRequest, Producer};
 pub use embedded::EmbeddedBroker;
 pub use job::{
-    FailureKind, Job, JobError, JobFailure, JobId, JobLimits, JobState, Progress, RateLimit,
-    RetryPolicy,
+    DEFAULT_QUEUE, FailureKind, Job, JobError, JobFailure, JobId, JobLimits, JobState, Progress,
+    RateLimit, RetryPolicy,
 };
 pub use redis::RedisBroker;
 
@@ -48,6 +47,37 @@ pub struct Lease {
     pub member: String,
     /// Times this job was redelivered because a lease ran out.
     pub redeliveries: u32,
+}
+
+/// What a lease member says: `<id>|<redeliveries>|<worker>|<leased ms>`,
+/// the one format of both brokers (and of the Redis scripts, which read
+/// the worker and the time from it). A worker id never contains `|`.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct LeaseMember {
+    pub id: JobId,
+    pub redeliveries: u32,
+    pub worker: String,
+    /// When the lease was taken, in Unix milliseconds.
+    pub leased_ms: i64,
+}
+
+impl LeaseMember {
+    pub fn encode(&self) -> String {
+        format!(
+            "{}|{}|{}|{}",
+            self.id, self.redeliveries, self.worker, self.leased_ms
+        )
+    }
+
+    pub fn parse(member: &str) -> Option<LeaseMember> {
+        let mut parts = member.splitn(4, '|');
+        Some(LeaseMember {
+            id: parts.next()?.parse().ok()?,
+            redeliveries: parts.next()?.parse().ok()?,
+            worker: parts.next()?.to_string(),
+            leased_ms: parts.next()?.parse().ok()?,
+        })
+    }
 }
 
 /// A job handed to a worker.

@@ -12,6 +12,13 @@
 //!   one by one at the allowed rate instead of all at once.
 //!
 //! The check at lease time is exact; the tail only spreads wake-ups.
+//!
+//! A log lives with its queue (in Redis, under the queue's hash tag, so
+//! that one script in one slot reads and writes it): a limit counts the
+//! starts of the jobs of one queue. A queue's limit (`queue:NAME`) is
+//! therefore global for that queue, and a task's limit (`task:NAME`) is
+//! global for that task in each queue it runs in: jobs of one task sent to
+//! two queues start at up to twice its rate. Both brokers mean exactly this.
 
 use std::collections::{HashMap, VecDeque};
 

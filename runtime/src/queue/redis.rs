@@ -52,8 +52,9 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::job::{DEAD_LETTER_TTL, Job, JobId, JobState, Progress};
 use super::{
-    Broker, BrokerError, BrokerResult, Completion, Delivery, Enqueued, JobEvent, Lease, QueueStats,
-    RevokeOutcome, SettleReply, SettleRequest, Settlement, Signal, WorkerInfo, ms_to_time,
+    Broker, BrokerError, BrokerResult, Completion, Delivery, Enqueued, JobEvent, Lease,
+    LeaseMember, QueueStats, RevokeOutcome, SettleReply, SettleRequest, Settlement, Signal,
+    WorkerInfo, ms_to_time,
 };
 
 const QUEUES_KEY: &str = "runner:queues";
@@ -266,22 +267,18 @@ fn protocol(what: &str) -> BrokerError {
     BrokerError::Protocol(what.to_string())
 }
 
-/// Parses a lease member `<id>|<redeliveries>|<worker>|<leased ms>`.
+/// Parses a lease member (see [`LeaseMember`]) of `queue`.
 fn parse_member(queue: &str, member: &str) -> Option<(Lease, String, i64)> {
-    let mut parts = member.splitn(4, '|');
-    let id: JobId = parts.next()?.parse().ok()?;
-    let redeliveries: u32 = parts.next()?.parse().ok()?;
-    let worker = parts.next()?.to_string();
-    let at: i64 = parts.next()?.parse().ok()?;
+    let m = LeaseMember::parse(member)?;
     Some((
         Lease {
             queue: queue.to_string(),
-            id,
+            id: m.id,
             member: member.to_string(),
-            redeliveries,
+            redeliveries: m.redeliveries,
         },
-        worker,
-        at,
+        m.worker,
+        m.leased_ms,
     ))
 }
 
@@ -431,12 +428,7 @@ impl Broker for RedisBroker {
             if job.state.is_final() {
                 return Ok(RevokeOutcome::AlreadyFinal(job.state));
             }
-            job.state = JobState::Revoked;
-            job.finished_at = Some(Utc::now());
-            job.error = Some(super::JobFailure {
-                kind: "revoked".into(),
-                message: "revoked before it ran".into(),
-            });
+            job = job.revoked("revoked before it ran", Utc::now());
             let p = prefix(&queue);
             let reply: String = self
                 .inner
@@ -716,8 +708,7 @@ impl Broker for RedisBroker {
                 .arg(channel(queue))
                 .arg(queue);
             for j in chunk {
-                inv.arg(j.id.to_string())
-                    .arg(super::client::fresh_attempt(j).to_json());
+                inv.arg(j.id.to_string()).arg(j.fresh_attempt().to_json());
             }
             let done: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
             replayed.extend(done.iter().filter_map(|s| s.parse::<JobId>().ok()));

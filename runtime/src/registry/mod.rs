@@ -7,7 +7,7 @@
 //! embedded broker). This layer stores and returns; validating a component
 //! and checking grants against its imports belong to the upload path.
 
-pub mod deploy;
+pub mod grants;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -18,17 +18,16 @@ use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
+pub use crate::names::{ModuleHash, TaskName, TaskNameError};
 use crate::queue::{JobLimits, RetryPolicy};
-use crate::sandbox::host::TaskGrants;
+pub use grants::{Capability, KvGrant, TaskGrants};
 
 /// A task name bound to a module.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskBinding {
     pub name: String,
-    /// `sha256:<hex>`.
-    pub module: String,
+    pub module: ModuleHash,
     #[serde(default = "default_queue")]
     pub queue: String,
     #[serde(default)]
@@ -48,14 +47,14 @@ pub struct TaskBinding {
 }
 
 fn default_queue() -> String {
-    crate::queue::client::DEFAULT_QUEUE.to_string()
+    crate::queue::DEFAULT_QUEUE.to_string()
 }
 
 impl TaskBinding {
-    pub fn new(name: impl Into<String>, module: impl Into<String>) -> Self {
+    pub fn new(name: impl Into<String>, module: ModuleHash) -> Self {
         TaskBinding {
             name: name.into(),
-            module: module.into(),
+            module,
             queue: default_queue(),
             retry: RetryPolicy::default(),
             limits: JobLimits::default(),
@@ -69,7 +68,7 @@ impl TaskBinding {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModuleInfo {
-    pub hash: String,
+    pub hash: ModuleHash,
     pub size: u64,
     pub uploaded_at: DateTime<Utc>,
     /// Every interface the component imports (`runner:task/kv@0.1.0`,
@@ -78,32 +77,9 @@ pub struct ModuleInfo {
     pub imports: Vec<String>,
 }
 
-/// Task names: 1 to 100 of `A-Z a-z 0-9 _ - . :`, starting with a letter
-/// or digit (they appear in URLs, Redis keys and metric labels).
-pub fn validate_task_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("a task name must not be empty".into());
-    }
-    if name.len() > 100 {
-        return Err(format!(
-            "task name is {} bytes long; at most 100",
-            name.len()
-        ));
-    }
-    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-        return Err(format!(
-            "task name {name:?} must start with a letter or digit"
-        ));
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')))
-    {
-        return Err(format!(
-            "task name {name:?} contains {c:?}; allowed: letters, digits, `_ - . :`"
-        ));
-    }
-    Ok(())
+/// Checks a task name (see [`TaskName`]).
+pub fn validate_task_name(name: &str) -> Result<(), TaskNameError> {
+    TaskName::validate(name)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,30 +88,15 @@ pub enum RegistryError {
     Redis(#[from] redis::RedisError),
     #[error("registry directory: {0}")]
     Io(#[from] std::io::Error),
-    #[error("invalid module hash {0:?}: expected sha256:<64 hex digits>")]
-    InvalidHash(String),
     #[error("unknown module {0}")]
-    UnknownModule(String),
+    UnknownModule(ModuleHash),
     #[error("corrupt registry entry: {0}")]
     Corrupt(String),
 }
 
-/// `sha256:<hex>` of `bytes`.
-pub fn module_hash(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
-/// Accepts `sha256:<hex>` or bare hex; returns the canonical `sha256:<hex>`.
-pub fn parse_module_hash(s: &str) -> Option<String> {
-    let hex_part = s.trim().strip_prefix("sha256:").unwrap_or(s.trim());
-    (hex_part.len() == 64 && hex_part.bytes().all(|b| b.is_ascii_hexdigit()))
-        .then(|| format!("sha256:{}", hex_part.to_ascii_lowercase()))
-}
-
-fn hex_of(hash: &str) -> Result<String, RegistryError> {
-    parse_module_hash(hash)
-        .map(|h| h["sha256:".len()..].to_string())
-        .ok_or_else(|| RegistryError::InvalidHash(hash.to_string()))
+/// The hash of `bytes` (`sha256:<hex>` as text).
+pub fn module_hash(bytes: &[u8]) -> ModuleHash {
+    ModuleHash::of(bytes)
 }
 
 #[async_trait]
@@ -149,12 +110,12 @@ pub trait Registry: Send + Sync + 'static {
         imports: Vec<String>,
     ) -> Result<(ModuleInfo, bool), RegistryError>;
     /// Stores a module without recording its imports. Returns the hash.
-    async fn put_module(&self, bytes: &[u8]) -> Result<String, RegistryError> {
+    async fn put_module(&self, bytes: &[u8]) -> Result<ModuleHash, RegistryError> {
         Ok(self.store_module(bytes, Vec::new()).await?.0.hash)
     }
-    async fn module_info(&self, hash: &str) -> Result<Option<ModuleInfo>, RegistryError>;
-    async fn module(&self, hash: &str) -> Result<Option<Vec<u8>>, RegistryError>;
-    async fn has_module(&self, hash: &str) -> Result<bool, RegistryError>;
+    async fn module_info(&self, hash: &ModuleHash) -> Result<Option<ModuleInfo>, RegistryError>;
+    async fn module(&self, hash: &ModuleHash) -> Result<Option<Vec<u8>>, RegistryError>;
+    async fn has_module(&self, hash: &ModuleHash) -> Result<bool, RegistryError>;
     async fn modules(&self) -> Result<Vec<ModuleInfo>, RegistryError>;
     /// Binds (or re-binds) a task name; the previous binding goes to history.
     async fn bind(&self, binding: TaskBinding) -> Result<(), RegistryError>;
@@ -194,10 +155,10 @@ impl Registry for RedisRegistry {
         bytes: &[u8],
         imports: Vec<String>,
     ) -> Result<(ModuleInfo, bool), RegistryError> {
-        let hash = module_hash(bytes);
-        let hex = hex_of(&hash)?;
+        let hash = ModuleHash::of(bytes);
+        let hex = hash.to_hex();
         let info = ModuleInfo {
-            hash: hash.clone(),
+            hash,
             size: bytes.len() as u64,
             uploaded_at: Utc::now(),
             imports,
@@ -220,15 +181,15 @@ impl Registry for RedisRegistry {
         }
     }
 
-    async fn module_info(&self, hash: &str) -> Result<Option<ModuleInfo>, RegistryError> {
-        let hex = hex_of(hash)?;
+    async fn module_info(&self, hash: &ModuleHash) -> Result<Option<ModuleInfo>, RegistryError> {
+        let hex = hash.to_hex();
         let v: Option<String> = self.conn.clone().hget("runner:modules", hex).await?;
         v.map(|v| serde_json::from_str(&v).map_err(|e| RegistryError::Corrupt(e.to_string())))
             .transpose()
     }
 
-    async fn module(&self, hash: &str) -> Result<Option<Vec<u8>>, RegistryError> {
-        let hex = hex_of(hash)?;
+    async fn module(&self, hash: &ModuleHash) -> Result<Option<Vec<u8>>, RegistryError> {
+        let hex = hash.to_hex();
         Ok(self
             .conn
             .clone()
@@ -236,8 +197,8 @@ impl Registry for RedisRegistry {
             .await?)
     }
 
-    async fn has_module(&self, hash: &str) -> Result<bool, RegistryError> {
-        let hex = hex_of(hash)?;
+    async fn has_module(&self, hash: &ModuleHash) -> Result<bool, RegistryError> {
+        let hex = hash.to_hex();
         Ok(self.conn.clone().hexists("runner:modules", hex).await?)
     }
 
@@ -301,7 +262,7 @@ impl Registry for RedisRegistry {
 
 #[derive(Default)]
 struct LocalState {
-    modules: HashMap<String, (Vec<u8>, ModuleInfo)>,
+    modules: HashMap<ModuleHash, (Vec<u8>, ModuleInfo)>,
     tasks: HashMap<String, TaskBinding>,
     history: HashMap<String, Vec<TaskBinding>>,
 }
@@ -331,14 +292,14 @@ impl LocalRegistry {
             let path = entry?.path();
             if path.extension().is_some_and(|e| e == "wasm") {
                 let bytes = std::fs::read(&path)?;
-                let hash = module_hash(&bytes);
+                let hash = ModuleHash::of(&bytes);
                 let meta = path.with_extension("json");
                 let info = std::fs::read_to_string(&meta)
                     .ok()
                     .and_then(|t| serde_json::from_str::<ModuleInfo>(&t).ok())
                     .filter(|i| i.hash == hash)
                     .unwrap_or_else(|| ModuleInfo {
-                        hash: hash.clone(),
+                        hash,
                         size: bytes.len() as u64,
                         uploaded_at: Utc::now(),
                         imports: Vec::new(),
@@ -387,13 +348,13 @@ impl Registry for LocalRegistry {
         bytes: &[u8],
         imports: Vec<String>,
     ) -> Result<(ModuleInfo, bool), RegistryError> {
-        let hash = module_hash(bytes);
-        let hex = hex_of(&hash)?;
+        let hash = ModuleHash::of(bytes);
+        let hex = hash.to_hex();
         if let Some(existing) = self.lock().modules.get(&hash) {
             return Ok((existing.1.clone(), false));
         }
         let info = ModuleInfo {
-            hash: hash.clone(),
+            hash,
             size: bytes.len() as u64,
             uploaded_at: Utc::now(),
             imports,
@@ -410,28 +371,22 @@ impl Registry for LocalRegistry {
         let mut st = self.lock();
         let entry = st
             .modules
-            .entry(hash.clone())
+            .entry(hash)
             .or_insert_with(|| (bytes.to_vec(), info.clone()));
         let created = entry.1 == info;
         Ok((entry.1.clone(), created))
     }
 
-    async fn module_info(&self, hash: &str) -> Result<Option<ModuleInfo>, RegistryError> {
-        let hash =
-            parse_module_hash(hash).ok_or_else(|| RegistryError::InvalidHash(hash.to_string()))?;
-        Ok(self.lock().modules.get(&hash).map(|(_, i)| i.clone()))
+    async fn module_info(&self, hash: &ModuleHash) -> Result<Option<ModuleInfo>, RegistryError> {
+        Ok(self.lock().modules.get(hash).map(|(_, i)| i.clone()))
     }
 
-    async fn module(&self, hash: &str) -> Result<Option<Vec<u8>>, RegistryError> {
-        let hash =
-            parse_module_hash(hash).ok_or_else(|| RegistryError::InvalidHash(hash.to_string()))?;
-        Ok(self.lock().modules.get(&hash).map(|(b, _)| b.clone()))
+    async fn module(&self, hash: &ModuleHash) -> Result<Option<Vec<u8>>, RegistryError> {
+        Ok(self.lock().modules.get(hash).map(|(b, _)| b.clone()))
     }
 
-    async fn has_module(&self, hash: &str) -> Result<bool, RegistryError> {
-        let hash =
-            parse_module_hash(hash).ok_or_else(|| RegistryError::InvalidHash(hash.to_string()))?;
-        Ok(self.lock().modules.contains_key(&hash))
+    async fn has_module(&self, hash: &ModuleHash) -> Result<bool, RegistryError> {
+        Ok(self.lock().modules.contains_key(hash))
     }
 
     async fn modules(&self) -> Result<Vec<ModuleInfo>, RegistryError> {

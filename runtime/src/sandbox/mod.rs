@@ -64,7 +64,7 @@ pub use bindings::HostError;
 /// `wit::http::Request`, ...), for implementors of the host service traits.
 pub use bindings::runner::task as wit;
 pub use engine::SandboxConfig;
-pub use host::{Capability, HostEnv, LogLevel, LogLine, Progress, ProgressSink};
+pub use host::{HostEnv, LogLevel, LogLine, Progress, ProgressSink};
 pub use module::{LoadError, LoadedModule, ModuleHash, ModuleOrigin, ParseHashError};
 pub use run::{CancelToken, JobInfo, Outcome, RunLimits, RunReport, RunRequest};
 

@@ -2,85 +2,15 @@
 //! (`LoadError`), what it imports, and its compiled form (`LoadedModule`).
 
 use std::fmt;
-use std::str::FromStr;
 
-use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 use wasmtime::component::types::{ComponentItem, Type};
 
 use super::bindings::TaskPre;
 use super::run::RunState;
-
-/// The identity of a module: the sha256 of its component bytes.
-///
-/// Shown and parsed as `sha256:<64 hex digits>`, the form used in URLs and
-/// in the registry.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ModuleHash(pub [u8; 32]);
-
-impl ModuleHash {
-    pub fn of(bytes: &[u8]) -> Self {
-        Self(Sha256::digest(bytes).into())
-    }
-
-    /// The 64 lowercase hex digits, without the `sha256:` prefix.
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-}
-
-impl fmt::Display for ModuleHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", self.to_hex())
-    }
-}
-
-impl fmt::Debug for ModuleHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ParseHashError {
-    #[error("a module hash starts with `sha256:`")]
-    MissingPrefix,
-    #[error("a module hash has 64 hex digits after `sha256:`, found {0} characters")]
-    WrongLength(usize),
-    #[error("a module hash has only hex digits after `sha256:`")]
-    NotHex,
-}
-
-impl FromStr for ModuleHash {
-    type Err = ParseHashError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let hex_part = s
-            .strip_prefix("sha256:")
-            .ok_or(ParseHashError::MissingPrefix)?;
-        if hex_part.len() != 64 {
-            return Err(ParseHashError::WrongLength(hex_part.len()));
-        }
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(hex_part.to_ascii_lowercase(), &mut out)
-            .map_err(|_| ParseHashError::NotHex)?;
-        Ok(Self(out))
-    }
-}
-
-impl serde::Serialize for ModuleHash {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for ModuleHash {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
+pub use crate::names::{ModuleHash, ParseHashError};
+use crate::registry::Capability;
 
 /// Why bytes could not be loaded as a task. Each variant names what is wrong
 /// so that an upload (422) or `runner run` can tell the author what to fix.
@@ -125,14 +55,14 @@ pub struct LoadedModule {
 }
 
 impl LoadedModule {
-    /// The `runner:task` capabilities the component needs, by interface name
-    /// (`kv`, `mail`, ...): what its task name must be granted. `context`
-    /// and `types` are always available and are not listed.
-    pub fn capabilities(&self) -> Vec<&str> {
+    /// The `runner:task` capabilities the component needs: what its task
+    /// name must be granted. Those always available (`context`, `types`)
+    /// are not listed.
+    pub fn capabilities(&self) -> Vec<Capability> {
         self.imports
             .iter()
-            .filter_map(|name| task_interface(name))
-            .filter(|iface| !matches!(*iface, "types" | "context"))
+            .filter_map(|name| Capability::from_import(name))
+            .filter(|c| !c.always_available())
             .collect()
     }
 }
@@ -146,12 +76,6 @@ impl fmt::Debug for LoadedModule {
             .finish_non_exhaustive()
     }
 }
-
-const TASK_PACKAGE: &str = "runner:task/";
-const TASK_VERSION: &str = "0.1.0";
-const TASK_INTERFACES: &[&str] = &[
-    "types", "context", "kv", "mail", "http", "pdf", "files", "jobs",
-];
 
 /// WASI 0.2 interfaces the runner links. Filesystem and sockets are linked
 /// because Rust's standard library imports them, but a run has no preopened
@@ -185,12 +109,6 @@ const WASI_INTERFACES: &[&str] = &[
     "wasi:sockets/udp-create-socket",
     "wasi:sockets/ip-name-lookup",
 ];
-
-/// `kv` for `runner:task/kv@0.1.0`; `None` for anything else.
-fn task_interface(import: &str) -> Option<&str> {
-    let (iface, version) = import.strip_prefix(TASK_PACKAGE)?.split_once('@')?;
-    (version == TASK_VERSION && TASK_INTERFACES.contains(&iface)).then_some(iface)
-}
 
 fn is_wasi_p2(import: &str) -> bool {
     let Some((iface, version)) = import.split_once('@') else {
@@ -230,7 +148,7 @@ pub(crate) fn check_world(
 
     let mut imports = Vec::new();
     for (name, _) in ty.imports(engine) {
-        if task_interface(name).is_none() && !is_wasi_p2(name) {
+        if Capability::from_import(name).is_none() && !is_wasi_p2(name) {
             return Err(LoadError::UnknownImport {
                 name: name.to_string(),
             });
@@ -297,28 +215,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hash_round_trips_through_text() {
-        let hash = ModuleHash::of(b"hello");
-        let text = hash.to_string();
-        assert!(text.starts_with("sha256:2cf24dba"));
-        assert_eq!(text.parse::<ModuleHash>(), Ok(hash));
-        assert_eq!(
-            "2cf24dba".parse::<ModuleHash>(),
-            Err(ParseHashError::MissingPrefix)
-        );
-        assert_eq!(
-            "sha256:abc".parse::<ModuleHash>(),
-            Err(ParseHashError::WrongLength(3))
-        );
-        let not_hex = format!("sha256:{}", "z".repeat(64));
-        assert_eq!(not_hex.parse::<ModuleHash>(), Err(ParseHashError::NotHex));
-    }
-
-    #[test]
     fn import_names_are_classified() {
-        assert_eq!(task_interface("runner:task/kv@0.1.0"), Some("kv"));
-        assert_eq!(task_interface("runner:task/kv@0.2.0"), None);
-        assert_eq!(task_interface("runner:task/shell@0.1.0"), None);
+        assert_eq!(
+            Capability::from_import("runner:task/kv@0.1.0"),
+            Some(Capability::Kv)
+        );
+        assert_eq!(Capability::from_import("runner:task/kv@0.2.0"), None);
+        assert_eq!(Capability::from_import("runner:task/shell@0.1.0"), None);
         assert!(is_wasi_p2("wasi:cli/stdout@0.2.3"));
         assert!(!is_wasi_p2("wasi:http/outgoing-handler@0.2.3"));
         assert!(!is_wasi_p2("wasi:cli/stdout@0.3.0"));

@@ -130,7 +130,7 @@ impl Beat {
     pub fn schedule(&self) -> Result<Schedule, BeatError> {
         let mut problems = Vec::new();
         if let Err(e) = validate_beat_name(&self.name) {
-            problems.push(FieldError::new("name", e));
+            problems.push(FieldError::new("name", e.to_string()));
         }
         if self.task.trim().is_empty() {
             problems.push(FieldError::new("task", "must not be empty"));
@@ -165,14 +165,14 @@ impl Beat {
             (Some(c), None) => match parse_cron(c) {
                 Ok(cron) => Some(Rule::Cron(Box::new(cron))),
                 Err(e) => {
-                    problems.push(FieldError::new("cron", e));
+                    problems.push(FieldError::new("cron", e.to_string()));
                     None
                 }
             },
             (None, Some(e)) => match parse_every(e) {
                 Ok(secs) => Some(Rule::Every(secs)),
                 Err(e) => {
-                    problems.push(FieldError::new("every", e));
+                    problems.push(FieldError::new("every", e.to_string()));
                     None
                 }
             },
@@ -208,26 +208,10 @@ impl Beat {
     }
 }
 
-/// Beat names appear in Redis keys, URLs and metric labels.
-pub fn validate_beat_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("must not be empty".into());
-    }
-    if name.len() > 100 {
-        return Err(format!("is {} bytes long; at most 100", name.len()));
-    }
-    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-        return Err(format!("{name:?} must start with a letter or digit"));
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')))
-    {
-        return Err(format!(
-            "{name:?} contains {c:?}; allowed: letters, digits, `_ - . :`"
-        ));
-    }
-    Ok(())
+/// Beat names appear in Redis keys, URLs and metric labels: the rules of
+/// every name ([`crate::names::NameError`]).
+pub fn validate_beat_name(name: &str) -> Result<(), crate::names::NameError> {
+    crate::names::check_name(name)
 }
 
 /// One problem with one field.
@@ -277,7 +261,7 @@ pub enum BeatError {
     Registry(#[from] crate::registry::RegistryError),
     /// The job could not be enqueued (`fire_now`).
     #[error("enqueue: {0}")]
-    Enqueue(#[from] crate::queue::EnqueueError),
+    Enqueue(#[from] crate::producer::EnqueueError),
 }
 
 impl BeatError {
@@ -287,7 +271,7 @@ impl BeatError {
         matches!(
             self,
             BeatError::Invalid(_) | BeatError::UnknownTask(_) | BeatError::FromConfig(_)
-        ) || matches!(self, BeatError::Enqueue(e) if !matches!(e, crate::queue::EnqueueError::Broker(_) | crate::queue::EnqueueError::Registry(_)))
+        ) || matches!(self, BeatError::Enqueue(e) if !matches!(e, crate::producer::EnqueueError::Broker(_) | crate::producer::EnqueueError::Registry(_)))
     }
 }
 
@@ -485,54 +469,81 @@ const ALIASES: [&str; 6] = [
     "@hourly",
 ];
 
+/// Why a `cron` or `every` rule was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    #[error("must not be empty")]
+    EmptyCron,
+    #[error("unknown alias {0:?} (use @hourly, @daily, @weekly, @monthly, @yearly or @annually)")]
+    UnknownAlias(String),
+    /// A field of a crontab line; the message names the field.
+    #[error("{0}")]
+    Field(String),
+    #[error("{expr:?} is not a valid cron expression: {reason}")]
+    Invalid { expr: String, reason: String },
+    #[error("{0:?} never comes due")]
+    NeverDue(String),
+    #[error("must not be empty; e.g. \"30s\", \"5m\", \"1h\"")]
+    EmptyEvery,
+    #[error("{text:?} is not an interval ({reason}); e.g. \"30s\", \"5m\", \"1h\"")]
+    NotInterval { text: String, reason: String },
+    #[error("{0:?} is not a whole number of seconds")]
+    Fractional(String),
+    #[error("must be at least 1s")]
+    Zero,
+    #[error("{0:?} is longer than a year; use `cron` instead")]
+    TooLong(String),
+}
+
 /// Parses a crontab line: 5 fields, 6 with seconds first, or an alias.
-pub fn parse_cron(expr: &str) -> Result<Cron, String> {
+pub fn parse_cron(expr: &str) -> Result<Cron, RuleError> {
     let expr = expr.trim();
     if expr.is_empty() {
-        return Err("must not be empty".into());
+        return Err(RuleError::EmptyCron);
     }
     if expr.starts_with('@') {
         if !ALIASES.iter().any(|a| a.eq_ignore_ascii_case(expr)) {
-            return Err(format!(
-                "unknown alias {expr:?} (use @hourly, @daily, @weekly, @monthly, @yearly or @annually)"
-            ));
+            return Err(RuleError::UnknownAlias(expr.to_string()));
         }
     } else {
-        check_fields(expr)?;
+        check_fields(expr).map_err(RuleError::Field)?;
     }
     let parser = CronParser::builder()
         .seconds(Seconds::Optional)
         .year(Year::Disallowed)
         .build();
-    let cron = parser
-        .parse(expr)
-        .map_err(|e| format!("{expr:?} is not a valid cron expression: {e}"))?;
+    let cron = parser.parse(expr).map_err(|e| RuleError::Invalid {
+        expr: expr.to_string(),
+        reason: e.to_string(),
+    })?;
     // A pattern that can never match (`0 0 30 2 *`) is refused now rather
     // than found out at fire time.
     let probe = Utc::now();
     if cron.find_next_occurrence(&probe, false).is_err() {
-        return Err(format!("{expr:?} never comes due"));
+        return Err(RuleError::NeverDue(expr.to_string()));
     }
     Ok(cron)
 }
 
 /// Parses `30s`, `5m`, `1h`, `1h30m`, `2d`: whole seconds, at least one.
-pub fn parse_every(s: &str) -> Result<i64, String> {
+pub fn parse_every(s: &str) -> Result<i64, RuleError> {
     let t = s.trim();
     if t.is_empty() {
-        return Err("must not be empty; e.g. \"30s\", \"5m\", \"1h\"".into());
+        return Err(RuleError::EmptyEvery);
     }
-    let d = humantime::parse_duration(t)
-        .map_err(|e| format!("{t:?} is not an interval ({e}); e.g. \"30s\", \"5m\", \"1h\""))?;
+    let d = humantime::parse_duration(t).map_err(|e| RuleError::NotInterval {
+        text: t.to_string(),
+        reason: e.to_string(),
+    })?;
     if d.subsec_nanos() != 0 {
-        return Err(format!("{t:?} is not a whole number of seconds"));
+        return Err(RuleError::Fractional(t.to_string()));
     }
     let secs = d.as_secs();
     if secs == 0 {
-        return Err("must be at least 1s".into());
+        return Err(RuleError::Zero);
     }
     if secs > 366 * 24 * 3600 {
-        return Err(format!("{t:?} is longer than a year; use `cron` instead"));
+        return Err(RuleError::TooLong(t.to_string()));
     }
     Ok(secs as i64)
 }

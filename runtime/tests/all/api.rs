@@ -6,7 +6,6 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use runner::app::{self, Core};
 use runner::config::Config;
-use runner::registry::module_hash;
 use runner::sandbox::host::HostServices;
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -45,6 +44,7 @@ impl TestApi {
         config.server.max_body = max_body.to_string();
         config.auth.admin.push(ADMIN.into());
         config.auth.submit.push(SUBMIT.into());
+        config.worker.concurrency = Some(4);
         config.check().unwrap();
         let core = Core::open(&config, sandbox()).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -55,7 +55,7 @@ impl TestApi {
         };
         let mut handles = Vec::new();
         if worker {
-            let w = app::worker_with(&core, &config, HostServices::default(), Some(4)).unwrap();
+            let w = core.worker(&config, HostServices::default()).unwrap();
             let f = stopped(rx.clone());
             handles.push(tokio::spawn(async move {
                 w.run(f).await.unwrap();
@@ -781,4 +781,9 @@ async fn api_schedules_are_validated_picked_up_and_fired() {
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     api.stop().await;
+}
+
+/// `sha256:<hex>` of `bytes`, as the API shows it.
+fn module_hash(bytes: &[u8]) -> String {
+    runner::registry::module_hash(bytes).to_string()
 }

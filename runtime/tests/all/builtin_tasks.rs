@@ -1073,11 +1073,7 @@ fn the_example_deployments_load() {
                 "{file}: {name}"
             );
         }
-        let beats: Vec<Beat> = config
-            .beats
-            .iter()
-            .map(|b| serde_json::from_value(b.clone()).unwrap_or_else(|e| panic!("{file}: {e}")))
-            .collect();
+        let beats: Vec<Beat> = config.beats.clone();
         for beat in &beats {
             beat.validate()
                 .unwrap_or_else(|e| panic!("{file}: beat {}: {e}", beat.name));

@@ -507,3 +507,39 @@ fn a_host_call_that_hangs_ends_the_run_at_its_time_limit() {
     // retry, exit 11), and not before it.
     assert!(took >= Duration::from_secs(1), "{took:?}");
 }
+
+/// `runner run --config` reads the file as every command does: the
+/// `RUNNER_SMTP_*` overrides apply (here the host the file names does not
+/// exist; the environment points at the real server).
+#[test]
+fn run_with_config_honours_the_smtp_environment_overrides() {
+    let (port, inbox) = smtp_server();
+    let dir = TempDir::new().unwrap();
+    let config = write_config(
+        &dir,
+        "[host.mail]\nhost = \"smtp.invalid\"\nport = 1\ntls = \"none\"\n\
+         from = { email = \"noreply@example.com\" }\n\n\
+         [tasks.mailer.grants]\nmail = { allowed_senders = [\"*@example.com\"] }\n",
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .arg("run")
+        .arg(guest("mailer"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--task", "mailer"])
+        .args([
+            "--input",
+            r#"{"to": ["ada@example.org"], "subject": "override", "text": "via env"}"#,
+        ])
+        .env("RUNNER_SMTP_HOST", "127.0.0.1")
+        .env("RUNNER_SMTP_PORT", port.to_string())
+        .env_remove("RUNNER_CACHE_DIR")
+        .env_remove("RUNNER_REDIS_URL")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("running the runner binary");
+    success(&output);
+    let received = inbox.lock().unwrap().clone();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(received[0].rcpt_to, ["ada@example.org"]);
+}

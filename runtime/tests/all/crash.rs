@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
-use runner::queue::{Broker, EnqueueRequest, JobId, JobState, Producer, RedisBroker, RetryPolicy};
+use runner::producer::{EnqueueRequest, Producer};
+use runner::queue::{Broker, JobId, JobState, RedisBroker, RetryPolicy};
 use runner::registry::{RedisRegistry, Registry, TaskBinding};
 
 use crate::redis_support::RedisServer;

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use runner::producer::{EnqueueError, EnqueueRequest, Producer};
 use runner::queue::{
-    Broker, Completion, EmbeddedBroker, EnqueueError, EnqueueRequest, JobError, JobFailure,
-    JobState, Producer, RedisBroker, RevokeOutcome, SettleRequest, Settlement, Signal,
+    Broker, Completion, EmbeddedBroker, JobError, JobFailure, JobState, RedisBroker, RevokeOutcome,
+    SettleRequest, Settlement, Signal,
 };
 use runner::registry::{LocalRegistry, Registry, TaskBinding};
 
@@ -29,10 +30,10 @@ async fn registry() -> Arc<dyn Registry> {
         .put_module(b"placeholder: the queue never loads modules")
         .await
         .unwrap();
-    let mut b = TaskBinding::new("echo", &hash);
+    let mut b = TaskBinding::new("echo", hash);
     b.queue = "work".into();
     reg.bind(b).await.unwrap();
-    let mut limited = TaskBinding::new("limited", &hash);
+    let mut limited = TaskBinding::new("limited", hash);
     limited.queue = "slow".into();
     limited.rate_limit = Some("5/1s".into());
     reg.bind(limited).await.unwrap();

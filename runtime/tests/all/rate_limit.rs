@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use runner::queue::{EnqueueRequest, JobState};
+use runner::producer::EnqueueRequest;
+use runner::queue::JobState;
 
 use crate::worker::{Env, cfg};
 
@@ -93,4 +94,62 @@ async fn unlimited_job_behind_deferred_ones_runs_at_once_on_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unlimited_job_behind_deferred_ones_runs_at_once_embedded() {
     unlimited_job_behind_deferred_ones_runs_at_once(Env::embedded().await).await;
+}
+
+/// A task's rate limit counts its starts per queue, on both brokers (see
+/// `queue/ratelimit.rs`): with `1/m`, one job starts in each of two queues
+/// at once and the second job of the first queue waits for the window.
+async fn task_rate_limit_counts_per_queue(env: Env) {
+    env.bind("limited", "hello", "a", |b| {
+        b.rate_limit = Some("1/m".into())
+    })
+    .await;
+    let on = |queue: &str, name: &str| EnqueueRequest {
+        queue: Some(queue.into()),
+        ..EnqueueRequest::task("limited", format!(r#"{{"name":"{name}"}}"#))
+    };
+    let enqueued = env
+        .producer
+        .enqueue_batch(vec![on("a", "a1"), on("a", "a2"), on("b", "b1")])
+        .await
+        .unwrap();
+    let ids: Vec<_> = enqueued.iter().map(|e| e.job.id).collect();
+    let w = env.worker(cfg(&["a", "b"], 2)).await;
+    let b1 = env
+        .broker
+        .wait(ids[2], Duration::from_secs(20))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        b1.state,
+        JobState::Success,
+        "queue b has its own log: {b1:?}"
+    );
+    let a1 = env
+        .broker
+        .wait(ids[0], Duration::from_secs(20))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a1.state, JobState::Success, "{a1:?}");
+    let a2 = env.broker.get(ids[1]).await.unwrap().unwrap();
+    assert!(
+        !a2.state.is_final() && a2.started_at.is_none(),
+        "the second job of queue a waits for the window: {a2:?}"
+    );
+    let stats = env.broker.queues().await.unwrap();
+    let a = stats.iter().find(|q| q.name == "a").unwrap();
+    assert_eq!(a.delayed, 1, "{a:?}");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_rate_limit_counts_per_queue_on_redis() {
+    task_rate_limit_counts_per_queue(Env::redis().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_rate_limit_counts_per_queue_embedded() {
+    task_rate_limit_counts_per_queue(Env::embedded().await).await;
 }

@@ -1,5 +1,5 @@
-//! The users' scenarios of `../shared/SCENARIOS.md` (issue 7, "Checked
-//! by") end to end, each on a deployment built the way production builds
+//! The users' scenarios of `docs/scenarios.md` (repository root) end to
+//! end, each on a deployment built the way production builds
 //! it: a `runner.toml` text modelled on `examples/runner.toml` (its queues,
 //! rate limits, retry policy, built-in tasks and beats), with `[broker]` on a
 //! redis-server of the test's own, `[host.mail]` on a real SMTP server
@@ -311,7 +311,8 @@ impl Deployment {
         let mut handles = Vec::new();
         for _ in 0..workers {
             let worker_core = Core::open(&config, sandbox.clone()).await.unwrap();
-            let w = app::worker(&worker_core, &config, None).await.unwrap();
+            let services = app::host_services(&config).await.unwrap();
+            let w = worker_core.worker(&config, services).unwrap();
             let f = stopped(rx.clone());
             handles.push(tokio::spawn(async move {
                 w.run(f).await.unwrap();

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use runner::queue::{Broker, EmbeddedBroker, Job, Producer, RedisBroker, SettleRequest, Signal};
+use runner::producer::Producer;
+use runner::queue::{Broker, EmbeddedBroker, Job, RedisBroker, SettleRequest, Signal};
 use runner::registry::{LocalRegistry, RedisRegistry, Registry, TaskBinding};
 use runner::scheduler::{
     Beat, BeatError, BeatSource, BeatStore, FireRecord, MissedPolicy, RedisBeatStore, Scheduler,
@@ -242,7 +243,9 @@ fn beats_parse_from_toml_and_json() {
         every = "30s"
         enabled = false
     "#;
-    let beats = runner::scheduler::beats_from_toml(text).expect("valid beats");
+    let beats = runner::config::Config::from_toml(text)
+        .expect("valid beats")
+        .beats;
     assert_eq!(beats.len(), 2);
     assert_eq!(beats[0].missed, MissedPolicy::CatchUpOnce);
     assert_eq!(beats[0].input["days"][1], 2);
@@ -255,9 +258,10 @@ fn beats_parse_from_toml_and_json() {
     assert_eq!(json.input, serde_json::json!([1, "x"]));
 
     // A typo in a key is refused, naming it.
-    let err = runner::scheduler::beats_from_toml(
+    let err = runner::config::Config::from_toml(
         "[[beats]]\nname = \"x\"\ntask = \"t\"\ncrom = \"* * * * *\"\n",
     )
+    .map(|_| ())
     .unwrap_err()
     .to_string();
     assert!(err.contains("crom"), "{err}");
@@ -281,7 +285,7 @@ pub async fn replica(url: &str, config: Vec<Beat>) -> Replica {
 
 pub async fn bind_task(url: &str, name: &str) {
     let registry = RedisRegistry::connect(url).await.unwrap();
-    let mut b = TaskBinding::new(name, MODULE);
+    let mut b = TaskBinding::new(name, MODULE.parse().unwrap());
     b.queue = QUEUE.into();
     registry.bind(b).await.unwrap();
 }
@@ -607,7 +611,7 @@ async fn missed_fires_skip_or_catch_up_once() {
 async fn embedded_scheduler_fires_and_fires_now() {
     let broker: Arc<dyn Broker> = Arc::new(EmbeddedBroker::new());
     let registry = LocalRegistry::in_memory();
-    let mut b = TaskBinding::new("tick", MODULE);
+    let mut b = TaskBinding::new("tick", MODULE.parse().unwrap());
     b.queue = QUEUE.into();
     registry.bind(b).await.unwrap();
     let registry: Arc<dyn Registry> = Arc::new(registry);
@@ -702,8 +706,9 @@ fn shipped_config_beats_are_valid() {
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
         };
-        let beats =
-            runner::scheduler::beats_from_toml(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let beats = runner::config::Config::from_toml(&text)
+            .unwrap_or_else(|e| panic!("{file}: {e:#}"))
+            .beats;
         for b in &beats {
             b.validate()
                 .unwrap_or_else(|e| panic!("{file}: beat {}: {e}", b.name));

@@ -1,5 +1,5 @@
-//! Helpers shared by the integration tests: the example guests built by
-//! `build.rs`, and small hand-written components in WAT for the cases an
+//! Helpers shared by the integration tests: the guests built by the
+//! test-programs crate, and small hand-written components in WAT for the cases an
 //! example cannot produce (a core module, another world, an unknown import,
 //! a task returning non-JSON).
 
@@ -9,20 +9,14 @@ use std::path::{Path, PathBuf};
 
 use runner::sandbox::{Sandbox, SandboxConfig};
 
-/// An example component built from `examples/` by `runtime/build.rs`.
+/// A guest component (an example, or a test program), built from source
+/// by the test-programs crate.
 pub fn guest(name: &str) -> PathBuf {
-    let path = PathBuf::from(env!("RUNNER_GUEST_DIR")).join(format!("{name}.wasm"));
-    assert!(
-        path.is_file(),
-        "{} is missing: runtime/build.rs builds it from examples/{name}",
-        path.display()
-    );
-    path
+    runner_test_programs::path(name)
 }
 
 pub fn guest_bytes(name: &str) -> Vec<u8> {
-    let path = guest(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+    runner_test_programs::bytes(name)
 }
 
 /// A sandbox with pools sized for tests.

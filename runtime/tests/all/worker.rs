@@ -3,9 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use runner::queue::{
-    Broker, EmbeddedBroker, EnqueueRequest, JobId, JobState, Producer, RedisBroker, RetryPolicy,
-};
+use runner::producer::{EnqueueRequest, Producer};
+use runner::queue::{Broker, EmbeddedBroker, JobId, JobState, RedisBroker, RetryPolicy};
 use runner::registry::{LocalRegistry, RedisRegistry, Registry, TaskBinding};
 use runner::sandbox::host::HostServices;
 use runner::sandbox::{Sandbox, SandboxConfig};

@@ -11,9 +11,10 @@ use metrics::{
     Counter, CounterFn, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
     SharedString, Unit,
 };
-use runner::queue::{EnqueueRequest, JobId, JobState};
-use runner::sandbox::host::services::KvGrant;
-use runner::sandbox::host::{HostServices, TaskGrants};
+use runner::producer::EnqueueRequest;
+use runner::queue::{JobId, JobState};
+use runner::registry::{KvGrant, TaskGrants};
+use runner::sandbox::host::HostServices;
 use runner_host_fns::kv::KvService;
 
 use crate::support::guest_bytes;
@@ -126,7 +127,7 @@ async fn a_job_runs_with_the_grants_of_the_binding_of_its_module() {
     let by_hash = env
         .producer
         .enqueue(EnqueueRequest {
-            module: Some(guard.clone()),
+            module: Some(guard.to_string()),
             input: r#"{"key": "by-hash"}"#.into(),
             ..EnqueueRequest::default()
         })

@@ -1,7 +1,7 @@
 //! `runner bench queue`: the queue engine's figures against a Redis it
 //! starts itself (a fresh `redis-server` on a free loopback port):
 //!
-//! - jobs/s for N no-op WASM jobs (the `hello` example) with one worker, the
+//! - jobs/s for N no-op WASM jobs (the built-in `hello`) with one worker, the
 //!   producer enqueueing in batches;
 //! - Redis commands per job from enqueue to stored result
 //!   (`total_commands_processed` delta over the run; commands run inside
@@ -13,17 +13,21 @@
 //! Completion is observed through the broker's pub/sub events, which Redis
 //! does not count as commands, so watching does not inflate the figures.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
+use tokio::sync::broadcast;
 
-use crate::queue::{Broker, EnqueueRequest, JobState, Producer, RedisBroker, RetryPolicy};
+use super::{
+    CommandCount, Commands, RedisChild, bench_module, percentile, progress_bar, wait_with_bar,
+};
+
+use crate::producer::{EnqueueRequest, Producer};
+use crate::queue::{Broker, JobEvent, JobState, RedisBroker, RetryPolicy};
 use crate::registry::{RedisRegistry, Registry, TaskBinding};
 use crate::sandbox::host::HostServices;
 use crate::sandbox::{Sandbox, SandboxConfig};
@@ -58,133 +62,14 @@ pub struct QueueBench {
     pub redis_server: String,
 }
 
-struct RedisChild {
-    child: Child,
-    port: u16,
-    _dir: tempfile_dir::Dir,
-}
-
-/// A temp dir without a dev-dependency: removed on drop.
-mod tempfile_dir {
-    pub struct Dir(pub std::path::PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-impl RedisChild {
-    fn start(bin: &str) -> anyhow::Result<Self> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let dir =
-            std::env::temp_dir().join(format!("runner-bench-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        let child = Command::new(bin)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {bin} (install redis-server, see scripts/setup)"))?;
-        let me = RedisChild {
-            child,
-            port,
-            _dir: tempfile_dir::Dir(dir),
-        };
-        let client = redis::Client::open(me.url())?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut c) = client.get_connection()
-                && redis::cmd("PING").query::<String>(&mut c).is_ok()
-            {
-                return Ok(me);
-            }
-            if Instant::now() > deadline {
-                bail!("redis-server did not come up on port {port}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-}
-
-impl Drop for RedisChild {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Resets Redis's counters; the next [`commands_since_reset`] counts from here.
-async fn reset_stats(conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<()> {
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(conn)
-        .await?;
-    Ok(())
-}
-
-/// Commands processed since the last reset, not counting the reset itself.
-async fn commands_since_reset(
-    conn: &mut redis::aio::MultiplexedConnection,
-) -> anyhow::Result<(u64, String)> {
-    let info: String = redis::cmd("INFO").arg("all").query_async(conn).await?;
-    let total = info
-        .lines()
-        .find_map(|l| l.strip_prefix("total_commands_processed:"))
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .context("no total_commands_processed in INFO")?;
-    let mut stats: Vec<(u64, String)> = info
-        .lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix("cmdstat_")?;
-            let (name, fields) = rest.split_once(':')?;
-            let calls = fields
-                .split(',')
-                .find_map(|f| f.strip_prefix("calls="))?
-                .parse()
-                .ok()?;
-            Some((calls, name.to_string()))
-        })
-        .filter(|(_, n)| n != "config|resetstat" && n != "config")
-        .collect();
-    stats.sort_by(|a, b| b.cmp(a));
-    let breakdown = stats
-        .iter()
-        .map(|(c, n)| format!("{n}={c}"))
-        .collect::<Vec<_>>()
-        .join(" ");
-    Ok((total.saturating_sub(1), breakdown))
-}
-
 pub async fn execute(args: QueueBench) -> anyhow::Result<ExitCode> {
     let redis = RedisChild::start(&args.redis_server)?;
     let url = redis.url();
-    let stats_client = redis::Client::open(url.clone())?;
-    let mut stats = stats_client.get_multiplexed_async_connection().await?;
+    let mut count = CommandCount::connect(&url).await?;
 
     let producer_broker = RedisBroker::connect(&url).await?;
     let registry: Arc<dyn Registry> = Arc::new(RedisRegistry::new(producer_broker.connection()));
-    let module_path = args
-        .module
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(env!("RUNNER_GUEST_DIR")).join("hello.wasm"));
-    let bytes = std::fs::read(&module_path)
-        .with_context(|| format!("reading {}", module_path.display()))?;
+    let (bytes, module_name) = bench_module(args.module.as_deref())?;
     let hash = registry.put_module(&bytes).await?;
     let mut binding = TaskBinding::new("bench", hash);
     binding.queue = "bench".into();
@@ -200,25 +85,103 @@ pub async fn execute(args: QueueBench) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     println!(
         "runner bench queue: {} jobs of {} (batches of {}), one worker, concurrency {}, prefetch {}",
-        args.jobs,
-        module_path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("?"),
-        args.batch,
-        concurrency,
-        args.prefetch
+        args.jobs, module_name, args.batch, concurrency, args.prefetch
     );
 
-    // --- throughput and commands per job -------------------------------
-    reset_stats(&mut stats).await?;
-    let t0 = Instant::now();
-    let bar = ProgressBar::new(args.jobs as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{msg:10} {bar:40} {pos}/{len} {per_sec}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    // The worker starts after the enqueue phase (see `throughput`).
+    let sandbox = Sandbox::new(SandboxConfig {
+        max_concurrent_runs: (concurrency as u32).max(1),
+        ..SandboxConfig::default()
+    })?;
+    // Compile before the clock starts: compiling is the sandbox's figure.
+    let sb = sandbox.clone();
+    tokio::task::spawn_blocking(move || sb.load(&bytes).map(|_| ()))
+        .await?
+        .map_err(|e| anyhow::anyhow!("loading the module: {e}"))?;
+    let worker = Worker::new(
+        Arc::new(RedisBroker::connect(&url).await?),
+        registry.clone(),
+        sandbox,
+        HostServices::default(),
+        WorkerConfig {
+            queues: vec!["bench".into()],
+            concurrency,
+            prefetch: args.prefetch,
+            ..WorkerConfig::default()
+        },
     );
-    bar.set_message("enqueue");
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let start_worker = move || {
+        tokio::spawn(worker.run(async move {
+            let _ = stop_rx.await;
+        }))
+    };
+    let (throughput, worker_task) =
+        measure_throughput(&args, &producer, &mut events, &mut count, start_worker).await?;
+    throughput.print(args.jobs);
+    // Let the worker settle into idle first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let round_trip = measure_round_trip(&args, &producer, &mut events, &mut count).await?;
+    round_trip.print(args.single);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = measure_idle(args.idle, &mut count).await?;
+    idle.print(args.idle);
+
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(30), worker_task).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--jobs` jobs enqueued in batches, then drained by the worker.
+struct Throughput {
+    enqueue: Duration,
+    process: Duration,
+    total: Duration,
+    commands: Commands,
+}
+
+impl Throughput {
+    fn print(&self, jobs: usize) {
+        let rate = |d: Duration| jobs as f64 / d.as_secs_f64();
+        println!("throughput");
+        println!(
+            "  enqueue:            {:>10.0} jobs/s ({:.2?} for {jobs})",
+            rate(self.enqueue),
+            self.enqueue
+        );
+        println!(
+            "  process:            {:>10.0} jobs/s ({:.2?}, worker start to last result)",
+            rate(self.process),
+            self.process
+        );
+        println!(
+            "  end to end:         {:>10.0} jobs/s ({:.2?})",
+            rate(self.total),
+            self.total
+        );
+        println!("redis commands");
+        println!(
+            "  per job:            {:>10.2} ({} commands for {jobs} jobs, enqueue to stored result; budget <= 4)",
+            self.commands.total as f64 / jobs as f64,
+            self.commands.total,
+        );
+        println!("  by command:         {}", self.commands.breakdown);
+    }
+}
+
+/// Enqueues `args.jobs` jobs, starts the worker (`start_worker`), and waits
+/// for every result event. Returns the figures and the running worker.
+async fn measure_throughput<W>(
+    args: &QueueBench,
+    producer: &Producer,
+    events: &mut broadcast::Receiver<JobEvent>,
+    count: &mut CommandCount,
+    start_worker: impl FnOnce() -> W,
+) -> anyhow::Result<(Throughput, W)> {
+    count.reset().await?;
+    let t0 = Instant::now();
+    let bar = progress_bar(args.jobs as u64, "enqueue");
     let mut left = args.jobs;
     while left > 0 {
         let n = left.min(args.batch.max(1));
@@ -229,40 +192,12 @@ pub async fn execute(args: QueueBench) -> anyhow::Result<ExitCode> {
         left -= n;
         bar.inc(n as u64);
     }
-    let enqueue_time = t0.elapsed();
-
-    let worker_broker: Arc<dyn Broker> = Arc::new(RedisBroker::connect(&url).await?);
-    let sandbox = Sandbox::new(SandboxConfig {
-        max_concurrent_runs: (concurrency as u32).max(1),
-        ..SandboxConfig::default()
-    })?;
-    // Compile before the clock starts: compiling is the sandbox's figure.
-    let bytes_for_load = bytes.clone();
-    let sb = sandbox.clone();
-    tokio::task::spawn_blocking(move || sb.load(&bytes_for_load).map(|_| ()))
-        .await?
-        .map_err(|e| anyhow::anyhow!("loading the module: {e}"))?;
-    let cfg = WorkerConfig {
-        queues: vec!["bench".into()],
-        concurrency,
-        prefetch: args.prefetch,
-        ..WorkerConfig::default()
-    };
-    let worker = Worker::new(
-        worker_broker,
-        registry.clone(),
-        sandbox,
-        HostServices::default(),
-        cfg,
-    );
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let worker_task = tokio::spawn(worker.run(async move {
-        let _ = stop_rx.await;
-    }));
+    let enqueue = t0.elapsed();
 
     bar.set_position(0);
     bar.set_message("process");
     let t1 = Instant::now();
+    let worker = start_worker();
     let mut done = 0usize;
     let mut failed = 0usize;
     while done < args.jobs {
@@ -277,51 +212,68 @@ pub async fn execute(args: QueueBench) -> anyhow::Result<ExitCode> {
                 }
             }
             Ok(Ok(_)) => {}
-            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(n))) => {
+            Ok(Err(broadcast::error::RecvError::Lagged(n))) => {
                 bail!("the event stream lagged by {n}: cannot count results")
             }
             Ok(Err(e)) => bail!("event stream ended: {e}"),
             Err(_) => bail!("no result for 60 s ({done} of {} done)", args.jobs),
         }
     }
-    let process_time = t1.elapsed();
-    let total_time = t0.elapsed();
+    let process = t1.elapsed();
+    let total = t0.elapsed();
     bar.finish_and_clear();
-    let (commands, breakdown) = commands_since_reset(&mut stats).await?;
+    let commands = count.read().await?;
     if failed > 0 {
         bail!("{failed} jobs did not succeed");
     }
-    println!("throughput");
-    println!(
-        "  enqueue:            {:>10.0} jobs/s ({:.2?} for {})",
-        args.jobs as f64 / enqueue_time.as_secs_f64(),
-        enqueue_time,
-        args.jobs
-    );
-    println!(
-        "  process:            {:>10.0} jobs/s ({:.2?}, worker start to last result)",
-        args.jobs as f64 / process_time.as_secs_f64(),
-        process_time
-    );
-    println!(
-        "  end to end:         {:>10.0} jobs/s ({:.2?})",
-        args.jobs as f64 / total_time.as_secs_f64(),
-        total_time
-    );
-    println!("redis commands");
-    println!(
-        "  per job:            {:>10.2} ({} commands for {} jobs, enqueue to stored result; budget <= 4)",
-        commands as f64 / args.jobs as f64,
-        commands,
-        args.jobs
-    );
-    println!("  by command:         {breakdown}");
+    Ok((
+        Throughput {
+            enqueue,
+            process,
+            total,
+            commands,
+        },
+        worker,
+    ))
+}
 
-    // --- single-job round trip --------------------------------------------
-    // Let the worker settle into idle first.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    reset_stats(&mut stats).await?;
-    let mut rtts = Vec::with_capacity(args.single);
+/// Single jobs, one after the other, on an idle worker.
+struct RoundTrip {
+    /// Enqueue to result event, sorted.
+    times: Vec<Duration>,
+    commands: Commands,
+}
+
+impl RoundTrip {
+    fn print(&self, single: usize) {
+        println!("single jobs (enqueue -> result event, idle worker, {single} sequential)");
+        if self.times.is_empty() {
+            return;
+        }
+        println!(
+            "  p50:                {:>10.2?}",
+            percentile(&self.times, 50.0)
+        );
+        println!(
+            "  p99:                {:>10.2?}",
+            percentile(&self.times, 99.0)
+        );
+        println!(
+            "  commands per job:   {:>10.2} (no batching at all)",
+            self.commands.total as f64 / single as f64
+        );
+        println!("  by command:         {}", self.commands.breakdown);
+    }
+}
+
+async fn measure_round_trip(
+    args: &QueueBench,
+    producer: &Producer,
+    events: &mut broadcast::Receiver<JobEvent>,
+    count: &mut CommandCount,
+) -> anyhow::Result<RoundTrip> {
+    count.reset().await?;
+    let mut times = Vec::with_capacity(args.single);
     for _ in 0..args.single {
         let t = Instant::now();
         let id = producer
@@ -337,43 +289,39 @@ pub async fn execute(args: QueueBench) -> anyhow::Result<ExitCode> {
                 Err(_) => bail!("single job {id} did not finish in 30 s"),
             }
         }
-        rtts.push(t.elapsed());
+        times.push(t.elapsed());
     }
-    let (single_cmds, single_breakdown) = commands_since_reset(&mut stats).await?;
-    rtts.sort();
-    let pct = |p: f64| rtts[((rtts.len() as f64 - 1.0) * p).round() as usize];
-    println!(
-        "single jobs (enqueue -> result event, idle worker, {} sequential)",
-        args.single
-    );
-    println!("  p50:                {:>10.2?}", pct(0.50));
-    println!("  p99:                {:>10.2?}", pct(0.99));
-    println!(
-        "  commands per job:   {:>10.2} (no batching at all)",
-        single_cmds as f64 / args.single as f64
-    );
-    println!("  by command:         {single_breakdown}");
+    let commands = count.read().await?;
+    times.sort();
+    Ok(RoundTrip { times, commands })
+}
 
-    // --- idle worker ----------------------------------------------------------
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    reset_stats(&mut stats).await?;
-    let idle_bar = ProgressBar::new(args.idle.as_secs());
-    idle_bar.set_message("idle");
-    let t = Instant::now();
-    while t.elapsed() < args.idle {
-        tokio::time::sleep(Duration::from_secs(1).min(args.idle)).await;
-        idle_bar.set_position(t.elapsed().as_secs());
-    }
-    idle_bar.finish_and_clear();
-    let (idle_cmds, idle_breakdown) = commands_since_reset(&mut stats).await?;
-    let per_min = idle_cmds as f64 * 60.0 / args.idle.as_secs_f64();
-    println!("idle worker ({:?})", args.idle);
-    println!("  commands per minute:{per_min:>10.2} ({idle_cmds} commands; budget <= 2)");
-    if !idle_breakdown.is_empty() {
-        println!("  by command:         {idle_breakdown}");
-    }
+/// What an idle worker costs Redis.
+struct Idle {
+    commands: Commands,
+    per_minute: f64,
+}
 
-    let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(30), worker_task).await;
-    Ok(ExitCode::SUCCESS)
+impl Idle {
+    fn print(&self, idle: Duration) {
+        println!("idle worker ({idle:?})");
+        println!(
+            "  commands per minute:{:>10.2} ({} commands; budget <= 2)",
+            self.per_minute, self.commands.total
+        );
+        if !self.commands.breakdown.is_empty() {
+            println!("  by command:         {}", self.commands.breakdown);
+        }
+    }
+}
+
+async fn measure_idle(idle: Duration, count: &mut CommandCount) -> anyhow::Result<Idle> {
+    count.reset().await?;
+    wait_with_bar(idle, "idle").await;
+    let commands = count.read().await?;
+    let per_minute = commands.total as f64 * 60.0 / idle.as_secs_f64();
+    Ok(Idle {
+        commands,
+        per_minute,
+    })
 }

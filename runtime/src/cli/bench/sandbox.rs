@@ -1,7 +1,4 @@
-//! `runner bench <target>`: commands that measure and print figures. Tests
-//! never assert speed; these are how speed is checked.
-//!
-//! `runner bench sandbox` measures, for the `hello` example:
+//! `runner bench sandbox` measures, for the built-in `hello` (or `--module`):
 //! - instantiate + run latency (median, p99) over many sequential runs with
 //!   a warm `InstancePre` (a fresh store, WASI context and instance each);
 //! - runs per second with one concurrent run per core;
@@ -15,41 +12,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use clap::Args;
+
+use super::{bench_module, percentile, progress_bar};
 
 use crate::sandbox::{LoadedModule, Outcome, RunLimits, RunRequest, Sandbox, SandboxConfig};
 
 #[derive(Args, Debug)]
-pub struct BenchArgs {
-    #[command(subcommand)]
-    pub target: BenchTarget,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum BenchTarget {
-    /// Instantiate+run latency, runs per second, fuel-metering overhead.
-    Sandbox(SandboxBench),
-    /// Queue jobs/s, Redis commands per job, round trip, idle worker cost.
-    Queue(super::bench_queue::QueueBench),
-    /// Scheduler fire delay, exactly-once across replicas, idle Redis cost.
-    Scheduler(super::bench_scheduler::SchedulerBench),
-}
-
-pub async fn execute(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    match args.target {
-        BenchTarget::Sandbox(bench) => sandbox(bench).await,
-        BenchTarget::Queue(bench) => super::bench_queue::execute(bench).await,
-        BenchTarget::Scheduler(bench) => super::bench_scheduler::execute(bench).await,
-    }
-}
-
-/// The example components built by `build.rs`.
-const GUEST_DIR: &str = env!("RUNNER_GUEST_DIR");
-
-#[derive(Args, Debug)]
 pub struct SandboxBench {
-    /// The component to measure (default: the `hello` example).
+    /// The component to measure (default: the built-in `hello`).
     #[arg(long)]
     pub module: Option<PathBuf>,
     /// Its input.
@@ -65,8 +36,9 @@ pub struct SandboxBench {
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// A CPU-bound component for the fuel figure; it must return on its own
-    /// (default: the `fuel_burner` example with a fixed number of rounds,
-    /// then a built-in WAT loop of 300 million xorshift steps).
+    /// (default: a built-in WAT loop of 300 million xorshift steps; the
+    /// test program `fuel_burner` with `--cpu-input '{"rounds":300000000}'`
+    /// measures a Rust guest).
     #[arg(long)]
     pub cpu_module: Option<PathBuf>,
     /// Its input.
@@ -77,13 +49,8 @@ pub struct SandboxBench {
     pub cpu_runs: u32,
 }
 
-async fn sandbox(args: SandboxBench) -> anyhow::Result<ExitCode> {
-    let module_path = args
-        .module
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(GUEST_DIR).join("hello.wasm"));
-    let bytes = std::fs::read(&module_path)
-        .with_context(|| format!("reading {}", module_path.display()))?;
+pub async fn execute(args: SandboxBench) -> anyhow::Result<ExitCode> {
+    let (bytes, module_name) = bench_module(args.module.as_deref())?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let concurrency = args.concurrency.unwrap_or(cores).max(1);
 
@@ -91,15 +58,11 @@ async fn sandbox(args: SandboxBench) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let module = sandbox
         .load(&bytes)
-        .with_context(|| format!("loading {}", module_path.display()))?;
+        .with_context(|| format!("loading {module_name}"))?;
     let compile = started.elapsed();
 
     println!("runner bench sandbox");
-    println!(
-        "  module        {} ({})",
-        module_path.display(),
-        module.hash
-    );
+    println!("  module        {} ({})", module_name, module.hash);
     println!("  compile       {:.1} ms", ms(compile));
 
     // Warm up the pools, the caches and the allocator.
@@ -121,8 +84,8 @@ async fn sandbox(args: SandboxBench) -> anyhow::Result<ExitCode> {
     println!(
         "  instantiate+run over {} runs: median {:.1} µs, p99 {:.1} µs, min {:.1} µs (budget: median <= 50 µs)",
         samples.len(),
-        percentile(&samples, 50.0),
-        percentile(&samples, 99.0),
+        us(percentile(&samples, 50.0)),
+        us(percentile(&samples, 99.0)),
         us(samples[0]),
     );
 
@@ -182,20 +145,11 @@ async fn fuel_overhead(args: &SandboxBench) -> anyhow::Result<()> {
             args.cpu_input.clone(),
             path.display().to_string(),
         )),
-        None => {
-            let burner = PathBuf::from(GUEST_DIR).join("fuel_burner.wasm");
-            guests.push((
-                std::fs::read(&burner).with_context(|| format!("reading {}", burner.display()))?,
-                args.cpu_input.clone(),
-                format!("fuel_burner {}", args.cpu_input),
-            ));
-            guests.push((
-                wat::parse_str(XORSHIFT_LOOP)
-                    .context("assembling the built-in CPU-bound component")?,
-                "{}".to_string(),
-                "built-in WAT loop (300M xorshift steps)".to_string(),
-            ));
-        }
+        None => guests.push((
+            wat::parse_str(XORSHIFT_LOOP).context("assembling the built-in CPU-bound component")?,
+            "{}".to_string(),
+            "built-in WAT loop (300M xorshift steps)".to_string(),
+        )),
     }
     for (bytes, input, name) in guests {
         fuel_overhead_of(&bytes, &input, &name, args.cpu_runs).await?;
@@ -254,21 +208,6 @@ fn expect_success(outcome: &Outcome) -> anyhow::Result<()> {
         bail!("a benchmark run did not succeed: {outcome}");
     }
     Ok(())
-}
-
-fn progress_bar(len: u64, label: &'static str) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    if let Ok(style) = ProgressStyle::with_template("{msg:>16} [{bar:40}] {pos}/{len} ({per_sec})")
-    {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_message(label);
-    bar
-}
-
-fn percentile(sorted: &[Duration], pct: f64) -> f64 {
-    let rank = ((pct / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    us(sorted[rank.min(sorted.len() - 1)])
 }
 
 fn us(d: Duration) -> f64 {

@@ -6,6 +6,13 @@ use super::GuestResult;
 use crate::sandbox::bindings::HostError;
 use crate::sandbox::bindings::runner::task::http::{self, Request, Response};
 use crate::sandbox::run::RunState;
+use runner_host_fns::http::HttpConfig;
+
+use super::Service;
+use crate::registry::TaskGrants;
+use runner_host_fns::http::{HttpGrant, HttpRequest, HttpService};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The HTTP client one run talks to, already bound to the task's grant
 /// (allowed hosts); it enforces the SSRF policy on every hop.
@@ -27,4 +34,50 @@ impl http::Host for RunState {
             .run(|client| async move { client.send(request).await })
             .await
     }
+}
+
+/// The process's [`HttpService`] under one task's allow list.
+struct TaskHttp {
+    service: Arc<HttpService>,
+    grant: HttpGrant,
+}
+
+impl HttpClient for TaskHttp {
+    fn send(&self, request: Request) -> BoxFuture<'_, Result<Response, HostError>> {
+        Box::pin(async move {
+            let request = HttpRequest {
+                method: request.method,
+                url: request.url,
+                headers: request.headers,
+                body: request.body,
+                timeout: request
+                    .timeout_ms
+                    .map(|ms| Duration::from_millis(u64::from(ms))),
+            };
+            let response = self.service.send(&self.grant, &request).await?;
+            Ok(Response {
+                status: response.status,
+                headers: response.headers,
+                body: response.body,
+            })
+        })
+    }
+}
+
+/// The process's HTTP client `[host.http]` describes (none without it).
+pub(super) fn service(config: Option<&HttpConfig>) -> Option<Arc<HttpService>> {
+    config.map(|c| Arc::new(HttpService::new(c.clone())))
+}
+
+/// The HTTP client under the task's allow list.
+pub(super) fn grant(
+    service: &Option<Arc<HttpService>>,
+    grants: &TaskGrants,
+) -> Service<dyn HttpClient> {
+    Service::bind(service, grants.http.as_ref(), |service, grant| {
+        Arc::new(TaskHttp {
+            service,
+            grant: grant.clone(),
+        }) as Arc<dyn HttpClient>
+    })
 }

@@ -1,17 +1,13 @@
 //! `runner:task/jobs`: enqueueing child jobs (fan-out).
 //!
-//! [`ChildJobs`] is the implementation the worker gives a run: it enqueues
-//! through the queue's [`Producer`] (same validation, task defaults and rate
-//! limits as the API), records the running job as each child's `parent`,
-//! and remembers the children so that the worker can list them on the
-//! parent's record.
-
-use std::sync::Mutex;
+//! The implementation a worker gives a run is `producer::ChildJobs`: it
+//! enqueues through the producer (same validation, task defaults and rate
+//! limits as the API) and records the running job as each child's
+//! `parent`. This side knows only the [`JobEnqueuer`] trait.
 
 use futures::future::BoxFuture;
 
 use super::GuestResult;
-use crate::queue::{EnqueueError, EnqueueRequest, JobError, JobId, Producer};
 use crate::sandbox::bindings::HostError;
 use crate::sandbox::bindings::runner::task::jobs::{self, EnqueueOptions};
 use crate::sandbox::run::RunState;
@@ -39,78 +35,4 @@ impl jobs::Host for RunState {
             .run(|queue| async move { queue.enqueue(task, input, options).await })
             .await
     }
-}
-
-/// `jobs.enqueue` for the run of job `parent`, on top of a [`Producer`].
-pub struct ChildJobs {
-    producer: Producer,
-    parent: JobId,
-    children: Mutex<Vec<JobId>>,
-}
-
-impl ChildJobs {
-    pub fn new(producer: Producer, parent: JobId) -> Self {
-        Self {
-            producer,
-            parent,
-            children: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// The jobs enqueued so far, in order, each once (an idempotent
-    /// enqueue that returned an earlier job lists it once).
-    pub fn children(&self) -> Vec<JobId> {
-        self.children
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-}
-
-impl JobEnqueuer for ChildJobs {
-    fn enqueue(
-        &self,
-        task: String,
-        input: String,
-        options: EnqueueOptions,
-    ) -> BoxFuture<'_, Result<String, HostError>> {
-        Box::pin(async move {
-            let request = EnqueueRequest {
-                task: Some(task),
-                input,
-                queue: options.queue,
-                countdown_secs: options.countdown_ms.map(|ms| ms as f64 / 1000.0),
-                idempotency_key: options.idempotency_key,
-                parent: Some(self.parent),
-                ..EnqueueRequest::default()
-            };
-            let enqueued = self
-                .producer
-                .enqueue(request)
-                .await
-                .map_err(enqueue_error)?;
-            let id = enqueued.job.id;
-            let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
-            if !children.contains(&id) {
-                children.push(id);
-            }
-            Ok(id.to_string())
-        })
-    }
-}
-
-/// What the task can do about it: fix its call (`invalid`), or try again
-/// later (`transient`).
-fn enqueue_error(e: EnqueueError) -> HostError {
-    match e {
-        EnqueueError::Invalid(e) | EnqueueError::InBatch { source: e, .. } => invalid(e),
-        EnqueueError::UnknownModule(_) => HostError::Invalid(e.to_string()),
-        EnqueueError::Registry(e) => HostError::Transient(format!("registry: {e}")),
-        EnqueueError::Broker(crate::queue::BrokerError::Job(e)) => invalid(e),
-        EnqueueError::Broker(e) => HostError::Transient(format!("broker: {e}")),
-    }
-}
-
-fn invalid(e: JobError) -> HostError {
-    HostError::Invalid(e.to_string())
 }

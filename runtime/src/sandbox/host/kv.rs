@@ -8,6 +8,14 @@ use super::GuestResult;
 use crate::sandbox::bindings::HostError;
 use crate::sandbox::bindings::runner::task::kv;
 use crate::sandbox::run::RunState;
+use anyhow::Context as _;
+use runner_host_fns::kv::RedisKv;
+use serde::Deserialize;
+
+use super::Service;
+use crate::registry::TaskGrants;
+use runner_host_fns::kv::{KvQuota, KvService};
+use std::sync::Arc;
 
 /// The key-value service one run talks to. An implementation is already
 /// scoped to the task's namespace and quota: keys arrive as the guest wrote
@@ -68,4 +76,97 @@ impl kv::Host for RunState {
             .run(|kv| async move { kv.delete(key).await })
             .await
     }
+}
+
+/// A task's kv namespace on the process's [`KvService`], with its quota.
+struct TaskKv {
+    service: Arc<KvService>,
+    task: Arc<str>,
+    quota: KvQuota,
+}
+
+impl KvNamespace for TaskKv {
+    fn set_nx(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'_, Result<bool, HostError>> {
+        Box::pin(async move {
+            Ok(self
+                .service
+                .set_nx(&self.task, &self.quota, &key, &value, ttl.map(millis))
+                .await?)
+        })
+    }
+
+    fn set(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'_, Result<(), HostError>> {
+        Box::pin(async move {
+            Ok(self
+                .service
+                .set(&self.task, &self.quota, &key, &value, ttl.map(millis))
+                .await?)
+        })
+    }
+
+    fn get(&self, key: String) -> BoxFuture<'_, Result<Option<Vec<u8>>, HostError>> {
+        Box::pin(async move { Ok(self.service.get(&self.task, &key).await?) })
+    }
+
+    fn delete(&self, key: String) -> BoxFuture<'_, Result<bool, HostError>> {
+        Box::pin(async move { Ok(self.service.delete(&self.task, &key).await?) })
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `[host.kv]`: in memory (one process) unless `redis_url` is set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvConfig {
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key.
+    pub prefix: Option<String>,
+}
+
+const DEFAULT_KV_PREFIX: &str = "runner:kv";
+
+/// The process's kv store `[host.kv]` describes (none without it).
+pub(super) async fn service(config: Option<&KvConfig>) -> anyhow::Result<Option<Arc<KvService>>> {
+    let Some(config) = config else {
+        return Ok(None);
+    };
+    let service = match &config.redis_url {
+        Some(url) => {
+            let prefix = config.prefix.as_deref().unwrap_or(DEFAULT_KV_PREFIX);
+            let store = RedisKv::connect(url, prefix)
+                .await
+                .with_context(|| format!("[host.kv]: cannot connect to {url}"))?;
+            KvService::new(Arc::new(store))
+        }
+        None => KvService::in_memory(),
+    };
+    Ok(Some(Arc::new(service)))
+}
+
+/// `task`'s namespace of the kv store, under its grant's quota.
+pub(super) fn grant(
+    service: &Option<Arc<KvService>>,
+    task: &str,
+    grants: &TaskGrants,
+) -> Service<dyn KvNamespace> {
+    Service::bind(service, grants.kv.as_ref(), |service, grant| {
+        Arc::new(TaskKv {
+            service,
+            task: Arc::from(task),
+            quota: grant.quota(),
+        }) as Arc<dyn KvNamespace>
+    })
 }

@@ -1,7 +1,7 @@
 //! The host side of the `runner:task` imports: one file per WIT interface.
 //!
 //! Each file is a thin adapter: it checks that the capability is present
-//! and granted for this run ([`Capability`]), then forwards the call to a service
+//! and granted for this run ([`Service`]), then forwards the call to a service
 //! behind a small trait (`KvNamespace`, `MailSender`, ...). The services
 //! themselves (SMTP, HTTP with its SSRF policy, typst, file roots, ...) live
 //! in `runner-host-fns` and in the queue; they are plugged in by whoever
@@ -17,6 +17,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::Instrument as _;
+
+use runner_host_fns as fns;
 
 use super::bindings::HostError;
 use super::bindings::runner::task::types;
@@ -38,11 +40,11 @@ pub use jobs::JobEnqueuer;
 pub use kv::KvNamespace;
 pub use mail::MailSender;
 pub use pdf::PdfRenderer;
-pub use services::{HostServices, TaskGrants};
+pub use services::HostServices;
 
 /// Whether a run may use one capability, and the service that provides it.
 #[derive(Default)]
-pub enum Capability<S: ?Sized> {
+pub enum Service<S: ?Sized> {
     /// This runner has no such service configured: `unavailable`.
     #[default]
     NotConfigured,
@@ -52,37 +54,54 @@ pub enum Capability<S: ?Sized> {
     Granted(Arc<S>),
 }
 
-impl<S: ?Sized> Capability<S> {
+impl<S: ?Sized> Service<S> {
     /// The service for a call to `capability`, or the error the guest gets.
     pub(crate) fn service(&self, capability: &str) -> Result<Arc<S>, HostError> {
         match self {
-            Capability::Granted(service) => Ok(Arc::clone(service)),
-            Capability::NotConfigured => Err(HostError::unavailable(format!(
+            Service::Granted(service) => Ok(Arc::clone(service)),
+            Service::NotConfigured => Err(HostError::unavailable(format!(
                 "{capability} is not configured on this runner"
             ))),
-            Capability::NotGranted => Err(HostError::denied(format!(
+            Service::NotGranted => Err(HostError::denied(format!(
                 "this task is not granted `{capability}`"
             ))),
         }
     }
 }
 
-impl<S: ?Sized> Clone for Capability<S> {
-    fn clone(&self) -> Self {
-        match self {
-            Capability::NotConfigured => Capability::NotConfigured,
-            Capability::NotGranted => Capability::NotGranted,
-            Capability::Granted(service) => Capability::Granted(Arc::clone(service)),
+impl<S: ?Sized> Service<S> {
+    /// What a run may use of a service the process has or not (`service`),
+    /// under the task's grant (`grant`, when it gives the capability):
+    /// `adapt` scopes the service to the grant.
+    pub(crate) fn bind<P, G>(
+        service: &Option<Arc<P>>,
+        grant: Option<&G>,
+        adapt: impl FnOnce(Arc<P>, &G) -> Arc<S>,
+    ) -> Service<S> {
+        match (service, grant) {
+            (None, _) => Service::NotConfigured,
+            (Some(_), None) => Service::NotGranted,
+            (Some(service), Some(grant)) => Service::Granted(adapt(Arc::clone(service), grant)),
         }
     }
 }
 
-impl<S: ?Sized> fmt::Debug for Capability<S> {
+impl<S: ?Sized> Clone for Service<S> {
+    fn clone(&self) -> Self {
+        match self {
+            Service::NotConfigured => Service::NotConfigured,
+            Service::NotGranted => Service::NotGranted,
+            Service::Granted(service) => Service::Granted(Arc::clone(service)),
+        }
+    }
+}
+
+impl<S: ?Sized> fmt::Debug for Service<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Capability::NotConfigured => "NotConfigured",
-            Capability::NotGranted => "NotGranted",
-            Capability::Granted(_) => "Granted",
+            Service::NotConfigured => "NotConfigured",
+            Service::NotGranted => "NotGranted",
+            Service::Granted(_) => "Granted",
         })
     }
 }
@@ -94,12 +113,12 @@ impl<S: ?Sized> fmt::Debug for Capability<S> {
 pub struct HostEnv {
     /// Receives each `context.progress` call as it happens.
     pub progress: Option<ProgressSink>,
-    pub kv: Capability<dyn KvNamespace>,
-    pub mail: Capability<dyn MailSender>,
-    pub http: Capability<dyn HttpClient>,
-    pub pdf: Capability<dyn PdfRenderer>,
-    pub files: Capability<dyn FileStore>,
-    pub jobs: Capability<dyn JobEnqueuer>,
+    pub kv: Service<dyn KvNamespace>,
+    pub mail: Service<dyn MailSender>,
+    pub http: Service<dyn HttpClient>,
+    pub pdf: Service<dyn PdfRenderer>,
+    pub files: Service<dyn FileStore>,
+    pub jobs: Service<dyn JobEnqueuer>,
 }
 
 impl fmt::Debug for HostEnv {
@@ -113,6 +132,18 @@ impl fmt::Debug for HostEnv {
             .field("files", &self.files)
             .field("jobs", &self.jobs)
             .finish()
+    }
+}
+
+impl From<fns::HostError> for HostError {
+    fn from(e: fns::HostError) -> Self {
+        match e {
+            fns::HostError::Denied(m) => HostError::Denied(m),
+            fns::HostError::Invalid(m) => HostError::Invalid(m),
+            fns::HostError::Transient(m) => HostError::Transient(m),
+            fns::HostError::Permanent(m) => HostError::Permanent(m),
+            fns::HostError::Unavailable(m) => HostError::Unavailable(m),
+        }
     }
 }
 
@@ -146,7 +177,7 @@ impl RunState {
         &self,
         capability: &'static str,
         function: &'static str,
-        pick: impl FnOnce(&HostEnv) -> &Capability<S>,
+        pick: impl FnOnce(&HostEnv) -> &Service<S>,
     ) -> HostCall<S> {
         HostCall {
             capability,
@@ -331,7 +362,7 @@ mod tests {
     #[tokio::test]
     async fn an_ungranted_service_is_denied_and_a_granted_one_answers() {
         let denied = HostEnv {
-            kv: Capability::NotGranted,
+            kv: Service::NotGranted,
             ..HostEnv::default()
         };
         let mut state = RunState::for_tests(denied);
@@ -346,7 +377,7 @@ mod tests {
         );
 
         let granted = HostEnv {
-            kv: Capability::Granted(Arc::new(MemoryKv::default())),
+            kv: Service::Granted(Arc::new(MemoryKv::default())),
             ..HostEnv::default()
         };
         let mut state = RunState::for_tests(granted);
@@ -402,7 +433,7 @@ mod tests {
     #[tokio::test]
     async fn a_host_call_still_waiting_at_the_deadline_or_a_revoke_stops_the_run() {
         let silent = || HostEnv {
-            kv: Capability::Granted(Arc::new(SilentKv)),
+            kv: Service::Granted(Arc::new(SilentKv)),
             ..HostEnv::default()
         };
         let mut state = RunState::for_tests(silent());
@@ -426,7 +457,7 @@ mod tests {
 
         // Past the deadline, even an answer at hand does not count.
         let mut state = RunState::for_tests(HostEnv {
-            kv: Capability::Granted(Arc::new(MemoryKv::default())),
+            kv: Service::Granted(Arc::new(MemoryKv::default())),
             ..HostEnv::default()
         });
         state.deadline = Instant::now();

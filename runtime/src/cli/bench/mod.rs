@@ -1,0 +1,223 @@
+//! `runner bench <target>`: commands that measure and print figures. Tests
+//! never assert speed; these are how speed is checked.
+//!
+//! - `sandbox`: instantiate+run latency, runs/s, fuel-metering overhead;
+//! - `queue`: jobs/s, Redis commands per job, round trip, idle worker cost;
+//! - `scheduler`: fire delay, exactly-once across replicas, idle cost.
+//!
+//! Each measures first and prints after, from a figures struct, so that a
+//! figure is computed in one place whatever prints it. The benches that
+//! need Redis start their own ([`RedisChild`]) and count its commands
+//! ([`CommandCount`]).
+
+mod queue;
+mod sandbox;
+mod scheduler;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+pub use queue::QueueBench;
+pub use sandbox::SandboxBench;
+pub use scheduler::SchedulerBench;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub target: BenchTarget,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchTarget {
+    /// Instantiate+run latency, runs per second, fuel-metering overhead.
+    Sandbox(SandboxBench),
+    /// Queue jobs/s, Redis commands per job, round trip, idle worker cost.
+    Queue(QueueBench),
+    /// Scheduler fire delay, exactly-once across replicas, idle Redis cost.
+    Scheduler(SchedulerBench),
+}
+
+pub async fn execute(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    match args.target {
+        BenchTarget::Sandbox(bench) => sandbox::execute(bench).await,
+        BenchTarget::Queue(bench) => queue::execute(bench).await,
+        BenchTarget::Scheduler(bench) => scheduler::execute(bench).await,
+    }
+}
+
+/// The component a bench measures: `--module FILE`, or the built-in
+/// `hello` (embedded in the binary, so that the bench runs wherever the
+/// binary does). Returns its bytes and how to name it.
+fn bench_module(module: Option<&Path>) -> anyhow::Result<(Vec<u8>, String)> {
+    match module {
+        Some(path) => Ok((
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+            path.display().to_string(),
+        )),
+        None => Ok((
+            crate::builtin::module("hello")
+                .context("the built-in hello is missing from this binary")?
+                .to_vec(),
+            "builtin:hello".to_string(),
+        )),
+    }
+}
+
+/// The value at `pct` (0-100) of `sorted`, nearest rank.
+///
+/// # Panics
+///
+/// When `sorted` is empty.
+fn percentile<T: Copy>(sorted: &[T], pct: f64) -> T {
+    let rank = ((pct / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// A progress bar on stderr (hidden when it is not a terminal).
+fn progress_bar(len: u64, label: &'static str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    if let Ok(style) = ProgressStyle::with_template("{msg:>16} [{bar:40}] {pos}/{len} ({per_sec})")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(label);
+    bar
+}
+
+/// Waits `len` with a bar counting the seconds.
+async fn wait_with_bar(len: Duration, label: &'static str) {
+    let bar = progress_bar(len.as_secs(), label);
+    let end = tokio::time::Instant::now() + len;
+    while tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_secs(1).min(end - tokio::time::Instant::now())).await;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+}
+
+/// A `redis-server` of the bench's own on a free loopback port, in a temp
+/// dir, without persistence; killed and removed on drop.
+struct RedisChild {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl RedisChild {
+    fn start(bin: &str) -> anyhow::Result<Self> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let dir =
+            std::env::temp_dir().join(format!("runner-bench-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let child = Command::new(bin)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {bin} (install redis-server, see scripts/setup)"))?;
+        let me = RedisChild { child, port, dir };
+        let client = redis::Client::open(me.url())?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut c) = client.get_connection()
+                && redis::cmd("PING").query::<String>(&mut c).is_ok()
+            {
+                return Ok(me);
+            }
+            if Instant::now() > deadline {
+                bail!("redis-server did not come up on port {port}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for RedisChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Counts the commands a Redis processes between [`CommandCount::reset`]
+/// and [`CommandCount::read`] (commands inside scripts included; the
+/// counting itself excluded), with a breakdown by command.
+struct CommandCount {
+    conn: redis::aio::MultiplexedConnection,
+}
+
+/// Commands counted over one phase of a bench.
+struct Commands {
+    total: u64,
+    /// `name=calls` by most calls first.
+    breakdown: String,
+}
+
+impl CommandCount {
+    async fn connect(url: &str) -> anyhow::Result<Self> {
+        let conn = redis::Client::open(url)?
+            .get_multiplexed_async_connection()
+            .await?;
+        Ok(CommandCount { conn })
+    }
+
+    /// Resets Redis's counters: the next [`CommandCount::read`] counts from here.
+    async fn reset(&mut self) -> anyhow::Result<()> {
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Commands processed since the last reset, not counting the reset.
+    async fn read(&mut self) -> anyhow::Result<Commands> {
+        let info: String = redis::cmd("INFO")
+            .arg("all")
+            .query_async(&mut self.conn)
+            .await?;
+        let total = info
+            .lines()
+            .find_map(|l| l.strip_prefix("total_commands_processed:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .context("no total_commands_processed in INFO")?;
+        let mut stats: Vec<(u64, String)> = info
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("cmdstat_")?;
+                let (name, fields) = rest.split_once(':')?;
+                let calls = fields
+                    .split(',')
+                    .find_map(|f| f.strip_prefix("calls="))?
+                    .parse()
+                    .ok()?;
+                Some((calls, name.to_string()))
+            })
+            .filter(|(_, n)| n != "config|resetstat" && n != "config")
+            .collect();
+        stats.sort_by(|a, b| b.cmp(a));
+        let breakdown = stats
+            .iter()
+            .map(|(c, n)| format!("{n}={c}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        Ok(Commands {
+            total: total.saturating_sub(1),
+            breakdown,
+        })
+    }
+}

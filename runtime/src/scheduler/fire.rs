@@ -1,0 +1,359 @@
+//! The scheduler's loop: sleep until the earliest due time or a change,
+//! fire what is due exactly once across replicas (see the module docs of
+//! [`crate::scheduler`]), and wait out outages.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::store::{FireRecord, StoreError};
+use super::{Beat, MissedPolicy, ON_TIME_GRACE, Schedule, Scheduler, fire_key};
+use crate::producer::{EnqueueError, EnqueueRequest};
+use crate::queue::BrokerError;
+use crate::registry::RegistryError;
+
+/// The longest the loop sleeps without looking at the clock again.
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+impl Scheduler {
+    /// Runs the loop until `shutdown` completes. Store or broker outages are
+    /// waited out (logged once each); this never returns an error.
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut outage = Outage::default();
+        // Subscribe before the first read: a change between the two is then
+        // seen as an event, never lost.
+        let mut changes = loop {
+            match self.inner.store.watch().await {
+                Ok(rx) => break rx,
+                Err(e) => outage.failed("watching beat changes", &e),
+            }
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(outage.backoff()) => {}
+            }
+        };
+        let mut entries: HashMap<String, Entry> = HashMap::new();
+        let mut initial = true;
+        let mut reload_at: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
+        loop {
+            if reload_at.is_some_and(|t| t <= tokio::time::Instant::now()) {
+                match self.load(&mut entries, initial).await {
+                    Ok(()) => {
+                        initial = false;
+                        reload_at = None;
+                        outage.recovered("reading beats");
+                    }
+                    Err(e) => {
+                        outage.failed("reading beats", &e);
+                        reload_at = Some(tokio::time::Instant::now() + outage.backoff());
+                    }
+                }
+            }
+            if !initial {
+                self.fire_due(&mut entries).await;
+            }
+            let now = Utc::now();
+            let mut sleep = entries
+                .values()
+                .filter_map(|e| e.wake_at())
+                .min()
+                .map(|w| (w - now).to_std().unwrap_or(Duration::ZERO))
+                .unwrap_or(MAX_SLEEP)
+                .min(MAX_SLEEP);
+            if let Some(t) = reload_at {
+                sleep = sleep.min(t.saturating_duration_since(tokio::time::Instant::now()));
+            }
+            tokio::select! {
+                _ = &mut shutdown => return,
+                change = changes.recv() => match change {
+                    Some(_) => {
+                        // One reload for a burst of changes.
+                        while changes.try_recv().is_ok() {}
+                        reload_at = Some(tokio::time::Instant::now());
+                    }
+                    None => {
+                        // The store dropped the feed: watch again.
+                        match self.inner.store.watch().await {
+                            Ok(rx) => {
+                                changes = rx;
+                                reload_at = Some(tokio::time::Instant::now());
+                            }
+                            Err(e) => {
+                                outage.failed("watching beat changes", &e);
+                                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                                // A feed that ends at once makes the next
+                                // round try again after the backoff.
+                                let backoff = outage.backoff();
+                                tokio::spawn(async move {
+                                    tokio::time::sleep(backoff).await;
+                                    drop(tx);
+                                });
+                                changes = rx;
+                            }
+                        }
+                    }
+                },
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+
+    /// Reads the beats again and rebuilds the loop's entries. A beat whose
+    /// timing did not change keeps its place in its schedule.
+    async fn load(
+        &self,
+        entries: &mut HashMap<String, Entry>,
+        initial: bool,
+    ) -> Result<(), StoreError> {
+        let beats = self.effective().await?;
+        let fired = if initial {
+            self.inner.store.fires(false).await?
+        } else {
+            HashMap::new()
+        };
+        let now = Utc::now();
+        let grace = chrono::Duration::from_std(ON_TIME_GRACE).unwrap_or_default();
+        let mut next = HashMap::with_capacity(beats.len());
+        for e in beats {
+            if !e.beat.enabled {
+                entries.remove(&e.beat.name);
+                continue;
+            }
+            let schedule = match e.beat.schedule() {
+                Ok(s) => s,
+                Err(err) => {
+                    tracing::warn!(beat = e.beat.name, "not scheduled: {err}");
+                    continue;
+                }
+            };
+            let name = e.beat.name.clone();
+            let entry = match entries.remove(&name) {
+                Some(old) if old.beat.same_timing(&e.beat) => Entry {
+                    beat: e.beat,
+                    schedule,
+                    ..old
+                },
+                _ if initial => {
+                    // Due times after the last recorded fire (or after the
+                    // beat last changed) and before now were missed.
+                    let from = match (fired.get(&name).map(|f| f.due), e.updated_at) {
+                        (Some(a), Some(b)) => a.max(b),
+                        (Some(a), None) | (None, Some(a)) => a,
+                        (None, None) => now,
+                    }
+                    .min(now);
+                    Entry::new(e.beat, schedule, from, now)
+                }
+                _ => {
+                    // New or re-timed while running: its schedule starts at
+                    // the change (another host's clock may differ a little).
+                    let from = e.updated_at.unwrap_or(now).clamp(now - grace, now);
+                    Entry::new(e.beat, schedule, from, from)
+                }
+            };
+            next.insert(name, entry);
+        }
+        *entries = next;
+        Ok(())
+    }
+
+    async fn fire_due(&self, entries: &mut HashMap<String, Entry>) {
+        let now = Utc::now();
+        let work = entries
+            .values_mut()
+            .filter(|e| e.wake_at().is_some_and(|w| w <= now))
+            .map(|e| self.fire_entry(e, now));
+        futures::future::join_all(work).await;
+    }
+
+    async fn fire_entry(&self, e: &mut Entry, now: DateTime<Utc>) {
+        e.retry_at = None;
+        let grace = chrono::Duration::from_std(ON_TIME_GRACE).unwrap_or_default();
+        let on_time_from = e.watch_from.max(now - grace);
+        let Some(first) = e.schedule.next_after(e.cursor) else {
+            return;
+        };
+        if first > now {
+            return;
+        }
+        if first <= on_time_from {
+            if e.beat.missed == MissedPolicy::CatchUpOnce
+                && let Some(latest) = e.schedule.latest_at_or_before(on_time_from)
+                && latest > e.cursor
+            {
+                tracing::info!(
+                    beat = e.beat.name,
+                    "catching up once for the missed period {first} .. {latest}"
+                );
+                if !self.fire_one(e, latest, now).await {
+                    return;
+                }
+            } else {
+                tracing::info!(
+                    beat = e.beat.name,
+                    "skipping due times missed from {first} to {on_time_from}"
+                );
+            }
+            e.cursor = e.cursor.max(on_time_from);
+        }
+        while let Some(due) = e.schedule.next_after(e.cursor)
+            && due <= now
+        {
+            if !self.fire_one(e, due, now).await {
+                return;
+            }
+        }
+    }
+
+    /// Fires one due time. Returns false if the broker could not be reached
+    /// (the entry then waits and tries again).
+    async fn fire_one(&self, e: &mut Entry, due: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        let name = e.beat.name.clone();
+        match self.inner.producer.enqueue(request(&e.beat, due)).await {
+            Ok(enq) => {
+                if enq.created {
+                    let record = FireRecord {
+                        due,
+                        fired_at: enq.job.created_at,
+                        job: enq.job.id,
+                        queue: enq.job.queue.clone(),
+                    };
+                    if let Err(err) = self.inner.store.record_fire(&name, &record, false).await {
+                        tracing::warn!(beat = name, "fire of {due} enqueued, not recorded: {err}");
+                    }
+                    tracing::debug!(beat = name, %due, job = %enq.job.id, "fired");
+                }
+                if e.failing.take().is_some() {
+                    tracing::info!(beat = name, "firing again");
+                }
+                if let Ok(mut errs) = self.inner.errors.lock() {
+                    errs.remove(&name);
+                }
+                e.cursor = due;
+                true
+            }
+            Err(err) if is_transient(&err) => {
+                if e.failing.as_deref() != Some(UNAVAILABLE) {
+                    tracing::warn!(beat = name, "cannot fire {due} now, will retry: {err}");
+                    e.failing = Some(UNAVAILABLE.to_string());
+                }
+                self.note_error(&name, format!("{due}: {err}"));
+                e.retry_at = Some(now + chrono::Duration::seconds(1));
+                false
+            }
+            Err(err) => {
+                // Logged once until the reason changes: a beat firing every
+                // second for an unbound task must not flood the log.
+                let reason = err.to_string();
+                if e.failing.as_deref() != Some(reason.as_str()) {
+                    tracing::warn!(beat = name, "fire of {due} refused: {reason}");
+                    e.failing = Some(reason);
+                }
+                self.note_error(&name, format!("{due}: {err}"));
+                e.cursor = due;
+                true
+            }
+        }
+    }
+
+    fn note_error(&self, name: &str, msg: String) {
+        if let Ok(mut errs) = self.inner.errors.lock() {
+            errs.insert(name.to_string(), msg);
+        }
+    }
+}
+
+/// The job a beat's fire enqueues.
+pub(super) fn request(beat: &Beat, due: DateTime<Utc>) -> EnqueueRequest {
+    EnqueueRequest {
+        task: Some(beat.task.clone()),
+        input: beat.input.to_string(),
+        queue: beat.queue.clone(),
+        retry: beat.retry.clone(),
+        limits: beat.limits.clone(),
+        expires_in_secs: beat.expires_in_secs,
+        idempotency_key: Some(fire_key(&beat.name, due)),
+        schedule: Some(beat.name.clone()),
+        scheduled_for: Some(due),
+        ..Default::default()
+    }
+}
+
+fn is_transient(err: &EnqueueError) -> bool {
+    match err {
+        EnqueueError::Broker(e) => e.is_unavailable() || matches!(e, BrokerError::Protocol(_)),
+        EnqueueError::Registry(RegistryError::Redis(_) | RegistryError::Io(_)) => true,
+        _ => false,
+    }
+}
+
+/// The loop's view of one enabled beat.
+struct Entry {
+    beat: Beat,
+    schedule: Schedule,
+    /// Every due time at or before this was handled (fired, refused or
+    /// skipped).
+    cursor: DateTime<Utc>,
+    /// Due times after this (and within the grace) are on time; earlier
+    /// ones are missed.
+    watch_from: DateTime<Utc>,
+    /// The broker was unreachable: try again then.
+    retry_at: Option<DateTime<Utc>>,
+    /// Why the last fire failed, as logged (logged again only when the
+    /// reason changes).
+    failing: Option<String>,
+}
+
+impl Entry {
+    fn new(
+        beat: Beat,
+        schedule: Schedule,
+        cursor: DateTime<Utc>,
+        watch_from: DateTime<Utc>,
+    ) -> Self {
+        Entry {
+            beat,
+            schedule,
+            cursor,
+            watch_from,
+            retry_at: None,
+            failing: None,
+        }
+    }
+
+    fn wake_at(&self) -> Option<DateTime<Utc>> {
+        self.retry_at
+            .or_else(|| self.schedule.next_after(self.cursor))
+    }
+}
+
+const UNAVAILABLE: &str = "unavailable";
+
+/// Logs an outage once, and its end.
+#[derive(Default)]
+struct Outage {
+    failures: u32,
+}
+
+impl Outage {
+    fn failed(&mut self, what: &str, err: &dyn std::fmt::Display) {
+        if self.failures == 0 {
+            tracing::warn!("scheduler: {what} failed, retrying: {err}");
+        }
+        self.failures += 1;
+    }
+
+    fn recovered(&mut self, what: &str) {
+        if self.failures > 0 {
+            tracing::info!("scheduler: {what} works again");
+        }
+        self.failures = 0;
+    }
+
+    fn backoff(&self) -> Duration {
+        Duration::from_millis(100 * 2u64.pow(self.failures.min(6))).min(Duration::from_secs(5))
+    }
+}

@@ -1,0 +1,518 @@
+//! The dispatcher: one loop owns every conversation with the broker, so
+//! that settlements that finish close together and the next lease go out
+//! as one call. It wakes on a broker signal, its own timer for the earliest
+//! due time, a finished job, or its heartbeat / lease-extension ticks.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::Instrument as _;
+
+use super::run::execute;
+use super::settle::revoked_before_start;
+use super::{RunCtx, WorkerStats, hostname};
+use crate::queue::{
+    BrokerError, Completion, Delivery, JobId, JobState, Lease, SettleRequest, Settlement, Signal,
+    WorkerInfo,
+};
+use crate::sandbox::CancelToken;
+
+struct QueueView {
+    /// The queue may have ready jobs.
+    maybe_work: bool,
+    /// Move due jobs and reclaim lost leases on the next call.
+    due_check: bool,
+    next_due: Option<DateTime<Utc>>,
+    /// When jobs leased by a call whose reply was lost come back: a due
+    /// check then reclaims them (the broker leaves our own leases out of
+    /// `next_due`).
+    orphan_check: Option<DateTime<Utc>>,
+}
+
+struct Held {
+    lease: Lease,
+    cancel: CancelToken,
+    started: bool,
+    /// Revoked before it started: settle as REVOKED instead of running it.
+    revoked: bool,
+}
+
+/// The loop that owns every conversation with the broker.
+pub(super) struct Dispatcher {
+    ctx: Arc<RunCtx>,
+    id: String,
+    started_at: DateTime<Utc>,
+    queues: HashMap<String, QueueView>,
+    order: Vec<String>,
+    held: HashMap<JobId, Held>,
+    buffer: VecDeque<Delivery>,
+    running: JoinSet<(Delivery, Completion)>,
+    pending: HashMap<String, Vec<Completion>>,
+    /// When the oldest unsettled result of each queue came in.
+    pending_since: HashMap<String, Instant>,
+    stats: WorkerStats,
+    /// Since when the broker has been unreachable.
+    outage: Option<Instant>,
+}
+
+impl Dispatcher {
+    pub(super) fn new(ctx: Arc<RunCtx>, id: String) -> Self {
+        Dispatcher {
+            id,
+            started_at: Utc::now(),
+            queues: ctx
+                .cfg
+                .queues
+                .iter()
+                .map(|q| {
+                    (
+                        q.clone(),
+                        QueueView {
+                            maybe_work: true,
+                            due_check: true,
+                            next_due: None,
+                            orphan_check: None,
+                        },
+                    )
+                })
+                .collect(),
+            order: ctx.cfg.queues.clone(),
+            held: HashMap::new(),
+            buffer: VecDeque::new(),
+            running: JoinSet::new(),
+            pending: HashMap::new(),
+            pending_since: HashMap::new(),
+            stats: WorkerStats::default(),
+            outage: None,
+            ctx,
+        }
+    }
+
+    pub(super) async fn run(
+        &mut self,
+        mut signals: mpsc::UnboundedReceiver<Signal>,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> anyhow::Result<WorkerStats> {
+        let cfg = self.ctx.cfg.clone();
+        let mut heartbeat = tokio::time::interval(cfg.heartbeat);
+        let extend_every = (cfg.lease / 3).max(Duration::from_millis(50));
+        let mut extend = tokio::time::interval_at(Instant::now() + extend_every, extend_every);
+        let mut safety =
+            tokio::time::interval_at(Instant::now() + cfg.safety_check, cfg.safety_check);
+        let mut retry_at: Option<Instant> = None;
+        tokio::pin!(shutdown);
+        tracing::info!(worker = %self.id, queues = ?cfg.queues, concurrency = cfg.concurrency, "worker started");
+
+        loop {
+            self.start_buffered();
+            let now = Instant::now();
+            if retry_at.is_none_or(|t| t <= now) {
+                retry_at = None;
+                if let Err(e) = self.talk().await {
+                    retry_at = Some(Instant::now() + self.outage_backoff(&e));
+                }
+            }
+            let sleep_until = self
+                .next_timer()
+                .map(|t| t.min(retry_at.unwrap_or(t)))
+                .or(retry_at);
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                Some(done) = self.running.join_next(), if !self.running.is_empty() => {
+                    if let Ok((d, c)) = done { self.finished(d, c); }
+                    // Take every other job that ended meanwhile: one settle call for all.
+                    while let Some(Ok((d, c))) = self.running.try_join_next() {
+                        self.finished(d, c);
+                    }
+                }
+                s = signals.recv() => match s {
+                    Some(s) => self.on_signal(s),
+                    None => {
+                        signals = self.resubscribe().await?;
+                    }
+                },
+                _ = heartbeat.tick() => self.heartbeat().await,
+                _ = extend.tick(), if !self.held.is_empty() => self.extend().await,
+                _ = safety.tick() => {
+                    for q in self.queues.values_mut() {
+                        q.due_check = true;
+                        q.maybe_work = true;
+                    }
+                }
+                _ = sleep_until_opt(sleep_until) => {
+                    let now = Utc::now();
+                    for q in self.queues.values_mut() {
+                        if q.next_due.is_some_and(|t| t <= now) {
+                            q.next_due = None;
+                            q.due_check = true;
+                        }
+                        if q.orphan_check.is_some_and(|t| t <= now) {
+                            q.orphan_check = None;
+                            q.due_check = true;
+                        }
+                    }
+                }
+            }
+        }
+        self.shut_down(extend_every).await;
+        Ok(self.stats.clone())
+    }
+
+    fn capacity(&self) -> usize {
+        let cfg = &self.ctx.cfg;
+        (cfg.concurrency + cfg.prefetch).saturating_sub(self.held.len())
+    }
+
+    fn start_buffered(&mut self) {
+        while self.running.len() < self.ctx.cfg.concurrency {
+            let Some(d) = self.buffer.pop_front() else {
+                break;
+            };
+            let Some(h) = self.held.get_mut(&d.job.id) else {
+                continue;
+            };
+            if h.revoked {
+                let c = revoked_before_start(&d);
+                self.finished(d, c);
+                continue;
+            }
+            h.started = true;
+            let cancel = h.cancel.clone();
+            let ctx = self.ctx.clone();
+            let span = tracing::info_span!(
+                "job",
+                job = %d.job.id,
+                task = d.job.task.as_deref().unwrap_or(""),
+                queue = %d.lease.queue,
+                attempt = d.job.attempt,
+            );
+            self.running.spawn(
+                async move {
+                    let c = execute(&ctx, &d, cancel).await;
+                    (d, c)
+                }
+                .instrument(span),
+            );
+        }
+    }
+
+    fn finished(&mut self, d: Delivery, c: Completion) {
+        self.held.remove(&d.job.id);
+        match &c.settlement {
+            Settlement::Finish { job, .. } => {
+                self.stats.processed += 1;
+                match job.state {
+                    JobState::Success => self.stats.succeeded += 1,
+                    _ => self.stats.failed += 1,
+                }
+            }
+            Settlement::Retry { .. } => {
+                self.stats.processed += 1;
+                self.stats.retried += 1;
+            }
+            Settlement::Release => self.stats.handed_back += 1,
+        }
+        self.pending_since
+            .entry(d.lease.queue.clone())
+            .or_insert_with(Instant::now);
+        self.pending
+            .entry(d.lease.queue.clone())
+            .or_default()
+            .push(c);
+    }
+
+    /// One settle call per queue that has something to say.
+    async fn talk(&mut self) -> Result<(), BrokerError> {
+        let shutting = self.ctx.shutting_down.load(Ordering::Relaxed);
+        let n = self.order.len();
+        // Rotate so that no queue is always served first.
+        if n > 1 {
+            self.order.rotate_left(1);
+        }
+        for q in self.order.clone() {
+            let completions = self.pending.remove(&q).unwrap_or_default();
+            let view = self.queues.get(&q);
+            let due_check = view.is_some_and(|v| v.due_check) && !shutting;
+            // Fetch only when the jobs at hand no longer fill the slots.
+            let need_jobs = self.buffer.len() < self.ctx.cfg.concurrency;
+            let want =
+                if shutting || !need_jobs || !(view.is_some_and(|v| v.maybe_work) || due_check) {
+                    0
+                } else {
+                    self.capacity()
+                };
+            // Results wait a little for company (one call stores many), but
+            // never when the worker would otherwise sit idle.
+            let batch_target = self.ctx.cfg.concurrency + self.ctx.cfg.prefetch;
+            let flush = !completions.is_empty()
+                && (shutting
+                    || self.running.is_empty()
+                    || want > 0
+                    || completions.len() >= batch_target
+                    || self
+                        .pending_since
+                        .get(&q)
+                        .is_some_and(|t| t.elapsed() >= FLUSH_AFTER));
+            if !flush && want == 0 && !due_check {
+                if !completions.is_empty() {
+                    self.pending.insert(q.clone(), completions);
+                }
+                continue;
+            }
+            self.pending_since.remove(&q);
+            let req = SettleRequest {
+                queue: q.clone(),
+                worker: self.id.clone(),
+                completions: completions.clone(),
+                fetch: want,
+                due_check,
+                holds_leases: self.held.values().any(|h| h.lease.queue == q),
+                lease: self.ctx.cfg.lease,
+            };
+            let reply = match self.ctx.broker.settle(req).await {
+                Ok(r) => r,
+                Err(e) => {
+                    // Keep the results: they are settled when the broker is back.
+                    self.pending
+                        .entry(q.clone())
+                        .or_default()
+                        .extend(completions);
+                    self.pending_since
+                        .entry(q.clone())
+                        .or_insert_with(Instant::now);
+                    // The call may have leased jobs whose reply was lost: they
+                    // are ours, unknown to us, and come back once the lease
+                    // runs out, so look again then.
+                    let at = Utc::now()
+                        + chrono::Duration::milliseconds(
+                            self.ctx.cfg.lease.as_millis() as i64 + 100,
+                        );
+                    if let Some(v) = self.queues.get_mut(&q) {
+                        v.orphan_check = Some(v.orphan_check.map_or(at, |d| d.min(at)));
+                    }
+                    return Err(e);
+                }
+            };
+            self.recovered();
+            for id in &reply.stale {
+                tracing::warn!(job = %id, "lease was lost before the result was stored; another run owns it");
+            }
+            if let Some(v) = self.queues.get_mut(&q) {
+                if due_check {
+                    v.due_check = false;
+                    v.next_due = reply.next_due;
+                }
+                if let Some(t) = reply.deferred_until {
+                    v.next_due = Some(v.next_due.map_or(t, |d| d.min(t)));
+                }
+                // Only a fetch that took fewer entries than asked says the
+                // queue is empty: jobs deferred by a rate limit (or dropped
+                // as expired) were taken too, and more may wait behind them.
+                if want > 0 {
+                    v.maybe_work = reply.popped >= want;
+                }
+            }
+            for d in reply.deliveries {
+                self.held.insert(
+                    d.job.id,
+                    Held {
+                        lease: d.lease.clone(),
+                        cancel: CancelToken::new(),
+                        started: false,
+                        revoked: false,
+                    },
+                );
+                self.buffer.push_back(d);
+            }
+            self.start_buffered();
+        }
+        Ok(())
+    }
+
+    fn outage_backoff(&mut self, e: &BrokerError) -> Duration {
+        let since = *self.outage.get_or_insert_with(|| {
+            tracing::warn!(error = %e, "broker unreachable; keeping results and retrying with backoff");
+            Instant::now()
+        });
+        let secs = since.elapsed().as_secs_f64();
+        Duration::from_millis((100.0 * 2f64.powf(secs.min(6.0))).min(5000.0) as u64)
+    }
+
+    fn recovered(&mut self) {
+        if let Some(since) = self.outage.take() {
+            tracing::info!(after = ?since.elapsed(), "broker reachable again");
+            for v in self.queues.values_mut() {
+                v.due_check = true;
+                v.maybe_work = true;
+            }
+        }
+    }
+
+    fn next_timer(&self) -> Option<Instant> {
+        let flush = self.pending_since.values().min().map(|t| *t + FLUSH_AFTER);
+        let due = self
+            .queues
+            .values()
+            .flat_map(|v| [v.next_due, v.orphan_check])
+            .flatten()
+            .min()
+            .map(|earliest| {
+                let ms = (earliest - Utc::now()).num_milliseconds().max(0) as u64;
+                Instant::now() + Duration::from_millis(ms)
+            });
+        match (flush, due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn on_signal(&mut self, s: Signal) {
+        match s {
+            Signal::Work { queue } => {
+                if let Some(v) = self.queues.get_mut(&queue) {
+                    v.maybe_work = true;
+                }
+            }
+            Signal::WakeAt { queue, at } => {
+                if let Some(v) = self.queues.get_mut(&queue) {
+                    v.next_due = Some(v.next_due.map_or(at, |d| d.min(at)));
+                }
+            }
+            Signal::LeaseUntil { queue, worker, at } => {
+                if worker != self.id
+                    && let Some(v) = self.queues.get_mut(&queue)
+                {
+                    // A little after the deadline, so the lease has surely run out.
+                    let at = at + chrono::Duration::milliseconds(50);
+                    v.next_due = Some(v.next_due.map_or(at, |d| d.min(at)));
+                }
+            }
+            Signal::Revoke { id, terminate } => {
+                if let Some(h) = self.held.get_mut(&id) {
+                    if !h.started {
+                        h.revoked = true;
+                    } else if terminate {
+                        h.cancel.cancel();
+                    }
+                }
+            }
+            Signal::Reconnected => {
+                for v in self.queues.values_mut() {
+                    v.due_check = true;
+                    v.maybe_work = true;
+                }
+            }
+        }
+    }
+
+    async fn resubscribe(&mut self) -> anyhow::Result<mpsc::UnboundedReceiver<Signal>> {
+        loop {
+            match self.ctx.broker.signals(&self.ctx.cfg.queues).await {
+                Ok(s) => return Ok(s),
+                Err(e) if e.is_unavailable() => tokio::time::sleep(Duration::from_secs(1)).await,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn info(&self) -> WorkerInfo {
+        WorkerInfo {
+            id: self.id.clone(),
+            hostname: hostname(),
+            pid: std::process::id(),
+            queues: self.ctx.cfg.queues.clone(),
+            concurrency: self.ctx.cfg.concurrency,
+            started_at: self.started_at,
+            last_seen: Utc::now(),
+            running: self
+                .held
+                .iter()
+                .filter(|(_, h)| h.started)
+                .map(|(id, _)| *id)
+                .collect(),
+            processed: self.stats.processed,
+            failed: self.stats.failed,
+        }
+    }
+
+    async fn heartbeat(&mut self) {
+        let ttl = self.ctx.cfg.heartbeat * 3;
+        if let Err(e) = self.ctx.broker.heartbeat(&self.info(), ttl).await {
+            tracing::debug!(error = %e, "heartbeat not stored");
+        }
+    }
+
+    async fn extend(&mut self) {
+        let leases: Vec<Lease> = self.held.values().map(|h| h.lease.clone()).collect();
+        match self.ctx.broker.extend(&leases, self.ctx.cfg.lease).await {
+            Ok(lost) => {
+                for id in lost {
+                    if let Some(h) = self.held.get(&id) {
+                        tracing::warn!(job = %id, "lease lost (redelivered elsewhere); stopping this run");
+                        h.cancel.cancel();
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "lease extension failed; retrying next tick"),
+        }
+    }
+
+    async fn shut_down(&mut self, extend_every: Duration) {
+        tracing::info!(worker = %self.id, running = self.running.len(), "shutting down: no more fetching");
+        self.ctx.shutting_down.store(true, Ordering::Relaxed);
+        // Leased but never started: hand back at once.
+        while let Some(d) = self.buffer.pop_front() {
+            let c = Completion {
+                lease: d.lease.clone(),
+                settlement: Settlement::Release,
+                had_progress: false,
+            };
+            self.finished(d, c);
+        }
+        let _ = self.talk().await;
+        let deadline = Instant::now() + self.ctx.cfg.grace;
+        let mut extend = tokio::time::interval_at(Instant::now() + extend_every, extend_every);
+        let mut cancelled = false;
+        while !self.running.is_empty() {
+            tokio::select! {
+                Some(done) = self.running.join_next() => {
+                    if let Ok((d, c)) = done { self.finished(d, c); }
+                    let _ = self.talk().await;
+                }
+                _ = extend.tick() => self.extend().await,
+                _ = tokio::time::sleep_until(deadline), if !cancelled => {
+                    tracing::warn!(running = self.running.len(), "grace period over: stopping and handing back the rest");
+                    for h in self.held.values() { h.cancel.cancel(); }
+                    cancelled = true;
+                }
+            }
+        }
+        for _ in 0..50 {
+            if self.pending.values().all(|v| v.is_empty()) {
+                break;
+            }
+            if self.talk().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        let _ = self.ctx.broker.worker_gone(&self.id).await;
+        tracing::info!(worker = %self.id, stats = ?self.stats, "worker stopped");
+    }
+}
+
+/// A result waits at most this long for others to be stored with it.
+const FLUSH_AFTER: Duration = Duration::from_millis(20);
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,254 @@
+//! The worker: leases jobs from a broker, runs each in the sandbox, and
+//! settles the outcome (result, retry with backoff, dead letter).
+//!
+//! One loop owns every conversation with the broker, so that settlements
+//! that finish close together and the next lease go out as one call. It
+//! never polls: it wakes on a broker signal (new work, an earlier delayed
+//! job, another worker's lease that may run out), on its own timer for the
+//! earliest due time it was told about, on a finished job, or on its
+//! heartbeat / lease-extension ticks.
+//!
+//! Each run gets the capabilities its task binding grants
+//! ([`TaskGrants`]), served by the process's [`HostServices`]: the grants of
+//! the binding that bound the job's module (a job keeps the module it was
+//! enqueued with, and so the grants that came with it; see
+//! [`Worker::new`]). `jobs.enqueue` goes through a [`Producer`] and records
+//! the running job as the child's parent and the children on the parent.
+//!
+//! The worker never touches Redis itself (that is the broker). It counts
+//! every job that ends in `runner_jobs_total{queue,task,outcome}` and
+//! `runner_job_seconds{queue,task}` (the `metrics` facade; whoever runs the
+//! process installs a recorder).
+//!
+//! # Layout
+//!
+//! - `dispatch`: the [`Dispatcher`](dispatch::Dispatcher), the loop that
+//!   talks to the broker (leases, settlements, extensions, heartbeats,
+//!   signals) and starts jobs in free slots;
+//! - `run`: running one job: its module and grants, its host environment,
+//!   the sandbox;
+//! - `settle`: how a run's outcome becomes a settlement (final record,
+//!   retry with backoff, dead letter); pure functions;
+//! - `progress`: forwarding a running job's progress to the broker,
+//!   throttled.
+
+mod dispatch;
+mod progress;
+mod run;
+mod settle;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::producer::Producer;
+use crate::queue::Broker;
+use crate::registry::{ModuleHash, Registry, TaskGrants};
+use crate::sandbox::host::HostServices;
+use crate::sandbox::{LoadedModule, RunLimits, Sandbox};
+use dispatch::Dispatcher;
+
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    pub queues: Vec<String>,
+    /// Jobs run at once.
+    pub concurrency: usize,
+    /// Jobs leased ahead of a free slot, so that the next job is at hand
+    /// when one ends (they count as STARTED and their leases are kept).
+    pub prefetch: usize,
+    /// How long a lease lasts without extension; extended every third of it.
+    pub lease: Duration,
+    pub heartbeat: Duration,
+    /// On shutdown, how long running jobs may finish before they are
+    /// stopped and handed back.
+    pub grace: Duration,
+    /// Even without signals, look at every queue this often (a safety net
+    /// for a lost pub/sub message; costs a few commands per period).
+    pub safety_check: Duration,
+    /// A job redelivered more often than this (its workers keep dying) fails.
+    pub max_redeliveries: u32,
+    /// Limits of a job that sets none.
+    pub default_limits: RunLimits,
+    /// Identifies the worker in leases and listings; generated when `None`.
+    pub id: Option<String>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            queues: vec![crate::queue::DEFAULT_QUEUE.to_string()],
+            concurrency: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            prefetch: 0,
+            lease: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(60),
+            grace: Duration::from_secs(30),
+            safety_check: Duration::from_secs(15 * 60),
+            max_redeliveries: 5,
+            default_limits: RunLimits::default(),
+            id: None,
+        }
+    }
+}
+
+/// Counters of one worker's life, returned when it stops.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    pub processed: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub retried: u64,
+    pub handed_back: u64,
+}
+
+pub struct Worker {
+    broker: Arc<dyn Broker>,
+    registry: Arc<dyn Registry>,
+    sandbox: Sandbox,
+    services: HostServices,
+    producer: Producer,
+    cfg: WorkerConfig,
+    id: String,
+}
+
+pub(super) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+impl Worker {
+    /// A worker leasing jobs from `broker` and resolving modules and task
+    /// bindings in `registry`.
+    ///
+    /// `services` are the process's host services (built once from
+    /// `[host]` with [`HostServices::from_config`]; `HostServices::default()`
+    /// for none). Each run reaches them only as far as its grants allow:
+    /// the grants of the binding of the job's task whose module is the
+    /// job's module (the current binding, or the newest earlier one in the
+    /// registry's history; none for a job enqueued by module hash). A
+    /// re-bind to another module applies to the jobs enqueued after it at
+    /// once; new grants for the same module within
+    /// [`GRANTS_CACHE_FOR`].
+    ///
+    /// `jobs.enqueue` enqueues through a [`Producer`] on `broker` and
+    /// `registry`; give [`Worker::with_producer`] one that carries the
+    /// queues' rate limits.
+    pub fn new(
+        broker: Arc<dyn Broker>,
+        registry: Arc<dyn Registry>,
+        sandbox: Sandbox,
+        services: HostServices,
+        cfg: WorkerConfig,
+    ) -> Self {
+        let id = cfg.id.clone().unwrap_or_else(|| {
+            // `|` separates the parts of a lease; keep it out of the id.
+            let host: String = hostname().chars().filter(|c| *c != '|').collect();
+            format!(
+                "{host}-{}-{:04x}",
+                std::process::id(),
+                rand::random::<u16>()
+            )
+        });
+        Worker {
+            producer: Producer::new(broker.clone(), registry.clone()),
+            broker,
+            registry,
+            sandbox,
+            services,
+            cfg,
+            id,
+        }
+    }
+
+    /// Child jobs (`jobs.enqueue`) go through `producer` (e.g. one with the
+    /// configured queue rate limits) instead of a plain one.
+    pub fn with_producer(mut self, producer: Producer) -> Self {
+        self.producer = producer;
+        self
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Runs until `shutdown` resolves, then stops fetching, lets running
+    /// jobs finish within the grace period, hands back the rest and returns.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> anyhow::Result<WorkerStats> {
+        for q in &self.cfg.queues {
+            crate::queue::job::validate_queue_name(q)?;
+        }
+        // Listed (`inspect queues`) even before the first job arrives.
+        for q in &self.cfg.queues {
+            if let Err(e) = self.broker.register_queue(q).await {
+                tracing::warn!(queue = %q, error = %e, "cannot register the queue yet");
+            }
+        }
+        let signals = loop {
+            match self.broker.signals(&self.cfg.queues).await {
+                Ok(s) => break s,
+                Err(e) if e.is_unavailable() => {
+                    tracing::warn!(error = %e, "broker unreachable at start; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let ctx = Arc::new(RunCtx {
+            broker: self.broker.clone(),
+            registry: self.registry.clone(),
+            sandbox: self.sandbox.clone(),
+            services: self.services.clone(),
+            producer: self.producer.clone(),
+            cfg: self.cfg.clone(),
+            modules: Mutex::new(HashMap::new()),
+            grants: std::sync::Mutex::new(HashMap::new()),
+            shutting_down: AtomicBool::new(false),
+        });
+        Dispatcher::new(ctx, self.id.clone())
+            .run(signals, shutdown)
+            .await
+    }
+}
+
+/// What a running job needs, shared by every job of the worker.
+pub(super) struct RunCtx {
+    pub(super) broker: Arc<dyn Broker>,
+    pub(super) registry: Arc<dyn Registry>,
+    pub(super) sandbox: Sandbox,
+    pub(super) services: HostServices,
+    pub(super) producer: Producer,
+    pub(super) cfg: WorkerConfig,
+    pub(super) modules: Mutex<HashMap<ModuleHash, Arc<LoadedModule>>>,
+    /// Grants by (task, module), with when they were read.
+    pub(super) grants: std::sync::Mutex<HashMap<(String, ModuleHash), CachedGrants>>,
+    pub(super) shutting_down: AtomicBool,
+}
+
+/// The grants a (task, module) pair runs with; `None`: no binding of the
+/// task ever bound that module.
+#[derive(Clone)]
+pub(super) struct CachedGrants {
+    pub(super) grants: Option<Arc<TaskGrants>>,
+    pub(super) read_at: Instant,
+}
+
+/// How long the worker trusts the grants it read for a (task, module) pair
+/// before it reads the binding again: the delay until new grants for the
+/// same module reach running jobs. (A job whose module is not cached reads
+/// the binding at once.)
+pub const GRANTS_CACHE_FOR: Duration = Duration::from_secs(5);
+
+/// Bounds the grants cache; past it the cache starts over.
+pub(super) const GRANTS_CACHE_MAX: usize = 4096;

@@ -1,0 +1,309 @@
+//! Running one job: its module (compiled once per worker) and the grants
+//! of the binding that bound it, its host environment (services as far as
+//! the grants allow, child jobs through the producer, progress forwarded),
+//! the sandbox run, and the settlement of its outcome.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::settle::{finish, record_children, record_last_progress, retry_or_fail, settlement_for};
+use super::{CachedGrants, GRANTS_CACHE_FOR, GRANTS_CACHE_MAX, RunCtx, progress};
+use crate::producer::ChildJobs;
+use crate::queue::{Completion, Delivery, Job, JobFailure, JobState, Settlement};
+use crate::registry::{ModuleHash, RegistryError, TaskGrants};
+use crate::sandbox::host::JobEnqueuer;
+use crate::sandbox::{CancelToken, JobInfo, LoadedModule, RunLimits, RunRequest};
+
+/// Runs one delivery to its settlement.
+pub(super) async fn execute(ctx: &RunCtx, d: &Delivery, cancel: CancelToken) -> Completion {
+    let started = Instant::now();
+    let had_progress = Arc::new(AtomicBool::new(false));
+    let settlement = run_job(ctx, d, cancel, had_progress.clone()).await;
+    count_job(d, &settlement, started.elapsed());
+    Completion {
+        lease: d.lease.clone(),
+        settlement,
+        had_progress: had_progress.load(Ordering::Relaxed),
+    }
+}
+
+/// `runner_jobs_total{queue,task,outcome}` and `runner_job_seconds{queue,task}`
+/// for one delivery that ended. `task` is empty for a job enqueued by module
+/// hash; `outcome` is the final state (`success`, `failure`, `revoked`,
+/// `expired`), `retry`, or `released` (handed back on shutdown).
+fn count_job(d: &Delivery, settlement: &Settlement, took: Duration) {
+    let outcome = match settlement {
+        Settlement::Finish { job, .. } => match job.state {
+            JobState::Success => "success",
+            JobState::Failure => "failure",
+            JobState::Revoked => "revoked",
+            JobState::Expired => "expired",
+            // Not a final state; never settled with Finish.
+            _ => "other",
+        },
+        Settlement::Retry { .. } => "retry",
+        Settlement::Release => "released",
+    };
+    let queue = d.lease.queue.clone();
+    let task = d.job.task.clone().unwrap_or_default();
+    metrics::counter!(
+        "runner_jobs_total",
+        "queue" => queue.clone(),
+        "task" => task.clone(),
+        "outcome" => outcome,
+    )
+    .increment(1);
+    metrics::histogram!("runner_job_seconds", "queue" => queue, "task" => task)
+        .record(took.as_secs_f64());
+}
+
+/// The grants a job runs with: those of the binding of its task that bound
+/// its module. `None` when the job has no task, or no binding of the task
+/// ever bound that module.
+async fn grants_for(
+    ctx: &RunCtx,
+    task: Option<&str>,
+    module: &ModuleHash,
+) -> Result<Option<Arc<TaskGrants>>, RegistryError> {
+    let Some(task) = task else {
+        return Ok(None);
+    };
+    let key = (task.to_string(), *module);
+    if let Some(cached) = lock(&ctx.grants).get(&key)
+        && cached.read_at.elapsed() < GRANTS_CACHE_FOR
+    {
+        return Ok(cached.grants.clone());
+    }
+    let current = ctx.registry.task(task).await?;
+    let binding = match current {
+        Some(b) if b.module == *module => Some(b),
+        _ => ctx
+            .registry
+            .history(task)
+            .await?
+            .into_iter()
+            .find(|b| b.module == *module),
+    };
+    let grants = binding.map(|b| Arc::new(b.grants));
+    let mut cache = lock(&ctx.grants);
+    if cache.len() >= GRANTS_CACHE_MAX {
+        cache.clear();
+    }
+    cache.insert(
+        key,
+        CachedGrants {
+            grants: grants.clone(),
+            read_at: Instant::now(),
+        },
+    );
+    Ok(grants)
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn resolve(
+    ctx: &RunCtx,
+    d: &Delivery,
+) -> Result<(ModuleHash, Arc<LoadedModule>), Settlement> {
+    let hash = match d.job.module {
+        Some(h) => h,
+        None => match &d.job.task {
+            Some(t) => match ctx.registry.task(t).await {
+                Ok(Some(b)) => b.module,
+                Ok(None) => {
+                    return Err(finish(
+                        d,
+                        JobState::Failure,
+                        None,
+                        Some(JobFailure {
+                            kind: "unknown_task".into(),
+                            message: format!("task {t:?} is not bound to a module"),
+                        }),
+                        true,
+                    ));
+                }
+                Err(e) => return Err(retry_or_fail(d, "infrastructure", format!("registry: {e}"))),
+            },
+            None => {
+                return Err(finish(
+                    d,
+                    JobState::Failure,
+                    None,
+                    Some(JobFailure {
+                        kind: "invalid".into(),
+                        message: "job has neither task nor module".into(),
+                    }),
+                    true,
+                ));
+            }
+        },
+    };
+    if let Some(m) = ctx.modules.lock().await.get(&hash) {
+        return Ok((hash, m.clone()));
+    }
+    let bytes = match ctx.registry.module(&hash).await {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            return Err(finish(
+                d,
+                JobState::Failure,
+                None,
+                Some(JobFailure {
+                    kind: "unknown_module".into(),
+                    message: format!("module {hash} is not in the registry"),
+                }),
+                true,
+            ));
+        }
+        Err(e) => return Err(retry_or_fail(d, "infrastructure", format!("registry: {e}"))),
+    };
+    let sandbox = ctx.sandbox.clone();
+    // Compiling takes real CPU time: keep it off the executor.
+    let loaded = tokio::task::spawn_blocking(move || sandbox.load(&bytes)).await;
+    match loaded {
+        Ok(Ok(m)) => {
+            ctx.modules.lock().await.insert(hash, m.clone());
+            Ok((hash, m))
+        }
+        Ok(Err(e)) => Err(finish(
+            d,
+            JobState::Failure,
+            None,
+            Some(JobFailure {
+                kind: "invalid_module".into(),
+                message: e.to_string(),
+            }),
+            true,
+        )),
+        Err(e) => Err(retry_or_fail(
+            d,
+            "infrastructure",
+            format!("loading the module: {e}"),
+        )),
+    }
+}
+
+async fn run_job(
+    ctx: &RunCtx,
+    d: &Delivery,
+    cancel: CancelToken,
+    had_progress: Arc<AtomicBool>,
+) -> Settlement {
+    let job = &d.job;
+    if let Some(refused) = refuse_before_run(ctx, d) {
+        return refused;
+    }
+    let (hash, module) = match resolve(ctx, d).await {
+        Ok(m) => m,
+        Err(s) => return s,
+    };
+    let grants = match grants_for(ctx, job.task.as_deref(), &hash).await {
+        Ok(g) => g,
+        Err(e) => return retry_or_fail(d, "infrastructure", format!("registry: {e}")),
+    };
+    let children = Arc::new(ChildJobs::new(ctx.producer.clone(), job.id));
+
+    let (ptx, prx) = mpsc::unbounded_channel::<crate::sandbox::Progress>();
+    let run_over = CancelToken::new();
+    let forward = progress::forward(
+        ctx.broker.clone(),
+        d.lease.clone(),
+        had_progress,
+        run_over.clone(),
+        prx,
+    );
+    let no_grants = TaskGrants::default();
+    let mut host = ctx.services.env_for(
+        job.task.as_deref().unwrap_or(""),
+        grants.as_deref().unwrap_or(&no_grants),
+        Some(children.clone() as Arc<dyn JobEnqueuer>),
+    );
+    host.progress = Some(Arc::new(move |p: &crate::sandbox::Progress| {
+        let _ = ptx.send(p.clone());
+    }));
+    let req = RunRequest {
+        input: job.input.clone(),
+        limits: run_limits(&ctx.cfg.default_limits, job),
+        job: job_info(job),
+        host,
+        cancel,
+    };
+    let report = ctx.sandbox.run(&module, req).await;
+    // The run is over (its sink may outlive it inside the sandbox a little):
+    // the forwarder stops at once; the last report goes into the record.
+    run_over.cancel();
+    let _ = forward.await;
+    let shutting_down = ctx.shutting_down.load(Ordering::Relaxed);
+    let mut settlement = settlement_for(d, report.outcome, shutting_down);
+    record_children(&mut settlement, children.children());
+    record_last_progress(&mut settlement, report.last_progress);
+    settlement
+}
+
+/// The settlement of a delivery that must not run at all: expired, or
+/// redelivered more often than a live worker would need.
+fn refuse_before_run(ctx: &RunCtx, d: &Delivery) -> Option<Settlement> {
+    if d.job.is_expired_at(Utc::now()) {
+        return Some(finish(
+            d,
+            JobState::Expired,
+            None,
+            Some(JobFailure {
+                kind: "expired".into(),
+                message: "the job expired before it could run".into(),
+            }),
+            false,
+        ));
+    }
+    if d.lease.redeliveries > ctx.cfg.max_redeliveries {
+        return Some(finish(
+            d,
+            JobState::Failure,
+            None,
+            Some(JobFailure {
+                kind: "lost_lease".into(),
+                message: format!(
+                    "its worker was lost {} times (more than {} redeliveries)",
+                    d.lease.redeliveries, ctx.cfg.max_redeliveries
+                ),
+            }),
+            true,
+        ));
+    }
+    None
+}
+
+/// The job's limits over the worker's defaults.
+fn run_limits(defaults: &RunLimits, job: &Job) -> RunLimits {
+    let mut limits = defaults.clone();
+    if let Some(ms) = job.limits.time_limit_ms {
+        limits.timeout = Duration::from_millis(ms);
+    }
+    if let Some(f) = job.limits.fuel {
+        limits.fuel = Some(f);
+    }
+    if let Some(m) = job.limits.memory_bytes {
+        limits.memory_bytes = m;
+    }
+    limits
+}
+
+/// What the task sees of its job (`context`).
+fn job_info(job: &Job) -> JobInfo {
+    JobInfo {
+        id: job.id.to_string(),
+        attempt: job.attempt,
+        max_retries: job.retry.max_retries,
+        queue: job.queue.clone(),
+        task: job.task.clone().unwrap_or_default(),
+        schedule: job.schedule.clone(),
+        scheduled_for: job.scheduled_for.map(|t| t.to_rfc3339()),
+    }
+}
