@@ -257,27 +257,19 @@ impl State {
                 defer(reply, slot);
                 continue;
             }
-            let member = LeaseMember {
+            let lease = LeaseMember {
                 id,
                 redeliveries: n,
                 worker: req.worker.clone(),
                 leased_ms: now,
-            }
-            .encode();
+            };
+            let member = lease.encode();
             q.leases.insert(member.clone(), (id, lease_until));
-            job.state = JobState::Started;
-            job.worker = Some(req.worker.clone());
-            job.started_at = Some(ms_to_time(now));
-            job.redeliveries = n;
+            lease.show_started(&mut job);
             events.push((id, JobState::Started));
             reply.deliveries.push(Delivery {
                 job,
-                lease: Lease {
-                    queue: req.queue.clone(),
-                    id,
-                    member,
-                    redeliveries: n,
-                },
+                lease: lease.lease(&req.queue, member),
                 leased_at: ms_to_time(now),
             });
         }
@@ -453,10 +445,7 @@ impl Broker for EmbeddedBroker {
                 .leased(&rec.queue, id)
                 .and_then(|m| LeaseMember::parse(m))
             {
-                job.redeliveries = member.redeliveries;
-                job.worker = Some(member.worker);
-                job.started_at = Some(ms_to_time(member.leased_ms));
-                job.state = JobState::Started;
+                member.show_started(&mut job);
             }
             if let Some(p) = st.progress.get(&id) {
                 job.progress = Some(p.clone());

@@ -69,6 +69,26 @@ impl LeaseMember {
         )
     }
 
+    /// `job` as this lease shows it: STARTED by the lease's worker at the
+    /// lease's time (the one rewrite of a record's state from its lease,
+    /// for a lookup and for a delivery alike).
+    pub fn show_started(&self, job: &mut Job) {
+        job.state = JobState::Started;
+        job.worker = Some(self.worker.clone());
+        job.started_at = Some(ms_to_time(self.leased_ms));
+        job.redeliveries = self.redeliveries;
+    }
+
+    /// The lease of `queue` this member (its text `member`) stands for.
+    pub fn lease(&self, queue: &str, member: String) -> Lease {
+        Lease {
+            queue: queue.to_string(),
+            id: self.id,
+            member,
+            redeliveries: self.redeliveries,
+        }
+    }
+
     pub fn parse(member: &str) -> Option<LeaseMember> {
         let mut parts = member.splitn(4, '|');
         Some(LeaseMember {

@@ -267,21 +267,6 @@ fn protocol(what: &str) -> BrokerError {
     BrokerError::Protocol(what.to_string())
 }
 
-/// Parses a lease member (see [`LeaseMember`]) of `queue`.
-fn parse_member(queue: &str, member: &str) -> Option<(Lease, String, i64)> {
-    let m = LeaseMember::parse(member)?;
-    Some((
-        Lease {
-            queue: queue.to_string(),
-            id: m.id,
-            member: member.to_string(),
-            redeliveries: m.redeliveries,
-        },
-        m.worker,
-        m.leased_ms,
-    ))
-}
-
 fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
@@ -389,11 +374,8 @@ impl Broker for RedisBroker {
                 job = Job::from_json(&rec)?;
             }
             let lease = as_string(&parts[1]).unwrap_or_default();
-            if let Some((l, worker, at)) = parse_member(&queue, &lease) {
-                job.state = JobState::Started;
-                job.worker = Some(worker);
-                job.started_at = Some(ms_to_time(at));
-                job.redeliveries = l.redeliveries;
+            if let Some(member) = LeaseMember::parse(&lease) {
+                member.show_started(&mut job);
             }
             let prog = as_string(&parts[2]).unwrap_or_default();
             if !prog.is_empty() {
@@ -500,18 +482,15 @@ impl Broker for RedisBroker {
             else {
                 continue;
             };
-            let Some((lease, worker, at)) = parse_member(q, &member) else {
+            let Some(parsed) = LeaseMember::parse(&member) else {
                 return Err(protocol("settle: bad lease member"));
             };
             let mut job = Job::from_json(&rec)?;
-            job.state = JobState::Started;
-            job.worker = Some(worker);
-            job.started_at = Some(ms_to_time(at));
-            job.redeliveries = lease.redeliveries;
+            parsed.show_started(&mut job);
             out.deliveries.push(Delivery {
                 job,
-                lease,
-                leased_at: ms_to_time(at),
+                leased_at: ms_to_time(parsed.leased_ms),
+                lease: parsed.lease(q, member),
             });
         }
         out.stale = stale
@@ -539,8 +518,8 @@ impl Broker for RedisBroker {
             let gone: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
             lost.extend(
                 gone.iter()
-                    .filter_map(|m| parse_member(q, m))
-                    .map(|(l, _, _)| l.id),
+                    .filter_map(|m| LeaseMember::parse(m))
+                    .map(|m| m.id),
             );
         }
         Ok(lost)
