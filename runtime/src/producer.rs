@@ -17,8 +17,8 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use crate::queue::job::{
-    DEFAULT_QUEUE, DEFAULT_RESULT_TTL, Job, JobError, JobId, JobLimits, JobState, RateLimit,
-    RetryPolicy, validate_json, validate_queue_name,
+    DEFAULT_QUEUE, DEFAULT_RESULT_TTL, Job, JobError, JobId, JobLimits, RateLimit, RetryPolicy,
+    validate_json, validate_queue_name,
 };
 use crate::queue::{Broker, BrokerError, Enqueued};
 use crate::registry::{ModuleHash, Registry, RegistryError, TaskBinding};
@@ -179,13 +179,8 @@ impl Producer {
             .unwrap_or(DEFAULT_RESULT_TTL.as_millis() as u64)
             .max(1);
         Ok(Job {
-            state: JobState::Pending,
-            id: JobId::new(),
             task: req.task.clone(),
             module,
-            input: req.input,
-            queue,
-            attempt: 1,
             retry: req
                 .retry
                 .or_else(|| binding.as_ref().map(|b| b.retry.clone()))
@@ -196,18 +191,10 @@ impl Producer {
             expires,
             idempotency_key: req.idempotency_key,
             parent: req.parent,
-            children: Vec::new(),
             result_ttl_ms,
-            created_at: now,
-            started_at: None,
-            finished_at: None,
-            worker: None,
-            progress: None,
-            result: None,
-            error: None,
-            redeliveries: 0,
             schedule: req.schedule,
             scheduled_for: req.scheduled_for,
+            ..Job::new(queue, req.input, now)
         })
     }
 

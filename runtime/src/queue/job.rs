@@ -330,6 +330,41 @@ fn is_zero(n: &u32) -> bool {
 }
 
 impl Job {
+    /// A first attempt of a new job on `queue` with `input` (JSON text),
+    /// created `now`: no task or module yet, default retry policy and
+    /// limits, no rate limit, due at once, results kept for
+    /// [`DEFAULT_RESULT_TTL`]. Producers fill in the rest.
+    pub fn new(queue: impl Into<String>, input: impl Into<String>, now: DateTime<Utc>) -> Job {
+        Job {
+            state: JobState::Pending,
+            id: JobId::new(),
+            task: None,
+            module: None,
+            input: input.into(),
+            queue: queue.into(),
+            attempt: 1,
+            retry: RetryPolicy::default(),
+            limits: JobLimits::default(),
+            rate_limits: Vec::new(),
+            eta: None,
+            expires: None,
+            idempotency_key: None,
+            parent: None,
+            children: Vec::new(),
+            schedule: None,
+            scheduled_for: None,
+            result_ttl_ms: DEFAULT_RESULT_TTL.as_millis() as u64,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            worker: None,
+            progress: None,
+            result: None,
+            error: None,
+            redeliveries: 0,
+        }
+    }
+
     pub fn to_json(&self) -> String {
         // Serialising this struct cannot fail: every field is a plain value.
         serde_json::to_string(self).unwrap_or_default()
@@ -508,32 +543,8 @@ mod tests {
     #[test]
     fn state_is_first_field() {
         let j = Job {
-            state: JobState::Pending,
-            id: JobId::new(),
             task: Some("t".into()),
-            module: None,
-            input: "{}".into(),
-            queue: "q".into(),
-            attempt: 1,
-            retry: RetryPolicy::none(),
-            limits: JobLimits::default(),
-            rate_limits: vec![],
-            eta: None,
-            expires: None,
-            idempotency_key: None,
-            parent: None,
-            children: vec![],
-            result_ttl_ms: 1000,
-            created_at: Utc::now(),
-            started_at: None,
-            finished_at: None,
-            worker: None,
-            progress: None,
-            result: None,
-            error: None,
-            redeliveries: 0,
-            schedule: None,
-            scheduled_for: None,
+            ..Job::new("q", "{}", Utc::now())
         };
         assert!(j.to_json().starts_with("{\"state\":\"PENDING\""));
     }

@@ -11,7 +11,9 @@ use chrono::Utc;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::settle::{finish, record_children, record_last_progress, retry_or_fail, settlement_for};
+use super::settle::{
+    dead, finish, record_children, record_last_progress, retry_or_fail, settlement_for,
+};
 use super::{CachedGrants, GRANTS_CACHE_FOR, GRANTS_CACHE_MAX, RunCtx, progress};
 use crate::producer::ChildJobs;
 use crate::queue::{Completion, Delivery, Job, JobFailure, JobState, Settlement};
@@ -118,30 +120,16 @@ async fn resolve(
             Some(t) => match ctx.registry.task(t).await {
                 Ok(Some(b)) => b.module,
                 Ok(None) => {
-                    return Err(finish(
+                    return Err(dead(
                         d,
-                        JobState::Failure,
-                        None,
-                        Some(JobFailure {
-                            kind: "unknown_task".into(),
-                            message: format!("task {t:?} is not bound to a module"),
-                        }),
-                        true,
+                        "unknown_task",
+                        format!("task {t:?} is not bound to a module"),
                     ));
                 }
                 Err(e) => return Err(retry_or_fail(d, "infrastructure", format!("registry: {e}"))),
             },
             None => {
-                return Err(finish(
-                    d,
-                    JobState::Failure,
-                    None,
-                    Some(JobFailure {
-                        kind: "invalid".into(),
-                        message: "job has neither task nor module".into(),
-                    }),
-                    true,
-                ));
+                return Err(dead(d, "invalid", "job has neither task nor module"));
             }
         },
     };
@@ -151,15 +139,10 @@ async fn resolve(
     let bytes = match ctx.registry.module(&hash).await {
         Ok(Some(b)) => b,
         Ok(None) => {
-            return Err(finish(
+            return Err(dead(
                 d,
-                JobState::Failure,
-                None,
-                Some(JobFailure {
-                    kind: "unknown_module".into(),
-                    message: format!("module {hash} is not in the registry"),
-                }),
-                true,
+                "unknown_module",
+                format!("module {hash} is not in the registry"),
             ));
         }
         Err(e) => return Err(retry_or_fail(d, "infrastructure", format!("registry: {e}"))),
@@ -172,16 +155,7 @@ async fn resolve(
             ctx.modules.lock().await.insert(hash, m.clone());
             Ok((hash, m))
         }
-        Ok(Err(e)) => Err(finish(
-            d,
-            JobState::Failure,
-            None,
-            Some(JobFailure {
-                kind: "invalid_module".into(),
-                message: e.to_string(),
-            }),
-            true,
-        )),
+        Ok(Err(e)) => Err(dead(d, "invalid_module", e.to_string())),
         Err(e) => Err(retry_or_fail(
             d,
             "infrastructure",
@@ -263,18 +237,13 @@ fn refuse_before_run(ctx: &RunCtx, d: &Delivery) -> Option<Settlement> {
         ));
     }
     if d.lease.redeliveries > ctx.cfg.max_redeliveries {
-        return Some(finish(
+        return Some(dead(
             d,
-            JobState::Failure,
-            None,
-            Some(JobFailure {
-                kind: "lost_lease".into(),
-                message: format!(
-                    "its worker was lost {} times (more than {} redeliveries)",
-                    d.lease.redeliveries, ctx.cfg.max_redeliveries
-                ),
-            }),
-            true,
+            "lost_lease",
+            format!(
+                "its worker was lost {} times (more than {} redeliveries)",
+                d.lease.redeliveries, ctx.cfg.max_redeliveries
+            ),
         ));
     }
     None

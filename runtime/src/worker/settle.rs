@@ -19,6 +19,20 @@ pub(super) fn revoked_before_start(d: &Delivery) -> Completion {
     }
 }
 
+/// The final FAILURE of `d`, kept as a dead letter.
+pub(super) fn dead(d: &Delivery, kind: &str, message: impl Into<String>) -> Settlement {
+    finish(
+        d,
+        JobState::Failure,
+        None,
+        Some(JobFailure {
+            kind: kind.into(),
+            message: message.into(),
+        }),
+        true,
+    )
+}
+
 pub(super) fn finish(
     d: &Delivery,
     state: JobState,
@@ -73,16 +87,7 @@ pub(super) fn retry_or_fail(d: &Delivery, kind: &str, message: String) -> Settle
         } else {
             message
         };
-        finish(
-            d,
-            JobState::Failure,
-            None,
-            Some(JobFailure {
-                kind: kind.into(),
-                message,
-            }),
-            true,
-        )
+        dead(d, kind, message)
     }
 }
 
@@ -90,16 +95,7 @@ pub(super) fn failure(d: &Delivery, kind: FailureKind, name: &str, message: Stri
     if d.job.retry.retries(kind) {
         retry_or_fail(d, name, message)
     } else {
-        finish(
-            d,
-            JobState::Failure,
-            None,
-            Some(JobFailure {
-                kind: name.into(),
-                message,
-            }),
-            true,
-        )
+        dead(d, name, message)
     }
 }
 
@@ -188,18 +184,11 @@ mod tests {
     use crate::queue::{Job, Lease, RetryPolicy};
 
     fn delivery(attempt: u32, max_retries: u32) -> Delivery {
-        let mut job: Job = serde_json::from_value(serde_json::json!({
-            "state": "PENDING",
-            "id": JobId::new(),
-            "task": "t",
-            "input": "{}",
-            "queue": "q",
-            "attempt": attempt,
-            "retry": RetryPolicy::none(),
-            "result_ttl_ms": 60_000,
-            "created_at": Utc::now(),
-        }))
-        .expect("a minimal job record");
+        let mut job = Job {
+            task: Some("t".into()),
+            attempt,
+            ..Job::new("q", "{}", Utc::now())
+        };
         job.retry = RetryPolicy {
             max_retries,
             ..RetryPolicy::none()
