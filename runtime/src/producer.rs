@@ -17,8 +17,8 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use crate::queue::job::{
-    DEFAULT_QUEUE, DEFAULT_RESULT_TTL, Job, JobError, JobId, JobLimits, RateLimit, RetryPolicy,
-    validate_json, validate_queue_name,
+    DEFAULT_QUEUE, DEFAULT_RESULT_TTL, Job, JobError, JobId, JobLimits, MAX_DELAY, RateLimit,
+    RetryPolicy, validate_json, validate_queue_name,
 };
 use crate::queue::{Broker, BrokerError, Enqueued};
 use crate::registry::{ModuleHash, Registry, RegistryError, TaskBinding};
@@ -37,9 +37,11 @@ pub struct EnqueueRequest {
     /// JSON text.
     pub input: String,
     pub queue: Option<String>,
+    /// Seconds from now; at most [`MAX_DELAY_SECS`].
     pub countdown_secs: Option<f64>,
     pub eta: Option<DateTime<Utc>>,
     pub expires: Option<DateTime<Utc>>,
+    /// Seconds from now; at most [`MAX_DELAY_SECS`].
     pub expires_in_secs: Option<f64>,
     pub retry: Option<RetryPolicy>,
     pub limits: Option<JobLimits>,
@@ -158,9 +160,7 @@ impl Producer {
         let rate_limits = self.rate_limits(&req, binding.as_ref(), module.as_ref(), &queue)?;
         let eta = match (req.eta, req.countdown_secs) {
             (Some(e), _) => Some(e),
-            (None, Some(c)) if c > 0.0 => {
-                Some(now + chrono::Duration::milliseconds((c * 1000.0) as i64))
-            }
+            (None, Some(c)) if c > 0.0 => Some(after_secs(now, c, "countdown")?),
             _ => None,
         };
         let mut limits = binding
@@ -278,12 +278,15 @@ fn check_request(
     {
         return Err(JobError::NegativeCountdown(c).into());
     }
+    if let Some(c) = req.countdown_secs {
+        after_secs(now, c, "countdown")?;
+    }
     let expires = match (req.expires, req.expires_in_secs) {
         (Some(e), _) => Some(e),
-        (None, Some(s)) if s.is_finite() => {
-            Some(now + chrono::Duration::milliseconds((s * 1000.0) as i64))
+        (None, Some(s)) if s.is_finite() && s <= 0.0 => {
+            return Err(JobError::ExpiryInPast(now).into());
         }
-        (None, Some(_)) => return Err(JobError::ExpiryInPast(now).into()),
+        (None, Some(s)) => Some(after_secs(now, s, "expires_in")?),
         (None, None) => None,
     };
     if let Some(e) = expires
@@ -300,6 +303,31 @@ fn check_request(
         return Err(JobError::InvalidIdempotencyKey("must be 1 to 200 bytes".into()).into());
     }
     Ok(expires)
+}
+
+/// The longest delay a request may ask for (a countdown, an expiry), in
+/// seconds: [`MAX_DELAY`].
+pub const MAX_DELAY_SECS: f64 = MAX_DELAY.as_secs() as f64;
+
+/// `now` plus `secs` seconds of a request's `field`, checked: a number that
+/// is not finite, negative or above [`MAX_DELAY_SECS`] is refused (never
+/// an overflow).
+fn after_secs(
+    now: DateTime<Utc>,
+    secs: f64,
+    field: &'static str,
+) -> Result<DateTime<Utc>, JobError> {
+    let too_far = || JobError::OutOfRange {
+        field,
+        value: secs,
+        max: MAX_DELAY_SECS,
+    };
+    if !secs.is_finite() || !(0.0..=MAX_DELAY_SECS).contains(&secs) {
+        return Err(too_far());
+    }
+    chrono::Duration::try_milliseconds((secs * 1000.0) as i64)
+        .and_then(|d| now.checked_add_signed(d))
+        .ok_or_else(too_far)
 }
 
 /// Parses `30s`, `1m`, `1500ms` or a plain number of seconds.

@@ -16,6 +16,11 @@ use uuid::Uuid;
 
 use crate::names::ModuleHash;
 
+/// The longest delay a job's times may have from now (a countdown, an
+/// expiry, a retry's backoff): 100 years. Longer is refused by name, never
+/// left to overflow a timestamp.
+pub const MAX_DELAY: Duration = Duration::from_secs(100 * 36_525 * 864);
+
 /// The queue of a job that names none and whose task binding names none.
 pub const DEFAULT_QUEUE: &str = "default";
 /// Results and errors are kept this long unless the job says otherwise (the
@@ -456,6 +461,12 @@ pub enum JobError {
     },
     #[error("countdown must not be negative (got {0} s)")]
     NegativeCountdown(f64),
+    #[error("{field} must be a number of seconds from 0 to {max} (got {value})")]
+    OutOfRange {
+        field: &'static str,
+        value: f64,
+        max: f64,
+    },
     #[error("expiry {0} is in the past")]
     ExpiryInPast(DateTime<Utc>),
     #[error("invalid queue name {name:?}: {reason}")]

@@ -126,7 +126,12 @@ impl Dispatcher {
                 biased;
                 _ = &mut shutdown => break,
                 Some(done) = self.running.join_next(), if !self.running.is_empty() => {
-                    if let Ok((d, c)) = done { self.finished(d, c); }
+                    match done {
+                        Ok((d, c)) => self.finished(d, c),
+                        // `run::execute` settles panics itself; nothing else
+                        // runs in the task, and nothing aborts it.
+                        Err(e) => tracing::error!(error = %e, "a job's task ended without a completion"),
+                    }
                     // Take every other job that ended meanwhile: one settle call for all.
                     while let Some(Ok((d, c))) = self.running.try_join_next() {
                         self.finished(d, c);
@@ -483,7 +488,10 @@ impl Dispatcher {
         while !self.running.is_empty() {
             tokio::select! {
                 Some(done) = self.running.join_next() => {
-                    if let Ok((d, c)) = done { self.finished(d, c); }
+                    match done {
+                        Ok((d, c)) => self.finished(d, c),
+                        Err(e) => tracing::error!(error = %e, "a job's task ended without a completion"),
+                    }
                     let _ = self.talk().await;
                 }
                 _ = extend.tick() => self.extend().await,

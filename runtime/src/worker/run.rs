@@ -7,7 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+
 use chrono::Utc;
+use futures::FutureExt as _;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -21,8 +25,49 @@ use crate::registry::{ModuleHash, RegistryError, TaskGrants};
 use crate::sandbox::host::JobEnqueuer;
 use crate::sandbox::{CancelToken, JobInfo, LoadedModule, RunLimits, RunRequest};
 
-/// Runs one delivery to its settlement.
+/// Runs one delivery to its settlement; a panic while it runs is settled
+/// too (see [`caught`]).
 pub(super) async fn execute(ctx: &RunCtx, d: &Delivery, cancel: CancelToken) -> Completion {
+    caught(d, run_to_completion(ctx, d, cancel)).await
+}
+
+/// `run`'s completion of `d`, or, when it panics, an infrastructure
+/// failure of `d` (retried under its policy): the job's slot and lease are
+/// settled like any other end, never held by a task that is gone.
+pub(super) async fn caught(d: &Delivery, run: impl Future<Output = Completion>) -> Completion {
+    match AssertUnwindSafe(run).catch_unwind().await {
+        Ok(completion) => completion,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            let what = cap(&what, 1024);
+            tracing::error!(job = %d.job.id, panic = %what, "running a job panicked");
+            Completion {
+                lease: d.lease.clone(),
+                settlement: retry_or_fail(
+                    d,
+                    "infrastructure",
+                    format!("the worker panicked running it: {what}"),
+                ),
+                had_progress: false,
+            }
+        }
+    }
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn cap(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+async fn run_to_completion(ctx: &RunCtx, d: &Delivery, cancel: CancelToken) -> Completion {
     let started = Instant::now();
     let had_progress = Arc::new(AtomicBool::new(false));
     let settlement = run_job(ctx, d, cancel, had_progress.clone()).await;
@@ -274,5 +319,65 @@ fn job_info(job: &Job) -> JobInfo {
         task: job.task.clone().unwrap_or_default(),
         schedule: job.schedule.clone(),
         scheduled_for: job.scheduled_for.map(|t| t.to_rfc3339()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{JobId, Lease, RetryPolicy};
+
+    fn delivery(max_retries: u32) -> Delivery {
+        let mut job = Job::new("q", "{}", Utc::now());
+        job.retry = RetryPolicy {
+            max_retries,
+            ..RetryPolicy::none()
+        };
+        Delivery {
+            lease: Lease {
+                queue: "q".into(),
+                id: job.id,
+                member: format!("{}|0|w|0", job.id),
+                redeliveries: 0,
+            },
+            job,
+            leased_at: Utc::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panic_while_running_is_settled_as_an_infrastructure_failure() {
+        let d = delivery(0);
+        let c = caught(&d, async { panic!("boom at {}", JobId::new()) }).await;
+        assert_eq!(c.lease, d.lease);
+        let Settlement::Finish { job, dead } = c.settlement else {
+            panic!("not final: {:?}", c.settlement);
+        };
+        assert!(dead);
+        assert_eq!(job.state, JobState::Failure);
+        let error = job.error.unwrap();
+        assert_eq!(error.kind, "infrastructure");
+        assert!(
+            error.message.contains("panicked running it: boom at"),
+            "{}",
+            error.message
+        );
+
+        // With retries left it is retried, like any infrastructure failure.
+        let d = delivery(2);
+        let c = caught(&d, async { panic!("again") }).await;
+        assert!(
+            matches!(c.settlement, Settlement::Retry { .. }),
+            "{:?}",
+            c.settlement
+        );
+    }
+
+    #[test]
+    fn a_long_panic_message_is_capped_at_a_char_boundary() {
+        let text = "é".repeat(1000);
+        let capped = cap(&text, 1023);
+        assert_eq!(capped.len(), 1022);
+        assert_eq!(cap("short", 1024), "short");
     }
 }

@@ -4,6 +4,7 @@
 
 use chrono::Utc;
 
+use crate::queue::job::MAX_DELAY;
 use crate::queue::{
     Completion, Delivery, FailureKind, JobFailure, JobId, JobState, Progress, Settlement,
 };
@@ -55,7 +56,24 @@ pub(super) fn retry_or_fail(d: &Delivery, kind: &str, message: String) -> Settle
     let retries_done = job.attempt.saturating_sub(1);
     if retries_done < job.retry.max_retries {
         let delay = job.retry.backoff(job.attempt);
-        let due = Utc::now() + chrono::Duration::milliseconds(delay.as_millis() as i64);
+        // The policy's numbers come from users: a backoff beyond the
+        // longest delay a job may have is a final failure, never a due
+        // time that overflows (or waits for millennia).
+        let Some(due) = (delay <= MAX_DELAY)
+            .then(|| chrono::Duration::from_std(delay).ok())
+            .flatten()
+            .and_then(|delay| Utc::now().checked_add_signed(delay))
+        else {
+            return dead(
+                d,
+                kind,
+                format!(
+                    "{message} (no retry: its backoff of {} s is past any date; at most {} s)",
+                    delay.as_secs(),
+                    MAX_DELAY.as_secs()
+                ),
+            );
+        };
         let error = Some(JobFailure {
             kind: kind.into(),
             message: message.clone(),
@@ -242,6 +260,25 @@ mod tests {
         assert_eq!(job.error.as_ref().unwrap().message, "busy");
         assert_eq!(if_revoked.state, JobState::Revoked);
         assert!(if_revoked.error.unwrap().message.contains("busy"));
+    }
+
+    #[test]
+    fn a_backoff_past_any_date_is_a_final_failure_not_a_panic() {
+        let mut d = delivery(1, 3);
+        d.job.retry.backoff_base_ms = 10_u64.pow(16);
+        d.job.retry.backoff_cap_ms = u64::MAX;
+        let s = settlement_for(&d, Outcome::Retry("busy".into()), false);
+        let (job, dead) = finished(&s);
+        assert_eq!(job.state, JobState::Failure);
+        assert!(dead);
+        assert!(
+            job.error
+                .as_ref()
+                .unwrap()
+                .message
+                .contains("past any date"),
+            "{job:?}"
+        );
     }
 
     #[test]

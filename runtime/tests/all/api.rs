@@ -334,6 +334,30 @@ async fn api_rebind_under_load_keeps_old_jobs_on_the_old_module() {
     api.stop().await;
 }
 
+/// A countdown or an expiry past any date is a 400 naming the field; it
+/// once overflowed the producer's time arithmetic (a panic, a dropped
+/// connection), alone and in a batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_delays_past_any_date_are_refused_by_name() {
+    let api = TestApi::start(None, "1MiB", false).await;
+    for (body, field) in [
+        (json!({ "task": "t", "countdown": 1e300 }), "countdown"),
+        (json!({ "task": "t", "expires_in": 1e300 }), "expires_in"),
+    ] {
+        let (s, v) = api.enqueue(body.clone()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(message(&v).contains(field), "{v}");
+        let (s, v) = api
+            .call(
+                api.req(reqwest::Method::POST, "/v1/jobs/batch", Some(SUBMIT))
+                    .json(&json!({ "jobs": [body] })),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(message(&v).contains(field), "{v}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_bad_input_gets_the_right_status_and_says_what_is_wrong() {
     let api = TestApi::start(None, "1MiB", false).await;

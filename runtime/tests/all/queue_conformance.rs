@@ -613,6 +613,25 @@ async fn bad_input_enqueues_nothing(env: Env) {
     );
     assert!(err.to_string().contains("in the past"));
 
+    // Numbers past any date are refused by name, never an overflow (they
+    // panicked the producer before).
+    for (countdown, expires_in) in [(Some(1e300), None), (Some(4e9), None), (None, Some(1e300))] {
+        let mut r = call("{}");
+        r.countdown_secs = countdown;
+        r.expires_in_secs = expires_in;
+        let err = p.enqueue(r).await.unwrap_err();
+        let field = if countdown.is_some() {
+            "countdown"
+        } else {
+            "expires_in"
+        };
+        assert!(
+            matches!(&err, EnqueueError::Invalid(JobError::OutOfRange { field: f, .. }) if *f == field),
+            "{err}"
+        );
+        assert!(err.to_string().contains(field), "{err}");
+    }
+
     let mut r = call("{}");
     r.queue = Some("my queue".into());
     let err = p.enqueue(r).await.unwrap_err();

@@ -235,6 +235,42 @@ async fn retries_with_backoff_then_success_or_dead_letter(env: Env) {
     w.stop().await;
 }
 
+/// A retry policy whose backoff ends past any date (10^16 ms) once panicked
+/// the job's task: the job stayed STARTED, its lease extended forever. It
+/// ends as a final failure, and the worker goes on with the next job.
+async fn a_backoff_past_any_date_ends_the_job_and_frees_its_slot(env: Env) {
+    env.bind("far", "flaky", "default", |b| {
+        b.retry.max_retries = 3;
+        b.retry.backoff_base_ms = 10_u64.pow(16);
+        b.retry.backoff_cap_ms = u64::MAX;
+    })
+    .await;
+    env.bind("hello", "hello", "default", |_| {}).await;
+    let w = env.worker(cfg(&["default"], 1)).await;
+    let far = env
+        .producer
+        .enqueue(EnqueueRequest::task("far", r#"{"succeed_on_attempt":2}"#))
+        .await
+        .unwrap()
+        .job
+        .id;
+    let j = wait_final(&env.broker, far).await;
+    assert_eq!(j.state, JobState::Failure, "{j:?}");
+    assert!(
+        j.error.as_ref().unwrap().message.contains("past any date"),
+        "{j:?}"
+    );
+    let next = env
+        .producer
+        .enqueue(EnqueueRequest::task("hello", r#"{"name":"next"}"#))
+        .await
+        .unwrap()
+        .job
+        .id;
+    assert_eq!(wait_final(&env.broker, next).await.state, JobState::Success);
+    w.stop().await;
+}
+
 async fn revoke_terminates_a_running_job(env: Env) {
     env.bind("sleeper", "sleeper", "default", |b| {
         b.limits.time_limit_ms = Some(60_000)
@@ -374,6 +410,7 @@ macro_rules! both_brokers {
 both_brokers!(
     hello_runs_to_success,
     retries_with_backoff_then_success_or_dead_letter,
+    a_backoff_past_any_date_ends_the_job_and_frees_its_slot,
     revoke_terminates_a_running_job,
     long_job_outlives_its_lease_and_runs_once,
     graceful_shutdown_finishes_running_jobs,
