@@ -96,6 +96,27 @@ async fn fan_out_children_run_and_succeed(env: Env) {
         e.message.contains("invalid") && e.message.contains("no-such-task"),
         "{e:?}"
     );
+
+    // A countdown past any date is the task's mistake too; it once
+    // overflowed the producer inside the host call and left the parent
+    // STARTED forever.
+    let far = enqueue(
+        &env,
+        "fan-out",
+        &format!(
+            r#"{{"task": "hello", "count": 1, "countdown_ms": {}}}"#,
+            u64::MAX
+        ),
+    )
+    .await;
+    let j = wait_final(&env.broker, far).await;
+    assert_eq!(j.state, JobState::Failure, "{j:?}");
+    let e = j.error.unwrap();
+    assert!(
+        e.message.contains("invalid") && e.message.contains("countdown"),
+        "{e:?}"
+    );
+    assert!(j.children.is_empty());
     w.stop().await;
 }
 

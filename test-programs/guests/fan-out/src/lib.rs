@@ -1,6 +1,6 @@
 //! Enqueues `count` child jobs of task `task` (default `hello`), each with
-//! input `{"name": "child <i>"}`, reporting progress as it goes; returns the
-//! children's ids. Needs the `jobs` grant.
+//! input `{"name": "child <i>"}` (and `countdown_ms` when given), reporting
+//! progress as it goes; returns the children's ids. Needs the `jobs` grant.
 
 use runner_sdk::{Context, TaskError, jobs, task};
 use serde::{Deserialize, Serialize};
@@ -11,6 +11,7 @@ struct Input {
     task: String,
     count: u32,
     queue: Option<String>,
+    countdown_ms: Option<u64>,
 }
 
 impl Default for Input {
@@ -19,6 +20,7 @@ impl Default for Input {
             task: "hello".into(),
             count: 3,
             queue: None,
+            countdown_ms: None,
         }
     }
 }
@@ -38,6 +40,9 @@ fn run(ctx: &Context, input: Option<Input>) -> Result<Output, TaskError> {
         let mut options = jobs::Options::new().idempotency_key(format!("{parent}:{i}"));
         if let Some(queue) = &input.queue {
             options = options.queue(queue.clone());
+        }
+        if let Some(ms) = input.countdown_ms {
+            options = options.countdown(std::time::Duration::from_millis(ms));
         }
         let child = serde_json::json!({ "name": format!("child {i}") });
         let id = jobs::enqueue_with(&input.task, &child, options)?;
