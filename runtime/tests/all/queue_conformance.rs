@@ -235,6 +235,37 @@ async fn expired_lease_is_redelivered_and_late_settlement_is_stale(env: Env) {
     );
 }
 
+/// A worker that holds the earliest lease still learns when another
+/// worker's later lease runs out (so that it reclaims it within one lease
+/// period if that worker died, not at the safety tick). Redis once looked
+/// only at the earliest lease.
+async fn next_due_names_the_earliest_lease_of_another_worker(env: Env) {
+    let b = &env.broker;
+    env.producer.enqueue(call("{}")).await.unwrap();
+    env.producer.enqueue(call("{}")).await.unwrap();
+    let mut mine = settle("work", "alive", vec![], 1);
+    mine.lease = Duration::from_secs(10);
+    assert_eq!(b.settle(mine).await.unwrap().deliveries.len(), 1);
+    let mut theirs = settle("work", "dying", vec![], 1);
+    theirs.lease = Duration::from_secs(20);
+    let before = Utc::now();
+    assert_eq!(b.settle(theirs).await.unwrap().deliveries.len(), 1);
+
+    let mut check = settle("work", "alive", vec![], 0);
+    check.holds_leases = true;
+    let due = b
+        .settle(check)
+        .await
+        .unwrap()
+        .next_due
+        .expect("the other worker's lease is due");
+    let secs = (due - before).num_milliseconds() as f64 / 1000.0;
+    assert!(
+        (18.0..=21.0).contains(&secs),
+        "next due in {secs} s: the other worker's lease (20 s), not ours (10 s)"
+    );
+}
+
 async fn extended_lease_is_not_redelivered(env: Env) {
     let b = &env.broker;
     env.producer.enqueue(call("{}")).await.unwrap();
@@ -739,6 +770,7 @@ conformance!(
     idempotency_key_returns_first_job,
     countdown_waits_in_the_broker,
     expired_lease_is_redelivered_and_late_settlement_is_stale,
+    next_due_names_the_earliest_lease_of_another_worker,
     extended_lease_is_not_redelivered,
     retry_then_dead_letter_then_replay,
     revoke_queued_running_and_final,

@@ -115,11 +115,26 @@ if due_check then
   local d = redis.call('ZRANGE', P .. 'delayed', 0, 0, 'WITHSCORES')
   if d[2] then next_due = tonumber(d[2]) end
   -- Another worker's lease may run out (if it dies): wake then. Our own
-  -- leases we extend ourselves; others learn of them when we take them.
-  local l = redis.call('ZRANGE', P .. 'leases', 0, 0, 'WITHSCORES')
-  if l[2] and not (skip_own and string.find(l[1], '|' .. worker .. '|', 1, true))
-      and (not next_due or tonumber(l[2]) < next_due) then
-    next_due = tonumber(l[2])
+  -- leases we extend ourselves, so the earliest lease that is not ours
+  -- counts, wherever it is in the order (our own are at most as many as
+  -- we hold: read in pages, bounded).
+  local own = '|' .. worker .. '|'
+  -- Pages grow from 8 (usually the first holds one of another worker's).
+  local from, page, first_other = 0, 8, nil
+  while not first_other and from < 8192 do
+    local l = redis.call('ZRANGE', P .. 'leases', from, from + page - 1, 'WITHSCORES')
+    for i = 1, #l, 2 do
+      if not (skip_own and string.find(l[i], own, 1, true)) then
+        first_other = tonumber(l[i + 1])
+        break
+      end
+    end
+    if #l < page * 2 then break end
+    from = from + page
+    page = math.min(page * 2, 1024)
+  end
+  if first_other and (not next_due or first_other < next_due) then
+    next_due = first_other
   end
 end
 
