@@ -53,7 +53,7 @@ pub struct QueueBench {
     /// How long to watch the idle worker.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub idle: Duration,
-    /// The component to run (default: the `hello` example).
+    /// The component to run (default: the built-in `hello`).
     #[arg(long)]
     pub module: Option<PathBuf>,
     #[arg(long, default_value = r#"{"name":"bench"}"#)]
