@@ -47,11 +47,55 @@ struct State {
     idem: HashMap<(String, String), (JobId, i64)>,
     revoked: HashSet<JobId>,
     progress: HashMap<JobId, Progress>,
+    /// When [`State::sweep`] last ran.
+    swept_at: i64,
     workers: HashMap<String, (WorkerInfo, i64)>,
     subscribers: Vec<(Vec<String>, mpsc::UnboundedSender<Signal>)>,
 }
 
+/// How often the state forgets what has expired.
+const SWEEP_EVERY_MS: i64 = 1000;
+
+/// What the embedded broker holds in memory (see [`EmbeddedBroker::held`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    pub records: usize,
+    pub idempotency_keys: usize,
+    pub revoked: usize,
+    pub progress: usize,
+}
+
 impl State {
+    /// Forgets, at most once per [`SWEEP_EVERY_MS`], what Redis would have
+    /// let expire: records past their TTL (and their dead-letter entries),
+    /// idempotency keys past theirs, revoke marks and progress of jobs that
+    /// are final or gone. Memory stays bounded by the TTLs, as in Redis.
+    fn sweep(&mut self, now: i64) {
+        if now - self.swept_at < SWEEP_EVERY_MS {
+            return;
+        }
+        self.swept_at = now;
+        self.records
+            .retain(|_, r| r.expires_at.is_none_or(|e| e > now));
+        self.idem.retain(|_, (_, until)| *until > now);
+        let records = &self.records;
+        let open = |id: &JobId| records.get(id).is_some_and(|r| !r.job.state.is_final());
+        self.revoked.retain(|id| open(id));
+        self.progress.retain(|id, _| open(id));
+        for q in self.queues.values_mut() {
+            q.dead.retain(|(_, id)| records.contains_key(id));
+        }
+    }
+
+    fn held(&self) -> Held {
+        Held {
+            records: self.records.len(),
+            idempotency_keys: self.idem.len(),
+            revoked: self.revoked.len(),
+            progress: self.progress.len(),
+        }
+    }
+
     fn record(&self, id: &JobId, now: i64) -> Option<&Record> {
         self.records
             .get(id)
@@ -348,10 +392,23 @@ impl EmbeddedBroker {
         }
     }
 
+    /// Keeps idempotency keys this long (24 h by default).
+    pub fn with_idempotency_ttl(mut self, ttl: Duration) -> Self {
+        self.idempotency_ttl = ttl;
+        self
+    }
+
+    /// What the broker holds in memory now (after forgetting what expired).
+    pub fn held(&self) -> Held {
+        self.lock().held()
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // The state is only mutated in short sections without awaits; a
         // poisoned lock still holds consistent maps.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.sweep(now_ms());
+        st
     }
 
     fn emit(&self, id: JobId, queue: &str, state: JobState) {
@@ -618,27 +675,34 @@ impl Broker for EmbeddedBroker {
     }
 
     async fn replay(&self, queue: &str, ids: &[JobId]) -> BrokerResult<Vec<JobId>> {
-        let dead = self.dead_letters(queue, usize::MAX).await?;
+        // One lock from reading the dead letters to queueing them: two
+        // replays at once cannot both take the same job.
+        let now = now_ms();
         let mut st = self.lock();
+        let st = &mut *st;
         let mut done = Vec::new();
-        for job in dead
-            .into_iter()
-            .filter(|j| ids.is_empty() || ids.contains(&j.id))
-        {
-            let Some(q) = st.queues.get_mut(queue) else {
-                break;
+        let Some(q) = st.queues.get_mut(queue) else {
+            return Ok(done);
+        };
+        let chosen: Vec<(i64, JobId)> = q
+            .dead
+            .iter()
+            .copied()
+            .filter(|(_, id)| ids.is_empty() || ids.contains(id))
+            .collect();
+        for (t, id) in chosen {
+            q.dead.remove(&(t, id));
+            let Some(rec) = st
+                .records
+                .get_mut(&id)
+                .filter(|r| r.expires_at.is_none_or(|e| e > now))
+            else {
+                continue;
             };
-            q.dead.retain(|(_, id)| *id != job.id);
-            q.ready.push_back((job.id, 0));
-            st.records.insert(
-                job.id,
-                Record {
-                    queue: queue.to_string(),
-                    job: job.fresh_attempt(),
-                    expires_at: None,
-                },
-            );
-            done.push(job.id);
+            rec.job = rec.job.fresh_attempt();
+            rec.expires_at = None;
+            q.ready.push_back((id, 0));
+            done.push(id);
         }
         if !done.is_empty() {
             st.signal(

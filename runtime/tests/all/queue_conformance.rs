@@ -773,6 +773,7 @@ conformance!(
     next_due_names_the_earliest_lease_of_another_worker,
     extended_lease_is_not_redelivered,
     retry_then_dead_letter_then_replay,
+    concurrent_replays_queue_a_dead_letter_once,
     revoke_queued_running_and_final,
     wait_is_woken_by_the_end,
     rate_limit_is_global_and_exact,
@@ -781,3 +782,94 @@ conformance!(
     progress_is_stored_and_published,
     workers_are_listed_by_heartbeat,
 );
+
+/// A final, dead-lettered completion of `d`.
+fn dead_letter(d: &runner::queue::Delivery) -> Completion {
+    let mut job = d.job.clone();
+    job.state = JobState::Failure;
+    job.finished_at = Some(Utc::now());
+    Completion {
+        lease: d.lease.clone(),
+        settlement: Settlement::Finish { job, dead: true },
+        had_progress: false,
+    }
+}
+
+/// Two replays of one dead letter at once queue it once, on both brokers
+/// (the embedded one read the dead letters and queued them under two
+/// locks, so both could take it).
+async fn concurrent_replays_queue_a_dead_letter_once(env: Env) {
+    let b = &env.broker;
+    let e = env.producer.enqueue(call("{}")).await.unwrap();
+    let d = b
+        .settle(settle("work", "w", vec![], 1))
+        .await
+        .unwrap()
+        .deliveries;
+    b.settle(settle("work", "w", vec![dead_letter(&d[0])], 0))
+        .await
+        .unwrap();
+    let replays = (0..8).map(|_| {
+        let b = b.clone();
+        tokio::spawn(async move { b.replay("work", &[e.job.id]).await.unwrap() })
+    });
+    let mut replayed = Vec::new();
+    for r in futures::future::join_all(replays).await {
+        replayed.extend(r.unwrap());
+    }
+    assert_eq!(replayed, vec![e.job.id], "replayed once");
+    let work = b.queues().await.unwrap();
+    let work = work.iter().find(|q| q.name == "work").unwrap();
+    assert_eq!((work.ready, work.dead), (1, 0), "{work:?}");
+}
+
+/// The embedded broker forgets what Redis would let expire: records past
+/// their result TTL, idempotency keys past theirs, revoke marks and
+/// progress of jobs that ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_broker_forgets_what_expired() {
+    let broker = Arc::new(EmbeddedBroker::new().with_idempotency_ttl(Duration::from_millis(500)));
+    let b: Arc<dyn Broker> = broker.clone();
+    let p = Producer::new(b.clone(), registry().await);
+    let mut r = call("{}");
+    r.idempotency_key = Some("once".into());
+    r.result_ttl_secs = Some(1);
+    p.enqueue(r).await.unwrap();
+    let d = b
+        .settle(settle("work", "w", vec![], 1))
+        .await
+        .unwrap()
+        .deliveries;
+    b.progress(
+        &d[0].lease,
+        &runner::queue::Progress {
+            done: 1,
+            total: 2,
+            message: None,
+        },
+    )
+    .await
+    .unwrap();
+    // Revoked while running: marked until it ends.
+    b.revoke(d[0].job.id, false).await.unwrap();
+    let held = broker.held();
+    assert_eq!(
+        (
+            held.records,
+            held.idempotency_keys,
+            held.revoked,
+            held.progress
+        ),
+        (1, 1, 1, 1),
+        "{held:?}"
+    );
+    b.settle(settle("work", "w", vec![success(&d[0], "1")], 0))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(
+        broker.held(),
+        Default::default(),
+        "everything expired is gone"
+    );
+}
