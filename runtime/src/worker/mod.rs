@@ -252,3 +252,32 @@ pub const GRANTS_CACHE_FOR: Duration = Duration::from_secs(5);
 
 /// Bounds the grants cache; past it the cache starts over.
 pub(super) const GRANTS_CACHE_MAX: usize = 4096;
+
+/// A delivery of a fresh job of task `t` on queue `q` at `attempt`, with
+/// `max_retries`, for the unit tests of the settlement rules.
+#[cfg(test)]
+use chrono::Utc;
+
+#[cfg(test)]
+pub(crate) fn test_delivery(attempt: u32, max_retries: u32) -> crate::queue::Delivery {
+    use crate::queue::{Delivery, Job, Lease, RetryPolicy};
+    let mut job = Job {
+        task: Some("t".into()),
+        attempt,
+        ..Job::new("q", "{}", Utc::now())
+    };
+    job.retry = RetryPolicy {
+        max_retries,
+        ..RetryPolicy::none()
+    };
+    Delivery {
+        lease: Lease {
+            queue: "q".into(),
+            id: job.id,
+            member: format!("{}|0|w|0", job.id),
+            redeliveries: 0,
+        },
+        job,
+        leased_at: chrono::DateTime::from_timestamp_millis(0).unwrap_or_default(),
+    }
+}

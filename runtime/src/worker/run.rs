@@ -325,24 +325,10 @@ fn job_info(job: &Job) -> JobInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::{JobId, Lease, RetryPolicy};
+    use crate::queue::JobId;
 
     fn delivery(max_retries: u32) -> Delivery {
-        let mut job = Job::new("q", "{}", Utc::now());
-        job.retry = RetryPolicy {
-            max_retries,
-            ..RetryPolicy::none()
-        };
-        Delivery {
-            lease: Lease {
-                queue: "q".into(),
-                id: job.id,
-                member: format!("{}|0|w|0", job.id),
-                redeliveries: 0,
-            },
-            job,
-            leased_at: Utc::now(),
-        }
+        crate::worker::test_delivery(1, max_retries)
     }
 
     #[tokio::test]

@@ -196,32 +196,9 @@ pub(super) fn record_last_progress(
 
 #[cfg(test)]
 mod tests {
-    use chrono::DateTime;
-
     use super::*;
-    use crate::queue::{Job, Lease, RetryPolicy};
-
-    fn delivery(attempt: u32, max_retries: u32) -> Delivery {
-        let mut job = Job {
-            task: Some("t".into()),
-            attempt,
-            ..Job::new("q", "{}", Utc::now())
-        };
-        job.retry = RetryPolicy {
-            max_retries,
-            ..RetryPolicy::none()
-        };
-        Delivery {
-            lease: Lease {
-                queue: "q".into(),
-                id: job.id,
-                member: format!("{}|0|w|0", job.id),
-                redeliveries: 0,
-            },
-            job,
-            leased_at: DateTime::from_timestamp_millis(0).unwrap(),
-        }
-    }
+    use crate::queue::Job;
+    use crate::worker::test_delivery as delivery;
 
     fn finished(s: &Settlement) -> (&Job, bool) {
         match s {

@@ -71,16 +71,26 @@ fn settle(queue: &str, worker: &str, completions: Vec<Completion>, fetch: usize)
     }
 }
 
-fn success(d: &runner::queue::Delivery, result: &str) -> Completion {
+/// `d` ended in `state` (with `result`), kept as a dead letter when `dead`.
+fn ended(
+    d: &runner::queue::Delivery,
+    state: JobState,
+    result: Option<&str>,
+    dead: bool,
+) -> Completion {
     let mut job = d.job.clone();
-    job.state = JobState::Success;
-    job.result = Some(result.into());
+    job.state = state;
+    job.result = result.map(str::to_string);
     job.finished_at = Some(Utc::now());
     Completion {
         lease: d.lease.clone(),
-        settlement: Settlement::Finish { job, dead: false },
+        settlement: Settlement::Finish { job, dead },
         had_progress: false,
     }
+}
+
+fn success(d: &runner::queue::Delivery, result: &str) -> Completion {
+    ended(d, JobState::Success, Some(result), false)
 }
 
 fn call(input: &str) -> EnqueueRequest {
@@ -785,14 +795,7 @@ conformance!(
 
 /// A final, dead-lettered completion of `d`.
 fn dead_letter(d: &runner::queue::Delivery) -> Completion {
-    let mut job = d.job.clone();
-    job.state = JobState::Failure;
-    job.finished_at = Some(Utc::now());
-    Completion {
-        lease: d.lease.clone(),
-        settlement: Settlement::Finish { job, dead: true },
-        had_progress: false,
-    }
+    ended(d, JobState::Failure, None, true)
 }
 
 /// Two replays of one dead letter at once queue it once, on both brokers
