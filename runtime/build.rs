@@ -1,6 +1,7 @@
 //! Builds the components embedded in the `runner` binary (`builtin:NAME`,
 //! see `src/builtin.rs`): the built-in tasks of `tasks/` and the `hello`
-//! example the README tour calls. They are built from source on every
+//! example the README tour calls; and `my-first-task`, which the tour
+//! uploads from `target/wasm/` (not embedded). They are built from source on every
 //! build (never a committed `.wasm`), for `wasm32-wasip2`, with a nested
 //! cargo (`runner-guest-build`). A component that fails to build fails the
 //! build. The guests the tests run are built by the test-programs crate.
@@ -34,7 +35,7 @@ fn run() -> Result<(), String> {
         .ok_or("runtime/ has no parent directory")?
         .to_path_buf();
     runner_guest_build::build(&root, "tasks", &[])?;
-    let dir = runner_guest_build::build(&root, "examples", &["hello"])?;
+    let dir = runner_guest_build::build(&root, "examples", &["hello", "my-first-task"])?;
     write_builtin_table(&dir)
 }
 
