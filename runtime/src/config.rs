@@ -430,6 +430,11 @@ impl TaskSpec {
         if let Some(t) = &self.result_ttl {
             let d = humantime::parse_duration(t)
                 .with_context(|| format!("result_ttl = {t:?}: expected e.g. \"1h\""))?;
+            anyhow::ensure!(
+                d <= crate::queue::job::MAX_DELAY,
+                "result_ttl = {t:?}: at most {} s (100 years)",
+                crate::queue::job::MAX_DELAY.as_secs()
+            );
             b.result_ttl_ms = Some(d.as_millis() as u64);
         }
         b.grants = self.grants.clone();
@@ -525,6 +530,11 @@ every = "30s"
         );
         let e = Config::from_toml("[tasks.x]\ntime_limit = \"soon\"\n").unwrap_err();
         assert!(format!("{e:#}").contains("time_limit"), "{e:#}");
+        let e = Config::from_toml("[tasks.x]\nresult_ttl = \"1000y\"\n").unwrap_err();
+        assert!(
+            format!("{e:#}").contains("result_ttl = \"1000y\": at most"),
+            "{e:#}"
+        );
         let e = Config::from_toml("[tasks.x]\nmodule = \"builtin:nope\"\n").unwrap_err();
         assert!(
             format!("{e:#}").contains("no built-in task `nope`"),

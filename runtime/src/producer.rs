@@ -49,6 +49,7 @@ pub struct EnqueueRequest {
     pub rate_limit: Option<String>,
     pub idempotency_key: Option<String>,
     pub parent: Option<JobId>,
+    /// How long the result is kept, in seconds; at most [`MAX_DELAY_SECS`].
     pub result_ttl_secs: Option<u64>,
     /// Set by the scheduler: the beat's name and the fire's due time.
     pub schedule: Option<String>,
@@ -172,12 +173,15 @@ impl Producer {
             limits.fuel = l.fuel.or(limits.fuel);
             limits.memory_bytes = l.memory_bytes.or(limits.memory_bytes);
         }
+        // Capped where the job is prepared, so that no script is ever handed
+        // a TTL Redis refuses (after it has written something).
+        let max_ttl_ms = MAX_DELAY.as_millis() as u64;
         let result_ttl_ms = req
             .result_ttl_secs
             .map(|s| s.saturating_mul(1000))
             .or_else(|| binding.as_ref().and_then(|b| b.result_ttl_ms))
             .unwrap_or(DEFAULT_RESULT_TTL.as_millis() as u64)
-            .max(1);
+            .clamp(1, max_ttl_ms);
         Ok(Job {
             task: req.task.clone(),
             module,
@@ -296,6 +300,16 @@ fn check_request(
     }
     if let Some(q) = &req.queue {
         validate_queue_name(q)?;
+    }
+    if let Some(ttl) = req.result_ttl_secs
+        && ttl > MAX_DELAY.as_secs()
+    {
+        return Err(JobError::OutOfRange {
+            field: "result_ttl",
+            value: ttl as f64,
+            max: MAX_DELAY_SECS,
+        }
+        .into());
     }
     if let Some(k) = &req.idempotency_key
         && (k.is_empty() || k.len() > 200)

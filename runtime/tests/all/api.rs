@@ -343,6 +343,12 @@ async fn api_delays_past_any_date_are_refused_by_name() {
     for (body, field) in [
         (json!({ "task": "t", "countdown": 1e300 }), "countdown"),
         (json!({ "task": "t", "expires_in": 1e300 }), "expires_in"),
+        // Once made the store script fail after it had taken the job out
+        // of its queue (the job was then in no list, PENDING forever).
+        (
+            json!({ "task": "t", "result_ttl": 10_u64.pow(16) }),
+            "result_ttl",
+        ),
     ] {
         let (s, v) = api.enqueue(body.clone()).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
