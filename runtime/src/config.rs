@@ -359,7 +359,7 @@ impl Config {
             }
         }
         for (name, task) in &self.tasks {
-            crate::registry::validate_task_name(name).with_context(|| format!("tasks.{name}"))?;
+            crate::names::TaskName::validate(name).with_context(|| format!("tasks.{name}"))?;
             task.defaults(name, &ModuleHash([0; 32]))
                 .with_context(|| format!("tasks.{name}"))?;
             if let Some(m) = &task.module {

@@ -9,9 +9,7 @@
 use std::sync::Arc;
 
 use crate::registry::grants::check_grants;
-use crate::registry::{
-    ModuleHash, ModuleInfo, Registry, RegistryError, TaskBinding, validate_task_name,
-};
+use crate::registry::{ModuleHash, ModuleInfo, Registry, RegistryError, TaskBinding, TaskName};
 use crate::sandbox::{LoadError, Sandbox};
 
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +51,7 @@ pub async fn bind(
     registry: &Arc<dyn Registry>,
     binding: TaskBinding,
 ) -> Result<TaskBinding, DeployError> {
-    validate_task_name(&binding.name).map_err(|e| DeployError::Refused(e.to_string()))?;
+    TaskName::validate(&binding.name).map_err(|e| DeployError::Refused(e.to_string()))?;
     if let Some(http) = &binding.grants.http {
         http.validate()
             .map_err(|e| DeployError::Refused(format!("grants.http: {e}")))?;

@@ -11,7 +11,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::client::{ApiArgs, ApiClient, json_arg, report, text_or_file};
-use crate::registry::module_hash;
+use crate::names::ModuleHash;
 
 /// A binding's defaults and grants, as flags.
 #[derive(Args, Debug, Default)]
@@ -96,7 +96,7 @@ pub async fn execute(args: BindArgs) -> anyhow::Result<ExitCode> {
             module
         } else {
             let bytes = std::fs::read(&module).with_context(|| format!("reading {module}"))?;
-            let hash = module_hash(&bytes);
+            let hash = ModuleHash::of(&bytes);
             let rb = client
                 .request(Method::PUT, &format!("/v1/modules/{hash}"))
                 .header("content-type", "application/wasm")

@@ -11,7 +11,7 @@ use reqwest::Method;
 
 use super::bind::BindOpts;
 use super::client::{ApiArgs, ApiClient, report};
-use crate::registry::module_hash;
+use crate::names::ModuleHash;
 
 #[derive(Args, Debug)]
 pub struct UploadArgs {
@@ -43,7 +43,7 @@ pub async fn execute(args: UploadArgs) -> anyhow::Result<ExitCode> {
     let mut last = None;
     for path in &args.files {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let hash = module_hash(&bytes).to_string();
+        let hash = ModuleHash::of(&bytes).to_string();
         if let Some(bar) = &bar {
             bar.set_message(path.display().to_string());
         }

@@ -77,11 +77,6 @@ pub struct ModuleInfo {
     pub imports: Vec<String>,
 }
 
-/// Checks a task name (see [`TaskName`]).
-pub fn validate_task_name(name: &str) -> Result<(), TaskNameError> {
-    TaskName::validate(name)
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("Redis: {0}")]
@@ -92,11 +87,6 @@ pub enum RegistryError {
     UnknownModule(ModuleHash),
     #[error("corrupt registry entry: {0}")]
     Corrupt(String),
-}
-
-/// The hash of `bytes` (`sha256:<hex>` as text).
-pub fn module_hash(bytes: &[u8]) -> ModuleHash {
-    ModuleHash::of(bytes)
 }
 
 #[async_trait]

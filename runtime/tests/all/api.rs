@@ -815,5 +815,5 @@ async fn api_schedules_are_validated_picked_up_and_fired() {
 
 /// `sha256:<hex>` of `bytes`, as the API shows it.
 fn module_hash(bytes: &[u8]) -> String {
-    runner::registry::module_hash(bytes).to_string()
+    runner::names::ModuleHash::of(bytes).to_string()
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use reqwest::{Method, StatusCode};
-use runner::registry::module_hash;
+use runner::names::ModuleHash;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -228,7 +228,7 @@ async fn dashboard_shows_and_steers_the_system_in_chromium() {
     let (s, v) = api
         .bind(
             "boom",
-            json!({ "module": module_hash(&panicker), "retry": no_retry }),
+            json!({ "module": ModuleHash::of(&panicker), "retry": no_retry }),
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
