@@ -182,7 +182,14 @@ pub fn producer(
     broker: &Arc<dyn Broker>,
     registry: &Arc<dyn Registry>,
 ) -> anyhow::Result<Producer> {
-    let mut producer = Producer::new(broker.clone(), registry.clone());
+    // The queues a submit token may name: every queue the file mentions.
+    let configured = worker_queues(config)
+        .into_iter()
+        .chain(config.queues.keys().cloned())
+        .chain(config.tasks.values().filter_map(|t| t.queue.clone()));
+    let mut producer = Producer::new(broker.clone(), registry.clone())
+        .with_queues(configured)
+        .context("queues")?;
     for (queue, spec) in config.queue_limits() {
         producer = producer
             .with_queue_limit(queue, spec)

@@ -365,10 +365,9 @@ impl Config {
             if let Some(m) = &task.module {
                 parse_module_source(m).with_context(|| format!("tasks.{name}.module"))?;
             }
-            if let Some(http) = &task.grants.http {
-                http.validate()
-                    .map_err(|e| anyhow::anyhow!("tasks.{name}.grants.http: {e}"))?;
-            }
+            task.grants
+                .check()
+                .with_context(|| format!("tasks.{name}"))?;
             for root in task.grants.files.keys() {
                 let configured = self
                     .host
@@ -413,6 +412,7 @@ impl TaskSpec {
             b.rate_limit = Some(r.clone());
         }
         if let Some(r) = &self.retry {
+            r.check()?;
             b.retry = r.clone();
         }
         let mut limits = JobLimits::default();
@@ -426,6 +426,7 @@ impl TaskSpec {
             limits.memory_bytes =
                 Some(parse_size(m).with_context(|| format!("memory = {m:?}"))? as u64);
         }
+        limits.check()?;
         b.limits = limits;
         if let Some(t) = &self.result_ttl {
             let d = humantime::parse_duration(t)
@@ -567,7 +568,7 @@ every = "30s"
             Some(&runner_host_fns::files::Access::ReadWrite)
         );
         assert_eq!(grants.kv.unwrap().quota().max_keys, 5);
-        assert!(grants.pdf && !grants.jobs);
+        assert!(grants.pdf && grants.jobs.is_none());
         assert!(!config.tasks.contains_key("other"));
 
         let typo = Config::from_toml("[tasks.t.grants]\nkvv = {}\n").unwrap_err();

@@ -52,10 +52,10 @@ pub async fn bind(
     binding: TaskBinding,
 ) -> Result<TaskBinding, DeployError> {
     TaskName::validate(&binding.name).map_err(|e| DeployError::Refused(e.to_string()))?;
-    if let Some(http) = &binding.grants.http {
-        http.validate()
-            .map_err(|e| DeployError::Refused(format!("grants.http: {e}")))?;
-    }
+    binding
+        .grants
+        .check()
+        .map_err(|e| DeployError::Refused(e.to_string()))?;
     let info = registry
         .module_info(&binding.module)
         .await?

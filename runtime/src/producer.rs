@@ -8,7 +8,7 @@
 //! and bindings, and this is the one place that joins them. [`ChildJobs`]
 //! gives a run the same path for the jobs it enqueues (`jobs.enqueue`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,8 +21,9 @@ use crate::queue::job::{
     RetryPolicy, validate_json, validate_queue_name,
 };
 use crate::queue::{Broker, BrokerError, Enqueued};
-use crate::registry::{ModuleHash, Registry, RegistryError, TaskBinding};
+use crate::registry::{JobsGrant, ModuleHash, Registry, RegistryError, TaskBinding};
 use crate::sandbox::HostError;
+use crate::sandbox::RunLimits;
 use crate::sandbox::host::JobEnqueuer;
 use crate::sandbox::wit::jobs::EnqueueOptions;
 
@@ -54,7 +55,33 @@ pub struct EnqueueRequest {
     /// Set by the scheduler: the beat's name and the fire's due time.
     pub schedule: Option<String>,
     pub scheduled_for: Option<DateTime<Utc>>,
+    /// Set for a child: its parent's depth plus one.
+    #[serde(skip)]
+    pub depth: u32,
+    /// The job's id, when the runner derives it (a beat's fire has the same
+    /// id on every replica); a new one otherwise. Only [`Caller::Runner`].
+    #[serde(skip)]
+    pub id: Option<JobId>,
 }
+
+/// Who asks, which decides what a request may change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// The runner itself: the scheduler's fires, a task's children once its
+    /// jobs grant is checked, the CLI in-process. Anything up to the
+    /// documented maxima, and the runner's own idempotency keys.
+    Runner,
+    /// An admin token: anything up to the documented maxima.
+    Admin,
+    /// A submit token: may only lower what the task's binding allows (its
+    /// limits or, where the binding sets none, the worker's defaults; its
+    /// retries); may not set a rate limit, pin a module or send to a queue
+    /// that is neither the task's nor configured.
+    Submitter,
+}
+
+/// Idempotency keys the runner derives itself; a caller may not use them.
+const RESERVED_KEY_PREFIXES: [&str; 2] = ["beat:", "child:"];
 
 impl EnqueueRequest {
     pub fn task(name: impl Into<String>, input: impl Into<String>) -> Self {
@@ -86,6 +113,8 @@ pub struct Producer {
     broker: Arc<dyn Broker>,
     registry: Arc<dyn Registry>,
     queue_limits: HashMap<String, RateLimit>,
+    /// Queues a submitter may name besides its task's own and `default`.
+    queues: BTreeSet<String>,
 }
 
 impl Producer {
@@ -94,7 +123,20 @@ impl Producer {
             broker,
             registry,
             queue_limits: HashMap::new(),
+            queues: BTreeSet::new(),
         }
+    }
+
+    /// Queues the operator configured: a submitter may send jobs to them.
+    pub fn with_queues<S: AsRef<str>>(
+        mut self,
+        queues: impl IntoIterator<Item = S>,
+    ) -> Result<Self, JobError> {
+        for q in queues {
+            validate_queue_name(q.as_ref())?;
+            self.queues.insert(q.as_ref().to_string());
+        }
+        Ok(self)
     }
 
     /// A global rate limit for every job of `queue` (`10/m`).
@@ -102,6 +144,7 @@ impl Producer {
         validate_queue_name(queue)?;
         let limit = RateLimit::parse(format!("queue:{queue}"), spec)?;
         self.queue_limits.insert(queue.to_string(), limit);
+        self.queues.insert(queue.to_string());
         Ok(self)
     }
 
@@ -109,8 +152,19 @@ impl Producer {
         &self.broker
     }
 
+    /// Enqueues `req` for the runner itself (see [`Caller`]).
     pub async fn enqueue(&self, req: EnqueueRequest) -> Result<Enqueued, EnqueueError> {
-        let job = self.prepare(req).await?;
+        self.enqueue_as(Caller::Runner, req).await
+    }
+
+    pub async fn enqueue_as(
+        &self,
+        caller: Caller,
+        req: EnqueueRequest,
+    ) -> Result<Enqueued, EnqueueError> {
+        let job = self
+            .prepare_cached(caller, req, &mut HashMap::new())
+            .await?;
         let mut out = self.broker.enqueue(vec![job]).await?;
         out.pop()
             .ok_or_else(|| BrokerError::Protocol("enqueue returned nothing".into()).into())
@@ -121,10 +175,18 @@ impl Producer {
         &self,
         reqs: Vec<EnqueueRequest>,
     ) -> Result<Vec<Enqueued>, EnqueueError> {
+        self.enqueue_batch_as(Caller::Runner, reqs).await
+    }
+
+    pub async fn enqueue_batch_as(
+        &self,
+        caller: Caller,
+        reqs: Vec<EnqueueRequest>,
+    ) -> Result<Vec<Enqueued>, EnqueueError> {
         let mut jobs = Vec::with_capacity(reqs.len());
         let mut bindings: HashMap<String, TaskBinding> = HashMap::new();
         for (index, req) in reqs.into_iter().enumerate() {
-            match self.prepare_cached(req, &mut bindings).await {
+            match self.prepare_cached(caller, req, &mut bindings).await {
                 Ok(j) => jobs.push(j),
                 Err(EnqueueError::Invalid(source)) => {
                     return Err(EnqueueError::InBatch { index, source });
@@ -137,11 +199,13 @@ impl Producer {
 
     /// Builds the job a request describes, without storing it.
     pub async fn prepare(&self, req: EnqueueRequest) -> Result<Job, EnqueueError> {
-        self.prepare_cached(req, &mut HashMap::new()).await
+        self.prepare_cached(Caller::Runner, req, &mut HashMap::new())
+            .await
     }
 
     async fn prepare_cached(
         &self,
+        caller: Caller,
         req: EnqueueRequest,
         bindings: &mut HashMap<String, TaskBinding>,
     ) -> Result<Job, EnqueueError> {
@@ -158,6 +222,14 @@ impl Producer {
             .or_else(|| binding.as_ref().map(|b| b.queue.clone()))
             .unwrap_or_else(|| DEFAULT_QUEUE.to_string());
         validate_queue_name(&queue)?;
+        if caller != Caller::Runner
+            && let Some(k) = &req.idempotency_key
+        {
+            check_caller_key(k)?;
+        }
+        if caller == Caller::Submitter {
+            self.check_submitter(&req, binding.as_ref())?;
+        }
         let rate_limits = self.rate_limits(&req, binding.as_ref(), module.as_ref(), &queue)?;
         let eta = match (req.eta, req.countdown_secs) {
             (Some(e), _) => Some(e),
@@ -182,6 +254,12 @@ impl Producer {
             .or_else(|| binding.as_ref().and_then(|b| b.result_ttl_ms))
             .unwrap_or(DEFAULT_RESULT_TTL.as_millis() as u64)
             .clamp(1, max_ttl_ms);
+        let mut job = Job::new(queue, req.input, now);
+        if caller == Caller::Runner
+            && let Some(id) = req.id
+        {
+            job.id = id;
+        }
         Ok(Job {
             task: req.task.clone(),
             module,
@@ -195,11 +273,112 @@ impl Producer {
             expires,
             idempotency_key: req.idempotency_key,
             parent: req.parent,
+            depth: req.depth,
             result_ttl_ms,
             schedule: req.schedule,
             scheduled_for: req.scheduled_for,
-            ..Job::new(queue, req.input, now)
+            ..job
         })
+    }
+
+    /// What a submitter may not do (see [`Caller`]): everything here is
+    /// the operator's to decide.
+    fn check_submitter(
+        &self,
+        req: &EnqueueRequest,
+        binding: Option<&TaskBinding>,
+    ) -> Result<(), JobError> {
+        let forbidden = |field, reason: String| JobError::Forbidden { field, reason };
+        if req.module.is_some() {
+            return Err(forbidden(
+                "module",
+                "running a module by hash is for admin tokens; send the task's name".into(),
+            ));
+        }
+        if req.rate_limit.is_some() {
+            return Err(forbidden(
+                "rate_limit",
+                "only an admin may set a rate limit; the task's binding sets it".into(),
+            ));
+        }
+        // A submitter's request names a task (module-only requests were
+        // refused above), so it has a binding.
+        let Some(b) = binding else {
+            return Err(JobError::NoTask);
+        };
+        if let Some(q) = &req.queue
+            && q != &b.queue
+            && q != DEFAULT_QUEUE
+            && !self.queues.contains(q)
+        {
+            return Err(forbidden(
+                "queue",
+                format!(
+                    "queue {q:?} is not configured (the task's is {:?}); only an admin may send to it",
+                    b.queue
+                ),
+            ));
+        }
+        if let Some(l) = &req.limits {
+            let defaults = RunLimits::default();
+            let ceilings = [
+                (
+                    "limits.time_limit_ms",
+                    l.time_limit_ms,
+                    b.limits
+                        .time_limit_ms
+                        .or(Some(defaults.timeout.as_millis() as u64)),
+                ),
+                ("limits.fuel", l.fuel, b.limits.fuel.or(defaults.fuel)),
+                (
+                    "limits.memory_bytes",
+                    l.memory_bytes,
+                    b.limits.memory_bytes.or(Some(defaults.memory_bytes)),
+                ),
+            ];
+            for (field, asked, ceiling) in ceilings {
+                if let (Some(asked), Some(ceiling)) = (asked, ceiling)
+                    && asked > ceiling
+                {
+                    return Err(forbidden(
+                        field,
+                        format!(
+                            "{asked} is above the task's {ceiling}; a submit token may only lower it"
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(r) = &req.retry {
+            let allowed = &b.retry;
+            if r.max_retries > allowed.max_retries {
+                return Err(forbidden(
+                    "retry.max_retries",
+                    format!(
+                        "{} is above the task's {}; a submit token may only lower it",
+                        r.max_retries, allowed.max_retries
+                    ),
+                ));
+            }
+            if r.max_retries > 0 && r.backoff_base_ms < allowed.backoff_base_ms {
+                return Err(forbidden(
+                    "retry.backoff_base_ms",
+                    format!(
+                        "{} is below the task's {}; a submit token may only retry more slowly",
+                        r.backoff_base_ms, allowed.backoff_base_ms
+                    ),
+                ));
+            }
+            if let Some(kind) = r.retry_on.iter().find(|k| !allowed.retry_on.contains(k)) {
+                return Err(forbidden(
+                    "retry.retry_on",
+                    format!(
+                        "the task does not retry {kind:?} failures; only an admin may add them"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The binding of task `name`, read once per batch.
@@ -298,6 +477,15 @@ fn check_request(
     {
         return Err(JobError::ExpiryInPast(e).into());
     }
+    // Dates are checked like delays: no time further than MAX_DELAY.
+    let latest = now.checked_add_signed(chrono::Duration::from_std(MAX_DELAY).unwrap_or_default());
+    for (field, at) in [("eta", req.eta), ("expires", expires)] {
+        if let (Some(at), Some(latest)) = (at, latest)
+            && at > latest
+        {
+            return Err(JobError::TooFar { field, at }.into());
+        }
+    }
     if let Some(q) = &req.queue {
         validate_queue_name(q)?;
     }
@@ -316,7 +504,24 @@ fn check_request(
     {
         return Err(JobError::InvalidIdempotencyKey("must be 1 to 200 bytes".into()).into());
     }
+    if let Some(r) = &req.retry {
+        r.check()?;
+    }
+    if let Some(l) = &req.limits {
+        l.check()?;
+    }
     Ok(expires)
+}
+
+/// Refuses an idempotency key a caller may not choose: the runner's own
+/// (`beat:`, `child:`), which would suppress a beat's fire or a task's child.
+pub fn check_caller_key(key: &str) -> Result<(), JobError> {
+    match RESERVED_KEY_PREFIXES.iter().find(|p| key.starts_with(*p)) {
+        Some(p) => Err(JobError::InvalidIdempotencyKey(format!(
+            "keys starting with {p:?} are the runner's own"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The longest delay a request may ask for (a countdown, an expiry), in
@@ -353,29 +558,94 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     humantime::parse_duration(s).ok()
 }
 
-/// `jobs.enqueue` for the run of job `parent`, on top of a [`Producer`].
+/// The largest input a task may give a child job: 1 MiB.
+pub const MAX_CHILD_INPUT_BYTES: usize = 1 << 20;
+
+/// `jobs.enqueue` for the run of job `parent`, on top of a [`Producer`],
+/// within the run's jobs grant: only the tasks and queues it names, at most
+/// `max_children` calls per run, no deeper than `max_depth`. A child that
+/// names no idempotency key gets one derived from the parent, its attempt
+/// and the call's sequence number, so a run that is repeated after its
+/// worker was lost enqueues the same children, not new ones.
 pub struct ChildJobs {
     producer: Producer,
     parent: JobId,
-    children: Mutex<Vec<JobId>>,
+    attempt: u32,
+    depth: u32,
+    grant: Option<JobsGrant>,
+    state: Mutex<ChildState>,
+}
+
+#[derive(Default)]
+struct ChildState {
+    calls: u32,
+    children: Vec<JobId>,
 }
 
 impl ChildJobs {
-    pub fn new(producer: Producer, parent: JobId) -> Self {
+    /// The children of the run of `parent` (its current attempt), under
+    /// `grant` (none: every call is denied).
+    pub fn new(producer: Producer, parent: &Job, grant: Option<JobsGrant>) -> Self {
         Self {
             producer,
-            parent,
-            children: Mutex::new(Vec::new()),
+            parent: parent.id,
+            attempt: parent.attempt,
+            depth: parent.depth,
+            grant,
+            state: Mutex::new(ChildState::default()),
         }
     }
 
     /// The jobs enqueued so far, in order, each once (an idempotent
     /// enqueue that returned an earlier job lists it once).
     pub fn children(&self) -> Vec<JobId> {
-        self.children
+        self.state
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .children
             .clone()
+    }
+
+    /// The grant's word on one call; its sequence number (1-based) if
+    /// allowed.
+    fn admit(&self, task: &str, options: &EnqueueOptions) -> Result<u32, HostError> {
+        let denied = |m: String| HostError::Denied(m);
+        let Some(grant) = &self.grant else {
+            return Err(denied("the task has no jobs grant".into()));
+        };
+        if !grant.allows_task(task) {
+            return Err(denied(format!(
+                "task {task:?} is not in grants.jobs.tasks {:?}",
+                grant.tasks
+            )));
+        }
+        if let Some(q) = &options.queue
+            && !grant.allows_queue(q)
+        {
+            return Err(denied(format!(
+                "queue {q:?} is not in grants.jobs.queues {:?} (leave `queue` unset for the task's own)",
+                grant.queues
+            )));
+        }
+        if self.depth >= grant.max_depth() {
+            return Err(denied(format!(
+                "this job is at depth {} and grants.jobs.max_depth is {}: it may not enqueue children",
+                self.depth,
+                grant.max_depth()
+            )));
+        }
+        if let Some(k) = &options.idempotency_key {
+            check_caller_key(k).map_err(invalid)?;
+        }
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.calls >= grant.max_children() {
+            return Err(denied(format!(
+                "this run enqueued {} children, the most grants.jobs.max_children allows",
+                state.calls
+            )));
+        }
+        state.calls += 1;
+        Ok(state.calls)
     }
 }
 
@@ -387,24 +657,36 @@ impl JobEnqueuer for ChildJobs {
         options: EnqueueOptions,
     ) -> BoxFuture<'_, Result<String, HostError>> {
         Box::pin(async move {
+            if input.len() > MAX_CHILD_INPUT_BYTES {
+                return Err(HostError::Invalid(format!(
+                    "the input is {} bytes, above the {MAX_CHILD_INPUT_BYTES} a child's may have",
+                    input.len()
+                )));
+            }
+            let seq = self.admit(&task, &options)?;
+            let key = options
+                .idempotency_key
+                .unwrap_or_else(|| format!("child:{}:{}:{seq}", self.parent, self.attempt));
             let request = EnqueueRequest {
                 task: Some(task),
                 input,
                 queue: options.queue,
                 countdown_secs: options.countdown_ms.map(|ms| ms as f64 / 1000.0),
-                idempotency_key: options.idempotency_key,
+                idempotency_key: Some(key),
                 parent: Some(self.parent),
+                depth: self.depth + 1,
                 ..EnqueueRequest::default()
             };
+            // The grant is the operator's word on tasks and queues.
             let enqueued = self
                 .producer
-                .enqueue(request)
+                .enqueue_as(Caller::Runner, request)
                 .await
                 .map_err(enqueue_error)?;
             let id = enqueued.job.id;
-            let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
-            if !children.contains(&id) {
-                children.push(id);
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if !state.children.contains(&id) {
+                state.children.push(id);
             }
             Ok(id.to_string())
         })

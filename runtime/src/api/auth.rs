@@ -117,8 +117,8 @@ impl Auth {
 
 /// Extractor: the request carries an admin token.
 pub struct Admin;
-/// Extractor: the request carries a submit or admin token.
-pub struct Submit;
+/// Extractor: the request carries a submit or admin token (which one).
+pub struct Submit(pub Role);
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
@@ -130,7 +130,7 @@ impl FromRequestParts<AppState> for Admin {
 impl FromRequestParts<AppState> for Submit {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        state.auth.check(parts, Role::Submit).map(|_| Submit)
+        state.auth.check(parts, Role::Submit).map(Submit)
     }
 }
 

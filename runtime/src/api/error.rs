@@ -115,6 +115,9 @@ impl From<JobError> for ApiError {
         match e {
             JobError::UnknownTask(_) => ApiError::not_found(e.to_string()),
             JobError::Corrupt(_) => ApiError::internal(e.to_string()),
+            JobError::Forbidden { .. } => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string())
+            }
             e => ApiError::bad_request(e.to_string()),
         }
     }

@@ -16,11 +16,11 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::auth::{Admin, Submit};
+use super::auth::{Admin, Role, Submit};
 use super::error::ErrorBody;
 use super::{ApiError, ApiJson, AppState};
-use crate::producer::EnqueueRequest;
 use crate::producer::parse_duration;
+use crate::producer::{Caller, EnqueueRequest};
 use crate::queue::{Enqueued, Job, JobEvent, JobId, JobLimits, RetryPolicy, RevokeOutcome};
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -87,6 +87,8 @@ impl JobRequest {
             result_ttl_secs: self.result_ttl,
             schedule: None,
             scheduled_for: None,
+            depth: 0,
+            id: None,
         }
     }
 }
@@ -140,15 +142,19 @@ pub struct BatchAccepted {
     security(("bearer" = [])),
     responses(
         (status = 202, description = "enqueued", body = Accepted),
-        (status = 400, description = "malformed or invalid request", body = ErrorBody),
+        (status = 400, description = "malformed or invalid request, or a number above its maximum", body = ErrorBody),
+        (status = 403, description = "a submit token asked for what only an admin may (a rate limit, a module, an unconfigured queue, higher limits or more retries than the task's)", body = ErrorBody),
         (status = 404, description = "unknown task or module", body = ErrorBody),
     ))]
 async fn enqueue(
     State(ctx): State<AppState>,
-    _: Submit,
+    Submit(role): Submit,
     ApiJson(req): ApiJson<JobRequest>,
 ) -> Result<Response, ApiError> {
-    let done = ctx.producer.enqueue(req.into_enqueue()).await?;
+    let done = ctx
+        .producer
+        .enqueue_as(caller(role), req.into_enqueue())
+        .await?;
     let location = format!("/v1/jobs/{}", done.job.id);
     let mut res = (StatusCode::ACCEPTED, axum::Json(Accepted::from(done))).into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
@@ -163,24 +169,33 @@ async fn enqueue(
     responses(
         (status = 202, description = "enqueued", body = BatchAccepted),
         (status = 400, description = "a job is invalid (named by its index)", body = ErrorBody),
+        (status = 403, description = "a job asks for what only an admin may (named by its index)", body = ErrorBody),
         (status = 404, description = "unknown task or module", body = ErrorBody),
     ))]
 async fn enqueue_batch(
     State(ctx): State<AppState>,
-    _: Submit,
+    Submit(role): Submit,
     ApiJson(req): ApiJson<BatchRequest>,
 ) -> Result<(StatusCode, axum::Json<BatchAccepted>), ApiError> {
     if req.jobs.is_empty() {
         return Err(ApiError::bad_request("jobs: empty batch"));
     }
     let reqs = req.jobs.into_iter().map(JobRequest::into_enqueue).collect();
-    let done = ctx.producer.enqueue_batch(reqs).await?;
+    let done = ctx.producer.enqueue_batch_as(caller(role), reqs).await?;
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(BatchAccepted {
             jobs: done.into_iter().map(Accepted::from).collect(),
         }),
     ))
+}
+
+/// What a token's role may ask of the producer.
+fn caller(role: Role) -> Caller {
+    match role {
+        Role::Admin => Caller::Admin,
+        Role::Submit => Caller::Submitter,
+    }
 }
 
 #[derive(Deserialize, IntoParams)]

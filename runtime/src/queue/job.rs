@@ -21,6 +21,49 @@ use crate::names::ModuleHash;
 /// left to overflow a timestamp.
 pub const MAX_DELAY: Duration = Duration::from_secs(100 * 36_525 * 864);
 
+/// The documented maxima of a job's numbers. Above one, a request is
+/// refused with a 400 that names the field, whoever sends it (an admin
+/// included); a binding above one is refused when it is made.
+///
+/// The longest time limit of one run: a day. Longer work belongs in
+/// several jobs (a chain, or a job that re-enqueues itself).
+pub const MAX_TIME_LIMIT_MS: u64 = 24 * 3600 * 1000;
+/// The largest fuel budget: 10^15, more than a day of instructions.
+pub const MAX_FUEL: u64 = 1_000_000_000_000_000;
+/// The largest memory a run may ask for: what a 32-bit linear memory can
+/// address (the worker's sandbox caps it lower, `max_memory_bytes`).
+pub const MAX_MEMORY_BYTES: u64 = 4 << 30;
+/// The most retries a policy may allow.
+pub const MAX_RETRIES: u32 = 1000;
+
+/// The longest message a job record keeps (a failure's, a retry's reason;
+/// a host call's error as the task sees it): 4 KiB. Longer is cut where it
+/// is produced, saying how much was dropped ([`cap_text`]), so that no
+/// task can fill records, dead letters (kept 7 days), events or logs.
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+/// The longest progress message: 1 KiB.
+pub const MAX_PROGRESS_MESSAGE_BYTES: usize = 1024;
+
+/// `text` if it has at most `max` bytes; else its start (cut at a
+/// character boundary) and how many bytes were dropped, `max` bytes at most.
+pub fn cap_text(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let total = text.len();
+    // Room for the note: " [... 18446744073709551615 more bytes]" is 38.
+    let mut cut = max.saturating_sub(40);
+    while cut > 0 && !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    let note = format!(" [... {} more bytes]", total - cut);
+    if text.len() + note.len() <= max {
+        text.push_str(&note);
+    }
+    text
+}
+
 /// The queue of a job that names none and whose task binding names none.
 pub const DEFAULT_QUEUE: &str = "default";
 /// Results and errors are kept this long unless the job says otherwise (the
@@ -187,6 +230,27 @@ impl RetryPolicy {
     pub fn retries(&self, kind: FailureKind) -> bool {
         self.retry_on.contains(&kind)
     }
+
+    /// Refuses numbers above their maxima ([`MAX_RETRIES`], backoffs of at
+    /// most [`MAX_DELAY`]).
+    pub fn check(&self) -> Result<(), JobError> {
+        let max_backoff = MAX_DELAY.as_millis() as u64;
+        at_most(
+            "retry.max_retries",
+            self.max_retries.into(),
+            MAX_RETRIES.into(),
+        )?;
+        at_most("retry.backoff_base_ms", self.backoff_base_ms, max_backoff)?;
+        at_most("retry.backoff_cap_ms", self.backoff_cap_ms, max_backoff)
+    }
+}
+
+/// `value` of `field` if it is at most `max`, else [`JobError::AboveMaximum`].
+fn at_most(field: &'static str, value: u64, max: u64) -> Result<(), JobError> {
+    if value > max {
+        return Err(JobError::AboveMaximum { field, value, max });
+    }
+    Ok(())
 }
 
 /// Resource limits for one run. `None` means the worker's default.
@@ -199,6 +263,28 @@ pub struct JobLimits {
     pub fuel: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
+}
+
+impl JobLimits {
+    /// Refuses numbers above their maxima ([`MAX_TIME_LIMIT_MS`],
+    /// [`MAX_FUEL`], [`MAX_MEMORY_BYTES`]).
+    pub fn check(&self) -> Result<(), JobError> {
+        let checks = [
+            (
+                "limits.time_limit_ms",
+                self.time_limit_ms,
+                MAX_TIME_LIMIT_MS,
+            ),
+            ("limits.fuel", self.fuel, MAX_FUEL),
+            ("limits.memory_bytes", self.memory_bytes, MAX_MEMORY_BYTES),
+        ];
+        for (field, value, max) in checks {
+            if let Some(v) = value {
+                at_most(field, v, max)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A global rate limit: at most `count` starts in any window of `period_ms`,
@@ -272,6 +358,16 @@ pub struct JobFailure {
     pub message: String,
 }
 
+impl JobFailure {
+    /// A failure of `kind`; `message` is capped at [`MAX_MESSAGE_BYTES`].
+    pub fn new(kind: impl Into<String>, message: impl Into<String>) -> Self {
+        JobFailure {
+            kind: kind.into(),
+            message: cap_text(message.into(), MAX_MESSAGE_BYTES),
+        }
+    }
+}
+
 /// The stored job: spec, state and outcome in one document.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 pub struct Job {
@@ -303,6 +399,10 @@ pub struct Job {
     pub parent: Option<JobId>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub children: Vec<JobId>,
+    /// Generations above this job: 0 for a job enqueued from outside, its
+    /// parent's depth plus one for a child (bounded by the jobs grant).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub depth: u32,
     /// The beat that enqueued this job, if a scheduler did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
@@ -356,6 +456,7 @@ impl Job {
             idempotency_key: None,
             parent: None,
             children: Vec::new(),
+            depth: 0,
             schedule: None,
             scheduled_for: None,
             result_ttl_ms: DEFAULT_RESULT_TTL.as_millis() as u64,
@@ -396,10 +497,7 @@ impl Job {
         let mut j = self.clone();
         j.state = JobState::Revoked;
         j.finished_at = Some(at);
-        j.error = Some(JobFailure {
-            kind: "revoked".into(),
-            message: message.into(),
-        });
+        j.error = Some(JobFailure::new("revoked", message));
         j
     }
 
@@ -467,6 +565,19 @@ pub enum JobError {
         value: f64,
         max: f64,
     },
+    #[error("{field} is {value}, above its maximum of {max}")]
+    AboveMaximum {
+        field: &'static str,
+        value: u64,
+        max: u64,
+    },
+    #[error("{field}: {reason}")]
+    Forbidden { field: &'static str, reason: String },
+    #[error("{field} {at} is more than 100 years from now")]
+    TooFar {
+        field: &'static str,
+        at: DateTime<Utc>,
+    },
     #[error("expiry {0} is in the past")]
     ExpiryInPast(DateTime<Utc>),
     #[error("invalid queue name {name:?}: {reason}")]
@@ -509,6 +620,24 @@ pub fn validate_json(input: &str) -> Result<(), JobError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cap_text_cuts_at_a_character_boundary_and_says_how_much() {
+        assert_eq!(cap_text("short".into(), 100), "short");
+        let long = "é".repeat(1000); // 2000 bytes
+        let capped = cap_text(long, 101);
+        assert!(capped.len() <= 101, "{}", capped.len());
+        assert!(capped.starts_with('é'));
+        let kept = capped.find(' ').unwrap();
+        assert!(
+            capped.ends_with(&format!(" [... {} more bytes]", 2000 - kept)),
+            "{capped}"
+        );
+        // No room for the note: the start alone.
+        assert!(cap_text("abcdef".into(), 3).len() <= 3);
+        let f = JobFailure::new("fail", "x".repeat(MAX_MESSAGE_BYTES * 3));
+        assert!(f.message.len() <= MAX_MESSAGE_BYTES);
+    }
 
     #[test]
     fn rate_limits_parse() {

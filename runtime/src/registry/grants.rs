@@ -59,7 +59,11 @@ const TABLE: &[(Capability, &str, Option<&str>)] = &[
         "files",
         Some("grants.files = { root = \"read-write\" }"),
     ),
-    (Capability::Jobs, "jobs", Some("grants.jobs = true")),
+    (
+        Capability::Jobs,
+        "jobs",
+        Some("grants.jobs = { tasks = [\"task\"] }"),
+    ),
 ];
 
 impl Capability {
@@ -105,7 +109,7 @@ impl Capability {
             Capability::Http => grants.http.is_some(),
             Capability::Pdf => grants.pdf,
             Capability::Files => !grants.files.is_empty(),
-            Capability::Jobs => grants.jobs,
+            Capability::Jobs => grants.jobs.is_some(),
         }
     }
 
@@ -150,6 +154,8 @@ pub enum GrantError {
         import: String,
         capability: Capability,
     },
+    #[error("grants.{grant}: {reason}")]
+    Invalid { grant: &'static str, reason: String },
 }
 
 /// Names the first import of `imports` that `grants` do not cover.
@@ -189,8 +195,161 @@ pub struct TaskGrants {
     pub files: BTreeMap<String, Access>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pdf: bool,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub jobs: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<JobsGrant>,
+}
+
+impl TaskGrants {
+    /// Checks what the grants say on their own (before the module's
+    /// imports are compared with them): URL rules parse, the jobs grant
+    /// names valid tasks and queues within its maxima.
+    pub fn check(&self) -> Result<(), GrantError> {
+        if let Some(http) = &self.http {
+            http.validate().map_err(|reason| GrantError::Invalid {
+                grant: "http",
+                reason,
+            })?;
+        }
+        if let Some(jobs) = &self.jobs {
+            jobs.check().map_err(|reason| GrantError::Invalid {
+                grant: "jobs",
+                reason,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// The jobs grant: which tasks a task may enqueue (`jobs.enqueue`), on
+/// which queues, how many per run and how deep the tree of jobs may grow.
+/// Without it a task cannot enqueue at all; with it, nothing beyond it:
+/// a task that may run `cleanup` cannot make `cleanup` delete for it
+/// unless the operator wrote `cleanup` here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobsGrant {
+    /// Task names it may enqueue (at least one).
+    pub tasks: Vec<String>,
+    /// Queues it may name in a child's `queue` option; a child that names
+    /// none goes to its task's queue, which is always allowed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queues: Vec<String>,
+    /// Children one run may enqueue: default [`JobsGrant::DEFAULT_MAX_CHILDREN`],
+    /// at most [`JobsGrant::MAX_CHILDREN`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_children: Option<u32>,
+    /// How deep below a job enqueued from outside (depth 0) its
+    /// descendants may be: a child of such a job has depth 1. Default
+    /// [`JobsGrant::DEFAULT_MAX_DEPTH`], at most [`JobsGrant::MAX_DEPTH`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_depth: Option<u32>,
+}
+
+/// The fields of a jobs grant as written (`deny_unknown_fields`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobsGrantFields {
+    tasks: Vec<String>,
+    #[serde(default)]
+    queues: Vec<String>,
+    #[serde(default)]
+    max_children: Option<u32>,
+    #[serde(default)]
+    max_depth: Option<u32>,
+}
+
+impl<'de> Deserialize<'de> for JobsGrant {
+    /// A table; `true` (the first version's form, which allowed any task
+    /// on any queue) is refused with what to write instead.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = JobsGrant;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a table such as { tasks = [\"render\"] }")
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<JobsGrant, E> {
+                Err(E::custom(
+                    "jobs = true is no longer enough: name the tasks it may enqueue, \
+                     jobs = { tasks = [\"name\"] } (optional: queues, max_children, max_depth)",
+                ))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<JobsGrant, A::Error> {
+                let f = JobsGrantFields::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )?;
+                Ok(JobsGrant {
+                    tasks: f.tasks,
+                    queues: f.queues,
+                    max_children: f.max_children,
+                    max_depth: f.max_depth,
+                })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+impl JobsGrant {
+    pub const DEFAULT_MAX_CHILDREN: u32 = 100;
+    pub const MAX_CHILDREN: u32 = 10_000;
+    pub const DEFAULT_MAX_DEPTH: u32 = 3;
+    pub const MAX_DEPTH: u32 = 16;
+
+    /// A grant to enqueue `tasks` with the default limits.
+    pub fn tasks<S: Into<String>>(tasks: impl IntoIterator<Item = S>) -> Self {
+        JobsGrant {
+            tasks: tasks.into_iter().map(Into::into).collect(),
+            queues: Vec::new(),
+            max_children: None,
+            max_depth: None,
+        }
+    }
+
+    pub fn max_children(&self) -> u32 {
+        self.max_children.unwrap_or(Self::DEFAULT_MAX_CHILDREN)
+    }
+
+    pub fn max_depth(&self) -> u32 {
+        self.max_depth.unwrap_or(Self::DEFAULT_MAX_DEPTH)
+    }
+
+    pub fn allows_task(&self, task: &str) -> bool {
+        self.tasks.iter().any(|t| t == task)
+    }
+
+    pub fn allows_queue(&self, queue: &str) -> bool {
+        self.queues.iter().any(|q| q == queue)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.tasks.is_empty() {
+            return Err("tasks: name at least one task it may enqueue".into());
+        }
+        for t in &self.tasks {
+            crate::names::TaskName::validate(t).map_err(|e| format!("tasks: {e}"))?;
+        }
+        for q in &self.queues {
+            crate::queue::job::validate_queue_name(q).map_err(|e| format!("queues: {e}"))?;
+        }
+        if self.max_children() > Self::MAX_CHILDREN {
+            return Err(format!(
+                "max_children is {}, above its maximum of {}",
+                self.max_children(),
+                Self::MAX_CHILDREN
+            ));
+        }
+        if self.max_depth() > Self::MAX_DEPTH {
+            return Err(format!(
+                "max_depth is {}, above its maximum of {}",
+                self.max_depth(),
+                Self::MAX_DEPTH
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The kv grant: its quota, each limit defaulting to [`KvQuota::default`].

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::names::{ModuleHash, TaskName, TaskNameError};
 use crate::queue::{JobLimits, RetryPolicy};
-pub use grants::{Capability, KvGrant, TaskGrants};
+pub use grants::{Capability, JobsGrant, KvGrant, TaskGrants};
 
 /// A task name bound to a module.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -227,7 +227,11 @@ async fn run_job(
         Ok(g) => g,
         Err(e) => return retry_or_fail(d, "infrastructure", format!("registry: {e}")),
     };
-    let children = Arc::new(ChildJobs::new(ctx.producer.clone(), job.id));
+    let children = Arc::new(ChildJobs::new(
+        ctx.producer.clone(),
+        job,
+        grants.as_deref().and_then(|g| g.jobs.clone()),
+    ));
 
     let (ptx, prx) = mpsc::unbounded_channel::<crate::sandbox::Progress>();
     let run_over = CancelToken::new();
@@ -274,10 +278,10 @@ fn refuse_before_run(ctx: &RunCtx, d: &Delivery) -> Option<Settlement> {
             d,
             JobState::Expired,
             None,
-            Some(JobFailure {
-                kind: "expired".into(),
-                message: "the job expired before it could run".into(),
-            }),
+            Some(JobFailure::new(
+                "expired",
+                "the job expired before it could run",
+            )),
             false,
         ));
     }

@@ -349,6 +349,12 @@ async fn api_delays_past_any_date_are_refused_by_name() {
             json!({ "task": "t", "result_ttl": 10_u64.pow(16) }),
             "result_ttl",
         ),
+        // Dates past the longest delay; once stored as due in year 9999.
+        (json!({ "task": "t", "eta": "9999-12-31T00:00:00Z" }), "eta"),
+        (
+            json!({ "task": "t", "expires": "9999-12-31T00:00:00Z" }),
+            "expires",
+        ),
     ] {
         let (s, v) = api.enqueue(body.clone()).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
@@ -362,6 +368,161 @@ async fn api_delays_past_any_date_are_refused_by_name() {
         assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
         assert!(message(&v).contains(field), "{v}");
     }
+}
+
+/// Operators set the ceilings: a submit token may only lower what the
+/// task's binding allows, and rate limits, module pinning and queues that
+/// are not configured are an admin's. Every number has a maximum, for
+/// admins too. Before, each of these was a 202.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_a_submit_token_may_only_lower_what_the_binding_allows() {
+    let api = TestApi::start(None, "1MiB", false).await;
+    let hello = guest_bytes("hello");
+    let (s, v) = api.upload(&hello).await;
+    assert!(s.is_success(), "{v}");
+    let hash = module_hash(&hello);
+    let (s, v) = api
+        .bind(
+            "capped",
+            json!({
+                "module": hash, "queue": "mail", "time_limit": "5s", "fuel": 1000,
+                "rate_limit": "10/m",
+                "retry": { "max_retries": 2, "backoff_base_ms": 1000, "retry_on": ["trap"] },
+            }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let as_token = |token: &'static str, extra: Value| {
+        let mut body = json!({ "task": "capped" });
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        api.call(
+            api.req(reqwest::Method::POST, "/v1/jobs", Some(token))
+                .json(&body),
+        )
+    };
+
+    // Refused to a submit token, naming the field; an admin may.
+    for (extra, field) in [
+        (
+            json!({ "limits": { "time_limit_ms": 60_000 } }),
+            "limits.time_limit_ms",
+        ),
+        (json!({ "limits": { "fuel": 1_000_000 } }), "limits.fuel"),
+        // The binding sets no memory: the worker's default (64 MiB) is the ceiling.
+        (
+            json!({ "limits": { "memory_bytes": 1_u64 << 30 } }),
+            "limits.memory_bytes",
+        ),
+        (json!({ "rate_limit": "1000/s" }), "rate_limit"),
+        (json!({ "module": hash }), "module"),
+        (json!({ "queue": "anywhere" }), "queue"),
+        (
+            json!({ "retry": { "max_retries": 3, "backoff_base_ms": 1000 } }),
+            "retry.max_retries",
+        ),
+        (
+            json!({ "retry": { "max_retries": 1, "backoff_base_ms": 0 } }),
+            "retry.backoff_base_ms",
+        ),
+        (
+            json!({ "retry": { "max_retries": 1, "backoff_base_ms": 1000, "retry_on": ["fail"] } }),
+            "retry.retry_on",
+        ),
+    ] {
+        let (s, v) = as_token(SUBMIT, extra.clone()).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{extra}: {v}");
+        assert!(message(&v).starts_with(field), "{extra}: {v}");
+        let (s, v) = as_token(ADMIN, extra.clone()).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{extra}: {v}");
+    }
+    // In a batch, the job is named.
+    let (s, v) = api
+        .call(
+            api.req(reqwest::Method::POST, "/v1/jobs/batch", Some(SUBMIT))
+                .json(&json!({ "jobs": [
+                    { "task": "capped" },
+                    { "task": "capped", "rate_limit": "1000/s" },
+                ] })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert!(message(&v).starts_with("jobs[1]: rate_limit"), "{v}");
+
+    // Lowering is anyone's; so is the task's own queue, `default` and a
+    // configured one.
+    for extra in [
+        json!({ "limits": { "time_limit_ms": 1000, "fuel": 10, "memory_bytes": 1_u64 << 20 } }),
+        json!({ "retry": { "max_retries": 1, "backoff_base_ms": 5000, "retry_on": ["trap"] } }),
+        json!({ "retry": { "max_retries": 0, "backoff_base_ms": 0 } }),
+        json!({ "queue": "mail" }),
+        json!({ "queue": "default" }),
+    ] {
+        let (s, v) = as_token(SUBMIT, extra.clone()).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{extra}: {v}");
+    }
+
+    // Above a maximum: 400 naming the field and the maximum, for anyone.
+    for (extra, field, max) in [
+        (
+            json!({ "limits": { "time_limit_ms": 10_u64.pow(12) } }),
+            "limits.time_limit_ms",
+            "86400000",
+        ),
+        (
+            json!({ "limits": { "fuel": u64::MAX } }),
+            "limits.fuel",
+            "1000000000000000",
+        ),
+        (
+            json!({ "limits": { "memory_bytes": 1_u64 << 40 } }),
+            "limits.memory_bytes",
+            "4294967296",
+        ),
+        (
+            json!({ "retry": { "max_retries": 4_000_000_000_u32 } }),
+            "retry.max_retries",
+            "1000",
+        ),
+        (
+            json!({ "retry": { "backoff_base_ms": u64::MAX } }),
+            "retry.backoff_base_ms",
+            "",
+        ),
+    ] {
+        for token in [SUBMIT, ADMIN] {
+            let (s, v) = as_token(token, extra.clone()).await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{extra}: {v}");
+            let m = message(&v);
+            assert!(m.starts_with(field) && m.contains(max), "{extra}: {v}");
+        }
+    }
+    // The runner's own idempotency keys are nobody's to send.
+    for token in [SUBMIT, ADMIN] {
+        let (s, v) = as_token(
+            token,
+            json!({ "idempotency_key": "beat:nightly:2026-01-01T00:00:00Z" }),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(message(&v).contains("idempotency key"), "{v}");
+    }
+    // A binding above a maximum is refused when it is made.
+    let (s, v) = api
+        .bind("greedy", json!({ "module": hash, "time_limit": "1000d" }))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(message(&v).contains("limits.time_limit_ms"), "{v}");
+    let (s, v) = api
+        .bind(
+            "greedy",
+            json!({ "module": hash, "retry": { "max_retries": 1_000_000 } }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(message(&v).contains("retry.max_retries"), "{v}");
+    api.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -232,13 +232,16 @@ async fn dashboard_shows_and_steers_the_system_in_chromium() {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    // Three jobs on a queue no worker consumes: they stay ready.
+    // Three jobs on a queue no worker consumes: they stay ready (an
+    // unconfigured queue: an admin's to choose).
     for i in 0..3 {
-        let (s, v) = api
-            .enqueue(
-                json!({ "task": "greet", "queue": "parked", "input": { "name": i.to_string() } }),
-            )
-            .await;
+        let (s, v) = admin(
+            &api,
+            Method::POST,
+            "/v1/jobs",
+            json!({ "task": "greet", "queue": "parked", "input": { "name": i.to_string() } }),
+        )
+        .await;
         assert_eq!(s, StatusCode::ACCEPTED, "{v}");
     }
     // A beat that would fire only in an hour: fired by hand below.

@@ -11,10 +11,14 @@ use metrics::{
     Counter, CounterFn, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
     SharedString, Unit,
 };
+use runner::producer::ChildJobs;
 use runner::producer::EnqueueRequest;
+use runner::queue::Job;
 use runner::queue::{JobId, JobState};
-use runner::registry::{KvGrant, TaskGrants};
+use runner::registry::{JobsGrant, KvGrant, TaskGrants};
 use runner::sandbox::host::HostServices;
+use runner::sandbox::host::JobEnqueuer;
+use runner::sandbox::wit::jobs::EnqueueOptions;
 use runner_host_fns::kv::KvService;
 
 use crate::support::guest_bytes;
@@ -45,8 +49,10 @@ async fn enqueue(env: &Env, task: &str, input: &str) -> JobId {
 
 async fn fan_out_children_run_and_succeed(env: Env) {
     env.bind("hello", "hello", "default", |_| {}).await;
-    env.bind("fan-out", "fan_out", "default", |b| b.grants.jobs = true)
-        .await;
+    env.bind("fan-out", "fan_out", "default", |b| {
+        b.grants.jobs = Some(JobsGrant::tasks(["hello", "no-such-task"]))
+    })
+    .await;
     env.bind("fan-out-ungranted", "fan_out", "default", |_| {})
         .await;
     let w = env.worker(cfg(&["default"], 2)).await;
@@ -118,6 +124,141 @@ async fn fan_out_children_run_and_succeed(env: Env) {
     );
     assert!(j.children.is_empty());
     w.stop().await;
+}
+
+/// The jobs grant is the whole of what a task may enqueue: the tasks and
+/// queues it names, so many children per run, so deep. Each of these
+/// enqueues succeeded before the grant named them (`jobs = true`).
+async fn children_stay_within_the_jobs_grant(env: Env) {
+    env.bind("hello", "hello", "default", |_| {}).await;
+    env.bind("cleanup", "hello", "default", |_| {}).await;
+    env.bind("fan-out", "fan_out", "default", |b| {
+        b.grants.jobs = Some(JobsGrant {
+            queues: vec!["bulk".into()],
+            max_children: Some(2),
+            max_depth: Some(1),
+            ..JobsGrant::tasks(["hello", "fan-out"])
+        })
+    })
+    .await;
+    let w = env.worker(cfg(&["default", "bulk", "other"], 2)).await;
+    let failed_with = |j: &runner::queue::Job, what: &str| {
+        assert_eq!(j.state, JobState::Failure, "{j:?}");
+        let e = j.error.clone().unwrap();
+        assert!(
+            e.message.contains("denied") && e.message.contains(what),
+            "{e:?}"
+        );
+    };
+
+    // A task it does not name: the confused deputy.
+    let j = enqueue(&env, "fan-out", r#"{"task": "cleanup", "count": 1}"#).await;
+    let j = wait_final(&env.broker, j).await;
+    failed_with(&j, "grants.jobs.tasks");
+    assert!(j.children.is_empty());
+
+    // A queue it does not name; one it names.
+    let j = enqueue(&env, "fan-out", r#"{"count": 1, "queue": "other"}"#).await;
+    failed_with(&wait_final(&env.broker, j).await, "grants.jobs.queues");
+    let j = enqueue(&env, "fan-out", r#"{"count": 1, "queue": "bulk"}"#).await;
+    let j = wait_final(&env.broker, j).await;
+    assert_eq!(j.state, JobState::Success, "{j:?}");
+    let child = wait_final(&env.broker, j.children[0]).await;
+    assert_eq!(child.queue, "bulk");
+
+    // More children than a run may have: the first two are enqueued.
+    let j = enqueue(&env, "fan-out", r#"{"count": 3}"#).await;
+    let j = wait_final(&env.broker, j).await;
+    failed_with(&j, "max_children");
+    assert_eq!(j.children.len(), 2, "{j:?}");
+
+    // Deeper than max_depth: the child (depth 1) may not enqueue.
+    let j = enqueue(&env, "fan-out", r#"{"task": "fan-out", "count": 1}"#).await;
+    let j = wait_final(&env.broker, j).await;
+    assert_eq!(j.state, JobState::Success, "{j:?}");
+    assert_eq!(j.depth, 0);
+    let child = wait_final(&env.broker, j.children[0]).await;
+    assert_eq!(child.depth, 1);
+    failed_with(&child, "max_depth");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_stay_within_the_jobs_grant_on_the_embedded_broker() {
+    children_stay_within_the_jobs_grant(Env::embedded().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_stay_within_the_jobs_grant_on_redis() {
+    children_stay_within_the_jobs_grant(Env::redis().await).await;
+}
+
+/// A run repeated after its worker was lost (same job, same attempt)
+/// enqueues the same children, not new ones: a child that names no key
+/// gets one from its parent, the attempt and the call's sequence number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_run_enqueues_the_same_children() {
+    let env = Env::embedded().await;
+    env.bind("hello", "hello", "default", |_| {}).await;
+    let parent = env
+        .producer
+        .prepare(EnqueueRequest::task("hello", "{}"))
+        .await
+        .unwrap();
+    let grant = Some(JobsGrant::tasks(["hello"]));
+    let run = |p: &Job| ChildJobs::new(env.producer.clone(), p, grant.clone());
+    let options = EnqueueOptions {
+        queue: None,
+        countdown_ms: None,
+        idempotency_key: None,
+    };
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let children = run(&parent);
+        for i in 0..2 {
+            children
+                .enqueue("hello".into(), format!("{{\"n\": {i}}}"), options.clone())
+                .await
+                .unwrap();
+        }
+        runs.push(children.children());
+    }
+    assert_eq!(runs[0].len(), 2);
+    assert_eq!(runs[0], runs[1], "the second run enqueued new children");
+    let first = env.broker.get(runs[0][0]).await.unwrap().unwrap();
+    assert_eq!(
+        first.idempotency_key,
+        Some(format!("child:{}:1:1", parent.id))
+    );
+    assert_eq!(first.parent, Some(parent.id));
+    assert_eq!(first.depth, 1);
+
+    // The next attempt (a retry) is a new run: new children.
+    let retry = Job {
+        attempt: 2,
+        ..parent.clone()
+    };
+    let children = run(&retry);
+    children
+        .enqueue("hello".into(), "{}".into(), options.clone())
+        .await
+        .unwrap();
+    assert!(!runs[0].contains(&children.children()[0]));
+
+    // The runner's own keys are not the task's to use.
+    let err = run(&parent)
+        .enqueue(
+            "hello".into(),
+            "{}".into(),
+            EnqueueOptions {
+                idempotency_key: Some(format!("child:{}:1:1", parent.id)),
+                ..options
+            },
+        )
+        .await
+        .unwrap_err();
+    let err = format!("{err:?}");
+    assert!(err.contains("the runner's own"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,7 +47,7 @@
 //! mail = { allowed_senders = ["*@example.com"] }
 //! http = { allow = ["https://hooks.slack.com"], private_networks = [] }
 //! pdf = true
-//! jobs = true
+//! jobs = { tasks = ["render"] }
 //! ```
 //!
 //! A section that is absent leaves the service unconfigured; a grant that is
@@ -62,9 +62,11 @@
 //! `runner run --config F --task NAME` runs with `[tasks.NAME.grants]`. In
 //! a worker, a job runs with the grants of the task binding that bound the
 //! job's module (bindings hold a [`TaskGrants`]; `runner.toml`'s
-//! `[tasks.NAME.grants]` reach them when the task is bound). `jobs = true`
-//! lets a task enqueue child jobs; only a worker (which has a queue)
-//! provides it, `runner run` answers `unavailable`.
+//! `[tasks.NAME.grants]` reach them when the task is bound). `jobs = { tasks
+//! = [..] }` lets a task enqueue child jobs of those tasks (see
+//! [`crate::registry::JobsGrant`] for queues, children per run and depth);
+//! only a worker (which has a queue) provides it, `runner run` answers
+//! `unavailable`.
 
 use std::sync::Arc;
 
@@ -130,7 +132,7 @@ impl HostServices {
             files: files::grant(&self.files, grants),
             jobs: match jobs {
                 None => Service::NotConfigured,
-                Some(_) if !grants.jobs => Service::NotGranted,
+                Some(_) if grants.jobs.is_none() => Service::NotGranted,
                 Some(queue) => Service::Granted(queue),
             },
         }

@@ -1,6 +1,8 @@
 //! Enqueues `count` child jobs of task `task` (default `hello`), each with
 //! input `{"name": "child <i>"}` (and `countdown_ms` when given), reporting
-//! progress as it goes; returns the children's ids. Needs the `jobs` grant.
+//! progress as it goes; returns the children's ids. Each child gets the
+//! idempotency key `<parent>:<i>` unless `keys` is false (then the runner
+//! derives one). Needs the `jobs` grant.
 
 use runner_sdk::{Context, TaskError, jobs, task};
 use serde::{Deserialize, Serialize};
@@ -12,6 +14,7 @@ struct Input {
     count: u32,
     queue: Option<String>,
     countdown_ms: Option<u64>,
+    keys: bool,
 }
 
 impl Default for Input {
@@ -21,6 +24,7 @@ impl Default for Input {
             count: 3,
             queue: None,
             countdown_ms: None,
+            keys: true,
         }
     }
 }
@@ -37,7 +41,10 @@ fn run(ctx: &Context, input: Option<Input>) -> Result<Output, TaskError> {
     let total = u64::from(input.count);
     let mut children = Vec::new();
     for i in 0..input.count {
-        let mut options = jobs::Options::new().idempotency_key(format!("{parent}:{i}"));
+        let mut options = jobs::Options::new();
+        if input.keys {
+            options = options.idempotency_key(format!("{parent}:{i}"));
+        }
         if let Some(queue) = &input.queue {
             options = options.queue(queue.clone());
         }
