@@ -445,6 +445,19 @@ impl Broker for EmbeddedBroker {
                     });
                     continue;
                 }
+                // The same job again (an id the runner derives, as for a
+                // beat's fire) whose record has expired: stored once already.
+                if st
+                    .idem
+                    .get(&k)
+                    .is_some_and(|&(prev, until)| prev == job.id && until > now)
+                {
+                    out.push(Enqueued {
+                        job,
+                        created: false,
+                    });
+                    continue;
+                }
                 st.idem
                     .insert(k, (job.id, now + self.idempotency_ttl.as_millis() as i64));
             }

@@ -259,16 +259,38 @@ impl BrokerError {
     /// The broker could not be reached; the call may be repeated.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            BrokerError::Redis(e) => {
-                e.is_io_error()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal()
-                    || e.is_timeout()
-                    || e.is_unrecoverable_error()
-            }
+            BrokerError::Redis(e) => redis_unavailable(e),
             _ => false,
         }
     }
+}
+
+/// Whether a Redis error says the server cannot serve now but may soon: the
+/// connection failed or dropped, or the server is loading its data
+/// (`LOADING`), is a replica (`READONLY`, as during a failover), lost its
+/// master (`MASTERDOWN`) or asks to try again (`TRYAGAIN`, `CLUSTERDOWN`).
+/// Such a request is retried (or answered 503), never taken as a refusal.
+pub fn redis_unavailable(e: &::redis::RedisError) -> bool {
+    use ::redis::{ErrorKind, ServerErrorKind};
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::ReadOnly
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ClusterDown
+            )
+        )
+        || matches!(
+            e.code(),
+            Some("LOADING" | "READONLY" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN")
+        )
 }
 
 pub type BrokerResult<T> = Result<T, BrokerError>;

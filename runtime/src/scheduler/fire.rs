@@ -9,13 +9,21 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::store::{FireRecord, StoreError};
-use super::{Beat, MissedPolicy, ON_TIME_GRACE, Schedule, Scheduler, fire_key};
+use super::{Beat, MissedPolicy, ON_TIME_GRACE, Schedule, Scheduler, fire_id, fire_key};
 use crate::producer::{EnqueueError, EnqueueRequest};
-use crate::queue::BrokerError;
+use crate::queue::{BrokerError, Enqueued};
 use crate::registry::RegistryError;
 
 /// The longest the loop sleeps without looking at the clock again.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+/// How long a replica that found a fire claimed by another waits before it
+/// makes sure the job was enqueued.
+pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn claim_timeout() -> chrono::Duration {
+    chrono::Duration::from_std(CLAIM_TIMEOUT).unwrap_or_default()
+}
 
 impl Scheduler {
     /// Runs the loop until `shutdown` completes. Store or broker outages are
@@ -170,6 +178,12 @@ impl Scheduler {
     }
 
     async fn fire_entry(&self, e: &mut Entry, now: DateTime<Utc>) {
+        if !e.unconfirmed.is_empty() {
+            self.confirm(e, now).await;
+        }
+        if e.retry_at.is_some_and(|r| r > now) {
+            return;
+        }
         e.retry_at = None;
         let grace = chrono::Duration::from_std(ON_TIME_GRACE).unwrap_or_default();
         let on_time_from = e.watch_from.max(now - grace);
@@ -208,55 +222,161 @@ impl Scheduler {
         }
     }
 
-    /// Fires one due time. Returns false if the broker could not be reached
-    /// (the entry then waits and tries again).
+    /// Fires one due time. Returns false if the broker or the store could
+    /// not be reached (the entry then waits and tries again).
+    ///
+    /// The job is prepared first (its id derived from the beat and the due
+    /// time, its queue resolved), then the fire is claimed in the store
+    /// (see [`super::BeatStore::claim_fire`]); only the claimant enqueues.
+    /// A replica that finds the same due time claimed by another checks
+    /// back after [`CLAIM_TIMEOUT`] ([`Self::confirm`]).
     async fn fire_one(&self, e: &mut Entry, due: DateTime<Utc>, now: DateTime<Utc>) -> bool {
         let name = e.beat.name.clone();
-        match self.inner.producer.enqueue(request(&e.beat, due)).await {
-            Ok(enq) => {
-                if enq.created {
-                    let record = FireRecord {
-                        due,
-                        fired_at: enq.job.created_at,
-                        job: enq.job.id,
-                        queue: enq.job.queue.clone(),
-                    };
-                    if let Err(err) = self.inner.store.record_fire(&name, &record, false).await {
-                        tracing::warn!(beat = name, "fire of {due} enqueued, not recorded: {err}");
-                    }
-                    tracing::debug!(beat = name, %due, job = %enq.job.id, "fired");
-                }
-                if e.failing.take().is_some() {
-                    tracing::info!(beat = name, "firing again");
-                }
-                if let Ok(mut errs) = self.inner.errors.lock() {
-                    errs.remove(&name);
+        let job = match self
+            .inner
+            .producer
+            .prepare(request(&e.beat, due, None))
+            .await
+        {
+            Ok(job) => job,
+            Err(err) => return self.failed(e, due, now, err),
+        };
+        let claim = FireRecord {
+            due,
+            fired_at: now,
+            job: job.id,
+            queue: job.queue.clone(),
+        };
+        match self.inner.store.claim_fire(&name, &claim).await {
+            Err(err) => return self.unreachable(e, due, now, &err),
+            Ok(None) => e.claimed = Some(due),
+            // Ours: an earlier try whose enqueue failed.
+            Ok(Some(other)) if other.due == due && e.claimed == Some(due) => {}
+            // Another replica's (every replica prepares the same job, so
+            // only this loop's memory tells its own claim from theirs).
+            Ok(Some(other)) => {
+                if other.due == due {
+                    e.unconfirmed.push((other, now + claim_timeout()));
                 }
                 e.cursor = due;
-                true
-            }
-            Err(err) if is_transient(&err) => {
-                if e.failing.as_deref() != Some(UNAVAILABLE) {
-                    tracing::warn!(beat = name, "cannot fire {due} now, will retry: {err}");
-                    e.failing = Some(UNAVAILABLE.to_string());
-                }
-                self.note_error(&name, format!("{due}: {err}"));
-                e.retry_at = Some(now + chrono::Duration::seconds(1));
-                false
-            }
-            Err(err) => {
-                // Logged once until the reason changes: a beat firing every
-                // second for an unbound task must not flood the log.
-                let reason = err.to_string();
-                if e.failing.as_deref() != Some(reason.as_str()) {
-                    tracing::warn!(beat = name, "fire of {due} refused: {reason}");
-                    e.failing = Some(reason);
-                }
-                self.note_error(&name, format!("{due}: {err}"));
-                e.cursor = due;
-                true
+                return true;
             }
         }
+        match self.inner.producer.broker().enqueue(vec![job]).await {
+            Ok(enq) => {
+                if let Some(enq) = enq.first() {
+                    self.recorded(&name, due, enq).await;
+                }
+                self.fired(e, due);
+                true
+            }
+            Err(err) => self.failed(e, due, now, err.into()),
+        }
+    }
+
+    /// Checks, [`CLAIM_TIMEOUT`] after another replica claimed a fire of
+    /// `e`, that its job is in the queue: enqueues it again (same id, same
+    /// queue, same idempotency key, so that it is stored at most once). A
+    /// claimant that died between its claim and its enqueue loses nothing.
+    async fn confirm(&self, e: &mut Entry, now: DateTime<Utc>) {
+        let mut keep = Vec::new();
+        for (claim, at) in std::mem::take(&mut e.unconfirmed) {
+            if at > now {
+                keep.push((claim, at));
+                continue;
+            }
+            let req = request(&e.beat, claim.due, Some(&claim));
+            match self.inner.producer.enqueue(req).await {
+                Ok(enq) if enq.created => {
+                    tracing::warn!(
+                        beat = e.beat.name,
+                        due = %claim.due,
+                        "the replica that claimed this fire did not enqueue it; enqueued it in its place"
+                    );
+                    self.recorded(&e.beat.name, claim.due, &enq).await;
+                }
+                Ok(_) => {}
+                Err(err) if is_transient(&err) => {
+                    keep.push((claim, now + chrono::Duration::seconds(1)));
+                }
+                Err(err) => {
+                    tracing::warn!(beat = e.beat.name, due = %claim.due, "confirming a fire: {err}");
+                }
+            }
+        }
+        e.unconfirmed = keep;
+    }
+
+    /// Records the fire `enq` of `name` at `due`.
+    async fn recorded(&self, name: &str, due: DateTime<Utc>, enq: &Enqueued) {
+        let record = FireRecord {
+            due,
+            fired_at: enq.job.created_at,
+            job: enq.job.id,
+            queue: enq.job.queue.clone(),
+        };
+        if let Err(err) = self.inner.store.record_fire(name, &record, false).await {
+            tracing::warn!(beat = name, "fire of {due} enqueued, not recorded: {err}");
+        }
+        tracing::debug!(beat = name, %due, job = %enq.job.id, "fired");
+    }
+
+    /// The fire at `due` is done: enqueued, or enqueued already.
+    fn fired(&self, e: &mut Entry, due: DateTime<Utc>) {
+        if e.failing.take().is_some() {
+            tracing::info!(beat = e.beat.name, "firing again");
+        }
+        if let Ok(mut errs) = self.inner.errors.lock() {
+            errs.remove(&e.beat.name);
+        }
+        e.cursor = due;
+    }
+
+    /// The fire at `due` failed with `err`: tried again in a second if the
+    /// broker or registry is unavailable (returns false), else refused and
+    /// skipped (returns true).
+    fn failed(
+        &self,
+        e: &mut Entry,
+        due: DateTime<Utc>,
+        now: DateTime<Utc>,
+        err: EnqueueError,
+    ) -> bool {
+        if is_transient(&err) {
+            return self.unreachable(e, due, now, &err);
+        }
+        // Logged once until the reason changes: a beat firing every
+        // second for an unbound task must not flood the log.
+        let name = e.beat.name.clone();
+        let reason = err.to_string();
+        if e.failing.as_deref() != Some(reason.as_str()) {
+            tracing::warn!(beat = name, "fire of {due} refused: {reason}");
+            e.failing = Some(reason);
+        }
+        self.note_error(&name, format!("{due}: {err}"));
+        e.cursor = due;
+        true
+    }
+
+    /// The fire at `due` could not reach Redis: it is tried again in a
+    /// second. Returns false.
+    fn unreachable(
+        &self,
+        e: &mut Entry,
+        due: DateTime<Utc>,
+        now: DateTime<Utc>,
+        err: &dyn std::fmt::Display,
+    ) -> bool {
+        if e.failing.as_deref() != Some(UNAVAILABLE) {
+            tracing::warn!(
+                beat = e.beat.name,
+                "cannot fire {due} now, will retry: {err}"
+            );
+            e.failing = Some(UNAVAILABLE.to_string());
+        }
+        self.note_error(&e.beat.name, format!("{due}: {err}"));
+        e.retry_at = Some(now + chrono::Duration::seconds(1));
+        false
     }
 
     fn note_error(&self, name: &str, msg: String) {
@@ -266,12 +386,20 @@ impl Scheduler {
     }
 }
 
-/// The job a beat's fire enqueues.
-pub(super) fn request(beat: &Beat, due: DateTime<Utc>) -> EnqueueRequest {
+/// The job a beat's fire enqueues: on every replica the same id and
+/// idempotency key; on the queue of `claim` when given.
+pub(super) fn request(
+    beat: &Beat,
+    due: DateTime<Utc>,
+    claim: Option<&FireRecord>,
+) -> EnqueueRequest {
     EnqueueRequest {
+        id: Some(fire_id(&beat.name, due)),
         task: Some(beat.task.clone()),
         input: beat.input.to_string(),
-        queue: beat.queue.clone(),
+        queue: claim
+            .map(|c| c.queue.clone())
+            .or_else(|| beat.queue.clone()),
         retry: beat.retry.clone(),
         limits: beat.limits.clone(),
         expires_in_secs: beat.expires_in_secs,
@@ -282,6 +410,8 @@ pub(super) fn request(beat: &Beat, due: DateTime<Utc>) -> EnqueueRequest {
     }
 }
 
+/// Whether the fire may succeed if tried again: the broker or registry is
+/// unreachable, loading, read-only or failing over.
 fn is_transient(err: &EnqueueError) -> bool {
     match err {
         EnqueueError::Broker(e) => e.is_unavailable() || matches!(e, BrokerError::Protocol(_)),
@@ -305,6 +435,11 @@ struct Entry {
     /// Why the last fire failed, as logged (logged again only when the
     /// reason changes).
     failing: Option<String>,
+    /// Fires another replica claimed, and when to make sure they were
+    /// enqueued.
+    unconfirmed: Vec<(FireRecord, DateTime<Utc>)>,
+    /// The due time this loop claimed last.
+    claimed: Option<DateTime<Utc>>,
 }
 
 impl Entry {
@@ -321,12 +456,20 @@ impl Entry {
             watch_from,
             retry_at: None,
             failing: None,
+            unconfirmed: Vec::new(),
+            claimed: None,
         }
     }
 
     fn wake_at(&self) -> Option<DateTime<Utc>> {
-        self.retry_at
-            .or_else(|| self.schedule.next_after(self.cursor))
+        let fire = self
+            .retry_at
+            .or_else(|| self.schedule.next_after(self.cursor));
+        let confirm = self.unconfirmed.iter().map(|(_, at)| *at).min();
+        match (fire, confirm) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 

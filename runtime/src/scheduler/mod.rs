@@ -41,16 +41,29 @@
 //! # Exactly once
 //!
 //! Every replica computes the same due times (cron in the beat's zone;
-//! intervals counted from the Unix epoch) and, at each, enqueues the job
-//! with the idempotency key `beat:<name>:<due unix seconds>`. The broker's
-//! enqueue script claims that key with `SET NX` and stores the job in the
-//! same atomic step, so the claim and the enqueue cannot be separated: there
-//! is no window in which a replica holds a claim but has not yet stored the
-//! job, and a replica that dies at any point loses nothing (the others enqueue
-//! the same fire; at most one is created). The broker remembers the key for
-//! 24 hours, far longer than a fire can be late. Only the replica whose
-//! enqueue created the job records the fire (`runner:beats:fired`, kept only
-//! if its due time is the newest).
+//! intervals counted from the Unix epoch) and, at each, prepares the same
+//! job: its id is derived from the beat's name and the due time
+//! ([`fire_id`]), its idempotency key is `beat:<name>:<due unix seconds>`
+//! (a key callers may not use). Then it claims the fire in the store
+//! ([`BeatStore::claim_fire`], `runner:beats:claims`): one atomic step that
+//! succeeds only if no claim for this due time or a later one is held. The
+//! claim depends on the beat's name and due time alone, not on the queue
+//! (replicas that disagree on a beat's queue still fire once) nor on the
+//! job's record still existing (a replica paused past the job's result TTL
+//! does not fire again). Only the claimant enqueues and records the fire
+//! (`runner:beats:fired`, kept only if its due time is the newest).
+//!
+//! A claimant can die between its claim and its enqueue. A replica that
+//! finds a due time claimed by another therefore checks back after
+//! [`fire::CLAIM_TIMEOUT`]: it enqueues the job the claim names (same id,
+//! same queue, same idempotency key), which the broker stores only if the
+//! claimant did not (an idempotency key that names the same job id counts
+//! as that job, even once its record has expired). A fire is lost only if
+//! its claimant dies before enqueuing and no other replica is running.
+//!
+//! Redis answering LOADING, READONLY, MASTERDOWN or TRYAGAIN (a restart, a
+//! failover) is an outage like a dropped connection: the fire is tried
+//! again every second, within the on-time grace, never skipped as refused.
 //!
 //! # Missed fires
 //!
@@ -70,7 +83,7 @@
 //! See `docs/scheduler.md` for DST rules with examples.
 
 pub mod beat;
-mod fire;
+pub mod fire;
 pub mod store;
 
 use std::collections::HashMap;
@@ -95,9 +108,22 @@ use fire::request;
 /// How late a due time may be reached and still count as on time.
 pub const ON_TIME_GRACE: Duration = Duration::from_secs(5);
 
-/// The idempotency key of one fire: the claim every replica races for.
+/// The idempotency key of one fire's job (a caller may not use `beat:`
+/// keys: [`crate::producer::check_caller_key`]).
 pub fn fire_key(beat: &str, due: DateTime<Utc>) -> String {
     format!("beat:{beat}:{}", due.timestamp())
+}
+
+/// The job id of one fire, the same on every replica: a UUIDv7 whose time
+/// is the due time (ids still sort by time) and whose other bits come from
+/// the beat's name and the due time.
+pub fn fire_id(beat: &str, due: DateTime<Utc>) -> JobId {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(fire_key(beat, due).as_bytes());
+    let mut bits = [0u8; 10];
+    bits.copy_from_slice(&digest[..10]);
+    let ms = u64::try_from(due.timestamp_millis()).unwrap_or(0);
+    JobId(uuid::Builder::from_unix_timestamp_millis(ms, &bits).into_uuid())
 }
 
 /// Checks the beats of a config file: every problem reported, each naming
@@ -456,8 +482,9 @@ impl Scheduler {
             .find(|e| e.beat.name == name)
             .ok_or_else(|| BeatError::NotFound(name.to_string()))?;
         let now = Utc::now();
-        let mut req = request(&e.beat, now);
+        let mut req = request(&e.beat, now, None);
         req.idempotency_key = None;
+        req.id = None;
         let enqueued = self.inner.producer.enqueue(req).await?;
         let job = enqueued.job;
         let record = FireRecord {

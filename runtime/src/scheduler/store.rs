@@ -9,6 +9,7 @@
 //!   | `runner:beats` | hash | beat name -> `{"beat": {..}, "updated_at": ..}` (beats created through the API or CLI) |
 //!   | `runner:beats:fired` | hash | beat name -> the newest scheduled fire (due time, job id) |
 //!   | `runner:beats:manual` | hash | beat name -> the newest manual fire (`fire_now`) |
+//!   | `runner:beats:claims` | hash | beat name -> the newest claimed fire (due time, job id, queue): see [`BeatStore::claim_fire`] |
 //!   | `runner:beats:changed` | pub/sub channel | the name of a beat that was put or deleted |
 //!
 //! - [`MemoryBeatStore`]: the same in this process, for the embedded broker.
@@ -34,6 +35,7 @@ use crate::queue::JobId;
 pub const BEATS_KEY: &str = "runner:beats";
 pub const FIRED_KEY: &str = "runner:beats:fired";
 pub const MANUAL_KEY: &str = "runner:beats:manual";
+pub const CLAIMS_KEY: &str = "runner:beats:claims";
 pub const CHANGES_CHANNEL: &str = "runner:beats:changed";
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +109,14 @@ pub trait BeatStore: Send + Sync + 'static {
     /// Records a fire. A scheduled fire replaces the stored one only if its
     /// due time is later (replicas may record out of order).
     async fn record_fire(&self, name: &str, record: &FireRecord, manual: bool) -> StoreResult<()>;
+
+    /// Claims the fire of beat `name` at `claim.due` for job `claim.job`
+    /// on `claim.queue`, in one atomic step: the claim is taken unless one
+    /// for this due time or a later one is held, which is then returned
+    /// (`None`: taken). A claim depends on nothing but the beat's name and
+    /// the due time: not on the job's queue, nor on its record still
+    /// existing.
+    async fn claim_fire(&self, name: &str, claim: &FireRecord) -> StoreResult<Option<FireRecord>>;
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(key: &str, text: &str) -> StoreResult<T> {
@@ -121,17 +131,18 @@ fn encode<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
-/// Keeps the record with the later due time.
-const RECORD_FIRE: &str = r#"
+/// Keeps the record with the later due time (fires and claims): returns
+/// the record kept when it is not the new one, else nil.
+const KEEP_LATER: &str = r#"
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if cur then
   local ok, rec = pcall(cjson.decode, cur)
   if ok and type(rec) == 'table' and tonumber(rec.due_ms) and tonumber(rec.due_ms) >= tonumber(ARGV[2]) then
-    return 0
+    return cur
   end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-return 1
+return false
 "#;
 
 /// Beats in Redis, shared by every replica.
@@ -139,7 +150,7 @@ return 1
 pub struct RedisBeatStore {
     client: Client,
     conn: ConnectionManager,
-    record_fire: Script,
+    keep_later: Script,
 }
 
 impl RedisBeatStore {
@@ -149,7 +160,7 @@ impl RedisBeatStore {
         Ok(RedisBeatStore {
             client,
             conn,
-            record_fire: Script::new(RECORD_FIRE),
+            keep_later: Script::new(KEEP_LATER),
         })
     }
 
@@ -199,6 +210,8 @@ impl BeatStore for RedisBeatStore {
             pipe.hdel(FIRED_KEY, name)
                 .ignore()
                 .hdel(MANUAL_KEY, name)
+                .ignore()
+                .hdel(CLAIMS_KEY, name)
                 .ignore();
         }
         pipe.publish(CHANGES_CHANNEL, name).ignore();
@@ -268,24 +281,46 @@ impl BeatStore for RedisBeatStore {
     }
 
     async fn record_fire(&self, name: &str, record: &FireRecord, manual: bool) -> StoreResult<()> {
+        if manual {
+            let wire = encode(&WireFire {
+                due_ms: record.due.timestamp_millis(),
+                record: record.clone(),
+            });
+            let _: () = self.conn.clone().hset(MANUAL_KEY, name, wire).await?;
+        } else {
+            self.keep_later(FIRED_KEY, name, record).await?;
+        }
+        Ok(())
+    }
+
+    async fn claim_fire(&self, name: &str, claim: &FireRecord) -> StoreResult<Option<FireRecord>> {
+        self.keep_later(CLAIMS_KEY, name, claim).await
+    }
+}
+
+impl RedisBeatStore {
+    /// Stores `record` under `name` in hash `key` unless the stored one is
+    /// as late or later, which is returned.
+    async fn keep_later(
+        &self,
+        key: &str,
+        name: &str,
+        record: &FireRecord,
+    ) -> StoreResult<Option<FireRecord>> {
         let wire = encode(&WireFire {
             due_ms: record.due.timestamp_millis(),
             record: record.clone(),
         });
-        let mut conn = self.conn.clone();
-        if manual {
-            let _: () = conn.hset(MANUAL_KEY, name, wire).await?;
-        } else {
-            let _: i64 = self
-                .record_fire
-                .key(FIRED_KEY)
-                .arg(name)
-                .arg(record.due.timestamp_millis())
-                .arg(wire)
-                .invoke_async(&mut conn)
-                .await?;
-        }
-        Ok(())
+        let kept: Option<String> = self
+            .keep_later
+            .key(key)
+            .arg(name)
+            .arg(record.due.timestamp_millis())
+            .arg(wire)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        kept.map(|text| decode::<WireFire>(&format!("{key}[{name}]"), &text).map(|w| w.record))
+            .transpose()
     }
 }
 
@@ -294,6 +329,7 @@ struct MemoryState {
     beats: HashMap<String, StoredBeat>,
     fired: HashMap<String, FireRecord>,
     manual: HashMap<String, FireRecord>,
+    claims: HashMap<String, FireRecord>,
     watchers: Vec<mpsc::UnboundedSender<BeatChange>>,
 }
 
@@ -345,6 +381,7 @@ impl BeatStore for MemoryBeatStore {
         if forget_fires {
             st.fired.remove(name);
             st.manual.remove(name);
+            st.claims.remove(name);
         }
         Self::announce(&mut st, name);
         Ok(existed)
@@ -377,5 +414,16 @@ impl BeatStore for MemoryBeatStore {
             map.insert(name.to_string(), record.clone());
         }
         Ok(())
+    }
+
+    async fn claim_fire(&self, name: &str, claim: &FireRecord) -> StoreResult<Option<FireRecord>> {
+        let mut st = self.lock();
+        match st.claims.get(name) {
+            Some(cur) if cur.due >= claim.due => Ok(Some(cur.clone())),
+            _ => {
+                st.claims.insert(name.to_string(), claim.clone());
+                Ok(None)
+            }
+        }
     }
 }

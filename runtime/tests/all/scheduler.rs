@@ -292,11 +292,16 @@ pub async fn bind_task(url: &str, name: &str) {
 
 /// Leases every job waiting in the queue (nothing runs them).
 pub async fn take_jobs(broker: &Arc<dyn Broker>) -> Vec<Job> {
+    take_jobs_from(broker, QUEUE).await
+}
+
+/// Leases every job waiting in `queue`.
+pub async fn take_jobs_from(broker: &Arc<dyn Broker>, queue: &str) -> Vec<Job> {
     let mut out = Vec::new();
     loop {
         let reply = broker
             .settle(SettleRequest {
-                queue: QUEUE.into(),
+                queue: queue.into(),
                 worker: "counter".into(),
                 completions: vec![],
                 fetch: 1000,

@@ -3,13 +3,211 @@
 //! Every second gets exactly one job: no gap, no duplicate.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use runner::queue::Job;
 use runner::scheduler::Beat;
+use tempfile::TempDir;
 
 use crate::redis_support::RedisServer;
-use crate::scheduler::{bind_task, replica, take_jobs};
+use crate::scheduler::{QUEUE, bind_task, replica, take_jobs, take_jobs_from};
+use crate::wiring::{Proc, toml_str, write_config};
+
+/// Jobs per due time of beat `name`.
+fn per_due(jobs: &[Job], name: &str) -> BTreeMap<DateTime<Utc>, usize> {
+    let mut out = BTreeMap::new();
+    for j in jobs.iter().filter(|j| j.schedule.as_deref() == Some(name)) {
+        *out.entry(j.scheduled_for.expect("scheduled_for"))
+            .or_default() += 1;
+    }
+    out
+}
+
+fn run_loop(r: &crate::scheduler::Replica) -> tokio::task::JoinHandle<()> {
+    let s = r.scheduler.clone();
+    tokio::spawn(async move { s.run(std::future::pending::<()>()).await })
+}
+
+/// Two replicas that disagree on a beat's queue (a rolling deploy of a
+/// changed `runner.toml`; a beat moved between queues at a due instant)
+/// still fire each due time once: the claim is on the beat and the due
+/// time, not on the queue. Before, each replica's idempotency key lived in
+/// its own queue and every second was fired twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_that_disagree_on_a_beats_queue_fire_it_once() {
+    let server = RedisServer::start();
+    let url = server.url();
+    bind_task(&url, "tick").await;
+    let beat = |queue: &str| Beat {
+        queue: Some(queue.into()),
+        ..Beat::cron("moving", "tick", "* * * * * *")
+    };
+    let a = replica(&url, vec![beat("old")]).await;
+    let b = replica(&url, vec![beat("new")]).await;
+    let loops = [run_loop(&a), run_loop(&b)];
+    // Past the claim timeout, so that the losers' confirmations ran too.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    for l in &loops {
+        l.abort();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut jobs = take_jobs_from(&a.broker, "old").await;
+    jobs.extend(take_jobs_from(&a.broker, "new").await);
+    let fires = per_due(&jobs, "moving");
+    let dups: Vec<_> = fires.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dups.is_empty(), "fired more than once: {dups:?}");
+    assert!(fires.len() >= 7, "only {} fires in 9 s", fires.len());
+}
+
+/// A replica paused (SIGSTOP) for less than the on-time grace does not
+/// fire again, when it wakes, the due times the other replica fired while
+/// it slept, even though their jobs ran and their records expired. Before,
+/// a fire's key counted as free once its job's record was gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_replica_does_not_fire_again_what_another_fired() {
+    let server = RedisServer::start();
+    let url = server.url();
+    bind_task(&url, "tick").await;
+    let dir = TempDir::new().unwrap();
+    let config = write_config(&dir, &format!("[broker]\nredis_url = {}\n", toml_str(&url)));
+    let sleeper = Proc::start(&["scheduler"], &config);
+    let a = replica(&url, vec![]).await;
+    let a_loop = run_loop(&a);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.scheduler
+        .put(Beat::cron("pulse", "tick", "* * * * * *"))
+        .await
+        .unwrap();
+    // The jobs run and their results expire at once: taken from the queue,
+    // their records deleted.
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut jobs = Vec::new();
+    let mut drain = async |jobs: &mut Vec<Job>| {
+        let taken = take_jobs(&a.broker).await;
+        for j in &taken {
+            let _: () = redis::cmd("DEL")
+                .arg(format!("runner:{{{QUEUE}}}:job:{}", j.id))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        jobs.extend(taken);
+    };
+    let phases = [
+        (3, None),
+        (3, Some(libc::SIGSTOP)),
+        (3, Some(libc::SIGCONT)),
+    ];
+    for (secs, signal) in phases {
+        if let Some(sig) = signal {
+            sleeper.signal(sig);
+        }
+        for _ in 0..secs * 10 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drain(&mut jobs).await;
+        }
+    }
+    a_loop.abort();
+    drop(sleeper);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drain(&mut jobs).await;
+    let fires = per_due(&jobs, "pulse");
+    let dups: Vec<_> = fires.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dups.is_empty(), "fired more than once: {dups:?}");
+    assert!(fires.len() >= 7, "only {} fires in ~9 s", fires.len());
+}
+
+/// Redis answering READONLY (a replica, as during a failover) is an
+/// outage, not a refusal: the fire is retried and lands once the server
+/// is promoted, and the producer's error is one the API answers with 503.
+/// Before, READONLY was taken as a refusal and the fire was skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_redis_delays_fires_and_loses_none() {
+    let master = RedisServer::start();
+    let server = RedisServer::start();
+    let url = server.url();
+    bind_task(&master.url(), "tick").await;
+    let port = master
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string();
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(port.as_str())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let r = replica(&url, vec![Beat::cron("failover", "tick", "* * * * * *")]).await;
+    // The binding reaches the replica.
+    let registry = runner::registry::RedisRegistry::connect(&url)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while runner::registry::Registry::task(&registry, "tick")
+        .await
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replication did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let producer = runner::producer::Producer::new(
+        r.broker.clone(),
+        Arc::new(registry) as Arc<dyn runner::registry::Registry>,
+    );
+    let err = producer
+        .enqueue(runner::producer::EnqueueRequest::task("tick", "{}"))
+        .await
+        .unwrap_err();
+    let api = runner::api::ApiError::from(err);
+    assert_eq!(api.status.as_u16(), 503, "{}", api.message);
+
+    let l = run_loop(&r);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let queued: bool = redis::cmd("EXISTS")
+        .arg(format!("runner:{{{QUEUE}}}:ready"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!queued, "a job was queued on a read-only server");
+    let promoted_at = Utc::now();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    l.abort();
+    let fires = per_due(&take_jobs(&r.broker).await, "failover");
+    let first = *fires
+        .keys()
+        .next()
+        .expect("nothing fired after the promotion");
+    assert!(
+        first <= promoted_at - chrono::Duration::seconds(1),
+        "the fires due while Redis was read-only were skipped: first {first}, promoted at {promoted_at}"
+    );
+    assert!(fires.values().all(|n| *n == 1), "{fires:?}");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_fire_each_second_exactly_once() {

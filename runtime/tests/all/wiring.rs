@@ -20,11 +20,11 @@ use crate::redis_support::RedisServer;
 use crate::support::{guest, sandbox};
 
 /// A TOML string literal.
-fn toml_str(s: &str) -> String {
+pub(crate) fn toml_str(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
 }
 
-fn write_config(dir: &TempDir, text: &str) -> PathBuf {
+pub(crate) fn write_config(dir: &TempDir, text: &str) -> PathBuf {
     let path = dir.path().join("runner.toml");
     std::fs::write(&path, text).unwrap();
     path
@@ -32,10 +32,10 @@ fn write_config(dir: &TempDir, text: &str) -> PathBuf {
 
 /// A `runner` subcommand as its own process, killed (SIGTERM, then
 /// SIGKILL) when dropped.
-struct Proc(Child);
+pub(crate) struct Proc(Child);
 
 impl Proc {
-    fn start(args: &[&str], config: &Path) -> Proc {
+    pub(crate) fn start(args: &[&str], config: &Path) -> Proc {
         let child = Command::new(env!("CARGO_BIN_EXE_runner"))
             .args(args)
             .arg("--config")
@@ -48,6 +48,14 @@ impl Proc {
             .spawn()
             .expect("starting the runner binary");
         Proc(child)
+    }
+
+    /// Sends `signal` (`libc::SIGSTOP`, `SIGCONT`, ...) to the process.
+    pub(crate) fn signal(&self, signal: i32) {
+        // SAFETY: plain kill(2) on a pid we spawned.
+        unsafe {
+            libc::kill(self.0.id() as i32, signal);
+        }
     }
 }
 

@@ -1,27 +1,40 @@
 -- Stores a batch of jobs and makes them ready or delayed, in one call.
 -- KEYS[1]: the queue's ready list (routes the call to the queue's slot)
 -- ARGV: prefix, channel, queue, idempotency ttl ms, n,
---       then per job: id, record, due ms (0 = now), idempotency key, record ttl ms (0 = none)
+--       then per job: id, record, delay ms (0 = ready now), idempotency key, record ttl ms (0 = none)
+-- Due times are the server's now plus the delay (the producer's clock may be off).
 -- Returns per job: 'new' or 'dup', then the earlier record for a dup ('' otherwise).
 local P, chan, qname = ARGV[1], ARGV[2], ARGV[3]
-local idem_ttl = tonumber(ARGV[4])
-local n = tonumber(ARGV[5])
+local idem_ttl = ttl_ms(ARGV[4], 'idempotency ttl')
+local n = count(ARGV[5], 'n')
+if #ARGV ~= 5 + n * 5 then arg_error('count', #ARGV) end
+for j = 0, n - 1 do
+  local b = 6 + j * 5
+  int_in(ARGV[b + 2], 0, MAX_MS, 'delay of job ' .. j)
+  if ARGV[b + 4] ~= '0' then ttl_ms(ARGV[b + 4], 'record ttl of job ' .. j) end
+end
 local out = {}
 if n == 0 then return out end
 
 local mset, ready, delayed = {}, {}, {}
+local now = nil
 local seen = {}
 local wake = nil
 for j = 0, n - 1 do
   local b = 6 + j * 5
-  local id, rec, due, idem, ttl = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3], tonumber(ARGV[b + 4])
+  local id, rec, delay, idem, ttl = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3], tonumber(ARGV[b + 4])
   local dup = nil
   if idem ~= '' then
     dup = seen[idem]
     if not dup then
       local ik = P .. 'idem:' .. idem
       local prev = redis.call('GET', ik)
-      if prev then dup = redis.call('GET', P .. 'job:' .. prev) end
+      if prev then
+        dup = redis.call('GET', P .. 'job:' .. prev)
+        -- The same job again (an id the runner derives, as for a beat's
+        -- fire) whose record has expired: it was stored once, that is all.
+        if not dup and prev == id then dup = rec end
+      end
       if not dup then
         redis.call('SET', ik, id, 'PX', idem_ttl)
         seen[idem] = rec
@@ -40,7 +53,9 @@ for j = 0, n - 1 do
       mset[#mset + 1] = P .. 'job:' .. id
       mset[#mset + 1] = rec
     end
-    if due > 0 then
+    if delay > 0 then
+      now = now or server_ms()
+      local due = now + delay
       delayed[#delayed + 1] = due
       delayed[#delayed + 1] = id .. '|0'
       if not wake or due < wake then wake = due end
