@@ -32,6 +32,17 @@
 //! nothing but its heartbeat: it waits on pub/sub, and sets a timer for the
 //! earliest delayed job instead of polling.
 //!
+//! # One clock
+//!
+//! Scripts take their times from the server (`TIME`): lease deadlines, due
+//! times of countdowns and retries, rate-limit windows. Callers send
+//! durations (a lease, a delay), never instants of their own clock, and the
+//! broker turns the instants the server sends back into the caller's clock
+//! (see `Clock`). A worker whose clock is off reclaims nothing early.
+//!
+//! Every script checks all of its arguments before its first write
+//! (`lua/check.lua`, prepended to each): a bad one is refused whole.
+//!
 //! An enqueue call whose reply is lost is not repeated by this client: a
 //! caller that retries should set an idempotency key.
 //!
@@ -39,11 +50,12 @@
 //! timeout; commands go through a `ConnectionManager` that reconnects.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Client, Script, Value};
@@ -81,13 +93,16 @@ struct Scripts {
 
 impl Scripts {
     fn new() -> Self {
+        // Every script starts with the argument checks of `check.lua`.
+        let script =
+            |body: &str| Script::new(&format!("{}\n{body}", include_str!("lua/check.lua")));
         Scripts {
-            enqueue: Script::new(include_str!("lua/enqueue.lua")),
-            settle: Script::new(include_str!("lua/settle.lua")),
-            extend: Script::new(include_str!("lua/extend.lua")),
-            status: Script::new(include_str!("lua/status.lua")),
-            revoke: Script::new(include_str!("lua/revoke.lua")),
-            replay: Script::new(include_str!("lua/replay.lua")),
+            enqueue: script(include_str!("lua/enqueue.lua")),
+            settle: script(include_str!("lua/settle.lua")),
+            extend: script(include_str!("lua/extend.lua")),
+            status: script(include_str!("lua/status.lua")),
+            revoke: script(include_str!("lua/revoke.lua")),
+            replay: script(include_str!("lua/replay.lua")),
         }
     }
 }
@@ -99,6 +114,44 @@ struct Inner {
     known_queues: Mutex<HashSet<String>>,
     hub: Mutex<Option<broadcast::Sender<JobEvent>>>,
     idempotency_ttl: Duration,
+    clock: Arc<Clock>,
+}
+
+/// How this process's clock relates to the Redis server's. Every script
+/// takes its times from the server (`TIME`): lease deadlines, due times and
+/// rate-limit windows do not depend on which worker asks, so a worker whose
+/// clock runs ahead cannot reclaim live leases. Times the server hands back
+/// (next due, wake-ups, lease ends, when a job was leased) are turned into
+/// this process's clock with the offset measured at the last settle.
+#[derive(Default)]
+struct Clock {
+    /// Added to the system clock: a test's way to run a skewed worker.
+    skew_ms: i64,
+    /// The server's clock minus this process's, as last measured.
+    offset_ms: AtomicI64,
+}
+
+impl Clock {
+    /// This process's clock, in ms since 1970.
+    fn local_ms(&self) -> i64 {
+        Utc::now().timestamp_millis() + self.skew_ms
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        ms_to_time(self.local_ms())
+    }
+
+    /// The server said it was `server_ms` somewhere between `sent` and now
+    /// (local ms).
+    fn observe(&self, server_ms: i64, sent: i64) {
+        let local = sent + (self.local_ms() - sent) / 2;
+        self.offset_ms.store(server_ms - local, Ordering::Relaxed);
+    }
+
+    /// A server time, on this process's clock.
+    fn local(&self, server_ms: i64) -> DateTime<Utc> {
+        ms_to_time(server_ms - self.offset_ms.load(Ordering::Relaxed))
+    }
 }
 
 /// The production broker. Cheap to clone.
@@ -127,8 +180,29 @@ impl RedisBroker {
                 known_queues: Mutex::new(HashSet::new()),
                 hub: Mutex::new(None),
                 idempotency_ttl: Duration::from_secs(24 * 3600),
+                clock: Arc::new(Clock::default()),
             }),
         })
+    }
+
+    /// This broker as a process whose clock is `skew_ms` off (tests: the
+    /// server's clock must be the only one that counts).
+    pub fn with_clock_skew(self, skew_ms: i64) -> Self {
+        let inner = Inner {
+            client: self.inner.client.clone(),
+            conn: self.inner.conn.clone(),
+            scripts: Scripts::new(),
+            known_queues: Mutex::new(HashSet::new()),
+            hub: Mutex::new(None),
+            idempotency_ttl: self.inner.idempotency_ttl,
+            clock: Arc::new(Clock {
+                skew_ms,
+                ..Clock::default()
+            }),
+        };
+        RedisBroker {
+            inner: Arc::new(inner),
+        }
     }
 
     fn conn(&self) -> ConnectionManager {
@@ -267,10 +341,6 @@ fn protocol(what: &str) -> BrokerError {
     BrokerError::Protocol(what.to_string())
 }
 
-fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
-}
-
 fn ttl_ms(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
 }
@@ -303,13 +373,14 @@ impl Broker for RedisBroker {
                     .arg(q)
                     .arg(ttl_ms(self.inner.idempotency_ttl))
                     .arg(chunk.len());
-                let now = Utc::now();
+                let now = self.inner.clock.now();
                 for &i in chunk {
                     let j = &jobs[i];
-                    let due = j
+                    // A delay: the script adds it to the server's clock.
+                    let delay = j
                         .eta
                         .filter(|e| *e > now)
-                        .map(|e| e.timestamp_millis())
+                        .map(|e| (e - now).num_milliseconds().max(1))
                         .unwrap_or(0);
                     // A job that expires unrun is kept a result-TTL past its expiry.
                     let ttl = j
@@ -318,7 +389,7 @@ impl Broker for RedisBroker {
                         .unwrap_or(0);
                     inv.arg(j.id.to_string())
                         .arg(j.to_json())
-                        .arg(due)
+                        .arg(delay)
                         .arg(j.idempotency_key.as_deref().unwrap_or(""))
                         .arg(ttl);
                 }
@@ -419,7 +490,6 @@ impl Broker for RedisBroker {
                 .key(format!("{p}job:{id}"))
                 .arg(&p)
                 .arg(id.to_string())
-                .arg(now_ms())
                 .arg(job.to_json())
                 .arg(job.result_ttl_ms.max(1))
                 .arg(if terminate { "1" } else { "0" })
@@ -447,13 +517,13 @@ impl Broker for RedisBroker {
     async fn settle(&self, req: SettleRequest) -> BrokerResult<SettleReply> {
         let q = &req.queue;
         let p = prefix(q);
-        let now = now_ms();
+        let clock = &self.inner.clock;
+        let sent = clock.local_ms();
         let mut inv = self.inner.scripts.settle.prepare_invoke();
         inv.key(format!("{p}ready"))
             .arg(&p)
             .arg(channel(q))
             .arg(q)
-            .arg(now)
             .arg(ttl_ms(req.lease))
             .arg(&req.worker)
             .arg(req.fetch)
@@ -461,7 +531,7 @@ impl Broker for RedisBroker {
             .arg(req.completions.len())
             .arg(if req.holds_leases { "1" } else { "0" });
         for c in &req.completions {
-            push_completion(&mut inv, c);
+            push_completion(&mut inv, c, sent);
         }
         let reply: Value = inv.invoke_async(&mut self.conn()).await?;
         let mut parts = as_array(reply).into_iter();
@@ -473,6 +543,9 @@ impl Broker for RedisBroker {
             Some(Value::Int(n)) => n.max(0) as usize,
             _ => 0,
         };
+        if let Some(Value::Int(server_now)) = parts.next() {
+            clock.observe(server_now, sent);
+        }
         let mut out = SettleReply {
             popped,
             ..SettleReply::default()
@@ -489,7 +562,7 @@ impl Broker for RedisBroker {
             parsed.show_started(&mut job);
             out.deliveries.push(Delivery {
                 job,
-                leased_at: ms_to_time(parsed.leased_ms),
+                leased_at: clock.local(parsed.leased_ms),
                 lease: parsed.lease(q, member),
             });
         }
@@ -498,8 +571,14 @@ impl Broker for RedisBroker {
             .filter_map(as_string)
             .filter_map(|s| s.parse().ok())
             .collect();
-        out.next_due = next_due.parse::<f64>().ok().map(|ms| ms_to_time(ms as i64));
-        out.deferred_until = deferred.parse::<f64>().ok().map(|ms| ms_to_time(ms as i64));
+        out.next_due = next_due
+            .parse::<f64>()
+            .ok()
+            .map(|ms| clock.local(ms as i64));
+        out.deferred_until = deferred
+            .parse::<f64>()
+            .ok()
+            .map(|ms| clock.local(ms as i64));
         Ok(out)
     }
 
@@ -508,10 +587,9 @@ impl Broker for RedisBroker {
         let mut queues: Vec<&str> = leases.iter().map(|l| l.queue.as_str()).collect();
         queues.sort();
         queues.dedup();
-        let until = now_ms() + ttl_ms(lease) as i64;
         for q in queues {
             let mut inv = self.inner.scripts.extend.prepare_invoke();
-            inv.key(format!("{}leases", prefix(q))).arg(until);
+            inv.key(format!("{}leases", prefix(q))).arg(ttl_ms(lease));
             for l in leases.iter().filter(|l| l.queue == q) {
                 inv.arg(&l.member);
             }
@@ -548,7 +626,8 @@ impl Broker for RedisBroker {
         let queues = queues.to_vec();
         // Fail early when Redis cannot be reached at all.
         let first = connect_signals(&client, &queues).await?;
-        tokio::spawn(signal_loop(client, queues, tx, first));
+        let clock = self.inner.clock.clone();
+        tokio::spawn(signal_loop(client, queues, tx, first, clock));
         Ok(rx)
     }
 
@@ -696,7 +775,9 @@ impl Broker for RedisBroker {
     }
 }
 
-fn push_completion(inv: &mut redis::ScriptInvocation<'_>, c: &Completion) {
+/// The arguments of completion `c`; `now` is this process's clock (a
+/// retry's due time goes to the script as a delay from the server's now).
+fn push_completion(inv: &mut redis::ScriptInvocation<'_>, c: &Completion, now: i64) {
     let p = if c.had_progress { "p" } else { "" };
     match &c.settlement {
         Settlement::Finish { job, dead } => {
@@ -722,7 +803,7 @@ fn push_completion(inv: &mut redis::ScriptInvocation<'_>, c: &Completion) {
             inv.arg(&c.lease.member)
                 .arg(format!("R{p}"))
                 .arg(job.to_json())
-                .arg(due.timestamp_millis())
+                .arg((due.timestamp_millis() - now).max(0))
                 .arg(c.lease.id.to_string())
                 .arg(if_revoked.to_json())
                 .arg(if_revoked.result_ttl_ms.max(1))
@@ -757,6 +838,7 @@ async fn signal_loop(
     queues: Vec<String>,
     tx: mpsc::UnboundedSender<Signal>,
     first: redis::aio::PubSub,
+    clock: Arc<Clock>,
 ) {
     #[derive(Deserialize)]
     struct Control {
@@ -830,7 +912,7 @@ async fn signal_loop(
                     ok &= tx
                         .send(Signal::WakeAt {
                             queue: m.q.clone(),
-                            at: ms_to_time(w),
+                            at: clock.local(w),
                         })
                         .is_ok();
                 }
@@ -841,7 +923,7 @@ async fn signal_loop(
                         .send(Signal::LeaseUntil {
                             queue: m.q.clone(),
                             worker: w.clone(),
-                            at: ms_to_time(l),
+                            at: clock.local(l),
                         })
                         .is_ok();
                 }

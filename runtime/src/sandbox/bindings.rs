@@ -49,6 +49,20 @@ impl HostError {
         }
     }
 
+    /// The same error with its message capped at `max` bytes
+    /// ([`crate::queue::job::cap_text`]): a server's answer or a path can be
+    /// as long as it likes, what reaches the task is not.
+    pub fn capped(self, max: usize) -> Self {
+        let cap = |m: String| crate::queue::job::cap_text(m, max);
+        match self {
+            Self::Denied(m) => Self::Denied(cap(m)),
+            Self::Invalid(m) => Self::Invalid(cap(m)),
+            Self::Transient(m) => Self::Transient(cap(m)),
+            Self::Permanent(m) => Self::Permanent(cap(m)),
+            Self::Unavailable(m) => Self::Unavailable(cap(m)),
+        }
+    }
+
     /// The message, without the case.
     pub fn message(&self) -> &str {
         match self {

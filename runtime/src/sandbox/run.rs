@@ -15,6 +15,7 @@ use super::host::{HostEnv, LogLine, Progress};
 use super::limits::MemoryLimiter;
 use super::module::LoadedModule;
 use super::pipe::CappedPipe;
+use crate::queue::job::{MAX_MESSAGE_BYTES, cap_text};
 
 /// Cancels a run: a revoked job stops at its next epoch check (or at once if
 /// it waits in a host call) and ends `Revoked`.
@@ -338,8 +339,9 @@ pub(crate) async fn run(env: RunEnv<'_>, module: &LoadedModule, req: RunRequest)
 
     let outcome = match result {
         Ok(Ok(output)) => check_output(output, limits.result_cap_bytes),
-        Ok(Err(TaskError::Retry(message))) => Outcome::Retry(message),
-        Ok(Err(TaskError::Fail(message))) => Outcome::Fail(message),
+        // The task's own words: capped before they reach a log or a record.
+        Ok(Err(TaskError::Retry(message))) => Outcome::Retry(cap_text(message, MAX_MESSAGE_BYTES)),
+        Ok(Err(TaskError::Fail(message))) => Outcome::Fail(cap_text(message, MAX_MESSAGE_BYTES)),
         Err(error) => classify(&error, state.limiter.hit, instantiated, &stderr),
     };
 
@@ -397,7 +399,7 @@ fn classify(
     }
     let backtrace = error
         .downcast_ref::<WasmBacktrace>()
-        .map(|bt| bt.to_string())
+        .map(|bt| cap_text(bt.to_string(), MAX_MESSAGE_BYTES))
         .filter(|bt| !bt.trim().is_empty());
     let message = if let Some(exit) = error.downcast_ref::<I32Exit>() {
         format!("the task called exit({}) instead of returning", exit.0)
@@ -409,7 +411,10 @@ fn classify(
         // A host function trapped: the error chain says which.
         format!("{error:#}")
     };
-    Outcome::Trap { message, backtrace }
+    Outcome::Trap {
+        message: cap_text(message, MAX_MESSAGE_BYTES),
+        backtrace,
+    }
 }
 
 /// The message of a Rust panic as the standard library prints it to stderr:

@@ -26,10 +26,7 @@ pub(super) fn dead(d: &Delivery, kind: &str, message: impl Into<String>) -> Sett
         d,
         JobState::Failure,
         None,
-        Some(JobFailure {
-            kind: kind.into(),
-            message: message.into(),
-        }),
+        Some(JobFailure::new(kind, message)),
         true,
     )
 }
@@ -74,10 +71,7 @@ pub(super) fn retry_or_fail(d: &Delivery, kind: &str, message: String) -> Settle
                 ),
             );
         };
-        let error = Some(JobFailure {
-            kind: kind.into(),
-            message: message.clone(),
-        });
+        let error = Some(JobFailure::new(kind, message.clone()));
         let mut next = job.clone();
         next.state = JobState::Retry;
         next.attempt += 1;
@@ -157,10 +151,7 @@ pub(super) fn settlement_for(d: &Delivery, outcome: Outcome, shutting_down: bool
             d,
             JobState::Revoked,
             None,
-            Some(JobFailure {
-                kind: "revoked".into(),
-                message: "terminated by revoke".into(),
-            }),
+            Some(JobFailure::new("revoked", "terminated by revoke")),
             false,
         ),
     }

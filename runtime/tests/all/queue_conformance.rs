@@ -876,3 +876,82 @@ async fn embedded_broker_forgets_what_expired() {
         "everything expired is gone"
     );
 }
+
+/// A Redis script checks every argument before its first write: a
+/// settlement with a TTL Redis would refuse is refused whole, and the lease
+/// it names is still held (so the job is settled later or redelivered).
+/// Before, `settle.lua` removed the lease, then failed on `SET ... PX`: the
+/// job was in no list, STARTED forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_scripts_refuse_bad_arguments_before_writing() {
+    let env = redis().await;
+    let b = &env.broker;
+    let id = env.producer.enqueue(call("{}")).await.unwrap().job.id;
+    let d = b
+        .settle(settle("work", "w", vec![], 1))
+        .await
+        .unwrap()
+        .deliveries;
+    let mut bad = success(&d[0], "1");
+    if let Settlement::Finish { job, .. } = &mut bad.settlement {
+        job.result_ttl_ms = 10_u64.pow(16);
+    }
+    let err = b
+        .settle(settle("work", "w", vec![bad], 0))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bad argument ttl of completion 0"), "{err}");
+    assert_eq!(b.get(id).await.unwrap().unwrap().state, JobState::Started);
+    // The lease is still ours: a good settlement is not stale.
+    let r = b
+        .settle(settle("work", "w", vec![success(&d[0], "1")], 0))
+        .await
+        .unwrap();
+    assert!(r.stale.is_empty(), "the lease was lost: {:?}", r.stale);
+    assert_eq!(b.get(id).await.unwrap().unwrap().state, JobState::Success);
+}
+
+/// One clock: a worker whose clock runs 20 s ahead reclaims no live lease
+/// of another worker, since lease deadlines and the check both come from
+/// the Redis server's clock; what it is told (the next due time) is on its
+/// own clock. Before, the settle script compared leases with the calling
+/// worker's clock and handed the job out a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_clock_runs_ahead_reclaims_no_live_lease() {
+    let server = RedisServer::start();
+    let a: Arc<dyn Broker> = Arc::new(RedisBroker::connect(&server.url()).await.unwrap());
+    let skew = 20_000;
+    let ahead: Arc<dyn Broker> = Arc::new(
+        RedisBroker::connect(&server.url())
+            .await
+            .unwrap()
+            .with_clock_skew(skew),
+    );
+    let producer = Producer::new(a.clone(), registry().await);
+    let id = producer.enqueue(call("{}")).await.unwrap().job.id;
+    let mut req = settle("work", "a", vec![], 1);
+    req.lease = Duration::from_secs(10);
+    let d = a.settle(req).await.unwrap().deliveries;
+    assert_eq!(d.len(), 1);
+
+    let r = ahead
+        .settle(settle("work", "ahead", vec![], 1))
+        .await
+        .unwrap();
+    assert!(r.deliveries.is_empty(), "a live lease was reclaimed");
+    let next = r.next_due.expect("the lease's end is due");
+    let ahead_now = Utc::now() + chrono::Duration::milliseconds(skew);
+    let wait = (next - ahead_now).num_milliseconds();
+    assert!(
+        (5_000..=15_000).contains(&wait),
+        "next due in {wait} ms on the skewed clock"
+    );
+
+    let r = a
+        .settle(settle("work", "a", vec![success(&d[0], "1")], 0))
+        .await
+        .unwrap();
+    assert!(r.stale.is_empty(), "{:?}", r.stale);
+    assert_eq!(a.get(id).await.unwrap().unwrap().redeliveries, 0);
+}

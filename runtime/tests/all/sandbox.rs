@@ -69,6 +69,33 @@ async fn task_errors_are_retry_and_fail() {
     assert_eq!(report.outcome, Outcome::Fail("no such user".into()));
 }
 
+/// A task's failure message is capped before it reaches a log, a record or
+/// a dead letter (kept 7 days): before, 50,000 bytes went everywhere.
+#[tokio::test]
+async fn a_tasks_long_failure_message_is_capped() {
+    let sandbox = sandbox();
+    // The component writes its result over bytes 32..48 of the message:
+    // a length of 0x7f7f keeps them valid UTF-8.
+    let long = "x".repeat(0x7f7f);
+    let fail = sandbox
+        .load(&support::task_error_component(false, &long))
+        .unwrap();
+    let report = sandbox.run(&fail, RunRequest::new("{}")).await;
+    let Outcome::Fail(message) = report.outcome else {
+        panic!("{:?}", report.outcome);
+    };
+    assert!(
+        message.len() <= runner::queue::job::MAX_MESSAGE_BYTES,
+        "{}",
+        message.len()
+    );
+    assert!(
+        message.ends_with("more bytes]"),
+        "{}",
+        &message[message.len() - 40..]
+    );
+}
+
 #[tokio::test]
 async fn output_that_is_not_json_or_too_large_is_invalid() {
     let sandbox = sandbox();

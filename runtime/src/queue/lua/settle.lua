@@ -1,18 +1,36 @@
 -- One worker round trip: settle finished jobs, optionally move what is due,
 -- lease new jobs (under the queue's global rate limits), publish one event.
+-- Every time is the server's (TIME): lease deadlines, due times and rate
+-- limit windows never depend on the calling worker's clock.
 -- KEYS[1]: the queue's ready list
--- ARGV: prefix, channel, queue, now ms, lease ms, worker, fetch max, due check (1/0), n completions,
+-- ARGV: prefix, channel, queue, lease ms, worker, fetch max, due check (1/0), n completions,
 --       skip own leases in next due (1/0),
 --       then per completion: lease member, action, record, arg, id, alt record, alt ttl, state
--- action: F final, D final + dead letter, R retry (arg = due ms), H hand back;
+-- action: F final (arg = ttl ms), D final + dead letter (arg = ttl ms),
+--         R retry (arg = delay ms from now), H hand back;
 --         a trailing 'p' clears stored progress.
 -- Returns {leased {member, record}..., stale ids, next due, deferred until,
--- number of entries taken from ready (leased, deferred or dropped)}.
+-- number of entries taken from ready (leased, deferred or dropped), now}.
 local P, chan, qname = ARGV[1], ARGV[2], ARGV[3]
-local now, lease_ms = tonumber(ARGV[4]), tonumber(ARGV[5])
-local worker, fetch_max, due_check = ARGV[6], tonumber(ARGV[7]), ARGV[8] == '1'
-local nc = tonumber(ARGV[9])
-local skip_own = ARGV[10] == '1'
+local lease_ms = ttl_ms(ARGV[4], 'lease')
+local worker, fetch_max, due_check = ARGV[5], count(ARGV[6], 'fetch'), ARGV[7] == '1'
+local nc = count(ARGV[8], 'completions')
+local skip_own = ARGV[9] == '1'
+local C = 10 -- the first completion's first argument
+if #ARGV ~= C - 1 + nc * 8 then arg_error('count', #ARGV) end
+for j = 0, nc - 1 do
+  local b = C + j * 8
+  local kind = string.sub(ARGV[b + 1], 1, 1)
+  if kind == 'F' or kind == 'D' then
+    ttl_ms(ARGV[b + 3], 'ttl of completion ' .. j)
+  elseif kind == 'R' then
+    int_in(ARGV[b + 3], 0, MAX_MS, 'delay of completion ' .. j)
+    ttl_ms(ARGV[b + 6], 'revoked ttl of completion ' .. j)
+  elseif kind ~= 'H' then
+    arg_error('action of completion ' .. j, ARGV[b + 1])
+  end
+end
+local now = server_ms()
 local ev, stale = {}, {}
 local readied = 0
 local deferred = nil
@@ -22,7 +40,7 @@ end
 
 if nc > 0 then
   local members = {}
-  for j = 0, nc - 1 do members[j + 1] = ARGV[11 + j * 8] end
+  for j = 0, nc - 1 do members[j + 1] = ARGV[C + j * 8] end
   local scores
   if nc == 1 then
     -- One result: ZREM itself says whether the lease was still ours.
@@ -32,7 +50,7 @@ if nc > 0 then
   end
   local held, dead, back, delayed, clear = {}, {}, {}, {}, {}
   for j = 0, nc - 1 do
-    local b = 11 + j * 8
+    local b = C + j * 8
     local member, action, rec, arg = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
     local id, alt, altttl, state = ARGV[b + 4], ARGV[b + 5], ARGV[b + 6], ARGV[b + 7]
     if not scores[j + 1] then
@@ -54,7 +72,7 @@ if nc > 0 then
           ev[#ev + 1] = { id, 'REVOKED' }
         else
           redis.call('SET', P .. 'job:' .. id, rec)
-          local due = tonumber(arg)
+          local due = now + tonumber(arg)
           delayed[#delayed + 1] = due
           delayed[#delayed + 1] = id .. '|0'
           defer(due)
@@ -221,4 +239,4 @@ if #ev > 0 or readied > 0 or deferred then
   if #out > 0 then msg.lease = now + lease_ms end
   redis.call('PUBLISH', chan, cjson.encode(msg))
 end
-return { out, stale, next_due and tostring(next_due) or '', deferred and tostring(deferred) or '', popped }
+return { out, stale, next_due and tostring(next_due) or '', deferred and tostring(deferred) or '', popped, now }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::queue::job::{MAX_MESSAGE_BYTES, MAX_PROGRESS_MESSAGE_BYTES, cap_text};
 use crate::sandbox::bindings::runner::task::context::{self, Level};
 use crate::sandbox::run::RunState;
 
@@ -114,7 +115,7 @@ impl context::Host for RunState {
         let progress = Progress {
             done,
             total,
-            message,
+            message: message.map(|m| cap_text(m, MAX_PROGRESS_MESSAGE_BYTES)),
         };
         if let Some(sink) = &self.host.progress {
             sink(&progress);
@@ -125,6 +126,7 @@ impl context::Host for RunState {
 
     async fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
         let level = LogLevel::from(level);
+        let message = cap_text(message, MAX_MESSAGE_BYTES);
         tracing::debug!(target: "runner::guest", job = %self.job.id, %level, "{message}");
         let at = self.started.elapsed();
         self.logs.push(LogLine { level, message, at });

@@ -23,6 +23,7 @@ use runner_host_fns as fns;
 use super::bindings::HostError;
 use super::bindings::runner::task::types;
 use super::run::{CancelToken, RunState, Stopped};
+use crate::queue::job::MAX_MESSAGE_BYTES;
 
 pub mod context;
 pub mod files;
@@ -237,7 +238,7 @@ impl<S: ?Sized> HostCall<S> {
                     biased;
                     () = cancel.cancelled() => Err(Stopped::Revoked.into()),
                     () = tokio::time::sleep_until(deadline.into()) => Err(Stopped::TimeLimit.into()),
-                    answer = call => Ok(answer),
+                    answer = call => Ok(answer.map_err(|e| e.capped(MAX_MESSAGE_BYTES))),
                 }
             }
         };
