@@ -18,6 +18,17 @@
 //! rather than rendering empty boxes. PDFs embed subset fonts.
 //!
 //! Layout is CPU-bound: it runs on tokio's blocking pool.
+//!
+//! # Limits
+//!
+//! A document is counted before typst sees it; past any of these it is
+//! `invalid`, the message naming what is too big:
+//! [`MAX_BLOCKS`] blocks (10,000), [`MAX_TABLE_ROWS`] table rows in all
+//! (50,000, empty rows included), [`MAX_TABLE_COLUMNS`] columns in one
+//! table (100), [`MAX_CELLS`] table cells in all (200,000),
+//! [`MAX_KEY_VALUE_PAIRS`] key-value pairs in all (10,000) and
+//! [`MAX_TEXT_BYTES`] bytes of text in all (8 MiB: title, author, headings,
+//! paragraphs, cells, keys and values).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -63,10 +74,18 @@ pub const TEMPLATE: &str = r##"
 }
 "##;
 
-/// Most characters of task text in one document.
+/// Most bytes of task text in one document.
 pub const MAX_TEXT_BYTES: usize = 8 * 1024 * 1024;
 /// Most table cells in one document.
 pub const MAX_CELLS: usize = 200_000;
+/// Most blocks in one document.
+pub const MAX_BLOCKS: usize = 10_000;
+/// Most table rows in one document, all tables together.
+pub const MAX_TABLE_ROWS: usize = 50_000;
+/// Most columns in one table.
+pub const MAX_TABLE_COLUMNS: usize = 100;
+/// Most key-value pairs in one document, all blocks together.
+pub const MAX_KEY_VALUE_PAIRS: usize = 10_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -228,8 +247,65 @@ impl PdfService {
         .await
     }
 
+    /// Refuses a document past any of the limits, before anything else is
+    /// done with it.
+    fn check_size(doc: &Document) -> Result<(), HostError> {
+        if doc.blocks.len() > MAX_BLOCKS {
+            return Err(HostError::invalid(format!(
+                "the document has {} blocks, more than the limit of {MAX_BLOCKS} blocks",
+                doc.blocks.len()
+            )));
+        }
+        let mut rows = 0usize;
+        let mut pairs = 0usize;
+        let mut text = doc.title.len() + doc.author.as_ref().map_or(0, String::len);
+        for (i, block) in doc.blocks.iter().enumerate() {
+            match block {
+                Block::Heading { text: t, .. } | Block::Paragraph(t) => text += t.len(),
+                Block::Table { header, rows: r } => {
+                    rows += r.len();
+                    let columns = r.iter().map(Vec::len).chain([header.len()]).max();
+                    if let Some(columns) = columns.filter(|c| *c > MAX_TABLE_COLUMNS) {
+                        return Err(HostError::invalid(format!(
+                            "block {i}: the table has {columns} columns, more than the limit \
+                             of {MAX_TABLE_COLUMNS} columns"
+                        )));
+                    }
+                    text += header
+                        .iter()
+                        .chain(r.iter().flatten())
+                        .map(String::len)
+                        .sum::<usize>();
+                }
+                Block::KeyValues(p) => {
+                    pairs += p.len();
+                    text += p.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+                }
+                Block::PageBreak => {}
+            }
+        }
+        if rows > MAX_TABLE_ROWS {
+            return Err(HostError::invalid(format!(
+                "the document's tables have {rows} rows, more than the limit of {MAX_TABLE_ROWS} rows"
+            )));
+        }
+        if pairs > MAX_KEY_VALUE_PAIRS {
+            return Err(HostError::invalid(format!(
+                "the document has {pairs} key-value pairs, more than the limit of \
+                 {MAX_KEY_VALUE_PAIRS} key-value pairs"
+            )));
+        }
+        if text > MAX_TEXT_BYTES {
+            return Err(HostError::invalid(format!(
+                "the document has {text} bytes of text, more than the limit of {MAX_TEXT_BYTES} bytes"
+            )));
+        }
+        Ok(())
+    }
+
     /// Validates the document and turns it into the template's JSON.
     fn prepare(&self, doc: &Document) -> Result<Vec<u8>, HostError> {
+        Self::check_size(doc)?;
         let mut text_bytes = doc.title.len() + doc.author.as_ref().map_or(0, String::len);
         let mut cells_total = 0usize;
         let mut uncovered: Option<char> = None;

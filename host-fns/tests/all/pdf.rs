@@ -257,3 +257,73 @@ async fn bad_documents_are_invalid() {
         assert!(tokens.iter().any(|t| t == cell), "{cell}: {tokens:?}");
     }
 }
+
+/// Blocks, table rows and columns, key-value pairs and text are counted
+/// before typst sees the document.
+#[tokio::test]
+async fn oversized_documents_are_invalid_and_say_what_is_too_big() {
+    let cases: Vec<(&str, Document)> = vec![
+        (
+            "blocks",
+            Document {
+                title: "many blocks".to_owned(),
+                blocks: vec![Block::PageBreak; 10_001],
+                ..Default::default()
+            },
+        ),
+        (
+            "rows",
+            Document {
+                title: "many empty rows".to_owned(),
+                blocks: vec![Block::Table {
+                    header: vec![],
+                    rows: vec![vec![]; 50_001],
+                }],
+                ..Default::default()
+            },
+        ),
+        (
+            "columns",
+            Document {
+                title: "wide".to_owned(),
+                blocks: vec![Block::Table {
+                    header: vec![],
+                    rows: vec![vec!["x".to_owned(); 101]],
+                }],
+                ..Default::default()
+            },
+        ),
+        (
+            "key-value pairs",
+            Document {
+                title: "many pairs".to_owned(),
+                blocks: vec![Block::KeyValues(vec![
+                    (String::new(), String::new());
+                    10_001
+                ])],
+                ..Default::default()
+            },
+        ),
+        (
+            "text",
+            Document {
+                title: "t".repeat(9 * 1024 * 1024),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (what, doc) in cases {
+        let started = std::time::Instant::now();
+        let result = service().render(&doc).await;
+        assert!(
+            matches!(&result, Err(HostError::Invalid(m)) if m.contains(what)),
+            "{what}: {:?}",
+            result.map(|pdf| pdf.len())
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{what}: refused only after {:?}",
+            started.elapsed()
+        );
+    }
+}
