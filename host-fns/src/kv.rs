@@ -6,6 +6,12 @@
 //! counting key plus value) from the task's grant; a write that would exceed
 //! it fails with `permanent`. Expired keys stop counting against the quota.
 //!
+//! Whatever the quota, a key has at most [`MAX_KEY_BYTES`] (512) bytes, a
+//! value at most [`MAX_VALUE_BYTES`] (1 MiB), and a TTL at most [`MAX_TTL`]
+//! (ten years); more is `invalid`. The store is for small guards and
+//! markers; a grant with a large byte quota must not let one value grow
+//! without bound (a Redis string takes up to 512 MB).
+//!
 //! [`KvService`] validates arguments and traces calls; the storage is a
 //! [`KvStore`]: [`MemoryKv`] for the embedded broker, [`RedisKv`] next to the
 //! Redis broker.
@@ -24,6 +30,8 @@ const CAPABILITY: &str = "kv";
 
 /// The longest key accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 512;
+/// The largest value accepted, in bytes (1 MiB).
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
 /// The longest TTL accepted (ten years): longer is a bug in the task.
 pub const MAX_TTL: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
 
@@ -105,6 +113,7 @@ impl KvService {
     ) -> Result<bool, HostError> {
         traced(CAPABILITY, "set_nx", async {
             let ttl = check(task, key, ttl_ms)?;
+            check_value(value)?;
             match self.store.set(task, quota, key, value, ttl, true).await? {
                 SetOutcome::Stored => Ok(true),
                 SetOutcome::Exists => Ok(false),
@@ -125,6 +134,7 @@ impl KvService {
     ) -> Result<(), HostError> {
         traced(CAPABILITY, "set", async {
             let ttl = check(task, key, ttl_ms)?;
+            check_value(value)?;
             match self.store.set(task, quota, key, value, ttl, false).await? {
                 SetOutcome::Stored | SetOutcome::Exists => Ok(()),
                 other => Err(quota_error(other, quota)),
@@ -180,6 +190,16 @@ fn check(task: &str, key: &str, ttl_ms: Option<u64>) -> Result<Option<Duration>,
             Ok(Some(ttl))
         }
     }
+}
+
+fn check_value(value: &[u8]) -> Result<(), HostError> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(HostError::invalid(format!(
+            "value of {} bytes is larger than {MAX_VALUE_BYTES} bytes",
+            value.len()
+        )));
+    }
+    Ok(())
 }
 
 fn quota_error(outcome: SetOutcome, quota: &KvQuota) -> HostError {

@@ -18,13 +18,46 @@
 //! rather than rendering empty boxes. PDFs embed subset fonts.
 //!
 //! Layout is CPU-bound: it runs on tokio's blocking pool.
+//!
+//! # Limits
+//!
+//! A document is counted before typst sees it; past any of these it is
+//! `invalid`, the message naming what is too big:
+//! [`MAX_BLOCKS`] blocks (10,000), [`MAX_TABLE_ROWS`] table rows in all
+//! (50,000, empty rows included), [`MAX_TABLE_COLUMNS`] columns in one
+//! table (100), [`MAX_CELLS`] table cells in all (200,000),
+//! [`MAX_KEY_VALUE_PAIRS`] key-value pairs in all (10,000) and
+//! [`MAX_TEXT_BYTES`] bytes of text in all (8 MiB: title, author, headings,
+//! paragraphs, cells, keys and values).
+//!
+//! Compiles are bounded in number and in time ([`PdfConfig`], under
+//! `[host.pdf]` in `runner.toml`): at most `max_concurrent_renders` run at
+//! once (default: the number of CPUs); a render waits for a free slot, and
+//! neither that wait nor the compile is waited for past the caller's
+//! deadline ([`PdfService::render_until`]; the sandbox passes the run's)
+//! or past `max_render_time` (seconds, default 60) after the call. A typst
+//! compile cannot be interrupted: when the caller stops waiting, the
+//! compile runs on to its end on the blocking pool, *keeping its slot*, so
+//! compiles left behind never pile up beyond `max_concurrent_renders`.
+//! Running out of time mostly waiting for a slot is `transient` (the
+//! renderer is busy); running out of time mostly compiling is `permanent`
+//! (the same document would take as long again).
+//!
+//! ```toml
+//! [host.pdf]
+//! # font_dirs = ["/usr/share/fonts", "/usr/local/share/fonts"]
+//! # max_concurrent_renders = 4   # default: the number of CPUs
+//! # max_render_time = 60         # seconds
+//! ```
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tokio::sync::Semaphore;
 use typst::diag::{FileError, FileResult, SourceDiagnostic};
 use typst::foundations::{Bytes, Datetime};
 use typst::syntax::{FileId, RootedPath, Source, VirtualPath, VirtualRoot};
@@ -63,10 +96,20 @@ pub const TEMPLATE: &str = r##"
 }
 "##;
 
-/// Most characters of task text in one document.
+/// Most bytes of task text in one document.
 pub const MAX_TEXT_BYTES: usize = 8 * 1024 * 1024;
 /// Most table cells in one document.
 pub const MAX_CELLS: usize = 200_000;
+/// Most blocks in one document.
+pub const MAX_BLOCKS: usize = 10_000;
+/// Most table rows in one document, all tables together.
+pub const MAX_TABLE_ROWS: usize = 50_000;
+/// Most columns in one table.
+pub const MAX_TABLE_COLUMNS: usize = 100;
+/// Most key-value pairs in one document, all blocks together.
+pub const MAX_KEY_VALUE_PAIRS: usize = 10_000;
+/// How long a render is waited for, unless configured.
+pub const DEFAULT_MAX_RENDER_TIME: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -109,6 +152,12 @@ pub struct PdfConfig {
     /// Directories searched (recursively) for `.ttf`, `.otf`, `.ttc` and
     /// `.otc` fonts, besides the fonts built into typst-assets.
     pub font_dirs: Vec<PathBuf>,
+    /// Most typst compiles running at once (0 counts as 1). Default: the
+    /// number of CPUs.
+    pub max_concurrent_renders: usize,
+    /// Longest a render is waited for (slot and compile), in seconds.
+    #[serde(with = "crate::serde_secs")]
+    pub max_render_time: Duration,
 }
 
 impl Default for PdfConfig {
@@ -118,6 +167,10 @@ impl Default for PdfConfig {
                 PathBuf::from("/usr/share/fonts"),
                 PathBuf::from("/usr/local/share/fonts"),
             ],
+            max_concurrent_renders: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            max_render_time: DEFAULT_MAX_RENDER_TIME,
         }
     }
 }
@@ -177,6 +230,10 @@ struct Fonts {
 /// built once), shared by every task.
 pub struct PdfService {
     shared: Arc<Shared>,
+    /// One permit per compile that may run; held by the compile itself.
+    slots: Arc<Semaphore>,
+    max_concurrent: usize,
+    max_render_time: Duration,
 }
 
 struct Shared {
@@ -195,12 +252,21 @@ impl PdfService {
                 "no CJK font found: PDFs with Japanese text will fail; install fonts-noto-cjk or fonts-ipaexfont-gothic"
             );
         }
+        let max_concurrent = config.max_concurrent_renders.max(1);
         Self {
             shared: Arc::new(Shared {
                 library: LazyHash::new(Library::builder().build()),
                 fonts,
             }),
+            slots: Arc::new(Semaphore::new(max_concurrent)),
+            max_concurrent,
+            max_render_time: config.max_render_time,
         }
+    }
+
+    /// Compiles running now, including those nobody waits for any more.
+    pub fn renders_running(&self) -> usize {
+        self.max_concurrent - self.slots.available_permits()
     }
 
     /// The font families available, for diagnostics.
@@ -216,20 +282,136 @@ impl PdfService {
         all
     }
 
-    /// Renders the document; returns the PDF bytes.
+    /// Renders the document; returns the PDF bytes. Waits at most the
+    /// configured `max_render_time`.
     pub async fn render(&self, document: &Document) -> Result<Vec<u8>, HostError> {
+        self.render_until(document, None).await
+    }
+
+    /// Renders the document, waiting (for a compile slot, then for the
+    /// compile) until `deadline` at most, and at most `max_render_time`.
+    pub async fn render_until(
+        &self,
+        document: &Document,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<u8>, HostError> {
         traced(CAPABILITY, "render", async {
+            let started = Instant::now();
+            let limit = started + self.max_render_time;
+            let (until, why) = match deadline {
+                Some(d) if d < limit => (d, "the job's deadline"),
+                _ => (limit, "the runner's pdf max_render_time"),
+            };
             let data = self.prepare(document)?;
+            let slot = match tokio::time::timeout_at(
+                until.into(),
+                self.slots.clone().acquire_owned(),
+            )
+            .await
+            {
+                Ok(Ok(slot)) => slot,
+                Ok(Err(_)) => return Err(HostError::unavailable("the PDF renderer is shut down")),
+                Err(_) => {
+                    return Err(HostError::transient(format!(
+                        "the PDF renderer is busy: no compile slot (of {}) came free before {why}",
+                        self.max_concurrent
+                    )));
+                }
+            };
+            let waited = started.elapsed();
             let shared = self.shared.clone();
-            tokio::task::spawn_blocking(move || compile(&shared, data))
-                .await
-                .map_err(|e| HostError::transient(format!("PDF rendering did not complete: {e}")))?
+            // The slot goes with the compile: it is given back when the
+            // compile ends, whether or not anyone still waits for it.
+            let compiling = tokio::task::spawn_blocking(move || {
+                let _slot = slot;
+                compile(&shared, data)
+            });
+            match tokio::time::timeout_at(until.into(), compiling).await {
+                Ok(done) => done.map_err(|e| {
+                    HostError::transient(format!("PDF rendering did not complete: {e}"))
+                })?,
+                Err(_) => {
+                    let compiled = started.elapsed() - waited;
+                    let message = format!(
+                        "PDF rendering did not finish before {why} (waited {:.1}s for a compile \
+                         slot, compiled for {:.1}s)",
+                        waited.as_secs_f64(),
+                        compiled.as_secs_f64()
+                    );
+                    // Mostly compiling: the same document would take as
+                    // long again. Mostly waiting: the renderer was busy.
+                    Err(if compiled >= waited {
+                        HostError::permanent(format!(
+                            "{message}; the document is too big to render in time"
+                        ))
+                    } else {
+                        HostError::transient(format!("{message}; the renderer is busy"))
+                    })
+                }
+            }
         })
         .await
     }
 
+    /// Refuses a document past any of the limits, before anything else is
+    /// done with it.
+    fn check_size(doc: &Document) -> Result<(), HostError> {
+        if doc.blocks.len() > MAX_BLOCKS {
+            return Err(HostError::invalid(format!(
+                "the document has {} blocks, more than the limit of {MAX_BLOCKS} blocks",
+                doc.blocks.len()
+            )));
+        }
+        let mut rows = 0usize;
+        let mut pairs = 0usize;
+        let mut text = doc.title.len() + doc.author.as_ref().map_or(0, String::len);
+        for (i, block) in doc.blocks.iter().enumerate() {
+            match block {
+                Block::Heading { text: t, .. } | Block::Paragraph(t) => text += t.len(),
+                Block::Table { header, rows: r } => {
+                    rows += r.len();
+                    let columns = r.iter().map(Vec::len).chain([header.len()]).max();
+                    if let Some(columns) = columns.filter(|c| *c > MAX_TABLE_COLUMNS) {
+                        return Err(HostError::invalid(format!(
+                            "block {i}: the table has {columns} columns, more than the limit \
+                             of {MAX_TABLE_COLUMNS} columns"
+                        )));
+                    }
+                    text += header
+                        .iter()
+                        .chain(r.iter().flatten())
+                        .map(String::len)
+                        .sum::<usize>();
+                }
+                Block::KeyValues(p) => {
+                    pairs += p.len();
+                    text += p.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+                }
+                Block::PageBreak => {}
+            }
+        }
+        if rows > MAX_TABLE_ROWS {
+            return Err(HostError::invalid(format!(
+                "the document's tables have {rows} rows, more than the limit of {MAX_TABLE_ROWS} rows"
+            )));
+        }
+        if pairs > MAX_KEY_VALUE_PAIRS {
+            return Err(HostError::invalid(format!(
+                "the document has {pairs} key-value pairs, more than the limit of \
+                 {MAX_KEY_VALUE_PAIRS} key-value pairs"
+            )));
+        }
+        if text > MAX_TEXT_BYTES {
+            return Err(HostError::invalid(format!(
+                "the document has {text} bytes of text, more than the limit of {MAX_TEXT_BYTES} bytes"
+            )));
+        }
+        Ok(())
+    }
+
     /// Validates the document and turns it into the template's JSON.
     fn prepare(&self, doc: &Document) -> Result<Vec<u8>, HostError> {
+        Self::check_size(doc)?;
         let mut text_bytes = doc.title.len() + doc.author.as_ref().map_or(0, String::len);
         let mut cells_total = 0usize;
         let mut uncovered: Option<char> = None;

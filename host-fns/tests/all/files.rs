@@ -270,13 +270,36 @@ async fn symlinks_out_of_the_root_are_refused() {
     );
     assert!(t.path("outside/secret.txt").exists());
 
-    // A symlink that stays inside the root is fine.
+    // A symlink that stays inside the root is refused too: whether it
+    // does could only be checked by resolving it, and what it points to
+    // may change right after.
     fs::create_dir_all(t.path("reports/real")).expect("mkdir");
     fs::write(t.path("reports/real/in.txt"), b"inside").expect("write");
     symlink(t.path("reports/real"), t.path("reports/alias")).expect("inner symlink");
+    symlink("real/in.txt", t.path("reports/in-link")).expect("inner file symlink");
+    for through in ["alias/in.txt", "in-link"] {
+        assert!(
+            matches!(
+                t.service.read(&g, "reports", through).await,
+                Err(HostError::Denied(_))
+            ),
+            "read {through}"
+        );
+        assert!(
+            matches!(
+                t.service.write(&g, "reports", through, b"x".to_vec()).await,
+                Err(HostError::Denied(_))
+            ),
+            "write {through}"
+        );
+    }
+    assert!(matches!(
+        t.service.list(&g, "reports", "alias").await,
+        Err(HostError::Denied(_))
+    ));
     assert_eq!(
         t.service
-            .read(&g, "reports", "alias/in.txt")
+            .read(&g, "reports", "real/in.txt")
             .await
             .expect("read"),
         b"inside"
@@ -408,4 +431,234 @@ async fn size_limit_and_bad_names_are_invalid() {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty());
+}
+
+/// Whoever can write into a root swaps a directory of it with a symlink to
+/// a directory outside, over and over, while delete, cleanup and write run:
+/// nothing outside the root may ever be deleted or created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapping_a_directory_for_a_symlink_cannot_escape_the_root() {
+    use rustix::fs::{Mode, OFlags, RenameFlags};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let t = Tree::new();
+    let g = rw();
+    let root = t.path("logs");
+    let outside = t.path("outside");
+    fs::remove_file(outside.join("secret.txt")).expect("rm");
+    fs::write(outside.join("victim.log"), b"victim").expect("victim");
+    fs::create_dir(root.join("sub")).expect("mkdir");
+    symlink(&outside, root.join("alt")).expect("symlink");
+    // The real directory, whatever it is called at the moment.
+    let real = fs::File::open(root.join("sub")).expect("open sub");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = std::thread::spawn({
+        let stop = stop.clone();
+        let root = fs::File::open(&root).expect("open root");
+        move || {
+            let mut swaps = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                rustix::fs::renameat_with(&root, "sub", &root, "alt", RenameFlags::EXCHANGE)
+                    .expect("exchange");
+                swaps += 1;
+            }
+            swaps
+        }
+    });
+
+    let started = std::time::Instant::now();
+    let mut rounds = 0u64;
+    while started.elapsed() < Duration::from_secs(3) && outside.join("victim.log").exists() {
+        // The file the calls aim at, back in the real directory.
+        drop(
+            rustix::fs::openat(
+                &real,
+                "victim.log",
+                OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC,
+                Mode::from_bits_truncate(0o644),
+            )
+            .expect("recreate"),
+        );
+        let _ = t.service.delete(&g, "logs", "sub/victim.log").await;
+        let _ = t
+            .service
+            .cleanup(&g, "logs", "sub/*.log", Duration::ZERO, false)
+            .await;
+        let _ = t
+            .service
+            .write(&g, "logs", "sub/planted.log", b"x".to_vec())
+            .await;
+        rounds += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let swaps = swapper.join().expect("swapper");
+    assert!(
+        outside.join("victim.log").exists(),
+        "a file outside the root was deleted (round {rounds}, {swaps} swaps)"
+    );
+    let mut left: Vec<String> = fs::read_dir(&outside)
+        .expect("list outside")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["victim.log"], "files were created outside the root");
+    assert!(rounds > 100, "only {rounds} rounds ran");
+}
+
+/// A FIFO (or device, socket) under a root is refused at once: opening or
+/// reading it must not block the call (nor a blocking thread) forever.
+#[tokio::test]
+async fn reading_a_fifo_is_refused_at_once() {
+    use rustix::fs::{FileType, Mode, OFlags};
+
+    let t = Tree::new();
+    let g = rw();
+    let pipe = t.path("reports/pipe");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &pipe,
+        FileType::Fifo,
+        Mode::from_bits_truncate(0o644),
+        0,
+    )
+    .expect("mkfifo");
+    let read = tokio::time::timeout(
+        Duration::from_secs(3),
+        t.service.read(&g, "reports", "pipe"),
+    )
+    .await;
+    let Ok(read) = read else {
+        // Let the stuck blocking thread go, so the runtime can shut down.
+        let _ = rustix::fs::open(&pipe, OFlags::WRONLY | OFlags::NONBLOCK, Mode::empty());
+        panic!("reading a FIFO blocked");
+    };
+    assert!(
+        matches!(&read, Err(HostError::Invalid(m)) if m.contains("not a regular file")),
+        "{read:?}"
+    );
+}
+
+/// A [`FilesService`] on `base/reports` and `base/logs`, configured the way
+/// `runner.toml` would, with `extra` appended to `[host.files]`.
+fn service_from_toml(base: &Path, extra: &str) -> FilesService {
+    let config: FilesConfig = toml::from_str(&format!(
+        "roots = {{ reports = {:?}, logs = {:?} }}\n{extra}",
+        base.join("reports"),
+        base.join("logs"),
+    ))
+    .expect("config");
+    FilesService::new(config).expect("service")
+}
+
+#[tokio::test]
+async fn a_root_quota_caps_bytes_and_files() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let base = tmp.path();
+    fs::create_dir_all(base.join("reports/old")).expect("mkdir");
+    // Already there before the service starts: counted by the first walk.
+    fs::write(base.join("reports/old/a.bin"), [0u8; 400]).expect("write");
+    let service = service_from_toml(
+        base,
+        "[quotas]\nreports = { max_bytes = 1000, max_files = 3 }\n",
+    );
+    let g = rw();
+
+    service
+        .write(&g, "reports", "b.bin", vec![0; 500])
+        .await
+        .expect("900 of 1000 bytes");
+    let over = service.write(&g, "reports", "c.bin", vec![0; 200]).await;
+    assert!(
+        matches!(&over, Err(HostError::Permanent(m)) if m.contains("'reports'") && m.contains("1000")),
+        "{over:?}"
+    );
+    assert!(!base.join("reports/c.bin").exists());
+    // Replacing a file counts only the difference.
+    service
+        .write(&g, "reports", "b.bin", vec![0; 100])
+        .await
+        .expect("replace 500 by 100: 500 of 1000");
+    service
+        .write(&g, "reports", "c.bin", vec![0; 450])
+        .await
+        .expect("950 of 1000");
+    // Three files: a fourth is refused even though it is empty.
+    let fourth = service.write(&g, "reports", "d.bin", Vec::new()).await;
+    assert!(
+        matches!(&fourth, Err(HostError::Permanent(m)) if m.contains("'reports'") && m.contains("3 files")),
+        "{fourth:?}"
+    );
+    // Deleting frees both.
+    assert!(
+        service
+            .delete(&g, "reports", "c.bin")
+            .await
+            .expect("delete")
+    );
+    service
+        .write(&g, "reports", "d.bin", vec![0; 450])
+        .await
+        .expect("after a delete");
+    // So does cleanup.
+    let freed = service
+        .cleanup(&g, "reports", "old/*.bin", Duration::ZERO, false)
+        .await
+        .expect("cleanup");
+    assert_eq!(freed.bytes_freed, 400);
+    service
+        .write(&g, "reports", "e.bin", vec![0; 400])
+        .await
+        .expect("after a cleanup: 950 of 1000");
+    // Another root has no quota.
+    service
+        .write(&g, "logs", "big.bin", vec![0; 5000])
+        .await
+        .expect("no quota on logs");
+    // A quota for a root that does not exist is a configuration error.
+    let bad: FilesConfig = toml::from_str(&format!(
+        "roots = {{ reports = {:?} }}\n[quotas]\nreprots = {{ max_bytes = 1 }}\n",
+        base.join("reports")
+    ))
+    .expect("config");
+    assert!(FilesService::new(bad).is_err());
+}
+
+#[tokio::test]
+async fn tree_walks_and_listings_are_bounded() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let base = tmp.path();
+    for i in 0..100 {
+        write_aged(&base.join(format!("logs/many/{i}.log")), b"x", 10 * DAY);
+    }
+    for i in 0..5 {
+        write_aged(&base.join(format!("logs/few/{i}.log")), b"x", 10 * DAY);
+    }
+    let service = service_from_toml(base, "max_walk_entries = 50\nmax_list_entries = 20\n");
+    let g = rw();
+
+    let all = service.cleanup(&g, "logs", "**/*.log", DAY, true).await;
+    assert!(
+        matches!(&all, Err(HostError::Permanent(m)) if m.contains("50 entries")),
+        "{all:?}"
+    );
+    let usage = service.disk_usage(&g, "logs").await;
+    assert!(
+        matches!(&usage, Err(HostError::Permanent(m)) if m.contains("50 entries")),
+        "{usage:?}"
+    );
+    let listed = service.list(&g, "logs", "many").await;
+    assert!(
+        matches!(&listed, Err(HostError::Permanent(m)) if m.contains("20 entries")),
+        "{listed:?}"
+    );
+    // A glob whose leading directories are literal walks only those.
+    let few = service
+        .cleanup(&g, "logs", "few/*.log", DAY, false)
+        .await
+        .expect("a small subtree");
+    assert_eq!(few.deleted.len(), 5);
+    assert_eq!(service.list(&g, "logs", "").await.expect("list").len(), 2);
 }

@@ -213,3 +213,30 @@ async fn redis_down_is_transient() {
         .expect_err("redis is gone");
     assert!(matches!(err, HostError::Transient(_)), "{err}");
 }
+
+#[tokio::test]
+async fn values_are_capped_whatever_the_quota() {
+    let kv = KvService::in_memory();
+    let roomy = KvQuota {
+        max_keys: 10,
+        max_bytes: 64 * 1024 * 1024,
+    };
+    let max = 1024 * 1024;
+    kv.set("big", &roomy, "fits", &vec![1u8; max], None)
+        .await
+        .expect("1 MiB fits");
+    let err = kv
+        .set("big", &roomy, "k", &vec![1u8; max + 1], None)
+        .await
+        .expect_err("over 1 MiB");
+    assert!(
+        matches!(err, HostError::Invalid(ref m) if m.contains("1048576")),
+        "{err}"
+    );
+    let err = kv
+        .set_nx("big", &roomy, "k", &vec![1u8; max + 1], None)
+        .await
+        .expect_err("over 1 MiB");
+    assert!(matches!(err, HostError::Invalid(_)), "{err}");
+    assert_eq!(kv.get("big", "k").await.expect("get"), None);
+}

@@ -200,7 +200,10 @@ async fn hostile_strings_stay_literal_text() {
 #[tokio::test]
 async fn missing_cjk_font_is_a_clear_error() {
     // No font directories: only typst's own fonts, none of them CJK.
-    let bare = PdfService::new(&PdfConfig { font_dirs: vec![] });
+    let bare = PdfService::new(&PdfConfig {
+        font_dirs: vec![],
+        ..Default::default()
+    });
     let err = bare.render(&report()).await.expect_err("no CJK font");
     assert!(
         matches!(err, HostError::Unavailable(ref m) if m.contains("fonts-noto-cjk")),
@@ -255,5 +258,140 @@ async fn bad_documents_are_invalid() {
         .collect();
     for cell in ["a", "b", "c", "d"] {
         assert!(tokens.iter().any(|t| t == cell), "{cell}: {tokens:?}");
+    }
+}
+
+/// Blocks, table rows and columns, key-value pairs and text are counted
+/// before typst sees the document.
+#[tokio::test]
+async fn oversized_documents_are_invalid_and_say_what_is_too_big() {
+    let cases: Vec<(&str, Document)> = vec![
+        (
+            "blocks",
+            Document {
+                title: "many blocks".to_owned(),
+                blocks: vec![Block::PageBreak; 10_001],
+                ..Default::default()
+            },
+        ),
+        (
+            "rows",
+            Document {
+                title: "many empty rows".to_owned(),
+                blocks: vec![Block::Table {
+                    header: vec![],
+                    rows: vec![vec![]; 50_001],
+                }],
+                ..Default::default()
+            },
+        ),
+        (
+            "columns",
+            Document {
+                title: "wide".to_owned(),
+                blocks: vec![Block::Table {
+                    header: vec![],
+                    rows: vec![vec!["x".to_owned(); 101]],
+                }],
+                ..Default::default()
+            },
+        ),
+        (
+            "key-value pairs",
+            Document {
+                title: "many pairs".to_owned(),
+                blocks: vec![Block::KeyValues(vec![
+                    (String::new(), String::new());
+                    10_001
+                ])],
+                ..Default::default()
+            },
+        ),
+        (
+            "text",
+            Document {
+                title: "t".repeat(9 * 1024 * 1024),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (what, doc) in cases {
+        let started = std::time::Instant::now();
+        let result = service().render(&doc).await;
+        assert!(
+            matches!(&result, Err(HostError::Invalid(m)) if m.contains(what)),
+            "{what}: {:?}",
+            result.map(|pdf| pdf.len())
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{what}: refused only after {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+/// A Latin document typst takes seconds to lay out, within every limit.
+fn slow_document() -> Document {
+    let rows = (0..SLOW_ROWS)
+        .map(|i| (0..8).map(|c| format!("r{i}c{c} lorem ipsum")).collect())
+        .collect();
+    Document {
+        title: "slow".to_owned(),
+        blocks: vec![Block::Table {
+            header: vec![],
+            rows,
+        }],
+        ..Default::default()
+    }
+}
+
+const SLOW_ROWS: usize = 5_000;
+
+/// At most `max_concurrent_renders` compiles run at once, a render is
+/// waited for at most `max_render_time`, and a compile nobody waits for any
+/// more keeps its slot until it really ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renders_are_bounded_in_number_and_time() {
+    use std::time::{Duration, Instant};
+
+    let config: PdfConfig =
+        toml::from_str("font_dirs = []\nmax_concurrent_renders = 1\nmax_render_time = 1\n")
+            .expect("config");
+    let pdf = PdfService::new(&config);
+    let tiny = Document {
+        title: "tiny".to_owned(),
+        ..Default::default()
+    };
+
+    let started = Instant::now();
+    let slow = pdf.render(&slow_document()).await;
+    let waited = started.elapsed();
+    assert!(
+        matches!(&slow, Err(HostError::Permanent(m)) if m.contains("max_render_time")),
+        "{:?} after {waited:?}",
+        slow.map(|p| p.len())
+    );
+    assert!(waited < Duration::from_millis(1800), "waited {waited:?}");
+
+    // Its compile goes on and holds the only slot: nothing else starts.
+    let busy = pdf.render(&tiny).await;
+    assert!(
+        matches!(&busy, Err(HostError::Transient(m)) if m.contains("busy")),
+        "{:?}",
+        busy.map(|p| p.len())
+    );
+
+    // Once that compile really ends, the slot is free again.
+    let give_up = Instant::now() + Duration::from_secs(300);
+    loop {
+        match pdf.render(&tiny).await {
+            Ok(p) => {
+                assert!(p.starts_with(b"%PDF-"));
+                break;
+            }
+            Err(HostError::Transient(_)) if Instant::now() < give_up => {}
+            Err(e) => panic!("{e}"),
+        }
     }
 }

@@ -1,5 +1,7 @@
 //! `runner:task/pdf`: documents rendered to PDF.
 
+use std::time::Instant;
+
 use futures::future::BoxFuture;
 
 use super::GuestResult;
@@ -15,14 +17,21 @@ use std::sync::Arc;
 
 /// The PDF renderer one run talks to.
 pub trait PdfRenderer: Send + Sync {
-    /// Renders the document; returns the PDF file's bytes.
-    fn render(&self, document: Document) -> BoxFuture<'_, Result<Vec<u8>, HostError>>;
+    /// Renders the document; returns the PDF file's bytes. `deadline` is
+    /// the run's: the renderer stops waiting for a compile slot or a
+    /// compile then (a compile itself cannot be interrupted, and runs on).
+    fn render(
+        &self,
+        document: Document,
+        deadline: Instant,
+    ) -> BoxFuture<'_, Result<Vec<u8>, HostError>>;
 }
 
 impl pdf::Host for RunState {
     async fn render(&mut self, document: Document) -> GuestResult<Vec<u8>> {
+        let deadline = self.deadline;
         self.host_call("pdf", "render", |host| &host.pdf)
-            .run(|renderer| async move { renderer.render(document).await })
+            .run(|renderer| async move { renderer.render(document, deadline).await })
             .await
     }
 }
@@ -33,7 +42,11 @@ struct TaskPdf {
 }
 
 impl PdfRenderer for TaskPdf {
-    fn render(&self, document: Document) -> BoxFuture<'_, Result<Vec<u8>, HostError>> {
+    fn render(
+        &self,
+        document: Document,
+        deadline: Instant,
+    ) -> BoxFuture<'_, Result<Vec<u8>, HostError>> {
         use runner_host_fns::pdf::{Block, Document as PdfDocument, Paper};
         Box::pin(async move {
             let document = PdfDocument {
@@ -62,7 +75,7 @@ impl PdfRenderer for TaskPdf {
                     })
                     .collect(),
             };
-            Ok(self.service.render(&document).await?)
+            Ok(self.service.render_until(&document, Some(deadline)).await?)
         })
     }
 }
