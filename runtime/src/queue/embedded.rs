@@ -6,7 +6,7 @@
 //! Leases work as on Redis (a worker that stops settling loses its jobs
 //! after the lease), so the conformance suite runs unchanged against both.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use tokio::sync::{broadcast, mpsc};
 use super::job::{DEAD_LETTER_TTL, Job, JobId, JobState, Progress};
 use super::ratelimit::Limiter;
 use super::{
-    Broker, BrokerResult, Delivery, Enqueued, JobEvent, Lease, LeaseMember, QueueStats,
+    Broker, BrokerResult, Delivery, Enqueued, Extended, JobEvent, Lease, LeaseMember, QueueStats,
     RevokeOutcome, SettleReply, SettleRequest, Settlement, Signal, WorkerInfo, ms_to_time,
 };
 
@@ -45,7 +45,8 @@ struct State {
     records: HashMap<JobId, Record>,
     queues: HashMap<String, QueueState>,
     idem: HashMap<(String, String), (JobId, i64)>,
-    revoked: HashSet<JobId>,
+    /// Revoked while leased, and whether to terminate the run.
+    revoked: HashMap<JobId, bool>,
     progress: HashMap<JobId, Progress>,
     /// When [`State::sweep`] last ran.
     swept_at: i64,
@@ -80,7 +81,7 @@ impl State {
         self.idem.retain(|_, (_, until)| *until > now);
         let records = &self.records;
         let open = |id: &JobId| records.get(id).is_some_and(|r| !r.job.state.is_final());
-        self.revoked.retain(|id| open(id));
+        self.revoked.retain(|id, _| open(id));
         self.progress.retain(|id, _| open(id));
         for q in self.queues.values_mut() {
             q.dead.retain(|(_, id)| records.contains_key(id));
@@ -171,7 +172,7 @@ impl State {
                     due,
                     if_revoked,
                 } => {
-                    if st_ref.revoked.contains(&job.id) {
+                    if st_ref.revoked.contains_key(&job.id) {
                         st_ref.records.insert(
                             job.id,
                             Record {
@@ -237,7 +238,7 @@ impl State {
                 continue;
             };
             let n = LeaseMember::parse(&m).map_or(0, |m| m.redeliveries);
-            if st_ref.revoked.contains(&id) {
+            if st_ref.revoked.contains_key(&id) {
                 if let Some(rec) = st_ref.records.get_mut(&id) {
                     rec.job.state = JobState::Revoked;
                     rec.expires_at = Some(now + rec.job.result_ttl_ms as i64);
@@ -540,7 +541,8 @@ impl Broker for EmbeddedBroker {
             return Ok(RevokeOutcome::AlreadyFinal(job.state));
         }
         if st.leased(&queue, id).is_some() {
-            st.revoked.insert(id);
+            let marked = st.revoked.entry(id).or_insert(false);
+            *marked |= terminate;
             st.signal(None, Signal::Revoke { id, terminate });
             return Ok(if terminate {
                 RevokeOutcome::Terminating
@@ -581,10 +583,10 @@ impl Broker for EmbeddedBroker {
         Ok(reply)
     }
 
-    async fn extend(&self, leases: &[Lease], lease: Duration) -> BrokerResult<Vec<JobId>> {
+    async fn extend(&self, leases: &[Lease], lease: Duration) -> BrokerResult<Extended> {
         let until = now_ms() + lease.as_millis() as i64;
         let mut st = self.lock();
-        let mut lost = Vec::new();
+        let mut out = Extended::default();
         for l in leases {
             match st
                 .queues
@@ -592,10 +594,13 @@ impl Broker for EmbeddedBroker {
                 .and_then(|q| q.leases.get_mut(&l.member))
             {
                 Some(entry) => entry.1 = until,
-                None => lost.push(l.id),
+                None => out.lost.push(l.id),
+            }
+            if let Some(&terminate) = st.revoked.get(&l.id) {
+                out.revoked.push((l.id, terminate));
             }
         }
-        Ok(lost)
+        Ok(out)
     }
 
     async fn progress(&self, lease: &Lease, progress: &Progress) -> BrokerResult<()> {

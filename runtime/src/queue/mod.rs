@@ -155,6 +155,16 @@ pub struct SettleRequest {
     pub lease: Duration,
 }
 
+/// What [`Broker::extend`] found.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Extended {
+    /// Jobs whose lease was already lost (redelivered elsewhere).
+    pub lost: Vec<JobId>,
+    /// Held jobs revoked since they were leased, and whether the revoke
+    /// asked to terminate the run.
+    pub revoked: Vec<(JobId, bool)>,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct SettleReply {
     pub deliveries: Vec<Delivery>,
@@ -317,8 +327,10 @@ pub trait Broker: Send + Sync + 'static {
     /// Settles `completions` and leases up to `fetch` jobs, atomically.
     async fn settle(&self, req: SettleRequest) -> BrokerResult<SettleReply>;
 
-    /// Extends leases; returns the jobs whose lease was already lost.
-    async fn extend(&self, leases: &[Lease], lease: Duration) -> BrokerResult<Vec<JobId>>;
+    /// Extends leases; says which were already lost and which of the
+    /// jobs were revoked meanwhile (so a worker learns of a revoke even if
+    /// the pub/sub message never reached it).
+    async fn extend(&self, leases: &[Lease], lease: Duration) -> BrokerResult<Extended>;
 
     /// Stores the progress of a leased job and publishes it.
     async fn progress(&self, lease: &Lease, progress: &Progress) -> BrokerResult<()>;

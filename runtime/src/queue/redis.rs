@@ -13,7 +13,8 @@
 //! | `job:<id>` | string | the job record (JSON); a TTL once final |
 //! | `idem:<key>` | string | the id of the job enqueued with that idempotency key |
 //! | `dead` | zset | dead-lettered ids, scored by time of death |
-//! | `revoked` | zset | running jobs revoked without (or before) termination |
+//! | `revoked` | zset | running jobs revoked (kept a day) |
+//! | `terminate` | zset | those of them whose run must be stopped, for workers that missed the message |
 //! | `progress` | hash | id -> latest progress of a running job |
 //! | `rl:<key>` | zset | start log of a rate limit (see `ratelimit.rs`) |
 //!
@@ -64,7 +65,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::job::{DEAD_LETTER_TTL, Job, JobId, JobState, Progress};
 use super::{
-    Broker, BrokerError, BrokerResult, Completion, Delivery, Enqueued, JobEvent, Lease,
+    Broker, BrokerError, BrokerResult, Completion, Delivery, Enqueued, Extended, JobEvent, Lease,
     LeaseMember, QueueStats, RevokeOutcome, SettleReply, SettleRequest, Settlement, Signal,
     WorkerInfo, ms_to_time,
 };
@@ -115,6 +116,7 @@ struct Inner {
     hub: Mutex<Option<broadcast::Sender<JobEvent>>>,
     idempotency_ttl: Duration,
     clock: Arc<Clock>,
+    liveness: Liveness,
 }
 
 /// How this process's clock relates to the Redis server's. Every script
@@ -163,7 +165,7 @@ pub struct RedisBroker {
 impl RedisBroker {
     /// Connects to `url` (`redis://host:port/db`, `rediss://` for TLS).
     pub async fn connect(url: &str) -> BrokerResult<Self> {
-        let client = Client::open(url)?;
+        let client = open_client(url)?;
         let cfg = ConnectionManagerConfig::new()
             // Scripts over large batches may take a while; nothing on this
             // connection blocks on purpose.
@@ -181,28 +183,31 @@ impl RedisBroker {
                 hub: Mutex::new(None),
                 idempotency_ttl: Duration::from_secs(24 * 3600),
                 clock: Arc::new(Clock::default()),
+                liveness: Liveness::default(),
             }),
         })
     }
 
     /// This broker as a process whose clock is `skew_ms` off (tests: the
-    /// server's clock must be the only one that counts).
-    pub fn with_clock_skew(self, skew_ms: i64) -> Self {
-        let inner = Inner {
-            client: self.inner.client.clone(),
-            conn: self.inner.conn.clone(),
-            scripts: Scripts::new(),
-            known_queues: Mutex::new(HashSet::new()),
-            hub: Mutex::new(None),
-            idempotency_ttl: self.inner.idempotency_ttl,
-            clock: Arc::new(Clock {
+    /// server's clock must be the only one that counts). Call it right
+    /// after `connect`.
+    pub fn with_clock_skew(mut self, skew_ms: i64) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.clock = Arc::new(Clock {
                 skew_ms,
                 ..Clock::default()
-            }),
-        };
-        RedisBroker {
-            inner: Arc::new(inner),
+            });
         }
+        self
+    }
+
+    /// How its pub/sub connections are checked ([`Liveness`]). Call it
+    /// right after `connect`.
+    pub fn with_liveness(mut self, live: Liveness) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.liveness = live;
+        }
+        self
     }
 
     fn conn(&self) -> ConnectionManager {
@@ -232,34 +237,70 @@ impl RedisBroker {
             .find_map(|(q, r)| r.map(|r| (q, r))))
     }
 
+    /// Starts the one subscription that feeds every event stream and long
+    /// poll of this process. It outlives dropped connections: it
+    /// resubscribes (PINGs find silent drops) and goes on, so open streams
+    /// see a gap, never an end. It stops once nobody listens.
     async fn start_hub(&self) -> BrokerResult<broadcast::Sender<JobEvent>> {
-        let mut pubsub = self.inner.client.get_async_pubsub().await?;
-        pubsub.psubscribe("runner:q:*").await?;
+        let client = self.inner.client.clone();
+        let subscribe = |client: Client| async move {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.psubscribe("runner:q:*").await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let first = subscribe(client.clone()).await?;
         let (tx, _) = broadcast::channel(65_536);
         let sender = tx.clone();
+        let live = self.inner.liveness;
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
-            let mut stream = pubsub.into_on_message();
-            while let Some(msg) = stream.next().await {
-                let Ok(payload) = msg.get_payload::<String>() else {
-                    continue;
-                };
-                let Ok(m) = serde_json::from_str::<WireMessage>(&payload) else {
-                    continue;
-                };
-                for ev in m.events() {
-                    // No receivers is fine: nobody waits right now.
-                    let _ = tx.send(ev);
+            // Nobody listens: forget this hub (under the lock, so that no
+            // new receiver joins a feed that is about to stop).
+            let idle = || match weak.upgrade() {
+                None => true,
+                Some(inner) => {
+                    let Ok(mut hub) = inner.hub.lock() else {
+                        return false;
+                    };
+                    if tx.receiver_count() > 0 {
+                        return false;
+                    }
+                    if hub.as_ref().is_some_and(|h| h.same_channel(&tx)) {
+                        *hub = None;
+                    }
+                    true
                 }
-            }
-            // The connection dropped: forget this hub, so that the next
-            // subscriber starts a fresh one and every current receiver sees
-            // `Closed` and reads again.
-            if let Some(inner) = weak.upgrade()
-                && let Ok(mut hub) = inner.hub.lock()
-                && hub.as_ref().is_some_and(|h| h.same_channel(&tx))
-            {
-                *hub = None;
+            };
+            let mut next = Some(first);
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                if let Some(ps) = next.take() {
+                    let stopped = listen(ps, live, idle, |msg| {
+                        let Ok(payload) = msg.get_payload::<String>() else {
+                            return true;
+                        };
+                        if let Ok(m) = serde_json::from_str::<WireMessage>(&payload) {
+                            for ev in m.events() {
+                                // No receivers is fine: nobody waits right now.
+                                let _ = tx.send(ev);
+                            }
+                        }
+                        true
+                    })
+                    .await;
+                    if stopped {
+                        return;
+                    }
+                    tracing::warn!("the job event feed lost Redis; resubscribing");
+                }
+                tokio::time::sleep(backoff).await;
+                match subscribe(client.clone()).await {
+                    Ok(ps) => {
+                        next = Some(ps);
+                        backoff = Duration::from_millis(100);
+                    }
+                    Err(_) => backoff = (backoff * 2).min(Duration::from_secs(5)),
+                }
             }
         });
         Ok(sender)
@@ -464,7 +505,7 @@ impl Broker for RedisBroker {
         let rx = tx.subscribe();
         if let Ok(mut hub) = self.inner.hub.lock() {
             // Two callers may race to start a hub; the loser's hub keeps
-            // serving its own receivers and ends with its connection.
+            // serving its own receivers and stops when they are gone.
             if hub.is_none() {
                 *hub = Some(tx);
             }
@@ -582,25 +623,37 @@ impl Broker for RedisBroker {
         Ok(out)
     }
 
-    async fn extend(&self, leases: &[Lease], lease: Duration) -> BrokerResult<Vec<JobId>> {
-        let mut lost = Vec::new();
+    async fn extend(&self, leases: &[Lease], lease: Duration) -> BrokerResult<Extended> {
+        let mut out = Extended::default();
         let mut queues: Vec<&str> = leases.iter().map(|l| l.queue.as_str()).collect();
         queues.sort();
         queues.dedup();
         for q in queues {
+            let p = prefix(q);
             let mut inv = self.inner.scripts.extend.prepare_invoke();
-            inv.key(format!("{}leases", prefix(q))).arg(ttl_ms(lease));
+            inv.key(format!("{p}leases"))
+                .key(format!("{p}revoked"))
+                .key(format!("{p}terminate"))
+                .arg(ttl_ms(lease));
             for l in leases.iter().filter(|l| l.queue == q) {
                 inv.arg(&l.member);
             }
-            let gone: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
-            lost.extend(
+            let (gone, revoked): (Vec<String>, Vec<String>) =
+                inv.invoke_async(&mut self.conn()).await?;
+            out.lost.extend(
                 gone.iter()
                     .filter_map(|m| LeaseMember::parse(m))
                     .map(|m| m.id),
             );
+            for pair in revoked.chunks(2) {
+                if let [id, terminate] = pair
+                    && let Ok(id) = id.parse()
+                {
+                    out.revoked.push((id, terminate == "1"));
+                }
+            }
         }
-        Ok(lost)
+        Ok(out)
     }
 
     async fn progress(&self, lease: &Lease, progress: &Progress) -> BrokerResult<()> {
@@ -627,7 +680,8 @@ impl Broker for RedisBroker {
         // Fail early when Redis cannot be reached at all.
         let first = connect_signals(&client, &queues).await?;
         let clock = self.inner.clock.clone();
-        tokio::spawn(signal_loop(client, queues, tx, first, clock));
+        let live = self.inner.liveness;
+        tokio::spawn(signal_loop(client, queues, tx, first, clock, live));
         Ok(rx)
     }
 
@@ -822,6 +876,80 @@ fn push_completion(inv: &mut redis::ScriptInvocation<'_>, c: &Completion, now: i
     }
 }
 
+/// How a pub/sub connection is kept honest: after `every` without a
+/// message it is sent a PING, and a PING not answered within `timeout`
+/// counts the connection dead (a silent TCP drop, a NAT that forgot it, a
+/// paused server), so that its owner reconnects instead of waiting
+/// forever; a connection closed by the server ends its stream at once. The default, a PING after 30 s of
+/// silence, costs an idle process 2 commands a minute per subscription.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Liveness {
+    pub every: Duration,
+    pub timeout: Duration,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Liveness {
+            every: Duration::from_secs(30),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Hands each message of `ps` to `on` until `on` returns false or
+/// `closed()` says the listener is gone (returns true: stop), or the
+/// connection is dead: its stream ended or a PING went unanswered (returns
+/// false: reconnect).
+pub(crate) async fn listen(
+    ps: redis::aio::PubSub,
+    live: Liveness,
+    closed: impl Fn() -> bool,
+    mut on: impl FnMut(redis::Msg) -> bool,
+) -> bool {
+    let (mut sink, mut stream) = ps.split();
+    loop {
+        tokio::select! {
+            msg = stream.next() => match msg {
+                Some(m) => {
+                    if !on(m) {
+                        return true;
+                    }
+                }
+                None => return false,
+            },
+            _ = tokio::time::sleep(live.every) => {
+                if closed() {
+                    return true;
+                }
+                let answer = tokio::time::timeout(live.timeout, sink.ping::<Value>()).await;
+                if !matches!(answer, Ok(Ok(_))) {
+                    tracing::warn!("a Redis pub/sub connection did not answer a PING; reconnecting");
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// A Redis client for `url` whose connections have TCP keepalive (probes
+/// after 30 s idle, every 10 s) and, on Linux, a 60 s user timeout: a peer
+/// that vanished without a word is noticed by the kernel too.
+pub fn open_client(url: &str) -> redis::RedisResult<Client> {
+    use redis::IntoConnectionInfo;
+    let info = url.into_connection_info()?;
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10));
+    #[cfg(target_os = "linux")]
+    let keepalive = keepalive.with_retries(3);
+    let tcp = redis::io::tcp::TcpSettings::default().set_keepalive(keepalive);
+    #[cfg(target_os = "linux")]
+    let tcp = tcp.set_user_timeout(Duration::from_secs(60));
+    let info = info.set_tcp_settings(tcp);
+    Client::open(info)
+}
+
 async fn connect_signals(client: &Client, queues: &[String]) -> BrokerResult<redis::aio::PubSub> {
     let mut ps = client.get_async_pubsub().await?;
     for q in queues {
@@ -839,13 +967,8 @@ async fn signal_loop(
     tx: mpsc::UnboundedSender<Signal>,
     first: redis::aio::PubSub,
     clock: Arc<Clock>,
+    live: Liveness,
 ) {
-    #[derive(Deserialize)]
-    struct Control {
-        revoke: String,
-        #[serde(default)]
-        terminate: bool,
-    }
     let mut next = Some(first);
     let mut backoff = Duration::from_millis(100);
     let mut outage_logged = false;
@@ -877,63 +1000,73 @@ async fn signal_loop(
         if tx.send(Signal::Reconnected).is_err() {
             return;
         }
-        let mut stream = ps.into_on_message();
-        loop {
-            let msg = tokio::select! {
-                m = stream.next() => m,
-                _ = tx.closed() => return,
-            };
-            let Some(msg) = msg else { break };
-            let Ok(payload) = msg.get_payload::<String>() else {
-                continue;
-            };
-            let sent = if msg.get_channel_name() == CONTROL_CHANNEL {
-                match serde_json::from_str::<Control>(&payload) {
-                    Ok(c) => match c.revoke.parse() {
-                        Ok(id) => tx
-                            .send(Signal::Revoke {
-                                id,
-                                terminate: c.terminate,
-                            })
-                            .is_ok(),
-                        Err(_) => true,
-                    },
-                    Err(_) => true,
-                }
-            } else {
-                let Ok(m) = serde_json::from_str::<WireMessage>(&payload) else {
-                    continue;
-                };
-                let mut ok = true;
-                if m.ready.unwrap_or(0) > 0 {
-                    ok &= tx.send(Signal::Work { queue: m.q.clone() }).is_ok();
-                }
-                if let Some(w) = m.wake {
-                    ok &= tx
-                        .send(Signal::WakeAt {
-                            queue: m.q.clone(),
-                            at: clock.local(w),
-                        })
-                        .is_ok();
-                }
-                // Another worker's lease: if that worker dies, someone must
-                // reclaim the job once the lease is over.
-                if let (Some(l), Some(w)) = (m.lease, &m.w) {
-                    ok &= tx
-                        .send(Signal::LeaseUntil {
-                            queue: m.q.clone(),
-                            worker: w.clone(),
-                            at: clock.local(l),
-                        })
-                        .is_ok();
-                }
-                ok
-            };
-            if !sent {
-                return;
-            }
+        if listen(
+            ps,
+            live,
+            || tx.is_closed(),
+            |msg| forward(&msg, &tx, &clock),
+        )
+        .await
+        {
+            return;
         }
         tracing::warn!("Redis signal connection lost; reconnecting");
         outage_logged = true;
+    }
+}
+
+/// Turns one pub/sub message into [`Signal`]s; false once the receiver is
+/// gone.
+fn forward(msg: &redis::Msg, tx: &mpsc::UnboundedSender<Signal>, clock: &Clock) -> bool {
+    #[derive(Deserialize)]
+    struct Control {
+        revoke: String,
+        #[serde(default)]
+        terminate: bool,
+    }
+    let Ok(payload) = msg.get_payload::<String>() else {
+        return true;
+    };
+    if msg.get_channel_name() == CONTROL_CHANNEL {
+        match serde_json::from_str::<Control>(&payload) {
+            Ok(c) => match c.revoke.parse() {
+                Ok(id) => tx
+                    .send(Signal::Revoke {
+                        id,
+                        terminate: c.terminate,
+                    })
+                    .is_ok(),
+                Err(_) => true,
+            },
+            Err(_) => true,
+        }
+    } else {
+        let Ok(m) = serde_json::from_str::<WireMessage>(&payload) else {
+            return true;
+        };
+        let mut ok = true;
+        if m.ready.unwrap_or(0) > 0 {
+            ok &= tx.send(Signal::Work { queue: m.q.clone() }).is_ok();
+        }
+        if let Some(w) = m.wake {
+            ok &= tx
+                .send(Signal::WakeAt {
+                    queue: m.q.clone(),
+                    at: clock.local(w),
+                })
+                .is_ok();
+        }
+        // Another worker's lease: if that worker dies, someone must
+        // reclaim the job once the lease is over.
+        if let (Some(l), Some(w)) = (m.lease, &m.w) {
+            ok &= tx
+                .send(Signal::LeaseUntil {
+                    queue: m.q.clone(),
+                    worker: w.clone(),
+                    at: clock.local(l),
+                })
+                .is_ok();
+        }
+        ok
     }
 }

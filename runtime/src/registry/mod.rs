@@ -129,7 +129,7 @@ impl RedisRegistry {
     }
 
     pub async fn connect(url: &str) -> Result<Self, RegistryError> {
-        let client = redis::Client::open(url)?;
+        let client = crate::queue::redis::open_client(url)?;
         Ok(RedisRegistry {
             conn: ConnectionManager::new(client).await?,
         })

@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Client, Script};
 use serde::{Deserialize, Serialize};
@@ -31,6 +30,7 @@ use tokio::sync::mpsc;
 
 use super::beat::Beat;
 use crate::queue::JobId;
+use crate::queue::redis::{Liveness, listen, open_client};
 
 pub const BEATS_KEY: &str = "runner:beats";
 pub const FIRED_KEY: &str = "runner:beats:fired";
@@ -155,7 +155,7 @@ pub struct RedisBeatStore {
 
 impl RedisBeatStore {
     pub async fn connect(url: &str) -> StoreResult<Self> {
-        let client = Client::open(url)?;
+        let client = open_client(url)?;
         let conn = ConnectionManager::new(client.clone()).await?;
         Ok(RedisBeatStore {
             client,
@@ -228,20 +228,18 @@ impl BeatStore for RedisBeatStore {
             let mut backoff = Duration::from_millis(100);
             loop {
                 if let Some(ps) = pubsub.take() {
-                    let mut stream = ps.into_on_message();
-                    loop {
-                        tokio::select! {
-                            _ = tx.closed() => return,
-                            msg = stream.next() => match msg {
-                                Some(m) => {
-                                    let name = m.get_payload::<String>().unwrap_or_default();
-                                    if tx.send(BeatChange::Changed(name)).is_err() {
-                                        return;
-                                    }
-                                }
-                                None => break,
-                            },
-                        }
+                    let stopped = listen(
+                        ps,
+                        Liveness::default(),
+                        || tx.is_closed(),
+                        |m| {
+                            let name = m.get_payload::<String>().unwrap_or_default();
+                            tx.send(BeatChange::Changed(name)).is_ok()
+                        },
+                    )
+                    .await;
+                    if stopped {
+                        return;
                     }
                     tracing::warn!("beat change feed lost; reconnecting");
                 }

@@ -399,15 +399,7 @@ impl Dispatcher {
                     v.next_due = Some(v.next_due.map_or(at, |d| d.min(at)));
                 }
             }
-            Signal::Revoke { id, terminate } => {
-                if let Some(h) = self.held.get_mut(&id) {
-                    if !h.started {
-                        h.revoked = true;
-                    } else if terminate {
-                        h.cancel.cancel();
-                    }
-                }
-            }
+            Signal::Revoke { id, terminate } => self.revoked(id, terminate),
             Signal::Reconnected => {
                 for v in self.queues.values_mut() {
                     v.due_check = true;
@@ -454,15 +446,31 @@ impl Dispatcher {
         }
     }
 
+    /// Job `id` was revoked: a held job not started yet never starts, a
+    /// running one is stopped when the revoke says to terminate.
+    fn revoked(&mut self, id: JobId, terminate: bool) {
+        if let Some(h) = self.held.get_mut(&id) {
+            if !h.started {
+                h.revoked = true;
+            } else if terminate {
+                h.cancel.cancel();
+            }
+        }
+    }
+
     async fn extend(&mut self) {
         let leases: Vec<Lease> = self.held.values().map(|h| h.lease.clone()).collect();
         match self.ctx.broker.extend(&leases, self.ctx.cfg.lease).await {
-            Ok(lost) => {
-                for id in lost {
+            Ok(extended) => {
+                for id in extended.lost {
                     if let Some(h) = self.held.get(&id) {
                         tracing::warn!(job = %id, "lease lost (redelivered elsewhere); stopping this run");
                         h.cancel.cancel();
                     }
+                }
+                // Revokes whose message may never have arrived.
+                for (id, terminate) in extended.revoked {
+                    self.revoked(id, terminate);
                 }
             }
             Err(e) => tracing::debug!(error = %e, "lease extension failed; retrying next tick"),

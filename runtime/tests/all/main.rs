@@ -8,6 +8,7 @@ mod api;
 mod builtin_tasks;
 mod capabilities;
 mod cli_run;
+mod connections;
 mod crash;
 mod dashboard;
 mod dev;

@@ -286,8 +286,8 @@ async fn extended_lease_is_not_redelivered(env: Env) {
     assert_eq!(d.len(), 1);
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let lost = b.extend(&[d[0].lease.clone()], lease).await.unwrap();
-        assert!(lost.is_empty());
+        let extended = b.extend(&[d[0].lease.clone()], lease).await.unwrap();
+        assert_eq!(extended, Default::default());
         let r = b.settle(settle("work", "other", vec![], 1)).await.unwrap();
         assert!(
             r.deliveries.is_empty(),
@@ -428,6 +428,13 @@ async fn revoke_queued_running_and_final(env: Env) {
     .await
     .expect("the worker is told to stop the job");
     assert_eq!(got, (running, true));
+    // A worker that missed the message learns it from its next extension.
+    let extended = b
+        .extend(&[d[0].lease.clone()], Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(extended.revoked, vec![(running, true)]);
+    assert!(extended.lost.is_empty());
     // The worker stops it and records REVOKED.
     let mut job = d[0].job.clone();
     job.state = JobState::Revoked;
@@ -463,6 +470,11 @@ async fn revoke_queued_running_and_final(env: Env) {
         b.revoke(flagged, false).await.unwrap(),
         RevokeOutcome::WillNotRetry
     );
+    let extended = b
+        .extend(&[d[0].lease.clone()], Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(extended.revoked, vec![(flagged, false)]);
     let mut retry = d[0].job.clone();
     retry.state = JobState::Retry;
     let mut revoked = retry.clone();

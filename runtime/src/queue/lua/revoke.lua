@@ -18,6 +18,11 @@ if running then
   local now = server_ms()
   redis.call('ZADD', P .. 'revoked', now, id)
   redis.call('ZREMRANGEBYSCORE', P .. 'revoked', '-inf', now - 86400000)
+  if ARGV[5] == '1' then
+    -- Kept for the worker's next lease extension, should it miss the message.
+    redis.call('ZADD', P .. 'terminate', now, id)
+    redis.call('ZREMRANGEBYSCORE', P .. 'terminate', '-inf', now - 86400000)
+  end
   redis.call('PUBLISH', 'runner:control', cjson.encode({ revoke = id, terminate = ARGV[5] == '1' }))
   if ARGV[5] == '1' then return 'TERMINATING' end
   return 'RUNNING'

@@ -1,0 +1,309 @@
+//! Dead connections are noticed: pub/sub connections are PINGed and
+//! replaced when they stop answering (a silent drop: here a proxy that
+//! stops forwarding without closing anything), event feeds resubscribe
+//! after a killed connection instead of ending, and a worker that never
+//! hears a revoke learns it from its lease extension.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use runner::producer::EnqueueRequest;
+use runner::queue::redis::Liveness;
+use runner::queue::{
+    Broker, BrokerResult, Enqueued, Extended, Job, JobEvent, JobId, JobState, Lease, Progress,
+    QueueStats, RedisBroker, RevokeOutcome, SettleReply, SettleRequest, Signal, WorkerInfo,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::redis_support::RedisServer;
+use crate::worker::{Env, cfg, start_worker_with, wait_final};
+
+/// A TCP proxy to Redis that can go silent: `freeze` makes every
+/// connection open at that moment stop forwarding, in both directions,
+/// without closing it (what a NAT or firewall that forgot a connection
+/// does). Connections made later work.
+struct Proxy {
+    url: String,
+    frozen_upto: Arc<AtomicU64>,
+    next: Arc<AtomicU64>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://{}/", listener.local_addr().unwrap());
+        let frozen_upto = Arc::new(AtomicU64::new(0));
+        let next = Arc::new(AtomicU64::new(1));
+        let (frozen, counter) = (frozen_upto.clone(), next.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let id = counter.fetch_add(1, Ordering::SeqCst);
+                let Ok(server) = TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pipe(cr, sw, id, frozen.clone()));
+                tokio::spawn(pipe(sr, cw, id, frozen.clone()));
+            }
+        });
+        Proxy {
+            url,
+            frozen_upto,
+            next,
+        }
+    }
+
+    fn freeze(&self) {
+        let last = self.next.load(Ordering::SeqCst) - 1;
+        self.frozen_upto.store(last, Ordering::SeqCst);
+    }
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    id: u64,
+    frozen_upto: Arc<AtomicU64>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if id <= frozen_upto.load(Ordering::SeqCst) {
+            // Silent: keep both ends open, forward nothing, ever.
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn redis_addr(server: &RedisServer) -> String {
+    let url = server.url();
+    let rest = url.trim_start_matches("redis://");
+    rest.split('/').next().unwrap().to_string()
+}
+
+/// A worker's pub/sub connection that goes silent is PINGed, found dead
+/// and replaced: wake-ups reach the worker again. Before, it waited on the
+/// dead connection forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_signal_connection_is_replaced() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(redis_addr(&server)).await;
+    let live = Liveness {
+        every: Duration::from_millis(300),
+        timeout: Duration::from_millis(300),
+    };
+    let listener = RedisBroker::connect(&proxy.url)
+        .await
+        .unwrap()
+        .with_liveness(live);
+    let mut signals = listener.signals(&["work".to_string()]).await.unwrap();
+    assert_eq!(signals.recv().await, Some(Signal::Reconnected));
+    proxy.freeze();
+
+    let direct = RedisBroker::connect(&server.url()).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut reconnected = false;
+        loop {
+            // Work is announced on every round: the first announcements
+            // go into the silent connection.
+            direct
+                .enqueue(vec![Job::new("work", "{}", chrono::Utc::now())])
+                .await
+                .unwrap();
+            match tokio::time::timeout(Duration::from_millis(200), signals.recv()).await {
+                Ok(Some(Signal::Reconnected)) => reconnected = true,
+                Ok(Some(Signal::Work { .. })) if reconnected => return,
+                Ok(Some(_)) | Err(_) => {}
+                Ok(None) => panic!("the signal feed ended"),
+            }
+        }
+    })
+    .await;
+    assert!(got.is_ok(), "no wake-up after the connection went silent");
+}
+
+/// The event feed behind `GET /v1/events`, job events of SSE and long
+/// polls outlives a killed connection: it resubscribes, its receivers see
+/// the next events. Before, the feed ended (`Closed`) and every open
+/// stream with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_feed_resubscribes_after_its_connection_is_killed() {
+    let server = RedisServer::start();
+    let b = RedisBroker::connect(&server.url())
+        .await
+        .unwrap()
+        .with_liveness(Liveness {
+            every: Duration::from_millis(300),
+            timeout: Duration::from_millis(300),
+        });
+    let mut events = b.subscribe().await.unwrap();
+    let mut conn = redis::Client::open(server.url().as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(killed >= 1, "no pub/sub connection to kill");
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            // Leasing a job publishes its STARTED event.
+            let job = Job::new("work", "{}", chrono::Utc::now());
+            let id = job.id;
+            b.enqueue(vec![job]).await.unwrap();
+            b.settle(SettleRequest {
+                queue: "work".into(),
+                worker: "w".into(),
+                completions: vec![],
+                fetch: 1,
+                due_check: false,
+                holds_leases: false,
+                lease: Duration::from_secs(60),
+            })
+            .await
+            .unwrap();
+            match tokio::time::timeout(Duration::from_millis(200), events.recv()).await {
+                Ok(Ok(ev)) if ev.id == id => return,
+                Ok(Err(broadcast::error::RecvError::Closed)) => panic!("the event feed ended"),
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(got.is_ok(), "no event after the connection was killed");
+}
+
+/// A broker whose revoke messages never arrive (as on a connection that
+/// dropped them): everything else is the real broker's.
+struct Deaf(Arc<dyn Broker>);
+
+#[async_trait]
+impl Broker for Deaf {
+    fn kind(&self) -> &'static str {
+        self.0.kind()
+    }
+    async fn enqueue(&self, jobs: Vec<Job>) -> BrokerResult<Vec<Enqueued>> {
+        self.0.enqueue(jobs).await
+    }
+    async fn get(&self, id: JobId) -> BrokerResult<Option<Job>> {
+        self.0.get(id).await
+    }
+    async fn subscribe(&self) -> BrokerResult<broadcast::Receiver<JobEvent>> {
+        self.0.subscribe().await
+    }
+    async fn revoke(&self, id: JobId, terminate: bool) -> BrokerResult<RevokeOutcome> {
+        self.0.revoke(id, terminate).await
+    }
+    async fn settle(&self, req: SettleRequest) -> BrokerResult<SettleReply> {
+        self.0.settle(req).await
+    }
+    async fn extend(&self, leases: &[Lease], lease: Duration) -> BrokerResult<Extended> {
+        self.0.extend(leases, lease).await
+    }
+    async fn progress(&self, lease: &Lease, progress: &Progress) -> BrokerResult<()> {
+        self.0.progress(lease, progress).await
+    }
+    async fn signals(&self, queues: &[String]) -> BrokerResult<mpsc::UnboundedReceiver<Signal>> {
+        let mut inner = self.0.signals(queues).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(s) = inner.recv().await {
+                if !matches!(s, Signal::Revoke { .. }) && tx.send(s).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+    async fn heartbeat(&self, worker: &WorkerInfo, ttl: Duration) -> BrokerResult<()> {
+        self.0.heartbeat(worker, ttl).await
+    }
+    async fn worker_gone(&self, worker_id: &str) -> BrokerResult<()> {
+        self.0.worker_gone(worker_id).await
+    }
+    async fn workers(&self) -> BrokerResult<Vec<WorkerInfo>> {
+        self.0.workers().await
+    }
+    async fn register_queue(&self, queue: &str) -> BrokerResult<()> {
+        self.0.register_queue(queue).await
+    }
+    async fn queues(&self) -> BrokerResult<Vec<QueueStats>> {
+        self.0.queues().await
+    }
+    async fn dead_letters(&self, queue: &str, limit: usize) -> BrokerResult<Vec<Job>> {
+        self.0.dead_letters(queue, limit).await
+    }
+    async fn replay(&self, queue: &str, ids: &[JobId]) -> BrokerResult<Vec<JobId>> {
+        self.0.replay(queue, ids).await
+    }
+}
+
+/// A worker that never hears a revoke-terminate stops the run at its next
+/// lease extension (every third of the lease). Before, the job ran to its
+/// end (revokes were pub/sub only).
+async fn a_worker_that_misses_a_revoke_learns_it_from_its_lease(env: Env) {
+    env.bind("sleeper", "sleeper", "default", |b| {
+        b.limits.time_limit_ms = Some(60_000)
+    })
+    .await;
+    let deaf: Arc<dyn Broker> = Arc::new(Deaf(env.broker.clone()));
+    let w = start_worker_with(
+        deaf,
+        env.registry.clone(),
+        Default::default(),
+        cfg(&["default"], 1),
+    );
+    let mut events = env.broker.subscribe().await.unwrap();
+    let id = env
+        .producer
+        .enqueue(EnqueueRequest::task("sleeper", r#"{"ms":30000}"#))
+        .await
+        .unwrap()
+        .job
+        .id;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let ev = events.recv().await.unwrap();
+            if ev.id == id && ev.state == JobState::Started {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the job starts");
+    env.broker.revoke(id, true).await.unwrap();
+    let j = tokio::time::timeout(Duration::from_secs(15), wait_final(&env.broker, id))
+        .await
+        .expect("the run was not stopped: it would have slept 30 s");
+    assert_eq!(j.state, JobState::Revoked, "{j:?}");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_misses_a_revoke_learns_it_from_its_lease_on_redis() {
+    a_worker_that_misses_a_revoke_learns_it_from_its_lease(Env::redis().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_misses_a_revoke_learns_it_from_its_lease_embedded() {
+    a_worker_that_misses_a_revoke_learns_it_from_its_lease(Env::embedded().await).await;
+}
