@@ -205,3 +205,214 @@ async fn redis_restart_with_aof_mid_run_loses_nothing() {
     assert_all_done_once(&server, &broker, &ids).await;
     assert!(worker.terminate().success());
 }
+
+/// The chaos test: 20,000 jobs, three `runner worker` processes, while the
+/// test `kill -9`s a worker (twice), pauses another past its lease
+/// (SIGSTOP, SIGCONT), restarts Redis once (AOF) and kills every client
+/// connection once. Every job ends with exactly one final record and sits
+/// in no queue; each job's task counts its runs in kv, and a job ran more
+/// often than it had attempts (a kv call on a killed connection fails
+/// `transient` and the task asks for a retry) only if its lease was lost
+/// (the record says so: `redeliveries`), that is, only if a worker holding
+/// it was killed or paused. At least once, nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_every_job_ends_once_and_reruns_only_after_a_lost_lease() {
+    const CHAOS_JOBS: usize = 20_000;
+    const CHAOS_QUEUE: &str = "chaos";
+    let mut server = RedisServer::start_with_aof();
+    let url = server.url();
+    let cache = tempfile::tempdir().unwrap();
+    let b = RedisBroker::connect(&url).await.unwrap();
+    let registry = Arc::new(RedisRegistry::new(b.connection()));
+    let hash = registry.put_module(&guest_bytes("counter")).await.unwrap();
+    let mut binding = TaskBinding::new("counter", hash);
+    binding.queue = CHAOS_QUEUE.into();
+    // A kv call on a connection killed under it fails `transient`, and the
+    // task asks for a retry: a retry is a new run, counted as one.
+    binding.retry = RetryPolicy {
+        max_retries: 10,
+        backoff_base_ms: 100,
+        backoff_cap_ms: 1000,
+        jitter: false,
+        retry_on: vec![],
+    };
+    binding.grants.kv = Some(runner::registry::KvGrant {
+        max_keys: Some(100_000),
+        max_bytes: None,
+    });
+    registry.bind(binding).await.unwrap();
+    let broker: Arc<dyn Broker> = Arc::new(b);
+    let producer = Producer::new(broker.clone(), registry);
+    let mut ids = Vec::with_capacity(CHAOS_JOBS);
+    for _ in 0..CHAOS_JOBS / 1000 {
+        let reqs = (0..1000)
+            .map(|_| EnqueueRequest::task("counter", "{}"))
+            .collect();
+        ids.extend(
+            producer
+                .enqueue_batch(reqs)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.job.id),
+        );
+    }
+    let left = async || {
+        broker
+            .queues()
+            .await
+            .ok()?
+            .into_iter()
+            .find(|q| q.name == CHAOS_QUEUE)
+            .map(|q| q.ready + q.delayed + q.in_flight)
+    };
+    // kv for the tasks, in the broker's Redis.
+    let config = cache.path().join("runner.toml");
+    std::fs::write(
+        &config,
+        format!("[broker]\nredis_url = \"{url}\"\n\n[host.kv]\n"),
+    )
+    .unwrap();
+    let start = |n: usize| {
+        let child = Command::new(env!("CARGO_BIN_EXE_runner"))
+            .args([
+                "worker",
+                "-Q",
+                CHAOS_QUEUE,
+                "-c",
+                "4",
+                "--lease",
+                "2s",
+                "--grace",
+                "5s",
+                "--id",
+            ])
+            .arg(format!("chaos-{n}"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--cache-dir")
+            .arg(cache.path())
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting `runner worker`");
+        WorkerProcess(child)
+    };
+    let mut workers: Vec<Option<WorkerProcess>> = (0..3).map(|n| Some(start(n))).collect();
+    let until_left = async |n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(240);
+        while left().await.is_none_or(|l| l > n) {
+            assert!(
+                Instant::now() < deadline,
+                "stuck at {:?} jobs left",
+                left().await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let total = CHAOS_JOBS as u64;
+    let stop = |w: &WorkerProcess, sig: i32| {
+        // SAFETY: kill(2) on a pid we spawned and still own.
+        unsafe {
+            libc::kill(w.0.id() as i32, sig);
+        }
+    };
+
+    until_left(total * 9 / 10).await;
+    workers[0].take().unwrap().kill_9();
+    workers[0] = Some(start(3));
+
+    until_left(total * 8 / 10).await;
+    stop(workers[1].as_ref().unwrap(), libc::SIGSTOP);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop(workers[1].as_ref().unwrap(), libc::SIGCONT);
+
+    until_left(total * 6 / 10).await;
+    server.restart();
+
+    until_left(total * 4 / 10).await;
+    let mut conn = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    until_left(total * 2 / 10).await;
+    workers[2].take().unwrap().kill_9();
+    workers[2] = Some(start(4));
+
+    until_left(0).await;
+
+    // Runs per job, as the tasks counted them.
+    let mut runs: std::collections::HashMap<String, u32> = Default::default();
+    {
+        let mut it = conn.scan_match::<_, String>("*runs:*").await.unwrap();
+        while let Some(k) = futures::StreamExt::next(&mut it).await {
+            let k = k.unwrap();
+            let mut parts = k.rsplit(':');
+            let _n = parts.next();
+            let id = parts.next().unwrap().to_string();
+            *runs.entry(id).or_default() += 1;
+        }
+    }
+    let mut rerun = 0;
+    let mut redelivered = 0;
+    for id in &ids {
+        let j = broker
+            .get(*id)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("job {id} lost"));
+        assert_eq!(j.state, JobState::Success, "job {id}: {j:?}");
+        let n = runs.get(&id.to_string()).copied().unwrap_or(0);
+        assert!(n >= 1, "job {id} succeeded without running: {j:?}");
+        if j.redeliveries > 0 {
+            redelivered += 1;
+        }
+        if n > 1 {
+            rerun += 1;
+            assert!(
+                j.redeliveries > 0 || n <= j.attempt,
+                "job {id} ran {n} times in {} attempts but its lease was never lost: {j:?}",
+                j.attempt
+            );
+        }
+    }
+    assert!(
+        redelivered > 0,
+        "the chaos lost no lease: it tested nothing"
+    );
+    let q = broker
+        .queues()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|q| q.name == CHAOS_QUEUE)
+        .unwrap();
+    assert_eq!((q.ready, q.delayed, q.in_flight, q.dead), (0, 0, 0, 0));
+    let mut records = 0;
+    {
+        let mut it = conn
+            .scan_match::<_, String>(format!("runner:{{{CHAOS_QUEUE}}}:job:*"))
+            .await
+            .unwrap();
+        while futures::StreamExt::next(&mut it).await.is_some() {
+            records += 1;
+        }
+    }
+    assert_eq!(records, ids.len(), "one final record per job, no more");
+    eprintln!("chaos: {redelivered} jobs redelivered, {rerun} ran more than once");
+    for w in workers.into_iter().flatten() {
+        w.kill_9();
+    }
+}
