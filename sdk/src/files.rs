@@ -2,7 +2,7 @@
 //! Needs the `files` grant for each root, read-only or read-write.
 //!
 //! Paths are relative to the root with `/` separators; absolute paths, `..`
-//! and symlinks leading out of the root are [`HostError::Denied`].
+//! and symlinks (any symlink under a root) are [`HostError::Denied`].
 //!
 //! ```no_run
 //! use std::time::Duration;

@@ -19,7 +19,8 @@
 //! | `rl:<key>` | zset | start log of a rate limit (see `ratelimit.rs`) |
 //!
 //! Outside the queues: `runner:queues` (set of names), `runner:worker:<id>`
-//! (heartbeats with a TTL), pub/sub channels `runner:q:<queue>` (job events
+//! (heartbeats with a TTL) and `runner:workers` (their ids: listing workers
+//! scans nothing), pub/sub channels `runner:q:<queue>` (job events
 //! and wake-ups) and `runner:control` (revokes).
 //!
 //! # Cost
@@ -50,7 +51,7 @@
 //! Blocking waits use dedicated pub/sub connections, which have no response
 //! timeout; commands go through a `ConnectionManager` that reconnects.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -74,6 +75,9 @@ const QUEUES_KEY: &str = "runner:queues";
 const CONTROL_CHANNEL: &str = "runner:control";
 /// Jobs per enqueue script call: keeps Lua's `unpack` well inside its stack.
 const ENQUEUE_CHUNK: usize = 1000;
+/// The ids of workers that sent a heartbeat (each also has its key
+/// `runner:worker:<id>`, with a TTL).
+const WORKERS_KEY: &str = "runner:workers";
 
 fn prefix(queue: &str) -> String {
     format!("runner:{{{queue}}}:")
@@ -117,6 +121,8 @@ struct Inner {
     idempotency_ttl: Duration,
     clock: Arc<Clock>,
     liveness: Liveness,
+    /// Heartbeats sent per worker id by this process.
+    heartbeats: Mutex<HashMap<String, u64>>,
 }
 
 /// How this process's clock relates to the Redis server's. Every script
@@ -184,6 +190,7 @@ impl RedisBroker {
                 idempotency_ttl: Duration::from_secs(24 * 3600),
                 clock: Arc::new(Clock::default()),
                 liveness: Liveness::default(),
+                heartbeats: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -685,46 +692,69 @@ impl Broker for RedisBroker {
         Ok(rx)
     }
 
+    /// Stores the worker's heartbeat (a key with a TTL). Its id joins
+    /// `runner:workers` on its first heartbeat and every tenth after (so a
+    /// worker dropped from the set while it was paused comes back), which
+    /// keeps an idle worker at one command per heartbeat.
     async fn heartbeat(&self, worker: &WorkerInfo, ttl: Duration) -> BrokerResult<()> {
         let json = serde_json::to_string(worker).unwrap_or_default();
-        let _: () = self
-            .conn()
-            .set_ex(
-                format!("runner:worker:{}", worker.id),
-                json,
-                ttl.as_secs().max(1),
-            )
-            .await?;
+        let beats = {
+            let mut seen = self
+                .inner
+                .heartbeats
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let n = seen.entry(worker.id.clone()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        let mut pipe = redis::pipe();
+        pipe.set_ex(
+            format!("runner:worker:{}", worker.id),
+            json,
+            ttl.as_secs().max(1),
+        )
+        .ignore();
+        if beats % 10 == 1 {
+            pipe.sadd(WORKERS_KEY, &worker.id).ignore();
+        }
+        let _: () = pipe.query_async(&mut self.conn()).await?;
         Ok(())
     }
 
     async fn worker_gone(&self, worker_id: &str) -> BrokerResult<()> {
-        let _: () = self
-            .conn()
+        let _: () = redis::pipe()
             .del(format!("runner:worker:{worker_id}"))
+            .ignore()
+            .srem(WORKERS_KEY, worker_id)
+            .ignore()
+            .query_async(&mut self.conn())
             .await?;
         Ok(())
     }
 
+    /// The workers of `runner:workers` whose heartbeat is alive (no scan
+    /// of the keyspace); ids whose heartbeat expired leave the set.
     async fn workers(&self) -> BrokerResult<Vec<WorkerInfo>> {
         let mut conn = self.conn();
-        let mut keys: Vec<String> = Vec::new();
-        {
-            let mut iter = conn.scan_match::<_, String>("runner:worker:*").await?;
-            while let Some(k) = iter.next().await {
-                keys.push(k?);
-            }
-        }
-        if keys.is_empty() {
+        let ids: Vec<String> = conn.smembers(WORKERS_KEY).await?;
+        if ids.is_empty() {
             return Ok(Vec::new());
         }
+        let keys: Vec<String> = ids.iter().map(|i| format!("runner:worker:{i}")).collect();
         let vals: Vec<Option<String>> =
             redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
-        let mut out: Vec<WorkerInfo> = vals
-            .into_iter()
-            .flatten()
-            .filter_map(|v| serde_json::from_str(&v).ok())
-            .collect();
+        let mut gone = Vec::new();
+        let mut out = Vec::new();
+        for (id, v) in ids.iter().zip(vals) {
+            match v.and_then(|v| serde_json::from_str::<WorkerInfo>(&v).ok()) {
+                Some(w) => out.push(w),
+                None => gone.push(id.clone()),
+            }
+        }
+        if !gone.is_empty() {
+            let _: () = conn.srem(WORKERS_KEY, gone).await?;
+        }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
     }
@@ -802,18 +832,43 @@ impl Broker for RedisBroker {
         Ok(out)
     }
 
+    /// Replays the dead letters `ids` (reading only their records), or all
+    /// of them, a page at a time (memory does not grow with the dead set).
     async fn replay(&self, queue: &str, ids: &[JobId]) -> BrokerResult<Vec<JobId>> {
-        let dead = self.dead_letters(queue, 100_000).await?;
-        let chosen: Vec<Job> = dead
-            .into_iter()
-            .filter(|j| ids.is_empty() || ids.contains(&j.id))
-            .collect();
-        if chosen.is_empty() {
-            return Ok(Vec::new());
+        if !ids.is_empty() {
+            let mut chosen = Vec::with_capacity(ids.len());
+            for chunk in ids.chunks(ENQUEUE_CHUNK) {
+                let p = prefix(queue);
+                let keys: Vec<String> = chunk.iter().map(|i| format!("{p}job:{i}")).collect();
+                let recs: Vec<Option<String>> = redis::cmd("MGET")
+                    .arg(&keys)
+                    .query_async(&mut self.conn())
+                    .await?;
+                for r in recs.into_iter().flatten() {
+                    chosen.push(Job::from_json(&r)?);
+                }
+            }
+            // The script replays only those still in the dead set.
+            return self.replay_jobs(queue, &chosen).await;
         }
+        let mut replayed = Vec::new();
+        loop {
+            let page = self.dead_letters(queue, ENQUEUE_CHUNK).await?;
+            let done = self.replay_jobs(queue, &page).await?;
+            if done.is_empty() {
+                return Ok(replayed);
+            }
+            replayed.extend(done);
+        }
+    }
+}
+
+impl RedisBroker {
+    /// Puts `jobs` back as fresh attempts if they are still dead letters.
+    async fn replay_jobs(&self, queue: &str, jobs: &[Job]) -> BrokerResult<Vec<JobId>> {
         let p = prefix(queue);
         let mut replayed = Vec::new();
-        for chunk in chosen.chunks(ENQUEUE_CHUNK) {
+        for chunk in jobs.chunks(ENQUEUE_CHUNK) {
             let mut inv = self.inner.scripts.replay.prepare_invoke();
             inv.key(format!("{p}ready"))
                 .arg(&p)

@@ -51,11 +51,20 @@ pub async fn embedded() -> Env {
 
 pub async fn redis() -> Env {
     let server = RedisServer::start();
+    let env = redis_on(&server).await;
+    Env {
+        _redis: Some(server),
+        ..env
+    }
+}
+
+/// An environment on a server the caller keeps.
+async fn redis_on(server: &RedisServer) -> Env {
     let broker: Arc<dyn Broker> = Arc::new(RedisBroker::connect(&server.url()).await.unwrap());
     Env {
         producer: Producer::new(broker.clone(), registry().await),
         broker,
-        _redis: Some(server),
+        _redis: None,
     }
 }
 
@@ -966,4 +975,82 @@ async fn a_worker_whose_clock_runs_ahead_reclaims_no_live_lease() {
         .unwrap();
     assert!(r.stale.is_empty(), "{:?}", r.stale);
     assert_eq!(a.get(id).await.unwrap().unwrap().redeliveries, 0);
+}
+
+/// Commands `server` ran since its stats were reset, by name.
+async fn commands_run(conn: &mut redis::aio::MultiplexedConnection) -> String {
+    redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+/// Costs that do not grow with the data: listing workers scans no
+/// keyspace, replaying one dead letter reads only its record, an expired
+/// heartbeat leaves the listing. Before, `workers()` ran SCAN over every
+/// key and `replay` read up to 100,000 dead letters to replay one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_listings_and_replays_read_only_what_they_need() {
+    let server = RedisServer::start();
+    let env = redis_on(&server).await;
+    let b = &env.broker;
+    let mut conn = redis::Client::open(server.url().as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let worker = |id: &str| runner::queue::WorkerInfo {
+        id: id.into(),
+        hostname: "h".into(),
+        pid: 1,
+        queues: vec!["work".into()],
+        concurrency: 1,
+        started_at: Utc::now(),
+        last_seen: Utc::now(),
+        running: vec![],
+        processed: 0,
+        failed: 0,
+    };
+    b.heartbeat(&worker("live"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    b.heartbeat(&worker("short"), Duration::from_secs(1))
+        .await
+        .unwrap();
+    let mut dead = Vec::new();
+    for _ in 0..3 {
+        env.producer.enqueue(call("{}")).await.unwrap();
+        let d = b
+            .settle(settle("work", "w", vec![], 1))
+            .await
+            .unwrap()
+            .deliveries;
+        b.settle(settle(
+            "work",
+            "w",
+            vec![ended(&d[0], JobState::Failure, None, true)],
+            0,
+        ))
+        .await
+        .unwrap();
+        dead.push(d[0].job.id);
+    }
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(b.workers().await.unwrap().len(), 2);
+    assert_eq!(b.replay("work", &dead[1..2]).await.unwrap(), vec![dead[1]]);
+    let stats = commands_run(&mut conn).await;
+    assert!(!stats.contains("cmdstat_scan"), "{stats}");
+    assert!(!stats.contains("cmdstat_zrange"), "{stats}");
+    assert_eq!(b.dead_letters("work", 10).await.unwrap().len(), 2);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let ws = b.workers().await.unwrap();
+    assert_eq!(
+        ws.iter().map(|w| w.id.as_str()).collect::<Vec<_>>(),
+        ["live"]
+    );
 }

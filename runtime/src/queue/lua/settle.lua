@@ -164,10 +164,11 @@ local function limit(rules, id)
     local k = P .. 'rl:' .. r.key
     local period, cnt = tonumber(r.period_ms), tonumber(r.count)
     redis.call('ZREMRANGEBYSCORE', k, '-inf', now - period)
-    local starts = redis.call('ZRANGE', k, 0, -1, 'WITHSCORES')
-    local c = #starts / 2
+    -- Counted, not read: only the start that frees the next slot is fetched.
+    local c = redis.call('ZCARD', k)
     if c >= cnt then
-      local until_ = tonumber(starts[(c - cnt) * 2 + 2]) + period
+      local start = redis.call('ZRANGE', k, c - cnt, c - cnt, 'WITHSCORES')
+      local until_ = tonumber(start[2]) + period
       if not blocked or until_ > blocked then blocked = until_ end
     end
   end

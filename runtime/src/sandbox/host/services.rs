@@ -12,7 +12,10 @@
 //! [host.files.roots]          # named roots: name = directory
 //! logs = "/var/log/myapp"
 //! reports = "/srv/reports"
-//! # [host.files] max_file_bytes = 67108864
+//! # [host.files] max_file_bytes = 67108864, max_walk_entries = 1000000,
+//! #   walk_timeout = 30, max_list_entries = 100000, usage_refresh = 600
+//! # [host.files.quotas]       # per root; roots not named have none
+//! # reports = { max_bytes = 10737418240, max_files = 100000 }
 //!
 //! [host.kv]                   # in memory; or redis_url = "redis://..."
 //! # redis_url = "redis://127.0.0.1:6379/0"
@@ -38,6 +41,8 @@
 //!
 //! [host.pdf]                  # every field optional (PdfConfig)
 //! # font_dirs = ["/usr/share/fonts"]
+//! # max_concurrent_renders = 2  # default: the number of CPUs
+//! # max_render_time = 60        # seconds
 //!
 //! [tasks.cleanup-logs.grants]
 //! files = { logs = "read-write", reports = "read-only" }
