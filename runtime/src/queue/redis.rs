@@ -10,6 +10,7 @@
 //! | `ready` | list | `<id>\|<redeliveries>` of jobs that may run now |
 //! | `delayed` | zset | same members, scored by due time (ms): countdown, ETA, retry backoff, rate limit |
 //! | `leases` | zset | `<id>\|<redeliveries>\|<worker>\|<leased ms>`, scored by lease deadline |
+//! | `leased` | hash | id -> its member of `leases` (status and revoke look a lease up by id) |
 //! | `job:<id>` | string | the job record (JSON); a TTL once final |
 //! | `idem:<key>` | string | the id of the job enqueued with that idempotency key |
 //! | `dead` | zset | dead-lettered ids, scored by time of death |
@@ -935,8 +936,10 @@ fn push_completion(inv: &mut redis::ScriptInvocation<'_>, c: &Completion, now: i
 /// message it is sent a PING, and a PING not answered within `timeout`
 /// counts the connection dead (a silent TCP drop, a NAT that forgot it, a
 /// paused server), so that its owner reconnects instead of waiting
-/// forever; a connection closed by the server ends its stream at once. The default, a PING after 30 s of
-/// silence, costs an idle process 2 commands a minute per subscription.
+/// forever; a connection closed by the server ends its stream at once.
+/// The default, a PING after 120 s of silence, costs an idle process half
+/// a command a minute per subscription; a peer that vanished is noticed
+/// sooner by TCP keepalive ([`open_client`]), a paused server by the PING.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Liveness {
     pub every: Duration,
@@ -946,8 +949,8 @@ pub struct Liveness {
 impl Default for Liveness {
     fn default() -> Self {
         Liveness {
-            every: Duration::from_secs(30),
-            timeout: Duration::from_secs(5),
+            every: Duration::from_secs(120),
+            timeout: Duration::from_secs(10),
         }
     }
 }

@@ -987,9 +987,11 @@ async fn commands_run(conn: &mut redis::aio::MultiplexedConnection) -> String {
 }
 
 /// Costs that do not grow with the data: listing workers scans no
-/// keyspace, replaying one dead letter reads only its record, an expired
-/// heartbeat leaves the listing. Before, `workers()` ran SCAN over every
-/// key and `replay` read up to 100,000 dead letters to replay one.
+/// keyspace, replaying one dead letter reads only its record, a job's
+/// lease is found by its id, an expired heartbeat leaves the listing.
+/// Before, `workers()` ran SCAN over every key, `replay` read up to
+/// 100,000 dead letters to replay one, status and revoke scanned every
+/// lease of the queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_listings_and_replays_read_only_what_they_need() {
     let server = RedisServer::start();
@@ -1036,16 +1038,28 @@ async fn redis_listings_and_replays_read_only_what_they_need() {
         .unwrap();
         dead.push(d[0].job.id);
     }
+    let running = env.producer.enqueue(call("{}")).await.unwrap().job.id;
+    b.settle(settle("work", "w", vec![], 1)).await.unwrap();
     let _: () = redis::cmd("CONFIG")
         .arg("RESETSTAT")
         .query_async(&mut conn)
         .await
         .unwrap();
+    // A lease is looked up by id, not scanned for.
+    assert_eq!(
+        b.get(running).await.unwrap().unwrap().state,
+        JobState::Started
+    );
+    assert_eq!(
+        b.revoke(running, false).await.unwrap(),
+        RevokeOutcome::WillNotRetry
+    );
     assert_eq!(b.workers().await.unwrap().len(), 2);
     assert_eq!(b.replay("work", &dead[1..2]).await.unwrap(), vec![dead[1]]);
     let stats = commands_run(&mut conn).await;
     assert!(!stats.contains("cmdstat_scan"), "{stats}");
     assert!(!stats.contains("cmdstat_zrange"), "{stats}");
+    assert!(!stats.contains("cmdstat_zscan"), "{stats}");
     assert_eq!(b.dead_letters("work", 10).await.unwrap().len(), 2);
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let ws = b.workers().await.unwrap();

@@ -8,12 +8,8 @@ local cur = redis.call('GET', KEYS[1])
 if not cur then return 'NOTFOUND' end
 local st = string.match(cur, '^{"state":"(%u+)"')
 if st ~= 'PENDING' and st ~= 'RETRY' then return 'FINAL:' .. (st or '?') end
-local cursor, running = '0', false
-repeat
-  local r = redis.call('ZSCAN', P .. 'leases', cursor, 'MATCH', id .. '|*', 'COUNT', 1000)
-  cursor = r[1]
-  if #r[2] > 0 then running = true end
-until cursor == '0' or running
+local member = redis.call('HGET', P .. 'leased', id)
+local running = member and redis.call('ZSCORE', P .. 'leases', member) and true or false
 if running then
   local now = server_ms()
   redis.call('ZADD', P .. 'revoked', now, id)

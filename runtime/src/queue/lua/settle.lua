@@ -85,6 +85,11 @@ if nc > 0 then
     end
   end
   if #held > 0 and nc > 1 then redis.call('ZREM', P .. 'leases', unpack(held)) end
+  if #held > 0 then
+    local ids = {}
+    for i, m in ipairs(held) do ids[i] = string.match(m, '^[^|]+') end
+    redis.call('HDEL', P .. 'leased', unpack(ids))
+  end
   if #dead > 0 then redis.call('ZADD', P .. 'dead', unpack(dead)) end
   if #delayed > 0 then redis.call('ZADD', P .. 'delayed', unpack(delayed)) end
   if #back > 0 then
@@ -105,6 +110,9 @@ if due_check then
   local expired = redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', now, 'LIMIT', 0, 1000)
   if #expired > 0 then
     redis.call('ZREM', P .. 'leases', unpack(expired))
+    local ids = {}
+    for i, m in ipairs(expired) do ids[i] = string.match(m, '^[^|]+') or m end
+    redis.call('HDEL', P .. 'leased', unpack(ids))
     local back = {}
     for _, m in ipairs(expired) do
       local id, n = string.match(m, '^([^|]+)|(%d+)|')
@@ -201,7 +209,7 @@ if fetch_max > 0 then
     local keys = {}
     for i, e in ipairs(els) do keys[i] = P .. 'job:' .. string.match(e, '^[^|]+') end
     local recs = redis.call('MGET', unpack(keys))
-    local leases = {}
+    local leases, index = {}, {}
     local until_ = now + lease_ms
     for i, e in ipairs(els) do
       local rec = recs[i]
@@ -221,6 +229,8 @@ if fetch_max > 0 then
             local member = id .. '|' .. n .. '|' .. worker .. '|' .. now
             leases[#leases + 1] = until_
             leases[#leases + 1] = member
+            index[#index + 1] = id
+            index[#index + 1] = member
             out[#out + 1] = member
             out[#out + 1] = rec
             ev[#ev + 1] = { id, 'STARTED' }
@@ -228,7 +238,10 @@ if fetch_max > 0 then
         end
       end
     end
-    if #leases > 0 then redis.call('ZADD', P .. 'leases', unpack(leases)) end
+    if #leases > 0 then
+      redis.call('ZADD', P .. 'leases', unpack(leases))
+      redis.call('HSET', P .. 'leased', unpack(index))
+    end
   end
 end
 

@@ -5,11 +5,8 @@ if not rec then return false end
 local st = string.match(rec, '^{"state":"(%u+)"')
 if st ~= 'PENDING' and st ~= 'RETRY' then return { rec, '', '' } end
 local P, id = ARGV[1], ARGV[2]
-local cursor, lease = '0', nil
-repeat
-  local r = redis.call('ZSCAN', P .. 'leases', cursor, 'MATCH', id .. '|*', 'COUNT', 1000)
-  cursor = r[1]
-  if #r[2] > 0 then lease = r[2][1] end
-until cursor == '0' or lease
+-- The lease index names the member; the lease set says if it is live.
+local lease = redis.call('HGET', P .. 'leased', id)
+if lease and not redis.call('ZSCORE', P .. 'leases', lease) then lease = nil end
 local prog = redis.call('HGET', P .. 'progress', id)
 return { rec, lease or '', prog or '' }
