@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::redis_support::RedisServer;
-use crate::worker::{Env, cfg, start_worker_with, wait_final};
+use crate::worker::{Env, cfg, start_worker_with, wait_final, wait_started};
 
 /// A TCP proxy to Redis that can go silent: `freeze` makes every
 /// connection open at that moment stop forwarding, in both directions,
@@ -280,16 +280,7 @@ async fn a_worker_that_misses_a_revoke_learns_it_from_its_lease(env: Env) {
         .unwrap()
         .job
         .id;
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let ev = events.recv().await.unwrap();
-            if ev.id == id && ev.state == JobState::Started {
-                break;
-            }
-        }
-    })
-    .await
-    .expect("the job starts");
+    wait_started(&mut events, id).await;
     env.broker.revoke(id, true).await.unwrap();
     let j = tokio::time::timeout(Duration::from_secs(15), wait_final(&env.broker, id))
         .await

@@ -103,7 +103,12 @@ async fn wait_remaining_at_most(broker: &Arc<dyn Broker>, n: u64, limit: Duratio
 }
 
 /// Every job is SUCCESS, its record exists once, nothing is left anywhere.
-async fn assert_all_done_once(server: &RedisServer, broker: &Arc<dyn Broker>, ids: &[JobId]) {
+async fn assert_all_done_once(
+    server: &RedisServer,
+    broker: &Arc<dyn Broker>,
+    ids: &[JobId],
+    queue: &str,
+) {
     for id in ids {
         let j = broker
             .get(*id)
@@ -117,7 +122,7 @@ async fn assert_all_done_once(server: &RedisServer, broker: &Arc<dyn Broker>, id
         .await
         .unwrap()
         .into_iter()
-        .find(|q| q.name == QUEUE)
+        .find(|q| q.name == queue)
         .unwrap();
     assert_eq!((q.ready, q.delayed, q.in_flight, q.dead), (0, 0, 0, 0));
     let client = redis::Client::open(server.url()).unwrap();
@@ -125,7 +130,7 @@ async fn assert_all_done_once(server: &RedisServer, broker: &Arc<dyn Broker>, id
     let mut keys: Vec<String> = Vec::new();
     {
         let mut it = conn
-            .scan_match::<_, String>(format!("runner:{{{QUEUE}}}:job:*"))
+            .scan_match::<_, String>(format!("runner:{{{queue}}}:job:*"))
             .await
             .unwrap();
         while let Some(k) = futures::StreamExt::next(&mut it).await {
@@ -163,7 +168,7 @@ async fn kill_9_worker_mid_run_second_worker_finishes_everything() {
 
     let second = WorkerProcess::start(&server.url(), cache.path());
     wait_remaining_at_most(&broker, 0, Duration::from_secs(180)).await;
-    assert_all_done_once(&server, &broker, &ids).await;
+    assert_all_done_once(&server, &broker, &ids, QUEUE).await;
     // The killed worker's leased jobs came back once their lease ran out.
     let redelivered = {
         let mut n = 0;
@@ -202,7 +207,7 @@ async fn redis_restart_with_aof_mid_run_loses_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_all_done_once(&server, &broker, &ids).await;
+    assert_all_done_once(&server, &broker, &ids, QUEUE).await;
     assert!(worker.terminate().success());
 }
 
@@ -365,15 +370,11 @@ async fn chaos_every_job_ends_once_and_reruns_only_after_a_lost_lease() {
             *runs.entry(id).or_default() += 1;
         }
     }
+    assert_all_done_once(&server, &broker, &ids, CHAOS_QUEUE).await;
     let mut rerun = 0;
     let mut redelivered = 0;
     for id in &ids {
-        let j = broker
-            .get(*id)
-            .await
-            .unwrap()
-            .unwrap_or_else(|| panic!("job {id} lost"));
-        assert_eq!(j.state, JobState::Success, "job {id}: {j:?}");
+        let j = broker.get(*id).await.unwrap().unwrap();
         let n = runs.get(&id.to_string()).copied().unwrap_or(0);
         assert!(n >= 1, "job {id} succeeded without running: {j:?}");
         if j.redeliveries > 0 {
@@ -392,25 +393,6 @@ async fn chaos_every_job_ends_once_and_reruns_only_after_a_lost_lease() {
         redelivered > 0,
         "the chaos lost no lease: it tested nothing"
     );
-    let q = broker
-        .queues()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|q| q.name == CHAOS_QUEUE)
-        .unwrap();
-    assert_eq!((q.ready, q.delayed, q.in_flight, q.dead), (0, 0, 0, 0));
-    let mut records = 0;
-    {
-        let mut it = conn
-            .scan_match::<_, String>(format!("runner:{{{CHAOS_QUEUE}}}:job:*"))
-            .await
-            .unwrap();
-        while futures::StreamExt::next(&mut it).await.is_some() {
-            records += 1;
-        }
-    }
-    assert_eq!(records, ids.len(), "one final record per job, no more");
     eprintln!("chaos: {redelivered} jobs redelivered, {rerun} ran more than once");
     for w in workers.into_iter().flatten() {
         w.kill_9();

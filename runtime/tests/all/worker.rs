@@ -143,6 +143,23 @@ pub fn cfg(queues: &[&str], concurrency: usize) -> WorkerConfig {
     }
 }
 
+/// Waits (10 s at most) for job `id` to start, as `events` tell.
+pub async fn wait_started(
+    events: &mut tokio::sync::broadcast::Receiver<runner::queue::JobEvent>,
+    id: JobId,
+) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let ev = events.recv().await.unwrap();
+            if ev.id == id && ev.state == JobState::Started {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the job starts");
+}
+
 pub async fn wait_final(b: &Arc<dyn Broker>, id: JobId) -> runner::queue::Job {
     let j = b.wait(id, Duration::from_secs(30)).await.unwrap().unwrap();
     assert!(
@@ -285,16 +302,7 @@ async fn revoke_terminates_a_running_job(env: Env) {
         .unwrap()
         .job
         .id;
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let ev = events.recv().await.unwrap();
-            if ev.id == id && ev.state == JobState::Started {
-                break;
-            }
-        }
-    })
-    .await
-    .expect("the job starts");
+    wait_started(&mut events, id).await;
     let t = std::time::Instant::now();
     assert_eq!(
         env.broker.revoke(id, true).await.unwrap(),
