@@ -6,7 +6,7 @@
 
 use std::convert::Infallible;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::sse::{Event, Sse};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
@@ -17,7 +17,7 @@ use utoipa_axum::routes;
 
 use super::auth::Submit;
 use super::error::ErrorBody;
-use super::{ApiError, AppState};
+use super::{ApiError, ApiQuery, AppState};
 use crate::queue::JobEvent;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -51,7 +51,7 @@ pub struct Lagged {
 async fn events(
     State(ctx): State<AppState>,
     _: Submit,
-    Query(q): Query<EventsQuery>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let queues: Option<Vec<String>> = match q.queue.as_deref() {
         None => None,

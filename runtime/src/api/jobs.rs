@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
@@ -17,8 +17,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::{Admin, Role, Submit};
-use super::error::ErrorBody;
-use super::{ApiError, ApiJson, AppState};
+use super::error::{ErrorBody, objects, optional_object};
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState};
 use crate::producer::parse_duration;
 use crate::producer::{Caller, EnqueueRequest};
 use crate::queue::{Enqueued, Job, JobEvent, JobId, JobLimits, RetryPolicy, RevokeOutcome};
@@ -55,8 +55,10 @@ pub struct JobRequest {
     pub expires_in: Option<f64>,
     pub expires: Option<DateTime<Utc>>,
     #[schema(value_type = Object)]
+    #[serde(deserialize_with = "optional_object")]
     pub retry: Option<RetryPolicy>,
     #[schema(value_type = Object)]
+    #[serde(deserialize_with = "optional_object")]
     pub limits: Option<JobLimits>,
     pub rate_limit: Option<String>,
     /// A second request with the same key returns the first job.
@@ -129,6 +131,7 @@ fn state_name(job: &Job) -> String {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
+    #[serde(deserialize_with = "objects")]
     pub jobs: Vec<JobRequest>,
 }
 
@@ -238,8 +241,8 @@ pub fn job_view(job: &Job) -> serde_json::Value {
 async fn get_job(
     State(ctx): State<AppState>,
     _: Submit,
-    Path(id): Path<String>,
-    Query(q): Query<WaitQuery>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<WaitQuery>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let id = parse_id(&id)?;
     let job = match &q.wait {
@@ -284,7 +287,7 @@ pub struct RevokeAnswer {
 async fn revoke_job(
     State(ctx): State<AppState>,
     _: Admin,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<RevokeRequest>,
 ) -> Result<axum::Json<RevokeAnswer>, ApiError> {
     let id = parse_id(&id)?;
@@ -320,7 +323,7 @@ async fn revoke_job(
 async fn job_events(
     State(ctx): State<AppState>,
     _: Submit,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let id = parse_id(&id)?;
     // Subscribe first, then read: nothing between the two is missed.

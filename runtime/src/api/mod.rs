@@ -41,7 +41,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use auth::SecurityAddon;
 pub use auth::{Auth, Role};
-pub use error::{ApiError, ApiJson};
+pub use error::{ApiError, ApiJson, ApiPath, ApiQuery};
 
 use crate::producer::Producer;
 use crate::queue::Broker;
@@ -132,6 +132,13 @@ pub fn router(ctx: ApiContext) -> Router {
         .merge(dashboard::routes())
         .fallback(|uri: axum::http::Uri| async move {
             ApiError::not_found(format!("no route for {}", uri.path()))
+        })
+        .method_not_allowed_fallback(|method: axum::http::Method, uri: axum::http::Uri| async move {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{} does not take {method}", uri.path()),
+            )
         })
         .with_state(Arc::new(ctx))
         .layer(DefaultBodyLimit::max(max_body))

@@ -1,6 +1,6 @@
 //! `/v1/modules`: task components, stored by sha256.
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 
 use super::auth::{Admin, Submit};
 use super::error::{ErrorBody, read_body};
-use super::{ApiError, AppState};
+use super::{ApiError, ApiPath, AppState};
 use crate::deploy;
 use crate::registry::{ModuleHash, ModuleInfo};
 
@@ -112,7 +112,7 @@ async fn upload_module(
 async fn put_module(
     State(ctx): State<AppState>,
     _: Admin,
-    Path(hash): Path<String>,
+    ApiPath(hash): ApiPath<String>,
     req: Request,
 ) -> Result<impl IntoResponse, ApiError> {
     let expected = ModuleHash::parse_lenient(&hash).map_err(|e| {
@@ -159,7 +159,7 @@ async fn list_modules(
 async fn get_module(
     State(ctx): State<AppState>,
     _: Submit,
-    Path(hash): Path<String>,
+    ApiPath(hash): ApiPath<String>,
 ) -> Result<axum::Json<ModuleView>, ApiError> {
     let hash = ModuleHash::parse_lenient(&hash).map_err(|e| {
         ApiError::bad_request(format!(

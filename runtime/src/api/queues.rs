@@ -1,7 +1,7 @@
 //! `/v1/queues` (depths, delayed, in flight, dead letters, replay) and
 //! `/v1/workers` (heartbeats and what they run).
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -10,7 +10,7 @@ use utoipa_axum::routes;
 use super::auth::{Admin, Submit};
 use super::error::ErrorBody;
 use super::jobs::job_view;
-use super::{ApiError, ApiJson, AppState};
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState};
 use crate::queue::job::validate_queue_name;
 use crate::queue::{JobId, QueueStats, WorkerInfo};
 
@@ -50,8 +50,8 @@ fn check_queue(q: &str) -> Result<(), ApiError> {
 async fn dead_letters(
     State(ctx): State<AppState>,
     _: Submit,
-    Path(queue): Path<String>,
-    Query(q): Query<DeadQuery>,
+    ApiPath(queue): ApiPath<String>,
+    ApiQuery(q): ApiQuery<DeadQuery>,
 ) -> Result<axum::Json<Vec<serde_json::Value>>, ApiError> {
     check_queue(&queue)?;
     let jobs = ctx
@@ -85,7 +85,7 @@ pub struct Replayed {
 async fn replay(
     State(ctx): State<AppState>,
     _: Admin,
-    Path(queue): Path<String>,
+    ApiPath(queue): ApiPath<String>,
     ApiJson(req): ApiJson<ReplayRequest>,
 ) -> Result<axum::Json<Replayed>, ApiError> {
     check_queue(&queue)?;

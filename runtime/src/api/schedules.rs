@@ -2,7 +2,7 @@
 //! every running scheduler at once; beats from `runner.toml` are listed
 //! too and can be overridden or disabled, not deleted.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use super::auth::{Admin, Submit};
 use super::error::{ErrorBody, read_body};
 use super::jobs::job_view;
-use super::{ApiError, AppState};
+use super::{ApiError, ApiPath, AppState};
 use crate::scheduler::beat::{Beat, BeatError};
 use crate::scheduler::{BeatStatus, Scheduler};
 
@@ -71,7 +71,7 @@ async fn list_schedules(
 async fn get_schedule(
     State(ctx): State<AppState>,
     _: Submit,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     Ok(axum::Json(status_json(&scheduler(&ctx)?.get(&name).await?)))
 }
@@ -96,7 +96,7 @@ pub struct BeatBody(#[allow(dead_code)] serde_json::Value);
 async fn put_schedule(
     State(ctx): State<AppState>,
     _: Admin,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     req: axum::extract::Request,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let sched = scheduler(&ctx)?;
@@ -115,8 +115,9 @@ async fn put_schedule(
             obj.insert("name".into(), serde_json::Value::String(name.clone()));
         }
     }
-    let beat: Beat = serde_json::from_value(value)
-        .map_err(|e| ApiError::bad_request(format!("invalid beat: {e}")))?;
+    // Parsed again from text so that a field of the wrong type is named
+    // by its path (`limits.fuel: ...`).
+    let beat: Beat = super::error::parse_json(value.to_string().as_bytes())?;
     Ok(axum::Json(status_json(&sched.put(beat).await?)))
 }
 
@@ -133,7 +134,7 @@ async fn put_schedule(
 async fn delete_schedule(
     State(ctx): State<AppState>,
     _: Admin,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     scheduler(&ctx)?.delete(&name).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -150,7 +151,7 @@ async fn delete_schedule(
 async fn fire_schedule(
     State(ctx): State<AppState>,
     _: Admin,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<(StatusCode, axum::Json<serde_json::Value>), ApiError> {
     let job = scheduler(&ctx)?.fire_now(&name).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(job_view(&job))))
@@ -164,7 +165,7 @@ async fn fire_schedule(
 async fn enable_schedule(
     State(ctx): State<AppState>,
     _: Admin,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     Ok(axum::Json(status_json(
         &scheduler(&ctx)?.set_enabled(&name, true).await?,
@@ -179,7 +180,7 @@ async fn enable_schedule(
 async fn disable_schedule(
     State(ctx): State<AppState>,
     _: Admin,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     Ok(axum::Json(status_json(
         &scheduler(&ctx)?.set_enabled(&name, false).await?,

@@ -3,15 +3,15 @@
 //! finish on theirs); every earlier binding is kept, so a rollback is one
 //! call.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::{Admin, Submit};
-use super::error::ErrorBody;
-use super::{ApiError, ApiJson, AppState};
+use super::error::{ErrorBody, object, optional_object};
+use super::{ApiError, ApiJson, ApiPath, AppState};
 use crate::config::{ModuleSource, TaskSpec, parse_module_source};
 use crate::deploy;
 use crate::queue::RetryPolicy;
@@ -42,13 +42,14 @@ pub struct BindRequest {
     /// `64MiB` style memory limit.
     pub memory: Option<String>,
     #[schema(value_type = Object)]
+    #[serde(default, deserialize_with = "optional_object")]
     pub retry: Option<RetryPolicy>,
     /// `1h` style: how long results are kept.
     pub result_ttl: Option<String>,
     /// What the task may reach: `kv`, `mail`, `http`, `pdf`, `files`, `jobs`
     /// (the format of `[tasks.NAME.grants]` in runner.toml).
     #[schema(value_type = Object)]
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object")]
     pub grants: TaskGrants,
 }
 
@@ -83,7 +84,7 @@ pub struct RollbackRequest {
 async fn put_task(
     State(ctx): State<AppState>,
     _: Admin,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<BindRequest>,
 ) -> Result<axum::Json<TaskView>, ApiError> {
     let module = match parse_module_source(&req.module)
@@ -136,7 +137,7 @@ async fn put_task(
 async fn get_task(
     State(ctx): State<AppState>,
     _: Submit,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<axum::Json<TaskView>, ApiError> {
     let binding = ctx
         .registry
@@ -170,7 +171,7 @@ async fn list_tasks(
 async fn rollback_task(
     State(ctx): State<AppState>,
     _: Admin,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<RollbackRequest>,
 ) -> Result<axum::Json<TaskView>, ApiError> {
     let current = ctx
