@@ -17,6 +17,7 @@ use utoipa_axum::routes;
 
 use super::auth::Submit;
 use super::error::ErrorBody;
+use super::schema::{NeedsToken, UsesStorage};
 use super::{ApiError, ApiQuery, AppState};
 use crate::queue::JobEvent;
 
@@ -45,8 +46,10 @@ pub struct Lagged {
     params(EventsQuery),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "text/event-stream of `job` and `lagged` events", content_type = "text/event-stream", body = String),
+        (status = 200, description = "an event stream of `job` events (a `JobEvent`) and `lagged` events (a `Lagged`)",
+            content_type = "text/event-stream", body = String),
         (status = 400, description = "bad queue filter", body = ErrorBody),
+        NeedsToken, UsesStorage,
     ))]
 async fn events(
     State(ctx): State<AppState>,

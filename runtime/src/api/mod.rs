@@ -20,6 +20,7 @@ mod jobs;
 mod modules;
 mod queues;
 mod schedules;
+pub mod schema;
 mod system;
 mod tasks;
 
@@ -89,6 +90,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         description = "WASM-sandboxed task runner: modules, task names, jobs, queues, workers, schedules."
     ),
     modifiers(&SecurityAddon),
+    components(schemas(error::ErrorBody, crate::queue::JobEvent, events::Lagged)),
     tags(
         (name = "modules", description = "Task components, stored by sha256"),
         (name = "tasks", description = "Task names bound to modules, with defaults and grants"),

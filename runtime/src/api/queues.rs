@@ -10,9 +10,10 @@ use utoipa_axum::routes;
 use super::auth::{Admin, Submit};
 use super::error::ErrorBody;
 use super::jobs::job_view;
+use super::schema::{NeedsAdmin, NeedsToken, QueueName, TakesBody, UsesStorage};
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState};
 use crate::queue::job::validate_queue_name;
-use crate::queue::{JobId, QueueStats, WorkerInfo};
+use crate::queue::{Job, JobId, QueueStats, WorkerInfo};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -24,7 +25,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 /// Every known queue: ready, delayed, in flight, dead.
 #[utoipa::path(get, path = "/v1/queues", tag = "queues", security(("bearer" = [])),
-    responses((status = 200, description = "queues", body = Vec<Object>)))]
+    responses(
+        (status = 200, description = "queues", body = Vec<QueueStats>),
+        NeedsToken, UsesStorage,
+    ))]
 async fn list_queues(
     State(ctx): State<AppState>,
     _: Submit,
@@ -34,7 +38,7 @@ async fn list_queues(
 
 #[derive(Deserialize, IntoParams)]
 pub struct DeadQuery {
-    /// At most this many (default 100).
+    /// At most this many (default 100; more than 10000 counts as 10000).
     pub limit: Option<usize>,
 }
 
@@ -44,9 +48,13 @@ fn check_queue(q: &str) -> Result<(), ApiError> {
 
 /// Dead letters of a queue, oldest first.
 #[utoipa::path(get, path = "/v1/queues/{queue}/dead", tag = "queues",
-    params(("queue" = String, Path, description = "queue name"), DeadQuery),
+    params(("queue" = QueueName, Path, description = "queue name"), DeadQuery),
     security(("bearer" = [])),
-    responses((status = 200, description = "dead jobs", body = Vec<Object>)))]
+    responses(
+        (status = 200, description = "dead jobs", body = Vec<Job>),
+        (status = 400, description = "a bad queue name or `limit`", body = ErrorBody),
+        NeedsToken, UsesStorage,
+    ))]
 async fn dead_letters(
     State(ctx): State<AppState>,
     _: Submit,
@@ -65,22 +73,27 @@ async fn dead_letters(
 #[serde(deny_unknown_fields, default)]
 pub struct ReplayRequest {
     /// Job ids to replay; every dead letter of the queue when empty.
+    #[schema(value_type = Vec<JobId>)]
     pub ids: Vec<String>,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct Replayed {
+    /// The jobs put back (ids that were not dead letters of the queue are
+    /// left out).
+    #[schema(value_type = Vec<JobId>)]
     pub replayed: Vec<String>,
 }
 
 /// Puts dead letters back in the queue as fresh first attempts.
 #[utoipa::path(post, path = "/v1/queues/{queue}/replay", tag = "queues",
-    params(("queue" = String, Path, description = "queue name")),
+    params(("queue" = QueueName, Path, description = "queue name")),
     request_body = ReplayRequest,
     security(("bearer" = [])),
     responses(
         (status = 200, description = "replayed", body = Replayed),
-        (status = 400, description = "bad id", body = ErrorBody),
+        (status = 400, description = "a bad queue name or id, or malformed JSON", body = ErrorBody),
+        NeedsAdmin, TakesBody, UsesStorage,
     ))]
 async fn replay(
     State(ctx): State<AppState>,
@@ -105,7 +118,10 @@ async fn replay(
 
 /// Live workers: queues, concurrency, heartbeats, the jobs they run.
 #[utoipa::path(get, path = "/v1/workers", tag = "queues", security(("bearer" = [])),
-    responses((status = 200, description = "workers", body = Vec<Object>)))]
+    responses(
+        (status = 200, description = "workers", body = Vec<WorkerInfo>),
+        NeedsToken, UsesStorage,
+    ))]
 async fn list_workers(
     State(ctx): State<AppState>,
     _: Submit,
