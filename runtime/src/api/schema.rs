@@ -6,7 +6,8 @@
 //!   `validate_queue_name`).
 //! - The grants of `runner-host-fns` (`HttpGrant`, `MailGrant`, `Access`),
 //!   which this crate cannot derive `ToSchema` on: described here by
-//!   doc-only types of the same JSON shape.
+//!   doc-only types of the same JSON shape; and so `TaskGrants`, which
+//!   holds them (its layer may not name this module).
 //! - [`BeatStatus`](crate::scheduler::BeatStatus), a beat flattened into
 //!   its status: the beat's schema refuses unknown fields (it is a request
 //!   body too), so the status is one object with the beat's properties
@@ -32,6 +33,7 @@ use utoipa::{PartialSchema, ToSchema};
 
 use crate::names::{ModuleHash, TaskName};
 use crate::queue::JobId;
+use crate::registry::{JobsGrant, KvGrant, TaskGrants};
 use crate::scheduler::beat::Beat;
 use crate::scheduler::{BeatSource, BeatStatus, FireTime, JobOutcome, LastFire};
 
@@ -166,6 +168,53 @@ fn nullable_ref(name: &str) -> RefOr<Schema> {
         .item(ObjectBuilder::new().schema_type(Type::Null))
         .item(Ref::from_schema_name(name))
         .into()
+}
+
+impl PartialSchema for TaskGrants {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some(
+                "What a task may reach (the format of `[tasks.NAME.grants]` in runner.toml); \
+                 each grant left out is not given.",
+            ))
+            .property("kv", nullable_ref("KvGrant"))
+            .property("mail", nullable_ref("MailGrant"))
+            .property("http", nullable_ref("HttpGrant"))
+            .property(
+                "files",
+                ObjectBuilder::new()
+                    .schema_type(Type::Object)
+                    .description(Some("Root name (from `[host.files.roots]`) -> access."))
+                    .additional_properties(Some(Ref::from_schema_name("Access"))),
+            )
+            .property(
+                "pdf",
+                ObjectBuilder::new()
+                    .schema_type(Type::Boolean)
+                    .description(Some("`pdf.render`.")),
+            )
+            .property("jobs", nullable_ref("JobsGrant"))
+            .additional_properties(Some(
+                utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for TaskGrants {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("TaskGrants")
+    }
+
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((KvGrant::name().into(), KvGrant::schema()));
+        schemas.push((MailGrant::name().into(), MailGrant::schema()));
+        schemas.push((HttpGrant::name().into(), HttpGrant::schema()));
+        schemas.push((Access::name().into(), Access::schema()));
+        schemas.push((JobsGrant::name().into(), JobsGrant::schema()));
+        <JobsGrant as ToSchema>::schemas(schemas);
+    }
 }
 
 impl PartialSchema for BeatStatus {

@@ -181,20 +181,17 @@ pub fn check_grants(imports: &[String], grants: &TaskGrants) -> Result<(), Grant
 }
 
 /// What one task may use. The default grants nothing.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskGrants {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv: Option<KvGrant>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<crate::api::schema::MailGrant>)]
     pub mail: Option<MailGrant>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<crate::api::schema::HttpGrant>)]
     pub http: Option<HttpGrant>,
     /// Root name -> access.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schema(value_type = BTreeMap<String, crate::api::schema::Access>)]
     pub files: BTreeMap<String, Access>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pdf: bool,
@@ -236,7 +233,6 @@ pub struct JobsGrant {
     /// Queues it may name in a child's `queue` option; a child that names
     /// none goes to its task's queue, which is always allowed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schema(value_type = Vec<crate::api::schema::QueueName>)]
     pub queues: Vec<String>,
     /// Children one run may enqueue: default [`JobsGrant::DEFAULT_MAX_CHILDREN`],
     /// at most [`JobsGrant::MAX_CHILDREN`].

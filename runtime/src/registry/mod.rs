@@ -30,7 +30,7 @@ pub struct TaskBinding {
     pub name: String,
     pub module: ModuleHash,
     #[serde(default = "default_queue")]
-    #[schema(value_type = crate::api::schema::QueueName)]
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,100}$")]
     pub queue: String,
     #[serde(default)]
     pub retry: RetryPolicy,
