@@ -994,13 +994,103 @@ async fn api_contract_every_answer_is_documented() {
     );
 }
 
-/// The documented maxima are the server's constants, and the documented
-/// name patterns accept exactly the names the server accepts.
+/// The documented request schemas list exactly the fields the server
+/// reads, the documented maxima are the server's constants, and the
+/// documented name patterns accept exactly the names the server accepts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn api_contract_limits_and_patterns_are_the_servers() {
+async fn api_contract_fields_limits_and_patterns_are_the_servers() {
     use runner::queue::job::{MAX_FUEL, MAX_MEMORY_BYTES, MAX_RETRIES, MAX_TIME_LIMIT_MS};
     let api = TestApi::start(None, "1MiB", false).await;
     let c = Contract::fetch(&api).await;
+
+    // A body with an unknown field is refused naming the fields the server
+    // knows (serde's `deny_unknown_fields`): the schema lists those.
+    let h = module_hash(b"x");
+    let unknown = json!({"__unknown__": 1});
+    let probes = [
+        (
+            "JobRequest",
+            Method::POST,
+            "/v1/jobs".to_string(),
+            unknown.clone(),
+        ),
+        (
+            "BatchRequest",
+            Method::POST,
+            "/v1/jobs/batch".into(),
+            unknown.clone(),
+        ),
+        (
+            "RevokeRequest",
+            Method::POST,
+            format!("/v1/jobs/{UNKNOWN_ID}/revoke"),
+            unknown.clone(),
+        ),
+        (
+            "ReplayRequest",
+            Method::POST,
+            "/v1/queues/default/replay".into(),
+            unknown.clone(),
+        ),
+        (
+            "RollbackRequest",
+            Method::POST,
+            "/v1/tasks/x/rollback".into(),
+            unknown.clone(),
+        ),
+        (
+            "Beat",
+            Method::PUT,
+            "/v1/schedules/x".into(),
+            unknown.clone(),
+        ),
+        (
+            "BindRequest",
+            Method::PUT,
+            "/v1/tasks/x".into(),
+            json!({"module": h, "__unknown__": 1}),
+        ),
+        (
+            "TaskGrants",
+            Method::PUT,
+            "/v1/tasks/x".into(),
+            json!({"module": h, "grants": unknown}),
+        ),
+        (
+            "KvGrant",
+            Method::PUT,
+            "/v1/tasks/x".into(),
+            json!({"module": h, "grants": {"kv": unknown}}),
+        ),
+        (
+            "JobsGrant",
+            Method::PUT,
+            "/v1/tasks/x".into(),
+            json!({"module": h, "grants": {"jobs": {"tasks": ["a"], "__unknown__": 1}}}),
+        ),
+    ];
+    for (schema, method, path, body) in probes {
+        let (s, v) = api
+            .call(api.req(method, &path, Some(ADMIN)).json(&body))
+            .await;
+        assert_eq!(s, 400, "{path}: {v}");
+        let msg = message(&v);
+        let expected = msg
+            .split_once("expected ")
+            .unwrap_or_else(|| panic!("{path}: {msg}"))
+            .1;
+        let known: BTreeSet<&str> = expected.split('`').skip(1).step_by(2).collect();
+        let documented: BTreeSet<&str> = c.schema(schema)["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            documented, known,
+            "{schema}: documented vs read by the server"
+        );
+    }
     api.stop().await;
     let max_delay_secs = runner::queue::job::MAX_DELAY.as_secs();
     let max_delay_ms = runner::queue::job::MAX_DELAY.as_millis() as u64;
