@@ -1,12 +1,18 @@
 //! One error type for every handler, and the JSON body extractor whose
 //! rejections say what was wrong and where.
 
-use axum::extract::{FromRequest, Request};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt as _;
-use serde::de::DeserializeOwned;
+use std::marker::PhantomData;
+
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{DeserializeOwned, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
 use crate::deploy::DeployError;
 use crate::producer::EnqueueError;
@@ -241,20 +247,127 @@ impl<T: DeserializeOwned> FromRequest<super::AppState> for ApiJson<T> {
     }
 }
 
-/// Parses a JSON body; an empty body counts as `{}`.
+/// Parses a JSON body, which must be an object; an empty body counts as `{}`. A value of the wrong
+/// type is named by its path (`limits.fuel: invalid type: ...`,
+/// `jobs[2].countdown: ...`), so that the message says which field is
+/// wrong; nesting deeper than serde_json's limit (128) is refused as
+/// malformed, never recursed into.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
         bytes
     };
-    serde_json::from_slice(text).map_err(|e| {
-        let what = if e.is_syntax() || e.is_eof() {
-            "malformed JSON"
-        } else {
-            "invalid request"
-        };
-        // serde_json's message ends with "at line L column C".
-        ApiError::bad_request(format!("{what}: {e}"))
-    })
+    axum::Json::<Object<T>>::from_bytes(text)
+        .map(|axum::Json(Object(v))| v)
+        .map_err(|rejection| {
+            let what = match &rejection {
+                JsonRejection::JsonSyntaxError(_) => "malformed JSON",
+                _ => "invalid request",
+            };
+            // The source is serde_json's error with the path in front; it
+            // ends with "at line L column C".
+            let detail = std::error::Error::source(&rejection)
+                .map(ToString::to_string)
+                .unwrap_or_else(|| rejection.body_text());
+            ApiError::bad_request(format!("{what}: {detail}"))
+        })
+}
+
+/// A value that must be a JSON object. serde's derived structs also take
+/// an array (their fields by position: `"limits": [1000]`), which the
+/// document does not say and no client means; every request body and
+/// every struct-typed field of one is read through this.
+pub struct Object<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectVisitor<T> {
+            type Value = Object<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Object<T>, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map)).map(Object)
+            }
+        }
+        d.deserialize_map(ObjectVisitor(PhantomData))
+    }
+}
+
+/// `#[serde(deserialize_with)]` for an `Option<T>` field that is an object.
+pub fn optional_object<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Object<T>>::deserialize(d)?.map(|Object(v)| v))
+}
+
+/// `#[serde(deserialize_with)]` for a field that is an object.
+pub fn object<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Object::<T>::deserialize(d)?.0)
+}
+
+/// `#[serde(deserialize_with)]` for a list of objects.
+pub fn objects<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Vec::<Object<T>>::deserialize(d)?
+        .into_iter()
+        .map(|Object(v)| v)
+        .collect())
+}
+
+/// A path parameter. A rejection (a parameter that is not valid UTF-8
+/// once percent-decoded) is a JSON 400 like every other error, not
+/// axum's plain-text one.
+pub struct ApiPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| ApiPath(v))
+            .map_err(|e| rejected(e.status(), e.body_text()))
+    }
+}
+
+/// A query string. A rejection (`?limit=abc`) is a JSON 400.
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| ApiQuery(v))
+            .map_err(|e| rejected(e.status(), e.body_text()))
+    }
+}
+
+fn rejected(status: StatusCode, message: String) -> ApiError {
+    if status.is_server_error() {
+        ApiError::internal(message)
+    } else {
+        ApiError::bad_request(message)
+    }
 }

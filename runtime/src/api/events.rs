@@ -6,7 +6,7 @@
 
 use std::convert::Infallible;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::sse::{Event, Sse};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
@@ -17,7 +17,8 @@ use utoipa_axum::routes;
 
 use super::auth::Submit;
 use super::error::ErrorBody;
-use super::{ApiError, AppState};
+use super::schema::{NeedsToken, UsesStorage};
+use super::{ApiError, ApiQuery, AppState};
 use crate::queue::JobEvent;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -45,13 +46,15 @@ pub struct Lagged {
     params(EventsQuery),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "text/event-stream of `job` and `lagged` events", content_type = "text/event-stream", body = String),
+        (status = 200, description = "an event stream of `job` events (a `JobEvent`) and `lagged` events (a `Lagged`)",
+            content_type = "text/event-stream", body = String),
         (status = 400, description = "bad queue filter", body = ErrorBody),
+        NeedsToken, UsesStorage,
     ))]
 async fn events(
     State(ctx): State<AppState>,
     _: Submit,
-    Query(q): Query<EventsQuery>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let queues: Option<Vec<String>> = match q.queue.as_deref() {
         None => None,

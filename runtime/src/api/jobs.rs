@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
@@ -17,11 +17,15 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::{Admin, Role, Submit};
-use super::error::ErrorBody;
-use super::{ApiError, ApiJson, AppState};
+use super::error::{ErrorBody, objects, optional_object};
+use super::schema::{NeedsAdmin, NeedsToken, QueueName, TakesBody, UsesStorage};
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState};
+use crate::names::{ModuleHash, TaskName};
 use crate::producer::parse_duration;
 use crate::producer::{Caller, EnqueueRequest};
-use crate::queue::{Enqueued, Job, JobEvent, JobId, JobLimits, RetryPolicy, RevokeOutcome};
+use crate::queue::{
+    Enqueued, Job, JobEvent, JobId, JobLimits, JobState, RetryPolicy, RevokeOutcome,
+};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -36,32 +40,51 @@ pub fn routes() -> OpenApiRouter<AppState> {
 const MAX_WAIT: Duration = Duration::from_secs(300);
 
 /// A job to enqueue. `task` (or `module`) and `input` are what most
-/// callers send; the rest overrides the task binding's defaults.
+/// callers send; the rest overrides the task binding's defaults. A number
+/// above its maximum is refused (400, naming the field) whoever sends it;
+/// a submit token may only lower the binding's limits and retries, and
+/// may not set `module`, `rate_limit` or an unconfigured `queue` (403).
 #[derive(Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct JobRequest {
+    /// The task to run (bound with `PUT /v1/tasks/{name}`).
+    #[schema(value_type = Option<TaskName>)]
     pub task: Option<String>,
-    /// `sha256:<hex>`: run an uploaded module with no task name.
+    /// Run this uploaded module with no task name (admin tokens only).
+    #[schema(value_type = Option<ModuleHash>)]
     pub module: Option<String>,
     /// Any JSON value; `{}` when absent.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub input: Option<serde_json::Value>,
+    /// The task binding's queue when absent.
+    #[schema(value_type = Option<QueueName>)]
     pub queue: Option<String>,
-    /// Seconds before the job may run.
+    /// Seconds before the job may run: 0 to 100 years.
+    #[schema(minimum = 0, maximum = 3_155_760_000_u64)]
     pub countdown: Option<f64>,
-    /// When the job may run (RFC 3339).
+    /// When the job may run (RFC 3339), at most 100 years from now.
     pub eta: Option<DateTime<Utc>>,
-    /// Drop the job unrun after this many seconds.
+    /// Drop the job unrun after this many seconds: more than 0, at most 100 years.
+    #[schema(exclusive_minimum = 0, maximum = 3_155_760_000_u64)]
     pub expires_in: Option<f64>,
+    /// Drop the job unrun at this time (RFC 3339): in the future, at most
+    /// 100 years from now.
     pub expires: Option<DateTime<Utc>>,
-    #[schema(value_type = Object)]
+    #[serde(deserialize_with = "optional_object")]
     pub retry: Option<RetryPolicy>,
-    #[schema(value_type = Object)]
+    #[serde(deserialize_with = "optional_object")]
     pub limits: Option<JobLimits>,
+    /// `N/period` (`10/m`, `5/2s`, `100/h`; units ms, s, m, h, d), N at
+    /// least 1: at most N starts of this task per period (admin tokens only).
+    #[schema(pattern = "^\\s*[0-9]+\\s*/\\s*[0-9]*(ms|s|sec|m|min|h|d)\\s*$")]
     pub rate_limit: Option<String>,
-    /// A second request with the same key returns the first job.
+    /// A second request with the same key for the same queue (within 24
+    /// hours) returns the first job instead. 1 to 200 bytes (UTF-8); keys
+    /// starting with `beat:` or `child:` are the runner's own and refused.
+    #[schema(min_length = 1, max_length = 200, pattern = "^(?!beat:|child:)")]
     pub idempotency_key: Option<String>,
-    /// Seconds the result is kept.
+    /// Seconds the result is kept: at most 100 years.
+    #[schema(maximum = 3_155_760_000_u64)]
     pub result_ttl: Option<u64>,
 }
 
@@ -96,10 +119,14 @@ impl JobRequest {
 /// What `POST /v1/jobs` answers.
 #[derive(Serialize, ToSchema)]
 pub struct Accepted {
+    #[schema(value_type = JobId)]
     pub id: String,
     /// `PENDING`, or the state of the earlier job with the same idempotency key.
+    #[schema(value_type = JobState)]
     pub state: String,
+    #[schema(value_type = QueueName)]
     pub queue: String,
+    #[schema(value_type = Option<TaskName>)]
     pub task: Option<String>,
     /// False when an earlier job with the same idempotency key was returned.
     pub created: bool,
@@ -126,9 +153,12 @@ fn state_name(job: &Job) -> String {
         .unwrap_or_default()
 }
 
+/// Jobs to enqueue together: all of them, or none if one is refused.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
+    #[schema(min_items = 1)]
+    #[serde(deserialize_with = "objects")]
     pub jobs: Vec<JobRequest>,
 }
 
@@ -141,10 +171,12 @@ pub struct BatchAccepted {
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = JobRequest,
     security(("bearer" = [])),
     responses(
-        (status = 202, description = "enqueued", body = Accepted),
-        (status = 400, description = "malformed or invalid request, or a number above its maximum", body = ErrorBody),
+        (status = 202, description = "enqueued (or the earlier job with the same idempotency key)", body = Accepted,
+            headers(("Location" = String, description = "`/v1/jobs/{id}`"))),
+        (status = 400, description = "malformed JSON, or an invalid field (named in the message): a number above its maximum, a bad name, date or key", body = ErrorBody),
         (status = 403, description = "a submit token asked for what only an admin may (a rate limit, a module, an unconfigured queue, higher limits or more retries than the task's)", body = ErrorBody),
         (status = 404, description = "unknown task or module", body = ErrorBody),
+        NeedsToken, TakesBody, UsesStorage,
     ))]
 async fn enqueue(
     State(ctx): State<AppState>,
@@ -167,10 +199,11 @@ async fn enqueue(
 #[utoipa::path(post, path = "/v1/jobs/batch", tag = "jobs", request_body = BatchRequest,
     security(("bearer" = [])),
     responses(
-        (status = 202, description = "enqueued", body = BatchAccepted),
-        (status = 400, description = "a job is invalid (named by its index)", body = ErrorBody),
+        (status = 202, description = "enqueued, in the order given", body = BatchAccepted),
+        (status = 400, description = "malformed JSON, an empty batch, or an invalid job (named by its index and field)", body = ErrorBody),
         (status = 403, description = "a job asks for what only an admin may (named by its index)", body = ErrorBody),
         (status = 404, description = "unknown task or module", body = ErrorBody),
+        NeedsToken, TakesBody, UsesStorage,
     ))]
 async fn enqueue_batch(
     State(ctx): State<AppState>,
@@ -229,17 +262,19 @@ pub fn job_view(job: &Job) -> serde_json::Value {
 /// `?wait=30s` the answer comes as soon as the job ends (or when the wait
 /// is over, with the job as it is then).
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
-    params(("id" = String, Path, description = "job id"), WaitQuery),
+    params(("id" = uuid::Uuid, Path, description = "job id"), WaitQuery),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "the job", body = Object),
+        (status = 200, description = "the job", body = Job),
+        (status = 400, description = "not a job id, or a bad `wait`", body = ErrorBody),
         (status = 404, description = "unknown job (or its result expired)", body = ErrorBody),
+        NeedsToken, UsesStorage,
     ))]
 async fn get_job(
     State(ctx): State<AppState>,
     _: Submit,
-    Path(id): Path<String>,
-    Query(q): Query<WaitQuery>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<WaitQuery>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let id = parse_id(&id)?;
     let job = match &q.wait {
@@ -262,47 +297,58 @@ pub struct RevokeRequest {
     pub terminate: bool,
 }
 
+/// What a revoke did.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RevokeOutcomeName {
+    /// It was waiting and will never run.
+    Revoked,
+    /// It is running; its worker was told to stop it.
+    Terminating,
+    /// It is running and will finish, but will not be retried.
+    WillNotRetry,
+    /// It had ended already (`state` says how).
+    AlreadyFinal,
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct RevokeAnswer {
+    #[schema(value_type = JobId)]
     pub id: String,
-    /// `revoked`, `terminating`, `will_not_retry`, or `already_final`.
-    pub outcome: String,
+    pub outcome: RevokeOutcomeName,
     /// The final state, for `already_final`.
-    pub state: Option<String>,
+    pub state: Option<JobState>,
 }
 
 /// Revokes a job: a waiting job never runs; with `terminate` a running
 /// one is stopped; without, it finishes but is not retried.
 #[utoipa::path(post, path = "/v1/jobs/{id}/revoke", tag = "jobs",
-    params(("id" = String, Path, description = "job id")),
+    params(("id" = uuid::Uuid, Path, description = "job id")),
     request_body = RevokeRequest,
     security(("bearer" = [])),
     responses(
         (status = 200, description = "done", body = RevokeAnswer),
+        (status = 400, description = "not a job id, or a malformed body", body = ErrorBody),
         (status = 404, description = "unknown job", body = ErrorBody),
+        NeedsAdmin, TakesBody, UsesStorage,
     ))]
 async fn revoke_job(
     State(ctx): State<AppState>,
     _: Admin,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<RevokeRequest>,
 ) -> Result<axum::Json<RevokeAnswer>, ApiError> {
     let id = parse_id(&id)?;
     let (outcome, state) = match ctx.broker.revoke(id, req.terminate).await? {
-        RevokeOutcome::Revoked => ("revoked", None),
-        RevokeOutcome::Terminating => ("terminating", None),
-        RevokeOutcome::WillNotRetry => ("will_not_retry", None),
-        RevokeOutcome::AlreadyFinal(s) => (
-            "already_final",
-            serde_json::to_value(s)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string)),
-        ),
+        RevokeOutcome::Revoked => (RevokeOutcomeName::Revoked, None),
+        RevokeOutcome::Terminating => (RevokeOutcomeName::Terminating, None),
+        RevokeOutcome::WillNotRetry => (RevokeOutcomeName::WillNotRetry, None),
+        RevokeOutcome::AlreadyFinal(s) => (RevokeOutcomeName::AlreadyFinal, Some(s)),
         RevokeOutcome::NotFound => return Err(ApiError::not_found(format!("unknown job {id}"))),
     };
     Ok(axum::Json(RevokeAnswer {
         id: id.to_string(),
-        outcome: outcome.into(),
+        outcome,
         state,
     }))
 }
@@ -311,16 +357,19 @@ async fn revoke_job(
 /// they happen: first `state` with the job as it is, then `state` and
 /// `progress` events; the stream ends after the final state.
 #[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs",
-    params(("id" = String, Path, description = "job id")),
+    params(("id" = uuid::Uuid, Path, description = "job id")),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "text/event-stream", content_type = "text/event-stream", body = String),
+        (status = 200, description = "an event stream: `state` events carry the job (a `Job`), `progress` events a `JobEvent`",
+            content_type = "text/event-stream", body = String),
+        (status = 400, description = "not a job id", body = ErrorBody),
         (status = 404, description = "unknown job", body = ErrorBody),
+        NeedsToken, UsesStorage,
     ))]
 async fn job_events(
     State(ctx): State<AppState>,
     _: Submit,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let id = parse_id(&id)?;
     // Subscribe first, then read: nothing between the two is missed.

@@ -20,6 +20,7 @@ mod jobs;
 mod modules;
 mod queues;
 mod schedules;
+pub mod schema;
 mod system;
 mod tasks;
 
@@ -41,7 +42,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use auth::SecurityAddon;
 pub use auth::{Auth, Role};
-pub use error::{ApiError, ApiJson};
+pub use error::{ApiError, ApiJson, ApiPath, ApiQuery};
 
 use crate::producer::Producer;
 use crate::queue::Broker;
@@ -89,6 +90,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         description = "WASM-sandboxed task runner: modules, task names, jobs, queues, workers, schedules."
     ),
     modifiers(&SecurityAddon),
+    components(schemas(error::ErrorBody, crate::queue::JobEvent, events::Lagged)),
     tags(
         (name = "modules", description = "Task components, stored by sha256"),
         (name = "tasks", description = "Task names bound to modules, with defaults and grants"),
@@ -132,6 +134,13 @@ pub fn router(ctx: ApiContext) -> Router {
         .merge(dashboard::routes())
         .fallback(|uri: axum::http::Uri| async move {
             ApiError::not_found(format!("no route for {}", uri.path()))
+        })
+        .method_not_allowed_fallback(|method: axum::http::Method, uri: axum::http::Uri| async move {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{} does not take {method}", uri.path()),
+            )
         })
         .with_state(Arc::new(ctx))
         .layer(DefaultBodyLimit::max(max_body))

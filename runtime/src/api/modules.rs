@@ -1,6 +1,6 @@
 //! `/v1/modules`: task components, stored by sha256.
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
@@ -11,7 +11,8 @@ use utoipa_axum::routes;
 
 use super::auth::{Admin, Submit};
 use super::error::{ErrorBody, read_body};
-use super::{ApiError, AppState};
+use super::schema::{NeedsAdmin, NeedsToken, TakesBody, UsesStorage, WasmBytes};
+use super::{ApiError, ApiPath, AppState};
 use crate::deploy;
 use crate::registry::{ModuleHash, ModuleInfo};
 
@@ -25,6 +26,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[derive(Serialize, ToSchema)]
 pub struct ModuleView {
     /// `sha256:<hex>` of the component bytes.
+    #[schema(value_type = ModuleHash)]
     pub hash: String,
     pub size: u64,
     pub uploaded_at: DateTime<Utc>,
@@ -79,13 +81,14 @@ async fn store(
 /// (a component of the `task` world importing only `runner:task` and WASI
 /// interfaces) and compiled before it is stored.
 #[utoipa::path(post, path = "/v1/modules", tag = "modules",
-    request_body(content = Vec<u8>, content_type = "application/wasm"),
+    request_body(content = inline(WasmBytes), content_type = "application/wasm"),
     security(("bearer" = [])),
     responses(
         (status = 201, description = "stored", body = ModuleView),
         (status = 200, description = "already stored", body = ModuleView),
-        (status = 413, description = "body too large", body = ErrorBody),
-        (status = 422, description = "not a task component", body = ErrorBody),
+        (status = 400, description = "an empty body", body = ErrorBody),
+        (status = 422, description = "not a task component (the message says why)", body = ErrorBody),
+        NeedsAdmin, TakesBody, UsesStorage,
     ))]
 async fn upload_module(
     State(ctx): State<AppState>,
@@ -99,20 +102,20 @@ async fn upload_module(
 /// Uploads a component under the hash the client computed; a body with a
 /// different hash is refused (400). Idempotent.
 #[utoipa::path(put, path = "/v1/modules/{hash}", tag = "modules",
-    params(("hash" = String, Path, description = "sha256:<64 hex digits>")),
-    request_body(content = Vec<u8>, content_type = "application/wasm"),
+    params(("hash" = ModuleHash, Path, description = "sha256:<64 hex digits> (or the bare digits)")),
+    request_body(content = inline(WasmBytes), content_type = "application/wasm"),
     security(("bearer" = [])),
     responses(
         (status = 201, description = "stored", body = ModuleView),
         (status = 200, description = "already stored", body = ModuleView),
-        (status = 400, description = "malformed hash or hash mismatch", body = ErrorBody),
-        (status = 413, description = "body too large", body = ErrorBody),
-        (status = 422, description = "not a task component", body = ErrorBody),
+        (status = 400, description = "malformed hash, hash mismatch or an empty body", body = ErrorBody),
+        (status = 422, description = "not a task component (the message says why)", body = ErrorBody),
+        NeedsAdmin, TakesBody, UsesStorage,
     ))]
 async fn put_module(
     State(ctx): State<AppState>,
     _: Admin,
-    Path(hash): Path<String>,
+    ApiPath(hash): ApiPath<String>,
     req: Request,
 ) -> Result<impl IntoResponse, ApiError> {
     let expected = ModuleHash::parse_lenient(&hash).map_err(|e| {
@@ -134,7 +137,10 @@ async fn put_module(
 
 /// Every stored module, oldest first.
 #[utoipa::path(get, path = "/v1/modules", tag = "modules", security(("bearer" = [])),
-    responses((status = 200, description = "modules", body = Vec<ModuleView>)))]
+    responses(
+        (status = 200, description = "modules", body = Vec<ModuleView>),
+        NeedsToken, UsesStorage,
+    ))]
 async fn list_modules(
     State(ctx): State<AppState>,
     _: Submit,
@@ -150,16 +156,18 @@ async fn list_modules(
 
 /// One module: size, imports, upload time.
 #[utoipa::path(get, path = "/v1/modules/{hash}", tag = "modules",
-    params(("hash" = String, Path, description = "sha256:<64 hex digits>")),
+    params(("hash" = ModuleHash, Path, description = "sha256:<64 hex digits> (or the bare digits)")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "the module", body = ModuleView),
+        (status = 400, description = "malformed hash", body = ErrorBody),
         (status = 404, description = "unknown module", body = ErrorBody),
+        NeedsToken, UsesStorage,
     ))]
 async fn get_module(
     State(ctx): State<AppState>,
     _: Submit,
-    Path(hash): Path<String>,
+    ApiPath(hash): ApiPath<String>,
 ) -> Result<axum::Json<ModuleView>, ApiError> {
     let hash = ModuleHash::parse_lenient(&hash).map_err(|e| {
         ApiError::bad_request(format!(

@@ -1,7 +1,7 @@
 //! `/v1/queues` (depths, delayed, in flight, dead letters, replay) and
 //! `/v1/workers` (heartbeats and what they run).
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -10,9 +10,10 @@ use utoipa_axum::routes;
 use super::auth::{Admin, Submit};
 use super::error::ErrorBody;
 use super::jobs::job_view;
-use super::{ApiError, ApiJson, AppState};
+use super::schema::{NeedsAdmin, NeedsToken, QueueName, TakesBody, UsesStorage};
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState};
 use crate::queue::job::validate_queue_name;
-use crate::queue::{JobId, QueueStats, WorkerInfo};
+use crate::queue::{Job, JobId, QueueStats, WorkerInfo};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -24,7 +25,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 /// Every known queue: ready, delayed, in flight, dead.
 #[utoipa::path(get, path = "/v1/queues", tag = "queues", security(("bearer" = [])),
-    responses((status = 200, description = "queues", body = Vec<Object>)))]
+    responses(
+        (status = 200, description = "queues", body = Vec<QueueStats>),
+        NeedsToken, UsesStorage,
+    ))]
 async fn list_queues(
     State(ctx): State<AppState>,
     _: Submit,
@@ -34,7 +38,7 @@ async fn list_queues(
 
 #[derive(Deserialize, IntoParams)]
 pub struct DeadQuery {
-    /// At most this many (default 100).
+    /// At most this many (default 100; more than 10000 counts as 10000).
     pub limit: Option<usize>,
 }
 
@@ -44,14 +48,18 @@ fn check_queue(q: &str) -> Result<(), ApiError> {
 
 /// Dead letters of a queue, oldest first.
 #[utoipa::path(get, path = "/v1/queues/{queue}/dead", tag = "queues",
-    params(("queue" = String, Path, description = "queue name"), DeadQuery),
+    params(("queue" = QueueName, Path, description = "queue name"), DeadQuery),
     security(("bearer" = [])),
-    responses((status = 200, description = "dead jobs", body = Vec<Object>)))]
+    responses(
+        (status = 200, description = "dead jobs", body = Vec<Job>),
+        (status = 400, description = "a bad queue name or `limit`", body = ErrorBody),
+        NeedsToken, UsesStorage,
+    ))]
 async fn dead_letters(
     State(ctx): State<AppState>,
     _: Submit,
-    Path(queue): Path<String>,
-    Query(q): Query<DeadQuery>,
+    ApiPath(queue): ApiPath<String>,
+    ApiQuery(q): ApiQuery<DeadQuery>,
 ) -> Result<axum::Json<Vec<serde_json::Value>>, ApiError> {
     check_queue(&queue)?;
     let jobs = ctx
@@ -65,27 +73,32 @@ async fn dead_letters(
 #[serde(deny_unknown_fields, default)]
 pub struct ReplayRequest {
     /// Job ids to replay; every dead letter of the queue when empty.
+    #[schema(value_type = Vec<JobId>)]
     pub ids: Vec<String>,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct Replayed {
+    /// The jobs put back (ids that were not dead letters of the queue are
+    /// left out).
+    #[schema(value_type = Vec<JobId>)]
     pub replayed: Vec<String>,
 }
 
 /// Puts dead letters back in the queue as fresh first attempts.
 #[utoipa::path(post, path = "/v1/queues/{queue}/replay", tag = "queues",
-    params(("queue" = String, Path, description = "queue name")),
+    params(("queue" = QueueName, Path, description = "queue name")),
     request_body = ReplayRequest,
     security(("bearer" = [])),
     responses(
         (status = 200, description = "replayed", body = Replayed),
-        (status = 400, description = "bad id", body = ErrorBody),
+        (status = 400, description = "a bad queue name or id, or malformed JSON", body = ErrorBody),
+        NeedsAdmin, TakesBody, UsesStorage,
     ))]
 async fn replay(
     State(ctx): State<AppState>,
     _: Admin,
-    Path(queue): Path<String>,
+    ApiPath(queue): ApiPath<String>,
     ApiJson(req): ApiJson<ReplayRequest>,
 ) -> Result<axum::Json<Replayed>, ApiError> {
     check_queue(&queue)?;
@@ -105,7 +118,10 @@ async fn replay(
 
 /// Live workers: queues, concurrency, heartbeats, the jobs they run.
 #[utoipa::path(get, path = "/v1/workers", tag = "queues", security(("bearer" = [])),
-    responses((status = 200, description = "workers", body = Vec<Object>)))]
+    responses(
+        (status = 200, description = "workers", body = Vec<WorkerInfo>),
+        NeedsToken, UsesStorage,
+    ))]
 async fn list_workers(
     State(ctx): State<AppState>,
     _: Submit,

@@ -2,17 +2,17 @@
 //! every running scheduler at once; beats from `runner.toml` are listed
 //! too and can be overridden or disabled, not deleted.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use serde::Deserialize;
-use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::{Admin, Submit};
 use super::error::{ErrorBody, read_body};
 use super::jobs::job_view;
-use super::{ApiError, AppState};
+use super::schema::{NeedsAdmin, NeedsToken, TakesBody, UsesScheduler};
+use super::{ApiError, ApiPath, AppState};
+use crate::queue::Job;
 use crate::scheduler::beat::{Beat, BeatError};
 use crate::scheduler::{BeatStatus, Scheduler};
 
@@ -51,7 +51,10 @@ fn status_json(s: &BeatStatus) -> serde_json::Value {
 /// Every beat with its status: last fire, next fire (zone and UTC), the
 /// last job and its outcome.
 #[utoipa::path(get, path = "/v1/schedules", tag = "schedules", security(("bearer" = [])),
-    responses((status = 200, description = "beats", body = Vec<Object>)))]
+    responses(
+        (status = 200, description = "beats", body = Vec<BeatStatus>),
+        NeedsToken, UsesScheduler,
+    ))]
 async fn list_schedules(
     State(ctx): State<AppState>,
     _: Submit,
@@ -65,38 +68,35 @@ async fn list_schedules(
     params(("name" = String, Path, description = "beat name")),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "the beat", body = Object),
+        (status = 200, description = "the beat", body = BeatStatus),
+        (status = 400, description = "the name is not UTF-8", body = ErrorBody),
         (status = 404, description = "no such beat", body = ErrorBody),
+        NeedsToken, UsesScheduler,
     ))]
 async fn get_schedule(
     State(ctx): State<AppState>,
     _: Submit,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     Ok(axum::Json(status_json(&scheduler(&ctx)?.get(&name).await?)))
 }
-
-/// A beat definition: `task`, `input`, `cron` (5 or 6 fields, `@daily`...)
-/// or `every` (`30s`, `5m`), `timezone` (IANA, default UTC), `missed`
-/// (`skip` or `catch-up-once`), `enabled`, `queue`, `retry`, `limits`.
-#[derive(Deserialize, ToSchema)]
-#[schema(value_type = Object)]
-pub struct BeatBody(#[allow(dead_code)] serde_json::Value);
 
 /// Creates or replaces a beat. A bad cron expression, an unknown time zone
 /// or an unknown task is refused (400) with the reason.
 #[utoipa::path(put, path = "/v1/schedules/{name}", tag = "schedules",
     params(("name" = String, Path, description = "beat name")),
-    request_body = BeatBody,
+    request_body(content = Beat, description = "The beat; `name` may be left out (the URL's) but must match it if given. \
+        `task`, and `cron` (5 or 6 fields, `@daily`...) or `every` (`30s`, `5m`)."),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "stored", body = Object),
-        (status = 400, description = "bad beat", body = ErrorBody),
+        (status = 200, description = "stored", body = BeatStatus),
+        (status = 400, description = "a bad beat (every problem named by its field), an unknown task, or malformed JSON", body = ErrorBody),
+        NeedsAdmin, TakesBody, UsesScheduler,
     ))]
 async fn put_schedule(
     State(ctx): State<AppState>,
     _: Admin,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     req: axum::extract::Request,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let sched = scheduler(&ctx)?;
@@ -115,8 +115,9 @@ async fn put_schedule(
             obj.insert("name".into(), serde_json::Value::String(name.clone()));
         }
     }
-    let beat: Beat = serde_json::from_value(value)
-        .map_err(|e| ApiError::bad_request(format!("invalid beat: {e}")))?;
+    // Parsed again from text so that a field of the wrong type is named
+    // by its path (`limits.fuel: ...`).
+    let beat: Beat = super::error::parse_json(value.to_string().as_bytes())?;
     Ok(axum::Json(status_json(&sched.put(beat).await?)))
 }
 
@@ -129,11 +130,12 @@ async fn put_schedule(
         (status = 204, description = "deleted"),
         (status = 400, description = "defined in runner.toml", body = ErrorBody),
         (status = 404, description = "no such beat", body = ErrorBody),
+        NeedsAdmin, UsesScheduler,
     ))]
 async fn delete_schedule(
     State(ctx): State<AppState>,
     _: Admin,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     scheduler(&ctx)?.delete(&name).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -144,13 +146,15 @@ async fn delete_schedule(
     params(("name" = String, Path, description = "beat name")),
     security(("bearer" = [])),
     responses(
-        (status = 202, description = "enqueued", body = Object),
-        (status = 404, description = "no such beat", body = ErrorBody),
+        (status = 202, description = "enqueued", body = Job),
+        (status = 400, description = "the beat's job is refused (the message says why)", body = ErrorBody),
+        (status = 404, description = "no such beat, or its task is no longer bound", body = ErrorBody),
+        NeedsAdmin, UsesScheduler,
     ))]
 async fn fire_schedule(
     State(ctx): State<AppState>,
     _: Admin,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<(StatusCode, axum::Json<serde_json::Value>), ApiError> {
     let job = scheduler(&ctx)?.fire_now(&name).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(job_view(&job))))
@@ -160,11 +164,16 @@ async fn fire_schedule(
 #[utoipa::path(post, path = "/v1/schedules/{name}/enable", tag = "schedules",
     params(("name" = String, Path, description = "beat name")),
     security(("bearer" = [])),
-    responses((status = 200, description = "enabled", body = Object), (status = 404, description = "no such beat", body = ErrorBody)))]
+    responses(
+        (status = 200, description = "enabled", body = BeatStatus),
+        (status = 400, description = "the stored beat no longer validates", body = ErrorBody),
+        (status = 404, description = "no such beat", body = ErrorBody),
+        NeedsAdmin, UsesScheduler,
+    ))]
 async fn enable_schedule(
     State(ctx): State<AppState>,
     _: Admin,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     Ok(axum::Json(status_json(
         &scheduler(&ctx)?.set_enabled(&name, true).await?,
@@ -175,11 +184,16 @@ async fn enable_schedule(
 #[utoipa::path(post, path = "/v1/schedules/{name}/disable", tag = "schedules",
     params(("name" = String, Path, description = "beat name")),
     security(("bearer" = [])),
-    responses((status = 200, description = "disabled", body = Object), (status = 404, description = "no such beat", body = ErrorBody)))]
+    responses(
+        (status = 200, description = "disabled", body = BeatStatus),
+        (status = 400, description = "the stored beat no longer validates", body = ErrorBody),
+        (status = 404, description = "no such beat", body = ErrorBody),
+        NeedsAdmin, UsesScheduler,
+    ))]
 async fn disable_schedule(
     State(ctx): State<AppState>,
     _: Admin,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     Ok(axum::Json(status_json(
         &scheduler(&ctx)?.set_enabled(&name, false).await?,

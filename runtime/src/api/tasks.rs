@@ -3,20 +3,20 @@
 //! finish on theirs); every earlier binding is kept, so a rollback is one
 //! call.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::{Admin, Submit};
-use super::error::ErrorBody;
-use super::{ApiError, ApiJson, AppState};
+use super::error::{ErrorBody, object, optional_object};
+use super::schema::{NeedsAdmin, NeedsToken, QueueName, TakesBody, UsesStorage};
+use super::{ApiError, ApiJson, ApiPath, AppState};
 use crate::config::{ModuleSource, TaskSpec, parse_module_source};
 use crate::deploy;
 use crate::queue::RetryPolicy;
-use crate::registry::TaskBinding;
-use crate::registry::TaskGrants;
+use crate::registry::{ModuleHash, TaskBinding, TaskGrants, TaskName};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -31,33 +31,38 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct BindRequest {
     /// `sha256:<hex>` of an uploaded module, or `builtin:<name>`.
+    #[schema(pattern = "^(sha256:[0-9a-f]{64}|builtin:.+)$")]
     pub module: String,
     /// Default queue (`default`).
+    #[schema(value_type = Option<QueueName>)]
     pub queue: Option<String>,
-    /// `30/m`: global limit on starts of this task.
+    /// `30/m`: global limit on starts of this task (`N/period`, units ms,
+    /// s, m, h, d).
+    #[schema(pattern = "^\\s*[0-9]+\\s*/\\s*[0-9]*(ms|s|sec|m|min|h|d)\\s*$")]
     pub rate_limit: Option<String>,
-    /// `60s` style wall-clock limit per run.
+    /// `60s` style wall-clock limit per run: at most a day.
     pub time_limit: Option<String>,
+    /// Fuel per run.
+    #[schema(maximum = 1_000_000_000_000_000_u64)]
     pub fuel: Option<u64>,
-    /// `64MiB` style memory limit.
+    /// `64MiB` style memory limit: at most 4 GiB.
     pub memory: Option<String>,
-    #[schema(value_type = Object)]
+    #[serde(default, deserialize_with = "optional_object")]
     pub retry: Option<RetryPolicy>,
-    /// `1h` style: how long results are kept.
+    /// `1h` style: how long results are kept, at most 100 years.
     pub result_ttl: Option<String>,
     /// What the task may reach: `kv`, `mail`, `http`, `pdf`, `files`, `jobs`
-    /// (the format of `[tasks.NAME.grants]` in runner.toml).
-    #[schema(value_type = Object)]
-    #[serde(default)]
+    /// (the format of `[tasks.NAME.grants]` in runner.toml). None when absent.
+    #[serde(default, deserialize_with = "object")]
     pub grants: TaskGrants,
 }
 
 /// A task name's binding and its earlier bindings, newest first.
 #[derive(Serialize, ToSchema)]
 pub struct TaskView {
-    #[schema(value_type = Object)]
     pub binding: TaskBinding,
-    #[schema(value_type = Vec<Object>)]
+    /// Earlier bindings, newest first (the current one included once it
+    /// was replaced).
     pub history: Vec<TaskBinding>,
 }
 
@@ -65,25 +70,27 @@ pub struct TaskView {
 #[serde(deny_unknown_fields)]
 pub struct RollbackRequest {
     /// Bind this earlier module (`sha256:<hex>`); the previous binding when absent.
+    #[schema(value_type = Option<ModuleHash>)]
     pub to: Option<String>,
 }
 
 /// Binds (or re-binds) a task name. Refused (422, naming the import) when
 /// the module imports a capability the grants do not allow.
 #[utoipa::path(put, path = "/v1/tasks/{name}", tag = "tasks",
-    params(("name" = String, Path, description = "task name")),
+    params(("name" = TaskName, Path, description = "task name")),
     request_body = BindRequest,
     security(("bearer" = [])),
     responses(
         (status = 200, description = "bound", body = TaskView),
-        (status = 400, description = "malformed request", body = ErrorBody),
+        (status = 400, description = "malformed JSON or an invalid field (named in the message)", body = ErrorBody),
         (status = 404, description = "unknown module", body = ErrorBody),
-        (status = 422, description = "refused: bad name, grants or module", body = ErrorBody),
+        (status = 422, description = "refused: a bad task name, bad grants, or grants that do not cover the module's imports", body = ErrorBody),
+        NeedsAdmin, TakesBody, UsesStorage,
     ))]
 async fn put_task(
     State(ctx): State<AppState>,
     _: Admin,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<BindRequest>,
 ) -> Result<axum::Json<TaskView>, ApiError> {
     let module = match parse_module_source(&req.module)
@@ -127,16 +134,18 @@ async fn put_task(
 
 /// A task name's binding and its history.
 #[utoipa::path(get, path = "/v1/tasks/{name}", tag = "tasks",
-    params(("name" = String, Path, description = "task name")),
+    params(("name" = TaskName, Path, description = "task name")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "the binding", body = TaskView),
+        (status = 400, description = "the name is not UTF-8", body = ErrorBody),
         (status = 404, description = "unknown task", body = ErrorBody),
+        NeedsToken, UsesStorage,
     ))]
 async fn get_task(
     State(ctx): State<AppState>,
     _: Submit,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<axum::Json<TaskView>, ApiError> {
     let binding = ctx
         .registry
@@ -149,7 +158,10 @@ async fn get_task(
 
 /// Every task name with its current binding.
 #[utoipa::path(get, path = "/v1/tasks", tag = "tasks", security(("bearer" = [])),
-    responses((status = 200, description = "bindings", body = Vec<Object>)))]
+    responses(
+        (status = 200, description = "bindings", body = Vec<TaskBinding>),
+        NeedsToken, UsesStorage,
+    ))]
 async fn list_tasks(
     State(ctx): State<AppState>,
     _: Submit,
@@ -160,17 +172,20 @@ async fn list_tasks(
 /// Binds the previous module again (or the one named in `to`), with the
 /// defaults and grants it had then.
 #[utoipa::path(post, path = "/v1/tasks/{name}/rollback", tag = "tasks",
-    params(("name" = String, Path, description = "task name")),
+    params(("name" = TaskName, Path, description = "task name")),
     request_body = RollbackRequest,
     security(("bearer" = [])),
     responses(
         (status = 200, description = "rolled back", body = TaskView),
-        (status = 404, description = "unknown task, or no such earlier binding", body = ErrorBody),
+        (status = 400, description = "malformed JSON or a malformed `to`", body = ErrorBody),
+        (status = 404, description = "unknown task, or no such earlier binding (or its module is gone)", body = ErrorBody),
+        (status = 422, description = "the earlier binding is refused now (its grants no longer pass)", body = ErrorBody),
+        NeedsAdmin, TakesBody, UsesStorage,
     ))]
 async fn rollback_task(
     State(ctx): State<AppState>,
     _: Admin,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<RollbackRequest>,
 ) -> Result<axum::Json<TaskView>, ApiError> {
     let current = ctx

@@ -110,7 +110,7 @@ impl FromStr for JobId {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum JobState {
     Pending,
@@ -168,7 +168,7 @@ impl fmt::Display for JobState {
 
 /// Kinds of failure a retry policy may opt into retrying. A task's `retry`
 /// error and infrastructure failures are always retried.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureKind {
     Fail,
@@ -179,12 +179,15 @@ pub enum FailureKind {
     InvalidOutput,
 }
 
-#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct RetryPolicy {
+    #[schema(maximum = 1000)]
     pub max_retries: u32,
     /// First retry waits about this long; each further one doubles it.
+    #[schema(maximum = 3_155_760_000_000_u64)]
     pub backoff_base_ms: u64,
+    #[schema(maximum = 3_155_760_000_000_u64)]
     pub backoff_cap_ms: u64,
     /// Full jitter: the delay is drawn uniformly from [delay/2, delay].
     pub jitter: bool,
@@ -254,14 +257,17 @@ fn at_most(field: &'static str, value: u64, max: u64) -> Result<(), JobError> {
 }
 
 /// Resource limits for one run. `None` means the worker's default.
-#[derive(Clone, Default, PartialEq, Debug, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct JobLimits {
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 86_400_000_u64)]
     pub time_limit_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 1_000_000_000_000_000_u64)]
     pub fuel: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 4_294_967_296_u64)]
     pub memory_bytes: Option<u64>,
 }
 
@@ -290,7 +296,7 @@ impl JobLimits {
 /// A global rate limit: at most `count` starts in any window of `period_ms`,
 /// shared by every worker. `key` names what is limited (`task:send_mail`,
 /// `queue:email`).
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RateLimit {
     pub key: String,
     pub count: u32,
@@ -340,7 +346,7 @@ impl RateLimit {
     }
 }
 
-#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Progress {
     pub done: u64,
     pub total: u64,
@@ -349,7 +355,7 @@ pub struct Progress {
 }
 
 /// Why a job failed (or why its last attempt failed, on RETRY).
-#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobFailure {
     /// `retry`, `fail`, `fuel_exhausted`, `memory_limit`, `time_limit`,
     /// `trap`, `invalid_output`, `infrastructure`, `lost_lease`, `revoked`,
@@ -369,7 +375,7 @@ impl JobFailure {
 }
 
 /// The stored job: spec, state and outcome in one document.
-#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Job {
     /// Must stay the first field: see the module docs.
     pub state: JobState,
@@ -379,7 +385,8 @@ pub struct Job {
     /// `sha256:<hex>`; resolved from the task binding at run time when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub module: Option<ModuleHash>,
-    /// JSON text, validated at enqueue.
+    /// JSON text, validated at enqueue (the API shows it parsed).
+    #[schema(value_type = Value)]
     pub input: String,
     pub queue: String,
     /// 1 for the first run, 2 for the first retry, ...
@@ -420,8 +427,9 @@ pub struct Job {
     pub worker: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
-    /// JSON text of the task's output, on SUCCESS.
+    /// JSON text of the task's output, on SUCCESS (the API shows it parsed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Value)]
     pub result: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<JobFailure>,

@@ -202,7 +202,7 @@ pub enum Signal {
 }
 
 /// A job's state changed (or its progress moved).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobEvent {
     pub id: JobId,
     pub queue: String,
@@ -223,7 +223,7 @@ pub enum RevokeOutcome {
     NotFound,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct QueueStats {
     pub name: String,
     pub ready: u64,
@@ -232,7 +232,7 @@ pub struct QueueStats {
     pub dead: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkerInfo {
     pub id: String,
     pub hostname: String,

@@ -225,9 +225,10 @@ impl TaskGrants {
 /// Without it a task cannot enqueue at all; with it, nothing beyond it:
 /// a task that may run `cleanup` cannot make `cleanup` delete for it
 /// unless the operator wrote `cleanup` here.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct JobsGrant {
     /// Task names it may enqueue (at least one).
+    #[schema(value_type = Vec<crate::names::TaskName>, min_items = 1)]
     pub tasks: Vec<String>,
     /// Queues it may name in a child's `queue` option; a child that names
     /// none goes to its task's queue, which is always allowed.
@@ -236,11 +237,13 @@ pub struct JobsGrant {
     /// Children one run may enqueue: default [`JobsGrant::DEFAULT_MAX_CHILDREN`],
     /// at most [`JobsGrant::MAX_CHILDREN`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 10_000)]
     pub max_children: Option<u32>,
     /// How deep below a job enqueued from outside (depth 0) its
     /// descendants may be: a child of such a job has depth 1. Default
     /// [`JobsGrant::DEFAULT_MAX_DEPTH`], at most [`JobsGrant::MAX_DEPTH`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 16)]
     pub max_depth: Option<u32>,
 }
 
@@ -353,7 +356,7 @@ impl JobsGrant {
 }
 
 /// The kv grant: its quota, each limit defaulting to [`KvQuota::default`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KvGrant {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -24,11 +24,13 @@ use crate::queue::{JobLimits, RetryPolicy};
 pub use grants::{Capability, JobsGrant, KvGrant, TaskGrants};
 
 /// A task name bound to a module.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskBinding {
+    #[schema(value_type = TaskName)]
     pub name: String,
     pub module: ModuleHash,
     #[serde(default = "default_queue")]
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,100}$")]
     pub queue: String,
     #[serde(default)]
     pub retry: RetryPolicy,

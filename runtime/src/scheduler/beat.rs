@@ -21,7 +21,7 @@ use crate::queue::{JobLimits, RetryPolicy};
 
 /// What to do with due times that passed while no scheduler was watching
 /// (every replica down, Redis unreachable, the process suspended).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum MissedPolicy {
     /// Drop them; the next fire is the next regular due time.
@@ -33,20 +33,23 @@ pub enum MissedPolicy {
 }
 
 /// One recurring job: `[[beats]]` in `runner.toml`, or JSON through the API.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Beat {
     /// 1 to 100 of `A-Z a-z 0-9 _ - . :`, starting with a letter or digit.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")]
     pub name: String,
     /// The task name the job runs (its binding gives the defaults).
     #[serde(default)]
+    #[schema(value_type = crate::names::TaskName, required = true)]
     pub task: String,
     /// The job's input (any JSON value).
     #[serde(default = "empty_object")]
     pub input: serde_json::Value,
     /// Overrides the task binding's queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,100}$")]
     pub queue: Option<String>,
     /// A crontab line: 5 fields, or 6 with seconds first, or an alias
     /// (`@hourly`, `@daily`, `@weekly`, `@monthly`, `@yearly`).
@@ -71,6 +74,7 @@ pub struct Beat {
     pub limits: Option<JobLimits>,
     /// A job not started this many seconds after its due time expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(exclusive_minimum = 0, maximum = 3_155_760_000_u64)]
     pub expires_in_secs: Option<f64>,
 }
 

@@ -158,7 +158,7 @@ pub fn validate_config_beats(beats: &[Beat]) -> Result<(), BeatError> {
 }
 
 /// Where the effective definition of a beat comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum BeatSource {
     /// `runner.toml`.
@@ -170,7 +170,7 @@ pub enum BeatSource {
 }
 
 /// A point in time in the beat's zone and in UTC.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct FireTime {
     pub utc: DateTime<Utc>,
     /// RFC 3339 with the zone's offset at that instant.
@@ -178,7 +178,7 @@ pub struct FireTime {
 }
 
 /// The newest fire of a beat.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct LastFire {
     /// The due time fired (for a manual fire: when it was asked for).
     pub due: FireTime,
@@ -189,7 +189,7 @@ pub struct LastFire {
 }
 
 /// The job of the last fire as the broker has it now.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct JobOutcome {
     pub id: JobId,
     /// `None` once the broker forgot the job (its result TTL passed).

@@ -177,7 +177,7 @@ impl TestApi {
     }
 }
 
-fn message(v: &Value) -> String {
+pub(crate) fn message(v: &Value) -> String {
     v["error"]["message"]
         .as_str()
         .unwrap_or_default()
@@ -839,6 +839,55 @@ async fn api_openapi_document_lists_every_route_and_its_refs_resolve() {
             );
         }
     }
+    // Every body is typed: no bare `object` (a schema that says nothing of
+    // its properties) anywhere in the document.
+    fn bare_objects(v: &Value, at: &str, out: &mut Vec<String>) {
+        match v {
+            Value::Object(o) => {
+                let object = match &o.get("type") {
+                    Some(Value::String(t)) => t == "object",
+                    Some(Value::Array(ts)) => ts.iter().any(|t| t == "object"),
+                    _ => false,
+                };
+                if object
+                    && !o.contains_key("properties")
+                    && !o.contains_key("additionalProperties")
+                {
+                    out.push(at.to_string());
+                }
+                for (k, v) in o {
+                    bare_objects(v, &format!("{at}/{k}"), out);
+                }
+            }
+            Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    bare_objects(v, &format!("{at}/{i}"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut bare = Vec::new();
+    bare_objects(&doc, "#", &mut bare);
+    assert!(bare.is_empty(), "untyped objects: {bare:?}");
+    // The answers every route of a kind can give are listed.
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            let listed = |status: &str| op["responses"].get(status).is_some();
+            if op.get("security").is_some() {
+                assert!(listed("401"), "{method} {path} does not document 401");
+            }
+            if op.get("requestBody").is_some() {
+                assert!(
+                    listed("400") && listed("413"),
+                    "{method} {path} takes a body but does not document 400 and 413"
+                );
+            }
+            if path.starts_with("/v1/") {
+                assert!(listed("503"), "{method} {path} does not document 503");
+            }
+        }
+    }
     // Every $ref points at a schema that exists.
     let text = doc.to_string();
     let schemas = doc["components"]["schemas"]
@@ -975,6 +1024,6 @@ async fn api_schedules_are_validated_picked_up_and_fired() {
 }
 
 /// `sha256:<hex>` of `bytes`, as the API shows it.
-fn module_hash(bytes: &[u8]) -> String {
+pub(crate) fn module_hash(bytes: &[u8]) -> String {
     runner::names::ModuleHash::of(bytes).to_string()
 }

@@ -5,6 +5,7 @@ mod redis_support;
 mod support;
 
 mod api;
+mod api_contract;
 mod builtin_tasks;
 mod capabilities;
 mod cli_run;
