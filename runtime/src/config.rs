@@ -419,7 +419,8 @@ impl TaskSpec {
         if let Some(t) = &self.time_limit {
             let d = humantime::parse_duration(t)
                 .with_context(|| format!("time_limit = {t:?}: expected e.g. \"30s\""))?;
-            limits.time_limit_ms = Some(d.as_millis() as u64);
+            // Saturated, never wrapped: the maximum check below names it.
+            limits.time_limit_ms = Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         }
         limits.fuel = self.fuel;
         if let Some(m) = &self.memory {
@@ -531,6 +532,9 @@ every = "30s"
         );
         let e = Config::from_toml("[tasks.x]\ntime_limit = \"soon\"\n").unwrap_err();
         assert!(format!("{e:#}").contains("time_limit"), "{e:#}");
+        // Once wrapped to 384 ms.
+        let e = Config::from_toml("[tasks.x]\ntime_limit = \"18446744073709552s\"\n").unwrap_err();
+        assert!(format!("{e:#}").contains("limits.time_limit_ms"), "{e:#}");
         let e = Config::from_toml("[tasks.x]\nresult_ttl = \"1000y\"\n").unwrap_err();
         assert!(
             format!("{e:#}").contains("result_ttl = \"1000y\": at most"),
