@@ -130,8 +130,9 @@ struct Inner {
 /// takes its times from the server (`TIME`): lease deadlines, due times and
 /// rate-limit windows do not depend on which worker asks, so a worker whose
 /// clock runs ahead cannot reclaim live leases. Times the server hands back
-/// (next due, wake-ups, lease ends, when a job was leased) are turned into
-/// this process's clock with the offset measured at the last settle.
+/// to wait for (next due, wake-ups, lease ends) are turned into this
+/// process's clock with the offset measured at the last settle; when a job
+/// was leased stays on the server's clock, like the rate limiter's windows.
 #[derive(Default)]
 struct Clock {
     /// Added to the system clock: a test's way to run a skewed worker.
@@ -611,7 +612,9 @@ impl Broker for RedisBroker {
             parsed.show_started(&mut job);
             out.deliveries.push(Delivery {
                 job,
-                leased_at: clock.local(parsed.leased_ms),
+                // The server's clock, as every record's times and the rate
+                // limiter's windows (not shifted by the offset estimate).
+                leased_at: ms_to_time(parsed.leased_ms),
                 lease: parsed.lease(q, member),
             });
         }
