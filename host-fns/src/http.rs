@@ -73,6 +73,7 @@ impl Default for HttpConfig {
 
 /// What one task may reach.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HttpGrant {
     /// Allowed destinations, e.g. `https://hooks.slack.com`,
     /// `https://*.example.com:8443`, `http://127.0.0.1:8080`, `https://*`.

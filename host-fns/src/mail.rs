@@ -148,6 +148,7 @@ fn default_pool_size() -> u32 {
 
 /// What one task may send as.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MailGrant {
     /// Allowed From addresses: exact (`noreply@example.com`) or a whole
     /// domain (`*@example.com`). The configured sender is always allowed.

@@ -97,8 +97,12 @@ impl EnqueueRequest {
 pub enum EnqueueError {
     #[error(transparent)]
     Invalid(#[from] JobError),
+    /// A job of a batch is wrong (invalid, or its module unknown).
     #[error("job {index} of the batch: {source}")]
-    InBatch { index: usize, source: JobError },
+    InBatch {
+        index: usize,
+        source: Box<EnqueueError>,
+    },
     #[error("unknown module {0}: upload it first")]
     UnknownModule(ModuleHash),
     #[error("registry: {0}")]
@@ -188,8 +192,11 @@ impl Producer {
         for (index, req) in reqs.into_iter().enumerate() {
             match self.prepare_cached(caller, req, &mut bindings).await {
                 Ok(j) => jobs.push(j),
-                Err(EnqueueError::Invalid(source)) => {
-                    return Err(EnqueueError::InBatch { index, source });
+                Err(e @ (EnqueueError::Invalid(_) | EnqueueError::UnknownModule(_))) => {
+                    return Err(EnqueueError::InBatch {
+                        index,
+                        source: Box::new(e),
+                    });
                 }
                 Err(e) => return Err(e),
             }
@@ -467,7 +474,11 @@ fn check_request(
     let expires = match (req.expires, req.expires_in_secs) {
         (Some(e), _) => Some(e),
         (None, Some(s)) if s.is_finite() && s <= 0.0 => {
-            return Err(JobError::ExpiryInPast(now).into());
+            return Err(JobError::ExpiryInPast {
+                field: "expires_in",
+                at: now,
+            }
+            .into());
         }
         (None, Some(s)) => Some(after_secs(now, s, "expires_in")?),
         (None, None) => None,
@@ -475,7 +486,11 @@ fn check_request(
     if let Some(e) = expires
         && e <= now
     {
-        return Err(JobError::ExpiryInPast(e).into());
+        return Err(JobError::ExpiryInPast {
+            field: "expires",
+            at: e,
+        }
+        .into());
     }
     // Dates are checked like delays: no time further than MAX_DELAY.
     let latest = now.checked_add_signed(chrono::Duration::from_std(MAX_DELAY).unwrap_or_default());
@@ -697,7 +712,8 @@ impl JobEnqueuer for ChildJobs {
 /// later (`transient`).
 fn enqueue_error(e: EnqueueError) -> HostError {
     match e {
-        EnqueueError::Invalid(e) | EnqueueError::InBatch { source: e, .. } => invalid(e),
+        EnqueueError::Invalid(e) => invalid(e),
+        EnqueueError::InBatch { source, .. } => enqueue_error(*source),
         EnqueueError::UnknownModule(_) => HostError::Invalid(e.to_string()),
         EnqueueError::Registry(e) => HostError::Transient(format!("registry: {e}")),
         EnqueueError::Broker(BrokerError::Job(e)) => invalid(e),

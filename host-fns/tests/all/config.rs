@@ -92,3 +92,20 @@ fn grants_from_toml() {
     assert_eq!(grant.http.private_networks[0].to_string(), "10.20.0.0/16");
     assert_eq!(grant.kv.max_keys, 1000);
 }
+
+/// A misspelt grant field is refused, not read as "nothing granted"
+/// (before, `private_network` and `allowed_sender` were ignored).
+#[test]
+fn grants_refuse_unknown_fields() {
+    let e = toml::from_str::<HttpGrant>("allow = [\"https://x.example\"]\nprivate_network = []")
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("unknown field `private_network`"),
+        "{e}"
+    );
+    let e = toml::from_str::<MailGrant>("allowed_sender = [\"a@example.com\"]").unwrap_err();
+    assert!(
+        e.to_string().contains("unknown field `allowed_sender`"),
+        "{e}"
+    );
+}

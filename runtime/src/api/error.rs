@@ -134,7 +134,7 @@ impl From<EnqueueError> for ApiError {
         match e {
             EnqueueError::Invalid(j) => j.into(),
             EnqueueError::InBatch { index, source } => {
-                let inner = ApiError::from(source);
+                let inner = ApiError::from(*source);
                 ApiError::new(
                     inner.status,
                     inner.code,

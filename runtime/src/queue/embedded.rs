@@ -512,11 +512,12 @@ impl Broker for EmbeddedBroker {
         };
         let mut job = rec.job.clone();
         if !job.state.is_final() {
-            if let Some(member) = st
+            match st
                 .leased(&rec.queue, id)
                 .and_then(|m| LeaseMember::parse(m))
             {
-                member.show_started(&mut job);
+                Some(member) => member.show_started(&mut job),
+                None => job.show_expired(ms_to_time(now)),
             }
             if let Some(p) = st.progress.get(&id) {
                 job.progress = Some(p.clone());

@@ -180,7 +180,7 @@ pub enum FailureKind {
 }
 
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct RetryPolicy {
     #[schema(maximum = 1000)]
     pub max_retries: u32,
@@ -258,7 +258,7 @@ fn at_most(field: &'static str, value: u64, max: u64) -> Result<(), JobError> {
 
 /// Resource limits for one run. `None` means the worker's default.
 #[derive(Clone, Default, PartialEq, Debug, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct JobLimits {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(maximum = 86_400_000_u64)]
@@ -499,6 +499,23 @@ impl Job {
         self.expires.is_some_and(|e| e <= now)
     }
 
+    /// Why a job that expired before it ran ended.
+    pub fn expiry_failure() -> JobFailure {
+        JobFailure::new("expired", "the job expired before it could run")
+    }
+
+    /// This job as a lookup at `now` shows it: one still waiting (not
+    /// leased) past its expiry, in a queue no worker reads say, is EXPIRED,
+    /// as the worker that takes it will settle it. Its record goes a result
+    /// TTL after its expiry, worker or not.
+    pub fn show_expired(&mut self, now: DateTime<Utc>) {
+        if matches!(self.state, JobState::Pending | JobState::Retry) && self.is_expired_at(now) {
+            self.state = JobState::Expired;
+            self.finished_at = self.expires;
+            self.error = Some(Self::expiry_failure());
+        }
+    }
+
     /// This job's final record when it is revoked (`message` says when),
     /// stamped `at`.
     pub fn revoked(&self, message: impl Into<String>, at: DateTime<Utc>) -> Job {
@@ -586,8 +603,11 @@ pub enum JobError {
         field: &'static str,
         at: DateTime<Utc>,
     },
-    #[error("expiry {0} is in the past")]
-    ExpiryInPast(DateTime<Utc>),
+    #[error("{field}: the expiry {at} is in the past")]
+    ExpiryInPast {
+        field: &'static str,
+        at: DateTime<Utc>,
+    },
     #[error("invalid queue name {name:?}: {reason}")]
     InvalidQueue { name: String, reason: String },
     #[error("invalid rate limit {0}")]
@@ -628,6 +648,18 @@ pub fn validate_json(input: &str) -> Result<(), JobError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A misspelt option is an error, not a silent default (`max_retry`
+    /// meant zero retries).
+    #[test]
+    fn retry_and_limits_refuse_unknown_fields() {
+        let e = serde_json::from_str::<RetryPolicy>(r#"{"max_retry": 3}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field `max_retry`"), "{e}");
+        let e = serde_json::from_str::<JobLimits>(r#"{"time_limit": 3}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field `time_limit`"), "{e}");
+        let r: RetryPolicy = serde_json::from_str(r#"{"max_retries": 3}"#).unwrap();
+        assert_eq!(r.max_retries, 3);
+    }
 
     #[test]
     fn cap_text_cuts_at_a_character_boundary_and_says_how_much() {

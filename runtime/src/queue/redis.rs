@@ -19,7 +19,10 @@
 //! | `progress` | hash | id -> latest progress of a running job |
 //! | `rl:<key>` | zset | start log of a rate limit (see `ratelimit.rs`) |
 //!
-//! Outside the queues: `runner:queues` (set of names), `runner:worker:<id>`
+//! Outside the queues: `runner:{ids}:<hour>` (hash id -> queue of the jobs
+//! whose ids were made in that hour: the index by which status and revoke
+//! find a job's queue, kept at least as long as the records it names),
+//! `runner:queues` (set of names), `runner:worker:<id>`
 //! (heartbeats with a TTL) and `runner:workers` (their ids: listing workers
 //! scans nothing), pub/sub channels `runner:q:<queue>` (job events
 //! and wake-ups) and `runner:control` (revokes).
@@ -27,11 +30,14 @@
 //! # Cost
 //!
 //! A producer stores a whole batch with one script (EVALSHA, MSET, RPUSH,
-//! PUBLISH). A worker settles every finished job and leases new ones in one
-//! script (EVALSHA, ZMSCORE, one SET per result, ZREM, LPOP, MGET, ZADD,
-//! PUBLISH). So a job costs one command (its result) plus its share of a few
-//! per batch: `runner bench queue` measures about 1.5-2 per job (budget 4),
-//! and 14 for a job enqueued and run entirely alone. An idle worker sends
+//! PUBLISH) and indexes it with another sent beside it (EVALSHA, HSET,
+//! PTTL, PEXPIRE: no extra round trip). A worker settles every finished
+//! job and leases new ones in one script (EVALSHA, ZMSCORE, one SET per
+//! result, ZREM, LPOP, MGET, ZADD, HSET, PUBLISH). So a job costs one
+//! command (its result) plus its share of a few per batch: `runner bench
+//! queue` measures about 2.5 per job, and a job enqueued and run entirely
+//! alone about 22. A status read costs HGET and GET (and the status
+//! script while the job has not ended), whatever the number of queues. An idle worker sends
 //! nothing but its heartbeat: it waits on pub/sub, and sets a timer for the
 //! earliest delayed job instead of polling.
 //!
@@ -80,6 +86,30 @@ const ENQUEUE_CHUNK: usize = 1000;
 /// `runner:worker:<id>`, with a TTL).
 const WORKERS_KEY: &str = "runner:workers";
 
+/// How long past its due time an index entry is kept for a job that has
+/// not ended (plus its result TTL): a job that ends later refreshes it.
+const INDEX_RETAIN_MS: u64 = 24 * 3600 * 1000;
+/// The longest TTL a script accepts (`check.lua`'s `MAX_MS`).
+const MAX_TTL_MS: u64 = 3_155_760_000_000;
+
+/// The index bucket that says which queue holds job `id`: the hour of the
+/// id's timestamp (ids are UUIDv7), in the index's own slot (`{ids}`).
+/// None for an id without a timestamp (not one the runner made).
+fn index_key(id: JobId) -> Option<String> {
+    let (secs, _) = id.0.get_timestamp()?.to_unix();
+    Some(format!("runner:{{ids}}:{}", secs / 3600))
+}
+
+/// An id's age on `now` (ms since 1970), from its timestamp.
+fn id_age_ms(id: JobId, now: i64) -> i64 {
+    id.0.get_timestamp()
+        .map(|t| {
+            let (s, n) = t.to_unix();
+            now - (s as i64 * 1000 + i64::from(n / 1_000_000))
+        })
+        .unwrap_or(0)
+}
+
 fn prefix(queue: &str) -> String {
     format!("runner:{{{queue}}}:")
 }
@@ -95,6 +125,7 @@ struct Scripts {
     status: Script,
     revoke: Script,
     replay: Script,
+    index: Script,
 }
 
 impl Scripts {
@@ -109,6 +140,7 @@ impl Scripts {
             status: script(include_str!("lua/status.lua")),
             revoke: script(include_str!("lua/revoke.lua")),
             replay: script(include_str!("lua/replay.lua")),
+            index: script(include_str!("lua/index.lua")),
         }
     }
 }
@@ -229,8 +261,19 @@ impl RedisBroker {
         self.conn()
     }
 
+    /// The queue and record of job `id`. The index names the queue (two
+    /// commands whatever the number of queues); an id it does not know (an
+    /// unknown id, a job older than the index, one that waited more than a
+    /// day unrun) is looked for in every queue.
     async fn find_record(&self, id: JobId) -> BrokerResult<Option<(String, String)>> {
         let mut conn = self.conn();
+        if let Some(bucket) = index_key(id) {
+            let queue: Option<String> = conn.hget(&bucket, id.to_string()).await?;
+            if let Some(q) = queue {
+                let rec: Option<String> = conn.get(format!("{}job:{id}", prefix(&q))).await?;
+                return Ok(rec.map(|r| (q, r)));
+            }
+        }
         let queues: Vec<String> = conn.smembers(QUEUES_KEY).await?;
         if queues.is_empty() {
             return Ok(None);
@@ -244,6 +287,34 @@ impl RedisBroker {
             .into_iter()
             .zip(recs)
             .find_map(|(q, r)| r.map(|r| (q, r))))
+    }
+
+    /// Writes index entries (`id` is in `queue`, keep the entry at least
+    /// `ttl` ms), one script call per bucket. Callers send it beside the
+    /// script that stores the records, so it adds no round trip.
+    async fn index(&self, entries: &[(JobId, &str, u64)]) -> BrokerResult<()> {
+        let mut buckets: Vec<(String, u64, Vec<String>)> = Vec::new();
+        for &(id, queue, ttl) in entries {
+            let Some(key) = index_key(id) else { continue };
+            let ttl = ttl.clamp(1, MAX_TTL_MS);
+            let at = match buckets.iter().position(|b| b.0 == key) {
+                Some(i) => i,
+                None => {
+                    buckets.push((key, 0, Vec::new()));
+                    buckets.len() - 1
+                }
+            };
+            let b = &mut buckets[at];
+            b.1 = b.1.max(ttl);
+            b.2.push(id.to_string());
+            b.2.push(queue.to_string());
+        }
+        for (key, ttl, pairs) in buckets {
+            let mut inv = self.inner.scripts.index.prepare_invoke();
+            inv.key(key).arg(ttl).arg(pairs);
+            inv.invoke_async::<()>(&mut self.conn()).await?;
+        }
+        Ok(())
     }
 
     /// Starts the one subscription that feeds every event stream and long
@@ -424,6 +495,7 @@ impl Broker for RedisBroker {
                     .arg(ttl_ms(self.inner.idempotency_ttl))
                     .arg(chunk.len());
                 let now = self.inner.clock.now();
+                let mut entries = Vec::with_capacity(chunk.len());
                 for &i in chunk {
                     let j = &jobs[i];
                     // A delay: the script adds it to the server's clock.
@@ -442,8 +514,19 @@ impl Broker for RedisBroker {
                         .arg(delay)
                         .arg(j.idempotency_key.as_deref().unwrap_or(""))
                         .arg(ttl);
+                    // The index outlives the record: a day past the due
+                    // time (or the expiry) and the result's TTL.
+                    let wait = (delay.max(0) as u64 + INDEX_RETAIN_MS).max(ttl);
+                    entries.push((j.id, q.as_str(), wait.saturating_add(j.result_ttl_ms)));
                 }
-                let reply: Value = inv.invoke_async(&mut self.conn()).await?;
+                let mut conn = self.conn();
+                let (indexed, reply) =
+                    tokio::join!(self.index(&entries), inv.invoke_async::<Value>(&mut conn));
+                let reply = reply?;
+                // Stored but not indexed: lookups still find it (slower).
+                if let Err(e) = indexed {
+                    tracing::warn!(queue = %q, "indexing jobs: {e}");
+                }
                 let reply = as_array(reply);
                 if reply.len() != chunk.len() * 2 {
                     return Err(protocol("enqueue reply has the wrong length"));
@@ -495,8 +578,9 @@ impl Broker for RedisBroker {
                 job = Job::from_json(&rec)?;
             }
             let lease = as_string(&parts[1]).unwrap_or_default();
-            if let Some(member) = LeaseMember::parse(&lease) {
-                member.show_started(&mut job);
+            match LeaseMember::parse(&lease) {
+                Some(member) => member.show_started(&mut job),
+                None => job.show_expired(self.inner.clock.now()),
             }
             let prog = as_string(&parts[2]).unwrap_or_default();
             if !prog.is_empty() {
@@ -548,6 +632,13 @@ impl Broker for RedisBroker {
                 .arg(&queue)
                 .invoke_async(&mut self.conn())
                 .await?;
+            if matches!(reply.as_str(), "TERMINATING" | "RUNNING" | "REVOKED") {
+                // Its record is kept a result TTL from now: so is its entry.
+                let ttl = job.result_ttl_ms.saturating_add(INDEX_RETAIN_MS);
+                if let Err(e) = self.index(&[(id, queue.as_str(), ttl)]).await {
+                    tracing::warn!(queue, "indexing a revoked job: {e}");
+                }
+            }
             return Ok(match reply.as_str() {
                 "NOTFOUND" => RevokeOutcome::NotFound,
                 "TERMINATING" => RevokeOutcome::Terminating,
@@ -583,7 +674,18 @@ impl Broker for RedisBroker {
         for c in &req.completions {
             push_completion(&mut inv, c, sent);
         }
-        let reply: Value = inv.invoke_async(&mut self.conn()).await?;
+        let reindex = reindexed(&req.completions, q, sent);
+        let reply: Value = if reindex.is_empty() {
+            inv.invoke_async(&mut self.conn()).await?
+        } else {
+            let mut conn = self.conn();
+            let (indexed, reply) =
+                tokio::join!(self.index(&reindex), inv.invoke_async::<Value>(&mut conn));
+            if let Err(e) = indexed {
+                tracing::warn!(queue = %q, "indexing jobs: {e}");
+            }
+            reply?
+        };
         let mut parts = as_array(reply).into_iter();
         let leased = as_array(parts.next().ok_or_else(|| protocol("settle: no leases"))?);
         let stale = as_array(parts.next().unwrap_or(Value::Nil));
@@ -882,10 +984,47 @@ impl RedisBroker {
                 inv.arg(j.id.to_string()).arg(j.fresh_attempt().to_json());
             }
             let done: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
-            replayed.extend(done.iter().filter_map(|s| s.parse::<JobId>().ok()));
+            let done: Vec<JobId> = done.iter().filter_map(|s| s.parse().ok()).collect();
+            // Waiting again: indexed as a job enqueued now.
+            let entries: Vec<_> = chunk
+                .iter()
+                .filter(|j| done.contains(&j.id))
+                .map(|j| (j.id, queue, INDEX_RETAIN_MS.saturating_add(j.result_ttl_ms)))
+                .collect();
+            if let Err(e) = self.index(&entries).await {
+                tracing::warn!(queue, "indexing replayed jobs: {e}");
+            }
+            replayed.extend(done);
         }
         Ok(replayed)
     }
+}
+
+/// Index entries to refresh when `completions` are settled at `now` (ms):
+/// the entry written at enqueue covers a record kept its result TTL after a
+/// job that ends within a day of its due time, not a dead letter (kept
+/// 7 days) nor a job that ends later (a long wait, long retries).
+fn reindexed<'a>(
+    completions: &[Completion],
+    queue: &'a str,
+    now: i64,
+) -> Vec<(JobId, &'a str, u64)> {
+    const MARGIN_MS: u64 = 3600 * 1000;
+    completions
+        .iter()
+        .filter_map(|c| match &c.settlement {
+            Settlement::Finish { job, dead } => {
+                let late = id_age_ms(c.lease.id, now) > (INDEX_RETAIN_MS / 2) as i64;
+                let ttl = if *dead {
+                    ttl_ms(DEAD_LETTER_TTL)
+                } else {
+                    job.result_ttl_ms
+                };
+                (*dead || late).then_some((c.lease.id, queue, ttl.saturating_add(MARGIN_MS)))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// The arguments of completion `c`; `now` is this process's clock (a

@@ -16,8 +16,9 @@ use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 use serde::{Deserialize, Serialize};
 
+use crate::queue::job::MAX_DELAY;
 use crate::queue::job::validate_queue_name;
-use crate::queue::{JobLimits, RetryPolicy};
+use crate::queue::{JobError, JobLimits, RetryPolicy};
 
 /// What to do with due times that passed while no scheduler was watching
 /// (every replica down, Redis unreachable, the process suspended).
@@ -145,12 +146,28 @@ impl Beat {
             problems.push(FieldError::new("queue", e.to_string()));
         }
         if let Some(s) = self.expires_in_secs
-            && !(s.is_finite() && s > 0.0)
+            && !(s.is_finite() && s > 0.0 && s <= MAX_DELAY.as_secs_f64())
         {
             problems.push(FieldError::new(
                 "expires_in_secs",
-                "must be a positive number",
+                format!(
+                    "must be a positive number of seconds, at most {}",
+                    MAX_DELAY.as_secs()
+                ),
             ));
+        }
+        // The maxima every job has: a beat's fire is a job.
+        let numbers = [
+            self.retry.as_ref().map(RetryPolicy::check),
+            self.limits.as_ref().map(JobLimits::check),
+        ];
+        for e in numbers.into_iter().flatten().filter_map(Result::err) {
+            match e {
+                JobError::AboveMaximum { field, .. } => {
+                    problems.push(FieldError::new(field, e.to_string()))
+                }
+                other => problems.push(FieldError::new("retry", other.to_string())),
+            }
         }
         let tz = match Tz::from_str(self.timezone.trim()) {
             Ok(tz) => Some(tz),
@@ -579,6 +596,32 @@ mod tests {
         );
         assert!(err(&Beat::every("a", "t", "0s")).starts_with("every: "));
         assert!(err(&Beat::cron("a", "t", "@fortnightly")).starts_with("cron: unknown alias"));
+    }
+
+    /// A beat's fire is a job: its numbers have the maxima of a job's
+    /// (before, a beat with 4e9 retries at no backoff was accepted).
+    #[test]
+    fn numbers_above_a_jobs_maxima_are_refused_by_name() {
+        let mut b = Beat::cron("a", "t", "0 9 * * *");
+        b.retry = Some(RetryPolicy {
+            max_retries: 4_000_000_000,
+            ..RetryPolicy::default()
+        });
+        b.limits = Some(JobLimits {
+            fuel: Some(u64::MAX),
+            ..JobLimits::default()
+        });
+        b.expires_in_secs = Some(1e300);
+        let e = err(&b);
+        assert!(
+            e.contains("retry.max_retries: retry.max_retries is 4000000000"),
+            "{e}"
+        );
+        assert!(e.contains("limits.fuel: "), "{e}");
+        assert!(
+            e.contains("expires_in_secs: must be a positive number"),
+            "{e}"
+        );
     }
 
     #[test]

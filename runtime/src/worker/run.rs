@@ -20,7 +20,7 @@ use super::settle::{
 };
 use super::{CachedGrants, GRANTS_CACHE_FOR, GRANTS_CACHE_MAX, RunCtx, progress};
 use crate::producer::ChildJobs;
-use crate::queue::{Completion, Delivery, Job, JobFailure, JobState, Settlement};
+use crate::queue::{Completion, Delivery, Job, JobState, Settlement};
 use crate::registry::{ModuleHash, RegistryError, TaskGrants};
 use crate::sandbox::host::JobEnqueuer;
 use crate::sandbox::{CancelToken, JobInfo, LoadedModule, RunLimits, RunRequest};
@@ -278,10 +278,7 @@ fn refuse_before_run(ctx: &RunCtx, d: &Delivery) -> Option<Settlement> {
             d,
             JobState::Expired,
             None,
-            Some(JobFailure::new(
-                "expired",
-                "the job expired before it could run",
-            )),
+            Some(Job::expiry_failure()),
             false,
         ));
     }

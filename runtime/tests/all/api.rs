@@ -449,6 +449,19 @@ async fn api_a_submit_token_may_only_lower_what_the_binding_allows() {
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
     assert!(message(&v).starts_with("jobs[1]: rate_limit"), "{v}");
+    // So is a job whose module is unknown (it was not, before).
+    let unknown = format!("sha256:{}", "0".repeat(64));
+    let (s, v) = api
+        .call(
+            api.req(reqwest::Method::POST, "/v1/jobs/batch", Some(ADMIN))
+                .json(&json!({ "jobs": [
+                    { "task": "capped" },
+                    { "module": unknown },
+                ] })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    assert!(message(&v).starts_with("jobs[1]: unknown module"), "{v}");
 
     // Lowering is anyone's; so is the task's own queue, `default` and a
     // configured one.

@@ -670,9 +670,10 @@ async fn bad_input_enqueues_nothing(env: Env) {
     r.expires = Some(Utc::now() - chrono::Duration::seconds(10));
     let err = p.enqueue(r).await.unwrap_err();
     assert!(
-        matches!(err, EnqueueError::Invalid(JobError::ExpiryInPast(_))),
+        matches!(err, EnqueueError::Invalid(JobError::ExpiryInPast { .. })),
         "{err}"
     );
+    assert!(err.to_string().starts_with("expires: "), "{err}");
     assert!(err.to_string().contains("in the past"));
 
     // Numbers past any date are refused by name, never an overflow (they
@@ -812,7 +813,33 @@ conformance!(
     bad_input_enqueues_nothing,
     progress_is_stored_and_published,
     workers_are_listed_by_heartbeat,
+    a_job_waiting_past_its_expiry_shows_expired,
 );
+
+/// A job in a queue no worker reads does not wait forever: once past its
+/// expiry a lookup shows it EXPIRED (as a worker would settle it), a worker
+/// that comes later does not run it, and its record goes a result TTL
+/// after the expiry. Before, it showed PENDING for as long as nobody read
+/// the queue.
+async fn a_job_waiting_past_its_expiry_shows_expired(env: Env) {
+    let b = &env.broker;
+    let mut req = call("{}");
+    req.expires_in_secs = Some(0.3);
+    req.result_ttl_secs = Some(1);
+    let id = env.producer.enqueue(req).await.unwrap().job.id;
+    assert_eq!(b.get(id).await.unwrap().unwrap().state, JobState::Pending);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = b.get(id).await.unwrap().unwrap();
+    assert_eq!(seen.state, JobState::Expired);
+    assert_eq!(
+        seen.error.as_ref().map(|e| e.kind.as_str()),
+        Some("expired")
+    );
+    assert_eq!(seen.finished_at, seen.expires);
+    // Its result TTL (1 s) after its expiry, the record is gone.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert!(b.get(id).await.unwrap().is_none(), "still stored");
+}
 
 /// A final, dead-lettered completion of `d`.
 fn dead_letter(d: &runner::queue::Delivery) -> Completion {
@@ -1066,5 +1093,102 @@ async fn redis_listings_and_replays_read_only_what_they_need() {
     assert_eq!(
         ws.iter().map(|w| w.id.as_str()).collect::<Vec<_>>(),
         ["live"]
+    );
+}
+
+/// The index bucket keys of a server (the test's own: KEYS is fine here).
+async fn index_buckets(conn: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
+    redis::cmd("KEYS")
+        .arg("runner:{ids}:*")
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
+/// How many times command `name` ran, from INFO commandstats.
+fn calls_of(stats: &str, name: &str) -> u64 {
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Status and revoke find a job's queue through the id index: one HGET and
+/// one GET whatever the number of queues (before, SMEMBERS of every queue
+/// name and one GET per queue). An id the index does not know is still
+/// found; the index outlives a dead letter's record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_job_is_found_by_its_id_whatever_the_number_of_queues() {
+    let server = RedisServer::start();
+    let env = redis_on(&server).await;
+    let b = &env.broker;
+    let mut conn = redis::Client::open(server.url().as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let job = runner::queue::Job::new(format!("q{i}"), "{}", Utc::now());
+        ids.push(b.enqueue(vec![job]).await.unwrap()[0].job.id);
+    }
+    let buckets = index_buckets(&mut conn).await;
+    assert!(!buckets.is_empty() && buckets.len() <= 2, "{buckets:?}");
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let id = ids[17];
+    assert_eq!(b.get(id).await.unwrap().unwrap().queue, "q17");
+    assert_eq!(b.revoke(id, false).await.unwrap(), RevokeOutcome::Revoked);
+    assert_eq!(b.get(id).await.unwrap().unwrap().state, JobState::Revoked);
+    let stats = commands_run(&mut conn).await;
+    // Three lookups, none of them in the 39 other queues: the records read
+    // are this job's (by the lookups and the status and revoke scripts).
+    assert_eq!(calls_of(&stats, "smembers"), 0, "{stats}");
+    assert!(calls_of(&stats, "get") <= 6, "{stats}");
+    // An id nobody made is looked for in every queue.
+    assert!(b.get(runner::queue::JobId::new()).await.unwrap().is_none());
+    let stats = commands_run(&mut conn).await;
+    assert_eq!(calls_of(&stats, "smembers"), 1, "{stats}");
+
+    // Without its entry a job is still found (slower).
+    let _: () = redis::cmd("DEL")
+        .arg(&buckets)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(b.get(ids[3]).await.unwrap().unwrap().queue, "q3");
+
+    // A dead letter is kept 7 days: its entry as long.
+    let e = env.producer.enqueue(call("{}")).await.unwrap();
+    let d = b
+        .settle(settle("work", "w", vec![], 1))
+        .await
+        .unwrap()
+        .deliveries;
+    assert_eq!(d[0].job.id, e.job.id);
+    let bucket = index_buckets(&mut conn).await;
+    let ttl_before: i64 = redis::cmd("PTTL")
+        .arg(&bucket[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl_before < 6 * 24 * 3600 * 1000, "{ttl_before}");
+    b.settle(settle("work", "w", vec![dead_letter(&d[0])], 0))
+        .await
+        .unwrap();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&bucket[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl >= 7 * 24 * 3600 * 1000, "{ttl}");
+    assert_eq!(
+        b.get(e.job.id).await.unwrap().unwrap().state,
+        JobState::Failure
     );
 }
