@@ -8,5 +8,7 @@
 local ttl = ttl_ms(ARGV[1], 'ttl')
 if #ARGV < 3 or #ARGV % 2 ~= 1 then arg_error('count', #ARGV) end
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+-- Extended a minute beyond the need, so that a stream of jobs extends it
+-- about once a minute, not once per call.
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl + 60000) end
 return 1
