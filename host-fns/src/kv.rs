@@ -398,7 +398,11 @@ impl RedisKv {
     /// Connects to `url` (a `redis://` or `rediss://` URL) with a
     /// reconnecting connection manager.
     pub async fn connect(url: &str, prefix: &str) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url)?;
+        Self::open(redis::Client::open(url)?, prefix).await
+    }
+
+    /// A store on `client` (opened by the caller: TLS files, TCP settings).
+    pub async fn open(client: redis::Client, prefix: &str) -> anyhow::Result<Self> {
         let conn = client.get_connection_manager().await?;
         Ok(Self::new(conn, prefix))
     }

@@ -27,6 +27,7 @@ use anyhow::Context as _;
 use crate::config::{Config, ModuleSource, parse_module_source};
 use crate::deploy;
 use crate::producer::Producer;
+use crate::queue::redis::{RedisTls, redact_url};
 use crate::queue::{Broker, DEFAULT_QUEUE, EmbeddedBroker, RedisBroker};
 use crate::registry::{LocalRegistry, RedisRegistry, Registry};
 use crate::sandbox::host::HostServices;
@@ -140,9 +141,9 @@ fn same_binding(a: &crate::registry::TaskBinding, b: &crate::registry::TaskBindi
 pub async fn connect(config: &Config) -> anyhow::Result<(Arc<dyn Broker>, Arc<dyn Registry>)> {
     match &config.broker.redis_url {
         Some(url) => {
-            let broker = RedisBroker::connect(url)
+            let broker = RedisBroker::connect_with(url, &redis_tls(config))
                 .await
-                .with_context(|| format!("connecting to Redis at {url}"))?;
+                .with_context(|| format!("connecting to Redis at {}", redact_url(url)))?;
             let registry = RedisRegistry::new(broker.connection());
             Ok((Arc::new(broker), Arc::new(registry)))
         }
@@ -207,24 +208,43 @@ pub async fn scheduler(
 ) -> anyhow::Result<Scheduler> {
     let beats = config.beats.clone();
     match &config.broker.redis_url {
-        Some(url) => Scheduler::connect_redis(url, producer.clone(), registry.clone(), beats)
-            .await
-            .context("[[beats]]"),
+        Some(url) => Scheduler::connect_redis_with(
+            url,
+            &redis_tls(config),
+            producer.clone(),
+            registry.clone(),
+            beats,
+        )
+        .await
+        .context("[[beats]]"),
         None => Scheduler::embedded(producer.clone(), registry.clone(), beats).context("[[beats]]"),
     }
 }
 
 /// `[host]` as the services see it: a `[host.kv]` without its own
 /// `redis_url` lives in the broker's Redis when there is one (so that
-/// every process shares it), in memory otherwise.
+/// every process shares it), in memory otherwise; in the broker's Redis
+/// (no URL of its own, or the broker's) it uses the broker's TLS files.
 pub fn host_config(config: &Config) -> HostConfig {
     let mut host = config.host.clone();
     if let (Some(kv), Some(url)) = (host.kv.as_mut(), &config.broker.redis_url)
-        && kv.redis_url.is_none()
+        && kv.redis_url.as_ref().is_none_or(|own| own == url)
     {
         kv.redis_url = Some(url.clone());
+        kv.tls = redis_tls(config);
     }
     host
+}
+
+/// `[broker] tls_*` (paths taken from the file's directory): the TLS files
+/// of every connection to the broker's Redis (broker, registry, beats, kv).
+pub fn redis_tls(config: &Config) -> RedisTls {
+    let b = &config.broker;
+    RedisTls {
+        ca: b.tls_ca.as_deref().map(|p| config.path(p)),
+        cert: b.tls_cert.as_deref().map(|p| config.path(p)),
+        key: b.tls_key.as_deref().map(|p| config.path(p)),
+    }
 }
 
 /// The services of `[host]` (see [`host_config`]), built once per process.

@@ -57,7 +57,8 @@
 //!
 //! 1. the defaults (documented with each key);
 //! 2. the file (`--config`, or `RUNNER_CONFIG`);
-//! 3. the environment: `RUNNER_REDIS_URL`, `RUNNER_LISTEN`,
+//! 3. the environment: `RUNNER_REDIS_URL`, `RUNNER_REDIS_TLS_CA`,
+//!    `RUNNER_REDIS_TLS_CERT`, `RUNNER_REDIS_TLS_KEY`, `RUNNER_LISTEN`,
 //!    `RUNNER_ADMIN_TOKENS`, `RUNNER_SUBMIT_TOKENS` (comma-separated, added
 //!    to the file's), and for `[host.mail]` `RUNNER_SMTP_HOST`,
 //!    `RUNNER_SMTP_PORT`, `RUNNER_SMTP_USERNAME`, `RUNNER_SMTP_PASSWORD`,
@@ -161,6 +162,13 @@ pub struct AuthConfig {
 #[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
     pub redis_url: Option<String>,
+    /// For a `rediss://` URL: the CA that signed the server's certificate
+    /// (default: the system's roots).
+    pub tls_ca: Option<PathBuf>,
+    /// For a server that asks for one (mutual TLS): a client certificate
+    /// and its key, PEM.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// Where the embedded registry keeps uploaded modules and bindings.
     pub data_dir: Option<PathBuf>,
 }
@@ -289,6 +297,15 @@ impl Config {
         let non_empty = |k: &str| get(k).filter(|v| !v.trim().is_empty());
         if let Some(url) = non_empty("RUNNER_REDIS_URL") {
             self.broker.redis_url = Some(url);
+        }
+        for (name, key) in [
+            ("RUNNER_REDIS_TLS_CA", &mut self.broker.tls_ca),
+            ("RUNNER_REDIS_TLS_CERT", &mut self.broker.tls_cert),
+            ("RUNNER_REDIS_TLS_KEY", &mut self.broker.tls_key),
+        ] {
+            if let Some(path) = non_empty(name) {
+                *key = Some(PathBuf::from(path));
+            }
         }
         if let Some(listen) = non_empty("RUNNER_LISTEN") {
             self.server.listen = listen;

@@ -11,6 +11,8 @@ pub struct RedisServer {
     pub port: u16,
     pub dir: tempfile::TempDir,
     aof: bool,
+    /// The users file it runs with (`--aclfile`), if any.
+    acl: Option<String>,
     child: Option<Child>,
 }
 
@@ -31,12 +33,26 @@ impl RedisServer {
         Self::start_with(true)
     }
 
+    /// With the users of `acl` (lines of an ACL file) besides the default
+    /// user, who keeps every right (the test's own connections use it).
+    pub fn start_with_acl(acl: &str) -> Self {
+        Self::start_full(
+            false,
+            Some(format!("{acl}\nuser default on nopass ~* &* +@all\n")),
+        )
+    }
+
     fn start_with(aof: bool) -> Self {
+        Self::start_full(aof, None)
+    }
+
+    fn start_full(aof: bool, acl: Option<String>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut s = RedisServer {
             port: free_port(),
             dir,
             aof,
+            acl,
             child: None,
         };
         s.spawn();
@@ -45,6 +61,11 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The URL as ACL user `user` with `password`.
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        format!("redis://{user}:{password}@127.0.0.1:{}/", self.port)
     }
 
     pub fn dir_path(&self) -> PathBuf {
@@ -72,6 +93,11 @@ impl RedisServer {
                 .arg("always");
         } else {
             cmd.arg("--appendonly").arg("no");
+        }
+        if let Some(acl) = &self.acl {
+            let path = self.dir.path().join("users.acl");
+            std::fs::write(&path, acl).expect("writing the ACL file");
+            cmd.arg("--aclfile").arg(path);
         }
         let child = cmd
             .stdout(Stdio::null())

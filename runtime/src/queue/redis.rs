@@ -59,6 +59,7 @@
 //! timeout; commands go through a `ConnectionManager` that reconnects.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -203,9 +204,15 @@ pub struct RedisBroker {
 }
 
 impl RedisBroker {
-    /// Connects to `url` (`redis://host:port/db`, `rediss://` for TLS).
+    /// Connects to `url` (`redis://host:port/db`, `rediss://` for TLS with
+    /// the system's roots).
     pub async fn connect(url: &str) -> BrokerResult<Self> {
-        let client = open_client(url)?;
+        Self::connect_with(url, &RedisTls::default()).await
+    }
+
+    /// [`connect`](Self::connect) with the TLS files `tls`.
+    pub async fn connect_with(url: &str, tls: &RedisTls) -> BrokerResult<Self> {
+        let client = open_client_with(url, tls)?;
         let cfg = ConnectionManagerConfig::new()
             // Scripts over large batches may take a while; nothing on this
             // connection blocks on purpose.
@@ -1136,7 +1143,100 @@ pub(crate) async fn listen(
 /// after 30 s idle, every 10 s) and, on Linux, a 60 s user timeout: a peer
 /// that vanished without a word is noticed by the kernel too.
 pub fn open_client(url: &str) -> redis::RedisResult<Client> {
+    open_client_with(url, &RedisTls::default())
+}
+
+/// The files a `rediss://` connection uses instead of the defaults: a CA
+/// that signed the server's certificate (default: the system's roots),
+/// and a client certificate and key for servers that ask for one (mutual
+/// TLS). Paths, read when a client is opened.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl RedisTls {
+    pub fn is_empty(&self) -> bool {
+        self.ca.is_none() && self.cert.is_none() && self.key.is_none()
+    }
+
+    /// Checks the combination before anything connects: the files need a
+    /// `rediss://` URL, and a client certificate needs its key.
+    pub fn check(&self, url: &str) -> Result<(), String> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        if !url.trim_start().starts_with("rediss://") {
+            return Err(format!(
+                "TLS files are set but the Redis URL is not rediss:// ({})",
+                redact_url(url)
+            ));
+        }
+        match (&self.cert, &self.key) {
+            (Some(_), None) => Err("a TLS client certificate needs its key (tls_key)".into()),
+            (None, Some(_)) => Err("a TLS client key needs its certificate (tls_cert)".into()),
+            _ => Ok(()),
+        }
+    }
+
+    fn certificates(&self) -> redis::RedisResult<redis::TlsCertificates> {
+        let read = |p: &PathBuf, what: &str| {
+            std::fs::read(p).map_err(|e| {
+                redis::RedisError::from(std::io::Error::new(
+                    e.kind(),
+                    format!("reading the Redis TLS {what} {}: {e}", p.display()),
+                ))
+            })
+        };
+        let client_tls = match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => Some(redis::ClientTlsConfig {
+                client_cert: read(c, "certificate")?,
+                client_key: read(k, "key")?,
+            }),
+            _ => None,
+        };
+        let root_cert = self.ca.as_ref().map(|p| read(p, "CA")).transpose()?;
+        Ok(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        })
+    }
+}
+
+/// `url` as it may be shown: its password replaced by `***`
+/// (`rediss://runner:***@redis:6380/0`).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    // The last '@' ends the user part, whatever the password holds.
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            // `user:password@` (or `:password@`): the part after ':' is
+            // the secret; a lone `user@` is a name.
+            let hidden = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => userinfo.to_string(),
+            };
+            format!("{scheme}://{hidden}@{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// [`open_client`] with the TLS files `tls` (see [`RedisTls`]).
+pub fn open_client_with(url: &str, tls: &RedisTls) -> redis::RedisResult<Client> {
     use redis::IntoConnectionInfo;
+    // rustls needs the process's one crypto provider before any TLS.
+    runner_host_fns::install_crypto_provider();
+    if let Err(e) = tls.check(url) {
+        return Err(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            e,
+        )));
+    }
     let info = url.into_connection_info()?;
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(Duration::from_secs(30))
@@ -1147,7 +1247,11 @@ pub fn open_client(url: &str) -> redis::RedisResult<Client> {
     #[cfg(target_os = "linux")]
     let tcp = tcp.set_user_timeout(Duration::from_secs(60));
     let info = info.set_tcp_settings(tcp);
-    Client::open(info)
+    if tls.is_empty() {
+        Client::open(info)
+    } else {
+        Client::build_with_tls(info, tls.certificates()?)
+    }
 }
 
 async fn connect_signals(client: &Client, queues: &[String]) -> BrokerResult<redis::aio::PubSub> {
@@ -1268,5 +1372,49 @@ fn forward(msg: &redis::Msg, tx: &mpsc::UnboundedSender<Signal>, clock: &Clock) 
                 .is_ok();
         }
         ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacted_urls_keep_everything_but_the_password() {
+        for (url, shown) in [
+            (
+                "rediss://runner:s3cret@redis.internal:6380/0",
+                "rediss://runner:***@redis.internal:6380/0",
+            ),
+            ("redis://:s3cret@127.0.0.1/", "redis://:***@127.0.0.1/"),
+            ("redis://runner@127.0.0.1/", "redis://runner@127.0.0.1/"),
+            ("redis://127.0.0.1:6379/2", "redis://127.0.0.1:6379/2"),
+            // Unencoded '/', '@' and '#' in a password hide nothing of it.
+            ("redis://u:a/b@c#d@host:1/0", "redis://u:***@host:1/0"),
+        ] {
+            assert_eq!(redact_url(url), shown);
+        }
+    }
+
+    #[test]
+    fn tls_files_need_a_rediss_url_and_a_key_with_a_certificate() {
+        let ca = RedisTls {
+            ca: Some("/ca.pem".into()),
+            ..RedisTls::default()
+        };
+        let e = ca.check("redis://u:pw@h/").unwrap_err();
+        assert!(e.contains("not rediss://") && !e.contains("pw"), "{e}");
+        assert!(ca.check("rediss://h/").is_ok());
+        let cert_only = RedisTls {
+            cert: Some("/c.pem".into()),
+            ..RedisTls::default()
+        };
+        assert!(
+            cert_only
+                .check("rediss://h/")
+                .unwrap_err()
+                .contains("tls_key")
+        );
+        assert!(RedisTls::default().check("redis://h/").is_ok());
     }
 }

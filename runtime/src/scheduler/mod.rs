@@ -101,6 +101,7 @@ pub use store::{
 };
 
 use crate::producer::{EnqueueError, Producer};
+use crate::queue::redis::RedisTls;
 use crate::queue::{Job, JobId, JobState};
 use crate::registry::Registry;
 use fire::request;
@@ -271,7 +272,18 @@ impl Scheduler {
         registry: Arc<dyn Registry>,
         config_beats: Vec<Beat>,
     ) -> anyhow::Result<Self> {
-        let store = RedisBeatStore::connect(url).await?;
+        Self::connect_redis_with(url, &RedisTls::default(), producer, registry, config_beats).await
+    }
+
+    /// [`connect_redis`](Self::connect_redis) with the TLS files `tls`.
+    pub async fn connect_redis_with(
+        url: &str,
+        tls: &RedisTls,
+        producer: Producer,
+        registry: Arc<dyn Registry>,
+        config_beats: Vec<Beat>,
+    ) -> anyhow::Result<Self> {
+        let store = RedisBeatStore::connect_with(url, tls).await?;
         Ok(Self::new(
             Arc::new(store),
             producer,

@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 
 use super::beat::Beat;
 use crate::queue::JobId;
-use crate::queue::redis::{Liveness, listen, open_client};
+use crate::queue::redis::{Liveness, RedisTls, listen, open_client_with};
 
 pub const BEATS_KEY: &str = "runner:beats";
 pub const FIRED_KEY: &str = "runner:beats:fired";
@@ -155,7 +155,12 @@ pub struct RedisBeatStore {
 
 impl RedisBeatStore {
     pub async fn connect(url: &str) -> StoreResult<Self> {
-        let client = open_client(url)?;
+        Self::connect_with(url, &RedisTls::default()).await
+    }
+
+    /// [`connect`](Self::connect) with the TLS files `tls`.
+    pub async fn connect_with(url: &str, tls: &RedisTls) -> StoreResult<Self> {
+        let client = open_client_with(url, tls)?;
         let conn = ConnectionManager::new(client.clone()).await?;
         Ok(RedisBeatStore {
             client,

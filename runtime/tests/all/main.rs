@@ -16,6 +16,7 @@ mod dev;
 mod layers;
 mod queue_conformance;
 mod rate_limit;
+mod redis_tls;
 mod sandbox;
 mod scenarios;
 mod scheduler;

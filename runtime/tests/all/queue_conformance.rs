@@ -49,12 +49,16 @@ pub async fn embedded() -> Env {
     }
 }
 
+/// Redis, as the ACL user of `deploy/redis-users.acl`: every case of the
+/// suite also checks that the documented rules allow what the broker does.
 pub async fn redis() -> Env {
-    let server = RedisServer::start();
-    let env = redis_on(&server).await;
+    let server = RedisServer::start_with_acl(&crate::redis_tls::runner_acl("conformance"));
+    let url = server.url_as("runner", "conformance");
+    let broker: Arc<dyn Broker> = Arc::new(RedisBroker::connect(&url).await.unwrap());
     Env {
+        producer: Producer::new(broker.clone(), registry().await),
+        broker,
         _redis: Some(server),
-        ..env
     }
 }
 

@@ -34,9 +34,13 @@ impl Env {
         }
     }
 
+    /// Redis, as the ACL user of `deploy/redis-users.acl` (the rules must
+    /// allow everything a worker and the registry do).
     pub async fn redis() -> Env {
-        let server = RedisServer::start();
-        let b = RedisBroker::connect(&server.url()).await.unwrap();
+        let server = RedisServer::start_with_acl(&crate::redis_tls::runner_acl("worker-tests"));
+        let b = RedisBroker::connect(&server.url_as("runner", "worker-tests"))
+            .await
+            .unwrap();
         let registry: Arc<dyn Registry> = Arc::new(RedisRegistry::new(b.connection()));
         let broker: Arc<dyn Broker> = Arc::new(b);
         Env {

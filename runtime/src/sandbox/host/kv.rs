@@ -10,6 +10,8 @@ use crate::sandbox::bindings::runner::task::kv;
 use crate::sandbox::run::RunState;
 use anyhow::Context as _;
 use runner_host_fns::kv::RedisKv;
+
+use crate::queue::redis::{RedisTls, open_client_with, redact_url};
 use serde::Deserialize;
 
 use super::Service;
@@ -134,6 +136,9 @@ pub struct KvConfig {
     pub redis_url: Option<String>,
     /// Prefix of every Redis key.
     pub prefix: Option<String>,
+    /// The broker's TLS files, when the store is in the broker's Redis.
+    #[serde(skip)]
+    pub tls: RedisTls,
 }
 
 const DEFAULT_KV_PREFIX: &str = "runner:kv";
@@ -146,9 +151,9 @@ pub(super) async fn service(config: Option<&KvConfig>) -> anyhow::Result<Option<
     let service = match &config.redis_url {
         Some(url) => {
             let prefix = config.prefix.as_deref().unwrap_or(DEFAULT_KV_PREFIX);
-            let store = RedisKv::connect(url, prefix)
-                .await
-                .with_context(|| format!("[host.kv]: cannot connect to {url}"))?;
+            let cannot = || format!("[host.kv]: cannot connect to {}", redact_url(url));
+            let client = open_client_with(url, &config.tls).with_context(cannot)?;
+            let store = RedisKv::open(client, prefix).await.with_context(cannot)?;
             KvService::new(Arc::new(store))
         }
         None => KvService::in_memory(),

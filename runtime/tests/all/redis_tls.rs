@@ -1,0 +1,391 @@
+//! Redis over TLS and as an ACL user: a `redis-server` that listens only on
+//! a TLS port (`--port 0`), with a test CA, with and without client
+//! certificates; and the ACL user of `deploy/redis-users.acl`, as which the
+//! API, a worker and the scheduler (separate processes) all work.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use runner::app::Core;
+use runner::config::Config;
+use runner::producer::EnqueueRequest;
+use runner::queue::redis::{RedisTls, open_client_with};
+use runner::queue::{Broker, Job, JobState, RedisBroker, RevokeOutcome};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+use crate::redis_support::free_port;
+use crate::support::{blocking_http_client, guest, sandbox};
+use crate::wiring::{Proc, toml_str, write_config};
+
+/// A test CA, a server certificate for 127.0.0.1 signed by it, and a
+/// client certificate signed by it, as PEM files in a temp dir.
+struct Certs {
+    dir: TempDir,
+}
+
+impl Certs {
+    fn new() -> Certs {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let dir = TempDir::new().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "runner test CA");
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        for (name, sans) in [
+            (
+                "server",
+                vec!["127.0.0.1".to_string(), "localhost".to_string()],
+            ),
+            ("client", vec!["runner-client".to_string()]),
+        ] {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(sans)
+                .unwrap()
+                .signed_by(&key, &ca)
+                .unwrap();
+            std::fs::write(dir.path().join(format!("{name}.pem")), cert.pem()).unwrap();
+            std::fs::write(dir.path().join(format!("{name}.key")), key.serialize_pem()).unwrap();
+        }
+        Certs { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The CA only (a server that asks for no client certificate).
+    fn ca_only(&self) -> RedisTls {
+        RedisTls {
+            ca: Some(self.path("ca.pem")),
+            ..RedisTls::default()
+        }
+    }
+
+    /// The CA and the client certificate (mutual TLS).
+    fn mutual(&self) -> RedisTls {
+        RedisTls {
+            ca: Some(self.path("ca.pem")),
+            cert: Some(self.path("client.pem")),
+            key: Some(self.path("client.key")),
+        }
+    }
+}
+
+/// A `redis-server` listening only on a TLS port, killed when dropped.
+struct TlsRedis {
+    port: u16,
+    child: Child,
+    _dir: TempDir,
+}
+
+const ADMIN_PASSWORD: &str = "test-admin-password";
+
+impl TlsRedis {
+    /// `client_certs`: whether clients must show a certificate; `acl`: the
+    /// users file (then the test's own connections are `admin`'s).
+    fn start(certs: &Certs, client_certs: bool, acl: Option<&Path>) -> TlsRedis {
+        let dir = TempDir::new().unwrap();
+        let port = free_port();
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", "0", "--bind", "127.0.0.1", "--tls-port"])
+            .arg(port.to_string())
+            .arg("--tls-cert-file")
+            .arg(certs.path("server.pem"))
+            .arg("--tls-key-file")
+            .arg(certs.path("server.key"))
+            .arg("--tls-ca-cert-file")
+            .arg(certs.path("ca.pem"))
+            .args([
+                "--tls-auth-clients",
+                if client_certs { "yes" } else { "no" },
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"]);
+        if let Some(acl) = acl {
+            cmd.arg("--aclfile").arg(acl);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting redis-server");
+        let server = TlsRedis {
+            port,
+            child,
+            _dir: dir,
+        };
+        let admin = if acl.is_some() {
+            server.url(&format!("admin:{ADMIN_PASSWORD}"))
+        } else {
+            server.url("")
+        };
+        let client = open_client_with(&admin, &certs.mutual()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut c) = client.get_connection()
+                && redis::cmd("PING").query::<String>(&mut c).is_ok()
+            {
+                return server;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "TLS redis-server did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `rediss://<auth>@127.0.0.1:<port>/0` (no `@` without `auth`).
+    fn url(&self, auth: &str) -> String {
+        let at = if auth.is_empty() { "" } else { "@" };
+        format!("rediss://{auth}{at}127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A broker on `url` stores and reads a job back.
+async fn round_trip(url: &str, tls: &RedisTls) -> anyhow::Result<()> {
+    let broker = RedisBroker::connect_with(url, tls).await?;
+    let job = Job::new("default", "{}", chrono::Utc::now());
+    let id = broker.enqueue(vec![job]).await?[0].job.id;
+    anyhow::ensure!(broker.get(id).await?.is_some(), "the job was not stored");
+    Ok(())
+}
+
+/// `rediss://` with a CA file, with a client certificate when the server
+/// asks for one; refused without the CA (the system's roots do not know
+/// it) and without the certificate it asks for. Before, every `rediss://`
+/// URL failed: the redis crate was built without TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_with_a_ca_file_and_with_a_client_certificate() {
+    let certs = Certs::new();
+
+    let mutual = TlsRedis::start(&certs, true, None);
+    round_trip(&mutual.url(""), &certs.mutual()).await.unwrap();
+    let err = round_trip(&mutual.url(""), &certs.ca_only())
+        .await
+        .expect_err("a server that asks for a client certificate let one in without");
+    assert!(!err.to_string().is_empty());
+    round_trip(&mutual.url(""), &RedisTls::default())
+        .await
+        .expect_err("the system's roots accepted the test CA");
+
+    let one_way = TlsRedis::start(&certs, false, None);
+    round_trip(&one_way.url(""), &certs.ca_only())
+        .await
+        .unwrap();
+
+    // TLS files with a plain URL are refused before connecting.
+    let err = RedisBroker::connect_with(
+        &format!("redis://runner:hunter2@127.0.0.1:{}/0", one_way.port),
+        &certs.ca_only(),
+    )
+    .await
+    .err()
+    .expect("TLS files with redis://");
+    let text = err.to_string();
+    assert!(text.contains("not rediss://"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
+/// The `user runner` line of `deploy/redis-users.acl`, with `password`.
+pub(crate) fn runner_acl(password: &str) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let shipped = std::fs::read_to_string(root.join("deploy/redis-users.acl")).unwrap();
+    let runner = shipped
+        .lines()
+        .find(|l| l.starts_with("user runner "))
+        .expect("deploy/redis-users.acl has a `user runner` line");
+    assert!(runner.contains(">CHANGE_ME "), "{runner}");
+    runner.replace(">CHANGE_ME ", &format!(">{password} "))
+}
+
+/// The shipped ACL file with `password` for `runner`, plus an `admin`
+/// user for the test's own connections.
+fn acl_file(dir: &Path, password: &str) -> PathBuf {
+    let text = format!(
+        "{}\nuser default off\nuser admin on >{ADMIN_PASSWORD} ~* &* +@all\n",
+        runner_acl(password)
+    );
+    let path = dir.join("users.acl");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+const TOKEN: &str = "tls-acl-admin-token-0123456789";
+
+/// The ACL user documented in `deploy/redis-users.acl` (only the commands,
+/// keys and channels the runner uses) over mutual TLS: `runner serve`,
+/// `runner worker` and `runner scheduler`, each its own process, run jobs
+/// (one with kv), fire a beat, revoke and list; no process shows the
+/// password, not even when it is wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acl_user_with_the_documented_rules_runs_everything() {
+    let certs = Certs::new();
+    let dir = TempDir::new().unwrap();
+    let password = "runner-acl-password-4f1d";
+    let acl = acl_file(dir.path(), password);
+    let redis = TlsRedis::start(&certs, true, Some(&acl));
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config_text = |password: &str| {
+        format!(
+            "[server]\nlisten = {}\n\n[auth]\nadmin = [{}]\n\n\
+             [broker]\nredis_url = {}\ntls_ca = {}\ntls_cert = {}\ntls_key = {}\n\n\
+             [host.kv]\n\n\
+             [tasks.hello]\nmodule = {}\n\n\
+             [tasks.guard]\nmodule = {}\n[tasks.guard.grants]\nkv = {{}}\n\n\
+             [[beats]]\nname = \"tick\"\ntask = \"hello\"\nevery = \"1s\"\ninput = {{ name = \"beat\" }}\n",
+            toml_str(&listen),
+            toml_str(TOKEN),
+            toml_str(&redis.url(&format!("runner:{password}"))),
+            toml_str(certs.path("ca.pem").to_str().unwrap()),
+            toml_str(certs.path("client.pem").to_str().unwrap()),
+            toml_str(certs.path("client.key").to_str().unwrap()),
+            toml_str(guest("hello").to_str().unwrap()),
+            toml_str(guest("kv_guard").to_str().unwrap()),
+        )
+    };
+    let text = config_text(password);
+    let path = write_config(&dir, &text);
+    let mut config = Config::from_toml(&text).unwrap();
+    config.base_dir = dir.path().to_path_buf();
+
+    let _api = Proc::start(&["serve"], &path);
+    let _worker = Proc::start(&["worker", "-c", "2"], &path);
+    let _scheduler = Proc::start(&["scheduler"], &path);
+
+    // Through the API process: bind-at-start, enqueue, long poll.
+    let http = blocking_http_client();
+    let base = format!("http://{listen}");
+    let call = |method: reqwest::Method, path: &str, body: Option<Value>| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut req = http.request(method.clone(), format!("{base}{path}"));
+            req = req.bearer_auth(TOKEN);
+            if let Some(b) = &body {
+                req = req.json(b);
+            }
+            match req.send() {
+                Ok(r) => {
+                    let status = r.status();
+                    let text = r.text().unwrap();
+                    return (status, text);
+                }
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "the API did not come up: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    };
+    let run = |task: &str, input: Value| {
+        let (s, body) = call(
+            reqwest::Method::POST,
+            "/v1/jobs",
+            Some(json!({ "task": task, "input": input })),
+        );
+        assert_eq!(s, 202, "{body}");
+        let id = serde_json::from_str::<Value>(&body).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (s, body) = call(
+            reqwest::Method::GET,
+            &format!("/v1/jobs/{id}?wait=60s"),
+            None,
+        );
+        assert_eq!(s, 200, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()
+    };
+    let job = tokio::task::block_in_place(|| run("hello", json!({ "name": "TLS" })));
+    assert_eq!(job["state"], "SUCCESS", "{job}");
+    let job = tokio::task::block_in_place(|| run("guard", json!({ "key": "once" })));
+    assert_eq!(job["state"], "SUCCESS", "{job}");
+    let (s, workers) =
+        tokio::task::block_in_place(|| call(reqwest::Method::GET, "/v1/workers", None));
+    assert_eq!(s, 200, "{workers}");
+    assert!(workers.contains("\"queues\""), "{workers}");
+    assert!(!workers.contains(password), "{workers}");
+
+    // In this process too, as the same user: the scheduler process fired
+    // the beat, and revoke, stats and replay are allowed.
+    let core = Core::open(&config, sandbox()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let fired = loop {
+        if let Some(last) = core.scheduler.get("tick").await.unwrap().last_fire {
+            break last.job;
+        }
+        assert!(Instant::now() < deadline, "the beat did not fire in 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let job = core
+        .broker
+        .wait(fired, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.state, JobState::Success, "{job:?}");
+    let parked = core
+        .producer
+        .enqueue(EnqueueRequest {
+            queue: Some("parked".into()),
+            countdown_secs: Some(3600.0),
+            ..EnqueueRequest::task("hello", "{}")
+        })
+        .await
+        .unwrap()
+        .job
+        .id;
+    assert_eq!(
+        core.broker.revoke(parked, false).await.unwrap(),
+        RevokeOutcome::Revoked
+    );
+    assert!(!core.broker.queues().await.unwrap().is_empty());
+    assert!(core.broker.replay("default", &[]).await.unwrap().is_empty());
+    assert!(!core.broker.workers().await.unwrap().is_empty());
+
+    // A wrong password: the process stops with an error that does not show it.
+    let wrong = "wrong-password-a7c2e9";
+    let bad_path = dir.path().join("bad.toml");
+    std::fs::write(&bad_path, config_text(wrong)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(["worker", "--config"])
+        .arg(&bad_path)
+        .env_remove("RUNNER_REDIS_URL")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("runner:***@127.0.0.1"), "{stderr}");
+    assert!(!stderr.contains(wrong), "{stderr}");
+}
+
+/// The `ACL SETUSER` line of `deploy/README.md` grants what the tested
+/// `deploy/redis-users.acl` grants, word for word.
+#[test]
+fn the_documented_acl_command_matches_the_tested_acl_file() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let file = std::fs::read_to_string(root.join("deploy/redis-users.acl")).unwrap();
+    let rules = file
+        .lines()
+        .find_map(|l| l.strip_prefix("user runner on >CHANGE_ME "))
+        .expect("the runner user in deploy/redis-users.acl");
+    let readme = std::fs::read_to_string(root.join("deploy/README.md")).unwrap();
+    let documented = readme
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ACL SETUSER runner on >PASSWORD "))
+        .expect("an ACL SETUSER line in deploy/README.md");
+    assert_eq!(documented, rules);
+}
