@@ -176,6 +176,87 @@ pub fn require_redis(config: &Config, process: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits until the broker's Redis answers a PING, so that a process started
+/// before Redis (a boot, a restart of Redis) comes up once it can, instead
+/// of exiting: it logs once while it waits and once when connected. A
+/// refusal that waiting cannot fix (a wrong password, an ACL without PING,
+/// bad TLS files) fails at once. Ends early, with an error, if `stopping`
+/// resolves first (SIGTERM while waiting).
+pub async fn wait_for_redis(
+    config: &Config,
+    stopping: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let Some(url) = &config.broker.redis_url else {
+        return Ok(());
+    };
+    let shown = redact_url(url);
+    let client = crate::queue::redis::open_client_with(url, &redis_tls(config))
+        .with_context(|| format!("connecting to Redis at {shown}"))?;
+    let ping = || async {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await
+    };
+    let wait = async {
+        let mut logged = false;
+        let mut backoff = std::time::Duration::from_millis(100);
+        loop {
+            let e = match tokio::time::timeout(std::time::Duration::from_secs(5), ping()).await {
+                Ok(Ok(_)) => break,
+                Ok(Err(e)) => e,
+                Err(_) => redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no answer within 5 s",
+                )),
+            };
+            let fatal = matches!(
+                e.kind(),
+                redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::InvalidClientConfig
+            ) || e.code() == Some("NOPERM")
+                || !crate::queue::redis_unavailable(&e);
+            if fatal {
+                return Err(
+                    anyhow::Error::new(e).context(format!("connecting to Redis at {shown}"))
+                );
+            }
+            if !logged {
+                tracing::warn!("waiting for Redis at {shown}: {e}");
+                logged = true;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+        }
+        if logged {
+            tracing::info!("Redis at {shown} answers");
+        }
+        Ok(())
+    };
+    tokio::select! {
+        r = wait => r,
+        () = stopping => anyhow::bail!("stopped while waiting for Redis at {shown}"),
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` of a worker or scheduler
+/// process on `listen` until the process stops.
+pub async fn serve_ops(
+    process: &mut Process,
+    listen: &str,
+    state: crate::api::OpsState,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("metrics_listen: cannot listen on {listen}"))?;
+    eprintln!("metrics: http://{}/metrics", listener.local_addr()?);
+    let stopping = process.stopping();
+    process.spawn("metrics server", async move {
+        axum::serve(listener, crate::api::ops_router(state))
+            .with_graceful_shutdown(stopping)
+            .await?;
+        Ok(())
+    });
+    Ok(())
+}
+
 /// A producer on `broker` and `registry` that stamps every job with the
 /// global rate limit of its queue (`[queues.NAME] rate_limit`).
 pub fn producer(

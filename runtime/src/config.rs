@@ -99,6 +99,8 @@ pub struct Config {
     #[serde(default)]
     pub worker: WorkerSection,
     #[serde(default)]
+    pub scheduler: SchedulerSection,
+    #[serde(default)]
     pub queues: BTreeMap<String, QueueConfig>,
     #[serde(default)]
     pub host: HostConfig,
@@ -188,6 +190,18 @@ pub struct WorkerSection {
     pub heartbeat: Option<String>,
     /// This worker's name in listings; default: host-pid-random.
     pub id: Option<String>,
+    /// Where `runner worker` serves `/metrics`, `/healthz` and `/readyz`
+    /// (`127.0.0.1:9101` style); none by default.
+    pub metrics_listen: Option<String>,
+}
+
+/// `[scheduler]`: what `runner scheduler` reads besides the beats.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerSection {
+    /// Where `runner scheduler` serves `/metrics`, `/healthz` and
+    /// `/readyz`; none by default.
+    pub metrics_listen: Option<String>,
 }
 
 impl WorkerSection {

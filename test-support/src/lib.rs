@@ -46,10 +46,19 @@ impl RedisServer {
         Self::start_full(aof, None)
     }
 
+    /// On `port` (a process under test was told it before Redis was up).
+    pub fn start_on(port: u16) -> Self {
+        Self::start_full_on(port, false, None)
+    }
+
     fn start_full(aof: bool, acl: Option<String>) -> Self {
+        Self::start_full_on(free_port(), aof, acl)
+    }
+
+    fn start_full_on(port: u16, aof: bool, acl: Option<String>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut s = RedisServer {
-            port: free_port(),
+            port,
             dir,
             aof,
             acl,

@@ -23,6 +23,10 @@ pub struct SchedulerArgs {
     /// Redis URL (overrides `[broker] redis_url` and RUNNER_REDIS_URL).
     #[arg(long = "redis")]
     pub redis: Option<String>,
+    /// Serve `/metrics`, `/healthz` and `/readyz` here (`127.0.0.1:9102`;
+    /// overrides `[scheduler] metrics_listen`).
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
 }
 
 pub async fn execute(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
@@ -31,7 +35,20 @@ pub async fn execute(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
     if let Some(url) = &args.redis {
         config.broker.redis_url = Some(url.clone());
     }
+    if let Some(l) = &args.metrics_listen {
+        config.scheduler.metrics_listen = Some(l.clone());
+    }
     app::require_redis(&config, "scheduler")?;
+    let mut process = Process::new();
+    let ops = crate::api::OpsState {
+        metrics: app::metrics_handle(),
+        ..crate::api::OpsState::default()
+    };
+    if let Some(listen) = &config.scheduler.metrics_listen {
+        app::serve_ops(&mut process, listen, ops.clone()).await?;
+    }
+    // Started before Redis (a boot): wait for it rather than exit.
+    app::wait_for_redis(&config, app::shutdown_signal()).await?;
     let (broker, registry) = app::connect(&config).await?;
     let producer = app::producer(&config, &broker, &registry)?;
     let scheduler = app::scheduler(&config, &producer, &registry).await?;
@@ -55,7 +72,7 @@ pub async fn execute(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
             s.beat.name, rule, s.beat.timezone, s.beat.task
         );
     }
-    let mut process = Process::new();
+    let _ = ops.broker.set(broker.clone());
     let stopping = process.stopping();
     process.spawn("scheduler", async move {
         scheduler.run(stopping).await;

@@ -11,10 +11,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use clap::Args;
 
+use crate::api::OpsState;
 use crate::app::{self, Process};
 use crate::config::Config;
 
@@ -54,6 +57,10 @@ pub struct WorkerArgs {
     /// Redis URL (overrides `[broker] redis_url` and RUNNER_REDIS_URL).
     #[arg(long = "redis")]
     pub redis: Option<String>,
+    /// Serve `/metrics`, `/healthz` and `/readyz` here (`127.0.0.1:9101`;
+    /// overrides `[worker] metrics_listen`).
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
 }
 
 impl WorkerArgs {
@@ -86,6 +93,9 @@ impl WorkerArgs {
         if let Some(id) = &self.id {
             w.id = Some(id.clone());
         }
+        if let Some(l) = &self.metrics_listen {
+            w.metrics_listen = Some(l.clone());
+        }
         config.check()
     }
 }
@@ -96,19 +106,32 @@ pub async fn execute(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     args.apply(&mut config)?;
     app::require_redis(&config, "worker")?;
     let worker_config = app::worker_config(&config)?;
+    let mut process = Process::new();
+    let consuming = Arc::new(AtomicBool::new(false));
+    let ops = OpsState {
+        consuming: Some(consuming.clone()),
+        metrics: app::metrics_handle(),
+        ..OpsState::default()
+    };
+    if let Some(listen) = &config.worker.metrics_listen {
+        app::serve_ops(&mut process, listen, ops.clone()).await?;
+    }
+    // Started before Redis (a boot): wait for it rather than exit.
+    app::wait_for_redis(&config, app::shutdown_signal()).await?;
     let services = app::host_services(&config).await?;
     let (broker, registry) = app::connect(&config).await?;
     let producer = app::producer(&config, &broker, &registry)?;
     let sandbox = app::sandbox(args.cache_dir.clone(), Some(worker_config.concurrency))?;
-    let worker = app::worker(&config, &broker, &registry, &producer, &sandbox, services)?;
+    let worker = app::worker(&config, &broker, &registry, &producer, &sandbox, services)?
+        .with_consuming_flag(consuming);
     eprintln!(
         "worker {} consuming {} (concurrency {})",
         worker.id(),
         worker_config.queues.join(","),
         worker_config.concurrency
     );
+    let _ = ops.broker.set(broker.clone());
 
-    let mut process = Process::new();
     let stopping = process.stopping();
     process.spawn("worker", async move {
         let stats = worker.run(stopping).await?;

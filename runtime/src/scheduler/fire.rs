@@ -255,6 +255,8 @@ impl Scheduler {
             // Another replica's (every replica prepares the same job, so
             // only this loop's memory tells its own claim from theirs).
             Ok(Some(other)) => {
+                metrics::counter!("runner_beat_fires_total", "result" => "other_replica")
+                    .increment(1);
                 if other.due == due {
                     e.unconfirmed.push((other, now + claim_timeout()));
                 }
@@ -323,6 +325,7 @@ impl Scheduler {
 
     /// The fire at `due` is done: enqueued, or enqueued already.
     fn fired(&self, e: &mut Entry, due: DateTime<Utc>) {
+        metrics::counter!("runner_beat_fires_total", "result" => "fired").increment(1);
         if e.failing.take().is_some() {
             tracing::info!(beat = e.beat.name, "firing again");
         }
@@ -345,6 +348,7 @@ impl Scheduler {
         if is_transient(&err) {
             return self.unreachable(e, due, now, &err);
         }
+        metrics::counter!("runner_beat_fires_total", "result" => "refused").increment(1);
         // Logged once until the reason changes: a beat firing every
         // second for an unbound task must not flood the log.
         let name = e.beat.name.clone();

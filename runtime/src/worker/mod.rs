@@ -39,7 +39,7 @@ mod settle;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Mutex;
@@ -114,6 +114,7 @@ pub struct Worker {
     producer: Producer,
     cfg: WorkerConfig,
     id: String,
+    consuming: Arc<AtomicBool>,
 }
 
 pub(super) fn hostname() -> String {
@@ -166,7 +167,20 @@ impl Worker {
             services,
             cfg,
             id,
+            consuming: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Set while this worker takes jobs: from its subscription to its
+    /// queues until it starts stopping (what a worker's `/readyz` says).
+    pub fn consuming(&self) -> Arc<AtomicBool> {
+        self.consuming.clone()
+    }
+
+    /// Reports whether it is consuming in `flag` (see [`Worker::consuming`]).
+    pub fn with_consuming_flag(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.consuming = flag;
+        self
     }
 
     /// Child jobs (`jobs.enqueue`) go through `producer` (e.g. one with the
@@ -216,9 +230,18 @@ impl Worker {
             grants: std::sync::Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
         });
-        Dispatcher::new(ctx, self.id.clone())
+        let consuming = self.consuming.clone();
+        consuming.store(true, Ordering::Relaxed);
+        let stopping = consuming.clone();
+        let shutdown = async move {
+            shutdown.await;
+            stopping.store(false, Ordering::Relaxed);
+        };
+        let stats = Dispatcher::new(ctx, self.id.clone())
             .run(signals, shutdown)
-            .await
+            .await;
+        consuming.store(false, Ordering::Relaxed);
+        stats
     }
 }
 

@@ -79,8 +79,8 @@ async fn run_to_completion(ctx: &RunCtx, d: &Delivery, cancel: CancelToken) -> C
     }
 }
 
-/// `runner_jobs_total{queue,task,outcome}` and `runner_job_seconds{queue,task}`
-/// for one delivery that ended. `task` is empty for a job enqueued by module
+/// `runner_jobs_total{queue,task,outcome}`, `runner_job_seconds{queue,task}`
+/// and `runner_job_wait_seconds{queue,task}` for one delivery that ended. `task` is empty for a job enqueued by module
 /// hash; `outcome` is the final state (`success`, `failure`, `revoked`,
 /// `expired`), `retry`, or `released` (handed back on shutdown).
 fn count_job(d: &Delivery, settlement: &Settlement, took: Duration) {
@@ -105,6 +105,12 @@ fn count_job(d: &Delivery, settlement: &Settlement, took: Duration) {
         "outcome" => outcome,
     )
     .increment(1);
+    // From when it could first run (its due time, else its enqueue) to
+    // this start.
+    let ready_at = d.job.eta.unwrap_or(d.job.created_at);
+    let waited = (d.leased_at - ready_at).num_milliseconds().max(0) as f64 / 1000.0;
+    metrics::histogram!("runner_job_wait_seconds", "queue" => queue.clone(), "task" => task.clone())
+        .record(waited);
     metrics::histogram!("runner_job_seconds", "queue" => queue, "task" => task)
         .record(took.as_secs_f64());
 }

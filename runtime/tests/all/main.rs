@@ -14,6 +14,7 @@ mod crash;
 mod dashboard;
 mod dev;
 mod layers;
+mod ops;
 mod queue_conformance;
 mod rate_limit;
 mod redis_tls;

@@ -1,0 +1,162 @@
+//! What operators watch: `runner worker` and `runner scheduler` started
+//! before Redis wait for it (logging once) instead of exiting, and serve
+//! `/healthz`, `/readyz` and `/metrics` on their own address.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use runner::app::Core;
+use runner::config::Config;
+use runner::producer::EnqueueRequest;
+use runner::queue::JobState;
+use tempfile::TempDir;
+
+use crate::redis_support::{RedisServer, free_port};
+use crate::support::{guest, http_client, sandbox};
+use crate::wiring::{toml_str, write_config};
+
+/// A `runner` process whose stderr goes to a file, killed when dropped.
+struct Logged {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Logged {
+    fn start(args: &[&str], config: &std::path::Path, log: std::path::PathBuf) -> Logged {
+        let child = Command::new(env!("CARGO_BIN_EXE_runner"))
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .env_remove("RUNNER_REDIS_URL")
+            .env_remove("RUNNER_CONFIG")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Logged { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GET `url`: its status and body, or None while nothing listens.
+async fn get(url: &str) -> Option<(u16, String)> {
+    let r = http_client().get(url).send().await.ok()?;
+    let status = r.status().as_u16();
+    Some((status, r.text().await.unwrap_or_default()))
+}
+
+/// Polls `url` until `ok` holds for its answer; the last answer.
+async fn until(url: &str, what: &str, ok: impl Fn(u16, &str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = get(url).await;
+        if let Some((s, body)) = &answer
+            && ok(*s, body)
+        {
+            return body.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url}: not {what} within 30 s: {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_started_before_redis_wait_for_it_and_report_readiness() {
+    let port = free_port();
+    let (worker_ops, scheduler_ops) = (free_port(), free_port());
+    let dir = TempDir::new().unwrap();
+    let text = format!(
+        "[broker]\nredis_url = {}\n\n\
+         [worker]\nqueues = [\"default\"]\nconcurrency = 1\nmetrics_listen = \"127.0.0.1:{worker_ops}\"\n\n\
+         [scheduler]\nmetrics_listen = \"127.0.0.1:{scheduler_ops}\"\n\n\
+         [tasks.hello]\nmodule = {}\n\n\
+         [[beats]]\nname = \"tick\"\ntask = \"hello\"\nevery = \"1s\"\ninput = {{ name = \"beat\" }}\n",
+        toml_str(&format!("redis://127.0.0.1:{port}/")),
+        toml_str(guest("hello").to_str().unwrap()),
+    );
+    let path = write_config(&dir, &text);
+    let worker = Logged::start(&["worker"], &path, dir.path().join("worker.log"));
+    let scheduler = Logged::start(&["scheduler"], &path, dir.path().join("scheduler.log"));
+    let w = |p: &str| format!("http://127.0.0.1:{worker_ops}{p}");
+    let s = |p: &str| format!("http://127.0.0.1:{scheduler_ops}{p}");
+
+    // No Redis yet: alive, not ready, and still there a while later.
+    for url in [w("/healthz"), s("/healthz")] {
+        until(&url, "alive", |status, _| status == 200).await;
+    }
+    for url in [w("/readyz"), s("/readyz")] {
+        let (status, body) = get(&url).await.unwrap();
+        assert_eq!(status, 503, "{url}: {body}");
+        assert!(body.contains("waiting for Redis"), "{url}: {body}");
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(get(&w("/healthz")).await.map(|a| a.0), Some(200));
+
+    // Redis comes: both connect; the worker runs a job, the scheduler fires.
+    let mut redis = RedisServer::start_on(port);
+    let mut config = Config::from_toml(&text).unwrap();
+    config.base_dir = dir.path().to_path_buf();
+    let core = Core::open(&config, sandbox()).await.unwrap();
+    core.apply_tasks(&config).await.unwrap();
+    until(&w("/readyz"), "ready", |status, _| status == 200).await;
+    until(&s("/readyz"), "ready", |status, _| status == 200).await;
+    let id = core
+        .producer
+        .enqueue(EnqueueRequest::task("hello", r#"{"name":"ops"}"#))
+        .await
+        .unwrap()
+        .job
+        .id;
+    let job = core
+        .broker
+        .wait(id, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.state, JobState::Success, "{job:?}");
+
+    let metrics = until(&w("/metrics"), "counting the job", |_, body| {
+        body.contains("runner_jobs_total{") && body.contains("outcome=\"success\"")
+    })
+    .await;
+    for name in [
+        "runner_job_seconds",
+        "runner_job_wait_seconds",
+        "runner_queue_jobs{queue=\"default\",state=\"ready\"}",
+        "runner_queue_jobs{queue=\"default\",state=\"dead\"}",
+    ] {
+        assert!(
+            metrics.contains(name),
+            "worker /metrics lacks {name}:\n{metrics}"
+        );
+    }
+    until(&s("/metrics"), "counting a fire", |_, body| {
+        body.contains("runner_beat_fires_total{result=\"fired\"}")
+    })
+    .await;
+
+    // Waiting was logged once, however long it took.
+    for p in [&worker, &scheduler] {
+        let log = p.log();
+        assert_eq!(log.matches("waiting for Redis at").count(), 1, "{log}");
+    }
+
+    // Redis goes: the worker is alive but not ready.
+    redis.stop();
+    until(&w("/readyz"), "unready", |status, _| status == 503).await;
+    assert_eq!(get(&w("/healthz")).await.map(|a| a.0), Some(200));
+}
