@@ -422,7 +422,21 @@ pub fn metrics_handle() -> Option<metrics_exporter_prometheus::PrometheusHandle>
         std::sync::OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            metrics_exporter_prometheus::PrometheusBuilder::new()
+            use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+            // Histograms with buckets (not per-process quantiles), so that
+            // a dashboard can aggregate them across processes.
+            const SECONDS: &[f64] = &[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+            ];
+            const FUEL: &[f64] = &[1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12];
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full("runner_job_fuel".into()), FUEL)
+                })
+                .map_err(|e| tracing::warn!(error = %e, "metrics buckets not set"))
+                .ok()?
                 .install_recorder()
                 .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
                 .ok()

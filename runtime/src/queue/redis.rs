@@ -379,6 +379,8 @@ impl RedisBroker {
                         return;
                     }
                     tracing::warn!("the job event feed lost Redis; resubscribing");
+                    metrics::counter!("runner_redis_reconnects_total", "connection" => "events")
+                        .increment(1);
                 }
                 tokio::time::sleep(backoff).await;
                 match subscribe(client.clone()).await {
@@ -1315,6 +1317,7 @@ async fn signal_loop(
             return;
         }
         tracing::warn!("Redis signal connection lost; reconnecting");
+        metrics::counter!("runner_redis_reconnects_total", "connection" => "signals").increment(1);
         outage_logged = true;
     }
 }

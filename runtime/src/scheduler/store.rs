@@ -247,6 +247,8 @@ impl BeatStore for RedisBeatStore {
                         return;
                     }
                     tracing::warn!("beat change feed lost; reconnecting");
+                    metrics::counter!("runner_redis_reconnects_total", "connection" => "beats")
+                        .increment(1);
                 }
                 tokio::select! {
                     _ = tx.closed() => return,

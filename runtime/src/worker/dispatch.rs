@@ -309,12 +309,18 @@ impl Dispatcher {
             for id in &reply.stale {
                 tracing::warn!(job = %id, "lease was lost before the result was stored; another run owns it");
             }
+            if !reply.stale.is_empty() {
+                metrics::counter!("runner_leases_lost_total", "queue" => q.clone())
+                    .increment(reply.stale.len() as u64);
+            }
             if let Some(v) = self.queues.get_mut(&q) {
                 if due_check {
                     v.due_check = false;
                     v.next_due = reply.next_due;
                 }
                 if let Some(t) = reply.deferred_until {
+                    metrics::counter!("runner_rate_limit_deferrals_total", "queue" => q.clone())
+                        .increment(1);
                     v.next_due = Some(v.next_due.map_or(t, |d| d.min(t)));
                 }
                 // Only a fetch that took fewer entries than asked says the
@@ -464,6 +470,8 @@ impl Dispatcher {
             Ok(extended) => {
                 for id in extended.lost {
                     if let Some(h) = self.held.get(&id) {
+                        metrics::counter!("runner_leases_lost_total", "queue" => h.lease.queue.clone())
+                            .increment(1);
                         tracing::warn!(job = %id, "lease lost (redelivered elsewhere); stopping this run");
                         h.cancel.cancel();
                     }

@@ -111,6 +111,9 @@ fn count_job(d: &Delivery, settlement: &Settlement, took: Duration) {
     let waited = (d.leased_at - ready_at).num_milliseconds().max(0) as f64 / 1000.0;
     metrics::histogram!("runner_job_wait_seconds", "queue" => queue.clone(), "task" => task.clone())
         .record(waited);
+    if let Settlement::Finish { dead: true, .. } = settlement {
+        metrics::counter!("runner_dead_letters_total", "queue" => queue.clone()).increment(1);
+    }
     metrics::histogram!("runner_job_seconds", "queue" => queue, "task" => task)
         .record(took.as_secs_f64());
 }
@@ -185,8 +188,10 @@ async fn resolve(
         },
     };
     if let Some(m) = ctx.modules.lock().await.get(&hash) {
+        metrics::counter!("runner_module_cache_total", "result" => "hit").increment(1);
         return Ok((hash, m.clone()));
     }
+    metrics::counter!("runner_module_cache_total", "result" => "miss").increment(1);
     let bytes = match ctx.registry.module(&hash).await {
         Ok(Some(b)) => b,
         Ok(None) => {
@@ -200,7 +205,10 @@ async fn resolve(
     };
     let sandbox = ctx.sandbox.clone();
     // Compiling takes real CPU time: keep it off the executor.
+    let started = std::time::Instant::now();
     let loaded = tokio::task::spawn_blocking(move || sandbox.load(&bytes)).await;
+    // Compiled, or read from the on-disk cache of compiled modules.
+    metrics::histogram!("runner_module_load_seconds").record(started.elapsed().as_secs_f64());
     match loaded {
         Ok(Ok(m)) => {
             ctx.modules.lock().await.insert(hash, m.clone());
@@ -265,6 +273,10 @@ async fn run_job(
         cancel,
     };
     let report = ctx.sandbox.run(&module, req).await;
+    if let Some(fuel) = report.fuel_used {
+        let task = job.task.clone().unwrap_or_default();
+        metrics::histogram!("runner_job_fuel", "task" => task).record(fuel as f64);
+    }
     // The run is over (its sink may outlive it inside the sandbox a little):
     // the forwarder stops at once; the last report goes into the record.
     run_over.cancel();

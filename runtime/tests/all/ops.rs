@@ -134,10 +134,13 @@ async fn processes_started_before_redis_wait_for_it_and_report_readiness() {
     })
     .await;
     for name in [
-        "runner_job_seconds",
+        "runner_job_seconds_bucket{",
         "runner_job_wait_seconds",
         "runner_queue_jobs{queue=\"default\",state=\"ready\"}",
         "runner_queue_jobs{queue=\"default\",state=\"dead\"}",
+        "runner_module_cache_total{result=\"miss\"}",
+        "runner_module_load_seconds",
+        "runner_job_fuel",
     ] {
         assert!(
             metrics.contains(name),
@@ -158,5 +161,40 @@ async fn processes_started_before_redis_wait_for_it_and_report_readiness() {
     // Redis goes: the worker is alive but not ready.
     redis.stop();
     until(&w("/readyz"), "unready", |status, _| status == 503).await;
+    until(&w("/metrics"), "counting the lost connection", |_, body| {
+        body.contains("runner_redis_reconnects_total{connection=\"signals\"}")
+    })
+    .await;
     assert_eq!(get(&w("/healthz")).await.map(|a| a.0), Some(200));
+}
+
+/// Every metric the code records is in `docs/metrics.md`, and every metric
+/// there is recorded somewhere.
+#[test]
+fn docs_list_exactly_the_metrics_the_code_records() {
+    use std::collections::BTreeSet;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut recorded = BTreeSet::new();
+    for file in crate::support::files_in(&root.join("src")) {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        for macro_ in ["counter!(", "histogram!(", "gauge!("] {
+            for (at, _) in text.match_indices(&format!("metrics::{macro_}")) {
+                let rest = &text[at..];
+                let name = rest
+                    .split('"')
+                    .nth(1)
+                    .unwrap_or_else(|| panic!("{}: a metric without a literal name", file.display()));
+                recorded.insert(name.to_string());
+            }
+        }
+    }
+    let docs = std::fs::read_to_string(root.join("../docs/metrics.md")).unwrap();
+    let documented: BTreeSet<String> = docs
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `runner_"))
+        .filter_map(|l| l.split('`').next())
+        .map(|n| format!("runner_{n}"))
+        .collect();
+    assert!(recorded.len() >= 10, "{recorded:?}");
+    assert_eq!(recorded, documented);
 }
