@@ -12,6 +12,7 @@ mod cli_run;
 mod connections;
 mod crash;
 mod dashboard;
+mod deploy_files;
 mod dev;
 mod layers;
 mod ops;

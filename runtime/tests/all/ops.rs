@@ -180,10 +180,9 @@ fn docs_list_exactly_the_metrics_the_code_records() {
         for macro_ in ["counter!(", "histogram!(", "gauge!("] {
             for (at, _) in text.match_indices(&format!("metrics::{macro_}")) {
                 let rest = &text[at..];
-                let name = rest
-                    .split('"')
-                    .nth(1)
-                    .unwrap_or_else(|| panic!("{}: a metric without a literal name", file.display()));
+                let name = rest.split('"').nth(1).unwrap_or_else(|| {
+                    panic!("{}: a metric without a literal name", file.display())
+                });
                 recorded.insert(name.to_string());
             }
         }

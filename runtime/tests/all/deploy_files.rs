@@ -1,0 +1,163 @@
+//! The container image, checked without a Docker engine (none runs here):
+//! the Dockerfile is read as Docker reads it (instructions, line
+//! continuations) and what it relies on is checked against the repository
+//! and the built binary.
+
+use std::path::Path;
+use std::process::Command;
+
+/// The Dockerfile's instructions: (keyword, arguments), continuation lines
+/// joined, comments dropped.
+fn instructions(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if current.is_empty() && (trimmed.is_empty() || trimmed.starts_with('#')) {
+            continue;
+        }
+        if let Some(part) = trimmed.strip_suffix('\\') {
+            current.push_str(part);
+            current.push(' ');
+            continue;
+        }
+        current.push_str(trimmed);
+        let (word, rest) = current.split_once(' ').unwrap_or((current.as_str(), ""));
+        out.push((word.to_ascii_uppercase(), rest.trim().to_string()));
+        current.clear();
+    }
+    out
+}
+
+fn root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// Every path the image copies from the build context exists; the build
+/// stage builds the binary the README runs (`--bin runner`, locked
+/// versions) and the runtime stage copies that binary and the config its
+/// command names; it runs as a user the file creates, not root.
+#[test]
+fn the_dockerfile_copies_what_exists_builds_the_readme_binary_and_runs_as_a_user() {
+    let text = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    let all = instructions(&text);
+    let stages: Vec<usize> = all
+        .iter()
+        .enumerate()
+        .filter(|(_, (w, _))| w == "FROM")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(stages.len(), 2, "a build stage and a runtime stage");
+    let (build, runtime) = (&all[stages[0]..stages[1]], &all[stages[1]..]);
+
+    let mut copied_to = Vec::new();
+    for (word, args) in &all {
+        if word != "COPY" {
+            continue;
+        }
+        let parts: Vec<&str> = args.split_whitespace().collect();
+        let (dest, sources) = parts.split_last().unwrap();
+        copied_to.push(dest.to_string());
+        if parts.iter().any(|p| p.starts_with("--from")) {
+            continue;
+        }
+        for src in sources {
+            assert!(
+                root().join(src).exists(),
+                "COPY {src}: no such path in the repository"
+            );
+        }
+    }
+
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    assert!(
+        readme.contains("--bin runner -- dev"),
+        "the README runs the `runner` binary"
+    );
+    let cargo = std::fs::read_to_string(root().join("runtime/Cargo.toml")).unwrap();
+    assert!(
+        cargo.contains("[[bin]]\nname = \"runner\""),
+        "runtime builds `runner`"
+    );
+    let built = build
+        .iter()
+        .find(|(w, a)| w == "RUN" && a.contains("cargo build"))
+        .expect("the build stage runs cargo build");
+    for needed in ["--release", "--locked", "-p runner-runtime", "--bin runner"] {
+        assert!(
+            built.1.contains(needed),
+            "cargo build lacks {needed}: {}",
+            built.1
+        );
+    }
+    assert!(built.1.contains("/usr/local/bin/runner"), "{}", built.1);
+    assert!(
+        runtime.iter().any(|(w, a)| w == "COPY"
+            && a.starts_with("--from=build /usr/local/bin/runner /usr/local/bin/runner")),
+        "the runtime stage copies the built binary"
+    );
+
+    let user = runtime
+        .iter()
+        .filter(|(w, _)| w == "USER")
+        .next_back()
+        .map(|(_, a)| a.clone())
+        .expect("the runtime stage sets a USER");
+    assert!(
+        !["root", "0", "0:0"].contains(&user.as_str()),
+        "runs as {user}"
+    );
+    assert!(
+        runtime
+            .iter()
+            .any(|(w, a)| w == "RUN" && a.contains("useradd") && a.contains(&user)),
+        "the runtime stage creates the user {user}"
+    );
+    let entry = runtime.iter().find(|(w, _)| w == "ENTRYPOINT").unwrap();
+    assert_eq!(entry.1, r#"["runner"]"#);
+    let cmd = runtime.iter().find(|(w, _)| w == "CMD").unwrap();
+    let config = cmd
+        .1
+        .split('"')
+        .find(|p| p.ends_with(".toml"))
+        .expect("CMD names a config file");
+    assert!(
+        copied_to.iter().any(|d| d == config),
+        "CMD's {config} is not copied in"
+    );
+}
+
+/// The binary needs nothing of the machine it was built on: a copy run
+/// from an empty directory, with an empty environment, measures its
+/// embedded `hello` (before, `runner bench` read a guest from the build
+/// tree through `env!("RUNNER_GUEST_DIR")`).
+#[test]
+fn the_binary_runs_from_anywhere_without_its_build_tree() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let copy = dir.path().join("runner");
+    std::fs::copy(env!("CARGO_BIN_EXE_runner"), &copy).unwrap();
+    let out = Command::new(&copy)
+        .args([
+            "bench",
+            "sandbox",
+            "--runs",
+            "20",
+            "--throughput-runs",
+            "0",
+            "--cpu-runs",
+            "0",
+        ])
+        .current_dir(dir.path())
+        .env_clear()
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("builtin:hello"), "{stdout}");
+    assert!(stdout.contains("instantiate+run over 20 runs"), "{stdout}");
+}
