@@ -197,3 +197,53 @@ fn docs_list_exactly_the_metrics_the_code_records() {
     assert!(recorded.len() >= 10, "{recorded:?}");
     assert_eq!(recorded, documented);
 }
+
+/// `deploy/grafana-dashboard.json` is a dashboard whose every query uses
+/// metrics of `docs/metrics.md` (histograms through their `_bucket`s), and
+/// every documented metric has a panel.
+#[test]
+fn the_grafana_dashboard_uses_the_documented_metrics() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let docs = std::fs::read_to_string(root.join("docs/metrics.md")).unwrap();
+    let documented: Vec<(String, String)> = docs
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| {
+            let mut cells = l.split('|');
+            let name = cells.next()?.trim().trim_end_matches('`').to_string();
+            let kind = cells.next()?.trim().to_string();
+            Some((name, kind))
+        })
+        .collect();
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("deploy/grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().clone())
+        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .collect();
+    assert!(exprs.len() >= 10);
+    for e in &exprs {
+        let used: Vec<&str> = e
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("runner_"))
+            .collect();
+        assert!(!used.is_empty(), "{e}");
+        for m in used {
+            let known = documented.iter().any(|(name, kind)| {
+                m == name || (kind == "histogram" && m == format!("{name}_bucket"))
+            });
+            assert!(known, "{m} in `{e}` is not in docs/metrics.md");
+        }
+    }
+    for (name, _) in &documented {
+        assert!(
+            exprs.iter().any(|e| e.contains(name.as_str())),
+            "no panel shows {name}"
+        );
+    }
+}
