@@ -25,7 +25,7 @@ pub struct SchedulerArgs {
     pub redis: Option<String>,
     /// Serve `/metrics`, `/healthz` and `/readyz` here (`127.0.0.1:9102`;
     /// overrides `[scheduler] metrics_listen`).
-    #[arg(long)]
+    #[arg(long, env = "RUNNER_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
 }
 

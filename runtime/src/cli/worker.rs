@@ -59,7 +59,7 @@ pub struct WorkerArgs {
     pub redis: Option<String>,
     /// Serve `/metrics`, `/healthz` and `/readyz` here (`127.0.0.1:9101`;
     /// overrides `[worker] metrics_listen`).
-    #[arg(long)]
+    #[arg(long, env = "RUNNER_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
 }
 

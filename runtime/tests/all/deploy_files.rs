@@ -161,3 +161,35 @@ fn the_binary_runs_from_anywhere_without_its_build_tree() {
     assert!(stdout.contains("builtin:hello"), "{stdout}");
     assert!(stdout.contains("instantiate+run over 20 runs"), "{stdout}");
 }
+
+/// The shipped systemd units pass `systemd-analyze verify` (unknown keys,
+/// bad values, a missing executable), with the test's binary standing in
+/// for `/usr/local/bin/runner` and the worker template instantiated.
+#[test]
+fn the_systemd_units_verify() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut units = Vec::new();
+    for (file, unit) in [
+        ("runner-api.service", "runner-api.service"),
+        ("runner-scheduler.service", "runner-scheduler.service"),
+        ("runner-worker@.service", "runner-worker@email.service"),
+    ] {
+        let text = std::fs::read_to_string(root().join("deploy/systemd").join(file)).unwrap();
+        assert!(text.contains("/usr/local/bin/runner "), "{file}");
+        let text = text.replace(
+            "/usr/local/bin/runner ",
+            &format!("{} ", env!("CARGO_BIN_EXE_runner")),
+        );
+        let path = dir.path().join(unit);
+        std::fs::write(&path, text).unwrap();
+        units.push(path);
+    }
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&units)
+        .output()
+        .expect("systemd-analyze (scripts/setup installs systemd)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.trim().is_empty(), "warnings: {stderr}");
+}
