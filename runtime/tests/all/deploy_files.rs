@@ -99,8 +99,7 @@ fn the_dockerfile_copies_what_exists_builds_the_readme_binary_and_runs_as_a_user
 
     let user = runtime
         .iter()
-        .filter(|(w, _)| w == "USER")
-        .next_back()
+        .rfind(|(w, _)| w == "USER")
         .map(|(_, a)| a.clone())
         .expect("the runtime stage sets a USER");
     assert!(
