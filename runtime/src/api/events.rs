@@ -33,7 +33,8 @@ pub struct EventsQuery {
 }
 
 /// The `lagged` event: this many events were dropped because the client
-/// read too slowly.
+/// read too slowly (0: an unknown number, lost while the server's feed from
+/// Redis was cut); read the state again.
 #[derive(Serialize, ToSchema)]
 pub struct Lagged {
     pub missed: u64,
@@ -77,6 +78,14 @@ async fn events(
     let stream = futures::stream::unfold((rx, queues), |(mut rx, queues)| async move {
         loop {
             match rx.recv().await {
+                Ok(ev) if ev.is_gap() => {
+                    // The feed was cut and is back: like a lag, of unknown size.
+                    let ev = Event::default()
+                        .event("lagged")
+                        .json_data(Lagged { missed: 0 })
+                        .unwrap_or_default();
+                    return Some((Ok(ev), (rx, queues)));
+                }
                 Ok(ev) => {
                     if queues.as_ref().is_some_and(|qs| !qs.contains(&ev.queue)) {
                         continue;

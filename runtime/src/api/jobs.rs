@@ -406,8 +406,8 @@ async fn job_events(
                     }
                     return Some((Ok(event_of(&ev)), st));
                 }
-                Ok(_) => continue,
-                Err(broadcast::error::RecvError::Lagged(_)) => {
+                Ok(ev) if !ev.is_gap() => continue,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
                     // Missed some: send the job as it is now.
                     let job = st.ctx.broker.get(st.id).await.ok().flatten()?;
                     st.done = job.state.is_final();

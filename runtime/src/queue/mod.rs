@@ -211,6 +211,24 @@ pub struct JobEvent {
     pub progress: Option<Progress>,
 }
 
+impl JobEvent {
+    /// Not a job's event: the feed was cut (Redis restarted, a connection
+    /// dropped) and is back, so events may have been missed; whoever
+    /// waits reads again.
+    pub fn gap() -> JobEvent {
+        JobEvent {
+            id: JobId(uuid::Uuid::nil()),
+            queue: String::new(),
+            state: JobState::Pending,
+            progress: None,
+        }
+    }
+
+    pub fn is_gap(&self) -> bool {
+        self.id.0.is_nil() && self.queue.is_empty()
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RevokeOutcome {
     /// It was queued and will never run.
@@ -370,6 +388,8 @@ pub trait Broker: Send + Sync + 'static {
                 match tokio::time::timeout_at(deadline, events.recv()).await {
                     Err(_) => return self.get(id).await,
                     Ok(Ok(ev)) if ev.id == id && ev.state.is_final() => break,
+                    // Events may have been missed: read again.
+                    Ok(Ok(ev)) if ev.is_gap() => break,
                     Ok(Ok(_)) => continue,
                     // Lagged or reconnected: read again.
                     Ok(Err(broadcast::error::RecvError::Lagged(_))) => break,

@@ -296,6 +296,43 @@ impl RedisBroker {
             .find_map(|(q, r)| r.map(|r| (q, r))))
     }
 
+    /// One read of job `id` (see [`Broker::get`]).
+    async fn get_once(&self, id: JobId) -> BrokerResult<Option<Job>> {
+        let Some((queue, rec)) = self.find_record(id).await? else {
+            return Ok(None);
+        };
+        let mut job = Job::from_json(&rec)?;
+        if job.state.is_final() {
+            return Ok(Some(job));
+        }
+        let p = prefix(&queue);
+        let reply: Value = self
+            .inner
+            .scripts
+            .status
+            .key(format!("{p}job:{id}"))
+            .arg(&p)
+            .arg(id.to_string())
+            .invoke_async(&mut self.conn())
+            .await?;
+        let parts = as_array(reply);
+        if parts.len() == 3 {
+            if let Some(rec) = as_string(&parts[0]) {
+                job = Job::from_json(&rec)?;
+            }
+            let lease = as_string(&parts[1]).unwrap_or_default();
+            match LeaseMember::parse(&lease) {
+                Some(member) => member.show_started(&mut job),
+                None => job.show_expired(self.inner.clock.now()),
+            }
+            let prog = as_string(&parts[2]).unwrap_or_default();
+            if !prog.is_empty() {
+                job.progress = serde_json::from_str(&prog).ok();
+            }
+        }
+        Ok(Some(job))
+    }
+
     /// Writes index entries (`id` is in `queue`, keep the entry at least
     /// `ttl` ms), one script call per bucket. Callers send it beside the
     /// script that stores the records, so it adds no round trip.
@@ -387,6 +424,8 @@ impl RedisBroker {
                     Ok(ps) => {
                         next = Some(ps);
                         backoff = Duration::from_millis(100);
+                        // Whatever was published meanwhile is lost: say so.
+                        let _ = tx.send(JobEvent::gap());
                     }
                     Err(_) => backoff = (backoff * 2).min(Duration::from_secs(5)),
                 }
@@ -564,39 +603,14 @@ impl Broker for RedisBroker {
     }
 
     async fn get(&self, id: JobId) -> BrokerResult<Option<Job>> {
-        let Some((queue, rec)) = self.find_record(id).await? else {
-            return Ok(None);
-        };
-        let mut job = Job::from_json(&rec)?;
-        if job.state.is_final() {
-            return Ok(Some(job));
+        // A read is safe to repeat: the first command after Redis restarted
+        // finds the old connection broken and the manager reconnects.
+        match self.get_once(id).await {
+            Err(BrokerError::Redis(e)) if e.is_connection_dropped() || e.is_io_error() => {
+                self.get_once(id).await
+            }
+            other => other,
         }
-        let p = prefix(&queue);
-        let reply: Value = self
-            .inner
-            .scripts
-            .status
-            .key(format!("{p}job:{id}"))
-            .arg(&p)
-            .arg(id.to_string())
-            .invoke_async(&mut self.conn())
-            .await?;
-        let parts = as_array(reply);
-        if parts.len() == 3 {
-            if let Some(rec) = as_string(&parts[0]) {
-                job = Job::from_json(&rec)?;
-            }
-            let lease = as_string(&parts[1]).unwrap_or_default();
-            match LeaseMember::parse(&lease) {
-                Some(member) => member.show_started(&mut job),
-                None => job.show_expired(self.inner.clock.now()),
-            }
-            let prog = as_string(&parts[2]).unwrap_or_default();
-            if !prog.is_empty() {
-                job.progress = serde_json::from_str(&prog).ok();
-            }
-        }
-        Ok(Some(job))
     }
 
     async fn subscribe(&self) -> BrokerResult<broadcast::Receiver<JobEvent>> {

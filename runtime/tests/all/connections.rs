@@ -192,6 +192,71 @@ async fn the_event_feed_resubscribes_after_its_connection_is_killed() {
     assert!(got.is_ok(), "no event after the connection was killed");
 }
 
+/// A long poll whose feed is cut while the job ends reads the job again
+/// once the feed is back, and returns. Before, the final event published
+/// while the hub resubscribed was lost and the poll ran to its timeout
+/// (a minute for `?wait=60s`; here an hour, so the test would hang).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_reads_again_after_its_feed_was_cut() {
+    let server = RedisServer::start();
+    let waiter = RedisBroker::connect(&server.url()).await.unwrap();
+    let worker = RedisBroker::connect(&server.url()).await.unwrap();
+    let job = Job::new("work", "{}", chrono::Utc::now());
+    let id = job.id;
+    worker.enqueue(vec![job]).await.unwrap();
+    let settle = |completions| SettleRequest {
+        queue: "work".into(),
+        worker: "w".into(),
+        completions,
+        fetch: 1,
+        due_check: false,
+        holds_leases: false,
+        lease: Duration::from_secs(60),
+    };
+    let d = worker
+        .settle(settle(vec![]))
+        .await
+        .unwrap()
+        .deliveries
+        .remove(0);
+    let polling = tokio::spawn(async move { waiter.wait(id, Duration::from_secs(3600)).await });
+    // The poll has read the job (STARTED) and listens.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut conn = redis::Client::open(server.url().as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(killed >= 1, "no pub/sub connection to kill");
+    // It ends while the feed is down: its event is published to nobody.
+    let mut done = d.job.clone();
+    done.state = JobState::Success;
+    done.result = Some("1".into());
+    let completion = runner::queue::Completion {
+        lease: d.lease.clone(),
+        settlement: runner::queue::Settlement::Finish {
+            job: done,
+            dead: false,
+        },
+        had_progress: false,
+    };
+    worker.settle(settle(vec![completion])).await.unwrap();
+    let job = tokio::time::timeout(Duration::from_secs(30), polling)
+        .await
+        .expect("the long poll missed the end of the job")
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.state, JobState::Success);
+}
+
 /// A broker whose revoke messages never arrive (as on a connection that
 /// dropped them): everything else is the real broker's.
 struct Deaf(Arc<dyn Broker>);

@@ -16,15 +16,21 @@ use crate::support::{guest, http_client, sandbox};
 use crate::wiring::{toml_str, write_config};
 
 /// A `runner` process whose stderr goes to a file, killed when dropped.
-struct Logged {
+pub(crate) struct Logged {
     child: Child,
     log: std::path::PathBuf,
 }
 
 impl Logged {
-    fn start(args: &[&str], config: &std::path::Path, log: std::path::PathBuf) -> Logged {
+    pub(crate) fn start(
+        args: &[&str],
+        config: &std::path::Path,
+        log: std::path::PathBuf,
+        envs: &[(&str, String)],
+    ) -> Logged {
         let child = Command::new(env!("CARGO_BIN_EXE_runner"))
             .args(args)
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
             .arg("--config")
             .arg(config)
             .env_remove("RUNNER_REDIS_URL")
@@ -37,7 +43,7 @@ impl Logged {
         Logged { child, log }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -50,14 +56,14 @@ impl Drop for Logged {
 }
 
 /// GET `url`: its status and body, or None while nothing listens.
-async fn get(url: &str) -> Option<(u16, String)> {
+pub(crate) async fn get(url: &str) -> Option<(u16, String)> {
     let r = http_client().get(url).send().await.ok()?;
     let status = r.status().as_u16();
     Some((status, r.text().await.unwrap_or_default()))
 }
 
 /// Polls `url` until `ok` holds for its answer; the last answer.
-async fn until(url: &str, what: &str, ok: impl Fn(u16, &str) -> bool) -> String {
+pub(crate) async fn until(url: &str, what: &str, ok: impl Fn(u16, &str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let answer = get(url).await;
@@ -89,8 +95,8 @@ async fn processes_started_before_redis_wait_for_it_and_report_readiness() {
         toml_str(guest("hello").to_str().unwrap()),
     );
     let path = write_config(&dir, &text);
-    let worker = Logged::start(&["worker"], &path, dir.path().join("worker.log"));
-    let scheduler = Logged::start(&["scheduler"], &path, dir.path().join("scheduler.log"));
+    let worker = Logged::start(&["worker"], &path, dir.path().join("worker.log"), &[]);
+    let scheduler = Logged::start(&["scheduler"], &path, dir.path().join("scheduler.log"), &[]);
     let w = |p: &str| format!("http://127.0.0.1:{worker_ops}{p}");
     let s = |p: &str| format!("http://127.0.0.1:{scheduler_ops}{p}");
 

@@ -21,12 +21,12 @@ use crate::wiring::{Proc, toml_str, write_config};
 
 /// A test CA, a server certificate for 127.0.0.1 signed by it, and a
 /// client certificate signed by it, as PEM files in a temp dir.
-struct Certs {
+pub(crate) struct Certs {
     dir: TempDir,
 }
 
 impl Certs {
-    fn new() -> Certs {
+    pub(crate) fn new() -> Certs {
         use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
         let dir = TempDir::new().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -54,7 +54,7 @@ impl Certs {
         Certs { dir }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
@@ -67,7 +67,7 @@ impl Certs {
     }
 
     /// The CA and the client certificate (mutual TLS).
-    fn mutual(&self) -> RedisTls {
+    pub(crate) fn mutual(&self) -> RedisTls {
         RedisTls {
             ca: Some(self.path("ca.pem")),
             cert: Some(self.path("client.pem")),
@@ -77,61 +77,96 @@ impl Certs {
 }
 
 /// A `redis-server` listening only on a TLS port, killed when dropped.
-struct TlsRedis {
-    port: u16,
-    child: Child,
-    _dir: TempDir,
+pub(crate) struct TlsRedis {
+    pub(crate) port: u16,
+    child: Option<Child>,
+    dir: TempDir,
+    args: Vec<std::ffi::OsString>,
+    admin: String,
+    tls: RedisTls,
 }
 
-const ADMIN_PASSWORD: &str = "test-admin-password";
+pub(crate) const ADMIN_PASSWORD: &str = "test-admin-password";
 
 impl TlsRedis {
     /// `client_certs`: whether clients must show a certificate; `acl`: the
     /// users file (then the test's own connections are `admin`'s).
     fn start(certs: &Certs, client_certs: bool, acl: Option<&Path>) -> TlsRedis {
+        Self::start_with(certs, client_certs, acl, false)
+    }
+
+    /// [`start`](Self::start), with an append-only file when `aof` (so
+    /// that [`restart`](Self::restart) keeps everything).
+    pub(crate) fn start_with(
+        certs: &Certs,
+        client_certs: bool,
+        acl: Option<&Path>,
+        aof: bool,
+    ) -> TlsRedis {
         let dir = TempDir::new().unwrap();
         let port = free_port();
-        let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", "0", "--bind", "127.0.0.1", "--tls-port"])
-            .arg(port.to_string())
-            .arg("--tls-cert-file")
-            .arg(certs.path("server.pem"))
-            .arg("--tls-key-file")
-            .arg(certs.path("server.key"))
-            .arg("--tls-ca-cert-file")
-            .arg(certs.path("ca.pem"))
-            .args([
-                "--tls-auth-clients",
-                if client_certs { "yes" } else { "no" },
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"]);
-        if let Some(acl) = acl {
-            cmd.arg("--aclfile").arg(acl);
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        let mut push = |a: &dyn AsRef<std::ffi::OsStr>| args.push(a.as_ref().to_owned());
+        for a in ["--port", "0", "--bind", "127.0.0.1", "--tls-port"] {
+            push(&a);
         }
-        let child = cmd
+        push(&port.to_string());
+        push(&"--tls-cert-file");
+        push(&certs.path("server.pem"));
+        push(&"--tls-key-file");
+        push(&certs.path("server.key"));
+        push(&"--tls-ca-cert-file");
+        push(&certs.path("ca.pem"));
+        push(&"--tls-auth-clients");
+        push(&if client_certs { "yes" } else { "no" });
+        push(&"--dir");
+        push(&dir.path());
+        push(&"--logfile");
+        push(&dir.path().join("redis.log"));
+        for a in ["--save", "", "--loglevel", "warning", "--appendonly"] {
+            push(&a);
+        }
+        push(&if aof { "yes" } else { "no" });
+        if aof {
+            push(&"--appendfsync");
+            push(&"always");
+        }
+        if let Some(acl) = acl {
+            push(&"--aclfile");
+            push(&acl);
+        }
+        let admin_auth = if acl.is_some() {
+            format!("admin:{ADMIN_PASSWORD}@")
+        } else {
+            String::new()
+        };
+        let mut server = TlsRedis {
+            port,
+            child: None,
+            dir,
+            args,
+            admin: format!("rediss://{admin_auth}127.0.0.1:{port}/0"),
+            tls: certs.mutual(),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("starting redis-server");
-        let server = TlsRedis {
-            port,
-            child,
-            _dir: dir,
-        };
-        let admin = if acl.is_some() {
-            server.url(&format!("admin:{ADMIN_PASSWORD}"))
-        } else {
-            server.url("")
-        };
-        let client = open_client_with(&admin, &certs.mutual()).unwrap();
+        self.child = Some(child);
+        let client = open_client_with(&self.admin, &self.tls).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(mut c) = client.get_connection()
                 && redis::cmd("PING").query::<String>(&mut c).is_ok()
             {
-                return server;
+                return;
             }
             assert!(
                 Instant::now() < deadline,
@@ -141,8 +176,26 @@ impl TlsRedis {
         }
     }
 
+    /// Stops it as an operator would (SIGTERM: the AOF is flushed) and
+    /// starts it again on the same port and directory.
+    pub(crate) fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: plain kill(2) on a pid we spawned.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+            let _ = child.wait();
+        }
+        let _ = &self.dir;
+        self.spawn();
+    }
+
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
+    }
+
     /// `rediss://<auth>@127.0.0.1:<port>/0` (no `@` without `auth`).
-    fn url(&self, auth: &str) -> String {
+    pub(crate) fn url(&self, auth: &str) -> String {
         let at = if auth.is_empty() { "" } else { "@" };
         format!("rediss://{auth}{at}127.0.0.1:{}/0", self.port)
     }
@@ -150,8 +203,10 @@ impl TlsRedis {
 
 impl Drop for TlsRedis {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -212,12 +267,21 @@ pub(crate) fn runner_acl(password: &str) -> String {
     runner.replace(">CHANGE_ME ", &format!(">{password} "))
 }
 
-/// The shipped ACL file with `password` for `runner`, plus an `admin`
-/// user for the test's own connections.
-fn acl_file(dir: &Path, password: &str) -> PathBuf {
+/// The shipped ACL file with `password` for `runner` and the test's admin
+/// password for `default`, plus an `admin` user for the test's own
+/// connections.
+pub(crate) fn acl_file(dir: &Path, password: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let shipped = std::fs::read_to_string(root.join("deploy/redis-users.acl")).unwrap();
+    let default = shipped
+        .lines()
+        .find(|l| l.starts_with("user default "))
+        .expect("deploy/redis-users.acl has a `user default` line");
+    assert!(default.contains(">CHANGE_ME_ADMIN "), "{default}");
     let text = format!(
-        "{}\nuser default off\nuser admin on >{ADMIN_PASSWORD} ~* &* +@all\n",
-        runner_acl(password)
+        "{}\n{}\nuser admin on >{ADMIN_PASSWORD} ~* &* +@all\n",
+        runner_acl(password),
+        default.replace(">CHANGE_ME_ADMIN ", &format!(">{ADMIN_PASSWORD} "))
     );
     let path = dir.join("users.acl");
     std::fs::write(&path, text).unwrap();

@@ -1131,3 +1131,215 @@ async fn scenarios_notify_keeps_30_per_minute_across_two_workers() {
     );
     deployment.stop().await;
 }
+
+// ---------------------------------------------------------------- topology
+
+/// Sets `path` (tables on the way) of a TOML table to `value`.
+fn set(t: &mut toml::Table, path: &[&str], value: toml::Value) {
+    let (last, tables) = path.split_last().unwrap();
+    let mut at = t;
+    for k in tables {
+        at = at
+            .entry(k.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .unwrap();
+    }
+    at.insert(last.to_string(), value);
+}
+
+/// The deployment as it ships: `deploy/runner.toml` (only addresses, paths
+/// and secrets rewritten), Redis over mutual TLS with AOF and the ACL user
+/// of `deploy/redis-users.acl`, and separate `runner` processes: the API,
+/// the two worker pools of the scenario (`email` at concurrency 2, the
+/// other queues at 4) and two scheduler replicas. The reminder and the
+/// daily report run (mail at a real SMTP server, the PDF read back with
+/// pdftotext), every process's `/metrics` answers, and after Redis and a
+/// worker restart nothing is lost: a report enqueued while its worker was
+/// down runs, and the reminder's once-a-day guards survived in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scenarios_the_shipped_topology_runs_as_separate_processes() {
+    use crate::ops::{Logged, get, until};
+    use crate::redis_support::free_port;
+    use crate::redis_tls::{Certs, TlsRedis, acl_file};
+
+    let certs = Certs::new();
+    let dir = TempDir::new().unwrap();
+    let password = "topology-runner-password-5e1";
+    let acl = acl_file(dir.path(), password);
+    let mut redis = TlsRedis::start_with(&certs, true, Some(&acl), true);
+    let (inbox, smtp_port) = Inbox::start();
+    let intranet = Intranet::start(|uri| {
+        if uri.path() == "/api/open-items" {
+            open_items(Utc::now())
+        } else {
+            report_figures(uri)
+        }
+    })
+    .await;
+    let (logs, reports) = (dir.path().join("logs"), dir.path().join("reports"));
+    for d in [&logs, &reports] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let shipped = std::fs::read_to_string(root.join("deploy/runner.toml")).unwrap();
+    let mut t: toml::Table =
+        toml::from_str(&shipped.replace("https://intranet.example.com", &intranet.base())).unwrap();
+    let s = |v: &str| toml::Value::String(v.to_string());
+    let path_of = |p: &Path| s(p.to_str().unwrap());
+    let api = format!("127.0.0.1:{}", free_port());
+    set(&mut t, &["server", "listen"], s(&api));
+    set(
+        &mut t,
+        &["auth", "admin"],
+        toml::Value::Array(vec![s(ADMIN)]),
+    );
+    set(
+        &mut t,
+        &["auth", "submit"],
+        toml::Value::Array(vec![s(SUBMIT)]),
+    );
+    set(
+        &mut t,
+        &["broker", "redis_url"],
+        s(&redis.url(&format!("runner:{password}"))),
+    );
+    set(
+        &mut t,
+        &["broker", "tls_ca"],
+        path_of(&certs.path("ca.pem")),
+    );
+    set(
+        &mut t,
+        &["broker", "tls_cert"],
+        path_of(&certs.path("client.pem")),
+    );
+    set(
+        &mut t,
+        &["broker", "tls_key"],
+        path_of(&certs.path("client.key")),
+    );
+    set(
+        &mut t,
+        &["host", "files", "roots", "reports"],
+        path_of(&reports),
+    );
+    set(&mut t, &["host", "files", "roots", "logs"], path_of(&logs));
+    set(&mut t, &["host", "mail", "host"], s("127.0.0.1"));
+    set(
+        &mut t,
+        &["host", "mail", "port"],
+        toml::Value::Integer(smtp_port.into()),
+    );
+    set(&mut t, &["host", "mail", "tls"], s("none"));
+    for task in ["reminder", "report"] {
+        set(
+            &mut t,
+            &["tasks", task, "grants", "http", "private_networks"],
+            toml::Value::Array(vec![s("127.0.0.1/32")]),
+        );
+    }
+    let config = dir.path().join("runner.toml");
+    std::fs::write(&config, toml::to_string(&t).unwrap()).unwrap();
+
+    let log = |name: &str| dir.path().join(format!("{name}.log"));
+    let ops = |port: u16| vec![("RUNNER_METRICS_LISTEN", format!("127.0.0.1:{port}"))];
+    let (email_ops, other_ops, s1_ops, s2_ops) =
+        (free_port(), free_port(), free_port(), free_port());
+    let other_queues = "default,notifications,reports,verification,maintenance";
+    let _api = Logged::start(&["serve"], &config, log("api"), &[]);
+    let _email = Logged::start(
+        &["worker", "-Q", "email", "-c", "2"],
+        &config,
+        log("email"),
+        &ops(email_ops),
+    );
+    let mut other = Some(Logged::start(
+        &["worker", "-Q", other_queues, "-c", "4"],
+        &config,
+        log("other"),
+        &ops(other_ops),
+    ));
+    let _s1 = Logged::start(&["scheduler"], &config, log("s1"), &ops(s1_ops));
+    let _s2 = Logged::start(&["scheduler"], &config, log("s2"), &ops(s2_ops));
+    let ready = |base: String| async move {
+        until(&format!("{base}/readyz"), "ready", |st, _| st == 200).await;
+    };
+    ready(format!("http://{api}")).await;
+    for port in [email_ops, other_ops, s1_ops, s2_ops] {
+        ready(format!("http://127.0.0.1:{port}")).await;
+    }
+
+    let deployment = Deployment {
+        url: format!("http://{api}"),
+        http: crate::support::http_client(),
+        stop: watch::channel(false).0,
+        handles: Vec::new(),
+    };
+    let (reminded, job) = deployment.fire_and_finish("daily-progress-reminder").await;
+    assert_eq!(job["queue"], "email", "{job}");
+    assert_eq!(reminded["sent"].as_u64(), Some(3), "{reminded}");
+    assert_eq!(inbox.messages().len(), 3);
+    let (out, job) = deployment.fire_and_finish("daily-report").await;
+    assert_eq!(job["queue"], "reports", "{job}");
+    let pdf = reports.join(out["path"].as_str().unwrap());
+    assert!(pdftotext(&pdf).contains("日次業務レポート"));
+    assert_eq!(inbox.messages().len(), 4);
+
+    // Every process's metrics.
+    let body = until(&format!("http://{api}/metrics"), "served", |st, _| {
+        st == 200
+    })
+    .await;
+    assert!(body.contains("runner_queue_jobs{"), "API /metrics:\n{body}");
+    for (port, task) in [(email_ops, "reminder"), (other_ops, "report")] {
+        let body = get(&format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .1;
+        assert!(
+            body.contains(&format!("task=\"{task}\"")) && body.contains("runner_jobs_total{"),
+            "worker /metrics:\n{body}"
+        );
+    }
+    for port in [s1_ops, s2_ops] {
+        let body = get(&format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .1;
+        assert!(
+            body.contains("runner_queue_jobs{"),
+            "scheduler /metrics:\n{body}"
+        );
+    }
+
+    // The reports worker dies; a report is enqueued meanwhile; Redis
+    // restarts; the worker comes back: the report runs.
+    drop(other.take());
+    let fired = deployment.fire("daily-report").await;
+    redis.restart();
+    let _other = Logged::start(
+        &["worker", "-Q", other_queues, "-c", "4"],
+        &config,
+        log("other-again"),
+        &ops(other_ops),
+    );
+    let job = deployment.finished(fired["id"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "SUCCESS", "{job}");
+    assert_eq!(inbox.messages().len(), 5);
+    // The reminder's once-a-day guards (kv, written by Lua scripts) are
+    // still there: with the default user off, Redis 7 dropped every
+    // script's writes when it replayed its AOF (deploy/redis-users.acl).
+    let admin = runner::queue::redis::open_client_with(
+        &redis.url(&format!("admin:{}", crate::redis_tls::ADMIN_PASSWORD)),
+        &certs.mutual(),
+    )
+    .unwrap();
+    let mut conn = admin.get_connection().unwrap();
+    let guards: Vec<String> = redis::cmd("KEYS")
+        .arg("runner:kv:{reminder}:k:*")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(guards.len(), 3, "{guards:?}\nRedis log:\n{}", redis.log());
+}
