@@ -50,6 +50,8 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let auth = app::auth_from(&config)?;
     let sandbox = app::sandbox(args.cache_dir.clone(), None)?;
+    // Started before Redis (a boot): wait for it rather than exit.
+    app::wait_for_redis(&config, app::shutdown_signal()).await?;
     let core = Core::open(&config, sandbox).await?;
     let bound = core.apply_tasks(&config).await?;
     if !bound.is_empty() {

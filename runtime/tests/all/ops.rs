@@ -95,6 +95,16 @@ async fn processes_started_before_redis_wait_for_it_and_report_readiness() {
         toml_str(guest("hello").to_str().unwrap()),
     );
     let path = write_config(&dir, &text);
+    let api = format!("127.0.0.1:{}", free_port());
+    let serve = Logged::start(
+        &["serve", "--listen", &api],
+        &path,
+        dir.path().join("api.log"),
+        &[(
+            "RUNNER_ADMIN_TOKENS",
+            "ops-admin-token-0123456789".to_string(),
+        )],
+    );
     let worker = Logged::start(&["worker"], &path, dir.path().join("worker.log"), &[]);
     let scheduler = Logged::start(&["scheduler"], &path, dir.path().join("scheduler.log"), &[]);
     let w = |p: &str| format!("http://127.0.0.1:{worker_ops}{p}");
@@ -120,6 +130,11 @@ async fn processes_started_before_redis_wait_for_it_and_report_readiness() {
     core.apply_tasks(&config).await.unwrap();
     until(&w("/readyz"), "ready", |status, _| status == 200).await;
     until(&s("/readyz"), "ready", |status, _| status == 200).await;
+    // The API too came up once Redis did (it waited; before, it exited).
+    until(&format!("http://{api}/readyz"), "ready", |status, _| {
+        status == 200
+    })
+    .await;
     let id = core
         .producer
         .enqueue(EnqueueRequest::task("hello", r#"{"name":"ops"}"#))
@@ -159,7 +174,7 @@ async fn processes_started_before_redis_wait_for_it_and_report_readiness() {
     .await;
 
     // Waiting was logged once, however long it took.
-    for p in [&worker, &scheduler] {
+    for p in [&serve, &worker, &scheduler] {
         let log = p.log();
         assert_eq!(log.matches("waiting for Redis at").count(), 1, "{log}");
     }
