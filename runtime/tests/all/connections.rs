@@ -89,6 +89,23 @@ async fn pipe(
     }
 }
 
+/// `CLIENT KILL TYPE pubsub`: drops every subscriber's connection.
+async fn kill_pubsub_connections(server: &RedisServer) {
+    let mut conn = redis::Client::open(server.url().as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(killed >= 1, "no pub/sub connection to kill");
+}
+
 fn redis_addr(server: &RedisServer) -> String {
     let url = server.url();
     let rest = url.trim_start_matches("redis://");
@@ -151,19 +168,7 @@ async fn the_event_feed_resubscribes_after_its_connection_is_killed() {
             timeout: Duration::from_millis(300),
         });
     let mut events = b.subscribe().await.unwrap();
-    let mut conn = redis::Client::open(server.url().as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let killed: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert!(killed >= 1, "no pub/sub connection to kill");
+    kill_pubsub_connections(&server).await;
     let got = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             // Leasing a job publishes its STARTED event.
@@ -222,19 +227,7 @@ async fn a_long_poll_reads_again_after_its_feed_was_cut() {
     let polling = tokio::spawn(async move { waiter.wait(id, Duration::from_secs(3600)).await });
     // The poll has read the job (STARTED) and listens.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut conn = redis::Client::open(server.url().as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let killed: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert!(killed >= 1, "no pub/sub connection to kill");
+    kill_pubsub_connections(&server).await;
     // It ends while the feed is down: its event is published to nobody.
     let mut done = d.job.clone();
     done.state = JobState::Success;

@@ -1008,6 +1008,15 @@ async fn a_worker_whose_clock_runs_ahead_reclaims_no_live_lease() {
     assert_eq!(a.get(id).await.unwrap().unwrap().redeliveries, 0);
 }
 
+/// The test's own connection to `server` (the default user: every right).
+async fn admin_connection(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url().as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
 /// Commands `server` ran since its stats were reset, by name.
 async fn commands_run(conn: &mut redis::aio::MultiplexedConnection) -> String {
     redis::cmd("INFO")
@@ -1028,11 +1037,7 @@ async fn redis_listings_and_replays_read_only_what_they_need() {
     let server = RedisServer::start();
     let env = redis_on(&server).await;
     let b = &env.broker;
-    let mut conn = redis::Client::open(server.url().as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = admin_connection(&server).await;
     let worker = |id: &str| runner::queue::WorkerInfo {
         id: id.into(),
         hostname: "h".into(),
@@ -1128,11 +1133,7 @@ async fn redis_a_job_is_found_by_its_id_whatever_the_number_of_queues() {
     let server = RedisServer::start();
     let env = redis_on(&server).await;
     let b = &env.broker;
-    let mut conn = redis::Client::open(server.url().as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = admin_connection(&server).await;
     let mut ids = Vec::new();
     for i in 0..40 {
         let job = runner::queue::Job::new(format!("q{i}"), "{}", Utc::now());
