@@ -66,11 +66,11 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        if self.status.is_server_error() {
-            tracing::warn!(status = self.status.as_u16(), code = self.code, message = %self.message, "request failed");
-        }
+impl ApiError {
+    /// The response, not logged: for answers that are not a failure of
+    /// the request (a `/readyz` saying "not ready", probed every few
+    /// seconds during an outage).
+    pub fn unlogged(self) -> Response {
         let mut res = (
             self.status,
             axum::Json(ErrorBody {
@@ -88,6 +88,15 @@ impl IntoResponse for ApiError {
             );
         }
         res
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(status = self.status.as_u16(), code = self.code, message = %self.message, "request failed");
+        }
+        self.unlogged()
     }
 }
 

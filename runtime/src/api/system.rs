@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use utoipa_axum::router::OpenApiRouter;
@@ -33,11 +33,17 @@ async fn healthz() -> &'static str {
     (status = 200, description = "ready", body = String),
     (status = 503, description = "the broker is unreachable", body = super::error::ErrorBody),
 ))]
-async fn readyz(State(ctx): State<AppState>) -> Result<&'static str, ApiError> {
-    broker_ready(ctx.broker.as_ref())
-        .await
-        .map(|()| "ready\n")
-        .map_err(ApiError::unavailable)
+async fn readyz(State(ctx): State<AppState>) -> Response {
+    readiness(broker_ready(ctx.broker.as_ref()).await)
+}
+
+/// `/readyz`'s answer: "not ready" is an answer, not a failed request (not
+/// logged: probes come every few seconds during an outage).
+fn readiness(ready: Result<(), String>) -> Response {
+    match ready {
+        Ok(()) => "ready\n".into_response(),
+        Err(why) => ApiError::unavailable(why).unlogged(),
+    }
 }
 
 /// Prometheus metrics (text exposition format).
@@ -115,17 +121,14 @@ pub fn ops_router(state: OpsState) -> axum::Router {
             "/readyz",
             get(|State(s): State<OpsState>| async move {
                 let Some(broker) = s.broker.get() else {
-                    return Err(ApiError::unavailable("waiting for Redis"));
+                    return readiness(Err("waiting for Redis".into()));
                 };
                 if let Some(c) = &s.consuming
                     && !c.load(Ordering::Relaxed)
                 {
-                    return Err(ApiError::unavailable("the worker is not consuming"));
+                    return readiness(Err("the worker is not consuming".into()));
                 }
-                broker_ready(broker.as_ref())
-                    .await
-                    .map(|()| "ready\n")
-                    .map_err(ApiError::unavailable)
+                readiness(broker_ready(broker.as_ref()).await)
             }),
         )
         .route(

@@ -177,6 +177,8 @@ async fn processes_started_before_redis_wait_for_it_and_report_readiness() {
     for p in [&serve, &worker, &scheduler] {
         let log = p.log();
         assert_eq!(log.matches("waiting for Redis at").count(), 1, "{log}");
+        // A probe answered "not ready" is not a failed request.
+        assert!(!log.contains("request failed"), "{log}");
     }
 
     // Redis goes: the worker is alive but not ready.
