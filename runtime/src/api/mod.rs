@@ -22,7 +22,7 @@ mod queues;
 mod schedules;
 pub mod schema;
 mod system;
-pub use system::{OpsState, broker_ready, ops_router};
+pub use system::{OpsState, ops_router};
 mod tasks;
 
 use std::convert::Infallible;

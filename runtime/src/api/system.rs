@@ -54,7 +54,7 @@ async fn metrics(State(ctx): State<AppState>) -> impl IntoResponse {
 
 /// Whether `broker` answers within 2 s (the error says why not). Its
 /// queues' depths, read on the way, are recorded as gauges.
-pub async fn broker_ready(broker: &dyn Broker) -> Result<(), String> {
+async fn broker_ready(broker: &dyn Broker) -> Result<(), String> {
     match tokio::time::timeout(Duration::from_secs(2), broker.queues()).await {
         Ok(Ok(stats)) => {
             record_queue_depths(&stats);

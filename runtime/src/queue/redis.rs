@@ -72,7 +72,7 @@ use redis::{AsyncCommands, Client, Script, Value};
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 
-use super::job::{DEAD_LETTER_TTL, Job, JobId, JobState, Progress};
+use super::job::{DEAD_LETTER_TTL, Job, JobId, JobState, MAX_DELAY, Progress};
 use super::{
     Broker, BrokerError, BrokerResult, Completion, Delivery, Enqueued, Extended, JobEvent, Lease,
     LeaseMember, QueueStats, RevokeOutcome, SettleReply, SettleRequest, Settlement, Signal,
@@ -91,24 +91,24 @@ const WORKERS_KEY: &str = "runner:workers";
 /// not ended (plus its result TTL): a job that ends later refreshes it.
 const INDEX_RETAIN_MS: u64 = 24 * 3600 * 1000;
 /// The longest TTL a script accepts (`check.lua`'s `MAX_MS`).
-const MAX_TTL_MS: u64 = 3_155_760_000_000;
+const MAX_TTL_MS: u64 = MAX_DELAY.as_millis() as u64;
+
+/// When id `id` was made, in ms since 1970 (ids are UUIDv7); None for an
+/// id without a timestamp (not one the runner made).
+fn id_ms(id: JobId) -> Option<i64> {
+    let (secs, nanos) = id.0.get_timestamp()?.to_unix();
+    Some(secs as i64 * 1000 + i64::from(nanos / 1_000_000))
+}
 
 /// The index bucket that says which queue holds job `id`: the hour of the
-/// id's timestamp (ids are UUIDv7), in the index's own slot (`{ids}`).
-/// None for an id without a timestamp (not one the runner made).
+/// id's timestamp, in the index's own slot (`{ids}`).
 fn index_key(id: JobId) -> Option<String> {
-    let (secs, _) = id.0.get_timestamp()?.to_unix();
-    Some(format!("runner:{{ids}}:{}", secs / 3600))
+    Some(format!("runner:{{ids}}:{}", id_ms(id)? / 3_600_000))
 }
 
 /// An id's age on `now` (ms since 1970), from its timestamp.
 fn id_age_ms(id: JobId, now: i64) -> i64 {
-    id.0.get_timestamp()
-        .map(|t| {
-            let (s, n) = t.to_unix();
-            now - (s as i64 * 1000 + i64::from(n / 1_000_000))
-        })
-        .unwrap_or(0)
+    id_ms(id).map_or(0, |made| now - made)
 }
 
 fn prefix(queue: &str) -> String {

@@ -171,13 +171,9 @@ impl Worker {
         }
     }
 
-    /// Set while this worker takes jobs: from its subscription to its
-    /// queues until it starts stopping (what a worker's `/readyz` says).
-    pub fn consuming(&self) -> Arc<AtomicBool> {
-        self.consuming.clone()
-    }
-
-    /// Reports whether it is consuming in `flag` (see [`Worker::consuming`]).
+    /// Reports in `flag` whether it takes jobs: set from its subscription
+    /// to its queues until it starts stopping (what a worker's `/readyz`
+    /// says).
     pub fn with_consuming_flag(mut self, flag: Arc<AtomicBool>) -> Self {
         self.consuming = flag;
         self

@@ -19,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc};
 
+use crate::queue_conformance::{settle, success};
 use crate::redis_support::RedisServer;
 use crate::worker::{Env, cfg, start_worker_with, wait_final, wait_started};
 
@@ -209,17 +210,8 @@ async fn a_long_poll_reads_again_after_its_feed_was_cut() {
     let job = Job::new("work", "{}", chrono::Utc::now());
     let id = job.id;
     worker.enqueue(vec![job]).await.unwrap();
-    let settle = |completions| SettleRequest {
-        queue: "work".into(),
-        worker: "w".into(),
-        completions,
-        fetch: 1,
-        due_check: false,
-        holds_leases: false,
-        lease: Duration::from_secs(60),
-    };
     let d = worker
-        .settle(settle(vec![]))
+        .settle(settle("work", "w", vec![], 1))
         .await
         .unwrap()
         .deliveries
@@ -229,18 +221,10 @@ async fn a_long_poll_reads_again_after_its_feed_was_cut() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     kill_pubsub_connections(&server).await;
     // It ends while the feed is down: its event is published to nobody.
-    let mut done = d.job.clone();
-    done.state = JobState::Success;
-    done.result = Some("1".into());
-    let completion = runner::queue::Completion {
-        lease: d.lease.clone(),
-        settlement: runner::queue::Settlement::Finish {
-            job: done,
-            dead: false,
-        },
-        had_progress: false,
-    };
-    worker.settle(settle(vec![completion])).await.unwrap();
+    worker
+        .settle(settle("work", "w", vec![success(&d, "1")], 1))
+        .await
+        .unwrap();
     let job = tokio::time::timeout(Duration::from_secs(30), polling)
         .await
         .expect("the long poll missed the end of the job")

@@ -72,7 +72,12 @@ async fn redis_on(server: &RedisServer) -> Env {
     }
 }
 
-fn settle(queue: &str, worker: &str, completions: Vec<Completion>, fetch: usize) -> SettleRequest {
+pub(crate) fn settle(
+    queue: &str,
+    worker: &str,
+    completions: Vec<Completion>,
+    fetch: usize,
+) -> SettleRequest {
     SettleRequest {
         queue: queue.into(),
         worker: worker.into(),
@@ -102,7 +107,7 @@ fn ended(
     }
 }
 
-fn success(d: &runner::queue::Delivery, result: &str) -> Completion {
+pub(crate) fn success(d: &runner::queue::Delivery, result: &str) -> Completion {
     ended(d, JobState::Success, Some(result), false)
 }
 
@@ -1017,6 +1022,15 @@ async fn admin_connection(server: &RedisServer) -> redis::aio::MultiplexedConnec
         .unwrap()
 }
 
+/// Starts counting commands afresh (`CONFIG RESETSTAT`).
+async fn reset_stats(conn: &mut redis::aio::MultiplexedConnection) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(conn)
+        .await
+        .unwrap();
+}
+
 /// Commands `server` ran since its stats were reset, by name.
 async fn commands_run(conn: &mut redis::aio::MultiplexedConnection) -> String {
     redis::cmd("INFO")
@@ -1076,11 +1090,7 @@ async fn redis_listings_and_replays_read_only_what_they_need() {
     }
     let running = env.producer.enqueue(call("{}")).await.unwrap().job.id;
     b.settle(settle("work", "w", vec![], 1)).await.unwrap();
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    reset_stats(&mut conn).await;
     // A lease is looked up by id, not scanned for.
     assert_eq!(
         b.get(running).await.unwrap().unwrap().state,
@@ -1141,11 +1151,7 @@ async fn redis_a_job_is_found_by_its_id_whatever_the_number_of_queues() {
     }
     let buckets = index_buckets(&mut conn).await;
     assert!(!buckets.is_empty() && buckets.len() <= 2, "{buckets:?}");
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    reset_stats(&mut conn).await;
     let id = ids[17];
     assert_eq!(b.get(id).await.unwrap().unwrap().queue, "q17");
     assert_eq!(b.revoke(id, false).await.unwrap(), RevokeOutcome::Revoked);

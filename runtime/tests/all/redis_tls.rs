@@ -186,7 +186,6 @@ impl TlsRedis {
             }
             let _ = child.wait();
         }
-        let _ = &self.dir;
         self.spawn();
     }
 

@@ -338,6 +338,17 @@ impl Deployment {
         }
     }
 
+    /// The API of a deployment running elsewhere (other processes): the
+    /// same calls, nothing to stop.
+    fn remote(url: String) -> Deployment {
+        Deployment {
+            url,
+            http: crate::support::http_client(),
+            stop: watch::channel(false).0,
+            handles: Vec::new(),
+        }
+    }
+
     async fn stop(self) {
         let _ = self.stop.send(true);
         for h in self.handles {
@@ -1271,12 +1282,7 @@ async fn scenarios_the_shipped_topology_runs_as_separate_processes() {
         ready(format!("http://127.0.0.1:{port}")).await;
     }
 
-    let deployment = Deployment {
-        url: format!("http://{api}"),
-        http: crate::support::http_client(),
-        stop: watch::channel(false).0,
-        handles: Vec::new(),
-    };
+    let deployment = Deployment::remote(format!("http://{api}"));
     let (reminded, job) = deployment.fire_and_finish("daily-progress-reminder").await;
     assert_eq!(job["queue"], "email", "{job}");
     assert_eq!(reminded["sent"].as_u64(), Some(3), "{reminded}");
