@@ -319,7 +319,7 @@ impl KvStore for MemoryKv {
 /// expiry has passed (by the server's clock, the same clock that expires
 /// the values), then check the quota and write, atomically.
 pub struct RedisKv {
-    conn: redis::aio::ConnectionManager,
+    conn: crate::redis_conn::Counted,
     prefix: String,
     set_script: redis::Script,
     delete_script: redis::Script,
@@ -408,11 +408,14 @@ impl RedisKv {
     }
 
     pub fn new(conn: redis::aio::ConnectionManager, prefix: &str) -> Self {
+        let set_script = redis::Script::new(&format!("{LUA_PURGE}{LUA_SET}"));
+        let delete_script = redis::Script::new(&format!("{LUA_PURGE}{LUA_DELETE}"));
         Self {
-            conn,
+            conn: crate::redis_conn::Counted::new(conn)
+                .with_scripts([("kv_set", &set_script), ("kv_delete", &delete_script)]),
             prefix: prefix.to_owned(),
-            set_script: redis::Script::new(&format!("{LUA_PURGE}{LUA_SET}")),
-            delete_script: redis::Script::new(&format!("{LUA_PURGE}{LUA_DELETE}")),
+            set_script,
+            delete_script,
         }
     }
 

@@ -20,6 +20,9 @@
 //! - [`mail`]: SMTP via lettre, and a dry-run transport writing `.eml` files.
 //! - [`http`]: outgoing requests with an allow-list and SSRF defences.
 //! - [`pdf`]: the document model rendered to PDF by typst.
+//! - [`redis_conn`]: the connection of every Redis client of the runner
+//!   (broker, registry, beats, kv): reconnecting, its failed commands
+//!   counted.
 //!
 //! # TLS
 //!
@@ -35,6 +38,7 @@ pub mod http;
 pub mod kv;
 pub mod mail;
 pub mod pdf;
+pub mod redis_conn;
 mod serde_secs;
 pub mod trace;
 

@@ -237,6 +237,7 @@ impl State {
             let Some((id, _)) = q.leases.remove(&m) else {
                 continue;
             };
+            reply.reclaimed += 1;
             let n = LeaseMember::parse(&m).map_or(0, |m| m.redeliveries);
             if st_ref.revoked.contains_key(&id) {
                 if let Some(rec) = st_ref.records.get_mut(&id) {

@@ -179,6 +179,9 @@ pub struct SettleReply {
     /// or dropped (expired, revoked). Fewer than `fetch` means the list is
     /// empty; fewer deliveries alone does not.
     pub popped: usize,
+    /// Leases of lost workers that ran out and were taken back by this
+    /// call (their jobs run again, or end REVOKED if revoked meanwhile).
+    pub reclaimed: usize,
 }
 
 /// What wakes a worker.

@@ -69,6 +69,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Client, Script, Value};
+use runner_host_fns::redis_conn::Counted;
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 
@@ -144,11 +145,24 @@ impl Scripts {
             index: script(include_str!("lua/index.lua")),
         }
     }
+
+    /// Their names, for the `command` label of Redis errors.
+    fn named(&self) -> [(&'static str, &Script); 7] {
+        [
+            ("enqueue", &self.enqueue),
+            ("settle", &self.settle),
+            ("extend", &self.extend),
+            ("status", &self.status),
+            ("revoke", &self.revoke),
+            ("replay", &self.replay),
+            ("index", &self.index),
+        ]
+    }
 }
 
 struct Inner {
     client: Client,
-    conn: ConnectionManager,
+    conn: Counted,
     scripts: Scripts,
     known_queues: Mutex<HashSet<String>>,
     hub: Mutex<Option<broadcast::Sender<JobEvent>>>,
@@ -221,11 +235,12 @@ impl RedisBroker {
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(2));
         let conn = ConnectionManager::new_with_config(client.clone(), cfg).await?;
+        let scripts = Scripts::new();
         Ok(RedisBroker {
             inner: Arc::new(Inner {
                 client,
-                conn,
-                scripts: Scripts::new(),
+                conn: Counted::new(conn).with_scripts(scripts.named()),
+                scripts,
                 known_queues: Mutex::new(HashSet::new()),
                 hub: Mutex::new(None),
                 idempotency_ttl: Duration::from_secs(24 * 3600),
@@ -258,14 +273,14 @@ impl RedisBroker {
         self
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Counted {
         self.inner.conn.clone()
     }
 
-    /// The connection manager, for callers that measure Redis itself
-    /// (`runner bench`).
+    /// The connection manager, for the registry (which shares it) and for
+    /// callers that measure Redis itself (`runner bench`).
     pub fn connection(&self) -> ConnectionManager {
-        self.conn()
+        self.inner.conn.manager()
     }
 
     /// The queue and record of job `id`. The index names the queue (two
@@ -721,8 +736,13 @@ impl Broker for RedisBroker {
         if let Some(Value::Int(server_now)) = parts.next() {
             clock.observe(server_now, sent);
         }
+        let reclaimed = match parts.next() {
+            Some(Value::Int(n)) => n.max(0) as usize,
+            _ => 0,
+        };
         let mut out = SettleReply {
             popped,
+            reclaimed,
             ..SettleReply::default()
         };
         for pair in leased.chunks(2) {

@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
+use runner_host_fns::redis_conn::Counted;
 use serde::{Deserialize, Serialize};
 
 pub use crate::names::{ModuleHash, TaskName, TaskNameError};
@@ -122,19 +123,19 @@ pub trait Registry: Send + Sync + 'static {
 /// `runner:task-history:<name>` (list, newest first).
 #[derive(Clone)]
 pub struct RedisRegistry {
-    conn: ConnectionManager,
+    conn: Counted,
 }
 
 impl RedisRegistry {
     pub fn new(conn: ConnectionManager) -> Self {
-        RedisRegistry { conn }
+        RedisRegistry {
+            conn: Counted::new(conn),
+        }
     }
 
     pub async fn connect(url: &str) -> Result<Self, RegistryError> {
         let client = crate::queue::redis::open_client(url)?;
-        Ok(RedisRegistry {
-            conn: ConnectionManager::new(client).await?,
-        })
+        Ok(Self::new(ConnectionManager::new(client).await?))
     }
 }
 

@@ -25,6 +25,12 @@ impl MemoryLimiter {
             hit: false,
         }
     }
+
+    /// Bytes of linear memory granted so far (at instantiation and by
+    /// every `memory.grow`).
+    pub(crate) fn used(&self) -> usize {
+        self.used
+    }
 }
 
 impl ResourceLimiter for MemoryLimiter {

@@ -208,6 +208,7 @@ impl Sandbox {
                     logs_dropped: 0,
                     last_progress: None,
                     fuel_used: None,
+                    memory_peak_bytes: 0,
                     duration: std::time::Duration::ZERO,
                 };
             }

@@ -187,6 +187,9 @@ pub struct RunReport {
     pub last_progress: Option<Progress>,
     /// Fuel consumed; `None` when the engine does not meter fuel.
     pub fuel_used: Option<u64>,
+    /// The most linear memory the run had (summed over its memories; wasm
+    /// memories never shrink, so this is what it had at the end).
+    pub memory_peak_bytes: u64,
     pub duration: Duration,
 }
 
@@ -355,6 +358,7 @@ pub(crate) async fn run(env: RunEnv<'_>, module: &LoadedModule, req: RunRequest)
         logs_dropped: state.logs.dropped,
         last_progress: state.last_progress,
         fuel_used,
+        memory_peak_bytes: state.limiter.used() as u64,
         duration: started.elapsed(),
     }
 }

@@ -205,11 +205,14 @@ impl Scheduler {
                 if !self.fire_one(e, latest, now).await {
                     return;
                 }
+                metrics::counter!("runner_beat_misses_total", "policy" => "catch_up_once")
+                    .increment(1);
             } else {
                 tracing::info!(
                     beat = e.beat.name,
                     "skipping due times missed from {first} to {on_time_from}"
                 );
+                metrics::counter!("runner_beat_misses_total", "policy" => "skip").increment(1);
             }
             e.cursor = e.cursor.max(on_time_from);
         }

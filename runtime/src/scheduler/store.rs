@@ -25,6 +25,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Client, Script};
+use runner_host_fns::redis_conn::Counted;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -149,7 +150,7 @@ return false
 #[derive(Clone)]
 pub struct RedisBeatStore {
     client: Client,
-    conn: ConnectionManager,
+    conn: Counted,
     keep_later: Script,
 }
 
@@ -162,10 +163,11 @@ impl RedisBeatStore {
     pub async fn connect_with(url: &str, tls: &RedisTls) -> StoreResult<Self> {
         let client = open_client_with(url, tls)?;
         let conn = ConnectionManager::new(client.clone()).await?;
+        let keep_later = Script::new(KEEP_LATER);
         Ok(RedisBeatStore {
             client,
-            conn,
-            keep_later: Script::new(KEEP_LATER),
+            conn: Counted::new(conn).with_scripts([("beat_keep_later", &keep_later)]),
+            keep_later,
         })
     }
 

@@ -313,6 +313,11 @@ impl Dispatcher {
                 metrics::counter!("runner_leases_lost_total", "queue" => q.clone())
                     .increment(reply.stale.len() as u64);
             }
+            if reply.reclaimed > 0 {
+                tracing::info!(queue = %q, count = reply.reclaimed, "took back the leases of a lost worker");
+                metrics::counter!("runner_leases_reclaimed_total", "queue" => q.clone())
+                    .increment(reply.reclaimed as u64);
+            }
             if let Some(v) = self.queues.get_mut(&q) {
                 if due_check {
                     v.due_check = false;

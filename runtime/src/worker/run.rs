@@ -273,10 +273,12 @@ async fn run_job(
         cancel,
     };
     let report = ctx.sandbox.run(&module, req).await;
+    let task = job.task.clone().unwrap_or_default();
     if let Some(fuel) = report.fuel_used {
-        let task = job.task.clone().unwrap_or_default();
-        metrics::histogram!("runner_job_fuel", "task" => task).record(fuel as f64);
+        metrics::histogram!("runner_job_fuel", "task" => task.clone()).record(fuel as f64);
     }
+    metrics::histogram!("runner_job_memory_bytes", "task" => task)
+        .record(report.memory_peak_bytes as f64);
     // The run is over (its sink may outlive it inside the sandbox a little):
     // the forwarder stops at once; the last report goes into the record.
     run_over.cancel();

@@ -236,9 +236,12 @@ async fn expired_lease_is_redelivered_and_late_settlement_is_stale(env: Env) {
     // Before the lease ends nobody else gets it.
     let r = b.settle(settle("work", "other", vec![], 1)).await.unwrap();
     assert!(r.deliveries.is_empty());
+    assert_eq!(r.reclaimed, 0);
     tokio::time::sleep(Duration::from_millis(400)).await;
     let r = b.settle(settle("work", "other", vec![], 1)).await.unwrap();
     assert_eq!(r.deliveries.len(), 1, "an expired lease puts the job back");
+    // Counted (runner_leases_reclaimed_total) by the worker that took it.
+    assert_eq!(r.reclaimed, 1);
     assert_eq!(r.deliveries[0].job.id, e.job.id);
     assert_eq!(r.deliveries[0].lease.redeliveries, 1);
     // The first worker wakes up late: its result is refused.

@@ -221,6 +221,12 @@ async fn a_memory_minimum_above_the_limit_is_a_memory_limit_at_instantiation() {
     )
     .await;
     assert_kind(&report, "success");
+    // The peak (runner_job_memory_bytes) counts the initial memory too.
+    assert!(
+        (200 << 16..=16 << 20).contains(&report.memory_peak_bytes),
+        "peak {} bytes",
+        report.memory_peak_bytes
+    );
 }
 
 /// Every outcome, several times, interleaved, in one process and one
@@ -488,6 +494,12 @@ async fn the_memory_hog_stops_at_the_memory_limit() {
         Outcome::MemoryLimit,
         "stderr: {}",
         report.stderr
+    );
+    // It got close to its limit and no further.
+    assert!(
+        (16 << 20..=32 << 20).contains(&report.memory_peak_bytes),
+        "peak {} bytes",
+        report.memory_peak_bytes
     );
 }
 

@@ -10,7 +10,8 @@
 --         R retry (arg = delay ms from now), H hand back;
 --         a trailing 'p' clears stored progress.
 -- Returns {leased {member, record}..., stale ids, next due, deferred until,
--- number of entries taken from ready (leased, deferred or dropped), now}.
+-- number of entries taken from ready (leased, deferred or dropped), now,
+-- number of expired leases taken back}.
 local P, chan, qname = ARGV[1], ARGV[2], ARGV[3]
 local lease_ms = ttl_ms(ARGV[4], 'lease')
 local worker, fetch_max, due_check = ARGV[5], count(ARGV[6], 'fetch'), ARGV[7] == '1'
@@ -33,6 +34,7 @@ end
 local now = server_ms()
 local ev, stale = {}, {}
 local readied = 0
+local reclaimed = 0
 local deferred = nil
 local function defer(t)
   if not deferred or t < deferred then deferred = t end
@@ -109,6 +111,7 @@ if due_check then
   end
   local expired = redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', now, 'LIMIT', 0, 1000)
   if #expired > 0 then
+    reclaimed = #expired
     redis.call('ZREM', P .. 'leases', unpack(expired))
     local ids = {}
     for i, m in ipairs(expired) do ids[i] = string.match(m, '^[^|]+') or m end
@@ -253,4 +256,4 @@ if #ev > 0 or readied > 0 or deferred then
   if #out > 0 then msg.lease = now + lease_ms end
   redis.call('PUBLISH', chan, cjson.encode(msg))
 end
-return { out, stale, next_due and tostring(next_due) or '', deferred and tostring(deferred) or '', popped, now }
+return { out, stale, next_due and tostring(next_due) or '', deferred and tostring(deferred) or '', popped, now, reclaimed }
