@@ -430,11 +430,24 @@ pub fn metrics_handle() -> Option<metrics_exporter_prometheus::PrometheusHandle>
                 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
             ];
             const FUEL: &[f64] = &[1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12];
+            // 64 KiB (one wasm page) to 4 GiB (the largest limit), by 4.
+            const BYTES: &[f64] = &[
+                65536.0,
+                262144.0,
+                1048576.0,
+                4194304.0,
+                16777216.0,
+                67108864.0,
+                268435456.0,
+                1073741824.0,
+                4294967296.0,
+            ];
             PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
                 .and_then(|b| {
                     b.set_buckets_for_metric(Matcher::Full("runner_job_fuel".into()), FUEL)
                 })
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_bytes".into()), BYTES))
                 .map_err(|e| tracing::warn!(error = %e, "metrics buckets not set"))
                 .ok()?
                 .install_recorder()
@@ -502,6 +515,33 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Tells systemd how the process is (`READY=1`, `STOPPING=1`) when it runs
+/// as a `Type=notify` unit, i.e. when `NOTIFY_SOCKET` names the socket
+/// (a path, or `@name` in the abstract namespace); nothing otherwise. See
+/// sd_notify(3): a worker is ready once it consumes, a scheduler once it
+/// reads its beats, the API once it listens, each after Redis answered.
+pub fn notify_systemd(state: &str) {
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = (|| -> std::io::Result<()> {
+        use std::os::unix::net::{SocketAddr, UnixDatagram};
+        let bytes = socket.as_encoded_bytes();
+        let addr = match bytes.strip_prefix(b"@") {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                SocketAddr::from_abstract_name(name)?
+            }
+            None => SocketAddr::from_pathname(&socket)?,
+        };
+        UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &addr)?;
+        Ok(())
+    })();
+    if let Err(e) = sent {
+        tracing::warn!("telling systemd {state:?} through NOTIFY_SOCKET: {e}");
+    }
+}
+
 /// The long-lived parts of one process (API server, worker, scheduler
 /// loop), stopped together: each part gets a future that resolves when the
 /// process stops ([`Process::stopping`]).
@@ -553,6 +593,7 @@ impl Process {
             }
         }
         let _ = self.stop.send(true);
+        notify_systemd("STOPPING=1");
         while let Some(ended) = self.parts.join_next().await {
             if let Err(e) = flatten(ended)
                 && first.is_none()

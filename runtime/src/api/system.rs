@@ -1,6 +1,5 @@
 //! `/healthz`, `/readyz`, `/metrics`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -108,7 +107,7 @@ pub struct OpsState {
     pub broker: Arc<OnceLock<Arc<dyn Broker>>>,
     /// A worker's: set while it takes jobs (not before it subscribed, not
     /// once it stops).
-    pub consuming: Option<Arc<AtomicBool>>,
+    pub consuming: Option<tokio::sync::watch::Sender<bool>>,
     pub metrics: Option<PrometheusHandle>,
 }
 
@@ -124,7 +123,7 @@ pub fn ops_router(state: OpsState) -> axum::Router {
                     return readiness(Err("waiting for Redis".into()));
                 };
                 if let Some(c) = &s.consuming
-                    && !c.load(Ordering::Relaxed)
+                    && !*c.borrow()
                 {
                     return readiness(Err("the worker is not consuming".into()));
                 }

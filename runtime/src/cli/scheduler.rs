@@ -73,6 +73,7 @@ pub async fn execute(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let _ = ops.broker.set(broker.clone());
+    app::notify_systemd("READY=1");
     let stopping = process.stopping();
     process.spawn("scheduler", async move {
         scheduler.run(stopping).await;

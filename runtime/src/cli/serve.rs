@@ -91,6 +91,8 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<ExitCode> {
         crate::api::serve(listener, ctx, stopping).await?;
         Ok(())
     });
+    // Listening, and Redis answered: systemd (Type=notify) may go on.
+    app::notify_systemd("READY=1");
     process.run_until_shutdown().await?;
     Ok(ExitCode::SUCCESS)
 }

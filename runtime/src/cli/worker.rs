@@ -11,8 +11,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use clap::Args;
@@ -107,7 +105,7 @@ pub async fn execute(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     app::require_redis(&config, "worker")?;
     let worker_config = app::worker_config(&config)?;
     let mut process = Process::new();
-    let consuming = Arc::new(AtomicBool::new(false));
+    let consuming = tokio::sync::watch::Sender::new(false);
     let ops = OpsState {
         consuming: Some(consuming.clone()),
         metrics: app::metrics_handle(),
@@ -131,6 +129,15 @@ pub async fn execute(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         worker_config.concurrency
     );
     let _ = ops.broker.set(broker.clone());
+    // systemd (Type=notify) learns the worker is ready once it consumes.
+    let mut ready = ops.consuming.as_ref().map(|c| c.subscribe());
+    tokio::spawn(async move {
+        if let Some(rx) = &mut ready
+            && rx.wait_for(|c| *c).await.is_ok()
+        {
+            app::notify_systemd("READY=1");
+        }
+    });
 
     let stopping = process.stopping();
     process.spawn("worker", async move {

@@ -39,7 +39,7 @@ mod settle;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use tokio::sync::Mutex;
@@ -114,7 +114,7 @@ pub struct Worker {
     producer: Producer,
     cfg: WorkerConfig,
     id: String,
-    consuming: Arc<AtomicBool>,
+    consuming: tokio::sync::watch::Sender<bool>,
 }
 
 pub(super) fn hostname() -> String {
@@ -167,14 +167,14 @@ impl Worker {
             services,
             cfg,
             id,
-            consuming: Arc::new(AtomicBool::new(false)),
+            consuming: tokio::sync::watch::Sender::new(false),
         }
     }
 
-    /// Reports in `flag` whether it takes jobs: set from its subscription
+    /// Reports in `flag` whether it takes jobs: true from its subscription
     /// to its queues until it starts stopping (what a worker's `/readyz`
-    /// says).
-    pub fn with_consuming_flag(mut self, flag: Arc<AtomicBool>) -> Self {
+    /// says, and when it tells systemd it is ready).
+    pub fn with_consuming_flag(mut self, flag: tokio::sync::watch::Sender<bool>) -> Self {
         self.consuming = flag;
         self
     }
@@ -227,16 +227,16 @@ impl Worker {
             shutting_down: AtomicBool::new(false),
         });
         let consuming = self.consuming.clone();
-        consuming.store(true, Ordering::Relaxed);
+        consuming.send_replace(true);
         let stopping = consuming.clone();
         let shutdown = async move {
             shutdown.await;
-            stopping.store(false, Ordering::Relaxed);
+            stopping.send_replace(false);
         };
         let stats = Dispatcher::new(ctx, self.id.clone())
             .run(signals, shutdown)
             .await;
-        consuming.store(false, Ordering::Relaxed);
+        consuming.send_replace(false);
         stats
     }
 }

@@ -175,6 +175,8 @@ fn the_systemd_units_verify() {
     ] {
         let text = std::fs::read_to_string(root().join("deploy/systemd").join(file)).unwrap();
         assert!(text.contains("/usr/local/bin/runner "), "{file}");
+        // Readiness is the process's own word (sd_notify, see the ops test).
+        assert!(text.contains("\nType=notify\n"), "{file}");
         let text = text.replace(
             "/usr/local/bin/runner ",
             &format!("{} ", env!("CARGO_BIN_EXE_runner")),

@@ -46,6 +46,45 @@ impl Logged {
     pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Sends `signal` (SIGSTOP, SIGCONT, SIGTERM...) to the process.
+    pub(crate) fn signal(&self, signal: i32) {
+        // SAFETY: plain kill(2) on a child we spawned and have not reaped.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+
+    /// Waits for the process to exit (after a SIGTERM); its exit status.
+    pub(crate) fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
+    }
+}
+
+/// A `NOTIFY_SOCKET` as systemd's: what a process tells it (sd_notify).
+pub(crate) struct Systemd {
+    socket: std::os::unix::net::UnixDatagram,
+    path: std::path::PathBuf,
+}
+
+impl Systemd {
+    pub(crate) fn listen(dir: &std::path::Path, name: &str) -> Systemd {
+        let path = dir.join(name);
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        Systemd { socket, path }
+    }
+
+    pub(crate) fn env(&self) -> (&'static str, String) {
+        ("NOTIFY_SOCKET", self.path.to_str().unwrap().to_string())
+    }
+
+    /// The next message within `within`, or None.
+    pub(crate) fn next(&self, within: Duration) -> Option<String> {
+        self.socket.set_read_timeout(Some(within)).unwrap();
+        let mut buf = [0u8; 4096];
+        let n = self.socket.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
 }
 
 impl Drop for Logged {
@@ -96,17 +135,32 @@ async fn processes_started_before_redis_wait_for_it_and_report_readiness() {
     );
     let path = write_config(&dir, &text);
     let api = format!("127.0.0.1:{}", free_port());
-    let serve = Logged::start(
+    // Each as a Type=notify unit: it says READY=1 only once it is.
+    let systemd = ["api", "worker", "scheduler"].map(|p| Systemd::listen(dir.path(), p));
+    let mut serve = Logged::start(
         &["serve", "--listen", &api],
         &path,
         dir.path().join("api.log"),
-        &[(
-            "RUNNER_ADMIN_TOKENS",
-            "ops-admin-token-0123456789".to_string(),
-        )],
+        &[
+            (
+                "RUNNER_ADMIN_TOKENS",
+                "ops-admin-token-0123456789".to_string(),
+            ),
+            systemd[0].env(),
+        ],
     );
-    let worker = Logged::start(&["worker"], &path, dir.path().join("worker.log"), &[]);
-    let scheduler = Logged::start(&["scheduler"], &path, dir.path().join("scheduler.log"), &[]);
+    let worker = Logged::start(
+        &["worker"],
+        &path,
+        dir.path().join("worker.log"),
+        &[systemd[1].env()],
+    );
+    let scheduler = Logged::start(
+        &["scheduler"],
+        &path,
+        dir.path().join("scheduler.log"),
+        &[systemd[2].env()],
+    );
     let w = |p: &str| format!("http://127.0.0.1:{worker_ops}{p}");
     let s = |p: &str| format!("http://127.0.0.1:{scheduler_ops}{p}");
 
@@ -121,6 +175,13 @@ async fn processes_started_before_redis_wait_for_it_and_report_readiness() {
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(get(&w("/healthz")).await.map(|a| a.0), Some(200));
+    for (s, name) in systemd.iter().zip(["api", "worker", "scheduler"]) {
+        assert_eq!(
+            s.next(Duration::from_millis(10)),
+            None,
+            "{name} told systemd"
+        );
+    }
 
     // Redis comes: both connect; the worker runs a job, the scheduler fires.
     let mut redis = RedisServer::start_on(port);
@@ -135,6 +196,10 @@ async fn processes_started_before_redis_wait_for_it_and_report_readiness() {
         status == 200
     })
     .await;
+    for (s, name) in systemd.iter().zip(["api", "worker", "scheduler"]) {
+        let said = s.next(Duration::from_secs(30));
+        assert_eq!(said.as_deref(), Some("READY=1"), "{name}");
+    }
     let id = core
         .producer
         .enqueue(EnqueueRequest::task("hello", r#"{"name":"ops"}"#))
@@ -162,6 +227,7 @@ async fn processes_started_before_redis_wait_for_it_and_report_readiness() {
         "runner_module_cache_total{result=\"miss\"}",
         "runner_module_load_seconds",
         "runner_job_fuel",
+        "runner_job_memory_bytes_bucket{task=\"hello\",le=\"65536\"}",
     ] {
         assert!(
             metrics.contains(name),
@@ -181,6 +247,14 @@ async fn processes_started_before_redis_wait_for_it_and_report_readiness() {
         assert!(!log.contains("request failed"), "{log}");
     }
 
+    // Stopped as systemd stops it (SIGTERM): it says so, and exits cleanly.
+    serve.signal(libc::SIGTERM);
+    assert_eq!(
+        systemd[0].next(Duration::from_secs(30)).as_deref(),
+        Some("STOPPING=1")
+    );
+    assert!(serve.wait().success(), "{}", serve.log());
+
     // Redis goes: the worker is alive but not ready.
     redis.stop();
     until(&w("/readyz"), "unready", |status, _| status == 503).await;
@@ -191,6 +265,41 @@ async fn processes_started_before_redis_wait_for_it_and_report_readiness() {
     assert_eq!(get(&w("/healthz")).await.map(|a| a.0), Some(200));
 }
 
+/// The metrics of `docs/metrics.md`: (name, type).
+pub(crate) fn documented_metrics() -> Vec<(String, String)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let docs = std::fs::read_to_string(root.join("docs/metrics.md")).unwrap();
+    docs.lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| {
+            let mut cells = l.split('|');
+            let name = cells.next()?.trim().trim_end_matches('`').to_string();
+            let kind = cells.next()?.trim().to_string();
+            Some((name, kind))
+        })
+        .collect()
+}
+
+/// Whether some scrape in `bodies` has a sample of `name` (a `kind` of
+/// docs/metrics.md) that moved: a counter or gauge above zero, a histogram
+/// with observations.
+pub(crate) fn moved(bodies: &[String], name: &str, kind: &str) -> bool {
+    let series = if kind == "histogram" {
+        format!("{name}_count")
+    } else {
+        name.to_string()
+    };
+    bodies
+        .iter()
+        .flat_map(|b| b.lines())
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .any(|(s, v)| {
+            (s == series || s.starts_with(&format!("{series}{{")))
+                && v.parse::<f64>().is_ok_and(|v| v > 0.0)
+        })
+}
+
 /// Every metric the code records is in `docs/metrics.md`, and every metric
 /// there is recorded somewhere.
 #[test]
@@ -198,7 +307,11 @@ fn docs_list_exactly_the_metrics_the_code_records() {
     use std::collections::BTreeSet;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut recorded = BTreeSet::new();
-    for file in crate::support::files_in(&root.join("src")) {
+    let files = [root.join("src"), root.join("../host-fns/src")]
+        .iter()
+        .flat_map(|d| crate::support::files_in(d))
+        .collect::<Vec<_>>();
+    for file in files {
         let text = std::fs::read_to_string(&file).unwrap_or_default();
         for macro_ in ["counter!(", "histogram!(", "gauge!("] {
             for (at, _) in text.match_indices(&format!("metrics::{macro_}")) {
@@ -210,13 +323,7 @@ fn docs_list_exactly_the_metrics_the_code_records() {
             }
         }
     }
-    let docs = std::fs::read_to_string(root.join("../docs/metrics.md")).unwrap();
-    let documented: BTreeSet<String> = docs
-        .lines()
-        .filter_map(|l| l.strip_prefix("| `runner_"))
-        .filter_map(|l| l.split('`').next())
-        .map(|n| format!("runner_{n}"))
-        .collect();
+    let documented: BTreeSet<String> = documented_metrics().into_iter().map(|(n, _)| n).collect();
     assert!(recorded.len() >= 10, "{recorded:?}");
     assert_eq!(recorded, documented);
 }
@@ -227,17 +334,7 @@ fn docs_list_exactly_the_metrics_the_code_records() {
 #[test]
 fn the_grafana_dashboard_uses_the_documented_metrics() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let docs = std::fs::read_to_string(root.join("docs/metrics.md")).unwrap();
-    let documented: Vec<(String, String)> = docs
-        .lines()
-        .filter_map(|l| l.strip_prefix("| `"))
-        .filter_map(|l| {
-            let mut cells = l.split('|');
-            let name = cells.next()?.trim().trim_end_matches('`').to_string();
-            let kind = cells.next()?.trim().to_string();
-            Some((name, kind))
-        })
-        .collect();
+    let documented = documented_metrics();
     let dash: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(root.join("deploy/grafana-dashboard.json")).unwrap(),
     )
@@ -269,4 +366,50 @@ fn the_grafana_dashboard_uses_the_documented_metrics() {
             "no panel shows {name}"
         );
     }
+}
+
+/// Failed Redis commands are counted by command (a script by its name) and
+/// by kind: a script's own error, a command the ACL user lacks, a server
+/// that is gone. A script's first run (`NOSCRIPT`, then `SCRIPT LOAD`) is
+/// not an error.
+#[test]
+fn redis_command_errors_are_counted_by_command_and_kind() {
+    use redis::AsyncCommands;
+    use runner_host_fns::redis_conn::Counted;
+
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut server = RedisServer::start_with_acl(&crate::redis_tls::runner_acl("counted"));
+    metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let client = redis::Client::open(server.url_as("runner", "counted")).unwrap();
+            let manager = client.get_connection_manager().await.unwrap();
+            let fine = redis::Script::new("return 1");
+            let boom = redis::Script::new("return redis.error_reply('ERR boom')");
+            let mut conn = Counted::new(manager).with_scripts([("fine", &fine), ("boom", &boom)]);
+            let one: i64 = fine.invoke_async(&mut conn).await.unwrap();
+            assert_eq!(one, 1);
+            assert!(boom.invoke_async::<_, ()>(&mut conn).await.is_err());
+            // Not in the runner's ACL (deploy/redis-users.acl).
+            let keys: redis::RedisResult<Vec<String>> = conn.keys("runner:*").await;
+            assert!(keys.is_err());
+            server.stop();
+            let gone: redis::RedisResult<Option<String>> = conn.get("runner:x").await;
+            assert!(gone.is_err());
+        })
+    });
+    let text = handle.render();
+    for series in [
+        "runner_redis_errors_total{command=\"boom\",kind=\"other\"} 1",
+        "runner_redis_errors_total{command=\"keys\",kind=\"denied\"} 1",
+        "runner_redis_errors_total{command=\"get\",kind=\"connection\"} 1",
+    ] {
+        assert!(text.contains(series), "{series} in:\n{text}");
+    }
+    assert!(!text.contains("command=\"fine\""), "{text}");
+    assert!(!text.contains("evalsha"), "{text}");
 }
