@@ -176,9 +176,8 @@ impl TlsRedis {
         }
     }
 
-    /// Stops it as an operator would (SIGTERM: the AOF is flushed) and
-    /// starts it again on the same port and directory.
-    pub(crate) fn restart(&mut self) {
+    /// Stops it as an operator would (SIGTERM: the AOF is flushed).
+    pub(crate) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // SAFETY: plain kill(2) on a pid we spawned.
             unsafe {
@@ -186,6 +185,12 @@ impl TlsRedis {
             }
             let _ = child.wait();
         }
+    }
+
+    /// Starts it again after [`stop`](Self::stop), on the same port and
+    /// directory.
+    pub(crate) fn start_again(&mut self) {
+        assert!(self.child.is_none(), "already running");
         self.spawn();
     }
 

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::http::{Method, Uri};
-use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Timelike, Utc};
 use chrono_tz::Tz;
 use mail_parser::MimeHeaders;
 use reqwest::StatusCode;
@@ -70,7 +70,8 @@ impl Hit {
 type Answer = Arc<dyn Fn(&Uri) -> Value + Send + Sync>;
 
 /// The intranet and the webhooks: records every request and answers a
-/// path with what `answer` computes at that moment (200 `{}` otherwise).
+/// path with what `answer` computes at that moment (200 `{}` otherwise),
+/// `delay_ms` (a query parameter) late.
 #[derive(Clone)]
 struct Intranet {
     addr: SocketAddr,
@@ -86,6 +87,14 @@ impl Intranet {
             let recorded = recorded.clone();
             let answer = answer.clone();
             async move {
+                // `delay_ms=N` in the query: a slow intranet.
+                let delay = uri
+                    .query()
+                    .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("delay_ms=")))
+                    .and_then(|ms| ms.parse().ok());
+                if let Some(ms) = delay {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
                 let value = answer(&uri);
                 recorded.lock().unwrap().push(Hit {
                     method,
@@ -439,6 +448,32 @@ impl Deployment {
             .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         v
+    }
+
+    /// The job of `beat`'s next fire by its schedule (not by hand), once
+    /// it succeeded: (its result, the job).
+    async fn cron_fired(&self, beat: &str) -> (Value, Value) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let (s, v) = self
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/v1/schedules/{beat}"),
+                    SUBMIT,
+                    None,
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            if let Some(id) = v["last_fire"]["job"].as_str() {
+                assert_eq!(v["last_fire"]["manual"], false, "{v}");
+                let job = self.finished(id).await;
+                assert_eq!(job["state"], "SUCCESS", "{job}");
+                assert_eq!(job["schedule"], beat, "{job}");
+                return (job["result"].clone(), job);
+            }
+            assert!(Instant::now() < deadline, "{beat} did not fire: {v}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// A beat's fire, waited for: its result.
@@ -1159,15 +1194,26 @@ fn set(t: &mut toml::Table, path: &[&str], value: toml::Value) {
     at.insert(last.to_string(), value);
 }
 
-/// The deployment as it ships: `deploy/runner.toml` (only addresses, paths
-/// and secrets rewritten), Redis over mutual TLS with AOF and the ACL user
-/// of `deploy/redis-users.acl`, and separate `runner` processes: the API,
-/// the two worker pools of the scenario (`email` at concurrency 2, the
-/// other queues at 4) and two scheduler replicas. The reminder and the
-/// daily report run (mail at a real SMTP server, the PDF read back with
-/// pdftotext), every process's `/metrics` answers, and after Redis and a
-/// worker restart nothing is lost: a report enqueued while its worker was
-/// down runs, and the reminder's once-a-day guards survived in Redis.
+/// The deployment as it ships: `deploy/runner.toml` (addresses, paths and
+/// secrets rewritten; the two daily beats due a few seconds after start;
+/// one beat added whose task is not bound), Redis over mutual TLS with AOF
+/// and the ACL user of `deploy/redis-users.acl`, and separate `runner`
+/// processes: the API, the two worker pools of the scenario (`email` at
+/// concurrency 2, the other queues at 4, with a 3 s lease so that the test
+/// need not wait 30 s for one to run out) and two scheduler replicas.
+///
+/// The reminder and the daily report fire by their cron times, once (mail
+/// at a real SMTP server, the PDF read back with pdftotext). Then what
+/// operators watch is made to happen: a job fails for good, the schedulers
+/// stall past the grace (missed fires), the email queue hits its rate
+/// limit, and the reports worker is frozen (SIGSTOP) in the middle of a
+/// slow report while Redis is stopped (the API answers 503 meanwhile) and
+/// restarted and a second reports worker starts: the report enqueued
+/// meanwhile runs, the frozen worker's report is taken back after its
+/// lease and runs again, and the frozen worker, thawed, finds its lease
+/// lost. Every metric of docs/metrics.md is then served by some process
+/// with a value that moved, and the reminder's once-a-day guards survived
+/// the restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scenarios_the_shipped_topology_runs_as_separate_processes() {
     use crate::ops::{Logged, get, until};
@@ -1251,29 +1297,59 @@ async fn scenarios_the_shipped_topology_runs_as_separate_processes() {
             toml::Value::Array(vec![s("127.0.0.1/32")]),
         );
     }
+    // The two daily beats come due today (Tokyo) a little after start: the
+    // schedulers fire them by their cron, not the test.
+    let due = (Utc::now() + chrono::Duration::seconds(20)).with_timezone(&TOKYO);
+    let cron = format!("{} {} {} * * *", due.second(), due.minute(), due.hour());
+    let beats = t["beats"].as_array_mut().unwrap();
+    for b in beats.iter_mut() {
+        let b = b.as_table_mut().unwrap();
+        if ["daily-progress-reminder", "daily-report"].contains(&b["name"].as_str().unwrap()) {
+            b.insert("cron".into(), s(&cron));
+        }
+    }
+    // A config may name a task before it is bound: refused at every fire.
+    let mut archive = toml::Table::new();
+    archive.insert("name".into(), s("archive"));
+    archive.insert("task".into(), s("archive"));
+    archive.insert("every".into(), s("2s"));
+    beats.push(toml::Value::Table(archive));
+    let reminder_input = beats
+        .iter()
+        .find(|b| b["name"].as_str() == Some("daily-progress-reminder"))
+        .map(|b| serde_json::to_value(&b["input"]).unwrap())
+        .unwrap();
     let config = dir.path().join("runner.toml");
     std::fs::write(&config, toml::to_string(&t).unwrap()).unwrap();
 
     let log = |name: &str| dir.path().join(format!("{name}.log"));
     let ops = |port: u16| vec![("RUNNER_METRICS_LISTEN", format!("127.0.0.1:{port}"))];
-    let (email_ops, other_ops, s1_ops, s2_ops) =
-        (free_port(), free_port(), free_port(), free_port());
+    let (email_ops, other_ops, again_ops, s1_ops, s2_ops) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
     let other_queues = "default,notifications,reports,verification,maintenance";
+    let other_worker = |name: &str, port: u16| {
+        Logged::start(
+            &["worker", "-Q", other_queues, "-c", "4", "--lease", "3s"],
+            &config,
+            log(name),
+            &ops(port),
+        )
+    };
     let _api = Logged::start(&["serve"], &config, log("api"), &[]);
-    let _email = Logged::start(
+    let email = Logged::start(
         &["worker", "-Q", "email", "-c", "2"],
         &config,
         log("email"),
         &ops(email_ops),
     );
-    let mut other = Some(Logged::start(
-        &["worker", "-Q", other_queues, "-c", "4"],
-        &config,
-        log("other"),
-        &ops(other_ops),
-    ));
-    let _s1 = Logged::start(&["scheduler"], &config, log("s1"), &ops(s1_ops));
-    let _s2 = Logged::start(&["scheduler"], &config, log("s2"), &ops(s2_ops));
+    let other = other_worker("other", other_ops);
+    let s1 = Logged::start(&["scheduler"], &config, log("s1"), &ops(s1_ops));
+    let s2 = Logged::start(&["scheduler"], &config, log("s2"), &ops(s2_ops));
     let ready = |base: String| async move {
         until(&format!("{base}/readyz"), "ready", |st, _| st == 200).await;
     };
@@ -1281,59 +1357,170 @@ async fn scenarios_the_shipped_topology_runs_as_separate_processes() {
     for port in [email_ops, other_ops, s1_ops, s2_ops] {
         ready(format!("http://127.0.0.1:{port}")).await;
     }
+    let metrics = |port: u16| async move {
+        get(&format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .1
+    };
+    let metric_appears = |port: u16, what: &'static str, series: String| async move {
+        until(
+            &format!("http://127.0.0.1:{port}/metrics"),
+            what,
+            move |_, body| body.contains(&series),
+        )
+        .await
+    };
 
     let deployment = Deployment::remote(format!("http://{api}"));
-    let (reminded, job) = deployment.fire_and_finish("daily-progress-reminder").await;
+    // A job that fails for good: a dead letter.
+    let (st, failed) = deployment
+        .call(
+            reqwest::Method::POST,
+            "/v1/jobs",
+            SUBMIT,
+            Some(json!({ "task": "notify", "input": { "kind": "teams" },
+                         "retry": { "max_retries": 0 } })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{failed}");
+    let failed = deployment.finished(failed["id"].as_str().unwrap()).await;
+    assert_eq!(failed["state"], "FAILURE", "{failed}");
+
+    // The daily beats fire by their cron, each once across the replicas.
+    let (reminded, job) = deployment.cron_fired("daily-progress-reminder").await;
     assert_eq!(job["queue"], "email", "{job}");
     assert_eq!(reminded["sent"].as_u64(), Some(3), "{reminded}");
-    assert_eq!(inbox.messages().len(), 3);
-    let (out, job) = deployment.fire_and_finish("daily-report").await;
+    let (out, job) = deployment.cron_fired("daily-report").await;
     assert_eq!(job["queue"], "reports", "{job}");
     let pdf = reports.join(out["path"].as_str().unwrap());
     assert!(pdftotext(&pdf).contains("日次業務レポート"));
     assert_eq!(inbox.messages().len(), 4);
-
-    // Every process's metrics.
-    let body = until(&format!("http://{api}/metrics"), "served", |st, _| {
-        st == 200
-    })
-    .await;
-    assert!(body.contains("runner_queue_jobs{"), "API /metrics:\n{body}");
-    for (port, task) in [(email_ops, "reminder"), (other_ops, "report")] {
-        let body = get(&format!("http://127.0.0.1:{port}/metrics"))
-            .await
-            .unwrap()
-            .1;
-        assert!(
-            body.contains(&format!("task=\"{task}\"")) && body.contains("runner_jobs_total{"),
-            "worker /metrics:\n{body}"
+    let mut fired = 0.0;
+    for port in [s1_ops, s2_ops] {
+        fired += sample(
+            &metrics(port).await,
+            "runner_beat_fires_total{result=\"fired\"}",
         );
+    }
+    assert_eq!(fired, 2.0, "each cron fire enqueued by one replica");
+
+    // Both schedulers stall past the on-time grace: the archive beat's
+    // due times meanwhile are missed (and skipped), seen by each.
+    for sched in [&s1, &s2] {
+        sched.signal(libc::SIGSTOP);
+    }
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    for sched in [&s1, &s2] {
+        sched.signal(libc::SIGCONT);
     }
     for port in [s1_ops, s2_ops] {
-        let body = get(&format!("http://127.0.0.1:{port}/metrics"))
-            .await
-            .unwrap()
-            .1;
-        assert!(
-            body.contains("runner_queue_jobs{"),
-            "scheduler /metrics:\n{body}"
-        );
+        metric_appears(
+            port,
+            "counting missed fires",
+            "runner_beat_misses_total{policy=\"skip\"}".into(),
+        )
+        .await;
     }
 
-    // The reports worker dies; a report is enqueued meanwhile; Redis
-    // restarts; the worker comes back: the report runs.
-    drop(other.take());
+    // The email queue's rate limit (10/m) holds back a burst.
+    for _ in 0..10 {
+        let (st, v) = deployment
+            .call(
+                reqwest::Method::POST,
+                "/v1/jobs",
+                SUBMIT,
+                Some(json!({ "task": "reminder", "input": reminder_input })),
+            )
+            .await;
+        assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+    }
+    metric_appears(
+        email_ops,
+        "deferring by the rate limit",
+        "runner_rate_limit_deferrals_total{queue=\"email\"}".into(),
+    )
+    .await;
+
+    // A slow report is running when its worker freezes; a report is
+    // enqueued meanwhile; Redis stops (the API says 503, counting the
+    // failed command) and comes back; a second reports worker starts.
+    let mut slow_input = t["beats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"].as_str() == Some("daily-report"))
+        .map(|b| serde_json::to_value(&b["input"]).unwrap())
+        .unwrap();
+    slow_input["title"] = json!("遅延レポート");
+    slow_input["source"] = json!(intranet.url("/api/reports/daily?date={period}&delay_ms=4000"));
+    let (st, slow) = deployment
+        .call(
+            reqwest::Method::POST,
+            "/v1/jobs",
+            SUBMIT,
+            Some(json!({ "task": "report", "input": slow_input })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{slow}");
+    let slow = slow["id"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    while deployment.job(&slow).await["state"] != "STARTED" {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the slow report never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mails_before = inbox.messages().len();
+    let frozen_metrics = metrics(other_ops).await;
+    other.signal(libc::SIGSTOP);
     let fired = deployment.fire("daily-report").await;
-    redis.restart();
-    let _other = Logged::start(
-        &["worker", "-Q", other_queues, "-c", "4"],
-        &config,
-        log("other-again"),
-        &ops(other_ops),
-    );
+    redis.stop();
+    let (st, v) = deployment
+        .call(reqwest::Method::GET, "/v1/queues", SUBMIT, None)
+        .await;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    redis.start_again();
+    let again = other_worker("other-again", again_ops);
     let job = deployment.finished(fired["id"].as_str().unwrap()).await;
     assert_eq!(job["state"], "SUCCESS", "{job}");
-    assert_eq!(inbox.messages().len(), 5);
+    let job = deployment.finished(&slow).await;
+    assert_eq!(job["state"], "SUCCESS", "{job}");
+    assert_eq!(job["redeliveries"], 1, "taken back after the lease: {job}");
+    assert!(inbox.messages().len() >= mails_before + 2);
+    // Thawed, the first worker finds the slow report's lease lost.
+    other.signal(libc::SIGCONT);
+    metric_appears(
+        other_ops,
+        "finding its lease lost",
+        "runner_leases_lost_total{queue=\"reports\"}".into(),
+    )
+    .await;
+
+    // Every process serves its metrics; together they have every
+    // documented metric, each with a value that moved.
+    let api_metrics = get(&format!("http://{api}/metrics")).await.unwrap().1;
+    let mut bodies = vec![api_metrics, frozen_metrics];
+    for port in [email_ops, other_ops, again_ops, s1_ops, s2_ops] {
+        let body = metrics(port).await;
+        assert!(body.contains("runner_"), "{port}:\n{body}");
+        bodies.push(body);
+    }
+    let documented = crate::ops::documented_metrics();
+    assert!(documented.len() >= 18, "{documented:?}");
+    let still: Vec<&String> = documented
+        .iter()
+        .filter(|(name, kind)| !crate::ops::moved(&bodies, name, kind))
+        .map(|(name, _)| name)
+        .collect();
+    assert!(
+        still.is_empty(),
+        "metrics that did not move: {still:?}\n{}",
+        bodies.join("\n----\n")
+    );
+    drop((other, again, email));
+
     // The reminder's once-a-day guards (kv, written by Lua scripts) are
     // still there: with the default user off, Redis 7 dropped every
     // script's writes when it replayed its AOF (deploy/redis-users.acl).
@@ -1348,4 +1535,13 @@ async fn scenarios_the_shipped_topology_runs_as_separate_processes() {
         .query(&mut conn)
         .unwrap();
     assert_eq!(guards.len(), 3, "{guards:?}\nRedis log:\n{}", redis.log());
+}
+
+/// The value of `series` (name and labels as rendered) in a Prometheus
+/// text body; 0 when absent.
+fn sample(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
