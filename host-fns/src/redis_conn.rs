@@ -126,6 +126,7 @@ fn known_command(name: &[u8]) -> &'static str {
         "rpush",
         "lpop",
         "lrange",
+        "lrem",
         "ltrim",
         "llen",
         "zadd",
@@ -240,6 +241,22 @@ mod tests {
         assert_eq!(known_command(b"HGET"), "hget");
         assert_eq!(known_command(b"zrangebyscore"), "zrangebyscore");
         assert_eq!(known_command(b"anything-a-caller-sends"), "other");
+    }
+
+    /// Every command the runner's ACL user may run has its own label.
+    #[test]
+    fn every_command_of_the_acl_has_a_label() {
+        let acl = include_str!("../../deploy/redis-users.acl");
+        let user = acl.lines().find(|l| l.starts_with("user runner ")).unwrap();
+        let commands: Vec<&str> = user
+            .split(' ')
+            .filter_map(|w| w.strip_prefix('+'))
+            .map(|c| c.split('|').next().unwrap())
+            .collect();
+        assert!(commands.len() > 40, "{commands:?}");
+        for c in commands {
+            assert_eq!(known_command(c.as_bytes()), c);
+        }
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(enqueue_batch))
         .routes(routes!(get_job))
         .routes(routes!(revoke_job))
+        .routes(routes!(revoke_many))
         .routes(routes!(job_events))
 }
 
@@ -339,18 +340,132 @@ async fn revoke_job(
     ApiJson(req): ApiJson<RevokeRequest>,
 ) -> Result<axum::Json<RevokeAnswer>, ApiError> {
     let id = parse_id(&id)?;
-    let (outcome, state) = match ctx.broker.revoke(id, req.terminate).await? {
+    let outcome = ctx.broker.revoke(id, req.terminate).await?;
+    revoke_answer(id, outcome)
+        .map(axum::Json)
+        .ok_or_else(|| ApiError::not_found(format!("unknown job {id}")))
+}
+
+/// The answer for a revoke of `id`; None if it found no such job.
+fn revoke_answer(id: JobId, outcome: RevokeOutcome) -> Option<RevokeAnswer> {
+    let (outcome, state) = match outcome {
+        RevokeOutcome::NotFound => return None,
         RevokeOutcome::Revoked => (RevokeOutcomeName::Revoked, None),
         RevokeOutcome::Terminating => (RevokeOutcomeName::Terminating, None),
         RevokeOutcome::WillNotRetry => (RevokeOutcomeName::WillNotRetry, None),
         RevokeOutcome::AlreadyFinal(s) => (RevokeOutcomeName::AlreadyFinal, Some(s)),
-        RevokeOutcome::NotFound => return Err(ApiError::not_found(format!("unknown job {id}"))),
     };
-    Ok(axum::Json(RevokeAnswer {
+    Some(RevokeAnswer {
         id: id.to_string(),
         outcome,
         state,
-    }))
+    })
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RevokeManyRequest {
+    /// Every job of this task.
+    pub task: Option<String>,
+    /// Every job of this queue (with `task`: that task's jobs in it; every
+    /// known queue when absent).
+    pub queue: Option<String>,
+    /// Also stop those running.
+    pub terminate: bool,
+    /// List what would be revoked; change nothing.
+    pub dry_run: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RevokedMany {
+    /// Waiting jobs (ready, delayed, waiting for a retry): ended REVOKED,
+    /// they never run.
+    #[schema(value_type = Vec<JobId>)]
+    pub purged: Vec<String>,
+    /// Running jobs: told to stop (`terminating`) or, without `terminate`,
+    /// to finish without a retry (`will_not_retry`).
+    pub running: Vec<RevokeAnswer>,
+    pub dry_run: bool,
+}
+
+/// Revokes every job of a task and/or a queue: the running ones first (so
+/// that none comes back as a retry), then the waiting ones. The reply
+/// lists each.
+#[utoipa::path(post, path = "/v1/jobs/revoke", tag = "jobs",
+    request_body = RevokeManyRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "done", body = RevokedMany),
+        (status = 400, description = "neither a task nor a queue, a bad name, or a malformed body", body = ErrorBody),
+        NeedsAdmin, TakesBody, UsesStorage,
+    ))]
+async fn revoke_many(
+    State(ctx): State<AppState>,
+    _: Admin,
+    ApiJson(req): ApiJson<RevokeManyRequest>,
+) -> Result<axum::Json<RevokedMany>, ApiError> {
+    if req.task.is_none() && req.queue.is_none() {
+        return Err(ApiError::bad_request(
+            "name a task, a queue or both: revoking every job of every queue is not offered",
+        ));
+    }
+    let filter = super::queues::PurgeRequest {
+        task: req.task.clone(),
+        dry_run: req.dry_run,
+        ..Default::default()
+    }
+    .filter()?;
+    let queues = match &req.queue {
+        Some(q) => {
+            crate::queue::job::validate_queue_name(q)
+                .map_err(|e| ApiError::bad_request(format!("queue: {e}")))?;
+            vec![q.clone()]
+        }
+        None => ctx
+            .broker
+            .queues()
+            .await?
+            .into_iter()
+            .map(|q| q.name)
+            .collect(),
+    };
+    let mut out = RevokedMany {
+        purged: Vec::new(),
+        running: Vec::new(),
+        dry_run: req.dry_run,
+    };
+    for queue in &queues {
+        for job in ctx.broker.running(queue).await? {
+            if filter
+                .task
+                .as_ref()
+                .is_some_and(|t| job.task.as_ref() != Some(t))
+            {
+                continue;
+            }
+            let outcome = if req.dry_run && req.terminate {
+                RevokeOutcome::Terminating
+            } else if req.dry_run {
+                RevokeOutcome::WillNotRetry
+            } else {
+                ctx.broker.revoke(job.id, req.terminate).await?
+            };
+            // (Gone meanwhile: its record expired. Nothing to list.)
+            out.running.extend(revoke_answer(job.id, outcome));
+        }
+        let purged = ctx.broker.purge(queue, &filter).await?;
+        out.purged.extend(purged.iter().map(|i| i.to_string()));
+    }
+    if !req.dry_run {
+        tracing::info!(
+            task = ?req.task,
+            queue = ?req.queue,
+            purged = out.purged.len(),
+            running = out.running.len(),
+            "revoked in bulk"
+        );
+    }
+    Ok(axum::Json(out))
 }
 
 /// The job's state changes and progress as server-sent events, pushed as

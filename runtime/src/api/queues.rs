@@ -13,13 +13,15 @@ use super::jobs::job_view;
 use super::schema::{NeedsAdmin, NeedsToken, QueueName, TakesBody, UsesStorage};
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState};
 use crate::queue::job::validate_queue_name;
-use crate::queue::{Job, JobId, QueueStats, WorkerInfo};
+use crate::queue::{Job, JobId, PurgeFilter, QueueStats, WorkerInfo};
+use crate::registry::TaskName;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_queues))
         .routes(routes!(dead_letters))
         .routes(routes!(replay))
+        .routes(routes!(purge))
         .routes(routes!(list_workers))
 }
 
@@ -113,6 +115,88 @@ async fn replay(
     let done = ctx.broker.replay(&queue, &ids).await?;
     Ok(axum::Json(Replayed {
         replayed: done.iter().map(|i| i.to_string()).collect(),
+    }))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct PurgeRequest {
+    /// Purge the jobs that may run now (default true).
+    pub ready: bool,
+    /// Purge the jobs waiting for a due time: countdowns, ETAs, retry
+    /// backoffs, rate limits (default true).
+    pub delayed: bool,
+    /// Only the jobs of this task.
+    pub task: Option<String>,
+    /// List what would be purged; change nothing.
+    pub dry_run: bool,
+}
+
+impl Default for PurgeRequest {
+    fn default() -> Self {
+        let f = PurgeFilter::default();
+        PurgeRequest {
+            ready: f.ready,
+            delayed: f.delayed,
+            task: f.task,
+            dry_run: f.dry_run,
+        }
+    }
+}
+
+impl PurgeRequest {
+    pub fn filter(self) -> Result<PurgeFilter, ApiError> {
+        if let Some(t) = &self.task {
+            TaskName::validate(t).map_err(|e| ApiError::bad_request(format!("task: {e}")))?;
+        }
+        Ok(PurgeFilter {
+            ready: self.ready,
+            delayed: self.delayed,
+            task: self.task,
+            dry_run: self.dry_run,
+        })
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Purged {
+    /// How many jobs were purged (or would be, on a dry run).
+    pub count: usize,
+    /// Their ids: each ended REVOKED ("purged from its queue before it
+    /// ran") and is kept, as any ended job, for its result TTL.
+    #[schema(value_type = Vec<JobId>)]
+    pub purged: Vec<String>,
+    pub dry_run: bool,
+}
+
+/// Purges a queue: its waiting jobs (ready and/or delayed, of one task or
+/// all) end REVOKED and never run; running jobs are left alone (revoke
+/// them with `POST /v1/jobs/revoke`). The reply lists every job purged.
+#[utoipa::path(post, path = "/v1/queues/{queue}/purge", tag = "queues",
+    params(("queue" = QueueName, Path, description = "queue name")),
+    request_body = PurgeRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "purged", body = Purged),
+        (status = 400, description = "a bad queue or task name, or malformed JSON", body = ErrorBody),
+        NeedsAdmin, TakesBody, UsesStorage,
+    ))]
+async fn purge(
+    State(ctx): State<AppState>,
+    _: Admin,
+    ApiPath(queue): ApiPath<String>,
+    ApiJson(req): ApiJson<PurgeRequest>,
+) -> Result<axum::Json<Purged>, ApiError> {
+    check_queue(&queue)?;
+    let filter = req.filter()?;
+    let ids = ctx.broker.purge(&queue, &filter).await?;
+    if !filter.dry_run {
+        tracing::info!(queue, count = ids.len(), task = ?filter.task, "purged");
+    }
+    Ok(axum::Json(Purged {
+        count: ids.len(),
+        purged: ids.iter().map(|i| i.to_string()).collect(),
+        dry_run: filter.dry_run,
     }))
 }
 

@@ -13,6 +13,7 @@ pub mod call;
 pub mod client;
 pub mod dev;
 pub mod inspect;
+pub mod purge;
 pub mod revoke;
 pub mod run;
 pub mod scheduler;
@@ -53,8 +54,11 @@ pub enum Command {
     Call(call::CallArgs),
     /// Show a job's state and result.
     Status(status::StatusArgs),
-    /// Revoke a job (`--terminate` also stops it if running).
+    /// Revoke a job, or every job of a task or queue (`--terminate` also
+    /// stops running ones).
     Revoke(revoke::RevokeArgs),
+    /// Purge a queue's waiting jobs (`--yes`; without it, only counts).
+    Purge(purge::PurgeArgs),
     /// List queues, workers or dead letters.
     Inspect(inspect::InspectArgs),
 }
@@ -89,6 +93,7 @@ pub fn main() -> ExitCode {
             Command::Call(args) => call::execute(args).await,
             Command::Status(args) => status::execute(args).await,
             Command::Revoke(args) => revoke::execute(args).await,
+            Command::Purge(args) => purge::execute(args).await,
             Command::Inspect(args) => inspect::execute(args).await,
         }
     });

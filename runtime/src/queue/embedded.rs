@@ -17,8 +17,9 @@ use tokio::sync::{broadcast, mpsc};
 use super::job::{DEAD_LETTER_TTL, Job, JobId, JobState, Progress};
 use super::ratelimit::Limiter;
 use super::{
-    Broker, BrokerResult, Delivery, Enqueued, Extended, JobEvent, Lease, LeaseMember, QueueStats,
-    RevokeOutcome, SettleReply, SettleRequest, Settlement, Signal, WorkerInfo, ms_to_time,
+    Broker, BrokerResult, Delivery, Enqueued, Extended, JobEvent, Lease, LeaseMember, PURGED,
+    PurgeFilter, QueueStats, RevokeOutcome, SettleReply, SettleRequest, Settlement, Signal,
+    WorkerInfo, ms_to_time,
 };
 
 struct Record {
@@ -733,5 +734,91 @@ impl Broker for EmbeddedBroker {
             );
         }
         Ok(done)
+    }
+
+    async fn purge(&self, queue: &str, filter: &PurgeFilter) -> BrokerResult<Vec<JobId>> {
+        let now = now_ms();
+        let at = Utc::now();
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let Some(q) = st.queues.get_mut(queue) else {
+            return Ok(Vec::new());
+        };
+        let records = &mut st.records;
+        // Taken: a queued job the filter picks. Dropped as well (not on a
+        // dry run): an entry whose record is gone or already final (a job
+        // revoked before it ran, skipped when popped).
+        let mut taken = Vec::new();
+        let mut verdict = |id: &JobId| -> bool {
+            match records
+                .get(id)
+                .filter(|r| r.expires_at.is_none_or(|e| e > now))
+            {
+                Some(r) if filter.takes(&r.job) => {
+                    taken.push(*id);
+                    true
+                }
+                Some(r) => r.job.state.is_final(),
+                None => true,
+            }
+        };
+        if filter.delayed {
+            let gone: Vec<_> = q
+                .delayed
+                .iter()
+                .filter(|(_, id, _)| verdict(id))
+                .copied()
+                .collect();
+            if !filter.dry_run {
+                for e in gone {
+                    q.delayed.remove(&e);
+                }
+            }
+        }
+        if filter.ready {
+            let keep: VecDeque<_> = q
+                .ready
+                .iter()
+                .filter(|(id, _)| !verdict(id))
+                .copied()
+                .collect();
+            if !filter.dry_run {
+                q.ready = keep;
+            }
+        }
+        if filter.dry_run {
+            return Ok(taken);
+        }
+        for id in &taken {
+            if let Some(r) = records.get_mut(id) {
+                r.job = r.job.revoked(PURGED, at);
+                r.expires_at = Some(now + r.job.result_ttl_ms as i64);
+            }
+        }
+        drop(guard);
+        for id in &taken {
+            self.emit(*id, queue, JobState::Revoked);
+        }
+        Ok(taken)
+    }
+
+    async fn running(&self, queue: &str) -> BrokerResult<Vec<Job>> {
+        let now = now_ms();
+        let st = self.lock();
+        let Some(q) = st.queues.get(queue) else {
+            return Ok(Vec::new());
+        };
+        let mut out: Vec<Job> = q
+            .leases
+            .keys()
+            .filter_map(|m| {
+                let member = LeaseMember::parse(m)?;
+                let mut job = st.record(&member.id, now)?.job.clone();
+                member.show_started(&mut job);
+                Some(job)
+            })
+            .collect();
+        out.sort_by_key(|j| j.started_at);
+        Ok(out)
     }
 }

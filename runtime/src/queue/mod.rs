@@ -324,6 +324,45 @@ pub fn redis_unavailable(e: &::redis::RedisError) -> bool {
         )
 }
 
+/// Which queued jobs [`Broker::purge`] takes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PurgeFilter {
+    /// Jobs that may run now.
+    pub ready: bool,
+    /// Jobs waiting for a due time: countdowns, ETAs, retry backoffs, rate
+    /// limits.
+    pub delayed: bool,
+    /// Only the jobs of this task.
+    pub task: Option<String>,
+    /// List them; change nothing.
+    pub dry_run: bool,
+}
+
+impl Default for PurgeFilter {
+    fn default() -> Self {
+        PurgeFilter {
+            ready: true,
+            delayed: true,
+            task: None,
+            dry_run: false,
+        }
+    }
+}
+
+impl PurgeFilter {
+    /// Whether the purge takes `job` (queued, of the task asked for).
+    pub fn takes(&self, job: &Job) -> bool {
+        matches!(job.state, JobState::Pending | JobState::Retry)
+            && self
+                .task
+                .as_ref()
+                .is_none_or(|t| job.task.as_ref() == Some(t))
+    }
+}
+
+/// The message of a purged job's `revoked` error.
+pub const PURGED: &str = "purged from its queue before it ran";
+
 pub type BrokerResult<T> = Result<T, BrokerError>;
 
 #[async_trait]
@@ -372,6 +411,17 @@ pub trait Broker: Send + Sync + 'static {
     /// Puts dead letters back as new attempts (all of them when `ids` is
     /// empty); returns the ids replayed.
     async fn replay(&self, queue: &str, ids: &[JobId]) -> BrokerResult<Vec<JobId>>;
+
+    /// Ends queued jobs of `queue` that `filter` picks (ready and/or
+    /// delayed, of one task or all) as REVOKED, "purged": they never run,
+    /// and a waiter learns it at once. Running jobs are not touched (see
+    /// [`Broker::running`] and [`Broker::revoke`]). Returns the ids purged,
+    /// or with `filter.dry_run` those it would purge, changing nothing.
+    async fn purge(&self, queue: &str, filter: &PurgeFilter) -> BrokerResult<Vec<JobId>>;
+
+    /// The jobs of `queue` under a lease now (running, or prefetched by a
+    /// worker), as stored.
+    async fn running(&self, queue: &str) -> BrokerResult<Vec<Job>>;
 
     /// Waits until the job is final or `timeout` passes, woken by events.
     /// Returns the job as it is then (`None` if unknown).

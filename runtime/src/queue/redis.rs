@@ -37,7 +37,9 @@
 //! command (its result) plus its share of a few per batch: `runner bench
 //! queue` measures about 2.5 per job, and a job enqueued and run entirely
 //! alone about 22. A status read costs HGET and GET (and the status
-//! script while the job has not ended), whatever the number of queues. An idle worker sends
+//! script while the job has not ended), whatever the number of queues. A
+//! purge reads its queue 500 entries a page (LRANGE or ZRANGE, MGET) and
+//! ends the page's jobs with one script (`lua/purge.lua`). An idle worker sends
 //! nothing but its heartbeat: it waits on pub/sub, and sets a timer for the
 //! earliest delayed job instead of polling.
 //!
@@ -76,14 +78,17 @@ use tokio::sync::{broadcast, mpsc};
 use super::job::{DEAD_LETTER_TTL, Job, JobId, JobState, MAX_DELAY, Progress};
 use super::{
     Broker, BrokerError, BrokerResult, Completion, Delivery, Enqueued, Extended, JobEvent, Lease,
-    LeaseMember, QueueStats, RevokeOutcome, SettleReply, SettleRequest, Settlement, Signal,
-    WorkerInfo, ms_to_time,
+    LeaseMember, PURGED, PurgeFilter, QueueStats, RevokeOutcome, SettleReply, SettleRequest,
+    Settlement, Signal, WorkerInfo, ms_to_time,
 };
 
 const QUEUES_KEY: &str = "runner:queues";
 const CONTROL_CHANNEL: &str = "runner:control";
 /// Jobs per enqueue script call: keeps Lua's `unpack` well inside its stack.
 const ENQUEUE_CHUNK: usize = 1000;
+
+/// Entries a purge reads and changes per call.
+const PURGE_PAGE: usize = 500;
 /// The ids of workers that sent a heartbeat (each also has its key
 /// `runner:worker:<id>`, with a TTL).
 const WORKERS_KEY: &str = "runner:workers";
@@ -128,6 +133,7 @@ struct Scripts {
     revoke: Script,
     replay: Script,
     index: Script,
+    purge: Script,
 }
 
 impl Scripts {
@@ -143,11 +149,12 @@ impl Scripts {
             revoke: script(include_str!("lua/revoke.lua")),
             replay: script(include_str!("lua/replay.lua")),
             index: script(include_str!("lua/index.lua")),
+            purge: script(include_str!("lua/purge.lua")),
         }
     }
 
     /// Their names, for the `command` label of Redis errors.
-    fn named(&self) -> [(&'static str, &Script); 7] {
+    fn named(&self) -> [(&'static str, &Script); 8] {
         [
             ("enqueue", &self.enqueue),
             ("settle", &self.settle),
@@ -156,6 +163,7 @@ impl Scripts {
             ("revoke", &self.revoke),
             ("replay", &self.replay),
             ("index", &self.index),
+            ("purge", &self.purge),
         ]
     }
 }
@@ -1010,9 +1018,209 @@ impl Broker for RedisBroker {
             replayed.extend(done);
         }
     }
+
+    /// A page at a time: the delayed set by rank from its start, then the
+    /// ready list from its tail (see [`RedisBroker::purge_page`] for why
+    /// nothing is missed while workers and producers go on).
+    async fn purge(&self, queue: &str, filter: &PurgeFilter) -> BrokerResult<Vec<JobId>> {
+        let mut out = Vec::new();
+        // Pages enough for what is there now, twice over (pages overlap
+        // when entries shift): a purge does not chase jobs enqueued after
+        // it started for ever.
+        let rounds = |len: usize| 2 * (len / PURGE_PAGE) + 2;
+        if filter.delayed {
+            let len: usize = self
+                .conn()
+                .zcard(format!("{}delayed", prefix(queue)))
+                .await?;
+            let mut at = 0usize;
+            for _ in 0..rounds(len) {
+                let members: Vec<String> = self
+                    .conn()
+                    .zrange(
+                        format!("{}delayed", prefix(queue)),
+                        at as isize,
+                        (at + PURGE_PAGE) as isize - 1,
+                    )
+                    .await?;
+                let removed = self
+                    .purge_page(queue, filter, &members, 'd', &mut out)
+                    .await?;
+                if members.len() < PURGE_PAGE {
+                    break;
+                }
+                at += members.len() - removed;
+            }
+        }
+        if filter.ready {
+            let len: usize = self.conn().llen(format!("{}ready", prefix(queue))).await?;
+            let mut from_tail = 0usize;
+            for _ in 0..rounds(len) {
+                let stop = -(from_tail as isize) - 1;
+                let members: Vec<String> = self
+                    .conn()
+                    .lrange(
+                        format!("{}ready", prefix(queue)),
+                        stop - PURGE_PAGE as isize + 1,
+                        stop,
+                    )
+                    .await?;
+                let removed = self
+                    .purge_page(queue, filter, &members, 'r', &mut out)
+                    .await?;
+                if members.len() < PURGE_PAGE {
+                    break;
+                }
+                from_tail += members.len() - removed;
+            }
+        }
+        // A page read again (entries shifted under it) lists a job once.
+        let mut seen = HashSet::new();
+        out.retain(|id| seen.insert(*id));
+        Ok(out)
+    }
+
+    async fn running(&self, queue: &str) -> BrokerResult<Vec<Job>> {
+        let p = prefix(queue);
+        let mut conn = self.conn();
+        let leased: Vec<(String, String)> = conn.hgetall(format!("{p}leased")).await?;
+        let mut out = Vec::new();
+        for chunk in leased.chunks(ENQUEUE_CHUNK) {
+            let keys: Vec<String> = chunk.iter().map(|(id, _)| format!("{p}job:{id}")).collect();
+            let recs: Vec<Option<String>> =
+                redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+            for ((_, member), rec) in chunk.iter().zip(recs) {
+                let (Some(rec), Some(member)) = (rec, LeaseMember::parse(member)) else {
+                    continue;
+                };
+                let mut job = Job::from_json(&rec)?;
+                if !job.state.is_final() {
+                    member.show_started(&mut job);
+                    out.push(job);
+                }
+            }
+        }
+        out.sort_by_key(|j| j.started_at);
+        Ok(out)
+    }
 }
 
 impl RedisBroker {
+    /// Purges what `filter` picks among `members` (of the delayed set, `'d'`,
+    /// or the ready list, `'r'`) and drops their stale entries; adds the ids
+    /// purged (or, dry, those it would purge) to `out`. Returns how many
+    /// entries left the page's list or set.
+    ///
+    /// Pages are read by rank, so an entry removed meanwhile by a worker
+    /// shifts the rest. The ready list is read from its tail: workers pop
+    /// its head and producers push at its tail, so a shift only makes a
+    /// page start earlier (entries read twice, never skipped). The delayed
+    /// set loses its head to the ready list as jobs come due: those are
+    /// met again in the ready list, read after it.
+    async fn purge_page(
+        &self,
+        queue: &str,
+        filter: &PurgeFilter,
+        members: &[String],
+        place: char,
+        out: &mut Vec<JobId>,
+    ) -> BrokerResult<usize> {
+        if members.is_empty() {
+            return Ok(0);
+        }
+        let p = prefix(queue);
+        let ids: Vec<&str> = members
+            .iter()
+            .map(|m| m.split('|').next().unwrap_or(m))
+            .collect();
+        let keys: Vec<String> = ids.iter().map(|id| format!("{p}job:{id}")).collect();
+        let recs: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut self.conn())
+            .await?;
+        let at = Utc::now();
+        let mut inv = self.inner.scripts.purge.prepare_invoke();
+        inv.key(format!("{p}ready"))
+            .arg(&p)
+            .arg(channel(queue))
+            .arg(queue);
+        let mut entries = Vec::new();
+        let mut indexed = Vec::new();
+        for ((id, member), rec) in ids.iter().zip(members).zip(&recs) {
+            let job = rec.as_deref().map(Job::from_json).transpose();
+            match job {
+                Ok(Some(job)) if filter.takes(&job) => {
+                    if filter.dry_run {
+                        out.push(job.id);
+                        continue;
+                    }
+                    let revoked = job.revoked(PURGED, at);
+                    let ttl = revoked.result_ttl_ms.max(1);
+                    entries.push([
+                        id.to_string(),
+                        member.clone(),
+                        place.to_string(),
+                        rec.clone().unwrap_or_default(),
+                        revoked.to_json(),
+                        ttl.to_string(),
+                    ]);
+                    indexed.push((job.id, ttl));
+                }
+                // Gone or final: an entry left behind (a job revoked
+                // before it ran is skipped when popped); dropped too.
+                Ok(None) if !filter.dry_run => {
+                    entries.push([
+                        id.to_string(),
+                        member.clone(),
+                        place.to_string(),
+                        String::new(),
+                        String::new(),
+                        "0".into(),
+                    ]);
+                }
+                Ok(Some(job)) if job.state.is_final() && !filter.dry_run => {
+                    entries.push([
+                        id.to_string(),
+                        member.clone(),
+                        place.to_string(),
+                        String::new(),
+                        String::new(),
+                        "0".into(),
+                    ]);
+                }
+                // Another task's, or a record this build cannot read:
+                // left as it is.
+                _ => {}
+            }
+        }
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        inv.arg(entries.len());
+        for e in &entries {
+            for a in e {
+                inv.arg(a);
+            }
+        }
+        let purged: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
+        let purged: Vec<JobId> = purged.iter().filter_map(|s| s.parse().ok()).collect();
+        // Kept a result TTL from now: so are their index entries.
+        let index: Vec<_> = indexed
+            .iter()
+            .filter(|(id, _)| purged.contains(id))
+            .map(|&(id, ttl)| (id, queue, ttl.saturating_add(INDEX_RETAIN_MS)))
+            .collect();
+        if let Err(e) = self.index(&index).await {
+            tracing::warn!(queue, "indexing purged jobs: {e}");
+        }
+        // The script says which jobs it purged, not which stale entries it
+        // dropped: those sent are counted (one that came back to life
+        // meanwhile only makes the next page overlap this one).
+        let removed = purged.len() + entries.iter().filter(|e| e[3].is_empty()).count();
+        out.extend(purged);
+        Ok(removed)
+    }
+
     /// Puts `jobs` back as fresh attempts if they are still dead letters.
     async fn replay_jobs(&self, queue: &str, jobs: &[Job]) -> BrokerResult<Vec<JobId>> {
         let p = prefix(queue);

@@ -175,6 +175,19 @@ impl TestApi {
         assert_eq!(s, StatusCode::OK, "{v}");
         v
     }
+
+    /// The job's state now.
+    pub async fn state(&self, id: &str) -> String {
+        let (s, v) = self
+            .call(self.req(
+                reqwest::Method::GET,
+                &format!("/v1/jobs/{id}"),
+                Some(SUBMIT),
+            ))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v["state"].as_str().unwrap().to_string()
+    }
 }
 
 pub(crate) fn message(v: &Value) -> String {
@@ -803,6 +816,8 @@ async fn api_openapi_document_lists_every_route_and_its_refs_resolve() {
         ("get", "/v1/queues"),
         ("get", "/v1/queues/{queue}/dead"),
         ("post", "/v1/queues/{queue}/replay"),
+        ("post", "/v1/queues/{queue}/purge"),
+        ("post", "/v1/jobs/revoke"),
         ("get", "/v1/workers"),
         ("get", "/v1/schedules"),
         ("get", "/v1/schedules/{name}"),
@@ -1039,4 +1054,175 @@ async fn api_schedules_are_validated_picked_up_and_fired() {
 /// `sha256:<hex>` of `bytes`, as the API shows it.
 pub(crate) fn module_hash(bytes: &[u8]) -> String {
     runner::names::ModuleHash::of(bytes).to_string()
+}
+
+/// Purge and revoke in bulk, as an operator does: admin only, names
+/// checked, a dry run that changes nothing, the running jobs of a task
+/// stopped and its waiting ones ended, another task's jobs untouched until
+/// the queue is purged whole; every job touched is listed.
+async fn purge_and_revoke_in_bulk(api: &TestApi) {
+    api.bind_example("sleep", "sleeper").await;
+    api.bind_example("greet", "hello").await;
+    let mut running = Vec::new();
+    for _ in 0..2 {
+        let (s, v) = api
+            .enqueue(json!({ "task": "sleep", "input": { "ms": 60000 } }))
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        running.push(v["id"].as_str().unwrap().to_string());
+    }
+    let later =
+        |task: &str, input: Value| json!({ "task": task, "input": input, "countdown": 600 });
+    let mut sleeps = Vec::new();
+    for _ in 0..3 {
+        let (_, v) = api.enqueue(later("sleep", json!({ "ms": 1 }))).await;
+        sleeps.push(v["id"].as_str().unwrap().to_string());
+    }
+    let mut greets = Vec::new();
+    for _ in 0..2 {
+        let (_, v) = api.enqueue(later("greet", json!({ "name": "x" }))).await;
+        greets.push(v["id"].as_str().unwrap().to_string());
+    }
+    for id in &running {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, v) = api
+                .call(api.req(
+                    reqwest::Method::GET,
+                    &format!("/v1/jobs/{id}"),
+                    Some(SUBMIT),
+                ))
+                .await;
+            if v["state"] == "STARTED" {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{v}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let post = |path: &str, token: &'static str, body: Value| {
+        api.call(
+            api.req(reqwest::Method::POST, path, Some(token))
+                .json(&body),
+        )
+    };
+    let sorted = |v: &Value| {
+        let mut ids: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let purge = "/v1/queues/default/purge";
+
+    // Refused: a submit token; bad names; unknown fields; no filter at all.
+    let (s, _) = post(purge, SUBMIT, json!({})).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, v) = post(purge, ADMIN, json!({ "task": "no such/task" })).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(message(&v).contains("task"), "{v}");
+    let (s, v) = post("/v1/queues/bad queue/purge", ADMIN, json!({})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, v) = post(purge, ADMIN, json!({ "tasks": "sleep" })).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(message(&v).contains("tasks"), "{v}");
+    let (s, v) = post("/v1/jobs/revoke", ADMIN, json!({ "terminate": true })).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(message(&v).contains("name a task, a queue or both"), "{v}");
+    let (s, _) = post("/v1/jobs/revoke", SUBMIT, json!({ "task": "sleep" })).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // A dry run lists and changes nothing.
+    let (s, v) = post(purge, ADMIN, json!({ "task": "sleep", "dry_run": true })).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["count"].as_u64(), v["dry_run"].as_bool()),
+        (Some(3), Some(true))
+    );
+    let mut expected = sleeps.clone();
+    expected.sort();
+    assert_eq!(sorted(&v["purged"]), expected);
+    let (_, v) = post(
+        "/v1/jobs/revoke",
+        ADMIN,
+        json!({ "task": "sleep", "terminate": true, "dry_run": true }),
+    )
+    .await;
+    assert_eq!(v["running"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(v["purged"].as_array().unwrap().len(), 3, "{v}");
+    assert_eq!(api.state(&sleeps[0]).await, "PENDING");
+    assert_eq!(api.state(&running[0]).await, "STARTED");
+
+    // Every job of the task: running ones stopped, waiting ones ended.
+    let (s, v) = post(
+        "/v1/jobs/revoke",
+        ADMIN,
+        json!({ "task": "sleep", "terminate": true }),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(sorted(&v["purged"]), expected);
+    let mut stopped: Vec<String> = v["running"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["outcome"], "terminating", "{v}");
+            r["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    stopped.sort();
+    running.sort();
+    assert_eq!(stopped, running);
+    for id in running.iter().chain(&sleeps) {
+        let job = api.wait(id).await;
+        assert_eq!(job["state"], "REVOKED", "{job}");
+    }
+    for id in &greets {
+        assert_eq!(api.state(id).await, "PENDING");
+    }
+
+    // The queue purged whole: the other task's jobs.
+    let (s, v) = post(purge, ADMIN, json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    greets.sort();
+    assert_eq!(sorted(&v["purged"]), greets);
+    let job = api.wait(&greets[0]).await;
+    assert_eq!(job["state"], "REVOKED", "{job}");
+    assert_eq!(
+        job["error"]["message"], "purged from its queue before it ran",
+        "{job}"
+    );
+    let (_, v) = api
+        .call(api.req(reqwest::Method::GET, "/v1/queues", Some(SUBMIT)))
+        .await;
+    let default = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "default")
+        .unwrap();
+    assert_eq!(
+        (default["ready"].as_u64(), default["delayed"].as_u64()),
+        (Some(0), Some(0)),
+        "{v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api_purge_and_revoke_in_bulk_on_the_embedded_broker() {
+    let api = TestApi::start(None, "64MiB", true).await;
+    purge_and_revoke_in_bulk(&api).await;
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api_purge_and_revoke_in_bulk_on_redis() {
+    let redis = RedisServer::start();
+    let api = TestApi::start(Some(redis.url()), "64MiB", true).await;
+    purge_and_revoke_in_bulk(&api).await;
+    api.stop().await;
 }

@@ -656,6 +656,8 @@ const ADMIN_ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/tasks/{name}/rollback"),
     ("POST", "/v1/jobs/{id}/revoke"),
     ("POST", "/v1/queues/{queue}/replay"),
+    ("POST", "/v1/queues/{queue}/purge"),
+    ("POST", "/v1/jobs/revoke"),
     ("PUT", "/v1/schedules/{name}"),
     ("DELETE", "/v1/schedules/{name}"),
     ("POST", "/v1/schedules/{name}/fire"),
@@ -879,6 +881,26 @@ async fn api_contract_every_answer_is_documented() {
     step!(d, 400 POST replay, "/v1/queues/default/replay", Some(ADMIN), j(json!({"ids": ["x"]})));
     step!(d, 400 POST replay, "/v1/queues/a%20b/replay", Some(ADMIN), Body::None);
     step!(d, 413 POST replay, "/v1/queues/default/replay", Some(ADMIN), too_big());
+    let purge = "/v1/queues/{queue}/purge";
+    let v = step!(d, 200 POST purge, "/v1/queues/default/purge", Some(ADMIN), j(json!({"task": "greet", "dry_run": true})));
+    assert_eq!(v["dry_run"], true, "{v}");
+    step!(d, 200 POST purge, "/v1/queues/nothing-here/purge", Some(ADMIN), Body::None);
+    step!(d, 400 POST purge, "/v1/queues/a%20b/purge", Some(ADMIN), Body::None);
+    step!(d, 400 POST purge, "/v1/queues/default/purge", Some(ADMIN), j(json!({"task": "a b"})));
+    step!(d, 413 POST purge, "/v1/queues/default/purge", Some(ADMIN), too_big());
+    let bulk = "/v1/jobs/revoke";
+    let v = step!(d, 200 POST bulk, bulk, Some(ADMIN), j(json!({"task": "nothing-bound", "terminate": true})));
+    assert_eq!(
+        (
+            v["purged"].as_array().map(Vec::len),
+            v["running"].as_array().map(Vec::len)
+        ),
+        (Some(0), Some(0)),
+        "{v}"
+    );
+    step!(d, 400 POST bulk, bulk, Some(ADMIN), Body::None);
+    step!(d, 400 POST bulk, bulk, Some(ADMIN), j(json!({"queue": "a b"})));
+    step!(d, 413 POST bulk, bulk, Some(ADMIN), too_big());
     step!(d, 200 GET "/v1/workers", "/v1/workers", Some(SUBMIT), Body::None);
 
     // Schedules.
@@ -962,6 +984,7 @@ async fn api_contract_every_answer_is_documented() {
                 ("POST", "/v1/jobs/batch") => j(json!({"jobs": [{"task": "greet"}]})),
                 ("PUT", "/v1/tasks/{name}") => j(json!({"module": hello_hash})),
                 ("PUT", "/v1/schedules/{name}") => j(json!({"task": "greet", "every": "1h"})),
+                ("POST", "/v1/jobs/revoke") => j(json!({"task": "greet"})),
                 _ => Body::None,
             };
             (method, template, path, body)
@@ -1030,6 +1053,18 @@ async fn api_contract_fields_limits_and_patterns_are_the_servers() {
             "ReplayRequest",
             Method::POST,
             "/v1/queues/default/replay".into(),
+            unknown.clone(),
+        ),
+        (
+            "PurgeRequest",
+            Method::POST,
+            "/v1/queues/default/purge".into(),
+            unknown.clone(),
+        ),
+        (
+            "RevokeManyRequest",
+            Method::POST,
+            "/v1/jobs/revoke".into(),
             unknown.clone(),
         ),
         (

@@ -13,7 +13,8 @@ use runner::producer::EnqueueRequest;
 use runner::queue::redis::Liveness;
 use runner::queue::{
     Broker, BrokerResult, Enqueued, Extended, Job, JobEvent, JobId, JobState, Lease, Progress,
-    QueueStats, RedisBroker, RevokeOutcome, SettleReply, SettleRequest, Signal, WorkerInfo,
+    PurgeFilter, QueueStats, RedisBroker, RevokeOutcome, SettleReply, SettleRequest, Signal,
+    WorkerInfo,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -296,6 +297,12 @@ impl Broker for Deaf {
     }
     async fn replay(&self, queue: &str, ids: &[JobId]) -> BrokerResult<Vec<JobId>> {
         self.0.replay(queue, ids).await
+    }
+    async fn purge(&self, queue: &str, filter: &PurgeFilter) -> BrokerResult<Vec<JobId>> {
+        self.0.purge(queue, filter).await
+    }
+    async fn running(&self, queue: &str) -> BrokerResult<Vec<Job>> {
+        self.0.running(queue).await
     }
 }
 

@@ -265,3 +265,75 @@ fn dev_runs_on_redis_with_the_redis_flag() {
     let status = dev.stop();
     assert!(status.success(), "runner dev exited with {status}");
 }
+
+/// `runner purge` and `runner revoke --task`: without `--yes` they say
+/// what they would do and do nothing (exit 1); with it they do it and list
+/// every job touched.
+#[test]
+fn dev_purges_and_revokes_in_bulk_from_the_cli() {
+    let data = TempDir::new().unwrap();
+    let dev = Dev::start(data.path());
+    let enqueue = |task: &str, input: serde_json::Value| -> String {
+        let v: serde_json::Value = dev
+            .http(reqwest::Method::POST, "/v1/jobs")
+            .json(&serde_json::json!({ "task": task, "input": input, "countdown": 600 }))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        v["id"].as_str().expect("an id").to_string()
+    };
+    let hellos: Vec<String> = (0..3)
+        .map(|i| enqueue("hello", serde_json::json!({ "name": format!("h{i}") })))
+        .collect();
+    let job = |id: &str| -> serde_json::Value {
+        dev.http(reqwest::Method::GET, &format!("/v1/jobs/{id}"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    let state = |id: &str| job(id)["state"].as_str().unwrap().to_string();
+    let queue = job(&hellos[0])["queue"].as_str().unwrap().to_string();
+
+    let out = dev.runner(&["purge", &queue, "--task", "hello"]);
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("3 waiting jobs of task hello would be purged"),
+        "{said}"
+    );
+    assert!(said.contains("--yes"), "{said}");
+    assert_eq!(state(&hellos[0]), "PENDING");
+
+    let out = dev.runner(&["revoke", "--task", "hello"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("3 waiting and 0 running jobs would be revoked"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = ok(&dev.runner(&["revoke", "--task", "hello", "--queue", &queue, "--yes"]));
+    assert!(
+        out.starts_with("revoked 3 waiting jobs; 0 running\n"),
+        "{out}"
+    );
+    for id in &hellos {
+        assert!(out.contains(id.as_str()), "{id} not listed:\n{out}");
+        assert_eq!(state(id), "REVOKED");
+    }
+
+    let more = enqueue("hello", serde_json::json!({ "name": "again" }));
+    let out = ok(&dev.runner(&["purge", &queue, "--delayed-only", "--yes"]));
+    assert_eq!(
+        out,
+        format!("purged 1 delayed jobs from queue {queue}\n{more}\n")
+    );
+    assert_eq!(state(&more), "REVOKED");
+
+    // Neither an id nor a filter: clap says what is missing.
+    let out = dev.runner(&["revoke"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(dev.stop().success());
+}

@@ -11,8 +11,8 @@ use std::time::Duration;
 use chrono::Utc;
 use runner::producer::{EnqueueError, EnqueueRequest, Producer};
 use runner::queue::{
-    Broker, Completion, EmbeddedBroker, JobError, JobFailure, JobState, RedisBroker, RevokeOutcome,
-    SettleRequest, Settlement, Signal,
+    Broker, Completion, EmbeddedBroker, JobError, JobFailure, JobId, JobState, PURGED, PurgeFilter,
+    RedisBroker, RevokeOutcome, SettleRequest, Settlement, Signal,
 };
 use runner::registry::{LocalRegistry, Registry, TaskBinding};
 
@@ -33,6 +33,9 @@ async fn registry() -> Arc<dyn Registry> {
     let mut b = TaskBinding::new("echo", hash);
     b.queue = "work".into();
     reg.bind(b).await.unwrap();
+    let mut other = TaskBinding::new("other", hash);
+    other.queue = "work".into();
+    reg.bind(other).await.unwrap();
     let mut limited = TaskBinding::new("limited", hash);
     limited.queue = "slow".into();
     limited.rate_limit = Some("5/1s".into());
@@ -839,7 +842,172 @@ conformance!(
     progress_is_stored_and_published,
     workers_are_listed_by_heartbeat,
     a_job_waiting_past_its_expiry_shows_expired,
+    purge_ends_waiting_jobs_and_leaves_running_ones,
+    purge_pages_through_long_queues,
 );
+
+fn depth(stats: &[runner::queue::QueueStats], queue: &str) -> (u64, u64, u64) {
+    let q = stats.iter().find(|q| q.name == queue).unwrap();
+    (q.ready, q.delayed, q.in_flight)
+}
+
+fn sorted(mut ids: Vec<JobId>) -> Vec<JobId> {
+    ids.sort();
+    ids
+}
+
+/// A purge ends the waiting jobs it picks (ready, delayed, of one task or
+/// all) as REVOKED, announced as events; a dry run lists the same jobs
+/// and changes nothing; a running job is left alone, and entries left by
+/// jobs revoked before they ran go too (the depths read zero after).
+async fn purge_ends_waiting_jobs_and_leaves_running_ones(env: Env) {
+    let b = &env.broker;
+    let running = env.producer.enqueue(call("{}")).await.unwrap().job.id;
+    let d = b
+        .settle(settle("work", "w", vec![], 1))
+        .await
+        .unwrap()
+        .deliveries;
+    assert_eq!(d[0].job.id, running);
+    let mut ready = Vec::new();
+    for _ in 0..3 {
+        ready.push(env.producer.enqueue(call("{}")).await.unwrap().job.id);
+    }
+    let mut delayed = Vec::new();
+    for _ in 0..2 {
+        let mut req = call("{}");
+        req.countdown_secs = Some(600.0);
+        delayed.push(env.producer.enqueue(req).await.unwrap().job.id);
+    }
+    let other = env
+        .producer
+        .enqueue(EnqueueRequest::task("other", "{}"))
+        .await
+        .unwrap()
+        .job
+        .id;
+    let revoked = env.producer.enqueue(call("{}")).await.unwrap().job.id;
+    assert_eq!(
+        b.revoke(revoked, false).await.unwrap(),
+        RevokeOutcome::Revoked
+    );
+    let before = b.queues().await.unwrap();
+    assert_eq!(depth(&before, "work"), (5, 2, 1));
+    let mut events = b.subscribe().await.unwrap();
+
+    let echo = |ready: bool, delayed: bool, dry_run: bool| PurgeFilter {
+        ready,
+        delayed,
+        task: Some("echo".into()),
+        dry_run,
+    };
+    let listed = b.purge("work", &echo(true, true, true)).await.unwrap();
+    let mut both = [ready.clone(), delayed.clone()].concat();
+    both.sort();
+    assert_eq!(
+        sorted(listed),
+        both,
+        "a dry run lists the echo jobs waiting"
+    );
+    assert_eq!(depth(&b.queues().await.unwrap(), "work"), (5, 2, 1));
+    assert_eq!(
+        b.get(ready[0]).await.unwrap().unwrap().state,
+        JobState::Pending
+    );
+
+    // The ready echo jobs only.
+    let purged = b.purge("work", &echo(true, false, false)).await.unwrap();
+    assert_eq!(sorted(purged), sorted(ready.clone()));
+    for id in &ready {
+        let job = b.get(*id).await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Revoked);
+        let error = job.error.unwrap();
+        assert_eq!(
+            (error.kind.as_str(), error.message.as_str()),
+            ("revoked", PURGED)
+        );
+        assert!(job.finished_at.is_some());
+    }
+    let mut announced = Vec::new();
+    while announced.len() < 3 {
+        let ev = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("an event per purged job")
+            .unwrap();
+        if ev.state == JobState::Revoked {
+            announced.push(ev.id);
+        }
+    }
+    assert_eq!(sorted(announced), sorted(ready.clone()));
+    // Ready left: the other task's job (the revoked job's entry is
+    // dropped with the purge, being stale).
+    assert_eq!(depth(&b.queues().await.unwrap(), "work"), (1, 2, 1));
+
+    // Everything else waiting; the running job stays.
+    let purged = b.purge("work", &PurgeFilter::default()).await.unwrap();
+    let mut rest = [delayed.clone(), vec![other]].concat();
+    rest.sort();
+    assert_eq!(sorted(purged), rest);
+    assert_eq!(depth(&b.queues().await.unwrap(), "work"), (0, 0, 1));
+    let held = b.running("work").await.unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!((held[0].id, held[0].state), (running, JobState::Started));
+    assert_eq!(held[0].worker.as_deref(), Some("w"));
+    assert!(
+        b.purge("work", &PurgeFilter::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Nothing purged runs; the running job ends as it would have.
+    let r = b
+        .settle(settle("work", "w", vec![success(&d[0], "1")], 10))
+        .await
+        .unwrap();
+    assert!(r.deliveries.is_empty());
+    assert_eq!(
+        b.get(running).await.unwrap().unwrap().state,
+        JobState::Success
+    );
+    assert!(b.running("work").await.unwrap().is_empty());
+    assert!(
+        b.purge("nowhere", &PurgeFilter::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// A queue longer than a purge's page (500 entries) is purged whole, with
+/// a task filter that leaves every other entry in place.
+async fn purge_pages_through_long_queues(env: Env) {
+    let b = &env.broker;
+    let mut reqs = Vec::new();
+    for i in 0..1300 {
+        let task = if i % 3 == 0 { "other" } else { "echo" };
+        let mut req = EnqueueRequest::task(task, "{}");
+        if i % 2 == 0 {
+            req.countdown_secs = Some(600.0);
+        }
+        reqs.push(req);
+    }
+    let jobs = env.producer.enqueue_batch(reqs).await.unwrap();
+    let mut echo: Vec<JobId> = jobs
+        .iter()
+        .filter(|e| e.job.task.as_deref() == Some("echo"))
+        .map(|e| e.job.id)
+        .collect();
+    echo.sort();
+    let filter = PurgeFilter {
+        task: Some("echo".into()),
+        ..PurgeFilter::default()
+    };
+    let purged = b.purge("work", &filter).await.unwrap();
+    assert_eq!(purged.len(), echo.len(), "each purged job listed once");
+    assert_eq!(sorted(purged), echo);
+    // 434 of `other`, half of them delayed.
+    assert_eq!(depth(&b.queues().await.unwrap(), "work"), (217, 217, 0));
+}
 
 /// A job in a queue no worker reads does not wait forever: once past its
 /// expiry a lookup shows it EXPIRED (as a worker would settle it), a worker

@@ -1,0 +1,48 @@
+-- Purges queued jobs: each one named leaves the ready list or the delayed
+-- set and ends REVOKED, if it is still there and its record is the one the
+-- caller read (a job that started, or changed, meanwhile is left alone).
+-- KEYS[1]: the queue's ready list (routes the call to the queue's slot)
+-- ARGV: prefix, channel, queue, n, then per entry: id, member,
+--       where ('r' ready, 'd' delayed), record read by the caller,
+--       revoked record, ttl ms.
+--       A stale entry (record gone or final when read) has '' as record
+--       and revoked record: it is dropped if its record still is.
+-- Returns the ids purged.
+local P, chan, qname = ARGV[1], ARGV[2], ARGV[3]
+local n = count(ARGV[4], 'n')
+if #ARGV ~= 4 + n * 6 then arg_error('count', #ARGV) end
+for j = 0, n - 1 do
+  local b = 5 + j * 6
+  local w = ARGV[b + 2]
+  if w ~= 'r' and w ~= 'd' then arg_error('where of entry ' .. j, w) end
+  if ARGV[b + 3] ~= '' then ttl_ms(ARGV[b + 5], 'ttl of entry ' .. j) end
+end
+local out, ev = {}, {}
+for j = 0, n - 1 do
+  local b = 5 + j * 6
+  local id, member, w, seen = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+  local k = P .. 'job:' .. id
+  local cur = redis.call('GET', k)
+  local ok
+  if seen == '' then
+    local st = cur and string.match(cur, '^{"state":"(%u+)"')
+    ok = not cur or (st ~= 'PENDING' and st ~= 'RETRY')
+  else
+    ok = cur == seen
+  end
+  if ok then
+    local removed
+    if w == 'r' then
+      removed = redis.call('LREM', P .. 'ready', 1, member)
+    else
+      removed = redis.call('ZREM', P .. 'delayed', member)
+    end
+    if removed > 0 and seen ~= '' then
+      redis.call('SET', k, ARGV[b + 4], 'PX', tonumber(ARGV[b + 5]))
+      out[#out + 1] = id
+      ev[#ev + 1] = { id, 'REVOKED' }
+    end
+  end
+end
+if #ev > 0 then redis.call('PUBLISH', chan, cjson.encode({ q = qname, ev = ev })) end
+return out
