@@ -1483,10 +1483,21 @@ async fn scenarios_the_shipped_topology_runs_as_separate_processes() {
     assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{v}");
     redis.start_again();
     let again = other_worker("other-again", again_ops);
-    let job = deployment.finished(fired["id"].as_str().unwrap()).await;
-    assert_eq!(job["state"], "SUCCESS", "{job}");
-    let job = deployment.finished(&slow).await;
-    assert_eq!(job["state"], "SUCCESS", "{job}");
+    for id in [fired["id"].as_str().unwrap(), &slow] {
+        let job = deployment.finished(id).await;
+        if job["state"] != "SUCCESS" {
+            let (_, queues) = deployment
+                .call(reqwest::Method::GET, "/v1/queues", SUBMIT, None)
+                .await;
+            panic!(
+                "{job}\nqueues: {queues}\nagain:\n{}\nother:\n{}\nRedis:\n{}",
+                again.log(),
+                other.log(),
+                redis.log()
+            );
+        }
+    }
+    let job = deployment.job(&slow).await;
     assert_eq!(job["redeliveries"], 1, "taken back after the lease: {job}");
     assert!(inbox.messages().len() >= mails_before + 2);
     // Thawed, the first worker finds the slow report's lease lost.
