@@ -259,6 +259,8 @@ pub struct TaskSpec {
     pub retry: Option<RetryPolicy>,
     /// `1h` style: how long results are kept.
     pub result_ttl: Option<String>,
+    /// Store no results (states are still kept).
+    pub ignore_result: Option<bool>,
     #[serde(default)]
     pub grants: TaskGrants,
 }
@@ -470,6 +472,7 @@ impl TaskSpec {
             );
             b.result_ttl_ms = Some(d.as_millis() as u64);
         }
+        b.ignore_result = self.ignore_result.unwrap_or(false);
         b.grants = self.grants.clone();
         Ok(b)
     }
@@ -509,6 +512,17 @@ pub fn parse_size(s: &str) -> anyhow::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_task_section_may_ignore_results() {
+        let hash: ModuleHash = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
+        let c = Config::from_toml("[tasks.x]\nignore_result = true\n").unwrap();
+        assert!(c.tasks["x"].defaults("x", &hash).unwrap().ignore_result);
+        let c = Config::from_toml("[tasks.x]\nqueue = \"q\"\n").unwrap();
+        assert!(!c.tasks["x"].defaults("x", &hash).unwrap().ignore_result);
+        let e = Config::from_toml("[tasks.x]\nignore_result = \"yes\"\n").unwrap_err();
+        assert!(format!("{e:#}").contains("ignore_result"), "{e:#}");
+    }
 
     #[test]
     fn a_full_file_parses_and_env_overrides_it() {

@@ -52,6 +52,9 @@ pub struct EnqueueRequest {
     pub parent: Option<JobId>,
     /// How long the result is kept, in seconds; at most [`MAX_DELAY_SECS`].
     pub result_ttl_secs: Option<u64>,
+    /// Store no result (the state is still kept); the binding's choice
+    /// when absent.
+    pub ignore_result: Option<bool>,
     /// Set by the scheduler: the beat's name and the fire's due time.
     pub schedule: Option<String>,
     pub scheduled_for: Option<DateTime<Utc>>,
@@ -282,6 +285,10 @@ impl Producer {
             parent: req.parent,
             depth: req.depth,
             result_ttl_ms,
+            ignore_result: req
+                .ignore_result
+                .or_else(|| binding.as_ref().map(|b| b.ignore_result))
+                .unwrap_or(false),
             schedule: req.schedule,
             scheduled_for: req.scheduled_for,
             ..job

@@ -87,6 +87,9 @@ pub struct JobRequest {
     /// Seconds the result is kept: at most 100 years.
     #[schema(maximum = 3_155_760_000_u64)]
     pub result_ttl: Option<u64>,
+    /// Store no result: the job's state is kept (for `result_ttl`), its
+    /// output is not. The task binding's choice when absent.
+    pub ignore_result: Option<bool>,
 }
 
 impl JobRequest {
@@ -109,6 +112,7 @@ impl JobRequest {
             idempotency_key: self.idempotency_key,
             parent: None,
             result_ttl_secs: self.result_ttl,
+            ignore_result: self.ignore_result,
             schedule: None,
             scheduled_for: None,
             depth: 0,

@@ -51,6 +51,9 @@ pub struct BindRequest {
     pub retry: Option<RetryPolicy>,
     /// `1h` style: how long results are kept, at most 100 years.
     pub result_ttl: Option<String>,
+    /// Its jobs store no result (their state is kept for `result_ttl`),
+    /// unless a job asks otherwise. Default false.
+    pub ignore_result: Option<bool>,
     /// What the task may reach: `kv`, `mail`, `http`, `pdf`, `files`, `jobs`
     /// (the format of `[tasks.NAME.grants]` in runner.toml). None when absent.
     #[serde(default, deserialize_with = "object")]
@@ -122,6 +125,7 @@ async fn put_task(
         memory: req.memory,
         retry: req.retry,
         result_ttl: req.result_ttl,
+        ignore_result: req.ignore_result,
         grants: req.grants,
     };
     let binding = spec

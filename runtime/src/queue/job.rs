@@ -417,6 +417,10 @@ pub struct Job {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduled_for: Option<DateTime<Utc>>,
     pub result_ttl_ms: u64,
+    /// Store no result: the job's state is kept (for `result_ttl_ms`),
+    /// its output is not.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub ignore_result: bool,
     pub created_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<DateTime<Utc>>,
@@ -436,6 +440,10 @@ pub struct Job {
     /// Times the job was handed out again because its lease ran out.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub redeliveries: u32,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -468,6 +476,7 @@ impl Job {
             schedule: None,
             scheduled_for: None,
             result_ttl_ms: DEFAULT_RESULT_TTL.as_millis() as u64,
+            ignore_result: false,
             created_at: now,
             started_at: None,
             finished_at: None,

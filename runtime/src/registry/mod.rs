@@ -42,11 +42,19 @@ pub struct TaskBinding {
     pub rate_limit: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result_ttl_ms: Option<u64>,
+    /// Its jobs store no result (their state is kept), unless a job asks
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub ignore_result: bool,
     /// What the task may reach; interpreted by the sandbox's host side.
     #[serde(default)]
     pub grants: TaskGrants,
     #[serde(default = "Utc::now")]
     pub bound_at: DateTime<Utc>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn default_queue() -> String {
@@ -63,6 +71,7 @@ impl TaskBinding {
             limits: JobLimits::default(),
             rate_limit: None,
             result_ttl_ms: None,
+            ignore_result: false,
             grants: TaskGrants::default(),
             bound_at: Utc::now(),
         }

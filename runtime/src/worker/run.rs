@@ -294,13 +294,18 @@ async fn run_job(
 /// redelivered more often than a live worker would need.
 fn refuse_before_run(ctx: &RunCtx, d: &Delivery) -> Option<Settlement> {
     if d.job.is_expired_at(Utc::now()) {
-        return Some(finish(
+        let mut expired = finish(
             d,
             JobState::Expired,
             None,
             Some(Job::expiry_failure()),
             false,
-        ));
+        );
+        // Leased, but never started: no start time on its record.
+        if let Settlement::Finish { job, .. } = &mut expired {
+            job.started_at = None;
+        }
+        return Some(expired);
     }
     if d.lease.redeliveries > ctx.cfg.max_redeliveries {
         return Some(dead(

@@ -116,7 +116,10 @@ pub(super) fn failure(d: &Delivery, kind: FailureKind, name: &str, message: Stri
 /// by a revoke: it is handed back.
 pub(super) fn settlement_for(d: &Delivery, outcome: Outcome, shutting_down: bool) -> Settlement {
     match outcome {
-        Outcome::Success(out) => finish(d, JobState::Success, Some(out), None, false),
+        Outcome::Success(out) => {
+            let result = (!d.job.ignore_result).then_some(out);
+            finish(d, JobState::Success, result, None, false)
+        }
         Outcome::Retry(m) => retry_or_fail(d, "retry", m),
         Outcome::HostFailure(m) => retry_or_fail(d, "infrastructure", m),
         Outcome::Fail(m) => failure(d, FailureKind::Fail, "fail", m),

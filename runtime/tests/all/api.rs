@@ -1226,3 +1226,105 @@ async fn api_purge_and_revoke_in_bulk_on_redis() {
     purge_and_revoke_in_bulk(&api).await;
     api.stop().await;
 }
+
+/// What is kept of a job: `ignore_result` (per binding, per job, the job's
+/// word first) keeps the state and drops the output; a result is gone
+/// after its TTL; a job whose expiry passes before it may start ends
+/// EXPIRED and never runs.
+async fn results_only_where_needed(api: &TestApi) {
+    let hello = guest_bytes("hello");
+    let (s, v) = api.upload(&hello).await;
+    assert!(s.is_success(), "{v}");
+    let (s, v) = api
+        .bind(
+            "quiet",
+            json!({ "module": module_hash(&hello), "ignore_result": true }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["binding"]["ignore_result"], true, "{v}");
+    let (s, v) = api
+        .bind("loud", json!({ "module": module_hash(&hello) }))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v["binding"].get("ignore_result").is_none(), "{v}");
+
+    let run = |body: Value| async move {
+        let (s, v) = api.enqueue(body).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        api.wait(v["id"].as_str().unwrap()).await
+    };
+    let name = json!({ "name": "kept?" });
+    let quiet = run(json!({ "task": "quiet", "input": name })).await;
+    assert_eq!(quiet["state"], "SUCCESS", "{quiet}");
+    assert!(quiet["result"].is_null(), "no result stored: {quiet}");
+    assert!(quiet["finished_at"].is_string(), "{quiet}");
+    let asked = run(json!({ "task": "quiet", "input": name, "ignore_result": false })).await;
+    assert!(asked["result"].is_object(), "the job's word first: {asked}");
+    let loud = run(json!({ "task": "loud", "input": name })).await;
+    assert!(loud["result"].is_object(), "{loud}");
+    let hushed = run(json!({ "task": "loud", "input": name, "ignore_result": true })).await;
+    assert_eq!(hushed["state"], "SUCCESS", "{hushed}");
+    assert!(hushed["result"].is_null(), "{hushed}");
+
+    // A result kept one second.
+    let short = run(json!({ "task": "loud", "input": name, "result_ttl": 1 })).await;
+    assert!(short["result"].is_object(), "{short}");
+    let id = short["id"].as_str().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, v) = api
+            .call(api.req(
+                reqwest::Method::GET,
+                &format!("/v1/jobs/{id}"),
+                Some(SUBMIT),
+            ))
+            .await;
+        if s == StatusCode::NOT_FOUND {
+            break;
+        }
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kept past its TTL: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        short["finished_at"].is_string() && loud["result"].is_object(),
+        "the others are still there"
+    );
+    let (s, _) = api
+        .call(api.req(
+            reqwest::Method::GET,
+            &format!("/v1/jobs/{}", loud["id"].as_str().unwrap()),
+            Some(SUBMIT),
+        ))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+
+    // Due in 1 s, expired after 0.3 s: it never runs.
+    let late =
+        run(json!({ "task": "loud", "input": name, "countdown": 1, "expires_in": 0.3 })).await;
+    assert_eq!(late["state"], "EXPIRED", "{late}");
+    assert_eq!(late["error"]["kind"], "expired", "{late}");
+    assert!(
+        late["result"].is_null() && late["started_at"].is_null(),
+        "{late}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api_results_only_where_needed_on_the_embedded_broker() {
+    let api = TestApi::start(None, "64MiB", true).await;
+    results_only_where_needed(&api).await;
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api_results_only_where_needed_on_redis() {
+    let redis = RedisServer::start();
+    let api = TestApi::start(Some(redis.url()), "64MiB", true).await;
+    results_only_where_needed(&api).await;
+    api.stop().await;
+}
