@@ -22,6 +22,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(dead_letters))
         .routes(routes!(replay))
         .routes(routes!(purge))
+        .routes(routes!(running))
+        .routes(routes!(scheduled))
         .routes(routes!(list_workers))
 }
 
@@ -39,7 +41,7 @@ async fn list_queues(
 }
 
 #[derive(Deserialize, IntoParams)]
-pub struct DeadQuery {
+pub struct LimitQuery {
     /// At most this many (default 100; more than 10000 counts as 10000).
     pub limit: Option<usize>,
 }
@@ -50,7 +52,7 @@ fn check_queue(q: &str) -> Result<(), ApiError> {
 
 /// Dead letters of a queue, oldest first.
 #[utoipa::path(get, path = "/v1/queues/{queue}/dead", tag = "queues",
-    params(("queue" = QueueName, Path, description = "queue name"), DeadQuery),
+    params(("queue" = QueueName, Path, description = "queue name"), LimitQuery),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "dead jobs", body = Vec<Job>),
@@ -61,7 +63,7 @@ async fn dead_letters(
     State(ctx): State<AppState>,
     _: Submit,
     ApiPath(queue): ApiPath<String>,
-    ApiQuery(q): ApiQuery<DeadQuery>,
+    ApiQuery(q): ApiQuery<LimitQuery>,
 ) -> Result<axum::Json<Vec<serde_json::Value>>, ApiError> {
     check_queue(&queue)?;
     let jobs = ctx
@@ -198,6 +200,66 @@ async fn purge(
         purged: ids.iter().map(|i| i.to_string()).collect(),
         dry_run: filter.dry_run,
     }))
+}
+
+/// Jobs of a queue under a lease now: running, or prefetched by a worker
+/// (`worker` says which; `started_at` is when it leased the job), oldest
+/// first. Read from the broker, not from heartbeats: current to the call.
+#[utoipa::path(get, path = "/v1/queues/{queue}/running", tag = "queues",
+    params(("queue" = QueueName, Path, description = "queue name")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "leased jobs", body = Vec<Job>),
+        (status = 400, description = "a bad queue name", body = ErrorBody),
+        NeedsToken, UsesStorage,
+    ))]
+async fn running(
+    State(ctx): State<AppState>,
+    _: Submit,
+    ApiPath(queue): ApiPath<String>,
+) -> Result<axum::Json<Vec<serde_json::Value>>, ApiError> {
+    check_queue(&queue)?;
+    let jobs = ctx.broker.running(&queue).await?;
+    Ok(axum::Json(jobs.iter().map(job_view).collect()))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ScheduledJob {
+    /// When it may run (a countdown, an ETA, a retry's backoff, a rate
+    /// limit's next slot).
+    pub due: chrono::DateTime<chrono::Utc>,
+    #[schema(value_type = Job)]
+    pub job: serde_json::Value,
+}
+
+/// Delayed jobs of a queue, soonest first, with their due times.
+#[utoipa::path(get, path = "/v1/queues/{queue}/scheduled", tag = "queues",
+    params(("queue" = QueueName, Path, description = "queue name"), LimitQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "delayed jobs", body = Vec<ScheduledJob>),
+        (status = 400, description = "a bad queue name or `limit`", body = ErrorBody),
+        NeedsToken, UsesStorage,
+    ))]
+async fn scheduled(
+    State(ctx): State<AppState>,
+    _: Submit,
+    ApiPath(queue): ApiPath<String>,
+    ApiQuery(q): ApiQuery<LimitQuery>,
+) -> Result<axum::Json<Vec<ScheduledJob>>, ApiError> {
+    check_queue(&queue)?;
+    let jobs = ctx
+        .broker
+        .scheduled(&queue, q.limit.unwrap_or(100).min(10_000))
+        .await?;
+    Ok(axum::Json(
+        jobs.iter()
+            .map(|(due, job)| ScheduledJob {
+                due: *due,
+                job: job_view(job),
+            })
+            .collect(),
+    ))
 }
 
 /// Live workers: queues, concurrency, heartbeats, the jobs they run.

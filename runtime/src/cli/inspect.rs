@@ -1,5 +1,5 @@
-//! `runner inspect queues|workers|tasks|modules|dead <queue> [--replay]`,
-//! over HTTP.
+//! `runner inspect queues|workers|active|scheduled|tasks|modules|dead
+//! <queue> [--replay]`, over HTTP.
 
 use std::process::ExitCode;
 
@@ -22,6 +22,15 @@ pub enum InspectWhat {
     Queues,
     /// Workers with a live heartbeat.
     Workers,
+    /// Jobs under a lease now (running or prefetched), by worker: of the
+    /// queues named, or of every queue.
+    Active { queues: Vec<String> },
+    /// Delayed jobs of a queue with their due times, soonest first.
+    Scheduled {
+        queue: String,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
     /// Task names and their modules.
     Tasks,
     /// Uploaded modules.
@@ -78,6 +87,25 @@ pub async fn execute(args: InspectArgs) -> anyhow::Result<ExitCode> {
                 );
             }
         }),
+        InspectWhat::Active { queues } => active(&client, queues).await,
+        InspectWhat::Scheduled { queue, limit } => client
+            .get(&format!("/v1/queues/{queue}/scheduled?limit={limit}"))
+            .await
+            .map(|v| {
+                println!(
+                    "{:<30} {:<36} {:<20} {:>7}",
+                    "DUE", "JOB", "TASK", "ATTEMPT"
+                );
+                for s in v.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<30} {:<36} {:<20} {:>7}",
+                        cell(&s["due"]),
+                        cell(&s["job"]["id"]),
+                        cell(&s["job"]["task"]),
+                        cell(&s["job"]["attempt"])
+                    );
+                }
+            }),
         InspectWhat::Tasks => client.get("/v1/tasks").await.map(|v| {
             println!("{:<20} {:<16} {:<20} BOUND AT", "TASK", "QUEUE", "MODULE");
             for t in v.as_array().into_iter().flatten() {
@@ -140,4 +168,42 @@ pub async fn execute(args: InspectArgs) -> anyhow::Result<ExitCode> {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => report(e),
     })
+}
+
+/// The leased jobs of `queues` (every queue when empty), sorted by worker
+/// and then by lease time.
+async fn active(client: &ApiClient, queues: &[String]) -> Result<(), super::client::CallError> {
+    let queues = if queues.is_empty() {
+        let v = client.get("/v1/queues").await?;
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|q| cell(&q["name"]))
+            .collect()
+    } else {
+        queues.to_vec()
+    };
+    let mut rows = Vec::new();
+    for q in &queues {
+        let v = client.get(&format!("/v1/queues/{q}/running")).await?;
+        rows.extend(v.as_array().into_iter().flatten().cloned());
+    }
+    rows.sort_by_key(|j| (cell(&j["worker"]), cell(&j["started_at"])));
+    println!(
+        "{:<32} {:<16} {:<36} {:<20} {:>7} {:>5}  SINCE",
+        "WORKER", "QUEUE", "JOB", "TASK", "ATTEMPT", "REDEL"
+    );
+    for j in rows {
+        println!(
+            "{:<32} {:<16} {:<36} {:<20} {:>7} {:>5}  {}",
+            cell(&j["worker"]),
+            cell(&j["queue"]),
+            cell(&j["id"]),
+            cell(&j["task"]),
+            cell(&j["attempt"]),
+            j["redeliveries"].as_u64().unwrap_or(0),
+            cell(&j["started_at"])
+        );
+    }
+    Ok(())
 }

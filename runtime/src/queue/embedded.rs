@@ -802,6 +802,26 @@ impl Broker for EmbeddedBroker {
         Ok(taken)
     }
 
+    async fn scheduled(
+        &self,
+        queue: &str,
+        limit: usize,
+    ) -> BrokerResult<Vec<(chrono::DateTime<Utc>, Job)>> {
+        let now = now_ms();
+        let st = self.lock();
+        let Some(q) = st.queues.get(queue) else {
+            return Ok(Vec::new());
+        };
+        Ok(q.delayed
+            .iter()
+            .filter_map(|(due, id, _)| {
+                let job = &st.record(id, now)?.job;
+                (!job.state.is_final()).then(|| (ms_to_time(*due), job.clone()))
+            })
+            .take(limit)
+            .collect())
+    }
+
     async fn running(&self, queue: &str) -> BrokerResult<Vec<Job>> {
         let now = now_ms();
         let st = self.lock();

@@ -420,8 +420,13 @@ pub trait Broker: Send + Sync + 'static {
     async fn purge(&self, queue: &str, filter: &PurgeFilter) -> BrokerResult<Vec<JobId>>;
 
     /// The jobs of `queue` under a lease now (running, or prefetched by a
-    /// worker), as stored.
+    /// worker), STARTED by their worker, oldest lease first.
     async fn running(&self, queue: &str) -> BrokerResult<Vec<Job>>;
+
+    /// Up to `limit` delayed jobs of `queue` (countdowns, ETAs, retry
+    /// backoffs, rate limits), soonest first, with their due times.
+    async fn scheduled(&self, queue: &str, limit: usize)
+    -> BrokerResult<Vec<(DateTime<Utc>, Job)>>;
 
     /// Waits until the job is final or `timeout` passes, woken by events.
     /// Returns the job as it is then (`None` if unknown).

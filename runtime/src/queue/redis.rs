@@ -1080,6 +1080,35 @@ impl Broker for RedisBroker {
         Ok(out)
     }
 
+    async fn scheduled(
+        &self,
+        queue: &str,
+        limit: usize,
+    ) -> BrokerResult<Vec<(DateTime<Utc>, Job)>> {
+        let p = prefix(queue);
+        let mut conn = self.conn();
+        let due: Vec<(String, f64)> = conn
+            .zrange_withscores(format!("{p}delayed"), 0, limit.max(1) as isize - 1)
+            .await?;
+        let mut out = Vec::with_capacity(due.len());
+        for chunk in due.chunks(ENQUEUE_CHUNK) {
+            let keys: Vec<String> = chunk
+                .iter()
+                .map(|(m, _)| format!("{p}job:{}", m.split('|').next().unwrap_or(m)))
+                .collect();
+            let recs: Vec<Option<String>> =
+                redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+            for ((_, at), rec) in chunk.iter().zip(recs) {
+                let Some(rec) = rec else { continue };
+                let job = Job::from_json(&rec)?;
+                if !job.state.is_final() {
+                    out.push((self.inner.clock.local(*at as i64), job));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     async fn running(&self, queue: &str) -> BrokerResult<Vec<Job>> {
         let p = prefix(queue);
         let mut conn = self.conn();

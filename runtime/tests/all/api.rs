@@ -817,6 +817,8 @@ async fn api_openapi_document_lists_every_route_and_its_refs_resolve() {
         ("get", "/v1/queues/{queue}/dead"),
         ("post", "/v1/queues/{queue}/replay"),
         ("post", "/v1/queues/{queue}/purge"),
+        ("get", "/v1/queues/{queue}/running"),
+        ("get", "/v1/queues/{queue}/scheduled"),
         ("post", "/v1/jobs/revoke"),
         ("get", "/v1/workers"),
         ("get", "/v1/schedules"),
@@ -1117,6 +1119,45 @@ async fn purge_and_revoke_in_bulk(api: &TestApi) {
         ids
     };
     let purge = "/v1/queues/default/purge";
+
+    // What runs now, and what waits with its due time.
+    let (s, v) = api
+        .call(api.req(
+            reqwest::Method::GET,
+            "/v1/queues/default/running",
+            Some(SUBMIT),
+        ))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let mut held: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            assert_eq!(j["state"], "STARTED", "{j}");
+            assert!(
+                j["worker"].is_string() && j["started_at"].is_string(),
+                "{j}"
+            );
+            j["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    held.sort();
+    let mut expected_running = running.clone();
+    expected_running.sort();
+    assert_eq!(held, expected_running);
+    let (_, v) = api
+        .call(api.req(
+            reqwest::Method::GET,
+            "/v1/queues/default/scheduled",
+            Some(SUBMIT),
+        ))
+        .await;
+    assert_eq!(v.as_array().unwrap().len(), 5, "{v}");
+    assert!(
+        v[0]["due"].is_string() && v[0]["job"]["id"].is_string(),
+        "{v}"
+    );
 
     // Refused: a submit token; bad names; unknown fields; no filter at all.
     let (s, _) = post(purge, SUBMIT, json!({})).await;

@@ -881,6 +881,15 @@ async fn api_contract_every_answer_is_documented() {
     step!(d, 400 POST replay, "/v1/queues/default/replay", Some(ADMIN), j(json!({"ids": ["x"]})));
     step!(d, 400 POST replay, "/v1/queues/a%20b/replay", Some(ADMIN), Body::None);
     step!(d, 413 POST replay, "/v1/queues/default/replay", Some(ADMIN), too_big());
+    let running = "/v1/queues/{queue}/running";
+    step!(d, 200 GET running, "/v1/queues/default/running", Some(SUBMIT), Body::None);
+    step!(d, 400 GET running, "/v1/queues/a%20b/running", Some(SUBMIT), Body::None);
+    let scheduled = "/v1/queues/{queue}/scheduled";
+    let v =
+        step!(d, 200 GET scheduled, "/v1/queues/later/scheduled?limit=5", Some(SUBMIT), Body::None);
+    assert!(v.as_array().is_some(), "{v}");
+    step!(d, 400 GET scheduled, "/v1/queues/later/scheduled?limit=all", Some(SUBMIT), Body::None);
+    step!(d, 400 GET scheduled, "/v1/queues/a%20b/scheduled", Some(SUBMIT), Body::None);
     let purge = "/v1/queues/{queue}/purge";
     let v = step!(d, 200 POST purge, "/v1/queues/default/purge", Some(ADMIN), j(json!({"task": "greet", "dry_run": true})));
     assert_eq!(v["dry_run"], true, "{v}");

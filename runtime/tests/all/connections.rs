@@ -304,6 +304,13 @@ impl Broker for Deaf {
     async fn running(&self, queue: &str) -> BrokerResult<Vec<Job>> {
         self.0.running(queue).await
     }
+    async fn scheduled(
+        &self,
+        queue: &str,
+        limit: usize,
+    ) -> BrokerResult<Vec<(chrono::DateTime<chrono::Utc>, Job)>> {
+        self.0.scheduled(queue, limit).await
+    }
 }
 
 /// A worker that never hears a revoke-terminate stops the run at its next

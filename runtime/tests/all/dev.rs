@@ -296,6 +296,14 @@ fn dev_purges_and_revokes_in_bulk_from_the_cli() {
     let state = |id: &str| job(id)["state"].as_str().unwrap().to_string();
     let queue = job(&hellos[0])["queue"].as_str().unwrap().to_string();
 
+    // What waits, and (nothing) what runs.
+    let listed = ok(&dev.runner(&["inspect", "scheduled", &queue]));
+    for id in &hellos {
+        assert!(listed.contains(id.as_str()), "{id} not listed:\n{listed}");
+    }
+    let active = ok(&dev.runner(&["inspect", "active"]));
+    assert_eq!(active.lines().count(), 1, "only the header:\n{active}");
+
     let out = dev.runner(&["purge", &queue, "--task", "hello"]);
     assert_eq!(out.status.code(), Some(1));
     let said = String::from_utf8_lossy(&out.stderr);

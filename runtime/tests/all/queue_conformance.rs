@@ -844,7 +844,35 @@ conformance!(
     a_job_waiting_past_its_expiry_shows_expired,
     purge_ends_waiting_jobs_and_leaves_running_ones,
     purge_pages_through_long_queues,
+    scheduled_lists_delayed_jobs_soonest_first,
 );
+
+/// `scheduled` lists the delayed jobs, soonest first, with their due
+/// times; a job revoked meanwhile is not listed.
+async fn scheduled_lists_delayed_jobs_soonest_first(env: Env) {
+    let b = &env.broker;
+    let mut ids = Vec::new();
+    for secs in [30.0, 10.0, 20.0, 15.0] {
+        let mut req = call("{}");
+        req.countdown_secs = Some(secs);
+        ids.push(env.producer.enqueue(req).await.unwrap().job.id);
+    }
+    let _ready = env.producer.enqueue(call("{}")).await.unwrap();
+    assert_eq!(
+        b.revoke(ids[3], false).await.unwrap(),
+        RevokeOutcome::Revoked
+    );
+    let now = Utc::now();
+    let listed = b.scheduled("work", 10).await.unwrap();
+    let order: Vec<JobId> = listed.iter().map(|(_, j)| j.id).collect();
+    assert_eq!(order, vec![ids[1], ids[2], ids[0]]);
+    for ((due, _), secs) in listed.iter().zip([10, 20, 30]) {
+        let off = (*due - now).num_milliseconds() - secs * 1000;
+        assert!(off.abs() < 5_000, "due {due} is {off} ms off");
+    }
+    assert_eq!(b.scheduled("work", 2).await.unwrap().len(), 2);
+    assert!(b.scheduled("nowhere", 10).await.unwrap().is_empty());
+}
 
 fn depth(stats: &[runner::queue::QueueStats], queue: &str) -> (u64, u64, u64) {
     let q = stats.iter().find(|q| q.name == queue).unwrap();
