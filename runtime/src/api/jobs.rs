@@ -24,7 +24,7 @@ use crate::names::{ModuleHash, TaskName};
 use crate::producer::parse_duration;
 use crate::producer::{Caller, EnqueueRequest};
 use crate::queue::{
-    Enqueued, Job, JobEvent, JobId, JobLimits, JobState, RetryPolicy, RevokeOutcome,
+    Enqueued, Job, JobEvent, JobId, JobLimits, JobState, PurgeFilter, RetryPolicy, RevokeOutcome,
 };
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -413,12 +413,12 @@ async fn revoke_many(
             "name a task, a queue or both: revoking every job of every queue is not offered",
         ));
     }
-    let filter = super::queues::PurgeRequest {
+    let filter = PurgeFilter {
         task: req.task.clone(),
         dry_run: req.dry_run,
         ..Default::default()
-    }
-    .filter()?;
+    };
+    super::queues::check_filter(&filter)?;
     let queues = match &req.queue {
         Some(q) => {
             crate::queue::job::validate_queue_name(q)

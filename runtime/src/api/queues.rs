@@ -120,44 +120,12 @@ async fn replay(
     }))
 }
 
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct PurgeRequest {
-    /// Purge the jobs that may run now (default true).
-    pub ready: bool,
-    /// Purge the jobs waiting for a due time: countdowns, ETAs, retry
-    /// backoffs, rate limits (default true).
-    pub delayed: bool,
-    /// Only the jobs of this task.
-    pub task: Option<String>,
-    /// List what would be purged; change nothing.
-    pub dry_run: bool,
-}
-
-impl Default for PurgeRequest {
-    fn default() -> Self {
-        let f = PurgeFilter::default();
-        PurgeRequest {
-            ready: f.ready,
-            delayed: f.delayed,
-            task: f.task,
-            dry_run: f.dry_run,
-        }
+/// Refuses a filter naming a task that cannot exist.
+pub fn check_filter(f: &PurgeFilter) -> Result<(), ApiError> {
+    if let Some(t) = &f.task {
+        TaskName::validate(t).map_err(|e| ApiError::bad_request(format!("task: {e}")))?;
     }
-}
-
-impl PurgeRequest {
-    pub fn filter(self) -> Result<PurgeFilter, ApiError> {
-        if let Some(t) = &self.task {
-            TaskName::validate(t).map_err(|e| ApiError::bad_request(format!("task: {e}")))?;
-        }
-        Ok(PurgeFilter {
-            ready: self.ready,
-            delayed: self.delayed,
-            task: self.task,
-            dry_run: self.dry_run,
-        })
-    }
+    Ok(())
 }
 
 #[derive(Serialize, ToSchema)]
@@ -176,7 +144,7 @@ pub struct Purged {
 /// them with `POST /v1/jobs/revoke`). The reply lists every job purged.
 #[utoipa::path(post, path = "/v1/queues/{queue}/purge", tag = "queues",
     params(("queue" = QueueName, Path, description = "queue name")),
-    request_body = PurgeRequest,
+    request_body = PurgeFilter,
     security(("bearer" = [])),
     responses(
         (status = 200, description = "purged", body = Purged),
@@ -187,10 +155,10 @@ async fn purge(
     State(ctx): State<AppState>,
     _: Admin,
     ApiPath(queue): ApiPath<String>,
-    ApiJson(req): ApiJson<PurgeRequest>,
+    ApiJson(filter): ApiJson<PurgeFilter>,
 ) -> Result<axum::Json<Purged>, ApiError> {
     check_queue(&queue)?;
-    let filter = req.filter()?;
+    check_filter(&filter)?;
     let ids = ctx.broker.purge(&queue, &filter).await?;
     if !filter.dry_run {
         tracing::info!(queue, count = ids.len(), task = ?filter.task, "purged");

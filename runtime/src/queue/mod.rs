@@ -324,13 +324,15 @@ pub fn redis_unavailable(e: &::redis::RedisError) -> bool {
         )
 }
 
-/// Which queued jobs [`Broker::purge`] takes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Which queued jobs [`Broker::purge`] takes (also the body of `POST
+/// /v1/queues/{queue}/purge`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
 pub struct PurgeFilter {
-    /// Jobs that may run now.
+    /// Jobs that may run now (default true).
     pub ready: bool,
     /// Jobs waiting for a due time: countdowns, ETAs, retry backoffs, rate
-    /// limits.
+    /// limits (default true).
     pub delayed: bool,
     /// Only the jobs of this task.
     pub task: Option<String>,

@@ -1024,55 +1024,11 @@ impl Broker for RedisBroker {
     /// nothing is missed while workers and producers go on).
     async fn purge(&self, queue: &str, filter: &PurgeFilter) -> BrokerResult<Vec<JobId>> {
         let mut out = Vec::new();
-        // Pages enough for what is there now, twice over (pages overlap
-        // when entries shift): a purge does not chase jobs enqueued after
-        // it started for ever.
-        let rounds = |len: usize| 2 * (len / PURGE_PAGE) + 2;
         if filter.delayed {
-            let len: usize = self
-                .conn()
-                .zcard(format!("{}delayed", prefix(queue)))
-                .await?;
-            let mut at = 0usize;
-            for _ in 0..rounds(len) {
-                let members: Vec<String> = self
-                    .conn()
-                    .zrange(
-                        format!("{}delayed", prefix(queue)),
-                        at as isize,
-                        (at + PURGE_PAGE) as isize - 1,
-                    )
-                    .await?;
-                let removed = self
-                    .purge_page(queue, filter, &members, 'd', &mut out)
-                    .await?;
-                if members.len() < PURGE_PAGE {
-                    break;
-                }
-                at += members.len() - removed;
-            }
+            self.purge_place(queue, filter, 'd', &mut out).await?;
         }
         if filter.ready {
-            let len: usize = self.conn().llen(format!("{}ready", prefix(queue))).await?;
-            let mut from_tail = 0usize;
-            for _ in 0..rounds(len) {
-                let stop = -(from_tail as isize) - 1;
-                let members: Vec<String> = self
-                    .conn()
-                    .lrange(
-                        format!("{}ready", prefix(queue)),
-                        stop - PURGE_PAGE as isize + 1,
-                        stop,
-                    )
-                    .await?;
-                let removed = self
-                    .purge_page(queue, filter, &members, 'r', &mut out)
-                    .await?;
-                if members.len() < PURGE_PAGE {
-                    break;
-                }
-                from_tail += members.len() - removed;
-            }
+            self.purge_place(queue, filter, 'r', &mut out).await?;
         }
         // A page read again (entries shifted under it) lists a job once.
         let mut seen = HashSet::new();
@@ -1135,6 +1091,48 @@ impl Broker for RedisBroker {
 }
 
 impl RedisBroker {
+    /// Purges the delayed set (`'d'`), by rank from its start, or the ready
+    /// list (`'r'`), from its tail, a page at a time. Pages enough for
+    /// what is there now, twice over (pages overlap when entries shift): a
+    /// purge does not chase jobs enqueued after it started for ever.
+    async fn purge_place(
+        &self,
+        queue: &str,
+        filter: &PurgeFilter,
+        place: char,
+        out: &mut Vec<JobId>,
+    ) -> BrokerResult<()> {
+        let delayed = place == 'd';
+        let key = format!(
+            "{}{}",
+            prefix(queue),
+            if delayed { "delayed" } else { "ready" }
+        );
+        let len: usize = if delayed {
+            self.conn().zcard(&key).await?
+        } else {
+            self.conn().llen(&key).await?
+        };
+        let page = PURGE_PAGE as isize;
+        // Entries passed over: from the set's start, or the list's tail.
+        let mut passed = 0isize;
+        for _ in 0..2 * (len / PURGE_PAGE) + 2 {
+            let members: Vec<String> = if delayed {
+                self.conn().zrange(&key, passed, passed + page - 1).await?
+            } else {
+                self.conn()
+                    .lrange(&key, -passed - page, -passed - 1)
+                    .await?
+            };
+            let removed = self.purge_page(queue, filter, &members, place, out).await?;
+            if members.len() < PURGE_PAGE {
+                break;
+            }
+            passed += (members.len() - removed) as isize;
+        }
+        Ok(())
+    }
+
     /// Purges what `filter` picks among `members` (of the delayed set, `'d'`,
     /// or the ready list, `'r'`) and drops their stale entries; adds the ids
     /// purged (or, dry, those it would purge) to `out`. Returns how many
@@ -1197,17 +1195,7 @@ impl RedisBroker {
                 }
                 // Gone or final: an entry left behind (a job revoked
                 // before it ran is skipped when popped); dropped too.
-                Ok(None) if !filter.dry_run => {
-                    entries.push([
-                        id.to_string(),
-                        member.clone(),
-                        place.to_string(),
-                        String::new(),
-                        String::new(),
-                        "0".into(),
-                    ]);
-                }
-                Ok(Some(job)) if job.state.is_final() && !filter.dry_run => {
+                Ok(job) if job.as_ref().is_none_or(|j| j.state.is_final()) && !filter.dry_run => {
                     entries.push([
                         id.to_string(),
                         member.clone(),

@@ -1065,7 +1065,7 @@ async fn api_contract_fields_limits_and_patterns_are_the_servers() {
             unknown.clone(),
         ),
         (
-            "PurgeRequest",
+            "PurgeFilter",
             Method::POST,
             "/v1/queues/default/purge".into(),
             unknown.clone(),
