@@ -43,6 +43,29 @@ impl Logged {
         Logged { child, log }
     }
 
+    /// The port of its `/metrics` (`--metrics-listen 127.0.0.1:0`), from
+    /// the line it prints once it listens.
+    pub(crate) fn metrics_port(&self) -> u16 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let port = self.log().lines().find_map(|l| {
+                l.strip_prefix("metrics: http://127.0.0.1:")?
+                    .strip_suffix("/metrics")?
+                    .parse()
+                    .ok()
+            });
+            if let Some(port) = port {
+                return port;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no metrics address in its log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -1323,21 +1323,17 @@ async fn scenarios_the_shipped_topology_runs_as_separate_processes() {
     std::fs::write(&config, toml::to_string(&t).unwrap()).unwrap();
 
     let log = |name: &str| dir.path().join(format!("{name}.log"));
-    let ops = |port: u16| vec![("RUNNER_METRICS_LISTEN", format!("127.0.0.1:{port}"))];
-    let (email_ops, other_ops, again_ops, s1_ops, s2_ops) = (
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-    );
+    // Each picks a free port for its /metrics and says which: a port the
+    // test chose at its start could be taken, by the time a process binds
+    // it, by any connection of the tests running beside it.
+    let ops = vec![("RUNNER_METRICS_LISTEN", "127.0.0.1:0".to_string())];
     let other_queues = "default,notifications,reports,verification,maintenance";
-    let other_worker = |name: &str, port: u16| {
+    let other_worker = |name: &str| {
         Logged::start(
             &["worker", "-Q", other_queues, "-c", "4", "--lease", "3s"],
             &config,
             log(name),
-            &ops(port),
+            &ops,
         )
     };
     let _api = Logged::start(&["serve"], &config, log("api"), &[]);
@@ -1345,11 +1341,13 @@ async fn scenarios_the_shipped_topology_runs_as_separate_processes() {
         &["worker", "-Q", "email", "-c", "2"],
         &config,
         log("email"),
-        &ops(email_ops),
+        &ops,
     );
-    let other = other_worker("other", other_ops);
-    let s1 = Logged::start(&["scheduler"], &config, log("s1"), &ops(s1_ops));
-    let s2 = Logged::start(&["scheduler"], &config, log("s2"), &ops(s2_ops));
+    let other = other_worker("other");
+    let s1 = Logged::start(&["scheduler"], &config, log("s1"), &ops);
+    let s2 = Logged::start(&["scheduler"], &config, log("s2"), &ops);
+    let [email_ops, other_ops, s1_ops, s2_ops] =
+        [&email, &other, &s1, &s2].map(Logged::metrics_port);
     let ready = |base: String| async move {
         until(&format!("{base}/readyz"), "ready", |st, _| st == 200).await;
     };
@@ -1482,7 +1480,8 @@ async fn scenarios_the_shipped_topology_runs_as_separate_processes() {
         .await;
     assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{v}");
     redis.start_again();
-    let again = other_worker("other-again", again_ops);
+    let again = other_worker("other-again");
+    let again_ops = again.metrics_port();
     for id in [fired["id"].as_str().unwrap(), &slow] {
         let job = deployment.finished(id).await;
         if job["state"] != "SUCCESS" {
