@@ -164,11 +164,12 @@ impl TestApi {
         .await
     }
 
-    pub async fn wait(&self, id: &str) -> Value {
+    /// `GET /v1/jobs/{id}{query}`: the job (200).
+    async fn job(&self, id: &str, query: &str) -> Value {
         let (s, v) = self
             .call(self.req(
                 reqwest::Method::GET,
-                &format!("/v1/jobs/{id}?wait=30s"),
+                &format!("/v1/jobs/{id}{query}"),
                 Some(SUBMIT),
             ))
             .await;
@@ -176,18 +177,39 @@ impl TestApi {
         v
     }
 
+    /// The job once it has ended (within 30 s).
+    pub async fn wait(&self, id: &str) -> Value {
+        self.job(id, "?wait=30s").await
+    }
+
     /// The job's state now.
     pub async fn state(&self, id: &str) -> String {
-        let (s, v) = self
-            .call(self.req(
-                reqwest::Method::GET,
-                &format!("/v1/jobs/{id}"),
-                Some(SUBMIT),
-            ))
-            .await;
-        assert_eq!(s, StatusCode::OK, "{v}");
-        v["state"].as_str().unwrap().to_string()
+        self.job(id, "").await["state"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
+}
+
+/// Two tests running `body(&api)`: on the embedded broker and on a
+/// redis-server of their own, each with a worker.
+macro_rules! on_both_brokers {
+    ($embedded:ident, $redis:ident, $body:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $embedded() {
+            let api = TestApi::start(None, "64MiB", true).await;
+            $body(&api).await;
+            api.stop().await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $redis() {
+            let redis = RedisServer::start();
+            let api = TestApi::start(Some(redis.url()), "64MiB", true).await;
+            $body(&api).await;
+            api.stop().await;
+        }
+    };
 }
 
 pub(crate) fn message(v: &Value) -> String {
@@ -252,20 +274,11 @@ async fn upload_bind_enqueue_wait(api: &TestApi) {
     assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn api_upload_bind_enqueue_wait_on_the_embedded_broker() {
-    let api = TestApi::start(None, "64MiB", true).await;
-    upload_bind_enqueue_wait(&api).await;
-    api.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn api_upload_bind_enqueue_wait_on_redis() {
-    let redis = RedisServer::start();
-    let api = TestApi::start(Some(redis.url()), "64MiB", true).await;
-    upload_bind_enqueue_wait(&api).await;
-    api.stop().await;
-}
+on_both_brokers!(
+    api_upload_bind_enqueue_wait_on_the_embedded_broker,
+    api_upload_bind_enqueue_wait_on_redis,
+    upload_bind_enqueue_wait
+);
 
 /// Re-binding under load: no job fails; jobs enqueued before the re-bind
 /// run the old module, jobs after it the new one.
@@ -1253,20 +1266,11 @@ async fn purge_and_revoke_in_bulk(api: &TestApi) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn api_purge_and_revoke_in_bulk_on_the_embedded_broker() {
-    let api = TestApi::start(None, "64MiB", true).await;
-    purge_and_revoke_in_bulk(&api).await;
-    api.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn api_purge_and_revoke_in_bulk_on_redis() {
-    let redis = RedisServer::start();
-    let api = TestApi::start(Some(redis.url()), "64MiB", true).await;
-    purge_and_revoke_in_bulk(&api).await;
-    api.stop().await;
-}
+on_both_brokers!(
+    api_purge_and_revoke_in_bulk_on_the_embedded_broker,
+    api_purge_and_revoke_in_bulk_on_redis,
+    purge_and_revoke_in_bulk
+);
 
 /// What is kept of a job: `ignore_result` (per binding, per job, the job's
 /// word first) keeps the state and drops the output; a result is gone
@@ -1355,17 +1359,8 @@ async fn results_only_where_needed(api: &TestApi) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn api_results_only_where_needed_on_the_embedded_broker() {
-    let api = TestApi::start(None, "64MiB", true).await;
-    results_only_where_needed(&api).await;
-    api.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn api_results_only_where_needed_on_redis() {
-    let redis = RedisServer::start();
-    let api = TestApi::start(Some(redis.url()), "64MiB", true).await;
-    results_only_where_needed(&api).await;
-    api.stop().await;
-}
+on_both_brokers!(
+    api_results_only_where_needed_on_the_embedded_broker,
+    api_results_only_where_needed_on_redis,
+    results_only_where_needed
+);

@@ -413,6 +413,15 @@ impl Deployment {
         v
     }
 
+    /// `POST /v1/jobs` with the submit token, accepted: the job.
+    async fn submit(&self, body: Value) -> Value {
+        let (s, v) = self
+            .call(reqwest::Method::POST, "/v1/jobs", SUBMIT, Some(body))
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        v
+    }
+
     /// The job once it is final (long-polls of up to a minute; a job that
     /// is still not final after three is returned as it is).
     async fn finished(&self, id: &str) -> Value {
@@ -1315,11 +1324,7 @@ async fn scenarios_the_shipped_topology_runs_as_separate_processes() {
     archive.insert("task".into(), s("archive"));
     archive.insert("every".into(), s("2s"));
     beats.push(toml::Value::Table(archive));
-    let reminder_input = beats
-        .iter()
-        .find(|b| b["name"].as_str() == Some("daily-progress-reminder"))
-        .map(|b| serde_json::to_value(&b["input"]).unwrap())
-        .unwrap();
+    let reminder_input = beat_input(&t, "daily-progress-reminder");
     let config = dir.path().join("runner.toml");
     std::fs::write(&config, toml::to_string(&t).unwrap()).unwrap();
 
@@ -1373,16 +1378,10 @@ async fn scenarios_the_shipped_topology_runs_as_separate_processes() {
 
     let deployment = Deployment::remote(format!("http://{api}"));
     // A job that fails for good: a dead letter.
-    let (st, failed) = deployment
-        .call(
-            reqwest::Method::POST,
-            "/v1/jobs",
-            SUBMIT,
-            Some(json!({ "task": "notify", "input": { "kind": "teams" },
-                         "retry": { "max_retries": 0 } })),
-        )
+    let failed = deployment
+        .submit(json!({ "task": "notify", "input": { "kind": "teams" },
+                         "retry": { "max_retries": 0 } }))
         .await;
-    assert_eq!(st, StatusCode::ACCEPTED, "{failed}");
     let failed = deployment.finished(failed["id"].as_str().unwrap()).await;
     assert_eq!(failed["state"], "FAILURE", "{failed}");
 
@@ -1424,15 +1423,9 @@ async fn scenarios_the_shipped_topology_runs_as_separate_processes() {
 
     // The email queue's rate limit (10/m) holds back a burst.
     for _ in 0..10 {
-        let (st, v) = deployment
-            .call(
-                reqwest::Method::POST,
-                "/v1/jobs",
-                SUBMIT,
-                Some(json!({ "task": "reminder", "input": reminder_input })),
-            )
+        deployment
+            .submit(json!({ "task": "reminder", "input": reminder_input }))
             .await;
-        assert_eq!(st, StatusCode::ACCEPTED, "{v}");
     }
     metric_appears(
         email_ops,
@@ -1444,24 +1437,12 @@ async fn scenarios_the_shipped_topology_runs_as_separate_processes() {
     // A slow report is running when its worker freezes; a report is
     // enqueued meanwhile; Redis stops (the API says 503, counting the
     // failed command) and comes back; a second reports worker starts.
-    let mut slow_input = t["beats"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["name"].as_str() == Some("daily-report"))
-        .map(|b| serde_json::to_value(&b["input"]).unwrap())
-        .unwrap();
+    let mut slow_input = beat_input(&t, "daily-report");
     slow_input["title"] = json!("遅延レポート");
     slow_input["source"] = json!(intranet.url("/api/reports/daily?date={period}&delay_ms=4000"));
-    let (st, slow) = deployment
-        .call(
-            reqwest::Method::POST,
-            "/v1/jobs",
-            SUBMIT,
-            Some(json!({ "task": "report", "input": slow_input })),
-        )
+    let slow = deployment
+        .submit(json!({ "task": "report", "input": slow_input }))
         .await;
-    assert_eq!(st, StatusCode::ACCEPTED, "{slow}");
     let slow = slow["id"].as_str().unwrap().to_owned();
     let started = Instant::now();
     while deployment.job(&slow).await["state"] != "STARTED" {
@@ -1536,22 +1517,10 @@ async fn scenarios_the_shipped_topology_runs_as_separate_processes() {
     // (Enqueued as a job: the API's beat store connection, unused since
     // the Redis restart, would answer its first command 503.)
     drop((other, again));
-    let report_input = t["beats"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["name"].as_str() == Some("daily-report"))
-        .map(|b| serde_json::to_value(&b["input"]).unwrap())
-        .unwrap();
-    let (st, waiting) = deployment
-        .call(
-            reqwest::Method::POST,
-            "/v1/jobs",
-            SUBMIT,
-            Some(json!({ "task": "report", "input": report_input })),
-        )
+    let report_input = beat_input(&t, "daily-report");
+    let waiting = deployment
+        .submit(json!({ "task": "report", "input": report_input }))
         .await;
-    assert_eq!(st, StatusCode::ACCEPTED, "{waiting}");
     let restarted = other_worker("other-restarted");
     let job = deployment.finished(waiting["id"].as_str().unwrap()).await;
     assert_eq!(job["state"], "SUCCESS", "{job}\n{}", restarted.log());
@@ -1571,6 +1540,17 @@ async fn scenarios_the_shipped_topology_runs_as_separate_processes() {
         .query(&mut conn)
         .unwrap();
     assert_eq!(guards.len(), 3, "{guards:?}\nRedis log:\n{}", redis.log());
+}
+
+/// The input of beat `name` in a runner.toml.
+fn beat_input(config: &toml::Table, name: &str) -> Value {
+    config["beats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"].as_str() == Some(name))
+        .map(|b| serde_json::to_value(&b["input"]).unwrap())
+        .unwrap()
 }
 
 /// The value of `series` (name and labels as rendered) in a Prometheus
