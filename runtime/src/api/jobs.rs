@@ -421,8 +421,7 @@ async fn revoke_many(
     super::queues::check_filter(&filter)?;
     let queues = match &req.queue {
         Some(q) => {
-            crate::queue::job::validate_queue_name(q)
-                .map_err(|e| ApiError::bad_request(format!("queue: {e}")))?;
+            super::queues::check_queue(q)?;
             vec![q.clone()]
         }
         None => ctx
@@ -440,11 +439,7 @@ async fn revoke_many(
     };
     for queue in &queues {
         for job in ctx.broker.running(queue).await? {
-            if filter
-                .task
-                .as_ref()
-                .is_some_and(|t| job.task.as_ref() != Some(t))
-            {
+            if !filter.of_task(&job) {
                 continue;
             }
             let outcome = if req.dry_run && req.terminate {

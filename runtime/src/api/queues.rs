@@ -46,7 +46,7 @@ pub struct LimitQuery {
     pub limit: Option<usize>,
 }
 
-fn check_queue(q: &str) -> Result<(), ApiError> {
+pub(super) fn check_queue(q: &str) -> Result<(), ApiError> {
     validate_queue_name(q).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 

@@ -442,7 +442,7 @@ pub struct Job {
     pub redeliveries: u32,
 }
 
-fn is_false(b: &bool) -> bool {
+pub(crate) fn is_false(b: &bool) -> bool {
     !*b
 }
 

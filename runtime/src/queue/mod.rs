@@ -354,11 +354,14 @@ impl Default for PurgeFilter {
 impl PurgeFilter {
     /// Whether the purge takes `job` (queued, of the task asked for).
     pub fn takes(&self, job: &Job) -> bool {
-        matches!(job.state, JobState::Pending | JobState::Retry)
-            && self
-                .task
-                .as_ref()
-                .is_none_or(|t| job.task.as_ref() == Some(t))
+        matches!(job.state, JobState::Pending | JobState::Retry) && self.of_task(job)
+    }
+
+    /// Whether `job` is of the task asked for (any job without one).
+    pub fn of_task(&self, job: &Job) -> bool {
+        self.task
+            .as_ref()
+            .is_none_or(|t| job.task.as_ref() == Some(t))
     }
 }
 

@@ -968,12 +968,7 @@ impl Broker for RedisBroker {
         let ids: Vec<String> = conn
             .zrange(format!("{p}dead"), 0, limit.max(1) as isize - 1)
             .await?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys: Vec<String> = ids.iter().map(|i| format!("{p}job:{i}")).collect();
-        let recs: Vec<Option<String>> =
-            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        let recs = self.records(queue, &ids).await?;
         let mut out = Vec::new();
         let mut gone = Vec::new();
         for (id, rec) in ids.iter().zip(recs) {
@@ -993,18 +988,14 @@ impl Broker for RedisBroker {
     /// of them, a page at a time (memory does not grow with the dead set).
     async fn replay(&self, queue: &str, ids: &[JobId]) -> BrokerResult<Vec<JobId>> {
         if !ids.is_empty() {
-            let mut chosen = Vec::with_capacity(ids.len());
-            for chunk in ids.chunks(ENQUEUE_CHUNK) {
-                let p = prefix(queue);
-                let keys: Vec<String> = chunk.iter().map(|i| format!("{p}job:{i}")).collect();
-                let recs: Vec<Option<String>> = redis::cmd("MGET")
-                    .arg(&keys)
-                    .query_async(&mut self.conn())
-                    .await?;
-                for r in recs.into_iter().flatten() {
-                    chosen.push(Job::from_json(&r)?);
-                }
-            }
+            let ids: Vec<String> = ids.iter().map(JobId::to_string).collect();
+            let chosen = self
+                .records(queue, &ids)
+                .await?
+                .into_iter()
+                .flatten()
+                .map(|r| Job::from_json(&r))
+                .collect::<Result<Vec<_>, _>>()?;
             // The script replays only those still in the dead set.
             return self.replay_jobs(queue, &chosen).await;
         }
@@ -1041,48 +1032,41 @@ impl Broker for RedisBroker {
         queue: &str,
         limit: usize,
     ) -> BrokerResult<Vec<(DateTime<Utc>, Job)>> {
-        let p = prefix(queue);
-        let mut conn = self.conn();
-        let due: Vec<(String, f64)> = conn
-            .zrange_withscores(format!("{p}delayed"), 0, limit.max(1) as isize - 1)
+        let due: Vec<(String, f64)> = self
+            .conn()
+            .zrange_withscores(
+                format!("{}delayed", prefix(queue)),
+                0,
+                limit.max(1) as isize - 1,
+            )
             .await?;
+        let ids: Vec<&str> = due.iter().map(|(m, _)| member_id(m)).collect();
         let mut out = Vec::with_capacity(due.len());
-        for chunk in due.chunks(ENQUEUE_CHUNK) {
-            let keys: Vec<String> = chunk
-                .iter()
-                .map(|(m, _)| format!("{p}job:{}", m.split('|').next().unwrap_or(m)))
-                .collect();
-            let recs: Vec<Option<String>> =
-                redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
-            for ((_, at), rec) in chunk.iter().zip(recs) {
-                let Some(rec) = rec else { continue };
-                let job = Job::from_json(&rec)?;
-                if !job.state.is_final() {
-                    out.push((self.inner.clock.local(*at as i64), job));
-                }
+        for ((_, at), rec) in due.iter().zip(self.records(queue, &ids).await?) {
+            let Some(rec) = rec else { continue };
+            let job = Job::from_json(&rec)?;
+            if !job.state.is_final() {
+                out.push((self.inner.clock.local(*at as i64), job));
             }
         }
         Ok(out)
     }
 
     async fn running(&self, queue: &str) -> BrokerResult<Vec<Job>> {
-        let p = prefix(queue);
-        let mut conn = self.conn();
-        let leased: Vec<(String, String)> = conn.hgetall(format!("{p}leased")).await?;
+        let leased: Vec<(String, String)> = self
+            .conn()
+            .hgetall(format!("{}leased", prefix(queue)))
+            .await?;
+        let ids: Vec<&str> = leased.iter().map(|(id, _)| id.as_str()).collect();
         let mut out = Vec::new();
-        for chunk in leased.chunks(ENQUEUE_CHUNK) {
-            let keys: Vec<String> = chunk.iter().map(|(id, _)| format!("{p}job:{id}")).collect();
-            let recs: Vec<Option<String>> =
-                redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
-            for ((_, member), rec) in chunk.iter().zip(recs) {
-                let (Some(rec), Some(member)) = (rec, LeaseMember::parse(member)) else {
-                    continue;
-                };
-                let mut job = Job::from_json(&rec)?;
-                if !job.state.is_final() {
-                    member.show_started(&mut job);
-                    out.push(job);
-                }
+        for ((_, member), rec) in leased.iter().zip(self.records(queue, &ids).await?) {
+            let (Some(rec), Some(member)) = (rec, LeaseMember::parse(member)) else {
+                continue;
+            };
+            let mut job = Job::from_json(&rec)?;
+            if !job.state.is_final() {
+                member.show_started(&mut job);
+                out.push(job);
             }
         }
         out.sort_by_key(|j| j.started_at);
@@ -1090,7 +1074,35 @@ impl Broker for RedisBroker {
     }
 }
 
+/// The job id of a `ready` or `delayed` member (`<id>|<redeliveries>`).
+fn member_id(member: &str) -> &str {
+    member.split('|').next().unwrap_or(member)
+}
+
 impl RedisBroker {
+    /// The records of jobs `ids` of `queue`, in order (None where a record
+    /// is gone): one MGET per [`ENQUEUE_CHUNK`] ids.
+    async fn records(
+        &self,
+        queue: &str,
+        ids: &[impl AsRef<str>],
+    ) -> BrokerResult<Vec<Option<String>>> {
+        let p = prefix(queue);
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(ENQUEUE_CHUNK) {
+            let keys: Vec<String> = chunk
+                .iter()
+                .map(|id| format!("{p}job:{}", id.as_ref()))
+                .collect();
+            let recs: Vec<Option<String>> = redis::cmd("MGET")
+                .arg(&keys)
+                .query_async(&mut self.conn())
+                .await?;
+            out.extend(recs);
+        }
+        Ok(out)
+    }
+
     /// Purges the delayed set (`'d'`), by rank from its start, or the ready
     /// list (`'r'`), from its tail, a page at a time. Pages enough for
     /// what is there now, twice over (pages overlap when entries shift): a
@@ -1156,15 +1168,8 @@ impl RedisBroker {
             return Ok(0);
         }
         let p = prefix(queue);
-        let ids: Vec<&str> = members
-            .iter()
-            .map(|m| m.split('|').next().unwrap_or(m))
-            .collect();
-        let keys: Vec<String> = ids.iter().map(|id| format!("{p}job:{id}")).collect();
-        let recs: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(&keys)
-            .query_async(&mut self.conn())
-            .await?;
+        let ids: Vec<&str> = members.iter().map(|m| member_id(m)).collect();
+        let recs = self.records(queue, &ids).await?;
         let at = Utc::now();
         let mut inv = self.inner.scripts.purge.prepare_invoke();
         inv.key(format!("{p}ready"))

@@ -44,17 +44,13 @@ pub struct TaskBinding {
     pub result_ttl_ms: Option<u64>,
     /// Its jobs store no result (their state is kept), unless a job asks
     /// otherwise.
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default, skip_serializing_if = "crate::queue::job::is_false")]
     pub ignore_result: bool,
     /// What the task may reach; interpreted by the sandbox's host side.
     #[serde(default)]
     pub grants: TaskGrants,
     #[serde(default = "Utc::now")]
     pub bound_at: DateTime<Utc>,
-}
-
-fn is_false(b: &bool) -> bool {
-    !*b
 }
 
 fn default_queue() -> String {
