@@ -118,6 +118,7 @@ fn known_command(name: &[u8]) -> &'static str {
         "hsetnx",
         "hdel",
         "hgetall",
+        "hmget",
         "hexists",
         "sadd",
         "srem",

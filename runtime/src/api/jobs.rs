@@ -23,13 +23,15 @@ use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState};
 use crate::names::{ModuleHash, TaskName};
 use crate::producer::parse_duration;
 use crate::producer::{Caller, EnqueueRequest};
+use crate::queue::list::{LIST_MAX, parse_cursor};
 use crate::queue::{
-    Enqueued, Job, JobEvent, JobId, JobLimits, JobState, PurgeFilter, RetryPolicy, RevokeOutcome,
+    Enqueued, Job, JobEvent, JobId, JobLimits, JobQuery, JobState, PurgeFilter, RetryPolicy,
+    RevokeOutcome,
 };
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(enqueue))
+        .routes(routes!(enqueue, list_jobs))
         .routes(routes!(enqueue_batch))
         .routes(routes!(get_job))
         .routes(routes!(revoke_job))
@@ -241,6 +243,140 @@ pub struct WaitQuery {
     /// Long-poll: answer as soon as the job ends, or after this long
     /// (`30s`, `500ms`, seconds; at most 300 s).
     pub wait: Option<String>,
+}
+
+/// Filters of `GET /v1/jobs`.
+#[derive(Deserialize, IntoParams, Default)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only this queue (default: every queue).
+    #[param(value_type = Option<QueueName>)]
+    pub queue: Option<String>,
+    /// Only this task's jobs.
+    #[param(value_type = Option<TaskName>)]
+    pub task: Option<String>,
+    /// Only jobs in this state, as a lookup shows it now (any case).
+    #[param(value_type = Option<JobState>)]
+    pub state: Option<String>,
+    /// Created at or after: an RFC 3339 time, or a duration ago (`1h`).
+    pub since: Option<String>,
+    /// Created before: an RFC 3339 time, or a duration ago.
+    pub until: Option<String>,
+    /// Only children of this job.
+    #[param(value_type = Option<uuid::Uuid>)]
+    pub parent: Option<String>,
+    /// Only jobs this beat enqueued.
+    pub beat: Option<String>,
+    /// At most this many jobs (default 50, at most 500).
+    #[param(value_type = Option<usize>)]
+    pub limit: Option<String>,
+    /// Continue where a page ended (its `next`).
+    pub cursor: Option<String>,
+}
+
+/// A page of jobs, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct JobList {
+    #[schema(value_type = Vec<Job>)]
+    pub jobs: Vec<serde_json::Value>,
+    /// The `cursor` of the next page; absent when nothing older is left.
+    /// A page may hold fewer than `limit` jobs (even none) and still have
+    /// a next one: filters on the task, parent, beat, or a state other
+    /// than FAILURE, REVOKED and EXPIRED look at 1000 jobs per page.
+    #[schema(value_type = Option<uuid::Uuid>)]
+    pub next: Option<String>,
+}
+
+/// A time in a query: RFC 3339, or a duration before `now`.
+fn query_time(field: &str, v: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(v) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    parse_duration(v)
+        .and_then(|d| chrono::Duration::from_std(d).ok())
+        .and_then(|d| now.checked_sub_signed(d))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{field}: {v:?} is neither an RFC 3339 time nor a duration like \"1h\""
+            ))
+        })
+}
+
+impl ListQuery {
+    fn query(self, now: DateTime<Utc>) -> Result<JobQuery, ApiError> {
+        if let Some(q) = &self.queue {
+            super::queues::check_queue(q)?;
+        }
+        let time = |field: &str, v: &Option<String>| {
+            v.as_deref().map(|v| query_time(field, v, now)).transpose()
+        };
+        let limit = match &self.limit {
+            None => 50,
+            Some(l) => l
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=LIST_MAX).contains(n))
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "limit: {l:?} is not a number from 1 to {LIST_MAX}"
+                    ))
+                })?,
+        };
+        let cursor = match &self.cursor {
+            None => None,
+            Some(c) => Some(parse_cursor(c).ok_or_else(|| {
+                ApiError::bad_request(format!("cursor: {c:?} is not a page's `next`"))
+            })?),
+        };
+        Ok(JobQuery {
+            since: time("since", &self.since)?,
+            until: time("until", &self.until)?,
+            parent: match &self.parent {
+                None => None,
+                Some(p) => Some(p.parse().map_err(|_| {
+                    ApiError::bad_request(format!("parent: {p:?} is not a job id"))
+                })?),
+            },
+            state: match &self.state {
+                None => None,
+                Some(st) => Some(st.to_ascii_uppercase().parse().map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "state: {st:?} is not one of PENDING, STARTED, RETRY, SUCCESS, FAILURE, REVOKED, EXPIRED"
+                    ))
+                })?),
+            },
+            queue: self.queue,
+            task: self.task,
+            beat: self.beat,
+            limit,
+            cursor,
+        })
+    }
+}
+
+/// Finds jobs: newest first, filtered, a page at a time (pass `next` as
+/// `cursor` for the next page). Served from an index of each queue kept by
+/// the calls that store and end jobs; a job is listed until its record
+/// expires.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "a page of jobs", body = JobList),
+        (status = 400, description = "a bad filter (named): queue name, state, time, id, limit or cursor", body = ErrorBody),
+        NeedsToken, UsesStorage,
+    ))]
+async fn list_jobs(
+    State(ctx): State<AppState>,
+    _: Submit,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<axum::Json<JobList>, ApiError> {
+    let query = q.query(Utc::now())?;
+    let page = ctx.broker.list(&query).await?;
+    Ok(axum::Json(JobList {
+        jobs: page.jobs.iter().map(job_view).collect(),
+        next: page.next.map(|id| id.to_string()),
+    }))
 }
 
 fn parse_id(id: &str) -> Result<JobId, ApiError> {

@@ -13,6 +13,7 @@ pub mod call;
 pub mod client;
 pub mod dev;
 pub mod inspect;
+pub mod jobs;
 pub mod purge;
 pub mod revoke;
 pub mod run;
@@ -61,6 +62,8 @@ pub enum Command {
     Purge(purge::PurgeArgs),
     /// List queues, workers or dead letters.
     Inspect(inspect::InspectArgs),
+    /// Find jobs: `runner jobs list --state FAILURE --task report --since 1h`.
+    Jobs(jobs::JobsArgs),
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -95,6 +98,7 @@ pub fn main() -> ExitCode {
             Command::Revoke(args) => revoke::execute(args).await,
             Command::Purge(args) => purge::execute(args).await,
             Command::Inspect(args) => inspect::execute(args).await,
+            Command::Jobs(args) => jobs::execute(args).await,
         }
     });
     match result {

@@ -7,6 +7,7 @@
 //! after the lease), so the conformance suite runs unchanged against both.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use chrono::Utc;
 use tokio::sync::{broadcast, mpsc};
 
 use super::job::{DEAD_LETTER_TTL, Job, JobId, JobState, Progress};
+use super::list::{JobPage, JobQuery, Walk, Window};
 use super::ratelimit::Limiter;
 use super::{
     Broker, BrokerResult, Delivery, Enqueued, Extended, JobEvent, Lease, LeaseMember, PURGED,
@@ -36,6 +38,8 @@ struct QueueState {
     /// member -> deadline ms
     leases: HashMap<String, (JobId, i64)>,
     dead: BTreeSet<(i64, JobId)>,
+    /// Every job's id while its record lives: the job index (`list.rs`).
+    index: BTreeSet<JobId>,
     /// The queue's rate-limit logs: a limit counts starts per queue, as in
     /// Redis (see `ratelimit.rs`).
     limiter: Limiter,
@@ -86,6 +90,7 @@ impl State {
         self.progress.retain(|id, _| open(id));
         for q in self.queues.values_mut() {
             q.dead.retain(|(_, id)| records.contains_key(id));
+            q.index.retain(|id| records.contains_key(id));
         }
     }
 
@@ -102,6 +107,26 @@ impl State {
         self.records
             .get(id)
             .filter(|r| r.expires_at.is_none_or(|e| e > now))
+    }
+
+    /// Job `id` as a lookup shows it at `now`: STARTED while leased,
+    /// EXPIRED past its expiry, with its latest progress.
+    fn shown(&self, id: JobId, now: i64) -> Option<Job> {
+        let rec = self.record(&id, now)?;
+        let mut job = rec.job.clone();
+        if !job.state.is_final() {
+            match self
+                .leased(&rec.queue, id)
+                .and_then(|m| LeaseMember::parse(m))
+            {
+                Some(member) => member.show_started(&mut job),
+                None => job.show_expired(ms_to_time(now)),
+            }
+            if let Some(p) = self.progress.get(&id) {
+                job.progress = Some(p.clone());
+            }
+        }
+        Some(job)
     }
 
     fn signal(&mut self, queue: Option<&str>, s: Signal) {
@@ -476,6 +501,7 @@ impl Broker for EmbeddedBroker {
                 },
             );
             let q = st.queues.entry(job.queue.clone()).or_default();
+            q.index.insert(job.id);
             let w = woken.entry(job.queue.clone()).or_default();
             match job.eta.map(|e| e.timestamp_millis()).filter(|&e| e > now) {
                 Some(due) => {
@@ -507,25 +533,7 @@ impl Broker for EmbeddedBroker {
     }
 
     async fn get(&self, id: JobId) -> BrokerResult<Option<Job>> {
-        let now = now_ms();
-        let st = self.lock();
-        let Some(rec) = st.record(&id, now) else {
-            return Ok(None);
-        };
-        let mut job = rec.job.clone();
-        if !job.state.is_final() {
-            match st
-                .leased(&rec.queue, id)
-                .and_then(|m| LeaseMember::parse(m))
-            {
-                Some(member) => member.show_started(&mut job),
-                None => job.show_expired(ms_to_time(now)),
-            }
-            if let Some(p) = st.progress.get(&id) {
-                job.progress = Some(p.clone());
-            }
-        }
-        Ok(Some(job))
+        Ok(self.lock().shown(id, now_ms()))
     }
 
     async fn subscribe(&self) -> BrokerResult<broadcast::Receiver<JobEvent>> {
@@ -820,6 +828,56 @@ impl Broker for EmbeddedBroker {
             })
             .take(limit)
             .collect())
+    }
+
+    async fn list(&self, query: &JobQuery) -> BrokerResult<JobPage> {
+        let now = now_ms();
+        let mut st = self.lock();
+        st.sweep(now);
+        let names: Vec<String> = match &query.queue {
+            Some(q) => vec![q.clone()],
+            None => {
+                let mut names: Vec<String> = st.queues.keys().cloned().collect();
+                names.sort();
+                names
+            }
+        };
+        let (upper, lower) = query.id_range();
+        let range = (
+            lower.map_or(Bound::Unbounded, |b| Bound::Included(b.id())),
+            upper.map_or(Bound::Unbounded, |b| Bound::Excluded(b.id())),
+        );
+        let st = &*st;
+        let windows = names
+            .into_iter()
+            .map(|queue| {
+                let ids = st.queues.get(&queue).map_or_else(Vec::new, |q| {
+                    q.index
+                        .range(range)
+                        .rev()
+                        // An ended state's own index, as in Redis.
+                        .filter(|id| {
+                            query.indexed_state().is_none_or(|s| {
+                                st.record(id, now).is_some_and(|r| r.job.state == s)
+                            })
+                        })
+                        .take(query.window())
+                        .copied()
+                        .collect()
+                });
+                Window { queue, ids }
+            })
+            .collect();
+        let mut walk = Walk::new(query, windows);
+        loop {
+            let chunk = walk.next_chunk();
+            if chunk.is_empty() {
+                break;
+            }
+            let jobs = chunk.iter().map(|(_, id)| st.shown(*id, now)).collect();
+            walk.feed(jobs);
+        }
+        Ok(walk.page())
     }
 
     async fn running(&self, queue: &str) -> BrokerResult<Vec<Job>> {

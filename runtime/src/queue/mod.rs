@@ -21,6 +21,7 @@
 
 pub mod embedded;
 pub mod job;
+pub mod list;
 pub mod ratelimit;
 pub mod redis;
 
@@ -36,6 +37,7 @@ pub use job::{
     DEFAULT_QUEUE, FailureKind, Job, JobError, JobFailure, JobId, JobLimits, JobState, Progress,
     RateLimit, RetryPolicy,
 };
+pub use list::{JobPage, JobQuery};
 pub use redis::RedisBroker;
 
 /// A worker's claim on one job. The `member` string identifies this very
@@ -432,6 +434,10 @@ pub trait Broker: Send + Sync + 'static {
     /// backoffs, rate limits), soonest first, with their due times.
     async fn scheduled(&self, queue: &str, limit: usize)
     -> BrokerResult<Vec<(DateTime<Utc>, Job)>>;
+
+    /// A page of the jobs `query` asks for, newest first, from the index
+    /// of each queue (see [`list`]).
+    async fn list(&self, query: &JobQuery) -> BrokerResult<JobPage>;
 
     /// Waits until the job is final or `timeout` passes, woken by events.
     /// Returns the job as it is then (`None` if unknown).

@@ -18,6 +18,9 @@
 //! | `terminate` | zset | those of them whose run must be stopped, for workers that missed the message |
 //! | `progress` | hash | id -> latest progress of a running job |
 //! | `rl:<key>` | zset | start log of a rate limit (see `ratelimit.rs`) |
+//! | `jobs` | zset | every job's id, all scored 0 (UUIDv7 ids sort by time): the index of `GET /v1/jobs` (`list.rs`) |
+//! | `jobs:<STATE>` | zset | the ids of jobs that ended FAILURE, REVOKED or EXPIRED |
+//! | `ends` | zset | ids of records that expire, scored by when: a settle with a due check drops those past it from the three above |
 //!
 //! Outside the queues: `runner:{ids}:<hour>` (hash id -> queue of the jobs
 //! whose ids were made in that hour: the index by which status and revoke
@@ -36,7 +39,10 @@
 //! result, ZREM, LPOP, MGET, ZADD, HSET, PUBLISH). So a job costs one
 //! command (its result) plus its share of a few per batch: `runner bench
 //! queue` measures about 2.5 per job, and a job enqueued and run entirely
-//! alone about 22. A status read costs HGET and GET (and the status
+//! alone about 22. The job index adds one ZADD per enqueue call and one
+//! per settle that ends jobs (two when some failed); a page of `GET
+//! /v1/jobs` costs one ZRANGE per queue read and, per 250 entries looked
+//! at, one MGET (and one HMGET of leases while some are not final). A status read costs HGET and GET (and the status
 //! script while the job has not ended), whatever the number of queues. A
 //! purge reads its queue 500 entries a page (LRANGE or ZRANGE, MGET) and
 //! ends the page's jobs with one script (`lua/purge.lua`). An idle worker sends
@@ -76,6 +82,7 @@ use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 
 use super::job::{DEAD_LETTER_TTL, Job, JobId, JobState, MAX_DELAY, Progress};
+use super::list::{JobPage, JobQuery, Walk, Window, parse_cursor};
 use super::{
     Broker, BrokerError, BrokerResult, Completion, Delivery, Enqueued, Extended, JobEvent, Lease,
     LeaseMember, PURGED, PurgeFilter, QueueStats, RevokeOutcome, SettleReply, SettleRequest,
@@ -1052,6 +1059,60 @@ impl Broker for RedisBroker {
         Ok(out)
     }
 
+    async fn list(&self, query: &JobQuery) -> BrokerResult<JobPage> {
+        let mut conn = self.conn();
+        let queues: Vec<String> = match &query.queue {
+            Some(q) => vec![q.clone()],
+            None => {
+                let mut names: Vec<String> = conn.smembers(QUEUES_KEY).await?;
+                names.sort();
+                names
+            }
+        };
+        if queues.is_empty() {
+            return Ok(JobPage::default());
+        }
+        let index = match query.indexed_state() {
+            Some(s) => format!("jobs:{s}"),
+            None => "jobs".to_string(),
+        };
+        let (upper, lower) = query.id_range();
+        let max = upper.map_or_else(|| "+".to_string(), |b| format!("({b}"));
+        let min = lower.map_or_else(|| "-".to_string(), |b| format!("[{b}"));
+        let mut pipe = redis::pipe();
+        for q in &queues {
+            pipe.cmd("ZRANGE")
+                .arg(format!("{}{index}", prefix(q)))
+                .arg(&max)
+                .arg(&min)
+                .arg("BYLEX")
+                .arg("REV")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(query.window());
+        }
+        let ids: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
+        let windows = queues
+            .into_iter()
+            .zip(ids)
+            .map(|(queue, ids)| Window {
+                queue,
+                ids: ids.iter().filter_map(|s| parse_cursor(s)).collect(),
+            })
+            .collect();
+        let mut walk = Walk::new(query, windows);
+        let now = self.inner.clock.now();
+        loop {
+            let chunk = walk.next_chunk().to_vec();
+            if chunk.is_empty() {
+                break;
+            }
+            let jobs = self.shown(&chunk, now).await?;
+            walk.feed(jobs);
+        }
+        Ok(walk.page())
+    }
+
     async fn running(&self, queue: &str) -> BrokerResult<Vec<Job>> {
         let leased: Vec<(String, String)> = self
             .conn()
@@ -1070,6 +1131,57 @@ impl Broker for RedisBroker {
             }
         }
         out.sort_by_key(|j| j.started_at);
+        Ok(out)
+    }
+}
+
+impl RedisBroker {
+    /// The jobs of `entries` as a lookup shows them at `now` (STARTED
+    /// while leased, EXPIRED past their expiry), in order: one MGET per
+    /// queue, and one HMGET of its leases for the jobs not yet final.
+    async fn shown(
+        &self,
+        entries: &[(String, JobId)],
+        now: DateTime<Utc>,
+    ) -> BrokerResult<Vec<Option<Job>>> {
+        let mut out: Vec<Option<Job>> = vec![None; entries.len()];
+        let mut queues: Vec<&str> = entries.iter().map(|(q, _)| q.as_str()).collect();
+        queues.sort();
+        queues.dedup();
+        for queue in queues {
+            let at: Vec<usize> = (0..entries.len())
+                .filter(|&i| entries[i].0 == queue)
+                .collect();
+            let ids: Vec<String> = at.iter().map(|&i| entries[i].1.to_string()).collect();
+            let mut open = Vec::new();
+            for (&i, rec) in at.iter().zip(self.records(queue, &ids).await?) {
+                let Some(rec) = rec else { continue };
+                let job = Job::from_json(&rec)?;
+                if !job.state.is_final() {
+                    open.push(i);
+                }
+                out[i] = Some(job);
+            }
+            if open.is_empty() {
+                continue;
+            }
+            let members: Vec<Option<String>> = redis::cmd("HMGET")
+                .arg(format!("{}leased", prefix(queue)))
+                .arg(
+                    open.iter()
+                        .map(|&i| entries[i].1.to_string())
+                        .collect::<Vec<_>>(),
+                )
+                .query_async(&mut self.conn())
+                .await?;
+            for (&i, member) in open.iter().zip(members) {
+                let Some(job) = out[i].as_mut() else { continue };
+                match member.as_deref().and_then(LeaseMember::parse) {
+                    Some(m) => m.show_started(job),
+                    None => job.show_expired(now),
+                }
+            }
+        }
         Ok(out)
     }
 }

@@ -821,6 +821,7 @@ async fn api_openapi_document_lists_every_route_and_its_refs_resolve() {
         ("get", "/v1/tasks/{name}"),
         ("post", "/v1/tasks/{name}/rollback"),
         ("post", "/v1/jobs"),
+        ("get", "/v1/jobs"),
         ("post", "/v1/jobs/batch"),
         ("get", "/v1/jobs/{id}"),
         ("post", "/v1/jobs/{id}/revoke"),
@@ -1343,4 +1344,101 @@ on_both_brokers!(
     api_results_only_where_needed_on_the_embedded_broker,
     api_results_only_where_needed_on_redis,
     results_only_where_needed
+);
+
+/// `GET /v1/jobs` finds jobs newest first, by task, state (any case) and
+/// time, a page at a time; a bad filter is a 400 naming it.
+async fn find_jobs(api: &TestApi) {
+    api.bind_example("greet", "hello").await;
+    api.bind_example("boom", "panicker").await;
+    let mut greets = Vec::new();
+    for i in 0..3 {
+        let (s, v) = api
+            .enqueue(json!({ "task": "greet", "input": { "name": format!("n{i}") } }))
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        greets.push(v["id"].as_str().unwrap().to_string());
+    }
+    let (s, v) = api
+        .enqueue(json!({ "task": "boom", "input": {}, "retry": { "max_retries": 0 } }))
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let boom = v["id"].as_str().unwrap().to_string();
+    for id in greets.iter().chain([&boom]) {
+        api.wait(id).await;
+    }
+    let list = |query: &str| {
+        let path = format!("/v1/jobs{query}");
+        async move {
+            api.call(api.req(reqwest::Method::GET, &path, Some(SUBMIT)))
+                .await
+        }
+    };
+    let ids = |v: &Value| -> Vec<String> {
+        v["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let mut newest_first = greets.clone();
+    newest_first.reverse();
+
+    let (s, v) = list("?task=greet").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(ids(&v), newest_first, "{v}");
+    assert!(v["next"].is_null(), "{v}");
+    assert!(
+        v["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["state"] == "SUCCESS" && j["result"].is_object()),
+        "{v}"
+    );
+    let (_, v) = list("?state=failure").await;
+    assert_eq!(ids(&v), vec![boom.clone()], "{v}");
+    assert_eq!(v["jobs"][0]["error"]["kind"], "trap", "{v}");
+    let (_, v) = list("?state=SUCCESS&since=1h").await;
+    assert_eq!(ids(&v), newest_first, "{v}");
+    let (_, v) = list("?until=2020-01-01T00:00:00Z").await;
+    assert_eq!(ids(&v), Vec::<String>::new(), "{v}");
+
+    // Pages of two: every job once, newest first.
+    let (_, v) = list("?limit=2").await;
+    assert_eq!(ids(&v), [boom.clone(), greets[2].clone()], "{v}");
+    let next = v["next"].as_str().unwrap().to_string();
+    let (_, v) = list(&format!("?limit=2&cursor={next}")).await;
+    assert_eq!(ids(&v), [greets[1].clone(), greets[0].clone()], "{v}");
+    let (_, v) = list(&format!("?limit=2&cursor={}", greets[0])).await;
+    assert_eq!(ids(&v), Vec::<String>::new(), "{v}");
+    assert!(v["next"].is_null(), "{v}");
+
+    for (query, field) in [
+        ("?limit=0", "limit"),
+        ("?limit=501", "limit"),
+        ("?limit=many", "limit"),
+        ("?state=DONE", "state"),
+        ("?since=yesterday", "since"),
+        ("?until=-1h", "until"),
+        ("?cursor=page2", "cursor"),
+        ("?parent=42", "parent"),
+        ("?queue=bad%20queue", "queue"),
+        ("?tasks=greet", "tasks"),
+    ] {
+        let (s, v) = list(query).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{query}: {v}");
+        assert!(message(&v).contains(field), "{query}: {v}");
+    }
+    let (s, _) = api
+        .call(api.req(reqwest::Method::GET, "/v1/jobs", None))
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}
+
+on_both_brokers!(
+    api_find_jobs_on_the_embedded_broker,
+    api_find_jobs_on_redis,
+    find_jobs
 );

@@ -304,6 +304,9 @@ impl Broker for Deaf {
     async fn running(&self, queue: &str) -> BrokerResult<Vec<Job>> {
         self.0.running(queue).await
     }
+    async fn list(&self, query: &runner::queue::JobQuery) -> BrokerResult<runner::queue::JobPage> {
+        self.0.list(query).await
+    }
     async fn scheduled(
         &self,
         queue: &str,

@@ -332,6 +332,29 @@ fn dev_purges_and_revokes_in_bulk_from_the_cli() {
         assert_eq!(state(id), "REVOKED");
     }
 
+    // Found again by state (any case) and task, newest first.
+    let found = ok(&dev.runner(&["jobs", "list", "--state", "revoked", "--task", "hello"]));
+    let rows: Vec<&str> = found.lines().skip(1).collect();
+    let firsts: Vec<&str> = rows
+        .iter()
+        .map(|r| r.split_whitespace().next().unwrap())
+        .collect();
+    let mut newest_first = hellos.clone();
+    newest_first.reverse();
+    assert_eq!(firsts, newest_first, "{found}");
+    assert!(rows.iter().all(|r| r.contains("REVOKED")), "{found}");
+    let out = dev.runner(&["jobs", "list", "--task", "hello", "--limit", "2"]);
+    assert_eq!(ok(&out).lines().count(), 3, "a header and two jobs");
+    let more = String::from_utf8_lossy(&out.stderr);
+    assert!(more.contains(&format!("--cursor {}", hellos[1])), "{more}");
+    let out = dev.runner(&["jobs", "list", "--state", "DONE"]);
+    assert_eq!(out.status.code(), Some(2), "a refused request");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("state: \"DONE\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let more = enqueue("hello", serde_json::json!({ "name": "again" }));
     let out = ok(&dev.runner(&["purge", &queue, "--delayed-only", "--yes"]));
     assert_eq!(

@@ -11,8 +11,8 @@ use std::time::Duration;
 use chrono::Utc;
 use runner::producer::{EnqueueError, EnqueueRequest, Producer};
 use runner::queue::{
-    Broker, Completion, EmbeddedBroker, JobError, JobFailure, JobId, JobState, PURGED, PurgeFilter,
-    RedisBroker, RevokeOutcome, SettleRequest, Settlement, Signal,
+    Broker, Completion, EmbeddedBroker, Job, JobError, JobFailure, JobId, JobQuery, JobState,
+    PURGED, PurgeFilter, RedisBroker, RevokeOutcome, SettleRequest, Settlement, Signal,
 };
 use runner::registry::{LocalRegistry, Registry, TaskBinding};
 
@@ -845,7 +845,229 @@ conformance!(
     purge_ends_waiting_jobs_and_leaves_running_ones,
     purge_pages_through_long_queues,
     scheduled_lists_delayed_jobs_soonest_first,
+    list_finds_jobs_newest_first_by_any_filter,
+    list_forgets_jobs_whose_records_expired,
 );
+
+/// Every page of `query` from its cursor on, concatenated.
+async fn list_all(b: &Arc<dyn Broker>, mut query: JobQuery) -> Vec<Job> {
+    let mut out = Vec::new();
+    for _ in 0..100 {
+        let page = b.list(&query).await.unwrap();
+        assert!(page.jobs.len() <= query.limit);
+        out.extend(page.jobs);
+        match page.next {
+            Some(next) => query.cursor = Some(next),
+            None => return out,
+        }
+    }
+    panic!("more than 100 pages");
+}
+
+fn ids_of(jobs: &[Job]) -> Vec<JobId> {
+    jobs.iter().map(|j| j.id).collect()
+}
+
+fn newest_first(mut ids: Vec<JobId>) -> Vec<JobId> {
+    ids.sort_by(|a, b| b.cmp(a));
+    ids
+}
+
+fn query(limit: usize) -> JobQuery {
+    JobQuery {
+        limit,
+        ..JobQuery::default()
+    }
+}
+
+/// `list` finds jobs of every queue newest first, a page at a time, and
+/// by queue, task, state (live ones as a lookup shows them, ended ones
+/// from their own index), time range, parent and beat.
+async fn list_finds_jobs_newest_first_by_any_filter(env: Env) {
+    let b = &env.broker;
+    let mut echo = Vec::new();
+    for i in 0..5 {
+        echo.push(
+            env.producer
+                .enqueue(call(&format!("{i}")))
+                .await
+                .unwrap()
+                .job
+                .id,
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let middle = Utc::now();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut other = Vec::new();
+    for _ in 0..3 {
+        let mut req = EnqueueRequest::task("other", "{}");
+        req.parent = Some(echo[0]);
+        other.push(env.producer.enqueue(req).await.unwrap().job.id);
+    }
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut req = EnqueueRequest::task("limited", "{}");
+        req.schedule = Some("nightly".into());
+        slow.push(env.producer.enqueue(req).await.unwrap().job.id);
+    }
+    let all: Vec<JobId> = newest_first([echo.clone(), other.clone(), slow.clone()].concat());
+
+    // Every queue, newest first: in one page, and in pages of 3.
+    let page = b.list(&query(100)).await.unwrap();
+    assert_eq!(ids_of(&page.jobs), all);
+    assert_eq!(page.next, None);
+    let page = b.list(&query(3)).await.unwrap();
+    assert_eq!(ids_of(&page.jobs), all[..3]);
+    assert_eq!(page.next, Some(all[2]));
+    assert_eq!(ids_of(&list_all(b, query(3)).await), all);
+    assert_eq!(ids_of(&list_all(b, query(1)).await), all);
+
+    let q = |f: &dyn Fn(&mut JobQuery)| {
+        let mut q = query(4);
+        f(&mut q);
+        q
+    };
+    let found = list_all(b, q(&|q| q.queue = Some("slow".into()))).await;
+    assert_eq!(ids_of(&found), newest_first(slow.clone()));
+    let found = list_all(b, q(&|q| q.task = Some("other".into()))).await;
+    assert_eq!(ids_of(&found), newest_first(other.clone()));
+    let found = list_all(b, q(&|q| q.parent = Some(echo[0]))).await;
+    assert_eq!(ids_of(&found), newest_first(other.clone()));
+    let found = list_all(b, q(&|q| q.beat = Some("nightly".into()))).await;
+    assert_eq!(ids_of(&found), newest_first(slow.clone()));
+    let found = list_all(b, q(&|q| q.since = Some(middle))).await;
+    assert_eq!(
+        ids_of(&found),
+        newest_first([other.clone(), slow.clone()].concat())
+    );
+    let found = list_all(b, q(&|q| q.until = Some(middle))).await;
+    assert_eq!(ids_of(&found), newest_first(echo.clone()));
+    let found = list_all(
+        b,
+        q(&|q| {
+            q.until = Some(middle);
+            q.cursor = Some(echo[3]);
+        }),
+    )
+    .await;
+    assert_eq!(ids_of(&found), newest_first(echo[..3].to_vec()));
+
+    // The first echo job succeeds, the second fails, the third runs, the
+    // fourth is revoked; the fifth waits.
+    let d = b
+        .settle(settle("work", "w", vec![], 3))
+        .await
+        .unwrap()
+        .deliveries;
+    assert_eq!(
+        ids_of(&d.iter().map(|d| d.job.clone()).collect::<Vec<_>>()),
+        echo[..3]
+    );
+    b.settle(settle(
+        "work",
+        "w",
+        vec![
+            success(&d[0], "1"),
+            ended(&d[1], JobState::Failure, None, false),
+        ],
+        0,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        b.revoke(echo[3], false).await.unwrap(),
+        RevokeOutcome::Revoked
+    );
+    let in_state = |state: JobState| q(&move |q: &mut JobQuery| q.state = Some(state));
+    let expect = [
+        (JobState::Success, vec![echo[0]]),
+        (JobState::Failure, vec![echo[1]]),
+        (JobState::Started, vec![echo[2]]),
+        (JobState::Revoked, vec![echo[3]]),
+        (
+            JobState::Pending,
+            newest_first([vec![echo[4]], other.clone(), slow.clone()].concat()),
+        ),
+        (JobState::Expired, vec![]),
+    ];
+    for (state, ids) in expect {
+        let found = list_all(b, in_state(state)).await;
+        assert_eq!(ids_of(&found), ids, "{state}");
+        assert!(found.iter().all(|j| j.state == state), "{state}");
+    }
+    let started = list_all(b, in_state(JobState::Started)).await;
+    assert_eq!(started[0].worker.as_deref(), Some("w"));
+    let found = list_all(
+        b,
+        q(&|q| {
+            q.state = Some(JobState::Failure);
+            q.queue = Some("slow".into());
+        }),
+    )
+    .await;
+    assert!(found.is_empty());
+    assert!(
+        b.list(&JobQuery {
+            queue: Some("nowhere".into()),
+            ..query(10)
+        })
+        .await
+        .unwrap()
+        .jobs
+        .is_empty()
+    );
+}
+
+/// A job leaves the listing when its record expires, and a job that ended
+/// leaves its state's listing when it is replayed.
+async fn list_forgets_jobs_whose_records_expired(env: Env) {
+    let b = &env.broker;
+    let mut req = call("{}");
+    req.result_ttl_secs = Some(1);
+    let short = env.producer.enqueue(req).await.unwrap().job.id;
+    let kept = env.producer.enqueue(call("{}")).await.unwrap().job.id;
+    let d = b
+        .settle(settle("work", "w", vec![], 2))
+        .await
+        .unwrap()
+        .deliveries;
+    b.settle(settle(
+        "work",
+        "w",
+        vec![
+            ended(&d[0], JobState::Failure, None, false),
+            dead_letter(&d[1]),
+        ],
+        0,
+    ))
+    .await
+    .unwrap();
+    let failed = JobQuery {
+        state: Some(JobState::Failure),
+        ..query(10)
+    };
+    assert_eq!(
+        ids_of(&list_all(b, failed.clone()).await),
+        vec![kept, short]
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // A worker's next settle drops what expired from the index.
+    b.settle(settle("work", "w", vec![], 0)).await.unwrap();
+    assert_eq!(ids_of(&list_all(b, failed.clone()).await), vec![kept]);
+    assert_eq!(ids_of(&list_all(b, query(10)).await), vec![kept]);
+    assert_eq!(b.replay("work", &[kept]).await.unwrap(), vec![kept]);
+    assert!(list_all(b, failed).await.is_empty());
+    let pending = list_all(
+        b,
+        JobQuery {
+            state: Some(JobState::Pending),
+            ..query(10)
+        },
+    )
+    .await;
+    assert_eq!(ids_of(&pending), vec![kept]);
+}
 
 /// `scheduled` lists the delayed jobs, soonest first, with their due
 /// times; a job revoked meanwhile is not listed.
@@ -1414,4 +1636,148 @@ async fn redis_a_job_is_found_by_its_id_whatever_the_number_of_queues() {
         b.get(e.job.id).await.unwrap().unwrap().state,
         JobState::Failure
     );
+}
+
+/// Every command `server` ran since its stats were reset, but the test's
+/// own INFO and CONFIG.
+async fn total_commands(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let stats = commands_run(conn).await;
+    stats
+        .lines()
+        .filter_map(|l| l.strip_prefix("cmdstat_"))
+        .filter(|l| !l.starts_with("info:") && !l.starts_with("config"))
+        .filter_map(|l| l.split_once(":calls="))
+        .filter_map(|(_, rest)| rest.split(',').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// A page of 100 jobs costs the same number of Redis commands with 100
+/// jobs stored as with 100,000 (`RUNNER_LIST_STORED` sets the larger
+/// number: the note's 10^6 figure), unfiltered, by task and by state: the
+/// index is read from the cursor on, never scanned whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_page_of_jobs_costs_the_same_whatever_the_number_stored() {
+    let server = RedisServer::start();
+    let env = redis_on(&server).await;
+    let b = &env.broker;
+    let mut conn = admin_connection(&server).await;
+    let many: usize = std::env::var("RUNNER_LIST_STORED")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000);
+    let store = |n: usize| async move {
+        let mut left = n;
+        while left > 0 {
+            let batch: Vec<Job> = (0..left.min(1000))
+                .map(|i| {
+                    let mut j = Job::new("work", "{}", Utc::now());
+                    j.task = Some(if i % 10 == 0 { "other" } else { "echo" }.into());
+                    j
+                })
+                .collect();
+            left -= batch.len();
+            b.enqueue(batch).await.unwrap();
+        }
+    };
+    // A few failures, among the first jobs.
+    store(10).await;
+    let d = b
+        .settle(settle("work", "w", vec![], 5))
+        .await
+        .unwrap()
+        .deliveries;
+    let failed: Vec<Completion> = d
+        .iter()
+        .map(|d| ended(d, JobState::Failure, None, false))
+        .collect();
+    b.settle(settle("work", "w", failed, 0)).await.unwrap();
+    store(90).await;
+    let pages = [
+        query(100),
+        JobQuery {
+            task: Some("echo".into()),
+            ..query(100)
+        },
+        JobQuery {
+            state: Some(JobState::Failure),
+            ..query(100)
+        },
+    ];
+    let mut costs = Vec::new();
+    let mut have = 100;
+    for stored in [100, many] {
+        store(stored - have).await;
+        have = stored;
+        let mut cost = Vec::new();
+        for q in &pages {
+            reset_stats(&mut conn).await;
+            let page = b.list(q).await.unwrap();
+            cost.push((page.jobs.len(), total_commands(&mut conn).await));
+        }
+        println!("{stored} jobs stored: (jobs, commands) per page {cost:?}");
+        costs.push(cost);
+    }
+    let jobs = |i: usize| costs[i].iter().map(|c| c.0).collect::<Vec<_>>();
+    let commands = |i: usize| costs[i].iter().map(|c| c.1).collect::<Vec<_>>();
+    assert_eq!(jobs(0), [100, 90, 5]);
+    assert_eq!(jobs(1), [100, 100, 5]);
+    assert_eq!(commands(0), commands(1));
+}
+
+/// The job index goes with the records: once every record expired, a
+/// worker's settle leaves the index keys empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_the_job_index_goes_with_the_records() {
+    let server = RedisServer::start();
+    let env = redis_on(&server).await;
+    let b = &env.broker;
+    let mut conn = admin_connection(&server).await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let mut req = call("{}");
+        req.result_ttl_secs = Some(1);
+        ids.push(env.producer.enqueue(req).await.unwrap().job.id);
+    }
+    assert_eq!(
+        b.revoke(ids[3], false).await.unwrap(),
+        RevokeOutcome::Revoked
+    );
+    let d = b
+        .settle(settle("work", "w", vec![], 3))
+        .await
+        .unwrap()
+        .deliveries;
+    b.settle(settle(
+        "work",
+        "w",
+        vec![
+            success(&d[0], "1"),
+            ended(&d[1], JobState::Failure, None, false),
+            ended(&d[2], JobState::Expired, None, false),
+        ],
+        0,
+    ))
+    .await
+    .unwrap();
+    let sizes = |conn: &mut redis::aio::MultiplexedConnection| {
+        let mut pipe = redis::pipe();
+        for k in [
+            "jobs",
+            "ends",
+            "jobs:FAILURE",
+            "jobs:REVOKED",
+            "jobs:EXPIRED",
+        ] {
+            pipe.zcard(format!("runner:{{work}}:{k}"));
+        }
+        let conn = conn.clone();
+        async move {
+            let mut conn = conn;
+            pipe.query_async::<Vec<u64>>(&mut conn).await.unwrap()
+        }
+    };
+    assert_eq!(sizes(&mut conn).await, vec![4, 4, 1, 1, 1]);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    b.settle(settle("work", "w", vec![], 0)).await.unwrap();
+    assert_eq!(sizes(&mut conn).await, vec![0, 0, 0, 0, 0]);
 }

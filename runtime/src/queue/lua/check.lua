@@ -23,3 +23,36 @@ local function server_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+
+-- The job index (`list.rs`): `jobs` holds the id of every job of the queue
+-- (all scored 0: UUIDv7 ids sort by their time), `jobs:<STATE>` the ids of
+-- jobs that ended FAILURE, REVOKED or EXPIRED, and `ends` the ids of
+-- records that expire, scored by when: a settle with a due check drops
+-- those past it from all of them, so the index lives as long as the records.
+local INDEXED = { 'FAILURE', 'REVOKED', 'EXPIRED' }
+local index_ends, index_states = {}, {}
+-- Notes that job `id`'s record now ends `state` (nil: not final) and
+-- expires at `at` (server ms); written by `index_flush`.
+local function index_end(id, state, at)
+  index_ends[#index_ends + 1] = at
+  index_ends[#index_ends + 1] = id
+  for _, s in ipairs(INDEXED) do
+    if s == state then
+      local l = index_states[s] or {}
+      index_states[s] = l
+      l[#l + 1] = 0
+      l[#l + 1] = id
+    end
+  end
+end
+local function index_flush(P)
+  if #index_ends > 0 then redis.call('ZADD', P .. 'ends', unpack(index_ends)) end
+  for s, l in pairs(index_states) do redis.call('ZADD', P .. 'jobs:' .. s, unpack(l)) end
+end
+-- Drops `ids` from the expiry and state indexes (and from `jobs` too when
+-- `all`: their records are gone).
+local function index_forget(P, ids, all)
+  redis.call('ZREM', P .. 'ends', unpack(ids))
+  if all then redis.call('ZREM', P .. 'jobs', unpack(ids)) end
+  for _, s in ipairs(INDEXED) do redis.call('ZREM', P .. 'jobs:' .. s, unpack(ids)) end
+end

@@ -16,7 +16,7 @@ end
 local out = {}
 if n == 0 then return out end
 
-local mset, ready, delayed = {}, {}, {}
+local mset, ready, delayed, indexed = {}, {}, {}, {}
 local now = nil
 local seen = {}
 local wake = nil
@@ -47,8 +47,12 @@ for j = 0, n - 1 do
   else
     out[#out + 1] = 'new'
     out[#out + 1] = ''
+    indexed[#indexed + 1] = 0
+    indexed[#indexed + 1] = id
     if ttl > 0 then
       redis.call('SET', P .. 'job:' .. id, rec, 'PX', ttl)
+      now = now or server_ms()
+      index_end(id, nil, now + ttl)
     else
       mset[#mset + 1] = P .. 'job:' .. id
       mset[#mset + 1] = rec
@@ -65,6 +69,8 @@ for j = 0, n - 1 do
   end
 end
 if #mset > 0 then redis.call('MSET', unpack(mset)) end
+if #indexed > 0 then redis.call('ZADD', P .. 'jobs', unpack(indexed)) end
+index_flush(P)
 if #ready > 0 then redis.call('RPUSH', P .. 'ready', unpack(ready)) end
 if #delayed > 0 then redis.call('ZADD', P .. 'delayed', unpack(delayed)) end
 if #ready > 0 or wake then

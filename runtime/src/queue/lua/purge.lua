@@ -18,6 +18,7 @@ for j = 0, n - 1 do
   if ARGV[b + 3] ~= '' then ttl_ms(ARGV[b + 5], 'ttl of entry ' .. j) end
 end
 local out, ev = {}, {}
+local now = nil
 for j = 0, n - 1 do
   local b = 5 + j * 6
   local id, member, w, seen = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
@@ -39,10 +40,13 @@ for j = 0, n - 1 do
     end
     if removed > 0 and seen ~= '' then
       redis.call('SET', k, ARGV[b + 4], 'PX', tonumber(ARGV[b + 5]))
+      now = now or server_ms()
+      index_end(id, 'REVOKED', now + tonumber(ARGV[b + 5]))
       out[#out + 1] = id
       ev[#ev + 1] = { id, 'REVOKED' }
     end
   end
 end
+index_flush(P)
 if #ev > 0 then redis.call('PUBLISH', chan, cjson.encode({ q = qname, ev = ev })) end
 return out

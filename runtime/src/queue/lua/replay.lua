@@ -11,6 +11,8 @@ for i = 4, #ARGV, 2 do
   end
 end
 if #ready > 0 then
+  -- Waiting again: no longer ended, nor expiring.
+  index_forget(P, done, false)
   redis.call('RPUSH', P .. 'ready', unpack(ready))
   redis.call('PUBLISH', chan, cjson.encode({ q = qname, ready = #ready }))
 end

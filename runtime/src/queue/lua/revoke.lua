@@ -25,6 +25,8 @@ if running then
 end
 if cur ~= ARGV[7] then return 'CHANGED' end
 redis.call('SET', KEYS[1], ARGV[3], 'PX', ttl)
+index_end(id, 'REVOKED', server_ms() + ttl)
+index_flush(P)
 -- A delayed job leaves the delayed set now (a ready one is skipped when popped).
 redis.call('ZREM', P .. 'delayed', id .. '|0')
 redis.call('PUBLISH', ARGV[6], cjson.encode({ q = ARGV[8], ev = { { id, 'REVOKED' } } }))

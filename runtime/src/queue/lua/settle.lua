@@ -50,7 +50,7 @@ if nc > 0 then
   else
     scores = redis.call('ZMSCORE', P .. 'leases', unpack(members))
   end
-  local held, dead, back, delayed, clear = {}, {}, {}, {}, {}
+  local held, dead, back, delayed, clear, unexpire = {}, {}, {}, {}, {}, {}
   for j = 0, nc - 1 do
     local b = C + j * 8
     local member, action, rec, arg = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
@@ -63,6 +63,7 @@ if nc > 0 then
       if string.find(action, 'p', 2, true) then clear[#clear + 1] = id end
       if kind == 'F' or kind == 'D' then
         redis.call('SET', P .. 'job:' .. id, rec, 'PX', arg)
+        index_end(id, state, now + tonumber(arg))
         if kind == 'D' then
           dead[#dead + 1] = now
           dead[#dead + 1] = id
@@ -71,9 +72,12 @@ if nc > 0 then
       elseif kind == 'R' then
         if redis.call('ZSCORE', P .. 'revoked', id) then
           redis.call('SET', P .. 'job:' .. id, alt, 'PX', altttl)
+          index_end(id, 'REVOKED', now + tonumber(altttl))
           ev[#ev + 1] = { id, 'REVOKED' }
         else
           redis.call('SET', P .. 'job:' .. id, rec)
+          -- The record no longer expires (as a job with `expires` did).
+          if string.find(rec, '"expires":"', 1, true) then unexpire[#unexpire + 1] = id end
           local due = now + tonumber(arg)
           delayed[#delayed + 1] = due
           delayed[#delayed + 1] = id .. '|0'
@@ -99,6 +103,7 @@ if nc > 0 then
     readied = readied + #back
   end
   if #clear > 0 then redis.call('HDEL', P .. 'progress', unpack(clear)) end
+  if #unexpire > 0 then redis.call('ZREM', P .. 'ends', unpack(unexpire)) end
 end
 
 local next_due = nil
@@ -129,6 +134,7 @@ if due_check then
             local ttl = tonumber(string.match(rec, '"result_ttl_ms":(%d+)')) or 3600000
             local s = string.gsub(rec, '^{"state":"%u+"', '{"state":"REVOKED"', 1)
             redis.call('SET', k, s, 'PX', ttl)
+            index_end(id, 'REVOKED', now + ttl)
             ev[#ev + 1] = { id, 'REVOKED' }
           end
         else
@@ -141,6 +147,9 @@ if due_check then
       readied = readied + #back
     end
   end
+  -- Records that expired leave the job index.
+  local gone = redis.call('ZRANGEBYSCORE', P .. 'ends', '-inf', now, 'LIMIT', 0, 1000)
+  if #gone > 0 then index_forget(P, gone, true) end
   local d = redis.call('ZRANGE', P .. 'delayed', 0, 0, 'WITHSCORES')
   if d[2] then next_due = tonumber(d[2]) end
   -- Another worker's lease may run out (if it dies): wake then. Our own
@@ -248,6 +257,7 @@ if fetch_max > 0 then
   end
 end
 
+index_flush(P)
 if #ev > 0 or readied > 0 or deferred then
   local msg = { q = qname, w = worker }
   if #ev > 0 then msg.ev = ev end
