@@ -12,8 +12,11 @@ use super::error::ErrorBody;
 use super::jobs::job_view;
 use super::schema::{NeedsAdmin, NeedsToken, QueueName, TakesBody, UsesStorage};
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState};
+use crate::producer::parse_duration;
 use crate::queue::job::validate_queue_name;
-use crate::queue::{Job, JobId, PurgeFilter, QueueStats, WorkerInfo};
+use crate::queue::{
+    Job, JobId, MAX_INSPECT_WAIT, PurgeFilter, QueueStats, WorkerInfo, WorkerSnapshot,
+};
 use crate::registry::TaskName;
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -25,6 +28,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(running))
         .routes(routes!(scheduled))
         .routes(routes!(list_workers))
+        .routes(routes!(inspect))
 }
 
 /// Every known queue: ready, delayed, in flight, dead.
@@ -241,4 +245,41 @@ async fn list_workers(
     _: Submit,
 ) -> Result<axum::Json<Vec<WorkerInfo>>, ApiError> {
     Ok(axum::Json(ctx.broker.workers().await?))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct InspectQuery {
+    /// How long to wait for the workers' answers (`1s` by default, at
+    /// most `10s`); the answer comes as soon as every worker that heard
+    /// the request answered.
+    pub timeout: Option<String>,
+}
+
+/// What every live worker holds right now, asked of the workers
+/// themselves (Celery's `inspect active` and `inspect reserved`): the jobs
+/// it runs, with their start time, attempt and the fuel used so far, and
+/// the jobs it leased that wait for a free slot. A worker that does not
+/// answer within the timeout is left out.
+#[utoipa::path(get, path = "/v1/inspect", tag = "queues", params(InspectQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "one answer per worker, by worker id", body = Vec<WorkerSnapshot>),
+        (status = 400, description = "a bad `timeout`", body = ErrorBody),
+        NeedsToken, UsesStorage,
+    ))]
+async fn inspect(
+    State(ctx): State<AppState>,
+    _: Submit,
+    ApiQuery(q): ApiQuery<InspectQuery>,
+) -> Result<axum::Json<Vec<WorkerSnapshot>>, ApiError> {
+    let timeout = match &q.timeout {
+        None => std::time::Duration::from_secs(1),
+        Some(t) => parse_duration(t).ok_or_else(|| {
+            ApiError::bad_request(format!("timeout: {t:?} is not a duration like \"1s\""))
+        })?,
+    };
+    Ok(axum::Json(
+        ctx.broker.inspect(timeout.min(MAX_INSPECT_WAIT)).await?,
+    ))
 }

@@ -1,5 +1,5 @@
-//! `runner inspect queues|workers|active|scheduled|tasks|modules|dead
-//! <queue> [--replay]`, over HTTP.
+//! `runner inspect queues|workers|active|reserved|scheduled|tasks|modules|
+//! dead <queue> [--replay]`, over HTTP.
 
 use std::process::ExitCode;
 
@@ -22,9 +22,11 @@ pub enum InspectWhat {
     Queues,
     /// Workers with a live heartbeat.
     Workers,
-    /// Jobs under a lease now (running or prefetched), by worker: of the
-    /// queues named, or of every queue.
+    /// Jobs running now, by worker, with the fuel used so far: of the
+    /// queues named, or of every queue. Asked of the workers themselves.
     Active { queues: Vec<String> },
+    /// Jobs a worker leased that wait for a free slot (prefetched).
+    Reserved { queues: Vec<String> },
     /// Delayed jobs of a queue with their due times, soonest first.
     Scheduled {
         queue: String,
@@ -87,7 +89,8 @@ pub async fn execute(args: InspectArgs) -> anyhow::Result<ExitCode> {
                 );
             }
         }),
-        InspectWhat::Active { queues } => active(&client, queues).await,
+        InspectWhat::Active { queues } => held(&client, queues, "active").await,
+        InspectWhat::Reserved { queues } => held(&client, queues, "reserved").await,
         InspectWhat::Scheduled { queue, limit } => client
             .get(&format!("/v1/queues/{queue}/scheduled?limit={limit}"))
             .await
@@ -170,40 +173,39 @@ pub async fn execute(args: InspectArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The leased jobs of `queues` (every queue when empty), sorted by worker
-/// and then by lease time.
-async fn active(client: &ApiClient, queues: &[String]) -> Result<(), super::client::CallError> {
-    let queues = if queues.is_empty() {
-        let v = client.get("/v1/queues").await?;
-        v.as_array()
-            .into_iter()
-            .flatten()
-            .map(|q| cell(&q["name"]))
-            .collect()
-    } else {
-        queues.to_vec()
-    };
-    let mut rows = Vec::new();
-    for q in &queues {
-        let v = client.get(&format!("/v1/queues/{q}/running")).await?;
-        rows.extend(v.as_array().into_iter().flatten().cloned());
-    }
-    rows.sort_by_key(|j| (cell(&j["worker"]), cell(&j["started_at"])));
+/// The jobs the workers hold (`which`: "active" or "reserved") of
+/// `queues` (every queue when empty), by worker.
+async fn held(
+    client: &ApiClient,
+    queues: &[String],
+    which: &str,
+) -> Result<(), super::client::CallError> {
+    let v = client.get("/v1/inspect").await?;
     println!(
-        "{:<32} {:<16} {:<36} {:<20} {:>7} {:>5}  SINCE",
-        "WORKER", "QUEUE", "JOB", "TASK", "ATTEMPT", "REDEL"
+        "{:<32} {:<16} {:<36} {:<20} {:>7} {:>14}  SINCE",
+        "WORKER", "QUEUE", "JOB", "TASK", "ATTEMPT", "FUEL USED"
     );
-    for j in rows {
-        println!(
-            "{:<32} {:<16} {:<36} {:<20} {:>7} {:>5}  {}",
-            cell(&j["worker"]),
-            cell(&j["queue"]),
-            cell(&j["id"]),
-            cell(&j["task"]),
-            cell(&j["attempt"]),
-            j["redeliveries"].as_u64().unwrap_or(0),
-            cell(&j["started_at"])
-        );
+    for w in v.as_array().into_iter().flatten() {
+        for j in w[which].as_array().into_iter().flatten() {
+            if !queues.is_empty() && !queues.iter().any(|q| j["queue"] == q.as_str()) {
+                continue;
+            }
+            let since = if which == "active" {
+                &j["started_at"]
+            } else {
+                &j["leased_at"]
+            };
+            println!(
+                "{:<32} {:<16} {:<36} {:<20} {:>7} {:>14}  {}",
+                cell(&w["id"]),
+                cell(&j["queue"]),
+                cell(&j["id"]),
+                cell(&j["task"]),
+                cell(&j["attempt"]),
+                cell(&j["fuel_used"]),
+                cell(since)
+            );
+        }
     }
     Ok(())
 }

@@ -172,6 +172,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
         },
         host,
         cancel,
+        meter: Default::default(),
     };
     let report = sandbox.run(&module, request).await;
     print_guest_output(&report);

@@ -19,9 +19,9 @@ use super::job::{DEAD_LETTER_TTL, Job, JobId, JobState, Progress};
 use super::list::{JobPage, JobQuery, Walk, Window};
 use super::ratelimit::Limiter;
 use super::{
-    Broker, BrokerResult, Delivery, Enqueued, Extended, JobEvent, Lease, LeaseMember, PURGED,
-    PurgeFilter, QueueStats, RevokeOutcome, SettleReply, SettleRequest, Settlement, Signal,
-    WorkerInfo, ms_to_time,
+    Broker, BrokerResult, Delivery, Enqueued, Extended, JobEvent, Lease, LeaseMember,
+    MAX_INSPECT_WAIT, PURGED, PurgeFilter, QueueStats, RevokeOutcome, SettleReply, SettleRequest,
+    Settlement, Signal, WorkerInfo, WorkerSnapshot, ms_to_time,
 };
 
 struct Record {
@@ -57,6 +57,8 @@ struct State {
     swept_at: i64,
     workers: HashMap<String, (WorkerInfo, i64)>,
     subscribers: Vec<(Vec<String>, mpsc::UnboundedSender<Signal>)>,
+    /// Inspect requests waiting for workers' answers, by reply id.
+    replies: HashMap<String, mpsc::UnboundedSender<WorkerSnapshot>>,
 }
 
 /// How often the state forgets what has expired.
@@ -129,14 +131,20 @@ impl State {
         Some(job)
     }
 
-    fn signal(&mut self, queue: Option<&str>, s: Signal) {
+    /// Sends `s` to the subscribers of `queue` (all of them for `None`);
+    /// returns how many got it.
+    fn signal(&mut self, queue: Option<&str>, s: Signal) -> usize {
+        let mut sent = 0;
         self.subscribers.retain(|(queues, tx)| {
             if queue.is_none_or(|q| queues.iter().any(|x| x == q)) {
-                tx.send(s.clone()).is_ok()
+                let ok = tx.send(s.clone()).is_ok();
+                sent += ok as usize;
+                ok
             } else {
                 !tx.is_closed()
             }
         });
+        sent
     }
 
     fn leased(&self, queue: &str, id: JobId) -> Option<&String> {
@@ -828,6 +836,40 @@ impl Broker for EmbeddedBroker {
             })
             .take(limit)
             .collect())
+    }
+
+    async fn inspect(&self, timeout: Duration) -> BrokerResult<Vec<WorkerSnapshot>> {
+        let reply = uuid::Uuid::new_v4().to_string();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let asked = {
+            let mut st = self.lock();
+            st.replies.insert(reply.clone(), tx);
+            st.signal(
+                None,
+                Signal::Inspect {
+                    reply: reply.clone(),
+                },
+            )
+        };
+        let deadline = tokio::time::Instant::now() + timeout.min(MAX_INSPECT_WAIT);
+        let mut out: Vec<WorkerSnapshot> = Vec::with_capacity(asked);
+        while out.len() < asked {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(snapshot)) => out.push(snapshot),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        self.lock().replies.remove(&reply);
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    async fn answer(&self, reply: &str, snapshot: &WorkerSnapshot) -> BrokerResult<()> {
+        // An answer nobody waits for any more is dropped, as on Redis.
+        if let Some(tx) = self.lock().replies.get(reply) {
+            let _ = tx.send(snapshot.clone());
+        }
+        Ok(())
     }
 
     async fn list(&self, query: &JobQuery) -> BrokerResult<JobPage> {

@@ -202,9 +202,54 @@ pub enum Signal {
     },
     /// Drop the job if it waits here; stop it if it runs and `terminate`.
     Revoke { id: JobId, terminate: bool },
+    /// An operator asks what every worker holds: answer with
+    /// [`Broker::answer`] to `reply`.
+    Inspect { reply: String },
     /// The signal connection was re-established: signals may have been missed.
     Reconnected,
 }
+
+/// A job a worker holds: running (`started_at` set), or leased and waiting
+/// for a free slot (prefetched, "reserved").
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HeldJob {
+    pub id: JobId,
+    pub queue: String,
+    pub task: Option<String>,
+    pub attempt: u32,
+    pub redeliveries: u32,
+    /// When the worker leased it.
+    pub leased_at: DateTime<Utc>,
+    /// When its run began; `None` while it waits in the worker's buffer.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Fuel used so far (as of the last epoch tick, every 10 ms), when
+    /// the worker meters fuel.
+    pub fuel_used: Option<u64>,
+    /// Its fuel budget, when it has one.
+    pub fuel_limit: Option<u64>,
+}
+
+/// What a worker holds right now, as it answered an inspect request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WorkerSnapshot {
+    pub id: String,
+    pub hostname: String,
+    pub pid: u32,
+    pub queues: Vec<String>,
+    pub concurrency: usize,
+    pub prefetch: usize,
+    pub processed: u64,
+    pub failed: u64,
+    /// Running now, oldest first.
+    pub active: Vec<HeldJob>,
+    /// Leased and waiting for a slot, in the order they will start.
+    pub reserved: Vec<HeldJob>,
+    /// When it answered.
+    pub at: DateTime<Utc>,
+}
+
+/// The longest wait for workers' answers to an inspect request.
+pub const MAX_INSPECT_WAIT: Duration = Duration::from_secs(10);
 
 /// A job's state changed (or its progress moved).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -434,6 +479,14 @@ pub trait Broker: Send + Sync + 'static {
     /// backoffs, rate limits), soonest first, with their due times.
     async fn scheduled(&self, queue: &str, limit: usize)
     -> BrokerResult<Vec<(DateTime<Utc>, Job)>>;
+
+    /// Asks every live worker what it holds and gathers the answers, until
+    /// every worker that heard the request answered or `timeout` passes
+    /// (Celery's `inspect active` / `reserved`). Sorted by worker id.
+    async fn inspect(&self, timeout: Duration) -> BrokerResult<Vec<WorkerSnapshot>>;
+
+    /// A worker's answer to the inspect request `reply`.
+    async fn answer(&self, reply: &str, snapshot: &WorkerSnapshot) -> BrokerResult<()>;
 
     /// A page of the jobs `query` asks for, newest first, from the index
     /// of each queue (see [`list`]).

@@ -28,7 +28,8 @@
 //! `runner:queues` (set of names), `runner:worker:<id>`
 //! (heartbeats with a TTL) and `runner:workers` (their ids: listing workers
 //! scans nothing), pub/sub channels `runner:q:<queue>` (job events
-//! and wake-ups) and `runner:control` (revokes).
+//! and wake-ups), `runner:control` (revokes and inspect requests) and
+//! `runner:reply:<id>` (workers' answers to one inspect request).
 //!
 //! # Cost
 //!
@@ -85,8 +86,8 @@ use super::job::{DEAD_LETTER_TTL, Job, JobId, JobState, MAX_DELAY, Progress};
 use super::list::{JobPage, JobQuery, Walk, Window, parse_cursor};
 use super::{
     Broker, BrokerError, BrokerResult, Completion, Delivery, Enqueued, Extended, JobEvent, Lease,
-    LeaseMember, PURGED, PurgeFilter, QueueStats, RevokeOutcome, SettleReply, SettleRequest,
-    Settlement, Signal, WorkerInfo, ms_to_time,
+    LeaseMember, MAX_INSPECT_WAIT, PURGED, PurgeFilter, QueueStats, RevokeOutcome, SettleReply,
+    SettleRequest, Settlement, Signal, WorkerInfo, WorkerSnapshot, ms_to_time,
 };
 
 const QUEUES_KEY: &str = "runner:queues";
@@ -1059,6 +1060,47 @@ impl Broker for RedisBroker {
         Ok(out)
     }
 
+    async fn inspect(&self, timeout: Duration) -> BrokerResult<Vec<WorkerSnapshot>> {
+        let reply = uuid::Uuid::new_v4().to_string();
+        let mut ps = self.inner.client.get_async_pubsub().await?;
+        ps.subscribe(reply_channel(&reply)).await?;
+        // Every worker hears the control channel on one connection: the
+        // number of receivers is the number of answers to wait for.
+        let asked: usize = self
+            .conn()
+            .publish(
+                CONTROL_CHANNEL,
+                serde_json::json!({ "inspect": reply }).to_string(),
+            )
+            .await?;
+        let deadline = tokio::time::Instant::now() + timeout.min(MAX_INSPECT_WAIT);
+        let mut out: Vec<WorkerSnapshot> = Vec::with_capacity(asked);
+        let mut messages = ps.on_message();
+        while out.len() < asked {
+            match tokio::time::timeout_at(deadline, messages.next()).await {
+                Ok(Some(msg)) => {
+                    let text: String = msg.get_payload().unwrap_or_default();
+                    match serde_json::from_str(&text) {
+                        Ok(snapshot) => out.push(snapshot),
+                        Err(e) => tracing::warn!(error = %e, "an unreadable inspect answer"),
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    async fn answer(&self, reply: &str, snapshot: &WorkerSnapshot) -> BrokerResult<()> {
+        if !valid_reply(reply) {
+            return Err(protocol("not an inspect reply id"));
+        }
+        let text = serde_json::to_string(snapshot).map_err(|e| protocol(&e.to_string()))?;
+        let _: usize = self.conn().publish(reply_channel(reply), text).await?;
+        Ok(())
+    }
+
     async fn list(&self, query: &JobQuery) -> BrokerResult<JobPage> {
         let mut conn = self.conn();
         let queues: Vec<String> = match &query.queue {
@@ -1698,30 +1740,45 @@ async fn signal_loop(
     }
 }
 
+/// Whether `reply` can name an inspect reply channel: what
+/// [`Broker::inspect`] makes (a UUID), nothing a stray message could use to
+/// reach another channel.
+fn valid_reply(reply: &str) -> bool {
+    reply.len() <= 64 && reply.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+}
+
+fn reply_channel(reply: &str) -> String {
+    format!("runner:reply:{reply}")
+}
+
 /// Turns one pub/sub message into [`Signal`]s; false once the receiver is
 /// gone.
 fn forward(msg: &redis::Msg, tx: &mpsc::UnboundedSender<Signal>, clock: &Clock) -> bool {
     #[derive(Deserialize)]
     struct Control {
-        revoke: String,
+        revoke: Option<String>,
         #[serde(default)]
         terminate: bool,
+        inspect: Option<String>,
     }
     let Ok(payload) = msg.get_payload::<String>() else {
         return true;
     };
     if msg.get_channel_name() == CONTROL_CHANNEL {
-        match serde_json::from_str::<Control>(&payload) {
-            Ok(c) => match c.revoke.parse() {
-                Ok(id) => tx
-                    .send(Signal::Revoke {
-                        id,
-                        terminate: c.terminate,
-                    })
-                    .is_ok(),
-                Err(_) => true,
-            },
-            Err(_) => true,
+        let Ok(c) = serde_json::from_str::<Control>(&payload) else {
+            return true;
+        };
+        if let Some(reply) = c.inspect.filter(|r| valid_reply(r)) {
+            return tx.send(Signal::Inspect { reply }).is_ok();
+        }
+        match c.revoke.map(|id| id.parse()) {
+            Some(Ok(id)) => tx
+                .send(Signal::Revoke {
+                    id,
+                    terminate: c.terminate,
+                })
+                .is_ok(),
+            _ => true,
         }
     } else {
         let Ok(m) = serde_json::from_str::<WireMessage>(&payload) else {

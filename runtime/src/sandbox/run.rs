@@ -21,6 +21,21 @@ use crate::queue::job::{MAX_MESSAGE_BYTES, cap_text};
 /// it waits in a host call) and ends `Revoked`.
 pub use tokio_util::sync::CancellationToken as CancelToken;
 
+/// The fuel a run has used so far, written at every epoch tick while wasm
+/// runs (what `inspect active` shows of a running job). Clones share it.
+#[derive(Clone, Debug, Default)]
+pub struct FuelMeter(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl FuelMeter {
+    pub fn used(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set(&self, used: u64) {
+        self.0.store(used, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// What one run may consume.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunLimits {
@@ -89,6 +104,8 @@ pub struct RunRequest {
     pub job: JobInfo,
     pub host: HostEnv,
     pub cancel: CancelToken,
+    /// Where the run reports the fuel it used so far (when fuel is metered).
+    pub meter: FuelMeter,
 }
 
 impl RunRequest {
@@ -263,6 +280,7 @@ pub(crate) async fn run(env: RunEnv<'_>, module: &LoadedModule, req: RunRequest)
         job,
         host,
         cancel,
+        meter,
     } = req;
 
     let stdout = CappedPipe::new(limits.output_cap_bytes);
@@ -304,7 +322,10 @@ pub(crate) async fn run(env: RunEnv<'_>, module: &LoadedModule, req: RunRequest)
     // Every tick: give the executor back, then check the deadline and the
     // cancel token.
     store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|ctx| {
+    store.epoch_deadline_callback(move |ctx| {
+        if let Some(budget) = budget {
+            meter.set(budget.saturating_sub(ctx.get_fuel().unwrap_or(0)));
+        }
         let state = ctx.data();
         if state.cancel.is_cancelled() {
             return Err(Stopped::Revoked.into());

@@ -14,14 +14,14 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use super::run::execute;
+use super::run::{execute, run_limits};
 use super::settle::revoked_before_start;
 use super::{RunCtx, WorkerStats, hostname};
 use crate::queue::{
-    BrokerError, Completion, Delivery, JobId, JobState, Lease, SettleRequest, Settlement, Signal,
-    WorkerInfo,
+    BrokerError, Completion, Delivery, HeldJob, JobId, JobState, Lease, SettleRequest, Settlement,
+    Signal, WorkerInfo, WorkerSnapshot,
 };
-use crate::sandbox::CancelToken;
+use crate::sandbox::{CancelToken, FuelMeter};
 
 struct QueueView {
     /// The queue may have ready jobs.
@@ -41,6 +41,9 @@ struct Held {
     started: bool,
     /// Revoked before it started: settle as REVOKED instead of running it.
     revoked: bool,
+    /// What an inspect request shows of it (`started_at` set once it runs).
+    shown: HeldJob,
+    meter: FuelMeter,
 }
 
 /// The loop that owns every conversation with the broker.
@@ -189,7 +192,9 @@ impl Dispatcher {
                 continue;
             }
             h.started = true;
+            h.shown.started_at = Some(Utc::now());
             let cancel = h.cancel.clone();
+            let meter = h.meter.clone();
             let ctx = self.ctx.clone();
             let span = tracing::info_span!(
                 "job",
@@ -200,7 +205,7 @@ impl Dispatcher {
             );
             self.running.spawn(
                 async move {
-                    let c = execute(&ctx, &d, cancel).await;
+                    let c = execute(&ctx, &d, cancel, meter).await;
                     (d, c)
                 }
                 .instrument(span),
@@ -336,6 +341,17 @@ impl Dispatcher {
                 }
             }
             for d in reply.deliveries {
+                let shown = HeldJob {
+                    id: d.job.id,
+                    queue: d.lease.queue.clone(),
+                    task: d.job.task.clone(),
+                    attempt: d.job.attempt,
+                    redeliveries: d.lease.redeliveries,
+                    leased_at: d.leased_at,
+                    started_at: None,
+                    fuel_used: None,
+                    fuel_limit: run_limits(&self.ctx.cfg.default_limits, &d.job).fuel,
+                };
                 self.held.insert(
                     d.job.id,
                     Held {
@@ -343,6 +359,8 @@ impl Dispatcher {
                         cancel: CancelToken::new(),
                         started: false,
                         revoked: false,
+                        shown,
+                        meter: FuelMeter::default(),
                     },
                 );
                 self.buffer.push_back(d);
@@ -411,6 +429,15 @@ impl Dispatcher {
                 }
             }
             Signal::Revoke { id, terminate } => self.revoked(id, terminate),
+            Signal::Inspect { reply } => {
+                let snapshot = self.snapshot();
+                let broker = self.ctx.broker.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = broker.answer(&reply, &snapshot).await {
+                        tracing::debug!(error = %e, "inspect answer not sent");
+                    }
+                });
+            }
             Signal::Reconnected => {
                 for v in self.queues.values_mut() {
                     v.due_check = true;
@@ -447,6 +474,43 @@ impl Dispatcher {
                 .collect(),
             processed: self.stats.processed,
             failed: self.stats.failed,
+        }
+    }
+
+    /// What this worker holds now: running jobs (oldest first, with the
+    /// fuel they used so far) and prefetched ones (in the order they start).
+    fn snapshot(&self) -> WorkerSnapshot {
+        let metered = self.ctx.sandbox.config().fuel_metering;
+        let mut active: Vec<HeldJob> = self
+            .held
+            .values()
+            .filter(|h| h.started)
+            .map(|h| HeldJob {
+                fuel_used: metered.then(|| h.meter.used()),
+                ..h.shown.clone()
+            })
+            .collect();
+        active.sort_by_key(|j| j.started_at);
+        let reserved = self
+            .buffer
+            .iter()
+            .filter_map(|d| self.held.get(&d.job.id))
+            .filter(|h| !h.started)
+            .map(|h| h.shown.clone())
+            .collect();
+        let cfg = &self.ctx.cfg;
+        WorkerSnapshot {
+            id: self.id.clone(),
+            hostname: hostname(),
+            pid: std::process::id(),
+            queues: cfg.queues.clone(),
+            concurrency: cfg.concurrency,
+            prefetch: cfg.prefetch,
+            processed: self.stats.processed,
+            failed: self.stats.failed,
+            active,
+            reserved,
+            at: Utc::now(),
         }
     }
 

@@ -23,12 +23,18 @@ use crate::producer::ChildJobs;
 use crate::queue::{Completion, Delivery, Job, JobState, Settlement};
 use crate::registry::{ModuleHash, RegistryError, TaskGrants};
 use crate::sandbox::host::JobEnqueuer;
-use crate::sandbox::{CancelToken, JobInfo, LoadedModule, RunLimits, RunRequest};
+use crate::sandbox::{CancelToken, FuelMeter, JobInfo, LoadedModule, RunLimits, RunRequest};
 
 /// Runs one delivery to its settlement; a panic while it runs is settled
 /// too (see [`caught`]).
-pub(super) async fn execute(ctx: &RunCtx, d: &Delivery, cancel: CancelToken) -> Completion {
-    caught(d, run_to_completion(ctx, d, cancel)).await
+/// The run reports the fuel it uses to `meter` as it goes.
+pub(super) async fn execute(
+    ctx: &RunCtx,
+    d: &Delivery,
+    cancel: CancelToken,
+    meter: FuelMeter,
+) -> Completion {
+    caught(d, run_to_completion(ctx, d, cancel, meter)).await
 }
 
 /// `run`'s completion of `d`, or, when it panics, an infrastructure
@@ -67,10 +73,15 @@ fn cap(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
-async fn run_to_completion(ctx: &RunCtx, d: &Delivery, cancel: CancelToken) -> Completion {
+async fn run_to_completion(
+    ctx: &RunCtx,
+    d: &Delivery,
+    cancel: CancelToken,
+    meter: FuelMeter,
+) -> Completion {
     let started = Instant::now();
     let had_progress = Arc::new(AtomicBool::new(false));
-    let settlement = run_job(ctx, d, cancel, had_progress.clone()).await;
+    let settlement = run_job(ctx, d, cancel, meter, had_progress.clone()).await;
     count_job(d, &settlement, started.elapsed());
     Completion {
         lease: d.lease.clone(),
@@ -227,6 +238,7 @@ async fn run_job(
     ctx: &RunCtx,
     d: &Delivery,
     cancel: CancelToken,
+    meter: FuelMeter,
     had_progress: Arc<AtomicBool>,
 ) -> Settlement {
     let job = &d.job;
@@ -271,6 +283,7 @@ async fn run_job(
         job: job_info(job),
         host,
         cancel,
+        meter,
     };
     let report = ctx.sandbox.run(&module, req).await;
     let task = job.task.clone().unwrap_or_default();
@@ -321,7 +334,7 @@ fn refuse_before_run(ctx: &RunCtx, d: &Delivery) -> Option<Settlement> {
 }
 
 /// The job's limits over the worker's defaults.
-fn run_limits(defaults: &RunLimits, job: &Job) -> RunLimits {
+pub(super) fn run_limits(defaults: &RunLimits, job: &Job) -> RunLimits {
     let mut limits = defaults.clone();
     if let Some(ms) = job.limits.time_limit_ms {
         limits.timeout = Duration::from_millis(ms);

@@ -835,6 +835,7 @@ async fn api_openapi_document_lists_every_route_and_its_refs_resolve() {
         ("get", "/v1/queues/{queue}/scheduled"),
         ("post", "/v1/jobs/revoke"),
         ("get", "/v1/workers"),
+        ("get", "/v1/inspect"),
         ("get", "/v1/schedules"),
         ("get", "/v1/schedules/{name}"),
         ("put", "/v1/schedules/{name}"),
@@ -1441,4 +1442,131 @@ on_both_brokers!(
     api_find_jobs_on_the_embedded_broker,
     api_find_jobs_on_redis,
     find_jobs
+);
+
+/// `GET /v1/inspect` asks the workers what they hold: the jobs running,
+/// with start time, attempt and the fuel they used so far (growing while
+/// they burn), and the prefetched ones waiting for a slot, in order.
+async fn inspect_what_workers_hold(api: &TestApi) {
+    api.bind_example("burn", "fuel-burner").await;
+    api.bind_example("greet", "hello").await;
+    let submit = |body: Value| async move {
+        let (s, v) = api.enqueue(body).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        v["id"].as_str().unwrap().to_string()
+    };
+    // The worker runs 4 at once: four burners take every slot.
+    let mut burners = Vec::new();
+    for _ in 0..4 {
+        burners.push(submit(json!({ "task": "burn", "input": {} })).await);
+    }
+    for id in &burners {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while api.state(id).await != "STARTED" {
+            assert!(std::time::Instant::now() < deadline, "{id} never started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let mut greets = Vec::new();
+    for i in 0..2 {
+        greets.push(submit(json!({ "task": "greet", "input": { "name": format!("g{i}") } })).await);
+    }
+    let inspect = || async {
+        let (s, v) = api
+            .call(api.req(reqwest::Method::GET, "/v1/inspect?timeout=5s", Some(SUBMIT)))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v.as_array().unwrap().len(), 1, "one worker: {v}");
+        v[0].clone()
+    };
+    let ids = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // The greets are leased as soon as the worker looks for work again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        let w = inspect().await;
+        if ids(&w["reserved"]) == greets {
+            break w;
+        }
+        assert!(std::time::Instant::now() < deadline, "never reserved: {w}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut running = ids(&first["active"]);
+    running.sort();
+    let mut expected = burners.clone();
+    expected.sort();
+    assert_eq!(running, expected, "{first}");
+    for j in first["active"].as_array().unwrap() {
+        assert_eq!(j["task"], "burn", "{j}");
+        assert_eq!(j["attempt"], 1, "{j}");
+        assert!(j["started_at"].is_string(), "{j}");
+    }
+    for j in first["reserved"].as_array().unwrap() {
+        assert!(
+            j["started_at"].is_null() && j["leased_at"].is_string(),
+            "{j}"
+        );
+        assert_eq!(j["task"], "greet", "{j}");
+    }
+    assert_eq!(first["concurrency"], 4, "{first}");
+    let fuel = |w: &Value, id: &str| {
+        w["active"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["id"] == id)
+            .and_then(|j| j["fuel_used"].as_u64())
+            .unwrap_or_else(|| panic!("no fuel for {id}: {w}"))
+    };
+    let before = fuel(&first, &burners[0]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = fuel(&inspect().await, &burners[0]);
+    assert!(after > before, "fuel used went from {before} to {after}");
+
+    // Stopped, the burners make room: the greets run.
+    for id in &burners {
+        let (s, v) = api
+            .call(
+                api.req(
+                    reqwest::Method::POST,
+                    &format!("/v1/jobs/{id}/revoke"),
+                    Some(ADMIN),
+                )
+                .json(&json!({ "terminate": true })),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    for id in &greets {
+        assert_eq!(api.wait(id).await["state"], "SUCCESS");
+    }
+    // A job's end is stored after its worker let go of it.
+    for id in &burners {
+        assert_eq!(api.wait(id).await["state"], "REVOKED");
+    }
+    let last = inspect().await;
+    assert!(
+        ids(&last["active"]).is_empty() && ids(&last["reserved"]).is_empty(),
+        "{last}"
+    );
+    let (s, v) = api
+        .call(api.req(
+            reqwest::Method::GET,
+            "/v1/inspect?timeout=soon",
+            Some(SUBMIT),
+        ))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(message(&v).contains("timeout"), "{v}");
+}
+
+on_both_brokers!(
+    api_inspect_what_workers_hold_on_the_embedded_broker,
+    api_inspect_what_workers_hold_on_redis,
+    inspect_what_workers_hold
 );

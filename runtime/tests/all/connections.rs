@@ -307,6 +307,16 @@ impl Broker for Deaf {
     async fn list(&self, query: &runner::queue::JobQuery) -> BrokerResult<runner::queue::JobPage> {
         self.0.list(query).await
     }
+    async fn inspect(&self, timeout: Duration) -> BrokerResult<Vec<runner::queue::WorkerSnapshot>> {
+        self.0.inspect(timeout).await
+    }
+    async fn answer(
+        &self,
+        reply: &str,
+        snapshot: &runner::queue::WorkerSnapshot,
+    ) -> BrokerResult<()> {
+        self.0.answer(reply, snapshot).await
+    }
     async fn scheduled(
         &self,
         queue: &str,

@@ -303,6 +303,8 @@ fn dev_purges_and_revokes_in_bulk_from_the_cli() {
     }
     let active = ok(&dev.runner(&["inspect", "active"]));
     assert_eq!(active.lines().count(), 1, "only the header:\n{active}");
+    let reserved = ok(&dev.runner(&["inspect", "reserved"]));
+    assert_eq!(reserved.lines().count(), 1, "only the header:\n{reserved}");
 
     let out = dev.runner(&["purge", &queue, "--task", "hello"]);
     assert_eq!(out.status.code(), Some(1));
