@@ -132,6 +132,7 @@ fn known_command(name: &[u8]) -> &'static str {
         "llen",
         "zadd",
         "zrem",
+        "zpopmin",
         "zscore",
         "zmscore",
         "zcard",

@@ -261,6 +261,8 @@ pub struct TaskSpec {
     pub result_ttl: Option<String>,
     /// Store no results (states are still kept).
     pub ignore_result: Option<bool>,
+    /// The priority of the task's jobs (0 to 9, higher first; default 0).
+    pub priority: Option<u64>,
     #[serde(default)]
     pub grants: TaskGrants,
 }
@@ -473,6 +475,9 @@ impl TaskSpec {
             b.result_ttl_ms = Some(d.as_millis() as u64);
         }
         b.ignore_result = self.ignore_result.unwrap_or(false);
+        if let Some(p) = self.priority {
+            b.priority = crate::queue::job::check_priority("priority", p)?;
+        }
         b.grants = self.grants.clone();
         Ok(b)
     }
@@ -522,6 +527,19 @@ mod tests {
         assert!(!c.tasks["x"].defaults("x", &hash).unwrap().ignore_result);
         let e = Config::from_toml("[tasks.x]\nignore_result = \"yes\"\n").unwrap_err();
         assert!(format!("{e:#}").contains("ignore_result"), "{e:#}");
+    }
+
+    #[test]
+    fn a_task_section_sets_its_jobs_priority_up_to_9() {
+        let hash: ModuleHash = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
+        let c = Config::from_toml("[tasks.x]\npriority = 9\n").unwrap();
+        assert_eq!(c.tasks["x"].defaults("x", &hash).unwrap().priority, 9);
+        // Refused when the file is read.
+        let e = Config::from_toml("[tasks.x]\npriority = 12\n").unwrap_err();
+        assert!(
+            format!("{e:#}").contains("priority is 12, above its maximum of 9"),
+            "{e:#}"
+        );
     }
 
     #[test]

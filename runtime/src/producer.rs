@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::queue::job::{
     DEFAULT_QUEUE, DEFAULT_RESULT_TTL, Job, JobError, JobId, JobLimits, MAX_DELAY, RateLimit,
-    RetryPolicy, validate_json, validate_queue_name,
+    RetryPolicy, check_priority, validate_json, validate_queue_name,
 };
 use crate::queue::{Broker, BrokerError, Enqueued};
 use crate::registry::{JobsGrant, ModuleHash, Registry, RegistryError, TaskBinding};
@@ -55,6 +55,8 @@ pub struct EnqueueRequest {
     /// Store no result (the state is still kept); the binding's choice
     /// when absent.
     pub ignore_result: Option<bool>,
+    /// 0 to 9, higher first; the binding's default when absent.
+    pub priority: Option<u64>,
     /// Set by the scheduler: the beat's name and the fire's due time.
     pub schedule: Option<String>,
     pub scheduled_for: Option<DateTime<Utc>>,
@@ -291,6 +293,11 @@ impl Producer {
                 .unwrap_or(false),
             schedule: req.schedule,
             scheduled_for: req.scheduled_for,
+            priority: match req.priority {
+                // Checked by `check_request`.
+                Some(p) => check_priority("priority", p)?,
+                None => binding.as_ref().map_or(0, |b| b.priority),
+            },
             ..job
         })
     }
@@ -470,6 +477,9 @@ fn check_request(
     now: DateTime<Utc>,
 ) -> Result<Option<DateTime<Utc>>, EnqueueError> {
     validate_json(&req.input)?;
+    if let Some(p) = req.priority {
+        check_priority("priority", p)?;
+    }
     if let Some(c) = req.countdown_secs
         && (c < 0.0 || !c.is_finite())
     {

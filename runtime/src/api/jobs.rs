@@ -92,6 +92,11 @@ pub struct JobRequest {
     /// Store no result: the job's state is kept (for `result_ttl`), its
     /// output is not. The task binding's choice when absent.
     pub ignore_result: Option<bool>,
+    /// 0 to 9: within its queue a ready job of higher priority is leased
+    /// before every job of lower priority. The task binding's (default 0)
+    /// when absent.
+    #[schema(maximum = 9)]
+    pub priority: Option<u64>,
 }
 
 impl JobRequest {
@@ -115,6 +120,7 @@ impl JobRequest {
             parent: None,
             result_ttl_secs: self.result_ttl,
             ignore_result: self.ignore_result,
+            priority: self.priority,
             schedule: None,
             scheduled_for: None,
             depth: 0,

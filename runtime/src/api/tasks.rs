@@ -54,6 +54,10 @@ pub struct BindRequest {
     /// Its jobs store no result (their state is kept for `result_ttl`),
     /// unless a job asks otherwise. Default false.
     pub ignore_result: Option<bool>,
+    /// The priority of its jobs that set none: 0 (default) to 9, higher
+    /// first.
+    #[schema(maximum = 9)]
+    pub priority: Option<u64>,
     /// What the task may reach: `kv`, `mail`, `http`, `pdf`, `files`, `jobs`
     /// (the format of `[tasks.NAME.grants]` in runner.toml). None when absent.
     #[serde(default, deserialize_with = "object")]
@@ -126,6 +130,7 @@ async fn put_task(
         retry: req.retry,
         result_ttl: req.result_ttl,
         ignore_result: req.ignore_result,
+        priority: req.priority,
         grants: req.grants,
     };
     let binding = spec

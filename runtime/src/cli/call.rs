@@ -27,6 +27,10 @@ pub struct CallArgs {
     pub expires: Option<f64>,
     #[arg(long)]
     pub idempotency_key: Option<String>,
+    /// 0 to 9: higher runs first within the queue (the task's default
+    /// when absent).
+    #[arg(long)]
+    pub priority: Option<u64>,
     /// Wait this long for the result (e.g. 30s) and print it.
     #[arg(long, value_parser = humantime::parse_duration, num_args = 0..=1, default_missing_value = "60s")]
     pub wait: Option<Duration>,
@@ -56,6 +60,9 @@ pub async fn execute(args: CallArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(k) = &args.idempotency_key {
         obj.insert("idempotency_key".into(), json!(k));
+    }
+    if let Some(p) = args.priority {
+        obj.insert("priority".into(), json!(p));
     }
 
     if args.repeat > 1 {

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use tokio::sync::{broadcast, mpsc};
 
-use super::job::{DEAD_LETTER_TTL, Job, JobId, JobState, Progress};
+use super::job::{DEAD_LETTER_TTL, Job, JobId, JobState, MAX_PRIORITY, Progress};
 use super::list::{JobPage, JobQuery, Walk, Window};
 use super::ratelimit::Limiter;
 use super::{
@@ -33,7 +33,12 @@ struct Record {
 
 #[derive(Default)]
 struct QueueState {
+    /// Ready jobs of priority 0, in order.
     ready: VecDeque<(JobId, u32)>,
+    /// Ready jobs of priority 1 to 9: highest first (`9 - priority`), then
+    /// in the order they became ready (`seq`), as Redis's `prio` set.
+    prio: BTreeSet<(u8, u64, JobId, u32)>,
+    seq: u64,
     delayed: BTreeSet<(i64, JobId, u32)>,
     /// member -> deadline ms
     leases: HashMap<String, (JobId, i64)>,
@@ -157,6 +162,21 @@ impl State {
     }
 }
 
+impl QueueState {
+    /// Makes job `id` (`n` redeliveries) of `priority` ready, behind the
+    /// ready jobs of its priority. True when it went to the prioritized set.
+    fn make_ready(&mut self, id: JobId, n: u32, priority: u8) -> bool {
+        if priority == 0 {
+            self.ready.push_back((id, n));
+            return false;
+        }
+        self.seq += 1;
+        self.prio
+            .insert((MAX_PRIORITY - priority.min(MAX_PRIORITY), self.seq, id, n));
+        true
+    }
+}
+
 impl State {
     /// Stores what each completion settles (final record, retry, hand-back);
     /// a completion whose lease is no longer held is stale. True when a job
@@ -251,6 +271,7 @@ impl State {
         events: &mut Vec<(JobId, JobState)>,
     ) -> bool {
         let mut readied = false;
+        let mut prioritized = false;
         let st_ref = &mut *self;
         let q = st_ref.queues.entry(req.queue.clone()).or_default();
         while let Some(&(due, id, n)) = q.delayed.first() {
@@ -258,7 +279,8 @@ impl State {
                 break;
             }
             q.delayed.pop_first();
-            q.ready.push_back((id, n));
+            let priority = st_ref.records.get(&id).map_or(0, |r| r.job.priority);
+            prioritized |= q.make_ready(id, n, priority);
             readied = true;
         }
         let expired: Vec<String> = q
@@ -297,6 +319,14 @@ impl State {
             (a, b) => a.or(b),
         }
         .map(ms_to_time);
+        if prioritized {
+            self.signal(
+                Some(&req.queue),
+                Signal::Prioritized {
+                    queue: req.queue.clone(),
+                },
+            );
+        }
         readied
     }
 
@@ -310,12 +340,22 @@ impl State {
         events: &mut Vec<(JobId, JobState)>,
     ) -> i64 {
         let lease_until = now + req.lease.as_millis() as i64;
+        // As Redis: up to `fetch` prioritized jobs first, then the list.
+        let mut from_prio = 0;
         while reply.popped < req.fetch {
             let st_ref = &mut *self;
             let Some(q) = st_ref.queues.get_mut(&req.queue) else {
                 break;
             };
-            let Some((id, n)) = q.ready.pop_front() else {
+            let next = match q.prio.first().copied() {
+                Some(e) if req.prioritized && from_prio == reply.popped => {
+                    q.prio.remove(&e);
+                    from_prio += 1;
+                    Some((e.2, e.3))
+                }
+                _ => q.ready.pop_front(),
+            };
+            let Some((id, n)) = next else {
                 break;
             };
             reply.popped += 1;
@@ -353,6 +393,7 @@ impl State {
                 leased_at: ms_to_time(now),
             });
         }
+        reply.prioritized_left = req.prioritized && req.fetch > 0 && from_prio >= req.fetch;
         lease_until
     }
 
@@ -467,7 +508,7 @@ impl Broker for EmbeddedBroker {
         let now = now_ms();
         let mut out = Vec::with_capacity(jobs.len());
         let mut st = self.lock();
-        let mut woken: HashMap<String, (bool, Option<i64>)> = HashMap::new();
+        let mut woken: HashMap<String, (bool, Option<i64>, bool)> = HashMap::new();
         for job in jobs {
             if let Some(key) = &job.idempotency_key {
                 let k = (job.queue.clone(), key.clone());
@@ -517,15 +558,18 @@ impl Broker for EmbeddedBroker {
                     w.1 = Some(w.1.map_or(due, |d: i64| d.min(due)));
                 }
                 None => {
-                    q.ready.push_back((job.id, 0));
+                    w.2 |= q.make_ready(job.id, 0, job.priority);
                     w.0 = true;
                 }
             }
             out.push(Enqueued { job, created: true });
         }
-        for (q, (ready, wake)) in woken {
+        for (q, (ready, wake, prioritized)) in woken {
             if ready {
                 st.signal(Some(&q), Signal::Work { queue: q.clone() });
+            }
+            if prioritized {
+                st.signal(Some(&q), Signal::Prioritized { queue: q.clone() });
             }
             if let Some(at) = wake {
                 st.signal(
@@ -675,7 +719,7 @@ impl Broker for EmbeddedBroker {
             .iter()
             .map(|(name, q)| QueueStats {
                 name: name.clone(),
-                ready: q.ready.len() as u64,
+                ready: (q.ready.len() + q.prio.len()) as u64,
                 delayed: q.delayed.len() as u64,
                 in_flight: q.leases.len() as u64,
                 dead: q.dead.len() as u64,
@@ -718,6 +762,7 @@ impl Broker for EmbeddedBroker {
         let mut st = self.lock();
         let st = &mut *st;
         let mut done = Vec::new();
+        let mut prioritized = false;
         let Some(q) = st.queues.get_mut(queue) else {
             return Ok(done);
         };
@@ -738,13 +783,21 @@ impl Broker for EmbeddedBroker {
             };
             rec.job = rec.job.fresh_attempt();
             rec.expires_at = None;
-            q.ready.push_back((id, 0));
+            prioritized |= q.make_ready(id, 0, rec.job.priority);
             done.push(id);
         }
         if !done.is_empty() {
             st.signal(
                 Some(queue),
                 Signal::Work {
+                    queue: queue.to_string(),
+                },
+            );
+        }
+        if prioritized {
+            st.signal(
+                Some(queue),
+                Signal::Prioritized {
                     queue: queue.to_string(),
                 },
             );
@@ -792,6 +845,15 @@ impl Broker for EmbeddedBroker {
             }
         }
         if filter.ready {
+            let keep: BTreeSet<_> = q
+                .prio
+                .iter()
+                .filter(|(_, _, id, _)| !verdict(id))
+                .copied()
+                .collect();
+            if !filter.dry_run {
+                q.prio = keep;
+            }
             let keep: VecDeque<_> = q
                 .ready
                 .iter()

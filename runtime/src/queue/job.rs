@@ -440,6 +440,31 @@ pub struct Job {
     /// Times the job was handed out again because its lease ran out.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub redeliveries: u32,
+    /// 0 (the default) to [`MAX_PRIORITY`]: within its queue, a ready job
+    /// of higher priority is leased before every job of lower priority
+    /// (strictly: low ones wait while higher ones keep coming).
+    #[serde(default, skip_serializing_if = "is_zero_u8")]
+    #[schema(maximum = 9)]
+    pub priority: u8,
+}
+
+/// The highest job priority.
+pub const MAX_PRIORITY: u8 = 9;
+
+pub(crate) fn is_zero_u8(n: &u8) -> bool {
+    *n == 0
+}
+
+/// Checks a priority from a request or a binding.
+pub fn check_priority(field: &'static str, p: u64) -> Result<u8, JobError> {
+    u8::try_from(p)
+        .ok()
+        .filter(|p| *p <= MAX_PRIORITY)
+        .ok_or(JobError::AboveMaximum {
+            field,
+            value: p,
+            max: MAX_PRIORITY.into(),
+        })
 }
 
 pub(crate) fn is_false(b: &bool) -> bool {
@@ -485,6 +510,7 @@ impl Job {
             result: None,
             error: None,
             redeliveries: 0,
+            priority: 0,
         }
     }
 

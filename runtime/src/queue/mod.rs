@@ -155,6 +155,11 @@ pub struct SettleRequest {
     /// them too (they can only be orphans of a lost reply or an earlier run).
     pub holds_leases: bool,
     pub lease: Duration,
+    /// Jobs with a priority may wait: lease them first. Without it only
+    /// the default priority's list is read (one command less); a worker
+    /// sets it when told of prioritized jobs ([`Signal::Prioritized`]),
+    /// and until a call finds none left.
+    pub prioritized: bool,
 }
 
 /// What [`Broker::extend`] found.
@@ -184,6 +189,9 @@ pub struct SettleReply {
     /// Leases of lost workers that ran out and were taken back by this
     /// call (their jobs run again, or end REVOKED if revoked meanwhile).
     pub reclaimed: usize,
+    /// Asked for `prioritized`: prioritized jobs may be left (false once
+    /// a fetch found fewer than it asked for).
+    pub prioritized_left: bool,
 }
 
 /// What wakes a worker.
@@ -191,6 +199,8 @@ pub struct SettleReply {
 pub enum Signal {
     /// New jobs are ready in `queue`.
     Work { queue: String },
+    /// Jobs with a priority are ready in `queue` (sent with `Work`).
+    Prioritized { queue: String },
     /// Something in `queue` comes due at `at`.
     WakeAt { queue: String, at: DateTime<Utc> },
     /// Another worker leased jobs of `queue` until `at`: if it dies, they

@@ -7,8 +7,9 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `ready` | list | `<id>\|<redeliveries>` of jobs that may run now |
-//! | `delayed` | zset | same members, scored by due time (ms): countdown, ETA, retry backoff, rate limit |
+//! | `ready` | list | `<id>\|<redeliveries>` of jobs of priority 0 that may run now |
+//! | `prio` | zset | same members for jobs of priority 1 to 9, scored so that ZPOPMIN takes the highest priority, then the earliest (`lua/check.lua`) |
+//! | `delayed` | zset | same members (`<id>\|<redeliveries>\|<priority>` for a priority above 0), scored by due time (ms): countdown, ETA, retry backoff, rate limit |
 //! | `leases` | zset | `<id>\|<redeliveries>\|<worker>\|<leased ms>`, scored by lease deadline |
 //! | `leased` | hash | id -> its member of `leases` (status and revoke look a lease up by id) |
 //! | `job:<id>` | string | the job record (JSON); a TTL once final |
@@ -482,6 +483,9 @@ struct WireMessage {
     lease: Option<i64>,
     #[serde(default)]
     progress: Option<WireProgress>,
+    /// Jobs with a priority were made ready.
+    #[serde(default)]
+    prio: Option<u8>,
 }
 
 #[derive(Deserialize)]
@@ -592,7 +596,8 @@ impl Broker for RedisBroker {
                         .arg(j.to_json())
                         .arg(delay)
                         .arg(j.idempotency_key.as_deref().unwrap_or(""))
-                        .arg(ttl);
+                        .arg(ttl)
+                        .arg(j.priority);
                     // The index outlives the record: a day past the due
                     // time (or the expiry) and the result's TTL.
                     let wait = (delay.max(0) as u64 + INDEX_RETAIN_MS).max(ttl);
@@ -724,7 +729,8 @@ impl Broker for RedisBroker {
             .arg(req.fetch)
             .arg(if req.due_check { "1" } else { "0" })
             .arg(req.completions.len())
-            .arg(if req.holds_leases { "1" } else { "0" });
+            .arg(if req.holds_leases { "1" } else { "0" })
+            .arg(if req.prioritized { "1" } else { "0" });
         for c in &req.completions {
             push_completion(&mut inv, c, sent);
         }
@@ -756,9 +762,11 @@ impl Broker for RedisBroker {
             Some(Value::Int(n)) => n.max(0) as usize,
             _ => 0,
         };
+        let prioritized_left = parts.next().and_then(|v| as_string(&v)).as_deref() == Some("1");
         let mut out = SettleReply {
             popped,
             reclaimed,
+            prioritized_left,
             ..SettleReply::default()
         };
         for pair in leased.chunks(2) {
@@ -952,20 +960,22 @@ impl Broker for RedisBroker {
         for q in &names {
             let p = prefix(q);
             pipe.llen(format!("{p}ready"))
+                .zcard(format!("{p}prio"))
                 .zcard(format!("{p}delayed"))
                 .zcard(format!("{p}leases"))
                 .zcard(format!("{p}dead"));
         }
         let counts: Vec<u64> = pipe.query_async(&mut conn).await?;
+        let at = |i: usize| counts.get(i).copied().unwrap_or(0);
         Ok(names
             .into_iter()
             .enumerate()
             .map(|(i, name)| QueueStats {
                 name,
-                ready: counts.get(4 * i).copied().unwrap_or(0),
-                delayed: counts.get(4 * i + 1).copied().unwrap_or(0),
-                in_flight: counts.get(4 * i + 2).copied().unwrap_or(0),
-                dead: counts.get(4 * i + 3).copied().unwrap_or(0),
+                ready: at(5 * i) + at(5 * i + 1),
+                delayed: at(5 * i + 2),
+                in_flight: at(5 * i + 3),
+                dead: at(5 * i + 4),
             })
             .collect())
     }
@@ -1027,6 +1037,7 @@ impl Broker for RedisBroker {
             self.purge_place(queue, filter, 'd', &mut out).await?;
         }
         if filter.ready {
+            self.purge_place(queue, filter, 'p', &mut out).await?;
             self.purge_place(queue, filter, 'r', &mut out).await?;
         }
         // A page read again (entries shifted under it) lists a job once.
@@ -1268,11 +1279,16 @@ impl RedisBroker {
         place: char,
         out: &mut Vec<JobId>,
     ) -> BrokerResult<()> {
-        let delayed = place == 'd';
+        // The two sorted sets are read by rank, the list from its tail.
+        let delayed = place != 'r';
         let key = format!(
             "{}{}",
             prefix(queue),
-            if delayed { "delayed" } else { "ready" }
+            match place {
+                'd' => "delayed",
+                'p' => "prio",
+                _ => "ready",
+            }
         );
         let len: usize = if delayed {
             self.conn().zcard(&key).await?
@@ -1787,6 +1803,9 @@ fn forward(msg: &redis::Msg, tx: &mpsc::UnboundedSender<Signal>, clock: &Clock) 
         let mut ok = true;
         if m.ready.unwrap_or(0) > 0 {
             ok &= tx.send(Signal::Work { queue: m.q.clone() }).is_ok();
+        }
+        if m.prio.is_some() {
+            ok &= tx.send(Signal::Prioritized { queue: m.q.clone() }).is_ok();
         }
         if let Some(w) = m.wake {
             ok &= tx

@@ -46,6 +46,10 @@ pub struct TaskBinding {
     /// otherwise.
     #[serde(default, skip_serializing_if = "crate::queue::job::is_false")]
     pub ignore_result: bool,
+    /// The priority of its jobs that set none (0 to 9, higher first).
+    #[serde(default, skip_serializing_if = "crate::queue::job::is_zero_u8")]
+    #[schema(maximum = 9)]
+    pub priority: u8,
     /// What the task may reach; interpreted by the sandbox's host side.
     #[serde(default)]
     pub grants: TaskGrants,
@@ -68,6 +72,7 @@ impl TaskBinding {
             rate_limit: None,
             result_ttl_ms: None,
             ignore_result: false,
+            priority: 0,
             grants: TaskGrants::default(),
             bound_at: Utc::now(),
         }

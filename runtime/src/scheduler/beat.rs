@@ -73,6 +73,11 @@ pub struct Beat {
     pub retry: Option<RetryPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<JobLimits>,
+    /// The priority of its jobs (0 to 9, higher first); the task's when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 9)]
+    pub priority: Option<u64>,
     /// A job not started this many seconds after its due time expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(exclusive_minimum = 0, maximum = 3_155_760_000_u64)]
@@ -121,6 +126,7 @@ impl Beat {
             enabled: true,
             retry: None,
             limits: None,
+            priority: None,
             expires_in_secs: None,
         }
     }
@@ -160,6 +166,8 @@ impl Beat {
         let numbers = [
             self.retry.as_ref().map(RetryPolicy::check),
             self.limits.as_ref().map(JobLimits::check),
+            self.priority
+                .map(|p| crate::queue::job::check_priority("priority", p).map(|_| ())),
         ];
         for e in numbers.into_iter().flatten().filter_map(Result::err) {
             match e {
@@ -612,7 +620,12 @@ mod tests {
             ..JobLimits::default()
         });
         b.expires_in_secs = Some(1e300);
+        b.priority = Some(10);
         let e = err(&b);
+        assert!(
+            e.contains("priority: priority is 10, above its maximum of 9"),
+            "{e}"
+        );
         assert!(
             e.contains("retry.max_retries: retry.max_retries is 4000000000"),
             "{e}"

@@ -409,6 +409,7 @@ pub(super) fn request(
             .or_else(|| beat.queue.clone()),
         retry: beat.retry.clone(),
         limits: beat.limits.clone(),
+        priority: beat.priority,
         expires_in_secs: beat.expires_in_secs,
         idempotency_key: Some(fire_key(&beat.name, due)),
         schedule: Some(beat.name.clone()),

@@ -26,6 +26,9 @@ use crate::sandbox::{CancelToken, FuelMeter};
 struct QueueView {
     /// The queue may have ready jobs.
     maybe_work: bool,
+    /// It may have ready jobs with a priority: a fetch reads them first
+    /// (one command more), until one finds none left.
+    maybe_prio: bool,
     /// Move due jobs and reclaim lost leases on the next call.
     due_check: bool,
     next_due: Option<DateTime<Utc>>,
@@ -78,6 +81,7 @@ impl Dispatcher {
                         q.clone(),
                         QueueView {
                             maybe_work: true,
+                            maybe_prio: true,
                             due_check: true,
                             next_due: None,
                             orphan_check: None,
@@ -152,6 +156,7 @@ impl Dispatcher {
                     for q in self.queues.values_mut() {
                         q.due_check = true;
                         q.maybe_work = true;
+                        q.maybe_prio = true;
                     }
                 }
                 _ = sleep_until_opt(sleep_until) => {
@@ -285,7 +290,9 @@ impl Dispatcher {
                 due_check,
                 holds_leases: self.held.values().any(|h| h.lease.queue == q),
                 lease: self.ctx.cfg.lease,
+                prioritized: want > 0 && view.is_some_and(|v| v.maybe_prio),
             };
+            let asked_prio = req.prioritized;
             let reply = match self.ctx.broker.settle(req).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -339,6 +346,9 @@ impl Dispatcher {
                 if want > 0 {
                     v.maybe_work = reply.popped >= want;
                 }
+                if asked_prio {
+                    v.maybe_prio = reply.prioritized_left;
+                }
             }
             for d in reply.deliveries {
                 let shown = HeldJob {
@@ -385,6 +395,7 @@ impl Dispatcher {
             for v in self.queues.values_mut() {
                 v.due_check = true;
                 v.maybe_work = true;
+                v.maybe_prio = true;
             }
         }
     }
@@ -412,6 +423,11 @@ impl Dispatcher {
             Signal::Work { queue } => {
                 if let Some(v) = self.queues.get_mut(&queue) {
                     v.maybe_work = true;
+                }
+            }
+            Signal::Prioritized { queue } => {
+                if let Some(v) = self.queues.get_mut(&queue) {
+                    v.maybe_prio = true;
                 }
             }
             Signal::WakeAt { queue, at } => {
@@ -442,6 +458,7 @@ impl Dispatcher {
                 for v in self.queues.values_mut() {
                     v.due_check = true;
                     v.maybe_work = true;
+                    v.maybe_prio = true;
                 }
             }
         }

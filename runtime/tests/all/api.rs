@@ -1570,3 +1570,103 @@ on_both_brokers!(
     api_inspect_what_workers_hold_on_redis,
     inspect_what_workers_hold
 );
+
+/// Priorities on a busy worker: 1,000 jobs of priority 0 and then 10 of
+/// priority 9 are queued while every slot is taken; once slots free up,
+/// the 10 start before every low job the worker had not already
+/// prefetched (a prefetched job is not taken back).
+async fn priorities_jump_the_queue(api: &TestApi) {
+    api.bind_example("sleep", "sleeper").await;
+    api.bind_example("greet", "hello").await;
+    let mut sleepers = Vec::new();
+    for _ in 0..4 {
+        let (_, v) = api
+            .enqueue(json!({ "task": "sleep", "input": { "ms": 60000 } }))
+            .await;
+        sleepers.push(v["id"].as_str().unwrap().to_string());
+    }
+    for id in &sleepers {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while api.state(id).await != "STARTED" {
+            assert!(std::time::Instant::now() < deadline, "{id} never started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let batch = |n: usize, priority: u64| async move {
+        let jobs: Vec<Value> = (0..n)
+            .map(|i| json!({ "task": "greet", "input": { "name": format!("{priority}-{i}") }, "priority": priority }))
+            .collect();
+        let (s, v) = api
+            .call(
+                api.req(reqwest::Method::POST, "/v1/jobs/batch", Some(SUBMIT))
+                    .json(&json!({ "jobs": jobs })),
+            )
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        v["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let low = batch(1000, 0).await;
+    let high = batch(10, 9).await;
+    let (s, held) = api
+        .call(api.req(reqwest::Method::GET, "/v1/inspect?timeout=5s", Some(SUBMIT)))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{held}");
+    let prefetched: Vec<String> = held[0]["reserved"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(prefetched.len() < 100, "{held}");
+    for id in &sleepers {
+        let (s, v) = api
+            .call(
+                api.req(
+                    reqwest::Method::POST,
+                    &format!("/v1/jobs/{id}/revoke"),
+                    Some(ADMIN),
+                )
+                .json(&json!({ "terminate": true })),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let started = |job: &Value| {
+        chrono::DateTime::parse_from_rfc3339(job["started_at"].as_str().unwrap()).unwrap()
+    };
+    let mut last_high = None;
+    for id in &high {
+        let job = api.wait(id).await;
+        assert_eq!(job["state"], "SUCCESS", "{job}");
+        assert_eq!(job["priority"], 9, "{job}");
+        last_high = last_high.max(Some(started(&job)));
+    }
+    let last_high = last_high.unwrap();
+    // The queue drains in order: once the last low job ended, all did.
+    assert_eq!(api.wait(low.last().unwrap()).await["state"], "SUCCESS");
+    let mut later = 0;
+    for id in low.iter().filter(|id| !prefetched.contains(id)) {
+        let job = api.job(id, "").await;
+        assert!(
+            job.get("priority").is_none(),
+            "priority 0 is not shown: {job}"
+        );
+        assert!(
+            started(&job) >= last_high,
+            "{id} started before a high job: {job}"
+        );
+        later += 1;
+    }
+    assert!(later > 900, "{later}");
+}
+
+on_both_brokers!(
+    api_priorities_jump_the_queue_on_the_embedded_broker,
+    api_priorities_jump_the_queue_on_redis,
+    priorities_jump_the_queue
+);

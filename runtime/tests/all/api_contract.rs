@@ -1158,6 +1158,36 @@ async fn api_contract_fields_limits_and_patterns_are_the_servers() {
         ("JobsGrant", "max_children", "maximum", grant.into()),
         ("JobsGrant", "max_depth", "maximum", depth.into()),
         ("Beat", "expires_in_secs", "maximum", max_delay_secs),
+        (
+            "JobRequest",
+            "priority",
+            "maximum",
+            runner::queue::job::MAX_PRIORITY.into(),
+        ),
+        (
+            "BindRequest",
+            "priority",
+            "maximum",
+            runner::queue::job::MAX_PRIORITY.into(),
+        ),
+        (
+            "Beat",
+            "priority",
+            "maximum",
+            runner::queue::job::MAX_PRIORITY.into(),
+        ),
+        (
+            "TaskBinding",
+            "priority",
+            "maximum",
+            runner::queue::job::MAX_PRIORITY.into(),
+        ),
+        (
+            "Job",
+            "priority",
+            "maximum",
+            runner::queue::job::MAX_PRIORITY.into(),
+        ),
         ("BatchRequest", "jobs", "minItems", 1),
     ] {
         let documented = &c.property(schema, property)[keyword];

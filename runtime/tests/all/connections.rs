@@ -185,6 +185,7 @@ async fn the_event_feed_resubscribes_after_its_connection_is_killed() {
                 due_check: false,
                 holds_leases: false,
                 lease: Duration::from_secs(60),
+                prioritized: true,
             })
             .await
             .unwrap();

@@ -89,6 +89,7 @@ pub(crate) fn settle(
         due_check: true,
         holds_leases: false,
         lease: Duration::from_secs(30),
+        prioritized: true,
     }
 }
 
@@ -847,7 +848,93 @@ conformance!(
     scheduled_lists_delayed_jobs_soonest_first,
     list_finds_jobs_newest_first_by_any_filter,
     list_forgets_jobs_whose_records_expired,
+    priorities_lease_higher_first,
 );
+
+/// Ready jobs are leased highest priority first (9 before 5 before the
+/// default 0), in order within a priority, strictly: low ones wait while
+/// higher ones are ready. A delayed job and a retried one keep their
+/// priority when they come due; a purge takes prioritized jobs too; a
+/// fetch that does not ask for prioritized jobs reads only the default
+/// list; a priority above 9 is refused by name.
+async fn priorities_lease_higher_first(env: Env) {
+    let b = &env.broker;
+    let enqueue = |p: Option<u64>| {
+        let mut r = call("{}");
+        r.priority = p;
+        let producer = env.producer.clone();
+        async move { producer.enqueue(r).await.unwrap().job.id }
+    };
+    let mut low = vec![enqueue(None).await, enqueue(Some(0)).await];
+    let mid = [enqueue(Some(5)).await, enqueue(Some(5)).await];
+    let high = [enqueue(Some(9)).await, enqueue(Some(9)).await];
+    low.push(enqueue(None).await);
+    let mut later = call("{}");
+    later.priority = Some(9);
+    later.countdown_secs = Some(0.3);
+    let later = env.producer.enqueue(later).await.unwrap().job.id;
+    let mut bad = call("{}");
+    bad.priority = Some(10);
+    let e = env.producer.enqueue(bad).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("priority is 10, above its maximum of 9"),
+        "{e}"
+    );
+    let stats = b.queues().await.unwrap();
+    assert_eq!(depth(&stats, "work"), (7, 1, 0));
+
+    let leased = |r: &runner::queue::SettleReply| -> Vec<JobId> {
+        r.deliveries.iter().map(|d| d.job.id).collect()
+    };
+    let r = b.settle(settle("work", "w", vec![], 3)).await.unwrap();
+    assert_eq!(leased(&r), [high[0], high[1], mid[0]]);
+    assert!(r.prioritized_left, "the fetch took as many as it asked for");
+    assert_eq!(r.deliveries[0].job.priority, 9);
+    let r = b.settle(settle("work", "w", vec![], 10)).await.unwrap();
+    assert_eq!(leased(&r), [vec![mid[1]], low.clone()].concat());
+    assert!(!r.prioritized_left);
+
+    // Due, the delayed one goes before the default list.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let waiting = enqueue(None).await;
+    let r = b.settle(settle("work", "w", vec![], 1)).await.unwrap();
+    assert_eq!(leased(&r), [later]);
+    // A retry keeps its priority.
+    let d = &r.deliveries[0];
+    let mut retry = d.job.clone();
+    retry.state = JobState::Retry;
+    retry.attempt += 1;
+    let revoked = d.job.revoked("x", Utc::now());
+    let c = Completion {
+        lease: d.lease.clone(),
+        settlement: Settlement::Retry {
+            job: retry,
+            due: Utc::now() + chrono::Duration::milliseconds(200),
+            if_revoked: revoked,
+        },
+        had_progress: false,
+    };
+    b.settle(settle("work", "w", vec![c], 0)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = b.settle(settle("work", "w", vec![], 1)).await.unwrap();
+    assert_eq!(leased(&r), [later], "the retry before the default list");
+
+    // Without `prioritized`, the fetch reads only the default list.
+    let urgent = enqueue(Some(3)).await;
+    let mut plain = settle("work", "w", vec![], 1);
+    plain.prioritized = false;
+    let r = b.settle(plain).await.unwrap();
+    assert_eq!(leased(&r), [waiting]);
+    assert!(!r.prioritized_left);
+    let purged = b.purge("work", &PurgeFilter::default()).await.unwrap();
+    assert_eq!(purged, [urgent]);
+    assert_eq!(
+        b.get(urgent).await.unwrap().unwrap().state,
+        JobState::Revoked
+    );
+    assert_eq!(depth(&b.queues().await.unwrap(), "work").0, 0);
+}
 
 /// Every page of `query` from its cursor on, concatenated.
 async fn list_all(b: &Arc<dyn Broker>, mut query: JobQuery) -> Vec<Job> {

@@ -308,6 +308,7 @@ pub async fn take_jobs_from(broker: &Arc<dyn Broker>, queue: &str) -> Vec<Job> {
                 due_check: false,
                 holds_leases: false,
                 lease: Duration::from_secs(3600),
+                prioritized: true,
             })
             .await
             .unwrap();

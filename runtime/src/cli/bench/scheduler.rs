@@ -187,6 +187,7 @@ async fn measure_firing(
                 due_check: false,
                 holds_leases: false,
                 lease: Duration::from_secs(3600),
+                prioritized: true,
             })
             .await?;
         if reply.deliveries.is_empty() {

@@ -56,3 +56,17 @@ local function index_forget(P, ids, all)
   if all then redis.call('ZREM', P .. 'jobs', unpack(ids)) end
   for _, s in ipairs(INDEXED) do redis.call('ZREM', P .. 'jobs:' .. s, unpack(ids)) end
 end
+
+-- Ready jobs of priority 1 to 9 wait in `prio` (those of priority 0 in the
+-- `ready` list), scored so that ZPOPMIN takes the highest priority first
+-- and, within one, the earliest. A delayed job of priority p is the member
+-- `<id>|<redeliveries>|<p>`, so that it goes back to `prio` when due.
+local function prio_score(p, t) return (10 - p) * 10000000000000 + t end
+-- The priority of a record (a top-level field: inside the input or the
+-- result a quote is escaped, so the pattern cannot match there).
+local function rec_priority(rec) return tonumber(string.match(rec, '"priority":(%d)')) or 0 end
+-- The delayed member of job `id` of priority `p`.
+local function delayed_member(id, n, p)
+  if p > 0 then return id .. '|' .. n .. '|' .. p end
+  return id .. '|' .. n
+end

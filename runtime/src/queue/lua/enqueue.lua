@@ -1,28 +1,32 @@
 -- Stores a batch of jobs and makes them ready or delayed, in one call.
 -- KEYS[1]: the queue's ready list (routes the call to the queue's slot)
 -- ARGV: prefix, channel, queue, idempotency ttl ms, n,
---       then per job: id, record, delay ms (0 = ready now), idempotency key, record ttl ms (0 = none)
+--       then per job: id, record, delay ms (0 = ready now), idempotency key, record ttl ms (0 = none),
+--       priority (0-9)
 -- Due times are the server's now plus the delay (the producer's clock may be off).
 -- Returns per job: 'new' or 'dup', then the earlier record for a dup ('' otherwise).
 local P, chan, qname = ARGV[1], ARGV[2], ARGV[3]
 local idem_ttl = ttl_ms(ARGV[4], 'idempotency ttl')
 local n = count(ARGV[5], 'n')
-if #ARGV ~= 5 + n * 5 then arg_error('count', #ARGV) end
+local W = 6 -- arguments per job
+if #ARGV ~= 5 + n * W then arg_error('count', #ARGV) end
 for j = 0, n - 1 do
-  local b = 6 + j * 5
+  local b = 6 + j * W
   int_in(ARGV[b + 2], 0, MAX_MS, 'delay of job ' .. j)
   if ARGV[b + 4] ~= '0' then ttl_ms(ARGV[b + 4], 'record ttl of job ' .. j) end
+  int_in(ARGV[b + 5], 0, 9, 'priority of job ' .. j)
 end
 local out = {}
 if n == 0 then return out end
 
-local mset, ready, delayed, indexed = {}, {}, {}, {}
+local mset, ready, delayed, indexed, prio = {}, {}, {}, {}, {}
 local now = nil
 local seen = {}
 local wake = nil
 for j = 0, n - 1 do
-  local b = 6 + j * 5
+  local b = 6 + j * W
   local id, rec, delay, idem, ttl = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3], tonumber(ARGV[b + 4])
+  local p = tonumber(ARGV[b + 5])
   local dup = nil
   if idem ~= '' then
     dup = seen[idem]
@@ -61,8 +65,12 @@ for j = 0, n - 1 do
       now = now or server_ms()
       local due = now + delay
       delayed[#delayed + 1] = due
-      delayed[#delayed + 1] = id .. '|0'
+      delayed[#delayed + 1] = delayed_member(id, 0, p)
       if not wake or due < wake then wake = due end
+    elseif p > 0 then
+      now = now or server_ms()
+      prio[#prio + 1] = prio_score(p, now)
+      prio[#prio + 1] = id .. '|0'
     else
       ready[#ready + 1] = id .. '|0'
     end
@@ -73,9 +81,12 @@ if #indexed > 0 then redis.call('ZADD', P .. 'jobs', unpack(indexed)) end
 index_flush(P)
 if #ready > 0 then redis.call('RPUSH', P .. 'ready', unpack(ready)) end
 if #delayed > 0 then redis.call('ZADD', P .. 'delayed', unpack(delayed)) end
-if #ready > 0 or wake then
+if #prio > 0 then redis.call('ZADD', P .. 'prio', unpack(prio)) end
+local readied = #ready + #prio / 2
+if readied > 0 or wake then
   local msg = { q = qname }
-  if #ready > 0 then msg.ready = #ready end
+  if readied > 0 then msg.ready = readied end
+  if #prio > 0 then msg.prio = 1 end
   if wake then msg.wake = wake end
   redis.call('PUBLISH', chan, cjson.encode(msg))
 end

@@ -3,7 +3,7 @@
 -- caller read (a job that started, or changed, meanwhile is left alone).
 -- KEYS[1]: the queue's ready list (routes the call to the queue's slot)
 -- ARGV: prefix, channel, queue, n, then per entry: id, member,
---       where ('r' ready, 'd' delayed), record read by the caller,
+--       where ('r' ready, 'd' delayed, 'p' prioritized ready), record read by the caller,
 --       revoked record, ttl ms.
 --       A stale entry (record gone or final when read) has '' as record
 --       and revoked record: it is dropped if its record still is.
@@ -14,7 +14,7 @@ if #ARGV ~= 4 + n * 6 then arg_error('count', #ARGV) end
 for j = 0, n - 1 do
   local b = 5 + j * 6
   local w = ARGV[b + 2]
-  if w ~= 'r' and w ~= 'd' then arg_error('where of entry ' .. j, w) end
+  if w ~= 'r' and w ~= 'd' and w ~= 'p' then arg_error('where of entry ' .. j, w) end
   if ARGV[b + 3] ~= '' then ttl_ms(ARGV[b + 5], 'ttl of entry ' .. j) end
 end
 local out, ev = {}, {}
@@ -35,6 +35,8 @@ for j = 0, n - 1 do
     local removed
     if w == 'r' then
       removed = redis.call('LREM', P .. 'ready', 1, member)
+    elseif w == 'p' then
+      removed = redis.call('ZREM', P .. 'prio', member)
     else
       removed = redis.call('ZREM', P .. 'delayed', member)
     end

@@ -1,19 +1,30 @@
 -- Puts dead letters back in the ready list as fresh records.
 -- KEYS[1]: ready list; ARGV: prefix, channel, queue, then pairs of id, record
 local P, chan, qname = ARGV[1], ARGV[2], ARGV[3]
-local done, ready = {}, {}
+local done, ready, prio = {}, {}, {}
+local now = nil
 for i = 4, #ARGV, 2 do
   local id = ARGV[i]
   if redis.call('ZREM', P .. 'dead', id) == 1 then
     redis.call('SET', P .. 'job:' .. id, ARGV[i + 1])
-    ready[#ready + 1] = id .. '|0'
+    local p = rec_priority(ARGV[i + 1])
+    if p > 0 then
+      now = now or server_ms()
+      prio[#prio + 1] = prio_score(p, now)
+      prio[#prio + 1] = id .. '|0'
+    else
+      ready[#ready + 1] = id .. '|0'
+    end
     done[#done + 1] = id
   end
 end
-if #ready > 0 then
+if #done > 0 then
   -- Waiting again: no longer ended, nor expiring.
   index_forget(P, done, false)
-  redis.call('RPUSH', P .. 'ready', unpack(ready))
-  redis.call('PUBLISH', chan, cjson.encode({ q = qname, ready = #ready }))
+  if #ready > 0 then redis.call('RPUSH', P .. 'ready', unpack(ready)) end
+  if #prio > 0 then redis.call('ZADD', P .. 'prio', unpack(prio)) end
+  local msg = { q = qname, ready = #done }
+  if #prio > 0 then msg.prio = 1 end
+  redis.call('PUBLISH', chan, cjson.encode(msg))
 end
 return done

@@ -28,6 +28,6 @@ redis.call('SET', KEYS[1], ARGV[3], 'PX', ttl)
 index_end(id, 'REVOKED', server_ms() + ttl)
 index_flush(P)
 -- A delayed job leaves the delayed set now (a ready one is skipped when popped).
-redis.call('ZREM', P .. 'delayed', id .. '|0')
+redis.call('ZREM', P .. 'delayed', delayed_member(id, 0, rec_priority(cur)))
 redis.call('PUBLISH', ARGV[6], cjson.encode({ q = ARGV[8], ev = { { id, 'REVOKED' } } }))
 return 'REVOKED'

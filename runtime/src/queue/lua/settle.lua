@@ -4,20 +4,22 @@
 -- limit windows never depend on the calling worker's clock.
 -- KEYS[1]: the queue's ready list
 -- ARGV: prefix, channel, queue, lease ms, worker, fetch max, due check (1/0), n completions,
---       skip own leases in next due (1/0),
+--       skip own leases in next due (1/0), lease prioritized jobs first (1/0),
 --       then per completion: lease member, action, record, arg, id, alt record, alt ttl, state
 -- action: F final (arg = ttl ms), D final + dead letter (arg = ttl ms),
 --         R retry (arg = delay ms from now), H hand back;
 --         a trailing 'p' clears stored progress.
 -- Returns {leased {member, record}..., stale ids, next due, deferred until,
 -- number of entries taken from ready (leased, deferred or dropped), now,
--- number of expired leases taken back}.
+-- number of expired leases taken back, whether prioritized jobs may be
+-- left ('1'/'0'; '' when not asked)}.
 local P, chan, qname = ARGV[1], ARGV[2], ARGV[3]
 local lease_ms = ttl_ms(ARGV[4], 'lease')
 local worker, fetch_max, due_check = ARGV[5], count(ARGV[6], 'fetch'), ARGV[7] == '1'
 local nc = count(ARGV[8], 'completions')
 local skip_own = ARGV[9] == '1'
-local C = 10 -- the first completion's first argument
+local check_prio = ARGV[10] == '1'
+local C = 11 -- the first completion's first argument
 if #ARGV ~= C - 1 + nc * 8 then arg_error('count', #ARGV) end
 for j = 0, nc - 1 do
   local b = C + j * 8
@@ -80,7 +82,7 @@ if nc > 0 then
           if string.find(rec, '"expires":"', 1, true) then unexpire[#unexpire + 1] = id end
           local due = now + tonumber(arg)
           delayed[#delayed + 1] = due
-          delayed[#delayed + 1] = id .. '|0'
+          delayed[#delayed + 1] = delayed_member(id, 0, rec_priority(rec))
           defer(due)
           ev[#ev + 1] = { id, 'RETRY' }
         end
@@ -107,11 +109,26 @@ if nc > 0 then
 end
 
 local next_due = nil
+local prioritized = false
 if due_check then
   local due = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', now, 'LIMIT', 0, 1000)
   if #due > 0 then
     redis.call('ZREM', P .. 'delayed', unpack(due))
-    redis.call('RPUSH', P .. 'ready', unpack(due))
+    local plain, prio = {}, {}
+    for _, m in ipairs(due) do
+      local id, n, p = string.match(m, '^([^|]+)|(%d+)|(%d)$')
+      if p then
+        prio[#prio + 1] = prio_score(tonumber(p), now)
+        prio[#prio + 1] = id .. '|' .. n
+      else
+        plain[#plain + 1] = m
+      end
+    end
+    if #plain > 0 then redis.call('RPUSH', P .. 'ready', unpack(plain)) end
+    if #prio > 0 then
+      redis.call('ZADD', P .. 'prio', unpack(prio))
+      prioritized = true
+    end
     readied = readied + #due
   end
   local expired = redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', now, 'LIMIT', 0, 1000)
@@ -214,9 +231,22 @@ end
 
 local out = {}
 local popped = 0
+local prio_left = ''
 if fetch_max > 0 then
-  local els = redis.call('LPOP', P .. 'ready', fetch_max)
-  if els then
+  -- Prioritized jobs first (highest, then earliest), then the list.
+  local els = {}
+  if check_prio then
+    local pe = redis.call('ZPOPMIN', P .. 'prio', fetch_max)
+    for i = 1, #pe, 2 do els[#els + 1] = pe[i] end
+    prio_left = (#els >= fetch_max) and '1' or '0'
+  end
+  if #els < fetch_max then
+    local r = redis.call('LPOP', P .. 'ready', fetch_max - #els)
+    if r then
+      for _, e in ipairs(r) do els[#els + 1] = e end
+    end
+  end
+  if #els > 0 then
     popped = #els
     local keys = {}
     for i, e in ipairs(els) do keys[i] = P .. 'job:' .. string.match(e, '^[^|]+') end
@@ -235,7 +265,7 @@ if fetch_max > 0 then
             slot = limit(cjson.decode(rec).rate_limits, id)
           end
           if slot then
-            redis.call('ZADD', P .. 'delayed', slot, id .. '|' .. n)
+            redis.call('ZADD', P .. 'delayed', slot, delayed_member(id, n, rec_priority(rec)))
             defer(slot)
           else
             local member = id .. '|' .. n .. '|' .. worker .. '|' .. now
@@ -263,7 +293,8 @@ if #ev > 0 or readied > 0 or deferred then
   if #ev > 0 then msg.ev = ev end
   if readied > 0 then msg.ready = readied end
   if deferred then msg.wake = deferred end
+  if prioritized then msg.prio = 1 end
   if #out > 0 then msg.lease = now + lease_ms end
   redis.call('PUBLISH', chan, cjson.encode(msg))
 end
-return { out, stale, next_due and tostring(next_due) or '', deferred and tostring(deferred) or '', popped, now, reclaimed }
+return { out, stale, next_due and tostring(next_due) or '', deferred and tostring(deferred) or '', popped, now, reclaimed, prio_left }
