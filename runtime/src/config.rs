@@ -253,6 +253,9 @@ pub struct TaskSpec {
     pub rate_limit: Option<String>,
     /// `60s` style.
     pub time_limit: Option<String>,
+    /// `25s` style: after it, the task's capability calls are denied so
+    /// that it finishes up before `time_limit`.
+    pub soft_time_limit: Option<String>,
     pub fuel: Option<u64>,
     /// `64MiB` style.
     pub memory: Option<String>,
@@ -451,11 +454,20 @@ impl TaskSpec {
             b.retry = r.clone();
         }
         let mut limits = JobLimits::default();
-        if let Some(t) = &self.time_limit {
-            let d = humantime::parse_duration(t)
-                .with_context(|| format!("time_limit = {t:?}: expected e.g. \"30s\""))?;
-            // Saturated, never wrapped: the maximum check below names it.
-            limits.time_limit_ms = Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        for (name, text, into) in [
+            ("time_limit", &self.time_limit, &mut limits.time_limit_ms),
+            (
+                "soft_time_limit",
+                &self.soft_time_limit,
+                &mut limits.soft_time_limit_ms,
+            ),
+        ] {
+            if let Some(t) = text {
+                let d = humantime::parse_duration(t)
+                    .with_context(|| format!("{name} = {t:?}: expected e.g. \"30s\""))?;
+                // Saturated, never wrapped: the maximum check below names it.
+                *into = Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            }
         }
         limits.fuel = self.fuel;
         if let Some(m) = &self.memory {
@@ -556,6 +568,7 @@ rate_limit = "30/m"
 module = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
 queue = "notifications"
 time_limit = "10s"
+soft_time_limit = "8s"
 memory = "32MiB"
 [tasks.notify.grants]
 http = { allow = ["https://hooks.slack.com"] }
@@ -571,6 +584,7 @@ every = "30s"
             .unwrap();
         assert_eq!(b.queue, "notifications");
         assert_eq!(b.limits.time_limit_ms, Some(10_000));
+        assert_eq!(b.limits.soft_time_limit_ms, Some(8_000));
         assert_eq!(b.limits.memory_bytes, Some(32 * 1024 * 1024));
         assert!(b.grants.http.is_some());
         assert_eq!(c.beats.len(), 1);
@@ -595,6 +609,11 @@ every = "30s"
         );
         let e = Config::from_toml("[tasks.x]\ntime_limit = \"soon\"\n").unwrap_err();
         assert!(format!("{e:#}").contains("time_limit"), "{e:#}");
+        let e = Config::from_toml("[tasks.x]\nsoft_time_limit = \"2d\"\n").unwrap_err();
+        assert!(
+            format!("{e:#}").contains("limits.soft_time_limit_ms"),
+            "{e:#}"
+        );
         // Once wrapped to 384 ms.
         let e = Config::from_toml("[tasks.x]\ntime_limit = \"18446744073709552s\"\n").unwrap_err();
         assert!(format!("{e:#}").contains("limits.time_limit_ms"), "{e:#}");

@@ -254,6 +254,7 @@ impl Producer {
             .unwrap_or_default();
         if let Some(l) = req.limits {
             limits.time_limit_ms = l.time_limit_ms.or(limits.time_limit_ms);
+            limits.soft_time_limit_ms = l.soft_time_limit_ms.or(limits.soft_time_limit_ms);
             limits.fuel = l.fuel.or(limits.fuel);
             limits.memory_bytes = l.memory_bytes.or(limits.memory_bytes);
         }

@@ -2,6 +2,7 @@
 //! progress and log lines back to the runner.
 
 use std::cell::OnceCell;
+use std::time::Duration;
 
 use crate::bindings::runner::task::context as wit;
 
@@ -74,6 +75,18 @@ impl From<Level> for wit::Level {
     }
 }
 
+/// What is left of a run's budget ([`Context::deadline`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
+    /// Until the hard time limit stops the run.
+    pub time_left: Duration,
+    /// Until the job's soft time limit, if it has one (zero once passed).
+    pub soft_time_left: Option<Duration>,
+    /// Fuel left, when the runner meters fuel (as of its last check, at
+    /// most ten milliseconds old).
+    pub fuel_left: Option<u64>,
+}
+
 /// The running job's context, passed to the task function by
 /// [`#[task]`](crate::task).
 ///
@@ -111,6 +124,37 @@ impl Context {
     /// The job being run: id, attempt, queue, task name, schedule.
     pub fn job(&self) -> &JobInfo {
         self.job.get_or_init(|| wit::job().into())
+    }
+
+    /// What is left of the run's budget: time until the hard limit stops
+    /// it, until the soft limit (after which every capability answers
+    /// [`HostError::TimeUp`](crate::HostError::TimeUp)), and fuel. One
+    /// host call each time: cheap, but not free in a hot loop.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use runner_sdk::{task, Context, TaskError};
+    ///
+    /// #[task]
+    /// fn run(ctx: &Context, items: Vec<String>) -> Result<usize, TaskError> {
+    ///     let mut done = 0;
+    ///     for item in &items {
+    ///         if ctx.deadline().soft_time_left == Some(Duration::ZERO) {
+    ///             break; // return what is done; the rest waits for next time
+    ///         }
+    ///         ctx.info(format!("processing {item}"));
+    ///         done += 1;
+    ///     }
+    ///     Ok(done)
+    /// }
+    /// ```
+    pub fn deadline(&self) -> Deadline {
+        let d = wit::deadline();
+        Deadline {
+            time_left: Duration::from_millis(d.time_left_ms),
+            soft_time_left: d.soft_time_left_ms.map(Duration::from_millis),
+            fuel_left: d.fuel_left,
+        }
     }
 
     /// Reports progress: `done` of `total` units. Watchers of the job (API

@@ -108,6 +108,11 @@ pub enum HostError {
     /// The task's grant does not allow this call (capability not granted,
     /// host not in the allow-list, sender not allowed, root not granted).
     Denied(String),
+    /// The job's soft time limit has passed: every capability is denied
+    /// from now on. Finish up (save what is done, return) before the hard
+    /// time limit stops the run ([`Context::deadline`](crate::Context::deadline)
+    /// says how long that is).
+    TimeUp(String),
     /// The arguments were wrong (bad address, path, URL; value too large).
     Invalid(String),
     /// A temporary failure (connection failed, timeout, SMTP 4xx): retrying
@@ -129,6 +134,7 @@ impl HostError {
     pub fn message(&self) -> &str {
         match self {
             HostError::Denied(m)
+            | HostError::TimeUp(m)
             | HostError::Invalid(m)
             | HostError::Transient(m)
             | HostError::Permanent(m)
@@ -136,11 +142,12 @@ impl HostError {
         }
     }
 
-    /// The kind as a word: "denied", "invalid", "transient", "permanent" or
-    /// "unavailable".
+    /// The kind as a word: "denied", "time up", "invalid", "transient",
+    /// "permanent" or "unavailable".
     pub fn kind(&self) -> &'static str {
         match self {
             HostError::Denied(_) => "denied",
+            HostError::TimeUp(_) => "time up",
             HostError::Invalid(_) => "invalid",
             HostError::Transient(_) => "transient",
             HostError::Permanent(_) => "permanent",
@@ -157,10 +164,15 @@ impl fmt::Display for HostError {
 
 impl std::error::Error for HostError {}
 
+/// How the runner's message starts when it denies a call because the
+/// soft time limit has passed.
+const SOFT_TIME_LIMIT: &str = "soft time limit";
+
 impl From<bindings::runner::task::types::HostError> for HostError {
     fn from(err: bindings::runner::task::types::HostError) -> Self {
         use bindings::runner::task::types::HostError as Wit;
         match err {
+            Wit::Denied(m) if m.starts_with(SOFT_TIME_LIMIT) => HostError::TimeUp(m),
             Wit::Denied(m) => HostError::Denied(m),
             Wit::Invalid(m) => HostError::Invalid(m),
             Wit::Transient(m) => HostError::Transient(m),
@@ -191,6 +203,18 @@ mod tests {
             assert!(!task.is_retry(), "{kind} must not be retried");
             assert!(task.message().starts_with(kind), "{task}");
         }
+    }
+
+    #[test]
+    fn a_call_denied_past_the_soft_time_limit_is_time_up() {
+        use bindings::runner::task::types::HostError as Wit;
+        let past = "soft time limit: the job's soft time limit (300 ms) has passed; finish up";
+        let err = HostError::from(Wit::Denied(past.into()));
+        assert_eq!(err, HostError::TimeUp(past.into()));
+        assert_eq!(err.kind(), "time up");
+        assert!(!TaskError::from(err).is_retry());
+        let err = HostError::from(Wit::Denied("this task is not granted `kv`".into()));
+        assert!(matches!(err, HostError::Denied(_)), "{err}");
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub mod kv;
 pub mod mail;
 pub mod pdf;
 
-pub use context::{Context, JobInfo, Level};
+pub use context::{Context, Deadline, JobInfo, Level};
 pub use error::{HostError, TaskError};
 
 /// Turns a function into the component's `run` export.

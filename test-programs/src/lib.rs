@@ -1,7 +1,7 @@
 //! The guest components the tests run, by name: the examples of
 //! `examples/` (`hello`, `kv_guard`, `mailer`, ...) and the test-only
 //! programs of `test-programs/guests/` (`flaky`, `sleeper`, `fan_out`,
-//! `fuel_burner`, `memory_hog`, `panicker`). Built from source by this
+//! `fuel_burner`, `memory_hog`, `panicker`, `finisher`). Built from source by this
 //! crate's build script, as wasmtime's test-programs are; a test never
 //! depends on a `.wasm` someone built by hand.
 

@@ -42,6 +42,10 @@ pub struct BindRequest {
     pub rate_limit: Option<String>,
     /// `60s` style wall-clock limit per run: at most a day.
     pub time_limit: Option<String>,
+    /// `50s` style: after it, the task's capability calls are denied
+    /// ("soft time limit", the SDK's `HostError::TimeUp`) so that it
+    /// finishes up before `time_limit`.
+    pub soft_time_limit: Option<String>,
     /// Fuel per run.
     #[schema(maximum = 1_000_000_000_000_000_u64)]
     pub fuel: Option<u64>,
@@ -125,6 +129,7 @@ async fn put_task(
         queue: req.queue,
         rate_limit: req.rate_limit,
         time_limit: req.time_limit,
+        soft_time_limit: req.soft_time_limit,
         fuel: req.fuel,
         memory: req.memory,
         retry: req.retry,

@@ -263,6 +263,13 @@ pub struct JobLimits {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(maximum = 86_400_000_u64)]
     pub time_limit_ms: Option<u64>,
+    /// After this long, every capability call of the run is denied with
+    /// "soft time limit ..." (the SDK's `HostError::TimeUp`): the task
+    /// finishes up before `time_limit_ms` stops it (Celery's soft time
+    /// limit). `context.deadline` shows both.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(maximum = 86_400_000_u64)]
+    pub soft_time_limit_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(maximum = 1_000_000_000_000_000_u64)]
     pub fuel: Option<u64>,
@@ -279,6 +286,11 @@ impl JobLimits {
             (
                 "limits.time_limit_ms",
                 self.time_limit_ms,
+                MAX_TIME_LIMIT_MS,
+            ),
+            (
+                "limits.soft_time_limit_ms",
+                self.soft_time_limit_ms,
                 MAX_TIME_LIMIT_MS,
             ),
             ("limits.fuel", self.fuel, MAX_FUEL),

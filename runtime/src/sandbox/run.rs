@@ -47,6 +47,10 @@ pub struct RunLimits {
     pub memory_bytes: u64,
     /// Wall-clock time from the start of the run, instantiation included.
     pub timeout: Duration,
+    /// After this long (shorter than `timeout` to be of use), every
+    /// capability call is denied with "soft time limit ...", so that the
+    /// task can finish up before the hard limit stops it.
+    pub soft_timeout: Option<Duration>,
     /// Cap on each of stdout, stderr and the total of log messages; past
     /// it, output is dropped (and reported as truncated), not an error.
     pub output_cap_bytes: usize,
@@ -60,6 +64,7 @@ impl Default for RunLimits {
             fuel: None,
             memory_bytes: 64 << 20,
             timeout: Duration::from_secs(30),
+            soft_timeout: None,
             output_cap_bytes: 1 << 20,
             result_cap_bytes: 1 << 20,
         }
@@ -221,6 +226,11 @@ pub(crate) struct RunState {
     pub(crate) last_progress: Option<Progress>,
     pub(crate) started: Instant,
     pub(crate) deadline: Instant,
+    /// After this, every capability call is denied ("soft time limit").
+    pub(crate) soft_deadline: Option<Instant>,
+    /// The run's fuel budget (when metered) and what it used so far.
+    pub(crate) fuel_budget: Option<u64>,
+    pub(crate) meter: FuelMeter,
     pub(crate) cancel: CancelToken,
 }
 
@@ -239,6 +249,9 @@ impl RunState {
             last_progress: None,
             started,
             deadline: started + Duration::from_secs(30),
+            soft_deadline: None,
+            fuel_budget: None,
+            meter: FuelMeter::default(),
             cancel: CancelToken::new(),
         }
     }
@@ -305,6 +318,9 @@ pub(crate) async fn run(env: RunEnv<'_>, module: &LoadedModule, req: RunRequest)
         last_progress: None,
         started,
         deadline,
+        soft_deadline: limits.soft_timeout.map(|t| started + t),
+        fuel_budget: env.fuel_metering.then(|| limits.fuel.unwrap_or(u64::MAX)),
+        meter: meter.clone(),
         cancel: cancel.clone(),
     };
     let mut store = Store::new(env.engine, state);

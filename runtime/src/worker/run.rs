@@ -339,6 +339,9 @@ pub(super) fn run_limits(defaults: &RunLimits, job: &Job) -> RunLimits {
     if let Some(ms) = job.limits.time_limit_ms {
         limits.timeout = Duration::from_millis(ms);
     }
+    if let Some(ms) = job.limits.soft_time_limit_ms {
+        limits.soft_timeout = Some(Duration::from_millis(ms));
+    }
     if let Some(f) = job.limits.fuel {
         limits.fuel = Some(f);
     }
@@ -365,6 +368,19 @@ fn job_info(job: &Job) -> JobInfo {
 mod tests {
     use super::*;
     use crate::queue::JobId;
+
+    /// A job's soft time limit reaches its run (the binding's, merged
+    /// into the job by the producer, arrives the same way).
+    #[test]
+    fn the_soft_time_limit_of_a_job_reaches_its_run() {
+        let mut job = delivery(0).job;
+        assert_eq!(run_limits(&RunLimits::default(), &job).soft_timeout, None);
+        job.limits.soft_time_limit_ms = Some(2500);
+        job.limits.time_limit_ms = Some(3000);
+        let limits = run_limits(&RunLimits::default(), &job);
+        assert_eq!(limits.soft_timeout, Some(Duration::from_millis(2500)));
+        assert_eq!(limits.timeout, Duration::from_millis(3000));
+    }
 
     fn delivery(max_retries: u32) -> Delivery {
         crate::worker::test_delivery(1, max_retries)

@@ -1142,6 +1142,12 @@ async fn api_contract_fields_limits_and_patterns_are_the_servers() {
     let depth = runner::registry::JobsGrant::MAX_DEPTH;
     for (schema, property, keyword, value) in [
         ("JobLimits", "time_limit_ms", "maximum", MAX_TIME_LIMIT_MS),
+        (
+            "JobLimits",
+            "soft_time_limit_ms",
+            "maximum",
+            MAX_TIME_LIMIT_MS,
+        ),
         ("JobLimits", "fuel", "maximum", MAX_FUEL),
         ("JobLimits", "memory_bytes", "maximum", MAX_MEMORY_BYTES),
         ("RetryPolicy", "max_retries", "maximum", MAX_RETRIES.into()),

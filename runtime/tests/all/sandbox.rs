@@ -646,3 +646,65 @@ async fn the_fuel_burner_does_not_stall_hello() {
     cancel.cancel();
     assert_eq!(burning.await.unwrap().outcome, Outcome::Revoked);
 }
+
+/// A task sees its deadline (`context.deadline`: time to the hard limit,
+/// to the soft one, fuel left) and, past the soft time limit, every
+/// capability call answers `HostError::TimeUp`: the task finishes up and
+/// succeeds before the hard limit would have stopped it.
+#[tokio::test]
+async fn past_the_soft_time_limit_a_task_is_told_to_finish_up() {
+    let sandbox = sandbox();
+    let module = sandbox.load(&guest_bytes("finisher")).unwrap();
+    let budget = 1_000_000_000_000;
+    let request = RunRequest {
+        limits: RunLimits {
+            soft_timeout: Some(Duration::from_millis(300)),
+            ..limits(Some(budget), 64, Duration::from_secs(20))
+        },
+        ..RunRequest::new("{}")
+    };
+    let report = sandbox.run(&module, request).await;
+    let Outcome::Success(output) = &report.outcome else {
+        panic!("{:?}\nstderr: {}", report.outcome, report.stderr);
+    };
+    let v: serde_json::Value = serde_json::from_str(output).unwrap();
+    assert!(
+        v["time_up"]
+            .as_str()
+            .unwrap()
+            .starts_with("soft time limit: the job's soft time limit (300 ms) has passed"),
+        "{v}"
+    );
+    assert!(v["rounds"].as_u64().unwrap() > 1, "{v}");
+    let first = &v["first"];
+    let soft = first["soft_time_left_ms"].as_u64().unwrap();
+    assert!(soft > 0 && soft <= 300, "{v}");
+    let left = first["time_left_ms"].as_u64().unwrap();
+    assert!(left > 19_000 && left <= 20_000, "{v}");
+    assert_eq!(v["last"]["soft_time_left_ms"], 0, "{v}");
+    assert!(v["last"]["time_left_ms"].as_u64().unwrap() < left, "{v}");
+    // Fuel went down while it worked, and says what the report says.
+    let fuel_first = first["fuel_left"].as_u64().unwrap();
+    let fuel_last = v["last"]["fuel_left"].as_u64().unwrap();
+    assert!(fuel_first <= budget && fuel_last < fuel_first, "{v}");
+    let used = report.fuel_used.unwrap();
+    assert!(budget - fuel_last <= used, "{v}: used {used}");
+
+    // Without a soft limit, nothing is denied for it.
+    let report = run_with(
+        &sandbox,
+        &module,
+        r#"{"max_rounds": 3}"#,
+        limits(None, 64, Duration::from_secs(20)),
+    )
+    .await;
+    assert_kind(&report, "fail");
+    assert!(
+        report
+            .outcome
+            .to_string()
+            .contains("no soft time limit in 3 rounds"),
+        "{:?}",
+        report.outcome
+    );
+}

@@ -378,7 +378,9 @@ fn run(ctx: &Context, input: Input) -> Result<Output, TaskError> {
                 let what = format!("users[{i}] ({}): {err}", r.key_id);
                 ctx.warn(format!("not sent: {what}"));
                 match err {
-                    HostError::Transient(_) => transient.push(what),
+                    // Past a soft time limit: the rest go on the next
+                    // attempt (the day's keys skip those already sent).
+                    HostError::Transient(_) | HostError::TimeUp(_) => transient.push(what),
                     HostError::Denied(_) | HostError::Unavailable(_) => {
                         return Err(TaskError::fail(format!("cannot send mail: {err}")));
                     }

@@ -1,7 +1,7 @@
 //! `runner:task/context`: the job the task runs for, progress, log lines.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -122,6 +122,18 @@ impl context::Host for RunState {
         }
         self.last_progress = Some(progress);
         Ok(())
+    }
+
+    async fn deadline(&mut self) -> wasmtime::Result<context::TimeLeft> {
+        let now = Instant::now();
+        let left = |t: Instant| t.saturating_duration_since(now).as_millis() as u64;
+        Ok(context::TimeLeft {
+            time_left_ms: left(self.deadline),
+            soft_time_left_ms: self.soft_deadline.map(left),
+            fuel_left: self
+                .fuel_budget
+                .map(|budget| budget.saturating_sub(self.meter.used())),
+        })
     }
 
     async fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {

@@ -180,6 +180,15 @@ impl RunState {
         function: &'static str,
         pick: impl FnOnce(&HostEnv) -> &Service<S>,
     ) -> HostCall<S> {
+        // Past the soft time limit, nothing more is started: the task is
+        // told to finish up, with a message the SDK recognises.
+        let service = match self.soft_deadline {
+            Some(soft) if Instant::now() >= soft => Err(HostError::denied(format!(
+                "soft time limit: the job's soft time limit ({} ms) has passed; finish up",
+                soft.saturating_duration_since(self.started).as_millis()
+            ))),
+            _ => pick(&self.host).service(capability),
+        };
         HostCall {
             capability,
             function,
@@ -187,7 +196,7 @@ impl RunState {
             job: self.job.id.clone(),
             deadline: self.deadline,
             cancel: self.cancel.clone(),
-            service: pick(&self.host).service(capability),
+            service,
         }
     }
 }
