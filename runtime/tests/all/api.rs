@@ -182,6 +182,30 @@ impl TestApi {
         self.job(id, "?wait=30s").await
     }
 
+    /// Once the job runs (within 60 s).
+    pub async fn wait_started(&self, id: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while self.state(id).await != "STARTED" {
+            assert!(std::time::Instant::now() < deadline, "{id} never started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `POST /v1/jobs/{id}/revoke` with `terminate` (200).
+    pub async fn terminate(&self, id: &str) {
+        let (s, v) = self
+            .call(
+                self.req(
+                    reqwest::Method::POST,
+                    &format!("/v1/jobs/{id}/revoke"),
+                    Some(ADMIN),
+                )
+                .json(&json!({ "terminate": true })),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+
     /// The job's state now.
     pub async fn state(&self, id: &str) -> String {
         self.job(id, "").await["state"]
@@ -1101,11 +1125,7 @@ async fn purge_and_revoke_in_bulk(api: &TestApi) {
         greets.push(v["id"].as_str().unwrap().to_string());
     }
     for id in &running {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while api.state(id).await != "STARTED" {
-            assert!(std::time::Instant::now() < deadline, "{id} never started");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        api.wait_started(id).await;
     }
     let post = |path: &str, token: &'static str, body: Value| {
         api.call(
@@ -1461,11 +1481,7 @@ async fn inspect_what_workers_hold(api: &TestApi) {
         burners.push(submit(json!({ "task": "burn", "input": {} })).await);
     }
     for id in &burners {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while api.state(id).await != "STARTED" {
-            assert!(std::time::Instant::now() < deadline, "{id} never started");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        api.wait_started(id).await;
     }
     let mut greets = Vec::new();
     for i in 0..2 {
@@ -1541,17 +1557,7 @@ async fn inspect_what_workers_hold(api: &TestApi) {
 
     // Stopped, the burners make room: the greets run.
     for id in &burners {
-        let (s, v) = api
-            .call(
-                api.req(
-                    reqwest::Method::POST,
-                    &format!("/v1/jobs/{id}/revoke"),
-                    Some(ADMIN),
-                )
-                .json(&json!({ "terminate": true })),
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{v}");
+        api.terminate(id).await;
     }
     for id in &greets {
         assert_eq!(api.wait(id).await["state"], "SUCCESS");
@@ -1597,11 +1603,7 @@ async fn priorities_jump_the_queue(api: &TestApi) {
         sleepers.push(v["id"].as_str().unwrap().to_string());
     }
     for id in &sleepers {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while api.state(id).await != "STARTED" {
-            assert!(std::time::Instant::now() < deadline, "{id} never started");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        api.wait_started(id).await;
     }
     let batch = |n: usize, priority: u64| async move {
         let jobs: Vec<Value> = (0..n)
@@ -1635,17 +1637,7 @@ async fn priorities_jump_the_queue(api: &TestApi) {
         .collect();
     assert!(prefetched.len() < 100, "{held}");
     for id in &sleepers {
-        let (s, v) = api
-            .call(
-                api.req(
-                    reqwest::Method::POST,
-                    &format!("/v1/jobs/{id}/revoke"),
-                    Some(ADMIN),
-                )
-                .json(&json!({ "terminate": true })),
-            )
-            .await;
-        assert_eq!(s, StatusCode::OK, "{v}");
+        api.terminate(id).await;
     }
     let started = |job: &Value| {
         chrono::DateTime::parse_from_rfc3339(job["started_at"].as_str().unwrap()).unwrap()

@@ -65,6 +65,17 @@ local function prio_score(p, t) return (10 - p) * 10000000000000 + t end
 -- The priority of a record (a top-level field: inside the input or the
 -- result a quote is escaped, so the pattern cannot match there).
 local function rec_priority(rec) return tonumber(string.match(rec, '"priority":(%d)')) or 0 end
+-- Stages `member` (`<id>|<redeliveries>`) of priority `p` among the ready
+-- jobs a script is about to write: a pair of the `prio` set (scored at
+-- `now`, the server's ms, needed when p > 0) or a member of the list.
+local function stage_ready(ready, prio, member, p, now)
+  if p > 0 then
+    prio[#prio + 1] = prio_score(p, now)
+    prio[#prio + 1] = member
+  else
+    ready[#ready + 1] = member
+  end
+end
 -- The delayed member of job `id` of priority `p`.
 local function delayed_member(id, n, p)
   if p > 0 then return id .. '|' .. n .. '|' .. p end

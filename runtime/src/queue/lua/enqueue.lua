@@ -67,12 +67,9 @@ for j = 0, n - 1 do
       delayed[#delayed + 1] = due
       delayed[#delayed + 1] = delayed_member(id, 0, p)
       if not wake or due < wake then wake = due end
-    elseif p > 0 then
-      now = now or server_ms()
-      prio[#prio + 1] = prio_score(p, now)
-      prio[#prio + 1] = id .. '|0'
     else
-      ready[#ready + 1] = id .. '|0'
+      if p > 0 then now = now or server_ms() end
+      stage_ready(ready, prio, id .. '|0', p, now)
     end
   end
 end

@@ -8,13 +8,8 @@ for i = 4, #ARGV, 2 do
   if redis.call('ZREM', P .. 'dead', id) == 1 then
     redis.call('SET', P .. 'job:' .. id, ARGV[i + 1])
     local p = rec_priority(ARGV[i + 1])
-    if p > 0 then
-      now = now or server_ms()
-      prio[#prio + 1] = prio_score(p, now)
-      prio[#prio + 1] = id .. '|0'
-    else
-      ready[#ready + 1] = id .. '|0'
-    end
+    if p > 0 then now = now or server_ms() end
+    stage_ready(ready, prio, id .. '|0', p, now)
     done[#done + 1] = id
   end
 end

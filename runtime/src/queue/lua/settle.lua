@@ -118,10 +118,9 @@ if due_check then
     for _, m in ipairs(due) do
       local id, n, p = string.match(m, '^([^|]+)|(%d+)|(%d)$')
       if p then
-        prio[#prio + 1] = prio_score(tonumber(p), now)
-        prio[#prio + 1] = id .. '|' .. n
+        stage_ready(plain, prio, id .. '|' .. n, tonumber(p), now)
       else
-        plain[#plain + 1] = m
+        stage_ready(plain, prio, m, 0, now)
       end
     end
     if #plain > 0 then redis.call('RPUSH', P .. 'ready', unpack(plain)) end
