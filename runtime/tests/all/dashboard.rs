@@ -380,6 +380,30 @@ async fn dashboard_shows_and_steers_the_system_in_chromium() {
     })
     .await;
 
+    // Find jobs: the failed one by task and state, opened from the list.
+    b.click("#nav button[data-view=find]").await;
+    b.type_into("#find-task", "boom").await;
+    b.js(
+        "document.getElementById('find-state').value = arguments[0]; return null;",
+        json!("FAILURE"),
+    )
+    .await;
+    b.click("#find-form button[type=submit]").await;
+    let found = format!("#found tr[data-job=\"{dead_id}\"]");
+    b.wait_text(&format!("{found} td.state"), "the failed job, found", |t| {
+        t == "FAILURE"
+    })
+    .await;
+    b.wait_text("#find-message", "the count", |t| t == "1 job")
+        .await;
+    b.click(&format!("{found} td.id")).await;
+    b.wait_text("#job-id", "the found job, opened", |t| t == dead_id)
+        .await;
+    b.wait_text("#job-fields dd[data-field=state]", "its state", |t| {
+        t == "FAILURE"
+    })
+    .await;
+
     // Dead letters: listed, replayed.
     b.click("#nav button[data-view=dead]").await;
     b.wait_text(

@@ -19,6 +19,8 @@ const state = {
   rendered: {},       // view part -> JSON last rendered (no redraw if equal)
   stream: null,       // AbortController of the event stream
   liveDirty: false,
+  findQuery: null,    // the query string of the last search
+  findNext: null,     // its `next` cursor, while older jobs may be left
 };
 
 // ---------------------------------------------------------------- helpers
@@ -270,6 +272,44 @@ function handleSse(block) {
 
 function sleep(ms) { return new Promise(r => setTimeout(r, ms)); }
 
+// ---------------------------------------------------------------- find jobs
+
+function foundRow(j) {
+  return el("tr", { class: "clickable", "data-job": j.id, onclick: () => openJob(j.id) },
+    td(j.id, "id"), td(j.task || "", "task"), td(j.queue, "queue"),
+    td(j.state, "state state-" + j.state), td(when(j.created_at)), td(when(j.finished_at)));
+}
+
+// A new search (`more` false) or the next page of the last one. Pages of
+// filters the index does not answer may come back short, even empty, with
+// more to read: "Older jobs" goes on.
+async function findJobs(more) {
+  if (!more) {
+    const q = new URLSearchParams();
+    for (const [key, id] of [["task", "find-task"], ["state", "find-state"], ["queue", "find-queue"], ["since", "find-since"]]) {
+      const v = $(id).value.trim();
+      if (v) q.set(key, v);
+    }
+    q.set("limit", "50");
+    state.findQuery = q.toString();
+    state.findNext = null;
+    $("found").tBodies[0].replaceChildren();
+  }
+  let path = "/v1/jobs?" + state.findQuery;
+  if (more && state.findNext) path += "&cursor=" + encodeURIComponent(state.findNext);
+  say("find-message", "searching…");
+  try {
+    const page = await api("GET", path);
+    $("found").tBodies[0].append(...page.jobs.map(foundRow));
+    state.findNext = page.next || null;
+    $("find-more").hidden = !state.findNext;
+    const shown = $("found").tBodies[0].rows.length;
+    say("find-message", shown + (shown === 1 ? " job" : " jobs") + (state.findNext ? "; older ones may be left" : ""));
+  } catch (e) {
+    say("find-message", e.message, true);
+  }
+}
+
 // ---------------------------------------------------------------- one job
 
 function openJob(id) {
@@ -486,6 +526,8 @@ function start() {
   for (const b of document.querySelectorAll("#nav button")) b.addEventListener("click", () => showView(b.dataset.view));
   $("token-form").addEventListener("submit", e => { e.preventDefault(); useToken($("token").value.trim()); $("token").value = ""; });
   $("enqueue-form").addEventListener("submit", enqueue);
+  $("find-form").addEventListener("submit", e => { e.preventDefault(); findJobs(false); });
+  $("find-more").addEventListener("click", () => findJobs(true));
   $("job-revoke").addEventListener("click", revokeJob);
   showView("overview");
   setInterval(refresh, REFRESH_MS);
