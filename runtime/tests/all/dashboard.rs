@@ -403,6 +403,27 @@ async fn dashboard_shows_and_steers_the_system_in_chromium() {
         t == "FAILURE"
     })
     .await;
+    // Replayed from its page, it runs again (and, a panicker, fails again).
+    let first_end = b
+        .wait_text("#job-fields dd[data-field=finished]", "its end", |t| {
+            !t.is_empty()
+        })
+        .await;
+    b.click("#job-replay").await;
+    b.wait_text("#job-message", "the replay", |t| {
+        t == "replayed: running again"
+    })
+    .await;
+    b.wait_text(
+        "#job-fields dd[data-field=finished]",
+        "its second end",
+        |t| !t.is_empty() && t != first_end,
+    )
+    .await;
+    b.wait_text("#job-fields dd[data-field=state]", "its state again", |t| {
+        t == "FAILURE"
+    })
+    .await;
 
     // Dead letters: listed, replayed.
     b.click("#nav button[data-view=dead]").await;

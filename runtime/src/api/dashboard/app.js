@@ -21,6 +21,7 @@ const state = {
   liveDirty: false,
   findQuery: null,    // the query string of the last search
   findNext: null,     // its `next` cursor, while older jobs may be left
+  jobQueue: null,     // the queue of the job shown (for its replay)
 };
 
 // ---------------------------------------------------------------- helpers
@@ -103,6 +104,11 @@ function ago(iso) {
 // An RFC 3339 time without its fraction of a second.
 function when(iso) {
   return iso ? String(iso).replace(/\.\d+/, "") : "";
+}
+
+// To the millisecond: a job page tells two runs of a second apart.
+function whenMs(iso) {
+  return iso ? String(iso).replace(/(\.\d{1,3})\d*/, "$1") : "";
 }
 
 function progressText(p) {
@@ -321,6 +327,8 @@ function openJob(id) {
   $("job-outcome").textContent = "";
   $("job-input").textContent = "";
   $("job-revoke").disabled = true;
+  $("job-replay").disabled = true;
+  state.jobQueue = null;
   say("job-message", "");
   showView("job");
 }
@@ -346,7 +354,7 @@ async function refreshJob() {
     ["task", job.task || job.module], ["state", job.state], ["queue", job.queue],
     ["attempt", job.attempt], ["progress", progressText(job.progress)],
     ["beat", job.schedule ? job.schedule + " (due " + when(job.scheduled_for) + ")" : ""],
-    ["created", when(job.created_at)], ["started", when(job.started_at)], ["finished", when(job.finished_at)],
+    ["created", whenMs(job.created_at)], ["started", whenMs(job.started_at)], ["finished", whenMs(job.finished_at)],
     ["worker", job.worker], ["parent", job.parent],
   ];
   $("job-fields").replaceChildren(...fields.filter(f => f[1] != null && f[1] !== "").flatMap(([k, v]) =>
@@ -355,6 +363,19 @@ async function refreshJob() {
   $("job-outcome").textContent = outcome === undefined ? "(not ended yet)" : JSON.stringify(outcome, null, 2);
   $("job-input").textContent = JSON.stringify(job.input, null, 2);
   $("job-revoke").disabled = FINAL.has(job.state);
+  // A job that failed for good is a dead letter: it can run again.
+  $("job-replay").disabled = job.state !== "FAILURE";
+  state.jobQueue = job.queue;
+}
+
+// Puts the job shown back as a fresh attempt (if it is still a dead letter
+// of its queue); the view then follows its new run.
+async function replayJob() {
+  try {
+    const r = await api("POST", "/v1/queues/" + encodeURIComponent(state.jobQueue) + "/replay", { ids: [state.job] });
+    say("job-message", r.replayed.length ? "replayed: running again" : "not a dead letter any more: nothing replayed");
+    refresh();
+  } catch (e) { say("job-message", e.message, true); }
 }
 
 async function revokeJob() {
@@ -529,6 +550,7 @@ function start() {
   $("find-form").addEventListener("submit", e => { e.preventDefault(); findJobs(false); });
   $("find-more").addEventListener("click", () => findJobs(true));
   $("job-revoke").addEventListener("click", revokeJob);
+  $("job-replay").addEventListener("click", replayJob);
   showView("overview");
   setInterval(refresh, REFRESH_MS);
   followEvents();
