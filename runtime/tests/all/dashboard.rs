@@ -205,6 +205,37 @@ impl Browser {
         .unwrap();
     }
 
+    /// Presses Enter on the element `css` (as a keyboard user does on a
+    /// focused button).
+    async fn press_enter(&self, css: &str) {
+        let id = self.find(css).await.unwrap();
+        self.command(
+            Method::POST,
+            &format!("/element/{id}/value"),
+            Some(json!({ "text": "\u{E007}" })),
+        )
+        .await
+        .unwrap();
+    }
+
+    /// Keeps a screenshot of the page as a test artifact:
+    /// `target/test-artifacts/dashboard/<name>.png`.
+    async fn screenshot(&self, name: &str) {
+        use base64::Engine as _;
+        let png = self
+            .command(Method::GET, "/screenshot", None)
+            .await
+            .unwrap();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().unwrap())
+            .unwrap();
+        assert!(bytes.starts_with(b"\x89PNG"), "not a PNG");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/test-artifacts/dashboard");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), bytes).unwrap();
+    }
+
     async fn quit(mut self) {
         let _ = self.command(Method::DELETE, "", None).await;
         let _ = self.driver.kill();
@@ -280,6 +311,36 @@ async fn dashboard_shows_and_steers_the_system_in_chromium() {
         b.text("#workers tbody tr td.running").await.as_deref(),
         Some("0")
     );
+    // Live counters: the failed job counts at once (the worker's last
+    // heartbeat, at its start, said 0; the next is a minute away).
+    b.wait_text("#workers tbody tr td.processed", "a live count", |t| {
+        t == "1"
+    })
+    .await;
+    assert_eq!(
+        b.text("#workers tbody tr td.failed").await.as_deref(),
+        Some("1")
+    );
+    b.screenshot("overview").await;
+
+    // Workers: what each one holds, asked of the workers themselves.
+    api.bind_example("sleep", "sleeper").await;
+    let (_, v) = api
+        .enqueue(json!({ "task": "sleep", "input": { "ms": 60000 } }))
+        .await;
+    let sleeping = v["id"].as_str().unwrap().to_string();
+    api.wait_started(&sleeping).await;
+    b.click("#nav button[data-view=workers]").await;
+    let held = format!("#held table.active tr[data-job=\"{sleeping}\"]");
+    b.wait_text(&format!("{held} td.task"), "the running job", |t| {
+        t == "sleep"
+    })
+    .await;
+    b.wait_text(&format!("{held} td.fuel"), "its fuel", |t| !t.is_empty())
+        .await;
+    b.screenshot("workers").await;
+    api.terminate(&sleeping).await;
+    assert_eq!(api.wait(&sleeping).await["state"], "REVOKED");
     // The token left the address bar.
     let href = b.js("return location.href;", Value::Null).await;
     assert!(!href.as_str().unwrap().contains("token"), "{href}");
@@ -292,6 +353,7 @@ async fn dashboard_shows_and_steers_the_system_in_chromium() {
         |t| t == "yes",
     )
     .await;
+    b.screenshot("schedules").await;
     b.click("#schedules tr[data-beat=hourly-greet] button.fire")
         .await;
     let fired = b
@@ -307,6 +369,7 @@ async fn dashboard_shows_and_steers_the_system_in_chromium() {
         t == "greet"
     })
     .await;
+    b.screenshot("live-jobs").await;
     b.click(&format!("{row} td.id")).await;
     b.wait_text("#job-fields dd[data-field=state]", "the job detail", |t| {
         t == "SUCCESS"
@@ -316,6 +379,7 @@ async fn dashboard_shows_and_steers_the_system_in_chromium() {
         .wait_text("#job-outcome", "the result", |t| t.contains("Hello"))
         .await;
     assert!(outcome.contains("Hello, beat!"), "{outcome}");
+    b.screenshot("job").await;
     assert_eq!(
         b.text("#job-fields dd[data-field=beat]")
             .await
@@ -330,6 +394,7 @@ async fn dashboard_shows_and_steers_the_system_in_chromium() {
         t == "greet"
     })
     .await;
+    b.screenshot("tasks").await;
     b.type_into("#enqueue-task", "greet").await;
     b.type_into("#enqueue-input", &json!({ "name": hostile }).to_string())
         .await;
@@ -396,7 +461,9 @@ async fn dashboard_shows_and_steers_the_system_in_chromium() {
     .await;
     b.wait_text("#find-message", "the count", |t| t == "1 job")
         .await;
-    b.click(&format!("{found} td.id")).await;
+    b.screenshot("find-jobs").await;
+    // With the keyboard: Enter on the job's button opens it.
+    b.press_enter(&format!("{found} td.id button")).await;
     b.wait_text("#job-id", "the found job, opened", |t| t == dead_id)
         .await;
     b.wait_text("#job-fields dd[data-field=state]", "its state", |t| {
@@ -433,6 +500,7 @@ async fn dashboard_shows_and_steers_the_system_in_chromium() {
         |t| t == dead_id,
     )
     .await;
+    b.screenshot("dead-letters").await;
     b.click("#dead-queues div[data-queue=default] button").await;
     b.wait_text("#dead-message", "the replay", |t| t.contains("replayed 1"))
         .await;

@@ -44,6 +44,13 @@ function el(tag, attrs, ...children) {
   return e;
 }
 
+// A job's id as a button that opens the job: reachable with the keyboard
+// (its row opens it on a click too).
+function jobCell(id) {
+  return el("td", { class: "id" },
+    el("button", { type: "button", class: "link", text: id, onclick: e => { e.stopPropagation(); openJob(id); } }));
+}
+
 function td(text, cls) { return el("td", { text: text == null ? "" : String(text), class: cls || "" }); }
 
 class ApiError extends Error {
@@ -145,6 +152,7 @@ async function refresh() {
       case "tasks": await refreshTasks(); break;
       case "schedules": await refreshSchedules(); break;
       case "dead": await refreshDead(); break;
+      case "workers": await refreshWorkers(); break;
     }
     showError(null);
     $("status").textContent = "updated " + new Date().toLocaleTimeString();
@@ -155,7 +163,16 @@ async function refresh() {
 }
 
 async function refreshOverview() {
-  const [queues, workers] = await Promise.all([api("GET", "/v1/queues"), api("GET", "/v1/workers")]);
+  // Counters come live from the workers' own answers (GET /v1/inspect);
+  // a heartbeat's are up to a minute old.
+  const [queues, beats, held] = await Promise.all([
+    api("GET", "/v1/queues"), api("GET", "/v1/workers"), api("GET", "/v1/inspect").catch(() => []),
+  ]);
+  const live = new Map(held.map(h => [h.id, h]));
+  const workers = beats.map(w => {
+    const h = live.get(w.id);
+    return h ? { ...w, processed: h.processed, failed: h.failed, running: h.active.map(j => j.id) } : w;
+  });
   if (changed("queues", queues)) {
     $("queues").tBodies[0].replaceChildren(...queues.map(q =>
       el("tr", { "data-queue": q.name },
@@ -167,7 +184,7 @@ async function refreshOverview() {
       el("tr", { "data-worker": w.id },
         td(w.id, "name"), td(w.hostname), td((w.queues || []).join(", ")),
         td(w.concurrency, "num"), td((w.running || []).length, "num running"),
-        td(w.processed, "num"), td(w.failed, "num"), td(ago(w.last_seen)))));
+        td(w.processed, "num processed"), td(w.failed, "num failed"), td(ago(w.last_seen)))));
   }
 }
 
@@ -175,7 +192,7 @@ async function refreshOverview() {
 
 function liveRow(j) {
   const tr = el("tr", { class: "clickable", "data-job": j.id, onclick: () => openJob(j.id) },
-    td(j.id, "id"), td(j.task || "", "task"), td(j.queue, "queue"),
+    jobCell(j.id), td(j.task || "", "task"), td(j.queue, "queue"),
     td(j.state, "state state-" + j.state), td(progressText(j.progress)), td(new Date(j.seen).toLocaleTimeString()));
   return tr;
 }
@@ -282,7 +299,7 @@ function sleep(ms) { return new Promise(r => setTimeout(r, ms)); }
 
 function foundRow(j) {
   return el("tr", { class: "clickable", "data-job": j.id, onclick: () => openJob(j.id) },
-    td(j.id, "id"), td(j.task || "", "task"), td(j.queue, "queue"),
+    jobCell(j.id), td(j.task || "", "task"), td(j.queue, "queue"),
     td(j.state, "state state-" + j.state), td(when(j.created_at)), td(when(j.finished_at)));
 }
 
@@ -314,6 +331,34 @@ async function findJobs(more) {
   } catch (e) {
     say("find-message", e.message, true);
   }
+}
+
+// ---------------------------------------------------------------- workers
+
+function heldTable(cls, caption, jobs, since) {
+  return el("table", { class: cls },
+    el("caption", { text: caption + ": " + jobs.length }),
+    el("thead", {}, el("tr", {}, ...["job", "task", "queue", "attempt", since[0], "fuel used"].map(h => el("th", { text: h })))),
+    el("tbody", {}, ...jobs.map(j =>
+      el("tr", { class: "clickable", "data-job": j.id, onclick: () => openJob(j.id) },
+        jobCell(j.id), td(j.task || "", "task"), td(j.queue, "queue"), td(j.attempt, "num"),
+        td(whenMs(j[since[1]])), td(j.fuel_used, "num fuel")))));
+}
+
+async function refreshWorkers() {
+  const workers = await api("GET", "/v1/inspect");
+  if (!changed("held", workers)) return;
+  if (workers.length === 0) {
+    $("held").replaceChildren(el("p", { text: "No worker answered." }));
+    return;
+  }
+  $("held").replaceChildren(...workers.map(w =>
+    el("div", { "data-worker": w.id },
+      el("h3", { text: w.id + " on " + w.hostname + " (pid " + w.pid + ")" }),
+      el("p", { text: "queues " + w.queues.join(", ") + "; concurrency " + w.concurrency +
+        ", prefetch " + w.prefetch + "; processed " + w.processed + ", failed " + w.failed }),
+      heldTable("active", "Running", w.active, ["started", "started_at"]),
+      heldTable("reserved", "Prefetched", w.reserved, ["leased", "leased_at"]))));
 }
 
 // ---------------------------------------------------------------- one job
@@ -509,7 +554,7 @@ async function refreshDead() {
         el("thead", {}, el("tr", {}, ...["job", "task", "attempt", "error", "finished"].map(h => el("th", { text: h })))),
         el("tbody", {}, ...d.jobs.map(j =>
           el("tr", { class: "clickable", "data-job": j.id, onclick: () => openJob(j.id) },
-            td(j.id), td(j.task || j.module), td(j.attempt, "num"),
+            jobCell(j.id), td(j.task || j.module), td(j.attempt, "num"),
             td(j.error ? (j.error.message || JSON.stringify(j.error)) : ""), td(when(j.finished_at)))))))));
 }
 
