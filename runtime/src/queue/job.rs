@@ -458,6 +458,12 @@ pub struct Job {
     #[serde(default, skip_serializing_if = "is_zero_u8")]
     #[schema(maximum = 9)]
     pub priority: u8,
+    /// Fuel its last run used (when the worker meters fuel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel_used: Option<u64>,
+    /// The peak linear memory of its last run, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_peak_bytes: Option<u64>,
 }
 
 /// The highest job priority.
@@ -523,6 +529,8 @@ impl Job {
             error: None,
             redeliveries: 0,
             priority: 0,
+            fuel_used: None,
+            memory_peak_bytes: None,
         }
     }
 

@@ -16,7 +16,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::settle::{
-    dead, finish, record_children, record_last_progress, retry_or_fail, settlement_for,
+    dead, finish, record_children, record_last_progress, record_usage, retry_or_fail,
+    settlement_for,
 };
 use super::{CachedGrants, GRANTS_CACHE_FOR, GRANTS_CACHE_MAX, RunCtx, progress};
 use crate::producer::ChildJobs;
@@ -300,6 +301,7 @@ async fn run_job(
     let mut settlement = settlement_for(d, report.outcome, shutting_down);
     record_children(&mut settlement, children.children());
     record_last_progress(&mut settlement, report.last_progress);
+    record_usage(&mut settlement, report.fuel_used, report.memory_peak_bytes);
     settlement
 }
 

@@ -174,6 +174,15 @@ pub(super) fn record_children(settlement: &mut Settlement, children: Vec<JobId>)
     }
 }
 
+/// Puts what the run used (fuel, peak memory) on the job's record, final
+/// or waiting for its retry.
+pub(super) fn record_usage(settlement: &mut Settlement, fuel: Option<u64>, memory_peak: u64) {
+    if let Settlement::Finish { job, .. } | Settlement::Retry { job, .. } = settlement {
+        job.fuel_used = fuel;
+        job.memory_peak_bytes = Some(memory_peak);
+    }
+}
+
 /// Puts the run's last progress report on its final record.
 pub(super) fn record_last_progress(
     settlement: &mut Settlement,

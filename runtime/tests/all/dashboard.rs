@@ -379,6 +379,20 @@ async fn dashboard_shows_and_steers_the_system_in_chromium() {
         .wait_text("#job-outcome", "the result", |t| t.contains("Hello"))
         .await;
     assert!(outcome.contains("Hello, beat!"), "{outcome}");
+    // What the run used.
+    let memory = b
+        .text("#job-fields dd[data-field=memory]")
+        .await
+        .unwrap_or_default();
+    assert!(
+        memory.ends_with("KiB") || memory.ends_with("MiB"),
+        "{memory}"
+    );
+    let fuel = b
+        .text("#job-fields dd[data-field=fuel]")
+        .await
+        .unwrap_or_default();
+    assert!(fuel.parse::<u64>().is_ok_and(|f| f > 0), "{fuel}");
     b.screenshot("job").await;
     assert_eq!(
         b.text("#job-fields dd[data-field=beat]")
@@ -489,6 +503,56 @@ async fn dashboard_shows_and_steers_the_system_in_chromium() {
     .await;
     b.wait_text("#job-fields dd[data-field=state]", "its state again", |t| {
         t == "FAILURE"
+    })
+    .await;
+
+    // A parent's page links its children, a child's its parent.
+    let fan_out = guest_bytes("fan_out");
+    api.upload(&fan_out).await;
+    let (s, v) = api
+        .bind(
+            "fan-out",
+            json!({ "module": ModuleHash::of(&fan_out), "grants": { "jobs": { "tasks": ["greet"] } } }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, v) = api
+        .enqueue(json!({ "task": "fan-out", "input": { "task": "greet", "count": 2 } }))
+        .await;
+    let parent = v["id"].as_str().unwrap().to_string();
+    let done = api.wait(&parent).await;
+    assert_eq!(done["state"], "SUCCESS", "{done}");
+    let children: Vec<String> = done["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(children.len(), 2, "{done}");
+    b.click("#nav button[data-view=find]").await;
+    b.type_into("#find-task", "fan-out").await;
+    b.js(
+        "document.getElementById('find-state').value = ''; return null;",
+        Value::Null,
+    )
+    .await;
+    b.click("#find-form button[type=submit]").await;
+    b.click(&format!("#found tr[data-job=\"{parent}\"] td.id button"))
+        .await;
+    b.wait_text("#job-id", "the parent", |t| t == parent).await;
+    let shown = b
+        .wait_text("#job-fields dd[data-field=children]", "its children", |t| {
+            !t.is_empty()
+        })
+        .await;
+    for c in &children {
+        assert!(shown.contains(c.as_str()), "{c} not in {shown}");
+    }
+    b.click("#job-fields dd[data-field=children] button").await;
+    b.wait_text("#job-id", "the first child", |t| t == children[0])
+        .await;
+    b.wait_text("#job-fields dd[data-field=parent]", "its parent", |t| {
+        t == parent
     })
     .await;
 

@@ -113,6 +113,15 @@ function when(iso) {
   return iso ? String(iso).replace(/\.\d+/, "") : "";
 }
 
+// A byte count as people read it (peak memory of a run).
+function bytesText(n) {
+  if (n == null) return "";
+  const units = ["B", "KiB", "MiB", "GiB"];
+  let i = 0, v = n;
+  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+  return (i === 0 ? String(v) : v.toFixed(1)) + " " + units[i];
+}
+
 // To the millisecond: a job page tells two runs of a second apart.
 function whenMs(iso) {
   return iso ? String(iso).replace(/(\.\d{1,3})\d*/, "$1") : "";
@@ -400,10 +409,15 @@ async function refreshJob() {
     ["attempt", job.attempt], ["progress", progressText(job.progress)],
     ["beat", job.schedule ? job.schedule + " (due " + when(job.scheduled_for) + ")" : ""],
     ["created", whenMs(job.created_at)], ["started", whenMs(job.started_at)], ["finished", whenMs(job.finished_at)],
-    ["worker", job.worker], ["parent", job.parent],
+    ["worker", job.worker], ["fuel", job.fuel_used], ["memory", bytesText(job.memory_peak_bytes)],
   ];
+  // Parent and children open their jobs (buttons: keyboard too).
+  const links = [["parent", job.parent ? [job.parent] : []], ["children", job.children || []]]
+    .filter(([, ids]) => ids.length > 0)
+    .flatMap(([k, ids]) => [el("dt", { text: k }), el("dd", { "data-field": k },
+      ...ids.map(id => el("button", { type: "button", class: "link", text: id, onclick: () => openJob(id) })))]);
   $("job-fields").replaceChildren(...fields.filter(f => f[1] != null && f[1] !== "").flatMap(([k, v]) =>
-    [el("dt", { text: k }), el("dd", { text: String(v), class: k === "state" ? "state state-" + v : "", "data-field": k })]));
+    [el("dt", { text: k }), el("dd", { text: String(v), class: k === "state" ? "state state-" + v : "", "data-field": k })]), ...links);
   const outcome = job.error !== undefined ? job.error : job.result;
   $("job-outcome").textContent = outcome === undefined ? "(not ended yet)" : JSON.stringify(outcome, null, 2);
   $("job-input").textContent = JSON.stringify(job.input, null, 2);
