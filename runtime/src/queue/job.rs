@@ -464,6 +464,49 @@ pub struct Job {
     /// The peak linear memory of its last run, in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_peak_bytes: Option<u64>,
+    /// The lines its last run logged (`context.log`), the last ones that
+    /// fit in [`MAX_RECORD_LOG_BYTES`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log: Vec<LogEntry>,
+}
+
+/// A line a task logged.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LogEntry {
+    /// TRACE, DEBUG, INFO, WARN or ERROR.
+    pub level: String,
+    pub message: String,
+    /// Milliseconds from the start of the run.
+    pub at_ms: u64,
+}
+
+/// The most log text (messages, in bytes) a job record keeps: the last
+/// lines that fit, after a line saying how many earlier ones were dropped.
+pub const MAX_RECORD_LOG_BYTES: usize = 16 * 1024;
+
+/// The lines of `log` a record keeps (see [`MAX_RECORD_LOG_BYTES`]).
+pub fn kept_log(mut log: Vec<LogEntry>) -> Vec<LogEntry> {
+    let mut bytes = 0;
+    let keep = log
+        .iter()
+        .rev()
+        .take_while(|l| {
+            bytes += l.message.len();
+            bytes <= MAX_RECORD_LOG_BYTES
+        })
+        .count();
+    let dropped = log.len() - keep;
+    if dropped == 0 {
+        return log;
+    }
+    let first_kept = log[dropped].at_ms;
+    let mut out = vec![LogEntry {
+        level: "WARN".into(),
+        message: format!("[{dropped} earlier lines not kept]"),
+        at_ms: first_kept,
+    }];
+    out.extend(log.drain(dropped..));
+    out
 }
 
 /// The highest job priority.
@@ -531,6 +574,7 @@ impl Job {
             priority: 0,
             fuel_used: None,
             memory_peak_bytes: None,
+            log: Vec::new(),
         }
     }
 
@@ -703,6 +747,23 @@ pub fn validate_json(input: &str) -> Result<(), JobError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_keeps_the_last_log_lines_that_fit() {
+        let line = |i: u64, len: usize| LogEntry {
+            level: "INFO".into(),
+            message: "x".repeat(len),
+            at_ms: i,
+        };
+        let few = vec![line(1, 10), line(2, 10)];
+        assert_eq!(kept_log(few.clone()), few);
+        let many: Vec<LogEntry> = (0..10).map(|i| line(i, 4096)).collect();
+        let kept = kept_log(many);
+        assert_eq!(kept.len(), 5, "a note and the last four of 4 KiB");
+        assert_eq!(kept[0].message, "[6 earlier lines not kept]");
+        assert_eq!(kept[0].at_ms, 6);
+        assert_eq!(kept[4].at_ms, 9);
+    }
 
     /// A misspelt option is an error, not a silent default (`max_retry`
     /// meant zero retries).

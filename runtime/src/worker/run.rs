@@ -301,7 +301,21 @@ async fn run_job(
     let mut settlement = settlement_for(d, report.outcome, shutting_down);
     record_children(&mut settlement, children.children());
     record_last_progress(&mut settlement, report.last_progress);
-    record_usage(&mut settlement, report.fuel_used, report.memory_peak_bytes);
+    let log = report
+        .logs
+        .into_iter()
+        .map(|l| crate::queue::job::LogEntry {
+            level: l.level.to_string(),
+            message: l.message,
+            at_ms: l.at.as_millis() as u64,
+        })
+        .collect();
+    record_usage(
+        &mut settlement,
+        report.fuel_used,
+        report.memory_peak_bytes,
+        log,
+    );
     settlement
 }
 

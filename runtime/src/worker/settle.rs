@@ -174,12 +174,18 @@ pub(super) fn record_children(settlement: &mut Settlement, children: Vec<JobId>)
     }
 }
 
-/// Puts what the run used (fuel, peak memory) on the job's record, final
-/// or waiting for its retry.
-pub(super) fn record_usage(settlement: &mut Settlement, fuel: Option<u64>, memory_peak: u64) {
+/// Puts what the run used (fuel, peak memory) and what it logged on the
+/// job's record, final or waiting for its retry.
+pub(super) fn record_usage(
+    settlement: &mut Settlement,
+    fuel: Option<u64>,
+    memory_peak: u64,
+    log: Vec<crate::queue::job::LogEntry>,
+) {
     if let Settlement::Finish { job, .. } | Settlement::Retry { job, .. } = settlement {
         job.fuel_used = fuel;
         job.memory_peak_bytes = Some(memory_peak);
+        job.log = crate::queue::job::kept_log(log);
     }
 }
 

@@ -276,7 +276,9 @@ async fn upload_bind_enqueue_wait(api: &TestApi) {
     assert_eq!(job["state"], "SUCCESS", "{job}");
     assert!(job["result"].to_string().contains("API"), "{job}");
     assert_eq!(job["module"], module_hash(&hello));
-    // What its run used is kept with it.
+    // What its run logged and used is kept with it.
+    assert_eq!(job["log"][0]["level"], "INFO", "{job}");
+    assert_eq!(job["log"][0]["message"], "greeting API", "{job}");
     assert!(job["fuel_used"].as_u64().is_some_and(|f| f > 0), "{job}");
     assert!(
         job["memory_peak_bytes"]

@@ -379,7 +379,9 @@ async fn dashboard_shows_and_steers_the_system_in_chromium() {
         .wait_text("#job-outcome", "the result", |t| t.contains("Hello"))
         .await;
     assert!(outcome.contains("Hello, beat!"), "{outcome}");
-    // What the run used.
+    // What the run logged and used.
+    b.wait_text("#job-log", "its log", |t| t.contains("INFO greeting beat"))
+        .await;
     let memory = b
         .text("#job-fields dd[data-field=memory]")
         .await

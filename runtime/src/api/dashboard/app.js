@@ -380,6 +380,7 @@ function openJob(id) {
   $("job-fields").replaceChildren();
   $("job-outcome").textContent = "";
   $("job-input").textContent = "";
+  $("job-log").textContent = "";
   $("job-revoke").disabled = true;
   $("job-replay").disabled = true;
   state.jobQueue = null;
@@ -421,6 +422,8 @@ async function refreshJob() {
   const outcome = job.error !== undefined ? job.error : job.result;
   $("job-outcome").textContent = outcome === undefined ? "(not ended yet)" : JSON.stringify(outcome, null, 2);
   $("job-input").textContent = JSON.stringify(job.input, null, 2);
+  $("job-log").textContent = (job.log || []).map(l => "+" + l.at_ms + " ms " + l.level + " " + l.message).join("\n")
+    || (FINAL.has(job.state) ? "(nothing logged)" : "(kept when the run ends)");
   $("job-revoke").disabled = FINAL.has(job.state);
   // A job that failed for good is a dead letter: it can run again.
   $("job-replay").disabled = job.state !== "FAILURE";
