@@ -385,6 +385,20 @@ async fn list_jobs(
     }))
 }
 
+/// A duration in a query (`field=value`): `30s`, `500ms`, seconds; a 400
+/// naming the field, with `example`, otherwise.
+pub(super) fn duration_param(
+    field: &str,
+    value: &str,
+    example: &str,
+) -> Result<Duration, ApiError> {
+    parse_duration(value).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "{field}: {value:?} is not a duration like \"{example}\""
+        ))
+    })
+}
+
 fn parse_id(id: &str) -> Result<JobId, ApiError> {
     id.parse()
         .map_err(|_| ApiError::bad_request(format!("invalid job id {id:?}: expected a UUID")))
@@ -427,9 +441,7 @@ async fn get_job(
     let job = match &q.wait {
         None => ctx.broker.get(id).await?,
         Some(w) => {
-            let wait = parse_duration(w).ok_or_else(|| {
-                ApiError::bad_request(format!("wait: {w:?} is not a duration like \"30s\""))
-            })?;
+            let wait = duration_param("wait", w, "30s")?;
             ctx.broker.wait(id, wait.min(MAX_WAIT)).await?
         }
     };

@@ -12,7 +12,6 @@ use super::error::ErrorBody;
 use super::jobs::job_view;
 use super::schema::{NeedsAdmin, NeedsToken, QueueName, TakesBody, UsesStorage};
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState};
-use crate::producer::parse_duration;
 use crate::queue::job::validate_queue_name;
 use crate::queue::{
     Job, JobId, MAX_INSPECT_WAIT, PurgeFilter, QueueStats, WorkerInfo, WorkerSnapshot,
@@ -275,9 +274,7 @@ async fn inspect(
 ) -> Result<axum::Json<Vec<WorkerSnapshot>>, ApiError> {
     let timeout = match &q.timeout {
         None => std::time::Duration::from_secs(1),
-        Some(t) => parse_duration(t).ok_or_else(|| {
-            ApiError::bad_request(format!("timeout: {t:?} is not a duration like \"1s\""))
-        })?,
+        Some(t) => super::jobs::duration_param("timeout", t, "1s")?,
     };
     Ok(axum::Json(
         ctx.broker.inspect(timeout.min(MAX_INSPECT_WAIT)).await?,

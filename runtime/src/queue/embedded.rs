@@ -19,9 +19,9 @@ use super::job::{DEAD_LETTER_TTL, Job, JobId, JobState, MAX_PRIORITY, Progress};
 use super::list::{JobPage, JobQuery, Walk, Window};
 use super::ratelimit::Limiter;
 use super::{
-    Broker, BrokerResult, Delivery, Enqueued, Extended, JobEvent, Lease, LeaseMember,
-    MAX_INSPECT_WAIT, PURGED, PurgeFilter, QueueStats, RevokeOutcome, SettleReply, SettleRequest,
-    Settlement, Signal, WorkerInfo, WorkerSnapshot, ms_to_time,
+    Broker, BrokerResult, Delivery, Enqueued, Extended, JobEvent, Lease, LeaseMember, PURGED,
+    PurgeFilter, QueueStats, RevokeOutcome, SettleReply, SettleRequest, Settlement, Signal,
+    WorkerInfo, WorkerSnapshot, gather_answers, ms_to_time, show_open,
 };
 
 struct Record {
@@ -122,13 +122,10 @@ impl State {
         let rec = self.record(&id, now)?;
         let mut job = rec.job.clone();
         if !job.state.is_final() {
-            match self
+            let lease = self
                 .leased(&rec.queue, id)
-                .and_then(|m| LeaseMember::parse(m))
-            {
-                Some(member) => member.show_started(&mut job),
-                None => job.show_expired(ms_to_time(now)),
-            }
+                .and_then(|m| LeaseMember::parse(m));
+            show_open(&mut job, lease, ms_to_time(now));
             if let Some(p) = self.progress.get(&id) {
                 job.progress = Some(p.clone());
             }
@@ -150,6 +147,26 @@ impl State {
             }
         });
         sent
+    }
+
+    /// Tells the workers of `queue` that jobs became ready, and that some
+    /// of them have a priority when `prioritized` (as Redis's message).
+    fn signal_ready(&mut self, queue: &str, prioritized: bool) {
+        let queue = queue.to_string();
+        self.signal(
+            Some(&queue),
+            Signal::Work {
+                queue: queue.clone(),
+            },
+        );
+        if prioritized {
+            self.signal(
+                Some(&queue),
+                Signal::Prioritized {
+                    queue: queue.clone(),
+                },
+            );
+        }
     }
 
     fn leased(&self, queue: &str, id: JobId) -> Option<&String> {
@@ -262,14 +279,14 @@ impl State {
 
     /// Moves due delayed jobs to ready and takes back expired leases (a
     /// revoked job's lease ends it); tells the caller when to look again.
-    /// True when a job became ready.
+    /// Says whether a job became ready, and whether one with a priority.
     fn due_check(
         &mut self,
         req: &SettleRequest,
         now: i64,
         reply: &mut SettleReply,
         events: &mut Vec<(JobId, JobState)>,
-    ) -> bool {
+    ) -> (bool, bool) {
         let mut readied = false;
         let mut prioritized = false;
         let st_ref = &mut *self;
@@ -319,15 +336,7 @@ impl State {
             (a, b) => a.or(b),
         }
         .map(ms_to_time);
-        if prioritized {
-            self.signal(
-                Some(&req.queue),
-                Signal::Prioritized {
-                    queue: req.queue.clone(),
-                },
-            );
-        }
-        readied
+        (readied, prioritized)
     }
 
     /// Leases up to `req.fetch` ready jobs to the caller, deferring those
@@ -402,16 +411,11 @@ impl State {
         &mut self,
         req: &SettleRequest,
         reply: &SettleReply,
-        readied: bool,
+        (readied, prioritized): (bool, bool),
         lease_until: i64,
     ) {
         if readied {
-            self.signal(
-                Some(&req.queue),
-                Signal::Work {
-                    queue: req.queue.clone(),
-                },
-            );
+            self.signal_ready(&req.queue, prioritized);
         }
         if let Some(at) = reply.deferred_until {
             self.signal(
@@ -566,10 +570,7 @@ impl Broker for EmbeddedBroker {
         }
         for (q, (ready, wake, prioritized)) in woken {
             if ready {
-                st.signal(Some(&q), Signal::Work { queue: q.clone() });
-            }
-            if prioritized {
-                st.signal(Some(&q), Signal::Prioritized { queue: q.clone() });
+                st.signal_ready(&q, prioritized);
             }
             if let Some(at) = wake {
                 st.signal(
@@ -633,9 +634,15 @@ impl Broker for EmbeddedBroker {
         let mut reply = SettleReply::default();
         let mut st = self.lock();
         st.queues.entry(req.queue.clone()).or_default();
-        let mut readied = st.apply_completions(&req, now, &mut reply, &mut events);
+        // Hand-backs go to the default list: only a due check readies
+        // prioritized jobs.
+        let mut readied = (
+            st.apply_completions(&req, now, &mut reply, &mut events),
+            false,
+        );
         if req.due_check {
-            readied |= st.due_check(&req, now, &mut reply, &mut events);
+            let (due, prioritized) = st.due_check(&req, now, &mut reply, &mut events);
+            readied = (readied.0 || due, prioritized);
         }
         let lease_until = st.lease_ready(&req, now, &mut reply, &mut events);
         st.announce(&req, &reply, readied, lease_until);
@@ -787,20 +794,7 @@ impl Broker for EmbeddedBroker {
             done.push(id);
         }
         if !done.is_empty() {
-            st.signal(
-                Some(queue),
-                Signal::Work {
-                    queue: queue.to_string(),
-                },
-            );
-        }
-        if prioritized {
-            st.signal(
-                Some(queue),
-                Signal::Prioritized {
-                    queue: queue.to_string(),
-                },
-            );
+            st.signal_ready(queue, prioritized);
         }
         Ok(done)
     }
@@ -913,16 +907,9 @@ impl Broker for EmbeddedBroker {
                 },
             )
         };
-        let deadline = tokio::time::Instant::now() + timeout.min(MAX_INSPECT_WAIT);
-        let mut out: Vec<WorkerSnapshot> = Vec::with_capacity(asked);
-        while out.len() < asked {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(snapshot)) => out.push(snapshot),
-                Ok(None) | Err(_) => break,
-            }
-        }
+        let answers = futures::stream::poll_fn(|cx| rx.poll_recv(cx));
+        let out = gather_answers(answers, asked, timeout).await;
         self.lock().replies.remove(&reply);
-        out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
     }
 

@@ -102,6 +102,17 @@ impl LeaseMember {
     }
 }
 
+/// A job not final yet as a lookup shows it at `now`: STARTED under its
+/// `lease` when one holds it, else EXPIRED once its expiry has passed
+/// (else as stored). The one reading of a waiting record for status,
+/// listings and both brokers.
+pub fn show_open(job: &mut Job, lease: Option<LeaseMember>, now: DateTime<Utc>) {
+    match lease {
+        Some(member) => member.show_started(job),
+        None => job.show_expired(now),
+    }
+}
+
 /// A job handed to a worker.
 #[derive(Clone, Debug)]
 pub struct Delivery {
@@ -260,6 +271,27 @@ pub struct WorkerSnapshot {
 
 /// The longest wait for workers' answers to an inspect request.
 pub const MAX_INSPECT_WAIT: Duration = Duration::from_secs(10);
+
+/// Gathers the answers to an inspect request that `asked` workers heard:
+/// until all of them answered or `timeout` (at most [`MAX_INSPECT_WAIT`])
+/// passed. Sorted by worker id.
+pub(crate) async fn gather_answers(
+    mut answers: impl futures::Stream<Item = WorkerSnapshot> + Unpin,
+    asked: usize,
+    timeout: Duration,
+) -> Vec<WorkerSnapshot> {
+    use futures::StreamExt as _;
+    let deadline = tokio::time::Instant::now() + timeout.min(MAX_INSPECT_WAIT);
+    let mut out: Vec<WorkerSnapshot> = Vec::with_capacity(asked);
+    while out.len() < asked {
+        match tokio::time::timeout_at(deadline, answers.next()).await {
+            Ok(Some(snapshot)) => out.push(snapshot),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}
 
 /// A job's state changed (or its progress moved).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

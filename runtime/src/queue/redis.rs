@@ -87,8 +87,8 @@ use super::job::{DEAD_LETTER_TTL, Job, JobId, JobState, MAX_DELAY, Progress};
 use super::list::{JobPage, JobQuery, Walk, Window, parse_cursor};
 use super::{
     Broker, BrokerError, BrokerResult, Completion, Delivery, Enqueued, Extended, JobEvent, Lease,
-    LeaseMember, MAX_INSPECT_WAIT, PURGED, PurgeFilter, QueueStats, RevokeOutcome, SettleReply,
-    SettleRequest, Settlement, Signal, WorkerInfo, WorkerSnapshot, ms_to_time,
+    LeaseMember, PURGED, PurgeFilter, QueueStats, RevokeOutcome, SettleReply, SettleRequest,
+    Settlement, Signal, WorkerInfo, WorkerSnapshot, gather_answers, ms_to_time, show_open,
 };
 
 const QUEUES_KEY: &str = "runner:queues";
@@ -353,10 +353,7 @@ impl RedisBroker {
                 job = Job::from_json(&rec)?;
             }
             let lease = as_string(&parts[1]).unwrap_or_default();
-            match LeaseMember::parse(&lease) {
-                Some(member) => member.show_started(&mut job),
-                None => job.show_expired(self.inner.clock.now()),
-            }
+            show_open(&mut job, LeaseMember::parse(&lease), self.inner.clock.now());
             let prog = as_string(&parts[2]).unwrap_or_default();
             if !prog.is_empty() {
                 job.progress = serde_json::from_str(&prog).ok();
@@ -1084,23 +1081,13 @@ impl Broker for RedisBroker {
                 serde_json::json!({ "inspect": reply }).to_string(),
             )
             .await?;
-        let deadline = tokio::time::Instant::now() + timeout.min(MAX_INSPECT_WAIT);
-        let mut out: Vec<WorkerSnapshot> = Vec::with_capacity(asked);
-        let mut messages = ps.on_message();
-        while out.len() < asked {
-            match tokio::time::timeout_at(deadline, messages.next()).await {
-                Ok(Some(msg)) => {
-                    let text: String = msg.get_payload().unwrap_or_default();
-                    match serde_json::from_str(&text) {
-                        Ok(snapshot) => out.push(snapshot),
-                        Err(e) => tracing::warn!(error = %e, "an unreadable inspect answer"),
-                    }
-                }
-                Ok(None) | Err(_) => break,
-            }
-        }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(out)
+        let answers = std::pin::pin!(ps.on_message().filter_map(|msg| async move {
+            let text: String = msg.get_payload().unwrap_or_default();
+            serde_json::from_str(&text)
+                .inspect_err(|e| tracing::warn!(error = %e, "an unreadable inspect answer"))
+                .ok()
+        }));
+        Ok(gather_answers(answers, asked, timeout).await)
     }
 
     async fn answer(&self, reply: &str, snapshot: &WorkerSnapshot) -> BrokerResult<()> {
@@ -1229,10 +1216,7 @@ impl RedisBroker {
                 .await?;
             for (&i, member) in open.iter().zip(members) {
                 let Some(job) = out[i].as_mut() else { continue };
-                match member.as_deref().and_then(LeaseMember::parse) {
-                    Some(m) => m.show_started(job),
-                    None => job.show_expired(now),
-                }
+                show_open(job, member.as_deref().and_then(LeaseMember::parse), now);
             }
         }
         Ok(out)

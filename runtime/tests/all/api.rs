@@ -164,6 +164,13 @@ impl TestApi {
         .await
     }
 
+    /// Enqueues `body` (202) and returns the job's id.
+    pub async fn submit(&self, body: Value) -> String {
+        let (s, v) = self.enqueue(body).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        v["id"].as_str().unwrap().to_string()
+    }
+
     /// `GET /v1/jobs/{id}{query}`: the job (200).
     async fn job(&self, id: &str, query: &str) -> Value {
         let (s, v) = self
@@ -1384,17 +1391,14 @@ async fn find_jobs(api: &TestApi) {
     api.bind_example("boom", "panicker").await;
     let mut greets = Vec::new();
     for i in 0..3 {
-        let (s, v) = api
-            .enqueue(json!({ "task": "greet", "input": { "name": format!("n{i}") } }))
-            .await;
-        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
-        greets.push(v["id"].as_str().unwrap().to_string());
+        greets.push(
+            api.submit(json!({ "task": "greet", "input": { "name": format!("n{i}") } }))
+                .await,
+        );
     }
-    let (s, v) = api
-        .enqueue(json!({ "task": "boom", "input": {}, "retry": { "max_retries": 0 } }))
+    let boom = api
+        .submit(json!({ "task": "boom", "input": {}, "retry": { "max_retries": 0 } }))
         .await;
-    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
-    let boom = v["id"].as_str().unwrap().to_string();
     for id in greets.iter().chain([&boom]) {
         api.wait(id).await;
     }
@@ -1480,22 +1484,20 @@ on_both_brokers!(
 async fn inspect_what_workers_hold(api: &TestApi) {
     api.bind_example("burn", "fuel-burner").await;
     api.bind_example("greet", "hello").await;
-    let submit = |body: Value| async move {
-        let (s, v) = api.enqueue(body).await;
-        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
-        v["id"].as_str().unwrap().to_string()
-    };
     // The worker runs 4 at once: four burners take every slot.
     let mut burners = Vec::new();
     for _ in 0..4 {
-        burners.push(submit(json!({ "task": "burn", "input": {} })).await);
+        burners.push(api.submit(json!({ "task": "burn", "input": {} })).await);
     }
     for id in &burners {
         api.wait_started(id).await;
     }
     let mut greets = Vec::new();
     for i in 0..2 {
-        greets.push(submit(json!({ "task": "greet", "input": { "name": format!("g{i}") } })).await);
+        greets.push(
+            api.submit(json!({ "task": "greet", "input": { "name": format!("g{i}") } }))
+                .await,
+        );
     }
     let inspect = || async {
         let (s, v) = api
@@ -1607,10 +1609,10 @@ async fn priorities_jump_the_queue(api: &TestApi) {
     api.bind_example("greet", "hello").await;
     let mut sleepers = Vec::new();
     for _ in 0..4 {
-        let (_, v) = api
-            .enqueue(json!({ "task": "sleep", "input": { "ms": 60000 } }))
-            .await;
-        sleepers.push(v["id"].as_str().unwrap().to_string());
+        sleepers.push(
+            api.submit(json!({ "task": "sleep", "input": { "ms": 60000 } }))
+                .await,
+        );
     }
     for id in &sleepers {
         api.wait_started(id).await;

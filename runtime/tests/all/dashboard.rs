@@ -325,10 +325,9 @@ async fn dashboard_shows_and_steers_the_system_in_chromium() {
 
     // Workers: what each one holds, asked of the workers themselves.
     api.bind_example("sleep", "sleeper").await;
-    let (_, v) = api
-        .enqueue(json!({ "task": "sleep", "input": { "ms": 60000 } }))
+    let sleeping = api
+        .submit(json!({ "task": "sleep", "input": { "ms": 60000 } }))
         .await;
-    let sleeping = v["id"].as_str().unwrap().to_string();
     api.wait_started(&sleeping).await;
     b.click("#nav button[data-view=workers]").await;
     let held = format!("#held table.active tr[data-job=\"{sleeping}\"]");
@@ -518,10 +517,9 @@ async fn dashboard_shows_and_steers_the_system_in_chromium() {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let (_, v) = api
-        .enqueue(json!({ "task": "fan-out", "input": { "task": "greet", "count": 2 } }))
+    let parent = api
+        .submit(json!({ "task": "fan-out", "input": { "task": "greet", "count": 2 } }))
         .await;
-    let parent = v["id"].as_str().unwrap().to_string();
     let done = api.wait(&parent).await;
     assert_eq!(done["state"], "SUCCESS", "{done}");
     let children: Vec<String> = done["children"]

@@ -44,6 +44,11 @@ function el(tag, attrs, ...children) {
   return e;
 }
 
+// A row of a job table: its id, the cells given; a click opens the job.
+function jobRow(id, ...cells) {
+  return el("tr", { class: "clickable", "data-job": id, onclick: () => openJob(id) }, jobCell(id), ...cells);
+}
+
 // A job's id as a button that opens the job: reachable with the keyboard
 // (its row opens it on a click too).
 function jobCell(id) {
@@ -200,10 +205,8 @@ async function refreshOverview() {
 // ---------------------------------------------------------------- live jobs
 
 function liveRow(j) {
-  const tr = el("tr", { class: "clickable", "data-job": j.id, onclick: () => openJob(j.id) },
-    jobCell(j.id), td(j.task || "", "task"), td(j.queue, "queue"),
+  return jobRow(j.id, td(j.task || "", "task"), td(j.queue, "queue"),
     td(j.state, "state state-" + j.state), td(progressText(j.progress)), td(new Date(j.seen).toLocaleTimeString()));
-  return tr;
 }
 
 function renderLive() {
@@ -307,8 +310,7 @@ function sleep(ms) { return new Promise(r => setTimeout(r, ms)); }
 // ---------------------------------------------------------------- find jobs
 
 function foundRow(j) {
-  return el("tr", { class: "clickable", "data-job": j.id, onclick: () => openJob(j.id) },
-    jobCell(j.id), td(j.task || "", "task"), td(j.queue, "queue"),
+  return jobRow(j.id, td(j.task || "", "task"), td(j.queue, "queue"),
     td(j.state, "state state-" + j.state), td(when(j.created_at)), td(when(j.finished_at)));
 }
 
@@ -349,8 +351,7 @@ function heldTable(cls, caption, jobs, since) {
     el("caption", { text: caption + ": " + jobs.length }),
     el("thead", {}, el("tr", {}, ...["job", "task", "queue", "attempt", since[0], "fuel used"].map(h => el("th", { text: h })))),
     el("tbody", {}, ...jobs.map(j =>
-      el("tr", { class: "clickable", "data-job": j.id, onclick: () => openJob(j.id) },
-        jobCell(j.id), td(j.task || "", "task"), td(j.queue, "queue"), td(j.attempt, "num"),
+      jobRow(j.id, td(j.task || "", "task"), td(j.queue, "queue"), td(j.attempt, "num"),
         td(whenMs(j[since[1]])), td(j.fuel_used, "num fuel")))));
 }
 
@@ -570,8 +571,7 @@ async function refreshDead() {
       el("table", {},
         el("thead", {}, el("tr", {}, ...["job", "task", "attempt", "error", "finished"].map(h => el("th", { text: h })))),
         el("tbody", {}, ...d.jobs.map(j =>
-          el("tr", { class: "clickable", "data-job": j.id, onclick: () => openJob(j.id) },
-            jobCell(j.id), td(j.task || j.module), td(j.attempt, "num"),
+          jobRow(j.id, td(j.task || j.module), td(j.attempt, "num"),
             td(j.error ? (j.error.message || JSON.stringify(j.error)) : ""), td(when(j.finished_at)))))))));
 }
 
