@@ -157,6 +157,11 @@ impl Producer {
         Ok(self)
     }
 
+    /// The global rate limit of `queue`'s jobs, if one is set.
+    pub fn queue_limit(&self, queue: &str) -> Option<&RateLimit> {
+        self.queue_limits.get(queue)
+    }
+
     pub fn broker(&self) -> &Arc<dyn Broker> {
         &self.broker
     }

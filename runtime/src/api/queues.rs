@@ -12,15 +12,18 @@ use super::error::ErrorBody;
 use super::jobs::job_view;
 use super::schema::{NeedsAdmin, NeedsToken, QueueName, TakesBody, UsesStorage};
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState};
+use crate::queue::history::{self, HistoryPoint};
 use crate::queue::job::validate_queue_name;
 use crate::queue::{
-    Job, JobId, MAX_INSPECT_WAIT, PurgeFilter, QueueStats, WorkerInfo, WorkerSnapshot,
+    Job, JobId, MAX_INSPECT_WAIT, PurgeFilter, QueueStats, RateLimit, WorkerInfo, WorkerSnapshot,
 };
 use crate::registry::TaskName;
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_queues))
+        .routes(routes!(queue_detail))
+        .routes(routes!(all_history))
         .routes(routes!(dead_letters))
         .routes(routes!(replay))
         .routes(routes!(purge))
@@ -41,6 +44,133 @@ async fn list_queues(
     _: Submit,
 ) -> Result<axum::Json<Vec<QueueStats>>, ApiError> {
     Ok(axum::Json(ctx.broker.queues().await?))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct QueueDetail {
+    #[serde(flatten)]
+    pub stats: QueueStats,
+    /// The rate limits that hold back this queue's jobs: the queue's own
+    /// (`queue:NAME`, as this API process is configured) and those of the
+    /// tasks bound to it (`task:NAME`, counted in this queue).
+    pub rate_limits: Vec<LimitUse>,
+    /// The last hour, minute by minute, oldest first; the last point is
+    /// the current minute (its depth is the depth now).
+    pub history: Vec<HistoryPoint>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LimitUse {
+    /// `queue:NAME` or `task:NAME`.
+    pub key: String,
+    /// The limit as written: `30/m` is at most 30 starts in any minute.
+    pub limit: String,
+    pub count: u32,
+    pub period_ms: u64,
+    /// Starts within the window now: at `count`, the next job waits.
+    pub used: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AllHistory {
+    /// The queues added up.
+    pub queues: Vec<String>,
+    /// The last hour of all of them, minute by minute, oldest first.
+    pub history: Vec<HistoryPoint>,
+}
+
+/// One queue: its depths now, its rate limits with their use, and its
+/// last hour minute by minute (enqueued, started, and ended by state;
+/// waiting and running at each minute's end). Kept by the scripts that
+/// change job state: exact, at no extra round trip.
+#[utoipa::path(get, path = "/v1/queues/{queue}", tag = "queues",
+    params(("queue" = QueueName, Path, description = "queue name")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the queue", body = QueueDetail),
+        (status = 400, description = "a bad queue name", body = ErrorBody),
+        (status = 404, description = "no such queue", body = ErrorBody),
+        NeedsToken, UsesStorage,
+    ))]
+async fn queue_detail(
+    State(ctx): State<AppState>,
+    _: Submit,
+    ApiPath(queue): ApiPath<String>,
+) -> Result<axum::Json<QueueDetail>, ApiError> {
+    check_queue(&queue)?;
+    let stats = ctx
+        .broker
+        .queues()
+        .await?
+        .into_iter()
+        .find(|q| q.name == queue)
+        .ok_or_else(|| ApiError::not_found(format!("no queue {queue:?}")))?;
+    let mut limits: Vec<RateLimit> = ctx
+        .producer
+        .queue_limit(&queue)
+        .cloned()
+        .into_iter()
+        .collect();
+    for b in ctx.registry.tasks().await? {
+        if b.queue == queue
+            && let Some(spec) = &b.rate_limit
+            && let Ok(l) = RateLimit::parse(format!("task:{}", b.name), spec)
+        {
+            limits.push(l);
+        }
+    }
+    let used = ctx.broker.rate_usage(&queue, &limits).await?;
+    let minutes = ctx.broker.history(std::slice::from_ref(&queue)).await?;
+    let now = (stats.ready + stats.delayed, stats.in_flight);
+    let history = minutes
+        .first()
+        .map(|m| m.points(chrono::Utc::now(), Some(now)))
+        .unwrap_or_default();
+    Ok(axum::Json(QueueDetail {
+        stats,
+        rate_limits: limits
+            .into_iter()
+            .zip(used)
+            .map(|(l, used)| LimitUse {
+                limit: l.spec(),
+                key: l.key,
+                count: l.count,
+                period_ms: l.period_ms,
+                used,
+            })
+            .collect(),
+        history,
+    }))
+}
+
+/// The last hour of every queue added up, minute by minute: the
+/// dashboard's throughput and failure charts.
+#[utoipa::path(get, path = "/v1/history", tag = "queues", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "all queues' last hour", body = AllHistory),
+        NeedsToken, UsesStorage,
+    ))]
+async fn all_history(
+    State(ctx): State<AppState>,
+    _: Submit,
+) -> Result<axum::Json<AllHistory>, ApiError> {
+    let stats = ctx.broker.queues().await?;
+    let names: Vec<String> = stats.iter().map(|q| q.name.clone()).collect();
+    let minutes = ctx.broker.history(&names).await?;
+    let now = chrono::Utc::now();
+    let each: Vec<Vec<HistoryPoint>> = minutes
+        .iter()
+        .zip(&stats)
+        .map(|(m, q)| m.points(now, Some((q.ready + q.delayed, q.in_flight))))
+        .collect();
+    let mut history = history::sum(&each);
+    if history.is_empty() {
+        history = history::Minutes::default().points(now, Some((0, 0)));
+    }
+    Ok(axum::Json(AllHistory {
+        queues: names,
+        history,
+    }))
 }
 
 #[derive(Deserialize, IntoParams)]

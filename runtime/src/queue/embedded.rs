@@ -15,7 +15,8 @@ use async_trait::async_trait;
 use chrono::Utc;
 use tokio::sync::{broadcast, mpsc};
 
-use super::job::{DEAD_LETTER_TTL, Job, JobId, JobState, MAX_PRIORITY, Progress};
+use super::history::Minutes;
+use super::job::{DEAD_LETTER_TTL, Job, JobId, JobState, MAX_PRIORITY, Progress, RateLimit};
 use super::list::{JobPage, JobQuery, Walk, Window};
 use super::ratelimit::Limiter;
 use super::{
@@ -48,6 +49,21 @@ struct QueueState {
     /// The queue's rate-limit logs: a limit counts starts per queue, as in
     /// Redis (see `ratelimit.rs`).
     limiter: Limiter,
+    /// The last hour, minute by minute (`history.rs`).
+    history: Minutes,
+}
+
+impl QueueState {
+    /// Counts jobs entering `states` at `now` and records what waits and
+    /// runs after the change (as the Redis scripts' `hist_flush`).
+    fn note(&mut self, now: i64, states: impl IntoIterator<Item = JobState>) {
+        for s in states {
+            self.history.count(now, s, 1);
+        }
+        let waiting = self.ready.len() + self.prio.len() + self.delayed.len();
+        self.history
+            .sample(now, waiting as u64, self.leases.len() as u64);
+    }
 }
 
 #[derive(Default)]
@@ -555,6 +571,7 @@ impl Broker for EmbeddedBroker {
             );
             let q = st.queues.entry(job.queue.clone()).or_default();
             q.index.insert(job.id);
+            q.history.count(now, JobState::Pending, 1);
             let w = woken.entry(job.queue.clone()).or_default();
             match job.eta.map(|e| e.timestamp_millis()).filter(|&e| e > now) {
                 Some(due) => {
@@ -569,6 +586,9 @@ impl Broker for EmbeddedBroker {
             out.push(Enqueued { job, created: true });
         }
         for (q, (ready, wake, prioritized)) in woken {
+            if let Some(qs) = st.queues.get_mut(&q) {
+                qs.note(now, []);
+            }
             if ready {
                 st.signal_ready(&q, prioritized);
             }
@@ -623,6 +643,9 @@ impl Broker for EmbeddedBroker {
                 expires_at: Some(now + job.result_ttl_ms as i64),
             },
         );
+        if let Some(q) = st.queues.get_mut(&queue) {
+            q.note(now, [JobState::Revoked]);
+        }
         drop(st);
         self.emit(id, &queue, JobState::Revoked);
         Ok(RevokeOutcome::Revoked)
@@ -645,6 +668,14 @@ impl Broker for EmbeddedBroker {
             readied = (readied.0 || due, prioritized);
         }
         let lease_until = st.lease_ready(&req, now, &mut reply, &mut events);
+        let changed = !req.completions.is_empty()
+            || reply.popped > 0
+            || readied.0
+            || reply.reclaimed > 0
+            || !events.is_empty();
+        if changed && let Some(q) = st.queues.get_mut(&req.queue) {
+            q.note(now, events.iter().map(|e| e.1));
+        }
         st.announce(&req, &reply, readied, lease_until);
         drop(st);
         for (id, state) in events {
@@ -736,6 +767,28 @@ impl Broker for EmbeddedBroker {
         Ok(out)
     }
 
+    async fn history(&self, queues: &[String]) -> BrokerResult<Vec<Minutes>> {
+        let st = self.lock();
+        Ok(queues
+            .iter()
+            .map(|q| {
+                st.queues
+                    .get(q)
+                    .map(|q| q.history.clone())
+                    .unwrap_or_default()
+            })
+            .collect())
+    }
+
+    async fn rate_usage(&self, queue: &str, limits: &[RateLimit]) -> BrokerResult<Vec<u64>> {
+        let now = now_ms();
+        let st = self.lock();
+        Ok(limits
+            .iter()
+            .map(|r| st.queues.get(queue).map_or(0, |q| q.limiter.used(r, now)))
+            .collect())
+    }
+
     async fn dead_letters(&self, queue: &str, limit: usize) -> BrokerResult<Vec<Job>> {
         let now = now_ms();
         let mut st = self.lock();
@@ -794,6 +847,7 @@ impl Broker for EmbeddedBroker {
             done.push(id);
         }
         if !done.is_empty() {
+            q.note(now, []);
             st.signal_ready(queue, prioritized);
         }
         Ok(done)
@@ -866,6 +920,9 @@ impl Broker for EmbeddedBroker {
                 r.job = r.job.revoked(PURGED, at);
                 r.expires_at = Some(now + r.job.result_ttl_ms as i64);
             }
+        }
+        if !taken.is_empty() {
+            q.note(now, taken.iter().map(|_| JobState::Revoked));
         }
         drop(guard);
         for id in &taken {

@@ -356,6 +356,28 @@ impl RateLimit {
             period_ms,
         })
     }
+
+    /// The limit as it is written (`30/m`, `5/2s`), in the largest unit
+    /// that divides its period.
+    pub fn spec(&self) -> String {
+        let units = [
+            (86_400_000, "d"),
+            (3_600_000, "h"),
+            (60_000, "m"),
+            (1000, "s"),
+        ];
+        let (n, unit) = units
+            .iter()
+            .find(|(u, _)| self.period_ms.is_multiple_of(*u))
+            .map_or((self.period_ms, "ms"), |(u, name)| {
+                (self.period_ms / u, name)
+            });
+        if n == 1 {
+            format!("{}/{unit}", self.count)
+        } else {
+            format!("{}/{n}{unit}", self.count)
+        }
+    }
 }
 
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -793,6 +815,19 @@ mod tests {
         assert!(cap_text("abcdef".into(), 3).len() <= 3);
         let f = JobFailure::new("fail", "x".repeat(MAX_MESSAGE_BYTES * 3));
         assert!(f.message.len() <= MAX_MESSAGE_BYTES);
+    }
+
+    #[test]
+    fn rate_limits_read_back_as_written() {
+        for (spec, shown) in [
+            ("30/m", "30/m"),
+            ("5/2s", "5/2s"),
+            ("2/500ms", "2/500ms"),
+            ("10/60s", "10/m"),
+            ("1/d", "1/d"),
+        ] {
+            assert_eq!(RateLimit::parse("k", spec).unwrap().spec(), shown, "{spec}");
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! enqueues.
 
 pub mod embedded;
+pub mod history;
 pub mod job;
 pub mod list;
 pub mod ratelimit;
@@ -171,6 +172,11 @@ pub struct SettleRequest {
     /// sets it when told of prioritized jobs ([`Signal::Prioritized`]),
     /// and until a call finds none left.
     pub prioritized: bool,
+    /// Record the queue's depth after the call in its history
+    /// ([`history`]); a call whose fetch drains the queue records it
+    /// anyway. Workers ask at most once a second per queue, and when they
+    /// hold nothing more of it; the embedded broker records every change.
+    pub sample: bool,
 }
 
 /// What [`Broker::extend`] found.
@@ -499,6 +505,14 @@ pub trait Broker: Send + Sync + 'static {
     /// Makes a queue known (listed) before any job was sent to it.
     async fn register_queue(&self, queue: &str) -> BrokerResult<()>;
     async fn queues(&self) -> BrokerResult<Vec<QueueStats>>;
+
+    /// The last hour of each of `queues`, minute by minute (see
+    /// [`history`]), in the order asked.
+    async fn history(&self, queues: &[String]) -> BrokerResult<Vec<history::Minutes>>;
+
+    /// How many starts each of `limits` counts now in its window, in
+    /// `queue` (a limit counts the starts of one queue: `ratelimit.rs`).
+    async fn rate_usage(&self, queue: &str, limits: &[RateLimit]) -> BrokerResult<Vec<u64>>;
 
     /// Dead letters of `queue`, oldest first.
     async fn dead_letters(&self, queue: &str, limit: usize) -> BrokerResult<Vec<Job>>;

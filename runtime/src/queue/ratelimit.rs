@@ -73,6 +73,16 @@ impl Limiter {
         }
         Ok(())
     }
+
+    /// The starts `rule` counts at `now`: those in `(now - period, now]`.
+    pub fn used(&self, rule: &RateLimit, now: i64) -> u64 {
+        self.logs.get(&rule.key).map_or(0, |l| {
+            l.starts
+                .iter()
+                .filter(|&&t| t > now - rule.period_ms as i64 && t <= now)
+                .count() as u64
+        })
+    }
 }
 
 #[cfg(test)]

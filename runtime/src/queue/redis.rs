@@ -22,6 +22,7 @@
 //! | `jobs` | zset | every job's id, all scored 0 (UUIDv7 ids sort by time): the index of `GET /v1/jobs` (`list.rs`) |
 //! | `jobs:<STATE>` | zset | the ids of jobs that ended FAILURE, REVOKED or EXPIRED |
 //! | `ends` | zset | ids of records that expire, scored by when: a settle with a due check drops those past it from the three above |
+//! | `hist` | hash | the last hour minute by minute, written by the scripts that change job state: `<minute>:<STATE>` counts, `<minute>:depth` / `:running` after the minute's last change, `base` (`history.rs`) |
 //!
 //! Outside the queues: `runner:{ids}:<hour>` (hash id -> queue of the jobs
 //! whose ids were made in that hour: the index by which status and revoke
@@ -83,7 +84,8 @@ use runner_host_fns::redis_conn::Counted;
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 
-use super::job::{DEAD_LETTER_TTL, Job, JobId, JobState, MAX_DELAY, Progress};
+use super::history::Minutes;
+use super::job::{DEAD_LETTER_TTL, Job, JobId, JobState, MAX_DELAY, Progress, RateLimit};
 use super::list::{JobPage, JobQuery, Walk, Window, parse_cursor};
 use super::{
     Broker, BrokerError, BrokerResult, Completion, Delivery, Enqueued, Extended, JobEvent, Lease,
@@ -727,7 +729,8 @@ impl Broker for RedisBroker {
             .arg(if req.due_check { "1" } else { "0" })
             .arg(req.completions.len())
             .arg(if req.holds_leases { "1" } else { "0" })
-            .arg(if req.prioritized { "1" } else { "0" });
+            .arg(if req.prioritized { "1" } else { "0" })
+            .arg(if req.sample { "1" } else { "0" });
         for c in &req.completions {
             push_completion(&mut inv, c, sent);
         }
@@ -975,6 +978,38 @@ impl Broker for RedisBroker {
                 dead: at(5 * i + 4),
             })
             .collect())
+    }
+
+    /// One `HGETALL` of each queue's `hist` hash, in one round trip.
+    async fn history(&self, queues: &[String]) -> BrokerResult<Vec<Minutes>> {
+        if queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for q in queues {
+            pipe.hgetall(format!("{}hist", prefix(q)));
+        }
+        let all: Vec<HashMap<String, String>> = pipe.query_async(&mut self.conn()).await?;
+        Ok(all.into_iter().map(Minutes::from_fields).collect())
+    }
+
+    /// One `ZCOUNT` of each limit's log (the scripts' `rl:` sets, scored
+    /// by the server's ms; this process's clock picks the window).
+    async fn rate_usage(&self, queue: &str, limits: &[RateLimit]) -> BrokerResult<Vec<u64>> {
+        if limits.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = Utc::now().timestamp_millis();
+        let p = prefix(queue);
+        let mut pipe = redis::pipe();
+        for r in limits {
+            pipe.zcount(
+                format!("{p}rl:{}", r.key),
+                format!("({}", now - r.period_ms as i64),
+                "+inf",
+            );
+        }
+        Ok(pipe.query_async(&mut self.conn()).await?)
     }
 
     async fn dead_letters(&self, queue: &str, limit: usize) -> BrokerResult<Vec<Job>> {

@@ -36,6 +36,8 @@ struct QueueView {
     /// check then reclaims them (the broker leaves our own leases out of
     /// `next_due`).
     orphan_check: Option<DateTime<Utc>>,
+    /// When a settle call last sampled the queue's depth for its history.
+    sampled: Option<Instant>,
 }
 
 struct Held {
@@ -85,6 +87,7 @@ impl Dispatcher {
                             due_check: true,
                             next_due: None,
                             orphan_check: None,
+                            sampled: None,
                         },
                     )
                 })
@@ -282,15 +285,23 @@ impl Dispatcher {
                 continue;
             }
             self.pending_since.remove(&q);
+            let holds_leases = self.held.values().any(|h| h.lease.queue == q);
+            // The queue's history samples its depth at most once a second
+            // from this worker, and when the worker is done with it.
+            let sample = !holds_leases
+                || view
+                    .and_then(|v| v.sampled)
+                    .is_none_or(|t| t.elapsed() >= SAMPLE_EVERY);
             let req = SettleRequest {
                 queue: q.clone(),
                 worker: self.id.clone(),
                 completions: completions.clone(),
                 fetch: want,
                 due_check,
-                holds_leases: self.held.values().any(|h| h.lease.queue == q),
+                holds_leases,
                 lease: self.ctx.cfg.lease,
                 prioritized: want > 0 && view.is_some_and(|v| v.maybe_prio),
+                sample,
             };
             let asked_prio = req.prioritized;
             let reply = match self.ctx.broker.settle(req).await {
@@ -331,6 +342,9 @@ impl Dispatcher {
                     .increment(reply.reclaimed as u64);
             }
             if let Some(v) = self.queues.get_mut(&q) {
+                if sample {
+                    v.sampled = Some(Instant::now());
+                }
                 if due_check {
                     v.due_check = false;
                     v.next_due = reply.next_due;
@@ -626,3 +640,7 @@ async fn sleep_until_opt(t: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+/// A worker's settle calls sample a queue's depth for its history at most
+/// this often while it holds jobs of the queue (`queue/history.rs`).
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);

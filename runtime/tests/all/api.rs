@@ -55,7 +55,14 @@ impl TestApi {
         };
         let mut handles = Vec::new();
         if worker {
-            let w = core.worker(&config, HostServices::default()).unwrap();
+            // kv in memory: tasks that keep state across runs (`counter`).
+            let services = HostServices {
+                kv: Some(std::sync::Arc::new(
+                    runner_host_fns::kv::KvService::in_memory(),
+                )),
+                ..HostServices::default()
+            };
+            let w = core.worker(&config, services).unwrap();
             let f = stopped(rx.clone());
             handles.push(tokio::spawn(async move {
                 w.run(f).await.unwrap();

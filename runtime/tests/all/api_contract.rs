@@ -911,6 +911,13 @@ async fn api_contract_every_answer_is_documented() {
     step!(d, 400 POST bulk, bulk, Some(ADMIN), j(json!({"queue": "a b"})));
     step!(d, 413 POST bulk, bulk, Some(ADMIN), too_big());
     step!(d, 200 GET "/v1/workers", "/v1/workers", Some(SUBMIT), Body::None);
+    let queue = "/v1/queues/{queue}";
+    let v = step!(d, 200 GET queue, "/v1/queues/default", Some(SUBMIT), Body::None);
+    assert_eq!(v["history"].as_array().map(Vec::len), Some(60), "{v}");
+    step!(d, 404 GET queue, "/v1/queues/never-used", Some(SUBMIT), Body::None);
+    step!(d, 400 GET queue, "/v1/queues/a%20b", Some(SUBMIT), Body::None);
+    let v = step!(d, 200 GET "/v1/history", "/v1/history", Some(SUBMIT), Body::None);
+    assert!(v["queues"].as_array().is_some_and(|q| !q.is_empty()), "{v}");
 
     // Schedules.
     let (scheds, sched) = ("/v1/schedules", "/v1/schedules/{name}");

@@ -186,6 +186,7 @@ async fn the_event_feed_resubscribes_after_its_connection_is_killed() {
                 holds_leases: false,
                 lease: Duration::from_secs(60),
                 prioritized: true,
+                sample: false,
             })
             .await
             .unwrap();
@@ -292,6 +293,19 @@ impl Broker for Deaf {
     }
     async fn queues(&self) -> BrokerResult<Vec<QueueStats>> {
         self.0.queues().await
+    }
+    async fn history(
+        &self,
+        queues: &[String],
+    ) -> BrokerResult<Vec<runner::queue::history::Minutes>> {
+        self.0.history(queues).await
+    }
+    async fn rate_usage(
+        &self,
+        queue: &str,
+        limits: &[runner::queue::RateLimit],
+    ) -> BrokerResult<Vec<u64>> {
+        self.0.rate_usage(queue, limits).await
     }
     async fn dead_letters(&self, queue: &str, limit: usize) -> BrokerResult<Vec<Job>> {
         self.0.dead_letters(queue, limit).await

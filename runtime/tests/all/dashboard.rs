@@ -284,6 +284,18 @@ async fn dashboard_shows_and_steers_the_system_in_chromium() {
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{v}");
+    // A task whose first run fails for good (its downstream is down; a
+    // replay succeeds), rate limited.
+    let counter = guest_bytes("counter");
+    api.upload(&counter).await;
+    let (s, v) = api
+        .bind(
+            "counter",
+            json!({ "module": ModuleHash::of(&counter), "retry": no_retry,
+                    "rate_limit": "100/h", "grants": { "kv": {} } }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
     // A job that fails for good: a dead letter.
     let (_, v) = api.enqueue(json!({ "task": "boom" })).await;
     let dead_id = v["id"].as_str().unwrap().to_string();
@@ -321,7 +333,62 @@ async fn dashboard_shows_and_steers_the_system_in_chromium() {
         b.text("#workers tbody tr td.failed").await.as_deref(),
         Some("1")
     );
+    // The last hour of all queues: the failure counted, the parked jobs
+    // waiting.
+    b.wait_text(
+        "#chart-throughput .summary",
+        "the failure in the chart",
+        |t| t.contains("0 succeeded, 1 failed"),
+    )
+    .await;
+    b.wait_text(
+        "#chart-waiting .summary",
+        "the waiting jobs in the chart",
+        |t| t.contains("3 waiting now"),
+    )
+    .await;
+    let label = b
+        .js(
+            "return document.querySelector('#chart-throughput svg').getAttribute('aria-label');",
+            Value::Null,
+        )
+        .await;
+    assert!(
+        label.as_str().unwrap().contains("1 failed"),
+        "the chart's text for screen readers: {label}"
+    );
     b.screenshot("overview").await;
+
+    // A queue's page: its depths, its last hour, its rate limits.
+    b.click("#queues tr[data-queue=parked] td.name button")
+        .await;
+    b.wait_text("#queue-name", "the queue page", |t| t == "parked")
+        .await;
+    b.wait_text(
+        "#queue-fields dd[data-field=ready]",
+        "its ready jobs",
+        |t| t == "3",
+    )
+    .await;
+    b.wait_text(
+        "#queue-history tbody tr td.waiting",
+        "the jobs waiting this minute",
+        |t| t == "3",
+    )
+    .await;
+    let enqueued = b
+        .js(
+            "return [...document.querySelectorAll('#queue-history td.enqueued')]
+                .reduce((a, td) => a + Number(td.textContent), 0);",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(enqueued, json!(3), "enqueued over the hour");
+    b.wait_text("#queue-limits tbody td", "no limit", |t| {
+        t.starts_with("none")
+    })
+    .await;
+    b.screenshot("queue").await;
 
     // Workers: what each one holds, asked of the workers themselves.
     api.bind_example("sleep", "sleeper").await;
@@ -460,16 +527,21 @@ async fn dashboard_shows_and_steers_the_system_in_chromium() {
     })
     .await;
 
-    // Find jobs: the failed one by task and state, opened from the list.
+    // Find jobs: a failed one by task and state, opened from the list,
+    // replayed: it succeeds.
+    let outage = api
+        .submit(json!({ "task": "counter", "input": { "fail_first": 1 } }))
+        .await;
+    assert_eq!(api.wait(&outage).await["state"], "FAILURE");
     b.click("#nav button[data-view=find]").await;
-    b.type_into("#find-task", "boom").await;
+    b.type_into("#find-task", "counter").await;
     b.js(
         "document.getElementById('find-state').value = arguments[0]; return null;",
         json!("FAILURE"),
     )
     .await;
     b.click("#find-form button[type=submit]").await;
-    let found = format!("#found tr[data-job=\"{dead_id}\"]");
+    let found = format!("#found tr[data-job=\"{outage}\"]");
     b.wait_text(&format!("{found} td.state"), "the failed job, found", |t| {
         t == "FAILURE"
     })
@@ -479,13 +551,17 @@ async fn dashboard_shows_and_steers_the_system_in_chromium() {
     b.screenshot("find-jobs").await;
     // With the keyboard: Enter on the job's button opens it.
     b.press_enter(&format!("{found} td.id button")).await;
-    b.wait_text("#job-id", "the found job, opened", |t| t == dead_id)
+    b.wait_text("#job-id", "the found job, opened", |t| t == outage)
         .await;
     b.wait_text("#job-fields dd[data-field=state]", "its state", |t| {
         t == "FAILURE"
     })
     .await;
-    // Replayed from its page, it runs again (and, a panicker, fails again).
+    b.wait_text("#job-outcome", "why it failed", |t| {
+        t.contains("the downstream service is down")
+    })
+    .await;
+    // Replayed from its page, it runs again, and succeeds.
     let first_end = b
         .wait_text("#job-fields dd[data-field=finished]", "its end", |t| {
             !t.is_empty()
@@ -502,10 +578,43 @@ async fn dashboard_shows_and_steers_the_system_in_chromium() {
         |t| !t.is_empty() && t != first_end,
     )
     .await;
-    b.wait_text("#job-fields dd[data-field=state]", "its state again", |t| {
-        t == "FAILURE"
+    b.wait_text("#job-fields dd[data-field=state]", "its success", |t| {
+        t == "SUCCESS"
     })
     .await;
+    let outcome = b
+        .wait_text("#job-outcome", "its result", |t| t.contains("run"))
+        .await;
+    let outcome: Value = serde_json::from_str(&outcome).unwrap();
+    assert_eq!(outcome, json!({ "run": 2 }), "the second run succeeded");
+    b.screenshot("job-replayed").await;
+
+    // The default queue's page: both runs of the rate-limited task counted
+    // against its limit, both failures in its last hour.
+    b.click("#nav button[data-view=overview]").await;
+    b.click("#queues tr[data-queue=default] td.name button")
+        .await;
+    b.wait_text("#queue-name", "the default queue", |t| t == "default")
+        .await;
+    b.wait_text(
+        "#queue-limits tr[data-limit=\"task:counter\"] td.used",
+        "the limit's use",
+        |t| t == "2 of 100",
+    )
+    .await;
+    assert_eq!(
+        b.text("#queue-limits tr[data-limit=\"task:counter\"] td.rule")
+            .await
+            .as_deref(),
+        Some("100/h")
+    );
+    b.wait_text(
+        "#queue-chart-throughput .summary",
+        "the failures of the hour",
+        |t| t.contains(" 2 failed"),
+    )
+    .await;
+    b.screenshot("queue-default").await;
 
     // A parent's page links its children, a child's its parent.
     let fan_out = guest_bytes("fan_out");

@@ -12,7 +12,7 @@ use chrono::Utc;
 use runner::producer::{EnqueueError, EnqueueRequest, Producer};
 use runner::queue::{
     Broker, Completion, EmbeddedBroker, Job, JobError, JobFailure, JobId, JobQuery, JobState,
-    PURGED, PurgeFilter, RedisBroker, RevokeOutcome, SettleRequest, Settlement, Signal,
+    PURGED, PurgeFilter, RateLimit, RedisBroker, RevokeOutcome, SettleRequest, Settlement, Signal,
 };
 use runner::registry::{LocalRegistry, Registry, TaskBinding};
 
@@ -90,6 +90,7 @@ pub(crate) fn settle(
         holds_leases: false,
         lease: Duration::from_secs(30),
         prioritized: true,
+        sample: true,
     }
 }
 
@@ -579,6 +580,25 @@ async fn rate_limit_is_global_and_exact(env: Env) {
         .collect();
     env.producer.enqueue_batch(reqs).await.unwrap();
     let mut starts = Vec::new();
+    // What a limit counts: the starts in its log (read over an hour here,
+    // so that a slow machine cannot see the 1 s window pass).
+    let usage = |key: &str| RateLimit {
+        key: key.into(),
+        count: 5,
+        period_ms: 3_600_000,
+    };
+    let limits = [usage("task:limited"), usage("task:other")];
+    assert_eq!(b.rate_usage("slow", &limits).await.unwrap(), vec![0, 0]);
+    let r = b.settle(settle("slow", "a", vec![], 3)).await.unwrap();
+    assert_eq!(r.deliveries.len(), 3);
+    assert_eq!(b.rate_usage("slow", &limits).await.unwrap(), vec![3, 0]);
+    assert_eq!(b.rate_usage("work", &limits).await.unwrap(), vec![0, 0]);
+    let mut done = Vec::new();
+    for d in &r.deliveries {
+        starts.push(d.leased_at.timestamp_millis());
+        done.push(success(d, "1"));
+    }
+    b.settle(settle("slow", "a", done, 0)).await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     // Two "workers" alternate; each settles immediately.
     let mut turn = 0;
@@ -849,7 +869,113 @@ conformance!(
     list_finds_jobs_newest_first_by_any_filter,
     list_forgets_jobs_whose_records_expired,
     priorities_lease_higher_first,
+    history_counts_every_change_by_the_minute,
 );
+
+/// The sum of a queue's last hour, minute by minute.
+async fn hour(b: &Arc<dyn Broker>, queue: &str) -> Vec<runner::queue::history::HistoryPoint> {
+    let mut h = b.history(&[queue.to_string()]).await.unwrap();
+    assert_eq!(h.len(), 1);
+    h.remove(0).points(Utc::now(), None)
+}
+
+fn totals(h: &[runner::queue::history::HistoryPoint]) -> [u64; 5] {
+    let mut t = [0; 5];
+    for p in h {
+        for (i, n) in [p.enqueued, p.succeeded, p.failed, p.retried, p.revoked]
+            .into_iter()
+            .enumerate()
+        {
+            t[i] += n;
+        }
+    }
+    t
+}
+
+/// Every change of a queue is counted in its history as it happens (by the
+/// code that makes it: no worker heartbeat needed), and the depth after the
+/// last change is the last minute's.
+async fn history_counts_every_change_by_the_minute(env: Env) {
+    let b = &env.broker;
+    // Nothing happened: nothing counted, nothing known.
+    let h = hour(b, "work").await;
+    assert_eq!(h.len(), 60);
+    assert_eq!(totals(&h), [0; 5]);
+    assert!(h.iter().all(|p| p.waiting.is_none()), "{h:?}");
+
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(env.producer.enqueue(call("{}")).await.unwrap().job.id);
+    }
+    let last = |h: &[runner::queue::history::HistoryPoint]| {
+        let p = h.last().unwrap();
+        (p.waiting, p.running)
+    };
+    let h = hour(b, "work").await;
+    assert_eq!(totals(&h), [4, 0, 0, 0, 0]);
+    assert_eq!(last(&h), (Some(4), Some(0)));
+
+    // Two start; one succeeds, one is retried later; one is revoked.
+    let d = b
+        .settle(settle("work", "w", vec![], 2))
+        .await
+        .unwrap()
+        .deliveries;
+    assert_eq!(d.len(), 2);
+    assert_eq!(last(&hour(b, "work").await), (Some(2), Some(2)));
+    let mut retry = d[1].job.clone();
+    retry.state = JobState::Retry;
+    let mut revoked = retry.clone();
+    revoked.state = JobState::Revoked;
+    let again = Completion {
+        lease: d[1].lease.clone(),
+        settlement: Settlement::Retry {
+            job: retry,
+            due: Utc::now() + chrono::Duration::hours(1),
+            if_revoked: revoked,
+        },
+        had_progress: false,
+    };
+    b.settle(settle("work", "w", vec![success(&d[0], "1"), again], 0))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.revoke(ids[3], false).await.unwrap(),
+        RevokeOutcome::Revoked
+    );
+    let h = hour(b, "work").await;
+    assert_eq!(totals(&h), [4, 1, 0, 1, 1]);
+    // Waiting: one ready (the revoked one's entry is skipped when popped,
+    // and counts as waiting until then, as in `queues`), one delayed.
+    let stats = b.queues().await.unwrap();
+    let work = stats.iter().find(|q| q.name == "work").unwrap();
+    assert_eq!(
+        last(&h),
+        (Some(work.ready + work.delayed), Some(work.in_flight))
+    );
+    assert_eq!(work.in_flight, 0);
+
+    // The third fails for good (the revoked one is dropped as it is popped).
+    let d = b
+        .settle(settle("work", "w", vec![], 2))
+        .await
+        .unwrap()
+        .deliveries;
+    assert_eq!(d.len(), 1);
+    b.settle(settle(
+        "work",
+        "w",
+        vec![ended(&d[0], JobState::Failure, None, true)],
+        0,
+    ))
+    .await
+    .unwrap();
+    let h = hour(b, "work").await;
+    assert_eq!(totals(&h), [4, 1, 1, 1, 1]);
+    assert_eq!(last(&h), (Some(1), Some(0)), "the retried one waits");
+    // Another queue's history is its own.
+    assert_eq!(totals(&hour(b, "slow").await), [0; 5]);
+}
 
 /// Ready jobs are leased highest priority first (9 before 5 before the
 /// default 0), in order within a priority, strictly: low ones wait while
@@ -1867,4 +1993,47 @@ async fn redis_the_job_index_goes_with_the_records() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     b.settle(settle("work", "w", vec![], 0)).await.unwrap();
     assert_eq!(sizes(&mut conn).await, vec![0, 0, 0, 0, 0]);
+}
+
+/// On Redis a settle call samples the queue's depth for its history only
+/// when asked (a worker asks at most once a second, and when it holds
+/// nothing more of the queue) or when its fetch drains the queue; it
+/// counts what ended every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_settle_samples_the_depth_when_asked_or_drained() {
+    let server = RedisServer::start();
+    let env = redis_on(&server).await;
+    let b = &env.broker;
+    for _ in 0..3 {
+        env.producer.enqueue(call("{}")).await.unwrap();
+    }
+    let last = || async {
+        let p = hour(b, "work").await;
+        let p = p.last().unwrap().clone();
+        (p.waiting, p.running, p.succeeded)
+    };
+    // An enqueue always samples.
+    assert_eq!(last().await, (Some(3), Some(0), 0));
+    let unasked = |completions, fetch| {
+        let mut r = settle("work", "w", completions, fetch);
+        r.sample = false;
+        r
+    };
+    // Not asked, not drained: the sample stays.
+    let d1 = b.settle(unasked(vec![], 1)).await.unwrap().deliveries;
+    assert_eq!(d1.len(), 1);
+    assert_eq!(last().await, (Some(3), Some(0), 0));
+    // Drained: sampled.
+    let d2 = b.settle(unasked(vec![], 5)).await.unwrap().deliveries;
+    assert_eq!(d2.len(), 2);
+    assert_eq!(last().await, (Some(0), Some(3), 0));
+    // Counted but not sampled.
+    b.settle(unasked(vec![success(&d1[0], "1")], 0))
+        .await
+        .unwrap();
+    assert_eq!(last().await, (Some(0), Some(3), 1));
+    // Asked: sampled.
+    let done = d2.iter().map(|d| success(d, "1")).collect();
+    b.settle(settle("work", "w", done, 0)).await.unwrap();
+    assert_eq!(last().await, (Some(0), Some(0), 3));
 }

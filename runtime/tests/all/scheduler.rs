@@ -309,6 +309,7 @@ pub async fn take_jobs_from(broker: &Arc<dyn Broker>, queue: &str) -> Vec<Job> {
                 holds_leases: false,
                 lease: Duration::from_secs(3600),
                 prioritized: true,
+                sample: false,
             })
             .await
             .unwrap();

@@ -206,6 +206,17 @@ async fn hello_runs_to_success(env: Env) {
     assert_eq!(j.attempt, 1, "fail is not retried");
     assert_eq!(j.error.as_ref().unwrap().kind, "fail");
     assert_eq!(env.broker.dead_letters("mail", 10).await.unwrap().len(), 1);
+    // The queue's history counted both, and the worker's last call, which
+    // left it holding nothing, sampled the depth: nothing waits or runs.
+    let hour = env.broker.history(&["mail".to_string()]).await.unwrap()[0]
+        .points(chrono::Utc::now(), None);
+    let sum = |f: fn(&runner::queue::history::HistoryPoint) -> u64| hour.iter().map(f).sum::<u64>();
+    assert_eq!(
+        (sum(|p| p.enqueued), sum(|p| p.succeeded), sum(|p| p.failed)),
+        (2, 1, 1)
+    );
+    let now = hour.last().unwrap();
+    assert_eq!((now.waiting, now.running), (Some(0), Some(0)), "{now:?}");
     let stats = w.stop().await;
     assert_eq!((stats.succeeded, stats.failed), (1, 1));
 }

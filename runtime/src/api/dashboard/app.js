@@ -22,6 +22,7 @@ const state = {
   findQuery: null,    // the query string of the last search
   findNext: null,     // its `next` cursor, while older jobs may be left
   jobQueue: null,     // the queue of the job shown (for its replay)
+  queue: null,        // the queue shown in the queue view
 };
 
 // ---------------------------------------------------------------- helpers
@@ -163,6 +164,7 @@ async function refresh() {
       case "overview": await refreshOverview(); break;
       case "jobs": renderLive(); break;
       case "job": await refreshJob(); break;
+      case "queue": await refreshQueue(); break;
       case "tasks": await refreshTasks(); break;
       case "schedules": await refreshSchedules(); break;
       case "dead": await refreshDead(); break;
@@ -179,9 +181,14 @@ async function refresh() {
 async function refreshOverview() {
   // Counters come live from the workers' own answers (GET /v1/inspect);
   // a heartbeat's are up to a minute old.
-  const [queues, beats, held] = await Promise.all([
+  const [queues, beats, held, hour] = await Promise.all([
     api("GET", "/v1/queues"), api("GET", "/v1/workers"), api("GET", "/v1/inspect").catch(() => []),
+    api("GET", "/v1/history"),
   ]);
+  if (changed("hour", hour.history)) {
+    chart($("chart-throughput"), "Jobs ended per minute", hour.history, THROUGHPUT);
+    chart($("chart-waiting"), "Jobs waiting and running", hour.history, DEPTH);
+  }
   const live = new Map(held.map(h => [h.id, h]));
   const workers = beats.map(w => {
     const h = live.get(w.id);
@@ -190,7 +197,8 @@ async function refreshOverview() {
   if (changed("queues", queues)) {
     $("queues").tBodies[0].replaceChildren(...queues.map(q =>
       el("tr", { "data-queue": q.name },
-        td(q.name, "name"), td(q.ready, "num ready"), td(q.delayed, "num delayed"),
+        el("td", { class: "name" }, el("button", { type: "button", class: "link", text: q.name, onclick: () => openQueue(q.name) })),
+        td(q.ready, "num ready"), td(q.delayed, "num delayed"),
         td(q.in_flight, "num in-flight"), td(q.dead, "num dead"))));
   }
   if (changed("workers", workers)) {
@@ -200,6 +208,105 @@ async function refreshOverview() {
         td(w.concurrency, "num"), td((w.running || []).length, "num running"),
         td(w.processed, "num processed"), td(w.failed, "num failed"), td(ago(w.last_seen)))));
   }
+}
+
+// ---------------------------------------------------------------- charts
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+const THROUGHPUT = [
+  { key: "succeeded", name: "succeeded", total: true },
+  { key: "failed", name: "failed", total: true },
+];
+const DEPTH = [
+  { key: "waiting", name: "waiting" },
+  { key: "running", name: "running" },
+];
+
+function svg(tag, attrs, text) {
+  const e = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
+  if (text != null) e.textContent = String(text);
+  return e;
+}
+
+function minuteText(iso) {
+  return new Date(iso).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+}
+
+// Draws `series` of `points` (a history: one point a minute, oldest first)
+// as lines in the figure `fig`. The picture is an image with a text summary
+// (totals, or the value now and the peak) for screen readers and tests.
+function chart(fig, title, points, series) {
+  const W = 600, H = 160, L = 44, R = 8, T = 10, B = 22;
+  const values = s => points.map(p => p[s.key]);
+  const max = Math.max(1, ...series.flatMap(s => values(s).filter(v => v != null)));
+  const x = i => L + (W - L - R) * (points.length > 1 ? i / (points.length - 1) : 0);
+  const y = v => T + (H - T - B) * (1 - v / max);
+  const summary = series.map(s => {
+    const vs = values(s).filter(v => v != null);
+    if (s.total) return vs.reduce((a, b) => a + b, 0) + " " + s.name;
+    if (vs.length === 0) return s.name + " not known";
+    return vs[vs.length - 1] + " " + s.name + " now (peak " + Math.max(...vs) + ")";
+  }).join(", ");
+  const pic = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart-svg", role: "img",
+    "aria-label": title + ", last hour: " + summary });
+  pic.append(
+    svg("line", { x1: L, y1: y(0), x2: W - R, y2: y(0), class: "axis" }),
+    svg("line", { x1: L, y1: y(max), x2: W - R, y2: y(max), class: "axis" }),
+    svg("text", { x: L - 6, y: y(max) + 4, "text-anchor": "end" }, max),
+    svg("text", { x: L - 6, y: y(0) + 4, "text-anchor": "end" }, 0));
+  if (points.length > 0) {
+    pic.append(
+      svg("text", { x: L, y: H - 6 }, minuteText(points[0].at)),
+      svg("text", { x: W - R, y: H - 6, "text-anchor": "end" }, "now"));
+  }
+  for (const s of series) {
+    // A line per run of known values (a depth before the first change
+    // recorded is not known).
+    let run = [];
+    const flush = () => {
+      if (run.length > 0) pic.append(svg("polyline", { class: "series-" + s.key, points: run.join(" ") }));
+      run = [];
+    };
+    values(s).forEach((v, i) => { if (v == null) flush(); else run.push(x(i).toFixed(1) + "," + y(v).toFixed(1)); });
+    flush();
+  }
+  const legend = el("div", { class: "legend" }, ...series.map(s => el("span", { class: "series-" + s.key, text: s.name })));
+  fig.replaceChildren(el("figcaption", { text: title }), pic, legend, el("p", { class: "summary hint", text: "Last hour: " + summary }));
+}
+
+// ---------------------------------------------------------------- one queue
+
+function openQueue(name) {
+  state.queue = name;
+  delete state.rendered.queue;
+  $("queue-name").textContent = name;
+  $("queue-fields").replaceChildren();
+  $("queue-limits").tBodies[0].replaceChildren();
+  $("queue-history").tBodies[0].replaceChildren();
+  showView("queue");
+}
+
+async function refreshQueue() {
+  const name = state.queue;
+  const q = await api("GET", "/v1/queues/" + encodeURIComponent(name));
+  if (name !== state.queue || !changed("queue", q)) return;
+  const fields = [["ready", q.ready], ["delayed", q.delayed], ["in flight", q.in_flight], ["dead", q.dead]];
+  $("queue-fields").replaceChildren(...fields.flatMap(([k, v]) =>
+    [el("dt", { text: k }), el("dd", { text: String(v), "data-field": k })]));
+  $("queue-limits").tBodies[0].replaceChildren(...(q.rate_limits.length === 0
+    ? [el("tr", {}, el("td", { colSpan: 3, class: "hint", text: "none: nothing holds this queue's jobs back" }))]
+    : q.rate_limits.map(l => el("tr", { "data-limit": l.key },
+      td(l.key, "key"), td(l.limit, "rule"), td(l.used + " of " + l.count, "num used")))));
+  chart($("queue-chart-waiting"), "Jobs waiting and running", q.history, DEPTH);
+  chart($("queue-chart-throughput"), "Jobs ended per minute", q.history, THROUGHPUT);
+  const known = v => v == null ? "" : v;
+  $("queue-history").tBodies[0].replaceChildren(...q.history.slice().reverse().map(p =>
+    el("tr", { "data-at": p.at },
+      td(minuteText(p.at)), td(known(p.waiting), "num waiting"), td(known(p.running), "num running"),
+      td(p.enqueued, "num enqueued"), td(p.succeeded, "num succeeded"),
+      td(p.failed, "num failed"), td(p.retried, "num retried"), td(p.revoked, "num revoked"),
+      td(p.expired, "num expired"))));
 }
 
 // ---------------------------------------------------------------- live jobs

@@ -188,6 +188,7 @@ async fn measure_firing(
                 holds_leases: false,
                 lease: Duration::from_secs(3600),
                 prioritized: true,
+                sample: false,
             })
             .await?;
         if reply.deliveries.is_empty() {

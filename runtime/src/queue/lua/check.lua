@@ -24,6 +24,49 @@ local function server_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- The queue's history (`history.rs`): what this call counts, per state
+-- (`PENDING`: enqueued), added by `hist_flush` into `hist`, one hash of
+-- `<minute>:<what>` fields per queue, with the depth after the call when
+-- the call samples it.
+local HIST_MINUTES = 60
+local hist_counts, hist_dirty = {}, false
+local function hist_count(what, n)
+  hist_counts[what] = (hist_counts[what] or 0) + (n or 1)
+  hist_dirty = true
+end
+-- Notes that the call changed what waits or runs (without counting).
+local function hist_touch() hist_dirty = true end
+local function hist_flush(P, now, sample)
+  if not hist_dirty then return end
+  now = now or server_ms()
+  local k = P .. 'hist'
+  local m = math.floor(now / 60000)
+  for what, n in pairs(hist_counts) do redis.call('HINCRBY', k, m .. ':' .. what, n) end
+  if not sample then return end
+  local waiting = redis.call('LLEN', P .. 'ready') + redis.call('ZCARD', P .. 'prio')
+    + redis.call('ZCARD', P .. 'delayed')
+  local running = redis.call('ZCARD', P .. 'leases')
+  local new = redis.call('HSET', k, m .. ':depth', waiting, m .. ':running', running)
+  if new > 0 then
+    -- A new minute: forget those before the window, keeping the newest
+    -- depth forgotten as `base`; an hour without a change lets it expire.
+    local old, newest = {}, nil
+    for _, f in ipairs(redis.call('HKEYS', k)) do
+      local fm = tonumber(string.match(f, '^(%d+):'))
+      if fm and fm < m - HIST_MINUTES then
+        old[#old + 1] = f
+        if string.sub(f, -6) == ':depth' and (not newest or fm > newest) then newest = fm end
+      end
+    end
+    if newest then
+      local d = redis.call('HMGET', k, newest .. ':depth', newest .. ':running')
+      redis.call('HSET', k, 'base', (d[1] or '0') .. ':' .. (d[2] or '0'))
+    end
+    if #old > 0 then redis.call('HDEL', k, unpack(old)) end
+    redis.call('PEXPIRE', k, (HIST_MINUTES + 2) * 60000)
+  end
+end
+
 -- The job index (`list.rs`): `jobs` holds the id of every job of the queue
 -- (all scored 0: UUIDv7 ids sort by their time), `jobs:<STATE>` the ids of
 -- jobs that ended FAILURE, REVOKED or EXPIRED, and `ends` the ids of
@@ -34,6 +77,7 @@ local index_ends, index_states = {}, {}
 -- Notes that job `id`'s record now ends `state` (nil: not final) and
 -- expires at `at` (server ms); written by `index_flush`.
 local function index_end(id, state, at)
+  if state then hist_count(state) end
   index_ends[#index_ends + 1] = at
   index_ends[#index_ends + 1] = id
   for _, s in ipairs(INDEXED) do

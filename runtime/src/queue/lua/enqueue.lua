@@ -74,11 +74,15 @@ for j = 0, n - 1 do
   end
 end
 if #mset > 0 then redis.call('MSET', unpack(mset)) end
-if #indexed > 0 then redis.call('ZADD', P .. 'jobs', unpack(indexed)) end
+if #indexed > 0 then
+  redis.call('ZADD', P .. 'jobs', unpack(indexed))
+  hist_count('PENDING', #indexed / 2)
+end
 index_flush(P)
 if #ready > 0 then redis.call('RPUSH', P .. 'ready', unpack(ready)) end
 if #delayed > 0 then redis.call('ZADD', P .. 'delayed', unpack(delayed)) end
 if #prio > 0 then redis.call('ZADD', P .. 'prio', unpack(prio)) end
+hist_flush(P, now, true)
 local readied = #ready + #prio / 2
 if readied > 0 or wake then
   local msg = { q = qname }

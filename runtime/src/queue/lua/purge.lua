@@ -50,5 +50,6 @@ for j = 0, n - 1 do
   end
 end
 index_flush(P)
+hist_flush(P, now, true)
 if #ev > 0 then redis.call('PUBLISH', chan, cjson.encode({ q = qname, ev = ev })) end
 return out

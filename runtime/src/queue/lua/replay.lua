@@ -18,6 +18,8 @@ if #done > 0 then
   index_forget(P, done, false)
   if #ready > 0 then redis.call('RPUSH', P .. 'ready', unpack(ready)) end
   if #prio > 0 then redis.call('ZADD', P .. 'prio', unpack(prio)) end
+  hist_touch()
+  hist_flush(P, now, true)
   local msg = { q = qname, ready = #done }
   if #prio > 0 then msg.prio = 1 end
   redis.call('PUBLISH', chan, cjson.encode(msg))

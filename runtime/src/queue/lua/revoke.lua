@@ -29,5 +29,6 @@ index_end(id, 'REVOKED', server_ms() + ttl)
 index_flush(P)
 -- A delayed job leaves the delayed set now (a ready one is skipped when popped).
 redis.call('ZREM', P .. 'delayed', delayed_member(id, 0, rec_priority(cur)))
+hist_flush(P, nil, true)
 redis.call('PUBLISH', ARGV[6], cjson.encode({ q = ARGV[8], ev = { { id, 'REVOKED' } } }))
 return 'REVOKED'

@@ -5,6 +5,7 @@
 -- KEYS[1]: the queue's ready list
 -- ARGV: prefix, channel, queue, lease ms, worker, fetch max, due check (1/0), n completions,
 --       skip own leases in next due (1/0), lease prioritized jobs first (1/0),
+--       record the queue's depth in its history (1/0; also done when the fetch drains it),
 --       then per completion: lease member, action, record, arg, id, alt record, alt ttl, state
 -- action: F final (arg = ttl ms), D final + dead letter (arg = ttl ms),
 --         R retry (arg = delay ms from now), H hand back;
@@ -19,7 +20,8 @@ local worker, fetch_max, due_check = ARGV[5], count(ARGV[6], 'fetch'), ARGV[7] =
 local nc = count(ARGV[8], 'completions')
 local skip_own = ARGV[9] == '1'
 local check_prio = ARGV[10] == '1'
-local C = 11 -- the first completion's first argument
+local sample = ARGV[11] == '1'
+local C = 12 -- the first completion's first argument
 if #ARGV ~= C - 1 + nc * 8 then arg_error('count', #ARGV) end
 for j = 0, nc - 1 do
   local b = C + j * 8
@@ -84,6 +86,7 @@ if nc > 0 then
           delayed[#delayed + 1] = due
           delayed[#delayed + 1] = delayed_member(id, 0, rec_priority(rec))
           defer(due)
+          hist_count('RETRY')
           ev[#ev + 1] = { id, 'RETRY' }
         end
       elseif kind == 'H' then
@@ -287,6 +290,8 @@ if fetch_max > 0 then
 end
 
 index_flush(P)
+if nc > 0 or popped > 0 or readied > 0 or reclaimed > 0 then hist_touch() end
+hist_flush(P, now, sample or (fetch_max > 0 and popped < fetch_max))
 if #ev > 0 or readied > 0 or deferred then
   local msg = { q = qname, w = worker }
   if #ev > 0 then msg.ev = ev end
