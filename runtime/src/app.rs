@@ -381,7 +381,10 @@ pub fn worker_config(config: &Config) -> anyhow::Result<WorkerConfig> {
         anyhow::ensure!(c > 0, "worker concurrency must be at least 1");
         cfg.concurrency = c;
     }
-    cfg.prefetch = section.prefetch.unwrap_or(cfg.concurrency);
+    cfg.prefetch = section.prefetch.map_or(
+        crate::worker::Prefetch::Adaptive,
+        crate::worker::Prefetch::Fixed,
+    );
     if let Some(d) = section.lease()? {
         cfg.lease = d;
     }

@@ -18,7 +18,7 @@
 //! [worker]                    # `runner worker` (and the worker of dev/serve)
 //! queues = ["default", "email"]   # default: `default`, [queues.*], the tasks' queues
 //! concurrency = 4             # default: one per core
-//! # prefetch = 4              # jobs leased ahead; default: the concurrency
+//! # prefetch = 4              # jobs leased ahead; default: adaptive (docs/performance.md)
 //! # lease = "30s"             # extended every third of it while a job runs
 //! # grace = "30s"             # on SIGTERM, time for running jobs to finish
 //! # heartbeat = "60s"
@@ -180,7 +180,8 @@ pub struct BrokerConfig {
 pub struct WorkerSection {
     pub queues: Option<Vec<String>>,
     pub concurrency: Option<usize>,
-    /// Jobs leased ahead of a free slot; default: the concurrency.
+    /// Jobs leased ahead of a free slot; default: adaptive (sized from
+    /// the run times, `worker/prefetch.rs`).
     pub prefetch: Option<usize>,
     /// `30s` style.
     pub lease: Option<String>,

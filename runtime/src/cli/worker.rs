@@ -28,7 +28,8 @@ pub struct WorkerArgs {
     #[arg(short = 'c', long)]
     pub concurrency: Option<usize>,
     /// Jobs leased ahead of a free slot (default: `[worker] prefetch`, else
-    /// as many as the concurrency). More means fewer Redis calls per job;
+    /// adaptive: sized from the observed run times, up to 64 for fast
+    /// jobs, none for slow ones). More means fewer Redis calls per job;
     /// 0 means a job is leased only when a slot is free.
     #[arg(long)]
     pub prefetch: Option<usize>,

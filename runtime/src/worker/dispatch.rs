@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
+use super::prefetch::Prefetcher;
 use super::run::{execute, run_limits};
 use super::settle::revoked_before_start;
 use super::{RunCtx, WorkerStats, hostname};
@@ -49,6 +50,9 @@ struct Held {
     /// What an inspect request shows of it (`started_at` set once it runs).
     shown: HeldJob,
     meter: FuelMeter,
+    /// When it was leased, and when its run started.
+    leased: Instant,
+    run_started: Option<Instant>,
 }
 
 /// The loop that owns every conversation with the broker.
@@ -67,6 +71,12 @@ pub(super) struct Dispatcher {
     stats: WorkerStats,
     /// Since when the broker has been unreachable.
     outage: Option<Instant>,
+    /// How many jobs to lease ahead of a free slot (`prefetch.rs`).
+    prefetch: Prefetcher,
+    /// Jobs leased ahead were handed back because every slot stayed busy:
+    /// nothing is leased ahead until a run ends (else the same jobs would
+    /// come straight back).
+    stalled: bool,
 }
 
 impl Dispatcher {
@@ -100,6 +110,8 @@ impl Dispatcher {
             pending_since: HashMap::new(),
             stats: WorkerStats::default(),
             outage: None,
+            prefetch: Prefetcher::new(ctx.cfg.prefetch, ctx.cfg.concurrency),
+            stalled: false,
             ctx,
         }
     }
@@ -121,6 +133,7 @@ impl Dispatcher {
 
         loop {
             self.start_buffered();
+            self.hand_back_if_stalled();
             let now = Instant::now();
             if retry_at.is_none_or(|t| t <= now) {
                 retry_at = None;
@@ -182,8 +195,61 @@ impl Dispatcher {
     }
 
     fn capacity(&self) -> usize {
-        let cfg = &self.ctx.cfg;
-        (cfg.concurrency + cfg.prefetch).saturating_sub(self.held.len())
+        let ahead = self.prefetch.ahead(self.is_stalled());
+        (self.ctx.cfg.concurrency + ahead).saturating_sub(self.held.len())
+    }
+
+    /// When every slot is busy, since when the oldest job leased ahead has
+    /// waited for one (`None`: a slot is free, or nothing waits).
+    fn waiting_since(&self) -> Option<Instant> {
+        if self.running.len() < self.ctx.cfg.concurrency {
+            return None;
+        }
+        self.buffer
+            .iter()
+            .find_map(|d| self.held.get(&d.job.id))
+            .map(|h| h.leased)
+    }
+
+    /// When the jobs leased ahead are to be handed back: every slot has
+    /// been busy for longer than the prefetch lets a job wait.
+    fn hand_back_at(&self) -> Option<Instant> {
+        Some(self.waiting_since()? + self.prefetch.hand_back_after()?)
+    }
+
+    /// Jobs leased ahead are due to be handed back, or were and no run
+    /// ended since.
+    fn is_stalled(&self) -> bool {
+        self.stalled || self.hand_back_at().is_some_and(|t| t <= Instant::now())
+    }
+
+    /// Hands the jobs waiting for a slot back to their queues when every
+    /// slot has been busy too long (slow jobs hold no others hostage):
+    /// another worker takes them.
+    fn hand_back_if_stalled(&mut self) {
+        if self.hand_back_at().is_none_or(|t| t > Instant::now()) {
+            return;
+        }
+        self.stalled = true;
+        let mut n = 0;
+        while let Some(d) = self.buffer.pop_front() {
+            if !self.held.contains_key(&d.job.id) {
+                continue;
+            }
+            let c = Completion {
+                lease: d.lease.clone(),
+                settlement: Settlement::Release,
+                had_progress: false,
+            };
+            self.finished(d, c);
+            n += 1;
+        }
+        if n > 0 {
+            tracing::info!(
+                count = n,
+                "every slot busy too long: handed back the jobs leased ahead"
+            );
+        }
     }
 
     fn start_buffered(&mut self) {
@@ -201,6 +267,7 @@ impl Dispatcher {
             }
             h.started = true;
             h.shown.started_at = Some(Utc::now());
+            h.run_started = Some(Instant::now());
             let cancel = h.cancel.clone();
             let meter = h.meter.clone();
             let ctx = self.ctx.clone();
@@ -222,7 +289,11 @@ impl Dispatcher {
     }
 
     fn finished(&mut self, d: Delivery, c: Completion) {
-        self.held.remove(&d.job.id);
+        if let Some(t) = self.held.remove(&d.job.id).and_then(|h| h.run_started) {
+            self.prefetch.observe(t.elapsed());
+            // A slot is free: lease ahead again.
+            self.stalled = false;
+        }
         match &c.settlement {
             Settlement::Finish { job, .. } => {
                 self.stats.processed += 1;
@@ -268,7 +339,7 @@ impl Dispatcher {
                 };
             // Results wait a little for company (one call stores many), but
             // never when the worker would otherwise sit idle.
-            let batch_target = self.ctx.cfg.concurrency + self.ctx.cfg.prefetch;
+            let batch_target = self.ctx.cfg.concurrency + self.prefetch.ahead(false);
             let flush = !completions.is_empty()
                 && (shutting
                     || self.running.is_empty()
@@ -385,6 +456,8 @@ impl Dispatcher {
                         revoked: false,
                         shown,
                         meter: FuelMeter::default(),
+                        leased: Instant::now(),
+                        run_started: None,
                     },
                 );
                 self.buffer.push_back(d);
@@ -426,10 +499,10 @@ impl Dispatcher {
                 let ms = (earliest - Utc::now()).num_milliseconds().max(0) as u64;
                 Instant::now() + Duration::from_millis(ms)
             });
-        match (flush, due) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [flush, due, self.hand_back_at()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn on_signal(&mut self, s: Signal) {
@@ -536,7 +609,7 @@ impl Dispatcher {
             pid: std::process::id(),
             queues: cfg.queues.clone(),
             concurrency: cfg.concurrency,
-            prefetch: cfg.prefetch,
+            prefetch: self.prefetch.ahead(self.is_stalled()),
             processed: self.stats.processed,
             failed: self.stats.failed,
             active,

@@ -33,6 +33,7 @@
 //!   throttled.
 
 mod dispatch;
+pub mod prefetch;
 mod progress;
 mod run;
 mod settle;
@@ -51,6 +52,7 @@ use crate::registry::{ModuleHash, Registry, TaskGrants};
 use crate::sandbox::host::HostServices;
 use crate::sandbox::{LoadedModule, RunLimits, Sandbox};
 use dispatch::Dispatcher;
+pub use prefetch::Prefetch;
 
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
@@ -58,8 +60,9 @@ pub struct WorkerConfig {
     /// Jobs run at once.
     pub concurrency: usize,
     /// Jobs leased ahead of a free slot, so that the next job is at hand
-    /// when one ends (they count as STARTED and their leases are kept).
-    pub prefetch: usize,
+    /// when one ends (they count as STARTED and their leases are kept):
+    /// adaptive by default (`prefetch.rs`).
+    pub prefetch: Prefetch,
     /// How long a lease lasts without extension; extended every third of it.
     pub lease: Duration,
     pub heartbeat: Duration,
@@ -84,7 +87,7 @@ impl Default for WorkerConfig {
             concurrency: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
-            prefetch: 0,
+            prefetch: Prefetch::Adaptive,
             lease: Duration::from_secs(30),
             heartbeat: Duration::from_secs(60),
             grace: Duration::from_secs(30),

@@ -45,6 +45,9 @@ impl TestApi {
         config.auth.admin.push(ADMIN.into());
         config.auth.submit.push(SUBMIT.into());
         config.worker.concurrency = Some(4);
+        // A fixed prefetch: the inspect and priority tests count what a
+        // busy worker holds ahead (the adaptive one hands it back).
+        config.worker.prefetch = Some(4);
         config.check().unwrap();
         let core = Core::open(&config, sandbox()).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -231,7 +231,11 @@ fn wiring_flags_override_the_file_which_overrides_the_defaults() {
     let cfg = app::worker_config(&config).unwrap();
     assert_eq!(cfg.queues, ["a", "b"]);
     assert_eq!(cfg.concurrency, 3);
-    assert_eq!(cfg.prefetch, 3, "prefetch defaults to the concurrency");
+    assert_eq!(
+        cfg.prefetch,
+        runner::worker::Prefetch::Adaptive,
+        "prefetch is adaptive unless set"
+    );
     assert_eq!(cfg.lease, Duration::from_secs(9));
     assert_eq!(cfg.grace, Duration::from_secs(30), "the default");
 

@@ -409,6 +409,108 @@ async fn graceful_shutdown_finishes_running_jobs(env: Env) {
     );
 }
 
+/// Enqueues `reqs` in one batch; their ids, in order.
+async fn batch(env: &Env, reqs: Vec<EnqueueRequest>) -> Vec<JobId> {
+    env.producer
+        .enqueue_batch(reqs)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.job.id)
+        .collect()
+}
+
+/// The adaptive prefetch (the default) grows past its start for fast jobs
+/// and never holds more than the slots plus its documented cap, however
+/// many jobs wait.
+async fn adaptive_prefetch_holds_no_more_than_its_cap(env: Env) {
+    env.bind("hello", "hello", "many", |_| {}).await;
+    let ids = batch(
+        &env,
+        (0..3000)
+            .map(|i| EnqueueRequest::task("hello", format!(r#"{{"name":"n{i}"}}"#)))
+            .collect(),
+    )
+    .await;
+    let w = env.worker(cfg(&["many"], 2)).await;
+    let most_held = 2 + runner::worker::prefetch::cap(2) as u64;
+    let mut most = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats = env.broker.queues().await.unwrap();
+        let q = stats.iter().find(|q| q.name == "many").unwrap();
+        most = most.max(q.in_flight);
+        assert!(
+            q.in_flight <= most_held,
+            "{} leased at once: more than 2 slots + the cap",
+            q.in_flight
+        );
+        if q.ready == 0 && q.in_flight == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not drained: {q:?}");
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        wait_final(&env.broker, *ids.last().unwrap()).await.state,
+        JobState::Success
+    );
+    // Runs of microseconds: the worker leases ahead more than the
+    // concurrency it starts with, within the cap.
+    let held = env.broker.inspect(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert!(
+        held[0].prefetch > 2 && held[0].prefetch <= runner::worker::prefetch::cap(2),
+        "prefetch {} (most leased at once: {most})",
+        held[0].prefetch
+    );
+    let stats = w.stop().await;
+    assert_eq!(stats.succeeded, 3000);
+}
+
+/// A job leased ahead behind a slow job is handed back when every slot
+/// stays busy, and another worker runs it: a slow job holds no other job
+/// hostage (no head-of-line blocking across workers).
+async fn a_slow_jobs_neighbours_go_to_another_worker(env: Env) {
+    env.bind("sleep", "sleeper", "mixed", |_| {}).await;
+    env.bind("hello", "hello", "mixed", |_| {}).await;
+    let mut events = env.broker.subscribe().await.unwrap();
+    let holder = env
+        .worker(WorkerConfig {
+            id: Some("holder".into()),
+            ..cfg(&["mixed"], 1)
+        })
+        .await;
+    // One batch: the slow job first, then three quick ones. The holder
+    // leases the slow one and, before any run of it ended, one more ahead.
+    let mut reqs = vec![EnqueueRequest::task("sleep", r#"{"ms":60000}"#)];
+    reqs.extend((0..3).map(|i| EnqueueRequest::task("hello", format!(r#"{{"name":"q{i}"}}"#))));
+    let ids = batch(&env, reqs).await;
+    wait_started(&mut events, ids[0]).await;
+    let helper = env
+        .worker(WorkerConfig {
+            id: Some("helper".into()),
+            ..cfg(&["mixed"], 1)
+        })
+        .await;
+    for id in &ids[1..] {
+        let j = wait_final(&env.broker, *id).await;
+        assert_eq!(j.state, JobState::Success, "{j:?}");
+        assert_eq!(j.worker.as_deref(), Some("helper"), "{j:?}");
+    }
+    let slow = env.broker.get(ids[0]).await.unwrap().unwrap();
+    assert_eq!(slow.state, JobState::Started, "the slow job still runs");
+    assert_eq!(slow.worker.as_deref(), Some("holder"));
+    env.broker.revoke(ids[0], true).await.unwrap();
+    assert_eq!(
+        wait_final(&env.broker, ids[0]).await.state,
+        JobState::Revoked
+    );
+    let held = holder.stop().await;
+    assert!(held.handed_back >= 1, "{held:?}");
+    helper.stop().await;
+}
+
 macro_rules! both_brokers {
     ($($name:ident),* $(,)?) => {
         mod embedded_broker {
@@ -437,4 +539,6 @@ both_brokers!(
     revoke_terminates_a_running_job,
     long_job_outlives_its_lease_and_runs_once,
     graceful_shutdown_finishes_running_jobs,
+    adaptive_prefetch_holds_no_more_than_its_cap,
+    a_slow_jobs_neighbours_go_to_another_worker,
 );

@@ -44,9 +44,10 @@ pub struct QueueBench {
     /// Worker concurrency (default: one per core).
     #[arg(long)]
     pub concurrency: Option<usize>,
-    /// Jobs the worker leases ahead of a free slot.
-    #[arg(long, default_value_t = 8)]
-    pub prefetch: usize,
+    /// Jobs the worker leases ahead of a free slot (default: adaptive, as
+    /// a worker's default).
+    #[arg(long)]
+    pub prefetch: Option<usize>,
     /// Sequential single jobs for the round-trip figure.
     #[arg(long, default_value_t = 300)]
     pub single: usize,
@@ -85,7 +86,12 @@ pub async fn execute(args: QueueBench) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     println!(
         "runner bench queue: {} jobs of {} (batches of {}), one worker, concurrency {}, prefetch {}",
-        args.jobs, module_name, args.batch, concurrency, args.prefetch
+        args.jobs,
+        module_name,
+        args.batch,
+        concurrency,
+        args.prefetch
+            .map_or_else(|| "adaptive".to_string(), |n| n.to_string())
     );
 
     // The worker starts after the enqueue phase (see `throughput`).
@@ -106,7 +112,10 @@ pub async fn execute(args: QueueBench) -> anyhow::Result<ExitCode> {
         WorkerConfig {
             queues: vec!["bench".into()],
             concurrency,
-            prefetch: args.prefetch,
+            prefetch: args.prefetch.map_or(
+                crate::worker::Prefetch::Adaptive,
+                crate::worker::Prefetch::Fixed,
+            ),
             ..WorkerConfig::default()
         },
     );
