@@ -436,3 +436,36 @@ fn redis_command_errors_are_counted_by_command_and_kind() {
     assert!(!text.contains("command=\"fine\""), "{text}");
     assert!(!text.contains("evalsha"), "{text}");
 }
+
+/// `runner bench queue --workers 1,2` drains its jobs with that many
+/// `runner worker` processes and prints a line per step (the figures
+/// themselves are not asserted: tests never assert speed).
+#[test]
+fn bench_queue_drains_with_worker_processes() {
+    let out = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args([
+            "bench",
+            "queue",
+            "--jobs",
+            "300",
+            "--single",
+            "3",
+            "--idle",
+            "1s",
+            "--workers",
+            "1,2",
+            "--no-celery",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in ["1 worker process:", "2 worker processes:", "per 10k jobs/s"] {
+        assert!(stdout.contains(line), "no {line:?} in {stdout}");
+    }
+    assert!(!stdout.contains("celery"), "{stdout}");
+}

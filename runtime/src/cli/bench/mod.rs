@@ -12,6 +12,7 @@
 
 mod queue;
 mod sandbox;
+mod scaling;
 mod scheduler;
 
 use std::net::TcpListener;

@@ -8,7 +8,12 @@
 //!   Lua scripts are counted by Redis itself, and the worker's start-up and
 //!   heartbeats are included);
 //! - enqueue-to-result round trip p50/p99 for single jobs on an idle worker;
-//! - Redis commands per minute from one idle worker.
+//! - Redis commands per minute from one idle worker;
+//! - with `--workers 1,2,4`, the jobs drained by that many `runner worker`
+//!   processes, enqueued while they drain, and Redis's CPU (`scaling.rs`);
+//! - when Celery is installed, the same jobs drained by one Celery worker
+//!   on a Redis of its own, beside one `runner worker` process run the
+//!   same way, as a ratio (`celery_bench.py`).
 //!
 //! Completion is observed through the broker's pub/sub events, which Redis
 //! does not count as commands, so watching does not inflate the figures.
@@ -61,6 +66,14 @@ pub struct QueueBench {
     pub input: String,
     #[arg(long, default_value = "redis-server")]
     pub redis_server: String,
+    /// Then drain `--jobs` jobs with N `runner worker` processes for each
+    /// N given (`--workers 1,2,4`), printing jobs/s and Redis CPU per step.
+    #[arg(long, value_delimiter = ',')]
+    pub workers: Vec<usize>,
+    /// Skip Celery's side (run when `python3` can import `celery` and
+    /// `redis`: `pip install 'celery[redis]'`).
+    #[arg(long)]
+    pub no_celery: bool,
 }
 
 pub async fn execute(args: QueueBench) -> anyhow::Result<ExitCode> {
@@ -139,6 +152,67 @@ pub async fn execute(args: QueueBench) -> anyhow::Result<ExitCode> {
 
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(30), worker_task).await;
+
+    let celery = if args.no_celery {
+        None
+    } else {
+        super::scaling::celery_version()
+    };
+    let celery_missing = !args.no_celery && celery.is_none();
+    let mut counts = args.workers.clone();
+    if celery.is_some() && !counts.contains(&1) {
+        // Celery's figure is compared with one worker process, run the same way.
+        counts.insert(0, 1);
+    }
+    if !counts.is_empty() {
+        let cache = std::env::temp_dir().join(format!("runner-bench-cache-{}", std::process::id()));
+        let mut steps = Vec::new();
+        for &n in &counts {
+            anyhow::ensure!(
+                (1..=64).contains(&n),
+                "--workers: {n} is not between 1 and 64"
+            );
+            let step = super::scaling::step(
+                n,
+                &url,
+                "bench",
+                "bench",
+                &args.input,
+                args.jobs,
+                args.batch,
+                &producer,
+                &broker,
+                &cache,
+            )
+            .await;
+            match step {
+                Ok(s) => steps.push(s),
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&cache);
+                    return Err(e.context(format!("{n} worker processes")));
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&cache);
+        let shown: Vec<_> = steps
+            .iter()
+            .filter(|s| args.workers.contains(&s.workers))
+            .collect();
+        if !shown.is_empty() {
+            super::scaling::print(&shown, args.jobs);
+        }
+        if let Some(version) = celery {
+            let run = super::scaling::celery(&args.redis_server, args.jobs, 2, version).await?;
+            if let Some(one) = steps.iter().find(|s| s.workers == 1) {
+                super::scaling::print_celery(&run, one, args.jobs);
+            }
+        }
+    }
+    if !args.no_celery && celery_missing {
+        println!(
+            "celery: not installed (`pip install 'celery[redis]'` to see its figures beside these)"
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
