@@ -962,14 +962,9 @@ async fn history_counts_every_change_by_the_minute(env: Env) {
         .unwrap()
         .deliveries;
     assert_eq!(d.len(), 1);
-    b.settle(settle(
-        "work",
-        "w",
-        vec![ended(&d[0], JobState::Failure, None, true)],
-        0,
-    ))
-    .await
-    .unwrap();
+    b.settle(settle("work", "w", vec![dead_letter(&d[0])], 0))
+        .await
+        .unwrap();
     let h = hour(b, "work").await;
     assert_eq!(totals(&h), [4, 1, 1, 1, 1]);
     assert_eq!(last(&h), (Some(1), Some(0)), "the retried one waits");
@@ -1725,14 +1720,9 @@ async fn redis_listings_and_replays_read_only_what_they_need() {
             .await
             .unwrap()
             .deliveries;
-        b.settle(settle(
-            "work",
-            "w",
-            vec![ended(&d[0], JobState::Failure, None, true)],
-            0,
-        ))
-        .await
-        .unwrap();
+        b.settle(settle("work", "w", vec![dead_letter(&d[0])], 0))
+            .await
+            .unwrap();
         dead.push(d[0].job.id);
     }
     let running = env.producer.enqueue(call("{}")).await.unwrap().job.id;
@@ -2036,4 +2026,69 @@ async fn redis_a_settle_samples_the_depth_when_asked_or_drained() {
     let done = d2.iter().map(|d| success(d, "1")).collect();
     b.settle(settle("work", "w", done, 0)).await.unwrap();
     assert_eq!(last().await, (Some(0), Some(0), 3));
+}
+
+/// On Redis the first sample of a minute drops the minutes that left the
+/// hour (their newest depth kept as `base`) and keeps the hash alive for
+/// as long as it may matter: the Lua side of `history.rs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_history_forgets_minutes_older_than_the_hour() {
+    let server = RedisServer::start();
+    let env = redis_on(&server).await;
+    let b = &env.broker;
+    let mut conn = admin_connection(&server).await;
+    let (secs, _): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+    let m = secs / 60;
+    let key = "runner:{work}:hist";
+    let old: Vec<(String, u64)> = vec![
+        (format!("{}:depth", m - 100), 9),
+        (format!("{}:running", m - 100), 1),
+        (format!("{}:SUCCESS", m - 100), 50),
+        (format!("{}:depth", m - 61), 7),
+        (format!("{}:running", m - 61), 2),
+        (format!("{}:FAILURE", m - 61), 4),
+        (format!("{}:depth", m - 30), 3),
+        (format!("{}:running", m - 30), 0),
+        (format!("{}:SUCCESS", m - 30), 6),
+    ];
+    let _: () = redis::cmd("HSET")
+        .arg(key)
+        .arg(&old)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // A change this minute samples: a new minute for the hash.
+    env.producer.enqueue(call("{}")).await.unwrap();
+    let fields: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for (f, _) in &old[..6] {
+        assert!(!fields.contains_key(f), "{f} outlived the hour: {fields:?}");
+    }
+    assert_eq!(
+        fields.get("base").map(String::as_str),
+        Some("7:2"),
+        "{fields:?}"
+    );
+    assert_eq!(
+        fields
+            .get(&format!("{}:SUCCESS", m - 30))
+            .map(String::as_str),
+        Some("6")
+    );
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 60 * 60_000, "the hash lives past the hour: {ttl} ms");
+    // The hour as shown: the base until the sample of 30 minutes ago,
+    // then that one, then this minute's; what left the hour is not counted.
+    let h = hour(b, "work").await;
+    assert_eq!(h[0].waiting, Some(7), "{:?}", h[0]);
+    assert_eq!(h[59 - 30].waiting, Some(3));
+    assert_eq!(h[59].waiting, Some(1));
+    assert_eq!(totals(&h), [1, 6, 0, 0, 0]);
 }
