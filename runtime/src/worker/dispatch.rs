@@ -233,16 +233,9 @@ impl Dispatcher {
         self.stalled = true;
         let mut n = 0;
         while let Some(d) = self.buffer.pop_front() {
-            if !self.held.contains_key(&d.job.id) {
-                continue;
+            if self.held.contains_key(&d.job.id) && self.hand_back(d) {
+                n += 1;
             }
-            let c = Completion {
-                lease: d.lease.clone(),
-                settlement: Settlement::Release,
-                had_progress: false,
-            };
-            self.finished(d, c);
-            n += 1;
         }
         if n > 0 {
             tracing::info!(
@@ -250,6 +243,24 @@ impl Dispatcher {
                 "every slot busy too long: handed back the jobs leased ahead"
             );
         }
+    }
+
+    /// Gives a job leased ahead back to its queue, or, if it was revoked
+    /// while it waited, ends it REVOKED (handed back, another worker could
+    /// run it before learning of the revoke). Says whether it went back.
+    fn hand_back(&mut self, d: Delivery) -> bool {
+        let revoked = self.held.get(&d.job.id).is_some_and(|h| h.revoked);
+        let c = if revoked {
+            revoked_before_start(&d)
+        } else {
+            Completion {
+                lease: d.lease.clone(),
+                settlement: Settlement::Release,
+                had_progress: false,
+            }
+        };
+        self.finished(d, c);
+        !revoked
     }
 
     fn start_buffered(&mut self) {
@@ -663,12 +674,7 @@ impl Dispatcher {
         self.ctx.shutting_down.store(true, Ordering::Relaxed);
         // Leased but never started: hand back at once.
         while let Some(d) = self.buffer.pop_front() {
-            let c = Completion {
-                lease: d.lease.clone(),
-                settlement: Settlement::Release,
-                had_progress: false,
-            };
-            self.finished(d, c);
+            self.hand_back(d);
         }
         let _ = self.talk().await;
         let deadline = Instant::now() + self.ctx.cfg.grace;

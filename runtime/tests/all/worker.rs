@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use runner::producer::{EnqueueRequest, Producer};
-use runner::queue::{Broker, EmbeddedBroker, JobId, JobState, RedisBroker, RetryPolicy};
+use runner::queue::{
+    Broker, EmbeddedBroker, JobId, JobState, RedisBroker, RetryPolicy, RevokeOutcome,
+};
 use runner::registry::{LocalRegistry, RedisRegistry, Registry, TaskBinding};
 use runner::sandbox::host::HostServices;
 use runner::sandbox::{Sandbox, SandboxConfig};
@@ -468,9 +470,11 @@ async fn adaptive_prefetch_holds_no_more_than_its_cap(env: Env) {
     assert_eq!(stats.succeeded, 3000);
 }
 
-/// A job leased ahead behind a slow job is handed back when every slot
-/// stays busy, and another worker runs it: a slow job holds no other job
-/// hostage (no head-of-line blocking across workers).
+/// Jobs leased ahead behind slow jobs are handed back when every slot
+/// stays busy, and another worker runs them: a slow job holds no other job
+/// hostage (no head-of-line blocking across workers). One revoked while it
+/// waited is not handed back (another worker would run it): it ends
+/// REVOKED.
 async fn a_slow_jobs_neighbours_go_to_another_worker(env: Env) {
     env.bind("sleep", "sleeper", "mixed", |_| {}).await;
     env.bind("hello", "hello", "mixed", |_| {}).await;
@@ -478,36 +482,48 @@ async fn a_slow_jobs_neighbours_go_to_another_worker(env: Env) {
     let holder = env
         .worker(WorkerConfig {
             id: Some("holder".into()),
-            ..cfg(&["mixed"], 1)
+            ..cfg(&["mixed"], 2)
         })
         .await;
-    // One batch: the slow job first, then three quick ones. The holder
-    // leases the slow one and, before any run of it ended, one more ahead.
-    let mut reqs = vec![EnqueueRequest::task("sleep", r#"{"ms":60000}"#)];
-    reqs.extend((0..3).map(|i| EnqueueRequest::task("hello", format!(r#"{{"name":"q{i}"}}"#))));
+    // One batch: two slow jobs, then four quick ones. The holder leases the
+    // slow ones and, before any run ended, two more ahead (its prefetch
+    // starts at its concurrency); the last two wait in the queue.
+    let slow = r#"{"ms":60000}"#;
+    let mut reqs = vec![
+        EnqueueRequest::task("sleep", slow),
+        EnqueueRequest::task("sleep", slow),
+    ];
+    reqs.extend((0..4).map(|i| EnqueueRequest::task("hello", format!(r#"{{"name":"q{i}"}}"#))));
     let ids = batch(&env, reqs).await;
     wait_started(&mut events, ids[0]).await;
+    wait_started(&mut events, ids[1]).await;
+    // The first job leased ahead is revoked while it waits.
+    assert_eq!(
+        env.broker.revoke(ids[2], false).await.unwrap(),
+        RevokeOutcome::WillNotRetry
+    );
     let helper = env
         .worker(WorkerConfig {
             id: Some("helper".into()),
             ..cfg(&["mixed"], 1)
         })
         .await;
-    for id in &ids[1..] {
+    for id in &ids[3..] {
         let j = wait_final(&env.broker, *id).await;
         assert_eq!(j.state, JobState::Success, "{j:?}");
         assert_eq!(j.worker.as_deref(), Some("helper"), "{j:?}");
     }
-    let slow = env.broker.get(ids[0]).await.unwrap().unwrap();
-    assert_eq!(slow.state, JobState::Started, "the slow job still runs");
-    assert_eq!(slow.worker.as_deref(), Some("holder"));
-    env.broker.revoke(ids[0], true).await.unwrap();
-    assert_eq!(
-        wait_final(&env.broker, ids[0]).await.state,
-        JobState::Revoked
-    );
+    let revoked = wait_final(&env.broker, ids[2]).await;
+    assert_eq!(revoked.state, JobState::Revoked, "{revoked:?}");
+    for id in &ids[..2] {
+        let j = env.broker.get(*id).await.unwrap().unwrap();
+        assert_eq!(j.state, JobState::Started, "the slow jobs still run");
+        assert_eq!(j.worker.as_deref(), Some("holder"));
+        env.broker.revoke(*id, true).await.unwrap();
+        assert_eq!(wait_final(&env.broker, *id).await.state, JobState::Revoked);
+    }
     let held = holder.stop().await;
-    assert!(held.handed_back >= 1, "{held:?}");
+    assert_eq!(held.handed_back, 1, "{held:?}");
     helper.stop().await;
 }
 
