@@ -208,20 +208,34 @@ impl QueueState {
             .insert((MAX_PRIORITY - priority.min(MAX_PRIORITY), self.seq, id, n));
         true
     }
+
+    /// Puts a job back at the front of the ready jobs (a hand-back, a lost
+    /// worker's lease): the front of the list, or the first of its
+    /// priority. Says whether it has a priority.
+    fn make_ready_again(&mut self, id: JobId, n: u32, priority: u8) -> bool {
+        if priority == 0 {
+            self.ready.push_front((id, n));
+            return false;
+        }
+        self.prio
+            .insert((MAX_PRIORITY - priority.min(MAX_PRIORITY), 0, id, n));
+        true
+    }
 }
 
 impl State {
     /// Stores what each completion settles (final record, retry, hand-back);
-    /// a completion whose lease is no longer held is stale. True when a job
-    /// became ready.
+    /// a completion whose lease is no longer held is stale. Says whether a
+    /// job became ready, and whether one with a priority.
     fn apply_completions(
         &mut self,
         req: &SettleRequest,
         now: i64,
         reply: &mut SettleReply,
         events: &mut Vec<(JobId, JobState)>,
-    ) -> bool {
+    ) -> (bool, bool) {
         let mut readied = false;
+        let mut prioritized = false;
         for c in &req.completions {
             let st_ref = &mut *self;
             let Some(q) = st_ref.queues.get_mut(&req.queue) else {
@@ -285,12 +299,16 @@ impl State {
                     }
                 }
                 Settlement::Release => {
-                    q.ready.push_front((c.lease.id, c.lease.redeliveries));
+                    let priority = st_ref
+                        .records
+                        .get(&c.lease.id)
+                        .map_or(0, |r| r.job.priority);
+                    prioritized |= q.make_ready_again(c.lease.id, c.lease.redeliveries, priority);
                     readied = true;
                 }
             }
         }
-        readied
+        (readied, prioritized)
     }
 
     /// Moves due delayed jobs to ready and takes back expired leases (a
@@ -335,7 +353,8 @@ impl State {
                     events.push((id, JobState::Revoked));
                 }
             } else {
-                q.ready.push_front((id, n + 1));
+                let priority = st_ref.records.get(&id).map_or(0, |r| r.job.priority);
+                prioritized |= q.make_ready_again(id, n + 1, priority);
                 readied = true;
             }
         }
@@ -657,15 +676,10 @@ impl Broker for EmbeddedBroker {
         let mut reply = SettleReply::default();
         let mut st = self.lock();
         st.queues.entry(req.queue.clone()).or_default();
-        // Hand-backs go to the default list: only a due check readies
-        // prioritized jobs.
-        let mut readied = (
-            st.apply_completions(&req, now, &mut reply, &mut events),
-            false,
-        );
+        let mut readied = st.apply_completions(&req, now, &mut reply, &mut events);
         if req.due_check {
             let (due, prioritized) = st.due_check(&req, now, &mut reply, &mut events);
-            readied = (readied.0 || due, prioritized);
+            readied = (readied.0 || due, readied.1 || prioritized);
         }
         let lease_until = st.lease_ready(&req, now, &mut reply, &mut events);
         let changed = !req.completions.is_empty()

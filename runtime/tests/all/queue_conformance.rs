@@ -870,7 +870,51 @@ conformance!(
     list_forgets_jobs_whose_records_expired,
     priorities_lease_higher_first,
     history_counts_every_change_by_the_minute,
+    a_job_back_from_a_worker_keeps_its_priority,
 );
+
+/// A job handed back by its worker (a prefetch hand-back, a shutdown) or
+/// taken back from a lost worker goes back first among the jobs of its
+/// priority, not behind them nor among priority 0.
+async fn a_job_back_from_a_worker_keeps_its_priority(env: Env) {
+    let b = &env.broker;
+    let enqueue = |p: Option<u64>| {
+        let mut r = call("{}");
+        r.priority = p;
+        let producer = env.producer.clone();
+        async move { producer.enqueue(r).await.unwrap().job.id }
+    };
+    let low = enqueue(None).await;
+    let first = enqueue(Some(5)).await;
+    let second = enqueue(Some(5)).await;
+    let ids = |r: &runner::queue::SettleReply| -> Vec<JobId> {
+        r.deliveries.iter().map(|d| d.job.id).collect()
+    };
+    // Handed back.
+    let r = b.settle(settle("work", "w", vec![], 1)).await.unwrap();
+    assert_eq!(ids(&r), [first]);
+    let back = Completion {
+        lease: r.deliveries[0].lease.clone(),
+        settlement: Settlement::Release,
+        had_progress: false,
+    };
+    b.settle(settle("work", "w", vec![back], 0)).await.unwrap();
+    let mut req = settle("work", "w2", vec![], 3);
+    req.lease = Duration::from_millis(100);
+    let r = b.settle(req).await.unwrap();
+    assert_eq!(ids(&r), [first, second, low], "after a hand-back");
+    // Taken back from a worker whose leases ran out.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = b.settle(settle("work", "w3", vec![], 3)).await.unwrap();
+    assert_eq!(r.reclaimed, 3);
+    let got = ids(&r);
+    assert_eq!(got[2], low, "priority 0 last: {got:?}");
+    let mut high = got[..2].to_vec();
+    high.sort();
+    let mut want = vec![first, second];
+    want.sort();
+    assert_eq!(high, want, "the priority-5 jobs first: {got:?}");
+}
 
 /// The sum of a queue's last hour, minute by minute.
 async fn hour(b: &Arc<dyn Broker>, queue: &str) -> Vec<runner::queue::history::HistoryPoint> {

@@ -120,6 +120,18 @@ local function stage_ready(ready, prio, member, p, now)
     ready[#ready + 1] = member
   end
 end
+-- Stages job `id` (`<id>|<redeliveries>` as `member`) going back to the
+-- front of the ready jobs (a hand-back, a lost worker's lease): the front
+-- of the list, or the first of its priority (its record says which).
+local function stage_back(back, prio, P, id, member)
+  local p = rec_priority(redis.call('GET', P .. 'job:' .. id) or '')
+  if p > 0 then
+    prio[#prio + 1] = prio_score(p, 0)
+    prio[#prio + 1] = member
+  else
+    back[#back + 1] = member
+  end
+end
 -- The delayed member of job `id` of priority `p`.
 local function delayed_member(id, n, p)
   if p > 0 then return id .. '|' .. n .. '|' .. p end

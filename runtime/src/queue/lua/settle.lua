@@ -37,6 +37,8 @@ for j = 0, nc - 1 do
 end
 local now = server_ms()
 local ev, stale = {}, {}
+-- Jobs with a priority made ready by this call: announced as such.
+local prioritized = false
 local readied = 0
 local reclaimed = 0
 local deferred = nil
@@ -54,7 +56,7 @@ if nc > 0 then
   else
     scores = redis.call('ZMSCORE', P .. 'leases', unpack(members))
   end
-  local held, dead, back, delayed, clear, unexpire = {}, {}, {}, {}, {}, {}
+  local held, dead, back, back_prio, delayed, clear, unexpire = {}, {}, {}, {}, {}, {}, {}
   for j = 0, nc - 1 do
     local b = C + j * 8
     local member, action, rec, arg = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
@@ -91,7 +93,7 @@ if nc > 0 then
         end
       elseif kind == 'H' then
         local n = string.match(member, '^[^|]+|(%d+)|') or '0'
-        back[#back + 1] = id .. '|' .. n
+        stage_back(back, back_prio, P, id, id .. '|' .. n)
       end
     end
   end
@@ -107,12 +109,16 @@ if nc > 0 then
     redis.call('LPUSH', P .. 'ready', unpack(back))
     readied = readied + #back
   end
+  if #back_prio > 0 then
+    redis.call('ZADD', P .. 'prio', unpack(back_prio))
+    readied = readied + #back_prio / 2
+    prioritized = true
+  end
   if #clear > 0 then redis.call('HDEL', P .. 'progress', unpack(clear)) end
   if #unexpire > 0 then redis.call('ZREM', P .. 'ends', unpack(unexpire)) end
 end
 
 local next_due = nil
-local prioritized = false
 if due_check then
   local due = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', now, 'LIMIT', 0, 1000)
   if #due > 0 then
@@ -140,7 +146,7 @@ if due_check then
     local ids = {}
     for i, m in ipairs(expired) do ids[i] = string.match(m, '^[^|]+') or m end
     redis.call('HDEL', P .. 'leased', unpack(ids))
-    local back = {}
+    local back, back_prio = {}, {}
     for _, m in ipairs(expired) do
       local id, n = string.match(m, '^([^|]+)|(%d+)|')
       if id then
@@ -157,13 +163,18 @@ if due_check then
             ev[#ev + 1] = { id, 'REVOKED' }
           end
         else
-          back[#back + 1] = id .. '|' .. (tonumber(n) + 1)
+          stage_back(back, back_prio, P, id, id .. '|' .. (tonumber(n) + 1))
         end
       end
     end
     if #back > 0 then
       redis.call('LPUSH', P .. 'ready', unpack(back))
       readied = readied + #back
+    end
+    if #back_prio > 0 then
+      redis.call('ZADD', P .. 'prio', unpack(back_prio))
+      readied = readied + #back_prio / 2
+      prioritized = true
     end
   end
   -- Records that expired leave the job index.
