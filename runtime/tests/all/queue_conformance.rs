@@ -873,17 +873,19 @@ conformance!(
     a_job_back_from_a_worker_keeps_its_priority,
 );
 
+/// Enqueues an `echo` job of priority `p` (none: the default).
+async fn enqueue_at(env: &Env, p: Option<u64>) -> JobId {
+    let mut r = call("{}");
+    r.priority = p;
+    env.producer.enqueue(r).await.unwrap().job.id
+}
+
 /// A job handed back by its worker (a prefetch hand-back, a shutdown) or
 /// taken back from a lost worker goes back first among the jobs of its
 /// priority, not behind them nor among priority 0.
 async fn a_job_back_from_a_worker_keeps_its_priority(env: Env) {
     let b = &env.broker;
-    let enqueue = |p: Option<u64>| {
-        let mut r = call("{}");
-        r.priority = p;
-        let producer = env.producer.clone();
-        async move { producer.enqueue(r).await.unwrap().job.id }
-    };
+    let enqueue = |p: Option<u64>| enqueue_at(&env, p);
     let low = enqueue(None).await;
     let first = enqueue(Some(5)).await;
     let second = enqueue(Some(5)).await;
@@ -1024,12 +1026,7 @@ async fn history_counts_every_change_by_the_minute(env: Env) {
 /// list; a priority above 9 is refused by name.
 async fn priorities_lease_higher_first(env: Env) {
     let b = &env.broker;
-    let enqueue = |p: Option<u64>| {
-        let mut r = call("{}");
-        r.priority = p;
-        let producer = env.producer.clone();
-        async move { producer.enqueue(r).await.unwrap().job.id }
-    };
+    let enqueue = |p: Option<u64>| enqueue_at(&env, p);
     let mut low = vec![enqueue(None).await, enqueue(Some(0)).await];
     let mid = [enqueue(Some(5)).await, enqueue(Some(5)).await];
     let high = [enqueue(Some(9)).await, enqueue(Some(9)).await];
