@@ -121,10 +121,9 @@ async fn queue_detail(
     }
     let used = ctx.broker.rate_usage(&queue, &limits).await?;
     let minutes = ctx.broker.history(std::slice::from_ref(&queue)).await?;
-    let now = (stats.ready + stats.delayed, stats.in_flight);
     let history = minutes
         .first()
-        .map(|m| m.points(chrono::Utc::now(), Some(now)))
+        .map(|m| m.points(chrono::Utc::now(), Some(stats.depth())))
         .unwrap_or_default();
     Ok(axum::Json(QueueDetail {
         stats,
@@ -161,7 +160,7 @@ async fn all_history(
     let each: Vec<Vec<HistoryPoint>> = minutes
         .iter()
         .zip(&stats)
-        .map(|(m, q)| m.points(now, Some((q.ready + q.delayed, q.in_flight))))
+        .map(|(m, q)| m.points(now, Some(q.depth())))
         .collect();
     let mut history = history::sum(&each);
     if history.is_empty() {

@@ -348,6 +348,14 @@ pub struct QueueStats {
     pub dead: u64,
 }
 
+impl QueueStats {
+    /// Jobs waiting (ready or delayed) and running (leased): a queue's
+    /// depth as its history keeps it (`history.rs`).
+    pub fn depth(&self) -> (u64, u64) {
+        (self.ready + self.delayed, self.in_flight)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkerInfo {
     pub id: String,

@@ -23,6 +23,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use tokio::sync::broadcast;
+
+use crate::producer::{EnqueueRequest, Producer};
+use crate::queue::{JobEvent, JobState};
 
 pub use queue::QueueBench;
 pub use sandbox::SandboxBench;
@@ -100,6 +104,63 @@ async fn wait_with_bar(len: Duration, label: &'static str) {
         bar.inc(1);
     }
     bar.finish_and_clear();
+}
+
+/// Enqueues `jobs` jobs of `task` with `input`, `batch` per call; `bar`
+/// advances by each batch.
+async fn enqueue_jobs(
+    producer: &Producer,
+    task: &str,
+    input: &str,
+    jobs: usize,
+    batch: usize,
+    bar: Option<&ProgressBar>,
+) -> anyhow::Result<()> {
+    let mut left = jobs;
+    while left > 0 {
+        let n = left.min(batch.max(1));
+        let reqs = (0..n).map(|_| EnqueueRequest::task(task, input)).collect();
+        producer.enqueue_batch(reqs).await?;
+        left -= n;
+        if let Some(bar) = bar {
+            bar.inc(n as u64);
+        }
+    }
+    Ok(())
+}
+
+/// Waits for `n` final events of `queue` (60 s at most between two);
+/// returns how many of them were not a success. `bar` shows how many ended.
+async fn wait_finals(
+    events: &mut broadcast::Receiver<JobEvent>,
+    queue: &str,
+    n: usize,
+    bar: Option<&ProgressBar>,
+) -> anyhow::Result<usize> {
+    let mut done = 0usize;
+    let mut failed = 0usize;
+    while done < n {
+        match tokio::time::timeout(Duration::from_secs(60), events.recv()).await {
+            Ok(Ok(ev)) if ev.queue == queue && ev.state.is_final() => {
+                done += 1;
+                if ev.state != JobState::Success {
+                    failed += 1;
+                }
+                if let Some(bar) = bar
+                    && done.is_multiple_of(500)
+                {
+                    bar.set_position(done as u64);
+                }
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(broadcast::error::RecvError::Lagged(n))) => {
+                bail!("the event stream lagged by {n}: cannot count results")
+            }
+            Ok(Err(e)) => bail!("event stream ended: {e}"),
+            Err(_) => bail!("no result for 60 s ({done} of {n} done)"),
+        }
+    }
+    Ok(failed)
 }
 
 /// A `redis-server` of the bench's own on a free loopback port, in a temp

@@ -28,11 +28,12 @@ use clap::Args;
 use tokio::sync::broadcast;
 
 use super::{
-    CommandCount, Commands, RedisChild, bench_module, percentile, progress_bar, wait_with_bar,
+    CommandCount, Commands, RedisChild, bench_module, enqueue_jobs, percentile, progress_bar,
+    wait_finals, wait_with_bar,
 };
 
 use crate::producer::{EnqueueRequest, Producer};
-use crate::queue::{Broker, JobEvent, JobState, RedisBroker, RetryPolicy};
+use crate::queue::{Broker, JobEvent, RedisBroker, RetryPolicy};
 use crate::registry::{RedisRegistry, Registry, TaskBinding};
 use crate::sandbox::host::HostServices;
 use crate::sandbox::{Sandbox, SandboxConfig};
@@ -265,43 +266,22 @@ async fn measure_throughput<W>(
     count.reset().await?;
     let t0 = Instant::now();
     let bar = progress_bar(args.jobs as u64, "enqueue");
-    let mut left = args.jobs;
-    while left > 0 {
-        let n = left.min(args.batch.max(1));
-        let reqs = (0..n)
-            .map(|_| EnqueueRequest::task("bench", args.input.clone()))
-            .collect();
-        producer.enqueue_batch(reqs).await?;
-        left -= n;
-        bar.inc(n as u64);
-    }
+    enqueue_jobs(
+        producer,
+        "bench",
+        &args.input,
+        args.jobs,
+        args.batch,
+        Some(&bar),
+    )
+    .await?;
     let enqueue = t0.elapsed();
 
     bar.set_position(0);
     bar.set_message("process");
     let t1 = Instant::now();
     let worker = start_worker();
-    let mut done = 0usize;
-    let mut failed = 0usize;
-    while done < args.jobs {
-        match tokio::time::timeout(Duration::from_secs(60), events.recv()).await {
-            Ok(Ok(ev)) if ev.state.is_final() => {
-                done += 1;
-                if ev.state != JobState::Success {
-                    failed += 1;
-                }
-                if done.is_multiple_of(500) {
-                    bar.set_position(done as u64);
-                }
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(broadcast::error::RecvError::Lagged(n))) => {
-                bail!("the event stream lagged by {n}: cannot count results")
-            }
-            Ok(Err(e)) => bail!("event stream ended: {e}"),
-            Err(_) => bail!("no result for 60 s ({done} of {} done)", args.jobs),
-        }
-    }
+    let failed = wait_finals(events, "bench", args.jobs, Some(&bar)).await?;
     let process = t1.elapsed();
     let total = t0.elapsed();
     bar.finish_and_clear();

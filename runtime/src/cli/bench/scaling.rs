@@ -10,10 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use tokio::sync::broadcast;
 
-use crate::producer::{EnqueueRequest, Producer};
-use crate::queue::{Broker, JobEvent};
+use crate::producer::Producer;
+use crate::queue::Broker;
 
 /// Worker processes of one step, killed on drop.
 struct Workers(Vec<Child>);
@@ -75,27 +74,6 @@ async fn redis_cpu(conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Resu
         + field("used_cpu_sys:").context("no used_cpu_sys in INFO")?)
 }
 
-/// Waits for `n` final events of queue `queue`.
-async fn finals(
-    events: &mut broadcast::Receiver<JobEvent>,
-    queue: &str,
-    n: usize,
-) -> anyhow::Result<()> {
-    let mut done = 0;
-    while done < n {
-        match tokio::time::timeout(Duration::from_secs(60), events.recv()).await {
-            Ok(Ok(ev)) if ev.queue == queue && ev.state.is_final() => done += 1,
-            Ok(Ok(_)) => {}
-            Ok(Err(broadcast::error::RecvError::Lagged(n))) => {
-                bail!("the event stream lagged by {n}: cannot count results")
-            }
-            Ok(Err(e)) => bail!("event stream ended: {e}"),
-            Err(_) => bail!("no result for 60 s ({done} of {n} done)"),
-        }
-    }
-    Ok(())
-}
-
 /// One step: `n` worker processes on `url` drain `jobs` jobs of `task`.
 #[allow(clippy::too_many_arguments)]
 pub async fn step(
@@ -142,14 +120,8 @@ pub async fn step(
     }
     let mut events = broker.subscribe().await?;
     let warm = 100 * n;
-    producer
-        .enqueue_batch(
-            (0..warm)
-                .map(|_| EnqueueRequest::task(task, input.to_string()))
-                .collect(),
-        )
-        .await?;
-    finals(&mut events, queue, warm).await?;
+    super::enqueue_jobs(producer, task, input, warm, warm, None).await?;
+    super::wait_finals(&mut events, queue, warm, None).await?;
 
     let mut conn = redis::Client::open(url)?
         .get_multiplexed_async_connection()
@@ -160,19 +132,10 @@ pub async fn step(
         let producer = producer.clone();
         let (task, input) = (task.to_string(), input.to_string());
         tokio::spawn(async move {
-            let mut left = jobs;
-            while left > 0 {
-                let k = left.min(batch.max(1));
-                let reqs = (0..k)
-                    .map(|_| EnqueueRequest::task(&task, input.clone()))
-                    .collect();
-                producer.enqueue_batch(reqs).await?;
-                left -= k;
-            }
-            anyhow::Ok(())
+            super::enqueue_jobs(&producer, &task, &input, jobs, batch, None).await
         })
     };
-    finals(&mut events, queue, jobs).await?;
+    super::wait_finals(&mut events, queue, jobs, None).await?;
     let took = t0.elapsed();
     enqueue.await??;
     let cpu = redis_cpu(&mut conn).await? - cpu0;

@@ -132,6 +132,12 @@ local function stage_back(back, prio, P, id, member)
     back[#back + 1] = member
   end
 end
+-- Writes what `stage_back` staged; returns how many jobs it made ready.
+local function push_back(P, back, prio)
+  if #back > 0 then redis.call('LPUSH', P .. 'ready', unpack(back)) end
+  if #prio > 0 then redis.call('ZADD', P .. 'prio', unpack(prio)) end
+  return #back + #prio / 2
+end
 -- The delayed member of job `id` of priority `p`.
 local function delayed_member(id, n, p)
   if p > 0 then return id .. '|' .. n .. '|' .. p end

@@ -105,15 +105,8 @@ if nc > 0 then
   end
   if #dead > 0 then redis.call('ZADD', P .. 'dead', unpack(dead)) end
   if #delayed > 0 then redis.call('ZADD', P .. 'delayed', unpack(delayed)) end
-  if #back > 0 then
-    redis.call('LPUSH', P .. 'ready', unpack(back))
-    readied = readied + #back
-  end
-  if #back_prio > 0 then
-    redis.call('ZADD', P .. 'prio', unpack(back_prio))
-    readied = readied + #back_prio / 2
-    prioritized = true
-  end
+  readied = readied + push_back(P, back, back_prio)
+  if #back_prio > 0 then prioritized = true end
   if #clear > 0 then redis.call('HDEL', P .. 'progress', unpack(clear)) end
   if #unexpire > 0 then redis.call('ZREM', P .. 'ends', unpack(unexpire)) end
 end
@@ -167,15 +160,8 @@ if due_check then
         end
       end
     end
-    if #back > 0 then
-      redis.call('LPUSH', P .. 'ready', unpack(back))
-      readied = readied + #back
-    end
-    if #back_prio > 0 then
-      redis.call('ZADD', P .. 'prio', unpack(back_prio))
-      readied = readied + #back_prio / 2
-      prioritized = true
-    end
+    readied = readied + push_back(P, back, back_prio)
+    if #back_prio > 0 then prioritized = true end
   end
   -- Records that expired leave the job index.
   local gone = redis.call('ZRANGEBYSCORE', P .. 'ends', '-inf', now, 'LIMIT', 0, 1000)
