@@ -54,3 +54,4 @@ pub mod registry;
 pub mod sandbox;
 pub mod scheduler;
 pub mod worker;
+pub mod workflow;

@@ -86,7 +86,7 @@ pub enum Caller {
 }
 
 /// Idempotency keys the runner derives itself; a caller may not use them.
-const RESERVED_KEY_PREFIXES: [&str; 2] = ["beat:", "child:"];
+const RESERVED_KEY_PREFIXES: [&str; 3] = ["beat:", "child:", "wf:"];
 
 impl EnqueueRequest {
     pub fn task(name: impl Into<String>, input: impl Into<String>) -> Self {
@@ -197,6 +197,17 @@ impl Producer {
         caller: Caller,
         reqs: Vec<EnqueueRequest>,
     ) -> Result<Vec<Enqueued>, EnqueueError> {
+        let jobs = self.prepare_batch_as(caller, reqs).await?;
+        Ok(self.broker.enqueue(jobs).await?)
+    }
+
+    /// Builds the jobs `reqs` describe, validated whole (an error names
+    /// the request's index), without storing them.
+    pub async fn prepare_batch_as(
+        &self,
+        caller: Caller,
+        reqs: Vec<EnqueueRequest>,
+    ) -> Result<Vec<Job>, EnqueueError> {
         let mut jobs = Vec::with_capacity(reqs.len());
         let mut bindings: HashMap<String, TaskBinding> = HashMap::new();
         for (index, req) in reqs.into_iter().enumerate() {
@@ -211,7 +222,7 @@ impl Producer {
                 Err(e) => return Err(e),
             }
         }
-        Ok(self.broker.enqueue(jobs).await?)
+        Ok(jobs)
     }
 
     /// Builds the job a request describes, without storing it.

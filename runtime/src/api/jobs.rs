@@ -499,6 +499,15 @@ async fn revoke_job(
 ) -> Result<axum::Json<RevokeAnswer>, ApiError> {
     let id = parse_id(&id)?;
     let outcome = ctx.broker.revoke(id, req.terminate).await?;
+    if outcome == RevokeOutcome::Revoked
+        && let Some(job) = ctx.broker.get(id).await?
+        && job.workflow.is_some()
+    {
+        // A workflow member ended: its workflow learns it now.
+        crate::workflow::Workflows::new(ctx.producer.clone())
+            .apply_ended(&job.queue.clone(), &[job])
+            .await?;
+    }
     revoke_answer(id, outcome)
         .map(axum::Json)
         .ok_or_else(|| ApiError::not_found(format!("unknown job {id}")))
@@ -607,6 +616,11 @@ async fn revoke_many(
             out.running.extend(revoke_answer(job.id, outcome));
         }
         let purged = ctx.broker.purge(queue, &filter).await?;
+        if !purged.is_empty() {
+            crate::workflow::Workflows::new(ctx.producer.clone())
+                .drain_queue(queue)
+                .await?;
+        }
         out.purged.extend(purged.iter().map(|i| i.to_string()));
     }
     if !req.dry_run {

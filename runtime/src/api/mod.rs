@@ -24,6 +24,7 @@ pub mod schema;
 mod system;
 pub use system::{OpsState, ops_router};
 mod tasks;
+mod workflows;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -98,6 +99,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         (name = "jobs", description = "Enqueue, inspect, wait for and revoke jobs"),
         (name = "queues", description = "Queues, dead letters, workers"),
         (name = "schedules", description = "Cron and interval beats"),
+        (name = "workflows", description = "Chains, groups and chords of jobs"),
         (name = "system", description = "Health, readiness, metrics"),
     )
 )]
@@ -112,6 +114,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(events::routes())
         .merge(queues::routes())
         .merge(schedules::routes())
+        .merge(workflows::routes())
 }
 
 /// The OpenAPI document of every route.

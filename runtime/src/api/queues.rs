@@ -294,6 +294,10 @@ async fn purge(
     let ids = ctx.broker.purge(&queue, &filter).await?;
     if !filter.dry_run {
         tracing::info!(queue, count = ids.len(), task = ?filter.task, "purged");
+        // Purged workflow members end their workflows now.
+        crate::workflow::Workflows::new(ctx.producer.clone())
+            .drain_queue(&queue)
+            .await?;
     }
     Ok(axum::Json(Purged {
         count: ids.len(),

@@ -22,6 +22,7 @@ pub mod serve;
 pub mod status;
 pub mod upload;
 pub mod worker;
+pub mod workflow;
 
 #[derive(Parser, Debug)]
 #[command(name = "runner", version, about = "WASM-sandboxed task runner")]
@@ -64,6 +65,8 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Find jobs: `runner jobs list --state FAILURE --task report --since 1h`.
     Jobs(jobs::JobsArgs),
+    /// Workflows: `runner workflow submit FILE.json | status ID | watch ID | revoke ID`.
+    Workflow(workflow::WorkflowArgs),
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -92,6 +95,7 @@ pub fn main() -> ExitCode {
             Command::Run(args) => run::execute(args).await,
             Command::Bench(args) => bench::execute(args).await,
             Command::Worker(args) => worker::execute(args).await,
+            Command::Workflow(args) => workflow::execute(args).await,
             Command::Scheduler(args) => scheduler::execute(args).await,
             Command::Call(args) => call::execute(args).await,
             Command::Status(args) => status::execute(args).await,

@@ -19,10 +19,14 @@ use super::history::Minutes;
 use super::job::{DEAD_LETTER_TTL, Job, JobId, JobState, MAX_PRIORITY, Progress, RateLimit};
 use super::list::{JobPage, JobQuery, Walk, Window};
 use super::ratelimit::Limiter;
+use super::workflow::{
+    CREATED, DONE, FAILED, FINISHED, OUTBOX_BATCH, OUTBOX_STALE, RUNNING_TTL, SPEC, STATE, TOTAL,
+};
 use super::{
-    Broker, BrokerResult, Delivery, Enqueued, Extended, JobEvent, Lease, LeaseMember, PURGED,
-    PurgeFilter, QueueStats, RevokeOutcome, SettleReply, SettleRequest, Settlement, Signal,
-    WorkerInfo, WorkerSnapshot, gather_answers, ms_to_time, show_open,
+    Broker, BrokerResult, Delivery, Enqueued, Extended, JobEvent, Lease, LeaseMember, MarkKind,
+    PURGED, PurgeFilter, QueueStats, RevokeOutcome, SettleReply, SettleRequest, Settlement, Signal,
+    WfMark, WfMarked, WfState, WfStored, WorkerInfo, WorkerSnapshot, gather_answers, ms_to_time,
+    show_open,
 };
 
 struct Record {
@@ -51,6 +55,9 @@ struct QueueState {
     limiter: Limiter,
     /// The last hour, minute by minute (`history.rs`).
     history: Minutes,
+    /// Workflow members that ended, not applied yet, and since when
+    /// (`workflow.rs`).
+    wfout: HashMap<JobId, i64>,
 }
 
 impl QueueState {
@@ -80,6 +87,8 @@ struct State {
     subscribers: Vec<(Vec<String>, mpsc::UnboundedSender<Signal>)>,
     /// Inspect requests waiting for workers' answers, by reply id.
     replies: HashMap<String, mpsc::UnboundedSender<WorkerSnapshot>>,
+    /// Workflow records (the fields of Redis's hash) and when they go.
+    workflows: HashMap<JobId, (HashMap<String, String>, i64)>,
 }
 
 /// How often the state forgets what has expired.
@@ -107,6 +116,7 @@ impl State {
         self.records
             .retain(|_, r| r.expires_at.is_none_or(|e| e > now));
         self.idem.retain(|_, (_, until)| *until > now);
+        self.workflows.retain(|_, (_, until)| *until > now);
         let records = &self.records;
         let open = |id: &JobId| records.get(id).is_some_and(|r| !r.job.state.is_final());
         self.revoked.retain(|id, _| open(id));
@@ -182,6 +192,38 @@ impl State {
                     queue: queue.clone(),
                 },
             );
+        }
+    }
+
+    /// Puts the workflow members among `ended` (jobs that just turned
+    /// final in `queue`) in the queue's outbox, under the same lock as
+    /// their records.
+    fn outbox_ends(&mut self, queue: &str, ended: &[(JobId, JobState)], now: i64) {
+        let members: Vec<JobId> = ended
+            .iter()
+            .filter(|(id, state)| {
+                state.is_final()
+                    && self
+                        .records
+                        .get(id)
+                        .is_some_and(|r| r.job.workflow.is_some())
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        if members.is_empty() {
+            return;
+        }
+        let q = self.queues.entry(queue.to_string()).or_default();
+        for id in members {
+            q.wfout.entry(id).or_insert(now);
+        }
+    }
+
+    /// Workflow `id`'s record, if it lives at `now`.
+    fn workflow(&mut self, id: JobId, now: i64) -> Option<&mut HashMap<String, String>> {
+        match self.workflows.get_mut(&id) {
+            Some((f, until)) if *until > now => Some(f),
+            _ => None,
         }
     }
 
@@ -665,6 +707,7 @@ impl Broker for EmbeddedBroker {
         if let Some(q) = st.queues.get_mut(&queue) {
             q.note(now, [JobState::Revoked]);
         }
+        st.outbox_ends(&queue, &[(id, JobState::Revoked)], now);
         drop(st);
         self.emit(id, &queue, JobState::Revoked);
         Ok(RevokeOutcome::Revoked)
@@ -689,6 +732,26 @@ impl Broker for EmbeddedBroker {
             || !events.is_empty();
         if changed && let Some(q) = st.queues.get_mut(&req.queue) {
             q.note(now, events.iter().map(|e| e.1));
+        }
+        st.outbox_ends(&req.queue, &events, now);
+        if req.due_check
+            && let Some(q) = st.queues.get(&req.queue)
+        {
+            // As Redis: stale entries to apply again, and a wake-up for the
+            // oldest of the rest.
+            let stale_ms = OUTBOX_STALE.as_millis() as i64;
+            let mut entries: Vec<(i64, JobId)> = q.wfout.iter().map(|(id, t)| (*t, *id)).collect();
+            entries.sort();
+            let stale = entries
+                .iter()
+                .take_while(|(t, _)| *t <= now - stale_ms)
+                .take(OUTBOX_BATCH)
+                .count();
+            reply.outbox = entries[..stale].iter().map(|(_, id)| *id).collect();
+            if let Some((t, _)) = entries.get(stale) {
+                let at = ms_to_time(t + stale_ms);
+                reply.next_due = Some(reply.next_due.map_or(at, |d| d.min(at)));
+            }
         }
         st.announce(&req, &reply, readied, lease_until);
         drop(st);
@@ -938,6 +1001,9 @@ impl Broker for EmbeddedBroker {
         if !taken.is_empty() {
             q.note(now, taken.iter().map(|_| JobState::Revoked));
         }
+        let ended: Vec<(JobId, JobState)> =
+            taken.iter().map(|id| (*id, JobState::Revoked)).collect();
+        st.outbox_ends(queue, &ended, now);
         drop(guard);
         for id in &taken {
             self.emit(*id, queue, JobState::Revoked);
@@ -1040,6 +1106,173 @@ impl Broker for EmbeddedBroker {
             walk.feed(jobs);
         }
         Ok(walk.page())
+    }
+
+    async fn wf_create(&self, id: JobId, spec: &str, total: u64) -> BrokerResult<bool> {
+        let now = now_ms();
+        let mut st = self.lock();
+        if st.workflow(id, now).is_some() {
+            return Ok(false);
+        }
+        let fields = HashMap::from([
+            (SPEC.to_string(), spec.to_string()),
+            (STATE.to_string(), WfState::Running.as_str().to_string()),
+            (DONE.to_string(), "0".to_string()),
+            (TOTAL.to_string(), total.to_string()),
+            (CREATED.to_string(), now.to_string()),
+        ]);
+        st.workflows
+            .insert(id, (fields, now + RUNNING_TTL.as_millis() as i64));
+        Ok(true)
+    }
+
+    async fn wf_read(&self, id: JobId) -> BrokerResult<Option<WfStored>> {
+        let now = now_ms();
+        let mut st = self.lock();
+        Ok(st
+            .workflow(id, now)
+            .and_then(|f| WfStored::from_fields(f.clone())))
+    }
+
+    async fn wf_spec(&self, id: JobId) -> BrokerResult<Option<String>> {
+        let now = now_ms();
+        let mut st = self.lock();
+        Ok(st.workflow(id, now).and_then(|f| f.get(SPEC).cloned()))
+    }
+
+    async fn wf_mark(
+        &self,
+        id: JobId,
+        marks: &[WfMark],
+        ttl: Duration,
+    ) -> BrokerResult<Option<WfMarked>> {
+        let now = now_ms();
+        let mut st = self.lock();
+        let Some((f, until)) = st.workflows.get_mut(&id).filter(|(_, u)| *u > now) else {
+            return Ok(None);
+        };
+        let was = f.get(STATE).and_then(|s| WfState::parse(s));
+        let mut state = was.unwrap_or(WfState::Running);
+        let num = |f: &HashMap<String, String>, k: &str| {
+            f.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        };
+        let mut counts = Vec::with_capacity(marks.len());
+        let mut ended = 0;
+        for m in marks {
+            let new = !f.contains_key(&m.field);
+            if new {
+                f.insert(m.field.clone(), m.value.clone());
+                if m.kind != MarkKind::Complete {
+                    ended += 1;
+                }
+            }
+            let c = match &m.counter {
+                Some(k) => {
+                    let c = num(f, k) + u64::from(new);
+                    f.insert(k.clone(), c.to_string());
+                    c
+                }
+                None => 0,
+            };
+            counts.push(c);
+            if m.kind == MarkKind::Failure && new && state == WfState::Running {
+                state = WfState::Failed;
+                let path = m.field.strip_prefix("r:").unwrap_or(&m.field);
+                f.insert(STATE.into(), state.as_str().into());
+                f.insert(FAILED.into(), path.to_string());
+                f.insert(FINISHED.into(), now.to_string());
+                *until = now + ttl.as_millis() as i64;
+            }
+        }
+        let done = num(f, DONE) + ended;
+        f.insert(DONE.into(), done.to_string());
+        let failed = f.get(FAILED).cloned().filter(|_| state == WfState::Failed);
+        drop(st);
+        if ended > 0 || Some(state) != was {
+            let _ = self.events.send(super::workflow::event(id, state, done));
+        }
+        Ok(Some(WfMarked {
+            state,
+            done,
+            failed,
+            counts,
+        }))
+    }
+
+    async fn wf_fields(&self, id: JobId, fields: &[String]) -> BrokerResult<Vec<Option<String>>> {
+        let now = now_ms();
+        let mut st = self.lock();
+        let f = st.workflow(id, now);
+        Ok(fields
+            .iter()
+            .map(|k| f.as_ref().and_then(|f| f.get(k).cloned()))
+            .collect())
+    }
+
+    async fn wf_launched(
+        &self,
+        id: JobId,
+        launched: &[(String, JobId)],
+    ) -> BrokerResult<Option<WfState>> {
+        let now = now_ms();
+        let mut st = self.lock();
+        let Some(f) = st.workflow(id, now) else {
+            return Ok(None);
+        };
+        for (path, job) in launched {
+            f.insert(format!("l:{path}"), job.to_string());
+        }
+        Ok(f.get(STATE).and_then(|s| WfState::parse(s)))
+    }
+
+    async fn wf_end(&self, id: JobId, to: WfState, ttl: Duration) -> BrokerResult<Option<WfState>> {
+        let now = now_ms();
+        let mut st = self.lock();
+        let Some((f, until)) = st.workflows.get_mut(&id).filter(|(_, u)| *u > now) else {
+            return Ok(None);
+        };
+        let state = f.get(STATE).and_then(|s| WfState::parse(s));
+        if state != Some(WfState::Running) {
+            return Ok(state);
+        }
+        f.insert(STATE.into(), to.as_str().into());
+        f.insert(FINISHED.into(), now.to_string());
+        *until = now + ttl.as_millis() as i64;
+        let done = f.get(DONE).and_then(|v| v.parse().ok()).unwrap_or(0);
+        drop(st);
+        let _ = self.events.send(super::workflow::event(id, to, done));
+        Ok(Some(to))
+    }
+
+    async fn outbox_done(&self, queue: &str, ids: &[JobId]) -> BrokerResult<()> {
+        let mut st = self.lock();
+        if let Some(q) = st.queues.get_mut(queue) {
+            for id in ids {
+                q.wfout.remove(id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn outbox(
+        &self,
+        queue: &str,
+        min_age: Duration,
+        limit: usize,
+    ) -> BrokerResult<Vec<JobId>> {
+        let now = now_ms();
+        let st = self.lock();
+        let Some(q) = st.queues.get(queue) else {
+            return Ok(Vec::new());
+        };
+        let mut entries: Vec<(i64, JobId)> = q
+            .wfout
+            .iter()
+            .filter(|(_, t)| **t <= now - min_age.as_millis() as i64)
+            .map(|(id, t)| (*t, *id))
+            .collect();
+        entries.sort();
+        Ok(entries.into_iter().take(limit).map(|(_, id)| id).collect())
     }
 
     async fn running(&self, queue: &str) -> BrokerResult<Vec<Job>> {

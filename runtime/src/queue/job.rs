@@ -444,6 +444,10 @@ pub struct Job {
     /// parent's depth plus one for a child (bounded by the jobs grant).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub depth: u32,
+    /// The workflow this job is a step of, and where in it
+    /// (`workflow.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<WorkflowRef>,
     /// The beat that enqueued this job, if a scheduler did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
@@ -490,6 +494,14 @@ pub struct Job {
     /// fit in [`MAX_RECORD_LOG_BYTES`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub log: Vec<LogEntry>,
+}
+
+/// Where a job stands in a workflow: the workflow's id and the step's
+/// path in its request (`workflow.chain[2].group[0]`).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WorkflowRef {
+    pub id: JobId,
+    pub path: String,
 }
 
 /// A line a task logged.
@@ -581,6 +593,7 @@ impl Job {
             parent: None,
             children: Vec::new(),
             depth: 0,
+            workflow: None,
             schedule: None,
             scheduled_for: None,
             result_ttl_ms: DEFAULT_RESULT_TTL.as_millis() as u64,

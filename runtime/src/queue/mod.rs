@@ -25,6 +25,7 @@ pub mod job;
 pub mod list;
 pub mod ratelimit;
 pub mod redis;
+pub mod workflow;
 
 use std::time::Duration;
 
@@ -40,6 +41,7 @@ pub use job::{
 };
 pub use list::{JobPage, JobQuery};
 pub use redis::RedisBroker;
+pub use workflow::{MarkKind, WfMark, WfMarked, WfState, WfStored};
 
 /// A worker's claim on one job. The `member` string identifies this very
 /// delivery: a settlement with a stale lease is ignored.
@@ -209,6 +211,10 @@ pub struct SettleReply {
     /// Asked for `prioritized`: prioritized jobs may be left (false once
     /// a fetch found fewer than it asked for).
     pub prioritized_left: bool,
+    /// Workflow members whose end was written to the queue's outbox more
+    /// than [`workflow::OUTBOX_STALE`] ago and never applied (their
+    /// applier died): found by a due check, to apply again.
+    pub outbox: Vec<JobId>,
 }
 
 /// What wakes a worker.
@@ -555,6 +561,52 @@ pub trait Broker: Send + Sync + 'static {
     /// A page of the jobs `query` asks for, newest first, from the index
     /// of each queue (see [`list`]).
     async fn list(&self, query: &JobQuery) -> BrokerResult<JobPage>;
+
+    /// Stores a new workflow record (running, nothing done) unless one with
+    /// this id exists; says whether it stored it.
+    async fn wf_create(&self, id: JobId, spec: &str, total: u64) -> BrokerResult<bool>;
+
+    /// The workflow record, all of it.
+    async fn wf_read(&self, id: JobId) -> BrokerResult<Option<WfStored>>;
+
+    /// The record's compiled tree alone.
+    async fn wf_spec(&self, id: JobId) -> BrokerResult<Option<String>>;
+
+    /// Applies `marks` atomically, each set-if-absent (see
+    /// [`workflow`]); a new failure mark fails a running workflow, which
+    /// is then kept for `ttl`. `None` when the record is gone.
+    async fn wf_mark(
+        &self,
+        id: JobId,
+        marks: &[WfMark],
+        ttl: Duration,
+    ) -> BrokerResult<Option<WfMarked>>;
+
+    /// Fields of the record (`r:<path>`...), in the order asked.
+    async fn wf_fields(&self, id: JobId, fields: &[String]) -> BrokerResult<Vec<Option<String>>>;
+
+    /// Records the jobs launched for steps (`l:<path>`), then reads the
+    /// state (a launch that raced a revoke revokes what it launched).
+    async fn wf_launched(
+        &self,
+        id: JobId,
+        launched: &[(String, JobId)],
+    ) -> BrokerResult<Option<WfState>>;
+
+    /// Ends a running workflow as `to` (kept for `ttl` from now). Returns
+    /// the state after (the earlier end if it had one); `None` when gone.
+    async fn wf_end(&self, id: JobId, to: WfState, ttl: Duration) -> BrokerResult<Option<WfState>>;
+
+    /// Removes applied entries from `queue`'s outbox.
+    async fn outbox_done(&self, queue: &str, ids: &[JobId]) -> BrokerResult<()>;
+
+    /// Entries of `queue`'s outbox at least `min_age` old, oldest first.
+    async fn outbox(
+        &self,
+        queue: &str,
+        min_age: Duration,
+        limit: usize,
+    ) -> BrokerResult<Vec<JobId>>;
 
     /// Waits until the job is final or `timeout` passes, woken by events.
     /// Returns the job as it is then (`None` if unknown).

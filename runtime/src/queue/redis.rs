@@ -87,10 +87,12 @@ use tokio::sync::{broadcast, mpsc};
 use super::history::Minutes;
 use super::job::{DEAD_LETTER_TTL, Job, JobId, JobState, MAX_DELAY, Progress, RateLimit};
 use super::list::{JobPage, JobQuery, Walk, Window, parse_cursor};
+use super::workflow::RUNNING_TTL;
 use super::{
     Broker, BrokerError, BrokerResult, Completion, Delivery, Enqueued, Extended, JobEvent, Lease,
     LeaseMember, PURGED, PurgeFilter, QueueStats, RevokeOutcome, SettleReply, SettleRequest,
-    Settlement, Signal, WorkerInfo, WorkerSnapshot, gather_answers, ms_to_time, show_open,
+    Settlement, Signal, WfMark, WfMarked, WfState, WfStored, WorkerInfo, WorkerSnapshot,
+    gather_answers, ms_to_time, show_open,
 };
 
 const QUEUES_KEY: &str = "runner:queues";
@@ -136,6 +138,14 @@ fn channel(queue: &str) -> String {
     format!("runner:q:{queue}")
 }
 
+/// The record of workflow `id`: a slot of its own (`workflow.rs`).
+fn wf_key(id: JobId) -> String {
+    format!("runner:{{wf:{id}}}")
+}
+
+/// Where workflow events are published (one channel the event hub hears).
+const WF_CHANNEL: &str = "runner:q:~wf";
+
 struct Scripts {
     enqueue: Script,
     settle: Script,
@@ -145,6 +155,11 @@ struct Scripts {
     replay: Script,
     index: Script,
     purge: Script,
+    wf_create: Script,
+    wf_mark: Script,
+    wf_end: Script,
+    wf_launched: Script,
+    outbox: Script,
 }
 
 impl Scripts {
@@ -161,11 +176,16 @@ impl Scripts {
             replay: script(include_str!("lua/replay.lua")),
             index: script(include_str!("lua/index.lua")),
             purge: script(include_str!("lua/purge.lua")),
+            wf_create: script(include_str!("lua/wf_create.lua")),
+            wf_mark: script(include_str!("lua/wf_mark.lua")),
+            wf_end: script(include_str!("lua/wf_end.lua")),
+            wf_launched: script(include_str!("lua/wf_launched.lua")),
+            outbox: script(include_str!("lua/outbox.lua")),
         }
     }
 
     /// Their names, for the `command` label of Redis errors.
-    fn named(&self) -> [(&'static str, &Script); 8] {
+    fn named(&self) -> [(&'static str, &Script); 13] {
         [
             ("enqueue", &self.enqueue),
             ("settle", &self.settle),
@@ -175,6 +195,11 @@ impl Scripts {
             ("replay", &self.replay),
             ("index", &self.index),
             ("purge", &self.purge),
+            ("wf_create", &self.wf_create),
+            ("wf_mark", &self.wf_mark),
+            ("wf_end", &self.wf_end),
+            ("wf_launched", &self.wf_launched),
+            ("outbox", &self.outbox),
         ]
     }
 }
@@ -485,6 +510,16 @@ struct WireMessage {
     /// Jobs with a priority were made ready.
     #[serde(default)]
     prio: Option<u8>,
+    /// A workflow's state or count changed.
+    #[serde(default)]
+    wf: Option<WireWorkflow>,
+}
+
+#[derive(Deserialize)]
+struct WireWorkflow {
+    id: String,
+    state: String,
+    done: u64,
 }
 
 #[derive(Deserialize)]
@@ -508,6 +543,11 @@ impl WireMessage {
                     progress: None,
                 });
             }
+        }
+        if let Some(w) = &self.wf
+            && let (Ok(id), Some(state)) = (w.id.parse(), WfState::parse(&w.state))
+        {
+            out.push(super::workflow::event(id, state, w.done));
         }
         if let Some(p) = &self.progress
             && let Ok(id) = p.id.parse()
@@ -763,10 +803,16 @@ impl Broker for RedisBroker {
             _ => 0,
         };
         let prioritized_left = parts.next().and_then(|v| as_string(&v)).as_deref() == Some("1");
+        let outbox = as_array(parts.next().unwrap_or(Value::Nil))
+            .iter()
+            .filter_map(as_string)
+            .filter_map(|s| s.parse().ok())
+            .collect();
         let mut out = SettleReply {
             popped,
             reclaimed,
             prioritized_left,
+            outbox,
             ..SettleReply::default()
         };
         for pair in leased.chunks(2) {
@@ -1186,6 +1232,143 @@ impl Broker for RedisBroker {
             walk.feed(jobs);
         }
         Ok(walk.page())
+    }
+
+    async fn wf_create(&self, id: JobId, spec: &str, total: u64) -> BrokerResult<bool> {
+        let created: i64 = self
+            .inner
+            .scripts
+            .wf_create
+            .key(wf_key(id))
+            .arg(spec)
+            .arg(total)
+            .arg(ttl_ms(RUNNING_TTL))
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(created == 1)
+    }
+
+    async fn wf_read(&self, id: JobId) -> BrokerResult<Option<WfStored>> {
+        let fields: HashMap<String, String> = self.conn().hgetall(wf_key(id)).await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        Ok(WfStored::from_fields(fields))
+    }
+
+    async fn wf_spec(&self, id: JobId) -> BrokerResult<Option<String>> {
+        Ok(self.conn().hget(wf_key(id), "spec").await?)
+    }
+
+    async fn wf_mark(
+        &self,
+        id: JobId,
+        marks: &[WfMark],
+        ttl: Duration,
+    ) -> BrokerResult<Option<WfMarked>> {
+        let mut inv = self.inner.scripts.wf_mark.prepare_invoke();
+        inv.key(wf_key(id))
+            .arg(WF_CHANNEL)
+            .arg(id.to_string())
+            .arg(ttl_ms(ttl))
+            .arg(marks.len());
+        for m in marks {
+            inv.arg(m.kind.code())
+                .arg(&m.field)
+                .arg(&m.value)
+                .arg(m.counter.as_deref().unwrap_or(""));
+        }
+        let reply: Value = inv.invoke_async(&mut self.conn()).await?;
+        if matches!(reply, Value::Nil) {
+            return Ok(None);
+        }
+        let parts = as_array(reply);
+        let state = parts
+            .first()
+            .and_then(as_string)
+            .and_then(|s| WfState::parse(&s))
+            .ok_or_else(|| protocol("wf_mark: no state"))?;
+        let num = |v: &Value| {
+            as_string(v)
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        Ok(Some(WfMarked {
+            state,
+            done: parts.get(1).map_or(0, num),
+            failed: parts.get(2).and_then(as_string).filter(|s| !s.is_empty()),
+            counts: parts.iter().skip(3).map(num).collect(),
+        }))
+    }
+
+    async fn wf_fields(&self, id: JobId, fields: &[String]) -> BrokerResult<Vec<Option<String>>> {
+        if fields.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(redis::cmd("HMGET")
+            .arg(wf_key(id))
+            .arg(fields)
+            .query_async(&mut self.conn())
+            .await?)
+    }
+
+    async fn wf_launched(
+        &self,
+        id: JobId,
+        launched: &[(String, JobId)],
+    ) -> BrokerResult<Option<WfState>> {
+        let mut inv = self.inner.scripts.wf_launched.prepare_invoke();
+        inv.key(wf_key(id));
+        for (path, job) in launched {
+            inv.arg(format!("l:{path}")).arg(job.to_string());
+        }
+        let state: Option<String> = inv.invoke_async(&mut self.conn()).await?;
+        Ok(state.and_then(|s| WfState::parse(&s)))
+    }
+
+    async fn wf_end(&self, id: JobId, to: WfState, ttl: Duration) -> BrokerResult<Option<WfState>> {
+        let reply: Option<String> = self
+            .inner
+            .scripts
+            .wf_end
+            .key(wf_key(id))
+            .arg(WF_CHANNEL)
+            .arg(id.to_string())
+            .arg(to.as_str())
+            .arg(ttl_ms(ttl))
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(reply.and_then(|s| WfState::parse(&s)))
+    }
+
+    async fn outbox_done(&self, queue: &str, ids: &[JobId]) -> BrokerResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+        let _: i64 = self
+            .conn()
+            .zrem(format!("{}wfout", prefix(queue)), ids)
+            .await?;
+        Ok(())
+    }
+
+    async fn outbox(
+        &self,
+        queue: &str,
+        min_age: Duration,
+        limit: usize,
+    ) -> BrokerResult<Vec<JobId>> {
+        let ids: Vec<String> = self
+            .inner
+            .scripts
+            .outbox
+            .key(format!("{}wfout", prefix(queue)))
+            .arg(min_age.as_millis() as u64)
+            .arg(limit)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(ids.iter().filter_map(|s| s.parse().ok()).collect())
     }
 
     async fn running(&self, queue: &str) -> BrokerResult<Vec<Job>> {

@@ -19,8 +19,8 @@ use super::run::{execute, run_limits};
 use super::settle::revoked_before_start;
 use super::{RunCtx, WorkerStats, hostname};
 use crate::queue::{
-    BrokerError, Completion, Delivery, HeldJob, JobId, JobState, Lease, SettleRequest, Settlement,
-    Signal, WorkerInfo, WorkerSnapshot,
+    BrokerError, Completion, Delivery, HeldJob, Job, JobId, JobState, Lease, SettleReply,
+    SettleRequest, Settlement, Signal, WorkerInfo, WorkerSnapshot,
 };
 use crate::sandbox::{CancelToken, FuelMeter};
 
@@ -411,6 +411,7 @@ impl Dispatcher {
                 }
             };
             self.recovered();
+            self.advance_workflows(&q, &completions, &reply);
             for id in &reply.stale {
                 tracing::warn!(job = %id, "lease was lost before the result was stored; another run owns it");
             }
@@ -476,6 +477,36 @@ impl Dispatcher {
             self.start_buffered();
         }
         Ok(())
+    }
+
+    /// Applies the ends of workflow members this settle stored (and the
+    /// stale outbox entries its due check found) in the background: a
+    /// failure leaves them in the outbox, applied again later.
+    fn advance_workflows(&self, queue: &str, completions: &[Completion], reply: &SettleReply) {
+        let ended: Vec<Job> = completions
+            .iter()
+            .filter(|c| !reply.stale.contains(&c.lease.id))
+            .filter_map(|c| match &c.settlement {
+                Settlement::Finish { job, .. } if job.workflow.is_some() => Some(job.clone()),
+                _ => None,
+            })
+            .collect();
+        if ended.is_empty() && reply.outbox.is_empty() {
+            return;
+        }
+        let workflows = self.ctx.workflows.clone();
+        let queue = queue.to_string();
+        let stale = reply.outbox.clone();
+        tokio::spawn(async move {
+            if let Err(e) = workflows.apply_ended(&queue, &ended).await {
+                tracing::warn!(queue = %queue, error = %e, "advancing workflows; the outbox keeps their ends");
+            }
+            if !stale.is_empty()
+                && let Err(e) = workflows.drain(&queue, &stale).await
+            {
+                tracing::warn!(queue = %queue, error = %e, "applying stale workflow ends");
+            }
+        });
     }
 
     fn outage_backoff(&mut self, e: &BrokerError) -> Duration {

@@ -224,6 +224,7 @@ impl Worker {
             sandbox: self.sandbox.clone(),
             services: self.services.clone(),
             producer: self.producer.clone(),
+            workflows: crate::workflow::Workflows::new(self.producer.clone()),
             cfg: self.cfg.clone(),
             modules: Mutex::new(HashMap::new()),
             grants: std::sync::Mutex::new(HashMap::new()),
@@ -251,6 +252,8 @@ pub(super) struct RunCtx {
     pub(super) sandbox: Sandbox,
     pub(super) services: HostServices,
     pub(super) producer: Producer,
+    /// Advances the workflows of the members this worker ends.
+    pub(super) workflows: crate::workflow::Workflows,
     pub(super) cfg: WorkerConfig,
     pub(super) modules: Mutex<HashMap<ModuleHash, Arc<LoadedModule>>>,
     /// Grants by (task, module), with when they were read.

@@ -663,6 +663,7 @@ const ADMIN_ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/schedules/{name}/fire"),
     ("POST", "/v1/schedules/{name}/enable"),
     ("POST", "/v1/schedules/{name}/disable"),
+    ("POST", "/v1/workflows/{id}/revoke"),
 ];
 
 const UNKNOWN_ID: &str = "0190a0a0-0000-7000-8000-000000000000";
@@ -861,6 +862,52 @@ async fn api_contract_every_answer_is_documented() {
     step!(d, 400 POST revoke, path, Some(ADMIN), j(json!({"terminate": "yes"})));
     step!(d, 413 POST revoke, path, Some(ADMIN), too_big());
 
+    // Workflows.
+    let (wfs, wf) = ("/v1/workflows", "/v1/workflows/{id}");
+    let tree = json!({
+        "chord": [
+            {"task": "greet", "input": {"name": "a"}},
+            {"chain": [{"task": "greet", "input": {"name": "b"}}, {"task": "greet", "input": {"name": "x"}, "previous": "before"}]},
+        ],
+        "callback": {"task": "greet", "input": {"name": "c"}},
+        "on_error": {"task": "greet", "input": {"name": "e"}},
+    });
+    let v = step!(d, 202 POST wfs, wfs, Some(SUBMIT), j(json!({"workflow": tree, "ttl_secs": 3600, "idempotency_key": "contract"})));
+    let wf_id = v["id"].as_str().unwrap().to_string();
+    let v = step!(d, 202 POST wfs, wfs, Some(SUBMIT), j(json!({"workflow": {"task": "greet"}, "idempotency_key": "contract"})));
+    assert_eq!(
+        (v["id"].as_str(), v["created"].as_bool()),
+        (Some(wf_id.as_str()), Some(false)),
+        "{v}"
+    );
+    step!(d, 400 POST wfs, wfs, Some(SUBMIT), j(json!({"workflow": {"group": []}})));
+    step!(d, 400 POST wfs, wfs, Some(SUBMIT), j(json!({"workflow": {"chain": [{"task": "nope"}]}})));
+    step!(d, 400 POST wfs, wfs, Some(SUBMIT), j(json!({"workflow": {"task": "greet"}, "ttl_secs": 0})));
+    step!(d, 403 POST wfs, wfs, Some(SUBMIT), j(json!({"workflow": {"task": "greet", "rate_limit": "1/s"}})));
+    step!(d, 400 POST wfs, wfs, Some(SUBMIT), raw(b"{\"workflow\":"));
+    step!(d, 413 POST wfs, wfs, Some(SUBMIT), too_big());
+    let v =
+        step!(d, 200 GET wf, format!("/v1/workflows/{wf_id}?wait=30s"), Some(SUBMIT), Body::None);
+    assert_eq!(v["state"], "succeeded", "{v}");
+    step!(d, 404 GET wf, format!("/v1/workflows/{UNKNOWN_ID}"), Some(SUBMIT), Body::None);
+    step!(d, 400 GET wf, "/v1/workflows/x", Some(SUBMIT), Body::None);
+    step!(d, 400 GET wf, format!("/v1/workflows/{wf_id}?wait=soon"), Some(SUBMIT), Body::None);
+    let wev = "/v1/workflows/{id}/events";
+    step!(d, 200 GET wev, format!("/v1/workflows/{wf_id}/events"), Some(SUBMIT), Body::None);
+    step!(d, 404 GET wev, format!("/v1/workflows/{UNKNOWN_ID}/events"), Some(SUBMIT), Body::None);
+    step!(d, 400 GET wev, "/v1/workflows/x/events", Some(SUBMIT), Body::None);
+    let wrev = "/v1/workflows/{id}/revoke";
+    let path = format!("/v1/workflows/{wf_id}/revoke");
+    let v = step!(d, 200 POST wrev, path, Some(ADMIN), Body::None);
+    assert_eq!(
+        v["state"], "succeeded",
+        "an ended workflow keeps its end: {v}"
+    );
+    step!(d, 404 POST wrev, format!("/v1/workflows/{UNKNOWN_ID}/revoke"), Some(ADMIN), Body::None);
+    step!(d, 400 POST wrev, "/v1/workflows/x/revoke", Some(ADMIN), Body::None);
+    step!(d, 400 POST wrev, path, Some(ADMIN), j(json!({"terminate": "yes"})));
+    step!(d, 413 POST wrev, path, Some(ADMIN), too_big());
+
     // Queues, dead letters, workers.
     step!(d, 200 GET "/v1/queues", "/v1/queues", Some(SUBMIT), Body::None);
     let dead = "/v1/queues/{queue}/dead";
@@ -1001,6 +1048,7 @@ async fn api_contract_every_answer_is_documented() {
                 ("PUT", "/v1/tasks/{name}") => j(json!({"module": hello_hash})),
                 ("PUT", "/v1/schedules/{name}") => j(json!({"task": "greet", "every": "1h"})),
                 ("POST", "/v1/jobs/revoke") => j(json!({"task": "greet"})),
+                ("POST", "/v1/workflows") => j(json!({"workflow": {"task": "greet"}})),
                 _ => Body::None,
             };
             (method, template, path, body)

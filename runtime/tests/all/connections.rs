@@ -319,6 +319,52 @@ impl Broker for Deaf {
     async fn running(&self, queue: &str) -> BrokerResult<Vec<Job>> {
         self.0.running(queue).await
     }
+    async fn wf_create(&self, id: JobId, spec: &str, total: u64) -> BrokerResult<bool> {
+        self.0.wf_create(id, spec, total).await
+    }
+    async fn wf_read(&self, id: JobId) -> BrokerResult<Option<runner::queue::WfStored>> {
+        self.0.wf_read(id).await
+    }
+    async fn wf_spec(&self, id: JobId) -> BrokerResult<Option<String>> {
+        self.0.wf_spec(id).await
+    }
+    async fn wf_mark(
+        &self,
+        id: JobId,
+        marks: &[runner::queue::WfMark],
+        ttl: Duration,
+    ) -> BrokerResult<Option<runner::queue::WfMarked>> {
+        self.0.wf_mark(id, marks, ttl).await
+    }
+    async fn wf_fields(&self, id: JobId, fields: &[String]) -> BrokerResult<Vec<Option<String>>> {
+        self.0.wf_fields(id, fields).await
+    }
+    async fn wf_launched(
+        &self,
+        id: JobId,
+        launched: &[(String, JobId)],
+    ) -> BrokerResult<Option<runner::queue::WfState>> {
+        self.0.wf_launched(id, launched).await
+    }
+    async fn wf_end(
+        &self,
+        id: JobId,
+        to: runner::queue::WfState,
+        ttl: Duration,
+    ) -> BrokerResult<Option<runner::queue::WfState>> {
+        self.0.wf_end(id, to, ttl).await
+    }
+    async fn outbox_done(&self, queue: &str, ids: &[JobId]) -> BrokerResult<()> {
+        self.0.outbox_done(queue, ids).await
+    }
+    async fn outbox(
+        &self,
+        queue: &str,
+        min_age: Duration,
+        limit: usize,
+    ) -> BrokerResult<Vec<JobId>> {
+        self.0.outbox(queue, min_age, limit).await
+    }
     async fn list(&self, query: &runner::queue::JobQuery) -> BrokerResult<runner::queue::JobPage> {
         self.0.list(query).await
     }

@@ -15,6 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["api"],
     &["config"],
     &["worker", "scheduler"],
+    &["workflow"],
     &["producer", "deploy"],
     &["sandbox"],
     &["registry"],

@@ -26,3 +26,4 @@ mod scheduler_race;
 mod wiring;
 mod worker;
 mod worker_grants;
+mod workflows;

@@ -3,7 +3,8 @@
 //!
 //! - `sandbox`: instantiate+run latency, runs/s, fuel-metering overhead;
 //! - `queue`: jobs/s, Redis commands per job, round trip, idle worker cost;
-//! - `scheduler`: fire delay, exactly-once across replicas, idle cost.
+//! - `scheduler`: fire delay, exactly-once across replicas, idle cost;
+//! - `workflow`: Redis commands per member job of a workflow of batches.
 //!
 //! Each measures first and prints after, from a figures struct, so that a
 //! figure is computed in one place whatever prints it. The benches that
@@ -14,6 +15,7 @@ mod queue;
 mod sandbox;
 mod scaling;
 mod scheduler;
+mod workflow;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -31,6 +33,7 @@ use crate::queue::{JobEvent, JobState};
 pub use queue::QueueBench;
 pub use sandbox::SandboxBench;
 pub use scheduler::SchedulerBench;
+pub use workflow::WorkflowBench;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -46,6 +49,9 @@ pub enum BenchTarget {
     Queue(QueueBench),
     /// Scheduler fire delay, exactly-once across replicas, idle Redis cost.
     Scheduler(SchedulerBench),
+    /// A workflow of batches (chain of groups, then a finaliser): Redis
+    /// commands per member job.
+    Workflow(WorkflowBench),
 }
 
 pub async fn execute(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -53,6 +59,7 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchTarget::Sandbox(bench) => sandbox::execute(bench).await,
         BenchTarget::Queue(bench) => queue::execute(bench).await,
         BenchTarget::Scheduler(bench) => scheduler::execute(bench).await,
+        BenchTarget::Workflow(bench) => workflow::execute(bench).await,
     }
 }
 

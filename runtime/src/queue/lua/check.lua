@@ -73,11 +73,16 @@ end
 -- records that expire, scored by when: a settle with a due check drops
 -- those past it from all of them, so the index lives as long as the records.
 local INDEXED = { 'FAILURE', 'REVOKED', 'EXPIRED' }
-local index_ends, index_states = {}, {}
+local index_ends, index_states, wf_ends = {}, {}, {}
 -- Notes that job `id`'s record now ends `state` (nil: not final) and
--- expires at `at` (server ms); written by `index_flush`.
-local function index_end(id, state, at)
-  if state then hist_count(state) end
+-- expires at `at` (server ms); written by `index_flush`. A final record
+-- `rec` of a workflow member also goes to the queue's workflow outbox
+-- (`wfout`, `workflow.rs`), atomically with the record.
+local function index_end(id, state, at, rec)
+  if state then
+    hist_count(state)
+    if rec and string.find(rec, '"workflow":{', 1, true) then wf_ends[#wf_ends + 1] = id end
+  end
   index_ends[#index_ends + 1] = at
   index_ends[#index_ends + 1] = id
   for _, s in ipairs(INDEXED) do
@@ -89,9 +94,18 @@ local function index_end(id, state, at)
     end
   end
 end
-local function index_flush(P)
+local function index_flush(P, now)
   if #index_ends > 0 then redis.call('ZADD', P .. 'ends', unpack(index_ends)) end
   for s, l in pairs(index_states) do redis.call('ZADD', P .. 'jobs:' .. s, unpack(l)) end
+  if #wf_ends > 0 then
+    now = now or server_ms()
+    local o = {}
+    for _, id in ipairs(wf_ends) do
+      o[#o + 1] = now
+      o[#o + 1] = id
+    end
+    redis.call('ZADD', P .. 'wfout', unpack(o))
+  end
 end
 -- Drops `ids` from the expiry and state indexes (and from `jobs` too when
 -- `all`: their records are gone).

@@ -43,13 +43,13 @@ for j = 0, n - 1 do
     if removed > 0 and seen ~= '' then
       redis.call('SET', k, ARGV[b + 4], 'PX', tonumber(ARGV[b + 5]))
       now = now or server_ms()
-      index_end(id, 'REVOKED', now + tonumber(ARGV[b + 5]))
+      index_end(id, 'REVOKED', now + tonumber(ARGV[b + 5]), ARGV[b + 4])
       out[#out + 1] = id
       ev[#ev + 1] = { id, 'REVOKED' }
     end
   end
 end
-index_flush(P)
+index_flush(P, now)
 hist_flush(P, now, true)
 if #ev > 0 then redis.call('PUBLISH', chan, cjson.encode({ q = qname, ev = ev })) end
 return out

@@ -25,7 +25,7 @@ if running then
 end
 if cur ~= ARGV[7] then return 'CHANGED' end
 redis.call('SET', KEYS[1], ARGV[3], 'PX', ttl)
-index_end(id, 'REVOKED', server_ms() + ttl)
+index_end(id, 'REVOKED', server_ms() + ttl, ARGV[3])
 index_flush(P)
 -- A delayed job leaves the delayed set now (a ready one is skipped when popped).
 redis.call('ZREM', P .. 'delayed', delayed_member(id, 0, rec_priority(cur)))

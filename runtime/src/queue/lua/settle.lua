@@ -13,7 +13,7 @@
 -- Returns {leased {member, record}..., stale ids, next due, deferred until,
 -- number of entries taken from ready (leased, deferred or dropped), now,
 -- number of expired leases taken back, whether prioritized jobs may be
--- left ('1'/'0'; '' when not asked)}.
+-- left ('1'/'0'; '' when not asked), workflow ends to apply again (due check)}.
 local P, chan, qname = ARGV[1], ARGV[2], ARGV[3]
 local lease_ms = ttl_ms(ARGV[4], 'lease')
 local worker, fetch_max, due_check = ARGV[5], count(ARGV[6], 'fetch'), ARGV[7] == '1'
@@ -69,7 +69,7 @@ if nc > 0 then
       if string.find(action, 'p', 2, true) then clear[#clear + 1] = id end
       if kind == 'F' or kind == 'D' then
         redis.call('SET', P .. 'job:' .. id, rec, 'PX', arg)
-        index_end(id, state, now + tonumber(arg))
+        index_end(id, state, now + tonumber(arg), rec)
         if kind == 'D' then
           dead[#dead + 1] = now
           dead[#dead + 1] = id
@@ -78,7 +78,7 @@ if nc > 0 then
       elseif kind == 'R' then
         if redis.call('ZSCORE', P .. 'revoked', id) then
           redis.call('SET', P .. 'job:' .. id, alt, 'PX', altttl)
-          index_end(id, 'REVOKED', now + tonumber(altttl))
+          index_end(id, 'REVOKED', now + tonumber(altttl), alt)
           ev[#ev + 1] = { id, 'REVOKED' }
         else
           redis.call('SET', P .. 'job:' .. id, rec)
@@ -112,6 +112,8 @@ if nc > 0 then
 end
 
 local next_due = nil
+local outbox = {}
+local OUTBOX_STALE_MS = 10000
 if due_check then
   local due = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', now, 'LIMIT', 0, 1000)
   if #due > 0 then
@@ -152,7 +154,7 @@ if due_check then
             local ttl = tonumber(string.match(rec, '"result_ttl_ms":(%d+)')) or 3600000
             local s = string.gsub(rec, '^{"state":"%u+"', '{"state":"REVOKED"', 1)
             redis.call('SET', k, s, 'PX', ttl)
-            index_end(id, 'REVOKED', now + ttl)
+            index_end(id, 'REVOKED', now + ttl, s)
             ev[#ev + 1] = { id, 'REVOKED' }
           end
         else
@@ -168,6 +170,14 @@ if due_check then
   if #gone > 0 then index_forget(P, gone, true) end
   local d = redis.call('ZRANGE', P .. 'delayed', 0, 0, 'WITHSCORES')
   if d[2] then next_due = tonumber(d[2]) end
+  -- Workflow ends nobody applied (their applier died): handed out to
+  -- apply again; the oldest left decides when to look next.
+  outbox = redis.call('ZRANGEBYSCORE', P .. 'wfout', '-inf', now - OUTBOX_STALE_MS, 'LIMIT', 0, 100)
+  local o = redis.call('ZRANGE', P .. 'wfout', #outbox, #outbox, 'WITHSCORES')
+  if o[2] then
+    local t = tonumber(o[2]) + OUTBOX_STALE_MS
+    if not next_due or t < next_due then next_due = t end
+  end
   -- Another worker's lease may run out (if it dies): wake then. Our own
   -- leases we extend ourselves, so the earliest lease that is not ours
   -- counts, wherever it is in the order (our own are at most as many as
@@ -286,7 +296,7 @@ if fetch_max > 0 then
   end
 end
 
-index_flush(P)
+index_flush(P, now)
 if nc > 0 or popped > 0 or readied > 0 or reclaimed > 0 then hist_touch() end
 hist_flush(P, now, sample or (fetch_max > 0 and popped < fetch_max))
 if #ev > 0 or readied > 0 or deferred then
@@ -298,4 +308,4 @@ if #ev > 0 or readied > 0 or deferred then
   if #out > 0 then msg.lease = now + lease_ms end
   redis.call('PUBLISH', chan, cjson.encode(msg))
 end
-return { out, stale, next_due and tostring(next_due) or '', deferred and tostring(deferred) or '', popped, now, reclaimed, prio_left }
+return { out, stale, next_due and tostring(next_due) or '', deferred and tostring(deferred) or '', popped, now, reclaimed, prio_left, outbox }

@@ -1,0 +1,687 @@
+//! Workflows: chain, group and chord, built on the queue (see
+//! `docs/workflows.md`).
+//!
+//! A workflow is a tree of steps submitted at once and checked whole
+//! ([`model`]). Its record lives apart from its members' queues
+//! (`queue::workflow`); its member jobs carry a [`WorkflowRef`]. The engine
+//! here advances it when members end:
+//!
+//! 1. A member's final record and an outbox entry are written together,
+//!    by the script (or under the lock) that ends it.
+//! 2. Whoever ended it (the worker that settled it, the API that revoked
+//!    it) applies the end at once with [`Workflows::apply`]: a
+//!    set-if-absent mark of the member's outcome and a count of its group
+//!    in one atomic call on the workflow's record. Only the call whose
+//!    mark completes a group sees it complete the first time; a repeat
+//!    sees the same count and launches the same next step again.
+//! 3. Next steps are enqueued with the idempotency key
+//!    `wf:<workflow>:<step path>`, so a launch repeated (by a redelivered
+//!    member, a stale outbox entry applied again, two members ending at
+//!    once) enqueues once.
+//! 4. Then the outbox entry is removed. If the applier died before, the
+//!    entry goes stale and the queue's next due check hands it to a worker
+//!    to apply again ([`queue::workflow::OUTBOX_STALE`]).
+
+pub mod model;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+pub use model::{
+    DEFAULT_TTL_SECS, Kind, MAX_DEPTH, MAX_MEMBERS, MAX_TTL_SECS, Node, Spec, Tree, WorkflowError,
+    WorkflowRequest,
+};
+
+use crate::producer::{Caller, Producer};
+use crate::queue::job::WorkflowRef;
+use crate::queue::{
+    Broker, BrokerError, BrokerResult, Job, JobId, JobState, MarkKind, WfMark, WfState, WfStored,
+};
+
+pub use crate::queue::workflow::{EVENT_QUEUE, event};
+
+/// Trees read from records, by workflow id (a tree never changes).
+const CACHE_MAX: usize = 256;
+
+/// Starts, advances, shows and revokes workflows. Cheap to clone.
+#[derive(Clone)]
+pub struct Workflows {
+    producer: Producer,
+    trees: Arc<Mutex<HashMap<JobId, Arc<Tree>>>>,
+}
+
+/// A workflow as `GET /v1/workflows/{id}` shows it.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct WorkflowStatus {
+    pub id: JobId,
+    pub state: WfState,
+    /// Member jobs ended (error callbacks not counted).
+    pub done: u64,
+    pub total: u64,
+    /// The member whose failure failed the workflow.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+    pub created_at: chrono::DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<chrono::DateTime<Utc>>,
+    /// The root step's output, once the workflow succeeded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Value)]
+    pub result: Option<Value>,
+    /// The tree, each step with its state.
+    pub tree: StepStatus,
+}
+
+/// A step of a workflow and how far it got.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct StepStatus {
+    pub path: String,
+    /// `job`, `chain`, `group` or `chord`.
+    pub kind: &'static str,
+    /// `waiting` (not launched), `launched` (its job is queued or running),
+    /// `succeeded`, `failed`; for a chain, group or chord: `waiting`,
+    /// `running`, `succeeded`, `failed`.
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobId>,
+    /// A failed job's error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Value)]
+    pub error: Option<Value>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(no_recursion)]
+    pub steps: Vec<StepStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(no_recursion)]
+    pub on_error: Option<Box<StepStatus>>,
+}
+
+/// What [`Workflows::submit`] did.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Submitted {
+    pub id: JobId,
+    /// False when an earlier request with the same idempotency key had
+    /// started it.
+    pub created: bool,
+    pub total: u64,
+}
+
+impl Workflows {
+    pub fn new(producer: Producer) -> Self {
+        Workflows {
+            producer,
+            trees: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn broker(&self) -> &Arc<dyn Broker> {
+        self.producer.broker()
+    }
+
+    /// Checks `req` whole, stores the workflow and launches its first
+    /// steps. Nothing is enqueued when a step is wrong.
+    pub async fn submit(
+        &self,
+        caller: Caller,
+        req: &WorkflowRequest,
+    ) -> Result<Submitted, WorkflowError> {
+        let spec = model::compile(&self.producer, caller, req).await?;
+        let id = match &req.idempotency_key {
+            Some(k) => keyed_id(k),
+            None => JobId::new(),
+        };
+        let tree = Tree::new(spec);
+        let total = tree.total();
+        let text = serde_json::to_string(&tree.spec)
+            .map_err(|e| BrokerError::Protocol(format!("workflow spec: {e}")))?;
+        let created = self.broker().wf_create(id, &text, total).await?;
+        let tree = if created {
+            let tree = Arc::new(tree);
+            self.remember(id, tree.clone());
+            tree
+        } else {
+            // The key's workflow exists: its own tree, not this request's.
+            self.tree(id)
+                .await?
+                .ok_or_else(|| BrokerError::Protocol(format!("workflow {id} vanished")))?
+        };
+        // Launched even when it existed: a request retried after a crash
+        // between the two finishes the launch (enqueued once by key).
+        self.launch(id, &tree, &tree.spec.root, None).await?;
+        Ok(Submitted {
+            id,
+            created,
+            total: tree.total(),
+        })
+    }
+
+    fn remember(&self, id: JobId, tree: Arc<Tree>) {
+        if let Ok(mut trees) = self.trees.lock() {
+            if trees.len() >= CACHE_MAX {
+                trees.clear();
+            }
+            trees.insert(id, tree);
+        }
+    }
+
+    /// The tree of workflow `id` (cached); `None` when the record is gone.
+    async fn tree(&self, id: JobId) -> BrokerResult<Option<Arc<Tree>>> {
+        if let Some(t) = self.trees.lock().ok().and_then(|t| t.get(&id).cloned()) {
+            return Ok(Some(t));
+        }
+        let Some(text) = self.broker().wf_spec(id).await? else {
+            return Ok(None);
+        };
+        let spec: Spec = serde_json::from_str(&text)
+            .map_err(|e| BrokerError::Protocol(format!("workflow {id}: stored tree: {e}")))?;
+        let tree = Arc::new(Tree::new(spec));
+        self.remember(id, tree.clone());
+        Ok(Some(tree))
+    }
+
+    /// Applies the ends of workflow members `ended` (final records; other
+    /// jobs are skipped), then removes them from `queue`'s outbox.
+    pub async fn apply_ended(&self, queue: &str, ended: &[Job]) -> BrokerResult<()> {
+        self.apply(ended).await?;
+        let ids: Vec<JobId> = ended.iter().map(|j| j.id).collect();
+        self.broker().outbox_done(queue, &ids).await
+    }
+
+    /// Applies what is in `queue`'s outbox (entries at least `min_age`
+    /// old): the ends nobody applied, read from their records.
+    pub async fn drain(&self, queue: &str, ids: &[JobId]) -> BrokerResult<()> {
+        let mut ended = Vec::with_capacity(ids.len());
+        let mut gone = Vec::new();
+        for id in ids {
+            match self.broker().get(*id).await? {
+                Some(job) if job.state.is_final() => ended.push(job),
+                Some(_) => {}
+                None => gone.push(*id),
+            }
+        }
+        self.apply_ended(queue, &ended).await?;
+        self.broker().outbox_done(queue, &gone).await
+    }
+
+    /// Applies all of `queue`'s outbox now (after a revoke or a purge that
+    /// ended members from outside a worker).
+    pub async fn drain_queue(&self, queue: &str) -> BrokerResult<()> {
+        loop {
+            let ids = self
+                .broker()
+                .outbox(queue, Duration::ZERO, crate::queue::workflow::OUTBOX_BATCH)
+                .await?;
+            if ids.is_empty() {
+                return Ok(());
+            }
+            let n = ids.len();
+            self.drain(queue, &ids).await?;
+            if n < crate::queue::workflow::OUTBOX_BATCH {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Advances the workflows of `ended` (final records of their members).
+    pub async fn apply(&self, ended: &[Job]) -> BrokerResult<()> {
+        let mut by_wf: Vec<(JobId, Vec<&Job>)> = Vec::new();
+        for job in ended {
+            let Some(w) = &job.workflow else { continue };
+            if !job.state.is_final() {
+                continue;
+            }
+            match by_wf.iter_mut().find(|(id, _)| *id == w.id) {
+                Some((_, v)) => v.push(job),
+                None => by_wf.push((w.id, vec![job])),
+            }
+        }
+        for (id, jobs) in by_wf {
+            self.apply_one(id, &jobs).await?;
+        }
+        Ok(())
+    }
+
+    async fn apply_one(&self, id: JobId, jobs: &[&Job]) -> BrokerResult<()> {
+        let Some(tree) = self.tree(id).await? else {
+            return Ok(());
+        };
+        let ttl = Duration::from_millis(tree.spec.ttl_ms);
+        let mut marks = Vec::with_capacity(jobs.len());
+        let mut nodes = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let path = &job.workflow.as_ref().expect("filtered").path;
+            let Some(node) = tree.node(path) else {
+                tracing::warn!(workflow = %id, job = %job.id, path, "a member of a step the workflow does not have");
+                continue;
+            };
+            let error_callback = tree.is_error_callback(path);
+            let success = job.state == JobState::Success;
+            let counter = match tree.parent(path).map(|p| &p.kind) {
+                Some(Kind::Group(_)) => tree.parent(path).map(|p| format!("n:{}", p.path)),
+                Some(Kind::Chord { callback, .. }) if callback.path != *path => {
+                    tree.parent(path).map(|p| format!("n:{}", p.path))
+                }
+                _ => None,
+            };
+            marks.push(WfMark {
+                kind: if success && !error_callback {
+                    MarkKind::Success
+                } else if error_callback {
+                    // An error callback's end counts for nothing.
+                    MarkKind::Complete
+                } else {
+                    MarkKind::Failure
+                },
+                field: format!("r:{path}"),
+                value: outcome(job),
+                counter: if success && !error_callback {
+                    counter
+                } else {
+                    None
+                },
+            });
+            nodes.push(node);
+        }
+        let Some(marked) = self.broker().wf_mark(id, &marks, ttl).await? else {
+            return Ok(());
+        };
+        if marked.state == WfState::Failed
+            && let Some(failed) = &marked.failed
+            && marks
+                .iter()
+                .any(|m| m.kind == MarkKind::Failure && m.field == format!("r:{failed}"))
+        {
+            self.launch_on_error(id, &tree, failed, jobs).await?;
+        }
+        if marked.state != WfState::Running {
+            return Ok(());
+        }
+        for ((mark, node), count) in marks.iter().zip(&nodes).zip(&marked.counts) {
+            if mark.kind != MarkKind::Success {
+                continue;
+            }
+            let counted = mark.counter.as_ref().map(|_| *count);
+            self.completed(id, &tree, node, counted, ttl).await?;
+        }
+        Ok(())
+    }
+
+    /// `node` completed (its count in its group, `counted`, known when the
+    /// mark that completed it counted it): advance what it completes.
+    async fn completed(
+        &self,
+        id: JobId,
+        tree: &Tree,
+        node: &Node,
+        mut counted: Option<u64>,
+        ttl: Duration,
+    ) -> BrokerResult<()> {
+        let mut node = node;
+        loop {
+            let Some(parent) = tree.parent(&node.path) else {
+                self.broker().wf_end(id, WfState::Succeeded, ttl).await?;
+                return Ok(());
+            };
+            match &parent.kind {
+                Kind::Chain(steps) => {
+                    let pos = steps.iter().position(|s| s.path == node.path).unwrap_or(0);
+                    if let Some(next) = steps.get(pos + 1) {
+                        let collect = matches!(&next.kind, Kind::Job(j) if j.collect);
+                        let out = if collect {
+                            let mut outs = Vec::with_capacity(pos + 1);
+                            for s in &steps[..=pos] {
+                                outs.push(self.output_value(id, tree, s).await?);
+                            }
+                            Value::Array(outs).to_string()
+                        } else {
+                            self.output(id, tree, node).await?
+                        };
+                        return self.launch(id, tree, next, Some(out)).await;
+                    }
+                    node = parent;
+                    counted = None;
+                }
+                Kind::Group(steps) | Kind::Chord { members: steps, .. }
+                    if steps.iter().any(|s| s.path == node.path) =>
+                {
+                    let c = match counted {
+                        Some(c) => c,
+                        None => {
+                            let mark = WfMark {
+                                kind: MarkKind::Complete,
+                                field: format!("c:{}", node.path),
+                                value: "1".into(),
+                                counter: Some(format!("n:{}", parent.path)),
+                            };
+                            let Some(m) = self.broker().wf_mark(id, &[mark], ttl).await? else {
+                                return Ok(());
+                            };
+                            if m.state != WfState::Running {
+                                return Ok(());
+                            }
+                            m.counts.first().copied().unwrap_or(0)
+                        }
+                    };
+                    if c < steps.len() as u64 {
+                        return Ok(());
+                    }
+                    if let Kind::Chord { callback, .. } = &parent.kind {
+                        let mut outs = Vec::new();
+                        for s in steps {
+                            outs.push(self.output_value(id, tree, s).await?);
+                        }
+                        let input = Value::Array(outs).to_string();
+                        return self.launch(id, tree, callback, Some(input)).await;
+                    }
+                    node = parent;
+                    counted = None;
+                }
+                // The chord's callback: the chord completed.
+                _ => {
+                    node = parent;
+                    counted = None;
+                }
+            }
+        }
+    }
+
+    /// `node`'s output (JSON text), from the results its record keeps.
+    async fn output(&self, id: JobId, tree: &Tree, node: &Node) -> BrokerResult<String> {
+        Ok(self.output_value(id, tree, node).await?.to_string())
+    }
+
+    async fn output_value(&self, id: JobId, tree: &Tree, node: &Node) -> BrokerResult<Value> {
+        let mut jobs = Vec::new();
+        tree.output_jobs(node, &mut jobs);
+        let fields: Vec<String> = jobs.iter().map(|j| format!("r:{}", j.path)).collect();
+        let values = self.broker().wf_fields(id, &fields).await?;
+        let mut results = values.into_iter().map(|v| {
+            v.and_then(|v| serde_json::from_str::<Value>(&v).ok())
+                .and_then(|o| o.get("result").cloned())
+                .unwrap_or(Value::Null)
+        });
+        Ok(model::assemble(node, &mut results))
+    }
+
+    /// Enqueues the jobs that start `node`, each given `input` (the output
+    /// of the step before), idempotently; records them in the workflow.
+    /// A launch that finds the workflow no longer running revokes what it
+    /// launched (it raced a revoke or a failure).
+    async fn launch(
+        &self,
+        id: JobId,
+        tree: &Tree,
+        node: &Node,
+        input: Option<String>,
+    ) -> BrokerResult<()> {
+        let mut entry = Vec::new();
+        tree.entry_jobs(node, &mut entry);
+        let jobs: Vec<Job> = entry
+            .iter()
+            .filter_map(|n| self.member_job(id, n, input.as_deref()))
+            .collect();
+        let state = self.enqueue_members(id, jobs).await?;
+        if state.is_some_and(|s| s != WfState::Running) {
+            let mut paths: Vec<&str> = entry.iter().map(|n| n.path.as_str()).collect();
+            paths.sort();
+            self.revoke_launched(id, Some(&paths), false).await?;
+        }
+        Ok(())
+    }
+
+    /// Enqueues `jobs` (dup-free by key) and records them; the state after.
+    async fn enqueue_members(&self, id: JobId, jobs: Vec<Job>) -> BrokerResult<Option<WfState>> {
+        let paths: Vec<String> = jobs
+            .iter()
+            .filter_map(|j| j.workflow.as_ref().map(|w| w.path.clone()))
+            .collect();
+        let enqueued = self.broker().enqueue(jobs).await?;
+        let launched: Vec<(String, JobId)> = paths
+            .into_iter()
+            .zip(enqueued)
+            .map(|(p, e)| (p, e.job.id))
+            .collect();
+        self.broker().wf_launched(id, &launched).await
+    }
+
+    /// The job of step `node` of workflow `id`, given `previous`.
+    fn member_job(&self, id: JobId, node: &Node, previous: Option<&str>) -> Option<Job> {
+        let Kind::Job(step) = &node.kind else {
+            return None;
+        };
+        let now = Utc::now();
+        let mut job = step.template.clone();
+        job.id = JobId::new();
+        job.created_at = now;
+        job.input = model::input_for(step, previous);
+        job.idempotency_key = Some(format!("wf:{id}:{}", node.path));
+        job.workflow = Some(WorkflowRef {
+            id,
+            path: node.path.clone(),
+        });
+        let after = |ms: u64| now.checked_add_signed(chrono::Duration::milliseconds(ms as i64));
+        if let Some(ms) = step.countdown_ms {
+            job.eta = after(ms);
+        }
+        if let Some(ms) = step.expires_in_ms {
+            job.expires = after(ms);
+        }
+        Some(job)
+    }
+
+    /// Launches the error callback that answers the failure of the member
+    /// at `failed` (once: its key is the workflow's).
+    async fn launch_on_error(
+        &self,
+        id: JobId,
+        tree: &Tree,
+        failed: &str,
+        jobs: &[&Job],
+    ) -> BrokerResult<()> {
+        let Some(cb) = tree.on_error_for(failed) else {
+            return Ok(());
+        };
+        let member = jobs
+            .iter()
+            .find(|j| j.workflow.as_ref().is_some_and(|w| w.path == failed));
+        let info = serde_json::json!({
+            "workflow": id,
+            "step": failed,
+            "job": member.map(|j| j.id),
+            "state": member.map(|j| j.state),
+            "error": member.and_then(|j| j.error.clone()),
+        })
+        .to_string();
+        let Some(job) = self.member_job(id, cb, Some(&info)) else {
+            return Ok(());
+        };
+        self.enqueue_members(id, vec![job]).await?;
+        Ok(())
+    }
+
+    /// The workflow as stored, with each step's state.
+    pub async fn status(&self, id: JobId) -> BrokerResult<Option<WorkflowStatus>> {
+        let Some(stored) = self.broker().wf_read(id).await? else {
+            return Ok(None);
+        };
+        let spec: Spec = serde_json::from_str(&stored.spec)
+            .map_err(|e| BrokerError::Protocol(format!("workflow {id}: stored tree: {e}")))?;
+        let tree = Tree::new(spec);
+        let root = &tree.spec.root;
+        let result = (stored.state == WfState::Succeeded).then(|| {
+            let mut jobs = Vec::new();
+            tree.output_jobs(root, &mut jobs);
+            let mut results = jobs.iter().map(|j| {
+                stored
+                    .fields
+                    .get(&format!("r:{}", j.path))
+                    .and_then(|v| serde_json::from_str::<Value>(v).ok())
+                    .and_then(|o| o.get("result").cloned())
+                    .unwrap_or(Value::Null)
+            });
+            model::assemble(root, &mut results)
+        });
+        Ok(Some(WorkflowStatus {
+            id,
+            state: stored.state,
+            done: stored.done,
+            total: stored.total,
+            failed: stored.failed.clone(),
+            created_at: stored.created_at,
+            finished_at: stored.finished_at,
+            result,
+            tree: step_status(root, &stored),
+        }))
+    }
+
+    /// Revokes workflow `id`: steps not launched never run, launched jobs
+    /// are revoked (running ones stopped when `terminate`). The state
+    /// after (an ended workflow keeps its end); `None` when unknown.
+    pub async fn revoke(&self, id: JobId, terminate: bool) -> BrokerResult<Option<WfState>> {
+        let Some(tree) = self.tree(id).await? else {
+            return Ok(None);
+        };
+        let ttl = Duration::from_millis(tree.spec.ttl_ms);
+        let state = self.broker().wf_end(id, WfState::Revoked, ttl).await?;
+        if state == Some(WfState::Revoked) {
+            self.revoke_launched(id, None, terminate).await?;
+        }
+        Ok(state)
+    }
+
+    /// Revokes the launched jobs of workflow `id` (of the steps `only`,
+    /// sorted, when given), then applies their ends.
+    async fn revoke_launched(
+        &self,
+        id: JobId,
+        only: Option<&[&str]>,
+        terminate: bool,
+    ) -> BrokerResult<()> {
+        let Some(stored) = self.broker().wf_read(id).await? else {
+            return Ok(());
+        };
+        let mut queues: Vec<String> = Vec::new();
+        for (field, job) in &stored.fields {
+            let Some(path) = field.strip_prefix("l:") else {
+                continue;
+            };
+            if path.ends_with(".on_error") || stored.fields.contains_key(&format!("r:{path}")) {
+                continue;
+            }
+            if only.is_some_and(|o| o.binary_search(&path).is_err()) {
+                continue;
+            }
+            let Ok(job) = job.parse::<JobId>() else {
+                continue;
+            };
+            // A queued job ends here (its end is applied below); a running
+            // one ends REVOKED through its worker's settle.
+            let outcome = self.broker().revoke(job, terminate).await?;
+            if outcome == crate::queue::RevokeOutcome::Revoked
+                && let Some(j) = self.broker().get(job).await?
+                && !queues.contains(&j.queue)
+            {
+                queues.push(j.queue);
+            }
+        }
+        for q in queues {
+            // Boxed: draining applies ends, which may launch and revoke.
+            Box::pin(self.drain_queue(&q)).await?;
+        }
+        Ok(())
+    }
+}
+
+/// What a workflow record keeps of a member's end: `{"state", "id",
+/// "result"}` or `{"state", "id", "error"}`.
+fn outcome(job: &Job) -> String {
+    let mut o = serde_json::Map::new();
+    o.insert("state".into(), Value::String(job.state.as_str().into()));
+    o.insert("id".into(), Value::String(job.id.to_string()));
+    if job.state == JobState::Success {
+        o.insert("result".into(), job.result_value().unwrap_or(Value::Null));
+    } else if let Some(e) = &job.error {
+        o.insert(
+            "error".into(),
+            serde_json::to_value(e).unwrap_or(Value::Null),
+        );
+    }
+    Value::Object(o).to_string()
+}
+
+/// The id of the workflow that idempotency key `key` starts: the same for
+/// every request that sends it.
+fn keyed_id(key: &str) -> JobId {
+    let digest = Sha256::digest(format!("runner workflow key\0{key}").as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    JobId(uuid::Builder::from_custom_bytes(bytes).into_uuid())
+}
+
+fn step_status(node: &Node, stored: &WfStored) -> StepStatus {
+    let outcome = stored
+        .fields
+        .get(&format!("r:{}", node.path))
+        .and_then(|v| serde_json::from_str::<Value>(v).ok());
+    let launched = stored
+        .fields
+        .get(&format!("l:{}", node.path))
+        .and_then(|v| v.parse::<JobId>().ok());
+    let (kind, task, steps) = match &node.kind {
+        Kind::Job(j) => ("job", j.template.task.clone(), Vec::new()),
+        Kind::Chain(s) => (
+            "chain",
+            None,
+            s.iter().map(|c| step_status(c, stored)).collect(),
+        ),
+        Kind::Group(s) => (
+            "group",
+            None,
+            s.iter().map(|c| step_status(c, stored)).collect(),
+        ),
+        Kind::Chord { members, callback } => {
+            let mut steps: Vec<StepStatus> =
+                members.iter().map(|c| step_status(c, stored)).collect();
+            steps.push(step_status(callback, stored));
+            ("chord", None, steps)
+        }
+    };
+    let state = match (&node.kind, &outcome) {
+        (Kind::Job(_), Some(o)) if o.get("state").and_then(Value::as_str) == Some("SUCCESS") => {
+            "succeeded"
+        }
+        (Kind::Job(_), Some(_)) => "failed",
+        (Kind::Job(_), None) if launched.is_some() => "launched",
+        (Kind::Job(_), None) => "waiting",
+        _ if steps.iter().any(|s| s.state == "failed") => "failed",
+        _ if steps.iter().all(|s| s.state == "succeeded") => "succeeded",
+        _ if steps.iter().all(|s| s.state == "waiting") => "waiting",
+        _ => "running",
+    };
+    StepStatus {
+        path: node.path.clone(),
+        kind,
+        state,
+        task,
+        job: outcome
+            .as_ref()
+            .and_then(|o| o.get("id"))
+            .and_then(|v| v.as_str())
+            .and_then(|s| s.parse().ok())
+            .or(launched),
+        error: outcome.and_then(|o| o.get("error").cloned()),
+        steps,
+        on_error: node
+            .on_error
+            .as_ref()
+            .map(|e| Box::new(step_status(e, stored))),
+    }
+}

@@ -1,0 +1,617 @@
+//! Workflows (chain, group, chord): the engine against both brokers the way
+//! workers drive it (races and repeats forced by hand), and end to end
+//! through the HTTP API with a real worker.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use runner::producer::Caller;
+use runner::queue::{Delivery, JobState, WfState};
+use runner::workflow::{WorkflowRequest, Workflows};
+use serde_json::{Value, json};
+
+use crate::api::{ADMIN, SUBMIT, TestApi, message, module_hash};
+use crate::queue_conformance::{Env, settle, success};
+use crate::redis_support::RedisServer;
+use crate::support::{echo_component, guest_bytes, task_error_component};
+
+fn request(v: Value) -> WorkflowRequest {
+    serde_json::from_value(v).unwrap()
+}
+
+/// Leases one job of `queue` for `worker`.
+async fn lease_one(env: &Env, queue: &str, worker: &str) -> Delivery {
+    let mut r = env
+        .broker
+        .settle(settle(queue, worker, vec![], 1))
+        .await
+        .unwrap();
+    assert_eq!(r.deliveries.len(), 1, "{queue} has a job for {worker}");
+    r.deliveries.remove(0)
+}
+
+/// Settles `d` as a success with `result` and returns its final record.
+async fn finish(env: &Env, worker: &str, d: &Delivery, result: &str) -> runner::queue::Job {
+    let c = success(d, result);
+    let job = match &c.settlement {
+        runner::queue::Settlement::Finish { job, .. } => job.clone(),
+        _ => unreachable!(),
+    };
+    let r = env
+        .broker
+        .settle(settle(&d.lease.queue, worker, vec![c], 0))
+        .await
+        .unwrap();
+    assert!(r.stale.is_empty());
+    job
+}
+
+/// A chord's two members end at the same instant on two workers, each
+/// applying its end with its own engine, and both ends are applied again
+/// (a redelivery, a stale outbox entry): the callback is enqueued once,
+/// with both results in order.
+async fn chord_callback_runs_once_under_races_and_repeats(env: Env) {
+    let wf = Workflows::new(env.producer.clone());
+    let s = wf
+        .submit(
+            Caller::Admin,
+            &request(json!({"workflow": {
+                "chord": [{"task": "echo", "input": {"n": 1}}, {"task": "echo", "input": {"n": 2}}],
+                "callback": {"task": "other"}
+            }})),
+        )
+        .await
+        .unwrap();
+    assert!(s.created);
+    assert_eq!(s.total, 3);
+    let d1 = lease_one(&env, "work", "w1").await;
+    let d2 = lease_one(&env, "work", "w2").await;
+    let (j1, j2) = tokio::join!(
+        finish(&env, "w1", &d1, "\"a\""),
+        finish(&env, "w2", &d2, "\"b\"")
+    );
+    // Both ends wait in the outbox until applied.
+    let mut out = env.broker.outbox("work", Duration::ZERO, 10).await.unwrap();
+    out.sort();
+    let mut want = vec![j1.id, j2.id];
+    want.sort();
+    assert_eq!(out, want);
+    let (e1, e2) = (
+        Workflows::new(env.producer.clone()),
+        Workflows::new(env.producer.clone()),
+    );
+    let (a, b) = tokio::join!(
+        e1.apply_ended("work", std::slice::from_ref(&j1)),
+        e2.apply_ended("work", std::slice::from_ref(&j2))
+    );
+    a.unwrap();
+    b.unwrap();
+    assert!(
+        env.broker
+            .outbox("work", Duration::ZERO, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Applied again, together and apart: nothing more happens.
+    e1.apply(&[j1.clone(), j2.clone()]).await.unwrap();
+    e2.apply(std::slice::from_ref(&j2)).await.unwrap();
+    let r = env
+        .broker
+        .settle(settle("work", "w3", vec![], 10))
+        .await
+        .unwrap();
+    assert_eq!(r.deliveries.len(), 1, "one callback");
+    let cb = &r.deliveries[0];
+    assert_eq!(cb.job.task.as_deref(), Some("other"));
+    // Members' outputs in the chord's order, whoever ended first.
+    assert_eq!(cb.job.input, r#"["a","b"]"#);
+    let st = wf.status(s.id).await.unwrap().unwrap();
+    assert_eq!(st.state, WfState::Running);
+    assert_eq!((st.done, st.total), (2, 3));
+    // The callback ends: the workflow succeeded with its result.
+    let cbj = finish(&env, "w3", cb, r#"{"total": 2}"#).await;
+    wf.apply_ended("work", &[cbj]).await.unwrap();
+    let st = wf.status(s.id).await.unwrap().unwrap();
+    assert_eq!(st.state, WfState::Succeeded);
+    assert_eq!((st.done, st.total), (3, 3));
+    assert_eq!(st.result, Some(json!({"total": 2})));
+    assert_eq!(st.tree.state, "succeeded");
+}
+
+/// A member fails for good: the workflow fails naming it, its error
+/// callback is enqueued once (however often the end is applied), and the
+/// chord's callback never is, even when the other member succeeds after.
+async fn a_failed_member_runs_on_error_once_and_never_the_callback(env: Env) {
+    let wf = Workflows::new(env.producer.clone());
+    let s = wf
+        .submit(
+            Caller::Admin,
+            &request(json!({"workflow": {
+                "chord": [{"task": "echo"}, {"task": "echo"}],
+                "callback": {"task": "other"},
+                "on_error": {"task": "other", "queue": "errors"}
+            }})),
+        )
+        .await
+        .unwrap();
+    let d1 = lease_one(&env, "work", "w1").await;
+    let d2 = lease_one(&env, "work", "w2").await;
+    let mut failed = d2.job.clone();
+    failed.state = JobState::Failure;
+    failed.error = Some(runner::queue::JobFailure::new(
+        "fail",
+        "the mail server refused",
+    ));
+    let c = runner::queue::Completion {
+        lease: d2.lease.clone(),
+        settlement: runner::queue::Settlement::Finish {
+            job: failed.clone(),
+            dead: true,
+        },
+        had_progress: false,
+    };
+    env.broker
+        .settle(settle("work", "w2", vec![c], 0))
+        .await
+        .unwrap();
+    wf.apply_ended("work", std::slice::from_ref(&failed))
+        .await
+        .unwrap();
+    wf.apply(std::slice::from_ref(&failed)).await.unwrap();
+    let ok = finish(&env, "w1", &d1, "1").await;
+    wf.apply_ended("work", &[ok]).await.unwrap();
+    let st = wf.status(s.id).await.unwrap().unwrap();
+    assert_eq!(st.state, WfState::Failed);
+    let path = d2.job.workflow.as_ref().unwrap().path.clone();
+    assert_eq!(st.failed.as_deref(), Some(path.as_str()));
+    assert_eq!(path, "workflow.chord[1]");
+    assert_eq!(st.done, 2);
+    // No callback in `work`; one error callback in `errors`.
+    let r = env
+        .broker
+        .settle(settle("work", "w3", vec![], 10))
+        .await
+        .unwrap();
+    assert!(r.deliveries.is_empty(), "the callback never runs");
+    let r = env
+        .broker
+        .settle(settle("errors", "w3", vec![], 10))
+        .await
+        .unwrap();
+    assert_eq!(r.deliveries.len(), 1, "one error callback");
+    let input: Value = serde_json::from_str(&r.deliveries[0].job.input).unwrap();
+    assert_eq!(input["step"], json!("workflow.chord[1]"));
+    assert_eq!(input["workflow"], json!(s.id));
+    assert_eq!(input["error"]["message"], json!("the mail server refused"));
+}
+
+/// An end whose applier died before applying it (settled, never applied)
+/// is handed out by a due check once it is stale, and applying it then
+/// launches what it should.
+async fn an_unapplied_end_is_applied_after_it_goes_stale(env: Env) {
+    let wf = Workflows::new(env.producer.clone());
+    let s = wf
+        .submit(
+            Caller::Admin,
+            &request(json!({"workflow": {"chain": [{"task": "echo"}, {"task": "other"}]}})),
+        )
+        .await
+        .unwrap();
+    let d = lease_one(&env, "work", "w1").await;
+    let job = finish(&env, "w1", &d, "42").await;
+    // (w1 dies here.) A due check before the entry is stale hands out
+    // nothing; one after it does.
+    let r = env
+        .broker
+        .settle(settle("work", "w2", vec![], 0))
+        .await
+        .unwrap();
+    assert!(r.outbox.is_empty());
+    let wake = r.next_due.expect("a wake-up for the outbox");
+    assert!(
+        wake > chrono::Utc::now() + chrono::Duration::seconds(5),
+        "{wake}"
+    );
+    tokio::time::sleep(runner::queue::workflow::OUTBOX_STALE + Duration::from_millis(300)).await;
+    let r = env
+        .broker
+        .settle(settle("work", "w2", vec![], 0))
+        .await
+        .unwrap();
+    assert_eq!(r.outbox, vec![job.id]);
+    wf.drain("work", &r.outbox).await.unwrap();
+    let next = lease_one(&env, "work", "w2").await;
+    assert_eq!(next.job.task.as_deref(), Some("other"));
+    assert_eq!(next.job.input, "42", "the chain hands on the output");
+    assert!(
+        env.broker
+            .outbox("work", Duration::ZERO, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let st = wf.status(s.id).await.unwrap().unwrap();
+    assert_eq!(st.done, 1);
+}
+
+macro_rules! on_both {
+    ($body:ident, $embedded:ident, $redis:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $embedded() {
+            $body(crate::queue_conformance::embedded().await).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $redis() {
+            $body(crate::queue_conformance::redis().await).await;
+        }
+    };
+}
+
+on_both!(
+    chord_callback_runs_once_under_races_and_repeats,
+    engine_chord_callback_once_embedded,
+    engine_chord_callback_once_redis
+);
+on_both!(
+    a_failed_member_runs_on_error_once_and_never_the_callback,
+    engine_failed_member_embedded,
+    engine_failed_member_redis
+);
+on_both!(
+    an_unapplied_end_is_applied_after_it_goes_stale,
+    engine_stale_outbox_embedded,
+    engine_stale_outbox_redis
+);
+
+async fn bind_echo(api: &TestApi, names: &[&str]) {
+    let bytes = echo_component();
+    let (s, v) = api.upload(&bytes).await;
+    assert!(s.is_success(), "{v}");
+    for name in names {
+        let (s, v) = api
+            .bind(name, json!({ "module": module_hash(&bytes) }))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+}
+
+async fn start_workflow(api: &TestApi, body: Value) -> Value {
+    let (s, v) = api
+        .call(
+            api.req(reqwest::Method::POST, "/v1/workflows", Some(SUBMIT))
+                .json(&body),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    v
+}
+
+async fn workflow(api: &TestApi, id: &str, query: &str) -> Value {
+    let (s, v) = api
+        .call(api.req(
+            reqwest::Method::GET,
+            &format!("/v1/workflows/{id}{query}"),
+            Some(SUBMIT),
+        ))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v
+}
+
+/// The bulk-generation scenario: 62 tasks in 13 batches of 5 (the last of
+/// 2), a chain of groups, then a finaliser that collects every batch's
+/// results. An event stream sees the count after each batch; the
+/// finaliser runs once with all 62 results, in order.
+async fn bulk_generation_in_batches(api: &TestApi) {
+    bind_echo(api, &["generate", "finalise"]).await;
+    let batches: Vec<Value> = (0..13)
+        .map(|b| {
+            let members: Vec<Value> = (0..5)
+                .map(|i| b * 5 + i)
+                .filter(|n| *n < 62)
+                .map(|n| {
+                    // The first batch waits a little: the stream below is
+                    // open before anything ends.
+                    let mut step = json!({"task": "generate", "input": {"n": n}});
+                    if b == 0 {
+                        step["countdown"] = json!(0.5);
+                    }
+                    step
+                })
+                .collect();
+            json!({ "group": members })
+        })
+        .collect();
+    let mut chain = batches;
+    chain.push(json!({"task": "finalise", "collect": true}));
+    let v = start_workflow(
+        api,
+        json!({"workflow": {"chain": chain}, "idempotency_key": "project-7"}),
+    )
+    .await;
+    let id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(v["total"], json!(63));
+    assert_eq!(v["created"], json!(true));
+    // A retried request starts nothing new.
+    let again = start_workflow(
+        api,
+        json!({"workflow": {"chain": [{"task": "generate"}]}, "idempotency_key": "project-7"}),
+    )
+    .await;
+    assert_eq!(again["id"], json!(id));
+    assert_eq!(again["created"], json!(false));
+    let res = api
+        .event_stream(&format!("/v1/workflows/{id}/events"))
+        .await;
+    let body = tokio::time::timeout(Duration::from_secs(60), res.text())
+        .await
+        .expect("the stream ends when the workflow does")
+        .unwrap();
+    let mut done_seen = Vec::new();
+    let mut event = "";
+    for line in body.lines() {
+        if let Some(e) = line.strip_prefix("event:") {
+            event = e.trim();
+        } else if let Some(d) = line.strip_prefix("data:") {
+            let d: Value = serde_json::from_str(d.trim()).unwrap();
+            if event == "progress" || event == "workflow" {
+                done_seen.push(d["done"].as_u64().unwrap());
+            }
+        }
+    }
+    assert!(!body.contains("event: lagged"), "{body}");
+    // After each batch the count is a multiple of 5 (a batch starts only
+    // when the one before completed), then 62, then the finaliser.
+    for want in (5..=60).step_by(5).chain([62, 63]) {
+        assert!(
+            done_seen.contains(&want),
+            "no count {want} in {done_seen:?}"
+        );
+    }
+    let st = workflow(api, &id, "?wait=30s").await;
+    assert_eq!(st["state"], json!("succeeded"), "{st}");
+    assert_eq!(
+        (st["done"].clone(), st["total"].clone()),
+        (json!(63), json!(63))
+    );
+    // The finaliser echoes what it got: 13 batches, 62 results in order.
+    let batches = st["result"].as_array().expect("a list of batches");
+    assert_eq!(batches.len(), 13);
+    let all: Vec<u64> = batches
+        .iter()
+        .flat_map(|b| b.as_array().unwrap().iter())
+        .map(|r| r["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(all, (0..62).collect::<Vec<u64>>());
+    let (s, list) = api
+        .call(api.req(reqwest::Method::GET, "/v1/jobs?task=finalise", Some(SUBMIT)))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{list}");
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(st["tree"]["steps"][13]["state"], json!("succeeded"));
+}
+
+/// Through a real worker: a chord whose member fails for good never runs
+/// its callback; its error callback runs once and gets the failure; the
+/// workflow says which member failed.
+async fn a_chord_with_a_failing_member(api: &TestApi) {
+    bind_echo(api, &["part", "merge", "alert"]).await;
+    let failing = task_error_component(false, "the printer is on fire");
+    let (s, v) = api.upload(&failing).await;
+    assert!(s.is_success(), "{v}");
+    let (s, v) = api
+        .bind("broken", json!({ "module": module_hash(&failing) }))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let v = start_workflow(
+        api,
+        json!({"workflow": {
+            "chord": [{"task": "part"}, {"task": "broken"}, {"task": "part"}],
+            "callback": {"task": "merge"},
+            "on_error": {"task": "alert", "input": {"to": "ops"}, "previous": "failure"}
+        }}),
+    )
+    .await;
+    let id = v["id"].as_str().unwrap();
+    let st = workflow(api, id, "?wait=30s").await;
+    assert_eq!(st["state"], json!("failed"), "{st}");
+    assert_eq!(st["failed"], json!("workflow.chord[1]"));
+    let broken = &st["tree"]["steps"][1];
+    assert_eq!(broken["state"], json!("failed"), "{st}");
+    assert!(
+        broken["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the printer is on fire"),
+        "{st}"
+    );
+    // The error callback: launched once (just after the failure is
+    // recorded), with its input and the failure.
+    let mut st = st;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while st["tree"]["on_error"]["job"].is_null() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no error callback: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        st = workflow(api, id, "").await;
+    }
+    let alert = st["tree"]["on_error"]["job"].as_str().unwrap();
+    let job = api.wait(alert).await;
+    assert_eq!(job["state"], json!("SUCCESS"), "{job}");
+    assert_eq!(job["result"]["to"], json!("ops"));
+    assert_eq!(job["result"]["failure"]["step"], json!("workflow.chord[1]"));
+    // Let the other members end, then count.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (task, want) in [("merge", 0), ("alert", 1)] {
+        let (s, list) = api
+            .call(api.req(
+                reqwest::Method::GET,
+                &format!("/v1/jobs?task={task}"),
+                Some(SUBMIT),
+            ))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{list}");
+        assert_eq!(
+            list["jobs"].as_array().unwrap().len(),
+            want,
+            "{task}: {list}"
+        );
+    }
+    let st = workflow(api, id, "").await;
+    assert_eq!(st["tree"]["steps"][3]["state"], json!("waiting"), "{st}");
+}
+
+/// Revoking a running workflow stops its running job (`terminate`) and
+/// nothing after it ever starts.
+async fn revoke_a_running_workflow(api: &TestApi) {
+    bind_echo(api, &["after"]).await;
+    let sleeper = guest_bytes("sleeper");
+    let (s, v) = api.upload(&sleeper).await;
+    assert!(s.is_success(), "{v}");
+    let (s, v) = api
+        .bind("nap", json!({ "module": module_hash(&sleeper) }))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let v = start_workflow(
+        api,
+        json!({"workflow": {"chain": [{"task": "nap", "input": {"ms": 20000}}, {"task": "after"}]}}),
+    )
+    .await;
+    let id = v["id"].as_str().unwrap();
+    let st = workflow(api, id, "").await;
+    let nap = st["tree"]["steps"][0]["job"].as_str().unwrap().to_string();
+    api.wait_started(&nap).await;
+    let (s, v) = api
+        .call(api.req(
+            reqwest::Method::POST,
+            &format!("/v1/workflows/{id}/revoke?terminate=true"),
+            Some(ADMIN),
+        ))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["state"], json!("revoked"));
+    let job = api.wait(&nap).await;
+    assert_eq!(job["state"], json!("REVOKED"), "{job}");
+    let st = workflow(api, id, "?wait=10s").await;
+    assert_eq!(st["state"], json!("revoked"));
+    assert_eq!(st["tree"]["steps"][1]["state"], json!("waiting"), "{st}");
+    // Revoking again keeps the end; an unknown workflow is a 404.
+    let (s, v) = api
+        .call(api.req(
+            reqwest::Method::POST,
+            &format!("/v1/workflows/{id}/revoke"),
+            Some(ADMIN),
+        ))
+        .await;
+    assert_eq!((s, v["state"].clone()), (StatusCode::OK, json!("revoked")));
+    let (s, _) = api
+        .call(api.req(
+            reqwest::Method::POST,
+            &format!("/v1/workflows/{}/revoke", uuid::Uuid::now_v7()),
+            Some(ADMIN),
+        ))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+macro_rules! api_on_both {
+    ($body:ident, $embedded:ident, $redis:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $embedded() {
+            let api = TestApi::start(None, "64MiB", true).await;
+            $body(&api).await;
+            api.stop().await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $redis() {
+            let redis = RedisServer::start();
+            let api = TestApi::start(Some(redis.url()), "64MiB", true).await;
+            $body(&api).await;
+            api.stop().await;
+        }
+    };
+}
+
+api_on_both!(
+    bulk_generation_in_batches,
+    api_bulk_generation_embedded,
+    api_bulk_generation_redis
+);
+api_on_both!(
+    a_chord_with_a_failing_member,
+    api_failing_chord_embedded,
+    api_failing_chord_redis
+);
+api_on_both!(
+    revoke_a_running_workflow,
+    api_revoke_workflow_embedded,
+    api_revoke_workflow_redis
+);
+
+/// Bad trees are refused whole with a 400 that names the step; nothing is
+/// enqueued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_bad_workflows_are_refused_naming_the_step() {
+    let api = TestApi::start(None, "64MiB", false).await;
+    bind_echo(&api, &["item"]).await;
+    let mut deep = json!({"task": "item"});
+    for _ in 0..40 {
+        deep = json!({ "chain": [deep] });
+    }
+    let many: Vec<Value> = (0..10_001).map(|_| json!({"task": "item"})).collect();
+    let cases = [
+        (
+            json!({"chain": [{"task": "item"}, {"group": []}]}),
+            "workflow.chain[1].group: an empty group",
+        ),
+        (deep, "deeper than the maximum of 32"),
+        (
+            json!({"chain": [{"task": "item"}, {"group": [{"task": "item"}, {"task": "nope"}]}]}),
+            "workflow.chain[1].group[1]: unknown task \"nope\"",
+        ),
+        (
+            json!({ "group": many }),
+            "workflow.group[10000]: more than the maximum of 10000 jobs",
+        ),
+        (
+            json!({"chord": [{"task": "item"}]}),
+            "workflow.callback: a chord needs a callback step",
+        ),
+        (
+            json!({"chain": [{"task": "item", "input": 3, "previous": "x"}]}),
+            "workflow.chain[0].input: with \"previous\"",
+        ),
+        (
+            json!({"group": [{"task": "item", "collect": true}]}),
+            "workflow.group[0].collect",
+        ),
+        (
+            json!({"chain": [{"task": "item", "countdown": -1}]}),
+            "workflow.chain[0]: countdown",
+        ),
+        (
+            json!({"chain": [{"task": "item", "idempotency_key": "k"}]}),
+            "workflow.chain[0]: \"idempotency_key\" is set by the workflow",
+        ),
+        (json!([1]), "workflow: a step is an object"),
+    ];
+    for (tree, want) in cases {
+        let (s, v) = api
+            .call(
+                api.req(reqwest::Method::POST, "/v1/workflows", Some(SUBMIT))
+                    .json(&json!({ "workflow": tree })),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{want}: {v}");
+        assert!(message(&v).contains(want), "want {want:?} in {v}");
+    }
+    let (s, list) = api
+        .call(api.req(reqwest::Method::GET, "/v1/jobs", Some(SUBMIT)))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(list["jobs"].as_array().unwrap().is_empty(), "{list}");
+    api.stop().await;
+}
