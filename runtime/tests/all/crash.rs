@@ -398,3 +398,84 @@ async fn chaos_every_job_ends_once_and_reruns_only_after_a_lost_lease() {
         w.kill_9();
     }
 }
+
+/// A chord of 500: `kill -9` of the worker while it holds the last running
+/// member (and, likely, ends it has not applied yet). The member is
+/// delivered again to a second worker, and the callback runs exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_worker_holding_the_last_member_of_a_chord_the_callback_runs_once() {
+    use runner::producer::Caller;
+    use runner::queue::{JobQuery, WfState};
+    use runner::workflow::{WorkflowRequest, Workflows};
+    use serde_json::json;
+
+    let server = RedisServer::start();
+    let cache = tempfile::tempdir().unwrap();
+    let b = RedisBroker::connect(&server.url()).await.unwrap();
+    let registry = Arc::new(RedisRegistry::new(b.connection()));
+    let hash = registry.put_module(&guest_bytes("sleeper")).await.unwrap();
+    for task in ["part", "merge"] {
+        let mut binding = TaskBinding::new(task, hash);
+        binding.queue = QUEUE.into();
+        binding.retry = RetryPolicy::none();
+        registry.bind(binding).await.unwrap();
+    }
+    let broker: Arc<dyn Broker> = Arc::new(b);
+    let workflows = Workflows::new(Producer::new(broker.clone(), registry));
+    let mut members: Vec<_> = (0..499)
+        .map(|_| json!({"task": "part", "input": {"ms": 1}}))
+        .collect();
+    members.push(json!({"task": "part", "input": {"ms": 4000}}));
+    let req: WorkflowRequest = serde_json::from_value(json!({"workflow": {
+        "chord": members,
+        "callback": {"task": "merge", "input": {"ms": 1}, "previous": "parts"}
+    }}))
+    .unwrap();
+    let wf = workflows.submit(Caller::Admin, &req).await.unwrap();
+    assert_eq!(wf.total, 501);
+
+    let first = WorkerProcess::start(&server.url(), cache.path());
+    // The slow member is the last one running: every other one has ended.
+    let slow = loop {
+        let st = workflows.status(wf.id).await.unwrap().unwrap();
+        let last = &st.tree.steps[499];
+        if st.done >= 499
+            && let Some(id) = last.job
+            && broker.get(id).await.unwrap().unwrap().state == JobState::Started
+        {
+            break id;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    first.kill_9();
+    let second = WorkerProcess::start(&server.url(), cache.path());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let st = loop {
+        let st = workflows.status(wf.id).await.unwrap().unwrap();
+        if st.state.is_final() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the chord never ended: {st:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(st.state, WfState::Succeeded, "{st:?}");
+    assert_eq!((st.done, st.total), (501, 501));
+    let job = broker.get(slow).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Success);
+    assert!(job.redeliveries >= 1, "the slow member ran again: {job:?}");
+    // One callback, which got 500 results.
+    let merges = broker
+        .list(&JobQuery {
+            task: Some("merge".into()),
+            limit: 10,
+            ..JobQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(merges.jobs.len(), 1, "{:?}", merges.jobs);
+    let merge = &merges.jobs[0];
+    assert_eq!(merge.state, JobState::Success);
+    let input: serde_json::Value = serde_json::from_str(&merge.input).unwrap();
+    assert_eq!(input["parts"].as_array().map(Vec::len), Some(500));
+    assert!(second.terminate().success());
+}
