@@ -1156,7 +1156,6 @@ impl Broker for EmbeddedBroker {
         let num = |f: &HashMap<String, String>, k: &str| {
             f.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
         };
-        let mut counts = Vec::with_capacity(marks.len());
         let mut ended = 0;
         for m in marks {
             let new = !f.contains_key(&m.field);
@@ -1166,15 +1165,12 @@ impl Broker for EmbeddedBroker {
                     ended += 1;
                 }
             }
-            let c = match &m.counter {
-                Some(k) => {
-                    let c = num(f, k) + u64::from(new);
-                    f.insert(k.clone(), c.to_string());
-                    c
-                }
-                None => 0,
-            };
-            counts.push(c);
+            if let Some(k) = &m.counter
+                && new
+            {
+                let c = num(f, k) + 1;
+                f.insert(k.clone(), c.to_string());
+            }
             if m.kind == MarkKind::Failure && new && state == WfState::Running {
                 state = WfState::Failed;
                 let path = m.field.strip_prefix("r:").unwrap_or(&m.field);
@@ -1184,6 +1180,11 @@ impl Broker for EmbeddedBroker {
                 *until = now + ttl.as_millis() as i64;
             }
         }
+        // As Redis: each mark's counter as it is after the whole call.
+        let counts = marks
+            .iter()
+            .map(|m| m.counter.as_ref().map_or(0, |k| num(f, k)))
+            .collect();
         let done = num(f, DONE) + ended;
         f.insert(DONE.into(), done.to_string());
         let failed = f.get(FAILED).cloned().filter(|_| state == WfState::Failed);

@@ -138,7 +138,8 @@ pub struct WfMarked {
     pub done: u64,
     /// The path of the member whose failure failed the workflow, if one did.
     pub failed: Option<String>,
-    /// Per mark: its counter's value after it (0 without one).
+    /// Per mark: its counter's value after the whole call (0 without
+    /// one): marks of one group in one call all see the same count.
     pub counts: Vec<u64>,
 }
 

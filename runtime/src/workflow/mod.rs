@@ -304,9 +304,17 @@ impl Workflows {
         if marked.state != WfState::Running {
             return Ok(());
         }
+        // Marks of one group share its count: the group is looked at once.
+        let mut seen: Vec<&str> = Vec::new();
         for ((mark, node), count) in marks.iter().zip(&nodes).zip(&marked.counts) {
             if mark.kind != MarkKind::Success {
                 continue;
+            }
+            if let Some(c) = &mark.counter {
+                if seen.contains(&c.as_str()) {
+                    continue;
+                }
+                seen.push(c);
             }
             let counted = mark.counter.as_ref().map(|_| *count);
             self.completed(id, &tree, node, counted, ttl).await?;

@@ -5,7 +5,8 @@
 -- ARGV: channel, workflow id, ttl ms once failed, n, then per mark:
 --       kind (S success, F failure, C completed group or chain), field, value, counter field ('' none)
 -- Returns false when the record is gone, else
--- {state, done, failed path ('' none), count per mark (0 without a counter)...}.
+-- {state, done, failed path ('' none), per mark its counter's value after
+-- the call (0 without a counter)...}.
 local chan, wid = ARGV[1], ARGV[2]
 local ttl = ttl_ms(ARGV[3], 'ttl')
 local n = count(ARGV[4], 'n')
@@ -18,26 +19,42 @@ local K = KEYS[1]
 local st = redis.call('HGET', K, 'state')
 if not st then return false end
 local was = st
-local counts, ended = {}, 0
+local ended = 0
+-- Counted marks of one kind and counter are written with one HSET: it
+-- says how many fields are new, and a repeated mark rewrites the same
+-- outcome (one member has one final record).
+local groups, order = {}, {}
 for j = 0, n - 1 do
   local b = 5 + j * 4
   local kind, field, value, counter = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
-  local new = redis.call('HSETNX', K, field, value)
-  if kind ~= 'C' then ended = ended + new end
-  local c = 0
-  if counter ~= '' then
-    if new == 1 then
-      c = redis.call('HINCRBY', K, counter, 1)
-    else
-      c = tonumber(redis.call('HGET', K, counter) or '0')
+  if counter ~= '' and kind ~= 'F' then
+    local g = kind .. '|' .. counter
+    if not groups[g] then
+      groups[g] = { kind = kind, counter = counter, fv = {} }
+      order[#order + 1] = g
+    end
+    local fv = groups[g].fv
+    fv[#fv + 1] = field
+    fv[#fv + 1] = value
+  else
+    local new = redis.call('HSETNX', K, field, value)
+    if kind ~= 'C' then ended = ended + new end
+    if kind == 'F' and new == 1 and st == 'running' then
+      st = 'failed'
+      redis.call('HSET', K, 'state', st, 'failed', string.sub(field, 3), 'finished', server_ms())
+      redis.call('PEXPIRE', K, ttl)
     end
   end
-  counts[#counts + 1] = c
-  if kind == 'F' and new == 1 and st == 'running' then
-    st = 'failed'
-    local path = string.sub(field, 3)
-    redis.call('HSET', K, 'state', st, 'failed', path, 'finished', server_ms())
-    redis.call('PEXPIRE', K, ttl)
+end
+local counts = {}
+for _, g in ipairs(order) do
+  local grp = groups[g]
+  local new = redis.call('HSET', K, unpack(grp.fv))
+  if grp.kind == 'S' then ended = ended + new end
+  if new > 0 then
+    counts[grp.counter] = redis.call('HINCRBY', K, grp.counter, new)
+  elseif not counts[grp.counter] then
+    counts[grp.counter] = tonumber(redis.call('HGET', K, grp.counter) or '0')
   end
 end
 local done
@@ -52,5 +69,8 @@ if ended > 0 or st ~= was then
   redis.call('PUBLISH', chan, cjson.encode({ q = '~wf', wf = { id = wid, state = st, done = done } }))
 end
 local out = { st, done, failed }
-for _, c in ipairs(counts) do out[#out + 1] = c end
+for j = 0, n - 1 do
+  local counter = ARGV[8 + j * 4]
+  out[#out + 1] = (counter ~= '' and counts[counter]) or 0
+end
 return out
