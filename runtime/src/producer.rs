@@ -25,7 +25,7 @@ use crate::registry::{JobsGrant, ModuleHash, Registry, RegistryError, TaskBindin
 use crate::sandbox::HostError;
 use crate::sandbox::RunLimits;
 use crate::sandbox::host::JobEnqueuer;
-use crate::sandbox::wit::jobs::EnqueueOptions;
+use crate::sandbox::wit::jobs::{EnqueueOptions, WorkflowOptions};
 
 /// What a caller asks for. Everything but the task (or module) and the
 /// input is optional and falls back to the task binding's defaults.
@@ -623,7 +623,26 @@ pub struct ChildJobs {
     depth: u32,
     grant: Option<JobsGrant>,
     state: Mutex<ChildState>,
+    workflows: Option<Arc<dyn ChildWorkflows>>,
 }
+
+/// Starts workflows of children for [`ChildJobs`] (`jobs.start-workflow`):
+/// the workflow layer, above this one, provides it.
+pub trait ChildWorkflows: Send + Sync {
+    /// Checks `workflow` (JSON) whole, admits each of its jobs through
+    /// `children` ([`ChildJobs::admit_jobs`]), and starts it as children of
+    /// `children`'s job under idempotency key `key`. Returns its id.
+    fn start<'a>(
+        &'a self,
+        children: &'a ChildJobs,
+        workflow: String,
+        key: String,
+        ttl_secs: Option<u64>,
+    ) -> BoxFuture<'a, Result<String, HostError>>;
+}
+
+/// The largest workflow (JSON) a task may start: 1 MiB.
+pub const MAX_CHILD_WORKFLOW_BYTES: usize = 1 << 20;
 
 #[derive(Default)]
 struct ChildState {
@@ -642,7 +661,91 @@ impl ChildJobs {
             depth: parent.depth,
             grant,
             state: Mutex::new(ChildState::default()),
+            workflows: None,
         }
+    }
+
+    /// Lets the run start workflows of children through `workflows`.
+    pub fn with_workflows(mut self, workflows: Arc<dyn ChildWorkflows>) -> Self {
+        self.workflows = Some(workflows);
+        self
+    }
+
+    /// The producer children go through.
+    pub fn producer(&self) -> &Producer {
+        &self.producer
+    }
+
+    /// The job whose children these are, and its depth.
+    pub fn parent(&self) -> (JobId, u32) {
+        (self.parent, self.depth)
+    }
+
+    /// The grant's word on the jobs of a workflow (each task, and the
+    /// queue it asks for if any), counted as that many children; nothing
+    /// is counted when one is refused.
+    pub fn admit_jobs(&self, jobs: &[(String, Option<String>)]) -> Result<(), HostError> {
+        let denied = |m: String| HostError::Denied(m);
+        let Some(grant) = &self.grant else {
+            return Err(denied("the task has no jobs grant".into()));
+        };
+        for (task, queue) in jobs {
+            self.admit_one(grant, task, queue.as_deref())?;
+        }
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let after = state.calls.saturating_add(jobs.len() as u32);
+        if after > grant.max_children() {
+            return Err(denied(format!(
+                "the workflow's {} jobs and the {} children this run enqueued before are more than grants.jobs.max_children ({})",
+                jobs.len(),
+                state.calls,
+                grant.max_children()
+            )));
+        }
+        state.calls = after;
+        Ok(())
+    }
+
+    /// The checks of one child under `grant`: its task, the queue it asks
+    /// for, the depth.
+    fn admit_one(
+        &self,
+        grant: &JobsGrant,
+        task: &str,
+        queue: Option<&str>,
+    ) -> Result<(), HostError> {
+        let denied = |m: String| HostError::Denied(m);
+        if !grant.allows_task(task) {
+            return Err(denied(format!(
+                "task {task:?} is not in grants.jobs.tasks {:?}",
+                grant.tasks
+            )));
+        }
+        if let Some(q) = queue
+            && !grant.allows_queue(q)
+        {
+            return Err(denied(format!(
+                "queue {q:?} is not in grants.jobs.queues {:?} (leave `queue` unset for the task's own)",
+                grant.queues
+            )));
+        }
+        if self.depth >= grant.max_depth() {
+            return Err(denied(format!(
+                "this job is at depth {} and grants.jobs.max_depth is {}: it may not enqueue children",
+                self.depth,
+                grant.max_depth()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The next call's sequence number, for a key of the runner's own.
+    fn next_seq(&self) -> u32 {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .calls
+            .saturating_add(1)
     }
 
     /// The jobs enqueued so far, in order, each once (an idempotent
@@ -662,27 +765,7 @@ impl ChildJobs {
         let Some(grant) = &self.grant else {
             return Err(denied("the task has no jobs grant".into()));
         };
-        if !grant.allows_task(task) {
-            return Err(denied(format!(
-                "task {task:?} is not in grants.jobs.tasks {:?}",
-                grant.tasks
-            )));
-        }
-        if let Some(q) = &options.queue
-            && !grant.allows_queue(q)
-        {
-            return Err(denied(format!(
-                "queue {q:?} is not in grants.jobs.queues {:?} (leave `queue` unset for the task's own)",
-                grant.queues
-            )));
-        }
-        if self.depth >= grant.max_depth() {
-            return Err(denied(format!(
-                "this job is at depth {} and grants.jobs.max_depth is {}: it may not enqueue children",
-                self.depth,
-                grant.max_depth()
-            )));
-        }
+        self.admit_one(grant, task, options.queue.as_deref())?;
         if let Some(k) = &options.idempotency_key {
             check_caller_key(k).map_err(invalid)?;
         }
@@ -740,11 +823,44 @@ impl JobEnqueuer for ChildJobs {
             Ok(id.to_string())
         })
     }
+
+    fn start_workflow(
+        &self,
+        workflow: String,
+        options: WorkflowOptions,
+    ) -> BoxFuture<'_, Result<String, HostError>> {
+        Box::pin(async move {
+            let Some(workflows) = &self.workflows else {
+                return Err(HostError::Unavailable(
+                    "workflows are not available to this run".into(),
+                ));
+            };
+            if workflow.len() > MAX_CHILD_WORKFLOW_BYTES {
+                return Err(HostError::Invalid(format!(
+                    "the workflow is {} bytes, above the {MAX_CHILD_WORKFLOW_BYTES} a task may start",
+                    workflow.len()
+                )));
+            }
+            let key = match options.idempotency_key {
+                Some(k) => {
+                    check_caller_key(&k).map_err(invalid)?;
+                    k
+                }
+                None => format!(
+                    "child:{}:{}:wf{}",
+                    self.parent,
+                    self.attempt,
+                    self.next_seq()
+                ),
+            };
+            workflows.start(self, workflow, key, options.ttl_secs).await
+        })
+    }
 }
 
 /// What the task can do about it: fix its call (`invalid`), or try again
 /// later (`transient`).
-fn enqueue_error(e: EnqueueError) -> HostError {
+pub fn enqueue_error(e: EnqueueError) -> HostError {
     match e {
         EnqueueError::Invalid(e) => invalid(e),
         EnqueueError::InBatch { source, .. } => enqueue_error(*source),

@@ -254,11 +254,14 @@ async fn run_job(
         Ok(g) => g,
         Err(e) => return retry_or_fail(d, "infrastructure", format!("registry: {e}")),
     };
-    let children = Arc::new(ChildJobs::new(
-        ctx.producer.clone(),
-        job,
-        grants.as_deref().and_then(|g| g.jobs.clone()),
-    ));
+    let children = Arc::new(
+        ChildJobs::new(
+            ctx.producer.clone(),
+            job,
+            grants.as_deref().and_then(|g| g.jobs.clone()),
+        )
+        .with_workflows(Arc::new(ctx.workflows.clone())),
+    );
 
     let (ptx, prx) = mpsc::unbounded_channel::<crate::sandbox::Progress>();
     let run_over = CancelToken::new();

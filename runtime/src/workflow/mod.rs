@@ -133,8 +133,13 @@ impl Workflows {
         caller: Caller,
         req: &WorkflowRequest,
     ) -> Result<Submitted, WorkflowError> {
-        let spec = model::compile(&self.producer, caller, req).await?;
-        let id = match &req.idempotency_key {
+        let spec = model::compile(&self.producer, caller, req, None).await?;
+        self.start(spec, req.idempotency_key.as_deref()).await
+    }
+
+    /// Stores the compiled workflow `spec` and launches its first steps.
+    async fn start(&self, spec: Spec, key: Option<&str>) -> Result<Submitted, WorkflowError> {
+        let id = match key {
             Some(k) => keyed_id(k),
             None => JobId::new(),
         };
@@ -605,6 +610,63 @@ impl Workflows {
             Box::pin(self.drain_queue(&q)).await?;
         }
         Ok(())
+    }
+}
+
+impl crate::producer::ChildWorkflows for Workflows {
+    fn start<'a>(
+        &'a self,
+        children: &'a crate::producer::ChildJobs,
+        workflow: String,
+        key: String,
+        ttl_secs: Option<u64>,
+    ) -> futures::future::BoxFuture<'a, Result<String, crate::sandbox::HostError>> {
+        use crate::sandbox::HostError;
+        Box::pin(async move {
+            let workflow: Value = serde_json::from_str(&workflow)
+                .map_err(|e| HostError::Invalid(format!("the workflow is not JSON: {e}")))?;
+            let req = WorkflowRequest {
+                workflow,
+                ttl_secs,
+                idempotency_key: Some(key),
+            };
+            let spec = model::compile(
+                children.producer(),
+                Caller::Runner,
+                &req,
+                Some(children.parent()),
+            )
+            .await
+            .map_err(|e| match e {
+                WorkflowError::Broker(b) => HostError::Transient(format!("broker: {b}")),
+                WorkflowError::Enqueue(e) => crate::producer::enqueue_error(e),
+                other => HostError::Invalid(other.to_string()),
+            })?;
+            let mut jobs = Vec::new();
+            fn walk(n: &Node, out: &mut Vec<(String, Option<String>)>) {
+                match &n.kind {
+                    Kind::Job(j) => out.push((
+                        j.template.task.clone().unwrap_or_default(),
+                        j.asked_queue.clone(),
+                    )),
+                    Kind::Chain(s) | Kind::Group(s) => s.iter().for_each(|c| walk(c, out)),
+                    Kind::Chord { members, callback } => {
+                        members.iter().for_each(|c| walk(c, out));
+                        walk(callback, out);
+                    }
+                }
+                if let Some(e) = &n.on_error {
+                    walk(e, out);
+                }
+            }
+            walk(&spec.root, &mut jobs);
+            children.admit_jobs(&jobs)?;
+            let started = self
+                .start(spec, req.idempotency_key.as_deref())
+                .await
+                .map_err(|e| HostError::Transient(e.to_string()))?;
+            Ok(started.id.to_string())
+        })
     }
 }
 

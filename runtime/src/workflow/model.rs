@@ -115,6 +115,10 @@ pub struct JobStep {
     /// A countdown, from the launch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub countdown_ms: Option<u64>,
+    /// The queue the step names, if it names one (the template's queue
+    /// may be its task's default): what a jobs grant checks.
+    #[serde(skip)]
+    pub asked_queue: Option<String>,
     /// An expiry, from the launch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_in_ms: Option<u64>,
@@ -376,6 +380,7 @@ pub async fn compile(
     producer: &Producer,
     caller: Caller,
     req: &WorkflowRequest,
+    parent: Option<(crate::queue::JobId, u32)>,
 ) -> Result<Spec, WorkflowError> {
     let ttl_secs = req.ttl_secs.unwrap_or(DEFAULT_TTL_SECS);
     if ttl_secs == 0 || ttl_secs > MAX_TTL_SECS {
@@ -384,19 +389,29 @@ pub async fn compile(
             format!("must be 1 to {MAX_TTL_SECS} seconds (got {ttl_secs})"),
         ));
     }
-    if let Some(k) = &req.idempotency_key
-        && (k.is_empty() || k.len() > 200)
-    {
-        return Err(WorkflowError::at(
-            "idempotency_key",
-            "must be 1 to 200 bytes",
-        ));
+    if let Some(k) = &req.idempotency_key {
+        if k.is_empty() || k.len() > 200 {
+            return Err(WorkflowError::at(
+                "idempotency_key",
+                "must be 1 to 200 bytes",
+            ));
+        }
+        if caller != Caller::Runner {
+            crate::producer::check_caller_key(k)
+                .map_err(|e| WorkflowError::at("idempotency_key", e.to_string()))?;
+        }
     }
     let raw = Parser { jobs: 0 }.step(&req.workflow, "workflow", 1)?;
     no_collect(&raw)?;
     let mut reqs = Vec::new();
     let mut paths = Vec::new();
     collect_jobs(&raw, &mut reqs, &mut paths);
+    if let Some((id, depth)) = parent {
+        for r in &mut reqs {
+            r.parent = Some(id);
+            r.depth = depth + 1;
+        }
+    }
     let jobs = match producer.prepare_batch_as(caller, reqs).await {
         Ok(jobs) => jobs,
         Err(EnqueueError::InBatch { index, source }) => {
@@ -458,6 +473,7 @@ fn build(raw: Raw, jobs: &mut HashMap<String, Job>) -> Node {
             let template = jobs.remove(&raw.path).expect("every job step was prepared");
             let ms = |s: Option<f64>| s.filter(|s| *s > 0.0).map(|s| (s * 1000.0) as u64);
             Kind::Job(Box::new(JobStep {
+                asked_queue: j.req.queue.clone(),
                 countdown_ms: ms(j.req.countdown_secs),
                 expires_in_ms: ms(j.req.expires_in_secs),
                 template,

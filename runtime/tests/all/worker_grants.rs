@@ -552,3 +552,107 @@ async fn a_job_waiting_in_a_host_call_ends_at_its_time_limit() {
     assert!(ran >= chrono::Duration::seconds(1), "{ran:?}");
     w.stop().await;
 }
+
+/// A task starts a chord of children (`jobs::chord` in the SDK) and
+/// returns; the members run, then the callback once with their results.
+/// The grant covers every job of the workflow: a callback task it does not
+/// name, or more jobs than `max_children`, refuse the whole workflow.
+async fn a_task_starts_a_chord_of_children(env: Env) {
+    env.bind("hello", "hello", "default", |_| {}).await;
+    env.bind("cleanup", "hello", "default", |_| {}).await;
+    env.bind("fan-out", "fan_out", "default", |b| {
+        b.grants.jobs = Some(JobsGrant {
+            max_children: Some(4),
+            ..JobsGrant::tasks(["hello"])
+        })
+    })
+    .await;
+    let w = env.worker(cfg(&["default"], 2)).await;
+    let workflows = runner::workflow::Workflows::new(env.producer.clone());
+
+    let parent = enqueue(
+        &env,
+        "fan-out",
+        r#"{"task": "hello", "count": 3, "chord": "hello"}"#,
+    )
+    .await;
+    let p = wait_final(&env.broker, parent).await;
+    assert_eq!(p.state, JobState::Success, "{p:?}");
+    let id: JobId = p.result_value().unwrap()["workflow"]
+        .as_str()
+        .expect("the workflow's id")
+        .parse()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let st = loop {
+        let st = workflows.status(id).await.unwrap().expect("the workflow");
+        if st.state.is_final() {
+            break st;
+        }
+        assert!(std::time::Instant::now() < deadline, "{st:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(st.state, runner::queue::WfState::Succeeded, "{st:?}");
+    assert_eq!((st.done, st.total), (4, 4));
+    assert_eq!(
+        st.result.as_ref().unwrap()["greeting"],
+        "Hello, callback!",
+        "{st:?}"
+    );
+    // Every job of it is the parent's child.
+    for step in &st.tree.steps {
+        let job = env.broker.get(step.job.unwrap()).await.unwrap().unwrap();
+        assert_eq!(job.parent, Some(parent), "{job:?}");
+        assert_eq!(job.depth, 1);
+    }
+    let cb = env
+        .broker
+        .get(st.tree.steps[3].job.unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let input: serde_json::Value = serde_json::from_str(&cb.input).unwrap();
+    assert_eq!(
+        input["results"].as_array().map(Vec::len),
+        Some(3),
+        "{input}"
+    );
+    assert_eq!(input["results"][2]["greeting"], "Hello, child 2!");
+
+    // A callback task the grant does not name: denied, nothing started.
+    let j = enqueue(
+        &env,
+        "fan-out",
+        r#"{"task": "hello", "count": 1, "chord": "cleanup"}"#,
+    )
+    .await;
+    let j = wait_final(&env.broker, j).await;
+    assert_eq!(j.state, JobState::Failure, "{j:?}");
+    let e = j.error.unwrap();
+    assert!(
+        e.message.contains("denied") && e.message.contains("\"cleanup\""),
+        "{e:?}"
+    );
+    // Five jobs where the grant allows four children.
+    let j = enqueue(
+        &env,
+        "fan-out",
+        r#"{"task": "hello", "count": 4, "chord": "hello"}"#,
+    )
+    .await;
+    let j = wait_final(&env.broker, j).await;
+    assert_eq!(j.state, JobState::Failure, "{j:?}");
+    let e = j.error.unwrap();
+    assert!(e.message.contains("max_children"), "{e:?}");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_starts_a_chord_of_children_on_the_embedded_broker() {
+    a_task_starts_a_chord_of_children(Env::embedded().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_starts_a_chord_of_children_on_redis() {
+    a_task_starts_a_chord_of_children(Env::redis().await).await;
+}
