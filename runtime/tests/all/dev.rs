@@ -370,3 +370,78 @@ fn dev_purges_and_revokes_in_bulk_from_the_cli() {
     assert_eq!(out.status.code(), Some(2));
     assert!(dev.stop().success());
 }
+
+/// `runner workflow submit | watch | status | revoke` against `runner dev`:
+/// a chain that hands outputs on, watched to its end; a bad file refused
+/// with the step named (exit 2); a delayed workflow revoked.
+#[test]
+fn dev_runs_workflows_from_the_cli() {
+    let data = TempDir::new().unwrap();
+    let dev = Dev::start(data.path());
+    let dir = TempDir::new().unwrap();
+    let write = |name: &str, v: serde_json::Value| -> String {
+        let p = dir.path().join(name);
+        std::fs::write(&p, v.to_string()).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let good = write(
+        "greet.json",
+        serde_json::json!({"workflow": {"chain": [
+            {"group": [{"task": "hello", "input": {"name": "a"}}, {"task": "hello", "input": {"name": "b"}}]},
+            {"task": "hello", "input": {"name": "end"}, "previous": "greetings"}
+        ]}}),
+    );
+    let out = ok(&dev.runner(&["workflow", "submit", &good, "--watch"]));
+    assert!(out.contains("\"created\": true"), "{out}");
+    assert!(out.contains("succeeded 3/3"), "{out}");
+    assert!(
+        out.contains("Hello, end!"),
+        "the last status has the result: {out}"
+    );
+    let id = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("\"id\": \""))
+        .and_then(|l| l.split('"').next())
+        .expect("the workflow's id")
+        .to_string();
+    let out = ok(&dev.runner(&["workflow", "status", &id]));
+    assert!(out.contains("\"state\": \"succeeded\""), "{out}");
+
+    let bad = write(
+        "bad.json",
+        serde_json::json!({"workflow": {"chain": [{"task": "hello"}, {"group": []}]}}),
+    );
+    let out = dev.runner(&["workflow", "submit", &bad]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("workflow.chain[1].group: an empty group"),
+        "{err}"
+    );
+
+    let later = write(
+        "later.json",
+        serde_json::json!({"workflow": {"chain": [
+            {"task": "hello", "input": {"name": "x"}, "countdown": 600},
+            {"task": "hello"}
+        ]}}),
+    );
+    let out = ok(&dev.runner(&["workflow", "submit", &later]));
+    let id = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("\"id\": \""))
+        .and_then(|l| l.split('"').next())
+        .unwrap()
+        .to_string();
+    let out = dev.runner(&["workflow", "status", &id]);
+    assert_eq!(out.status.code(), Some(3), "still running: {out:?}");
+    let out = ok(&dev.runner(&["workflow", "revoke", &id]));
+    assert!(out.contains("\"state\": \"revoked\""), "{out}");
+    let out = dev.runner(&["workflow", "status", &id, "--wait", "10s"]);
+    assert_eq!(out.status.code(), Some(4), "revoked: {out:?}");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("\"state\": \"revoked\""), "{shown}");
+    let out = dev.runner(&["workflow", "status", "0190a0a0-0000-7000-8000-000000000000"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(dev.stop().success());
+}
