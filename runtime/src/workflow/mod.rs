@@ -85,8 +85,8 @@ pub struct StepStatus {
     /// `job`, `chain`, `group` or `chord`.
     pub kind: &'static str,
     /// `waiting` (not launched), `launched` (its job is queued or running),
-    /// `succeeded`, `failed`; for a chain, group or chord: `waiting`,
-    /// `running`, `succeeded`, `failed`.
+    /// `succeeded`, `failed` (or expired), `revoked`; for a chain, group or
+    /// chord: `waiting`, `running`, `succeeded`, `failed`, `revoked`.
     pub state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task: Option<String>,
@@ -725,13 +725,15 @@ fn step_status(node: &Node, stored: &WfStored) -> StepStatus {
         }
     };
     let state = match (&node.kind, &outcome) {
-        (Kind::Job(_), Some(o)) if o.get("state").and_then(Value::as_str) == Some("SUCCESS") => {
-            "succeeded"
-        }
-        (Kind::Job(_), Some(_)) => "failed",
+        (Kind::Job(_), Some(o)) => match o.get("state").and_then(Value::as_str) {
+            Some("SUCCESS") => "succeeded",
+            Some("REVOKED") => "revoked",
+            _ => "failed",
+        },
         (Kind::Job(_), None) if launched.is_some() => "launched",
         (Kind::Job(_), None) => "waiting",
         _ if steps.iter().any(|s| s.state == "failed") => "failed",
+        _ if steps.iter().any(|s| s.state == "revoked") => "revoked",
         _ if steps.iter().all(|s| s.state == "succeeded") => "succeeded",
         _ if steps.iter().all(|s| s.state == "waiting") => "waiting",
         _ => "running",

@@ -771,3 +771,96 @@ async fn events_stream_every_jobs_state_changes() {
     );
     stopping.await.unwrap();
 }
+
+/// The workflow view: a workflow's tree with each step's state, live, its
+/// counts, a member job one click away, and Revoke.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dashboard_shows_a_workflow_live_and_revokes_it() {
+    let api = TestApi::start(None, "64MiB", true).await;
+    api.bind_example("greet", "hello").await;
+    api.bind_example("nap", "sleeper").await;
+    let (s, v) = admin(
+        &api,
+        Method::POST,
+        "/v1/workflows",
+        json!({"workflow": {"chain": [
+            {"group": [{"task": "greet", "input": {"name": "a"}}, {"task": "greet", "input": {"name": "b"}}]},
+            {"task": "nap", "input": {"ms": 30000}},
+            {"task": "greet", "input": {"name": "never"}}
+        ]}}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+
+    let b = Browser::start().await;
+    b.go(&format!("{}/dashboard#token={ADMIN}", api.url)).await;
+    b.click("#nav button[data-view=workflow]").await;
+    b.type_into("#wf-open", &id).await;
+    b.press_enter("#wf-open").await;
+    b.wait_text("#wf-id", "the workflow's id", |t| t == id)
+        .await;
+    // The group's members ended and the nap runs: 2 of 4 done, live.
+    b.wait_text("#wf-fields dd[data-field=done]", "two members done", |t| {
+        t == "2 / 4"
+    })
+    .await;
+    b.wait_text(
+        r#"#wf-tree li[data-path="workflow.chain[0]"] > .step-state"#,
+        "the group succeeded",
+        |t| t == "succeeded",
+    )
+    .await;
+    b.wait_text(
+        r#"#wf-tree li[data-path="workflow.chain[1]"] > .step-state"#,
+        "the nap started",
+        |t| t == "launched",
+    )
+    .await;
+    assert_eq!(
+        b.text(r#"#wf-tree li[data-path="workflow.chain[2]"] > .step-state"#)
+            .await
+            .as_deref(),
+        Some("waiting")
+    );
+    assert_eq!(
+        b.text("#wf-fields dd[data-field=state]").await.as_deref(),
+        Some("running")
+    );
+    b.screenshot("workflow-running").await;
+    // Revoke (terminating the nap): the workflow and the view say so.
+    b.click("#wf-revoke").await;
+    b.wait_text("#wf-message", "the answer", |t| t == "revoke: revoked")
+        .await;
+    b.wait_text("#wf-fields dd[data-field=state]", "revoked", |t| {
+        t == "revoked"
+    })
+    .await;
+    b.wait_text(
+        r#"#wf-tree li[data-path="workflow.chain[1]"] > .step-state"#,
+        "the nap ended",
+        |t| t == "revoked",
+    )
+    .await;
+    assert_eq!(
+        b.text(r#"#wf-tree li[data-path="workflow.chain[2]"] > .step-state"#)
+            .await
+            .as_deref(),
+        Some("waiting"),
+        "the step after never started"
+    );
+    b.screenshot("workflow-revoked").await;
+    // A member opens as a job, which links back to its workflow.
+    b.click(r#"#wf-tree li[data-path="workflow.chain[1]"] > button.link"#)
+        .await;
+    b.wait_text("#job-fields dd[data-field=state]", "the nap's job", |t| {
+        t == "REVOKED"
+    })
+    .await;
+    b.click("#job-fields dd[data-field=workflow] button.link")
+        .await;
+    b.wait_text("#wf-id", "back to the workflow", |t| t == id)
+        .await;
+    b.quit().await;
+    api.stop().await;
+}

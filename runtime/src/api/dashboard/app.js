@@ -23,6 +23,10 @@ const state = {
   findNext: null,     // its `next` cursor, while older jobs may be left
   jobQueue: null,     // the queue of the job shown (for its replay)
   queue: null,        // the queue shown in the queue view
+  workflow: null,     // id of the workflow shown
+  workflowAsked: 0,   // as jobAsked and jobShown, for the workflow view
+  workflowShown: 0,
+  workflowJobs: new Set(), // the jobs of its steps
 };
 
 // ---------------------------------------------------------------- helpers
@@ -164,6 +168,7 @@ async function refresh() {
       case "overview": await refreshOverview(); break;
       case "jobs": renderLive(); break;
       case "job": await refreshJob(); break;
+      case "workflow": await refreshWorkflow(); break;
       case "queue": await refreshQueue(); break;
       case "tasks": await refreshTasks(); break;
       case "schedules": await refreshSchedules(); break;
@@ -345,6 +350,13 @@ function noteJob(ev) {
   pumpLookups();
   renderLiveSoon();
   if (state.view === "job" && state.job === ev.id) refresh();
+  // A member of the workflow shown moved.
+  if (state.view === "workflow" && state.workflowJobs.has(ev.id)) refresh();
+}
+
+// A workflow's event (its state or count changed): the view follows it.
+function noteWorkflow(ev) {
+  if (state.view === "workflow" && state.workflow === ev.id) refresh();
 }
 
 // The event carries no task name: read it, a few jobs at a time.
@@ -408,7 +420,8 @@ function handleSse(block) {
   if (!data) return;
   let payload;
   try { payload = JSON.parse(data); } catch (_) { return; }
-  if (event === "job") noteJob(payload);
+  if (event === "job" && payload.queue === "~wf") noteWorkflow(payload);
+  else if (event === "job") noteJob(payload);
   else if (event === "lagged") $("live-state").textContent = "(missed " + payload.missed + " events)";
 }
 
@@ -525,6 +538,11 @@ async function refreshJob() {
     .filter(([, ids]) => ids.length > 0)
     .flatMap(([k, ids]) => [el("dt", { text: k }), el("dd", { "data-field": k },
       ...ids.map(id => el("button", { type: "button", class: "link", text: id, onclick: () => openJob(id) })))]);
+  if (job.workflow) {
+    links.push(el("dt", { text: "workflow" }), el("dd", { "data-field": "workflow" },
+      el("button", { type: "button", class: "link", text: job.workflow.id, onclick: () => openWorkflow(job.workflow.id) }),
+      el("code", { text: " " + job.workflow.path })));
+  }
   $("job-fields").replaceChildren(...fields.filter(f => f[1] != null && f[1] !== "").flatMap(([k, v]) =>
     [el("dt", { text: k }), el("dd", { text: String(v), class: k === "state" ? "state state-" + v : "", "data-field": k })]), ...links);
   const outcome = job.error !== undefined ? job.error : job.result;
@@ -555,6 +573,78 @@ async function revokeJob() {
     say("job-message", "revoke: " + r.outcome);
     refresh();
   } catch (e) { say("job-message", e.message, true); }
+}
+
+// ---------------------------------------------------------------- one workflow
+
+function openWorkflow(id) {
+  state.workflow = id;
+  delete state.rendered.workflow;
+  $("wf-id").textContent = id;
+  $("wf-fields").replaceChildren();
+  $("wf-tree").replaceChildren();
+  $("wf-result").textContent = "";
+  $("wf-revoke").disabled = true;
+  say("wf-message", "");
+  showView("workflow");
+}
+
+// One step of the tree: its kind, task, state and job (a button that
+// opens the job), then its steps and its error callback.
+function stepItem(s) {
+  const head = [el("span", { class: "kind", text: s.kind }), el("code", { text: s.path })];
+  if (s.task) head.push(el("span", { text: " " + s.task }));
+  head.push(el("span", { class: "step-state " + s.state, text: s.state }));
+  if (s.job) head.push(el("button", { type: "button", class: "link", text: s.job, onclick: () => openJob(s.job) }));
+  if (s.error) head.push(el("span", { class: "error", text: " " + (s.error.message || JSON.stringify(s.error)) }));
+  const li = el("li", { "data-path": s.path, "data-state": s.state }, ...head);
+  const children = (s.steps || []).map(stepItem);
+  if (s.on_error) children.push(stepItem(s.on_error));
+  if (children.length) li.append(el("ul", {}, ...children));
+  return li;
+}
+
+// As for jobs: only the answer to the latest read of the workflow shown.
+async function refreshWorkflow() {
+  const id = state.workflow;
+  if (!id) return;
+  const asked = ++state.workflowAsked;
+  let wf;
+  try {
+    wf = await api("GET", "/v1/workflows/" + encodeURIComponent(id));
+  } catch (e) {
+    if (id !== state.workflow) return;
+    throw e;
+  }
+  if (id !== state.workflow || asked < state.workflowShown) return;
+  state.workflowShown = asked;
+  if (!changed("workflow", wf)) return;
+  const fields = [
+    ["state", wf.state], ["done", wf.done + " / " + wf.total], ["failed", wf.failed || ""],
+    ["created", whenMs(wf.created_at)], ["finished", whenMs(wf.finished_at)],
+  ];
+  $("wf-fields").replaceChildren(...fields.filter(f => f[1] != null && f[1] !== "").flatMap(([k, v]) =>
+    [el("dt", { text: k }), el("dd", { text: String(v), "data-field": k })]));
+  $("wf-tree").replaceChildren(stepItem(wf.tree));
+  const jobs = new Set();
+  (function walk(st) {
+    if (st.job) jobs.add(st.job);
+    (st.steps || []).forEach(walk);
+    if (st.on_error) walk(st.on_error);
+  })(wf.tree);
+  state.workflowJobs = jobs;
+  $("wf-result").textContent = wf.result !== undefined ? JSON.stringify(wf.result, null, 2)
+    : wf.state === "running" ? "(not ended yet)" : "(none: the workflow " + wf.state + ")";
+  $("wf-revoke").disabled = wf.state !== "running";
+}
+
+async function revokeWorkflow() {
+  try {
+    const terminate = $("wf-terminate").checked;
+    const r = await api("POST", "/v1/workflows/" + encodeURIComponent(state.workflow) + "/revoke", { terminate });
+    say("wf-message", "revoke: " + r.state);
+    refresh();
+  } catch (e) { say("wf-message", e.message, true); }
 }
 
 // ---------------------------------------------------------------- tasks
@@ -720,6 +810,12 @@ function start() {
   $("find-more").addEventListener("click", () => findJobs(true));
   $("job-revoke").addEventListener("click", revokeJob);
   $("job-replay").addEventListener("click", replayJob);
+  $("wf-revoke").addEventListener("click", revokeWorkflow);
+  $("wf-form").addEventListener("submit", e => {
+    e.preventDefault();
+    const id = $("wf-open").value.trim();
+    if (id) openWorkflow(id);
+  });
   showView("overview");
   setInterval(refresh, REFRESH_MS);
   followEvents();
