@@ -517,6 +517,40 @@ async fn revoke_a_running_workflow(api: &TestApi) {
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
 
+/// A group of chains: each chain hands its output on (`previous` adds it
+/// to the step's own input), and the group's output is the list of the
+/// chains' outputs, in order; nested groups complete their parents.
+async fn a_group_of_chains_hands_outputs_on(api: &TestApi) {
+    bind_echo(api, &["step"]).await;
+    let chain = |name: &str| {
+        json!({"chain": [
+            {"task": "step", "input": {"first": name}},
+            {"task": "step", "input": {"second": name}, "previous": "before"}
+        ]})
+    };
+    let v = start_workflow(
+        api,
+        json!({"workflow": {"group": [
+            chain("x"),
+            {"group": [chain("y"), {"task": "step", "input": "z"}]}
+        ]}}),
+    )
+    .await;
+    assert_eq!(v["total"], json!(5));
+    let id = v["id"].as_str().unwrap();
+    let st = workflow(api, id, "?wait=30s").await;
+    assert_eq!(st["state"], json!("succeeded"), "{st}");
+    assert_eq!(
+        st["result"],
+        json!([
+            {"second": "x", "before": {"first": "x"}},
+            [{"second": "y", "before": {"first": "y"}}, "z"]
+        ]),
+        "{st}"
+    );
+    assert_eq!(st["tree"]["steps"][1]["state"], json!("succeeded"));
+}
+
 macro_rules! api_on_both {
     ($body:ident, $embedded:ident, $redis:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -544,6 +578,11 @@ api_on_both!(
     a_chord_with_a_failing_member,
     api_failing_chord_embedded,
     api_failing_chord_redis
+);
+api_on_both!(
+    a_group_of_chains_hands_outputs_on,
+    api_group_of_chains_embedded,
+    api_group_of_chains_redis
 );
 api_on_both!(
     revoke_a_running_workflow,
