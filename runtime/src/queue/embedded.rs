@@ -591,6 +591,17 @@ impl Broker for EmbeddedBroker {
         let mut st = self.lock();
         let mut woken: HashMap<String, (bool, Option<i64>, bool)> = HashMap::new();
         for job in jobs {
+            // A workflow's step: its id is derived, and stored once.
+            if job.idempotency_key.is_none()
+                && job.workflow.is_some()
+                && let Some(rec) = st.record(&job.id, now)
+            {
+                out.push(Enqueued {
+                    job: rec.job.clone(),
+                    created: false,
+                });
+                continue;
+            }
             if let Some(key) = &job.idempotency_key {
                 let k = (job.queue.clone(), key.clone());
                 if let Some((prev, until)) = st.idem.get(&k).copied()

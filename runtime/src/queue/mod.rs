@@ -486,7 +486,9 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Stores validated jobs (ready now, or delayed until `eta`). A job whose
     /// idempotency key was seen before is not stored; the earlier job is
-    /// returned instead.
+    /// returned instead. A workflow's step without a key (its id derived
+    /// from the workflow and the step) is stored once by its id in the
+    /// same way.
     async fn enqueue(&self, jobs: Vec<Job>) -> BrokerResult<Vec<Enqueued>>;
 
     /// The job as it is now: STARTED with its worker while leased, with its

@@ -634,7 +634,12 @@ impl Broker for RedisBroker {
                     inv.arg(j.id.to_string())
                         .arg(j.to_json())
                         .arg(delay)
-                        .arg(j.idempotency_key.as_deref().unwrap_or(""))
+                        .arg(match (&j.idempotency_key, &j.workflow) {
+                            (Some(k), _) => k.as_str(),
+                            // A workflow's step: stored once by its id.
+                            (None, Some(_)) => "=",
+                            (None, None) => "",
+                        })
                         .arg(ttl)
                         .arg(j.priority);
                     // The index outlives the record: a day past the due

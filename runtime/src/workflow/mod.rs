@@ -14,10 +14,11 @@
 //!    in one atomic call on the workflow's record. Only the call whose
 //!    mark completes a group sees it complete the first time; a repeat
 //!    sees the same count and launches the same next step again.
-//! 3. Next steps are enqueued with the idempotency key
-//!    `wf:<workflow>:<step path>`, so a launch repeated (by a redelivered
-//!    member, a stale outbox entry applied again, two members ending at
-//!    once) enqueues once.
+//! 3. A step's job has an id derived from the workflow and the step's
+//!    path, and the broker stores a step's job once by its id; launched
+//!    steps are recorded (`l:<path>`) and not launched again. So a launch
+//!    repeated (by a redelivered member, a stale outbox entry applied
+//!    again, two members ending at once) enqueues once.
 //! 4. Then the outbox entry is removed. If the applier died before, the
 //!    entry goes stale and the queue's next due check hands it to a worker
 //!    to apply again ([`queue::workflow::OUTBOX_STALE`]).
@@ -437,10 +438,19 @@ impl Workflows {
     ) -> BrokerResult<()> {
         let mut entry = Vec::new();
         tree.entry_jobs(node, &mut entry);
+        // Steps launched before (by an end applied again) are not
+        // launched again, even once their jobs' records have expired.
+        let fields: Vec<String> = entry.iter().map(|n| format!("l:{}", n.path)).collect();
+        let launched = self.broker().wf_fields(id, &fields).await?;
         let jobs: Vec<Job> = entry
             .iter()
-            .filter_map(|n| self.member_job(id, n, input.as_deref()))
+            .zip(launched)
+            .filter(|(_, l)| l.is_none())
+            .filter_map(|(n, _)| self.member_job(id, tree, n, input.as_deref()))
             .collect();
+        if jobs.is_empty() {
+            return Ok(());
+        }
         let state = self.enqueue_members(id, jobs).await?;
         if state.is_some_and(|s| s != WfState::Running) {
             let mut paths: Vec<&str> = entry.iter().map(|n| n.path.as_str()).collect();
@@ -465,17 +475,25 @@ impl Workflows {
         self.broker().wf_launched(id, &launched).await
     }
 
-    /// The job of step `node` of workflow `id`, given `previous`.
-    fn member_job(&self, id: JobId, node: &Node, previous: Option<&str>) -> Option<Job> {
+    /// The job of step `node` of workflow `id`, given `previous`. Its id
+    /// is derived from the workflow and the step (`member_id`): launching
+    /// the step again finds the first job.
+    fn member_job(
+        &self,
+        id: JobId,
+        tree: &Tree,
+        node: &Node,
+        previous: Option<&str>,
+    ) -> Option<Job> {
         let Kind::Job(step) = &node.kind else {
             return None;
         };
         let now = Utc::now();
         let mut job = step.template.clone();
-        job.id = JobId::new();
+        job.id = member_id(id, tree.spec.created_ms, &node.path);
         job.created_at = now;
         job.input = model::input_for(step, previous);
-        job.idempotency_key = Some(format!("wf:{id}:{}", node.path));
+        job.idempotency_key = None;
         job.workflow = Some(WorkflowRef {
             id,
             path: node.path.clone(),
@@ -513,7 +531,7 @@ impl Workflows {
             "error": member.and_then(|j| j.error.clone()),
         })
         .to_string();
-        let Some(job) = self.member_job(id, cb, Some(&info)) else {
+        let Some(job) = self.member_job(id, tree, cb, Some(&info)) else {
             return Ok(());
         };
         self.enqueue_members(id, vec![job]).await?;
@@ -685,6 +703,16 @@ fn outcome(job: &Job) -> String {
         );
     }
     Value::Object(o).to_string()
+}
+
+/// The id of step `path`'s job in workflow `id` started at `created_ms`: a
+/// UUIDv7 of that time whose other bits come from the workflow and the
+/// step, the same for every process that launches it.
+fn member_id(id: JobId, created_ms: i64, path: &str) -> JobId {
+    let digest = Sha256::digest(format!("runner workflow step\0{id}\0{path}").as_bytes());
+    let mut bytes = [0u8; 10];
+    bytes.copy_from_slice(&digest[..10]);
+    JobId(uuid::Builder::from_unix_timestamp_millis(created_ms.max(0) as u64, &bytes).into_uuid())
 }
 
 /// The id of the workflow that idempotency key `key` starts: the same for

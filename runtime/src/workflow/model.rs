@@ -149,6 +149,10 @@ pub struct Node {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Spec {
     pub root: Node,
+    /// When the workflow was started (ms since 1970): the time of its
+    /// members' ids.
+    #[serde(default)]
+    pub created_ms: i64,
     /// How long the record is kept once the workflow ended.
     pub ttl_ms: u64,
 }
@@ -426,6 +430,7 @@ pub async fn compile(
     let root = build(raw, &mut by_path);
     Ok(Spec {
         root,
+        created_ms: chrono::Utc::now().timestamp_millis(),
         ttl_ms: ttl_secs * 1000,
     })
 }

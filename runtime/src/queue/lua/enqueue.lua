@@ -1,8 +1,8 @@
 -- Stores a batch of jobs and makes them ready or delayed, in one call.
 -- KEYS[1]: the queue's ready list (routes the call to the queue's slot)
 -- ARGV: prefix, channel, queue, idempotency ttl ms, n,
---       then per job: id, record, delay ms (0 = ready now), idempotency key, record ttl ms (0 = none),
---       priority (0-9)
+--       then per job: id, record, delay ms (0 = ready now), idempotency key ('=': stored
+--       once by its id, a workflow's step), record ttl ms (0 = none), priority (0-9)
 -- Due times are the server's now plus the delay (the producer's clock may be off).
 -- Returns per job: 'new' or 'dup', then the earlier record for a dup ('' otherwise).
 local P, chan, qname = ARGV[1], ARGV[2], ARGV[3]
@@ -28,7 +28,19 @@ for j = 0, n - 1 do
   local id, rec, delay, idem, ttl = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3], tonumber(ARGV[b + 4])
   local p = tonumber(ARGV[b + 5])
   local dup = nil
-  if idem ~= '' then
+  local stored = false
+  if idem == '=' then
+    -- A workflow's step: its id is derived from the workflow and the
+    -- step, and a second enqueue of it finds the first record.
+    local k = P .. 'job:' .. id
+    local ok
+    if ttl > 0 then
+      ok = redis.call('SET', k, rec, 'NX', 'PX', ttl)
+    else
+      ok = redis.call('SET', k, rec, 'NX')
+    end
+    if ok then stored = true else dup = redis.call('GET', k) or rec end
+  elseif idem ~= '' then
     dup = seen[idem]
     if not dup then
       local ik = P .. 'idem:' .. idem
@@ -54,10 +66,10 @@ for j = 0, n - 1 do
     indexed[#indexed + 1] = 0
     indexed[#indexed + 1] = id
     if ttl > 0 then
-      redis.call('SET', P .. 'job:' .. id, rec, 'PX', ttl)
+      if not stored then redis.call('SET', P .. 'job:' .. id, rec, 'PX', ttl) end
       now = now or server_ms()
       index_end(id, nil, now + ttl)
-    else
+    elseif not stored then
       mset[#mset + 1] = P .. 'job:' .. id
       mset[#mset + 1] = rec
     end
