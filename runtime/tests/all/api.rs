@@ -253,6 +253,8 @@ macro_rules! on_both_brokers {
     };
 }
 
+pub(crate) use on_both_brokers;
+
 pub(crate) fn message(v: &Value) -> String {
     v["error"]["message"]
         .as_str()

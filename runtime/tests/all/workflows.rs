@@ -10,7 +10,7 @@ use runner::queue::{Delivery, JobState, WfState};
 use runner::workflow::{WorkflowRequest, Workflows};
 use serde_json::{Value, json};
 
-use crate::api::{ADMIN, SUBMIT, TestApi, message, module_hash};
+use crate::api::{ADMIN, SUBMIT, TestApi, message, module_hash, on_both_brokers};
 use crate::queue_conformance::{Env, settle, success};
 use crate::redis_support::RedisServer;
 use crate::support::{echo_component, guest_bytes, task_error_component};
@@ -287,6 +287,19 @@ async fn start_workflow(api: &TestApi, body: Value) -> Value {
     v
 }
 
+/// The jobs of task `task` (`GET /v1/jobs?task=`).
+async fn jobs_of(api: &TestApi, task: &str) -> Vec<Value> {
+    let (s, list) = api
+        .call(api.req(
+            reqwest::Method::GET,
+            &format!("/v1/jobs?task={task}"),
+            Some(SUBMIT),
+        ))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{list}");
+    list["jobs"].as_array().unwrap().clone()
+}
+
 async fn workflow(api: &TestApi, id: &str, query: &str) -> Value {
     let (s, v) = api
         .call(api.req(
@@ -384,11 +397,8 @@ async fn bulk_generation_in_batches(api: &TestApi) {
         .map(|r| r["n"].as_u64().unwrap())
         .collect();
     assert_eq!(all, (0..62).collect::<Vec<u64>>());
-    let (s, list) = api
-        .call(api.req(reqwest::Method::GET, "/v1/jobs?task=finalise", Some(SUBMIT)))
-        .await;
-    assert_eq!(s, StatusCode::OK, "{list}");
-    assert_eq!(list["jobs"].as_array().unwrap().len(), 1, "{list}");
+    let finals = jobs_of(api, "finalise").await;
+    assert_eq!(finals.len(), 1, "{finals:?}");
     assert_eq!(st["tree"]["steps"][13]["state"], json!("succeeded"));
 }
 
@@ -446,19 +456,8 @@ async fn a_chord_with_a_failing_member(api: &TestApi) {
     // Let the other members end, then count.
     tokio::time::sleep(Duration::from_millis(500)).await;
     for (task, want) in [("merge", 0), ("alert", 1)] {
-        let (s, list) = api
-            .call(api.req(
-                reqwest::Method::GET,
-                &format!("/v1/jobs?task={task}"),
-                Some(SUBMIT),
-            ))
-            .await;
-        assert_eq!(s, StatusCode::OK, "{list}");
-        assert_eq!(
-            list["jobs"].as_array().unwrap().len(),
-            want,
-            "{task}: {list}"
-        );
+        let jobs = jobs_of(api, task).await;
+        assert_eq!(jobs.len(), want, "{task}: {jobs:?}");
     }
     let st = workflow(api, id, "").await;
     assert_eq!(st["tree"]["steps"][3]["state"], json!("waiting"), "{st}");
@@ -551,43 +550,25 @@ async fn a_group_of_chains_hands_outputs_on(api: &TestApi) {
     assert_eq!(st["tree"]["steps"][1]["state"], json!("succeeded"));
 }
 
-macro_rules! api_on_both {
-    ($body:ident, $embedded:ident, $redis:ident) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $embedded() {
-            let api = TestApi::start(None, "64MiB", true).await;
-            $body(&api).await;
-            api.stop().await;
-        }
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $redis() {
-            let redis = RedisServer::start();
-            let api = TestApi::start(Some(redis.url()), "64MiB", true).await;
-            $body(&api).await;
-            api.stop().await;
-        }
-    };
-}
-
-api_on_both!(
-    bulk_generation_in_batches,
+on_both_brokers!(
     api_bulk_generation_embedded,
-    api_bulk_generation_redis
+    api_bulk_generation_redis,
+    bulk_generation_in_batches
 );
-api_on_both!(
-    a_chord_with_a_failing_member,
+on_both_brokers!(
     api_failing_chord_embedded,
-    api_failing_chord_redis
+    api_failing_chord_redis,
+    a_chord_with_a_failing_member
 );
-api_on_both!(
-    a_group_of_chains_hands_outputs_on,
+on_both_brokers!(
     api_group_of_chains_embedded,
-    api_group_of_chains_redis
+    api_group_of_chains_redis,
+    a_group_of_chains_hands_outputs_on
 );
-api_on_both!(
-    revoke_a_running_workflow,
+on_both_brokers!(
     api_revoke_workflow_embedded,
-    api_revoke_workflow_redis
+    api_revoke_workflow_redis,
+    revoke_a_running_workflow
 );
 
 /// Bad trees are refused whole with a 400 that names the step; nothing is

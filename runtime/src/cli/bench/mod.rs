@@ -81,6 +81,39 @@ fn bench_module(module: Option<&Path>) -> anyhow::Result<(Vec<u8>, String)> {
     }
 }
 
+/// A worker on Redis at `url` for queue `bench`, `concurrency` runs at
+/// once, with `module` compiled before it is returned (compiling is the
+/// sandbox bench's figure, not a queue's).
+async fn bench_worker(
+    url: &str,
+    registry: std::sync::Arc<dyn crate::registry::Registry>,
+    module: Vec<u8>,
+    concurrency: usize,
+    prefetch: crate::worker::Prefetch,
+) -> anyhow::Result<crate::worker::Worker> {
+    use crate::sandbox::{Sandbox, SandboxConfig};
+    let sandbox = Sandbox::new(SandboxConfig {
+        max_concurrent_runs: (concurrency as u32).max(1),
+        ..SandboxConfig::default()
+    })?;
+    let sb = sandbox.clone();
+    tokio::task::spawn_blocking(move || sb.load(&module).map(|_| ()))
+        .await?
+        .map_err(|e| anyhow::anyhow!("loading the module: {e}"))?;
+    Ok(crate::worker::Worker::new(
+        std::sync::Arc::new(crate::queue::RedisBroker::connect(url).await?),
+        registry,
+        sandbox,
+        crate::sandbox::host::HostServices::default(),
+        crate::worker::WorkerConfig {
+            queues: vec!["bench".into()],
+            concurrency,
+            prefetch,
+            ..crate::worker::WorkerConfig::default()
+        },
+    ))
+}
+
 /// The value at `pct` (0-100) of `sorted`, nearest rank.
 ///
 /// # Panics

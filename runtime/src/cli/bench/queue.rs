@@ -35,9 +35,6 @@ use super::{
 use crate::producer::{EnqueueRequest, Producer};
 use crate::queue::{Broker, JobEvent, RedisBroker, RetryPolicy};
 use crate::registry::{RedisRegistry, Registry, TaskBinding};
-use crate::sandbox::host::HostServices;
-use crate::sandbox::{Sandbox, SandboxConfig};
-use crate::worker::{Worker, WorkerConfig};
 
 #[derive(Args, Debug)]
 pub struct QueueBench {
@@ -109,30 +106,17 @@ pub async fn execute(args: QueueBench) -> anyhow::Result<ExitCode> {
     );
 
     // The worker starts after the enqueue phase (see `throughput`).
-    let sandbox = Sandbox::new(SandboxConfig {
-        max_concurrent_runs: (concurrency as u32).max(1),
-        ..SandboxConfig::default()
-    })?;
-    // Compile before the clock starts: compiling is the sandbox's figure.
-    let sb = sandbox.clone();
-    tokio::task::spawn_blocking(move || sb.load(&bytes).map(|_| ()))
-        .await?
-        .map_err(|e| anyhow::anyhow!("loading the module: {e}"))?;
-    let worker = Worker::new(
-        Arc::new(RedisBroker::connect(&url).await?),
+    let worker = super::bench_worker(
+        &url,
         registry.clone(),
-        sandbox,
-        HostServices::default(),
-        WorkerConfig {
-            queues: vec!["bench".into()],
-            concurrency,
-            prefetch: args.prefetch.map_or(
-                crate::worker::Prefetch::Adaptive,
-                crate::worker::Prefetch::Fixed,
-            ),
-            ..WorkerConfig::default()
-        },
-    );
+        bytes,
+        concurrency,
+        args.prefetch.map_or(
+            crate::worker::Prefetch::Adaptive,
+            crate::worker::Prefetch::Fixed,
+        ),
+    )
+    .await?;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let start_worker = move || {

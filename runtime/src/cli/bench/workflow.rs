@@ -15,9 +15,6 @@ use super::{CommandCount, RedisChild, bench_module};
 use crate::producer::{Caller, Producer};
 use crate::queue::{Broker, JobEvent, JobId, RedisBroker, RetryPolicy};
 use crate::registry::{RedisRegistry, Registry, TaskBinding};
-use crate::sandbox::host::HostServices;
-use crate::sandbox::{Sandbox, SandboxConfig};
-use crate::worker::{Worker, WorkerConfig};
 use crate::workflow::{WorkflowRequest, Workflows};
 
 #[derive(Args, Debug)]
@@ -67,26 +64,14 @@ pub async fn execute(args: WorkflowBench) -> anyhow::Result<ExitCode> {
     let concurrency = args
         .concurrency
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let sandbox = Sandbox::new(SandboxConfig {
-        max_concurrent_runs: (concurrency as u32).max(1),
-        ..SandboxConfig::default()
-    })?;
-    let sb = sandbox.clone();
-    let b = bytes.clone();
-    tokio::task::spawn_blocking(move || sb.load(&b).map(|_| ()))
-        .await?
-        .map_err(|e| anyhow::anyhow!("loading the module: {e}"))?;
-    let worker = Worker::new(
-        Arc::new(RedisBroker::connect(&url).await?),
+    let worker = super::bench_worker(
+        &url,
         registry.clone(),
-        sandbox,
-        HostServices::default(),
-        WorkerConfig {
-            queues: vec!["bench".into()],
-            concurrency,
-            ..WorkerConfig::default()
-        },
-    );
+        bytes,
+        concurrency,
+        crate::worker::Prefetch::Adaptive,
+    )
+    .await?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let worker_task = tokio::spawn(worker.run(async move {
         let _ = stop_rx.await;
