@@ -425,7 +425,9 @@ async fn kill_9_worker_holding_the_last_member_of_a_chord_the_callback_runs_once
     let mut members: Vec<_> = (0..499)
         .map(|_| json!({"task": "part", "input": {"ms": 1}}))
         .collect();
-    members.push(json!({"task": "part", "input": {"ms": 4000}}));
+    // Long enough that it is still running once the others have ended,
+    // even on a slow machine.
+    members.push(json!({"task": "part", "input": {"ms": 8000}}));
     let req: WorkflowRequest = serde_json::from_value(json!({"workflow": {
         "chord": members,
         "callback": {"task": "merge", "input": {"ms": 1}, "previous": "parts"}
@@ -436,8 +438,14 @@ async fn kill_9_worker_holding_the_last_member_of_a_chord_the_callback_runs_once
 
     let first = WorkerProcess::start(&server.url(), cache.path());
     // The slow member is the last one running: every other one has ended.
+    let deadline = Instant::now() + Duration::from_secs(60);
     let slow = loop {
         let st = workflows.status(wf.id).await.unwrap().unwrap();
+        assert!(
+            Instant::now() < deadline && st.done < 500,
+            "never caught the slow member running alone: {} done",
+            st.done
+        );
         let last = &st.tree.steps[499];
         if st.done >= 499
             && let Some(id) = last.job
