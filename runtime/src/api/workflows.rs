@@ -20,7 +20,7 @@ use super::error::ErrorBody;
 use super::schema::{NeedsAdmin, NeedsToken, TakesBody, UsesStorage};
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState};
 use crate::producer::{Caller, parse_duration};
-use crate::queue::{Broker, JobId, WfState};
+use crate::queue::{Broker, Heard, JobId, WfState};
 use crate::workflow::{Submitted, WorkflowError, WorkflowRequest, WorkflowStatus, Workflows};
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -153,18 +153,10 @@ async fn wait_for_end(
             Some(s) if !s.state.is_final() => {}
             _ => return Ok(status),
         }
-        loop {
-            match tokio::time::timeout_at(deadline, events.recv()).await {
-                Err(_) => return Ok(wf.status(id).await?),
-                Ok(Ok(ev)) if ev.id == id && ev.state.is_final() => break,
-                Ok(Ok(ev)) if ev.is_gap() => break,
-                Ok(Ok(_)) => continue,
-                Ok(Err(broadcast::error::RecvError::Lagged(_))) => break,
-                Ok(Err(broadcast::error::RecvError::Closed)) => {
-                    events = broker.subscribe().await?;
-                    break;
-                }
-            }
+        match crate::queue::await_end(&mut events, id, deadline).await {
+            Heard::TimedOut => return Ok(wf.status(id).await?),
+            Heard::Closed => events = broker.subscribe().await?,
+            Heard::ReadAgain => {}
         }
     }
 }

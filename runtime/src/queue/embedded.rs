@@ -61,6 +61,19 @@ struct QueueState {
 }
 
 impl QueueState {
+    /// The outbox's entries at least `min_age_ms` old at `now`, oldest
+    /// first, with when each was written.
+    fn outbox_entries(&self, now: i64, min_age_ms: i64) -> Vec<(i64, JobId)> {
+        let mut entries: Vec<(i64, JobId)> = self
+            .wfout
+            .iter()
+            .filter(|(_, t)| **t <= now - min_age_ms)
+            .map(|(id, t)| (*t, *id))
+            .collect();
+        entries.sort();
+        entries
+    }
+
     /// Counts jobs entering `states` at `now` and records what waits and
     /// runs after the change (as the Redis scripts' `hist_flush`).
     fn note(&mut self, now: i64, states: impl IntoIterator<Item = JobState>) {
@@ -751,8 +764,7 @@ impl Broker for EmbeddedBroker {
             // As Redis: stale entries to apply again, and a wake-up for the
             // oldest of the rest.
             let stale_ms = OUTBOX_STALE.as_millis() as i64;
-            let mut entries: Vec<(i64, JobId)> = q.wfout.iter().map(|(id, t)| (*t, *id)).collect();
-            entries.sort();
+            let entries = q.outbox_entries(now, i64::MIN / 2);
             let stale = entries
                 .iter()
                 .take_while(|(t, _)| *t <= now - stale_ms)
@@ -1277,14 +1289,11 @@ impl Broker for EmbeddedBroker {
         let Some(q) = st.queues.get(queue) else {
             return Ok(Vec::new());
         };
-        let mut entries: Vec<(i64, JobId)> = q
-            .wfout
-            .iter()
-            .filter(|(_, t)| **t <= now - min_age.as_millis() as i64)
-            .map(|(id, t)| (*t, *id))
-            .collect();
-        entries.sort();
-        Ok(entries.into_iter().take(limit).map(|(_, id)| id).collect())
+        Ok(q.outbox_entries(now, min_age.as_millis() as i64)
+            .into_iter()
+            .take(limit)
+            .map(|(_, id)| id)
+            .collect())
     }
 
     async fn running(&self, queue: &str) -> BrokerResult<Vec<Job>> {

@@ -624,21 +624,42 @@ pub trait Broker: Send + Sync + 'static {
                 Some(j) if j.state.is_final() => return Ok(job),
                 Some(_) => {}
             }
-            loop {
-                match tokio::time::timeout_at(deadline, events.recv()).await {
-                    Err(_) => return self.get(id).await,
-                    Ok(Ok(ev)) if ev.id == id && ev.state.is_final() => break,
-                    // Events may have been missed: read again.
-                    Ok(Ok(ev)) if ev.is_gap() => break,
-                    Ok(Ok(_)) => continue,
-                    // Lagged or reconnected: read again.
-                    Ok(Err(broadcast::error::RecvError::Lagged(_))) => break,
-                    Ok(Err(broadcast::error::RecvError::Closed)) => {
-                        events = self.subscribe().await?;
-                        break;
-                    }
-                }
+            match await_end(&mut events, id, deadline).await {
+                Heard::TimedOut => return self.get(id).await,
+                Heard::Closed => events = self.subscribe().await?,
+                Heard::ReadAgain => {}
             }
+        }
+    }
+}
+
+/// What [`await_end`] heard.
+pub enum Heard {
+    /// The end came, or events may have been missed: read again.
+    ReadAgain,
+    /// The feed closed: subscribe again, then read.
+    Closed,
+    TimedOut,
+}
+
+/// Waits on `events` until `id`'s final event (a job's, or a workflow's:
+/// their ids share the feed), a sign that events were missed, or
+/// `deadline`. The one wait of long polls ([`Broker::wait`], workflows').
+pub async fn await_end(
+    events: &mut broadcast::Receiver<JobEvent>,
+    id: JobId,
+    deadline: tokio::time::Instant,
+) -> Heard {
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Err(_) => return Heard::TimedOut,
+            Ok(Ok(ev)) if ev.id == id && ev.state.is_final() => return Heard::ReadAgain,
+            // Events may have been missed: read again.
+            Ok(Ok(ev)) if ev.is_gap() => return Heard::ReadAgain,
+            Ok(Ok(_)) => continue,
+            // Lagged: read again.
+            Ok(Err(broadcast::error::RecvError::Lagged(_))) => return Heard::ReadAgain,
+            Ok(Err(broadcast::error::RecvError::Closed)) => return Heard::Closed,
         }
     }
 }

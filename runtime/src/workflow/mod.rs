@@ -160,7 +160,7 @@ impl Workflows {
                 .ok_or_else(|| BrokerError::Protocol(format!("workflow {id} vanished")))?
         };
         // Launched even when it existed: a request retried after a crash
-        // between the two finishes the launch (enqueued once by key).
+        // between the two finishes the launch (launched steps are skipped).
         self.launch(id, &tree, &tree.spec.root, None).await?;
         Ok(Submitted {
             id,
@@ -201,20 +201,24 @@ impl Workflows {
         self.broker().outbox_done(queue, &ids).await
     }
 
-    /// Applies what is in `queue`'s outbox (entries at least `min_age`
-    /// old): the ends nobody applied, read from their records.
+    /// Applies the outbox entries `ids` of `queue` (ends nobody applied),
+    /// read from their records, and removes them.
     pub async fn drain(&self, queue: &str, ids: &[JobId]) -> BrokerResult<()> {
         let mut ended = Vec::with_capacity(ids.len());
-        let mut gone = Vec::new();
+        let mut done = Vec::with_capacity(ids.len());
         for id in ids {
             match self.broker().get(*id).await? {
-                Some(job) if job.state.is_final() => ended.push(job),
+                Some(job) if job.state.is_final() => {
+                    done.push(job.id);
+                    ended.push(job);
+                }
                 Some(_) => {}
-                None => gone.push(*id),
+                // Its record is gone: nothing left to apply.
+                None => done.push(*id),
             }
         }
-        self.apply_ended(queue, &ended).await?;
-        self.broker().outbox_done(queue, &gone).await
+        self.apply(&ended).await?;
+        self.broker().outbox_done(queue, &done).await
     }
 
     /// Applies all of `queue`'s outbox now (after a revoke or a purge that
@@ -268,31 +272,28 @@ impl Workflows {
                 tracing::warn!(workflow = %id, job = %job.id, path, "a member of a step the workflow does not have");
                 continue;
             };
-            let error_callback = tree.is_error_callback(path);
-            let success = job.state == JobState::Success;
-            let counter = match tree.parent(path).map(|p| &p.kind) {
-                Some(Kind::Group(_)) => tree.parent(path).map(|p| format!("n:{}", p.path)),
-                Some(Kind::Chord { callback, .. }) if callback.path != *path => {
-                    tree.parent(path).map(|p| format!("n:{}", p.path))
-                }
-                _ => None,
+            // A success counts in its group (a chord's members are one).
+            let group = tree
+                .parent(path)
+                .filter(|p| match &p.kind {
+                    Kind::Group(_) => true,
+                    Kind::Chord { callback, .. } => callback.path != *path,
+                    Kind::Chain(_) | Kind::Job(_) => false,
+                })
+                .map(|p| format!("n:{}", p.path));
+            let (kind, counter) = if tree.is_error_callback(path) {
+                // An error callback's end counts for nothing.
+                (MarkKind::Complete, None)
+            } else if job.state == JobState::Success {
+                (MarkKind::Success, group)
+            } else {
+                (MarkKind::Failure, None)
             };
             marks.push(WfMark {
-                kind: if success && !error_callback {
-                    MarkKind::Success
-                } else if error_callback {
-                    // An error callback's end counts for nothing.
-                    MarkKind::Complete
-                } else {
-                    MarkKind::Failure
-                },
+                kind,
                 field: format!("r:{path}"),
                 value: outcome(job),
-                counter: if success && !error_callback {
-                    counter
-                } else {
-                    None
-                },
+                counter,
             });
             nodes.push(node);
         }
@@ -350,15 +351,13 @@ impl Workflows {
                     if let Some(next) = steps.get(pos + 1) {
                         let collect = matches!(&next.kind, Kind::Job(j) if j.collect);
                         let out = if collect {
-                            let mut outs = Vec::with_capacity(pos + 1);
-                            for s in &steps[..=pos] {
-                                outs.push(self.output_value(id, tree, s).await?);
-                            }
-                            Value::Array(outs).to_string()
+                            Value::Array(self.outputs(id, tree, &steps[..=pos]).await?)
                         } else {
-                            self.output(id, tree, node).await?
+                            self.outputs(id, tree, std::slice::from_ref(node))
+                                .await?
+                                .remove(0)
                         };
-                        return self.launch(id, tree, next, Some(out)).await;
+                        return self.launch(id, tree, next, Some(out.to_string())).await;
                     }
                     node = parent;
                     counted = None;
@@ -388,12 +387,10 @@ impl Workflows {
                         return Ok(());
                     }
                     if let Kind::Chord { callback, .. } = &parent.kind {
-                        let mut outs = Vec::new();
-                        for s in steps {
-                            outs.push(self.output_value(id, tree, s).await?);
-                        }
-                        let input = Value::Array(outs).to_string();
-                        return self.launch(id, tree, callback, Some(input)).await;
+                        let input = Value::Array(self.outputs(id, tree, steps).await?);
+                        return self
+                            .launch(id, tree, callback, Some(input.to_string()))
+                            .await;
                     }
                     node = parent;
                     counted = None;
@@ -407,22 +404,20 @@ impl Workflows {
         }
     }
 
-    /// `node`'s output (JSON text), from the results its record keeps.
-    async fn output(&self, id: JobId, tree: &Tree, node: &Node) -> BrokerResult<String> {
-        Ok(self.output_value(id, tree, node).await?.to_string())
-    }
-
-    async fn output_value(&self, id: JobId, tree: &Tree, node: &Node) -> BrokerResult<Value> {
+    /// The outputs of `nodes`, in order, from the results the record
+    /// keeps: one read for all of them (a chord of 500 reads once).
+    async fn outputs(&self, id: JobId, tree: &Tree, nodes: &[Node]) -> BrokerResult<Vec<Value>> {
         let mut jobs = Vec::new();
-        tree.output_jobs(node, &mut jobs);
+        for n in nodes {
+            tree.output_jobs(n, &mut jobs);
+        }
         let fields: Vec<String> = jobs.iter().map(|j| format!("r:{}", j.path)).collect();
         let values = self.broker().wf_fields(id, &fields).await?;
-        let mut results = values.into_iter().map(|v| {
-            v.and_then(|v| serde_json::from_str::<Value>(&v).ok())
-                .and_then(|o| o.get("result").cloned())
-                .unwrap_or(Value::Null)
-        });
-        Ok(model::assemble(node, &mut results))
+        let mut results = values.iter().map(|v| result_in(v.as_deref()));
+        Ok(nodes
+            .iter()
+            .map(|n| model::assemble(n, &mut results))
+            .collect())
     }
 
     /// Enqueues the jobs that start `node`, each given `input` (the output
@@ -460,7 +455,8 @@ impl Workflows {
         Ok(())
     }
 
-    /// Enqueues `jobs` (dup-free by key) and records them; the state after.
+    /// Enqueues `jobs` (each stored once by its derived id) and records
+    /// them; the state after.
     async fn enqueue_members(&self, id: JobId, jobs: Vec<Job>) -> BrokerResult<Option<WfState>> {
         let paths: Vec<String> = jobs
             .iter()
@@ -509,7 +505,7 @@ impl Workflows {
     }
 
     /// Launches the error callback that answers the failure of the member
-    /// at `failed` (once: its key is the workflow's).
+    /// at `failed` (once: its job's id is derived from its step).
     async fn launch_on_error(
         &self,
         id: JobId,
@@ -551,12 +547,12 @@ impl Workflows {
             let mut jobs = Vec::new();
             tree.output_jobs(root, &mut jobs);
             let mut results = jobs.iter().map(|j| {
-                stored
-                    .fields
-                    .get(&format!("r:{}", j.path))
-                    .and_then(|v| serde_json::from_str::<Value>(v).ok())
-                    .and_then(|o| o.get("result").cloned())
-                    .unwrap_or(Value::Null)
+                result_in(
+                    stored
+                        .fields
+                        .get(&format!("r:{}", j.path))
+                        .map(String::as_str),
+                )
             });
             model::assemble(root, &mut results)
         });
@@ -596,7 +592,8 @@ impl Workflows {
         only: Option<&[&str]>,
         terminate: bool,
     ) -> BrokerResult<()> {
-        let Some(stored) = self.broker().wf_read(id).await? else {
+        let (Some(stored), Some(tree)) = (self.broker().wf_read(id).await?, self.tree(id).await?)
+        else {
             return Ok(());
         };
         let mut queues: Vec<String> = Vec::new();
@@ -617,10 +614,10 @@ impl Workflows {
             // one ends REVOKED through its worker's settle.
             let outcome = self.broker().revoke(job, terminate).await?;
             if outcome == crate::queue::RevokeOutcome::Revoked
-                && let Some(j) = self.broker().get(job).await?
-                && !queues.contains(&j.queue)
+                && let Some(Kind::Job(step)) = tree.node(path).map(|n| &n.kind)
+                && !queues.contains(&step.template.queue)
             {
-                queues.push(j.queue);
+                queues.push(step.template.queue.clone());
             }
         }
         for q in queues {
@@ -703,6 +700,15 @@ fn outcome(job: &Job) -> String {
         );
     }
     Value::Object(o).to_string()
+}
+
+/// The result in a member's outcome (`r:<path>`, see [`outcome`]); null
+/// when there is none.
+fn result_in(outcome: Option<&str>) -> Value {
+    outcome
+        .and_then(|v| serde_json::from_str::<Value>(v).ok())
+        .and_then(|o| o.get("result").cloned())
+        .unwrap_or(Value::Null)
 }
 
 /// The id of step `path`'s job in workflow `id` started at `created_ms`: a
