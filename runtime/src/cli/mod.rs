@@ -4,6 +4,8 @@
 
 use std::process::ExitCode;
 
+use std::os::unix::fs::DirBuilderExt as _;
+
 use clap::{Parser, Subcommand};
 
 pub mod beats;
@@ -123,4 +125,59 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// Where a command keeps compiled modules between processes, so that a
+/// component is compiled once per hash on a machine, whatever the command
+/// (compiling a Python component takes seconds; reading it back,
+/// milliseconds).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct CacheArgs {
+    /// The compiled-module cache (default: `$XDG_CACHE_HOME/runner/modules`,
+    /// or `~/.cache/runner/modules`). It must be writable only by the
+    /// runner's user: its files are native code.
+    #[arg(long, env = "RUNNER_CACHE_DIR")]
+    pub cache_dir: Option<std::path::PathBuf>,
+    /// Compile every module in this process; keep nothing on disk.
+    #[arg(long, conflicts_with = "cache_dir")]
+    pub no_cache: bool,
+}
+
+impl CacheArgs {
+    /// The directory to use, if any.
+    pub fn dir(&self) -> Option<std::path::PathBuf> {
+        if self.no_cache {
+            return None;
+        }
+        if let Some(dir) = &self.cache_dir {
+            return Some(dir.clone());
+        }
+        // The default is a convenience: a machine where it cannot be made
+        // (no home, a read-only one) compiles in every process instead.
+        let dir = default_cache_dir()?;
+        match std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+        {
+            Ok(()) => Some(dir),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), "not caching compiled modules: {e}");
+                None
+            }
+        }
+    }
+}
+
+fn default_cache_dir() -> Option<std::path::PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| std::path::PathBuf::from(h).join(".cache"))
+        })?;
+    Some(base.join("runner").join("modules"))
 }

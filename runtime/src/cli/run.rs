@@ -81,9 +81,8 @@ pub struct RunArgs {
     /// Wall-clock limit, e.g. `30s`, `500ms`, `2m`.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
-    /// Keep compiled modules here between invocations.
-    #[arg(long, env = "RUNNER_CACHE_DIR")]
-    pub cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub cache: super::CacheArgs,
     /// `runner.toml` with the `[host]` services and the tasks' grants.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -138,7 +137,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let defaults = SandboxConfig::default();
     let sandbox = Sandbox::new(SandboxConfig {
-        cache_dir: args.cache_dir.clone(),
+        cache_dir: args.cache.dir(),
         max_memory_bytes: args.memory.as_u64().max(defaults.max_memory_bytes),
         // One run: no need for large pools.
         max_concurrent_runs: 4,

@@ -29,9 +29,8 @@ pub struct ServeArgs {
     /// Also run the scheduler loop (any number of replicas may run).
     #[arg(long)]
     pub scheduler: bool,
-    /// Where compiled modules are cached between runs.
-    #[arg(long, env = "RUNNER_CACHE_DIR")]
-    pub cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub cache: super::CacheArgs,
 }
 
 pub async fn execute(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -49,7 +48,7 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let auth = app::auth_from(&config)?;
-    let sandbox = app::sandbox(args.cache_dir.clone(), None)?;
+    let sandbox = app::sandbox(args.cache.dir(), None)?;
     // Started before Redis (a boot): wait for it rather than exit.
     app::wait_for_redis(&config, app::shutdown_signal()).await?;
     let core = Core::open(&config, sandbox).await?;

@@ -44,9 +44,8 @@ pub struct WorkerArgs {
     /// Default: `[worker] heartbeat`, else 60s.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub heartbeat: Option<Duration>,
-    /// Where compiled modules are cached between runs.
-    #[arg(long, env = "RUNNER_CACHE_DIR")]
-    pub cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub cache: super::CacheArgs,
     /// Identifies this worker in listings (default: host-pid-random).
     #[arg(long)]
     pub id: Option<String>,
@@ -120,7 +119,7 @@ pub async fn execute(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let services = app::host_services(&config).await?;
     let (broker, registry) = app::connect(&config).await?;
     let producer = app::producer(&config, &broker, &registry)?;
-    let sandbox = app::sandbox(args.cache_dir.clone(), Some(worker_config.concurrency))?;
+    let sandbox = app::sandbox(args.cache.dir(), Some(worker_config.concurrency))?;
     let worker = app::worker(&config, &broker, &registry, &producer, &sandbox, services)?
         .with_consuming_flag(consuming);
     eprintln!(

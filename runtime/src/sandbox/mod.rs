@@ -46,6 +46,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::os::unix::fs::DirBuilderExt as _;
+
 use anyhow::Context as _;
 use tokio::sync::Semaphore;
 use wasmtime::Engine;
@@ -101,7 +103,11 @@ impl Sandbox {
             .map_err(anyhow::Error::from)
             .context("linking the runner:task imports")?;
         if let Some(dir) = &config.cache_dir {
-            std::fs::create_dir_all(dir)
+            // Only the runner's user may write native code the runner loads.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
                 .with_context(|| format!("creating the module cache {}", dir.display()))?;
         }
         engine::start_epoch_ticker(&engine, config.epoch_tick)?;

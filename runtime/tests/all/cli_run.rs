@@ -9,10 +9,18 @@ use tempfile::TempDir;
 use crate::support::{self, guest};
 
 fn runner(args: &[&str]) -> Output {
+    let cache_home = tempfile::tempdir().unwrap();
+    runner_with_cache_home(args, cache_home.path())
+}
+
+/// `runner ARGS` with `$XDG_CACHE_HOME` at `cache_home` (where the
+/// compiled-module cache goes by default).
+fn runner_with_cache_home(args: &[&str], cache_home: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_runner"))
         .args(args)
         .env_remove("RUNNER_CACHE_DIR")
         .env_remove("RUST_LOG")
+        .env("XDG_CACHE_HOME", cache_home)
         .output()
         .expect("running the runner binary")
 }
@@ -160,6 +168,42 @@ fn the_cache_dir_is_used_across_invocations() {
         assert_exit(&run_file(&ok, &["--cache-dir", cache_arg]), 0, "");
     }
     assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
+}
+
+/// Without `--cache-dir`, `runner run` keeps the compiled module in the
+/// user's cache (only the user may write there) and the next invocation
+/// reads it instead of compiling again; `--no-cache` keeps nothing.
+#[test]
+fn run_keeps_compiled_modules_in_the_user_cache_by_default() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let ok = write(&dir, "ok.wasm", &support::ok_component());
+    let home = dir.path().join("xdg");
+    let run = |extra: &[&str], home: &Path| {
+        let mut args = vec!["run", ok.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        runner_with_cache_home(&args, home)
+    };
+    assert_exit(&run(&[], &home), 0, "");
+    let cache = home.join("runner/modules");
+    let files: Vec<PathBuf> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let mode = std::fs::metadata(&cache).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+    let inode = std::fs::metadata(&files[0]).unwrap().ino();
+    assert_exit(&run(&[], &home), 0, "");
+    assert_eq!(
+        std::fs::metadata(&files[0]).unwrap().ino(),
+        inode,
+        "the second run read the artifact instead of compiling and writing it again"
+    );
+
+    let other = dir.path().join("other");
+    assert_exit(&run(&["--no-cache"], &other), 0, "");
+    assert!(!other.exists(), "--no-cache wrote {}", other.display());
 }
 
 // ---- The examples ----
