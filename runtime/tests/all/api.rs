@@ -39,6 +39,17 @@ impl TestApi {
         worker: bool,
         scheduler: bool,
     ) -> TestApi {
+        Self::start_in(sandbox(), redis, max_body, worker, scheduler).await
+    }
+
+    /// [`start_with`](Self::start_with) on `sandbox`.
+    pub async fn start_in(
+        sandbox: runner::sandbox::Sandbox,
+        redis: Option<String>,
+        max_body: &str,
+        worker: bool,
+        scheduler: bool,
+    ) -> TestApi {
         let mut config = Config::default();
         config.broker.redis_url = redis;
         config.server.max_body = max_body.to_string();
@@ -49,7 +60,7 @@ impl TestApi {
         // busy worker holds ahead (the adaptive one hands it back).
         config.worker.prefetch = Some(4);
         config.check().unwrap();
-        let core = Core::open(&config, sandbox()).await.unwrap();
+        let core = Core::open(&config, sandbox).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, rx) = watch::channel(false);

@@ -16,6 +16,7 @@ mod deploy_files;
 mod dev;
 mod layers;
 pub(crate) mod ops;
+mod python;
 mod queue_conformance;
 mod rate_limit;
 pub(crate) mod redis_tls;

@@ -61,11 +61,19 @@ impl Env {
         queue: &str,
         edit: impl FnOnce(&mut TaskBinding),
     ) {
-        let hash = self
-            .registry
-            .put_module(&guest_bytes(example))
+        self.bind_bytes(name, &guest_bytes(example), queue, edit)
             .await
-            .unwrap();
+    }
+
+    /// Uploads the component `bytes` and binds `name` to it on `queue`.
+    pub async fn bind_bytes(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        queue: &str,
+        edit: impl FnOnce(&mut TaskBinding),
+    ) {
+        let hash = self.registry.put_module(bytes).await.unwrap();
         let mut b = TaskBinding::new(name, hash);
         b.queue = queue.into();
         b.retry = RetryPolicy {
@@ -87,11 +95,21 @@ impl Env {
     /// [`Env::worker`] whose runs reach `services` as far as their grants
     /// allow.
     pub async fn worker_with(&self, services: HostServices, cfg: WorkerConfig) -> RunningWorker {
+        self.worker_in(test_sandbox(None), services, cfg).await
+    }
+
+    /// [`Env::worker_with`] running its jobs in `sandbox`.
+    pub async fn worker_in(
+        &self,
+        sandbox: Sandbox,
+        services: HostServices,
+        cfg: WorkerConfig,
+    ) -> RunningWorker {
         let broker: Arc<dyn Broker> = match &self.redis {
             Some(server) => Arc::new(RedisBroker::connect(&server.url()).await.unwrap()),
             None => self.broker.clone(),
         };
-        start_worker_with(broker, self.registry.clone(), services, cfg)
+        start_worker_in(broker, self.registry.clone(), sandbox, services, cfg)
     }
 }
 
@@ -112,17 +130,33 @@ impl RunningWorker {
     }
 }
 
+/// A sandbox for a test's worker, keeping compiled modules in `cache_dir`
+/// when given.
+pub fn test_sandbox(cache_dir: Option<std::path::PathBuf>) -> Sandbox {
+    Sandbox::new(SandboxConfig {
+        cache_dir,
+        max_concurrent_runs: 16,
+        ..SandboxConfig::default()
+    })
+    .unwrap()
+}
+
 pub fn start_worker_with(
     broker: Arc<dyn Broker>,
     registry: Arc<dyn Registry>,
     services: HostServices,
     cfg: WorkerConfig,
 ) -> RunningWorker {
-    let sandbox = Sandbox::new(SandboxConfig {
-        max_concurrent_runs: 16,
-        ..SandboxConfig::default()
-    })
-    .unwrap();
+    start_worker_in(broker, registry, test_sandbox(None), services, cfg)
+}
+
+pub fn start_worker_in(
+    broker: Arc<dyn Broker>,
+    registry: Arc<dyn Registry>,
+    sandbox: Sandbox,
+    services: HostServices,
+    cfg: WorkerConfig,
+) -> RunningWorker {
     let (tx, rx) = oneshot::channel::<()>();
     let worker = Worker::new(broker, registry, sandbox, services, cfg);
     let handle = tokio::spawn(async move {

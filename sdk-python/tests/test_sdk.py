@@ -1,0 +1,195 @@
+"""Unit tests of the SDK's host-side logic: converting inputs and outputs,
+the run's outcomes, and the builder's reading of `needs`. They run without
+componentize-py: the bindings are not needed for any of this."""
+
+from __future__ import annotations
+
+import unittest
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Literal
+
+from runner_task import _task, errors
+from runner_task._convert import InputError, decode, decoder, from_json, to_json
+from runner_task._host import call, to_ms
+from runner_task.build import BuildError, declared_needs, world
+
+
+class Colour(Enum):
+    RED = "red"
+
+
+@dataclass
+class Line:
+    item: str
+    quantity: int
+    price: float = 0.0
+
+
+@dataclass
+class Order:
+    lines: list[Line]
+    note: str | None = None
+    tags: dict[str, int] = field(default_factory=dict)
+    colour: Colour = Colour.RED
+    mode: Literal["fast", "slow"] = "fast"
+
+
+class ConvertTest(unittest.TestCase):
+    def test_nested_dataclasses(self) -> None:
+        o = from_json(
+            {"lines": [{"item": "a", "quantity": 2, "price": 3}], "tags": {"x": 1}, "colour": "red"},
+            Order,
+            "input",
+        )
+        self.assertEqual(o, Order([Line("a", 2, 3.0)], tags={"x": 1}))
+        self.assertIsInstance(o.lines[0].price, float)
+
+    def test_errors_name_the_place(self) -> None:
+        cases: list[tuple[Any, str]] = [
+            ({"lines": [{"item": "a", "quantity": "2"}]}, "input.lines[0].quantity: expected an integer, got a string"),
+            ({"lines": [{"item": "a"}]}, "input.lines[0].quantity: missing"),
+            ({"lines": [], "extra": 1}, "input: unknown field 'extra' (expected colour, lines, mode, note, tags)"),
+            ({"lines": {}}, "input.lines: expected a list, got an object"),
+            ({"lines": [], "note": 5}, "input.note: expected a string, got a number"),
+            ({"lines": [], "colour": "blue"}, "input.colour: expected one of ['red'], got 'blue'"),
+            ({"lines": [], "mode": "warp"}, "input.mode: expected one of ['fast', 'slow'], got 'warp'"),
+            ([], "input: expected an object, got a list"),
+            ({"lines": [{"item": "a", "quantity": True}]}, "input.lines[0].quantity: expected an integer, got a boolean"),
+        ]
+        dec = decoder(Order)
+        for value, expected in cases:
+            with self.subTest(value=value):
+                with self.assertRaises(InputError) as e:
+                    from_json(value, Order, "input")
+                self.assertEqual(str(e.exception), expected)
+                with self.assertRaises(InputError) as e:
+                    decode(value, Order, dec, "input")
+                self.assertEqual(str(e.exception), expected)
+
+    def test_the_fast_decoder_agrees(self) -> None:
+        values: list[Any] = [
+            {"lines": [{"item": "a", "quantity": 2, "price": 3}], "tags": {"x": 1}, "colour": "red"},
+            {"lines": [{"item": "b", "quantity": 2.0}], "note": None, "mode": "slow"},
+        ]
+        for value in values:
+            self.assertEqual(decode(value, Order, decoder(Order), "input"), from_json(value, Order, "input"))
+        self.assertEqual(decode([1, 2], list[int], decoder(list[int]), "input"), [1, 2])
+        self.assertEqual(decode({"a": None}, dict[str, int | None], decoder(dict[str, int | None]), "input"), {"a": None})
+
+    def test_output(self) -> None:
+        self.assertEqual(
+            to_json(Order([Line("a", 1)], colour=Colour.RED)),
+            {"lines": [{"item": "a", "quantity": 1, "price": 0.0}], "note": None, "tags": {},
+             "colour": "red", "mode": "fast"},
+        )
+        with self.assertRaises(TypeError):
+            to_json({"data": b"x"})
+
+
+class HostTest(unittest.TestCase):
+    def test_ttl(self) -> None:
+        self.assertEqual(to_ms("ttl", 1.5), 1500)
+        self.assertIsNone(to_ms("ttl", None))
+        for bad in (-1, float("nan"), float("inf"), 1e30):
+            with self.assertRaises(ValueError):
+                to_ms("ttl", bad)
+
+    def test_host_errors_are_mapped(self) -> None:
+        @dataclass
+        class HostError_Transient:
+            value: str
+
+        class Err(Exception):
+            def __init__(self, value: Any) -> None:
+                self.value = value
+
+        with self.assertRaises(errors.Transient) as e:
+            with call("kv", "get"):
+                raise Err(HostError_Transient("connection refused"))
+        self.assertEqual(str(e.exception), "kv.get: transient: connection refused")
+        self.assertTrue(e.exception.is_transient)
+        with self.assertRaises(errors.NotDeclared) as n:
+            with call("http", "send"):
+                raise ImportError("no", name="wit_world.imports.http")
+        self.assertIn('@task(needs=["http", ...])', str(n.exception))
+
+
+class RunTest(unittest.TestCase):
+    def tearDown(self) -> None:
+        _task._TASK = None
+
+    def test_outcomes(self) -> None:
+        state = {"mode": "ok"}
+
+        @_task.task(needs=["kv"])
+        def run(order: Order) -> Any:
+            if state["mode"] == "retry":
+                raise errors.Retry("later")
+            if state["mode"] == "fail":
+                raise errors.Fail("never")
+            if state["mode"] == "host":
+                raise errors.Transient("down", "kv.get")
+            if state["mode"] == "boom":
+                raise KeyError("k")
+            if state["mode"] == "oom":
+                raise MemoryError()
+            return {"n": len(order.lines)}
+
+        ok = '{"lines": [{"item": "a", "quantity": 1}]}'
+        self.assertEqual(_task.run(ok), ("ok", '{"n":1}'))
+        self.assertEqual(_task.run("{"), ("fail", _task.run("{")[1]))
+        self.assertIn("the input is not JSON", _task.run("{")[1])
+        self.assertEqual(_task.run('{"lines": 1}'), ("fail", "input.lines: expected a list, got a number"))
+        for mode, expected in [("retry", ("retry", "later")), ("fail", ("fail", "never")),
+                               ("host", ("retry", "kv.get: transient: down")),
+                               ("boom", ("fail", "KeyError: 'k'"))]:
+            state["mode"] = mode
+            with self.subTest(mode=mode):
+                self.assertEqual(_task.run(ok), expected)
+        # Out of memory ends the run (a trap the runner reports as
+        # memory_limit) instead of becoming a fail.
+        state["mode"] = "oom"
+        with self.assertRaises(MemoryError):
+            _task.run(ok)
+
+    def test_one_task_and_known_needs(self) -> None:
+        @_task.task
+        def a() -> int:
+            return 1
+
+        self.assertEqual(_task.run("null"), ("ok", "1"))
+        with self.assertRaises(RuntimeError):
+            @_task.task
+            def b() -> int:
+                return 2
+        _task._TASK = None
+        with self.assertRaises(ValueError):
+            _task.task(needs=["kv", "smtp"])(a)
+        with self.assertRaises(TypeError):
+            @_task.task
+            def c(x: int, y: int) -> int:
+                return x + y
+
+
+class BuildTest(unittest.TestCase):
+    def test_needs_are_read_from_the_source(self) -> None:
+        src = "from runner_task import task\n@task(needs=['kv', \"mail\"])\ndef run(x): ...\n"
+        self.assertEqual(declared_needs(src, "app.py"), ["kv", "mail"])
+        self.assertEqual(declared_needs("import runner_task\n@runner_task.task\ndef run(): ...\n", "a.py"), [])
+        self.assertIsNone(declared_needs("def run(): ...\n", "app.py"))
+        with self.assertRaises(BuildError):
+            declared_needs("N=['kv']\n@task(needs=N)\ndef run(): ...\n", "app.py")
+        with self.assertRaises(BuildError):
+            declared_needs("@task\ndef a(): ...\n@task\ndef b(): ...\n", "app.py")
+
+    def test_world_imports_just_the_needs(self) -> None:
+        w = world(["kv"])
+        self.assertIn("import runner:task/context@0.1.0;", w)
+        self.assertIn("import runner:task/kv@0.1.0;", w)
+        self.assertNotIn("mail", w)
+        self.assertIn("export run: func(input: string) -> result<string, task-error>;", w)
+
+
+if __name__ == "__main__":
+    unittest.main()
