@@ -436,7 +436,7 @@ fn the_python_sdk_type_checks_and_its_unit_tests_pass() {
         root.join("sdk-python").display()
     );
     let mut targets = vec![vec!["sdk-python/runner_task".to_string()]];
-    for app in [HELLO, REMINDER, BEHAVE] {
+    for app in [HELLO, REMINDER, BEHAVE, EVERYTHING] {
         targets.push(vec![format!("{app}/app.py")]);
     }
     for target in targets {
@@ -509,4 +509,156 @@ fn bench_sandbox_measures_a_python_task() {
         !stdout.contains("budget"),
         "the Rust hello's budget is not this module's:\n{stdout}"
     );
+}
+
+const EVERYTHING: &str = "runtime/tests/python/everything";
+
+/// Answers one HTTP request with `body` (JSON) and hands back what it
+/// received.
+fn one_http_answer(body: &'static str) -> (u16, std::thread::JoinHandle<String>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Headers, then the body its Content-Length announces.
+        loop {
+            let n = stream.read(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                if got.len() >= end + 4 + length || n == 0 {
+                    break;
+                }
+            }
+        }
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(answer.as_bytes()).unwrap();
+        String::from_utf8_lossy(&got).to_string()
+    });
+    (port, handle)
+}
+
+/// The wrappers of http, pdf, files and jobs, called from Python against
+/// real services: a loopback HTTP server, typst, files in a temp dir, the
+/// queue.
+async fn python_tasks_reach_every_capability(env: Env) {
+    let (port, server) = one_http_answer(r#"{"ok":true,"reply":"了解"}"#);
+    let root = tempfile::TempDir::new().unwrap();
+    let host: runner::sandbox::host::services::HostConfig = toml::from_str(&format!(
+        "[files.roots]\nout = {:?}\n[http]\n[pdf]\n",
+        root.path().to_str().unwrap()
+    ))
+    .unwrap();
+    let services = HostServices::from_config(&host).await.unwrap();
+    env.bind_bytes("hello-py", &python_task(HELLO), "py", |_| {})
+        .await;
+    env.bind_bytes("everything", &python_task(EVERYTHING), "py", |b| {
+        b.grants = serde_json::from_value(json!({
+            "http": { "allow": [format!("http://127.0.0.1:{port}")] },
+            "pdf": true,
+            "files": { "out": "read-write" },
+            "jobs": { "tasks": ["hello-py"] },
+        }))
+        .unwrap();
+        b.retry.max_retries = 0;
+    })
+    .await;
+    let sandbox = test_sandbox(Some(cache().join("compiled")));
+    let w = env.worker_in(sandbox, services, cfg(&["py"], 4)).await;
+
+    let j = run(
+        &env,
+        "everything",
+        json!({
+            "url": format!("http://127.0.0.1:{port}/hook"),
+            "forbidden": "http://127.0.0.1:9/",
+        }),
+    )
+    .await;
+    let out = succeeded(&j);
+    assert_eq!(j.progress.as_ref().map(|p| (p.done, p.total)), Some((4, 4)));
+
+    // http: the request as sent, the answer as parsed; an ungranted host
+    // is `Denied`.
+    let request = server.join().unwrap();
+    assert!(request.starts_with("POST /hook HTTP/1.1"), "{request}");
+    let lower = request.to_ascii_lowercase();
+    assert!(lower.contains("x-test: 1"), "{request}");
+    assert!(
+        lower.contains("content-type: application/json"),
+        "{request}"
+    );
+    assert!(request.ends_with(r#"{"q": "進捗"}"#), "{request}");
+    assert_eq!(out["status"], 200, "{out}");
+    assert_eq!(out["content_type"], "application/json");
+    assert_eq!(out["answer"], json!({"ok": true, "reply": "了解"}));
+    let denied = out["denied"].as_str().unwrap();
+    assert!(denied.starts_with("http.send: denied: "), "{denied}");
+
+    // pdf and files: the PDF on disk reads back with pdftotext.
+    let pdf_path = root.path().join("reports/w48.pdf");
+    let bytes = std::fs::read(&pdf_path).unwrap();
+    assert!(bytes.starts_with(b"%PDF"));
+    assert_eq!(out["pdf_bytes"], bytes.len());
+    let text = Command::new("pdftotext")
+        .arg(&pdf_path)
+        .arg("-")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    for word in ["週報", "売上", "りんご", "合計", "以上"] {
+        assert!(text.contains(word), "{word} not in:\n{text}");
+    }
+    assert_eq!(out["note"], "こんにちは");
+    assert_eq!(out["reports"], json!(["reports/w48.pdf"]));
+    assert!(out["used_by_root"].as_u64().unwrap() >= bytes.len() as u64);
+    assert_eq!(out["would_delete"], json!(["notes/a.txt"]));
+    assert_eq!(out["dry_run"], true);
+    assert_eq!(out["deleted"], true);
+    assert!(!root.path().join("notes/a.txt").exists());
+
+    // jobs: the child ran; the chord ran its callback once.
+    let child: JobId = out["child"].as_str().unwrap().parse().unwrap();
+    let c = wait_final(&env.broker, child).await;
+    assert_eq!(succeeded(&c)["greeting"], "Hello, child!");
+    assert_eq!(c.parent, Some(j.id));
+    let id: JobId = out["workflow"].as_str().unwrap().parse().unwrap();
+    let workflows = runner::workflow::Workflows::new(env.producer.clone());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let st = loop {
+        let st = workflows.status(id).await.unwrap().expect("the workflow");
+        if st.state.is_final() {
+            break st;
+        }
+        assert!(std::time::Instant::now() < deadline, "{st:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(st.state, runner::queue::WfState::Succeeded, "{st:?}");
+    assert_eq!((st.done, st.total), (3, 3));
+    assert_eq!(st.result.as_ref().unwrap()["greeting"], "Hello, callback!");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn python_tasks_reach_every_capability_on_the_embedded_broker() {
+    python_tasks_reach_every_capability(Env::embedded().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn python_tasks_reach_every_capability_on_redis() {
+    python_tasks_reach_every_capability(Env::redis().await).await;
 }
