@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::api::{TestApi, message, module_hash};
 use crate::builtin_tasks::Inbox;
-use crate::worker::{Env, cfg, test_sandbox, wait_final};
+use crate::worker::{Env, both_brokers, cfg, test_sandbox, wait_final};
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -348,16 +348,6 @@ async fn python_tasks_run(env: Env) {
     w.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn python_tasks_run_on_the_embedded_broker() {
-    python_tasks_run(Env::embedded().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn python_tasks_run_on_redis() {
-    python_tasks_run(Env::redis().await).await;
-}
-
 /// A component imports just what its task declares, and binding it without
 /// a grant for one of those is refused naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -653,12 +643,4 @@ async fn python_tasks_reach_every_capability(env: Env) {
     w.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn python_tasks_reach_every_capability_on_the_embedded_broker() {
-    python_tasks_reach_every_capability(Env::embedded().await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn python_tasks_reach_every_capability_on_redis() {
-    python_tasks_reach_every_capability(Env::redis().await).await;
-}
+both_brokers!(python_tasks_run, python_tasks_reach_every_capability);

@@ -582,6 +582,8 @@ macro_rules! both_brokers {
     };
 }
 
+pub(crate) use both_brokers;
+
 both_brokers!(
     hello_runs_to_success,
     retries_with_backoff_then_success_or_dead_letter,
