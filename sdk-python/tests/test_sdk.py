@@ -183,6 +183,29 @@ class BuildTest(unittest.TestCase):
         with self.assertRaises(BuildError):
             declared_needs("@task\ndef a(): ...\n@task\ndef b(): ...\n", "app.py")
 
+    def test_bad_apps_are_refused_before_componentize_py_runs(self) -> None:
+        import tempfile
+        from pathlib import Path
+
+        from runner_task.build import build
+
+        with tempfile.TemporaryDirectory() as tmp:
+            d = Path(tmp)
+            cases = {
+                "notpy.txt": ("x = 1\n", "not a Python file"),
+                "none.py": ("def run(): ...\n", "no @task function"),
+                "syntax.py": ("@task(\ndef run(): ...\n", "syntax.py:"),
+                "unknown.py": ("@task(needs=['kv', 'smtp'])\ndef run(): ...\n", "unknown capability 'smtp'"),
+                "runner_task.py": ("@task\ndef run(): ...\n", "rename the module"),
+            }
+            for name, (source, expected) in cases.items():
+                with self.subTest(name=name):
+                    (d / name).write_text(source)
+                    with self.assertRaises(BuildError) as e:
+                        build(d / name, d / "out.wasm")
+                    self.assertIn(expected, str(e.exception))
+            self.assertFalse((d / "out.wasm").exists())
+
     def test_world_imports_just_the_needs(self) -> None:
         w = world(["kv"])
         self.assertIn("import runner:task/context@0.1.0;", w)
