@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import inspect
-import sys
 import json
+import sys
 import traceback
 import typing
 from collections.abc import Callable, Sequence
@@ -30,8 +30,13 @@ class TaskDef:
     fn: Callable[..., Any]
     needs: tuple[str, ...]
     input_type: Any
-    takes_input: bool
+    param: str | None
+    """The argument that takes the input, if the function takes one."""
     decoder: Decoder
+
+    @property
+    def takes_input(self) -> bool:
+        return self.param is not None
 
 
 _TASK: TaskDef | None = None
@@ -63,9 +68,31 @@ def _define(fn: Callable[..., Any], needs: Sequence[str]) -> None:
         )
     input_type: Any = Any
     if params:
-        hints = typing.get_type_hints(fn)
-        input_type = hints.get(params[0].name, Any)
-    _TASK = TaskDef(fn, tuple(dict.fromkeys(needs)), input_type, bool(params), decoder(input_type))
+        try:
+            input_type = typing.get_type_hints(fn).get(params[0].name, Any)
+        except NameError:
+            # The annotation names a class defined further down the module:
+            # resolved on the first run instead.
+            input_type = _UNRESOLVED
+    dec = decoder(input_type) if input_type is not _UNRESOLVED else _unresolved
+    param = params[0].name if params else None
+    _TASK = TaskDef(fn, tuple(dict.fromkeys(needs)), input_type, param, dec)
+
+
+_UNRESOLVED: Any = object()
+
+
+def _unresolved(value: Any) -> Any:
+    raise AssertionError("the input type is resolved before the first run")
+
+
+def _resolved(t: TaskDef) -> TaskDef:
+    """`t` with its input type resolved, once every class of the module
+    exists."""
+    global _TASK
+    input_type = typing.get_type_hints(t.fn).get(t.param or "", Any)
+    _TASK = TaskDef(t.fn, t.needs, input_type, t.param, decoder(input_type))
+    return _TASK
 
 
 @overload
@@ -130,6 +157,11 @@ def run(input: str) -> tuple[str, str]:
     t = _TASK
     if t is None:
         return Outcome.FAIL, "the component has no @task function"
+    if t.input_type is _UNRESOLVED:
+        try:
+            t = _resolved(t)
+        except NameError as e:
+            return Outcome.FAIL, _cap(f"the task's input annotation cannot be resolved: {e}")
     try:
         try:
             raw = json.loads(input)
@@ -171,3 +203,12 @@ def _log_error(trace: str) -> None:
     except Exception:
         pass
     print(trace, end="", flush=True, file=sys.stderr)
+
+
+def resolve() -> None:
+    """Resolves the task's input type now, if `@task` could not (the build
+    calls it once the module is imported, so that the decoder is in the
+    snapshot)."""
+    t = _TASK
+    if t is not None and t.input_type is _UNRESOLVED:
+        _resolved(t)

@@ -168,6 +168,7 @@ def build(
             "from runner_task import _task\n"
             "import gc\n"
             "_task.warm_up()\n"
+            "_task.resolve()\n"
             # What the module made at import is in the snapshot: the
             # collector need not walk it during a job.
             "gc.collect()\n"

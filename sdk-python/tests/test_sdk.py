@@ -153,6 +153,23 @@ class RunTest(unittest.TestCase):
         with self.assertRaises(MemoryError):
             _task.run(ok)
 
+    def test_an_input_class_defined_after_the_task(self) -> None:
+        ns: dict[str, Any] = {}
+        exec(
+            "from __future__ import annotations\n"
+            "from dataclasses import dataclass\n"
+            "from runner_task import _task\n"
+            "@_task.task\n"
+            "def run(x: Later) -> int:\n"
+            "    return x.n\n"
+            "@dataclass\n"
+            "class Later:\n"
+            "    n: int\n",
+            ns,
+        )
+        self.assertEqual(_task.run('{"n": 3}'), ("ok", "3"))
+        self.assertEqual(_task.run('{"n": "x"}'), ("fail", "input.n: expected an integer, got a string"))
+
     def test_one_task_and_known_needs(self) -> None:
         @_task.task
         def a() -> int:

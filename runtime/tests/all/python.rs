@@ -136,6 +136,22 @@ fn services(smtp_port: u16) -> HostServices {
     }
 }
 
+/// A sandbox for a test's worker (compiled modules kept in the cache),
+/// with `components` compiled before it is returned: compiling a Python
+/// component takes seconds, longer on a loaded machine, and a job's wait
+/// must not include it.
+async fn sandbox_with(components: &[&[u8]]) -> runner::sandbox::Sandbox {
+    let sandbox = test_sandbox(Some(cache().join("compiled")));
+    for bytes in components {
+        let (sb, bytes) = (sandbox.clone(), bytes.to_vec());
+        tokio::task::spawn_blocking(move || sb.load(&bytes).map(|_| ()))
+            .await
+            .unwrap()
+            .expect("the component loads");
+    }
+    sandbox
+}
+
 fn kv_and_mail(b: &mut TaskBinding) {
     b.grants.kv = Some(KvGrant::default());
     b.grants.mail = Some(MailGrant::default());
@@ -176,9 +192,12 @@ fn failed(j: &Job, kind: &str, expected: &str) {
 /// Every behaviour the issue lists, through one worker.
 async fn python_tasks_run(env: Env) {
     let (inbox, smtp_port) = Inbox::start();
-    env.bind_bytes("hello-py", &python_task(HELLO), "py", |_| {})
-        .await;
-    let behave = python_task(BEHAVE);
+    let (hello, behave, reminder) = (
+        python_task(HELLO),
+        python_task(BEHAVE),
+        python_task(REMINDER),
+    );
+    env.bind_bytes("hello-py", &hello, "py", |_| {}).await;
     env.bind_bytes("behave", &behave, "py", kv_and_mail).await;
     env.bind_bytes("behave-limited", &behave, "py", |b| {
         kv_and_mail(b);
@@ -187,9 +206,9 @@ async fn python_tasks_run(env: Env) {
         b.retry.max_retries = 0;
     })
     .await;
-    env.bind_bytes("reminder-py", &python_task(REMINDER), "py", kv_and_mail)
+    env.bind_bytes("reminder-py", &reminder, "py", kv_and_mail)
         .await;
-    let sandbox = test_sandbox(Some(cache().join("compiled")));
+    let sandbox = sandbox_with(&[&hello, &behave, &reminder]).await;
     let w = env
         .worker_in(sandbox, services(smtp_port), cfg(&["py"], 4))
         .await;
@@ -554,9 +573,9 @@ async fn python_tasks_reach_every_capability(env: Env) {
     ))
     .unwrap();
     let services = HostServices::from_config(&host).await.unwrap();
-    env.bind_bytes("hello-py", &python_task(HELLO), "py", |_| {})
-        .await;
-    env.bind_bytes("everything", &python_task(EVERYTHING), "py", |b| {
+    let (hello, everything) = (python_task(HELLO), python_task(EVERYTHING));
+    env.bind_bytes("hello-py", &hello, "py", |_| {}).await;
+    env.bind_bytes("everything", &everything, "py", |b| {
         b.grants = serde_json::from_value(json!({
             "http": { "allow": [format!("http://127.0.0.1:{port}")] },
             "pdf": true,
@@ -567,7 +586,7 @@ async fn python_tasks_reach_every_capability(env: Env) {
         b.retry.max_retries = 0;
     })
     .await;
-    let sandbox = test_sandbox(Some(cache().join("compiled")));
+    let sandbox = sandbox_with(&[&hello, &everything]).await;
     let w = env.worker_in(sandbox, services, cfg(&["py"], 4)).await;
 
     let j = run(
