@@ -91,25 +91,46 @@ def request(
         return Response(status=r.status, headers=list(r.headers), body=bytes(r.body))
 
 
-def get(url: str, **kw: Any) -> Response:
-    return request("GET", url, **kw)
+def get(url: str, *, headers: Headers = (), timeout: float | None = None) -> Response:
+    return request("GET", url, headers=headers, timeout=timeout)
 
 
-def post(url: str, **kw: Any) -> Response:
-    return request("POST", url, **kw)
+def head(url: str, *, headers: Headers = (), timeout: float | None = None) -> Response:
+    return request("HEAD", url, headers=headers, timeout=timeout)
 
 
-def put(url: str, **kw: Any) -> Response:
-    return request("PUT", url, **kw)
+def delete(url: str, *, headers: Headers = (), timeout: float | None = None) -> Response:
+    return request("DELETE", url, headers=headers, timeout=timeout)
 
 
-def patch(url: str, **kw: Any) -> Response:
-    return request("PATCH", url, **kw)
+def post(
+    url: str,
+    *,
+    headers: Headers = (),
+    body: bytes | str | None = None,
+    json: Any = _UNSET,
+    timeout: float | None = None,
+) -> Response:
+    return request("POST", url, headers=headers, body=body, json=json, timeout=timeout)
 
 
-def delete(url: str, **kw: Any) -> Response:
-    return request("DELETE", url, **kw)
+def put(
+    url: str,
+    *,
+    headers: Headers = (),
+    body: bytes | str | None = None,
+    json: Any = _UNSET,
+    timeout: float | None = None,
+) -> Response:
+    return request("PUT", url, headers=headers, body=body, json=json, timeout=timeout)
 
 
-def head(url: str, **kw: Any) -> Response:
-    return request("HEAD", url, **kw)
+def patch(
+    url: str,
+    *,
+    headers: Headers = (),
+    body: bytes | str | None = None,
+    json: Any = _UNSET,
+    timeout: float | None = None,
+) -> Response:
+    return request("PATCH", url, headers=headers, body=body, json=json, timeout=timeout)
