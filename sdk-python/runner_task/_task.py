@@ -127,10 +127,6 @@ def task(fn: F | None = None, /, *, needs: Sequence[str] = ()) -> F | Callable[[
     return wrap
 
 
-def defined() -> TaskDef | None:
-    return _TASK
-
-
 class Outcome:
     """How `run` ended, in the terms of the world's `task-error`."""
 
