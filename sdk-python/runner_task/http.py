@@ -10,7 +10,7 @@ from __future__ import annotations
 import json as _json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ._host import call, to_bytes, to_ms
 from .errors import Invalid, Permanent, Transient
@@ -91,46 +91,37 @@ def request(
         return Response(status=r.status, headers=list(r.headers), body=bytes(r.body))
 
 
-def get(url: str, *, headers: Headers = (), timeout: float | None = None) -> Response:
-    return request("GET", url, headers=headers, timeout=timeout)
+class _Call(Protocol):
+    def __call__(
+        self,
+        url: str,
+        *,
+        headers: Headers = (),
+        body: bytes | str | None = None,
+        json: Any = _UNSET,
+        timeout: float | None = None,
+    ) -> Response: ...
 
 
-def head(url: str, *, headers: Headers = (), timeout: float | None = None) -> Response:
-    return request("HEAD", url, headers=headers, timeout=timeout)
+def _method(method: str) -> _Call:
+    def call(
+        url: str,
+        *,
+        headers: Headers = (),
+        body: bytes | str | None = None,
+        json: Any = _UNSET,
+        timeout: float | None = None,
+    ) -> Response:
+        return request(method, url, headers=headers, body=body, json=json, timeout=timeout)
+
+    call.__name__ = call.__qualname__ = method.lower()
+    call.__doc__ = f"`request` with method {method}."
+    return call
 
 
-def delete(url: str, *, headers: Headers = (), timeout: float | None = None) -> Response:
-    return request("DELETE", url, headers=headers, timeout=timeout)
-
-
-def post(
-    url: str,
-    *,
-    headers: Headers = (),
-    body: bytes | str | None = None,
-    json: Any = _UNSET,
-    timeout: float | None = None,
-) -> Response:
-    return request("POST", url, headers=headers, body=body, json=json, timeout=timeout)
-
-
-def put(
-    url: str,
-    *,
-    headers: Headers = (),
-    body: bytes | str | None = None,
-    json: Any = _UNSET,
-    timeout: float | None = None,
-) -> Response:
-    return request("PUT", url, headers=headers, body=body, json=json, timeout=timeout)
-
-
-def patch(
-    url: str,
-    *,
-    headers: Headers = (),
-    body: bytes | str | None = None,
-    json: Any = _UNSET,
-    timeout: float | None = None,
-) -> Response:
-    return request("PATCH", url, headers=headers, body=body, json=json, timeout=timeout)
+get = _method("GET")
+head = _method("HEAD")
+delete = _method("DELETE")
+post = _method("POST")
+put = _method("PUT")
+patch = _method("PATCH")

@@ -647,15 +647,7 @@ async fn python_tasks_reach_every_capability(env: Env) {
     assert_eq!(c.parent, Some(j.id));
     let id: JobId = out["workflow"].as_str().unwrap().parse().unwrap();
     let workflows = runner::workflow::Workflows::new(env.producer.clone());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let st = loop {
-        let st = workflows.status(id).await.unwrap().expect("the workflow");
-        if st.state.is_final() {
-            break st;
-        }
-        assert!(std::time::Instant::now() < deadline, "{st:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let st = crate::worker_grants::wait_workflow(&workflows, id).await;
     assert_eq!(st.state, runner::queue::WfState::Succeeded, "{st:?}");
     assert_eq!((st.done, st.total), (3, 3));
     assert_eq!(st.result.as_ref().unwrap()["greeting"], "Hello, callback!");

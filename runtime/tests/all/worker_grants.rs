@@ -553,6 +553,22 @@ async fn a_job_waiting_in_a_host_call_ends_at_its_time_limit() {
     w.stop().await;
 }
 
+/// The workflow `id` once it has ended (within 30 s).
+pub(crate) async fn wait_workflow(
+    workflows: &runner::workflow::Workflows,
+    id: JobId,
+) -> runner::workflow::WorkflowStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let st = workflows.status(id).await.unwrap().expect("the workflow");
+        if st.state.is_final() {
+            return st;
+        }
+        assert!(std::time::Instant::now() < deadline, "{st:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// A task starts a chord of children (`jobs::chord` in the SDK) and
 /// returns; the members run, then the callback once with their results.
 /// The grant covers every job of the workflow: a callback task it does not
@@ -583,15 +599,7 @@ async fn a_task_starts_a_chord_of_children(env: Env) {
         .expect("the workflow's id")
         .parse()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let st = loop {
-        let st = workflows.status(id).await.unwrap().expect("the workflow");
-        if st.state.is_final() {
-            break st;
-        }
-        assert!(std::time::Instant::now() < deadline, "{st:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let st = wait_workflow(&workflows, id).await;
     assert_eq!(st.state, runner::queue::WfState::Succeeded, "{st:?}");
     assert_eq!((st.done, st.total), (4, 4));
     assert_eq!(
