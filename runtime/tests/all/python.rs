@@ -95,7 +95,10 @@ pub(crate) fn python_task(dir: &str) -> Vec<u8> {
         .arg(&tmp);
     let requirements = app_dir.join("requirements.txt");
     if requirements.is_file() {
+        // From the wheels scripts/setup fetched: the tests need no index.
         cmd.arg("-r").arg(requirements);
+        cmd.env("PIP_NO_INDEX", "1")
+            .env("PIP_FIND_LINKS", workspace().join(".python/wheels"));
     }
     let done = cmd.output().expect("running runner-task build");
     assert!(
