@@ -468,7 +468,9 @@ impl RedisBroker {
                         true
                     })
                     .await;
-                    if stopped {
+                    // Nobody listens any more (a process shutting down, its
+                    // Redis with it): not an outage to report.
+                    if stopped || idle() {
                         return;
                     }
                     tracing::warn!("the job event feed lost Redis; resubscribing");
@@ -1954,6 +1956,7 @@ async fn signal_loop(
             |msg| forward(&msg, &tx, &clock),
         )
         .await
+            || tx.is_closed()
         {
             return;
         }
