@@ -164,7 +164,7 @@ def run(input: str) -> tuple[str, str]:
         except ValueError as e:
             raise Fail(f"the input is not JSON: {e}") from None
         try:
-            args = [decode(raw, t.input_type, t.decoder, "input")] if t.takes_input else []
+            args = [decode(raw, t.decoder, "input")] if t.takes_input else []
         except InputError as e:
             raise Fail(str(e)) from None
         result = t.fn(*args)

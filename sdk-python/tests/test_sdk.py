@@ -64,18 +64,33 @@ class ConvertTest(unittest.TestCase):
                     from_json(value, Order, "input")
                 self.assertEqual(str(e.exception), expected)
                 with self.assertRaises(InputError) as e:
-                    decode(value, Order, dec, "input")
+                    decode(value, dec, "input")
                 self.assertEqual(str(e.exception), expected)
 
-    def test_the_fast_decoder_agrees(self) -> None:
+    def test_decoded_values_and_nested_paths(self) -> None:
         values: list[Any] = [
             {"lines": [{"item": "a", "quantity": 2, "price": 3}], "tags": {"x": 1}, "colour": "red"},
             {"lines": [{"item": "b", "quantity": 2.0}], "note": None, "mode": "slow"},
         ]
-        for value in values:
-            self.assertEqual(decode(value, Order, decoder(Order), "input"), from_json(value, Order, "input"))
-        self.assertEqual(decode([1, 2], list[int], decoder(list[int]), "input"), [1, 2])
-        self.assertEqual(decode({"a": None}, dict[str, int | None], decoder(dict[str, int | None]), "input"), {"a": None})
+        expected = [
+            Order([Line("a", 2, 3.0)], tags={"x": 1}),
+            Order([Line("b", 2, 0.0)], mode="slow"),
+        ]
+        for value, order in zip(values, expected):
+            self.assertEqual(decode(value, decoder(Order), "input"), order)
+            self.assertEqual(from_json(value, Order, "input"), order)
+        self.assertEqual(decode([1, 2], decoder(list[int]), "input"), [1, 2])
+        self.assertEqual(decode({"a": None}, decoder(dict[str, int | None]), "input"), {"a": None})
+        self.assertEqual(from_json([1, "x"], tuple[int, str], "input"), (1, "x"))
+        with self.assertRaises(InputError) as e:
+            from_json([1, 2], tuple[int, str], "input")
+        self.assertEqual(str(e.exception), "input[1]: expected a string, got a number")
+        with self.assertRaises(InputError) as e:
+            from_json({"a": {"b": [1, "x"]}}, dict[str, dict[str, list[int]]], "input")
+        self.assertEqual(str(e.exception), "input.a.b[1]: expected an integer, got a string")
+        with self.assertRaises(InputError) as e:
+            from_json(1.5, int | str, "input")
+        self.assertEqual(str(e.exception), "input: a number fits none of int | str")
 
     def test_output(self) -> None:
         self.assertEqual(
