@@ -151,12 +151,7 @@ fn the_binary_runs_from_anywhere_without_its_build_tree() {
         .env("HOME", dir.path())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = crate::support::ok_stdout(&out);
     assert!(stdout.contains("builtin:hello"), "{stdout}");
     assert!(stdout.contains("instantiate+run over 20 runs"), "{stdout}");
 }

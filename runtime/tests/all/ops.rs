@@ -458,12 +458,7 @@ fn bench_queue_drains_with_worker_processes() {
         ])
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = crate::support::ok_stdout(&out);
     for line in ["1 worker process:", "2 worker processes:", "per 10k jobs/s"] {
         assert!(stdout.contains(line), "no {line:?} in {stdout}");
     }

@@ -504,12 +504,7 @@ fn bench_sandbox_measures_a_python_task() {
         .env_remove("RUST_LOG")
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = crate::support::ok_stdout(&out);
     for figure in [
         "compile",
         "instantiate+run over 20 runs: median",

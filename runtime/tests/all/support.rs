@@ -245,3 +245,17 @@ pub fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
     out.retain(|p| p.extension().is_some_and(|x| x == ext));
     out
 }
+
+/// The stdout of a process that must have succeeded; otherwise the test
+/// fails showing its exit code, stdout and stderr.
+#[track_caller]
+pub fn ok_stdout(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {stdout}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
