@@ -408,11 +408,18 @@ impl RedisKv {
     }
 
     pub fn new(conn: redis::aio::ConnectionManager, prefix: &str) -> Self {
-        let set_script = redis::Script::new(&format!("{LUA_PURGE}{LUA_SET}"));
-        let delete_script = redis::Script::new(&format!("{LUA_PURGE}{LUA_DELETE}"));
+        Self::on(crate::redis_conn::Counted::new(conn), prefix)
+    }
+
+    /// A store on an open connection (a single server or a cluster: every
+    /// script of a namespace touches keys of its one slot, `{ns}`).
+    pub fn on(conn: crate::redis_conn::Counted, prefix: &str) -> Self {
+        // The shebang makes a cluster refuse a key outside the namespace's
+        // slot (see the broker's scripts).
+        let set_script = redis::Script::new(&format!("#!lua\n{LUA_PURGE}{LUA_SET}"));
+        let delete_script = redis::Script::new(&format!("#!lua\n{LUA_PURGE}{LUA_DELETE}"));
         Self {
-            conn: crate::redis_conn::Counted::new(conn)
-                .with_scripts([("kv_set", &set_script), ("kv_delete", &delete_script)]),
+            conn: conn.with_scripts([("kv_set", &set_script), ("kv_delete", &delete_script)]),
             prefix: prefix.to_owned(),
             set_script,
             delete_script,

@@ -18,17 +18,40 @@
 //!
 //! `NOSCRIPT` is not an error here: it is how a script is first loaded
 //! (the client sends `EVALSHA`, then `SCRIPT LOAD` on `NOSCRIPT`).
+//!
+//! # Redis Cluster
+//!
+//! The same type holds a cluster connection ([`Counted::cluster`]): each
+//! command goes to the master of its key's slot, following `MOVED` and
+//! `ASK` and refreshing the slot map when a master fails over. A pipeline
+//! whose commands live in one slot goes out as one pipeline; one that
+//! spans slots (a worker's heartbeat and the set of workers, one read per
+//! queue) is sent as its commands, concurrently, each to its own node, and
+//! answered in order: the callers keep one code path for both. A `MULTI`
+//! over several slots cannot be atomic on a cluster; it runs the same way,
+//! and only the runner's own non-critical pairs do that (a binding and its
+//! history, a beat and its fire times).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
 
-/// A [`ConnectionManager`] whose failed commands are counted.
+/// One Redis server, or a cluster of them.
+#[derive(Clone)]
+enum Link {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// A [`ConnectionManager`] (or a cluster connection) whose failed
+/// commands are counted.
 #[derive(Clone)]
 pub struct Counted {
-    inner: ConnectionManager,
+    inner: Link,
     /// Script SHA1 -> its name, for the `command` label of `EVALSHA`.
     scripts: Arc<HashMap<String, &'static str>>,
 }
@@ -36,9 +59,22 @@ pub struct Counted {
 impl Counted {
     pub fn new(inner: ConnectionManager) -> Self {
         Self {
-            inner,
+            inner: Link::Single(inner),
             scripts: Arc::default(),
         }
+    }
+
+    /// A connection to a Redis Cluster (see the module's docs).
+    pub fn cluster(inner: ClusterConnection) -> Self {
+        Self {
+            inner: Link::Cluster(inner),
+            scripts: Arc::default(),
+        }
+    }
+
+    /// Whether this connection talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.inner, Link::Cluster(_))
     }
 
     /// Names the scripts this connection runs: their failures are counted
@@ -55,11 +91,6 @@ impl Counted {
         );
         self.scripts = Arc::new(map);
         self
-    }
-
-    /// The connection without counting.
-    pub fn manager(&self) -> ConnectionManager {
-        self.inner.clone()
     }
 
     fn command_name(&self, cmd: &Cmd) -> &'static str {
@@ -144,6 +175,7 @@ fn known_command(name: &[u8]) -> &'static str {
         "zremrangebyscore",
         "time",
         "publish",
+        "cluster",
         "subscribe",
         "psubscribe",
         "unsubscribe",
@@ -197,10 +229,117 @@ fn count_reply(command: &'static str, v: &Value) {
     }
 }
 
+/// The key a command is routed by: the first key of a script call (none
+/// when it declares none), the first argument of a command on keys, none
+/// for the commands without a key the runner sends.
+fn routing_key(cmd: &Cmd) -> Option<&[u8]> {
+    let mut args = cmd.args_iter().map(|a| match a {
+        redis::Arg::Simple(bytes) => Some(bytes),
+        _ => None,
+    });
+    let name = args.next()??;
+    let upper = name.to_ascii_uppercase();
+    match upper.as_slice() {
+        b"EVALSHA" | b"EVAL" | b"EVALSHA_RO" | b"EVAL_RO" => {
+            args.next()?;
+            let keys: usize = std::str::from_utf8(args.next()??).ok()?.parse().ok()?;
+            if keys == 0 { None } else { args.next()? }
+        }
+        // PUBLISH is routed by its channel, as if it were a key.
+        b"PING" | b"TIME" | b"SCRIPT" | b"MULTI" | b"EXEC" | b"DISCARD" | b"INFO" | b"CLUSTER"
+        | b"CLIENT" | b"SELECT" => None,
+        _ => args.next()?,
+    }
+}
+
+/// Whether a command names keys of more than one slot (`MGET`, `DEL`...
+/// over keys of different slots; the cluster client splits it itself).
+fn spans_slots(cmd: &Cmd) -> bool {
+    let mut args = cmd.args_iter().filter_map(|a| match a {
+        redis::Arg::Simple(bytes) => Some(bytes),
+        _ => None,
+    });
+    let Some(name) = args.next() else {
+        return false;
+    };
+    let upper = name.to_ascii_uppercase();
+    let keys: Vec<&[u8]> = match upper.as_slice() {
+        b"MGET" | b"DEL" | b"EXISTS" | b"UNLINK" | b"TOUCH" => args.collect(),
+        b"MSET" => args.step_by(2).collect(),
+        _ => return false,
+    };
+    keys.windows(2)
+        .any(|w| Slot::for_key(w[0]) != Slot::for_key(w[1]))
+}
+
+/// Whether `pipeline` can go to one node as it is: its commands route to
+/// at most one slot, and none of them spans slots.
+fn one_slot(pipeline: &Pipeline) -> bool {
+    let mut slot = None;
+    for cmd in pipeline.cmd_iter() {
+        if spans_slots(cmd) {
+            return false;
+        }
+        if let Some(key) = routing_key(cmd) {
+            let s = Slot::for_key(key);
+            match slot {
+                None => slot = Some(s),
+                Some(prev) if prev != s => return false,
+                Some(_) => {}
+            }
+        }
+    }
+    true
+}
+
+impl Link {
+    async fn command(&mut self, cmd: &Cmd) -> redis::RedisResult<Value> {
+        match self {
+            Link::Single(c) => c.req_packed_command(cmd).await,
+            Link::Cluster(c) => c.req_packed_command(cmd).await,
+        }
+    }
+
+    async fn pipeline(
+        &mut self,
+        pipeline: &Pipeline,
+        offset: usize,
+        n: usize,
+    ) -> redis::RedisResult<Vec<Value>> {
+        match self {
+            Link::Single(c) => c.req_packed_commands(pipeline, offset, n).await,
+            Link::Cluster(c) if one_slot(pipeline) => {
+                c.req_packed_commands(pipeline, offset, n).await
+            }
+            Link::Cluster(c) => {
+                // Each command to its own slot's node, all at once; the
+                // answers in the order of the commands.
+                let sent = pipeline.cmd_iter().map(|cmd| {
+                    let mut c = c.clone();
+                    async move { c.req_packed_command(cmd).await }
+                });
+                let values = futures::future::try_join_all(sent).await?;
+                if pipeline.is_transaction() {
+                    Ok(vec![Value::Array(values)])
+                } else {
+                    Ok(values)
+                }
+            }
+        }
+    }
+
+    fn db(&self) -> i64 {
+        match self {
+            Link::Single(c) => c.get_db(),
+            Link::Cluster(_) => 0,
+        }
+    }
+}
+
 impl ConnectionLike for Counted {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
-            let result = self.inner.req_packed_command(cmd).await;
+            let result = self.inner.command(cmd).await;
             match &result {
                 Ok(v) => count_reply(self.command_name(cmd), v),
                 Err(e) if e.code() != Some("NOSCRIPT") => {
@@ -219,7 +358,7 @@ impl ConnectionLike for Counted {
         n: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
-            let result = self.inner.req_packed_commands(pipeline, offset, n).await;
+            let result = self.inner.pipeline(pipeline, offset, n).await;
             match &result {
                 Ok(values) => {
                     for v in values {
@@ -233,7 +372,7 @@ impl ConnectionLike for Counted {
     }
 
     fn get_db(&self) -> i64 {
-        self.inner.get_db()
+        self.inner.db()
     }
 }
 
@@ -262,6 +401,44 @@ mod tests {
         for c in commands {
             assert_eq!(known_command(c.as_bytes()), c);
         }
+    }
+
+    /// A pipeline goes to one node only when every key it names hashes to
+    /// one slot; anything else is split command by command.
+    #[test]
+    fn pipelines_are_split_where_they_span_slots() {
+        let mut same = redis::pipe();
+        same.get("runner:{a}:job:1")
+            .zcard("runner:{a}:leases")
+            .publish("runner:{a}:ch", "m");
+        assert!(one_slot(&same));
+        // The cluster client routes PUBLISH by its channel.
+        let mut publish = redis::pipe();
+        publish
+            .hset("runner:{a}:progress", "1", "{}")
+            .publish("runner:q:a", "m");
+        assert!(!one_slot(&publish));
+        let mut two = redis::pipe();
+        two.get("runner:{a}:job:1").get("runner:{b}:job:1");
+        assert!(!one_slot(&two));
+        let mut mget = redis::pipe();
+        mget.cmd("MGET")
+            .arg("runner:worker:1")
+            .arg("runner:worker:2");
+        assert!(!one_slot(&mget));
+        let mut script = redis::pipe();
+        script
+            .cmd("EVALSHA")
+            .arg("abc")
+            .arg(1)
+            .arg("runner:{a}:ready")
+            .arg("runner:{b}:not-a-key");
+        script.get("runner:{a}:job:2");
+        assert!(one_slot(&script));
+        let mut keyless = redis::pipe();
+        keyless.cmd("EVALSHA").arg("abc").arg(0).arg("x");
+        keyless.get("runner:{b}:job:1");
+        assert!(one_slot(&keyless));
     }
 
     #[test]

@@ -190,12 +190,9 @@ pub async fn wait_for_redis(
         return Ok(());
     };
     let shown = redact_url(url);
-    let client = crate::queue::redis::open_client_with(url, &redis_tls(config))
+    let endpoint = crate::queue::redis::RedisEndpoint::open(url, &redis_tls(config))
         .with_context(|| format!("connecting to Redis at {shown}"))?;
-    let ping = || async {
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        redis::cmd("PING").query_async::<String>(&mut conn).await
-    };
+    let ping = || endpoint.ping();
     let wait = async {
         let mut logged = false;
         let mut backoff = std::time::Duration::from_millis(100);

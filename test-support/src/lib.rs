@@ -173,3 +173,356 @@ impl Drop for RedisServer {
         }
     }
 }
+
+/// A Redis Cluster on loopback: `masters` masters sharing the 16384 slots
+/// and `replicas` replicas of each, every node a real `redis-server` with
+/// its own temp dir and two free ports (clients, cluster bus), formed with
+/// `CLUSTER MEET`, `CLUSTER ADDSLOTSRANGE` and `CLUSTER REPLICATE` (what
+/// `redis-cli --cluster create` sends, with the bus ports said outright so
+/// that no port is guessed). A replica takes over one second after its
+/// master stops answering (`cluster-node-timeout 1000`). Killed when
+/// dropped. `runner bench queue --cluster` starts its clusters with it too,
+/// through the fallible [`RedisCluster::try_start`].
+pub struct RedisCluster {
+    pub nodes: Vec<ClusterNode>,
+    masters: usize,
+    _dir: tempfile::TempDir,
+}
+
+pub struct ClusterNode {
+    pub port: u16,
+    pub bus_port: u16,
+    child: Option<Child>,
+}
+
+type Fallible<T> = Result<T, String>;
+
+impl ClusterNode {
+    fn connection(&self) -> redis::RedisResult<redis::Connection> {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))?;
+        client.get_connection_with_timeout(Duration::from_secs(2))
+    }
+
+    /// Whether the process still runs.
+    pub fn alive(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// One command to this node.
+    pub fn query<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> Fallible<T> {
+        let mut c = self
+            .connection()
+            .map_err(|e| format!("connecting to cluster node {}: {e}", self.port))?;
+        cmd.query(&mut c)
+            .map_err(|e| format!("a command to cluster node {}: {e}", self.port))
+    }
+}
+
+impl RedisCluster {
+    /// `masters` masters and `replicas` replicas of each.
+    pub fn start(masters: usize, replicas: usize) -> Self {
+        Self::try_start(masters, replicas, None).expect("starting a Redis Cluster")
+    }
+
+    /// With the users of `acl` (lines of an ACL file) on every node, besides
+    /// the default user, who keeps every right (the test's own connections
+    /// and the replication links use it).
+    pub fn start_with_acl(masters: usize, replicas: usize, acl: &str) -> Self {
+        Self::try_start(masters, replicas, Some(acl)).expect("starting a Redis Cluster")
+    }
+
+    /// [`RedisCluster::start`] that says what failed instead of panicking.
+    pub fn try_start(masters: usize, replicas: usize, acl: Option<&str>) -> Fallible<Self> {
+        if masters == 0 {
+            return Err("a cluster needs at least one master".into());
+        }
+        let acl = acl.map(|a| format!("{a}\nuser default on nopass ~* &* +@all\n"));
+        let dir = tempfile::tempdir().map_err(|e| format!("a temp dir: {e}"))?;
+        let total = masters * (1 + replicas);
+        let mut cluster = RedisCluster {
+            nodes: Vec::with_capacity(total),
+            masters,
+            _dir: dir,
+        };
+        for i in 0..total {
+            let node_dir = cluster._dir.path().join(format!("node{i}"));
+            std::fs::create_dir_all(&node_dir).map_err(|e| format!("a node dir: {e}"))?;
+            let (port, bus_port) = (free_port(), free_port());
+            let mut cmd = Command::new("redis-server");
+            cmd.arg("--port")
+                .arg(port.to_string())
+                .arg("--cluster-port")
+                .arg(bus_port.to_string())
+                .arg("--bind")
+                .arg("127.0.0.1")
+                .arg("--dir")
+                .arg(&node_dir)
+                .arg("--cluster-enabled")
+                .arg("yes")
+                .arg("--cluster-config-file")
+                .arg(node_dir.join("nodes.conf"))
+                .arg("--cluster-node-timeout")
+                .arg("1000")
+                // A replica may take over whatever the age of its data.
+                .arg("--cluster-replica-validity-factor")
+                .arg("0")
+                .arg("--save")
+                .arg("")
+                .arg("--appendonly")
+                .arg("no")
+                .arg("--daemonize")
+                .arg("no")
+                .arg("--loglevel")
+                .arg("warning");
+            if let Some(acl) = &acl {
+                let path = node_dir.join("users.acl");
+                std::fs::write(&path, acl).map_err(|e| format!("writing the ACL file: {e}"))?;
+                cmd.arg("--aclfile").arg(path);
+            }
+            let child = cmd
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| {
+                    format!("starting redis-server (is it installed? scripts/setup): {e}")
+                })?;
+            cluster.nodes.push(ClusterNode {
+                port,
+                bus_port,
+                child: Some(child),
+            });
+        }
+        for n in &cluster.nodes {
+            wait_until(&format!("cluster node {} answers", n.port), || {
+                n.query::<String>(&mut redis::cmd("PING")).is_ok()
+            })?;
+        }
+        let first = &cluster.nodes[0];
+        for n in &cluster.nodes[1..] {
+            let _: String = first.query(
+                redis::cmd("CLUSTER")
+                    .arg("MEET")
+                    .arg("127.0.0.1")
+                    .arg(n.port)
+                    .arg(n.bus_port),
+            )?;
+        }
+        let per = 16384 / masters;
+        for (i, m) in cluster.nodes[..masters].iter().enumerate() {
+            let start = i * per;
+            let end = if i + 1 == masters {
+                16383
+            } else {
+                start + per - 1
+            };
+            let _: String = m.query(
+                redis::cmd("CLUSTER")
+                    .arg("ADDSLOTSRANGE")
+                    .arg(start)
+                    .arg(end),
+            )?;
+        }
+        // Every node knows every other before a replica names its master.
+        for n in &cluster.nodes {
+            wait_until("every node meets every other", || {
+                n.query::<String>(redis::cmd("CLUSTER").arg("NODES"))
+                    .is_ok_and(|nodes| {
+                        nodes.lines().count() == total
+                            && !nodes.contains("handshake")
+                            && !nodes.contains("noaddr")
+                    })
+            })?;
+        }
+        let ids = cluster.nodes[..masters]
+            .iter()
+            .map(|m| m.query::<String>(redis::cmd("CLUSTER").arg("MYID")))
+            .collect::<Fallible<Vec<_>>>()?;
+        for (i, r) in cluster.nodes[masters..].iter().enumerate() {
+            let _: String = r.query(
+                redis::cmd("CLUSTER")
+                    .arg("REPLICATE")
+                    .arg(&ids[i % masters]),
+            )?;
+        }
+        cluster.try_wait_healthy()?;
+        Ok(cluster)
+    }
+
+    /// Until every live node says the cluster is ok, sees every slot
+    /// served, and every live replica is in sync with its master.
+    pub fn wait_healthy(&self) {
+        self.try_wait_healthy().expect("a healthy cluster");
+    }
+
+    fn try_wait_healthy(&self) -> Fallible<()> {
+        for n in self.nodes.iter().filter(|n| n.alive()) {
+            wait_until("the cluster is ok on every node", || {
+                let info: String = n
+                    .query(redis::cmd("CLUSTER").arg("INFO"))
+                    .unwrap_or_default();
+                let repl: String = n
+                    .query(redis::cmd("INFO").arg("replication"))
+                    .unwrap_or_default();
+                info.contains("cluster_state:ok")
+                    && info.contains("cluster_slots_ok:16384")
+                    && (repl.contains("role:master") || repl.contains("master_link_status:up"))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// `redis+cluster://` with the masters as seeds.
+    pub fn url(&self) -> String {
+        format!("redis+cluster://{}/", self.seeds())
+    }
+
+    /// The URL as ACL user `user` with `password`.
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        format!("redis+cluster://{user}:{password}@{}/", self.seeds())
+    }
+
+    fn seeds(&self) -> String {
+        self.nodes[..self.masters]
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn live(&self) -> &ClusterNode {
+        self.nodes
+            .iter()
+            .find(|n| n.alive())
+            .expect("a live cluster node")
+    }
+
+    /// The port of the node that is master of `key`'s slot now.
+    pub fn master_of(&self, key: &str) -> u16 {
+        let node = self.live();
+        let slot: u16 = node
+            .query(redis::cmd("CLUSTER").arg("KEYSLOT").arg(key))
+            .unwrap();
+        let slots: redis::Value = node.query(redis::cmd("CLUSTER").arg("SLOTS")).unwrap();
+        let redis::Value::Array(ranges) = slots else {
+            panic!("CLUSTER SLOTS: {slots:?}");
+        };
+        for r in ranges {
+            let redis::Value::Array(r) = r else { continue };
+            let (Some(redis::Value::Int(lo)), Some(redis::Value::Int(hi))) = (r.first(), r.get(1))
+            else {
+                continue;
+            };
+            if (*lo..=*hi).contains(&i64::from(slot))
+                && let Some(redis::Value::Array(m)) = r.get(2)
+                && let Some(redis::Value::Int(port)) = m.get(1)
+            {
+                return *port as u16;
+            }
+        }
+        panic!("no master serves slot {slot}");
+    }
+
+    /// Kills the node on `port` at once (SIGKILL: a machine that died).
+    pub fn kill(&mut self, port: u16) {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("a node of this cluster");
+        if let Some(mut child) = node.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Until a node other than `dead` serves `key`'s slot and the
+    /// cluster is ok again (a replica took over).
+    pub fn wait_failover(&self, key: &str, dead: u16) {
+        wait_until("a replica takes over", || {
+            let info: String = self
+                .live()
+                .query(redis::cmd("CLUSTER").arg("INFO"))
+                .unwrap_or_default();
+            info.contains("cluster_state:ok") && self.master_of(key) != dead
+        })
+        .unwrap();
+    }
+
+    /// Until every live replica has acknowledged what its master had
+    /// written when this was called (replicas acknowledge once a second).
+    pub fn wait_replicated(&self) {
+        let offset = |info: &str, key: &str| -> Option<u64> {
+            info.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().parse().ok())
+        };
+        for m in self.nodes.iter().filter(|n| n.alive()) {
+            let info: String = m.query(redis::cmd("INFO").arg("replication")).unwrap();
+            if !info.contains("role:master") {
+                continue;
+            }
+            let Some(written) = offset(&info, "master_repl_offset:") else {
+                continue;
+            };
+            wait_until("the replicas acknowledge their master's writes", || {
+                let info: String = m
+                    .query(redis::cmd("INFO").arg("replication"))
+                    .unwrap_or_default();
+                // `slave0:ip=127.0.0.1,port=...,state=online,offset=N,lag=0`
+                info.lines()
+                    .filter(|l| l.starts_with("slave") && l.contains("ip="))
+                    .all(|l| {
+                        l.split(',')
+                            .find_map(|f| f.strip_prefix("offset="))
+                            .and_then(|v| v.parse::<u64>().ok())
+                            .is_some_and(|acked| acked >= written)
+                    })
+            })
+            .unwrap();
+        }
+    }
+
+    /// INFO `section` of every live master, for callers that add figures
+    /// up (commands processed, CPU).
+    pub fn masters_info(&self, section: &str) -> Fallible<Vec<String>> {
+        let mut out = Vec::new();
+        for n in self.nodes.iter().filter(|n| n.alive()) {
+            let role: String = n.query(redis::cmd("INFO").arg("replication"))?;
+            if role.contains("role:master") {
+                out.push(n.query(redis::cmd("INFO").arg(section))?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `CONFIG RESETSTAT` on every live node.
+    pub fn reset_stats(&self) -> Fallible<()> {
+        for n in self.nodes.iter().filter(|n| n.alive()) {
+            let _: String = n.query(redis::cmd("CONFIG").arg("RESETSTAT"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut child) = n.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Polls `ready` every 50 ms for up to 30 s.
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) -> Fallible<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready() {
+        if Instant::now() > deadline {
+            return Err(format!("timed out waiting until {what}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}

@@ -20,6 +20,7 @@
 //! enqueues.
 
 pub mod embedded;
+pub mod endpoint;
 pub mod history;
 pub mod job;
 pub mod list;

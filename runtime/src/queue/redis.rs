@@ -33,6 +33,19 @@
 //! and wake-ups), `runner:control` (revokes and inspect requests) and
 //! `runner:reply:<id>` (workers' answers to one inspect request).
 //!
+//! # Redis Cluster
+//!
+//! With a `redis+cluster://` URL ([`RedisEndpoint`]) the same keys and
+//! scripts run on a Redis Cluster: every script touches the keys of one
+//! slot only (a queue's `{q}`, a workflow's `{wf:<id>}`, the index's
+//! `{ids}`), and what spans slots is a sequence of idempotent steps (a
+//! settle writes a workflow end into its queue's outbox, `wfout`; the
+//! engine applies it to the workflow's slot, then enqueues the next steps
+//! into theirs). Reads that name keys of several slots (the workers'
+//! heartbeats, one read per queue) go out as commands to each slot's
+//! node, at once ([`Counted`]). Job events and wake-ups use classic
+//! pub/sub, which every node relays.
+//!
 //! # Cost
 //!
 //! A producer stores a whole batch with one script (EVALSHA, MSET, RPUSH,
@@ -70,7 +83,6 @@
 //! timeout; commands go through a `ConnectionManager` that reconnects.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -78,12 +90,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Client, Script, Value};
+use redis::{AsyncCommands, Script, Value};
 use runner_host_fns::redis_conn::Counted;
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 
+pub use super::endpoint::{
+    RedisEndpoint, RedisTls, cluster_seeds, open_client, open_client_with, redact_url,
+};
 use super::history::Minutes;
 use super::job::{DEAD_LETTER_TTL, Job, JobId, JobState, MAX_DELAY, Progress, RateLimit};
 use super::list::{JobPage, JobQuery, Walk, Window, parse_cursor};
@@ -146,6 +160,11 @@ fn wf_key(id: JobId) -> String {
 /// Where workflow events are published (one channel the event hub hears).
 const WF_CHANNEL: &str = "runner:q:~wf";
 
+/// A script's source as sent: the shebang, the checks, then `body`.
+fn script_source(body: &str) -> String {
+    format!("#!lua\n{}\n{body}", include_str!("lua/check.lua"))
+}
+
 struct Scripts {
     enqueue: Script,
     settle: Script,
@@ -164,9 +183,12 @@ struct Scripts {
 
 impl Scripts {
     fn new() -> Self {
-        // Every script starts with the argument checks of `check.lua`.
-        let script =
-            |body: &str| Script::new(&format!("{}\n{body}", include_str!("lua/check.lua")));
+        // Every script starts with the argument checks of `check.lua`, and
+        // with a shebang: on a cluster, Redis then refuses a script that
+        // touches a key outside the slot of its first key (scripts
+        // without one may touch any slot the node holds), so a script
+        // that strays fails every test on the cluster.
+        let script = |body: &str| Script::new(&script_source(body));
         Scripts {
             enqueue: script(include_str!("lua/enqueue.lua")),
             settle: script(include_str!("lua/settle.lua")),
@@ -205,7 +227,7 @@ impl Scripts {
 }
 
 struct Inner {
-    client: Client,
+    endpoint: RedisEndpoint,
     conn: Counted,
     scripts: Scripts,
     known_queues: Mutex<HashSet<String>>,
@@ -263,27 +285,21 @@ pub struct RedisBroker {
 
 impl RedisBroker {
     /// Connects to `url` (`redis://host:port/db`, `rediss://` for TLS with
-    /// the system's roots).
+    /// the system's roots, `redis+cluster://host:port,host:port` for a
+    /// Redis Cluster: see [`RedisEndpoint`]).
     pub async fn connect(url: &str) -> BrokerResult<Self> {
         Self::connect_with(url, &RedisTls::default()).await
     }
 
     /// [`connect`](Self::connect) with the TLS files `tls`.
     pub async fn connect_with(url: &str, tls: &RedisTls) -> BrokerResult<Self> {
-        let client = open_client_with(url, tls)?;
-        let cfg = ConnectionManagerConfig::new()
-            // Scripts over large batches may take a while; nothing on this
-            // connection blocks on purpose.
-            .set_response_timeout(Some(Duration::from_secs(30)))
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_with_config(client.clone(), cfg).await?;
+        let endpoint = RedisEndpoint::open(url, tls)?;
+        let conn = endpoint.connect().await?;
         let scripts = Scripts::new();
         Ok(RedisBroker {
             inner: Arc::new(Inner {
-                client,
-                conn: Counted::new(conn).with_scripts(scripts.named()),
+                endpoint,
+                conn: conn.with_scripts(scripts.named()),
                 scripts,
                 known_queues: Mutex::new(HashSet::new()),
                 hub: Mutex::new(None),
@@ -321,10 +337,15 @@ impl RedisBroker {
         self.inner.conn.clone()
     }
 
-    /// The connection manager, for the registry (which shares it) and for
+    /// The command connection, for the registry (which shares it) and for
     /// callers that measure Redis itself (`runner bench`).
-    pub fn connection(&self) -> ConnectionManager {
-        self.inner.conn.manager()
+    pub fn connection(&self) -> Counted {
+        self.inner.conn.clone()
+    }
+
+    /// Where this broker's Redis is.
+    pub fn endpoint(&self) -> &RedisEndpoint {
+        &self.inner.endpoint
     }
 
     /// The queue and record of job `id`. The index names the queue (two
@@ -422,9 +443,9 @@ impl RedisBroker {
     /// resubscribes (PINGs find silent drops) and goes on, so open streams
     /// see a gap, never an end. It stops once nobody listens.
     async fn start_hub(&self) -> BrokerResult<broadcast::Sender<JobEvent>> {
-        let client = self.inner.client.clone();
-        let subscribe = |client: Client| async move {
-            let mut pubsub = client.get_async_pubsub().await?;
+        let client = self.inner.endpoint.clone();
+        let subscribe = |client: RedisEndpoint| async move {
+            let mut pubsub = client.pubsub().await?;
             pubsub.psubscribe("runner:q:*").await?;
             Ok::<_, redis::RedisError>(pubsub)
         };
@@ -908,7 +929,7 @@ impl Broker for RedisBroker {
 
     async fn signals(&self, queues: &[String]) -> BrokerResult<mpsc::UnboundedReceiver<Signal>> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let client = self.inner.client.clone();
+        let client = self.inner.endpoint.clone();
         let queues = queues.to_vec();
         // Fail early when Redis cannot be reached at all.
         let first = connect_signals(&client, &queues).await?;
@@ -1158,7 +1179,7 @@ impl Broker for RedisBroker {
 
     async fn inspect(&self, timeout: Duration) -> BrokerResult<Vec<WorkerSnapshot>> {
         let reply = uuid::Uuid::new_v4().to_string();
-        let mut ps = self.inner.client.get_async_pubsub().await?;
+        let mut ps = self.inner.endpoint.pubsub().await?;
         ps.subscribe(reply_channel(&reply)).await?;
         // Every worker hears the control channel on one connection: the
         // number of receivers is the number of answers to wait for.
@@ -1784,123 +1805,11 @@ pub(crate) async fn listen(
     }
 }
 
-/// A Redis client for `url` whose connections have TCP keepalive (probes
-/// after 30 s idle, every 10 s) and, on Linux, a 60 s user timeout: a peer
-/// that vanished without a word is noticed by the kernel too.
-pub fn open_client(url: &str) -> redis::RedisResult<Client> {
-    open_client_with(url, &RedisTls::default())
-}
-
-/// The files a `rediss://` connection uses instead of the defaults: a CA
-/// that signed the server's certificate (default: the system's roots),
-/// and a client certificate and key for servers that ask for one (mutual
-/// TLS). Paths, read when a client is opened.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RedisTls {
-    pub ca: Option<PathBuf>,
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
-}
-
-impl RedisTls {
-    pub fn is_empty(&self) -> bool {
-        self.ca.is_none() && self.cert.is_none() && self.key.is_none()
-    }
-
-    /// Checks the combination before anything connects: the files need a
-    /// `rediss://` URL, and a client certificate needs its key.
-    pub fn check(&self, url: &str) -> Result<(), String> {
-        if self.is_empty() {
-            return Ok(());
-        }
-        if !url.trim_start().starts_with("rediss://") {
-            return Err(format!(
-                "TLS files are set but the Redis URL is not rediss:// ({})",
-                redact_url(url)
-            ));
-        }
-        match (&self.cert, &self.key) {
-            (Some(_), None) => Err("a TLS client certificate needs its key (tls_key)".into()),
-            (None, Some(_)) => Err("a TLS client key needs its certificate (tls_cert)".into()),
-            _ => Ok(()),
-        }
-    }
-
-    fn certificates(&self) -> redis::RedisResult<redis::TlsCertificates> {
-        let read = |p: &PathBuf, what: &str| {
-            std::fs::read(p).map_err(|e| {
-                redis::RedisError::from(std::io::Error::new(
-                    e.kind(),
-                    format!("reading the Redis TLS {what} {}: {e}", p.display()),
-                ))
-            })
-        };
-        let client_tls = match (&self.cert, &self.key) {
-            (Some(c), Some(k)) => Some(redis::ClientTlsConfig {
-                client_cert: read(c, "certificate")?,
-                client_key: read(k, "key")?,
-            }),
-            _ => None,
-        };
-        let root_cert = self.ca.as_ref().map(|p| read(p, "CA")).transpose()?;
-        Ok(redis::TlsCertificates {
-            client_tls,
-            root_cert,
-        })
-    }
-}
-
-/// `url` as it may be shown: its password replaced by `***`
-/// (`rediss://runner:***@redis:6380/0`).
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    // The last '@' ends the user part, whatever the password holds.
-    match rest.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            // `user:password@` (or `:password@`): the part after ':' is
-            // the secret; a lone `user@` is a name.
-            let hidden = match userinfo.split_once(':') {
-                Some((user, _)) => format!("{user}:***"),
-                None => userinfo.to_string(),
-            };
-            format!("{scheme}://{hidden}@{host}")
-        }
-        None => url.to_string(),
-    }
-}
-
-/// [`open_client`] with the TLS files `tls` (see [`RedisTls`]).
-pub fn open_client_with(url: &str, tls: &RedisTls) -> redis::RedisResult<Client> {
-    use redis::IntoConnectionInfo;
-    // rustls needs the process's one crypto provider before any TLS.
-    runner_host_fns::install_crypto_provider();
-    if let Err(e) = tls.check(url) {
-        return Err(redis::RedisError::from(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            e,
-        )));
-    }
-    let info = url.into_connection_info()?;
-    let keepalive = socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(30))
-        .with_interval(Duration::from_secs(10));
-    #[cfg(target_os = "linux")]
-    let keepalive = keepalive.with_retries(3);
-    let tcp = redis::io::tcp::TcpSettings::default().set_keepalive(keepalive);
-    #[cfg(target_os = "linux")]
-    let tcp = tcp.set_user_timeout(Duration::from_secs(60));
-    let info = info.set_tcp_settings(tcp);
-    if tls.is_empty() {
-        Client::open(info)
-    } else {
-        Client::build_with_tls(info, tls.certificates()?)
-    }
-}
-
-async fn connect_signals(client: &Client, queues: &[String]) -> BrokerResult<redis::aio::PubSub> {
-    let mut ps = client.get_async_pubsub().await?;
+async fn connect_signals(
+    client: &RedisEndpoint,
+    queues: &[String],
+) -> BrokerResult<redis::aio::PubSub> {
+    let mut ps = client.pubsub().await?;
     for q in queues {
         ps.subscribe(channel(q)).await?;
     }
@@ -1911,7 +1820,7 @@ async fn connect_signals(client: &Client, queues: &[String]) -> BrokerResult<red
 /// Forwards pub/sub messages as [`Signal`]s; reconnects with backoff and
 /// logs once per outage. Ends when the receiver is dropped.
 async fn signal_loop(
-    client: Client,
+    client: RedisEndpoint,
     queues: Vec<String>,
     tx: mpsc::UnboundedSender<Signal>,
     first: redis::aio::PubSub,
@@ -2044,42 +1953,14 @@ fn forward(msg: &redis::Msg, tx: &mpsc::UnboundedSender<Signal>, clock: &Clock) 
 mod tests {
     use super::*;
 
+    /// Each script starts with the shebang that makes a cluster refuse a
+    /// key outside its slot (`cluster::a_script_that_strays_from_its_slot_is_refused`
+    /// shows the refusal; the conformance suite on a cluster, that no
+    /// script strays).
     #[test]
-    fn redacted_urls_keep_everything_but_the_password() {
-        for (url, shown) in [
-            (
-                "rediss://runner:s3cret@redis.internal:6380/0",
-                "rediss://runner:***@redis.internal:6380/0",
-            ),
-            ("redis://:s3cret@127.0.0.1/", "redis://:***@127.0.0.1/"),
-            ("redis://runner@127.0.0.1/", "redis://runner@127.0.0.1/"),
-            ("redis://127.0.0.1:6379/2", "redis://127.0.0.1:6379/2"),
-            // Unencoded '/', '@' and '#' in a password hide nothing of it.
-            ("redis://u:a/b@c#d@host:1/0", "redis://u:***@host:1/0"),
-        ] {
-            assert_eq!(redact_url(url), shown);
-        }
-    }
-
-    #[test]
-    fn tls_files_need_a_rediss_url_and_a_key_with_a_certificate() {
-        let ca = RedisTls {
-            ca: Some("/ca.pem".into()),
-            ..RedisTls::default()
-        };
-        let e = ca.check("redis://u:pw@h/").unwrap_err();
-        assert!(e.contains("not rediss://") && !e.contains("pw"), "{e}");
-        assert!(ca.check("rediss://h/").is_ok());
-        let cert_only = RedisTls {
-            cert: Some("/c.pem".into()),
-            ..RedisTls::default()
-        };
-        assert!(
-            cert_only
-                .check("rediss://h/")
-                .unwrap_err()
-                .contains("tls_key")
-        );
-        assert!(RedisTls::default().check("redis://h/").is_ok());
+    fn every_script_is_sent_with_a_shebang() {
+        let src = script_source("return 1");
+        assert!(src.starts_with("#!lua\n"), "{src}");
+        assert!(src.ends_with("\nreturn 1"));
     }
 }

@@ -16,7 +16,6 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use runner_host_fns::redis_conn::Counted;
 use serde::{Deserialize, Serialize};
 
@@ -137,15 +136,16 @@ pub struct RedisRegistry {
 }
 
 impl RedisRegistry {
-    pub fn new(conn: ConnectionManager) -> Self {
-        RedisRegistry {
-            conn: Counted::new(conn),
-        }
+    /// A registry on an open connection (the broker's: see
+    /// `RedisBroker::connection`).
+    pub fn new(conn: Counted) -> Self {
+        RedisRegistry { conn }
     }
 
+    /// Connects to `url` (one server or a cluster, as the broker does).
     pub async fn connect(url: &str) -> Result<Self, RegistryError> {
-        let client = crate::queue::redis::open_client(url)?;
-        Ok(Self::new(ConnectionManager::new(client).await?))
+        let endpoint = crate::queue::redis::RedisEndpoint::open(url, &Default::default())?;
+        Ok(Self::new(endpoint.connect().await?))
     }
 }
 

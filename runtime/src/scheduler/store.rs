@@ -23,15 +23,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Client, Script};
+use redis::{AsyncCommands, Script};
 use runner_host_fns::redis_conn::Counted;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::beat::Beat;
 use crate::queue::JobId;
-use crate::queue::redis::{Liveness, RedisTls, listen, open_client_with};
+use crate::queue::redis::{Liveness, RedisEndpoint, RedisTls, listen};
 
 pub const BEATS_KEY: &str = "runner:beats";
 pub const FIRED_KEY: &str = "runner:beats:fired";
@@ -134,7 +133,7 @@ fn encode<T: Serialize>(v: &T) -> String {
 
 /// Keeps the record with the later due time (fires and claims): returns
 /// the record kept when it is not the new one, else nil.
-const KEEP_LATER: &str = r#"
+const KEEP_LATER: &str = r#"#!lua
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if cur then
   local ok, rec = pcall(cjson.decode, cur)
@@ -149,7 +148,7 @@ return false
 /// Beats in Redis, shared by every replica.
 #[derive(Clone)]
 pub struct RedisBeatStore {
-    client: Client,
+    client: RedisEndpoint,
     conn: Counted,
     keep_later: Script,
 }
@@ -161,18 +160,18 @@ impl RedisBeatStore {
 
     /// [`connect`](Self::connect) with the TLS files `tls`.
     pub async fn connect_with(url: &str, tls: &RedisTls) -> StoreResult<Self> {
-        let client = open_client_with(url, tls)?;
-        let conn = ConnectionManager::new(client.clone()).await?;
+        let client = RedisEndpoint::open(url, tls)?;
+        let conn = client.connect().await?;
         let keep_later = Script::new(KEEP_LATER);
         Ok(RedisBeatStore {
             client,
-            conn: Counted::new(conn).with_scripts([("beat_keep_later", &keep_later)]),
+            conn: conn.with_scripts([("beat_keep_later", &keep_later)]),
             keep_later,
         })
     }
 
-    async fn subscribe(client: &Client) -> StoreResult<redis::aio::PubSub> {
-        let mut pubsub = client.get_async_pubsub().await?;
+    async fn subscribe(client: &RedisEndpoint) -> StoreResult<redis::aio::PubSub> {
+        let mut pubsub = client.pubsub().await?;
         pubsub.subscribe(CHANGES_CHANNEL).await?;
         Ok(pubsub)
     }

@@ -9,6 +9,7 @@ mod api_contract;
 mod builtin_tasks;
 mod capabilities;
 mod cli_run;
+mod cluster;
 mod connections;
 mod crash;
 mod dashboard;

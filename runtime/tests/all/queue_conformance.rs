@@ -1,5 +1,6 @@
 //! One conformance suite for the `Broker` contract, run against the embedded
-//! broker and against Redis (a real `redis-server` per test).
+//! broker, against Redis (a real `redis-server` per test) and against a
+//! Redis Cluster of three masters (real `redis-server`s in cluster mode).
 //!
 //! These tests talk to the broker the way a worker does (settle, extend),
 //! without wasm: the module bytes bound below are placeholders that nothing
@@ -16,12 +17,13 @@ use runner::queue::{
 };
 use runner::registry::{LocalRegistry, Registry, TaskBinding};
 
-use crate::redis_support::RedisServer;
+use crate::redis_support::{RedisCluster, RedisServer};
 
 pub struct Env {
     pub broker: Arc<dyn Broker>,
     pub producer: Producer,
     _redis: Option<RedisServer>,
+    _cluster: Option<RedisCluster>,
 }
 
 async fn registry() -> Arc<dyn Registry> {
@@ -49,6 +51,25 @@ pub async fn embedded() -> Env {
         producer: Producer::new(broker.clone(), registry().await),
         broker,
         _redis: None,
+        _cluster: None,
+    }
+}
+
+/// A Redis Cluster of three masters, as the ACL user of
+/// `deploy/redis-users.acl` on every node: queues, the job index and
+/// workflows hash to different slots, on different masters.
+pub async fn cluster() -> Env {
+    let acl = crate::redis_tls::runner_acl("conformance");
+    let cluster = tokio::task::spawn_blocking(move || RedisCluster::start_with_acl(3, 0, &acl))
+        .await
+        .unwrap();
+    let url = cluster.url_as("runner", "conformance");
+    let broker: Arc<dyn Broker> = Arc::new(RedisBroker::connect(&url).await.unwrap());
+    Env {
+        producer: Producer::new(broker.clone(), registry().await),
+        broker,
+        _redis: None,
+        _cluster: Some(cluster),
     }
 }
 
@@ -62,6 +83,7 @@ pub async fn redis() -> Env {
         producer: Producer::new(broker.clone(), registry().await),
         broker,
         _redis: Some(server),
+        _cluster: None,
     }
 }
 
@@ -72,6 +94,7 @@ async fn redis_on(server: &RedisServer) -> Env {
         producer: Producer::new(broker.clone(), registry().await),
         broker,
         _redis: None,
+        _cluster: None,
     }
 }
 
@@ -843,6 +866,14 @@ macro_rules! conformance {
                 }
             )*
         }
+        mod redis_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::cluster().await).await;
+                }
+            )*
+        }
     };
 }
 
@@ -1433,7 +1464,10 @@ async fn purge_ends_waiting_jobs_and_leaves_running_ones(env: Env) {
             .await
             .expect("an event per purged job")
             .unwrap();
-        if ev.state == JobState::Revoked {
+        // The job revoked before the subscription may still be announced
+        // on a cluster, where its master's message reaches the node this
+        // broker subscribed through a moment later.
+        if ev.state == JobState::Revoked && ev.id != revoked {
             announced.push(ev.id);
         }
     }

@@ -235,8 +235,11 @@ async fn an_unapplied_end_is_applied_after_it_goes_stale(env: Env) {
     assert_eq!(st.done, 1);
 }
 
-macro_rules! on_both {
-    ($body:ident, $embedded:ident, $redis:ident) => {
+/// The engine's cases on every broker: embedded, Redis, and a Redis
+/// Cluster (where a workflow's record and its members' queues live in
+/// different slots, on different masters).
+macro_rules! on_every_broker {
+    ($body:ident, $embedded:ident, $redis:ident, $cluster:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn $embedded() {
             $body(crate::queue_conformance::embedded().await).await;
@@ -245,23 +248,30 @@ macro_rules! on_both {
         async fn $redis() {
             $body(crate::queue_conformance::redis().await).await;
         }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $cluster() {
+            $body(crate::queue_conformance::cluster().await).await;
+        }
     };
 }
 
-on_both!(
+on_every_broker!(
     chord_callback_runs_once_under_races_and_repeats,
     engine_chord_callback_once_embedded,
-    engine_chord_callback_once_redis
+    engine_chord_callback_once_redis,
+    engine_chord_callback_once_cluster
 );
-on_both!(
+on_every_broker!(
     a_failed_member_runs_on_error_once_and_never_the_callback,
     engine_failed_member_embedded,
-    engine_failed_member_redis
+    engine_failed_member_redis,
+    engine_failed_member_cluster
 );
-on_both!(
+on_every_broker!(
     an_unapplied_end_is_applied_after_it_goes_stale,
     engine_stale_outbox_embedded,
-    engine_stale_outbox_redis
+    engine_stale_outbox_redis,
+    engine_stale_outbox_cluster
 );
 
 async fn bind_echo(api: &TestApi, names: &[&str]) {

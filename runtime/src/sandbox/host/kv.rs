@@ -11,7 +11,7 @@ use crate::sandbox::run::RunState;
 use anyhow::Context as _;
 use runner_host_fns::kv::RedisKv;
 
-use crate::queue::redis::{RedisTls, open_client_with, redact_url};
+use crate::queue::redis::{RedisEndpoint, RedisTls, redact_url};
 use serde::Deserialize;
 
 use super::Service;
@@ -152,8 +152,8 @@ pub(super) async fn service(config: Option<&KvConfig>) -> anyhow::Result<Option<
         Some(url) => {
             let prefix = config.prefix.as_deref().unwrap_or(DEFAULT_KV_PREFIX);
             let cannot = || format!("[host.kv]: cannot connect to {}", redact_url(url));
-            let client = open_client_with(url, &config.tls).with_context(cannot)?;
-            let store = RedisKv::open(client, prefix).await.with_context(cannot)?;
+            let endpoint = RedisEndpoint::open(url, &config.tls).with_context(cannot)?;
+            let store = RedisKv::on(endpoint.connect().await.with_context(cannot)?, prefix);
             KvService::new(Arc::new(store))
         }
         None => KvService::in_memory(),

@@ -1,0 +1,149 @@
+//! The runner on a Redis Cluster end to end: a real worker and sandbox,
+//! the registry and the broker on three masters with a replica each, as
+//! the ACL user of `deploy/redis-users.acl`. The broker's own contract on a
+//! cluster is `queue_conformance::redis_cluster`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use runner::producer::{EnqueueRequest, Producer};
+use runner::queue::{Broker, JobId, JobState, RedisBroker};
+use runner::registry::{RedisRegistry, Registry, TaskBinding};
+use runner::sandbox::host::HostServices;
+
+use crate::redis_support::RedisCluster;
+use crate::support::guest_bytes;
+use crate::worker::{cfg, start_worker_with, wait_final};
+
+async fn start_cluster(masters: usize, replicas: usize) -> RedisCluster {
+    let acl = crate::redis_tls::runner_acl("cluster-tests");
+    tokio::task::spawn_blocking(move || RedisCluster::start_with_acl(masters, replicas, &acl))
+        .await
+        .unwrap()
+}
+
+async fn connect(cluster: &RedisCluster) -> RedisBroker {
+    RedisBroker::connect(&cluster.url_as("runner", "cluster-tests"))
+        .await
+        .unwrap()
+}
+
+/// Enqueues `n` hello jobs on each task of `tasks`, repeating a call that
+/// fails (as a client would while a master fails over); the ids the
+/// broker accepted.
+async fn enqueue(producer: &Producer, tasks: &[&str], n: usize, from: usize) -> Vec<JobId> {
+    let mut ids = Vec::new();
+    for i in from..from + n {
+        for task in tasks {
+            let req = || EnqueueRequest::task(*task, format!(r#"{{"name":"n{i}"}}"#));
+            let mut tries = 0;
+            let id = loop {
+                match producer.enqueue(req()).await {
+                    Ok(e) => break e.job.id,
+                    Err(e) => {
+                        tries += 1;
+                        assert!(tries < 100, "enqueue kept failing: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            };
+            ids.push(id);
+        }
+    }
+    ids
+}
+
+/// Two queues on a cluster of three masters and their replicas; the master
+/// that holds the first queue is killed (SIGKILL) while the worker runs its
+/// jobs. Its replica takes over, the worker and the producer follow it, and
+/// every job enqueued before the kill (once replicated) and after it ends
+/// in success: nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_master_that_dies_mid_run_loses_no_job() {
+    let mut cluster = start_cluster(3, 1).await;
+    let b = connect(&cluster).await;
+    let registry: Arc<dyn Registry> = Arc::new(RedisRegistry::new(b.connection()));
+    let broker: Arc<dyn Broker> = Arc::new(b);
+    let producer = Producer::new(broker.clone(), registry.clone());
+    let hash = registry.put_module(&guest_bytes("hello")).await.unwrap();
+    for (task, queue) in [("hello_a", "alpha"), ("hello_b", "beta")] {
+        let mut t = TaskBinding::new(task, hash);
+        t.queue = queue.into();
+        registry.bind(t).await.unwrap();
+    }
+    let mut w_cfg = cfg(&["alpha", "beta"], 4);
+    w_cfg.lease = Duration::from_secs(3);
+    let worker = start_worker_with(
+        Arc::new(connect(&cluster).await),
+        registry.clone(),
+        HostServices::default(),
+        w_cfg,
+    );
+
+    let mut ids = enqueue(&producer, &["hello_a", "hello_b"], 150, 0).await;
+    // Redis replicates asynchronously: what a master acknowledged but had
+    // not sent to its replica dies with it (docs/scaling.md). Once the
+    // replicas hold the enqueued jobs, none of them may be lost.
+    tokio::task::block_in_place(|| cluster.wait_replicated());
+    let victim = cluster.master_of("runner:{alpha}:ready");
+    tokio::task::block_in_place(|| cluster.kill(victim));
+    // Enqueued while the slot has no master, then after the replica took
+    // over: accepted only once the new master stored them.
+    ids.extend(enqueue(&producer, &["hello_a", "hello_b"], 50, 150).await);
+    tokio::task::block_in_place(|| cluster.wait_failover("runner:{alpha}:ready", victim));
+    ids.extend(enqueue(&producer, &["hello_a", "hello_b"], 100, 200).await);
+    assert_eq!(ids.len(), 600);
+
+    for id in &ids {
+        let j = wait_final(&broker, *id).await;
+        assert_eq!(j.state, JobState::Success, "{j:?}");
+        assert!(
+            j.result_value().unwrap()["greeting"]
+                .as_str()
+                .unwrap()
+                .starts_with("Hello, n"),
+            "{j:?}"
+        );
+    }
+    let stats = worker.stop().await;
+    assert!(stats.succeeded >= 600, "{stats:?}");
+}
+
+/// The broker's scripts start with a `#!lua` shebang, which makes a
+/// cluster refuse a script that touches a key outside the slot of its
+/// first key, even where both slots are on one node; a script without
+/// one is let through there. So the conformance suite on a cluster
+/// (`queue_conformance::redis_cluster`) shows that no script strays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_that_strays_from_its_slot_is_refused() {
+    use redis::cluster_routing::Slot;
+    let cluster = start_cluster(3, 0).await;
+    let mut conn = connect(&cluster).await.connection();
+    let home = "runner:{work}:x";
+    let master = cluster.master_of(home);
+    let stray = (0..1000)
+        .map(|i| format!("runner:{{other{i}}}:x"))
+        .find(|k| Slot::for_key(k) != Slot::for_key(home) && cluster.master_of(k) == master)
+        .expect("another slot on the same master");
+    let body = format!("redis.call('SET', KEYS[1], 1)\nreturn redis.call('GET', '{stray}')");
+
+    let strict = redis::Script::new(&format!("#!lua\n{body}"));
+    let e = strict
+        .key(home)
+        .invoke_async::<Option<String>>(&mut conn)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("do not hash to the same slot"),
+        "{e}"
+    );
+    let legacy = redis::Script::new(&body);
+    assert_eq!(
+        legacy
+            .key(home)
+            .invoke_async::<Option<String>>(&mut conn)
+            .await
+            .unwrap(),
+        None
+    );
+}
