@@ -3,6 +3,7 @@
 //!
 //! - `sandbox`: instantiate+run latency, runs/s, fuel-metering overhead;
 //! - `queue`: jobs/s, Redis commands per job, round trip, idle worker cost;
+//!   with `--cluster`, the same on local Redis Clusters (`cluster.rs`);
 //! - `scheduler`: fire delay, exactly-once across replicas, idle cost;
 //! - `workflow`: Redis commands per member job of a workflow of batches.
 //!
@@ -11,6 +12,7 @@
 //! need Redis start their own ([`RedisChild`]) and count its commands
 //! ([`CommandCount`]).
 
+mod cluster;
 mod queue;
 mod sandbox;
 mod scaling;
@@ -169,11 +171,12 @@ async fn enqueue_jobs(
     Ok(())
 }
 
-/// Waits for `n` final events of `queue` (60 s at most between two);
-/// returns how many of them were not a success. `bar` shows how many ended.
+/// Waits for `n` final events of the queues `queues` (60 s at most between
+/// two); returns how many of them were not a success. `bar` shows how many
+/// ended.
 async fn wait_finals(
     events: &mut broadcast::Receiver<JobEvent>,
-    queue: &str,
+    queues: &[&str],
     n: usize,
     bar: Option<&ProgressBar>,
 ) -> anyhow::Result<usize> {
@@ -181,7 +184,7 @@ async fn wait_finals(
     let mut failed = 0usize;
     while done < n {
         match tokio::time::timeout(Duration::from_secs(60), events.recv()).await {
-            Ok(Ok(ev)) if ev.queue == queue && ev.state.is_final() => {
+            Ok(Ok(ev)) if queues.contains(&ev.queue.as_str()) && ev.state.is_final() => {
                 done += 1;
                 if ev.state != JobState::Success {
                     failed += 1;

@@ -68,6 +68,14 @@ pub struct QueueBench {
     /// N given (`--workers 1,2,4`), printing jobs/s and Redis CPU per step.
     #[arg(long, value_delimiter = ',')]
     pub workers: Vec<usize>,
+    /// Instead of the figures above: the same jobs on local Redis Clusters
+    /// of these sizes (masters; `--cluster` alone: 3, then 6), on one
+    /// queue and on eight (`cluster.rs`).
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_missing_value = "3,6")]
+    pub cluster: Option<Vec<usize>>,
+    /// Worker processes for `--cluster`.
+    #[arg(long, default_value_t = 1)]
+    pub cluster_workers: usize,
     /// Skip Celery's side (run when `python3` can import `celery` and
     /// `redis`: `pip install 'celery[redis]'`).
     #[arg(long)]
@@ -75,6 +83,29 @@ pub struct QueueBench {
 }
 
 pub async fn execute(args: QueueBench) -> anyhow::Result<ExitCode> {
+    if let Some(sizes) = &args.cluster {
+        anyhow::ensure!(
+            (1..=16).contains(&args.cluster_workers),
+            "--cluster-workers: {} is not between 1 and 16",
+            args.cluster_workers
+        );
+        let (bytes, module_name) = bench_module(args.module.as_deref())?;
+        println!(
+            "runner bench queue --cluster: {} jobs of {module_name}",
+            args.jobs
+        );
+        let layouts = super::cluster::run(
+            sizes,
+            &bytes,
+            &args.input,
+            args.jobs,
+            args.batch,
+            args.cluster_workers,
+        )
+        .await?;
+        super::cluster::print(&layouts, args.jobs, args.cluster_workers);
+        return Ok(ExitCode::SUCCESS);
+    }
     let redis = RedisChild::start(&args.redis_server)?;
     let url = redis.url();
     let mut count = CommandCount::connect(&url).await?;
@@ -265,7 +296,7 @@ async fn measure_throughput<W>(
     bar.set_message("process");
     let t1 = Instant::now();
     let worker = start_worker();
-    let failed = wait_finals(events, "bench", args.jobs, Some(&bar)).await?;
+    let failed = wait_finals(events, &["bench"], args.jobs, Some(&bar)).await?;
     let process = t1.elapsed();
     let total = t0.elapsed();
     bar.finish_and_clear();

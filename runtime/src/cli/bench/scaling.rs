@@ -15,7 +15,7 @@ use crate::producer::Producer;
 use crate::queue::Broker;
 
 /// Worker processes of one step, killed on drop.
-struct Workers(Vec<Child>);
+pub(super) struct Workers(pub(super) Vec<Child>);
 
 impl Drop for Workers {
     fn drop(&mut self) {
@@ -121,7 +121,7 @@ pub async fn step(
     let mut events = broker.subscribe().await?;
     let warm = 100 * n;
     super::enqueue_jobs(producer, task, input, warm, warm, None).await?;
-    super::wait_finals(&mut events, queue, warm, None).await?;
+    super::wait_finals(&mut events, &[queue], warm, None).await?;
 
     let mut conn = redis::Client::open(url)?
         .get_multiplexed_async_connection()
@@ -135,7 +135,7 @@ pub async fn step(
             super::enqueue_jobs(&producer, &task, &input, jobs, batch, None).await
         })
     };
-    super::wait_finals(&mut events, queue, jobs, None).await?;
+    super::wait_finals(&mut events, &[queue], jobs, None).await?;
     let took = t0.elapsed();
     enqueue.await??;
     let cpu = redis_cpu(&mut conn).await? - cpu0;

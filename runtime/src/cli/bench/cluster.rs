@@ -1,0 +1,230 @@
+//! `runner bench queue --cluster`: the queue on local Redis Clusters it
+//! starts itself (3 masters, then 6; no replicas: a replica only copies its
+//! master's writes), each node a `redis-server` in cluster mode on
+//! loopback. For each size, the same jobs are drained by `runner worker`
+//! processes (this binary, default settings) on the cluster URL, enqueued
+//! while they drain:
+//!
+//! - one queue: every job's keys hash to one slot, so one master does all
+//!   the queue's work whatever the cluster's size;
+//! - eight queues (the jobs spread evenly), each on its own slot: the work
+//!   spreads over the masters.
+//!
+//! It prints jobs/s, Redis commands per job (summed over the masters) and
+//! the busiest master's share of them (1/N when the load is even).
+//! `docs/scaling.md` reads these figures.
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use runner_test_support::RedisCluster;
+
+use super::scaling::Workers;
+use crate::producer::Producer;
+use crate::queue::{Broker, RedisBroker, RetryPolicy};
+use crate::registry::{RedisRegistry, Registry, TaskBinding};
+
+/// One measured layout on one cluster.
+pub struct Layout {
+    pub masters: usize,
+    pub queues: usize,
+    pub jobs_per_sec: f64,
+    pub commands_per_job: f64,
+    /// The busiest master's share of the commands (0-1).
+    pub busiest_share: f64,
+}
+
+/// Commands processed so far by each master.
+fn master_commands(cluster: &RedisCluster) -> anyhow::Result<Vec<u64>> {
+    let infos = cluster.masters_info("stats").map_err(anyhow::Error::msg)?;
+    infos
+        .iter()
+        .map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("total_commands_processed:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .context("no total_commands_processed in INFO")
+        })
+        .collect()
+}
+
+/// Runs every layout on a cluster of each size in `sizes`.
+pub async fn run(
+    sizes: &[usize],
+    module: &[u8],
+    input: &str,
+    jobs: usize,
+    batch: usize,
+    workers: usize,
+) -> anyhow::Result<Vec<Layout>> {
+    anyhow::ensure!(!sizes.is_empty(), "--cluster: no cluster size given");
+    anyhow::ensure!(
+        jobs >= 8,
+        "--jobs: {jobs} is fewer than the eight queues to spread over"
+    );
+    let mut out = Vec::new();
+    for &masters in sizes {
+        anyhow::ensure!(
+            (1..=16).contains(&masters),
+            "a cluster of {masters} masters: between 1 and 16"
+        );
+        let cluster =
+            tokio::task::spawn_blocking(move || RedisCluster::try_start(masters, 0, None))
+                .await?
+                .map_err(anyhow::Error::msg)
+                .context("starting a local Redis Cluster (redis-server, see scripts/setup)")?;
+        for queues in [1, 8] {
+            out.push(
+                layout(
+                    &cluster, masters, queues, module, input, jobs, batch, workers,
+                )
+                .await
+                .with_context(|| format!("{masters} masters, {queues} queues"))?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn layout(
+    cluster: &RedisCluster,
+    masters: usize,
+    queues: usize,
+    module: &[u8],
+    input: &str,
+    jobs: usize,
+    batch: usize,
+    workers: usize,
+) -> anyhow::Result<Layout> {
+    let url = cluster.url();
+    let b = RedisBroker::connect(&url).await?;
+    let registry: Arc<dyn Registry> = Arc::new(RedisRegistry::new(b.connection()));
+    let broker: Arc<dyn Broker> = Arc::new(b);
+    let producer = Producer::new(broker.clone(), registry.clone());
+    let hash = registry.put_module(module).await?;
+    let names: Vec<String> = (0..queues).map(|i| format!("bench{queues}-{i}")).collect();
+    for name in &names {
+        let mut binding = TaskBinding::new(name, hash);
+        binding.queue = name.clone();
+        binding.retry = RetryPolicy::none();
+        registry.bind(binding).await?;
+    }
+    let exe = std::env::current_exe().context("this binary's path")?;
+    let cache = std::env::temp_dir().join(format!("runner-bench-cache-{}", std::process::id()));
+    let ids: Vec<String> = (0..workers)
+        .map(|i| format!("bench-cluster-{masters}m-{queues}q-{i}"))
+        .collect();
+    let _workers = Workers(
+        ids.iter()
+            .map(|id| {
+                Command::new(&exe)
+                    .args([
+                        "worker",
+                        "--redis",
+                        &url,
+                        "-Q",
+                        &names.join(","),
+                        "--id",
+                        id,
+                    ])
+                    .arg("--cache-dir")
+                    .arg(&cache)
+                    .env("RUST_LOG", "error")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("starting a `runner worker` process")
+            })
+            .collect::<anyhow::Result<_>>()?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let up = broker.workers().await?;
+        if ids.iter().all(|id| up.iter().any(|w| &w.id == id)) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("{workers} worker processes did not all start within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let queue_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut events = broker.subscribe().await?;
+    // Warm up: each worker has loaded the module and leased once.
+    for name in &names {
+        super::enqueue_jobs(&producer, name, input, 50, 50, None).await?;
+    }
+    super::wait_finals(&mut events, &queue_refs, 50 * queues, None).await?;
+
+    let before = master_commands(cluster)?;
+    let t0 = Instant::now();
+    let enqueue = {
+        let producer = producer.clone();
+        let (names, input) = (names.clone(), input.to_string());
+        tokio::spawn(async move {
+            // The queues' shares side by side, a batch of each in turn.
+            let per = jobs / names.len();
+            let mut left = vec![per; names.len()];
+            left[0] += jobs - per * names.len();
+            while left.iter().any(|&l| l > 0) {
+                for (name, l) in names.iter().zip(left.iter_mut()) {
+                    let n = (*l).min(batch.max(1));
+                    if n > 0 {
+                        super::enqueue_jobs(&producer, name, &input, n, n, None).await?;
+                        *l -= n;
+                    }
+                }
+            }
+            anyhow::Ok(())
+        })
+    };
+    let failed = super::wait_finals(&mut events, &queue_refs, jobs, None).await?;
+    let took = t0.elapsed();
+    enqueue.await??;
+    if failed > 0 {
+        bail!("{failed} jobs did not succeed");
+    }
+    let after = master_commands(cluster)?;
+    let spent: Vec<u64> = after
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| a.saturating_sub(*b))
+        .collect();
+    let total: u64 = spent.iter().sum();
+    let busiest = spent.iter().copied().max().unwrap_or(0);
+    Ok(Layout {
+        masters,
+        queues,
+        jobs_per_sec: jobs as f64 / took.as_secs_f64(),
+        commands_per_job: total as f64 / jobs as f64,
+        busiest_share: if total == 0 {
+            0.0
+        } else {
+            busiest as f64 / total as f64
+        },
+    })
+}
+
+pub fn print(layouts: &[Layout], jobs: usize, workers: usize) {
+    println!(
+        "redis cluster ({jobs} jobs per layout, enqueued while {workers} `runner worker` process{} drain; no replicas)",
+        if workers == 1 { "" } else { "es" }
+    );
+    for l in layouts {
+        let what = format!(
+            "{} masters, {} queue{}:",
+            l.masters,
+            l.queues,
+            if l.queues == 1 { "" } else { "s" }
+        );
+        println!(
+            "  {what:<22}{:>10.0} jobs/s  {:.2} commands per job  busiest master {:.0}% of them",
+            l.jobs_per_sec,
+            l.commands_per_job,
+            l.busiest_share * 100.0
+        );
+    }
+}
