@@ -467,3 +467,37 @@ fn bench_queue_drains_with_worker_processes() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("WARN"), "{stderr}");
 }
+
+/// `runner bench queue --cluster 3`: a local cluster of three masters, one
+/// queue then eight, each line with its figures; on one queue one master
+/// does nearly all the work (the others see heartbeats), on eight it is
+/// shared.
+#[test]
+fn bench_queue_measures_a_local_cluster() {
+    let out = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(["bench", "queue", "--jobs", "400", "--cluster", "3"])
+        .output()
+        .unwrap();
+    let stdout = crate::support::ok_stdout(&out);
+    let busiest = |layout: &str| -> f64 {
+        let line = stdout
+            .lines()
+            .find(|l| l.contains(layout))
+            .unwrap_or_else(|| panic!("no {layout:?} in {stdout}"));
+        let rate: f64 = line
+            .split_whitespace()
+            .find_map(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("no jobs/s in {line:?}"));
+        assert!(rate > 0.0, "{line}");
+        assert!(line.contains("commands per job"), "{line}");
+        line.split("busiest master ")
+            .nth(1)
+            .and_then(|r| r.split('%').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no busiest share in {line:?}"))
+    };
+    assert!(busiest("3 masters, 1 queue:") >= 90.0, "{stdout}");
+    assert!(busiest("3 masters, 8 queues:") < 90.0, "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("WARN"), "{stderr}");
+}

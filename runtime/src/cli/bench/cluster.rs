@@ -210,8 +210,9 @@ async fn layout(
 
 pub fn print(layouts: &[Layout], jobs: usize, workers: usize) {
     println!(
-        "redis cluster ({jobs} jobs per layout, enqueued while {workers} `runner worker` process{} drain; no replicas)",
-        if workers == 1 { "" } else { "es" }
+        "redis cluster ({jobs} jobs per layout, enqueued while {workers} `runner worker` process{} drain{} them; no replicas)",
+        if workers == 1 { "" } else { "es" },
+        if workers == 1 { "s" } else { "" }
     );
     for l in layouts {
         let what = format!(
