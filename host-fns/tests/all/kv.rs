@@ -198,6 +198,32 @@ async fn redis_store_semantics_and_quotas() {
     assert!(ttl > 86_000_000 && ttl <= 86_400_000, "ttl {ttl}");
 }
 
+/// The same store on a Redis Cluster of three masters: a namespace's keys
+/// share its hash tag, so its scripts run on one master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_store_semantics_and_quotas() {
+    let cluster = tokio::task::spawn_blocking(|| runner_test_support::RedisCluster::start(3, 0))
+        .await
+        .unwrap();
+    let seeds: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| format!("redis://127.0.0.1:{}/", n.port))
+        .collect();
+    let conn = redis::cluster::ClusterClient::new(seeds)
+        .expect("cluster client")
+        .get_async_connection()
+        .await
+        .expect("cluster connection");
+    let store = RedisKv::on(
+        runner_host_fns::redis_conn::Counted::cluster(conn),
+        "test:kv",
+    );
+    let kv = KvService::new(Arc::new(store));
+    semantics(&kv).await;
+    quotas(&kv).await;
+}
+
 #[tokio::test]
 async fn redis_down_is_transient() {
     let server = RedisServer::start();

@@ -27,9 +27,10 @@
 //! Outside the queues: `runner:{ids}:<hour>` (hash id -> queue of the jobs
 //! whose ids were made in that hour: the index by which status and revoke
 //! find a job's queue, kept at least as long as the records it names),
-//! `runner:queues` (set of names), `runner:worker:<id>`
-//! (heartbeats with a TTL) and `runner:workers` (their ids: listing workers
-//! scans nothing), pub/sub channels `runner:q:<queue>` (job events
+//! `runner:queues` (set of names), `runner:{workers}:<id>`
+//! (heartbeats with a TTL) and `runner:{workers}` (their ids: listing
+//! workers scans nothing and, all in one slot, reads one node of a
+//! cluster), pub/sub channels `runner:q:<queue>` (job events
 //! and wake-ups), `runner:control` (revokes and inspect requests) and
 //! `runner:reply:<id>` (workers' answers to one inspect request).
 //!
@@ -117,8 +118,13 @@ const ENQUEUE_CHUNK: usize = 1000;
 /// Entries a purge reads and changes per call.
 const PURGE_PAGE: usize = 500;
 /// The ids of workers that sent a heartbeat (each also has its key
-/// `runner:worker:<id>`, with a TTL).
-const WORKERS_KEY: &str = "runner:workers";
+/// `runner:{workers}:<id>`, with a TTL: one slot for all of them).
+const WORKERS_KEY: &str = "runner:{workers}";
+
+/// The heartbeat key of worker `id`.
+fn worker_key(id: &str) -> String {
+    format!("{WORKERS_KEY}:{id}")
+}
 
 /// How long past its due time an index entry is kept for a job that has
 /// not ended (plus its result TTL): a job that ends later refreshes it.
@@ -956,12 +962,8 @@ impl Broker for RedisBroker {
             *n
         };
         let mut pipe = redis::pipe();
-        pipe.set_ex(
-            format!("runner:worker:{}", worker.id),
-            json,
-            ttl.as_secs().max(1),
-        )
-        .ignore();
+        pipe.set_ex(worker_key(&worker.id), json, ttl.as_secs().max(1))
+            .ignore();
         if beats % 10 == 1 {
             pipe.sadd(WORKERS_KEY, &worker.id).ignore();
         }
@@ -971,7 +973,7 @@ impl Broker for RedisBroker {
 
     async fn worker_gone(&self, worker_id: &str) -> BrokerResult<()> {
         let _: () = redis::pipe()
-            .del(format!("runner:worker:{worker_id}"))
+            .del(worker_key(worker_id))
             .ignore()
             .srem(WORKERS_KEY, worker_id)
             .ignore()
@@ -988,7 +990,7 @@ impl Broker for RedisBroker {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = ids.iter().map(|i| format!("runner:worker:{i}")).collect();
+        let keys: Vec<String> = ids.iter().map(|i| worker_key(i)).collect();
         let vals: Vec<Option<String>> =
             redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
         let mut gone = Vec::new();
@@ -1957,6 +1959,16 @@ mod tests {
     /// key outside its slot (`cluster::a_script_that_strays_from_its_slot_is_refused`
     /// shows the refusal; the conformance suite on a cluster, that no
     /// script strays).
+    /// Listing workers reads one slot of a cluster: the set of ids and
+    /// every heartbeat share it.
+    #[test]
+    fn the_workers_keys_share_one_slot() {
+        use redis::cluster_routing::Slot;
+        for id in ["w-1", "bench-2x-0", "host:1234"] {
+            assert_eq!(Slot::for_key(worker_key(id)), Slot::for_key(WORKERS_KEY));
+        }
+    }
+
     #[test]
     fn every_script_is_sent_with_a_shebang() {
         let src = script_source("return 1");

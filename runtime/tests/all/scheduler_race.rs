@@ -11,7 +11,7 @@ use runner::queue::Job;
 use runner::scheduler::Beat;
 use tempfile::TempDir;
 
-use crate::redis_support::RedisServer;
+use crate::redis_support::{RedisCluster, RedisServer};
 use crate::scheduler::{QUEUE, bind_task, replica, take_jobs, take_jobs_from};
 use crate::wiring::{Proc, toml_str, write_config};
 
@@ -212,7 +212,23 @@ async fn a_read_only_redis_delays_fires_and_loses_none() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_fire_each_second_exactly_once() {
     let server = RedisServer::start();
-    let url = server.url();
+    each_second_exactly_once(&server.url()).await;
+}
+
+/// The same race on a Redis Cluster of three masters: the beats, their
+/// fire claims and the queue live in different slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_on_a_cluster_fire_each_second_exactly_once() {
+    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3, 0))
+        .await
+        .unwrap();
+    each_second_exactly_once(&cluster.url()).await;
+}
+
+/// Three replicas on `url`; one is killed (its task aborted) halfway:
+/// every second fires once, without gaps.
+async fn each_second_exactly_once(url: &str) {
+    let url = url.to_string();
     bind_task(&url, "tick").await;
 
     let mut replicas = Vec::new();
