@@ -144,7 +144,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<(Arc<dyn Broker>, Arc<dy
             let broker = RedisBroker::connect_with(url, &redis_tls(config))
                 .await
                 .with_context(|| format!("connecting to Redis at {}", redact_url(url)))?;
-            let registry = RedisRegistry::new(broker.connection());
+            let registry = RedisRegistry::cached(broker.connection(), broker.endpoint());
             Ok((Arc::new(broker), Arc::new(registry)))
         }
         None => {

@@ -7,11 +7,12 @@
 //! embedded broker). This layer stores and returns; validating a component
 //! and checking grants against its imports belong to the upload path.
 
+pub mod cache;
 pub mod grants;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -133,13 +134,40 @@ pub trait Registry: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct RedisRegistry {
     conn: Counted,
+    /// Bindings read, while their change feed is up (`cache.rs`).
+    cache: Option<Arc<cache::BindingCache>>,
 }
 
 impl RedisRegistry {
     /// A registry on an open connection (the broker's: see
-    /// `RedisBroker::connection`).
+    /// `RedisBroker::connection`) that reads every binding from Redis.
     pub fn new(conn: Counted) -> Self {
-        RedisRegistry { conn }
+        RedisRegistry { conn, cache: None }
+    }
+
+    /// A registry that keeps the bindings it read while it hears every
+    /// re-bind on `endpoint` (see `cache.rs`): what producers use, so that
+    /// an enqueue does not read its task's binding first.
+    pub fn cached(conn: Counted, endpoint: &crate::queue::redis::RedisEndpoint) -> Self {
+        Self::cached_for(conn, endpoint, cache::BINDING_CACHE_FOR)
+    }
+
+    /// [`RedisRegistry::cached`], keeping an entry at most `max_age`.
+    pub fn cached_for(
+        conn: Counted,
+        endpoint: &crate::queue::redis::RedisEndpoint,
+        max_age: std::time::Duration,
+    ) -> Self {
+        RedisRegistry {
+            conn,
+            cache: Some(cache::BindingCache::start(endpoint.clone(), max_age)),
+        }
+    }
+
+    async fn read_task(&self, name: &str) -> Result<Option<TaskBinding>, RegistryError> {
+        let v: Option<String> = self.conn.clone().hget("runner:tasks", name).await?;
+        v.map(|v| serde_json::from_str(&v).map_err(|e| RegistryError::Corrupt(e.to_string())))
+            .transpose()
     }
 
     /// Connects to `url` (one server or a cluster, as the broker does).
@@ -231,14 +259,28 @@ impl Registry for RedisRegistry {
                 .ltrim(&key, 0, HISTORY_KEEP - 1)
                 .ignore();
         }
+        // Every cached registry forgets the name (`cache.rs`).
+        pipe.publish(cache::TASKS_CHANNEL, &binding.name).ignore();
         pipe.query_async::<()>(&mut conn).await?;
+        if let Some(cache) = &self.cache {
+            cache.forget(&binding.name);
+        }
         Ok(())
     }
 
     async fn task(&self, name: &str) -> Result<Option<TaskBinding>, RegistryError> {
-        let v: Option<String> = self.conn.clone().hget("runner:tasks", name).await?;
-        v.map(|v| serde_json::from_str(&v).map_err(|e| RegistryError::Corrupt(e.to_string())))
-            .transpose()
+        let Some(cache) = &self.cache else {
+            return self.read_task(name).await;
+        };
+        if let Some(b) = cache.get(name) {
+            return Ok(Some(b));
+        }
+        let ticket = cache.before_read();
+        let read = self.read_task(name).await?;
+        if let Some(b) = &read {
+            cache.store(ticket, b);
+        }
+        Ok(read)
     }
 
     async fn tasks(&self) -> Result<Vec<TaskBinding>, RegistryError> {

@@ -21,6 +21,7 @@ mod python;
 mod queue_conformance;
 mod rate_limit;
 pub(crate) mod redis_tls;
+mod registry;
 mod sandbox;
 mod scenarios;
 mod scheduler;

@@ -101,7 +101,7 @@ async fn layout(
 ) -> anyhow::Result<Layout> {
     let url = cluster.url();
     let b = RedisBroker::connect(&url).await?;
-    let registry: Arc<dyn Registry> = Arc::new(RedisRegistry::new(b.connection()));
+    let registry: Arc<dyn Registry> = Arc::new(RedisRegistry::cached(b.connection(), b.endpoint()));
     let broker: Arc<dyn Broker> = Arc::new(b);
     let producer = Producer::new(broker.clone(), registry.clone());
     let hash = registry.put_module(module).await?;

@@ -111,7 +111,10 @@ pub async fn execute(args: QueueBench) -> anyhow::Result<ExitCode> {
     let mut count = CommandCount::connect(&url).await?;
 
     let producer_broker = RedisBroker::connect(&url).await?;
-    let registry: Arc<dyn Registry> = Arc::new(RedisRegistry::new(producer_broker.connection()));
+    let registry: Arc<dyn Registry> = Arc::new(RedisRegistry::cached(
+        producer_broker.connection(),
+        producer_broker.endpoint(),
+    ));
     let (bytes, module_name) = bench_module(args.module.as_deref())?;
     let hash = registry.put_module(&bytes).await?;
     let mut binding = TaskBinding::new("bench", hash);

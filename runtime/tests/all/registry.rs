@@ -1,0 +1,88 @@
+//! The cached Redis registry (`registry/cache.rs`): a producer reads a task's
+//! binding once, not on every enqueue, and hears every re-bind.
+
+use std::time::{Duration, Instant};
+
+use runner::queue::redis::RedisEndpoint;
+use runner::registry::{ModuleHash, RedisRegistry, Registry, TaskBinding};
+
+use crate::redis_support::RedisServer;
+
+/// `HGET` calls the server has run (INFO commandstats).
+fn hgets(server: &RedisServer) -> u64 {
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut c = client.get_connection().unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut c)
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_hget:"))
+        .and_then(|f| f.split(',').find_map(|kv| kv.strip_prefix("calls=")))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn registry(server: &RedisServer, cached: bool) -> RedisRegistry {
+    let endpoint = RedisEndpoint::open(&server.url(), &Default::default()).unwrap();
+    let conn = endpoint.connect().await.unwrap();
+    if cached {
+        // An hour: only a change heard can make it read again.
+        RedisRegistry::cached_for(conn, &endpoint, Duration::from_secs(3600))
+    } else {
+        RedisRegistry::new(conn)
+    }
+}
+
+fn module(byte: u8) -> ModuleHash {
+    ModuleHash::of(&[byte])
+}
+
+async fn bind(r: &RedisRegistry, m: ModuleHash) {
+    r.bind(TaskBinding::new("t", m)).await.unwrap();
+}
+
+async fn module_of(r: &RedisRegistry) -> ModuleHash {
+    r.task("t").await.unwrap().expect("bound").module
+}
+
+/// Two processes' registries: the producer's keeps what it read (a second
+/// read sends nothing), forgets it when the other re-binds the name (its
+/// entries would last an hour otherwise), and sees its own re-bind at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_registry_reads_once_and_hears_every_rebind() {
+    let server = RedisServer::start();
+    let producer = registry(&server, true).await;
+    let admin = registry(&server, false).await;
+    bind(&admin, module(1)).await;
+
+    // Once its change feed is up, a read is served from the cache.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert_eq!(module_of(&producer).await, module(1));
+        let before = hgets(&server);
+        assert_eq!(module_of(&producer).await, module(1));
+        if hgets(&server) == before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "every read still goes to Redis");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = hgets(&server);
+    for _ in 0..10 {
+        assert_eq!(module_of(&producer).await, module(1));
+    }
+    assert_eq!(hgets(&server), before, "cached reads send no HGET");
+
+    // Another process re-binds: heard, not waited out.
+    bind(&admin, module(2)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while module_of(&producer).await != module(2) {
+        assert!(Instant::now() < deadline, "the re-bind was not heard");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Its own re-bind: at once.
+    bind(&producer, module(3)).await;
+    assert_eq!(module_of(&producer).await, module(3));
+}
