@@ -192,7 +192,19 @@ pub struct RedisCluster {
 pub struct ClusterNode {
     pub port: u16,
     pub bus_port: u16,
+    /// The TLS port, on a cluster started with [`ClusterTls`].
+    pub tls_port: Option<u16>,
     child: Option<Child>,
+}
+
+/// PEM files for a cluster whose clients and bus speak TLS: every node
+/// also listens on a TLS port (`tls-cluster yes`: TLS clients are told the
+/// TLS ports, the helper's own plain connections the plain ones).
+#[derive(Clone, Debug)]
+pub struct ClusterTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
 }
 
 type Fallible<T> = Result<T, String>;
@@ -231,8 +243,22 @@ impl RedisCluster {
         Self::try_start(masters, replicas, Some(acl)).expect("starting a Redis Cluster")
     }
 
+    /// With TLS for clients and for the cluster bus (see [`ClusterTls`]).
+    pub fn start_with_tls(masters: usize, tls: &ClusterTls) -> Self {
+        Self::try_start_full(masters, 0, None, Some(tls)).expect("starting a TLS Redis Cluster")
+    }
+
     /// [`RedisCluster::start`] that says what failed instead of panicking.
     pub fn try_start(masters: usize, replicas: usize, acl: Option<&str>) -> Fallible<Self> {
+        Self::try_start_full(masters, replicas, acl, None)
+    }
+
+    fn try_start_full(
+        masters: usize,
+        replicas: usize,
+        acl: Option<&str>,
+        tls: Option<&ClusterTls>,
+    ) -> Fallible<Self> {
         if masters == 0 {
             return Err("a cluster needs at least one master".into());
         }
@@ -248,7 +274,22 @@ impl RedisCluster {
             let node_dir = cluster._dir.path().join(format!("node{i}"));
             std::fs::create_dir_all(&node_dir).map_err(|e| format!("a node dir: {e}"))?;
             let (port, bus_port) = (free_port(), free_port());
+            let tls_port = tls.map(|_| free_port());
             let mut cmd = Command::new("redis-server");
+            if let (Some(tls), Some(tls_port)) = (tls, tls_port) {
+                cmd.arg("--tls-port")
+                    .arg(tls_port.to_string())
+                    .arg("--tls-cluster")
+                    .arg("yes")
+                    .arg("--tls-cert-file")
+                    .arg(&tls.cert)
+                    .arg("--tls-key-file")
+                    .arg(&tls.key)
+                    .arg("--tls-ca-cert-file")
+                    .arg(&tls.ca)
+                    .arg("--tls-auth-clients")
+                    .arg("no");
+            }
             cmd.arg("--port")
                 .arg(port.to_string())
                 .arg("--cluster-port")
@@ -289,6 +330,7 @@ impl RedisCluster {
             cluster.nodes.push(ClusterNode {
                 port,
                 bus_port,
+                tls_port,
                 child: Some(child),
             });
         }
@@ -379,6 +421,16 @@ impl RedisCluster {
     /// The URL as ACL user `user` with `password`.
     pub fn url_as(&self, user: &str, password: &str) -> String {
         format!("redis+cluster://{user}:{password}@{}/", self.seeds())
+    }
+
+    /// `rediss+cluster://` with the masters' TLS ports as seeds.
+    pub fn tls_url(&self) -> String {
+        let seeds: Vec<String> = self.nodes[..self.masters]
+            .iter()
+            .filter_map(|n| n.tls_port)
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("rediss+cluster://{}/", seeds.join(","))
     }
 
     fn seeds(&self) -> String {

@@ -267,3 +267,38 @@ async fn the_processes_run_everything_on_a_cluster() {
         .unwrap();
     assert_eq!(job.state, JobState::Success, "{job:?}");
 }
+
+/// `rediss+cluster://`: a cluster whose nodes speak TLS to clients and to
+/// each other, reached with the test CA; scripts and pub/sub go over TLS
+/// (two cases of the conformance suite: a job's whole life, and a wait
+/// woken by the job's end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_over_tls_runs_the_broker() {
+    use runner::queue::redis::RedisTls;
+    use runner_test_support::ClusterTls;
+
+    let certs = crate::redis_tls::Certs::new();
+    let files = RedisTls {
+        ca: Some(certs.path("ca.pem")),
+        ..RedisTls::default()
+    };
+    for case in 0..2 {
+        let tls = ClusterTls {
+            cert: certs.path("server.pem"),
+            key: certs.path("server.key"),
+            ca: certs.path("ca.pem"),
+        };
+        let cluster = tokio::task::spawn_blocking(move || RedisCluster::start_with_tls(3, &tls))
+            .await
+            .unwrap();
+        let url = cluster.tls_url();
+        assert!(url.starts_with("rediss+cluster://"), "{url}");
+        let broker = RedisBroker::connect_with(&url, &files).await.unwrap();
+        let env = crate::queue_conformance::on_cluster(broker, cluster).await;
+        if case == 0 {
+            crate::queue_conformance::enqueue_lease_and_succeed(env).await;
+        } else {
+            crate::queue_conformance::wait_is_woken_by_the_end(env).await;
+        }
+    }
+}

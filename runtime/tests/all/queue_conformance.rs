@@ -73,6 +73,17 @@ pub async fn cluster() -> Env {
     }
 }
 
+/// An environment on `broker`, on a cluster the environment keeps.
+pub(crate) async fn on_cluster(broker: RedisBroker, cluster: RedisCluster) -> Env {
+    let broker: Arc<dyn Broker> = Arc::new(broker);
+    Env {
+        producer: Producer::new(broker.clone(), registry().await),
+        broker,
+        _redis: None,
+        _cluster: Some(cluster),
+    }
+}
+
 /// Redis, as the ACL user of `deploy/redis-users.acl`: every case of the
 /// suite also checks that the documented rules allow what the broker does.
 pub async fn redis() -> Env {
@@ -143,7 +154,7 @@ fn call(input: &str) -> EnqueueRequest {
     EnqueueRequest::task("echo", input)
 }
 
-async fn enqueue_lease_and_succeed(env: Env) {
+pub(crate) async fn enqueue_lease_and_succeed(env: Env) {
     let b = &env.broker;
     let mut ids = Vec::new();
     for i in 0..3 {
@@ -554,7 +565,7 @@ async fn revoke_queued_running_and_final(env: Env) {
     );
 }
 
-async fn wait_is_woken_by_the_end(env: Env) {
+pub(crate) async fn wait_is_woken_by_the_end(env: Env) {
     let b = env.broker.clone();
     let id = env.producer.enqueue(call("{}")).await.unwrap().job.id;
     // Not final yet: a short wait returns the live state.
