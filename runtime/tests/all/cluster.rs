@@ -4,7 +4,7 @@
 //! cluster is `queue_conformance::redis_cluster`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use runner::producer::{EnqueueRequest, Producer};
 use runner::queue::{Broker, JobId, JobState, RedisBroker};
@@ -156,12 +156,11 @@ async fn a_script_that_strays_from_its_slot_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_processes_run_everything_on_a_cluster() {
     use runner::app::Core;
-    use runner::config::Config;
     use serde_json::{Value, json};
 
     use crate::redis_support::free_port;
-    use crate::support::{blocking_http_client, guest, sandbox};
-    use crate::wiring::{Proc, toml_str, write_config};
+    use crate::support::{guest, sandbox};
+    use crate::wiring::{ApiProc, beat_ran, start_deployment, toml_str};
 
     const TOKEN: &str = "cluster-admin-token";
     let cluster = start_cluster(3, 0).await;
@@ -179,92 +178,33 @@ async fn the_processes_run_everything_on_a_cluster() {
         toml_str(guest("hello").to_str().unwrap()),
         toml_str(guest("kv_guard").to_str().unwrap()),
     );
-    let path = write_config(&dir, &text);
-    let mut config = Config::from_toml(&text).unwrap();
-    config.base_dir = dir.path().to_path_buf();
-    let _api = Proc::start(&["serve"], &path);
-    let _worker = Proc::start(&["worker", "-c", "2"], &path);
-    let _scheduler = Proc::start(&["scheduler"], &path);
+    let deployed = start_deployment(&dir, &text);
 
-    let http = blocking_http_client();
-    let base = format!("http://{listen}");
-    let call = |method: reqwest::Method, path: &str, body: Option<Value>| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let mut req = http
-                .request(method.clone(), format!("{base}{path}"))
-                .bearer_auth(TOKEN);
-            if let Some(b) = &body {
-                req = req.json(b);
-            }
-            match req.send() {
-                Ok(r) => {
-                    let status = r.status();
-                    let text = r.text().unwrap();
-                    return (
-                        status,
-                        serde_json::from_str::<Value>(&text).unwrap_or(json!(text)),
-                    );
-                }
-                Err(e) => {
-                    assert!(Instant::now() < deadline, "the API did not come up: {e}");
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-        }
-    };
-    let run = |task: &str, input: Value| {
-        let (s, body) = call(
-            reqwest::Method::POST,
-            "/v1/jobs",
-            Some(json!({ "task": task, "input": input })),
-        );
-        assert_eq!(s, 202, "{body}");
-        let id = body["id"].as_str().unwrap().to_string();
-        let (s, job) = call(
-            reqwest::Method::GET,
-            &format!("/v1/jobs/{id}?wait=60s"),
-            None,
-        );
-        assert_eq!(s, 200, "{job}");
-        job
+    let api = ApiProc::new(&listen, TOKEN);
+    let json_of = |(s, body): (reqwest::StatusCode, String)| {
+        assert_eq!(s, 200, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()
     };
     tokio::task::block_in_place(|| {
-        let job = run("hello", json!({ "name": "Cluster" }));
+        let job = api.run("hello", json!({ "name": "Cluster" }));
         assert_eq!(job["state"], "SUCCESS", "{job}");
         assert_eq!(job["result"]["greeting"], "Hello, Cluster!", "{job}");
-        let first = run("guard", json!({ "key": "once" }));
+        let first = api.run("guard", json!({ "key": "once" }));
         assert_eq!(first["state"], "SUCCESS", "{first}");
-        let second = run("guard", json!({ "key": "once" }));
+        let second = api.run("guard", json!({ "key": "once" }));
         assert_eq!(second["state"], "SUCCESS", "{second}");
         assert_ne!(first["result"], second["result"], "the kv guard remembers");
-        let (s, workers) = call(reqwest::Method::GET, "/v1/workers", None);
-        assert_eq!(s, 200, "{workers}");
+        let workers = json_of(api.call(reqwest::Method::GET, "/v1/workers", None));
         assert!(workers.to_string().contains("\"queues\""), "{workers}");
-        let (s, queues) = call(reqwest::Method::GET, "/v1/queues", None);
-        assert_eq!(s, 200, "{queues}");
+        let queues = json_of(api.call(reqwest::Method::GET, "/v1/queues", None));
         assert!(queues.to_string().contains("\"default\""), "{queues}");
-        let (s, jobs) = call(reqwest::Method::GET, "/v1/jobs?limit=10", None);
-        assert_eq!(s, 200, "{jobs}");
+        let jobs = json_of(api.call(reqwest::Method::GET, "/v1/jobs?limit=10", None));
         assert!(jobs.to_string().contains("Hello, Cluster!"), "{jobs}");
     });
 
     // The scheduler process fired the beat, and the worker ran it.
-    let core = Core::open(&config, sandbox()).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let fired = loop {
-        if let Some(last) = core.scheduler.get("tick").await.unwrap().last_fire {
-            break last.job;
-        }
-        assert!(Instant::now() < deadline, "the beat did not fire in 30 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let job = core
-        .broker
-        .wait(fired, Duration::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap();
+    let core = Core::open(&deployed.config, sandbox()).await.unwrap();
+    let job = beat_ran(&core, "tick").await;
     assert_eq!(job.state, JobState::Success, "{job:?}");
 }
 

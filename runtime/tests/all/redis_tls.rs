@@ -8,16 +8,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use runner::app::Core;
-use runner::config::Config;
 use runner::producer::EnqueueRequest;
 use runner::queue::redis::{RedisTls, open_client_with};
 use runner::queue::{Broker, Job, JobState, RedisBroker, RevokeOutcome};
-use serde_json::{Value, json};
+use serde_json::json;
 use tempfile::TempDir;
 
 use crate::redis_support::free_port;
-use crate::support::{blocking_http_client, guest, sandbox};
-use crate::wiring::{Proc, toml_str, write_config};
+use crate::support::{guest, sandbox};
+use crate::wiring::{ApiProc, beat_ran, start_deployment, toml_str};
 
 /// A test CA, a server certificate for 127.0.0.1 signed by it, and a
 /// client certificate signed by it, as PEM files in a temp dir.
@@ -325,85 +324,25 @@ async fn an_acl_user_with_the_documented_rules_runs_everything() {
             toml_str(guest("kv_guard").to_str().unwrap()),
         )
     };
-    let text = config_text(password);
-    let path = write_config(&dir, &text);
-    let mut config = Config::from_toml(&text).unwrap();
-    config.base_dir = dir.path().to_path_buf();
-
-    let _api = Proc::start(&["serve"], &path);
-    let _worker = Proc::start(&["worker", "-c", "2"], &path);
-    let _scheduler = Proc::start(&["scheduler"], &path);
+    let deployed = start_deployment(&dir, &config_text(password));
+    let config = &deployed.config;
 
     // Through the API process: bind-at-start, enqueue, long poll.
-    let http = blocking_http_client();
-    let base = format!("http://{listen}");
-    let call = |method: reqwest::Method, path: &str, body: Option<Value>| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let mut req = http.request(method.clone(), format!("{base}{path}"));
-            req = req.bearer_auth(TOKEN);
-            if let Some(b) = &body {
-                req = req.json(b);
-            }
-            match req.send() {
-                Ok(r) => {
-                    let status = r.status();
-                    let text = r.text().unwrap();
-                    return (status, text);
-                }
-                Err(e) => {
-                    assert!(Instant::now() < deadline, "the API did not come up: {e}");
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-        }
-    };
-    let run = |task: &str, input: Value| {
-        let (s, body) = call(
-            reqwest::Method::POST,
-            "/v1/jobs",
-            Some(json!({ "task": task, "input": input })),
-        );
-        assert_eq!(s, 202, "{body}");
-        let id = serde_json::from_str::<Value>(&body).unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let (s, body) = call(
-            reqwest::Method::GET,
-            &format!("/v1/jobs/{id}?wait=60s"),
-            None,
-        );
-        assert_eq!(s, 200, "{body}");
-        serde_json::from_str::<Value>(&body).unwrap()
-    };
-    let job = tokio::task::block_in_place(|| run("hello", json!({ "name": "TLS" })));
+    let api = ApiProc::new(&listen, TOKEN);
+    let job = tokio::task::block_in_place(|| api.run("hello", json!({ "name": "TLS" })));
     assert_eq!(job["state"], "SUCCESS", "{job}");
-    let job = tokio::task::block_in_place(|| run("guard", json!({ "key": "once" })));
+    let job = tokio::task::block_in_place(|| api.run("guard", json!({ "key": "once" })));
     assert_eq!(job["state"], "SUCCESS", "{job}");
     let (s, workers) =
-        tokio::task::block_in_place(|| call(reqwest::Method::GET, "/v1/workers", None));
+        tokio::task::block_in_place(|| api.call(reqwest::Method::GET, "/v1/workers", None));
     assert_eq!(s, 200, "{workers}");
     assert!(workers.contains("\"queues\""), "{workers}");
     assert!(!workers.contains(password), "{workers}");
 
     // In this process too, as the same user: the scheduler process fired
     // the beat, and revoke, stats and replay are allowed.
-    let core = Core::open(&config, sandbox()).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let fired = loop {
-        if let Some(last) = core.scheduler.get("tick").await.unwrap().last_fire {
-            break last.job;
-        }
-        assert!(Instant::now() < deadline, "the beat did not fire in 30 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let job = core
-        .broker
-        .wait(fired, Duration::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap();
+    let core = Core::open(config, sandbox()).await.unwrap();
+    let job = beat_ran(&core, "tick").await;
     assert_eq!(job.state, JobState::Success, "{job:?}");
     let parked = core
         .producer

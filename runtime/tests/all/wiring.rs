@@ -77,6 +77,116 @@ impl Drop for Proc {
     }
 }
 
+/// The three processes of a deployment on one `runner.toml`: `runner
+/// serve`, `runner worker -c 2` and `runner scheduler`, stopped when
+/// dropped; `config` is the file as this process reads it.
+pub(crate) struct Deployment {
+    pub(crate) config: Config,
+    _procs: Vec<Proc>,
+}
+
+/// Writes `text` into `dir` as `runner.toml` and starts its processes.
+pub(crate) fn start_deployment(dir: &TempDir, text: &str) -> Deployment {
+    let path = write_config(dir, text);
+    let mut config = Config::from_toml(text).unwrap();
+    config.base_dir = dir.path().to_path_buf();
+    Deployment {
+        config,
+        _procs: vec![
+            Proc::start(&["serve"], &path),
+            Proc::start(&["worker", "-c", "2"], &path),
+            Proc::start(&["scheduler"], &path),
+        ],
+    }
+}
+
+/// A blocking client of the API of a `runner serve` process a test
+/// started: each call retries until the process answers (60 s at most).
+pub(crate) struct ApiProc {
+    http: reqwest::blocking::Client,
+    base: String,
+    token: String,
+}
+
+impl ApiProc {
+    /// The API listening on `listen`, called with bearer `token`.
+    pub(crate) fn new(listen: &str, token: &str) -> ApiProc {
+        ApiProc {
+            http: crate::support::blocking_http_client(),
+            base: format!("http://{listen}"),
+            token: token.to_string(),
+        }
+    }
+
+    /// One call: the status and the body.
+    pub(crate) fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (reqwest::StatusCode, String) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut req = self
+                .http
+                .request(method.clone(), format!("{}{path}", self.base))
+                .bearer_auth(&self.token);
+            if let Some(b) = &body {
+                req = req.json(b);
+            }
+            match req.send() {
+                Ok(r) => {
+                    let status = r.status();
+                    return (status, r.text().unwrap());
+                }
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "the API did not come up: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    /// Enqueues a job of `task` (202) and long-polls it (60 s): the job.
+    pub(crate) fn run(&self, task: &str, input: serde_json::Value) -> serde_json::Value {
+        let (s, body) = self.call(
+            reqwest::Method::POST,
+            "/v1/jobs",
+            Some(serde_json::json!({ "task": task, "input": input })),
+        );
+        assert_eq!(s, 202, "{body}");
+        let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (s, body) = self.call(
+            reqwest::Method::GET,
+            &format!("/v1/jobs/{id}?wait=60s"),
+            None,
+        );
+        assert_eq!(s, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+/// Waits (30 s) until beat `name` fired (the scheduler process says so
+/// through `core`), then for its job's end: the job.
+pub(crate) async fn beat_ran(core: &Core, name: &str) -> Job {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let fired = loop {
+        if let Some(last) = core.scheduler.get(name).await.unwrap().last_fire {
+            break last.job;
+        }
+        assert!(Instant::now() < deadline, "the beat did not fire in 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    core.broker
+        .wait(fired, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 /// The config's tasks bound, as the API process would do at start-up.
 async fn deploy(config: &Config) -> Core {
     let core = Core::open(config, sandbox()).await.unwrap();

@@ -14,9 +14,8 @@
 //! the busiest master's share of them (1/N when the load is even).
 //! `docs/scaling.md` reads these figures.
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use runner_test_support::RedisCluster;
@@ -64,6 +63,8 @@ pub async fn run(
         jobs >= 8,
         "--jobs: {jobs} is fewer than the eight queues to spread over"
     );
+    // The worker processes' compiled modules, shared by every layout.
+    let cache = std::env::temp_dir().join(format!("runner-bench-cache-{}", std::process::id()));
     let mut out = Vec::new();
     for &masters in sizes {
         anyhow::ensure!(
@@ -76,15 +77,21 @@ pub async fn run(
                 .map_err(anyhow::Error::msg)
                 .context("starting a local Redis Cluster (redis-server, see scripts/setup)")?;
         for queues in [1, 8] {
-            out.push(
-                layout(
-                    &cluster, masters, queues, module, input, jobs, batch, workers,
-                )
-                .await
-                .with_context(|| format!("{masters} masters, {queues} queues"))?,
-            );
+            let measured = layout(
+                &cluster, masters, queues, module, input, jobs, batch, workers, &cache,
+            )
+            .await
+            .with_context(|| format!("{masters} masters, {queues} queues"));
+            match measured {
+                Ok(l) => out.push(l),
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&cache);
+                    return Err(e);
+                }
+            }
         }
     }
+    let _ = std::fs::remove_dir_all(&cache);
     Ok(out)
 }
 
@@ -98,6 +105,7 @@ async fn layout(
     jobs: usize,
     batch: usize,
     workers: usize,
+    cache: &std::path::Path,
 ) -> anyhow::Result<Layout> {
     let url = cluster.url();
     let b = RedisBroker::connect(&url).await?;
@@ -112,45 +120,10 @@ async fn layout(
         binding.retry = RetryPolicy::none();
         registry.bind(binding).await?;
     }
-    let exe = std::env::current_exe().context("this binary's path")?;
-    let cache = std::env::temp_dir().join(format!("runner-bench-cache-{}", std::process::id()));
     let ids: Vec<String> = (0..workers)
         .map(|i| format!("bench-cluster-{masters}m-{queues}q-{i}"))
         .collect();
-    let _workers = Workers(
-        ids.iter()
-            .map(|id| {
-                Command::new(&exe)
-                    .args([
-                        "worker",
-                        "--redis",
-                        &url,
-                        "-Q",
-                        &names.join(","),
-                        "--id",
-                        id,
-                    ])
-                    .arg("--cache-dir")
-                    .arg(&cache)
-                    .env("RUST_LOG", "error")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .context("starting a `runner worker` process")
-            })
-            .collect::<anyhow::Result<_>>()?,
-    );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let up = broker.workers().await?;
-        if ids.iter().all(|id| up.iter().any(|w| &w.id == id)) {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("{workers} worker processes did not all start within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let _workers = Workers::start(&url, &names.join(","), &ids, cache, &broker).await?;
     let queue_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut events = broker.subscribe().await?;
     // Warm up: each worker has loaded the module and leased once.

@@ -15,7 +15,52 @@ use crate::producer::Producer;
 use crate::queue::Broker;
 
 /// Worker processes of one step, killed on drop.
-pub(super) struct Workers(pub(super) Vec<Child>);
+pub(super) struct Workers(Vec<Child>);
+
+impl Workers {
+    /// `runner worker` processes of this binary on `url`, one per id of
+    /// `ids`, serving `queues` (comma-separated) with default settings and
+    /// compiled modules in `cache_dir`; returned once each has sent its
+    /// first heartbeat (60 s at most).
+    pub(super) async fn start(
+        url: &str,
+        queues: &str,
+        ids: &[String],
+        cache_dir: &std::path::Path,
+        broker: &Arc<dyn Broker>,
+    ) -> anyhow::Result<Workers> {
+        let exe = std::env::current_exe().context("this binary's path")?;
+        let workers = Workers(
+            ids.iter()
+                .map(|id| {
+                    Command::new(&exe)
+                        .args(["worker", "--redis", url, "-Q", queues, "--id", id])
+                        .arg("--cache-dir")
+                        .arg(cache_dir)
+                        .env("RUST_LOG", "error")
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .context("starting a `runner worker` process")
+                })
+                .collect::<anyhow::Result<_>>()?,
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let up = broker.workers().await?;
+            if ids.iter().all(|id| up.iter().any(|w| &w.id == id)) {
+                return Ok(workers);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} worker processes did not all start within 60 s",
+                    ids.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
 
 impl Drop for Workers {
     fn drop(&mut self) {
@@ -88,36 +133,10 @@ pub async fn step(
     broker: &Arc<dyn Broker>,
     cache_dir: &std::path::Path,
 ) -> anyhow::Result<Step> {
-    let exe = std::env::current_exe().context("this binary's path")?;
     let ids: Vec<String> = (0..n).map(|i| format!("bench-{n}x-{i}")).collect();
-    let workers = Workers(
-        ids.iter()
-            .map(|id| {
-                Command::new(&exe)
-                    .args(["worker", "--redis", url, "-Q", queue, "--id", id])
-                    .arg("--cache-dir")
-                    .arg(cache_dir)
-                    .env("RUST_LOG", "error")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .context("starting a `runner worker` process")
-            })
-            .collect::<anyhow::Result<_>>()?,
-    );
     // Every worker is up (its first heartbeat), then warmed up: each has
     // loaded the module and leased once before the clock starts.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let up = broker.workers().await?;
-        if ids.iter().all(|id| up.iter().any(|w| &w.id == id)) {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("{n} worker processes did not all start within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let workers = Workers::start(url, queue, &ids, cache_dir, broker).await?;
     let mut events = broker.subscribe().await?;
     let warm = 100 * n;
     super::enqueue_jobs(producer, task, input, warm, warm, None).await?;
