@@ -70,7 +70,8 @@ pub struct QueueBench {
     pub workers: Vec<usize>,
     /// Instead of the figures above: the same jobs on local Redis Clusters
     /// of these sizes (masters; `--cluster` alone: 3, then 6), on one
-    /// queue and on eight (`cluster.rs`).
+    /// queue and on eight (`cluster.rs`). Runs `redis-server` from PATH
+    /// (not `--redis-server`).
     #[arg(long, value_delimiter = ',', num_args = 0.., default_missing_value = "3,6")]
     pub cluster: Option<Vec<usize>>,
     /// Worker processes for `--cluster`.
