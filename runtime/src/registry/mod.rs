@@ -2,9 +2,10 @@
 //! module with their defaults (queue, retry policy, limits, rate limit) and
 //! grants. Workers resolve a job's module here; producers resolve task names.
 //!
-//! Two stores: [`RedisRegistry`] (every worker on every machine sees it) and
-//! [`LocalRegistry`] (memory, optionally backed by a directory; for the
-//! embedded broker). This layer stores and returns; validating a component
+//! Two stores: [`RedisRegistry`] (every worker on every machine sees it;
+//! each process keeps the bindings it read while it hears every re-bind,
+//! `cache.rs`) and [`LocalRegistry`] (memory, optionally backed by a
+//! directory; for the embedded broker). This layer stores and returns; validating a component
 //! and checking grants against its imports belong to the upload path.
 
 pub mod cache;
