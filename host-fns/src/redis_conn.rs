@@ -25,8 +25,8 @@
 //! command goes to the master of its key's slot, following `MOVED` and
 //! `ASK` and refreshing the slot map when a master fails over. A pipeline
 //! whose commands live in one slot goes out as one pipeline; one that
-//! spans slots (a worker's heartbeat and the set of workers, one read per
-//! queue) is sent as its commands, concurrently, each to its own node, and
+//! spans slots (one read per queue, a binding and its history) is sent as
+//! its commands, concurrently, each to its own node, and
 //! answered in order: the callers keep one code path for both. A `MULTI`
 //! over several slots cannot be atomic on a cluster; it runs the same way,
 //! and only the runner's own non-critical pairs do that (a binding and its
