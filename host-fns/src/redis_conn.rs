@@ -292,10 +292,60 @@ fn one_slot(pipeline: &Pipeline) -> bool {
     true
 }
 
+/// Commands that only read: sent a second time when the connection they
+/// went out on turns out to be dead. After Redis restarts, a
+/// [`ConnectionManager`] learns that its connection is gone from the first
+/// command that fails, then reconnects; a read that failed that way is
+/// safe to send again, so it does not surface as an error (a 503 from the
+/// API). Writes are not repeated: one may have been applied before its
+/// reply was lost, and a second `INCRBY`, `LPUSH` or script would apply it
+/// twice.
+const READS: &[&str] = &[
+    "get",
+    "mget",
+    "hget",
+    "hgetall",
+    "hmget",
+    "hexists",
+    "hkeys",
+    "smembers",
+    "lrange",
+    "llen",
+    "zscore",
+    "zmscore",
+    "zcard",
+    "zcount",
+    "zrange",
+    "zrangebyscore",
+    "exists",
+    "pttl",
+    "time",
+    "ping",
+];
+
+fn only_reads(cmd: &Cmd) -> bool {
+    match cmd.args_iter().next() {
+        Some(redis::Arg::Simple(name)) => READS
+            .iter()
+            .any(|r| name.eq_ignore_ascii_case(r.as_bytes())),
+        _ => false,
+    }
+}
+
+/// The connection the command went out on is gone (reset, broken pipe,
+/// closed): the manager reconnects for the next command.
+fn connection_lost(e: &RedisError) -> bool {
+    e.is_connection_dropped() || e.is_io_error()
+}
+
 impl Link {
     async fn command(&mut self, cmd: &Cmd) -> redis::RedisResult<Value> {
         match self {
-            Link::Single(c) => c.req_packed_command(cmd).await,
+            Link::Single(c) => match c.req_packed_command(cmd).await {
+                Err(e) if connection_lost(&e) && only_reads(cmd) => c.req_packed_command(cmd).await,
+                other => other,
+            },
+            // The cluster client retries on its own (and follows fail-overs).
             Link::Cluster(c) => c.req_packed_command(cmd).await,
         }
     }
@@ -307,7 +357,16 @@ impl Link {
         n: usize,
     ) -> redis::RedisResult<Vec<Value>> {
         match self {
-            Link::Single(c) => c.req_packed_commands(pipeline, offset, n).await,
+            Link::Single(c) => match c.req_packed_commands(pipeline, offset, n).await {
+                Err(e)
+                    if connection_lost(&e)
+                        && !pipeline.is_transaction()
+                        && pipeline.cmd_iter().all(only_reads) =>
+                {
+                    c.req_packed_commands(pipeline, offset, n).await
+                }
+                other => other,
+            },
             Link::Cluster(c) if one_slot(pipeline) => {
                 c.req_packed_commands(pipeline, offset, n).await
             }
@@ -439,6 +498,18 @@ mod tests {
         keyless.cmd("EVALSHA").arg("abc").arg(0).arg("x");
         keyless.get("runner:{b}:job:1");
         assert!(one_slot(&keyless));
+    }
+
+    /// Only reads are sent again after a lost connection.
+    #[test]
+    fn only_reads_are_repeated() {
+        assert!(only_reads(redis::cmd("HGETALL").arg("runner:beats")));
+        assert!(only_reads(redis::cmd("zrange").arg("k").arg(0).arg(1)));
+        for write in [
+            "SET", "HSET", "INCRBY", "LPUSH", "EVALSHA", "PUBLISH", "DEL",
+        ] {
+            assert!(!only_reads(redis::cmd(write).arg("k")), "{write}");
+        }
     }
 
     #[test]

@@ -86,3 +86,18 @@ async fn a_cached_registry_reads_once_and_hears_every_rebind() {
     bind(&producer, module(3)).await;
     assert_eq!(module_of(&producer).await, module(3));
 }
+
+/// Redis restarts (with its append-only file): the first read on the old
+/// connection finds it dead, and is sent again on the new one instead of
+/// failing (it used to fail once: a 503 from the API after every restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_read_after_a_redis_restart_succeeds() {
+    let mut server = RedisServer::start_with_aof();
+    let r = registry(&server, false).await;
+    bind(&r, module(1)).await;
+    assert_eq!(r.tasks().await.unwrap().len(), 1);
+    tokio::task::block_in_place(|| server.restart());
+    let tasks = r.tasks().await.expect("the first read after the restart");
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(module_of(&r).await, module(1));
+}
