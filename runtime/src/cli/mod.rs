@@ -135,7 +135,8 @@ fn init_logging() {
 pub struct CacheArgs {
     /// The compiled-module cache (default: `$XDG_CACHE_HOME/runner/modules`,
     /// or `~/.cache/runner/modules`). It must be writable only by the
-    /// runner's user: its files are native code.
+    /// runner's user: its files are native code. Modules unused for 30
+    /// days are removed when a command starts.
     #[arg(long, env = "RUNNER_CACHE_DIR")]
     pub cache_dir: Option<std::path::PathBuf>,
     /// Compile every module in this process; keep nothing on disk.

@@ -17,6 +17,11 @@ pub struct SandboxConfig {
     /// in every process. Must be writable only by the runner: artifacts are
     /// native code loaded without re-validation.
     pub cache_dir: Option<PathBuf>,
+    /// A compiled artifact in `cache_dir` unused for this long is removed
+    /// when a sandbox starts (each use refreshes its modification time), so
+    /// that old module versions and the artifacts of an older wasmtime do
+    /// not pile up.
+    pub cache_max_idle: Duration,
     /// The largest linear memory any run may have: the size of a memory slot
     /// in the pooling allocator. A run's `memory_bytes` above this is capped
     /// to it.
@@ -38,6 +43,7 @@ impl Default for SandboxConfig {
     fn default() -> Self {
         Self {
             cache_dir: None,
+            cache_max_idle: Duration::from_secs(30 * 24 * 3600),
             max_memory_bytes: 256 << 20,
             max_concurrent_runs: 500,
             epoch_tick: Duration::from_millis(10),

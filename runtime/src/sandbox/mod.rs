@@ -45,6 +45,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use std::os::unix::fs::DirBuilderExt as _;
 
@@ -109,6 +110,15 @@ impl Sandbox {
                 .mode(0o700)
                 .create(dir)
                 .with_context(|| format!("creating the module cache {}", dir.display()))?;
+            match prune_cache_dir(dir, config.cache_max_idle) {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(removed = n, dir = %dir.display(), "pruned compiled modules unused for {:?}", config.cache_max_idle)
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), "cannot prune the module cache: {e}")
+                }
+            }
         }
         engine::start_epoch_ticker(&engine, config.epoch_tick)?;
         let compat_key = engine::compatibility_key(&engine);
@@ -251,7 +261,15 @@ impl Sandbox {
         // `write_cache`, and their names carry the engine's compatibility
         // hash, so only artifacts this engine produced are read.
         match unsafe { Component::deserialize_file(&self.inner.engine, path) } {
-            Ok(component) => Some(component),
+            Ok(component) => {
+                // Used now: not pruned for another `cache_max_idle`.
+                let touched = std::fs::File::open(path)
+                    .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+                if let Err(e) = touched {
+                    tracing::debug!(path = %path.display(), "cannot mark a compiled module used: {e}");
+                }
+                Some(component)
+            }
             Err(e) => {
                 tracing::warn!(path = %path.display(), "ignoring unreadable compiled module: {e:#}");
                 None
@@ -273,6 +291,50 @@ impl Sandbox {
             tracing::warn!(path = %path.display(), "cannot cache the compiled module: {e:#}");
         }
     }
+}
+
+/// Removes from the module cache `dir` the compiled artifacts (`*.cwasm`)
+/// unused for `max_idle` (by modification time, which a hit refreshes),
+/// and the temporary files of writes that never finished (an hour old).
+/// Other files are left alone. Returns how many were removed.
+pub fn prune_cache_dir(dir: &Path, max_idle: Duration) -> std::io::Result<usize> {
+    let now = std::time::SystemTime::now();
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        // `write_cache` writes `<hash>.<engine>.tmp<pid>`, then renames it.
+        let unfinished = name.rsplit_once('.').is_some_and(|(_, ext)| {
+            ext.strip_prefix("tmp")
+                .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+        });
+        let limit = if name.ends_with(".cwasm") {
+            max_idle
+        } else if unfinished {
+            Duration::from_secs(3600)
+        } else {
+            continue;
+        };
+        let meta = entry.metadata()?;
+        if !meta.is_file() {
+            continue;
+        }
+        let idle = meta
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .unwrap_or_default();
+        if idle > limit {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                // Another process pruned it first.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(removed)
 }
 
 impl std::fmt::Debug for Sandbox {

@@ -708,3 +708,65 @@ async fn past_the_soft_time_limit_a_task_is_told_to_finish_up() {
         report.outcome
     );
 }
+
+/// The module cache does not grow forever: artifacts unused for
+/// `cache_max_idle` and unfinished writes an hour old are removed when a
+/// sandbox starts; a hit marks an artifact used; other files stay.
+#[test]
+fn the_module_cache_forgets_what_was_not_used() {
+    use std::time::{Duration, SystemTime};
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path();
+    let age = |name: &str, days: u64| {
+        let path = dir.join(name);
+        std::fs::write(&path, b"x").unwrap();
+        let when = SystemTime::now() - Duration::from_secs(days * 24 * 3600 + 60);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+    };
+    age("old.abc.cwasm", 31);
+    age("recent.abc.cwasm", 29);
+    age("crashed.abc.tmp123", 1);
+    age("notes.txt", 365);
+    let month = Duration::from_secs(30 * 24 * 3600);
+    assert_eq!(runner::sandbox::prune_cache_dir(dir, month).unwrap(), 2);
+    let mut left: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["notes.txt", "recent.abc.cwasm"]);
+
+    // A sandbox prunes when it starts; a hit refreshes the artifact, which
+    // then outlives the next prune.
+    let config = SandboxConfig {
+        cache_dir: Some(dir.to_path_buf()),
+        cache_max_idle: month,
+        max_concurrent_runs: 8,
+        ..SandboxConfig::default()
+    };
+    let bytes = support::ok_component();
+    Sandbox::new(config.clone()).unwrap().load(&bytes).unwrap();
+    let artifact = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "cwasm") && !p.ends_with("recent.abc.cwasm"))
+        .expect("the compiled artifact");
+    age("recent.abc.cwasm", 31);
+    let second = Sandbox::new(config.clone()).unwrap();
+    assert!(!dir.join("recent.abc.cwasm").exists(), "pruned at start");
+    std::fs::File::options()
+        .write(true)
+        .open(&artifact)
+        .unwrap()
+        .set_modified(SystemTime::now() - Duration::from_secs(31 * 24 * 3600))
+        .unwrap();
+    let module = second.load(&bytes).unwrap();
+    assert_eq!(module.origin, ModuleOrigin::DiskCache);
+    assert_eq!(runner::sandbox::prune_cache_dir(dir, month).unwrap(), 0);
+    assert!(artifact.exists());
+}
