@@ -1183,15 +1183,23 @@ impl Broker for RedisBroker {
         let reply = uuid::Uuid::new_v4().to_string();
         let mut ps = self.inner.endpoint.pubsub().await?;
         ps.subscribe(reply_channel(&reply)).await?;
-        // Every worker hears the control channel on one connection: the
-        // number of receivers is the number of answers to wait for.
-        let asked: usize = self
+        // On one server, every worker hears the control channel on one
+        // connection: the number of receivers is the number of answers to
+        // wait for. On a cluster, PUBLISH counts only the receivers on the
+        // node it ran on (the others hear it relayed): the workers whose
+        // heartbeat is alive are the number to wait for there.
+        let published: usize = self
             .conn()
             .publish(
                 CONTROL_CHANNEL,
                 serde_json::json!({ "inspect": reply }).to_string(),
             )
             .await?;
+        let asked = if self.inner.conn.is_cluster() {
+            self.workers().await?.len().max(published)
+        } else {
+            published
+        };
         let answers = std::pin::pin!(ps.on_message().filter_map(|msg| async move {
             let text: String = msg.get_payload().unwrap_or_default();
             serde_json::from_str(&text)

@@ -14,7 +14,7 @@ use runner::worker::{Worker, WorkerConfig, WorkerStats};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::redis_support::RedisServer;
+use crate::redis_support::{RedisCluster, RedisServer};
 use crate::support::guest_bytes;
 
 pub struct Env {
@@ -22,6 +22,7 @@ pub struct Env {
     pub registry: Arc<dyn Registry>,
     pub producer: Producer,
     pub redis: Option<RedisServer>,
+    pub cluster: Option<RedisCluster>,
 }
 
 impl Env {
@@ -33,6 +34,27 @@ impl Env {
             broker,
             registry,
             redis: None,
+            cluster: None,
+        }
+    }
+
+    /// A Redis Cluster of three masters, as the ACL user.
+    pub async fn cluster() -> Env {
+        let acl = crate::redis_tls::runner_acl("worker-tests");
+        let cluster = tokio::task::spawn_blocking(move || RedisCluster::start_with_acl(3, 0, &acl))
+            .await
+            .unwrap();
+        let b = RedisBroker::connect(&cluster.url_as("runner", "worker-tests"))
+            .await
+            .unwrap();
+        let registry: Arc<dyn Registry> = Arc::new(RedisRegistry::new(b.connection()));
+        let broker: Arc<dyn Broker> = Arc::new(b);
+        Env {
+            producer: Producer::new(broker.clone(), registry.clone()),
+            broker,
+            registry,
+            redis: None,
+            cluster: Some(cluster),
         }
     }
 
@@ -50,6 +72,7 @@ impl Env {
             broker,
             registry,
             redis: Some(server),
+            cluster: None,
         }
     }
 
@@ -105,8 +128,13 @@ impl Env {
         services: HostServices,
         cfg: WorkerConfig,
     ) -> RunningWorker {
-        let broker: Arc<dyn Broker> = match &self.redis {
-            Some(server) => Arc::new(RedisBroker::connect(&server.url()).await.unwrap()),
+        let url = match (&self.redis, &self.cluster) {
+            (Some(server), _) => Some(server.url()),
+            (None, Some(cluster)) => Some(cluster.url()),
+            (None, None) => None,
+        };
+        let broker: Arc<dyn Broker> = match url {
+            Some(url) => Arc::new(RedisBroker::connect(&url).await.unwrap()),
             None => self.broker.clone(),
         };
         start_worker_in(broker, self.registry.clone(), sandbox, services, cfg)
@@ -583,6 +611,31 @@ macro_rules! both_brokers {
 }
 
 pub(crate) use both_brokers;
+
+/// The worker's cases on a Redis Cluster of three masters as well.
+macro_rules! on_a_cluster {
+    ($($name:ident),* $(,)?) => {
+        mod redis_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Env::cluster().await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_a_cluster!(
+    hello_runs_to_success,
+    retries_with_backoff_then_success_or_dead_letter,
+    a_backoff_past_any_date_ends_the_job_and_frees_its_slot,
+    revoke_terminates_a_running_job,
+    long_job_outlives_its_lease_and_runs_once,
+    graceful_shutdown_finishes_running_jobs,
+    adaptive_prefetch_holds_no_more_than_its_cap,
+    a_slow_jobs_neighbours_go_to_another_worker,
+);
 
 both_brokers!(
     hello_runs_to_success,
