@@ -717,17 +717,7 @@ fn the_module_cache_forgets_what_was_not_used() {
     use std::time::{Duration, SystemTime};
     let cache = tempfile::tempdir().unwrap();
     let dir = cache.path();
-    let age = |name: &str, days: u64| {
-        let path = dir.join(name);
-        std::fs::write(&path, b"x").unwrap();
-        let when = SystemTime::now() - Duration::from_secs(days * 24 * 3600 + 60);
-        std::fs::File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_modified(when)
-            .unwrap();
-    };
+    let age = |name: &str, days: u64| crate::builtin_tasks::file_aged(dir, name, days);
     age("old.abc.cwasm", 31);
     age("recent.abc.cwasm", 29);
     age("crashed.abc.tmp123", 1);

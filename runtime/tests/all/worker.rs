@@ -38,41 +38,35 @@ impl Env {
         }
     }
 
+    /// Redis, as the ACL user of `deploy/redis-users.acl` (the rules must
+    /// allow everything a worker and the registry do).
+    pub async fn redis() -> Env {
+        let server = RedisServer::start_with_acl(&crate::redis_tls::runner_acl("worker-tests"));
+        let url = server.url_as("runner", "worker-tests");
+        Self::on(&url, Some(server), None).await
+    }
+
     /// A Redis Cluster of three masters, as the ACL user.
     pub async fn cluster() -> Env {
         let acl = crate::redis_tls::runner_acl("worker-tests");
         let cluster = tokio::task::spawn_blocking(move || RedisCluster::start_with_acl(3, 0, &acl))
             .await
             .unwrap();
-        let b = RedisBroker::connect(&cluster.url_as("runner", "worker-tests"))
-            .await
-            .unwrap();
-        let registry: Arc<dyn Registry> = Arc::new(RedisRegistry::new(b.connection()));
-        let broker: Arc<dyn Broker> = Arc::new(b);
-        Env {
-            producer: Producer::new(broker.clone(), registry.clone()),
-            broker,
-            registry,
-            redis: None,
-            cluster: Some(cluster),
-        }
+        let url = cluster.url_as("runner", "worker-tests");
+        Self::on(&url, None, Some(cluster)).await
     }
 
-    /// Redis, as the ACL user of `deploy/redis-users.acl` (the rules must
-    /// allow everything a worker and the registry do).
-    pub async fn redis() -> Env {
-        let server = RedisServer::start_with_acl(&crate::redis_tls::runner_acl("worker-tests"));
-        let b = RedisBroker::connect(&server.url_as("runner", "worker-tests"))
-            .await
-            .unwrap();
+    /// The broker and registry on `url`, keeping the server or cluster.
+    async fn on(url: &str, redis: Option<RedisServer>, cluster: Option<RedisCluster>) -> Env {
+        let b = RedisBroker::connect(url).await.unwrap();
         let registry: Arc<dyn Registry> = Arc::new(RedisRegistry::new(b.connection()));
         let broker: Arc<dyn Broker> = Arc::new(b);
         Env {
             producer: Producer::new(broker.clone(), registry.clone()),
             broker,
             registry,
-            redis: Some(server),
-            cluster: None,
+            redis,
+            cluster,
         }
     }
 
@@ -612,9 +606,11 @@ macro_rules! both_brokers {
 
 pub(crate) use both_brokers;
 
-/// The worker's cases on a Redis Cluster of three masters as well.
-macro_rules! on_a_cluster {
+/// The worker's cases on both brokers and on a Redis Cluster of three
+/// masters as well.
+macro_rules! on_every_broker {
     ($($name:ident),* $(,)?) => {
+        both_brokers!($($name),*);
         mod redis_cluster {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -626,18 +622,7 @@ macro_rules! on_a_cluster {
     };
 }
 
-on_a_cluster!(
-    hello_runs_to_success,
-    retries_with_backoff_then_success_or_dead_letter,
-    a_backoff_past_any_date_ends_the_job_and_frees_its_slot,
-    revoke_terminates_a_running_job,
-    long_job_outlives_its_lease_and_runs_once,
-    graceful_shutdown_finishes_running_jobs,
-    adaptive_prefetch_holds_no_more_than_its_cap,
-    a_slow_jobs_neighbours_go_to_another_worker,
-);
-
-both_brokers!(
+on_every_broker!(
     hello_runs_to_success,
     retries_with_backoff_then_success_or_dead_letter,
     a_backoff_past_any_date_ends_the_job_and_frees_its_slot,
