@@ -16,6 +16,15 @@ pub struct RedisServer {
     child: Option<Child>,
 }
 
+/// The value of `name` in the text of an `INFO` reply
+/// (`total_commands_processed`, `used_cpu_user`, `master_repl_offset`...),
+/// parsed; `None` when it is missing or does not parse.
+pub fn info_field<T: std::str::FromStr>(info: &str, name: &str) -> Option<T> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("binding a free port");
@@ -158,10 +167,7 @@ impl RedisServer {
         let client = redis::Client::open(self.url()).expect("redis url");
         let mut c = client.get_connection().expect("connect");
         let info: String = redis::cmd("INFO").arg("stats").query(&mut c).expect("INFO");
-        info.lines()
-            .find_map(|l| l.strip_prefix("total_commands_processed:"))
-            .and_then(|v| v.trim().parse().ok())
-            .expect("total_commands_processed in INFO")
+        info_field(&info, "total_commands_processed").expect("total_commands_processed in INFO")
     }
 }
 
@@ -392,10 +398,6 @@ impl RedisCluster {
 
     /// Until every live node says the cluster is ok, sees every slot
     /// served, and every live replica is in sync with its master.
-    pub fn wait_healthy(&self) {
-        self.try_wait_healthy().expect("a healthy cluster");
-    }
-
     fn try_wait_healthy(&self) -> Fallible<()> {
         for n in self.nodes.iter().filter(|n| n.alive()) {
             wait_until("the cluster is ok on every node", || {
@@ -503,17 +505,12 @@ impl RedisCluster {
     /// Until every live replica has acknowledged what its master had
     /// written when this was called (replicas acknowledge once a second).
     pub fn wait_replicated(&self) {
-        let offset = |info: &str, key: &str| -> Option<u64> {
-            info.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.trim().parse().ok())
-        };
         for m in self.nodes.iter().filter(|n| n.alive()) {
             let info: String = m.query(redis::cmd("INFO").arg("replication")).unwrap();
             if !info.contains("role:master") {
                 continue;
             }
-            let Some(written) = offset(&info, "master_repl_offset:") else {
+            let Some(written) = info_field::<u64>(&info, "master_repl_offset") else {
                 continue;
             };
             wait_until("the replicas acknowledge their master's writes", || {
@@ -545,14 +542,6 @@ impl RedisCluster {
             }
         }
         Ok(out)
-    }
-
-    /// `CONFIG RESETSTAT` on every live node.
-    pub fn reset_stats(&self) -> Fallible<()> {
-        for n in self.nodes.iter().filter(|n| n.alive()) {
-            let _: String = n.query(redis::cmd("CONFIG").arg("RESETSTAT"))?;
-        }
-        Ok(())
     }
 }
 

@@ -107,11 +107,6 @@ impl RedisEndpoint {
         }
     }
 
-    /// Whether this is a Redis Cluster.
-    pub fn is_cluster(&self) -> bool {
-        self.cluster.is_some()
-    }
-
     /// A command connection (reconnecting; on a cluster, routed by slot).
     pub async fn connect(&self) -> redis::RedisResult<Counted> {
         match &self.cluster {

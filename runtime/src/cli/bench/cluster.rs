@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
-use runner_test_support::RedisCluster;
+use runner_test_support::{RedisCluster, info_field};
 
 use super::scaling::Workers;
 use crate::producer::Producer;
@@ -41,9 +41,7 @@ fn master_commands(cluster: &RedisCluster) -> anyhow::Result<Vec<u64>> {
     infos
         .iter()
         .map(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("total_commands_processed:"))
-                .and_then(|v| v.trim().parse::<u64>().ok())
+            info_field(info, "total_commands_processed")
                 .context("no total_commands_processed in INFO")
         })
         .collect()

@@ -295,10 +295,7 @@ impl CommandCount {
             .arg("all")
             .query_async(&mut self.conn)
             .await?;
-        let total = info
-            .lines()
-            .find_map(|l| l.strip_prefix("total_commands_processed:"))
-            .and_then(|v| v.trim().parse::<u64>().ok())
+        let total: u64 = runner_test_support::info_field(&info, "total_commands_processed")
             .context("no total_commands_processed in INFO")?;
         let mut stats: Vec<(u64, String)> = info
             .lines()

@@ -110,13 +110,9 @@ pub fn print(steps: &[&Step], jobs: usize) {
 /// Redis's CPU seconds so far (user + system, its main thread and others).
 async fn redis_cpu(conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<f64> {
     let info: String = redis::cmd("INFO").arg("cpu").query_async(conn).await?;
-    let field = |name: &str| {
-        info.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-    };
-    Ok(field("used_cpu_user:").context("no used_cpu_user in INFO")?
-        + field("used_cpu_sys:").context("no used_cpu_sys in INFO")?)
+    let field = |name: &str| runner_test_support::info_field::<f64>(&info, name);
+    Ok(field("used_cpu_user").context("no used_cpu_user in INFO")?
+        + field("used_cpu_sys").context("no used_cpu_sys in INFO")?)
 }
 
 /// One step: `n` worker processes on `url` drain `jobs` jobs of `task`.
