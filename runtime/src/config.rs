@@ -17,7 +17,8 @@
 //!
 //! [worker]                    # `runner worker` (and the worker of dev/serve)
 //! queues = ["default", "email"]   # default: `default`, [queues.*], the tasks' queues
-//! concurrency = 4             # default: one per core
+//! concurrency = 4             # fixed; default: adaptive, from one per core
+//! # max_concurrency = 32      # adaptive up to this; default: max(16, 8 per core)
 //! # prefetch = 4              # jobs leased ahead; default: adaptive (docs/performance.md)
 //! # lease = "30s"             # extended every third of it while a job runs
 //! # grace = "30s"             # on SIGTERM, time for running jobs to finish
@@ -175,11 +176,19 @@ pub struct BrokerConfig {
     pub data_dir: Option<PathBuf>,
 }
 
+/// The most jobs one worker may run at once (`max_concurrency`).
+pub const MAX_CONCURRENCY: usize = 1000;
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSection {
     pub queues: Option<Vec<String>>,
+    /// Jobs run at once, fixed. Without it the count adapts (from one per
+    /// core up to `max_concurrency`, `worker/slots.rs`).
     pub concurrency: Option<usize>,
+    /// The most jobs an adaptive worker runs at once (default:
+    /// `max(16, 8 per core)`); with `concurrency`, it adapts from there.
+    pub max_concurrency: Option<usize>,
     /// Jobs leased ahead of a free slot; default: adaptive (sized from
     /// the run times, `worker/prefetch.rs`).
     pub prefetch: Option<usize>,
@@ -380,6 +389,17 @@ impl Config {
         }
         if self.worker.concurrency == Some(0) {
             bail!("worker.concurrency must be at least 1");
+        }
+        if let Some(max) = self.worker.max_concurrency {
+            let base = self.worker.concurrency.unwrap_or(1);
+            if max == 0 || max < base {
+                bail!(
+                    "worker.max_concurrency ({max}) must be at least 1 and at least worker.concurrency ({base})"
+                );
+            }
+            if max > MAX_CONCURRENCY {
+                bail!("worker.max_concurrency ({max}) must be at most {MAX_CONCURRENCY}");
+            }
         }
         self.worker.lease()?;
         self.worker.grace()?;

@@ -279,71 +279,35 @@ impl RedisCluster {
         for i in 0..total {
             let node_dir = cluster._dir.path().join(format!("node{i}"));
             std::fs::create_dir_all(&node_dir).map_err(|e| format!("a node dir: {e}"))?;
-            let (port, bus_port) = (free_port(), free_port());
-            let tls_port = tls.map(|_| free_port());
-            let mut cmd = Command::new("redis-server");
-            if let (Some(tls), Some(tls_port)) = (tls, tls_port) {
-                cmd.arg("--tls-port")
-                    .arg(tls_port.to_string())
-                    .arg("--tls-cluster")
-                    .arg("yes")
-                    .arg("--tls-cert-file")
-                    .arg(&tls.cert)
-                    .arg("--tls-key-file")
-                    .arg(&tls.key)
-                    .arg("--tls-ca-cert-file")
-                    .arg(&tls.ca)
-                    .arg("--tls-auth-clients")
-                    .arg("no");
-            }
-            cmd.arg("--port")
-                .arg(port.to_string())
-                .arg("--cluster-port")
-                .arg(bus_port.to_string())
-                .arg("--bind")
-                .arg("127.0.0.1")
-                .arg("--dir")
-                .arg(&node_dir)
-                .arg("--cluster-enabled")
-                .arg("yes")
-                .arg("--cluster-config-file")
-                .arg(node_dir.join("nodes.conf"))
-                .arg("--cluster-node-timeout")
-                .arg("1000")
-                // A replica may take over whatever the age of its data.
-                .arg("--cluster-replica-validity-factor")
-                .arg("0")
-                .arg("--save")
-                .arg("")
-                .arg("--appendonly")
-                .arg("no")
-                .arg("--daemonize")
-                .arg("no")
-                .arg("--loglevel")
-                .arg("warning");
-            if let Some(acl) = &acl {
-                let path = node_dir.join("users.acl");
-                std::fs::write(&path, acl).map_err(|e| format!("writing the ACL file: {e}"))?;
-                cmd.arg("--aclfile").arg(path);
-            }
-            let child = cmd
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| {
-                    format!("starting redis-server (is it installed? scripts/setup): {e}")
+            let mut node = spawn_cluster_node(&node_dir, acl.as_deref(), tls)?;
+            // A free port can be taken by another process before the node
+            // binds it: a node that exits is started again on other ports.
+            let mut attempts = 1;
+            loop {
+                if node.query::<String>(&mut redis::cmd("PING")).is_ok() {
+                    break;
+                }
+                let exited = node
+                    .child
+                    .as_mut()
+                    .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+                if exited {
+                    if attempts >= 5 {
+                        return Err(format!("cluster node {i} exited {attempts} times"));
+                    }
+                    attempts += 1;
+                    node = spawn_cluster_node(&node_dir, acl.as_deref(), tls)?;
+                    continue;
+                }
+                wait_until(&format!("cluster node {} answers", node.port), || {
+                    node.query::<String>(&mut redis::cmd("PING")).is_ok()
+                        || node
+                            .child
+                            .as_mut()
+                            .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
                 })?;
-            cluster.nodes.push(ClusterNode {
-                port,
-                bus_port,
-                tls_port,
-                child: Some(child),
-            });
-        }
-        for n in &cluster.nodes {
-            wait_until(&format!("cluster node {} answers", n.port), || {
-                n.query::<String>(&mut redis::cmd("PING")).is_ok()
-            })?;
+            }
+            cluster.nodes.push(node);
         }
         let first = &cluster.nodes[0];
         for n in &cluster.nodes[1..] {
@@ -557,6 +521,72 @@ impl Drop for RedisCluster {
 }
 
 /// Polls `ready` every 50 ms for up to 30 s.
+/// Starts one cluster node in `node_dir` on free ports (not yet answering).
+fn spawn_cluster_node(
+    node_dir: &std::path::Path,
+    acl: Option<&str>,
+    tls: Option<&ClusterTls>,
+) -> Fallible<ClusterNode> {
+    let (port, bus_port) = (free_port(), free_port());
+    let tls_port = tls.map(|_| free_port());
+    let mut cmd = Command::new("redis-server");
+    if let (Some(tls), Some(tls_port)) = (tls, tls_port) {
+        cmd.arg("--tls-port")
+            .arg(tls_port.to_string())
+            .arg("--tls-cluster")
+            .arg("yes")
+            .arg("--tls-cert-file")
+            .arg(&tls.cert)
+            .arg("--tls-key-file")
+            .arg(&tls.key)
+            .arg("--tls-ca-cert-file")
+            .arg(&tls.ca)
+            .arg("--tls-auth-clients")
+            .arg("no");
+    }
+    cmd.arg("--port")
+        .arg(port.to_string())
+        .arg("--cluster-port")
+        .arg(bus_port.to_string())
+        .arg("--bind")
+        .arg("127.0.0.1")
+        .arg("--dir")
+        .arg(node_dir)
+        .arg("--cluster-enabled")
+        .arg("yes")
+        .arg("--cluster-config-file")
+        .arg(node_dir.join("nodes.conf"))
+        .arg("--cluster-node-timeout")
+        .arg("1000")
+        // A replica may take over whatever the age of its data.
+        .arg("--cluster-replica-validity-factor")
+        .arg("0")
+        .arg("--save")
+        .arg("")
+        .arg("--appendonly")
+        .arg("no")
+        .arg("--daemonize")
+        .arg("no")
+        .arg("--loglevel")
+        .arg("warning");
+    if let Some(acl) = acl {
+        let path = node_dir.join("users.acl");
+        std::fs::write(&path, acl).map_err(|e| format!("writing the ACL file: {e}"))?;
+        cmd.arg("--aclfile").arg(path);
+    }
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting redis-server (is it installed? scripts/setup): {e}"))?;
+    Ok(ClusterNode {
+        port,
+        bus_port,
+        tls_port,
+        child: Some(child),
+    })
+}
+
 fn wait_until(what: &str, mut ready: impl FnMut() -> bool) -> Fallible<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !ready() {

@@ -156,7 +156,7 @@ async fn wait_for_end(
         match crate::queue::await_end(&mut events, id, deadline).await {
             Heard::TimedOut => return Ok(wf.status(id).await?),
             Heard::Closed => events = broker.subscribe().await?,
-            Heard::ReadAgain => {}
+            Heard::Ended(_) | Heard::ReadAgain => {}
         }
     }
 }

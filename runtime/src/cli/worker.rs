@@ -24,9 +24,15 @@ pub struct WorkerArgs {
     /// Queues to consume, comma-separated (default: `[worker] queues`).
     #[arg(short = 'Q', long = "queues", value_delimiter = ',')]
     pub queues: Option<Vec<String>>,
-    /// Jobs run at once (default: `[worker] concurrency`, else one per core).
+    /// Jobs run at once, fixed (default: `[worker] concurrency`, else
+    /// adaptive: from one per core up to `--max-concurrency` while the
+    /// runs wait on the network and the cores are idle).
     #[arg(short = 'c', long)]
     pub concurrency: Option<usize>,
+    /// The most jobs run at once when adapting (default: `[worker]
+    /// max_concurrency`, else max(16, 8 per core)).
+    #[arg(long)]
+    pub max_concurrency: Option<usize>,
     /// Jobs leased ahead of a free slot (default: `[worker] prefetch`, else
     /// adaptive: sized from the observed run times, up to 64 for fast
     /// jobs, none for slow ones). More means fewer Redis calls per job;
@@ -75,6 +81,10 @@ impl WorkerArgs {
             anyhow::ensure!(c > 0, "--concurrency must be at least 1");
             w.concurrency = Some(c);
         }
+        if let Some(m) = self.max_concurrency {
+            anyhow::ensure!(m > 0, "--max-concurrency must be at least 1");
+            w.max_concurrency = Some(m);
+        }
         if let Some(p) = self.prefetch {
             w.prefetch = Some(p);
         }
@@ -119,14 +129,26 @@ pub async fn execute(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let services = app::host_services(&config).await?;
     let (broker, registry) = app::connect(&config).await?;
     let producer = app::producer(&config, &broker, &registry)?;
-    let sandbox = app::sandbox(args.cache.dir(), Some(worker_config.concurrency))?;
+    let sandbox = app::sandbox(
+        args.cache.dir(),
+        Some(
+            worker_config
+                .max_concurrency
+                .unwrap_or(worker_config.concurrency),
+        ),
+    )?;
     let worker = app::worker(&config, &broker, &registry, &producer, &sandbox, services)?
         .with_consuming_flag(consuming);
+    let slots = match worker_config.max_concurrency {
+        Some(max) if max > worker_config.concurrency => {
+            format!("{} to {max}, adaptive", worker_config.concurrency)
+        }
+        _ => worker_config.concurrency.to_string(),
+    };
     eprintln!(
-        "worker {} consuming {} (concurrency {})",
+        "worker {} consuming {} (concurrency {slots})",
         worker.id(),
         worker_config.queues.join(","),
-        worker_config.concurrency
     );
     let _ = ops.broker.set(broker.clone());
     // systemd (Type=notify) learns the worker is ready once it consumes.

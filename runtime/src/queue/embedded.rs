@@ -588,6 +588,7 @@ impl EmbeddedBroker {
             queue: queue.to_string(),
             state,
             progress: None,
+            record: None,
         });
     }
 }
@@ -811,6 +812,7 @@ impl Broker for EmbeddedBroker {
             queue: lease.queue.clone(),
             state: JobState::Started,
             progress: Some(progress.clone()),
+            record: None,
         });
         Ok(())
     }

@@ -28,6 +28,7 @@ pub mod ratelimit;
 pub mod redis;
 pub mod workflow;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -118,7 +119,7 @@ pub fn show_open(job: &mut Job, lease: Option<LeaseMember>, now: DateTime<Utc>) 
 }
 
 /// A job handed to a worker.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Delivery {
     pub job: Job,
     pub lease: Lease,
@@ -180,6 +181,14 @@ pub struct SettleRequest {
     /// anyway. Workers ask at most once a second per queue, and when they
     /// hold nothing more of it; the embedded broker records every change.
     pub sample: bool,
+    /// When the fetch drains the queue, register up to this many free
+    /// slots of the worker as idle, so that the next enqueue leases jobs
+    /// straight to it ([`Signal::Pushed`]); 0: do not. Brokers that wake
+    /// workers without a round trip (the embedded one) ignore it.
+    pub idle: usize,
+    /// The worker is registered as idle in this queue: a call that does
+    /// not register it again ends the registration.
+    pub registered: bool,
 }
 
 /// What [`Broker::extend`] found.
@@ -216,6 +225,9 @@ pub struct SettleReply {
     /// than [`workflow::OUTBOX_STALE`] ago and never applied (their
     /// applier died): found by a due check, to apply again.
     pub outbox: Vec<JobId>,
+    /// The worker is now registered as idle in the queue (see
+    /// [`SettleRequest::idle`]).
+    pub registered: bool,
 }
 
 /// What wakes a worker.
@@ -233,6 +245,14 @@ pub enum Signal {
         queue: String,
         worker: String,
         at: DateTime<Utc>,
+    },
+    /// An enqueue leased jobs of `queue` straight to `worker`, which had
+    /// registered as idle there ([`SettleRequest::idle`]): that worker
+    /// holds them now, as if its own call had leased them.
+    Pushed {
+        queue: String,
+        worker: String,
+        deliveries: Vec<Delivery>,
     },
     /// Drop the job if it waits here; stop it if it runs and `terminate`.
     Revoke { id: JobId, terminate: bool },
@@ -314,7 +334,15 @@ pub struct JobEvent {
     pub state: JobState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
+    /// The job's final record (JSON) when the broker sent it with the end
+    /// (Redis does for records up to [`EVENT_RECORD_MAX`] bytes): whoever
+    /// waits for the end needs no read.
+    #[serde(skip)]
+    pub record: Option<Arc<str>>,
 }
+
+/// The largest final record sent with a job's end event (`settle.lua`).
+pub const EVENT_RECORD_MAX: usize = 16384;
 
 impl JobEvent {
     /// Not a job's event: the feed was cut (Redis restarted, a connection
@@ -326,6 +354,7 @@ impl JobEvent {
             queue: String::new(),
             state: JobState::Pending,
             progress: None,
+            record: None,
         }
     }
 
@@ -628,7 +657,16 @@ pub trait Broker: Send + Sync + 'static {
             match await_end(&mut events, id, deadline).await {
                 Heard::TimedOut => return self.get(id).await,
                 Heard::Closed => events = self.subscribe().await?,
-                Heard::ReadAgain => {}
+                // The end came with the record: no read.
+                Heard::Ended(Some(rec)) => {
+                    if let Ok(j) = Job::from_json(&rec)
+                        && j.id == id
+                        && j.state.is_final()
+                    {
+                        return Ok(Some(j));
+                    }
+                }
+                Heard::Ended(None) | Heard::ReadAgain => {}
             }
         }
     }
@@ -636,7 +674,9 @@ pub trait Broker: Send + Sync + 'static {
 
 /// What [`await_end`] heard.
 pub enum Heard {
-    /// The end came, or events may have been missed: read again.
+    /// The end came, with the final record when the event carried it.
+    Ended(Option<Arc<str>>),
+    /// Events may have been missed: read again.
     ReadAgain,
     /// The feed closed: subscribe again, then read.
     Closed,
@@ -654,7 +694,7 @@ pub async fn await_end(
     loop {
         match tokio::time::timeout_at(deadline, events.recv()).await {
             Err(_) => return Heard::TimedOut,
-            Ok(Ok(ev)) if ev.id == id && ev.state.is_final() => return Heard::ReadAgain,
+            Ok(Ok(ev)) if ev.id == id && ev.state.is_final() => return Heard::Ended(ev.record),
             // Events may have been missed: read again.
             Ok(Ok(ev)) if ev.is_gap() => return Heard::ReadAgain,
             Ok(Ok(_)) => continue,

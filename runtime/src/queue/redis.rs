@@ -12,6 +12,7 @@
 //! | `delayed` | zset | same members (`<id>\|<redeliveries>\|<priority>` for a priority above 0), scored by due time (ms): countdown, ETA, retry backoff, rate limit |
 //! | `leases` | zset | `<id>\|<redeliveries>\|<worker>\|<leased ms>`, scored by lease deadline |
 //! | `leased` | hash | id -> its member of `leases` (status and revoke look a lease up by id) |
+//! | `idle` | hash | worker -> `<free slots>\|<lease ms>\|<until ms>`: workers whose last fetch found the queue empty; the next enqueue leases jobs straight to one of them and publishes them (`push`) |
 //! | `job:<id>` | string | the job record (JSON); a TTL once final |
 //! | `idem:<key>` | string | the id of the job enqueued with that idempotency key |
 //! | `dead` | zset | dead-lettered ids, scored by time of death |
@@ -520,28 +521,44 @@ impl RedisBroker {
     }
 }
 
-/// A message on `runner:q:<queue>`, published by the scripts.
+/// A message on `runner:q:<queue>`, published by the scripts, as the
+/// event feed reads it (the wake-ups are [`WireSignal`]'s).
 #[derive(Deserialize, Default)]
 struct WireMessage {
     q: String,
     #[serde(default)]
-    w: Option<String>,
-    #[serde(default)]
     ev: Option<Vec<(String, String)>>,
+    #[serde(default)]
+    progress: Option<WireProgress>,
+    /// A workflow's state or count changed.
+    #[serde(default)]
+    wf: Option<WireWorkflow>,
+    /// The final records of the jobs that ended, by id (up to
+    /// [`super::EVENT_RECORD_MAX`] bytes each).
+    #[serde(default)]
+    rec: Option<HashMap<String, String>>,
+}
+
+/// What a worker reads of the same messages (the events and the final
+/// records are skipped, not decoded).
+#[derive(Deserialize)]
+struct WireSignal {
+    q: String,
+    /// The worker that leased jobs (`lease`: until when), or was pushed them.
+    #[serde(default)]
+    w: Option<String>,
     #[serde(default)]
     ready: Option<u64>,
     #[serde(default)]
     wake: Option<i64>,
     #[serde(default)]
     lease: Option<i64>,
-    #[serde(default)]
-    progress: Option<WireProgress>,
     /// Jobs with a priority were made ready.
     #[serde(default)]
     prio: Option<u8>,
-    /// A workflow's state or count changed.
+    /// Jobs leased by the enqueue to idle worker `w`: lease member, record, ...
     #[serde(default)]
-    wf: Option<WireWorkflow>,
+    push: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -563,13 +580,18 @@ impl WireMessage {
         let mut out = Vec::new();
         // cjson encodes an empty list as `{}`, so an absent or odd `ev`
         // simply yields nothing.
-        for (id, state) in self.ev.iter().flatten() {
-            if let (Ok(id), Ok(state)) = (id.parse(), state.parse()) {
+        for (key, state) in self.ev.iter().flatten() {
+            if let (Ok(id), Ok(state)) = (key.parse(), state.parse::<JobState>()) {
+                let record = match &self.rec {
+                    Some(recs) if state.is_final() => recs.get(key).map(|r| Arc::from(r.as_str())),
+                    _ => None,
+                };
                 out.push(JobEvent {
                     id,
                     queue: self.q.clone(),
                     state,
                     progress: None,
+                    record,
                 });
             }
         }
@@ -586,10 +608,33 @@ impl WireMessage {
                 queue: self.q.clone(),
                 state: JobState::Started,
                 progress: Some(p.progress.clone()),
+                record: None,
             });
         }
         out
     }
+}
+
+/// The jobs of a lease reply or a push: pairs of lease member and record.
+fn deliveries(queue: &str, pairs: impl Iterator<Item = String>) -> BrokerResult<Vec<Delivery>> {
+    let pairs: Vec<String> = pairs.collect();
+    let mut out = Vec::with_capacity(pairs.len() / 2);
+    for pair in pairs.chunks_exact(2) {
+        let (member, rec) = (&pair[0], &pair[1]);
+        let Some(parsed) = LeaseMember::parse(member) else {
+            return Err(protocol("bad lease member"));
+        };
+        let mut job = Job::from_json(rec)?;
+        parsed.show_started(&mut job);
+        out.push(Delivery {
+            job,
+            // The server's clock, as every record's times and the rate
+            // limiter's windows (not shifted by the offset estimate).
+            leased_at: ms_to_time(parsed.leased_ms),
+            lease: parsed.lease(queue, member.clone()),
+        });
+    }
+    Ok(out)
 }
 
 fn as_string(v: &Value) -> Option<String> {
@@ -804,7 +849,9 @@ impl Broker for RedisBroker {
             .arg(req.completions.len())
             .arg(if req.holds_leases { "1" } else { "0" })
             .arg(if req.prioritized { "1" } else { "0" })
-            .arg(if req.sample { "1" } else { "0" });
+            .arg(if req.sample { "1" } else { "0" })
+            .arg(req.idle)
+            .arg(if req.registered { "1" } else { "0" });
         for c in &req.completions {
             push_completion(&mut inv, c, sent);
         }
@@ -842,31 +889,16 @@ impl Broker for RedisBroker {
             .filter_map(as_string)
             .filter_map(|s| s.parse().ok())
             .collect();
+        let registered = parts.next().and_then(|v| as_string(&v)).as_deref() == Some("1");
         let mut out = SettleReply {
             popped,
             reclaimed,
             prioritized_left,
             outbox,
+            registered,
+            deliveries: deliveries(q, leased.iter().filter_map(as_string))?,
             ..SettleReply::default()
         };
-        for pair in leased.chunks(2) {
-            let (Some(member), Some(rec)) = (as_string(&pair[0]), pair.get(1).and_then(as_string))
-            else {
-                continue;
-            };
-            let Some(parsed) = LeaseMember::parse(&member) else {
-                return Err(protocol("settle: bad lease member"));
-            };
-            let mut job = Job::from_json(&rec)?;
-            parsed.show_started(&mut job);
-            out.deliveries.push(Delivery {
-                job,
-                // The server's clock, as every record's times and the rate
-                // limiter's windows (not shifted by the offset estimate).
-                leased_at: ms_to_time(parsed.leased_ms),
-                lease: parsed.lease(q, member),
-            });
-        }
         out.stale = stale
             .iter()
             .filter_map(as_string)
@@ -1926,10 +1958,25 @@ fn forward(msg: &redis::Msg, tx: &mpsc::UnboundedSender<Signal>, clock: &Clock) 
             _ => true,
         }
     } else {
-        let Ok(m) = serde_json::from_str::<WireMessage>(&payload) else {
+        let Ok(m) = serde_json::from_str::<WireSignal>(&payload) else {
             return true;
         };
         let mut ok = true;
+        if let (Some(jobs), Some(w)) = (m.push, &m.w) {
+            match deliveries(&m.q, jobs.into_iter()) {
+                Ok(deliveries) => {
+                    ok &= tx
+                        .send(Signal::Pushed {
+                            queue: m.q.clone(),
+                            worker: w.clone(),
+                            deliveries,
+                        })
+                        .is_ok();
+                }
+                // Left to run out: the lease's end brings the jobs back.
+                Err(e) => tracing::warn!(queue = %m.q, error = %e, "a push that cannot be read"),
+            }
+        }
         if m.ready.unwrap_or(0) > 0 {
             ok &= tx.send(Signal::Work { queue: m.q.clone() }).is_ok();
         }
@@ -1975,6 +2022,17 @@ mod tests {
         for id in ["w-1", "bench-2x-0", "host:1234"] {
             assert_eq!(Slot::for_key(worker_key(id)), Slot::for_key(WORKERS_KEY));
         }
+    }
+
+    /// The scripts put a record in a message up to the size the Rust side
+    /// documents.
+    #[test]
+    fn records_in_messages_are_capped_as_documented() {
+        let line = format!(
+            "local RECORD_IN_MESSAGE_MAX = {}\n",
+            super::super::EVENT_RECORD_MAX
+        );
+        assert!(include_str!("lua/check.lua").contains(&line));
     }
 
     #[test]

@@ -93,6 +93,7 @@ pub fn event(id: super::JobId, state: WfState, done: u64) -> super::JobEvent {
             total: 0,
             message: Some(state.as_str().to_string()),
         }),
+        record: None,
     }
 }
 

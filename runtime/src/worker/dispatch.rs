@@ -17,6 +17,7 @@ use tracing::Instrument as _;
 use super::prefetch::Prefetcher;
 use super::run::{execute, run_limits};
 use super::settle::revoked_before_start;
+use super::slots::{self, Slots};
 use super::{RunCtx, WorkerStats, hostname};
 use crate::queue::{
     BrokerError, Completion, Delivery, HeldJob, Job, JobId, JobState, Lease, SettleReply,
@@ -39,6 +40,9 @@ struct QueueView {
     orphan_check: Option<DateTime<Utc>>,
     /// When a settle call last sampled the queue's depth for its history.
     sampled: Option<Instant>,
+    /// Registered as idle in the queue: an enqueue may lease jobs straight
+    /// to this worker ([`Signal::Pushed`]).
+    registered: bool,
 }
 
 struct Held {
@@ -73,6 +77,8 @@ pub(super) struct Dispatcher {
     outage: Option<Instant>,
     /// How many jobs to lease ahead of a free slot (`prefetch.rs`).
     prefetch: Prefetcher,
+    /// How many jobs run at once (`slots.rs`).
+    slots: Slots,
     /// Jobs leased ahead were handed back because every slot stayed busy:
     /// nothing is leased ahead until a run ends (else the same jobs would
     /// come straight back).
@@ -98,6 +104,7 @@ impl Dispatcher {
                             next_due: None,
                             orphan_check: None,
                             sampled: None,
+                            registered: false,
                         },
                     )
                 })
@@ -111,6 +118,7 @@ impl Dispatcher {
             stats: WorkerStats::default(),
             outage: None,
             prefetch: Prefetcher::new(ctx.cfg.prefetch, ctx.cfg.concurrency),
+            slots: Slots::new(ctx.cfg.concurrency, ctx.cfg.max_concurrency),
             stalled: false,
             ctx,
         }
@@ -129,12 +137,14 @@ impl Dispatcher {
             tokio::time::interval_at(Instant::now() + cfg.safety_check, cfg.safety_check);
         let mut retry_at: Option<Instant> = None;
         tokio::pin!(shutdown);
-        tracing::info!(worker = %self.id, queues = ?cfg.queues, concurrency = cfg.concurrency, "worker started");
+        let mut adapt = tokio::time::interval_at(Instant::now() + slots::WINDOW, slots::WINDOW);
+        tracing::info!(worker = %self.id, queues = ?cfg.queues, concurrency = cfg.concurrency, max_concurrency = self.slots.max(), "worker started");
 
         loop {
             self.start_buffered();
             self.hand_back_if_stalled();
             let now = Instant::now();
+            self.slots.note(now, self.saturated());
             if retry_at.is_none_or(|t| t <= now) {
                 retry_at = None;
                 if let Err(e) = self.talk().await {
@@ -167,6 +177,7 @@ impl Dispatcher {
                     }
                 },
                 _ = heartbeat.tick() => self.heartbeat().await,
+                _ = adapt.tick(), if self.slots.adaptive() => self.adapt(),
                 _ = extend.tick(), if !self.held.is_empty() => self.extend().await,
                 _ = safety.tick() => {
                     for q in self.queues.values_mut() {
@@ -190,19 +201,40 @@ impl Dispatcher {
                 }
             }
         }
-        self.shut_down(extend_every).await;
+        self.shut_down(extend_every, &mut signals).await;
         Ok(self.stats.clone())
+    }
+
+    /// Every slot is busy and more work waits: leased ahead, or in a queue.
+    fn saturated(&self) -> bool {
+        self.running.len() >= self.slots.current()
+            && (!self.buffer.is_empty() || self.queues.values().any(|q| q.maybe_work))
+    }
+
+    /// Ends a window of the adaptive slots (`slots.rs`).
+    fn adapt(&mut self) {
+        let before = self.slots.current();
+        if let Some(n) = self.slots.adapt(Instant::now()) {
+            tracing::info!(from = before, to = n, "slots adapted");
+            self.prefetch.set_concurrency(n);
+            // More slots: more jobs to fetch.
+            if n > before {
+                for q in self.queues.values_mut() {
+                    q.maybe_work = true;
+                }
+            }
+        }
     }
 
     fn capacity(&self) -> usize {
         let ahead = self.prefetch.ahead(self.is_stalled());
-        (self.ctx.cfg.concurrency + ahead).saturating_sub(self.held.len())
+        (self.slots.current() + ahead).saturating_sub(self.held.len())
     }
 
     /// When every slot is busy, since when the oldest job leased ahead has
     /// waited for one (`None`: a slot is free, or nothing waits).
     fn waiting_since(&self) -> Option<Instant> {
-        if self.running.len() < self.ctx.cfg.concurrency {
+        if self.running.len() < self.slots.current() {
             return None;
         }
         self.buffer
@@ -264,7 +296,7 @@ impl Dispatcher {
     }
 
     fn start_buffered(&mut self) {
-        while self.running.len() < self.ctx.cfg.concurrency {
+        while self.running.len() < self.slots.current() {
             let Some(d) = self.buffer.pop_front() else {
                 break;
             };
@@ -290,10 +322,13 @@ impl Dispatcher {
                 attempt = d.job.attempt,
             );
             self.running.spawn(
-                async move {
-                    let c = execute(&ctx, &d, cancel, meter).await;
-                    (d, c)
-                }
+                slots::Timed::new(
+                    async move {
+                        let c = execute(&ctx, &d, cancel, meter).await;
+                        (d, c)
+                    },
+                    self.slots.polled(),
+                )
                 .instrument(span),
             );
         }
@@ -341,7 +376,7 @@ impl Dispatcher {
             let view = self.queues.get(&q);
             let due_check = view.is_some_and(|v| v.due_check) && !shutting;
             // Fetch only when the jobs at hand no longer fill the slots.
-            let need_jobs = self.buffer.len() < self.ctx.cfg.concurrency;
+            let need_jobs = self.buffer.len() < self.slots.current();
             let want =
                 if shutting || !need_jobs || !(view.is_some_and(|v| v.maybe_work) || due_check) {
                     0
@@ -350,7 +385,7 @@ impl Dispatcher {
                 };
             // Results wait a little for company (one call stores many), but
             // never when the worker would otherwise sit idle.
-            let batch_target = self.ctx.cfg.concurrency + self.prefetch.ahead(false);
+            let batch_target = self.slots.current() + self.prefetch.ahead(false);
             let flush = !completions.is_empty()
                 && (shutting
                     || self.running.is_empty()
@@ -360,7 +395,22 @@ impl Dispatcher {
                         .pending_since
                         .get(&q)
                         .is_some_and(|t| t.elapsed() >= FLUSH_AFTER));
-            if !flush && want == 0 && !due_check {
+            // Free slots: a call made anyway also fetches, so that finding
+            // the queue empty registers them for pushes (`idle`).
+            let idle = if shutting || !need_jobs {
+                0
+            } else {
+                self.idle_slots(n)
+            };
+            let want = if want == 0 && idle > 0 && (flush || due_check) {
+                self.capacity()
+            } else {
+                want
+            };
+            let registered = view.is_some_and(|v| v.registered);
+            // A worker that stops ends its registration as idle.
+            let unregister = shutting && registered;
+            if !flush && want == 0 && !due_check && !unregister {
                 if !completions.is_empty() {
                     self.pending.insert(q.clone(), completions);
                 }
@@ -384,6 +434,8 @@ impl Dispatcher {
                 lease: self.ctx.cfg.lease,
                 prioritized: want > 0 && view.is_some_and(|v| v.maybe_prio),
                 sample,
+                idle: if want > 0 { idle } else { 0 },
+                registered,
             };
             let asked_prio = req.prioritized;
             let reply = match self.ctx.broker.settle(req).await {
@@ -446,37 +498,55 @@ impl Dispatcher {
                 if asked_prio {
                     v.maybe_prio = reply.prioritized_left;
                 }
+                v.registered = reply.registered;
             }
             for d in reply.deliveries {
-                let shown = HeldJob {
-                    id: d.job.id,
-                    queue: d.lease.queue.clone(),
-                    task: d.job.task.clone(),
-                    attempt: d.job.attempt,
-                    redeliveries: d.lease.redeliveries,
-                    leased_at: d.leased_at,
-                    started_at: None,
-                    fuel_used: None,
-                    fuel_limit: run_limits(&self.ctx.cfg.default_limits, &d.job).fuel,
-                };
-                self.held.insert(
-                    d.job.id,
-                    Held {
-                        lease: d.lease.clone(),
-                        cancel: CancelToken::new(),
-                        started: false,
-                        revoked: false,
-                        shown,
-                        meter: FuelMeter::default(),
-                        leased: Instant::now(),
-                        run_started: None,
-                    },
-                );
-                self.buffer.push_back(d);
+                self.take(d);
             }
             self.start_buffered();
         }
         Ok(())
+    }
+
+    /// How many jobs an enqueue may push to this worker per queue: only
+    /// slots that would start them at once (a busy worker leaves them to
+    /// idle ones), shared among the `queues`; at least one per queue while
+    /// a slot is free.
+    fn idle_slots(&self, queues: usize) -> usize {
+        let busy = self.running.len() + self.buffer.len();
+        match self.slots.current().saturating_sub(busy) {
+            0 => 0,
+            free => (free / queues.max(1)).max(1),
+        }
+    }
+
+    /// Holds a leased job: it waits in the buffer for a slot.
+    fn take(&mut self, d: Delivery) {
+        let shown = HeldJob {
+            id: d.job.id,
+            queue: d.lease.queue.clone(),
+            task: d.job.task.clone(),
+            attempt: d.job.attempt,
+            redeliveries: d.lease.redeliveries,
+            leased_at: d.leased_at,
+            started_at: None,
+            fuel_used: None,
+            fuel_limit: run_limits(&self.ctx.cfg.default_limits, &d.job).fuel,
+        };
+        self.held.insert(
+            d.job.id,
+            Held {
+                lease: d.lease.clone(),
+                cancel: CancelToken::new(),
+                started: false,
+                revoked: false,
+                shown,
+                meter: FuelMeter::default(),
+                leased: Instant::now(),
+                run_started: None,
+            },
+        );
+        self.buffer.push_back(d);
     }
 
     /// Applies the ends of workflow members this settle stored (and the
@@ -573,6 +643,33 @@ impl Dispatcher {
                     v.next_due = Some(v.next_due.map_or(at, |d| d.min(at)));
                 }
             }
+            Signal::Pushed {
+                queue,
+                worker,
+                deliveries,
+            } => {
+                if worker != self.id {
+                    return;
+                }
+                // The push used the registration up.
+                if let Some(v) = self.queues.get_mut(&queue) {
+                    v.registered = false;
+                }
+                let stopping = self.ctx.shutting_down.load(Ordering::Relaxed);
+                for d in deliveries {
+                    if self.held.contains_key(&d.job.id) {
+                        continue;
+                    }
+                    self.take(d);
+                }
+                // Pushed while this worker stops (before its call ended the
+                // registration): back to the queue for another worker.
+                if stopping {
+                    while let Some(d) = self.buffer.pop_front() {
+                        self.hand_back(d);
+                    }
+                }
+            }
             Signal::Revoke { id, terminate } => self.revoked(id, terminate),
             Signal::Inspect { reply } => {
                 let snapshot = self.snapshot();
@@ -593,6 +690,13 @@ impl Dispatcher {
         }
     }
 
+    /// Handles the signals that have arrived, without waiting.
+    fn drain_signals(&mut self, signals: &mut mpsc::UnboundedReceiver<Signal>) {
+        while let Ok(s) = signals.try_recv() {
+            self.on_signal(s);
+        }
+    }
+
     async fn resubscribe(&mut self) -> anyhow::Result<mpsc::UnboundedReceiver<Signal>> {
         loop {
             match self.ctx.broker.signals(&self.ctx.cfg.queues).await {
@@ -609,7 +713,7 @@ impl Dispatcher {
             hostname: hostname(),
             pid: std::process::id(),
             queues: self.ctx.cfg.queues.clone(),
-            concurrency: self.ctx.cfg.concurrency,
+            concurrency: self.slots.current(),
             started_at: self.started_at,
             last_seen: Utc::now(),
             running: self
@@ -650,7 +754,7 @@ impl Dispatcher {
             hostname: hostname(),
             pid: std::process::id(),
             queues: cfg.queues.clone(),
-            concurrency: cfg.concurrency,
+            concurrency: self.slots.current(),
             prefetch: self.prefetch.ahead(self.is_stalled()),
             processed: self.stats.processed,
             failed: self.stats.failed,
@@ -700,7 +804,11 @@ impl Dispatcher {
         }
     }
 
-    async fn shut_down(&mut self, extend_every: Duration) {
+    async fn shut_down(
+        &mut self,
+        extend_every: Duration,
+        signals: &mut mpsc::UnboundedReceiver<Signal>,
+    ) {
         tracing::info!(worker = %self.id, running = self.running.len(), "shutting down: no more fetching");
         self.ctx.shutting_down.store(true, Ordering::Relaxed);
         // Leased but never started: hand back at once.
@@ -708,6 +816,9 @@ impl Dispatcher {
             self.hand_back(d);
         }
         let _ = self.talk().await;
+        // Jobs pushed before that call ended this worker's registrations as
+        // idle go back too (and revokes still reach running jobs).
+        self.drain_signals(signals);
         let deadline = Instant::now() + self.ctx.cfg.grace;
         let mut extend = tokio::time::interval_at(Instant::now() + extend_every, extend_every);
         let mut cancelled = false;
@@ -720,6 +831,7 @@ impl Dispatcher {
                     }
                     let _ = self.talk().await;
                 }
+                Some(s) = signals.recv() => self.on_signal(s),
                 _ = extend.tick() => self.extend().await,
                 _ = tokio::time::sleep_until(deadline), if !cancelled => {
                     tracing::warn!(running = self.running.len(), "grace period over: stopping and handing back the rest");
@@ -729,6 +841,7 @@ impl Dispatcher {
             }
         }
         for _ in 0..50 {
+            self.drain_signals(signals);
             if self.pending.values().all(|v| v.is_empty()) {
                 break;
             }

@@ -37,6 +37,7 @@ pub mod prefetch;
 mod progress;
 mod run;
 mod settle;
+pub mod slots;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -57,8 +58,12 @@ pub use prefetch::Prefetch;
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
     pub queues: Vec<String>,
-    /// Jobs run at once.
+    /// Jobs run at once: exactly this many, or at first when
+    /// `max_concurrency` is more.
     pub concurrency: usize,
+    /// Adapt the jobs run at once between `concurrency` and this, from
+    /// how busy the slots and the cores are (`slots.rs`); `None`: fixed.
+    pub max_concurrency: Option<usize>,
     /// Jobs leased ahead of a free slot, so that the next job is at hand
     /// when one ends (they count as STARTED and their leases are kept):
     /// adaptive by default (`prefetch.rs`).
@@ -87,6 +92,7 @@ impl Default for WorkerConfig {
             concurrency: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
+            max_concurrency: None,
             prefetch: Prefetch::Adaptive,
             lease: Duration::from_secs(30),
             heartbeat: Duration::from_secs(60),

@@ -65,6 +65,11 @@ impl Prefetcher {
         }
     }
 
+    /// The worker now runs `concurrency` jobs at once (`slots.rs`).
+    pub fn set_concurrency(&mut self, concurrency: usize) {
+        self.concurrency = concurrency.max(1);
+    }
+
     /// A run took `run`.
     pub fn observe(&mut self, run: Duration) {
         let s = run.as_secs_f64();

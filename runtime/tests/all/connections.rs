@@ -187,6 +187,8 @@ async fn the_event_feed_resubscribes_after_its_connection_is_killed() {
                 lease: Duration::from_secs(60),
                 prioritized: true,
                 sample: false,
+                idle: 0,
+                registered: false,
             })
             .await
             .unwrap();

@@ -125,6 +125,8 @@ pub(crate) fn settle(
         lease: Duration::from_secs(30),
         prioritized: true,
         sample: true,
+        idle: 0,
+        registered: false,
     }
 }
 
@@ -913,7 +915,233 @@ conformance!(
     priorities_lease_higher_first,
     history_counts_every_change_by_the_minute,
     a_job_back_from_a_worker_keeps_its_priority,
+    an_idle_worker_is_pushed_the_next_jobs,
+    only_plain_jobs_with_nothing_before_them_are_pushed,
+    a_job_pushed_to_a_worker_that_died_runs_elsewhere,
+    an_end_event_carries_the_final_record,
 );
+
+/// On Redis a job's end event carries its final record (up to
+/// `EVENT_RECORD_MAX` bytes), so that a waiter needs no read; a larger one
+/// is left out and read. The embedded broker's waiters read memory.
+async fn an_end_event_carries_the_final_record(env: Env) {
+    let b = &env.broker;
+    let mut events = b.subscribe().await.unwrap();
+    let small = env.producer.enqueue(call("{}")).await.unwrap().job.id;
+    let big = env.producer.enqueue(call("{}")).await.unwrap().job.id;
+    let r = b.settle(settle("work", "w", vec![], 2)).await.unwrap();
+    let large = format!("\"{}\"", "x".repeat(runner::queue::EVENT_RECORD_MAX));
+    let done = vec![
+        success(&r.deliveries[0], "{\"ok\":1}"),
+        success(&r.deliveries[1], &large),
+    ];
+    b.settle(settle("work", "w", done, 0)).await.unwrap();
+    let mut records = std::collections::HashMap::new();
+    while records.len() < 2 {
+        let ev = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if ev.state.is_final() {
+            records.insert(ev.id, ev.record);
+        }
+    }
+    if b.kind() == "embedded" {
+        assert!(records.values().all(Option::is_none));
+    } else {
+        let rec = records[&small]
+            .as_ref()
+            .expect("the small record came with its end");
+        assert_eq!(
+            Job::from_json(rec).unwrap(),
+            b.get(small).await.unwrap().unwrap()
+        );
+        assert!(
+            records[&big].is_none(),
+            "a record over the cap is read, not sent"
+        );
+    }
+    for id in [small, big] {
+        assert_eq!(
+            b.wait(id, Duration::from_secs(1))
+                .await
+                .unwrap()
+                .unwrap()
+                .state,
+            JobState::Success
+        );
+    }
+}
+
+/// The next signal that is not another worker's lease deadline.
+async fn next_signal(s: &mut tokio::sync::mpsc::UnboundedReceiver<Signal>) -> Signal {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.recv()).await {
+            Ok(Some(Signal::LeaseUntil { .. })) => continue,
+            Ok(Some(sig)) => return sig,
+            other => panic!("no signal: {other:?}"),
+        }
+    }
+}
+
+/// Registers worker `w` as idle in `work` with `slots` free slots (a fetch
+/// that finds the queue empty); whether the broker registered it.
+async fn register_idle(env: &Env, w: &str, slots: usize, lease: Duration) -> bool {
+    let mut req = settle("work", w, vec![], slots);
+    req.idle = slots;
+    req.lease = lease;
+    let r = env.broker.settle(req).await.unwrap();
+    assert!(r.deliveries.is_empty());
+    r.registered
+}
+
+/// A worker whose fetch finds the queue empty registers its free slots as
+/// idle; the next enqueue leases its first jobs straight to that worker and
+/// publishes them with the wake-up, so the worker needs no lease call. The
+/// registration is used up by the push. Redis only: the embedded broker
+/// wakes its workers in-process and registers nobody.
+async fn an_idle_worker_is_pushed_the_next_jobs(env: Env) {
+    let b = &env.broker;
+    let mut s = b.signals(&["work".to_string()]).await.unwrap();
+    assert_eq!(s.recv().await, Some(Signal::Reconnected));
+    let pushes = b.kind() != "embedded";
+    assert_eq!(
+        register_idle(&env, "w-idle", 2, Duration::from_secs(30)).await,
+        pushes
+    );
+    let ids: Vec<JobId> = env
+        .producer
+        .enqueue_batch((0..3).map(|i| call(&format!("{{\"n\":{i}}}"))).collect())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.job.id)
+        .collect();
+    let work = Signal::Work {
+        queue: "work".into(),
+    };
+    if !pushes {
+        assert_eq!(next_signal(&mut s).await, work);
+        return;
+    }
+    // Two pushed (the registered slots), in order; the third waits.
+    let pushed = match next_signal(&mut s).await {
+        Signal::Pushed {
+            queue,
+            worker,
+            deliveries,
+        } => {
+            assert_eq!((queue.as_str(), worker.as_str()), ("work", "w-idle"));
+            deliveries
+        }
+        other => panic!("expected a push, got {other:?}"),
+    };
+    assert_eq!(
+        pushed.iter().map(|d| d.job.id).collect::<Vec<_>>(),
+        ids[..2]
+    );
+    assert!(pushed.iter().all(|d| d.job.state == JobState::Started));
+    assert_eq!(next_signal(&mut s).await, work);
+    // The pushed jobs are leased: shown started, never leased again.
+    assert_eq!(
+        b.get(ids[0]).await.unwrap().unwrap().state,
+        JobState::Started
+    );
+    let r = b.settle(settle("work", "w-2", vec![], 10)).await.unwrap();
+    assert_eq!(
+        r.deliveries.iter().map(|d| d.job.id).collect::<Vec<_>>(),
+        ids[2..]
+    );
+    // Their leases are the worker's: its results are stored, none stale.
+    let done: Vec<Completion> = pushed.iter().map(|d| success(d, "1")).collect();
+    let r = b.settle(settle("work", "w-idle", done, 0)).await.unwrap();
+    assert!(r.stale.is_empty(), "{:?}", r.stale);
+    for id in &ids[..2] {
+        assert_eq!(b.get(*id).await.unwrap().unwrap().state, JobState::Success);
+    }
+    // The push used the registration up: the next job waits for a lease.
+    let id = env.producer.enqueue(call("{}")).await.unwrap().job.id;
+    assert_eq!(next_signal(&mut s).await, work);
+    assert_eq!(b.get(id).await.unwrap().unwrap().state, JobState::Pending);
+}
+
+/// Pushes keep the queue's order and priorities: a job is pushed only when
+/// nothing waits before it, and a job with a priority is never pushed. A
+/// worker's call that finds work ends its registration.
+async fn only_plain_jobs_with_nothing_before_them_are_pushed(env: Env) {
+    let b = &env.broker;
+    if b.kind() == "embedded" {
+        return;
+    }
+    let mut s = b.signals(&["work".to_string()]).await.unwrap();
+    assert_eq!(s.recv().await, Some(Signal::Reconnected));
+    assert!(register_idle(&env, "w-idle", 4, Duration::from_secs(30)).await);
+    let high = enqueue_at(&env, Some(5)).await;
+    assert_eq!(
+        next_signal(&mut s).await,
+        Signal::Work {
+            queue: "work".into()
+        }
+    );
+    assert_eq!(
+        next_signal(&mut s).await,
+        Signal::Prioritized {
+            queue: "work".into()
+        }
+    );
+    // A plain job behind a prioritized one waits too.
+    let plain = enqueue_at(&env, None).await;
+    assert_eq!(
+        next_signal(&mut s).await,
+        Signal::Work {
+            queue: "work".into()
+        }
+    );
+    for id in [high, plain] {
+        assert_eq!(b.get(id).await.unwrap().unwrap().state, JobState::Pending);
+    }
+    // The worker leases them; its call ends the registration.
+    let mut req = settle("work", "w-idle", vec![], 1);
+    req.registered = true;
+    let r = b.settle(req).await.unwrap();
+    assert_eq!(r.deliveries[0].job.id, high);
+    assert!(!r.registered);
+    let r = b.settle(settle("work", "w-2", vec![], 1)).await.unwrap();
+    assert_eq!(r.deliveries[0].job.id, plain);
+    let next = enqueue_at(&env, None).await;
+    assert_eq!(
+        next_signal(&mut s).await,
+        Signal::Work {
+            queue: "work".into()
+        }
+    );
+    assert_eq!(b.get(next).await.unwrap().unwrap().state, JobState::Pending);
+}
+
+/// A worker that dies while registered as idle holds what is pushed to it
+/// only until the lease it registered with runs out: then the job is taken
+/// back and runs elsewhere.
+async fn a_job_pushed_to_a_worker_that_died_runs_elsewhere(env: Env) {
+    let b = &env.broker;
+    let pushes = register_idle(&env, "w-dead", 1, Duration::from_millis(300)).await;
+    let id = env.producer.enqueue(call("{}")).await.unwrap().job.id;
+    if pushes {
+        assert_eq!(b.get(id).await.unwrap().unwrap().state, JobState::Started);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let r = b.settle(settle("work", "w-2", vec![], 1)).await.unwrap();
+    assert_eq!(r.deliveries.len(), 1);
+    let d = &r.deliveries[0];
+    assert_eq!(d.job.id, id);
+    assert_eq!(
+        (r.reclaimed, d.lease.redeliveries),
+        if pushes { (1, 1) } else { (0, 0) }
+    );
+    b.settle(settle("work", "w-2", vec![success(d, "1")], 0))
+        .await
+        .unwrap();
+    assert_eq!(b.get(id).await.unwrap().unwrap().state, JobState::Success);
+}
 
 /// Enqueues an `echo` job of priority `p` (none: the default).
 async fn enqueue_at(env: &Env, p: Option<u64>) -> JobId {

@@ -310,6 +310,8 @@ pub async fn take_jobs_from(broker: &Arc<dyn Broker>, queue: &str) -> Vec<Job> {
                 lease: Duration::from_secs(3600),
                 prioritized: true,
                 sample: false,
+                idle: 0,
+                registered: false,
             })
             .await
             .unwrap();

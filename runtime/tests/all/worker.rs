@@ -262,6 +262,9 @@ async fn hello_runs_to_success(env: Env) {
     let j = wait_final(&env.broker, id).await;
     assert_eq!(j.state, JobState::Failure);
     assert_eq!(j.attempt, 1, "fail is not retried");
+    // On Redis the idle worker was pushed this job (and runs it at once;
+    // ignored, it would come back when the lease runs out).
+    assert_eq!(j.redeliveries, 0);
     assert_eq!(j.error.as_ref().unwrap().kind, "fail");
     assert_eq!(env.broker.dead_letters("mail", 10).await.unwrap().len(), 1);
     // The queue's history counted both, and the worker's last call, which
@@ -631,4 +634,122 @@ on_every_broker!(
     graceful_shutdown_finishes_running_jobs,
     adaptive_prefetch_holds_no_more_than_its_cap,
     a_slow_jobs_neighbours_go_to_another_worker,
+    a_stopped_worker_is_pushed_nothing,
+    slots_grow_for_runs_that_wait_and_not_for_busy_ones,
 );
+
+/// The slots a worker runs, as inspect shows them, until `done` (at most
+/// 60 s); checks that no more runs than slots are active. The most seen.
+async fn most_slots(env: &Env, done: &[JobId]) -> usize {
+    let mut most = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let held = env.broker.inspect(Duration::from_secs(5)).await.unwrap();
+        if let Some(w) = held.first() {
+            assert!(
+                w.active.len() <= w.concurrency,
+                "{} active in {} slots",
+                w.active.len(),
+                w.concurrency
+            );
+            most = most.max(w.concurrency);
+        }
+        let mut ended = 0;
+        for id in done {
+            if env.broker.get(*id).await.unwrap().unwrap().state.is_final() {
+                ended += 1;
+            }
+        }
+        if ended == done.len() {
+            return most;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{ended} of {} ended",
+            done.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Without a fixed concurrency the slots adapt (`worker/slots.rs`): runs
+/// that wait (a sleep here, as a mail or a webhook call would) grow the
+/// worker past its base while jobs wait, never past its maximum; CPU-bound
+/// runs keep the base.
+async fn slots_grow_for_runs_that_wait_and_not_for_busy_ones(env: Env) {
+    env.bind("burn", "fuel_burner", "slots", |b| {
+        b.limits.time_limit_ms = Some(250);
+        b.retry = RetryPolicy::none();
+    })
+    .await;
+    env.bind("sleep", "sleeper", "slots", |_| {}).await;
+    let mut c = cfg(&["slots"], 1);
+    c.max_concurrency = Some(6);
+    let w = env.worker(c).await;
+    // Three seconds of runs that burn CPU until their time limit.
+    let burns = batch(
+        &env,
+        (0..12)
+            .map(|_| EnqueueRequest::task("burn", "{}"))
+            .collect(),
+    )
+    .await;
+    assert_eq!(
+        most_slots(&env, &burns).await,
+        1,
+        "CPU-bound runs grew the slots"
+    );
+    let sleeps = batch(
+        &env,
+        (0..40)
+            .map(|_| EnqueueRequest::task("sleep", r#"{"ms":300}"#))
+            .collect(),
+    )
+    .await;
+    let most = most_slots(&env, &sleeps).await;
+    assert!(most > 1 && most <= 6, "slots went up to {most}");
+    for id in sleeps {
+        assert_eq!(
+            env.broker.get(id).await.unwrap().unwrap().state,
+            JobState::Success
+        );
+    }
+    w.stop().await;
+}
+
+/// A worker that stops while idle (registered for pushes on Redis) ends its
+/// registration: the next job waits for a live worker instead of being
+/// leased to a stopped one.
+async fn a_stopped_worker_is_pushed_nothing(env: Env) {
+    env.bind("hello", "hello", "default", |_| {}).await;
+    let w = env.worker(cfg(&["default"], 2)).await;
+    let first = env
+        .producer
+        .enqueue(EnqueueRequest::task("hello", r#"{"name":"Ada"}"#))
+        .await
+        .unwrap()
+        .job
+        .id;
+    assert_eq!(
+        wait_final(&env.broker, first).await.state,
+        JobState::Success
+    );
+    // Its call after the run found the queue empty: it is idle.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    w.stop().await;
+    let next = env
+        .producer
+        .enqueue(EnqueueRequest::task("hello", r#"{"name":"Bo"}"#))
+        .await
+        .unwrap()
+        .job
+        .id;
+    assert_eq!(
+        env.broker.get(next).await.unwrap().unwrap().state,
+        JobState::Pending
+    );
+    let w = env.worker(cfg(&["default"], 2)).await;
+    let j = wait_final(&env.broker, next).await;
+    assert_eq!((j.state, j.redeliveries), (JobState::Success, 0));
+    w.stop().await;
+}

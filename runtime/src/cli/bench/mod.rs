@@ -90,12 +90,14 @@ async fn bench_worker(
     url: &str,
     registry: std::sync::Arc<dyn crate::registry::Registry>,
     module: Vec<u8>,
-    concurrency: usize,
+    concurrency: Option<usize>,
     prefetch: crate::worker::Prefetch,
 ) -> anyhow::Result<crate::worker::Worker> {
     use crate::sandbox::{Sandbox, SandboxConfig};
+    let (concurrency, max_concurrency) = worker_slots(concurrency);
     let sandbox = Sandbox::new(SandboxConfig {
-        max_concurrent_runs: (concurrency as u32).max(1),
+        max_concurrent_runs: u32::try_from(max_concurrency.unwrap_or(concurrency).max(1))
+            .unwrap_or(u32::MAX),
         ..SandboxConfig::default()
     })?;
     let sb = sandbox.clone();
@@ -110,10 +112,31 @@ async fn bench_worker(
         crate::worker::WorkerConfig {
             queues: vec!["bench".into()],
             concurrency,
+            max_concurrency,
             prefetch,
             ..crate::worker::WorkerConfig::default()
         },
     ))
+}
+
+/// A bench worker's slots: `--concurrency N` runs N, fixed; without it,
+/// what `runner worker` does (one per core, adaptive up to its default).
+fn worker_slots(concurrency: Option<usize>) -> (usize, Option<usize>) {
+    match concurrency {
+        Some(n) => (n, None),
+        None => {
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            (cores, Some(crate::worker::slots::default_max(cores)))
+        }
+    }
+}
+
+/// How a bench prints a worker's slots.
+fn slots_label(concurrency: Option<usize>) -> String {
+    match worker_slots(concurrency) {
+        (n, Some(max)) => format!("concurrency {n} (adaptive, up to {max})"),
+        (n, None) => format!("concurrency {n}"),
+    }
 }
 
 /// The value at `pct` (0-100) of `sorted`, nearest rank.

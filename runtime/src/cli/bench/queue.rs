@@ -44,7 +44,7 @@ pub struct QueueBench {
     /// Jobs per enqueue call.
     #[arg(long, default_value_t = 1000)]
     pub batch: usize,
-    /// Worker concurrency (default: one per core).
+    /// Worker concurrency, fixed (default: adaptive from one per core, as `runner worker`).
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// Jobs the worker leases ahead of a free slot (default: adaptive, as
@@ -127,15 +127,12 @@ pub async fn execute(args: QueueBench) -> anyhow::Result<ExitCode> {
     // Watch results through pub/sub (not counted as commands).
     let mut events = broker.subscribe().await?;
 
-    let concurrency = args
-        .concurrency
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     println!(
-        "runner bench queue: {} jobs of {} (batches of {}), one worker, concurrency {}, prefetch {}",
+        "runner bench queue: {} jobs of {} (batches of {}), one worker, {}, prefetch {}",
         args.jobs,
         module_name,
         args.batch,
-        concurrency,
+        super::slots_label(args.concurrency),
         args.prefetch
             .map_or_else(|| "adaptive".to_string(), |n| n.to_string())
     );
@@ -145,7 +142,7 @@ pub async fn execute(args: QueueBench) -> anyhow::Result<ExitCode> {
         &url,
         registry.clone(),
         bytes,
-        concurrency,
+        args.concurrency,
         args.prefetch.map_or(
             crate::worker::Prefetch::Adaptive,
             crate::worker::Prefetch::Fixed,
@@ -321,17 +318,25 @@ async fn measure_throughput<W>(
 
 /// Single jobs, one after the other, on an idle worker.
 struct RoundTrip {
-    /// Enqueue to result event, sorted.
+    /// Enqueue to the final record in hand (from the end event, or read
+    /// when the event came without it), sorted.
     times: Vec<Duration>,
+    /// How many results came with their end event (no read).
+    in_event: usize,
     commands: Commands,
 }
 
 impl RoundTrip {
     fn print(&self, single: usize) {
-        println!("single jobs (enqueue -> result event, idle worker, {single} sequential)");
+        println!("single jobs (enqueue -> result in hand, idle worker, {single} sequential)");
         if self.times.is_empty() {
             return;
         }
+        println!(
+            "  results in events:  {:>10} of {} (the others read with GET)",
+            self.in_event,
+            self.times.len()
+        );
         println!(
             "  p50:                {:>10.2?}",
             percentile(&self.times, 50.0)
@@ -356,6 +361,7 @@ async fn measure_round_trip(
 ) -> anyhow::Result<RoundTrip> {
     count.reset().await?;
     let mut times = Vec::with_capacity(args.single);
+    let mut in_event = 0;
     for _ in 0..args.single {
         let t = Instant::now();
         let id = producer
@@ -363,19 +369,36 @@ async fn measure_round_trip(
             .await?
             .job
             .id;
-        loop {
+        let record = loop {
             match tokio::time::timeout(Duration::from_secs(30), events.recv()).await {
-                Ok(Ok(ev)) if ev.id == id && ev.state.is_final() => break,
+                Ok(Ok(ev)) if ev.id == id && ev.state.is_final() => break ev.record,
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => bail!("event stream: {e}"),
                 Err(_) => bail!("single job {id} did not finish in 30 s"),
             }
+        };
+        let job = match record {
+            Some(rec) => {
+                in_event += 1;
+                crate::queue::Job::from_json(&rec)?
+            }
+            None => match producer.broker().get(id).await? {
+                Some(job) => job,
+                None => bail!("single job {id} ended but its record is gone"),
+            },
+        };
+        if job.result.is_none() {
+            bail!("single job {id} ended without a result: {:?}", job.state);
         }
         times.push(t.elapsed());
     }
     let commands = count.read().await?;
     times.sort();
-    Ok(RoundTrip { times, commands })
+    Ok(RoundTrip {
+        times,
+        in_event,
+        commands,
+    })
 }
 
 /// What an idle worker costs Redis.

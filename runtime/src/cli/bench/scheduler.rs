@@ -189,6 +189,8 @@ async fn measure_firing(
                 lease: Duration::from_secs(3600),
                 prioritized: true,
                 sample: false,
+                idle: 0,
+                registered: false,
             })
             .await?;
         if reply.deliveries.is_empty() {

@@ -28,7 +28,7 @@ pub struct WorkflowBench {
     /// Workflows run one after another; each prints its figures.
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
-    /// Worker concurrency (default: one per core).
+    /// Worker concurrency, fixed (default: adaptive from one per core, as `runner worker`).
     #[arg(long)]
     pub concurrency: Option<usize>,
     #[arg(long, default_value = "redis-server")]
@@ -61,14 +61,11 @@ pub async fn execute(args: WorkflowBench) -> anyhow::Result<ExitCode> {
     let workflows = Workflows::new(producer);
     let mut events = broker.subscribe().await?;
 
-    let concurrency = args
-        .concurrency
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let worker = super::bench_worker(
         &url,
         registry.clone(),
         bytes,
-        concurrency,
+        args.concurrency,
         crate::worker::Prefetch::Adaptive,
     )
     .await?;
@@ -78,8 +75,10 @@ pub async fn execute(args: WorkflowBench) -> anyhow::Result<ExitCode> {
     }));
     let batches = args.members.div_ceil(args.batch);
     println!(
-        "runner bench workflow: {} jobs of {module_name} in {batches} batches of {} (a chain of groups), then a finaliser that collects them; one worker, concurrency {concurrency}",
-        args.members, args.batch
+        "runner bench workflow: {} jobs of {module_name} in {batches} batches of {} (a chain of groups), then a finaliser that collects them; one worker, {}",
+        args.members,
+        args.batch,
+        super::slots_label(args.concurrency)
     );
     // Let the worker settle into idle first.
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -3,6 +3,10 @@
 -- never leaves a job half-moved (out of one list, in no other).
 local MAX_MS = 3155760000000 -- 100 years: the longest delay or TTL of a job
 local MAX_TIME_MS = 100000000000000 -- a time in ms since 1970, beyond year 5000
+-- The largest record a message carries (a job pushed to an idle worker, a
+-- final record with its end event): pub/sub sends it to every subscriber
+-- of the queue; a larger one is read by whoever needs it.
+local RECORD_IN_MESSAGE_MAX = 16384
 local function arg_error(what, v)
   error({ err = 'ERR bad argument ' .. what .. ': ' .. tostring(v) })
 end

@@ -5,6 +5,9 @@
 --       once by its id, a workflow's step), record ttl ms (0 = none), priority (0-9)
 -- Due times are the server's now plus the delay (the producer's clock may be off).
 -- Returns per job: 'new' or 'dup', then the earlier record for a dup ('' otherwise).
+-- A worker idle on the queue (`idle`, registered by its settle call) gets
+-- the first jobs made ready leased to it at once, published with the
+-- wake-up (`push`): it needs no lease call.
 local P, chan, qname = ARGV[1], ARGV[2], ARGV[3]
 local idem_ttl = ttl_ms(ARGV[4], 'idempotency ttl')
 local n = count(ARGV[5], 'n')
@@ -23,6 +26,8 @@ local mset, ready, delayed, indexed, prio = {}, {}, {}, {}, {}
 local now = nil
 local seen = {}
 local wake = nil
+-- Records of ready jobs that may be pushed to an idle worker, by member.
+local pushable = {}
 for j = 0, n - 1 do
   local b = 6 + j * W
   local id, rec, delay, idem, ttl = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3], tonumber(ARGV[b + 4])
@@ -82,10 +87,58 @@ for j = 0, n - 1 do
     else
       if p > 0 then now = now or server_ms() end
       stage_ready(ready, prio, id .. '|0', p, now)
+      if p == 0 and #rec <= RECORD_IN_MESSAGE_MAX and not string.find(rec, '"rate_limits":[', 1, true) then
+        pushable[id .. '|0'] = rec
+      end
     end
   end
 end
 if #mset > 0 then redis.call('MSET', unpack(mset)) end
+-- Pushed to an idle worker: the first ready jobs, when nothing else waits
+-- (so order and priorities hold) and they are plain (no rate limit, a
+-- small record). One worker per call: the others are woken as usual.
+local push = nil
+if #ready > 0 and #prio == 0 and pushable[ready[1]] then
+  local idle = redis.call('HGETALL', P .. 'idle')
+  if #idle > 0 and redis.call('LLEN', P .. 'ready') == 0 and redis.call('ZCARD', P .. 'prio') == 0 then
+    now = now or server_ms()
+    local gone = {}
+    for i = 1, #idle, 2 do
+      local free, lease, until_ = string.match(idle[i + 1], '^(%d+)|(%d+)|(%d+)$')
+      gone[#gone + 1] = idle[i]
+      if free and tonumber(until_) > now and tonumber(free) > 0 then
+        push = { w = idle[i], free = tonumber(free), lease = now + tonumber(lease) }
+        break
+      end
+    end
+    -- The chosen registration is used up (its worker registers again when
+    -- its next call finds the queue empty), stale ones are dropped.
+    redis.call('HDEL', P .. 'idle', unpack(gone))
+  end
+end
+if push then
+  local leases, index, jobs, evs = {}, {}, {}, {}
+  local k = 0
+  while k < push.free and k < #ready and pushable[ready[k + 1]] do
+    k = k + 1
+    local id = string.match(ready[k], '^[^|]+')
+    local member = id .. '|0|' .. push.w .. '|' .. now
+    leases[#leases + 1] = push.lease
+    leases[#leases + 1] = member
+    index[#index + 1] = id
+    index[#index + 1] = member
+    jobs[#jobs + 1] = member
+    jobs[#jobs + 1] = pushable[ready[k]]
+    evs[#evs + 1] = { id, 'STARTED' }
+  end
+  redis.call('ZADD', P .. 'leases', unpack(leases))
+  redis.call('HSET', P .. 'leased', unpack(index))
+  local rest = {}
+  for i = k + 1, #ready do rest[#rest + 1] = ready[i] end
+  ready = rest
+  push.jobs, push.ev = jobs, evs
+  hist_touch()
+end
 if #indexed > 0 then
   redis.call('ZADD', P .. 'jobs', unpack(indexed))
   hist_count('PENDING', #indexed / 2)
@@ -96,8 +149,11 @@ if #delayed > 0 then redis.call('ZADD', P .. 'delayed', unpack(delayed)) end
 if #prio > 0 then redis.call('ZADD', P .. 'prio', unpack(prio)) end
 hist_flush(P, now, true)
 local readied = #ready + #prio / 2
-if readied > 0 or wake then
+if readied > 0 or wake or push then
   local msg = { q = qname }
+  if push then
+    msg.push, msg.w, msg.lease, msg.ev = push.jobs, push.w, push.lease, push.ev
+  end
   if readied > 0 then msg.ready = readied end
   if #prio > 0 then msg.prio = 1 end
   if wake then msg.wake = wake end

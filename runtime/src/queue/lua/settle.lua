@@ -6,6 +6,9 @@
 -- ARGV: prefix, channel, queue, lease ms, worker, fetch max, due check (1/0), n completions,
 --       skip own leases in next due (1/0), lease prioritized jobs first (1/0),
 --       record the queue's depth in its history (1/0; also done when the fetch drains it),
+--       idle slots (when the fetch drains the queue, register this many of the
+--       worker's free slots in `idle`, for the enqueue script to push jobs to;
+--       0: none), whether the worker is registered there (1/0: else it is left alone),
 --       then per completion: lease member, action, record, arg, id, alt record, alt ttl, state
 -- action: F final (arg = ttl ms), D final + dead letter (arg = ttl ms),
 --         R retry (arg = delay ms from now), H hand back;
@@ -13,7 +16,8 @@
 -- Returns {leased {member, record}..., stale ids, next due, deferred until,
 -- number of entries taken from ready (leased, deferred or dropped), now,
 -- number of expired leases taken back, whether prioritized jobs may be
--- left ('1'/'0'; '' when not asked), workflow ends to apply again (due check)}.
+-- left ('1'/'0'; '' when not asked), workflow ends to apply again (due check),
+-- whether the worker is registered as idle ('1'/'0')}.
 local P, chan, qname = ARGV[1], ARGV[2], ARGV[3]
 local lease_ms = ttl_ms(ARGV[4], 'lease')
 local worker, fetch_max, due_check = ARGV[5], count(ARGV[6], 'fetch'), ARGV[7] == '1'
@@ -21,7 +25,9 @@ local nc = count(ARGV[8], 'completions')
 local skip_own = ARGV[9] == '1'
 local check_prio = ARGV[10] == '1'
 local sample = ARGV[11] == '1'
-local C = 12 -- the first completion's first argument
+local idle_slots = count(ARGV[12], 'idle slots')
+local was_idle = ARGV[13] == '1'
+local C = 14 -- the first completion's first argument
 if #ARGV ~= C - 1 + nc * 8 then arg_error('count', #ARGV) end
 for j = 0, nc - 1 do
   local b = C + j * 8
@@ -37,6 +43,8 @@ for j = 0, nc - 1 do
 end
 local now = server_ms()
 local ev, stale = {}, {}
+-- Final records sent with their end events (a waiter needs no read).
+local recs, has_recs = {}, false
 -- Jobs with a priority made ready by this call: announced as such.
 local prioritized = false
 local readied = 0
@@ -75,6 +83,10 @@ if nc > 0 then
           dead[#dead + 1] = id
         end
         ev[#ev + 1] = { id, state }
+        if #rec <= RECORD_IN_MESSAGE_MAX then
+          recs[id] = rec
+          has_recs = true
+        end
       elseif kind == 'R' then
         if redis.call('ZSCORE', P .. 'revoked', id) then
           redis.call('SET', P .. 'job:' .. id, alt, 'PX', altttl)
@@ -296,16 +308,32 @@ if fetch_max > 0 then
   end
 end
 
+-- An idle worker's registration: until it is used by a push, replaced by
+-- the next call, or out of date (a worker that died while idle holds
+-- pushed jobs until their lease runs out, then they run elsewhere).
+local IDLE_MS = 60000
+local registered = '0'
+if idle_slots > 0 and fetch_max > 0 and popped < fetch_max then
+  -- The jobs this call leased take slots too.
+  local free = math.min(idle_slots, fetch_max) - #out / 2
+  if free > 0 then
+    redis.call('HSET', P .. 'idle', worker, free .. '|' .. lease_ms .. '|' .. (now + IDLE_MS))
+    registered = '1'
+  end
+end
+if registered == '0' and was_idle then redis.call('HDEL', P .. 'idle', worker) end
+
 index_flush(P, now)
 if nc > 0 or popped > 0 or readied > 0 or reclaimed > 0 then hist_touch() end
 hist_flush(P, now, sample or (fetch_max > 0 and popped < fetch_max))
 if #ev > 0 or readied > 0 or deferred then
   local msg = { q = qname, w = worker }
   if #ev > 0 then msg.ev = ev end
+  if has_recs then msg.rec = recs end
   if readied > 0 then msg.ready = readied end
   if deferred then msg.wake = deferred end
   if prioritized then msg.prio = 1 end
   if #out > 0 then msg.lease = now + lease_ms end
   redis.call('PUBLISH', chan, cjson.encode(msg))
 end
-return { out, stale, next_due and tostring(next_due) or '', deferred and tostring(deferred) or '', popped, now, reclaimed, prio_left, outbox }
+return { out, stale, next_due and tostring(next_due) or '', deferred and tostring(deferred) or '', popped, now, reclaimed, prio_left, outbox, registered }
