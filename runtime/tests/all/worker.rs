@@ -638,6 +638,21 @@ on_every_broker!(
     slots_grow_for_runs_that_wait_and_not_for_busy_ones,
 );
 
+/// Job `id`'s state now.
+async fn state(env: &Env, id: JobId) -> JobState {
+    env.broker.get(id).await.unwrap().unwrap().state
+}
+
+/// Enqueues one job of `task`; its id.
+async fn enqueue(env: &Env, task: &str, input: &str) -> JobId {
+    env.producer
+        .enqueue(EnqueueRequest::task(task, input))
+        .await
+        .unwrap()
+        .job
+        .id
+}
+
 /// The slots a worker runs, as inspect shows them, until `done` (at most
 /// 60 s); checks that no more runs than slots are active. The most seen.
 async fn most_slots(env: &Env, done: &[JobId]) -> usize {
@@ -656,7 +671,7 @@ async fn most_slots(env: &Env, done: &[JobId]) -> usize {
         }
         let mut ended = 0;
         for id in done {
-            if env.broker.get(*id).await.unwrap().unwrap().state.is_final() {
+            if state(env, *id).await.is_final() {
                 ended += 1;
             }
         }
@@ -709,10 +724,7 @@ async fn slots_grow_for_runs_that_wait_and_not_for_busy_ones(env: Env) {
     let most = most_slots(&env, &sleeps).await;
     assert!(most > 1 && most <= 6, "slots went up to {most}");
     for id in sleeps {
-        assert_eq!(
-            env.broker.get(id).await.unwrap().unwrap().state,
-            JobState::Success
-        );
+        assert_eq!(state(&env, id).await, JobState::Success);
     }
     w.stop().await;
 }
@@ -723,13 +735,7 @@ async fn slots_grow_for_runs_that_wait_and_not_for_busy_ones(env: Env) {
 async fn a_stopped_worker_is_pushed_nothing(env: Env) {
     env.bind("hello", "hello", "default", |_| {}).await;
     let w = env.worker(cfg(&["default"], 2)).await;
-    let first = env
-        .producer
-        .enqueue(EnqueueRequest::task("hello", r#"{"name":"Ada"}"#))
-        .await
-        .unwrap()
-        .job
-        .id;
+    let first = enqueue(&env, "hello", r#"{"name":"Ada"}"#).await;
     assert_eq!(
         wait_final(&env.broker, first).await.state,
         JobState::Success
@@ -737,17 +743,8 @@ async fn a_stopped_worker_is_pushed_nothing(env: Env) {
     // Its call after the run found the queue empty: it is idle.
     tokio::time::sleep(Duration::from_millis(100)).await;
     w.stop().await;
-    let next = env
-        .producer
-        .enqueue(EnqueueRequest::task("hello", r#"{"name":"Bo"}"#))
-        .await
-        .unwrap()
-        .job
-        .id;
-    assert_eq!(
-        env.broker.get(next).await.unwrap().unwrap().state,
-        JobState::Pending
-    );
+    let next = enqueue(&env, "hello", r#"{"name":"Bo"}"#).await;
+    assert_eq!(state(&env, next).await, JobState::Pending);
     let w = env.worker(cfg(&["default"], 2)).await;
     let j = wait_final(&env.broker, next).await;
     assert_eq!((j.state, j.redeliveries), (JobState::Success, 0));
