@@ -228,6 +228,10 @@ pub struct SettleReply {
     /// The worker is now registered as idle in the queue (see
     /// [`SettleRequest::idle`]).
     pub registered: bool,
+    /// A push used the worker's registration up and its jobs have not
+    /// reached the worker yet ([`Signal::Pushed`]): they come first, so this
+    /// call leased nothing.
+    pub push_in_flight: bool,
 }
 
 /// What wakes a worker.

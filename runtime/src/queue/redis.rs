@@ -12,7 +12,7 @@
 //! | `delayed` | zset | same members (`<id>\|<redeliveries>\|<priority>` for a priority above 0), scored by due time (ms): countdown, ETA, retry backoff, rate limit |
 //! | `leases` | zset | `<id>\|<redeliveries>\|<worker>\|<leased ms>`, scored by lease deadline |
 //! | `leased` | hash | id -> its member of `leases` (status and revoke look a lease up by id) |
-//! | `idle` | hash | worker -> `<free slots>\|<lease ms>\|<until ms>`: workers whose last fetch found the queue empty; the next enqueue leases jobs straight to one of them and publishes them (`push`) |
+//! | `idle` | hash | worker -> `<free slots>\|<lease ms>\|<until ms>`: workers whose last fetch found the queue empty; the next enqueue leases jobs straight to one of them and publishes them (`push`), leaving `p\|<until ms>` until that worker's next call |
 //! | `job:<id>` | string | the job record (JSON); a TTL once final |
 //! | `idem:<key>` | string | the id of the job enqueued with that idempotency key |
 //! | `dead` | zset | dead-lettered ids, scored by time of death |
@@ -890,12 +890,14 @@ impl Broker for RedisBroker {
             .filter_map(|s| s.parse().ok())
             .collect();
         let registered = parts.next().and_then(|v| as_string(&v)).as_deref() == Some("1");
+        let push_in_flight = parts.next().and_then(|v| as_string(&v)).as_deref() == Some("1");
         let mut out = SettleReply {
             popped,
             reclaimed,
             prioritized_left,
             outbox,
             registered,
+            push_in_flight,
             deliveries: deliveries(q, leased.iter().filter_map(as_string))?,
             ..SettleReply::default()
         };

@@ -43,6 +43,9 @@ struct QueueView {
     /// Registered as idle in the queue: an enqueue may lease jobs straight
     /// to this worker ([`Signal::Pushed`]).
     registered: bool,
+    /// A push to this worker is on its way (its call found the marker):
+    /// fetch nothing until it arrives, or until then at the latest.
+    awaiting_push: Option<Instant>,
 }
 
 struct Held {
@@ -105,6 +108,7 @@ impl Dispatcher {
                             orphan_check: None,
                             sampled: None,
                             registered: false,
+                            awaiting_push: None,
                         },
                     )
                 })
@@ -118,7 +122,12 @@ impl Dispatcher {
             stats: WorkerStats::default(),
             outage: None,
             prefetch: Prefetcher::new(ctx.cfg.prefetch, ctx.cfg.concurrency),
-            slots: Slots::new(ctx.cfg.concurrency, ctx.cfg.max_concurrency),
+            slots: Slots::new(
+                ctx.cfg.concurrency,
+                ctx.cfg.max_concurrency,
+                ctx.busy_ns.clone(),
+                ctx.loading.clone(),
+            ),
             stalled: false,
             ctx,
         }
@@ -144,7 +153,7 @@ impl Dispatcher {
             self.start_buffered();
             self.hand_back_if_stalled();
             let now = Instant::now();
-            self.slots.note(now, self.saturated());
+            self.slots.note(now, self.running.len(), self.saturated());
             if retry_at.is_none_or(|t| t <= now) {
                 retry_at = None;
                 if let Err(e) = self.talk().await {
@@ -188,7 +197,11 @@ impl Dispatcher {
                 }
                 _ = sleep_until_opt(sleep_until) => {
                     let now = Utc::now();
+                    let instant = Instant::now();
                     for q in self.queues.values_mut() {
+                        if q.awaiting_push.is_some_and(|t| t <= instant) {
+                            q.awaiting_push = None;
+                        }
                         if q.next_due.is_some_and(|t| t <= now) {
                             q.next_due = None;
                             q.due_check = true;
@@ -214,7 +227,9 @@ impl Dispatcher {
     /// Ends a window of the adaptive slots (`slots.rs`).
     fn adapt(&mut self) {
         let before = self.slots.current();
-        if let Some(n) = self.slots.adapt(Instant::now()) {
+        let now = Instant::now();
+        self.slots.note(now, self.running.len(), self.saturated());
+        if let Some(n) = self.slots.adapt(now) {
             tracing::info!(from = before, to = n, "slots adapted");
             self.prefetch.set_concurrency(n);
             // More slots: more jobs to fetch.
@@ -375,8 +390,12 @@ impl Dispatcher {
             let completions = self.pending.remove(&q).unwrap_or_default();
             let view = self.queues.get(&q);
             let due_check = view.is_some_and(|v| v.due_check) && !shutting;
-            // Fetch only when the jobs at hand no longer fill the slots.
-            let need_jobs = self.buffer.len() < self.slots.current();
+            // Fetch only when the jobs at hand no longer fill the slots, and
+            // not before jobs pushed to this worker arrived (they are older).
+            let awaiting = view
+                .and_then(|v| v.awaiting_push)
+                .is_some_and(|t| t > Instant::now());
+            let need_jobs = self.buffer.len() < self.slots.current() && !awaiting;
             let want =
                 if shutting || !need_jobs || !(view.is_some_and(|v| v.maybe_work) || due_check) {
                     0
@@ -492,13 +511,16 @@ impl Dispatcher {
                 // Only a fetch that took fewer entries than asked says the
                 // queue is empty: jobs deferred by a rate limit (or dropped
                 // as expired) were taken too, and more may wait behind them.
-                if want > 0 {
+                // (A call that leased nothing because a push is on its way
+                // found nothing out.)
+                if want > 0 && !reply.push_in_flight {
                     v.maybe_work = reply.popped >= want;
                 }
                 if asked_prio {
                     v.maybe_prio = reply.prioritized_left;
                 }
                 v.registered = reply.registered;
+                v.awaiting_push = reply.push_in_flight.then(|| Instant::now() + PUSH_WAIT);
             }
             for d in reply.deliveries {
                 self.take(d);
@@ -611,7 +633,9 @@ impl Dispatcher {
                 let ms = (earliest - Utc::now()).num_milliseconds().max(0) as u64;
                 Instant::now() + Duration::from_millis(ms)
             });
-        [flush, due, self.hand_back_at()]
+        // A push that never arrives (a lost message): fetch after all.
+        let push = self.queues.values().filter_map(|v| v.awaiting_push).min();
+        [flush, due, self.hand_back_at(), push]
             .into_iter()
             .flatten()
             .min()
@@ -654,6 +678,7 @@ impl Dispatcher {
                 // The push used the registration up.
                 if let Some(v) = self.queues.get_mut(&queue) {
                     v.registered = false;
+                    v.awaiting_push = None;
                 }
                 let stopping = self.ctx.shutting_down.load(Ordering::Relaxed);
                 for d in deliveries {
@@ -853,6 +878,10 @@ impl Dispatcher {
         tracing::info!(worker = %self.id, stats = ?self.stats, "worker stopped");
     }
 }
+
+/// How long a worker waits for jobs pushed to it before it fetches again
+/// (a lost push's jobs come back when their lease runs out).
+const PUSH_WAIT: Duration = Duration::from_secs(1);
 
 /// A result waits at most this long for others to be stored with it.
 const FLUSH_AFTER: Duration = Duration::from_millis(20);

@@ -235,6 +235,8 @@ impl Worker {
             modules: Mutex::new(HashMap::new()),
             grants: std::sync::Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
+            busy_ns: Arc::default(),
+            loading: Arc::default(),
         });
         let consuming = self.consuming.clone();
         consuming.send_replace(true);
@@ -265,6 +267,11 @@ pub(super) struct RunCtx {
     /// Grants by (task, module), with when they were read.
     pub(super) grants: std::sync::Mutex<HashMap<(String, ModuleHash), CachedGrants>>,
     pub(super) shutting_down: AtomicBool,
+    /// Nanoseconds the runs spent working rather than waiting: polled
+    /// ([`slots::Timed`]) or compiling their module (`slots.rs`).
+    pub(super) busy_ns: Arc<std::sync::atomic::AtomicU64>,
+    /// Runs compiling their module right now (`slots.rs`).
+    pub(super) loading: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The grants a (task, module) pair runs with; `None`: no binding of the

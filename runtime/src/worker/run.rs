@@ -218,9 +218,17 @@ async fn resolve(
     let sandbox = ctx.sandbox.clone();
     // Compiling takes real CPU time: keep it off the executor.
     let started = std::time::Instant::now();
+    ctx.loading.fetch_add(1, Ordering::Relaxed);
     let loaded = tokio::task::spawn_blocking(move || sandbox.load(&bytes)).await;
+    ctx.loading.fetch_sub(1, Ordering::Relaxed);
     // Compiled, or read from the on-disk cache of compiled modules.
-    metrics::histogram!("runner_module_load_seconds").record(started.elapsed().as_secs_f64());
+    let took = started.elapsed();
+    metrics::histogram!("runner_module_load_seconds").record(took.as_secs_f64());
+    // Work, not a wait, for the adaptive slots (`slots.rs`).
+    ctx.busy_ns.fetch_add(
+        u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
     match loaded {
         Ok(Ok(m)) => {
             ctx.modules.lock().await.insert(hash, m.clone());

@@ -7,9 +7,9 @@
 //!
 //! - **saturation**: the share of the time every slot was busy while more
 //!   work waited (jobs leased ahead, or a queue said to hold more);
-//! - **busy**: the share of the slots' time their runs were being polled
-//!   (executing), not waiting for a host call (mail, webhooks, timers) to
-//!   answer;
+//! - **busy**: of the time runs held slots, the share they were working
+//!   (being polled, or compiling their module on a blocking thread), not
+//!   waiting for a host call (mail, webhooks, timers) to answer;
 //! - **CPU**: the process's CPU time (`getrusage`) as a share of the cores.
 //!
 //! When the slots were saturated for most of the window (over
@@ -29,7 +29,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -123,15 +123,28 @@ pub struct Slots {
     /// saturated (if it is).
     saturated: Duration,
     saturated_since: Option<Instant>,
-    /// Nanoseconds the runs were polled ([`Timed`]), and at the window's
-    /// start.
+    /// Slot time taken by runs in this window (runs x seconds), as of
+    /// `last_note`, when `running` ran.
+    occupied: f64,
+    last_note: Instant,
+    running: usize,
+    /// Nanoseconds the runs worked: polled ([`Timed`]) or compiling their
+    /// module (a blocking task); and the count at the window's start.
     polled: Arc<AtomicU64>,
     polled_at_start: u64,
+    /// Runs compiling their module now.
+    loading: Arc<AtomicUsize>,
 }
 
 impl Slots {
-    /// `concurrency` slots, adapting up to `max` when that is more.
-    pub fn new(concurrency: usize, max: Option<usize>) -> Self {
+    /// `concurrency` slots, adapting up to `max` when that is more; the
+    /// runs add the time they work (not wait) to `busy_ns`.
+    pub fn new(
+        concurrency: usize,
+        max: Option<usize>,
+        busy_ns: Arc<AtomicU64>,
+        loading: Arc<AtomicUsize>,
+    ) -> Self {
         let min = concurrency.max(1);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Slots {
@@ -143,8 +156,12 @@ impl Slots {
             cpu_at_start: process_cpu(),
             saturated: Duration::ZERO,
             saturated_since: None,
-            polled: Arc::new(AtomicU64::new(0)),
-            polled_at_start: 0,
+            occupied: 0.0,
+            last_note: Instant::now(),
+            running: 0,
+            loading,
+            polled_at_start: busy_ns.load(Ordering::Relaxed),
+            polled: busy_ns,
         }
     }
 
@@ -166,8 +183,11 @@ impl Slots {
         self.max > self.min
     }
 
-    /// Whether every slot is busy while more work waits, as of `now`.
-    pub fn note(&mut self, now: Instant, saturated: bool) {
+    /// How many runs are running and whether every slot is busy while more
+    /// work waits, as of `now`.
+    pub fn note(&mut self, now: Instant, running: usize, saturated: bool) {
+        self.occupy_until(now);
+        self.running = running;
         match (saturated, self.saturated_since) {
             (true, None) => self.saturated_since = Some(now),
             (false, Some(since)) => {
@@ -176,6 +196,13 @@ impl Slots {
             }
             _ => {}
         }
+    }
+
+    /// Adds the slot time of the runs since the last note.
+    fn occupy_until(&mut self, now: Instant) {
+        let since = self.last_note.max(self.window_start);
+        self.occupied += self.running as f64 * now.saturating_duration_since(since).as_secs_f64();
+        self.last_note = now;
     }
 
     /// Ends the window at `now`: the new slot count when it changed.
@@ -197,14 +224,27 @@ impl Slots {
             // No CPU figure: never grow on a guess.
             _ => 1.0,
         };
+        self.occupy_until(now);
         let polled = self.polled.load(Ordering::Relaxed);
-        let busy = polled.saturating_sub(self.polled_at_start) as f64
-            / (window.as_nanos() as f64 * self.current as f64);
+        // Of the time runs held slots, the share they worked (no runs: no
+        // sign of waiting).
+        let worked = polled.saturating_sub(self.polled_at_start) as f64 / 1e9;
+        let busy = if self.occupied > 0.0 {
+            worked / self.occupied
+        } else {
+            1.0
+        };
+        self.occupied = 0.0;
         self.window_start = now;
         self.cpu_at_start = cpu_now;
         self.polled_at_start = polled;
         self.saturated = Duration::ZERO;
         let share = saturated.as_secs_f64() / window.as_secs_f64();
+        // A run compiling its module says nothing of what runs need (its
+        // time counts as work only once the compilation ends).
+        if self.loading.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
         let next = decide(self.current, self.min, self.max, share, busy, cpu);
         (next != self.current).then(|| {
             self.current = next;
@@ -256,21 +296,22 @@ mod tests {
 
     #[test]
     fn a_fixed_count_never_changes() {
-        let mut s = Slots::new(3, None);
+        let mut s = Slots::new(3, None, Arc::default(), Arc::default());
         assert!(!s.adaptive());
         let t = Instant::now();
-        s.note(t, true);
+        s.note(t, 3, true);
         assert_eq!(s.adapt(t + Duration::from_secs(1)), None);
         assert_eq!(s.current(), 3);
     }
 
     #[test]
     fn saturation_is_measured_over_the_window() {
-        let mut s = Slots::new(1, Some(4));
+        let mut s = Slots::new(1, Some(4), Arc::default(), Arc::default());
         let t0 = s.window_start;
-        s.note(t0 + Duration::from_millis(100), true);
-        s.note(t0 + Duration::from_millis(900), false);
+        s.note(t0 + Duration::from_millis(100), 1, true);
+        s.note(t0 + Duration::from_millis(900), 0, false);
         assert_eq!(s.saturated, Duration::from_millis(800));
+        assert!((s.occupied - 0.8).abs() < 1e-9, "{}", s.occupied);
     }
 
     #[tokio::test]

@@ -919,7 +919,48 @@ conformance!(
     only_plain_jobs_with_nothing_before_them_are_pushed,
     a_job_pushed_to_a_worker_that_died_runs_elsewhere,
     an_end_event_carries_the_final_record,
+    a_worker_whose_push_is_on_its_way_leases_nothing_more,
 );
+
+/// A worker's call that comes after a push used its registration up, but
+/// before the push reached it, leases nothing and says so: the pushed jobs
+/// are older and come first, and the worker never holds more than it
+/// registered for plus what it asks for once they arrived.
+async fn a_worker_whose_push_is_on_its_way_leases_nothing_more(env: Env) {
+    let b = &env.broker;
+    if !register_idle(&env, "w-idle", 2, Duration::from_secs(30)).await {
+        return;
+    }
+    let ids: Vec<JobId> = env
+        .producer
+        .enqueue_batch((0..4).map(|_| call("{}")).collect())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.job.id)
+        .collect();
+    // The worker has not heard the push yet: it believes it is registered.
+    let mut req = settle("work", "w-idle", vec![], 4);
+    req.idle = 2;
+    req.registered = true;
+    let r = b.settle(req).await.unwrap();
+    assert!(r.push_in_flight);
+    assert!(r.deliveries.is_empty(), "{:?}", r.deliveries.len());
+    assert!(!r.registered);
+    // The jobs behind the pushed ones still wait, in order, for anyone.
+    let r = b.settle(settle("work", "w-2", vec![], 4)).await.unwrap();
+    assert_eq!(
+        r.deliveries.iter().map(|d| d.job.id).collect::<Vec<_>>(),
+        ids[2..]
+    );
+    // The marker is gone with that call: the next one leases as usual.
+    let id = env.producer.enqueue(call("{}")).await.unwrap().job.id;
+    let mut req = settle("work", "w-idle", vec![], 4);
+    req.registered = true;
+    let r = b.settle(req).await.unwrap();
+    assert!(!r.push_in_flight);
+    assert_eq!(r.deliveries[0].job.id, id);
+}
 
 /// On Redis a job's end event carries its final record (up to
 /// `EVENT_RECORD_MAX` bytes), so that a waiter needs no read; a larger one

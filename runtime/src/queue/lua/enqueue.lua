@@ -9,6 +9,8 @@
 -- the first jobs made ready leased to it at once, published with the
 -- wake-up (`push`): it needs no lease call.
 local P, chan, qname = ARGV[1], ARGV[2], ARGV[3]
+-- How long a push's marker waits for its worker's next call.
+local PUSH_MARK_MS = 10000
 local idem_ttl = ttl_ms(ARGV[4], 'idempotency ttl')
 local n = count(ARGV[5], 'n')
 local W = 6 -- arguments per job
@@ -105,15 +107,23 @@ if #ready > 0 and #prio == 0 and pushable[ready[1]] then
     local gone = {}
     for i = 1, #idle, 2 do
       local free, lease, until_ = string.match(idle[i + 1], '^(%d+)|(%d+)|(%d+)$')
-      gone[#gone + 1] = idle[i]
-      if free and tonumber(until_) > now and tonumber(free) > 0 then
-        push = { w = idle[i], free = tonumber(free), lease = now + tonumber(lease) }
-        break
+      if free then
+        if tonumber(until_) <= now then
+          gone[#gone + 1] = idle[i]
+        elseif not push and tonumber(free) > 0 then
+          push = { w = idle[i], free = tonumber(free), lease = now + tonumber(lease) }
+        end
+      else
+        -- A push's marker (`p|<until>`), kept until its worker's next call.
+        local mark = string.match(idle[i + 1], '^p|(%d+)$')
+        if not mark or tonumber(mark) <= now then gone[#gone + 1] = idle[i] end
       end
     end
-    -- The chosen registration is used up (its worker registers again when
-    -- its next call finds the queue empty), stale ones are dropped.
-    redis.call('HDEL', P .. 'idle', unpack(gone))
+    -- The chosen registration is used up: a marker takes its place, so
+    -- that the worker's next call, if it comes before the push reaches
+    -- it, leases nothing (the pushed jobs come first). Stale entries go.
+    if push then redis.call('HSET', P .. 'idle', push.w, 'p|' .. (now + PUSH_MARK_MS)) end
+    if #gone > 0 then redis.call('HDEL', P .. 'idle', unpack(gone)) end
   end
 end
 if push then

@@ -17,7 +17,8 @@
 -- number of entries taken from ready (leased, deferred or dropped), now,
 -- number of expired leases taken back, whether prioritized jobs may be
 -- left ('1'/'0'; '' when not asked), workflow ends to apply again (due check),
--- whether the worker is registered as idle ('1'/'0')}.
+-- whether the worker is registered as idle ('1'/'0'), whether jobs pushed to
+-- it are on their way (so nothing was leased; '1'/'0')}.
 local P, chan, qname = ARGV[1], ARGV[2], ARGV[3]
 local lease_ms = ttl_ms(ARGV[4], 'lease')
 local worker, fetch_max, due_check = ARGV[5], count(ARGV[6], 'fetch'), ARGV[7] == '1'
@@ -250,6 +251,18 @@ local function limit(rules, id)
   return nil
 end
 
+-- A worker registered as idle whose registration a push used up (the
+-- enqueue left a marker): the pushed jobs are on their way to it and come
+-- first, so this call leases nothing and says so.
+local in_flight = '0'
+if was_idle then
+  local mark = redis.call('HGET', P .. 'idle', worker)
+  if mark and string.sub(mark, 1, 2) == 'p|' then
+    in_flight = '1'
+    fetch_max = 0
+  end
+end
+
 local out = {}
 local popped = 0
 local prio_left = ''
@@ -336,4 +349,4 @@ if #ev > 0 or readied > 0 or deferred then
   if #out > 0 then msg.lease = now + lease_ms end
   redis.call('PUBLISH', chan, cjson.encode(msg))
 end
-return { out, stale, next_due and tostring(next_due) or '', deferred and tostring(deferred) or '', popped, now, reclaimed, prio_left, outbox, registered }
+return { out, stale, next_due and tostring(next_due) or '', deferred and tostring(deferred) or '', popped, now, reclaimed, prio_left, outbox, registered, in_flight }
