@@ -563,6 +563,37 @@ mod tests {
     }
 
     #[test]
+    fn max_concurrency_is_checked_and_makes_the_slots_adapt() {
+        for (text, why) in [
+            ("[worker]\nmax_concurrency = 0\n", "max_concurrency (0)"),
+            (
+                "[worker]\nconcurrency = 8\nmax_concurrency = 4\n",
+                "at least worker.concurrency (8)",
+            ),
+            ("[worker]\nmax_concurrency = 5000\n", "at most 1000"),
+        ] {
+            let e = Config::from_toml(text)
+                .and_then(|c| c.check().map(|_| c))
+                .unwrap_err();
+            assert!(format!("{e:#}").contains(why), "{text}: {e:#}");
+        }
+        let adaptive = |text: &str| {
+            let c = crate::app::worker_config(&Config::from_toml(text).unwrap()).unwrap();
+            (c.concurrency, c.max_concurrency)
+        };
+        let cores = crate::worker::WorkerConfig::default().concurrency;
+        assert_eq!(
+            adaptive(""),
+            (cores, Some(crate::worker::slots::default_max(cores)))
+        );
+        assert_eq!(adaptive("[worker]\nconcurrency = 3\n"), (3, None));
+        assert_eq!(
+            adaptive("[worker]\nconcurrency = 3\nmax_concurrency = 12\n"),
+            (3, Some(12))
+        );
+    }
+
+    #[test]
     fn a_task_section_sets_its_jobs_priority_up_to_9() {
         let hash: ModuleHash = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
         let c = Config::from_toml("[tasks.x]\npriority = 9\n").unwrap();
