@@ -647,7 +647,7 @@ async fn state(env: &Env, id: JobId) -> JobState {
 }
 
 /// Enqueues one job of `task`; its id.
-async fn enqueue(env: &Env, task: &str, input: &str) -> JobId {
+pub async fn enqueue(env: &Env, task: &str, input: &str) -> JobId {
     env.producer
         .enqueue(EnqueueRequest::task(task, input))
         .await

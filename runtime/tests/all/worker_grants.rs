@@ -22,7 +22,7 @@ use runner::sandbox::wit::jobs::EnqueueOptions;
 use runner_host_fns::kv::KvService;
 
 use crate::support::guest_bytes;
-use crate::worker::{Env, cfg, wait_final};
+use crate::worker::{Env, cfg, enqueue, wait_final};
 
 fn kv_services() -> HostServices {
     HostServices {
@@ -36,15 +36,6 @@ fn kv_grant() -> TaskGrants {
         kv: Some(KvGrant::default()),
         ..TaskGrants::default()
     }
-}
-
-async fn enqueue(env: &Env, task: &str, input: &str) -> JobId {
-    env.producer
-        .enqueue(EnqueueRequest::task(task, input))
-        .await
-        .unwrap()
-        .job
-        .id
 }
 
 async fn fan_out_children_run_and_succeed(env: Env) {
