@@ -31,7 +31,8 @@ pub struct DevArgs {
     /// The admin token (default: generated and printed).
     #[arg(long, env = "RUNNER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Jobs run at once by the worker.
+    /// Jobs run at once by the worker, fixed (default: adaptive, from one
+    /// per core).
     #[arg(short = 'c', long)]
     pub concurrency: Option<usize>,
 }
