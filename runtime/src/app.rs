@@ -638,3 +638,28 @@ fn part_error(ended: Ended) -> anyhow::Error {
             .unwrap_or_else(|| anyhow::anyhow!("a part of the process stopped unexpectedly")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without a fixed `concurrency` a worker's slots adapt; with one they
+    /// are fixed unless `max_concurrency` is set too.
+    #[test]
+    fn a_worker_adapts_unless_its_concurrency_is_fixed() {
+        let slots = |text: &str| {
+            let c = worker_config(&Config::from_toml(text).unwrap()).unwrap();
+            (c.concurrency, c.max_concurrency)
+        };
+        let cores = WorkerConfig::default().concurrency;
+        assert_eq!(
+            slots(""),
+            (cores, Some(crate::worker::slots::default_max(cores)))
+        );
+        assert_eq!(slots("[worker]\nconcurrency = 3\n"), (3, None));
+        assert_eq!(
+            slots("[worker]\nconcurrency = 3\nmax_concurrency = 12\n"),
+            (3, Some(12))
+        );
+    }
+}

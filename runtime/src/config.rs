@@ -563,7 +563,7 @@ mod tests {
     }
 
     #[test]
-    fn max_concurrency_is_checked_and_makes_the_slots_adapt() {
+    fn max_concurrency_is_checked() {
         for (text, why) in [
             ("[worker]\nmax_concurrency = 0\n", "max_concurrency (0)"),
             (
@@ -577,20 +577,6 @@ mod tests {
                 .unwrap_err();
             assert!(format!("{e:#}").contains(why), "{text}: {e:#}");
         }
-        let adaptive = |text: &str| {
-            let c = crate::app::worker_config(&Config::from_toml(text).unwrap()).unwrap();
-            (c.concurrency, c.max_concurrency)
-        };
-        let cores = crate::worker::WorkerConfig::default().concurrency;
-        assert_eq!(
-            adaptive(""),
-            (cores, Some(crate::worker::slots::default_max(cores)))
-        );
-        assert_eq!(adaptive("[worker]\nconcurrency = 3\n"), (3, None));
-        assert_eq!(
-            adaptive("[worker]\nconcurrency = 3\nmax_concurrency = 12\n"),
-            (3, Some(12))
-        );
     }
 
     #[test]
