@@ -376,14 +376,9 @@ pub fn worker_config(config: &Config) -> anyhow::Result<WorkerConfig> {
     };
     if let Some(c) = section.concurrency {
         anyhow::ensure!(c > 0, "worker concurrency must be at least 1");
-        cfg.concurrency = c;
     }
     // Without a fixed count the slots adapt (`worker/slots.rs`).
-    cfg.max_concurrency = match (section.concurrency, section.max_concurrency) {
-        (_, Some(max)) => Some(max.max(cfg.concurrency)),
-        (None, None) => Some(crate::worker::slots::default_max(cfg.concurrency)),
-        (Some(_), None) => None,
-    };
+    cfg.set_slots(section.concurrency, section.max_concurrency);
     cfg.prefetch = section.prefetch.map_or(
         crate::worker::Prefetch::Adaptive,
         crate::worker::Prefetch::Fixed,

@@ -129,26 +129,14 @@ pub async fn execute(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let services = app::host_services(&config).await?;
     let (broker, registry) = app::connect(&config).await?;
     let producer = app::producer(&config, &broker, &registry)?;
-    let sandbox = app::sandbox(
-        args.cache.dir(),
-        Some(
-            worker_config
-                .max_concurrency
-                .unwrap_or(worker_config.concurrency),
-        ),
-    )?;
+    let sandbox = app::sandbox(args.cache.dir(), Some(worker_config.most_slots()))?;
     let worker = app::worker(&config, &broker, &registry, &producer, &sandbox, services)?
         .with_consuming_flag(consuming);
-    let slots = match worker_config.max_concurrency {
-        Some(max) if max > worker_config.concurrency => {
-            format!("{} to {max}, adaptive", worker_config.concurrency)
-        }
-        _ => worker_config.concurrency.to_string(),
-    };
     eprintln!(
-        "worker {} consuming {} (concurrency {slots})",
+        "worker {} consuming {} (concurrency {})",
         worker.id(),
         worker_config.queues.join(","),
+        worker_config.slots_label()
     );
     let _ = ops.broker.set(broker.clone());
     // systemd (Type=notify) learns the worker is ready once it consumes.

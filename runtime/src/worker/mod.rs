@@ -105,6 +105,40 @@ impl Default for WorkerConfig {
     }
 }
 
+impl WorkerConfig {
+    /// Sets the slots: `concurrency` fixes them (unless `max` is given
+    /// too); without it they adapt from one per core up to `max`, by
+    /// default [`slots::default_max`] (`slots.rs`).
+    pub fn set_slots(&mut self, concurrency: Option<usize>, max: Option<usize>) {
+        if let Some(c) = concurrency {
+            self.concurrency = c;
+        }
+        self.max_concurrency = match (concurrency, max) {
+            (_, Some(max)) => Some(max.max(self.concurrency)),
+            (None, None) => Some(slots::default_max(self.concurrency)),
+            (Some(_), None) => None,
+        };
+    }
+
+    /// The most jobs it may run at once (what its sandbox's pools are
+    /// sized for).
+    pub fn most_slots(&self) -> usize {
+        self.max_concurrency
+            .unwrap_or(self.concurrency)
+            .max(self.concurrency)
+    }
+
+    /// Its slots as the commands print them: `4`, or `2 to 16, adaptive`.
+    pub fn slots_label(&self) -> String {
+        match self.max_concurrency {
+            Some(max) if max > self.concurrency => {
+                format!("{} to {max}, adaptive", self.concurrency)
+            }
+            _ => self.concurrency.to_string(),
+        }
+    }
+}
+
 /// Counters of one worker's life, returned when it stops.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WorkerStats {

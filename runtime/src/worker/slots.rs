@@ -119,15 +119,14 @@ pub struct Slots {
     cores: usize,
     window_start: Instant,
     cpu_at_start: Option<Duration>,
-    /// Saturated time in this window, and since when it has been
-    /// saturated (if it is).
-    saturated: Duration,
-    saturated_since: Option<Instant>,
-    /// Slot time taken by runs in this window (runs x seconds), as of
-    /// `last_note`, when `running` ran.
+    /// This window's saturated time and slot time taken by runs (runs x
+    /// seconds), as of `last_note`; since then `running` run and the
+    /// slots are `saturated` or not.
+    saturated_secs: f64,
     occupied: f64,
     last_note: Instant,
     running: usize,
+    saturated: bool,
     /// Nanoseconds the runs worked: polled ([`Timed`]) or compiling their
     /// module (a blocking task); and the count at the window's start.
     polled: Arc<AtomicU64>,
@@ -154,11 +153,11 @@ impl Slots {
             cores,
             window_start: Instant::now(),
             cpu_at_start: process_cpu(),
-            saturated: Duration::ZERO,
-            saturated_since: None,
+            saturated_secs: 0.0,
             occupied: 0.0,
             last_note: Instant::now(),
             running: 0,
+            saturated: false,
             loading,
             polled_at_start: busy_ns.load(Ordering::Relaxed),
             polled: busy_ns,
@@ -186,22 +185,19 @@ impl Slots {
     /// How many runs are running and whether every slot is busy while more
     /// work waits, as of `now`.
     pub fn note(&mut self, now: Instant, running: usize, saturated: bool) {
-        self.occupy_until(now);
+        self.integrate_until(now);
         self.running = running;
-        match (saturated, self.saturated_since) {
-            (true, None) => self.saturated_since = Some(now),
-            (false, Some(since)) => {
-                self.saturated += now.saturating_duration_since(since.max(self.window_start));
-                self.saturated_since = None;
-            }
-            _ => {}
-        }
+        self.saturated = saturated;
     }
 
-    /// Adds the slot time of the runs since the last note.
-    fn occupy_until(&mut self, now: Instant) {
+    /// Adds the time since the last note to the window's figures.
+    fn integrate_until(&mut self, now: Instant) {
         let since = self.last_note.max(self.window_start);
-        self.occupied += self.running as f64 * now.saturating_duration_since(since).as_secs_f64();
+        let secs = now.saturating_duration_since(since).as_secs_f64();
+        self.occupied += self.running as f64 * secs;
+        if self.saturated {
+            self.saturated_secs += secs;
+        }
         self.last_note = now;
     }
 
@@ -211,11 +207,7 @@ impl Slots {
         if window.is_zero() {
             return None;
         }
-        let mut saturated = self.saturated;
-        if let Some(since) = self.saturated_since {
-            saturated += now.saturating_duration_since(since.max(self.window_start));
-            self.saturated_since = Some(now);
-        }
+        self.integrate_until(now);
         let cpu_now = process_cpu();
         let cpu = match (self.cpu_at_start, cpu_now) {
             (Some(a), Some(b)) => {
@@ -224,7 +216,6 @@ impl Slots {
             // No CPU figure: never grow on a guess.
             _ => 1.0,
         };
-        self.occupy_until(now);
         let polled = self.polled.load(Ordering::Relaxed);
         // Of the time runs held slots, the share they worked (no runs: no
         // sign of waiting).
@@ -238,8 +229,8 @@ impl Slots {
         self.window_start = now;
         self.cpu_at_start = cpu_now;
         self.polled_at_start = polled;
-        self.saturated = Duration::ZERO;
-        let share = saturated.as_secs_f64() / window.as_secs_f64();
+        let share = self.saturated_secs / window.as_secs_f64();
+        self.saturated_secs = 0.0;
         // A run compiling its module says nothing of what runs need (its
         // time counts as work only once the compilation ends).
         if self.loading.load(Ordering::Relaxed) > 0 {
@@ -310,7 +301,11 @@ mod tests {
         let t0 = s.window_start;
         s.note(t0 + Duration::from_millis(100), 1, true);
         s.note(t0 + Duration::from_millis(900), 0, false);
-        assert_eq!(s.saturated, Duration::from_millis(800));
+        assert!(
+            (s.saturated_secs - 0.8).abs() < 1e-9,
+            "{}",
+            s.saturated_secs
+        );
         assert!((s.occupied - 0.8).abs() < 1e-9, "{}", s.occupied);
     }
 

@@ -94,10 +94,9 @@ async fn bench_worker(
     prefetch: crate::worker::Prefetch,
 ) -> anyhow::Result<crate::worker::Worker> {
     use crate::sandbox::{Sandbox, SandboxConfig};
-    let (concurrency, max_concurrency) = worker_slots(concurrency);
+    let cfg = bench_worker_config(concurrency, prefetch);
     let sandbox = Sandbox::new(SandboxConfig {
-        max_concurrent_runs: u32::try_from(max_concurrency.unwrap_or(concurrency).max(1))
-            .unwrap_or(u32::MAX),
+        max_concurrent_runs: u32::try_from(cfg.most_slots().max(1)).unwrap_or(u32::MAX),
         ..SandboxConfig::default()
     })?;
     let sb = sandbox.clone();
@@ -109,34 +108,30 @@ async fn bench_worker(
         registry,
         sandbox,
         crate::sandbox::host::HostServices::default(),
-        crate::worker::WorkerConfig {
-            queues: vec!["bench".into()],
-            concurrency,
-            max_concurrency,
-            prefetch,
-            ..crate::worker::WorkerConfig::default()
-        },
+        cfg,
     ))
 }
 
-/// A bench worker's slots: `--concurrency N` runs N, fixed; without it,
-/// what `runner worker` does (one per core, adaptive up to its default).
-fn worker_slots(concurrency: Option<usize>) -> (usize, Option<usize>) {
-    match concurrency {
-        Some(n) => (n, None),
-        None => {
-            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-            (cores, Some(crate::worker::slots::default_max(cores)))
-        }
-    }
+/// A bench worker's settings: `--concurrency N` runs N, fixed; without
+/// it, what `runner worker` does (one per core, adaptive up to its
+/// default).
+fn bench_worker_config(
+    concurrency: Option<usize>,
+    prefetch: crate::worker::Prefetch,
+) -> crate::worker::WorkerConfig {
+    let mut cfg = crate::worker::WorkerConfig {
+        queues: vec!["bench".into()],
+        prefetch,
+        ..crate::worker::WorkerConfig::default()
+    };
+    cfg.set_slots(concurrency, None);
+    cfg
 }
 
 /// How a bench prints a worker's slots.
 fn slots_label(concurrency: Option<usize>) -> String {
-    match worker_slots(concurrency) {
-        (n, Some(max)) => format!("concurrency {n} (adaptive, up to {max})"),
-        (n, None) => format!("concurrency {n}"),
-    }
+    let cfg = bench_worker_config(concurrency, crate::worker::Prefetch::Adaptive);
+    format!("concurrency {}", cfg.slots_label())
 }
 
 /// The value at `pct` (0-100) of `sorted`, nearest rank.
