@@ -226,6 +226,13 @@ impl ClusterNode {
         self.child.is_some()
     }
 
+    /// Its process has ended (it could not bind its ports, or was killed).
+    fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+
     /// One command to this node.
     pub fn query<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> Fallible<T> {
         let mut c = self
@@ -287,11 +294,7 @@ impl RedisCluster {
                 if node.query::<String>(&mut redis::cmd("PING")).is_ok() {
                     break;
                 }
-                let exited = node
-                    .child
-                    .as_mut()
-                    .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
-                if exited {
+                if node.exited() {
                     if attempts >= 5 {
                         return Err(format!("cluster node {i} exited {attempts} times"));
                     }
@@ -300,11 +303,7 @@ impl RedisCluster {
                     continue;
                 }
                 wait_until(&format!("cluster node {} answers", node.port), || {
-                    node.query::<String>(&mut redis::cmd("PING")).is_ok()
-                        || node
-                            .child
-                            .as_mut()
-                            .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+                    node.query::<String>(&mut redis::cmd("PING")).is_ok() || node.exited()
                 })?;
             }
             cluster.nodes.push(node);
