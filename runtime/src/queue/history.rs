@@ -8,11 +8,13 @@
 //!   `<minute>:<STATE>` count the jobs that entered STATE in that minute
 //!   (`PENDING` counts enqueued jobs), `<minute>:depth` and
 //!   `<minute>:running` hold the waiting (ready + delayed) and leased jobs
-//!   after the minute's last sample. Enqueues, revokes, purges and replays
-//!   sample the depth every time; a worker's settle calls at most once a
-//!   second per queue, when the worker holds nothing more of the queue, and
-//!   when the call drains it (a count is one command inside the script; a
-//!   sample five). Minutes are Unix minutes of the server's clock;
+//!   after the minute's last change, and `last` the minute of the queue's
+//!   last change. The depth of that minute is the depth now: nothing has
+//!   changed since. The first change of a later minute writes it, before
+//!   the change: each call that changes the queue reads `last` (one
+//!   command inside the script; a count is one more), and the first of a
+//!   minute reads the depth and writes it (five). Minutes are Unix minutes
+//!   of the server's clock;
 //! - in the embedded broker, by the same rule in memory ([`Minutes`]),
 //!   sampling every change.
 //!
@@ -68,6 +70,9 @@ pub struct Minutes {
     pub buckets: BTreeMap<i64, Bucket>,
     /// Waiting and leased jobs before the oldest minute kept.
     pub base: Option<(u64, u64)>,
+    /// The minute of the last change, when its depth is not written: it
+    /// is the depth now (Redis's `last`).
+    pub open: Option<i64>,
 }
 
 fn minute_of(ms: i64) -> i64 {
@@ -113,6 +118,10 @@ impl Minutes {
                 out.base = pair(v);
                 continue;
             }
+            if k == "last" {
+                out.open = v.parse().ok();
+                continue;
+            }
             let Some((m, what)) = k.split_once(':') else {
                 continue;
             };
@@ -134,10 +143,13 @@ impl Minutes {
     }
 
     /// The last [`HISTORY_MINUTES`] minutes up to `now`, oldest first; the
-    /// current minute ends with `current` (waiting, running) when given.
+    /// current minute ends with `current` (waiting, running) when given,
+    /// and so does the minute of the last change ([`Minutes::open`]) and
+    /// every minute after it.
     pub fn points(&self, now: DateTime<Utc>, current: Option<(u64, u64)>) -> Vec<HistoryPoint> {
         let last = minute_of(now.timestamp_millis());
         let first = last - HISTORY_MINUTES + 1;
+        let open = self.open.filter(|_| current.is_some());
         // The depth before the window: the newest sample before it, else
         // `base`; with no sample at all nothing changed for an hour, so the
         // depth now held all along.
@@ -147,14 +159,16 @@ impl Minutes {
             .rev()
             .find_map(|(_, b)| b.depth)
             .or(self.base);
-        if depth.is_none() && self.buckets.values().all(|b| b.depth.is_none()) {
+        if depth.is_none() && self.buckets.values().all(|b| b.depth.is_none())
+            || open.is_some_and(|o| o < first)
+        {
             depth = current;
         }
         (first..=last)
             .map(|m| {
                 let b = self.buckets.get(&m).copied().unwrap_or_default();
                 depth = b.depth.or(depth);
-                if m == last && current.is_some() {
+                if m == last && current.is_some() || open == Some(m) {
                     depth = current;
                 }
                 let c = |s: JobState| slot(s).map_or(0, |i| b.counts[i]);
@@ -291,6 +305,39 @@ mod tests {
         assert_eq!(b.depth, Some((4, 2)));
         assert_eq!(b.counts[slot(JobState::Success).unwrap()], 10);
         assert_eq!(b.counts[slot(JobState::Pending).unwrap()], 12);
+    }
+
+    #[test]
+    fn the_minute_of_the_last_change_shows_the_depth_now() {
+        let m = minute_of(T0);
+        let fields: HashMap<String, String> = [
+            (format!("{}:depth", m - 3), "4".to_string()),
+            (format!("{}:running", m - 3), "2".to_string()),
+            ("last".to_string(), (m - 1).to_string()),
+        ]
+        .into_iter()
+        .collect();
+        let h = Minutes::from_fields(fields);
+        assert_eq!(h.open, Some(m - 1));
+        let p = h.points(at(T0), Some((7, 1)));
+        let n = p.len();
+        let depth = |i: usize| (p[i].waiting, p[i].running);
+        assert_eq!(depth(n - 4), (Some(4), Some(2)));
+        assert_eq!(depth(n - 3), (Some(4), Some(2)), "carried forward");
+        // From the last change on, the depth now: nothing changed since.
+        assert_eq!(depth(n - 2), (Some(7), Some(1)));
+        assert_eq!(depth(n - 1), (Some(7), Some(1)));
+        // Without the depth now, what was written is carried forward.
+        let p = h.points(at(T0), None);
+        assert_eq!((p[n - 1].waiting, p[n - 1].running), (Some(4), Some(2)));
+        // A last change before the window: the depth now all along.
+        let h = Minutes {
+            base: Some((9, 0)),
+            open: Some(m - 200),
+            ..Minutes::default()
+        };
+        let p = h.points(at(T0), Some((5, 0)));
+        assert!(p.iter().all(|p| p.waiting == Some(5)), "{p:?}");
     }
 
     #[test]

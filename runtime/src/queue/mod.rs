@@ -176,11 +176,6 @@ pub struct SettleRequest {
     /// sets it when told of prioritized jobs ([`Signal::Prioritized`]),
     /// and until a call finds none left.
     pub prioritized: bool,
-    /// Record the queue's depth after the call in its history
-    /// ([`history`]); a call whose fetch drains the queue records it
-    /// anyway. Workers ask at most once a second per queue, and when they
-    /// hold nothing more of it; the embedded broker records every change.
-    pub sample: bool,
     /// When the fetch drains the queue, register up to this many free
     /// slots of the worker as idle, so that the next enqueue leases jobs
     /// straight to it ([`Signal::Pushed`]); 0: do not. Brokers that wake

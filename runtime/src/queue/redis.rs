@@ -23,7 +23,7 @@
 //! | `jobs` | zset | every job's id, all scored 0 (UUIDv7 ids sort by time): the index of `GET /v1/jobs` (`list.rs`) |
 //! | `jobs:<STATE>` | zset | the ids of jobs that ended FAILURE, REVOKED or EXPIRED |
 //! | `ends` | zset | ids of records that expire, scored by when: a settle with a due check drops those past it from the three above |
-//! | `hist` | hash | the last hour minute by minute, written by the scripts that change job state: `<minute>:<STATE>` counts, `<minute>:depth` / `:running` after the minute's last change, `base` (`history.rs`) |
+//! | `hist` | hash | the last hour minute by minute, written by the scripts that change job state: `<minute>:<STATE>` counts, `<minute>:depth` / `:running` after the minute's last change (written by the next minute's first change), `last` (the minute of the last change), `base` (`history.rs`) |
 //!
 //! Outside the queues: `runner:{ids}:<hour>` (hash id -> queue of the jobs
 //! whose ids were made in that hour: the index by which status and revoke
@@ -849,7 +849,6 @@ impl Broker for RedisBroker {
             .arg(req.completions.len())
             .arg(if req.holds_leases { "1" } else { "0" })
             .arg(if req.prioritized { "1" } else { "0" })
-            .arg(if req.sample { "1" } else { "0" })
             .arg(req.idle)
             .arg(if req.registered { "1" } else { "0" });
         for c in &req.completions {

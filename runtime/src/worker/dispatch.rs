@@ -38,8 +38,6 @@ struct QueueView {
     /// check then reclaims them (the broker leaves our own leases out of
     /// `next_due`).
     orphan_check: Option<DateTime<Utc>>,
-    /// When a settle call last sampled the queue's depth for its history.
-    sampled: Option<Instant>,
     /// Registered as idle in the queue: an enqueue may lease jobs straight
     /// to this worker ([`Signal::Pushed`]).
     registered: bool,
@@ -106,7 +104,6 @@ impl Dispatcher {
                             due_check: true,
                             next_due: None,
                             orphan_check: None,
-                            sampled: None,
                             registered: false,
                             awaiting_push: None,
                         },
@@ -437,12 +434,6 @@ impl Dispatcher {
             }
             self.pending_since.remove(&q);
             let holds_leases = self.held.values().any(|h| h.lease.queue == q);
-            // The queue's history samples its depth at most once a second
-            // from this worker, and when the worker is done with it.
-            let sample = !holds_leases
-                || view
-                    .and_then(|v| v.sampled)
-                    .is_none_or(|t| t.elapsed() >= SAMPLE_EVERY);
             let req = SettleRequest {
                 queue: q.clone(),
                 worker: self.id.clone(),
@@ -452,7 +443,6 @@ impl Dispatcher {
                 holds_leases,
                 lease: self.ctx.cfg.lease,
                 prioritized: want > 0 && view.is_some_and(|v| v.maybe_prio),
-                sample,
                 idle: if want > 0 { idle } else { 0 },
                 registered,
             };
@@ -496,9 +486,6 @@ impl Dispatcher {
                     .increment(reply.reclaimed as u64);
             }
             if let Some(v) = self.queues.get_mut(&q) {
-                if sample {
-                    v.sampled = Some(Instant::now());
-                }
                 if due_check {
                     v.due_check = false;
                     v.next_due = reply.next_due;
@@ -892,7 +879,3 @@ async fn sleep_until_opt(t: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
-
-/// A worker's settle calls sample a queue's depth for its history at most
-/// this often while it holds jobs of the queue (`queue/history.rs`).
-const SAMPLE_EVERY: Duration = Duration::from_secs(1);

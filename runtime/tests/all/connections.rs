@@ -186,7 +186,6 @@ async fn the_event_feed_resubscribes_after_its_connection_is_killed() {
                 holds_leases: false,
                 lease: Duration::from_secs(60),
                 prioritized: true,
-                sample: false,
                 idle: 0,
                 registered: false,
             })

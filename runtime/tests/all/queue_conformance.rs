@@ -124,7 +124,6 @@ pub(crate) fn settle(
         holds_leases: false,
         lease: Duration::from_secs(30),
         prioritized: true,
-        sample: true,
         idle: 0,
         registered: false,
     }
@@ -1229,11 +1228,19 @@ async fn a_job_back_from_a_worker_keeps_its_priority(env: Env) {
     assert_eq!(high, want, "the priority-5 jobs first: {got:?}");
 }
 
-/// The sum of a queue's last hour, minute by minute.
+/// A queue's last hour, minute by minute, as the API shows it (the
+/// current minute ends with the depth now).
 async fn hour(b: &Arc<dyn Broker>, queue: &str) -> Vec<runner::queue::history::HistoryPoint> {
     let mut h = b.history(&[queue.to_string()]).await.unwrap();
     assert_eq!(h.len(), 1);
-    h.remove(0).points(Utc::now(), None)
+    let now = b
+        .queues()
+        .await
+        .unwrap()
+        .iter()
+        .find(|q| q.name == queue)
+        .map_or((0, 0), |q| q.depth());
+    h.remove(0).points(Utc::now(), Some(now))
 }
 
 fn totals(h: &[runner::queue::history::HistoryPoint]) -> [u64; 5] {
@@ -1254,11 +1261,11 @@ fn totals(h: &[runner::queue::history::HistoryPoint]) -> [u64; 5] {
 /// last change is the last minute's.
 async fn history_counts_every_change_by_the_minute(env: Env) {
     let b = &env.broker;
-    // Nothing happened: nothing counted, nothing known.
+    // Nothing happened: nothing counted; the depth now held all along.
     let h = hour(b, "work").await;
     assert_eq!(h.len(), 60);
     assert_eq!(totals(&h), [0; 5]);
-    assert!(h.iter().all(|p| p.waiting.is_none()), "{h:?}");
+    assert!(h.iter().all(|p| p.waiting == Some(0)), "{h:?}");
 
     let mut ids = Vec::new();
     for _ in 0..4 {
@@ -2340,47 +2347,125 @@ async fn redis_the_job_index_goes_with_the_records() {
     assert_eq!(sizes(&mut conn).await, vec![0, 0, 0, 0, 0]);
 }
 
-/// On Redis a settle call samples the queue's depth for its history only
-/// when asked (a worker asks at most once a second, and when it holds
-/// nothing more of the queue) or when its fetch drains the queue; it
-/// counts what ended every time.
+/// On Redis the depth of a minute is written once, by the first change of
+/// a later minute, before that change: until then the minute of the last
+/// change (`last`) shows the depth now. A call that changes nothing writes
+/// nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_a_settle_samples_the_depth_when_asked_or_drained() {
+async fn redis_a_minutes_depth_is_written_by_the_next_minutes_first_change() {
     let server = RedisServer::start();
     let env = redis_on(&server).await;
     let b = &env.broker;
+    let mut conn = admin_connection(&server).await;
+    let key = "runner:{work}:hist";
+    let fields = |conn: &mut redis::aio::MultiplexedConnection| {
+        let mut conn = conn.clone();
+        async move {
+            let f: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            f
+        }
+    };
+    // As if the queue had last changed `ago` minutes before this one.
+    let last_changed = |conn: &mut redis::aio::MultiplexedConnection, ago: i64| {
+        let mut conn = conn.clone();
+        async move {
+            let (secs, _): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+            let m = secs / 60 - ago;
+            let _: () = redis::cmd("HSET")
+                .arg(key)
+                .arg("last")
+                .arg(m)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            m
+        }
+    };
+    // The point of minute `m` (counted from the end: the minute may turn
+    // during the test).
+    let at = |p: &[runner::queue::history::HistoryPoint], m: i64| {
+        let p = p
+            .iter()
+            .find(|p| p.at.timestamp() / 60 == m)
+            .unwrap()
+            .clone();
+        (p.waiting, p.running)
+    };
     for _ in 0..3 {
         env.producer.enqueue(call("{}")).await.unwrap();
     }
-    let last = || async {
-        let p = hour(b, "work").await;
-        let p = p.last().unwrap().clone();
-        (p.waiting, p.running, p.succeeded)
-    };
-    // An enqueue always samples.
-    assert_eq!(last().await, (Some(3), Some(0), 0));
-    let unasked = |completions, fetch| {
-        let mut r = settle("work", "w", completions, fetch);
-        r.sample = false;
-        r
-    };
-    // Not asked, not drained: the sample stays.
-    let d1 = b.settle(unasked(vec![], 1)).await.unwrap().deliveries;
-    assert_eq!(d1.len(), 1);
-    assert_eq!(last().await, (Some(3), Some(0), 0));
-    // Drained: sampled.
-    let d2 = b.settle(unasked(vec![], 5)).await.unwrap().deliveries;
-    assert_eq!(d2.len(), 2);
-    assert_eq!(last().await, (Some(0), Some(3), 0));
-    // Counted but not sampled.
-    b.settle(unasked(vec![success(&d1[0], "1")], 0))
+    let f = fields(&mut conn).await;
+    assert!(f.keys().all(|k| !k.ends_with(":depth")), "{f:?}");
+    assert!(f.contains_key("last"), "{f:?}");
+    let p = hour(b, "work").await;
+    assert_eq!((p[59].waiting, p[59].running), (Some(3), Some(0)));
+
+    // A lease: the depth before it goes to the minute of the last change.
+    let m = last_changed(&mut conn, 5).await;
+    let d = b
+        .settle(settle("work", "w", vec![], 2))
+        .await
+        .unwrap()
+        .deliveries;
+    assert_eq!(d.len(), 2);
+    let f = fields(&mut conn).await;
+    assert_eq!(
+        f.get(&format!("{m}:depth")).map(String::as_str),
+        Some("3"),
+        "{f:?}"
+    );
+    assert_eq!(
+        f.get(&format!("{m}:running")).map(String::as_str),
+        Some("0")
+    );
+    let p = hour(b, "work").await;
+    assert_eq!(at(&p, m), (Some(3), Some(0)), "{:?}", &p[50..]);
+    assert_eq!(at(&p, m + 1), (Some(3), Some(0)), "carried forward");
+    assert_eq!((p[59].waiting, p[59].running), (Some(1), Some(2)));
+
+    // A settle: the same, before it.
+    let m = last_changed(&mut conn, 3).await;
+    b.settle(settle("work", "w", vec![success(&d[0], "1")], 0))
         .await
         .unwrap();
-    assert_eq!(last().await, (Some(0), Some(3), 1));
-    // Asked: sampled.
-    let done = d2.iter().map(|d| success(d, "1")).collect();
-    b.settle(settle("work", "w", done, 0)).await.unwrap();
-    assert_eq!(last().await, (Some(0), Some(0), 3));
+    let f = fields(&mut conn).await;
+    assert_eq!(
+        f.get(&format!("{m}:depth")).map(String::as_str),
+        Some("1"),
+        "{f:?}"
+    );
+    assert_eq!(
+        f.get(&format!("{m}:running")).map(String::as_str),
+        Some("2")
+    );
+    let p = hour(b, "work").await;
+    assert_eq!(at(&p, m), (Some(1), Some(2)));
+    assert_eq!((p[59].waiting, p[59].running), (Some(1), Some(1)));
+    assert_eq!(totals(&p), [3, 1, 0, 0, 0]);
+
+    // A call that changes nothing writes nothing; the minute of the last
+    // change shows the depth now, and so do the minutes after it.
+    let d2 = b
+        .settle(settle("work", "w", vec![], 5))
+        .await
+        .unwrap()
+        .deliveries;
+    assert_eq!(d2.len(), 1);
+    let m = last_changed(&mut conn, 2).await;
+    b.settle(settle("work", "w", vec![], 5)).await.unwrap();
+    let f = fields(&mut conn).await;
+    assert_eq!(
+        f.get("last").map(String::as_str),
+        Some(m.to_string().as_str())
+    );
+    assert!(!f.contains_key(&format!("{m}:depth")), "{f:?}");
+    let p = hour(b, "work").await;
+    assert_eq!(at(&p, m), (Some(0), Some(2)));
+    assert_eq!((p[59].waiting, p[59].running), (Some(0), Some(2)));
 }
 
 /// On Redis the first sample of a minute drops the minutes that left the

@@ -309,7 +309,6 @@ pub async fn take_jobs_from(broker: &Arc<dyn Broker>, queue: &str) -> Vec<Job> {
                 holds_leases: false,
                 lease: Duration::from_secs(3600),
                 prioritized: true,
-                sample: false,
                 idle: 0,
                 registered: false,
             })

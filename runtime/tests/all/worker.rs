@@ -267,10 +267,18 @@ async fn hello_runs_to_success(env: Env) {
     assert_eq!(j.redeliveries, 0);
     assert_eq!(j.error.as_ref().unwrap().kind, "fail");
     assert_eq!(env.broker.dead_letters("mail", 10).await.unwrap().len(), 1);
-    // The queue's history counted both, and the worker's last call, which
-    // left it holding nothing, sampled the depth: nothing waits or runs.
+    // The queue's history counted both; this minute shows the depth now
+    // (as the API does): nothing waits or runs.
+    let depth = env
+        .broker
+        .queues()
+        .await
+        .unwrap()
+        .iter()
+        .find(|q| q.name == "mail")
+        .map(|q| q.depth());
     let hour = env.broker.history(&["mail".to_string()]).await.unwrap()[0]
-        .points(chrono::Utc::now(), None);
+        .points(chrono::Utc::now(), depth);
     let sum = |f: fn(&runner::queue::history::HistoryPoint) -> u64| hour.iter().map(f).sum::<u64>();
     assert_eq!(
         (sum(|p| p.enqueued), sum(|p| p.succeeded), sum(|p| p.failed)),

@@ -188,7 +188,6 @@ async fn measure_firing(
                 holds_leases: false,
                 lease: Duration::from_secs(3600),
                 prioritized: true,
-                sample: false,
                 idle: 0,
                 registered: false,
             })

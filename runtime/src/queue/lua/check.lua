@@ -30,45 +30,61 @@ end
 
 -- The queue's history (`history.rs`): what this call counts, per state
 -- (`PENDING`: enqueued), added by `hist_flush` into `hist`, one hash of
--- `<minute>:<what>` fields per queue, with the depth after the call when
--- the call samples it.
+-- `<minute>:<what>` fields per queue. The depth is written once a minute
+-- at most: `last` is the minute of the queue's last change, and the depth
+-- now is the depth after it; the first change of a later minute first
+-- writes that depth as `<last>:depth` and `<last>:running` (`hist_begin`).
 local HIST_MINUTES = 60
-local hist_counts, hist_dirty = {}, false
+local hist_counts, hist_begun = {}, false
 local function hist_count(what, n)
   hist_counts[what] = (hist_counts[what] or 0) + (n or 1)
-  hist_dirty = true
 end
--- Notes that the call changed what waits or runs (without counting).
-local function hist_touch() hist_dirty = true end
-local function hist_flush(P, now, sample)
-  if not hist_dirty then return end
+-- Called before a call's first change of what waits or runs (at most once
+-- a call does anything): when the queue last changed in an earlier minute,
+-- the depth now is that minute's final depth. `dw`: what this call already
+-- changed of the waiting jobs (a fetch begins after its pop; nil: nothing).
+local function hist_begin(P, now, dw)
+  if hist_begun then return end
+  hist_begun = true
   now = now or server_ms()
   local k = P .. 'hist'
   local m = math.floor(now / 60000)
-  for what, n in pairs(hist_counts) do redis.call('HINCRBY', k, m .. ':' .. what, n) end
-  if not sample then return end
-  local waiting = redis.call('LLEN', P .. 'ready') + redis.call('ZCARD', P .. 'prio')
-    + redis.call('ZCARD', P .. 'delayed')
-  local running = redis.call('ZCARD', P .. 'leases')
-  local new = redis.call('HSET', k, m .. ':depth', waiting, m .. ':running', running)
-  if new > 0 then
-    -- A new minute: forget those before the window, keeping the newest
-    -- depth forgotten as `base`; an hour without a change lets it expire.
-    local old, newest = {}, nil
-    for _, f in ipairs(redis.call('HKEYS', k)) do
-      local fm = tonumber(string.match(f, '^(%d+):'))
-      if fm and fm < m - HIST_MINUTES then
-        old[#old + 1] = f
-        if string.sub(f, -6) == ':depth' and (not newest or fm > newest) then newest = fm end
-      end
-    end
-    if newest then
-      local d = redis.call('HMGET', k, newest .. ':depth', newest .. ':running')
-      redis.call('HSET', k, 'base', (d[1] or '0') .. ':' .. (d[2] or '0'))
-    end
-    if #old > 0 then redis.call('HDEL', k, unpack(old)) end
-    redis.call('PEXPIRE', k, (HIST_MINUTES + 2) * 60000)
+  local last = tonumber(redis.call('HGET', k, 'last'))
+  if last == m then return end
+  if not last then
+    redis.call('HSET', k, 'last', m)
+  else
+    local waiting = redis.call('LLEN', P .. 'ready') + redis.call('ZCARD', P .. 'prio')
+      + redis.call('ZCARD', P .. 'delayed') - (dw or 0)
+    local running = redis.call('ZCARD', P .. 'leases')
+    redis.call('HSET', k, last .. ':depth', waiting, last .. ':running', running, 'last', m)
   end
+  -- A new minute: forget those before the window, keeping the newest
+  -- depth forgotten as `base`; an hour without a change lets it expire.
+  local old, newest = {}, nil
+  for _, f in ipairs(redis.call('HKEYS', k)) do
+    local fm = tonumber(string.match(f, '^(%d+):'))
+    if fm and fm < m - HIST_MINUTES then
+      old[#old + 1] = f
+      if string.sub(f, -6) == ':depth' and (not newest or fm > newest) then newest = fm end
+    end
+  end
+  if newest then
+    local d = redis.call('HMGET', k, newest .. ':depth', newest .. ':running')
+    redis.call('HSET', k, 'base', (d[1] or '0') .. ':' .. (d[2] or '0'))
+  end
+  if #old > 0 then redis.call('HDEL', k, unpack(old)) end
+  redis.call('PEXPIRE', k, (HIST_MINUTES + 2) * 60000)
+end
+-- Writes what the call counted (a count without a change of the depth,
+-- as a revoke of a ready job, begins too: the hash must expire).
+local function hist_flush(P, now)
+  if next(hist_counts) == nil then return end
+  now = now or server_ms()
+  hist_begin(P, now)
+  local k = P .. 'hist'
+  local m = math.floor(now / 60000)
+  for what, n in pairs(hist_counts) do redis.call('HINCRBY', k, m .. ':' .. what, n) end
 end
 
 -- The job index (`list.rs`): `jobs` holds the id of every job of the queue

@@ -96,6 +96,11 @@ for j = 0, n - 1 do
   end
 end
 if #mset > 0 then redis.call('MSET', unpack(mset)) end
+-- Jobs to wait or run: the history's depth before them (`hist_begin`).
+if #ready > 0 or #prio > 0 or #delayed > 0 then
+  now = now or server_ms()
+  hist_begin(P, now)
+end
 -- Pushed to an idle worker: the first ready jobs, when nothing else waits
 -- (so order and priorities hold) and they are plain (no rate limit, a
 -- small record). One worker per call: the others are woken as usual.
@@ -147,7 +152,6 @@ if push then
   for i = k + 1, #ready do rest[#rest + 1] = ready[i] end
   ready = rest
   push.jobs, push.ev = jobs, evs
-  hist_touch()
 end
 if #indexed > 0 then
   redis.call('ZADD', P .. 'jobs', unpack(indexed))
@@ -157,7 +161,7 @@ index_flush(P)
 if #ready > 0 then redis.call('RPUSH', P .. 'ready', unpack(ready)) end
 if #delayed > 0 then redis.call('ZADD', P .. 'delayed', unpack(delayed)) end
 if #prio > 0 then redis.call('ZADD', P .. 'prio', unpack(prio)) end
-hist_flush(P, now, true)
+hist_flush(P, now)
 local readied = #ready + #prio / 2
 if readied > 0 or wake or push then
   local msg = { q = qname }

@@ -33,6 +33,8 @@ for j = 0, n - 1 do
   end
   if ok then
     local removed
+    now = now or server_ms()
+    hist_begin(P, now)
     if w == 'r' then
       removed = redis.call('LREM', P .. 'ready', 1, member)
     elseif w == 'p' then
@@ -50,6 +52,6 @@ for j = 0, n - 1 do
   end
 end
 index_flush(P, now)
-hist_flush(P, now, true)
+hist_flush(P, now)
 if #ev > 0 then redis.call('PUBLISH', chan, cjson.encode({ q = qname, ev = ev })) end
 return out

@@ -16,10 +16,11 @@ end
 if #done > 0 then
   -- Waiting again: no longer ended, nor expiring.
   index_forget(P, done, false)
+  now = now or server_ms()
+  hist_begin(P, now)
   if #ready > 0 then redis.call('RPUSH', P .. 'ready', unpack(ready)) end
   if #prio > 0 then redis.call('ZADD', P .. 'prio', unpack(prio)) end
-  hist_touch()
-  hist_flush(P, now, true)
+  hist_flush(P, now)
   local msg = { q = qname, ready = #done }
   if #prio > 0 then msg.prio = 1 end
   redis.call('PUBLISH', chan, cjson.encode(msg))

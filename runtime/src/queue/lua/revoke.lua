@@ -28,7 +28,8 @@ redis.call('SET', KEYS[1], ARGV[3], 'PX', ttl)
 index_end(id, 'REVOKED', server_ms() + ttl, ARGV[3])
 index_flush(P)
 -- A delayed job leaves the delayed set now (a ready one is skipped when popped).
+hist_begin(P, nil)
 redis.call('ZREM', P .. 'delayed', delayed_member(id, 0, rec_priority(cur)))
-hist_flush(P, nil, true)
+hist_flush(P, nil)
 redis.call('PUBLISH', ARGV[6], cjson.encode({ q = ARGV[8], ev = { { id, 'REVOKED' } } }))
 return 'REVOKED'

@@ -5,7 +5,6 @@
 -- KEYS[1]: the queue's ready list
 -- ARGV: prefix, channel, queue, lease ms, worker, fetch max, due check (1/0), n completions,
 --       skip own leases in next due (1/0), lease prioritized jobs first (1/0),
---       record the queue's depth in its history (1/0; also done when the fetch drains it),
 --       idle slots (when the fetch drains the queue, register this many of the
 --       worker's free slots in `idle`, for the enqueue script to push jobs to;
 --       0: none), whether the worker is registered there (1/0: else it is left alone),
@@ -25,10 +24,9 @@ local worker, fetch_max, due_check = ARGV[5], count(ARGV[6], 'fetch'), ARGV[7] =
 local nc = count(ARGV[8], 'completions')
 local skip_own = ARGV[9] == '1'
 local check_prio = ARGV[10] == '1'
-local sample = ARGV[11] == '1'
-local idle_slots = count(ARGV[12], 'idle slots')
-local was_idle = ARGV[13] == '1'
-local C = 14 -- the first completion's first argument
+local idle_slots = count(ARGV[11], 'idle slots')
+local was_idle = ARGV[12] == '1'
+local C = 13 -- the first completion's first argument
 if #ARGV ~= C - 1 + nc * 8 then arg_error('count', #ARGV) end
 for j = 0, nc - 1 do
   local b = C + j * 8
@@ -56,6 +54,7 @@ local function defer(t)
 end
 
 if nc > 0 then
+  hist_begin(P, now)
   local members = {}
   for j = 0, nc - 1 do members[j + 1] = ARGV[C + j * 8] end
   local scores
@@ -149,6 +148,7 @@ if due_check then
   end
   local expired = redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', now, 'LIMIT', 0, 1000)
   if #expired > 0 then
+    hist_begin(P, now)
     reclaimed = #expired
     redis.call('ZREM', P .. 'leases', unpack(expired))
     local ids = {}
@@ -282,6 +282,7 @@ if fetch_max > 0 then
   end
   if #els > 0 then
     popped = #els
+    hist_begin(P, now, -popped)
     local keys = {}
     for i, e in ipairs(els) do keys[i] = P .. 'job:' .. string.match(e, '^[^|]+') end
     local recs = redis.call('MGET', unpack(keys))
@@ -337,8 +338,7 @@ end
 if registered == '0' and was_idle then redis.call('HDEL', P .. 'idle', worker) end
 
 index_flush(P, now)
-if nc > 0 or popped > 0 or readied > 0 or reclaimed > 0 then hist_touch() end
-hist_flush(P, now, sample or (fetch_max > 0 and popped < fetch_max))
+hist_flush(P, now)
 if #ev > 0 or readied > 0 or deferred then
   local msg = { q = qname, w = worker }
   if #ev > 0 then msg.ev = ev end
