@@ -722,8 +722,9 @@ impl Broker for RedisBroker {
                     entries.push((j.id, q.as_str(), wait.saturating_add(j.result_ttl_ms)));
                 }
                 let mut conn = self.conn();
-                let (indexed, reply) =
-                    tokio::join!(self.index(&entries), inv.invoke_async::<Value>(&mut conn));
+                // The jobs first: a worker waits for them, nobody for the index.
+                let (reply, indexed) =
+                    tokio::join!(inv.invoke_async::<Value>(&mut conn), self.index(&entries));
                 let reply = reply?;
                 // Stored but not indexed: lookups still find it (slower).
                 if let Err(e) = indexed {
