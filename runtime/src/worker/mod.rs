@@ -44,7 +44,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OnceCell};
 use tokio::time::Instant;
 
 use crate::producer::Producer;
@@ -297,7 +297,10 @@ pub(super) struct RunCtx {
     /// Advances the workflows of the members this worker ends.
     pub(super) workflows: crate::workflow::Workflows,
     pub(super) cfg: WorkerConfig,
-    pub(super) modules: Mutex<HashMap<ModuleHash, Arc<LoadedModule>>>,
+    /// The modules the runs need, each loaded once: runs that need a
+    /// module while it loads wait for that load instead of compiling it
+    /// again.
+    pub(super) modules: Mutex<HashMap<ModuleHash, Arc<OnceCell<Arc<LoadedModule>>>>>,
     /// Grants by (task, module), with when they were read.
     pub(super) grants: std::sync::Mutex<HashMap<(String, ModuleHash), CachedGrants>>,
     pub(super) shutting_down: AtomicBool,

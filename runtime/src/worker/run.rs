@@ -199,11 +199,28 @@ async fn resolve(
             }
         },
     };
-    if let Some(m) = ctx.modules.lock().await.get(&hash) {
-        metrics::counter!("runner_module_cache_total", "result" => "hit").increment(1);
-        return Ok((hash, m.clone()));
-    }
-    metrics::counter!("runner_module_cache_total", "result" => "miss").increment(1);
+    let cell = ctx.modules.lock().await.entry(hash).or_default().clone();
+    // The first run that needs the module loads it; those that need it
+    // meanwhile wait for that load (a failed load leaves the next to try).
+    let mut loaded_here = false;
+    let m = cell
+        .get_or_try_init(|| {
+            loaded_here = true;
+            load(ctx, d, hash)
+        })
+        .await?;
+    let result = if loaded_here { "miss" } else { "hit" };
+    metrics::counter!("runner_module_cache_total", "result" => result).increment(1);
+    Ok((hash, m.clone()))
+}
+
+/// Reads module `hash` from the registry and loads it (compiled, or read
+/// from the on-disk cache of compiled modules) off the executor.
+async fn load(
+    ctx: &RunCtx,
+    d: &Delivery,
+    hash: ModuleHash,
+) -> Result<Arc<LoadedModule>, Settlement> {
     let bytes = match ctx.registry.module(&hash).await {
         Ok(Some(b)) => b,
         Ok(None) => {
@@ -230,10 +247,7 @@ async fn resolve(
         Ordering::Relaxed,
     );
     match loaded {
-        Ok(Ok(m)) => {
-            ctx.modules.lock().await.insert(hash, m.clone());
-            Ok((hash, m))
-        }
+        Ok(Ok(m)) => Ok(m),
         Ok(Err(e)) => Err(dead(d, "invalid_module", e.to_string())),
         Err(e) => Err(retry_or_fail(
             d,

@@ -647,7 +647,34 @@ on_every_broker!(
     a_slow_jobs_neighbours_go_to_another_worker,
     a_stopped_worker_is_pushed_nothing,
     slots_grow_for_runs_that_wait_and_not_for_busy_ones,
+    runs_started_together_compile_their_module_once,
 );
+
+/// Runs that need a module this worker has not loaded yet, started
+/// together, load it once: the others wait for that load instead of
+/// compiling the module again (a Python component takes seconds).
+async fn runs_started_together_compile_their_module_once(env: Env) {
+    env.bind("sleep", "sleeper", "default", |_| {}).await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(enqueue(&env, "sleep", r#"{"ms":1}"#).await);
+    }
+    let sandbox = test_sandbox(None);
+    let w = env
+        .worker_in(
+            sandbox.clone(),
+            HostServices::default(),
+            cfg(&["default"], 4),
+        )
+        .await;
+    for id in &ids {
+        let j = wait_final(&env.broker, *id).await;
+        assert_eq!(j.state, JobState::Success, "{j:?}");
+    }
+    assert_eq!(sandbox.compilations(), 1);
+    let stats = w.stop().await;
+    assert_eq!(stats.succeeded, 4, "{stats:?}");
+}
 
 /// Job `id`'s state now.
 async fn state(env: &Env, id: JobId) -> JobState {
