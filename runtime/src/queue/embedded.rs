@@ -817,7 +817,11 @@ impl Broker for EmbeddedBroker {
         Ok(())
     }
 
-    async fn signals(&self, queues: &[String]) -> BrokerResult<mpsc::UnboundedReceiver<Signal>> {
+    async fn signals(
+        &self,
+        _worker: &str,
+        queues: &[String],
+    ) -> BrokerResult<mpsc::UnboundedReceiver<Signal>> {
         let (tx, rx) = mpsc::unbounded_channel();
         // Same contract as Redis: the first signal says "look now".
         let _ = tx.send(Signal::Reconnected);

@@ -540,8 +540,14 @@ pub trait Broker: Send + Sync + 'static {
     /// Stores the progress of a leased job and publishes it.
     async fn progress(&self, lease: &Lease, progress: &Progress) -> BrokerResult<()>;
 
-    /// Wake-ups for a worker consuming `queues`, plus revoke requests.
-    async fn signals(&self, queues: &[String]) -> BrokerResult<mpsc::UnboundedReceiver<Signal>>;
+    /// Wake-ups for worker `worker` consuming `queues`, plus revoke
+    /// requests; jobs pushed to it ([`Signal::Pushed`]), not those pushed
+    /// to other workers.
+    async fn signals(
+        &self,
+        worker: &str,
+        queues: &[String],
+    ) -> BrokerResult<mpsc::UnboundedReceiver<Signal>>;
 
     async fn heartbeat(&self, worker: &WorkerInfo, ttl: Duration) -> BrokerResult<()>;
     async fn worker_gone(&self, worker_id: &str) -> BrokerResult<()>;

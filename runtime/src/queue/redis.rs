@@ -556,9 +556,16 @@ struct WireSignal {
     /// Jobs with a priority were made ready.
     #[serde(default)]
     prio: Option<u8>,
-    /// Jobs leased by the enqueue to idle worker `w`: lease member, record, ...
+    /// Jobs leased by the enqueue to idle worker `w` ([`WirePush`]).
     #[serde(default)]
-    push: Option<Vec<String>>,
+    push: Option<serde::de::IgnoredAny>,
+}
+
+/// The jobs of a push, read by the worker they were pushed to.
+#[derive(Deserialize)]
+struct WirePush {
+    /// Lease member, record, lease member, record, ...
+    push: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -967,7 +974,11 @@ impl Broker for RedisBroker {
         Ok(())
     }
 
-    async fn signals(&self, queues: &[String]) -> BrokerResult<mpsc::UnboundedReceiver<Signal>> {
+    async fn signals(
+        &self,
+        worker: &str,
+        queues: &[String],
+    ) -> BrokerResult<mpsc::UnboundedReceiver<Signal>> {
         let (tx, rx) = mpsc::unbounded_channel();
         let client = self.inner.endpoint.clone();
         let queues = queues.to_vec();
@@ -975,7 +986,8 @@ impl Broker for RedisBroker {
         let first = connect_signals(&client, &queues).await?;
         let clock = self.inner.clock.clone();
         let live = self.inner.liveness;
-        tokio::spawn(signal_loop(client, queues, tx, first, clock, live));
+        let me = worker.to_string();
+        tokio::spawn(signal_loop(client, me, queues, tx, first, clock, live));
         Ok(rx)
     }
 
@@ -1865,6 +1877,7 @@ async fn connect_signals(
 /// logs once per outage. Ends when the receiver is dropped.
 async fn signal_loop(
     client: RedisEndpoint,
+    me: String,
     queues: Vec<String>,
     tx: mpsc::UnboundedSender<Signal>,
     first: redis::aio::PubSub,
@@ -1906,7 +1919,7 @@ async fn signal_loop(
             ps,
             live,
             || tx.is_closed(),
-            |msg| forward(&msg, &tx, &clock),
+            |msg| forward(&msg, &me, &tx, &clock),
         )
         .await
             || tx.is_closed()
@@ -1930,9 +1943,9 @@ fn reply_channel(reply: &str) -> String {
     format!("runner:reply:{reply}")
 }
 
-/// Turns one pub/sub message into [`Signal`]s; false once the receiver is
-/// gone.
-fn forward(msg: &redis::Msg, tx: &mpsc::UnboundedSender<Signal>, clock: &Clock) -> bool {
+/// Turns one pub/sub message into [`Signal`]s for worker `me`; false once
+/// the receiver is gone.
+fn forward(msg: &redis::Msg, me: &str, tx: &mpsc::UnboundedSender<Signal>, clock: &Clock) -> bool {
     #[derive(Deserialize)]
     struct Control {
         revoke: Option<String>,
@@ -1964,8 +1977,15 @@ fn forward(msg: &redis::Msg, tx: &mpsc::UnboundedSender<Signal>, clock: &Clock) 
             return true;
         };
         let mut ok = true;
-        if let (Some(jobs), Some(w)) = (m.push, &m.w) {
-            match deliveries(&m.q, jobs.into_iter()) {
+        // Jobs pushed to another worker are skipped, not read: only the
+        // worker they were pushed to decodes their records.
+        if let (Some(_), Some(w)) = (m.push, &m.w)
+            && w == me
+        {
+            let read = serde_json::from_str::<WirePush>(&payload)
+                .map_err(|e| protocol(&format!("push: {e}")))
+                .and_then(|p| deliveries(&m.q, p.push.into_iter()));
+            match read {
                 Ok(deliveries) => {
                     ok &= tx
                         .send(Signal::Pushed {

@@ -711,7 +711,12 @@ impl Dispatcher {
 
     async fn resubscribe(&mut self) -> anyhow::Result<mpsc::UnboundedReceiver<Signal>> {
         loop {
-            match self.ctx.broker.signals(&self.ctx.cfg.queues).await {
+            match self
+                .ctx
+                .broker
+                .signals(&self.id, &self.ctx.cfg.queues)
+                .await
+            {
                 Ok(s) => return Ok(s),
                 Err(e) if e.is_unavailable() => tokio::time::sleep(Duration::from_secs(1)).await,
                 Err(e) => return Err(e.into()),

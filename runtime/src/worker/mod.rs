@@ -249,7 +249,7 @@ impl Worker {
             }
         }
         let signals = loop {
-            match self.broker.signals(&self.cfg.queues).await {
+            match self.broker.signals(&self.id, &self.cfg.queues).await {
                 Ok(s) => break s,
                 Err(e) if e.is_unavailable() => {
                     tracing::warn!(error = %e, "broker unreachable at start; retrying");

@@ -129,7 +129,7 @@ async fn a_silent_signal_connection_is_replaced() {
         .await
         .unwrap()
         .with_liveness(live);
-    let mut signals = listener.signals(&["work".to_string()]).await.unwrap();
+    let mut signals = listener.signals("w", &["work".to_string()]).await.unwrap();
     assert_eq!(signals.recv().await, Some(Signal::Reconnected));
     proxy.freeze();
 
@@ -268,8 +268,12 @@ impl Broker for Deaf {
     async fn progress(&self, lease: &Lease, progress: &Progress) -> BrokerResult<()> {
         self.0.progress(lease, progress).await
     }
-    async fn signals(&self, queues: &[String]) -> BrokerResult<mpsc::UnboundedReceiver<Signal>> {
-        let mut inner = self.0.signals(queues).await?;
+    async fn signals(
+        &self,
+        worker: &str,
+        queues: &[String],
+    ) -> BrokerResult<mpsc::UnboundedReceiver<Signal>> {
+        let mut inner = self.0.signals(worker, queues).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Some(s) = inner.recv().await {

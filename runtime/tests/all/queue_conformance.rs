@@ -451,7 +451,7 @@ async fn retry_then_dead_letter_then_replay(env: Env) {
 
 async fn revoke_queued_running_and_final(env: Env) {
     let b = &env.broker;
-    let mut signals = b.signals(&["work".to_string()]).await.unwrap();
+    let mut signals = b.signals("w-idle", &["work".to_string()]).await.unwrap();
     assert_eq!(signals.recv().await, Some(Signal::Reconnected));
 
     let queued = env.producer.enqueue(call("{}")).await.unwrap().job.id;
@@ -679,7 +679,7 @@ async fn rate_limit_is_global_and_exact(env: Env) {
 
 async fn signals_announce_work_and_delays(env: Env) {
     let b = &env.broker;
-    let mut s = b.signals(&["work".to_string()]).await.unwrap();
+    let mut s = b.signals("w-idle", &["work".to_string()]).await.unwrap();
     assert_eq!(s.recv().await, Some(Signal::Reconnected));
     env.producer.enqueue(call("{}")).await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(5), s.recv())
@@ -1042,8 +1042,11 @@ async fn register_idle(env: &Env, w: &str, slots: usize, lease: Duration) -> boo
 /// wakes its workers in-process and registers nobody.
 async fn an_idle_worker_is_pushed_the_next_jobs(env: Env) {
     let b = &env.broker;
-    let mut s = b.signals(&["work".to_string()]).await.unwrap();
+    let mut s = b.signals("w-idle", &["work".to_string()]).await.unwrap();
     assert_eq!(s.recv().await, Some(Signal::Reconnected));
+    // Another worker of the queue hears of the work, not of the push.
+    let mut other = b.signals("w-other", &["work".to_string()]).await.unwrap();
+    assert_eq!(other.recv().await, Some(Signal::Reconnected));
     let pushes = b.kind() != "embedded";
     assert_eq!(
         register_idle(&env, "w-idle", 2, Duration::from_secs(30)).await,
@@ -1082,6 +1085,7 @@ async fn an_idle_worker_is_pushed_the_next_jobs(env: Env) {
     );
     assert!(pushed.iter().all(|d| d.job.state == JobState::Started));
     assert_eq!(next_signal(&mut s).await, work);
+    assert_eq!(next_signal(&mut other).await, work);
     // The pushed jobs are leased: shown started, never leased again.
     assert_eq!(
         b.get(ids[0]).await.unwrap().unwrap().state,
@@ -1113,7 +1117,7 @@ async fn only_plain_jobs_with_nothing_before_them_are_pushed(env: Env) {
     if b.kind() == "embedded" {
         return;
     }
-    let mut s = b.signals(&["work".to_string()]).await.unwrap();
+    let mut s = b.signals("w-idle", &["work".to_string()]).await.unwrap();
     assert_eq!(s.recv().await, Some(Signal::Reconnected));
     assert!(register_idle(&env, "w-idle", 4, Duration::from_secs(30)).await);
     let high = enqueue_at(&env, Some(5)).await;

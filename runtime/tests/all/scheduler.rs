@@ -324,7 +324,7 @@ pub async fn take_jobs_from(broker: &Arc<dyn Broker>, queue: &str) -> Vec<Job> {
 /// Waits (woken by the broker's signals) until a job of `beat` is queued,
 /// and returns every job taken meanwhile.
 pub async fn wait_for_beat(broker: &Arc<dyn Broker>, beat: &str, timeout: Duration) -> Vec<Job> {
-    let mut signals = broker.signals(&[QUEUE.to_string()]).await.unwrap();
+    let mut signals = broker.signals("w", &[QUEUE.to_string()]).await.unwrap();
     let deadline = tokio::time::Instant::now() + timeout;
     let mut jobs = Vec::new();
     loop {
