@@ -291,7 +291,7 @@ impl State {
     ) -> (bool, bool) {
         let mut readied = false;
         let mut prioritized = false;
-        for c in &req.completions {
+        for c in req.completions.iter() {
             let st_ref = &mut *self;
             let Some(q) = st_ref.queues.get_mut(&req.queue) else {
                 continue;

@@ -161,7 +161,9 @@ pub struct Completion {
 pub struct SettleRequest {
     pub queue: String,
     pub worker: String,
-    pub completions: Vec<Completion>,
+    /// Shared, not copied: the caller keeps them (to settle again after
+    /// an error, to advance workflows after the call).
+    pub completions: Arc<[Completion]>,
     /// Lease up to this many jobs.
     pub fetch: usize,
     /// Also move due delayed jobs and reclaim expired leases.

@@ -859,7 +859,7 @@ impl Broker for RedisBroker {
             .arg(if req.prioritized { "1" } else { "0" })
             .arg(req.idle)
             .arg(if req.registered { "1" } else { "0" });
-        for c in &req.completions {
+        for c in req.completions.iter() {
             push_completion(&mut inv, c, sent);
         }
         let reindex = reindexed(&req.completions, q, sent);

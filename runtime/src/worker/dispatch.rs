@@ -434,6 +434,7 @@ impl Dispatcher {
             }
             self.pending_since.remove(&q);
             let holds_leases = self.held.values().any(|h| h.lease.queue == q);
+            let completions: Arc<[Completion]> = completions.into();
             let req = SettleRequest {
                 queue: q.clone(),
                 worker: self.id.clone(),
@@ -454,7 +455,7 @@ impl Dispatcher {
                     self.pending
                         .entry(q.clone())
                         .or_default()
-                        .extend(completions);
+                        .extend(completions.iter().cloned());
                     self.pending_since
                         .entry(q.clone())
                         .or_insert_with(Instant::now);

@@ -180,7 +180,7 @@ async fn the_event_feed_resubscribes_after_its_connection_is_killed() {
             b.settle(SettleRequest {
                 queue: "work".into(),
                 worker: "w".into(),
-                completions: vec![],
+                completions: Vec::new().into(),
                 fetch: 1,
                 due_check: false,
                 holds_leases: false,

@@ -118,7 +118,7 @@ pub(crate) fn settle(
     SettleRequest {
         queue: queue.into(),
         worker: worker.into(),
-        completions,
+        completions: completions.into(),
         fetch,
         due_check: true,
         holds_leases: false,

@@ -303,7 +303,7 @@ pub async fn take_jobs_from(broker: &Arc<dyn Broker>, queue: &str) -> Vec<Job> {
             .settle(SettleRequest {
                 queue: queue.into(),
                 worker: "counter".into(),
-                completions: vec![],
+                completions: Vec::new().into(),
                 fetch: 1000,
                 due_check: false,
                 holds_leases: false,

@@ -182,7 +182,7 @@ async fn measure_firing(
             .settle(SettleRequest {
                 queue: QUEUE.into(),
                 worker: "bench-counter".into(),
-                completions: vec![],
+                completions: Arc::from([]),
                 fetch: 10_000,
                 due_check: false,
                 holds_leases: false,
