@@ -350,14 +350,21 @@ impl Workflows {
                     let pos = steps.iter().position(|s| s.path == node.path).unwrap_or(0);
                     if let Some(next) = steps.get(pos + 1) {
                         let collect = matches!(&next.kind, Kind::Job(j) if j.collect);
+                        // Steps with inputs of their own need no read.
                         let out = if collect {
-                            Value::Array(self.outputs(id, tree, &steps[..=pos]).await?)
+                            Some(Value::Array(self.outputs(id, tree, &steps[..=pos]).await?))
+                        } else if tree.takes_previous(next) {
+                            Some(
+                                self.outputs(id, tree, std::slice::from_ref(node))
+                                    .await?
+                                    .remove(0),
+                            )
                         } else {
-                            self.outputs(id, tree, std::slice::from_ref(node))
-                                .await?
-                                .remove(0)
+                            None
                         };
-                        return self.launch(id, tree, next, Some(out.to_string())).await;
+                        return self
+                            .launch(id, tree, next, out.map(|o| o.to_string()))
+                            .await;
                     }
                     node = parent;
                     counted = None;

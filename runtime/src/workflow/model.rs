@@ -608,6 +608,18 @@ impl Tree {
 
     /// The job steps a launch of `node` starts, each with the input
     /// handed to it (`input` for all of them).
+    /// Whether starting `node` needs the output of the step before it: a
+    /// job it starts has no input of its own, or adds that output to it
+    /// (`previous`), or collects the chain's outputs.
+    pub fn takes_previous(&self, node: &Node) -> bool {
+        let mut entry = Vec::new();
+        self.entry_jobs(node, &mut entry);
+        entry.iter().any(|n| match &n.kind {
+            Kind::Job(j) => j.input.is_none() || j.previous.is_some() || j.collect,
+            _ => false,
+        })
+    }
+
     pub fn entry_jobs<'a>(&'a self, node: &'a Node, out: &mut Vec<&'a Node>) {
         match &node.kind {
             Kind::Job(_) => out.push(node),

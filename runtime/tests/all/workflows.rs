@@ -527,14 +527,16 @@ async fn revoke_a_running_workflow(api: &TestApi) {
 }
 
 /// A group of chains: each chain hands its output on (`previous` adds it
-/// to the step's own input), and the group's output is the list of the
-/// chains' outputs, in order; nested groups complete their parents.
+/// to the step's own input; a step without an input gets it as its
+/// input), and the group's output is the list of the chains' outputs, in
+/// order; nested groups complete their parents.
 async fn a_group_of_chains_hands_outputs_on(api: &TestApi) {
     bind_echo(api, &["step"]).await;
     let chain = |name: &str| {
         json!({"chain": [
             {"task": "step", "input": {"first": name}},
-            {"task": "step", "input": {"second": name}, "previous": "before"}
+            {"task": "step", "input": {"second": name}, "previous": "before"},
+            {"task": "step"}
         ]})
     };
     let v = start_workflow(
@@ -545,7 +547,7 @@ async fn a_group_of_chains_hands_outputs_on(api: &TestApi) {
         ]}}),
     )
     .await;
-    assert_eq!(v["total"], json!(5));
+    assert_eq!(v["total"], json!(7));
     let id = v["id"].as_str().unwrap();
     let st = workflow(api, id, "?wait=30s").await;
     assert_eq!(st["state"], json!("succeeded"), "{st}");
