@@ -2389,6 +2389,14 @@ async fn redis_a_minutes_depth_is_written_by_the_next_minutes_first_change() {
             m
         }
     };
+    // The depth and running count written for minute `m`.
+    fn written(
+        f: &std::collections::HashMap<String, String>,
+        m: i64,
+    ) -> (Option<&str>, Option<&str>) {
+        let field = |what: &str| f.get(&format!("{m}:{what}")).map(String::as_str);
+        (field("depth"), field("running"))
+    }
     // The point of minute `m` (counted from the end: the minute may turn
     // during the test).
     let at = |p: &[runner::queue::history::HistoryPoint], m: i64| {
@@ -2417,15 +2425,7 @@ async fn redis_a_minutes_depth_is_written_by_the_next_minutes_first_change() {
         .deliveries;
     assert_eq!(d.len(), 2);
     let f = fields(&mut conn).await;
-    assert_eq!(
-        f.get(&format!("{m}:depth")).map(String::as_str),
-        Some("3"),
-        "{f:?}"
-    );
-    assert_eq!(
-        f.get(&format!("{m}:running")).map(String::as_str),
-        Some("0")
-    );
+    assert_eq!(written(&f, m), (Some("3"), Some("0")), "{f:?}");
     let p = hour(b, "work").await;
     assert_eq!(at(&p, m), (Some(3), Some(0)), "{:?}", &p[50..]);
     assert_eq!(at(&p, m + 1), (Some(3), Some(0)), "carried forward");
@@ -2437,15 +2437,7 @@ async fn redis_a_minutes_depth_is_written_by_the_next_minutes_first_change() {
         .await
         .unwrap();
     let f = fields(&mut conn).await;
-    assert_eq!(
-        f.get(&format!("{m}:depth")).map(String::as_str),
-        Some("1"),
-        "{f:?}"
-    );
-    assert_eq!(
-        f.get(&format!("{m}:running")).map(String::as_str),
-        Some("2")
-    );
+    assert_eq!(written(&f, m), (Some("1"), Some("2")), "{f:?}");
     let p = hour(b, "work").await;
     assert_eq!(at(&p, m), (Some(1), Some(2)));
     assert_eq!((p[59].waiting, p[59].running), (Some(1), Some(1)));
