@@ -365,11 +365,7 @@ async fn extended_lease_is_not_redelivered(env: Env) {
 async fn retry_then_dead_letter_then_replay(env: Env) {
     let b = &env.broker;
     let e = env.producer.enqueue(call("{}")).await.unwrap();
-    let d = b
-        .settle(settle("work", "w", vec![], 1))
-        .await
-        .unwrap()
-        .deliveries;
+    let d = fetch(b, 1).await;
     let mut retry = d[0].job.clone();
     retry.state = JobState::Retry;
     retry.attempt = 2;
@@ -401,11 +397,7 @@ async fn retry_then_dead_letter_then_replay(env: Env) {
     let j = b.get(e.job.id).await.unwrap().unwrap();
     assert_eq!((j.state, j.attempt), (JobState::Retry, 2));
     tokio::time::sleep(Duration::from_millis(350)).await;
-    let d = b
-        .settle(settle("work", "w", vec![], 1))
-        .await
-        .unwrap()
-        .deliveries;
+    let d = fetch(b, 1).await;
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].job.attempt, 2);
     let mut failed = d[0].job.clone();
@@ -441,11 +433,7 @@ async fn retry_then_dead_letter_then_replay(env: Env) {
     assert!(b.dead_letters("work", 10).await.unwrap().is_empty());
     let j = b.get(e.job.id).await.unwrap().unwrap();
     assert_eq!((j.state, j.attempt), (JobState::Pending, 1));
-    let d = b
-        .settle(settle("work", "w", vec![], 1))
-        .await
-        .unwrap()
-        .deliveries;
+    let d = fetch(b, 1).await;
     assert_eq!(d.len(), 1);
 }
 
@@ -467,11 +455,7 @@ async fn revoke_queued_running_and_final(env: Env) {
     assert!(r.deliveries.is_empty(), "a revoked job never runs");
 
     let running = env.producer.enqueue(call("{}")).await.unwrap().job.id;
-    let d = b
-        .settle(settle("work", "w", vec![], 10))
-        .await
-        .unwrap()
-        .deliveries;
+    let d = fetch(b, 10).await;
     assert_eq!(d.len(), 1);
     assert_eq!(
         b.revoke(running, true).await.unwrap(),
@@ -522,11 +506,7 @@ async fn revoke_queued_running_and_final(env: Env) {
 
     // Revoked without terminate while running: it may finish, never retry.
     let flagged = env.producer.enqueue(call("{}")).await.unwrap().job.id;
-    let d = b
-        .settle(settle("work", "w", vec![], 10))
-        .await
-        .unwrap()
-        .deliveries;
+    let d = fetch(b, 10).await;
     assert_eq!(
         b.revoke(flagged, false).await.unwrap(),
         RevokeOutcome::WillNotRetry
@@ -581,11 +561,7 @@ pub(crate) async fn wait_is_woken_by_the_end(env: Env) {
         tokio::spawn(async move { b.wait(id, Duration::from_secs(20)).await })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let d = b
-        .settle(settle("work", "w", vec![], 1))
-        .await
-        .unwrap()
-        .deliveries;
+    let d = fetch(&b, 1).await;
     let started = std::time::Instant::now();
     b.settle(settle("work", "w", vec![success(&d[0], "7")], 0))
         .await
@@ -813,11 +789,7 @@ async fn progress_is_stored_and_published(env: Env) {
     let b = &env.broker;
     let id = env.producer.enqueue(call("{}")).await.unwrap().job.id;
     let mut events = b.subscribe().await.unwrap();
-    let d = b
-        .settle(settle("work", "w", vec![], 1))
-        .await
-        .unwrap()
-        .deliveries;
+    let d = fetch(b, 1).await;
     let p = runner::queue::Progress {
         done: 3,
         total: 62,
@@ -1022,6 +994,14 @@ async fn next_signal(s: &mut tokio::sync::mpsc::UnboundedReceiver<Signal>) -> Si
             other => panic!("no signal: {other:?}"),
         }
     }
+}
+
+/// What worker `w` leases from `work`: up to `n` jobs.
+async fn fetch(b: &Arc<dyn Broker>, n: usize) -> Vec<runner::queue::Delivery> {
+    b.settle(settle("work", "w", vec![], n))
+        .await
+        .unwrap()
+        .deliveries
 }
 
 /// Registers worker `w` as idle in `work` with `slots` free slots (a fetch
@@ -1284,11 +1264,7 @@ async fn history_counts_every_change_by_the_minute(env: Env) {
     assert_eq!(last(&h), (Some(4), Some(0)));
 
     // Two start; one succeeds, one is retried later; one is revoked.
-    let d = b
-        .settle(settle("work", "w", vec![], 2))
-        .await
-        .unwrap()
-        .deliveries;
+    let d = fetch(b, 2).await;
     assert_eq!(d.len(), 2);
     assert_eq!(last(&hour(b, "work").await), (Some(2), Some(2)));
     let mut retry = d[1].job.clone();
@@ -1324,11 +1300,7 @@ async fn history_counts_every_change_by_the_minute(env: Env) {
     assert_eq!(work.in_flight, 0);
 
     // The third fails for good (the revoked one is dropped as it is popped).
-    let d = b
-        .settle(settle("work", "w", vec![], 2))
-        .await
-        .unwrap()
-        .deliveries;
+    let d = fetch(b, 2).await;
     assert_eq!(d.len(), 1);
     b.settle(settle("work", "w", vec![dead_letter(&d[0])], 0))
         .await
@@ -1526,11 +1498,7 @@ async fn list_finds_jobs_newest_first_by_any_filter(env: Env) {
 
     // The first echo job succeeds, the second fails, the third runs, the
     // fourth is revoked; the fifth waits.
-    let d = b
-        .settle(settle("work", "w", vec![], 3))
-        .await
-        .unwrap()
-        .deliveries;
+    let d = fetch(b, 3).await;
     assert_eq!(
         ids_of(&d.iter().map(|d| d.job.clone()).collect::<Vec<_>>()),
         echo[..3]
@@ -1598,11 +1566,7 @@ async fn list_forgets_jobs_whose_records_expired(env: Env) {
     req.result_ttl_secs = Some(1);
     let short = env.producer.enqueue(req).await.unwrap().job.id;
     let kept = env.producer.enqueue(call("{}")).await.unwrap().job.id;
-    let d = b
-        .settle(settle("work", "w", vec![], 2))
-        .await
-        .unwrap()
-        .deliveries;
+    let d = fetch(b, 2).await;
     b.settle(settle(
         "work",
         "w",
@@ -1684,11 +1648,7 @@ fn sorted(mut ids: Vec<JobId>) -> Vec<JobId> {
 async fn purge_ends_waiting_jobs_and_leaves_running_ones(env: Env) {
     let b = &env.broker;
     let running = env.producer.enqueue(call("{}")).await.unwrap().job.id;
-    let d = b
-        .settle(settle("work", "w", vec![], 1))
-        .await
-        .unwrap()
-        .deliveries;
+    let d = fetch(b, 1).await;
     assert_eq!(d[0].job.id, running);
     let mut ready = Vec::new();
     for _ in 0..3 {
@@ -1869,11 +1829,7 @@ fn dead_letter(d: &runner::queue::Delivery) -> Completion {
 async fn concurrent_replays_queue_a_dead_letter_once(env: Env) {
     let b = &env.broker;
     let e = env.producer.enqueue(call("{}")).await.unwrap();
-    let d = b
-        .settle(settle("work", "w", vec![], 1))
-        .await
-        .unwrap()
-        .deliveries;
+    let d = fetch(b, 1).await;
     b.settle(settle("work", "w", vec![dead_letter(&d[0])], 0))
         .await
         .unwrap();
@@ -1903,11 +1859,7 @@ async fn embedded_broker_forgets_what_expired() {
     r.idempotency_key = Some("once".into());
     r.result_ttl_secs = Some(1);
     p.enqueue(r).await.unwrap();
-    let d = b
-        .settle(settle("work", "w", vec![], 1))
-        .await
-        .unwrap()
-        .deliveries;
+    let d = fetch(&b, 1).await;
     b.progress(
         &d[0].lease,
         &runner::queue::Progress {
@@ -1952,11 +1904,7 @@ async fn redis_scripts_refuse_bad_arguments_before_writing() {
     let env = redis().await;
     let b = &env.broker;
     let id = env.producer.enqueue(call("{}")).await.unwrap().job.id;
-    let d = b
-        .settle(settle("work", "w", vec![], 1))
-        .await
-        .unwrap()
-        .deliveries;
+    let d = fetch(b, 1).await;
     let mut bad = success(&d[0], "1");
     if let Settlement::Finish { job, .. } = &mut bad.settlement {
         job.result_ttl_ms = 10_u64.pow(16);
@@ -2081,11 +2029,7 @@ async fn redis_listings_and_replays_read_only_what_they_need() {
     let mut dead = Vec::new();
     for _ in 0..3 {
         env.producer.enqueue(call("{}")).await.unwrap();
-        let d = b
-            .settle(settle("work", "w", vec![], 1))
-            .await
-            .unwrap()
-            .deliveries;
+        let d = fetch(b, 1).await;
         b.settle(settle("work", "w", vec![dead_letter(&d[0])], 0))
             .await
             .unwrap();
@@ -2179,11 +2123,7 @@ async fn redis_a_job_is_found_by_its_id_whatever_the_number_of_queues() {
 
     // A dead letter is kept 7 days: its entry as long.
     let e = env.producer.enqueue(call("{}")).await.unwrap();
-    let d = b
-        .settle(settle("work", "w", vec![], 1))
-        .await
-        .unwrap()
-        .deliveries;
+    let d = fetch(b, 1).await;
     assert_eq!(d[0].job.id, e.job.id);
     let bucket = index_buckets(&mut conn).await;
     let ttl_before: i64 = redis::cmd("PTTL")
@@ -2250,11 +2190,7 @@ async fn redis_a_page_of_jobs_costs_the_same_whatever_the_number_stored() {
     };
     // A few failures, among the first jobs.
     store(10).await;
-    let d = b
-        .settle(settle("work", "w", vec![], 5))
-        .await
-        .unwrap()
-        .deliveries;
+    let d = fetch(b, 5).await;
     let failed: Vec<Completion> = d
         .iter()
         .map(|d| ended(d, JobState::Failure, None, false))
@@ -2311,11 +2247,7 @@ async fn redis_the_job_index_goes_with_the_records() {
         b.revoke(ids[3], false).await.unwrap(),
         RevokeOutcome::Revoked
     );
-    let d = b
-        .settle(settle("work", "w", vec![], 3))
-        .await
-        .unwrap()
-        .deliveries;
+    let d = fetch(b, 3).await;
     b.settle(settle(
         "work",
         "w",
@@ -2418,11 +2350,7 @@ async fn redis_a_minutes_depth_is_written_by_the_next_minutes_first_change() {
 
     // A lease: the depth before it goes to the minute of the last change.
     let m = last_changed(&mut conn, 5).await;
-    let d = b
-        .settle(settle("work", "w", vec![], 2))
-        .await
-        .unwrap()
-        .deliveries;
+    let d = fetch(b, 2).await;
     assert_eq!(d.len(), 2);
     let f = fields(&mut conn).await;
     assert_eq!(written(&f, m), (Some("3"), Some("0")), "{f:?}");
@@ -2445,11 +2373,7 @@ async fn redis_a_minutes_depth_is_written_by_the_next_minutes_first_change() {
 
     // A call that changes nothing writes nothing; the minute of the last
     // change shows the depth now, and so do the minutes after it.
-    let d2 = b
-        .settle(settle("work", "w", vec![], 5))
-        .await
-        .unwrap()
-        .deliveries;
+    let d2 = fetch(b, 5).await;
     assert_eq!(d2.len(), 1);
     let m = last_changed(&mut conn, 2).await;
     b.settle(settle("work", "w", vec![], 5)).await.unwrap();
