@@ -606,20 +606,18 @@ impl Tree {
         }
     }
 
-    /// The job steps a launch of `node` starts, each with the input
-    /// handed to it (`input` for all of them).
-    /// Whether starting `node` needs the output of the step before it: a
-    /// job it starts has no input of its own, or adds that output to it
-    /// (`previous`), or collects the chain's outputs.
+    /// Whether starting `node` needs the output of the step before it:
+    /// one of the jobs it starts does ([`JobStep::takes_previous`]).
     pub fn takes_previous(&self, node: &Node) -> bool {
         let mut entry = Vec::new();
         self.entry_jobs(node, &mut entry);
-        entry.iter().any(|n| match &n.kind {
-            Kind::Job(j) => j.input.is_none() || j.previous.is_some() || j.collect,
-            _ => false,
-        })
+        entry
+            .iter()
+            .any(|n| matches!(&n.kind, Kind::Job(j) if j.takes_previous()))
     }
 
+    /// The job steps a launch of `node` starts, each with the input
+    /// handed to it (`input` for all of them).
     pub fn entry_jobs<'a>(&'a self, node: &'a Node, out: &mut Vec<&'a Node>) {
         match &node.kind {
             Kind::Job(_) => out.push(node),
@@ -661,6 +659,15 @@ pub fn assemble(node: &Node, results: &mut impl Iterator<Item = Value>) -> Value
         Kind::Chain(s) => assemble(s.last().expect("chains are not empty"), results),
         Kind::Group(s) => Value::Array(s.iter().map(|c| assemble(c, results)).collect()),
         Kind::Chord { callback, .. } => assemble(callback, results),
+    }
+}
+
+impl JobStep {
+    /// Whether its input uses the output of the step before it (see
+    /// [`input_for`]): it has no input of its own, or adds that output to
+    /// it (`previous`), or collects the chain's outputs.
+    pub fn takes_previous(&self) -> bool {
+        self.input.is_none() || self.previous.is_some() || self.collect
     }
 }
 
