@@ -10,7 +10,7 @@
 # pools, scheduler) from this image.
 
 # ---------------------------------------------------------------- build
-FROM rust:1.95-bookworm AS build
+FROM rust:1.97-bookworm AS build
 
 # The built-in tasks and examples are WebAssembly components: runtime/build.rs
 # builds them for this target and embeds them in the binary.

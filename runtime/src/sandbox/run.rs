@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use wasmtime::component::ResourceTable;
-use wasmtime::{Store, Trap, UpdateDeadline, WasmBacktrace};
+use wasmtime::{AsContext, Store, Trap, UpdateDeadline, WasmBacktrace};
 use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::TaskError;
@@ -340,7 +340,7 @@ pub(crate) async fn run(env: RunEnv<'_>, module: &LoadedModule, req: RunRequest)
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |ctx| {
         if let Some(budget) = budget {
-            meter.set(budget.saturating_sub(ctx.get_fuel().unwrap_or(0)));
+            meter.set(budget.saturating_sub(ctx.as_context().get_fuel().unwrap_or(0)));
         }
         let state = ctx.data();
         if state.cancel.is_cancelled() {

@@ -91,6 +91,20 @@ fn the_dockerfile_copies_what_exists_builds_the_readme_binary_and_runs_as_a_user
         );
     }
     assert!(built.1.contains("/usr/local/bin/runner"), "{}", built.1);
+    // The build image's Rust is the one rust-toolchain.toml pins (the copied
+    // file makes rustup use that version inside the image).
+    let toolchain = std::fs::read_to_string(root().join("rust-toolchain.toml")).unwrap();
+    let channel = toolchain
+        .lines()
+        .find_map(|l| l.strip_prefix("channel = "))
+        .expect("rust-toolchain.toml names a channel")
+        .trim_matches('"');
+    let minor = channel.rsplit_once('.').map_or(channel, |(minor, _)| minor);
+    assert!(
+        all[stages[0]].1.starts_with(&format!("rust:{minor}-")),
+        "the build stage is {:?}, the pinned toolchain {channel}",
+        all[stages[0]].1
+    );
     assert!(
         runtime.iter().any(|(w, a)| w == "COPY"
             && a.starts_with("--from=build /usr/local/bin/runner /usr/local/bin/runner")),
