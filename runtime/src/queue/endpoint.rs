@@ -5,14 +5,16 @@
 //! [`RedisEndpoint`] opens the two kinds of connection every Redis user of
 //! the runner needs: a command connection ([`Counted`], which reconnects,
 //! and on a cluster follows `MOVED`/`ASK` and fail-overs) and pub/sub
-//! connections. On a cluster, pub/sub is the classic kind, which every node
-//! relays to every other: a subscriber on any node hears every channel.
-//! Sharded pub/sub (`SSUBSCRIBE`) would keep a queue's events on its own
-//! shard, but needs one subscription per shard that moves with its slots;
-//! the runner's events are small and few per batch (one per settle), so
-//! the broadcast is the documented trade (`docs/scaling.md`). A
-//! subscription whose node dies is opened again on the next seed that
-//! answers.
+//! connections. On one server pub/sub is the classic kind. On a cluster, a
+//! queue's events go over sharded pub/sub (`SPUBLISH`, `SSUBSCRIBE`, Redis
+//! 7): heard on the queue's own shard, not relayed over the whole
+//! cluster's bus (`shard_feed.rs`). A cluster URL ending in `?pubsub=classic`
+//! keeps them on classic pub/sub, which every node relays to every other
+//! (for servers before Redis 7, and while a fleet is upgraded: every
+//! process must use the same kind). The channels that are not a queue's
+//! (control, workflows, registry and beat changes) are classic on both. A
+//! classic subscription whose node dies is opened again on the next seed
+//! that answers.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,17 +34,81 @@ pub struct RedisEndpoint {
     nodes: Arc<Vec<Client>>,
     next: Arc<AtomicUsize>,
     cluster: Option<ClusterClient>,
+    /// On a cluster with sharded pub/sub: how to open its subscriptions.
+    shards: Option<Arc<ShardSeeds>>,
 }
 
-/// The seed URLs of a cluster URL (`redis+cluster://[user:pass@]h1:p1,h2:p2[/0]`);
-/// None for the URL of one server.
-pub fn cluster_seeds(url: &str) -> Option<Result<Vec<String>, String>> {
+/// What a cluster's sharded subscriptions connect with (each has a client
+/// of its own: the messages of a cluster connection go to the one sender
+/// its client was built with).
+pub(crate) struct ShardSeeds {
+    seeds: Vec<String>,
+    tls: RedisTls,
+}
+
+impl ShardSeeds {
+    /// A cluster client speaking RESP3 (pub/sub messages share the
+    /// connections with replies), whose messages and disconnections go to
+    /// `push`.
+    pub(crate) fn client(
+        &self,
+        push: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
+    ) -> redis::RedisResult<ClusterClient> {
+        let mut builder = cluster_builder(&self.seeds, &self.tls)?
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(push);
+        // A subscription waits on nothing but its confirmation.
+        builder = builder.response_timeout(Duration::from_secs(10));
+        builder.build()
+    }
+}
+
+/// A cluster URL, read: its seed nodes and its kind of pub/sub.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ClusterUrl {
+    pub seeds: Vec<String>,
+    /// Queue events over sharded pub/sub (the default), or classic
+    /// (`?pubsub=classic`).
+    pub sharded: bool,
+}
+
+fn cluster_builder(seeds: &[String], tls: &RedisTls) -> redis::RedisResult<ClusterClientBuilder> {
+    let mut builder = ClusterClientBuilder::new(seeds.to_vec())
+        .connection_timeout(Duration::from_secs(5))
+        // Scripts over large batches may take a while.
+        .response_timeout(Duration::from_secs(30))
+        .tcp_settings(tcp_settings());
+    if !tls.is_empty() {
+        builder = builder.certs(tls.certificates()?);
+    }
+    Ok(builder)
+}
+
+/// The seeds and pub/sub kind of a cluster URL
+/// (`redis+cluster://[user:pass@]h1:p1,h2:p2[/0][?pubsub=classic]`); None
+/// for the URL of one server.
+pub fn cluster_url(url: &str) -> Option<Result<ClusterUrl, String>> {
     let (scheme, rest) = url.trim().split_once("://")?;
     let plain = match scheme {
         "redis+cluster" => "redis",
         "rediss+cluster" => "rediss",
         _ => return None,
     };
+    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let mut sharded = true;
+    for param in query.split('&').filter(|p| !p.is_empty()) {
+        sharded = match param {
+            "pubsub=sharded" => true,
+            "pubsub=classic" => false,
+            other => {
+                return Some(Err(format!(
+                    "a Redis Cluster URL takes one parameter, pubsub=sharded or \
+                     pubsub=classic, not `{other}` ({})",
+                    redact_url(url)
+                )));
+            }
+        };
+    }
     let (userinfo, hosts) = match rest.rsplit_once('@') {
         Some((user, hosts)) => (format!("{user}@"), hosts),
         None => (String::new(), rest),
@@ -66,7 +132,7 @@ pub fn cluster_seeds(url: &str) -> Option<Result<Vec<String>, String>> {
             redact_url(url)
         )));
     }
-    Some(Ok(seeds))
+    Some(Ok(ClusterUrl { seeds, sharded }))
 }
 
 fn invalid(e: String) -> redis::RedisError {
@@ -77,34 +143,40 @@ impl RedisEndpoint {
     /// The endpoint of `url`, with the TLS files `tls`. Nothing connects
     /// yet; a malformed URL or unreadable TLS file is refused here.
     pub fn open(url: &str, tls: &RedisTls) -> redis::RedisResult<Self> {
-        match cluster_seeds(url) {
+        match cluster_url(url) {
             None => Ok(RedisEndpoint {
                 nodes: Arc::new(vec![open_client_with(url, tls)?]),
                 next: Arc::default(),
                 cluster: None,
+                shards: None,
             }),
-            Some(seeds) => {
+            Some(parsed) => {
                 tls.check(url).map_err(invalid)?;
-                let seeds = seeds.map_err(invalid)?;
+                let ClusterUrl { seeds, sharded } = parsed.map_err(invalid)?;
                 let nodes = seeds
                     .iter()
                     .map(|s| open_client_with(s, tls))
                     .collect::<redis::RedisResult<Vec<_>>>()?;
-                let mut builder = ClusterClientBuilder::new(seeds.clone())
-                    .connection_timeout(Duration::from_secs(5))
-                    // Scripts over large batches may take a while.
-                    .response_timeout(Duration::from_secs(30))
-                    .tcp_settings(tcp_settings());
-                if !tls.is_empty() {
-                    builder = builder.certs(tls.certificates()?);
-                }
+                let cluster = cluster_builder(&seeds, tls)?.build()?;
                 Ok(RedisEndpoint {
                     nodes: Arc::new(nodes),
                     next: Arc::default(),
-                    cluster: Some(builder.build()?),
+                    cluster: Some(cluster),
+                    shards: sharded.then(|| {
+                        Arc::new(ShardSeeds {
+                            seeds,
+                            tls: tls.clone(),
+                        })
+                    }),
                 })
             }
         }
+    }
+
+    /// On a cluster with sharded pub/sub, how its subscriptions connect;
+    /// None where queue events are classic pub/sub.
+    pub(crate) fn shards(&self) -> Option<&Arc<ShardSeeds>> {
+        self.shards.as_ref()
     }
 
     /// A command connection (reconnecting; on a cluster, routed by slot).
@@ -288,24 +360,25 @@ mod tests {
 
     #[test]
     fn cluster_urls_name_their_seeds() {
-        assert!(cluster_seeds("redis://127.0.0.1:6379/0").is_none());
+        let seeds = |url: &str| cluster_url(url).unwrap().map(|c| c.seeds);
+        assert!(cluster_url("redis://127.0.0.1:6379/0").is_none());
         assert_eq!(
-            cluster_seeds("redis+cluster://u:p@10.0.0.1:7000,10.0.0.2:7001/").unwrap(),
+            seeds("redis+cluster://u:p@10.0.0.1:7000,10.0.0.2:7001/"),
             Ok(vec![
                 "redis://u:p@10.0.0.1:7000/".to_string(),
                 "redis://u:p@10.0.0.2:7001/".to_string(),
             ])
         );
         assert_eq!(
-            cluster_seeds("rediss+cluster://h:1").unwrap(),
+            seeds("rediss+cluster://h:1"),
             Ok(vec!["rediss://h:1/".to_string()])
         );
-        let db = cluster_seeds("redis+cluster://u:secret@h:1/3")
+        let db = cluster_url("redis+cluster://u:secret@h:1/3")
             .unwrap()
             .unwrap_err();
         assert!(db.contains("only database 0"), "{db}");
         assert!(!db.contains("secret"), "{db}");
-        let none = cluster_seeds("redis+cluster://u:secret@/")
+        let none = cluster_url("redis+cluster://u:secret@/")
             .unwrap()
             .unwrap_err();
         assert!(none.contains("at least one host"), "{none}");
@@ -318,6 +391,29 @@ mod tests {
             .check("rediss+cluster://h:1,h:2")
             .is_ok()
         );
+    }
+
+    /// Queue events are sharded on a cluster unless the URL says classic;
+    /// any other parameter is refused, not ignored.
+    #[test]
+    fn cluster_urls_say_their_kind_of_pub_sub() {
+        let sharded = |url: &str| cluster_url(url).unwrap().map(|c| c.sharded);
+        assert_eq!(sharded("redis+cluster://h:1,h:2/"), Ok(true));
+        assert_eq!(sharded("redis+cluster://h:1/?pubsub=sharded"), Ok(true));
+        assert_eq!(
+            sharded("redis+cluster://u:p@h:1,h:2/0?pubsub=classic"),
+            Ok(false)
+        );
+        assert_eq!(
+            cluster_url("redis+cluster://h:1?pubsub=classic")
+                .unwrap()
+                .unwrap()
+                .seeds,
+            vec!["redis://h:1/".to_string()]
+        );
+        let bad = sharded("redis+cluster://u:secret@h:1/?pubsub=fast").unwrap_err();
+        assert!(bad.contains("`pubsub=fast`"), "{bad}");
+        assert!(!bad.contains("secret"), "{bad}");
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod job;
 pub mod list;
 pub mod ratelimit;
 pub mod redis;
+mod shard_feed;
 pub mod workflow;
 
 use std::sync::Arc;

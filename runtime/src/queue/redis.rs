@@ -32,7 +32,9 @@
 //! (heartbeats with a TTL) and `runner:{workers}` (their ids: listing
 //! workers scans nothing and, all in one slot, reads one node of a
 //! cluster), pub/sub channels `runner:q:<queue>` (job events
-//! and wake-ups), `runner:control` (revokes and inspect requests) and
+//! and wake-ups; on a cluster the shard channel `runner:{<queue>}:ev`,
+//! see below), `runner:control` (revokes and inspect requests),
+//! `runner:queues:new` (a queue's first enqueue, on a cluster) and
 //! `runner:reply:<id>` (workers' answers to one inspect request).
 //!
 //! # Redis Cluster
@@ -45,8 +47,10 @@
 //! engine applies it to the workflow's slot, then enqueues the next steps
 //! into theirs). Reads that name keys of several slots (the workers'
 //! heartbeats, one read per queue) go out as commands to each slot's
-//! node, at once ([`Counted`]). Job events and wake-ups use classic
-//! pub/sub, which every node relays.
+//! node, at once ([`Counted`]). Job events and wake-ups use sharded
+//! pub/sub: the scripts `SPUBLISH` on the queue's shard channel, in its
+//! slot, and workers and event feeds `SSUBSCRIBE` to it on that slot's
+//! master (`shard_feed.rs`), unless the URL says `?pubsub=classic`.
 //!
 //! # Cost
 //!
@@ -97,12 +101,14 @@ use runner_host_fns::redis_conn::Counted;
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 
+use super::endpoint::ShardSeeds;
 pub use super::endpoint::{
-    RedisEndpoint, RedisTls, cluster_seeds, open_client, open_client_with, redact_url,
+    ClusterUrl, RedisEndpoint, RedisTls, cluster_url, open_client, open_client_with, redact_url,
 };
 use super::history::Minutes;
 use super::job::{DEAD_LETTER_TTL, Job, JobId, JobState, MAX_DELAY, Progress, RateLimit};
 use super::list::{JobPage, JobQuery, Walk, Window, parse_cursor};
+use super::shard_feed::{ShardChannels, ShardFeed};
 use super::workflow::RUNNING_TTL;
 use super::{
     Broker, BrokerError, BrokerResult, Completion, Delivery, Enqueued, Extended, JobEvent, Lease,
@@ -155,9 +161,22 @@ fn prefix(queue: &str) -> String {
     format!("runner:{{{queue}}}:")
 }
 
+/// A queue's classic channel (one server, or a cluster URL with
+/// `?pubsub=classic`).
 fn channel(queue: &str) -> String {
     format!("runner:q:{queue}")
 }
+
+/// A queue's shard channel on a cluster: in the queue's slot, so its
+/// scripts publish there (`SPUBLISH`) and it is heard on the queue's own
+/// shard (`shard_feed.rs`).
+fn shard_channel(queue: &str) -> String {
+    format!("runner:{{{queue}}}:ev")
+}
+
+/// Where a process that creates a queue says so, on a cluster with
+/// sharded pub/sub: event feeds subscribe to the new queue's channel.
+const NEW_QUEUE_CHANNEL: &str = "runner:queues:new";
 
 /// The record of workflow `id`: a slot of its own (`workflow.rs`).
 fn wf_key(id: JobId) -> String {
@@ -238,7 +257,11 @@ struct Inner {
     conn: Counted,
     scripts: Scripts,
     known_queues: Mutex<HashSet<String>>,
-    hub: Mutex<Option<broadcast::Sender<JobEvent>>>,
+    hub: Mutex<Option<Hub>>,
+    /// Set by [`RedisBroker::close`]: the hubs on shard channels stop.
+    stop: tokio::sync::watch::Sender<bool>,
+    /// Those hubs' tasks, for `close` to wait for.
+    hub_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     idempotency_ttl: Duration,
     clock: Arc<Clock>,
     liveness: Liveness,
@@ -310,6 +333,8 @@ impl RedisBroker {
                 scripts,
                 known_queues: Mutex::new(HashSet::new()),
                 hub: Mutex::new(None),
+                stop: tokio::sync::watch::Sender::new(false),
+                hub_tasks: Mutex::new(Vec::new()),
                 idempotency_ttl: Duration::from_secs(24 * 3600),
                 clock: Arc::new(Clock::default()),
                 liveness: Liveness::default(),
@@ -342,6 +367,41 @@ impl RedisBroker {
 
     fn conn(&self) -> Counted {
         self.inner.conn.clone()
+    }
+
+    /// Whether queue events go over sharded pub/sub (a cluster whose URL
+    /// does not say `?pubsub=classic`).
+    fn sharded(&self) -> bool {
+        self.inner.endpoint.shards().is_some()
+    }
+
+    /// The channel of `queue`'s events and wake-ups.
+    fn chan(&self, queue: &str) -> String {
+        if self.sharded() {
+            shard_channel(queue)
+        } else {
+            channel(queue)
+        }
+    }
+
+    /// Stops this broker's event feed on shard channels and waits until
+    /// its connection is closed (its receivers see the feed end). For a
+    /// caller about to take the cluster down, so that no subscription is
+    /// left to report it (`runner bench queue --cluster`); a feed on
+    /// classic pub/sub stops once nobody listens. For good: a feed
+    /// started after it stops at once.
+    pub async fn close(&self) {
+        self.inner.stop.send_replace(true);
+        let tasks = std::mem::take(
+            &mut *self
+                .inner
+                .hub_tasks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for t in tasks {
+            let _ = t.await;
+        }
     }
 
     /// The command connection, for the registry (which shares it) and for
@@ -449,7 +509,10 @@ impl RedisBroker {
     /// poll of this process. It outlives dropped connections: it
     /// resubscribes (PINGs find silent drops) and goes on, so open streams
     /// see a gap, never an end. It stops once nobody listens.
-    async fn start_hub(&self) -> BrokerResult<broadcast::Sender<JobEvent>> {
+    async fn start_hub(&self) -> BrokerResult<Hub> {
+        if let Some(seeds) = self.inner.endpoint.shards() {
+            return self.start_shard_hub(seeds).await;
+        }
         let client = self.inner.endpoint.clone();
         let subscribe = |client: RedisEndpoint| async move {
             let mut pubsub = client.pubsub().await?;
@@ -462,36 +525,14 @@ impl RedisBroker {
         let live = self.inner.liveness;
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
-            // Nobody listens: forget this hub (under the lock, so that no
-            // new receiver joins a feed that is about to stop).
-            let idle = || match weak.upgrade() {
-                None => true,
-                Some(inner) => {
-                    let Ok(mut hub) = inner.hub.lock() else {
-                        return false;
-                    };
-                    if tx.receiver_count() > 0 {
-                        return false;
-                    }
-                    if hub.as_ref().is_some_and(|h| h.same_channel(&tx)) {
-                        *hub = None;
-                    }
-                    true
-                }
-            };
+            let idle = || hub_idle(&weak, &tx, false);
             let mut next = Some(first);
             let mut backoff = Duration::from_millis(100);
             loop {
                 if let Some(ps) = next.take() {
                     let stopped = listen(ps, live, idle, |msg| {
-                        let Ok(payload) = msg.get_payload::<String>() else {
-                            return true;
-                        };
-                        if let Ok(m) = serde_json::from_str::<WireMessage>(&payload) {
-                            for ev in m.events() {
-                                // No receivers is fine: nobody waits right now.
-                                let _ = tx.send(ev);
-                            }
+                        if let Ok(payload) = msg.get_payload::<String>() {
+                            hub_send(&tx, &payload);
                         }
                         true
                     })
@@ -517,7 +558,110 @@ impl RedisBroker {
                 }
             }
         });
-        Ok(sender)
+        Ok(Hub {
+            tx: sender,
+            shards: None,
+        })
+    }
+
+    /// The hub on shard channels (a cluster with sharded pub/sub): every
+    /// queue's channel, the workflows' channel and the announcements of
+    /// new queues, whose channels it then subscribes. A feed that ends
+    /// ends the hub (its receivers see it close and subscribe again).
+    async fn start_shard_hub(&self, seeds: &ShardSeeds) -> BrokerResult<Hub> {
+        let queues: Vec<String> = self.conn().smembers(QUEUES_KEY).await?;
+        let shard = queues.iter().map(|q| shard_channel(q)).collect();
+        let classic = vec![WF_CHANNEL.to_string(), NEW_QUEUE_CHANNEL.to_string()];
+        let feed = ShardFeed::open(seeds, shard, classic).await?;
+        let channels = feed.channels();
+        let (tx, _) = broadcast::channel(65_536);
+        let sender = tx.clone();
+        let live = self.inner.liveness;
+        let weak = Arc::downgrade(&self.inner);
+        let more = channels.clone();
+        let mut stop = self.inner.stop.subscribe();
+        let task = tokio::spawn(async move {
+            let stopped = feed
+                .listen(
+                    live,
+                    async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    },
+                    || hub_idle(&weak, &tx, false),
+                    |chan, payload| {
+                        if chan == NEW_QUEUE_CHANNEL {
+                            let (more, queue) = (more.clone(), shard_channel(payload));
+                            tokio::spawn(async move {
+                                if let Err(e) = more.ensure(&[queue]).await {
+                                    tracing::warn!(error = %e, "subscribing to a new queue's events");
+                                }
+                            });
+                        } else {
+                            hub_send(&tx, payload);
+                        }
+                        true
+                    },
+                    // Whatever was published meanwhile is lost: say so.
+                    || {
+                        let _ = tx.send(JobEvent::gap());
+                        true
+                    },
+                )
+                .await;
+            if !stopped {
+                tracing::warn!("the job event feed lost its Redis Cluster connection");
+            }
+            hub_idle(&weak, &tx, true);
+        });
+        self.inner
+            .hub_tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
+        Ok(Hub {
+            tx: sender,
+            shards: Some(channels),
+        })
+    }
+}
+
+/// The feed of job events of this process ([`RedisBroker::start_hub`]).
+#[derive(Clone)]
+struct Hub {
+    tx: broadcast::Sender<JobEvent>,
+    /// On shard channels: to subscribe the channels of queues the hub
+    /// did not know when it started.
+    shards: Option<ShardChannels>,
+}
+
+/// Sends the events of one message to the hub's receivers (none is fine:
+/// nobody waits right now).
+fn hub_send(tx: &broadcast::Sender<JobEvent>, payload: &str) {
+    if let Ok(m) = serde_json::from_str::<WireMessage>(payload) {
+        for ev in m.events() {
+            let _ = tx.send(ev);
+        }
+    }
+}
+
+/// Whether nobody listens to hub `tx` any more (or the broker is gone); if
+/// so, or if `ending`, the broker forgets it (under the lock, so that no new
+/// receiver joins a feed that is about to stop).
+fn hub_idle(weak: &std::sync::Weak<Inner>, tx: &broadcast::Sender<JobEvent>, ending: bool) -> bool {
+    match weak.upgrade() {
+        None => true,
+        Some(inner) => {
+            let Ok(mut hub) = inner.hub.lock() else {
+                return false;
+            };
+            if tx.receiver_count() > 0 && !ending {
+                return false;
+            }
+            if hub.as_ref().is_some_and(|h| h.tx.same_channel(tx)) {
+                *hub = None;
+            }
+            true
+        }
     }
 }
 
@@ -693,7 +837,7 @@ impl Broker for RedisBroker {
                 let mut inv = self.inner.scripts.enqueue.prepare_invoke();
                 inv.key(format!("{p}ready"))
                     .arg(&p)
-                    .arg(channel(q))
+                    .arg(self.chan(q))
                     .arg(q)
                     .arg(ttl_ms(self.inner.idempotency_ttl))
                     .arg(chunk.len());
@@ -776,17 +920,31 @@ impl Broker for RedisBroker {
     }
 
     async fn subscribe(&self) -> BrokerResult<broadcast::Receiver<JobEvent>> {
-        if let Some(tx) = self.inner.hub.lock().ok().and_then(|h| h.clone()) {
-            return Ok(tx.subscribe());
-        }
-        let tx = self.start_hub().await?;
-        let rx = tx.subscribe();
-        if let Ok(mut hub) = self.inner.hub.lock() {
-            // Two callers may race to start a hub; the loser's hub keeps
-            // serving its own receivers and stops when they are gone.
-            if hub.is_none() {
-                *hub = Some(tx);
+        let existing = self.inner.hub.lock().ok().and_then(|h| h.clone());
+        let hub = match existing {
+            Some(hub) => hub,
+            None => {
+                let hub = self.start_hub().await?;
+                if let Ok(mut slot) = self.inner.hub.lock() {
+                    // Two callers may race to start a hub; the loser's hub
+                    // keeps serving its own receivers and stops when they
+                    // are gone.
+                    if slot.is_none() {
+                        *slot = Some(hub.clone());
+                    }
+                }
+                hub
             }
+        };
+        let rx = hub.tx.subscribe();
+        // On shard channels, every queue that exists now is heard before
+        // the receiver is handed out: a caller that waits for a job of a
+        // queue made a moment ago (before its announcement reached the
+        // hub) misses none of its events.
+        if let Some(shards) = &hub.shards {
+            let queues: Vec<String> = self.conn().smembers(QUEUES_KEY).await?;
+            let channels: Vec<String> = queues.iter().map(|q| shard_channel(q)).collect();
+            shards.ensure(&channels).await?;
         }
         Ok(rx)
     }
@@ -812,7 +970,7 @@ impl Broker for RedisBroker {
                 .arg(job.to_json())
                 .arg(job.result_ttl_ms.max(1))
                 .arg(if terminate { "1" } else { "0" })
-                .arg(channel(&queue))
+                .arg(self.chan(&queue))
                 .arg(&rec)
                 .arg(&queue)
                 .invoke_async(&mut self.conn())
@@ -848,7 +1006,7 @@ impl Broker for RedisBroker {
         let mut inv = self.inner.scripts.settle.prepare_invoke();
         inv.key(format!("{p}ready"))
             .arg(&p)
-            .arg(channel(q))
+            .arg(self.chan(q))
             .arg(q)
             .arg(ttl_ms(req.lease))
             .arg(&req.worker)
@@ -964,10 +1122,17 @@ impl Broker for RedisBroker {
         wire["id"] = serde_json::Value::String(lease.id.to_string());
         let msg = serde_json::json!({"q": lease.queue, "progress": wire});
         let mut conn = self.conn();
+        let publish = if self.sharded() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
         redis::pipe()
             .hset(format!("{p}progress"), lease.id.to_string(), json)
             .ignore()
-            .publish(channel(&lease.queue), msg.to_string())
+            .cmd(publish)
+            .arg(self.chan(&lease.queue))
+            .arg(msg.to_string())
             .ignore()
             .query_async::<()>(&mut conn)
             .await?;
@@ -1064,7 +1229,12 @@ impl Broker for RedisBroker {
         {
             return Ok(());
         }
-        let _: () = self.conn().sadd(QUEUES_KEY, queue).await?;
+        let added: u64 = self.conn().sadd(QUEUES_KEY, queue).await?;
+        // Event feeds on shard channels subscribe queue by queue: a new
+        // one is announced (classic, heard cluster-wide).
+        if added > 0 && self.sharded() {
+            let _: u64 = self.conn().publish(NEW_QUEUE_CHANNEL, queue).await?;
+        }
         if let Ok(mut k) = self.inner.known_queues.lock() {
             k.insert(queue.to_string());
         }
@@ -1630,7 +1800,7 @@ impl RedisBroker {
         let mut inv = self.inner.scripts.purge.prepare_invoke();
         inv.key(format!("{p}ready"))
             .arg(&p)
-            .arg(channel(queue))
+            .arg(self.chan(queue))
             .arg(queue);
         let mut entries = Vec::new();
         let mut indexed = Vec::new();
@@ -1707,7 +1877,7 @@ impl RedisBroker {
             let mut inv = self.inner.scripts.replay.prepare_invoke();
             inv.key(format!("{p}ready"))
                 .arg(&p)
-                .arg(channel(queue))
+                .arg(self.chan(queue))
                 .arg(queue);
             for j in chunk {
                 inv.arg(j.id.to_string()).arg(j.fresh_attempt().to_json());
@@ -1861,16 +2031,25 @@ pub(crate) async fn listen(
     }
 }
 
-async fn connect_signals(
-    client: &RedisEndpoint,
-    queues: &[String],
-) -> BrokerResult<redis::aio::PubSub> {
+/// A worker's subscription: its queues' classic channels, or their shard
+/// channels on a cluster; the control channel (classic) either way.
+enum SignalFeed {
+    Classic(redis::aio::PubSub),
+    Sharded(ShardFeed),
+}
+
+async fn connect_signals(client: &RedisEndpoint, queues: &[String]) -> BrokerResult<SignalFeed> {
+    if let Some(seeds) = client.shards() {
+        let shard = queues.iter().map(|q| shard_channel(q)).collect();
+        let feed = ShardFeed::open(seeds, shard, vec![CONTROL_CHANNEL.to_string()]).await?;
+        return Ok(SignalFeed::Sharded(feed));
+    }
     let mut ps = client.pubsub().await?;
     for q in queues {
         ps.subscribe(channel(q)).await?;
     }
     ps.subscribe(CONTROL_CHANNEL).await?;
-    Ok(ps)
+    Ok(SignalFeed::Classic(ps))
 }
 
 /// Forwards pub/sub messages as [`Signal`]s; reconnects with backoff and
@@ -1880,7 +2059,7 @@ async fn signal_loop(
     me: String,
     queues: Vec<String>,
     tx: mpsc::UnboundedSender<Signal>,
-    first: redis::aio::PubSub,
+    first: SignalFeed,
     clock: Arc<Clock>,
     live: Liveness,
 ) {
@@ -1915,15 +2094,33 @@ async fn signal_loop(
         if tx.send(Signal::Reconnected).is_err() {
             return;
         }
-        if listen(
-            ps,
-            live,
-            || tx.is_closed(),
-            |msg| forward(&msg, &me, &tx, &clock),
-        )
-        .await
-            || tx.is_closed()
-        {
+        let stopped = match ps {
+            SignalFeed::Classic(ps) => {
+                listen(
+                    ps,
+                    live,
+                    || tx.is_closed(),
+                    |msg| match msg.get_payload::<String>() {
+                        Ok(payload) => forward(msg.get_channel_name(), &payload, &me, &tx, &clock),
+                        Err(_) => true,
+                    },
+                )
+                .await
+            }
+            // Channels lost and subscribed again: what was published
+            // meanwhile is looked for, as after a reconnect.
+            SignalFeed::Sharded(feed) => {
+                feed.listen(
+                    live,
+                    tx.closed(),
+                    || tx.is_closed(),
+                    |chan, payload| forward(chan, payload, &me, &tx, &clock),
+                    || tx.send(Signal::Reconnected).is_ok(),
+                )
+                .await
+            }
+        };
+        if stopped || tx.is_closed() {
             return;
         }
         tracing::warn!("Redis signal connection lost; reconnecting");
@@ -1943,9 +2140,15 @@ fn reply_channel(reply: &str) -> String {
     format!("runner:reply:{reply}")
 }
 
-/// Turns one pub/sub message into [`Signal`]s for worker `me`; false once
-/// the receiver is gone.
-fn forward(msg: &redis::Msg, me: &str, tx: &mpsc::UnboundedSender<Signal>, clock: &Clock) -> bool {
+/// Turns one pub/sub message (on `chan`) into [`Signal`]s for worker
+/// `me`; false once the receiver is gone.
+fn forward(
+    chan: &str,
+    payload: &str,
+    me: &str,
+    tx: &mpsc::UnboundedSender<Signal>,
+    clock: &Clock,
+) -> bool {
     #[derive(Deserialize)]
     struct Control {
         revoke: Option<String>,
@@ -1953,11 +2156,8 @@ fn forward(msg: &redis::Msg, me: &str, tx: &mpsc::UnboundedSender<Signal>, clock
         terminate: bool,
         inspect: Option<String>,
     }
-    let Ok(payload) = msg.get_payload::<String>() else {
-        return true;
-    };
-    if msg.get_channel_name() == CONTROL_CHANNEL {
-        let Ok(c) = serde_json::from_str::<Control>(&payload) else {
+    if chan == CONTROL_CHANNEL {
+        let Ok(c) = serde_json::from_str::<Control>(payload) else {
             return true;
         };
         if let Some(reply) = c.inspect.filter(|r| valid_reply(r)) {
@@ -1973,7 +2173,7 @@ fn forward(msg: &redis::Msg, me: &str, tx: &mpsc::UnboundedSender<Signal>, clock
             _ => true,
         }
     } else {
-        let Ok(m) = serde_json::from_str::<WireSignal>(&payload) else {
+        let Ok(m) = serde_json::from_str::<WireSignal>(payload) else {
             return true;
         };
         let mut ok = true;
@@ -1982,7 +2182,7 @@ fn forward(msg: &redis::Msg, me: &str, tx: &mpsc::UnboundedSender<Signal>, clock
         if let (Some(_), Some(w)) = (m.push, &m.w)
             && w == me
         {
-            let read = serde_json::from_str::<WirePush>(&payload)
+            let read = serde_json::from_str::<WirePush>(payload)
                 .map_err(|e| protocol(&format!("push: {e}")))
                 .and_then(|p| deliveries(&m.q, p.push.into_iter()));
             match read {

@@ -242,3 +242,141 @@ async fn a_cluster_over_tls_runs_the_broker() {
         }
     }
 }
+
+/// The subscribers of shard channel `chan` on node `port` (`PUBSUB
+/// SHARDNUMSUB`), and of patterns (`PUBSUB NUMPAT`).
+fn subscribers(cluster: &RedisCluster, port: u16, chan: &str) -> (i64, i64) {
+    let node = cluster.nodes.iter().find(|n| n.port == port).unwrap();
+    let shard: std::collections::HashMap<String, i64> = node
+        .query(redis::cmd("PUBSUB").arg("SHARDNUMSUB").arg(chan))
+        .unwrap();
+    let patterns: i64 = node.query(redis::cmd("PUBSUB").arg("NUMPAT")).unwrap();
+    (shard.get(chan).copied().unwrap_or(0), patterns)
+}
+
+/// Until the end event of job `id` reaches `events` (a gap is not enough:
+/// this checks that the feed hears the queue's channel).
+async fn hear_end(
+    events: &mut tokio::sync::broadcast::Receiver<runner::queue::JobEvent>,
+    id: JobId,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match events.recv().await {
+                Ok(ev) if ev.id == id && ev.state.is_final() => {
+                    assert_eq!(ev.state, JobState::Success, "{ev:?}");
+                    return;
+                }
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => panic!("the event feed closed"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no end event for job {id}"));
+}
+
+/// On a cluster, a queue's events go over sharded pub/sub: the worker and
+/// the event feed subscribe the queue's shard channel on the master of
+/// the queue's slot, and nobody subscribes a pattern (which every node
+/// would relay). When that master dies, both subscriptions follow the slot
+/// to the replica that takes over: a job enqueued after the fail-over is
+/// run by the worker and its end reaches the feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queue_events_stay_on_their_shard_through_a_failover() {
+    let mut cluster = start_cluster(3, 1).await;
+    let b = connect(&cluster).await;
+    let registry: Arc<dyn Registry> = Arc::new(RedisRegistry::new(b.connection()));
+    let broker: Arc<dyn Broker> = Arc::new(b);
+    let producer = Producer::new(broker.clone(), registry.clone());
+    let hash = registry.put_module(&guest_bytes("hello")).await.unwrap();
+    let mut t = TaskBinding::new("hello_a", hash);
+    t.queue = "alpha".into();
+    registry.bind(t).await.unwrap();
+    // The queue exists before the feed starts: the feed subscribes it then.
+    let first = enqueue(&producer, &["hello_a"], 1, 0).await[0];
+    let mut events = broker.subscribe().await.unwrap();
+    let worker = start_worker_with(
+        Arc::new(connect(&cluster).await),
+        registry.clone(),
+        HostServices::default(),
+        cfg(&["alpha"], 2),
+    );
+    hear_end(&mut events, first).await;
+
+    let chan = "runner:{alpha}:ev";
+    let master = cluster.master_of("runner:{alpha}:ready");
+    assert_eq!(
+        subscribers(&cluster, master, chan),
+        (2, 0),
+        "the worker and the feed"
+    );
+    for n in cluster.nodes.iter().filter(|n| n.port != master) {
+        assert_eq!(subscribers(&cluster, n.port, chan).1, 0, "node {}", n.port);
+    }
+
+    tokio::task::block_in_place(|| cluster.kill(master));
+    tokio::task::block_in_place(|| cluster.wait_failover("runner:{alpha}:ready", master));
+    let after = enqueue(&producer, &["hello_a"], 1, 1).await[0];
+    hear_end(&mut events, after).await;
+    let new_master = cluster.master_of("runner:{alpha}:ready");
+    assert_ne!(new_master, master);
+    // Both subscriptions came back on their own (the worker's may take
+    // a moment after the feed's).
+    let mut subs = (0, 0);
+    for _ in 0..200 {
+        subs = subscribers(&cluster, new_master, chan);
+        if subs.0 == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(subs, (2, 0), "the worker and the feed on the new master");
+    let stats = worker.stop().await;
+    assert!(stats.succeeded >= 2, "{stats:?}");
+}
+
+/// `?pubsub=classic` keeps a cluster's queue events on classic pub/sub
+/// (servers before Redis 7): the feed subscribes its pattern, no shard
+/// channel has a subscriber, and jobs run as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_url_can_keep_classic_pub_sub() {
+    let cluster = start_cluster(3, 0).await;
+    let url = format!(
+        "{}?pubsub=classic",
+        cluster.url_as("runner", "cluster-tests")
+    );
+    let b = RedisBroker::connect(&url).await.unwrap();
+    let registry: Arc<dyn Registry> = Arc::new(RedisRegistry::new(b.connection()));
+    let broker: Arc<dyn Broker> = Arc::new(b);
+    let producer = Producer::new(broker.clone(), registry.clone());
+    let hash = registry.put_module(&guest_bytes("hello")).await.unwrap();
+    let mut t = TaskBinding::new("hello_a", hash);
+    t.queue = "alpha".into();
+    registry.bind(t).await.unwrap();
+    let mut events = broker.subscribe().await.unwrap();
+    let worker = start_worker_with(
+        Arc::new(RedisBroker::connect(&url).await.unwrap()),
+        registry.clone(),
+        HostServices::default(),
+        cfg(&["alpha"], 2),
+    );
+    let id = enqueue(&producer, &["hello_a"], 1, 0).await[0];
+    hear_end(&mut events, id).await;
+    let master = cluster.master_of("runner:{alpha}:ready");
+    let patterns: i64 = cluster
+        .nodes
+        .iter()
+        .map(|n| subscribers(&cluster, n.port, "runner:{alpha}:ev"))
+        .map(|(shard, patterns)| {
+            assert_eq!(shard, 0);
+            patterns
+        })
+        .sum();
+    assert_eq!(
+        patterns, 1,
+        "the feed's pattern, on one node (master {master})"
+    );
+    worker.stop().await;
+}

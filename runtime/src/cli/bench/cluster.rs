@@ -107,6 +107,7 @@ async fn layout(
 ) -> anyhow::Result<Layout> {
     let url = cluster.url();
     let b = RedisBroker::connect(&url).await?;
+    let closer = b.clone();
     let registry: Arc<dyn Registry> = Arc::new(RedisRegistry::cached(b.connection(), b.endpoint()));
     let broker: Arc<dyn Broker> = Arc::new(b);
     let producer = Producer::new(broker.clone(), registry.clone());
@@ -159,6 +160,9 @@ async fn layout(
         bail!("{failed} jobs did not succeed");
     }
     let after = master_commands(cluster)?;
+    // The event feed's subscriptions end here, before the cluster does.
+    drop(events);
+    closer.close().await;
     let spent: Vec<u64> = after
         .iter()
         .zip(&before)

@@ -21,6 +21,16 @@ local function ttl_ms(v, what) return int_in(v, 1, MAX_MS, what) end
 local function time_ms(v, what) return int_in(v, 0, MAX_TIME_MS, what) end
 -- A count.
 local function count(v, what) return int_in(v, 0, 1000000000, what) end
+-- Publishes `msg` on a queue's channel `chan`: one with a hash tag
+-- (`runner:{q}:ev`, on a cluster) is a shard channel (sharded pub/sub,
+-- heard on the queue's own shard), any other a classic one.
+local function publish(chan, msg)
+  if string.find(chan, '{', 1, true) then
+    redis.call('SPUBLISH', chan, msg)
+  else
+    redis.call('PUBLISH', chan, msg)
+  end
+end
 -- The server's clock in ms: the one clock of every lease, due time and
 -- rate limit window (workers' clocks may be off).
 local function server_ms()

@@ -171,6 +171,6 @@ if readied > 0 or wake or push then
   if readied > 0 then msg.ready = readied end
   if #prio > 0 then msg.prio = 1 end
   if wake then msg.wake = wake end
-  redis.call('PUBLISH', chan, cjson.encode(msg))
+  publish(chan, cjson.encode(msg))
 end
 return out

@@ -53,5 +53,5 @@ for j = 0, n - 1 do
 end
 index_flush(P, now)
 hist_flush(P, now)
-if #ev > 0 then redis.call('PUBLISH', chan, cjson.encode({ q = qname, ev = ev })) end
+if #ev > 0 then publish(chan, cjson.encode({ q = qname, ev = ev })) end
 return out

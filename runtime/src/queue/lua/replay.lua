@@ -23,6 +23,6 @@ if #done > 0 then
   hist_flush(P, now)
   local msg = { q = qname, ready = #done }
   if #prio > 0 then msg.prio = 1 end
-  redis.call('PUBLISH', chan, cjson.encode(msg))
+  publish(chan, cjson.encode(msg))
 end
 return done

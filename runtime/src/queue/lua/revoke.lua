@@ -31,5 +31,5 @@ index_flush(P)
 hist_begin(P, nil)
 redis.call('ZREM', P .. 'delayed', delayed_member(id, 0, rec_priority(cur)))
 hist_flush(P, nil)
-redis.call('PUBLISH', ARGV[6], cjson.encode({ q = ARGV[8], ev = { { id, 'REVOKED' } } }))
+publish(ARGV[6], cjson.encode({ q = ARGV[8], ev = { { id, 'REVOKED' } } }))
 return 'REVOKED'

@@ -347,6 +347,6 @@ if #ev > 0 or readied > 0 or deferred then
   if deferred then msg.wake = deferred end
   if prioritized then msg.prio = 1 end
   if #out > 0 then msg.lease = now + lease_ms end
-  redis.call('PUBLISH', chan, cjson.encode(msg))
+  publish(chan, cjson.encode(msg))
 end
 return { out, stale, next_due and tostring(next_due) or '', deferred and tostring(deferred) or '', popped, now, reclaimed, prio_left, outbox, registered, in_flight }
