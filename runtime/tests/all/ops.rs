@@ -471,14 +471,40 @@ fn bench_queue_drains_with_worker_processes() {
 /// `runner bench queue --cluster 3`: a local cluster of three masters, one
 /// queue then eight, each line with its figures; on one queue one master
 /// does nearly all the work (the others see heartbeats), on eight it is
-/// shared.
+/// shared. Queue events cross the cluster bus only with classic pub/sub.
 #[test]
 fn bench_queue_measures_a_local_cluster() {
-    let out = Command::new(env!("CARGO_BIN_EXE_runner"))
-        .args(["bench", "queue", "--jobs", "400", "--cluster", "3"])
-        .output()
-        .unwrap();
+    let bench = |pubsub: &str| {
+        Command::new(env!("CARGO_BIN_EXE_runner"))
+            .args(["bench", "queue", "--jobs", "400", "--cluster", "3"])
+            .args(["--cluster-pubsub", pubsub])
+            .output()
+            .unwrap()
+    };
+    let bus = |stdout: &str| -> Vec<f64> {
+        stdout
+            .lines()
+            .filter(|l| l.contains(" masters, "))
+            .map(|l| {
+                let figure = l
+                    .split("  ")
+                    .find(|part| part.ends_with(" bus messages per job"))
+                    .unwrap_or_else(|| panic!("no bus messages in {l:?}"));
+                figure.split(' ').next().unwrap().parse().unwrap()
+            })
+            .collect()
+    };
+    let classic = bench("classic");
+    let stdout = crate::support::ok_stdout(&classic);
+    let relayed = bus(&stdout);
+    assert_eq!(relayed.len(), 2, "{stdout}");
+    // Each message (one per enqueue call and per settle call) goes to the
+    // two other masters.
+    assert!(relayed.iter().all(|&b| b > 0.0), "{stdout}");
+
+    let out = bench("sharded");
     let stdout = crate::support::ok_stdout(&out);
+    assert_eq!(bus(&stdout), vec![0.0, 0.0], "{stdout}");
     let busiest = |layout: &str| -> f64 {
         let line = stdout
             .lines()

@@ -10,8 +10,11 @@
 //! - eight queues (the jobs spread evenly), each on its own slot: the work
 //!   spreads over the masters.
 //!
-//! It prints jobs/s, Redis commands per job (summed over the masters) and
-//! the busiest master's share of them (1/N when the load is even).
+//! It prints jobs/s, Redis commands per job (summed over the masters), the
+//! busiest master's share of them (1/N when the load is even), and the
+//! pub/sub messages the nodes relayed to each other over the cluster bus
+//! per job (classic pub/sub: every message to every other node; sharded:
+//! only to the shard's replicas, of which these clusters have none).
 //! `docs/scaling.md` reads these figures.
 
 use std::sync::Arc;
@@ -33,6 +36,26 @@ pub struct Layout {
     pub commands_per_job: f64,
     /// The busiest master's share of the commands (0-1).
     pub busiest_share: f64,
+    /// Pub/sub messages sent over the cluster bus, per job.
+    pub bus_per_job: f64,
+}
+
+/// Pub/sub messages the nodes have sent each other over the cluster bus
+/// so far (`CLUSTER INFO`: classic and sharded).
+fn bus_messages(cluster: &RedisCluster) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for node in cluster.nodes.iter().filter(|n| n.alive()) {
+        let info: String = node
+            .query(redis::cmd("CLUSTER").arg("INFO"))
+            .map_err(anyhow::Error::msg)?;
+        for field in [
+            "cluster_stats_messages_publish_sent",
+            "cluster_stats_messages_publishshard_sent",
+        ] {
+            total += info_field::<u64>(&info, field).unwrap_or(0);
+        }
+    }
+    Ok(total)
 }
 
 /// Commands processed so far by each master.
@@ -55,6 +78,7 @@ pub async fn run(
     jobs: usize,
     batch: usize,
     workers: usize,
+    classic: bool,
 ) -> anyhow::Result<Vec<Layout>> {
     anyhow::ensure!(!sizes.is_empty(), "--cluster: no cluster size given");
     anyhow::ensure!(
@@ -76,7 +100,7 @@ pub async fn run(
                 .context("starting a local Redis Cluster (redis-server, see scripts/setup)")?;
         for queues in [1, 8] {
             let measured = layout(
-                &cluster, masters, queues, module, input, jobs, batch, workers, &cache,
+                &cluster, masters, queues, module, input, jobs, batch, workers, &cache, classic,
             )
             .await
             .with_context(|| format!("{masters} masters, {queues} queues"));
@@ -104,8 +128,13 @@ async fn layout(
     batch: usize,
     workers: usize,
     cache: &std::path::Path,
+    classic: bool,
 ) -> anyhow::Result<Layout> {
-    let url = cluster.url();
+    let url = if classic {
+        format!("{}?pubsub=classic", cluster.url())
+    } else {
+        cluster.url()
+    };
     let b = RedisBroker::connect(&url).await?;
     let closer = b.clone();
     let registry: Arc<dyn Registry> = Arc::new(RedisRegistry::cached(b.connection(), b.endpoint()));
@@ -132,6 +161,7 @@ async fn layout(
     super::wait_finals(&mut events, &queue_refs, 50 * queues, None).await?;
 
     let before = master_commands(cluster)?;
+    let bus_before = bus_messages(cluster)?;
     let t0 = Instant::now();
     let enqueue = {
         let producer = producer.clone();
@@ -160,6 +190,7 @@ async fn layout(
         bail!("{failed} jobs did not succeed");
     }
     let after = master_commands(cluster)?;
+    let bus = bus_messages(cluster)?.saturating_sub(bus_before);
     // The event feed's subscriptions end here, before the cluster does.
     drop(events);
     closer.close().await;
@@ -180,12 +211,13 @@ async fn layout(
         } else {
             busiest as f64 / total as f64
         },
+        bus_per_job: bus as f64 / jobs as f64,
     })
 }
 
-pub fn print(layouts: &[Layout], jobs: usize, workers: usize) {
+pub fn print(layouts: &[Layout], jobs: usize, workers: usize, pubsub: &str) {
     println!(
-        "redis cluster ({jobs} jobs per layout, enqueued while {workers} `runner worker` process{} drain{} them; no replicas)",
+        "redis cluster ({jobs} jobs per layout, enqueued while {workers} `runner worker` process{} drain{} them; no replicas; {pubsub} pub/sub)",
         if workers == 1 { "" } else { "es" },
         if workers == 1 { "s" } else { "" }
     );
@@ -197,10 +229,11 @@ pub fn print(layouts: &[Layout], jobs: usize, workers: usize) {
             if l.queues == 1 { "" } else { "s" }
         );
         println!(
-            "  {what:<22}{:>10.0} jobs/s  {:.2} commands per job  busiest master {:.0}% of them",
+            "  {what:<22}{:>10.0} jobs/s  {:.2} commands per job  busiest master {:.0}% of them  {:.2} bus messages per job",
             l.jobs_per_sec,
             l.commands_per_job,
-            l.busiest_share * 100.0
+            l.busiest_share * 100.0,
+            l.bus_per_job
         );
     }
 }

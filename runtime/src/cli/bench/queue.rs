@@ -77,6 +77,10 @@ pub struct QueueBench {
     /// Worker processes for `--cluster`.
     #[arg(long, default_value_t = 1)]
     pub cluster_workers: usize,
+    /// The pub/sub of queue events for `--cluster`: `sharded` (the
+    /// default of a cluster URL) or `classic` (`?pubsub=classic`).
+    #[arg(long, default_value = "sharded", value_parser = ["sharded", "classic"])]
+    pub cluster_pubsub: String,
     /// Skip Celery's side (run when `python3` can import `celery` and
     /// `redis`: `pip install 'celery[redis]'`).
     #[arg(long)]
@@ -102,9 +106,15 @@ pub async fn execute(args: QueueBench) -> anyhow::Result<ExitCode> {
             args.jobs,
             args.batch,
             args.cluster_workers,
+            args.cluster_pubsub == "classic",
         )
         .await?;
-        super::cluster::print(&layouts, args.jobs, args.cluster_workers);
+        super::cluster::print(
+            &layouts,
+            args.jobs,
+            args.cluster_workers,
+            &args.cluster_pubsub,
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let redis = RedisChild::start(&args.redis_server)?;
