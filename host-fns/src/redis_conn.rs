@@ -164,7 +164,6 @@ fn known_command(name: &[u8]) -> &'static str {
         "spublish",
         "ssubscribe",
         "sunsubscribe",
-        "hello",
         "keys",
         "scan",
         "info",

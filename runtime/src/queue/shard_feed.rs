@@ -127,22 +127,27 @@ impl ShardFeed {
         shard: Vec<String>,
         classic: Vec<String>,
     ) -> RedisResult<Self> {
+        let explain = |e: redis::RedisError| {
+            redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "subscribing to a queue's shard channel failed (sharded pub/sub needs Redis 7 \
+                 and the runner's ACL, with +ssubscribe +spublish; end the cluster URL \
+                 with ?pubsub=classic for classic pub/sub)",
+                e.to_string(),
+            ))
+        };
         let (tx, rx) = mpsc::unbounded_channel();
-        let conn = seeds.client(tx)?.get_async_connection().await?;
+        let conn = seeds
+            .client(tx)?
+            .get_async_connection()
+            .await
+            .map_err(explain)?;
         let channels = ShardChannels {
             conn,
             shard: Arc::new(Mutex::new(shard.into_iter().collect())),
             classic: Arc::new(classic),
         };
-        channels.all().await.map_err(|e| {
-            redis::RedisError::from((
-                redis::ErrorKind::Client,
-                "subscribing to a queue's shard channel failed (sharded pub/sub needs Redis 7 \
-                 and the runner's ACL; end the cluster URL with ?pubsub=classic for classic \
-                 pub/sub)",
-                e.to_string(),
-            ))
-        })?;
+        channels.all().await.map_err(explain)?;
         Ok(ShardFeed { channels, rx })
     }
 

@@ -380,3 +380,46 @@ async fn a_cluster_url_can_keep_classic_pub_sub() {
     );
     worker.stop().await;
 }
+
+/// A cluster whose ACL user predates sharded pub/sub (no `+ssubscribe`,
+/// `+spublish`): subscribing to queue events fails with an error that says
+/// what is missing and what to do, and the same user works with
+/// `?pubsub=classic`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acl_without_sharded_pub_sub_is_explained() {
+    let acl = crate::redis_tls::runner_acl("cluster-tests")
+        .replace(" +spublish +ssubscribe +sunsubscribe", "");
+    assert!(!acl.contains("ssubscribe"), "{acl}");
+    let cluster = tokio::task::spawn_blocking(move || RedisCluster::start_with_acl(3, 0, &acl))
+        .await
+        .unwrap();
+    let url = cluster.url_as("runner", "cluster-tests");
+    let sharded = RedisBroker::connect(&url).await.unwrap();
+    // A queue the event feed subscribes to when it starts.
+    let _: u64 = redis::cmd("SADD")
+        .arg("runner:queues")
+        .arg("alpha")
+        .query_async(&mut sharded.connection())
+        .await
+        .unwrap();
+    let e = sharded.subscribe().await.unwrap_err().to_string();
+    assert!(
+        e.contains("+ssubscribe") && e.contains("?pubsub=classic"),
+        "{e}"
+    );
+    let e = sharded
+        .signals("w-1", &["alpha".to_string()])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("?pubsub=classic"), "{e}");
+
+    let classic = RedisBroker::connect(&format!("{url}?pubsub=classic"))
+        .await
+        .unwrap();
+    classic.subscribe().await.unwrap();
+    classic
+        .signals("w-1", &["alpha".to_string()])
+        .await
+        .unwrap();
+}
