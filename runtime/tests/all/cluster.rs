@@ -28,6 +28,24 @@ async fn connect(cluster: &RedisCluster) -> RedisBroker {
         .unwrap()
 }
 
+/// The registry, the broker and a producer on `b`, with `hello` bound to
+/// each (task, queue) of `tasks`.
+async fn deploy(
+    b: RedisBroker,
+    tasks: &[(&str, &str)],
+) -> (Arc<dyn Registry>, Arc<dyn Broker>, Producer) {
+    let registry: Arc<dyn Registry> = Arc::new(RedisRegistry::new(b.connection()));
+    let broker: Arc<dyn Broker> = Arc::new(b);
+    let producer = Producer::new(broker.clone(), registry.clone());
+    let hash = registry.put_module(&guest_bytes("hello")).await.unwrap();
+    for (task, queue) in tasks {
+        let mut t = TaskBinding::new(*task, hash);
+        t.queue = queue.to_string();
+        registry.bind(t).await.unwrap();
+    }
+    (registry, broker, producer)
+}
+
 /// Enqueues `n` hello jobs on each task of `tasks`, repeating a call that
 /// fails (as a client would while a master fails over); the ids the
 /// broker accepted.
@@ -61,16 +79,8 @@ async fn enqueue(producer: &Producer, tasks: &[&str], n: usize, from: usize) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_master_that_dies_mid_run_loses_no_job() {
     let mut cluster = start_cluster(3, 1).await;
-    let b = connect(&cluster).await;
-    let registry: Arc<dyn Registry> = Arc::new(RedisRegistry::new(b.connection()));
-    let broker: Arc<dyn Broker> = Arc::new(b);
-    let producer = Producer::new(broker.clone(), registry.clone());
-    let hash = registry.put_module(&guest_bytes("hello")).await.unwrap();
-    for (task, queue) in [("hello_a", "alpha"), ("hello_b", "beta")] {
-        let mut t = TaskBinding::new(task, hash);
-        t.queue = queue.into();
-        registry.bind(t).await.unwrap();
-    }
+    let tasks = [("hello_a", "alpha"), ("hello_b", "beta")];
+    let (registry, broker, producer) = deploy(connect(&cluster).await, &tasks).await;
     let mut w_cfg = cfg(&["alpha", "beta"], 4);
     w_cfg.lease = Duration::from_secs(3);
     let worker = start_worker_with(
@@ -286,14 +296,8 @@ async fn hear_end(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn queue_events_stay_on_their_shard_through_a_failover() {
     let mut cluster = start_cluster(3, 1).await;
-    let b = connect(&cluster).await;
-    let registry: Arc<dyn Registry> = Arc::new(RedisRegistry::new(b.connection()));
-    let broker: Arc<dyn Broker> = Arc::new(b);
-    let producer = Producer::new(broker.clone(), registry.clone());
-    let hash = registry.put_module(&guest_bytes("hello")).await.unwrap();
-    let mut t = TaskBinding::new("hello_a", hash);
-    t.queue = "alpha".into();
-    registry.bind(t).await.unwrap();
+    let (registry, broker, producer) =
+        deploy(connect(&cluster).await, &[("hello_a", "alpha")]).await;
     // The queue exists before the feed starts: the feed subscribes it then.
     let first = enqueue(&producer, &["hello_a"], 1, 0).await[0];
     let mut events = broker.subscribe().await.unwrap();
@@ -348,13 +352,7 @@ async fn a_cluster_url_can_keep_classic_pub_sub() {
         cluster.url_as("runner", "cluster-tests")
     );
     let b = RedisBroker::connect(&url).await.unwrap();
-    let registry: Arc<dyn Registry> = Arc::new(RedisRegistry::new(b.connection()));
-    let broker: Arc<dyn Broker> = Arc::new(b);
-    let producer = Producer::new(broker.clone(), registry.clone());
-    let hash = registry.put_module(&guest_bytes("hello")).await.unwrap();
-    let mut t = TaskBinding::new("hello_a", hash);
-    t.queue = "alpha".into();
-    registry.bind(t).await.unwrap();
+    let (registry, broker, producer) = deploy(b, &[("hello_a", "alpha")]).await;
     let mut events = broker.subscribe().await.unwrap();
     let worker = start_worker_with(
         Arc::new(RedisBroker::connect(&url).await.unwrap()),
