@@ -421,3 +421,103 @@ async fn an_acl_without_sharded_pub_sub_is_explained() {
         .await
         .unwrap();
 }
+
+/// Moves the slot of `key` from its master to the master on `to`, keys and
+/// all, as `redis-cli --cluster reshard` does (`SETSLOT IMPORTING` and
+/// `MIGRATING`, `MIGRATE` of its keys, then `SETSLOT NODE` on every master).
+fn move_slot(cluster: &RedisCluster, key: &str, to: u16) {
+    let node = |port: u16| cluster.nodes.iter().find(|n| n.port == port).unwrap();
+    let id = |port: u16| -> String { node(port).query(redis::cmd("CLUSTER").arg("MYID")).unwrap() };
+    let from = cluster.master_of(key);
+    let slot: u16 = node(from)
+        .query(redis::cmd("CLUSTER").arg("KEYSLOT").arg(key))
+        .unwrap();
+    let (from_id, to_id) = (id(from), id(to));
+    let setslot = |port: u16, how: &str, who: &str| {
+        let _: () = node(port)
+            .query(
+                redis::cmd("CLUSTER")
+                    .arg("SETSLOT")
+                    .arg(slot)
+                    .arg(how)
+                    .arg(who),
+            )
+            .unwrap();
+    };
+    setslot(to, "IMPORTING", &from_id);
+    setslot(from, "MIGRATING", &to_id);
+    loop {
+        let keys: Vec<String> = node(from)
+            .query(
+                redis::cmd("CLUSTER")
+                    .arg("GETKEYSINSLOT")
+                    .arg(slot)
+                    .arg(100),
+            )
+            .unwrap();
+        if keys.is_empty() {
+            break;
+        }
+        let _: () = node(from)
+            .query(
+                redis::cmd("MIGRATE")
+                    .arg("127.0.0.1")
+                    .arg(to)
+                    .arg("")
+                    .arg(0)
+                    .arg(5000)
+                    .arg("KEYS")
+                    .arg(&keys),
+            )
+            .unwrap();
+    }
+    for n in cluster.nodes.iter().filter(|n| n.alive()) {
+        setslot(n.port, "NODE", &to_id);
+    }
+}
+
+/// A queue's slot moved to another master (resharding): its old master
+/// tells its subscribers the channel is gone (`sunsubscribe`), and the
+/// worker and the event feed subscribe it again on the new master, where
+/// the next job's events are heard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queue_events_follow_a_slot_that_moves() {
+    let cluster = start_cluster(3, 0).await;
+    let (registry, broker, producer) =
+        deploy(connect(&cluster).await, &[("hello_a", "alpha")]).await;
+    let first = enqueue(&producer, &["hello_a"], 1, 0).await[0];
+    let mut events = broker.subscribe().await.unwrap();
+    let worker = start_worker_with(
+        Arc::new(connect(&cluster).await),
+        registry.clone(),
+        HostServices::default(),
+        cfg(&["alpha"], 2),
+    );
+    hear_end(&mut events, first).await;
+
+    let (key, chan) = ("runner:{alpha}:ready", "runner:{alpha}:ev");
+    let from = cluster.master_of(key);
+    assert_eq!(subscribers(&cluster, from, chan).0, 2);
+    let to = cluster
+        .nodes
+        .iter()
+        .map(|n| n.port)
+        .find(|&p| p != from)
+        .unwrap();
+    tokio::task::block_in_place(|| move_slot(&cluster, key, to));
+    assert_eq!(cluster.master_of(key), to);
+    let mut subs = 0;
+    for _ in 0..200 {
+        subs = subscribers(&cluster, to, chan).0;
+        if subs == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(subs, 2, "the worker and the feed on the slot's new master");
+    assert_eq!(subscribers(&cluster, from, chan).0, 0);
+    let after = enqueue(&producer, &["hello_a"], 1, 1).await[0];
+    hear_end(&mut events, after).await;
+    let stats = worker.stop().await;
+    assert!(stats.succeeded >= 2, "{stats:?}");
+}
