@@ -287,6 +287,30 @@ async fn hear_end(
     .unwrap_or_else(|_| panic!("no end event for job {id}"));
 }
 
+/// `hello_a` on queue alpha, with one job enqueued before the event feed
+/// starts (so the feed subscribes the queue then) and run by a worker,
+/// its end heard: the producer, the feed and the worker.
+async fn alpha_heard(
+    cluster: &RedisCluster,
+) -> (
+    Producer,
+    tokio::sync::broadcast::Receiver<runner::queue::JobEvent>,
+    crate::worker::RunningWorker,
+) {
+    let (registry, broker, producer) =
+        deploy(connect(cluster).await, &[("hello_a", "alpha")]).await;
+    let first = enqueue(&producer, &["hello_a"], 1, 0).await[0];
+    let mut events = broker.subscribe().await.unwrap();
+    let worker = start_worker_with(
+        Arc::new(connect(cluster).await),
+        registry,
+        HostServices::default(),
+        cfg(&["alpha"], 2),
+    );
+    hear_end(&mut events, first).await;
+    (producer, events, worker)
+}
+
 /// On a cluster, a queue's events go over sharded pub/sub: the worker and
 /// the event feed subscribe the queue's shard channel on the master of
 /// the queue's slot, and nobody subscribes a pattern (which every node
@@ -296,18 +320,7 @@ async fn hear_end(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn queue_events_stay_on_their_shard_through_a_failover() {
     let mut cluster = start_cluster(3, 1).await;
-    let (registry, broker, producer) =
-        deploy(connect(&cluster).await, &[("hello_a", "alpha")]).await;
-    // The queue exists before the feed starts: the feed subscribes it then.
-    let first = enqueue(&producer, &["hello_a"], 1, 0).await[0];
-    let mut events = broker.subscribe().await.unwrap();
-    let worker = start_worker_with(
-        Arc::new(connect(&cluster).await),
-        registry.clone(),
-        HostServices::default(),
-        cfg(&["alpha"], 2),
-    );
-    hear_end(&mut events, first).await;
+    let (producer, mut events, worker) = alpha_heard(&cluster).await;
 
     let chan = "runner:{alpha}:ev";
     let master = cluster.master_of("runner:{alpha}:ready");
@@ -483,17 +496,7 @@ fn move_slot(cluster: &RedisCluster, key: &str, to: u16) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn queue_events_follow_a_slot_that_moves() {
     let cluster = start_cluster(3, 0).await;
-    let (registry, broker, producer) =
-        deploy(connect(&cluster).await, &[("hello_a", "alpha")]).await;
-    let first = enqueue(&producer, &["hello_a"], 1, 0).await[0];
-    let mut events = broker.subscribe().await.unwrap();
-    let worker = start_worker_with(
-        Arc::new(connect(&cluster).await),
-        registry.clone(),
-        HostServices::default(),
-        cfg(&["alpha"], 2),
-    );
-    hear_end(&mut events, first).await;
+    let (producer, mut events, worker) = alpha_heard(&cluster).await;
 
     let (key, chan) = ("runner:{alpha}:ready", "runner:{alpha}:ev");
     let from = cluster.master_of(key);
