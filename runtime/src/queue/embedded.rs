@@ -354,10 +354,14 @@ impl State {
                     }
                 }
                 Settlement::Release => {
-                    let priority = st_ref
-                        .records
-                        .get(&c.lease.id)
-                        .map_or(0, |r| r.job.priority);
+                    let rec = st_ref.records.get(&c.lease.id);
+                    let priority = rec.map_or(0, |r| r.job.priority);
+                    // Given back unrun: it did not start.
+                    if let (Some(r), Some(m)) = (rec, LeaseMember::parse(&c.lease.member))
+                        && !r.job.rate_limits.is_empty()
+                    {
+                        q.limiter.unstart(&r.job.rate_limits, m.leased_ms);
+                    }
                     prioritized |= q.make_ready_again(c.lease.id, c.lease.redeliveries, priority);
                     readied = true;
                 }

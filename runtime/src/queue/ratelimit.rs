@@ -11,7 +11,10 @@
 //!   previous deferred job (the log's "tail"), so that a backlog comes back
 //!   one by one at the allowed rate instead of all at once.
 //!
-//! The check at lease time is exact; the tail only spreads wake-ups.
+//! The check at lease time is exact; the tail only spreads wake-ups. A job
+//! given back unrun (a worker hands back what it leased ahead, or shuts
+//! down) did not start: its start leaves the logs, and it is logged again
+//! when it is leased again.
 //!
 //! A log lives with its queue (in Redis, under the queue's hash tag, so
 //! that one script in one slot reads and writes it): a limit counts the
@@ -72,6 +75,18 @@ impl Limiter {
             log.starts.push_back(now);
         }
         Ok(())
+    }
+
+    /// Withdraws the start logged at `at` for a job under `rules` that was
+    /// given back unrun.
+    pub fn unstart(&mut self, rules: &[RateLimit], at: i64) {
+        for r in rules {
+            if let Some(log) = self.logs.get_mut(&r.key)
+                && let Some(i) = log.starts.iter().position(|&t| t == at)
+            {
+                log.starts.remove(i);
+            }
+        }
     }
 
     /// The starts `rule` counts at `now`: those in `(now - period, now]`.

@@ -584,6 +584,36 @@ pub(crate) async fn wait_is_woken_by_the_end(env: Env) {
     );
 }
 
+/// A job given back unrun (`Release`: a worker hands back what it leased
+/// ahead, or shuts down) did not start: its start leaves the rate-limit
+/// log, or a job handed back and leased again would count twice.
+async fn a_job_given_back_unrun_did_not_start(env: Env) {
+    let b = &env.broker;
+    env.producer
+        .enqueue_batch(vec![EnqueueRequest::task("limited", "{}")])
+        .await
+        .unwrap();
+    let usage = [RateLimit {
+        key: "task:limited".into(),
+        count: 5,
+        period_ms: 3_600_000,
+    }];
+    let r = b.settle(settle("slow", "a", vec![], 1)).await.unwrap();
+    assert_eq!(r.deliveries.len(), 1);
+    assert_eq!(b.rate_usage("slow", &usage).await.unwrap(), vec![1]);
+    let back = Completion {
+        lease: r.deliveries[0].lease.clone(),
+        settlement: Settlement::Release,
+        had_progress: false,
+    };
+    b.settle(settle("slow", "a", vec![back], 0)).await.unwrap();
+    assert_eq!(
+        b.rate_usage("slow", &usage).await.unwrap(),
+        vec![0],
+        "after release"
+    );
+}
+
 async fn rate_limit_is_global_and_exact(env: Env) {
     let b = &env.broker;
     let reqs: Vec<_> = (0..12)
@@ -873,6 +903,7 @@ conformance!(
     revoke_queued_running_and_final,
     wait_is_woken_by_the_end,
     rate_limit_is_global_and_exact,
+    a_job_given_back_unrun_did_not_start,
     signals_announce_work_and_delays,
     bad_input_enqueues_nothing,
     progress_is_stored_and_published,

@@ -106,6 +106,15 @@ if nc > 0 then
       elseif kind == 'H' then
         local n = string.match(member, '^[^|]+|(%d+)|') or '0'
         stage_back(back, back_prio, P, id, id .. '|' .. n)
+        -- Given back unrun: it did not start, so its start (logged at
+        -- the lease's time) leaves the rate-limit logs.
+        local leased = string.match(member, '|(%d+)$')
+        local rec = leased and redis.call('GET', P .. 'job:' .. id)
+        if rec and string.find(rec, '"rate_limits":[', 1, true) then
+          for _, r in ipairs(cjson.decode(rec).rate_limits) do
+            redis.call('ZREM', P .. 'rl:' .. r.key, id .. ':' .. leased)
+          end
+        end
       end
     end
   end
