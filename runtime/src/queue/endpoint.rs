@@ -54,12 +54,12 @@ impl ShardSeeds {
         &self,
         push: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
     ) -> redis::RedisResult<ClusterClient> {
-        let mut builder = cluster_builder(&self.seeds, &self.tls)?
+        cluster_builder(&self.seeds, &self.tls)?
             .use_protocol(redis::ProtocolVersion::RESP3)
-            .push_sender(push);
-        // A subscription waits on nothing but its confirmation.
-        builder = builder.response_timeout(Duration::from_secs(10));
-        builder.build()
+            .push_sender(push)
+            // A subscription waits on nothing but its confirmation.
+            .response_timeout(Duration::from_secs(10))
+            .build()
     }
 }
 

@@ -174,6 +174,11 @@ fn shard_channel(queue: &str) -> String {
     format!("runner:{{{queue}}}:ev")
 }
 
+/// The shard channels of `queues`.
+fn shard_channels(queues: &[String]) -> Vec<String> {
+    queues.iter().map(|q| shard_channel(q)).collect()
+}
+
 /// Where a process that creates a queue says so, on a cluster with
 /// sharded pub/sub: event feeds subscribe to the new queue's channel.
 const NEW_QUEUE_CHANNEL: &str = "runner:queues:new";
@@ -570,9 +575,8 @@ impl RedisBroker {
     /// ends the hub (its receivers see it close and subscribe again).
     async fn start_shard_hub(&self, seeds: &ShardSeeds) -> BrokerResult<Hub> {
         let queues: Vec<String> = self.conn().smembers(QUEUES_KEY).await?;
-        let shard = queues.iter().map(|q| shard_channel(q)).collect();
         let classic = vec![WF_CHANNEL.to_string(), NEW_QUEUE_CHANNEL.to_string()];
-        let feed = ShardFeed::open(seeds, shard, classic).await?;
+        let feed = ShardFeed::open(seeds, shard_channels(&queues), classic).await?;
         let channels = feed.channels();
         let (tx, _) = broadcast::channel(65_536);
         let sender = tx.clone();
@@ -921,8 +925,8 @@ impl Broker for RedisBroker {
 
     async fn subscribe(&self) -> BrokerResult<broadcast::Receiver<JobEvent>> {
         let existing = self.inner.hub.lock().ok().and_then(|h| h.clone());
-        let hub = match existing {
-            Some(hub) => hub,
+        let (hub, started) = match existing {
+            Some(hub) => (hub, false),
             None => {
                 let hub = self.start_hub().await?;
                 if let Ok(mut slot) = self.inner.hub.lock() {
@@ -933,18 +937,18 @@ impl Broker for RedisBroker {
                         *slot = Some(hub.clone());
                     }
                 }
-                hub
+                (hub, true)
             }
         };
         let rx = hub.tx.subscribe();
         // On shard channels, every queue that exists now is heard before
         // the receiver is handed out: a caller that waits for a job of a
         // queue made a moment ago (before its announcement reached the
-        // hub) misses none of its events.
-        if let Some(shards) = &hub.shards {
+        // hub) misses none of its events. A hub started by this call read
+        // the queues as it started.
+        if let (Some(shards), false) = (&hub.shards, started) {
             let queues: Vec<String> = self.conn().smembers(QUEUES_KEY).await?;
-            let channels: Vec<String> = queues.iter().map(|q| shard_channel(q)).collect();
-            shards.ensure(&channels).await?;
+            shards.ensure(&shard_channels(&queues)).await?;
         }
         Ok(rx)
     }
@@ -2040,8 +2044,8 @@ enum SignalFeed {
 
 async fn connect_signals(client: &RedisEndpoint, queues: &[String]) -> BrokerResult<SignalFeed> {
     if let Some(seeds) = client.shards() {
-        let shard = queues.iter().map(|q| shard_channel(q)).collect();
-        let feed = ShardFeed::open(seeds, shard, vec![CONTROL_CHANNEL.to_string()]).await?;
+        let control = vec![CONTROL_CHANNEL.to_string()];
+        let feed = ShardFeed::open(seeds, shard_channels(queues), control).await?;
         return Ok(SignalFeed::Sharded(feed));
     }
     let mut ps = client.pubsub().await?;

@@ -49,6 +49,9 @@ local prioritized = false
 local readied = 0
 local reclaimed = 0
 local deferred = nil
+-- A job's start in a rate-limit log (`rl:<key>`): logged by `limit` below
+-- at the lease's time, withdrawn when the job is given back unrun.
+local function rl_start(id, at) return id .. ':' .. at end
 local function defer(t)
   if not deferred or t < deferred then deferred = t end
 end
@@ -112,7 +115,7 @@ if nc > 0 then
         local rec = leased and redis.call('GET', P .. 'job:' .. id)
         if rec and string.find(rec, '"rate_limits":[', 1, true) then
           for _, r in ipairs(cjson.decode(rec).rate_limits) do
-            redis.call('ZREM', P .. 'rl:' .. r.key, id .. ':' .. leased)
+            redis.call('ZREM', P .. 'rl:' .. r.key, rl_start(id, leased))
           end
         end
       end
@@ -254,7 +257,7 @@ local function limit(rules, id)
   end
   for _, r in ipairs(rules) do
     local k = P .. 'rl:' .. r.key
-    redis.call('ZADD', k, now, id .. ':' .. now)
+    redis.call('ZADD', k, now, rl_start(id, now))
     redis.call('PEXPIRE', k, tonumber(r.period_ms) * 2)
   end
   return nil
