@@ -333,13 +333,19 @@ pub async fn host_services(config: &Config) -> anyhow::Result<HostServices> {
 }
 
 /// The process's sandbox: compiled modules cached in `cache_dir` when
-/// given; pools sized for `max_concurrent_runs` runs at once (the default
-/// when `None`).
+/// given, and `[worker] module_cache` of them kept in memory; pools sized
+/// for `max_concurrent_runs` runs at once (the default when `None`).
 pub fn sandbox(
+    config: &Config,
     cache_dir: Option<PathBuf>,
     max_concurrent_runs: Option<usize>,
 ) -> anyhow::Result<Sandbox> {
     let defaults = SandboxConfig::default();
+    let loaded_modules_max = match config.worker.module_cache {
+        Some(0) => anyhow::bail!("[worker] module_cache must be at least 1"),
+        Some(n) => n,
+        None => defaults.loaded_modules_max,
+    };
     let max_concurrent_runs = match max_concurrent_runs {
         Some(n) => u32::try_from(n.max(1)).unwrap_or(u32::MAX),
         None => defaults.max_concurrent_runs,
@@ -347,6 +353,7 @@ pub fn sandbox(
     Sandbox::new(SandboxConfig {
         cache_dir,
         max_concurrent_runs,
+        loaded_modules_max,
         ..defaults
     })
 }

@@ -23,6 +23,7 @@
 //! # lease = "30s"             # extended every third of it while a job runs
 //! # grace = "30s"             # on SIGTERM, time for running jobs to finish
 //! # heartbeat = "60s"
+//! # module_cache = 64         # compiled modules kept in memory (per process)
 //!
 //! [queues.notifications]
 //! rate_limit = "30/m"         # global: shared by every worker
@@ -200,6 +201,11 @@ pub struct WorkerSection {
     pub heartbeat: Option<String>,
     /// This worker's name in listings; default: host-pid-random.
     pub id: Option<String>,
+    /// How many compiled modules a process keeps loaded in memory (the
+    /// ones used most recently; default 64). Others are loaded again when
+    /// a job needs them: read back from the module cache on disk, or
+    /// compiled.
+    pub module_cache: Option<usize>,
     /// Where `runner worker` serves `/metrics`, `/healthz` and `/readyz`
     /// (`127.0.0.1:9101` style); none by default.
     pub metrics_listen: Option<String>,

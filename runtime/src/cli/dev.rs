@@ -92,7 +92,7 @@ pub async fn execute(args: DevArgs) -> anyhow::Result<ExitCode> {
     config.auth.admin.push(token.clone());
     let auth = app::auth_from(&config)?;
 
-    let sandbox = app::sandbox(Some(data.join("cache")), None)?;
+    let sandbox = app::sandbox(&config, Some(data.join("cache")), None)?;
     let core = Core::open(&config, sandbox).await?;
     let bound = core.apply_tasks(&config).await?;
 

@@ -48,7 +48,7 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let auth = app::auth_from(&config)?;
-    let sandbox = app::sandbox(args.cache.dir(), None)?;
+    let sandbox = app::sandbox(&config, args.cache.dir(), None)?;
     // Started before Redis (a boot): wait for it rather than exit.
     app::wait_for_redis(&config, app::shutdown_signal()).await?;
     let core = Core::open(&config, sandbox).await?;

@@ -129,7 +129,7 @@ pub async fn execute(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let services = app::host_services(&config).await?;
     let (broker, registry) = app::connect(&config).await?;
     let producer = app::producer(&config, &broker, &registry)?;
-    let sandbox = app::sandbox(args.cache.dir(), Some(worker_config.most_slots()))?;
+    let sandbox = app::sandbox(&config, args.cache.dir(), Some(worker_config.most_slots()))?;
     let worker = app::worker(&config, &broker, &registry, &producer, &sandbox, services)?
         .with_consuming_flag(consuming);
     eprintln!(

@@ -22,6 +22,12 @@ pub struct SandboxConfig {
     /// that old module versions and the artifacts of an older wasmtime do
     /// not pile up.
     pub cache_max_idle: Duration,
+    /// How many compiled modules the process keeps loaded in memory: those
+    /// used most recently. Another is loaded again when needed (read back
+    /// from `cache_dir` when there is one, else compiled), so that a
+    /// long-lived process that sees many module versions does not keep
+    /// the compiled code of every one (tens of MB each for Python).
+    pub loaded_modules_max: usize,
     /// The largest linear memory any run may have: the size of a memory slot
     /// in the pooling allocator. A run's `memory_bytes` above this is capped
     /// to it.
@@ -44,6 +50,7 @@ impl Default for SandboxConfig {
         Self {
             cache_dir: None,
             cache_max_idle: Duration::from_secs(30 * 24 * 3600),
+            loaded_modules_max: 64,
             max_memory_bytes: 256 << 20,
             max_concurrent_runs: 500,
             epoch_tick: Duration::from_millis(10),

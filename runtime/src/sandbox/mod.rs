@@ -41,7 +41,6 @@
 //! ends, it ends as one [`Outcome`] and leaves the process and the next run
 //! untouched.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -58,6 +57,7 @@ pub mod bindings;
 mod engine;
 pub mod host;
 mod limits;
+mod loaded;
 mod module;
 mod pipe;
 mod run;
@@ -86,7 +86,7 @@ struct Inner {
     linker: Linker<RunState>,
     config: SandboxConfig,
     compat_key: String,
-    modules: Mutex<HashMap<ModuleHash, Arc<LoadedModule>>>,
+    modules: Mutex<loaded::Loaded>,
     compilations: AtomicU64,
     /// One permit per instance slot in the pools: a run past the pool's
     /// capacity waits here instead of failing to instantiate.
@@ -123,13 +123,14 @@ impl Sandbox {
         engine::start_epoch_ticker(&engine, config.epoch_tick)?;
         let compat_key = engine::compatibility_key(&engine);
         let slots = Semaphore::new(config.max_concurrent_runs as usize);
+        let modules = Mutex::new(loaded::Loaded::new(config.loaded_modules_max));
         Ok(Self {
             inner: Arc::new(Inner {
                 engine,
                 linker,
                 config,
                 compat_key,
-                modules: Mutex::new(HashMap::new()),
+                modules,
                 compilations: AtomicU64::new(0),
                 slots,
             }),
@@ -150,9 +151,16 @@ impl Sandbox {
         self.inner.compilations.load(Ordering::Relaxed)
     }
 
-    /// The module with this hash, if it was loaded in this process.
+    /// The module with this hash, if this process keeps it loaded: one of
+    /// the `loaded_modules_max` used most recently, or one still in use.
     pub fn get(&self, hash: &ModuleHash) -> Option<Arc<LoadedModule>> {
-        self.modules().get(hash).cloned()
+        self.modules().get(hash)
+    }
+
+    /// How many modules the sandbox holds loaded (at most
+    /// `loaded_modules_max`; others may live on while runs use them).
+    pub fn modules_held(&self) -> usize {
+        self.modules().held()
     }
 
     /// Validates and compiles a component, once per hash.
@@ -203,8 +211,7 @@ impl Sandbox {
             pre,
         });
         // Another thread may have loaded the same hash meanwhile: keep one.
-        let mut modules = self.modules();
-        Ok(Arc::clone(modules.entry(hash).or_insert(loaded)))
+        Ok(self.modules().insert(loaded))
     }
 
     /// Runs the module once with the request's input, limits and host
@@ -238,9 +245,9 @@ impl Sandbox {
         run::run(env, module, req).await
     }
 
-    fn modules(&self) -> std::sync::MutexGuard<'_, HashMap<ModuleHash, Arc<LoadedModule>>> {
-        // The map is only ever inserted into whole: a panic elsewhere cannot
-        // leave it inconsistent.
+    fn modules(&self) -> std::sync::MutexGuard<'_, loaded::Loaded> {
+        // No code that can panic runs under the lock with the map half
+        // changed: a panic elsewhere cannot leave it inconsistent.
         self.inner
             .modules
             .lock()

@@ -44,7 +44,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use tokio::sync::{Mutex, OnceCell};
+use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 use crate::producer::Producer;
@@ -266,7 +266,7 @@ impl Worker {
             producer: self.producer.clone(),
             workflows: crate::workflow::Workflows::new(self.producer.clone()),
             cfg: self.cfg.clone(),
-            modules: Mutex::new(HashMap::new()),
+            loads: std::sync::Mutex::new(HashMap::new()),
             grants: std::sync::Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
             busy_ns: Arc::default(),
@@ -297,10 +297,11 @@ pub(super) struct RunCtx {
     /// Advances the workflows of the members this worker ends.
     pub(super) workflows: crate::workflow::Workflows,
     pub(super) cfg: WorkerConfig,
-    /// The modules the runs need, each loaded once: runs that need a
-    /// module while it loads wait for that load instead of compiling it
-    /// again.
-    pub(super) modules: Mutex<HashMap<ModuleHash, Arc<OnceCell<Arc<LoadedModule>>>>>,
+    /// The module loads under way: runs that need a module while it loads
+    /// wait for that load instead of compiling it again. Once loaded, the
+    /// sandbox keeps it (with the modules loaded at start-up), and the
+    /// entry goes.
+    pub(super) loads: std::sync::Mutex<HashMap<ModuleHash, Arc<OnceCell<Arc<LoadedModule>>>>>,
     /// Grants by (task, module), with when they were read.
     pub(super) grants: std::sync::Mutex<HashMap<(String, ModuleHash), CachedGrants>>,
     pub(super) shutting_down: AtomicBool,

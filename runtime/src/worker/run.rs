@@ -199,7 +199,11 @@ async fn resolve(
             }
         },
     };
-    let cell = ctx.modules.lock().await.entry(hash).or_default().clone();
+    if let Some(m) = ctx.sandbox.get(&hash) {
+        metrics::counter!("runner_module_cache_total", "result" => "hit").increment(1);
+        return Ok((hash, m));
+    }
+    let cell = lock(&ctx.loads).entry(hash).or_default().clone();
     // The first run that needs the module loads it; those that need it
     // meanwhile wait for that load (a failed load leaves the next to try).
     let mut loaded_here = false;
@@ -208,10 +212,20 @@ async fn resolve(
             loaded_here = true;
             load(ctx, d, hash)
         })
-        .await?;
+        .await
+        .cloned();
+    if loaded_here {
+        // Loaded (the sandbox keeps it) or failed: the next run that needs
+        // it starts afresh. Only this load's entry goes.
+        let mut loads = lock(&ctx.loads);
+        if loads.get(&hash).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            loads.remove(&hash);
+        }
+    }
+    let m = m?;
     let result = if loaded_here { "miss" } else { "hit" };
     metrics::counter!("runner_module_cache_total", "result" => result).increment(1);
-    Ok((hash, m.clone()))
+    Ok((hash, m))
 }
 
 /// Reads module `hash` from the registry and loads it (compiled, or read

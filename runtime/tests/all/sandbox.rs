@@ -356,6 +356,63 @@ fn bad_modules_are_refused_with_what_is_wrong() {
 
 // ---- Loading and the disk cache ----
 
+/// A process keeps the modules it used last: past `loaded_modules_max`,
+/// the one used longest ago is let go of and compiled again when needed,
+/// unless something still holds it, which is then found, not loaded twice.
+#[tokio::test]
+async fn a_process_keeps_only_the_modules_it_used_last() {
+    let sandbox = Sandbox::new(SandboxConfig {
+        max_concurrent_runs: 4,
+        loaded_modules_max: 2,
+        ..SandboxConfig::default()
+    })
+    .unwrap();
+    let hello = guest_bytes("hello");
+    let v: Vec<Vec<u8>> = (0..4)
+        .map(|i| support::with_custom_section(&hello, &format!("version-{i}")))
+        .collect();
+    let hash = |i: usize| runner::sandbox::ModuleHash::of(&v[i]);
+    for bytes in &v[..3] {
+        sandbox.load(bytes).unwrap();
+    }
+    assert_eq!(sandbox.compilations(), 3);
+    assert_eq!(sandbox.modules_held(), 2);
+    assert!(sandbox.get(&hash(0)).is_none(), "the oldest is let go of");
+    assert!(sandbox.get(&hash(2)).is_some());
+    // Used now, version 1 is newer than version 2.
+    assert!(sandbox.get(&hash(1)).is_some());
+    sandbox.load(&v[0]).unwrap();
+    assert_eq!(sandbox.compilations(), 4, "version 0 compiled again");
+    assert!(sandbox.get(&hash(2)).is_none(), "version 2 was the oldest");
+    assert!(sandbox.get(&hash(1)).is_some());
+
+    // A module someone holds outlives its place among the kept ones.
+    let held = sandbox.load(&v[3]).unwrap();
+    assert_eq!(sandbox.compilations(), 5);
+    // Two others used since: version 3 is let go of (held here only).
+    sandbox.load(&v[0]).unwrap();
+    sandbox.load(&v[1]).unwrap();
+    assert_eq!(sandbox.modules_held(), 2);
+    let compiled = sandbox.compilations();
+    let again = sandbox.load(&v[3]).unwrap();
+    assert!(Arc::ptr_eq(&held, &again), "found, not loaded again");
+    assert_eq!(sandbox.compilations(), compiled);
+    assert_eq!(sandbox.modules_held(), 2);
+    // Kept again, version 3 pushed out 0 (the oldest), which 0 and 1 now
+    // push out in turn, compiled again; let go of by all, 3 is gone.
+    sandbox.load(&v[0]).unwrap();
+    sandbox.load(&v[1]).unwrap();
+    assert_eq!(sandbox.compilations(), compiled + 2);
+    drop((held, again));
+    assert!(sandbox.get(&hash(3)).is_none());
+    // Another version of a module is still that module.
+    let module = sandbox.load(&v[2]).unwrap();
+    let report = sandbox
+        .run(&module, RunRequest::new(r#"{"name":"Ada"}"#))
+        .await;
+    assert_kind(&report, "success");
+}
+
 #[test]
 fn a_module_is_compiled_once_per_process() {
     let sandbox = sandbox();

@@ -28,6 +28,30 @@ pub fn sandbox() -> Sandbox {
     .expect("creating the sandbox")
 }
 
+/// `component` with a custom section named `tag` appended: the same
+/// program under another hash (another version of a module).
+pub fn with_custom_section(component: &[u8], tag: &str) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let mut body = Vec::new();
+    leb(tag.len(), &mut body);
+    body.extend_from_slice(tag.as_bytes());
+    let mut out = component.to_vec();
+    out.push(0); // a custom section
+    leb(body.len(), &mut out);
+    out.extend_from_slice(&body);
+    out
+}
+
 pub fn wat(text: &str) -> Vec<u8> {
     wat::parse_str(text).unwrap_or_else(|e| panic!("bad WAT in a test: {e}"))
 }

@@ -676,6 +676,53 @@ async fn runs_started_together_compile_their_module_once(env: Env) {
     assert_eq!(stats.succeeded, 4, "{stats:?}");
 }
 
+/// A worker's process keeps the modules its jobs used last (`[worker]
+/// module_cache`, here 2), with those it loaded at start-up: the first job
+/// of a task bound at start-up compiles nothing, and a version used longest
+/// ago is compiled again when a job needs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_keeps_the_modules_its_jobs_used_last() {
+    let env = Env::embedded().await;
+    let sandbox = Sandbox::new(SandboxConfig {
+        max_concurrent_runs: 16,
+        loaded_modules_max: 2,
+        ..SandboxConfig::default()
+    })
+    .unwrap();
+    let hello = guest_bytes("hello");
+    // At start-up, `[tasks]` bindings are uploaded (and compiled) first.
+    runner::deploy::upload(&sandbox, &env.registry, hello.clone())
+        .await
+        .unwrap();
+    assert_eq!(sandbox.compilations(), 1);
+    env.bind_bytes("v0", &hello, "default", |_| {}).await;
+    for i in 1..3 {
+        let version = crate::support::with_custom_section(&hello, &format!("v{i}"));
+        env.bind_bytes(&format!("v{i}"), &version, "default", |_| {})
+            .await;
+    }
+    let w = env
+        .worker_in(
+            sandbox.clone(),
+            HostServices::default(),
+            cfg(&["default"], 1),
+        )
+        .await;
+    let mut compiled = Vec::new();
+    for task in ["v0", "v1", "v2", "v0", "v2"] {
+        let id = enqueue(&env, task, r#"{"name":"Ada"}"#).await;
+        let j = wait_final(&env.broker, id).await;
+        assert_eq!(j.state, JobState::Success, "{j:?}");
+        compiled.push(sandbox.compilations());
+    }
+    // v0 was loaded at start-up; v1 and v2 by their first jobs, which let
+    // go of v0 (the oldest); v0 then pushes v1 out, and v2 is still kept.
+    assert_eq!(compiled, [1, 2, 3, 4, 4]);
+    assert_eq!(sandbox.modules_held(), 2);
+    let stats = w.stop().await;
+    assert_eq!(stats.succeeded, 5, "{stats:?}");
+}
+
 /// Job `id`'s state now.
 async fn state(env: &Env, id: JobId) -> JobState {
     env.broker.get(id).await.unwrap().unwrap().state
