@@ -262,8 +262,10 @@ pub fn producer(
     registry: &Arc<dyn Registry>,
 ) -> anyhow::Result<Producer> {
     // The queues a submit token may name: every queue the file mentions.
+    // (A worker may name one partition of a queue: the queue is meant.)
     let configured = worker_queues(config)
         .into_iter()
+        .map(|q| crate::queue::partition::queue_of(&q).to_string())
         .chain(config.queues.keys().cloned())
         .chain(config.tasks.values().filter_map(|t| t.queue.clone()));
     let mut producer = Producer::new(broker.clone(), registry.clone())
@@ -274,7 +276,7 @@ pub fn producer(
             .with_queue_limit(queue, spec)
             .with_context(|| format!("queues.{queue}.rate_limit"))?;
     }
-    Ok(producer)
+    Ok(producer.with_partitions(config.partitions()?))
 }
 
 /// The scheduler of `config`'s `[[beats]]` and the API's beats: in Redis
@@ -377,7 +379,8 @@ pub fn worker_queues(config: &Config) -> Vec<String> {
 pub fn worker_config(config: &Config) -> anyhow::Result<WorkerConfig> {
     let section = &config.worker;
     let mut cfg = WorkerConfig {
-        queues: worker_queues(config),
+        // A partitioned queue is consumed in all its partitions.
+        queues: config.partitions()?.expand(&worker_queues(config)),
         id: section.id.clone(),
         ..WorkerConfig::default()
     };

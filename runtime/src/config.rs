@@ -27,6 +27,7 @@
 //!
 //! [queues.notifications]
 //! rate_limit = "30/m"         # global: shared by every worker
+//! # partitions = 8            # one hot queue over 8 slots (queue/partition.rs)
 //!
 //! [host.kv]                   # kv for tasks: in the broker's Redis when
 //!                             # there is one (or its own redis_url), else memory
@@ -255,6 +256,9 @@ fn positive_duration(key: &str, text: Option<&str>) -> anyhow::Result<Option<std
 pub struct QueueConfig {
     /// `30/m`: every job of the queue, across all workers.
     pub rate_limit: Option<String>,
+    /// Splits the queue into this many partitions, each a queue with its
+    /// own hash tag (its own slot on a Redis Cluster): `queue/partition.rs`.
+    pub partitions: Option<u32>,
 }
 
 /// `[tasks.NAME]`: a task name, its module, defaults and grants.
@@ -391,7 +395,8 @@ impl Config {
             }
         }
         for q in self.worker.queues.iter().flatten() {
-            validate_queue_name(q).with_context(|| format!("worker.queues: {q:?}"))?;
+            crate::queue::partition::validate_queue_or_partition(q)
+                .with_context(|| format!("worker.queues: {q:?}"))?;
         }
         if self.worker.concurrency == Some(0) {
             bail!("worker.concurrency must be at least 1");
@@ -423,6 +428,7 @@ impl Config {
                     .with_context(|| format!("queues.{name}.rate_limit"))?;
             }
         }
+        self.partitions()?;
         for (name, task) in &self.tasks {
             crate::names::TaskName::validate(name).with_context(|| format!("tasks.{name}"))?;
             task.defaults(name, &ModuleHash([0; 32]))
@@ -452,6 +458,21 @@ impl Config {
         self.queues
             .iter()
             .filter_map(|(n, q)| q.rate_limit.as_deref().map(|r| (n.as_str(), r)))
+    }
+
+    /// The partitioned queues (`[queues.x] partitions = N`).
+    pub fn partitions(&self) -> anyhow::Result<crate::queue::partition::Partitions> {
+        for (name, q) in &self.queues {
+            if let Some(n) = q.partitions {
+                crate::queue::partition::Partitions::new([(name, n)])
+                    .with_context(|| format!("queues.{name}.partitions"))?;
+            }
+        }
+        Ok(crate::queue::partition::Partitions::new(
+            self.queues
+                .iter()
+                .filter_map(|(n, q)| q.partitions.map(|p| (n, p))),
+        )?)
     }
 
     /// Resolves a path written in the file.

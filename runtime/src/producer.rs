@@ -20,6 +20,7 @@ use crate::queue::job::{
     DEFAULT_QUEUE, DEFAULT_RESULT_TTL, Job, JobError, JobId, JobLimits, MAX_DELAY, RateLimit,
     RetryPolicy, check_priority, validate_json, validate_queue_name,
 };
+use crate::queue::partition::Partitions;
 use crate::queue::{Broker, BrokerError, Enqueued};
 use crate::registry::{JobsGrant, ModuleHash, Registry, RegistryError, TaskBinding};
 use crate::sandbox::HostError;
@@ -124,6 +125,8 @@ pub struct Producer {
     queue_limits: HashMap<String, RateLimit>,
     /// Queues a submitter may name besides its task's own and `default`.
     queues: BTreeSet<String>,
+    /// Where a partitioned queue's jobs go.
+    partitions: Partitions,
 }
 
 impl Producer {
@@ -133,7 +136,23 @@ impl Producer {
             registry,
             queue_limits: HashMap::new(),
             queues: BTreeSet::new(),
+            partitions: Partitions::default(),
         }
+    }
+
+    /// Sends each job of a partitioned queue to one of its partitions
+    /// ([`Partitions::place`]).
+    pub fn with_partitions(mut self, partitions: Partitions) -> Self {
+        for (q, _) in partitions.split_queues() {
+            self.queues.insert(q.to_string());
+        }
+        self.partitions = partitions;
+        self
+    }
+
+    /// The partitioned queues.
+    pub fn partitions(&self) -> &Partitions {
+        &self.partitions
     }
 
     /// Queues the operator configured: a submitter may send jobs to them.
@@ -289,7 +308,7 @@ impl Producer {
         {
             job.id = id;
         }
-        Ok(Job {
+        let mut job = Job {
             task: req.task.clone(),
             module,
             retry: req
@@ -316,7 +335,9 @@ impl Producer {
                 None => binding.as_ref().map_or(0, |b| b.priority),
             },
             ..job
-        })
+        };
+        self.partitions.place(&mut job);
+        Ok(job)
     }
 
     /// What a submitter may not do (see [`Caller`]): everything here is

@@ -71,7 +71,8 @@ async fn events(
                     "queue: give one or more queue names, comma-separated",
                 ));
             }
-            Some(names)
+            // A partitioned queue's jobs are in its partitions.
+            Some(ctx.producer.partitions().expand(&names))
         }
     };
     let rx = ctx.broker.subscribe().await?;

@@ -18,12 +18,13 @@ use utoipa_axum::routes;
 
 use super::auth::{Admin, Role, Submit};
 use super::error::{ErrorBody, objects, optional_object};
-use super::schema::{NeedsAdmin, NeedsToken, QueueName, TakesBody, UsesStorage};
+use super::schema::{NeedsAdmin, NeedsToken, QueueName, QueueOrPartition, TakesBody, UsesStorage};
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState};
 use crate::names::{ModuleHash, TaskName};
 use crate::producer::parse_duration;
 use crate::producer::{Caller, EnqueueRequest};
 use crate::queue::list::{LIST_MAX, parse_cursor};
+use crate::queue::partition::Partitions;
 use crate::queue::{
     Enqueued, Job, JobEvent, JobId, JobLimits, JobQuery, JobState, PurgeFilter, RetryPolicy,
     RevokeOutcome,
@@ -137,7 +138,8 @@ pub struct Accepted {
     /// `PENDING`, or the state of the earlier job with the same idempotency key.
     #[schema(value_type = JobState)]
     pub state: String,
-    #[schema(value_type = QueueName)]
+    /// The queue, or the partition of a partitioned queue, the job is in.
+    #[schema(value_type = QueueOrPartition)]
     pub queue: String,
     #[schema(value_type = Option<TaskName>)]
     pub task: Option<String>,
@@ -256,8 +258,9 @@ pub struct WaitQuery {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Only this queue (default: every queue).
-    #[param(value_type = Option<QueueName>)]
+    /// Only this queue (all its partitions when it is partitioned) or
+    /// partition (default: every queue).
+    #[param(value_type = Option<QueueOrPartition>)]
     pub queue: Option<String>,
     /// Only this task's jobs.
     #[param(value_type = Option<TaskName>)]
@@ -310,7 +313,8 @@ fn query_time(field: &str, v: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>,
 }
 
 impl ListQuery {
-    fn query(self, now: DateTime<Utc>) -> Result<JobQuery, ApiError> {
+    /// The query asked for; a partitioned queue is all its partitions.
+    fn query(self, now: DateTime<Utc>, partitions: &Partitions) -> Result<JobQuery, ApiError> {
         if let Some(q) = &self.queue {
             super::queues::check_queue(q)?;
         }
@@ -352,7 +356,10 @@ impl ListQuery {
                     ))
                 })?),
             },
-            queue: self.queue,
+            queues: self
+                .queue
+                .map(|q| partitions.names(&q))
+                .unwrap_or_default(),
             task: self.task,
             beat: self.beat,
             limit,
@@ -377,7 +384,7 @@ async fn list_jobs(
     _: Submit,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<axum::Json<JobList>, ApiError> {
-    let query = q.query(Utc::now())?;
+    let query = q.query(Utc::now(), ctx.producer.partitions())?;
     let page = ctx.broker.list(&query).await?;
     Ok(axum::Json(JobList {
         jobs: page.jobs.iter().map(job_view).collect(),
@@ -585,7 +592,7 @@ async fn revoke_many(
     let queues = match &req.queue {
         Some(q) => {
             super::queues::check_queue(q)?;
-            vec![q.clone()]
+            ctx.producer.partitions().names(q)
         }
         None => ctx
             .broker

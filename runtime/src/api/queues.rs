@@ -10,10 +10,10 @@ use utoipa_axum::routes;
 use super::auth::{Admin, Submit};
 use super::error::ErrorBody;
 use super::jobs::job_view;
-use super::schema::{NeedsAdmin, NeedsToken, QueueName, TakesBody, UsesStorage};
+use super::schema::{NeedsAdmin, NeedsToken, QueueOrPartition, TakesBody, UsesStorage};
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState};
 use crate::queue::history::{self, HistoryPoint};
-use crate::queue::job::validate_queue_name;
+use crate::queue::partition::{Partitions, queue_of, validate_queue_or_partition};
 use crate::queue::{
     Job, JobId, MAX_INSPECT_WAIT, PurgeFilter, QueueStats, RateLimit, WorkerInfo, WorkerSnapshot,
 };
@@ -43,7 +43,39 @@ async fn list_queues(
     State(ctx): State<AppState>,
     _: Submit,
 ) -> Result<axum::Json<Vec<QueueStats>>, ApiError> {
-    Ok(axum::Json(ctx.broker.queues().await?))
+    let stats = ctx.broker.queues().await?;
+    Ok(axum::Json(add_up_partitions(
+        ctx.producer.partitions(),
+        stats,
+    )))
+}
+
+/// The queues' rows, with a partitioned queue's (its own and its
+/// partitions') added up into one row under its name.
+fn add_up_partitions(partitions: &Partitions, stats: Vec<QueueStats>) -> Vec<QueueStats> {
+    let mut out: Vec<QueueStats> = Vec::with_capacity(stats.len());
+    for row in stats {
+        let owner = queue_of(&row.name);
+        if partitions.count(owner) == 1 {
+            out.push(row);
+            continue;
+        }
+        match out.iter_mut().find(|r| r.name == owner) {
+            Some(sum) => add_to(sum, &row),
+            None => out.push(QueueStats {
+                name: owner.to_string(),
+                ..row
+            }),
+        }
+    }
+    out
+}
+
+fn add_to(sum: &mut QueueStats, row: &QueueStats) {
+    sum.ready += row.ready;
+    sum.delayed += row.delayed;
+    sum.in_flight += row.in_flight;
+    sum.dead += row.dead;
 }
 
 #[derive(Serialize, ToSchema)]
@@ -84,7 +116,7 @@ pub struct AllHistory {
 /// waiting and running at each minute's end). Kept by the scripts that
 /// change job state: exact, at no extra round trip.
 #[utoipa::path(get, path = "/v1/queues/{queue}", tag = "queues",
-    params(("queue" = QueueName, Path, description = "queue name")),
+    params(("queue" = QueueOrPartition, Path, description = "queue name (a partitioned queue's covers all its partitions), or one partition's")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "the queue", body = QueueDetail),
@@ -98,13 +130,25 @@ async fn queue_detail(
     ApiPath(queue): ApiPath<String>,
 ) -> Result<axum::Json<QueueDetail>, ApiError> {
     check_queue(&queue)?;
-    let stats = ctx
+    // A partitioned queue: its own and its partitions' rows, added up.
+    let names = ctx.producer.partitions().names(&queue);
+    let rows: Vec<QueueStats> = ctx
         .broker
         .queues()
         .await?
         .into_iter()
-        .find(|q| q.name == queue)
-        .ok_or_else(|| ApiError::not_found(format!("no queue {queue:?}")))?;
+        .filter(|q| names.contains(&q.name))
+        .collect();
+    let Some(first) = rows.first() else {
+        return Err(ApiError::not_found(format!("no queue {queue:?}")));
+    };
+    let mut stats = QueueStats {
+        name: queue.clone(),
+        ..first.clone()
+    };
+    for row in &rows[1..] {
+        add_to(&mut stats, row);
+    }
     let mut limits: Vec<RateLimit> = ctx
         .producer
         .queue_limit(&queue)
@@ -119,12 +163,24 @@ async fn queue_detail(
             limits.push(l);
         }
     }
-    let used = ctx.broker.rate_usage(&queue, &limits).await?;
-    let minutes = ctx.broker.history(std::slice::from_ref(&queue)).await?;
-    let history = minutes
-        .first()
-        .map(|m| m.points(chrono::Utc::now(), Some(stats.depth())))
-        .unwrap_or_default();
+    // A partitioned queue's rate-limited jobs are all in one partition
+    // (`queue/partition.rs`): the sum is that partition's count.
+    let mut used = vec![0; limits.len()];
+    for row in &rows {
+        let counts = ctx.broker.rate_usage(&row.name, &limits).await?;
+        for (sum, n) in used.iter_mut().zip(counts) {
+            *sum += n;
+        }
+    }
+    let row_names: Vec<String> = rows.iter().map(|r| r.name.clone()).collect();
+    let minutes = ctx.broker.history(&row_names).await?;
+    let now = chrono::Utc::now();
+    let each: Vec<Vec<HistoryPoint>> = minutes
+        .iter()
+        .zip(&rows)
+        .map(|(m, r)| m.points(now, Some(r.depth())))
+        .collect();
+    let history = history::sum(&each);
     Ok(axum::Json(QueueDetail {
         stats,
         rate_limits: limits
@@ -179,12 +235,12 @@ pub struct LimitQuery {
 }
 
 pub(super) fn check_queue(q: &str) -> Result<(), ApiError> {
-    validate_queue_name(q).map_err(|e| ApiError::bad_request(e.to_string()))
+    validate_queue_or_partition(q).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 /// Dead letters of a queue, oldest first.
 #[utoipa::path(get, path = "/v1/queues/{queue}/dead", tag = "queues",
-    params(("queue" = QueueName, Path, description = "queue name"), LimitQuery),
+    params(("queue" = QueueOrPartition, Path, description = "queue name (a partitioned queue's covers all its partitions), or one partition's"), LimitQuery),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "dead jobs", body = Vec<Job>),
@@ -198,10 +254,14 @@ async fn dead_letters(
     ApiQuery(q): ApiQuery<LimitQuery>,
 ) -> Result<axum::Json<Vec<serde_json::Value>>, ApiError> {
     check_queue(&queue)?;
-    let jobs = ctx
-        .broker
-        .dead_letters(&queue, q.limit.unwrap_or(100).min(10_000))
-        .await?;
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    let mut jobs = Vec::new();
+    for name in ctx.producer.partitions().names(&queue) {
+        jobs.extend(ctx.broker.dead_letters(&name, limit).await?);
+    }
+    // Each partition's oldest first: merged by when they ended.
+    jobs.sort_by_key(|j| (j.finished_at, j.id));
+    jobs.truncate(limit);
     Ok(axum::Json(jobs.iter().map(job_view).collect()))
 }
 
@@ -223,7 +283,7 @@ pub struct Replayed {
 
 /// Puts dead letters back in the queue as fresh first attempts.
 #[utoipa::path(post, path = "/v1/queues/{queue}/replay", tag = "queues",
-    params(("queue" = QueueName, Path, description = "queue name")),
+    params(("queue" = QueueOrPartition, Path, description = "queue name (a partitioned queue's covers all its partitions), or one partition's")),
     request_body = ReplayRequest,
     security(("bearer" = [])),
     responses(
@@ -246,7 +306,10 @@ async fn replay(
                 .map_err(|_| ApiError::bad_request(format!("ids: {s:?} is not a job id")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let done = ctx.broker.replay(&queue, &ids).await?;
+    let mut done = Vec::new();
+    for name in ctx.producer.partitions().names(&queue) {
+        done.extend(ctx.broker.replay(&name, &ids).await?);
+    }
     Ok(axum::Json(Replayed {
         replayed: done.iter().map(|i| i.to_string()).collect(),
     }))
@@ -275,7 +338,7 @@ pub struct Purged {
 /// all) end REVOKED and never run; running jobs are left alone (revoke
 /// them with `POST /v1/jobs/revoke`). The reply lists every job purged.
 #[utoipa::path(post, path = "/v1/queues/{queue}/purge", tag = "queues",
-    params(("queue" = QueueName, Path, description = "queue name")),
+    params(("queue" = QueueOrPartition, Path, description = "queue name (a partitioned queue's covers all its partitions), or one partition's")),
     request_body = PurgeFilter,
     security(("bearer" = [])),
     responses(
@@ -291,13 +354,19 @@ async fn purge(
 ) -> Result<axum::Json<Purged>, ApiError> {
     check_queue(&queue)?;
     check_filter(&filter)?;
-    let ids = ctx.broker.purge(&queue, &filter).await?;
+    let mut ids = Vec::new();
+    for name in ctx.producer.partitions().names(&queue) {
+        let purged = ctx.broker.purge(&name, &filter).await?;
+        if !filter.dry_run {
+            // Purged workflow members end their workflows now.
+            crate::workflow::Workflows::new(ctx.producer.clone())
+                .drain_queue(&name)
+                .await?;
+        }
+        ids.extend(purged);
+    }
     if !filter.dry_run {
         tracing::info!(queue, count = ids.len(), task = ?filter.task, "purged");
-        // Purged workflow members end their workflows now.
-        crate::workflow::Workflows::new(ctx.producer.clone())
-            .drain_queue(&queue)
-            .await?;
     }
     Ok(axum::Json(Purged {
         count: ids.len(),
@@ -310,7 +379,7 @@ async fn purge(
 /// (`worker` says which; `started_at` is when it leased the job), oldest
 /// first. Read from the broker, not from heartbeats: current to the call.
 #[utoipa::path(get, path = "/v1/queues/{queue}/running", tag = "queues",
-    params(("queue" = QueueName, Path, description = "queue name")),
+    params(("queue" = QueueOrPartition, Path, description = "queue name (a partitioned queue's covers all its partitions), or one partition's")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "leased jobs", body = Vec<Job>),
@@ -323,7 +392,11 @@ async fn running(
     ApiPath(queue): ApiPath<String>,
 ) -> Result<axum::Json<Vec<serde_json::Value>>, ApiError> {
     check_queue(&queue)?;
-    let jobs = ctx.broker.running(&queue).await?;
+    let mut jobs = Vec::new();
+    for name in ctx.producer.partitions().names(&queue) {
+        jobs.extend(ctx.broker.running(&name).await?);
+    }
+    jobs.sort_by_key(|j| (j.started_at, j.id));
     Ok(axum::Json(jobs.iter().map(job_view).collect()))
 }
 
@@ -338,7 +411,7 @@ pub struct ScheduledJob {
 
 /// Delayed jobs of a queue, soonest first, with their due times.
 #[utoipa::path(get, path = "/v1/queues/{queue}/scheduled", tag = "queues",
-    params(("queue" = QueueName, Path, description = "queue name"), LimitQuery),
+    params(("queue" = QueueOrPartition, Path, description = "queue name (a partitioned queue's covers all its partitions), or one partition's"), LimitQuery),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "delayed jobs", body = Vec<ScheduledJob>),
@@ -352,10 +425,13 @@ async fn scheduled(
     ApiQuery(q): ApiQuery<LimitQuery>,
 ) -> Result<axum::Json<Vec<ScheduledJob>>, ApiError> {
     check_queue(&queue)?;
-    let jobs = ctx
-        .broker
-        .scheduled(&queue, q.limit.unwrap_or(100).min(10_000))
-        .await?;
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    let mut jobs = Vec::new();
+    for name in ctx.producer.partitions().names(&queue) {
+        jobs.extend(ctx.broker.scheduled(&name, limit).await?);
+    }
+    jobs.sort_by_key(|(due, job)| (*due, job.id));
+    jobs.truncate(limit);
     Ok(axum::Json(
         jobs.iter()
             .map(|(due, job)| ScheduledJob {

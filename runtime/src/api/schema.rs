@@ -46,6 +46,10 @@ pub const NAME_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$";
 /// A queue name: 1 to 100 of `A-Z a-z 0-9 _ - . :`
 /// (`crate::queue::job::validate_queue_name`).
 pub const QUEUE_PATTERN: &str = "^[A-Za-z0-9_.:-]{1,100}$";
+/// A queue's name, or one partition's: `x~0` to `x~63`
+/// (`crate::queue::partition::validate_queue_or_partition`).
+pub const QUEUE_OR_PARTITION_PATTERN: &str =
+    "^[A-Za-z0-9_.:-]{1,100}(~([0-9]|[1-5][0-9]|6[0-3]))?$";
 
 fn pattern_string(pattern: &str, description: &str) -> RefOr<Schema> {
     ObjectBuilder::new()
@@ -114,6 +118,23 @@ impl PartialSchema for QueueName {
 }
 
 impl ToSchema for QueueName {}
+
+/// Where a job is: a queue, or one partition of a partitioned queue
+/// (documentation only).
+pub struct QueueOrPartition;
+
+impl PartialSchema for QueueOrPartition {
+    fn schema() -> RefOr<Schema> {
+        pattern_string(
+            QUEUE_OR_PARTITION_PATTERN,
+            "A queue name (1 to 100 bytes of `A-Z a-z 0-9 _ - . :`), or the name of one of a \
+             partitioned queue's partitions: the queue's name, `~` and the partition's number \
+             (0 to 63).",
+        )
+    }
+}
+
+impl ToSchema for QueueOrPartition {}
 
 /// The bytes of a component (`application/wasm`), not JSON.
 pub struct WasmBytes;

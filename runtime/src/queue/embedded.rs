@@ -1095,9 +1095,9 @@ impl Broker for EmbeddedBroker {
         let now = now_ms();
         let mut st = self.lock();
         st.sweep(now);
-        let names: Vec<String> = match &query.queue {
-            Some(q) => vec![q.clone()],
-            None => {
+        let names: Vec<String> = match query.queues.as_slice() {
+            [_, ..] => query.queues.clone(),
+            [] => {
                 let mut names: Vec<String> = st.queues.keys().cloned().collect();
                 names.sort();
                 names

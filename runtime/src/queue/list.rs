@@ -32,8 +32,9 @@ pub const LIST_SCAN: usize = 1000;
 /// Which jobs to list, newest first.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct JobQuery {
-    /// One queue; every known queue when `None`.
-    pub queue: Option<String>,
+    /// These queues (one, or the partitions of one); every known queue
+    /// when empty.
+    pub queues: Vec<String>,
     pub task: Option<String>,
     pub state: Option<JobState>,
     /// Created at or after.

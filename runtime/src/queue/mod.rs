@@ -24,6 +24,7 @@ pub mod endpoint;
 pub mod history;
 pub mod job;
 pub mod list;
+pub mod partition;
 pub mod ratelimit;
 pub mod redis;
 mod shard_feed;

@@ -1440,9 +1440,9 @@ impl Broker for RedisBroker {
 
     async fn list(&self, query: &JobQuery) -> BrokerResult<JobPage> {
         let mut conn = self.conn();
-        let queues: Vec<String> = match &query.queue {
-            Some(q) => vec![q.clone()],
-            None => {
+        let queues: Vec<String> = match query.queues.as_slice() {
+            [_, ..] => query.queues.clone(),
+            [] => {
                 let mut names: Vec<String> = conn.smembers(QUEUES_KEY).await?;
                 names.sort();
                 names

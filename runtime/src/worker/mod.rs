@@ -240,7 +240,7 @@ impl Worker {
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> anyhow::Result<WorkerStats> {
         for q in &self.cfg.queues {
-            crate::queue::job::validate_queue_name(q)?;
+            crate::queue::partition::validate_queue_or_partition(q)?;
         }
         // Listed (`inspect queues`) even before the first job arrives.
         for q in &self.cfg.queues {

@@ -50,6 +50,18 @@ impl TestApi {
         worker: bool,
         scheduler: bool,
     ) -> TestApi {
+        Self::start_configured(sandbox, redis, max_body, worker, scheduler, |_| {}).await
+    }
+
+    /// [`start_in`](Self::start_in) with `edit` applied to the config.
+    pub async fn start_configured(
+        sandbox: runner::sandbox::Sandbox,
+        redis: Option<String>,
+        max_body: &str,
+        worker: bool,
+        scheduler: bool,
+        edit: impl FnOnce(&mut Config),
+    ) -> TestApi {
         let mut config = Config::default();
         config.broker.redis_url = redis;
         config.server.max_body = max_body.to_string();
@@ -59,6 +71,7 @@ impl TestApi {
         // A fixed prefetch: the inspect and priority tests count what a
         // busy worker holds ahead (the adaptive one hands it back).
         config.worker.prefetch = Some(4);
+        edit(&mut config);
         config.check().unwrap();
         let core = Core::open(&config, sandbox).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1708,3 +1721,203 @@ on_both_brokers!(
     api_priorities_jump_the_queue_on_redis,
     priorities_jump_the_queue
 );
+
+/// A queue split into partitions (`[queues.hot] partitions = 4`) is one
+/// queue to its users: its jobs spread over the partitions, the worker
+/// runs them all, and the queue's views add the partitions up.
+async fn a_partitioned_queue_is_one_queue(redis: Option<String>) {
+    let api = TestApi::start_configured(sandbox(), redis, "64MiB", true, false, |c| {
+        c.queues.insert(
+            "hot".into(),
+            runner::config::QueueConfig {
+                partitions: Some(4),
+                ..Default::default()
+            },
+        );
+        c.queues.insert(
+            "metered".into(),
+            runner::config::QueueConfig {
+                partitions: Some(4),
+                rate_limit: Some("2/m".into()),
+            },
+        );
+    })
+    .await;
+    let hello = guest_bytes("hello");
+    let (s, v) = api.upload(&hello).await;
+    assert!(s.is_success(), "{v}");
+    let (s, v) = api
+        .bind(
+            "greet",
+            json!({ "module": module_hash(&hello), "queue": "hot" }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let get = |path: String| api.call(api.req(reqwest::Method::GET, &path, Some(SUBMIT)));
+
+    // Jobs for later: each in one of the partitions.
+    let mut later = Vec::new();
+    for i in 0..12 {
+        later.push(
+            api.submit(
+                json!({ "task": "greet", "input": { "name": format!("n{i}") }, "countdown": 600 }),
+            )
+            .await,
+        );
+    }
+    let mut partitions = std::collections::BTreeSet::new();
+    for id in &later {
+        let (_, j) = get(format!("/v1/jobs/{id}")).await;
+        let queue = j["queue"].as_str().unwrap().to_string();
+        assert!(queue.starts_with("hot~"), "{j}");
+        partitions.insert(queue);
+    }
+    assert!(partitions.len() >= 2, "{partitions:?}");
+
+    // The views: one queue, all of it.
+    let (s, v) = get("/v1/queues".into()).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let rows = v.as_array().unwrap();
+    let hot: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r["name"].as_str().unwrap().starts_with("hot"))
+        .collect();
+    assert_eq!(hot.len(), 1, "{v}");
+    assert_eq!(hot[0]["name"], "hot");
+    assert_eq!(hot[0]["delayed"], 12, "{v}");
+    let (s, v) = get("/v1/queues/hot".into()).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["name"].clone(), v["delayed"].clone()),
+        (json!("hot"), json!(12)),
+        "{v}"
+    );
+    let (_, v) = get("/v1/queues/hot/scheduled".into()).await;
+    let due: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["due"].as_str().unwrap())
+        .collect();
+    assert_eq!(due.len(), 12, "{v}");
+    assert!(
+        due.windows(2).all(|w| w[0] <= w[1]),
+        "soonest first: {due:?}"
+    );
+    let (_, v) = get("/v1/jobs?queue=hot&limit=100".into()).await;
+    let mut listed: Vec<String> = v["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect();
+    listed.sort();
+    let mut expected = later.clone();
+    expected.sort();
+    assert_eq!(listed, expected);
+    // One partition can be looked at alone.
+    let one = partitions.first().unwrap();
+    let (s, v) = get(format!("/v1/queues/{one}")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v["delayed"].as_u64().unwrap() < 12, "{v}");
+    let (s, v) = get("/v1/queues/hot~99".into()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+
+    // A repeated request meets the job it repeats, in its partition.
+    let keyed = json!({ "task": "greet", "input": { "name": "k" }, "idempotency_key": "order-7" });
+    let first = api.submit(keyed.clone()).await;
+    for _ in 0..3 {
+        let (s, v) = api.enqueue(keyed.clone()).await;
+        assert!(s.is_success(), "{v}");
+        assert_eq!(v["id"], first.as_str(), "{v}");
+    }
+    // The worker consumes every partition.
+    let mut now = vec![first];
+    for i in 0..8 {
+        now.push(
+            api.submit(json!({ "task": "greet", "input": { "name": format!("r{i}") } }))
+                .await,
+        );
+    }
+    for id in &now {
+        let j = api.wait(id).await;
+        assert_eq!(j["state"], "SUCCESS", "{j}");
+    }
+
+    // A rate limit stays exact: the limited jobs share one partition, so
+    // its log counts every start.
+    let (s, v) = api
+        .bind(
+            "meter",
+            json!({ "module": module_hash(&hello), "queue": "metered" }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let mut metered = Vec::new();
+    for i in 0..5 {
+        metered.push(
+            api.submit(json!({ "task": "meter", "input": { "name": format!("m{i}") } }))
+                .await,
+        );
+    }
+    let mut queues = std::collections::BTreeSet::new();
+    for id in &metered {
+        let (_, j) = get(format!("/v1/jobs/{id}")).await;
+        queues.insert(j["queue"].as_str().unwrap().to_string());
+    }
+    assert_eq!(queues.len(), 1, "{queues:?}");
+    assert!(
+        queues.first().unwrap().starts_with("metered~"),
+        "{queues:?}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut done = 0;
+        for id in &metered {
+            if api.state(id).await == "SUCCESS" {
+                done += 1;
+            }
+        }
+        let (_, v) = get("/v1/queues/metered/scheduled".into()).await;
+        if done == 2 && v.as_array().unwrap().len() == 3 {
+            break;
+        }
+        assert!(done <= 2, "{done} runs within the minute of a 2/m limit");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{done} done, scheduled: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, v) = get("/v1/queues/metered".into()).await;
+    let limit = &v["rate_limits"][0];
+    assert_eq!(
+        (limit["key"].clone(), limit["used"].clone()),
+        (json!("queue:metered"), json!(2)),
+        "{v}"
+    );
+
+    // Purging the queue purges every partition.
+    let (s, v) = api
+        .call(
+            api.req(reqwest::Method::POST, "/v1/queues/hot/purge", Some(ADMIN))
+                .json(&json!({})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["count"], 12, "{v}");
+    let (_, v) = get("/v1/queues/hot".into()).await;
+    assert_eq!(v["delayed"], 0, "{v}");
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_queue_is_one_queue_embedded() {
+    a_partitioned_queue_is_one_queue(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_queue_is_one_queue_redis() {
+    let redis = RedisServer::start();
+    a_partitioned_queue_is_one_queue(Some(redis.url())).await;
+}

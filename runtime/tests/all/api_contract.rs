@@ -1279,6 +1279,10 @@ async fn api_contract_fields_limits_and_patterns_are_the_servers() {
         .as_str()
         .unwrap()
         .to_string();
+    let partition_pattern = c.schema("QueueOrPartition")["pattern"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let hash_pattern = c.schema("ModuleHash")["pattern"]
         .as_str()
         .unwrap()
@@ -1288,6 +1292,7 @@ async fn api_contract_fields_limits_and_patterns_are_the_servers() {
         proptest::string::string_regex("[A-Za-z0-9_.:{} /é-]{0,3}").unwrap(),
         proptest::string::string_regex("[A-Za-z0-9_.:-]{95,102}").unwrap(),
         proptest::string::string_regex("[-_.:a-z0-9][a-z0-9\\x00-\\x7f]{0,8}").unwrap(),
+        proptest::string::string_regex("[a-z~]{0,3}~[0-9]{0,3}(~[0-9])?").unwrap(),
         any::<String>(),
     ];
     let mut runner = runner_of(500);
@@ -1300,6 +1305,13 @@ async fn api_contract_fields_limits_and_patterns_are_the_servers() {
                 c.is_match(&queue_pattern, &s),
                 queue_ok,
                 "queue name {:?}",
+                s
+            );
+            let partition_ok = runner::queue::partition::validate_queue_or_partition(&s).is_ok();
+            prop_assert_eq!(
+                c.is_match(&partition_pattern, &s),
+                partition_ok,
+                "queue or partition name {:?}",
                 s
             );
             Ok(())

@@ -524,3 +524,42 @@ async fn queue_events_follow_a_slot_that_moves() {
     let stats = worker.stop().await;
     assert!(stats.succeeded >= 2, "{stats:?}");
 }
+
+/// One hot queue split into 8 partitions (`[queues.hot] partitions = 8`)
+/// on a cluster of three masters: the producer spreads the jobs over all
+/// 8, their keys live on more than one master, and a worker consuming the
+/// queue (all its partitions) runs every job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_queue_spreads_over_the_masters() {
+    use runner::queue::partition::Partitions;
+    let cluster = start_cluster(3, 0).await;
+    let (registry, broker, producer) =
+        deploy(connect(&cluster).await, &[("hello_hot", "hot")]).await;
+    let split = Partitions::new([("hot", 8)]).unwrap();
+    let producer = producer.with_partitions(split.clone());
+    let consumed = split.expand(&["hot".to_string()]);
+    assert_eq!(consumed.len(), 9, "hot and its 8 partitions: {consumed:?}");
+    let queues: Vec<&str> = consumed.iter().map(String::as_str).collect();
+    let worker = start_worker_with(
+        Arc::new(connect(&cluster).await),
+        registry,
+        HostServices::default(),
+        cfg(&queues, 4),
+    );
+    let ids = enqueue(&producer, &["hello_hot"], 200, 0).await;
+    let mut used = std::collections::BTreeSet::new();
+    for id in &ids {
+        let j = wait_final(&broker, *id).await;
+        assert_eq!(j.state, JobState::Success, "{j:?}");
+        used.insert(j.queue.clone());
+    }
+    let expected: std::collections::BTreeSet<String> = consumed[1..].iter().cloned().collect();
+    assert_eq!(used, expected);
+    let masters: std::collections::BTreeSet<u16> = used
+        .iter()
+        .map(|q| cluster.master_of(&format!("runner:{{{q}}}:ready")))
+        .collect();
+    assert!(masters.len() >= 2, "{masters:?}");
+    let stats = worker.stop().await;
+    assert_eq!(stats.succeeded, 200, "{stats:?}");
+}

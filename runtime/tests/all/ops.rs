@@ -497,14 +497,14 @@ fn bench_queue_measures_a_local_cluster() {
     let classic = bench("classic");
     let stdout = crate::support::ok_stdout(&classic);
     let relayed = bus(&stdout);
-    assert_eq!(relayed.len(), 2, "{stdout}");
+    assert_eq!(relayed.len(), 3, "{stdout}");
     // Each message (one per enqueue call and per settle call) goes to the
     // two other masters.
     assert!(relayed.iter().all(|&b| b > 0.0), "{stdout}");
 
     let out = bench("sharded");
     let stdout = crate::support::ok_stdout(&out);
-    assert_eq!(bus(&stdout), vec![0.0, 0.0], "{stdout}");
+    assert_eq!(bus(&stdout), vec![0.0, 0.0, 0.0], "{stdout}");
     let busiest = |layout: &str| -> f64 {
         let line = stdout
             .lines()
@@ -524,6 +524,11 @@ fn bench_queue_measures_a_local_cluster() {
     };
     assert!(busiest("3 masters, 1 queue:") >= 90.0, "{stdout}");
     assert!(busiest("3 masters, 8 queues:") < 90.0, "{stdout}");
+    // One queue in 8 partitions spreads as 8 queues do.
+    assert!(
+        busiest("3 masters, 1 queue in 8 partitions:") < 90.0,
+        "{stdout}"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("WARN"), "{stderr}");
 }

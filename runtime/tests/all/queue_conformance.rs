@@ -1502,7 +1502,7 @@ async fn list_finds_jobs_newest_first_by_any_filter(env: Env) {
         f(&mut q);
         q
     };
-    let found = list_all(b, q(&|q| q.queue = Some("slow".into()))).await;
+    let found = list_all(b, q(&|q| q.queues = vec!["slow".into()])).await;
     assert_eq!(ids_of(&found), newest_first(slow.clone()));
     let found = list_all(b, q(&|q| q.task = Some("other".into()))).await;
     assert_eq!(ids_of(&found), newest_first(other.clone()));
@@ -1572,14 +1572,14 @@ async fn list_finds_jobs_newest_first_by_any_filter(env: Env) {
         b,
         q(&|q| {
             q.state = Some(JobState::Failure);
-            q.queue = Some("slow".into());
+            q.queues = vec!["slow".into()];
         }),
     )
     .await;
     assert!(found.is_empty());
     assert!(
         b.list(&JobQuery {
-            queue: Some("nowhere".into()),
+            queues: vec!["nowhere".into()],
             ..query(10)
         })
         .await

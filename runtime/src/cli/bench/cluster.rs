@@ -7,6 +7,9 @@
 //!
 //! - one queue: every job's keys hash to one slot, so one master does all
 //!   the queue's work whatever the cluster's size;
+//! - one queue split into eight partitions (`[queues.x] partitions = 8`,
+//!   `queue/partition.rs`): the producer spreads the jobs over them, each
+//!   partition on its own slot, and every worker consumes all eight;
 //! - eight queues (the jobs spread evenly), each on its own slot: the work
 //!   spreads over the masters.
 //!
@@ -25,6 +28,7 @@ use runner_test_support::{RedisCluster, info_field};
 
 use super::scaling::Workers;
 use crate::producer::Producer;
+use crate::queue::partition::Partitions;
 use crate::queue::{Broker, RedisBroker, RetryPolicy};
 use crate::registry::{RedisRegistry, Registry, TaskBinding};
 
@@ -32,6 +36,8 @@ use crate::registry::{RedisRegistry, Registry, TaskBinding};
 pub struct Layout {
     pub masters: usize,
     pub queues: usize,
+    /// Partitions of each queue (1: not split).
+    pub partitions: u32,
     pub jobs_per_sec: f64,
     pub commands_per_job: f64,
     /// The busiest master's share of the commands (0-1).
@@ -98,12 +104,13 @@ pub async fn run(
                 .await?
                 .map_err(anyhow::Error::msg)
                 .context("starting a local Redis Cluster (redis-server, see scripts/setup)")?;
-        for queues in [1, 8] {
+        for (queues, partitions) in [(1, 1), (1, 8), (8, 1)] {
+            let shape = Shape { queues, partitions };
             let measured = layout(
-                &cluster, masters, queues, module, input, jobs, batch, workers, &cache, classic,
+                &cluster, masters, shape, module, input, jobs, batch, workers, &cache, classic,
             )
             .await
-            .with_context(|| format!("{masters} masters, {queues} queues"));
+            .with_context(|| format!("{masters} masters, {}", shape.label()));
             match measured {
                 Ok(l) => out.push(l),
                 Err(e) => {
@@ -117,11 +124,32 @@ pub async fn run(
     Ok(out)
 }
 
+/// How many queues a layout spreads its jobs over, and the partitions of
+/// each.
+#[derive(Clone, Copy)]
+struct Shape {
+    queues: usize,
+    partitions: u32,
+}
+
+impl Shape {
+    fn label(&self) -> String {
+        let queues = match self.queues {
+            1 => "1 queue".to_string(),
+            n => format!("{n} queues"),
+        };
+        match self.partitions {
+            1 => queues,
+            p => format!("{queues} in {p} partitions"),
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn layout(
     cluster: &RedisCluster,
     masters: usize,
-    queues: usize,
+    shape: Shape,
     module: &[u8],
     input: &str,
     jobs: usize,
@@ -139,9 +167,15 @@ async fn layout(
     let closer = b.clone();
     let registry: Arc<dyn Registry> = Arc::new(RedisRegistry::cached(b.connection(), b.endpoint()));
     let broker: Arc<dyn Broker> = Arc::new(b);
-    let producer = Producer::new(broker.clone(), registry.clone());
+    let Shape { queues, partitions } = shape;
     let hash = registry.put_module(module).await?;
-    let names: Vec<String> = (0..queues).map(|i| format!("bench{queues}-{i}")).collect();
+    let names: Vec<String> = (0..queues)
+        .map(|i| format!("bench{queues}p{partitions}-{i}"))
+        .collect();
+    let split = Partitions::new(names.iter().map(|n| (n, partitions)))?;
+    let producer = Producer::new(broker.clone(), registry.clone()).with_partitions(split.clone());
+    // What the workers consume, and where the jobs' events come from.
+    let consumed = split.expand(&names);
     for name in &names {
         let mut binding = TaskBinding::new(name, hash);
         binding.queue = name.clone();
@@ -149,10 +183,10 @@ async fn layout(
         registry.bind(binding).await?;
     }
     let ids: Vec<String> = (0..workers)
-        .map(|i| format!("bench-cluster-{masters}m-{queues}q-{i}"))
+        .map(|i| format!("bench-cluster-{masters}m-{queues}q{partitions}p-{i}"))
         .collect();
-    let _workers = Workers::start(&url, &names.join(","), &ids, cache, &broker).await?;
-    let queue_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let _workers = Workers::start(&url, &consumed.join(","), &ids, cache, &broker).await?;
+    let queue_refs: Vec<&str> = consumed.iter().map(String::as_str).collect();
     let mut events = broker.subscribe().await?;
     // Warm up: each worker has loaded the module and leased once.
     for name in &names {
@@ -204,6 +238,7 @@ async fn layout(
     Ok(Layout {
         masters,
         queues,
+        partitions,
         jobs_per_sec: jobs as f64 / took.as_secs_f64(),
         commands_per_job: total as f64 / jobs as f64,
         busiest_share: if total == 0 {
@@ -222,14 +257,13 @@ pub fn print(layouts: &[Layout], jobs: usize, workers: usize, pubsub: &str) {
         if workers == 1 { "s" } else { "" }
     );
     for l in layouts {
-        let what = format!(
-            "{} masters, {} queue{}:",
-            l.masters,
-            l.queues,
-            if l.queues == 1 { "" } else { "s" }
-        );
+        let shape = Shape {
+            queues: l.queues,
+            partitions: l.partitions,
+        };
+        let what = format!("{} masters, {}:", l.masters, shape.label());
         println!(
-            "  {what:<22}{:>10.0} jobs/s  {:.2} commands per job  busiest master {:.0}% of them  {:.2} bus messages per job",
+            "  {what:<36}{:>10.0} jobs/s  {:.2} commands per job  busiest master {:.0}% of them  {:.2} bus messages per job",
             l.jobs_per_sec,
             l.commands_per_job,
             l.busiest_share * 100.0,
