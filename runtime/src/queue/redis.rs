@@ -629,6 +629,28 @@ impl RedisBroker {
     }
 }
 
+impl RedisBroker {
+    /// On shard channels, the hub (when this process has one) hears a
+    /// queue before this process enqueues to it: a caller that subscribed
+    /// and then enqueued (a long poll, an event stream) misses none of its
+    /// jobs' events, even when the queue is new to the hub and its
+    /// announcement is still on its way. A subscription that fails is
+    /// logged: the feed's own recovery says when events were missed.
+    async fn hear_queue(&self, queue: &str) {
+        let shards = self
+            .inner
+            .hub
+            .lock()
+            .ok()
+            .and_then(|h| h.as_ref().and_then(|h| h.shards.clone()));
+        if let Some(shards) = shards
+            && let Err(e) = shards.ensure(&[shard_channel(queue)]).await
+        {
+            tracing::warn!(queue, error = %e, "subscribing to a queue's events");
+        }
+    }
+}
+
 /// The feed of job events of this process ([`RedisBroker::start_hub`]).
 #[derive(Clone)]
 struct Hub {
@@ -835,6 +857,7 @@ impl Broker for RedisBroker {
         let mut results: Vec<Option<Enqueued>> = vec![None; jobs.len()];
         for q in &queues {
             self.register_queue(q).await?;
+            self.hear_queue(q).await;
             let idx: Vec<usize> = (0..jobs.len()).filter(|&i| jobs[i].queue == *q).collect();
             for chunk in idx.chunks(ENQUEUE_CHUNK) {
                 let p = prefix(q);

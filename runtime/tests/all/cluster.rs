@@ -563,3 +563,35 @@ async fn a_partitioned_queue_spreads_over_the_masters() {
     let stats = worker.stop().await;
     assert_eq!(stats.succeeded, 200, "{stats:?}");
 }
+
+/// A process that enqueues to a queue its event feed has not heard of
+/// (the queue's announcement has not reached it) subscribes that queue's
+/// shard channel first: a caller that subscribed, then enqueued, hears
+/// the job start and end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_hears_the_queues_its_process_enqueues_to() {
+    let cluster = start_cluster(3, 0).await;
+    let b = connect(&cluster).await;
+    let mut conn = b.connection();
+    let (registry, broker, producer) = deploy(b, &[("hello_fresh", "fresh")]).await;
+    let mut events = broker.subscribe().await.unwrap();
+    // Known to the cluster, as when another process just made it, but its
+    // announcement never reaches this feed.
+    let _: u64 = redis::cmd("SADD")
+        .arg("runner:queues")
+        .arg("fresh")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let worker = start_worker_with(
+        Arc::new(connect(&cluster).await),
+        registry,
+        HostServices::default(),
+        cfg(&["fresh"], 1),
+    );
+    let id = enqueue(&producer, &["hello_fresh"], 1, 0).await[0];
+    crate::worker::wait_started(&mut events, id).await;
+    let j = wait_final(&broker, id).await;
+    assert_eq!(j.state, JobState::Success, "{j:?}");
+    worker.stop().await;
+}
