@@ -70,8 +70,9 @@ pub struct QueueBench {
     pub workers: Vec<usize>,
     /// Instead of the figures above: the same jobs on local Redis Clusters
     /// of these sizes (masters; `--cluster` alone: 3, then 6), on one
-    /// queue and on eight (`cluster.rs`). Runs `redis-server` from PATH
-    /// (not `--redis-server`).
+    /// queue, on one queue in 8 partitions and on eight queues
+    /// (`cluster.rs`). Runs `redis-server` from PATH (not
+    /// `--redis-server`).
     #[arg(long, value_delimiter = ',', num_args = 0.., default_missing_value = "3,6")]
     pub cluster: Option<Vec<usize>>,
     /// Worker processes for `--cluster`.
