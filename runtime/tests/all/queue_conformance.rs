@@ -385,14 +385,26 @@ async fn retry_then_dead_letter_then_replay(env: Env) {
         },
         had_progress: false,
     };
+    let sent = Utc::now();
     let r = b.settle(settle("work", "w", vec![c], 1)).await.unwrap();
+    let answered = Utc::now();
     assert!(
         r.deliveries.is_empty(),
         "backoff keeps it in the delayed set"
     );
-    assert_eq!(
-        r.deferred_until.map(|t| t.timestamp_millis()),
-        Some(due.timestamp_millis())
+    // The due time, on this process's clock: Redis keeps it on the
+    // server's (the delay from the worker's now, added to TIME), and the
+    // reply comes back through the offset the call measured, so it may be
+    // late by up to the call's own duration (never early).
+    let deferred = r
+        .deferred_until
+        .expect("a backoff to wait for")
+        .timestamp_millis();
+    let late = deferred - due.timestamp_millis();
+    let call = answered.timestamp_millis() - sent.timestamp_millis();
+    assert!(
+        (0..=call).contains(&late),
+        "{late} ms late, after a {call} ms call"
     );
     let j = b.get(e.job.id).await.unwrap().unwrap();
     assert_eq!((j.state, j.attempt), (JobState::Retry, 2));
