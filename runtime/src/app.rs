@@ -344,8 +344,8 @@ pub fn sandbox(
 ) -> anyhow::Result<Sandbox> {
     let defaults = SandboxConfig::default();
     let loaded_modules_max = match config.worker.module_cache {
-        Some(0) => anyhow::bail!("[worker] module_cache must be at least 1"),
-        Some(n) => n,
+        // 0 is refused by `Config::check`; at least one is kept anyway.
+        Some(n) => n.max(1),
         None => defaults.loaded_modules_max,
     };
     let max_concurrent_runs = match max_concurrent_runs {

@@ -415,6 +415,9 @@ impl Config {
         self.worker.lease()?;
         self.worker.grace()?;
         self.worker.heartbeat()?;
+        if self.worker.module_cache == Some(0) {
+            bail!("worker.module_cache must be at least 1 (compiled modules kept in memory)");
+        }
         if let Some(id) = &self.worker.id
             && (id.is_empty() || id.contains('|'))
         {
@@ -672,6 +675,10 @@ every = "30s"
             format!("{e:#}").contains("queues.email.rate_limit"),
             "{e:#}"
         );
+        let e = Config::from_toml("[worker]\nmodule_cache = 0\n").unwrap_err();
+        assert!(format!("{e:#}").contains("worker.module_cache"), "{e:#}");
+        let e = Config::from_toml("[queues.hot]\npartitions = 65\n").unwrap_err();
+        assert!(format!("{e:#}").contains("queues.hot.partitions"), "{e:#}");
         let e = Config::from_toml("[tasks.x]\ntime_limit = \"soon\"\n").unwrap_err();
         assert!(format!("{e:#}").contains("time_limit"), "{e:#}");
         let e = Config::from_toml("[tasks.x]\nsoft_time_limit = \"2d\"\n").unwrap_err();
