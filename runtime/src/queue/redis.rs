@@ -631,11 +631,13 @@ impl RedisBroker {
 
 impl RedisBroker {
     /// On shard channels, the hub (when this process has one) hears a
-    /// queue before this process enqueues to it: a caller that subscribed
-    /// and then enqueued (a long poll, an event stream) misses none of its
-    /// jobs' events, even when the queue is new to the hub and its
-    /// announcement is still on its way. A subscription that fails is
-    /// logged: the feed's own recovery says when events were missed.
+    /// queue as this process first meets it (`register_queue`, before its
+    /// first enqueue there): a caller that subscribed and then enqueued (a
+    /// long poll, an event stream) misses none of its jobs' events, even
+    /// when the queue is new to the hub and its announcement is still on
+    /// its way. (A hub started later reads every queue as it starts.) A
+    /// subscription that fails is logged: the feed's own recovery says
+    /// when events were missed.
     async fn hear_queue(&self, queue: &str) {
         let shards = self
             .inner
@@ -857,7 +859,6 @@ impl Broker for RedisBroker {
         let mut results: Vec<Option<Enqueued>> = vec![None; jobs.len()];
         for q in &queues {
             self.register_queue(q).await?;
-            self.hear_queue(q).await;
             let idx: Vec<usize> = (0..jobs.len()).filter(|&i| jobs[i].queue == *q).collect();
             for chunk in idx.chunks(ENQUEUE_CHUNK) {
                 let p = prefix(q);
@@ -1262,6 +1263,7 @@ impl Broker for RedisBroker {
         if added > 0 && self.sharded() {
             let _: u64 = self.conn().publish(NEW_QUEUE_CHANNEL, queue).await?;
         }
+        self.hear_queue(queue).await;
         if let Ok(mut k) = self.inner.known_queues.lock() {
             k.insert(queue.to_string());
         }
