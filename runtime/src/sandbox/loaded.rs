@@ -38,23 +38,22 @@ impl Loaded {
     pub(super) fn get(&mut self, hash: &ModuleHash) -> Option<Arc<LoadedModule>> {
         self.clock += 1;
         let entry = self.map.get_mut(hash)?;
-        let module = match &entry.held {
-            Some(m) => Arc::clone(m),
-            None => match entry.module.upgrade() {
-                Some(m) => {
-                    entry.held = Some(Arc::clone(&m));
-                    entry.used = self.clock;
-                    self.let_go();
-                    return Some(m);
-                }
-                None => {
-                    self.map.remove(hash);
-                    return None;
-                }
-            },
-        };
         entry.used = self.clock;
-        Some(module)
+        if let Some(m) = &entry.held {
+            return Some(Arc::clone(m));
+        }
+        match entry.module.upgrade() {
+            // Let go of but still in use: held again.
+            Some(m) => {
+                entry.held = Some(Arc::clone(&m));
+                self.let_go();
+                Some(m)
+            }
+            None => {
+                self.map.remove(hash);
+                None
+            }
+        }
     }
 
     /// Keeps `module`, or the one with its hash kept meanwhile (two threads
