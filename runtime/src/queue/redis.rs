@@ -13,16 +13,18 @@
 //! | `leases` | zset | `<id>\|<redeliveries>\|<worker>\|<leased ms>`, scored by lease deadline |
 //! | `leased` | hash | id -> its member of `leases` (status and revoke look a lease up by id) |
 //! | `idle` | hash | worker -> `<free slots>\|<lease ms>\|<until ms>`: workers whose last fetch found the queue empty; the next enqueue leases jobs straight to one of them and publishes them (`push`), leaving `p\|<until ms>` until that worker's next call |
-//! | `job:<id>` | string | the job record (JSON); a TTL once final |
+//! | `live` | hash | id -> record (JSON) of a job that waits or runs (and of a job ended by a due check, until it expires: see `ends`) |
+//! | `job:<id>` | string | the record of a job that ended, with its TTL |
 //! | `idem:<key>` | string | the id of the job enqueued with that idempotency key |
+//! | `layout` | string | `2`: the records are laid out as here (`RedisBroker::migrate_layout`) |
 //! | `dead` | zset | dead-lettered ids, scored by time of death |
 //! | `revoked` | zset | running jobs revoked (kept a day) |
 //! | `terminate` | zset | those of them whose run must be stopped, for workers that missed the message |
 //! | `progress` | hash | id -> latest progress of a running job |
-//! | `rl:<key>` | zset | start log of a rate limit (see `ratelimit.rs`) |
+//! | `rl:<key>` | zset | start log of a rate limit (see `ratelimit.rs`), and `rl:<key>:tail` |
 //! | `jobs` | zset | every job's id, all scored 0 (UUIDv7 ids sort by time): the index of `GET /v1/jobs` (`list.rs`) |
 //! | `jobs:<STATE>` | zset | the ids of jobs that ended FAILURE, REVOKED or EXPIRED |
-//! | `ends` | zset | ids of records that expire, scored by when: a settle with a due check drops those past it from the three above |
+//! | `ends` | zset | ids of records that expire, scored by when: a settle with a due check drops those past it from the three above and from `live` |
 //! | `hist` | hash | the last hour minute by minute, written by the scripts that change job state: `<minute>:<STATE>` counts, `<minute>:depth` / `:running` after the minute's last change (written by the next minute's first change), `last` (the minute of the last change), `base` (`history.rs`) |
 //!
 //! Outside the queues: `runner:{ids}:<hour>` (hash id -> queue of the jobs
@@ -36,6 +38,12 @@
 //! see below), `runner:control` (revokes and inspect requests),
 //! `runner:queues:new` (a queue's first enqueue, on a cluster) and
 //! `runner:reply:<id>` (workers' answers to one inspect request).
+//!
+//! Every script declares in KEYS every key it touches (the queue's keys
+//! above, [`QUEUE_KEYS`], then the `job:<id>`, `idem:<key>` and `rl:<key>`
+//! it names), as strict servers require: what a call only finds out as it
+//! runs (the records it pops) is kept where it can be declared (`live`).
+//! `docs/scaling.md` ("Declared keys") says how.
 //!
 //! # Redis Cluster
 //!
@@ -54,19 +62,21 @@
 //!
 //! # Cost
 //!
-//! A producer stores a whole batch with one script (EVALSHA, MSET, RPUSH,
+//! A producer stores a whole batch with one script (EVALSHA, HSET, RPUSH,
 //! PUBLISH) and indexes it with another sent beside it (EVALSHA, HSET,
 //! PTTL, PEXPIRE: no extra round trip). A worker settles every finished
 //! job and leases new ones in one script (EVALSHA, ZMSCORE, one SET per
-//! result, ZREM, LPOP, MGET, ZADD, HSET, PUBLISH). So a job costs one
+//! result, HDEL, ZREM, LPOP, HMGET, ZADD, HSET, PUBLISH). So a job costs one
 //! command (its result) plus its share of a few per batch: `runner bench
 //! queue` measures about 2.5 per job, and a job enqueued and run entirely
 //! alone about 22. The job index adds one ZADD per enqueue call and one
 //! per settle that ends jobs (two when some failed); a page of `GET
 //! /v1/jobs` costs one ZRANGE per queue read and, per 250 entries looked
-//! at, one MGET (and one HMGET of leases while some are not final). A status read costs HGET and GET (and the status
+//! at, one MGET and one HMGET of `live` (and one HMGET of leases while
+//! some are not final). A status read costs HGET, then GET and HGET in one
+//! round trip (and the status
 //! script while the job has not ended), whatever the number of queues. A
-//! purge reads its queue 500 entries a page (LRANGE or ZRANGE, MGET) and
+//! purge reads its queue 500 entries a page (LRANGE or ZRANGE, MGET, HMGET) and
 //! ends the page's jobs with one script (`lua/purge.lua`). An idle worker sends
 //! nothing but its heartbeat: it waits on pub/sub, and sets a timer for the
 //! earliest delayed job instead of polling.
@@ -121,6 +131,10 @@ const QUEUES_KEY: &str = "runner:queues";
 const CONTROL_CHANNEL: &str = "runner:control";
 /// Jobs per enqueue script call: keeps Lua's `unpack` well inside its stack.
 const ENQUEUE_CHUNK: usize = 1000;
+/// Enqueue calls for one chunk at most: an idempotency key that names an
+/// ended job costs a second (`enqueue_chunk`), and only a key replaced
+/// between the two (by another producer) a third.
+const ENQUEUE_ROUNDS: usize = 4;
 
 /// Entries a purge reads and changes per call.
 const PURGE_PAGE: usize = 500;
@@ -191,10 +205,71 @@ fn wf_key(id: JobId) -> String {
 /// Where workflow events are published (one channel the event hub hears).
 const WF_CHANNEL: &str = "runner:q:~wf";
 
-/// A script's source as sent: the shebang, the checks, then `body`.
-fn script_source(body: &str) -> String {
-    format!("#!lua\n{}\n{body}", include_str!("lua/check.lua"))
+/// A script's source as sent: the shebang, the strict-key check when
+/// asked for (`lua/strict.lua`), the argument checks, then `body`.
+fn script_source(body: &str, strict: bool) -> String {
+    let strict = if strict {
+        include_str!("lua/strict.lua")
+    } else {
+        ""
+    };
+    format!("#!lua\n{strict}\n{}\n{body}", include_str!("lua/check.lua"))
 }
+
+/// The keys of a queue the queue's scripts may touch, after its prefix:
+/// every call declares them all in KEYS (`ready` first: it routes a call
+/// to the queue's slot), then the keys of single jobs it names.
+const QUEUE_KEYS: [&str; 18] = [
+    "ready",
+    "prio",
+    "delayed",
+    "leases",
+    "leased",
+    "idle",
+    "hist",
+    "ends",
+    "jobs",
+    "jobs:FAILURE",
+    "jobs:REVOKED",
+    "jobs:EXPIRED",
+    "dead",
+    "revoked",
+    "terminate",
+    "progress",
+    "wfout",
+    "live",
+];
+
+/// Declares queue `p`'s keys ([`QUEUE_KEYS`]) in a call.
+fn queue_keys(inv: &mut redis::ScriptInvocation<'_>, p: &str) {
+    for k in QUEUE_KEYS {
+        inv.key(format!("{p}{k}"));
+    }
+}
+
+/// The record key of a job that ended (`job:<id>`).
+fn final_key(p: &str, id: impl std::fmt::Display) -> String {
+    format!("{p}job:{id}")
+}
+
+/// Adds the three reads of job `id`'s record in `queue` to `pipe`: its
+/// final record, its record in `live` (at most one of the two exists),
+/// and when that one expires (`ends`); see [`RedisBroker::pick_record`].
+fn read_record(pipe: &mut redis::Pipeline, queue: &str, id: JobId) {
+    let p = prefix(queue);
+    pipe.get(final_key(&p, id))
+        .hget(live_key(&p), id.to_string())
+        .zscore(format!("{p}ends"), id.to_string());
+}
+
+/// Where the records of a queue's waiting and running jobs are.
+fn live_key(p: &str) -> String {
+    format!("{p}live")
+}
+
+/// The layout of a queue's keys that this build reads and writes (`layout`,
+/// see [`RedisBroker::migrate_layout`]).
+const LAYOUT: &str = "2";
 
 struct Scripts {
     enqueue: Script,
@@ -210,16 +285,17 @@ struct Scripts {
     wf_end: Script,
     wf_launched: Script,
     outbox: Script,
+    migrate: Script,
 }
 
 impl Scripts {
-    fn new() -> Self {
+    fn new(strict: bool) -> Self {
         // Every script starts with the argument checks of `check.lua`, and
         // with a shebang: on a cluster, Redis then refuses a script that
         // touches a key outside the slot of its first key (scripts
         // without one may touch any slot the node holds), so a script
         // that strays fails every test on the cluster.
-        let script = |body: &str| Script::new(&script_source(body));
+        let script = |body: &str| Script::new(&script_source(body, strict));
         Scripts {
             enqueue: script(include_str!("lua/enqueue.lua")),
             settle: script(include_str!("lua/settle.lua")),
@@ -234,11 +310,12 @@ impl Scripts {
             wf_end: script(include_str!("lua/wf_end.lua")),
             wf_launched: script(include_str!("lua/wf_launched.lua")),
             outbox: script(include_str!("lua/outbox.lua")),
+            migrate: script(include_str!("lua/migrate.lua")),
         }
     }
 
     /// Their names, for the `command` label of Redis errors.
-    fn named(&self) -> [(&'static str, &Script); 13] {
+    fn named(&self) -> [(&'static str, &Script); 14] {
         [
             ("enqueue", &self.enqueue),
             ("settle", &self.settle),
@@ -253,6 +330,7 @@ impl Scripts {
             ("wf_end", &self.wf_end),
             ("wf_launched", &self.wf_launched),
             ("outbox", &self.outbox),
+            ("migrate", &self.migrate),
         ]
     }
 }
@@ -262,6 +340,11 @@ struct Inner {
     conn: Counted,
     scripts: Scripts,
     known_queues: Mutex<HashSet<String>>,
+    /// Queues whose keys this process has seen in [`LAYOUT`] (migrated).
+    laid_out: Mutex<HashSet<String>>,
+    /// Per queue, the rate-limit keys its jobs were seen to need: a settle
+    /// call declares their logs.
+    limit_keys: Mutex<HashMap<String, Vec<String>>>,
     hub: Mutex<Option<Hub>>,
     /// Set by [`RedisBroker::close`]: the hubs on shard channels stop.
     stop: tokio::sync::watch::Sender<bool>,
@@ -330,13 +413,15 @@ impl RedisBroker {
     pub async fn connect_with(url: &str, tls: &RedisTls) -> BrokerResult<Self> {
         let endpoint = RedisEndpoint::open(url, tls)?;
         let conn = endpoint.connect().await?;
-        let scripts = Scripts::new();
+        let scripts = Scripts::new(false);
         Ok(RedisBroker {
             inner: Arc::new(Inner {
                 endpoint,
                 conn: conn.with_scripts(scripts.named()),
                 scripts,
                 known_queues: Mutex::new(HashSet::new()),
+                laid_out: Mutex::new(HashSet::new()),
+                limit_keys: Mutex::new(HashMap::new()),
                 hub: Mutex::new(None),
                 stop: tokio::sync::watch::Sender::new(false),
                 hub_tasks: Mutex::new(Vec::new()),
@@ -357,6 +442,18 @@ impl RedisBroker {
                 skew_ms,
                 ..Clock::default()
             });
+        }
+        self
+    }
+
+    /// This broker with scripts that refuse to touch a key they did not
+    /// declare in KEYS, as strict servers do (Dragonfly, Kvrocks with
+    /// `lua-strict-key-accessing`; `lua/strict.lua`). Slower: for tests.
+    /// Call it right after `connect`.
+    pub fn with_strict_keys(mut self) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.scripts = Scripts::new(true);
+            inner.conn = inner.conn.clone().with_scripts(inner.scripts.named());
         }
         self
     }
@@ -420,7 +517,8 @@ impl RedisBroker {
         &self.inner.endpoint
     }
 
-    /// The queue and record of job `id`. The index names the queue (two
+    /// The queue and record of job `id`: its final record (`job:<id>`)
+    /// or, while it waits or runs, its record in `live`. The index names the queue (two
     /// commands whatever the number of queues); an id it does not know (an
     /// unknown id, a job older than the index, one that waited more than a
     /// day unrun) is looked for in every queue.
@@ -429,8 +527,10 @@ impl RedisBroker {
         if let Some(bucket) = index_key(id) {
             let queue: Option<String> = conn.hget(&bucket, id.to_string()).await?;
             if let Some(q) = queue {
-                let rec: Option<String> = conn.get(format!("{}job:{id}", prefix(&q))).await?;
-                return Ok(rec.map(|r| (q, r)));
+                let mut pipe = redis::pipe();
+                read_record(&mut pipe, &q, id);
+                let (fin, live, ends) = pipe.query_async(&mut conn).await?;
+                return Ok(self.pick_record(fin, live, ends).map(|r| (q, r)));
             }
         }
         let queues: Vec<String> = conn.smembers(QUEUES_KEY).await?;
@@ -439,13 +539,35 @@ impl RedisBroker {
         }
         let mut pipe = redis::pipe();
         for q in &queues {
-            pipe.get(format!("{}job:{id}", prefix(q)));
+            read_record(&mut pipe, q, id);
         }
-        let recs: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
-        Ok(queues
-            .into_iter()
-            .zip(recs)
-            .find_map(|(q, r)| r.map(|r| (q, r))))
+        let reads: Vec<Value> = pipe.query_async(&mut conn).await?;
+        for (q, r) in queues.into_iter().zip(reads.chunks(3)) {
+            let [fin, live, ends] = r else { break };
+            let rec = self.pick_record(
+                redis::from_redis_value_ref(fin).map_err(redis::RedisError::from)?,
+                redis::from_redis_value_ref(live).map_err(redis::RedisError::from)?,
+                redis::from_redis_value_ref(ends).map_err(redis::RedisError::from)?,
+            );
+            if let Some(rec) = rec {
+                return Ok(Some((q, rec)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A job's record from its reads ([`read_record`]): the final one, or
+    /// the one in `live` unless its time in `ends` is past (a due check
+    /// drops it from `live` later; until then it is as good as gone, as a
+    /// key past its TTL is).
+    fn pick_record(
+        &self,
+        fin: Option<String>,
+        live: Option<String>,
+        ends: Option<f64>,
+    ) -> Option<String> {
+        let expired = |at: f64| self.inner.clock.local(at as i64) <= self.inner.clock.now();
+        fin.or_else(|| live.filter(|_| !ends.is_some_and(expired)))
     }
 
     /// One read of job `id` (see [`Broker::get`]).
@@ -458,11 +580,10 @@ impl RedisBroker {
             return Ok(Some(job));
         }
         let p = prefix(&queue);
-        let reply: Value = self
-            .inner
-            .scripts
-            .status
-            .key(format!("{p}job:{id}"))
+        let mut inv = self.inner.scripts.status.prepare_invoke();
+        queue_keys(&mut inv, &p);
+        let reply: Value = inv
+            .key(final_key(&p, id))
             .arg(&p)
             .arg(id.to_string())
             .invoke_async(&mut self.conn())
@@ -861,73 +982,7 @@ impl Broker for RedisBroker {
             self.register_queue(q).await?;
             let idx: Vec<usize> = (0..jobs.len()).filter(|&i| jobs[i].queue == *q).collect();
             for chunk in idx.chunks(ENQUEUE_CHUNK) {
-                let p = prefix(q);
-                let mut inv = self.inner.scripts.enqueue.prepare_invoke();
-                inv.key(format!("{p}ready"))
-                    .arg(&p)
-                    .arg(self.chan(q))
-                    .arg(q)
-                    .arg(ttl_ms(self.inner.idempotency_ttl))
-                    .arg(chunk.len());
-                let now = self.inner.clock.now();
-                let mut entries = Vec::with_capacity(chunk.len());
-                for &i in chunk {
-                    let j = &jobs[i];
-                    // A delay: the script adds it to the server's clock.
-                    let delay = j
-                        .eta
-                        .filter(|e| *e > now)
-                        .map(|e| (e - now).num_milliseconds().max(1))
-                        .unwrap_or(0);
-                    // A job that expires unrun is kept a result-TTL past its expiry.
-                    let ttl = j
-                        .expires
-                        .map(|e| (e - now).num_milliseconds().max(1) as u64 + j.result_ttl_ms)
-                        .unwrap_or(0);
-                    inv.arg(j.id.to_string())
-                        .arg(j.to_json())
-                        .arg(delay)
-                        .arg(match (&j.idempotency_key, &j.workflow) {
-                            (Some(k), _) => k.as_str(),
-                            // A workflow's step: stored once by its id.
-                            (None, Some(_)) => "=",
-                            (None, None) => "",
-                        })
-                        .arg(ttl)
-                        .arg(j.priority);
-                    // The index outlives the record: a day past the due
-                    // time (or the expiry) and the result's TTL.
-                    let wait = (delay.max(0) as u64 + INDEX_RETAIN_MS).max(ttl);
-                    entries.push((j.id, q.as_str(), wait.saturating_add(j.result_ttl_ms)));
-                }
-                let mut conn = self.conn();
-                // The jobs first: a worker waits for them, nobody for the index.
-                let (reply, indexed) =
-                    tokio::join!(inv.invoke_async::<Value>(&mut conn), self.index(&entries));
-                let reply = reply?;
-                // Stored but not indexed: lookups still find it (slower).
-                if let Err(e) = indexed {
-                    tracing::warn!(queue = %q, "indexing jobs: {e}");
-                }
-                let reply = as_array(reply);
-                if reply.len() != chunk.len() * 2 {
-                    return Err(protocol("enqueue reply has the wrong length"));
-                }
-                for (k, &i) in chunk.iter().enumerate() {
-                    let flag = as_string(&reply[2 * k]).unwrap_or_default();
-                    results[i] = Some(if flag == "dup" {
-                        let rec = as_string(&reply[2 * k + 1]).unwrap_or_default();
-                        Enqueued {
-                            job: Job::from_json(&rec)?,
-                            created: false,
-                        }
-                    } else {
-                        Enqueued {
-                            job: jobs[i].clone(),
-                            created: true,
-                        }
-                    });
-                }
+                self.enqueue_chunk(q, &jobs, chunk, &mut results).await?;
             }
         }
         for r in results {
@@ -988,11 +1043,10 @@ impl Broker for RedisBroker {
             }
             job = job.revoked("revoked before it ran", Utc::now());
             let p = prefix(&queue);
-            let reply: String = self
-                .inner
-                .scripts
-                .revoke
-                .key(format!("{p}job:{id}"))
+            let mut inv = self.inner.scripts.revoke.prepare_invoke();
+            queue_keys(&mut inv, &p);
+            let reply: String = inv
+                .key(final_key(&p, id))
                 .arg(&p)
                 .arg(id.to_string())
                 .arg(job.to_json())
@@ -1027,86 +1081,44 @@ impl Broker for RedisBroker {
     }
 
     async fn settle(&self, req: SettleRequest) -> BrokerResult<SettleReply> {
-        let q = &req.queue;
-        let p = prefix(q);
-        let clock = &self.inner.clock;
-        let sent = clock.local_ms();
-        let mut inv = self.inner.scripts.settle.prepare_invoke();
-        inv.key(format!("{p}ready"))
-            .arg(&p)
-            .arg(self.chan(q))
-            .arg(q)
-            .arg(ttl_ms(req.lease))
-            .arg(&req.worker)
-            .arg(req.fetch)
-            .arg(if req.due_check { "1" } else { "0" })
-            .arg(req.completions.len())
-            .arg(if req.holds_leases { "1" } else { "0" })
-            .arg(if req.prioritized { "1" } else { "0" })
-            .arg(req.idle)
-            .arg(if req.registered { "1" } else { "0" });
-        for c in req.completions.iter() {
-            push_completion(&mut inv, c, sent);
+        self.migrate_layout(&req.queue).await?;
+        let (mut out, undeclared) = self.settle_once(&req).await?;
+        if undeclared.is_empty() {
+            return Ok(out);
         }
-        let reindex = reindexed(&req.completions, q, sent);
-        let reply: Value = if reindex.is_empty() {
-            inv.invoke_async(&mut self.conn()).await?
-        } else {
-            let mut conn = self.conn();
-            let (indexed, reply) =
-                tokio::join!(self.index(&reindex), inv.invoke_async::<Value>(&mut conn));
-            if let Err(e) = indexed {
-                tracing::warn!(queue = %q, "indexing jobs: {e}");
+        // Leased jobs needed rate-limit logs the call did not declare:
+        // they were left first in line. Declared from now on, and leased
+        // at once (the rest of the reply stands).
+        {
+            let mut known = self
+                .inner
+                .limit_keys
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let keys = known.entry(req.queue.clone()).or_default();
+            for k in undeclared {
+                if !keys.contains(&k) {
+                    keys.push(k);
+                }
             }
-            reply?
-        };
-        let mut parts = as_array(reply).into_iter();
-        let leased = as_array(parts.next().ok_or_else(|| protocol("settle: no leases"))?);
-        let stale = as_array(parts.next().unwrap_or(Value::Nil));
-        let next_due = parts.next().and_then(|v| as_string(&v)).unwrap_or_default();
-        let deferred = parts.next().and_then(|v| as_string(&v)).unwrap_or_default();
-        let popped = match parts.next() {
-            Some(Value::Int(n)) => n.max(0) as usize,
-            _ => 0,
-        };
-        if let Some(Value::Int(server_now)) = parts.next() {
-            clock.observe(server_now, sent);
         }
-        let reclaimed = match parts.next() {
-            Some(Value::Int(n)) => n.max(0) as usize,
-            _ => 0,
+        let again = SettleRequest {
+            completions: Arc::from(Vec::new()),
+            fetch: req.fetch.saturating_sub(out.deliveries.len()),
+            due_check: false,
+            registered: out.registered,
+            ..req
         };
-        let prioritized_left = parts.next().and_then(|v| as_string(&v)).as_deref() == Some("1");
-        let outbox = as_array(parts.next().unwrap_or(Value::Nil))
-            .iter()
-            .filter_map(as_string)
-            .filter_map(|s| s.parse().ok())
-            .collect();
-        let registered = parts.next().and_then(|v| as_string(&v)).as_deref() == Some("1");
-        let push_in_flight = parts.next().and_then(|v| as_string(&v)).as_deref() == Some("1");
-        let mut out = SettleReply {
-            popped,
-            reclaimed,
-            prioritized_left,
-            outbox,
-            registered,
-            push_in_flight,
-            deliveries: deliveries(q, leased.iter().filter_map(as_string))?,
-            ..SettleReply::default()
+        let (more, _) = self.settle_once(&again).await?;
+        out.deliveries.extend(more.deliveries);
+        out.popped += more.popped;
+        out.deferred_until = match (out.deferred_until, more.deferred_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
-        out.stale = stale
-            .iter()
-            .filter_map(as_string)
-            .filter_map(|s| s.parse().ok())
-            .collect();
-        out.next_due = next_due
-            .parse::<f64>()
-            .ok()
-            .map(|ms| clock.local(ms as i64));
-        out.deferred_until = deferred
-            .parse::<f64>()
-            .ok()
-            .map(|ms| clock.local(ms as i64));
+        out.prioritized_left |= more.prioritized_left;
+        out.registered = more.registered;
+        out.push_in_flight |= more.push_in_flight;
         Ok(out)
     }
 
@@ -1678,8 +1690,9 @@ impl Broker for RedisBroker {
 
 impl RedisBroker {
     /// The jobs of `entries` as a lookup shows them at `now` (STARTED
-    /// while leased, EXPIRED past their expiry), in order: one MGET per
-    /// queue, and one HMGET of its leases for the jobs not yet final.
+    /// while leased, EXPIRED past their expiry), in order: one MGET and one
+    /// HMGET of `live` per queue, and one HMGET of its leases for the jobs
+    /// not yet final.
     async fn shown(
         &self,
         entries: &[(String, JobId)],
@@ -1730,8 +1743,300 @@ fn member_id(member: &str) -> &str {
 }
 
 impl RedisBroker {
+    /// One settle call (see [`Broker::settle`]), and the rate-limit keys of
+    /// jobs it could not lease because their logs were not declared.
+    async fn settle_once(&self, req: &SettleRequest) -> BrokerResult<(SettleReply, Vec<String>)> {
+        let q = &req.queue;
+        let p = prefix(q);
+        let clock = &self.inner.clock;
+        let sent = clock.local_ms();
+        let mut inv = self.inner.scripts.settle.prepare_invoke();
+        queue_keys(&mut inv, &p);
+        for c in req.completions.iter() {
+            if !matches!(c.settlement, Settlement::Release) {
+                inv.key(final_key(&p, c.lease.id));
+            }
+        }
+        if let Some(keys) = self
+            .inner
+            .limit_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(q)
+        {
+            for k in keys {
+                inv.key(format!("{p}rl:{k}")).key(format!("{p}rl:{k}:tail"));
+            }
+        }
+        inv.arg(&p)
+            .arg(self.chan(q))
+            .arg(q)
+            .arg(ttl_ms(req.lease))
+            .arg(&req.worker)
+            .arg(req.fetch)
+            .arg(if req.due_check { "1" } else { "0" })
+            .arg(req.completions.len())
+            .arg(if req.holds_leases { "1" } else { "0" })
+            .arg(if req.prioritized { "1" } else { "0" })
+            .arg(req.idle)
+            .arg(if req.registered { "1" } else { "0" });
+        for c in req.completions.iter() {
+            push_completion(&mut inv, c, sent);
+        }
+        let reindex = reindexed(&req.completions, q, sent);
+        let reply: Value = if reindex.is_empty() {
+            inv.invoke_async(&mut self.conn()).await?
+        } else {
+            let mut conn = self.conn();
+            let (indexed, reply) =
+                tokio::join!(self.index(&reindex), inv.invoke_async::<Value>(&mut conn));
+            if let Err(e) = indexed {
+                tracing::warn!(queue = %q, "indexing jobs: {e}");
+            }
+            reply?
+        };
+        let mut parts = as_array(reply).into_iter();
+        let leased = as_array(parts.next().ok_or_else(|| protocol("settle: no leases"))?);
+        let stale = as_array(parts.next().unwrap_or(Value::Nil));
+        let next_due = parts.next().and_then(|v| as_string(&v)).unwrap_or_default();
+        let deferred = parts.next().and_then(|v| as_string(&v)).unwrap_or_default();
+        let popped = match parts.next() {
+            Some(Value::Int(n)) => n.max(0) as usize,
+            _ => 0,
+        };
+        if let Some(Value::Int(server_now)) = parts.next() {
+            clock.observe(server_now, sent);
+        }
+        let reclaimed = match parts.next() {
+            Some(Value::Int(n)) => n.max(0) as usize,
+            _ => 0,
+        };
+        let prioritized_left = parts.next().and_then(|v| as_string(&v)).as_deref() == Some("1");
+        let outbox = as_array(parts.next().unwrap_or(Value::Nil))
+            .iter()
+            .filter_map(as_string)
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        let registered = parts.next().and_then(|v| as_string(&v)).as_deref() == Some("1");
+        let push_in_flight = parts.next().and_then(|v| as_string(&v)).as_deref() == Some("1");
+        let undeclared: Vec<String> = as_array(parts.next().unwrap_or(Value::Nil))
+            .iter()
+            .filter_map(as_string)
+            .collect();
+        let mut out = SettleReply {
+            popped,
+            reclaimed,
+            prioritized_left,
+            outbox,
+            registered,
+            push_in_flight,
+            deliveries: deliveries(q, leased.iter().filter_map(as_string))?,
+            ..SettleReply::default()
+        };
+        out.stale = stale
+            .iter()
+            .filter_map(as_string)
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        out.next_due = next_due
+            .parse::<f64>()
+            .ok()
+            .map(|ms| clock.local(ms as i64));
+        out.deferred_until = deferred
+            .parse::<f64>()
+            .ok()
+            .map(|ms| clock.local(ms as i64));
+        Ok((out, undeclared))
+    }
+
+    /// Moves queue `queue` to this build's [`LAYOUT`], once per process
+    /// (a key, `layout`, says it is done). Layout 1 kept every record in
+    /// `job:<id>`; layout 2 keeps those of waiting and running jobs in
+    /// `live` (a lease cannot declare the records it pops), and a lease
+    /// drops an entry whose record is not there. So every queue entry's
+    /// record is moved before this process leases: the entries are read a
+    /// page at a time and moved by `lua/migrate.lua`, which declares them.
+    /// A process of an earlier build must not run beside it (see
+    /// `docs/scaling.md`, "Upgrading").
+    async fn migrate_layout(&self, queue: &str) -> BrokerResult<()> {
+        let done = |s: &Self| {
+            s.inner
+                .laid_out
+                .lock()
+                .map(|l| l.contains(queue))
+                .unwrap_or(false)
+        };
+        if done(self) {
+            return Ok(());
+        }
+        let p = prefix(queue);
+        let mut conn = self.conn();
+        let layout: Option<String> = conn.get(format!("{p}layout")).await?;
+        if layout.as_deref() != Some(LAYOUT) {
+            let mut moved = 0u64;
+            for (key, list) in [
+                ("ready", true),
+                ("prio", false),
+                ("delayed", false),
+                ("leases", false),
+            ] {
+                let key = format!("{p}{key}");
+                let mut from = 0isize;
+                loop {
+                    let to = from + PURGE_PAGE as isize - 1;
+                    let members: Vec<String> = if list {
+                        conn.lrange(&key, from, to).await?
+                    } else {
+                        conn.zrange(&key, from, to).await?
+                    };
+                    if members.is_empty() {
+                        break;
+                    }
+                    let mut inv = self.inner.scripts.migrate.prepare_invoke();
+                    inv.key(live_key(&p));
+                    for m in &members {
+                        let id = member_id(m);
+                        inv.key(final_key(&p, id)).arg(id);
+                    }
+                    let n: u64 = inv.invoke_async(&mut conn).await?;
+                    moved += n;
+                    from += members.len() as isize;
+                }
+            }
+            let _: () = conn.set(format!("{p}layout"), LAYOUT).await?;
+            if moved > 0 {
+                tracing::info!(queue, moved, "queue moved to layout {LAYOUT}");
+            }
+        }
+        if let Ok(mut l) = self.inner.laid_out.lock() {
+            l.insert(queue.to_string());
+        }
+        Ok(())
+    }
+
+    /// Stores jobs `chunk` (indexes into `jobs`) of queue `q` with one
+    /// enqueue call, and indexes them beside it. A job whose idempotency
+    /// key names an earlier job that has ended is sent again, declaring
+    /// that job's record key (a call cannot read a key it did not
+    /// declare, and the earlier id is only known once the key is read).
+    async fn enqueue_chunk(
+        &self,
+        q: &str,
+        jobs: &[Job],
+        chunk: &[usize],
+        results: &mut [Option<Enqueued>],
+    ) -> BrokerResult<()> {
+        let p = prefix(q);
+        let now = self.inner.clock.now();
+        // A delay: the script adds it to the server's clock.
+        let delay_of = |j: &Job| {
+            j.eta
+                .filter(|e| *e > now)
+                .map(|e| (e - now).num_milliseconds().max(1))
+                .unwrap_or(0)
+        };
+        // A job that expires unrun is kept a result-TTL past its expiry.
+        let ttl_of = |j: &Job| {
+            j.expires
+                .map(|e| (e - now).num_milliseconds().max(1) as u64 + j.result_ttl_ms)
+                .unwrap_or(0)
+        };
+        // The index outlives the record: a day past the due time (or the
+        // expiry) and the result's TTL.
+        let entries: Vec<(JobId, &str, u64)> = chunk
+            .iter()
+            .map(|&i| {
+                let j = &jobs[i];
+                let wait = (delay_of(j).max(0) as u64 + INDEX_RETAIN_MS).max(ttl_of(j));
+                (j.id, q, wait.saturating_add(j.result_ttl_ms))
+            })
+            .collect();
+        // Jobs to send, each with the earlier id whose record it declares.
+        let mut todo: Vec<(usize, String)> = chunk.iter().map(|&i| (i, String::new())).collect();
+        let mut first = true;
+        for _ in 0..ENQUEUE_ROUNDS {
+            let mut inv = self.inner.scripts.enqueue.prepare_invoke();
+            queue_keys(&mut inv, &p);
+            inv.arg(&p)
+                .arg(self.chan(q))
+                .arg(q)
+                .arg(ttl_ms(self.inner.idempotency_ttl))
+                .arg(todo.len());
+            for (i, earlier) in &todo {
+                let j = &jobs[*i];
+                let idem = match (&j.idempotency_key, &j.workflow) {
+                    (Some(k), _) => {
+                        inv.key(format!("{p}idem:{k}"));
+                        inv.key(final_key(&p, j.id));
+                        k.as_str()
+                    }
+                    // A workflow's step: stored once by its id.
+                    (None, Some(_)) => {
+                        inv.key(final_key(&p, j.id));
+                        "="
+                    }
+                    (None, None) => "",
+                };
+                if !earlier.is_empty() {
+                    inv.key(final_key(&p, earlier));
+                }
+                inv.arg(j.id.to_string())
+                    .arg(j.to_json())
+                    .arg(delay_of(j))
+                    .arg(idem)
+                    .arg(ttl_of(j))
+                    .arg(j.priority)
+                    .arg(earlier);
+            }
+            let mut conn = self.conn();
+            let reply = if first {
+                first = false;
+                // The jobs first: a worker waits for them, nobody for the index.
+                let (reply, indexed) =
+                    tokio::join!(inv.invoke_async::<Value>(&mut conn), self.index(&entries));
+                // Stored but not indexed: lookups still find it (slower).
+                if let Err(e) = indexed {
+                    tracing::warn!(queue = %q, "indexing jobs: {e}");
+                }
+                reply?
+            } else {
+                inv.invoke_async::<Value>(&mut conn).await?
+            };
+            let reply = as_array(reply);
+            if reply.len() != todo.len() * 2 {
+                return Err(protocol("enqueue reply has the wrong length"));
+            }
+            let mut again = Vec::new();
+            for (k, (i, _)) in todo.iter().enumerate() {
+                let flag = as_string(&reply[2 * k]).unwrap_or_default();
+                let arg = as_string(&reply[2 * k + 1]).unwrap_or_default();
+                results[*i] = match flag.as_str() {
+                    "dup" => Some(Enqueued {
+                        job: Job::from_json(&arg)?,
+                        created: false,
+                    }),
+                    "new" => Some(Enqueued {
+                        job: jobs[*i].clone(),
+                        created: true,
+                    }),
+                    "again" => {
+                        again.push((*i, arg));
+                        continue;
+                    }
+                    other => return Err(protocol(&format!("enqueue replied {other:?}"))),
+                };
+            }
+            if again.is_empty() {
+                return Ok(());
+            }
+            todo = again;
+        }
+        Err(protocol("enqueue: an idempotency key kept changing"))
+    }
+
     /// The records of jobs `ids` of `queue`, in order (None where a record
-    /// is gone): one MGET per [`ENQUEUE_CHUNK`] ids.
+    /// is gone), final or live: one MGET, one HMGET and one ZMSCORE (of
+    /// `ends`), in one round trip, per [`ENQUEUE_CHUNK`] ids.
     async fn records(
         &self,
         queue: &str,
@@ -1740,15 +2045,26 @@ impl RedisBroker {
         let p = prefix(queue);
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(ENQUEUE_CHUNK) {
-            let keys: Vec<String> = chunk
-                .iter()
-                .map(|id| format!("{p}job:{}", id.as_ref()))
-                .collect();
-            let recs: Vec<Option<String>> = redis::cmd("MGET")
+            let keys: Vec<String> = chunk.iter().map(|id| final_key(&p, id.as_ref())).collect();
+            let fields: Vec<&str> = chunk.iter().map(|id| id.as_ref()).collect();
+            type Recs = Vec<Option<String>>;
+            let (fin, live, ends): (Recs, Recs, Vec<Option<f64>>) = redis::pipe()
+                .cmd("MGET")
                 .arg(&keys)
+                .cmd("HMGET")
+                .arg(live_key(&p))
+                .arg(&fields)
+                .cmd("ZMSCORE")
+                .arg(format!("{p}ends"))
+                .arg(&fields)
                 .query_async(&mut self.conn())
                 .await?;
-            out.extend(recs);
+            out.extend(
+                fin.into_iter()
+                    .zip(live)
+                    .zip(ends)
+                    .map(|((f, l), e)| self.pick_record(f, l, e)),
+            );
         }
         Ok(out)
     }
@@ -1827,10 +2143,8 @@ impl RedisBroker {
         let recs = self.records(queue, &ids).await?;
         let at = Utc::now();
         let mut inv = self.inner.scripts.purge.prepare_invoke();
-        inv.key(format!("{p}ready"))
-            .arg(&p)
-            .arg(self.chan(queue))
-            .arg(queue);
+        queue_keys(&mut inv, &p);
+        inv.arg(&p).arg(self.chan(queue)).arg(queue);
         let mut entries = Vec::new();
         let mut indexed = Vec::new();
         for ((id, member), rec) in ids.iter().zip(members).zip(&recs) {
@@ -1875,6 +2189,7 @@ impl RedisBroker {
         }
         inv.arg(entries.len());
         for e in &entries {
+            inv.key(final_key(&p, &e[0]));
             for a in e {
                 inv.arg(a);
             }
@@ -1904,11 +2219,10 @@ impl RedisBroker {
         let mut replayed = Vec::new();
         for chunk in jobs.chunks(ENQUEUE_CHUNK) {
             let mut inv = self.inner.scripts.replay.prepare_invoke();
-            inv.key(format!("{p}ready"))
-                .arg(&p)
-                .arg(self.chan(queue))
-                .arg(queue);
+            queue_keys(&mut inv, &p);
+            inv.arg(&p).arg(self.chan(queue)).arg(queue);
             for j in chunk {
+                inv.key(final_key(&p, j.id));
                 inv.arg(j.id.to_string()).arg(j.fresh_attempt().to_json());
             }
             let done: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
@@ -2286,10 +2600,66 @@ mod tests {
         assert!(include_str!("lua/check.lua").contains(&line));
     }
 
+    /// Strict keys refuse what a strict server refuses: a command on a key
+    /// the call did not declare (wherever the command keeps its keys),
+    /// and a command the check does not know. Plain scripts run as before.
+    #[tokio::test]
+    async fn strict_scripts_refuse_undeclared_keys() {
+        let server = runner_test_support::RedisServer::start();
+        let mut conn = redis::Client::open(server.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let run = async |conn: &mut redis::aio::MultiplexedConnection, strict, body: &str| {
+            Script::new(&script_source(body, strict))
+                .key("runner:{q}:a")
+                .key("runner:{q}:b")
+                .arg("runner:{q}:c")
+                .invoke_async::<Value>(conn)
+                .await
+        };
+        let declared = "redis.call('SET', KEYS[1], 'x')\nreturn redis.call('GET', KEYS[1])";
+        assert_eq!(
+            as_string(&run(&mut conn, true, declared).await.unwrap()).as_deref(),
+            Some("x")
+        );
+        let cases = [
+            (
+                "return redis.call('GET', ARGV[1])",
+                "GET on undeclared key runner:{q}:c",
+            ),
+            (
+                "return redis.call('MGET', KEYS[1], KEYS[2], ARGV[1])",
+                "MGET on undeclared key runner:{q}:c",
+            ),
+            (
+                "redis.call('MSET', KEYS[1], ARGV[1], ARGV[1], 1)\nreturn false",
+                "MSET on undeclared key runner:{q}:c",
+            ),
+            (
+                "return redis.pcall('hexists', ARGV[1] .. ':h', 'f')",
+                "HEXISTS on undeclared key runner:{q}:c:h",
+            ),
+            (
+                "return redis.call('APPEND', KEYS[1], 'y')",
+                "command APPEND is not known",
+            ),
+        ];
+        for (body, refused) in cases {
+            let e = run(&mut conn, true, body).await.unwrap_err();
+            assert!(e.to_string().contains(refused), "{body}: {e}");
+            run(&mut conn, false, body).await.unwrap();
+        }
+    }
+
     #[test]
     fn every_script_is_sent_with_a_shebang() {
-        let src = script_source("return 1");
-        assert!(src.starts_with("#!lua\n"), "{src}");
-        assert!(src.ends_with("\nreturn 1"));
+        for strict in [false, true] {
+            let src = script_source("return 1", strict);
+            assert!(src.starts_with("#!lua\n"), "{src}");
+            assert!(src.ends_with("\nreturn 1"));
+            assert_eq!(src.contains("strict_check"), strict);
+        }
     }
 }

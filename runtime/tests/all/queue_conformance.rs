@@ -64,7 +64,9 @@ pub async fn cluster() -> Env {
         .await
         .unwrap();
     let url = cluster.url_as("runner", "conformance");
-    let broker: Arc<dyn Broker> = Arc::new(RedisBroker::connect(&url).await.unwrap());
+    // Strict keys: every script must declare every key it touches.
+    let broker: Arc<dyn Broker> =
+        Arc::new(RedisBroker::connect(&url).await.unwrap().with_strict_keys());
     Env {
         producer: Producer::new(broker.clone(), registry().await),
         broker,
@@ -89,7 +91,9 @@ pub(crate) async fn on_cluster(broker: RedisBroker, cluster: RedisCluster) -> En
 pub async fn redis() -> Env {
     let server = RedisServer::start_with_acl(&crate::redis_tls::runner_acl("conformance"));
     let url = server.url_as("runner", "conformance");
-    let broker: Arc<dyn Broker> = Arc::new(RedisBroker::connect(&url).await.unwrap());
+    // Strict keys: every script must declare every key it touches.
+    let broker: Arc<dyn Broker> =
+        Arc::new(RedisBroker::connect(&url).await.unwrap().with_strict_keys());
     Env {
         producer: Producer::new(broker.clone(), registry().await),
         broker,
@@ -236,6 +240,24 @@ async fn idempotency_key_returns_first_job(env: Env) {
         .await
         .unwrap();
     assert_eq!(r.deliveries.len(), 1);
+    // Once the job has ended, the key still names it: its final record
+    // comes back (on Redis, read by a second call that declares its key).
+    env.broker
+        .settle(settle(
+            "work",
+            "w",
+            vec![success(&r.deliveries[0], "\"done\"")],
+            0,
+        ))
+        .await
+        .unwrap();
+    let mut req = call("{}");
+    req.idempotency_key = Some("welcome-42".into());
+    let third = env.producer.enqueue(req).await.unwrap();
+    assert!(!third.created);
+    assert_eq!(third.job.id, first.job.id);
+    assert_eq!(third.job.state, JobState::Success);
+    assert_eq!(third.job.result.as_deref(), Some("\"done\""));
 }
 
 async fn countdown_waits_in_the_broker(env: Env) {
@@ -2103,6 +2125,90 @@ async fn redis_listings_and_replays_read_only_what_they_need() {
         ws.iter().map(|w| w.id.as_str()).collect::<Vec<_>>(),
         ["live"]
     );
+}
+
+/// A queue stored by an earlier build (layout 1: every record in
+/// `job:<id>`) is moved by this build's first settle, before it leases:
+/// every waiting job runs (a lease drops an entry whose record is not in
+/// `live`), and reads find the records before and after the move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_of_the_earlier_layout_is_moved_before_it_is_leased() {
+    let server = RedisServer::start();
+    let env = redis_on(&server).await;
+    let mut conn = admin_connection(&server).await;
+    let mut ids = Vec::new();
+    for p in [0, 0, 5] {
+        let mut req = call("{}");
+        req.priority = Some(p);
+        ids.push(env.producer.enqueue(req).await.unwrap().job.id);
+    }
+    // Back to layout 1, as an earlier build left it.
+    for id in &ids {
+        let rec: String = redis::cmd("HGET")
+            .arg("runner:{work}:live")
+            .arg(id.to_string())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let _: () = redis::pipe()
+            .set(format!("runner:{{work}}:job:{id}"), rec)
+            .hdel("runner:{work}:live", id.to_string())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        env.broker.get(ids[0]).await.unwrap().unwrap().state,
+        JobState::Pending
+    );
+    // A process of this build: strict, and new to the queue.
+    let b: Arc<dyn Broker> = Arc::new(
+        RedisBroker::connect(&server.url())
+            .await
+            .unwrap()
+            .with_strict_keys(),
+    );
+    let r = b.settle(settle("work", "w", vec![], 10)).await.unwrap();
+    let mut leased: Vec<JobId> = r.deliveries.iter().map(|d| d.job.id).collect();
+    assert_eq!(leased[0], ids[2], "the prioritized job first");
+    leased.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(leased, want, "no job of the earlier layout is dropped");
+    let layout: Option<String> = redis::cmd("GET")
+        .arg("runner:{work}:layout")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(layout.as_deref(), Some("2"));
+    let left: u64 = redis::cmd("EXISTS")
+        .arg(
+            ids.iter()
+                .map(|id| format!("runner:{{work}}:job:{id}"))
+                .collect::<Vec<_>>(),
+        )
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the records moved to live");
+    assert_eq!(
+        b.get(ids[1]).await.unwrap().unwrap().state,
+        JobState::Started
+    );
+    let done: Vec<Completion> = r.deliveries.iter().map(|d| success(d, "1")).collect();
+    b.settle(settle("work", "w", done, 0)).await.unwrap();
+    for id in &ids {
+        assert_eq!(
+            env.broker.get(*id).await.unwrap().unwrap().state,
+            JobState::Success
+        );
+    }
+    let live: u64 = redis::cmd("HLEN")
+        .arg("runner:{work}:live")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(live, 0, "ended jobs leave live");
 }
 
 /// The index bucket keys of a server (the test's own: KEYS is fine here).

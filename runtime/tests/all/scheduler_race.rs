@@ -91,8 +91,15 @@ async fn a_paused_replica_does_not_fire_again_what_another_fired() {
     let mut drain = async |jobs: &mut Vec<Job>| {
         let taken = take_jobs(&a.broker).await;
         for j in &taken {
-            let _: () = redis::cmd("DEL")
+            // A leased job's record is in `live`; a final one in `job:<id>`.
+            let _: () = redis::pipe()
+                .cmd("DEL")
                 .arg(format!("runner:{{{QUEUE}}}:job:{}", j.id))
+                .ignore()
+                .cmd("HDEL")
+                .arg(format!("runner:{{{QUEUE}}}:live"))
+                .arg(j.id.to_string())
+                .ignore()
                 .query_async(&mut conn)
                 .await
                 .unwrap();

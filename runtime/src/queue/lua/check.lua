@@ -21,6 +21,11 @@ local function ttl_ms(v, what) return int_in(v, 1, MAX_MS, what) end
 local function time_ms(v, what) return int_in(v, 0, MAX_TIME_MS, what) end
 -- A count.
 local function count(v, what) return int_in(v, 0, 1000000000, what) end
+-- The keys this call declared: a script touches no other key (strict
+-- servers refuse it), so keys it cannot know in advance live in hashes it
+-- can (see `redis.rs`, "Keys").
+local DECLARED = {}
+for _, k in ipairs(KEYS) do DECLARED[k] = true end
 -- Publishes `msg` on a queue's channel `chan`: one with a hash tag
 -- (`runner:{q}:ev`, on a cluster) is a shard channel (sharded pub/sub,
 -- heard on the queue's own shard), any other a classic one.
@@ -168,7 +173,7 @@ end
 -- front of the ready jobs (a hand-back, a lost worker's lease): the front
 -- of the list, or the first of its priority (its record says which).
 local function stage_back(back, prio, P, id, member)
-  local p = rec_priority(redis.call('GET', P .. 'job:' .. id) or '')
+  local p = rec_priority(redis.call('HGET', P .. 'live', id) or '')
   if p > 0 then
     prio[#prio + 1] = prio_score(p, 0)
     prio[#prio + 1] = member

@@ -1,10 +1,18 @@
 -- Stores a batch of jobs and makes them ready or delayed, in one call.
--- KEYS[1]: the queue's ready list (routes the call to the queue's slot)
+-- KEYS: the queue's keys (`queue_keys` in redis.rs, the ready list first),
+--       then per job with an idempotency key its `idem:<key>` and its
+--       `job:<id>`, per workflow step its `job:<id>`, and per job with a
+--       known earlier id its `job:<earlier id>`.
 -- ARGV: prefix, channel, queue, idempotency ttl ms, n,
 --       then per job: id, record, delay ms (0 = ready now), idempotency key ('=': stored
---       once by its id, a workflow's step), record ttl ms (0 = none), priority (0-9)
+--       once by its id, a workflow's step), record ttl ms (0 = none), priority (0-9),
+--       earlier id (whose record key is declared: '' none)
 -- Due times are the server's now plus the delay (the producer's clock may be off).
--- Returns per job: 'new' or 'dup', then the earlier record for a dup ('' otherwise).
+-- Returns per job: 'new' or 'dup', then the earlier record for a dup ('' otherwise);
+-- or 'again', then the id its idempotency key names, whose final record
+-- the call could not read (nothing of that job was written: the caller
+-- sends it again, declaring that record's key).
+-- A record lives in `live` until its job ends (`redis.rs`, "Keys").
 -- A worker idle on the queue (`idle`, registered by its settle call) gets
 -- the first jobs made ready leased to it at once, published with the
 -- wake-up (`push`): it needs no lease call.
@@ -13,7 +21,7 @@ local P, chan, qname = ARGV[1], ARGV[2], ARGV[3]
 local PUSH_MARK_MS = 10000
 local idem_ttl = ttl_ms(ARGV[4], 'idempotency ttl')
 local n = count(ARGV[5], 'n')
-local W = 6 -- arguments per job
+local W = 7 -- arguments per job
 if #ARGV ~= 5 + n * W then arg_error('count', #ARGV) end
 for j = 0, n - 1 do
   local b = 6 + j * W
@@ -24,9 +32,9 @@ end
 local out = {}
 if n == 0 then return out end
 
-local mset, ready, delayed, indexed, prio = {}, {}, {}, {}, {}
+local hset, ready, delayed, indexed, prio = {}, {}, {}, {}, {}
 local now = nil
-local seen = {}
+local seen, seen_steps = {}, {}
 local wake = nil
 -- Records of ready jobs that may be pushed to an idle worker, by member.
 local pushable = {}
@@ -34,37 +42,62 @@ for j = 0, n - 1 do
   local b = 6 + j * W
   local id, rec, delay, idem, ttl = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3], tonumber(ARGV[b + 4])
   local p = tonumber(ARGV[b + 5])
+  local earlier = ARGV[b + 6]
   local dup = nil
-  local stored = false
+  local again = nil
+  -- Job `i`'s record, waiting or running (`live`, unless its time in
+  -- `ends` is past: as good as gone) or final (`job:<i>`).
+  local function live_record(i)
+    local r = redis.call('HGET', P .. 'live', i)
+    if r then
+      local e = redis.call('ZSCORE', P .. 'ends', i)
+      if e then
+        now = now or server_ms()
+        if tonumber(e) <= now then r = nil end
+      end
+    end
+    return r
+  end
+  local function record_of(i)
+    return live_record(i) or redis.call('GET', P .. 'job:' .. i)
+  end
   if idem == '=' then
     -- A workflow's step: its id is derived from the workflow and the
     -- step, and a second enqueue of it finds the first record.
-    local k = P .. 'job:' .. id
-    local ok
-    if ttl > 0 then
-      ok = redis.call('SET', k, rec, 'NX', 'PX', ttl)
-    else
-      ok = redis.call('SET', k, rec, 'NX')
-    end
-    if ok then stored = true else dup = redis.call('GET', k) or rec end
+    dup = seen_steps[id] or record_of(id)
+    if not dup then seen_steps[id] = rec end
   elseif idem ~= '' then
     dup = seen[idem]
     if not dup then
       local ik = P .. 'idem:' .. idem
       local prev = redis.call('GET', ik)
       if prev then
-        dup = redis.call('GET', P .. 'job:' .. prev)
-        -- The same job again (an id the runner derives, as for a beat's
-        -- fire) whose record has expired: it was stored once, that is all.
-        if not dup and prev == id then dup = rec end
+        if prev == id then
+          dup = record_of(id)
+          -- The same job again (an id the runner derives, as for a beat's
+          -- fire) whose record has expired: it was stored once, that is all.
+          if not dup then dup = rec end
+        else
+          dup = live_record(prev)
+          if not dup then
+            if prev == earlier then
+              dup = redis.call('GET', P .. 'job:' .. prev)
+            else
+              again = prev
+            end
+          end
+        end
       end
-      if not dup then
+      if not dup and not again then
         redis.call('SET', ik, id, 'PX', idem_ttl)
         seen[idem] = rec
       end
     end
   end
-  if dup then
+  if again then
+    out[#out + 1] = 'again'
+    out[#out + 1] = again
+  elseif dup then
     out[#out + 1] = 'dup'
     out[#out + 1] = dup
   else
@@ -72,14 +105,14 @@ for j = 0, n - 1 do
     out[#out + 1] = ''
     indexed[#indexed + 1] = 0
     indexed[#indexed + 1] = id
+    -- A job that expires unrun leaves `live` when its time is past
+    -- (`ends`, by the next due check).
     if ttl > 0 then
-      if not stored then redis.call('SET', P .. 'job:' .. id, rec, 'PX', ttl) end
       now = now or server_ms()
       index_end(id, nil, now + ttl)
-    elseif not stored then
-      mset[#mset + 1] = P .. 'job:' .. id
-      mset[#mset + 1] = rec
     end
+    hset[#hset + 1] = id
+    hset[#hset + 1] = rec
     if delay > 0 then
       now = now or server_ms()
       local due = now + delay
@@ -95,7 +128,7 @@ for j = 0, n - 1 do
     end
   end
 end
-if #mset > 0 then redis.call('MSET', unpack(mset)) end
+if #hset > 0 then redis.call('HSET', P .. 'live', unpack(hset)) end
 -- Jobs to wait or run: the history's depth before them (`hist_begin`).
 if #ready > 0 or #prio > 0 or #delayed > 0 then
   now = now or server_ms()

@@ -1,7 +1,8 @@
 -- Purges queued jobs: each one named leaves the ready list or the delayed
 -- set and ends REVOKED, if it is still there and its record is the one the
 -- caller read (a job that started, or changed, meanwhile is left alone).
--- KEYS[1]: the queue's ready list (routes the call to the queue's slot)
+-- KEYS: the queue's keys (`queue_keys` in redis.rs, the ready list first),
+--       then `job:<id>` of each entry.
 -- ARGV: prefix, channel, queue, n, then per entry: id, member,
 --       where ('r' ready, 'd' delayed, 'p' prioritized ready), record read by the caller,
 --       revoked record, ttl ms.
@@ -23,7 +24,9 @@ for j = 0, n - 1 do
   local b = 5 + j * 6
   local id, member, w, seen = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   local k = P .. 'job:' .. id
-  local cur = redis.call('GET', k)
+  -- A queued job's record is in `live` (a final one, in `job:<id>` or
+  -- kept in `live`, is not queued: it is dropped as stale).
+  local cur = redis.call('HGET', P .. 'live', id)
   local ok
   if seen == '' then
     local st = cur and string.match(cur, '^{"state":"(%u+)"')
@@ -44,6 +47,7 @@ for j = 0, n - 1 do
     end
     if removed > 0 and seen ~= '' then
       redis.call('SET', k, ARGV[b + 4], 'PX', tonumber(ARGV[b + 5]))
+      redis.call('HDEL', P .. 'live', id)
       now = now or server_ms()
       index_end(id, 'REVOKED', now + tonumber(ARGV[b + 5]), ARGV[b + 4])
       out[#out + 1] = id

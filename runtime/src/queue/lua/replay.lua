@@ -1,12 +1,16 @@
 -- Puts dead letters back in the ready list as fresh records.
--- KEYS[1]: ready list; ARGV: prefix, channel, queue, then pairs of id, record
+-- KEYS: the queue's keys (`queue_keys` in redis.rs, the ready list first),
+--       then `job:<id>` of each id.
+-- ARGV: prefix, channel, queue, then pairs of id, record
+-- The fresh record waits in `live`; the final one goes.
 local P, chan, qname = ARGV[1], ARGV[2], ARGV[3]
 local done, ready, prio = {}, {}, {}
 local now = nil
 for i = 4, #ARGV, 2 do
   local id = ARGV[i]
   if redis.call('ZREM', P .. 'dead', id) == 1 then
-    redis.call('SET', P .. 'job:' .. id, ARGV[i + 1])
+    redis.call('HSET', P .. 'live', id, ARGV[i + 1])
+    redis.call('DEL', P .. 'job:' .. id)
     local p = rec_priority(ARGV[i + 1])
     if p > 0 then now = now or server_ms() end
     stage_ready(ready, prio, id .. '|0', p, now)

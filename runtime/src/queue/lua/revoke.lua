@@ -1,10 +1,13 @@
 -- Revokes a job: a queued one is ended at once, a running one is flagged
 -- (so it is never retried) and its worker told to stop it when asked.
--- KEYS[1]: the job's record
+-- KEYS: the queue's keys (`queue_keys` in redis.rs), then the job's final
+--       record key (`job:<id>`), last.
 -- ARGV: prefix, id, revoked record, ttl ms, terminate (1/0), channel, record read by the caller, queue
 local P, id = ARGV[1], ARGV[2]
+local final_key = KEYS[#KEYS]
 local ttl = ttl_ms(ARGV[4], 'ttl')
-local cur = redis.call('GET', KEYS[1])
+-- Waiting or running: in `live`; ended: in `job:<id>` (or kept in `live`).
+local cur = redis.call('HGET', P .. 'live', id) or redis.call('GET', final_key)
 if not cur then return 'NOTFOUND' end
 local st = string.match(cur, '^{"state":"(%u+)"')
 if st ~= 'PENDING' and st ~= 'RETRY' then return 'FINAL:' .. (st or '?') end
@@ -24,7 +27,8 @@ if running then
   return 'RUNNING'
 end
 if cur ~= ARGV[7] then return 'CHANGED' end
-redis.call('SET', KEYS[1], ARGV[3], 'PX', ttl)
+redis.call('SET', final_key, ARGV[3], 'PX', ttl)
+redis.call('HDEL', P .. 'live', id)
 index_end(id, 'REVOKED', server_ms() + ttl, ARGV[3])
 index_flush(P)
 -- A delayed job leaves the delayed set now (a ready one is skipped when popped).

@@ -2,7 +2,11 @@
 -- lease new jobs (under the queue's global rate limits), publish one event.
 -- Every time is the server's (TIME): lease deadlines, due times and rate
 -- limit windows never depend on the calling worker's clock.
--- KEYS[1]: the queue's ready list
+-- KEYS: the queue's keys (`queue_keys` in redis.rs, the ready list first),
+--       the record key of each completion that ends its job, and the
+--       rate-limit logs this call may touch (`rl:<key>` and `rl:<key>:tail`:
+--       a job whose limits are not among them is left where it is, and
+--       its keys are returned for the caller to declare next time).
 -- ARGV: prefix, channel, queue, lease ms, worker, fetch max, due check (1/0), n completions,
 --       skip own leases in next due (1/0), lease prioritized jobs first (1/0),
 --       idle slots (when the fetch drains the queue, register this many of the
@@ -17,7 +21,11 @@
 -- number of expired leases taken back, whether prioritized jobs may be
 -- left ('1'/'0'; '' when not asked), workflow ends to apply again (due check),
 -- whether the worker is registered as idle ('1'/'0'), whether jobs pushed to
--- it are on their way (so nothing was leased; '1'/'0')}.
+-- it are on their way (so nothing was leased; '1'/'0'), rate-limit keys
+-- a job needed but the call did not declare}.
+-- A job's record lives in `live` until it ends, then in `job:<id>` (a
+-- final record found by a due check, whose key the call could not name,
+-- stays in `live` until it expires: see `ends`).
 local P, chan, qname = ARGV[1], ARGV[2], ARGV[3]
 local lease_ms = ttl_ms(ARGV[4], 'lease')
 local worker, fetch_max, due_check = ARGV[5], count(ARGV[6], 'fetch'), ARGV[7] == '1'
@@ -55,6 +63,8 @@ local function rl_start(id, at) return id .. ':' .. at end
 local function defer(t)
   if not deferred or t < deferred then deferred = t end
 end
+-- Ids whose record leaves `live` (it ended, and went to `job:<id>`).
+local ended = {}
 
 if nc > 0 then
   hist_begin(P, now)
@@ -80,6 +90,7 @@ if nc > 0 then
       if string.find(action, 'p', 2, true) then clear[#clear + 1] = id end
       if kind == 'F' or kind == 'D' then
         redis.call('SET', P .. 'job:' .. id, rec, 'PX', arg)
+        ended[#ended + 1] = id
         index_end(id, state, now + tonumber(arg), rec)
         if kind == 'D' then
           dead[#dead + 1] = now
@@ -93,10 +104,11 @@ if nc > 0 then
       elseif kind == 'R' then
         if redis.call('ZSCORE', P .. 'revoked', id) then
           redis.call('SET', P .. 'job:' .. id, alt, 'PX', altttl)
+          ended[#ended + 1] = id
           index_end(id, 'REVOKED', now + tonumber(altttl), alt)
           ev[#ev + 1] = { id, 'REVOKED' }
         else
-          redis.call('SET', P .. 'job:' .. id, rec)
+          redis.call('HSET', P .. 'live', id, rec)
           -- The record no longer expires (as a job with `expires` did).
           if string.find(rec, '"expires":"', 1, true) then unexpire[#unexpire + 1] = id end
           local due = now + tonumber(arg)
@@ -112,10 +124,12 @@ if nc > 0 then
         -- Given back unrun: it did not start, so its start (logged at
         -- the lease's time) leaves the rate-limit logs.
         local leased = string.match(member, '|(%d+)$')
-        local rec = leased and redis.call('GET', P .. 'job:' .. id)
+        local rec = leased and redis.call('HGET', P .. 'live', id)
         if rec and string.find(rec, '"rate_limits":[', 1, true) then
           for _, r in ipairs(cjson.decode(rec).rate_limits) do
-            redis.call('ZREM', P .. 'rl:' .. r.key, rl_start(id, leased))
+            -- Declared by the caller, which knows the job's limits.
+            local k = P .. 'rl:' .. r.key
+            if DECLARED[k] then redis.call('ZREM', k, rl_start(id, leased)) end
           end
         end
       end
@@ -132,6 +146,7 @@ if nc > 0 then
   readied = readied + push_back(P, back, back_prio)
   if #back_prio > 0 then prioritized = true end
   if #clear > 0 then redis.call('HDEL', P .. 'progress', unpack(clear)) end
+  if #ended > 0 then redis.call('HDEL', P .. 'live', unpack(ended)) end
   if #unexpire > 0 then redis.call('ZREM', P .. 'ends', unpack(unexpire)) end
 end
 
@@ -173,12 +188,13 @@ if due_check then
         if redis.call('ZSCORE', P .. 'revoked', id) then
           -- Revoked while its worker was lost: end it here. The record's
           -- state is its first field, so a prefix swap keeps the JSON intact.
-          local k = P .. 'job:' .. id
-          local rec = redis.call('GET', k)
+          -- Its key was not declared: the final record stays in `live`
+          -- until it expires (`ends`, below), where reads find it.
+          local rec = redis.call('HGET', P .. 'live', id)
           if rec then
             local ttl = tonumber(string.match(rec, '"result_ttl_ms":(%d+)')) or 3600000
             local s = string.gsub(rec, '^{"state":"%u+"', '{"state":"REVOKED"', 1)
-            redis.call('SET', k, s, 'PX', ttl)
+            redis.call('HSET', P .. 'live', id, s)
             index_end(id, 'REVOKED', now + ttl, s)
             ev[#ev + 1] = { id, 'REVOKED' }
           end
@@ -190,9 +206,13 @@ if due_check then
     readied = readied + push_back(P, back, back_prio)
     if #back_prio > 0 then prioritized = true end
   end
-  -- Records that expired leave the job index.
+  -- Records that expired leave the job index, and `live` (where the
+  -- records of jobs that expire unrun, and finals kept there, wait).
   local gone = redis.call('ZRANGEBYSCORE', P .. 'ends', '-inf', now, 'LIMIT', 0, 1000)
-  if #gone > 0 then index_forget(P, gone, true) end
+  if #gone > 0 then
+    index_forget(P, gone, true)
+    redis.call('HDEL', P .. 'live', unpack(gone))
+  end
   local d = redis.call('ZRANGE', P .. 'delayed', 0, 0, 'WITHSCORES')
   if d[2] then next_due = tonumber(d[2]) end
   -- Workflow ends nobody applied (their applier died): handed out to
@@ -228,8 +248,22 @@ if due_check then
 end
 
 -- Global rate limits (see ratelimit.rs for the rule). Returns nil when the
--- job may start now, else the time to try again.
+-- job may start now, else the time to try again; false when a log's keys
+-- were not declared (they are noted in `undeclared`).
+local undeclared, undeclared_seen = {}, {}
 local function limit(rules, id)
+  local missing = false
+  for _, r in ipairs(rules) do
+    local k = P .. 'rl:' .. r.key
+    if not (DECLARED[k] and DECLARED[k .. ':tail']) then
+      missing = true
+      if not undeclared_seen[r.key] then
+        undeclared_seen[r.key] = true
+        undeclared[#undeclared + 1] = r.key
+      end
+    end
+  end
+  if missing then return false end
   local blocked = nil
   for _, r in ipairs(rules) do
     local k = P .. 'rl:' .. r.key
@@ -295,10 +329,12 @@ if fetch_max > 0 then
   if #els > 0 then
     popped = #els
     hist_begin(P, now, -popped)
-    local keys = {}
-    for i, e in ipairs(els) do keys[i] = P .. 'job:' .. string.match(e, '^[^|]+') end
-    local recs = redis.call('MGET', unpack(keys))
+    local ids = {}
+    for i, e in ipairs(els) do ids[i] = string.match(e, '^[^|]+') end
+    local recs = redis.call('HMGET', P .. 'live', unpack(ids))
     local leases, index = {}, {}
+    -- Jobs whose rate-limit logs were not declared: back where they were.
+    local undo, undo_prio = {}, {}
     local until_ = now + lease_ms
     for i, e in ipairs(els) do
       local rec = recs[i]
@@ -311,7 +347,9 @@ if fetch_max > 0 then
           if string.find(rec, '"rate_limits":[', 1, true) then
             slot = limit(cjson.decode(rec).rate_limits, id)
           end
-          if slot then
+          if slot == false then
+            stage_back(undo, undo_prio, P, id, id .. '|' .. n)
+          elseif slot then
             redis.call('ZADD', P .. 'delayed', slot, delayed_member(id, n, rec_priority(rec)))
             defer(slot)
           else
@@ -331,6 +369,12 @@ if fetch_max > 0 then
       redis.call('ZADD', P .. 'leases', unpack(leases))
       redis.call('HSET', P .. 'leased', unpack(index))
     end
+    -- Put back (unpopped), first in line as they were.
+    if #undo > 0 or #undo_prio > 0 then
+      local back = {}
+      for i = #undo, 1, -1 do back[#back + 1] = undo[i] end
+      popped = popped - push_back(P, back, undo_prio)
+    end
   end
 end
 
@@ -339,7 +383,7 @@ end
 -- pushed jobs until their lease runs out, then they run elsewhere).
 local IDLE_MS = 60000
 local registered = '0'
-if idle_slots > 0 and fetch_max > 0 and popped < fetch_max then
+if idle_slots > 0 and fetch_max > 0 and popped < fetch_max and #undeclared == 0 then
   -- The jobs this call leased take slots too.
   local free = math.min(idle_slots, fetch_max) - #out / 2
   if free > 0 then
@@ -361,4 +405,4 @@ if #ev > 0 or readied > 0 or deferred then
   if #out > 0 then msg.lease = now + lease_ms end
   publish(chan, cjson.encode(msg))
 end
-return { out, stale, next_due and tostring(next_due) or '', deferred and tostring(deferred) or '', popped, now, reclaimed, prio_left, outbox, registered, in_flight }
+return { out, stale, next_due and tostring(next_due) or '', deferred and tostring(deferred) or '', popped, now, reclaimed, prio_left, outbox, registered, in_flight, undeclared }
