@@ -2142,7 +2142,22 @@ async fn a_queue_of_the_earlier_layout_is_moved_before_it_is_leased() {
         req.priority = Some(p);
         ids.push(env.producer.enqueue(req).await.unwrap().job.id);
     }
-    // Back to layout 1, as an earlier build left it.
+    // A queue this build creates is in layout 2 from the start: its
+    // first worker has nothing to move.
+    let layout = async |conn: &mut redis::aio::MultiplexedConnection| -> Option<String> {
+        redis::cmd("GET")
+            .arg("runner:{work}:layout")
+            .query_async(conn)
+            .await
+            .unwrap()
+    };
+    assert_eq!(layout(&mut conn).await.as_deref(), Some("2"));
+    // Back to layout 1, as an earlier build left it (which set no layout).
+    let _: () = redis::cmd("DEL")
+        .arg("runner:{work}:layout")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     for id in &ids {
         let rec: String = redis::cmd("HGET")
             .arg("runner:{work}:live")
@@ -2175,12 +2190,7 @@ async fn a_queue_of_the_earlier_layout_is_moved_before_it_is_leased() {
     let mut want = ids.clone();
     want.sort();
     assert_eq!(leased, want, "no job of the earlier layout is dropped");
-    let layout: Option<String> = redis::cmd("GET")
-        .arg("runner:{work}:layout")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(layout.as_deref(), Some("2"));
+    assert_eq!(layout(&mut conn).await.as_deref(), Some("2"));
     let left: u64 = redis::cmd("EXISTS")
         .arg(
             ids.iter()
