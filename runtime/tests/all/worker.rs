@@ -58,7 +58,8 @@ impl Env {
 
     /// The broker and registry on `url`, keeping the server or cluster.
     async fn on(url: &str, redis: Option<RedisServer>, cluster: Option<RedisCluster>) -> Env {
-        let b = RedisBroker::connect(url).await.unwrap();
+        // Strict keys: every script must declare every key it touches.
+        let b = RedisBroker::connect(url).await.unwrap().with_strict_keys();
         let registry: Arc<dyn Registry> = Arc::new(RedisRegistry::new(b.connection()));
         let broker: Arc<dyn Broker> = Arc::new(b);
         Env {
@@ -128,7 +129,7 @@ impl Env {
             (None, None) => None,
         };
         let broker: Arc<dyn Broker> = match url {
-            Some(url) => Arc::new(RedisBroker::connect(&url).await.unwrap()),
+            Some(url) => Arc::new(RedisBroker::connect(&url).await.unwrap().with_strict_keys()),
             None => self.broker.clone(),
         };
         start_worker_in(broker, self.registry.clone(), sandbox, services, cfg)
