@@ -330,7 +330,10 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function purge(idx, sizes, bytes, data_prefix, now)
+-- The values of the entries it drops expire by their own TTL (set with
+-- the same server clock as their scores): a script touches only the keys
+-- it declares, and it cannot declare those it finds here.
+local function purge(idx, sizes, bytes, now)
   local expired = redis.call('ZRANGEBYSCORE', idx, '-inf', now)
   for _, k in ipairs(expired) do
     local sz = redis.call('HGET', sizes, k)
@@ -339,20 +342,19 @@ local function purge(idx, sizes, bytes, data_prefix, now)
       redis.call('DECRBY', bytes, sz)
     end
     redis.call('ZREM', idx, k)
-    redis.call('DEL', data_prefix .. k)
   end
 end
 "#;
 
-// KEYS: idx, sizes, bytes, data key. ARGV: data prefix, key, value, ttl ms
-// (0 = none), only-if-absent (1/0), max keys, max bytes.
+// KEYS: idx, sizes, bytes, data key. ARGV: key, value, ttl ms (0 = none),
+// only-if-absent (1/0), max keys, max bytes.
 const LUA_SET: &str = r#"
 local idx, sizes, bytes, data = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local key, value = ARGV[2], ARGV[3]
-local ttl, nx = tonumber(ARGV[4]), ARGV[5] == '1'
-local max_keys, max_bytes = tonumber(ARGV[6]), tonumber(ARGV[7])
+local key, value = ARGV[1], ARGV[2]
+local ttl, nx = tonumber(ARGV[3]), ARGV[4] == '1'
+local max_keys, max_bytes = tonumber(ARGV[5]), tonumber(ARGV[6])
 local now = now_ms()
-purge(idx, sizes, bytes, ARGV[1], now)
+purge(idx, sizes, bytes, now)
 local exists = redis.call('ZSCORE', idx, key)
 if nx and exists then return 0 end
 if not exists and redis.call('ZCARD', idx) >= max_keys then return -1 end
@@ -372,11 +374,11 @@ redis.call('INCRBY', bytes, new - old)
 return 1
 "#;
 
-// KEYS: idx, sizes, bytes, data key. ARGV: data prefix, key.
+// KEYS: idx, sizes, bytes, data key. ARGV: key.
 const LUA_DELETE: &str = r#"
 local idx, sizes, bytes, data = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local key = ARGV[2]
-purge(idx, sizes, bytes, ARGV[1], now_ms())
+local key = ARGV[1]
+purge(idx, sizes, bytes, now_ms())
 local existed = redis.call('DEL', data)
 local sz = redis.call('HGET', sizes, key)
 if sz then
@@ -414,10 +416,23 @@ impl RedisKv {
     /// A store on an open connection (a single server or a cluster: every
     /// script of a namespace touches keys of its one slot, `{ns}`).
     pub fn on(conn: crate::redis_conn::Counted, prefix: &str) -> Self {
+        Self::with_prelude(conn, prefix, "")
+    }
+
+    /// This store with scripts that refuse to touch a key they did not
+    /// declare ([`STRICT_KEYS_LUA`](crate::redis_conn::STRICT_KEYS_LUA)):
+    /// for tests.
+    pub fn with_strict_keys(self) -> Self {
+        Self::with_prelude(self.conn, &self.prefix, crate::redis_conn::STRICT_KEYS_LUA)
+    }
+
+    fn with_prelude(conn: crate::redis_conn::Counted, prefix: &str, prelude: &str) -> Self {
         // The shebang makes a cluster refuse a key outside the namespace's
         // slot (see the broker's scripts).
-        let set_script = redis::Script::new(&format!("#!lua\n{LUA_PURGE}{LUA_SET}"));
-        let delete_script = redis::Script::new(&format!("#!lua\n{LUA_PURGE}{LUA_DELETE}"));
+        let script =
+            |body: &str| redis::Script::new(&format!("#!lua\n{prelude}\n{LUA_PURGE}{body}"));
+        let set_script = script(LUA_SET);
+        let delete_script = script(LUA_DELETE);
         Self {
             conn: conn.with_scripts([("kv_set", &set_script), ("kv_delete", &delete_script)]),
             prefix: prefix.to_owned(),
@@ -461,7 +476,6 @@ impl KvStore for RedisKv {
             .key(&k.sizes)
             .key(&k.bytes)
             .key(format!("{}{key}", k.data_prefix))
-            .arg(&k.data_prefix)
             .arg(key)
             .arg(value)
             .arg(ttl_ms)
@@ -498,7 +512,6 @@ impl KvStore for RedisKv {
             .key(&k.sizes)
             .key(&k.bytes)
             .key(format!("{}{key}", k.data_prefix))
-            .arg(&k.data_prefix)
             .arg(key)
             .invoke_async(&mut conn)
             .await

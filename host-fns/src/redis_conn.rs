@@ -32,6 +32,12 @@
 //! and only the runner's own non-critical pairs do that (a binding and its
 //! history, a beat and its fire times).
 
+/// A prelude for Lua scripts (after their shebang) that refuses a command
+/// on a key the script did not declare in KEYS, as strict servers do
+/// (Dragonfly; Kvrocks with `lua-strict-key-accessing`). Redis itself does
+/// not check it, so tests put this before every script of the runner.
+pub const STRICT_KEYS_LUA: &str = include_str!("redis_strict.lua");
+
 use std::collections::HashMap;
 use std::sync::Arc;
 

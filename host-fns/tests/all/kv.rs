@@ -177,9 +177,11 @@ async fn memory_store_quotas() {
 #[tokio::test]
 async fn redis_store_semantics_and_quotas() {
     let server = RedisServer::start();
+    // Strict keys: every script must declare every key it touches.
     let store = RedisKv::connect(&server.url(), "test:kv")
         .await
-        .expect("connect");
+        .expect("connect")
+        .with_strict_keys();
     let kv = KvService::new(Arc::new(store));
     semantics(&kv).await;
     quotas(&kv).await;
@@ -218,7 +220,8 @@ async fn redis_cluster_store_semantics_and_quotas() {
     let store = RedisKv::on(
         runner_host_fns::redis_conn::Counted::cluster(conn),
         "test:kv",
-    );
+    )
+    .with_strict_keys();
     let kv = KvService::new(Arc::new(store));
     semantics(&kv).await;
     quotas(&kv).await;

@@ -207,10 +207,11 @@ fn wf_key(id: JobId) -> String {
 const WF_CHANNEL: &str = "runner:q:~wf";
 
 /// A script's source as sent: the shebang, the strict-key check when
-/// asked for (`lua/strict.lua`), the argument checks, then `body`.
+/// asked for ([`STRICT_KEYS_LUA`](runner_host_fns::redis_conn::STRICT_KEYS_LUA)),
+/// the argument checks, then `body`.
 fn script_source(body: &str, strict: bool) -> String {
     let strict = if strict {
-        include_str!("lua/strict.lua")
+        runner_host_fns::redis_conn::STRICT_KEYS_LUA
     } else {
         ""
     };
@@ -449,7 +450,8 @@ impl RedisBroker {
 
     /// This broker with scripts that refuse to touch a key they did not
     /// declare in KEYS, as strict servers do (Dragonfly, Kvrocks with
-    /// `lua-strict-key-accessing`; `lua/strict.lua`). Slower: for tests.
+    /// `lua-strict-key-accessing`; `runner_host_fns::redis_conn::STRICT_KEYS_LUA`).
+    /// Slower: for tests.
     /// Call it right after `connect`.
     pub fn with_strict_keys(mut self) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {

@@ -1,7 +1,8 @@
--- Strict keys (`RedisBroker::with_strict_keys`): put before every script,
--- it refuses a command on a key the script did not declare in KEYS, as
--- strict servers do (Dragonfly, Kvrocks with lua-strict-key-accessing).
--- The tests run the broker this way; a server runs the plain scripts.
+-- Strict keys (`STRICT_KEYS_LUA`: `RedisBroker::with_strict_keys`,
+-- `RedisKv::with_strict_keys`): put before a script, it refuses a command
+-- on a key the script did not declare in KEYS, as strict servers do
+-- (Dragonfly, Kvrocks with lua-strict-key-accessing; Redis does not check
+-- it). The tests run this way; a server runs the plain scripts.
 -- `redis` is shadowed by a local table for the rest of the chunk.
 local real_call, real_pcall = redis.call, redis.pcall
 local strict_declared = {}
@@ -10,7 +11,8 @@ for _, k in ipairs(KEYS) do strict_declared[k] = true end
 -- argument), 'pairs' (every other one, from the first), 'none'. A command
 -- not listed is refused: add it here with its keys.
 local STRICT_KEYS = {
-  GET = 'first', SET = 'first', SETNX = 'first', INCR = 'first', PEXPIRE = 'first', PTTL = 'first',
+  GET = 'first', SET = 'first', SETNX = 'first', INCR = 'first', INCRBY = 'first',
+  DECRBY = 'first', PEXPIRE = 'first', PTTL = 'first',
   HGET = 'first', HSET = 'first', HSETNX = 'first', HDEL = 'first', HMGET = 'first',
   HGETALL = 'first', HKEYS = 'first', HINCRBY = 'first', HEXISTS = 'first', HLEN = 'first',
   LPUSH = 'first', RPUSH = 'first', LPOP = 'first', LLEN = 'first', LREM = 'first', LRANGE = 'first',
