@@ -236,12 +236,13 @@ impl Worker {
     /// Runs until `shutdown` resolves, then stops fetching, lets running
     /// jobs finish within the grace period, hands back the rest and returns.
     pub async fn run(
-        self,
+        mut self,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> anyhow::Result<WorkerStats> {
         for q in &self.cfg.queues {
             crate::queue::partition::validate_queue_or_partition(q)?;
         }
+        self.cfg.queues = self.with_stranded_partitions().await;
         // Listed (`inspect queues`) even before the first job arrives.
         for q in &self.cfg.queues {
             if let Err(e) = self.broker.register_queue(q).await {
@@ -284,6 +285,42 @@ impl Worker {
             .await;
         consuming.send_replace(false);
         stats
+    }
+}
+
+impl Worker {
+    /// Its queues, plus the partitions of those queues that hold jobs but
+    /// that its config does not name: a partition count that was lowered
+    /// (`[queues.x] partitions`), or a process whose config lacks it, would
+    /// otherwise leave their jobs to nobody. Each is named in a warning:
+    /// every process should have the same `[queues.*]`.
+    async fn with_stranded_partitions(&self) -> Vec<String> {
+        use crate::queue::partition::queue_of;
+        let mut queues = self.cfg.queues.clone();
+        let known = match self.broker.queues().await {
+            Ok(known) => known,
+            // Unreachable for now: the signal loop below waits for it.
+            Err(_) => return queues,
+        };
+        for q in known {
+            let base = queue_of(&q.name);
+            let (waiting, running) = q.depth();
+            if base != q.name
+                && waiting + running > 0
+                && queues.iter().any(|c| c == base)
+                && !queues.contains(&q.name)
+            {
+                tracing::warn!(
+                    partition = %q.name,
+                    waiting,
+                    running,
+                    "a partition of {base} that this worker's config does not name holds jobs: \
+                     consuming it too (check [queues.{base}] partitions on every process)"
+                );
+                queues.push(q.name);
+            }
+        }
+        queues
     }
 }
 

@@ -649,7 +649,54 @@ on_every_broker!(
     a_stopped_worker_is_pushed_nothing,
     slots_grow_for_runs_that_wait_and_not_for_busy_ones,
     runs_started_together_compile_their_module_once,
+    a_partition_the_config_does_not_name_is_drained,
 );
+
+/// A partition that holds jobs but that the worker's config does not name
+/// (its queue's count was lowered from 8 to 2, or this process's config
+/// lacks it) is consumed too: its jobs are not stranded. An empty one is
+/// left alone.
+async fn a_partition_the_config_does_not_name_is_drained(env: Env) {
+    env.bind("hello", "hello", "hot", |_| {}).await;
+    let mut left = runner::queue::Job::new("hot~5", r#"{"name":"Ada"}"#, chrono::Utc::now());
+    left.task = Some("hello".into());
+    let id = left.id;
+    let mut empty = runner::queue::Job::new("hot~6", "{}", chrono::Utc::now());
+    empty.task = Some("hello".into());
+    env.broker.enqueue(vec![left, empty]).await.unwrap();
+    // Another worker ran the job of `hot~6`: that partition is empty.
+    use crate::queue_conformance::{settle, success};
+    let d = env
+        .broker
+        .settle(settle("hot~6", "someone", vec![], 1))
+        .await
+        .unwrap();
+    assert_eq!(d.deliveries.len(), 1);
+    env.broker
+        .settle(settle(
+            "hot~6",
+            "someone",
+            vec![success(&d.deliveries[0], "1")],
+            0,
+        ))
+        .await
+        .unwrap();
+    // The config names `hot` alone (partitions = 1).
+    let w = env.worker(cfg(&["hot", "other"], 2)).await;
+    let j = wait_final(&env.broker, id).await;
+    assert_eq!(j.state, JobState::Success, "{j:?}");
+    let queues: Vec<String> = env
+        .broker
+        .workers()
+        .await
+        .unwrap()
+        .into_iter()
+        .flat_map(|w| w.queues)
+        .collect();
+    assert!(queues.contains(&"hot~5".to_string()), "{queues:?}");
+    assert!(!queues.contains(&"hot~6".to_string()), "{queues:?}");
+    w.stop().await;
+}
 
 /// Runs that need a module this worker has not loaded yet, started
 /// together, load it once: the others wait for that load instead of
