@@ -1873,14 +1873,13 @@ impl RedisBroker {
     /// A process of an earlier build must not run beside it (see
     /// `docs/scaling.md`, "Upgrading").
     async fn migrate_layout(&self, queue: &str) -> BrokerResult<()> {
-        let done = |s: &Self| {
-            s.inner
-                .laid_out
-                .lock()
-                .map(|l| l.contains(queue))
-                .unwrap_or(false)
-        };
-        if done(self) {
+        let done = self
+            .inner
+            .laid_out
+            .lock()
+            .map(|l| l.contains(queue))
+            .unwrap_or(false);
+        if done {
             return Ok(());
         }
         let p = prefix(queue);

@@ -38,6 +38,22 @@ local seen, seen_steps = {}, {}
 local wake = nil
 -- Records of ready jobs that may be pushed to an idle worker, by member.
 local pushable = {}
+-- Job `i`'s record, waiting or running (`live`, unless its time in
+-- `ends` is past: as good as gone) or final (`job:<i>`).
+local function live_record(i)
+  local r = redis.call('HGET', P .. 'live', i)
+  if r then
+    local e = redis.call('ZSCORE', P .. 'ends', i)
+    if e then
+      now = now or server_ms()
+      if tonumber(e) <= now then r = nil end
+    end
+  end
+  return r
+end
+local function record_of(i)
+  return live_record(i) or redis.call('GET', P .. 'job:' .. i)
+end
 for j = 0, n - 1 do
   local b = 6 + j * W
   local id, rec, delay, idem, ttl = ARGV[b], ARGV[b + 1], tonumber(ARGV[b + 2]), ARGV[b + 3], tonumber(ARGV[b + 4])
@@ -45,22 +61,6 @@ for j = 0, n - 1 do
   local earlier = ARGV[b + 6]
   local dup = nil
   local again = nil
-  -- Job `i`'s record, waiting or running (`live`, unless its time in
-  -- `ends` is past: as good as gone) or final (`job:<i>`).
-  local function live_record(i)
-    local r = redis.call('HGET', P .. 'live', i)
-    if r then
-      local e = redis.call('ZSCORE', P .. 'ends', i)
-      if e then
-        now = now or server_ms()
-        if tonumber(e) <= now then r = nil end
-      end
-    end
-    return r
-  end
-  local function record_of(i)
-    return live_record(i) or redis.call('GET', P .. 'job:' .. i)
-  end
   if idem == '=' then
     -- A workflow's step: its id is derived from the workflow and the
     -- step, and a second enqueue of it finds the first record.
