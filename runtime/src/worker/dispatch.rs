@@ -518,16 +518,17 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// How many jobs an enqueue may push to this worker per queue: only
-    /// slots that would start them at once (a busy worker leaves them to
-    /// idle ones), shared among the `queues`; at least one per queue while
-    /// a slot is free.
+    /// How many jobs an enqueue may push to this worker per queue: none
+    /// while no slot is free (a busy worker leaves them to idle ones),
+    /// else what a lease call would take now (the free slots and the
+    /// prefetch ahead of them, [`Self::capacity`]), shared among the
+    /// `queues`; at least one per queue.
     fn idle_slots(&self, queues: usize) -> usize {
         let busy = self.running.len() + self.buffer.len();
-        match self.slots.current().saturating_sub(busy) {
-            0 => 0,
-            free => (free / queues.max(1)).max(1),
+        if self.slots.current() <= busy {
+            return 0;
         }
+        (self.capacity() / queues.max(1)).max(1)
     }
 
     /// Holds a leased job: it waits in the buffer for a slot.

@@ -724,6 +724,70 @@ async fn runs_started_together_compile_their_module_once(env: Env) {
     assert_eq!(stats.succeeded, 4, "{stats:?}");
 }
 
+/// An idle worker registers for pushes what a lease call of its would take
+/// (its free slot and the jobs its prefetch holds ahead), so that a batch
+/// enqueued for it is pushed whole: it needs no lease call of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_registers_its_prefetch_for_pushes() {
+    let env = Env::redis().await;
+    env.bind("hello", "hello", "default", |_| {}).await;
+    let w = env
+        .worker(WorkerConfig {
+            id: Some("reg".into()),
+            prefetch: runner::worker::Prefetch::Fixed(3),
+            ..cfg(&["default"], 1)
+        })
+        .await;
+    let first = enqueue(&env, "hello", r#"{"name":"Ada"}"#).await;
+    assert_eq!(
+        wait_final(&env.broker, first).await.state,
+        JobState::Success
+    );
+    let url = env.redis.as_ref().unwrap().url_as("runner", "worker-tests");
+    let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
+    // Its call after the run found the queue empty: it registers.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let reg = loop {
+        let reg: Option<String> = redis::cmd("HGET")
+            .arg("runner:{default}:idle")
+            .arg("reg")
+            .query(&mut c)
+            .unwrap();
+        if let Some(r) = reg.filter(|r| !r.starts_with("p|")) {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "the worker registers");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(reg.starts_with("4|"), "one slot and three ahead: {reg}");
+    let ids: Vec<JobId> = env
+        .producer
+        .enqueue_batch(
+            (0..4)
+                .map(|i| EnqueueRequest::task("hello", format!(r#"{{"name":"n{i}"}}"#)))
+                .collect(),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.job.id)
+        .collect();
+    // All four were leased to it by the enqueue itself: none waits.
+    let waiting: i64 = redis::cmd("LLEN")
+        .arg("runner:{default}:ready")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(waiting, 0);
+    for id in ids {
+        let j = wait_final(&env.broker, id).await;
+        assert_eq!(
+            (j.state, j.worker.as_deref()),
+            (JobState::Success, Some("reg"))
+        );
+    }
+    w.stop().await;
+}
+
 /// A worker's process keeps the modules its jobs used last (`[worker]
 /// module_cache`, here 2), with those it loaded at start-up: the first job
 /// of a task bound at start-up compiles nothing, and a version used longest
