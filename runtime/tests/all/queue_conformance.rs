@@ -260,6 +260,69 @@ async fn idempotency_key_returns_first_job(env: Env) {
     assert_eq!(third.job.result.as_deref(), Some("\"done\""));
 }
 
+/// A workflow step's job is stored once by its id (derived from the
+/// workflow and the step): enqueued again in the same call, in a later
+/// call while it waits, or once it has ended, it comes back as the first
+/// job (its final record, once ended) and nothing new waits.
+async fn a_workflow_step_is_stored_once_by_its_id(env: Env) {
+    let b = &env.broker;
+    let wf = JobId::new();
+    let step = |path: &str, input: &str| {
+        let mut j = Job::new("work", input, Utc::now());
+        j.task = Some("echo".into());
+        j.workflow = Some(runner::queue::job::WorkflowRef {
+            id: wf,
+            path: path.into(),
+        });
+        j
+    };
+    let (a, c) = (
+        step("workflow.group[0]", "1"),
+        step("workflow.group[1]", "2"),
+    );
+    let first = b
+        .enqueue(vec![a.clone(), a.clone(), c.clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        first.iter().map(|e| e.created).collect::<Vec<_>>(),
+        [true, false, true]
+    );
+    assert_eq!(first[1].job.id, a.id);
+    // Again while both wait, with a new step between them.
+    let mut again_a = a.clone();
+    again_a.input = "changed".into();
+    let d = step("workflow.group[2]", "3");
+    let second = b
+        .enqueue(vec![again_a.clone(), d.clone(), c.clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        second.iter().map(|e| e.created).collect::<Vec<_>>(),
+        [false, true, false]
+    );
+    assert_eq!(second[0].job.input, "1", "the first record comes back");
+    let r = b.settle(settle("work", "w", vec![], 10)).await.unwrap();
+    let mut leased: Vec<JobId> = r.deliveries.iter().map(|d| d.job.id).collect();
+    leased.sort();
+    let mut want = vec![a.id, c.id, d.id];
+    want.sort();
+    assert_eq!(leased, want, "each step once");
+    // Once ended, the final records come back: one step ended, one running.
+    let da = r.deliveries.iter().find(|d| d.job.id == a.id).unwrap();
+    b.settle(settle("work", "w", vec![success(da, "\"a\"")], 0))
+        .await
+        .unwrap();
+    let third = b.enqueue(vec![again_a, c.clone()]).await.unwrap();
+    assert!(third.iter().all(|e| !e.created));
+    assert_eq!(third[0].job.state, JobState::Success);
+    assert_eq!(third[0].job.result.as_deref(), Some("\"a\""));
+    assert_eq!(third[1].job.id, c.id);
+    assert!(!third[1].job.state.is_final(), "{:?}", third[1].job);
+    let r = b.settle(settle("work", "w2", vec![], 10)).await.unwrap();
+    assert!(r.deliveries.is_empty(), "nothing new waits");
+}
+
 async fn countdown_waits_in_the_broker(env: Env) {
     let b = &env.broker;
     let mut req = call("{}");
@@ -928,6 +991,7 @@ macro_rules! conformance {
 conformance!(
     enqueue_lease_and_succeed,
     idempotency_key_returns_first_job,
+    a_workflow_step_is_stored_once_by_its_id,
     countdown_waits_in_the_broker,
     expired_lease_is_redelivered_and_late_settlement_is_stale,
     next_due_names_the_earliest_lease_of_another_worker,
