@@ -512,7 +512,7 @@ async fn revoke_job(
     {
         // A workflow member ended: its workflow learns it now.
         crate::workflow::Workflows::new(ctx.producer.clone())
-            .apply_ended(&job.queue.clone(), &[job])
+            .apply_ended(&[(job.queue.clone(), job)])
             .await?;
     }
     revoke_answer(id, outcome)

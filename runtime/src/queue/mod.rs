@@ -638,6 +638,15 @@ pub trait Broker: Send + Sync + 'static {
     /// the state after (the earlier end if it had one); `None` when gone.
     async fn wf_end(&self, id: JobId, to: WfState, ttl: Duration) -> BrokerResult<Option<WfState>>;
 
+    /// Makes the jobs of a workflow's steps (`members`: id and queue)
+    /// findable by id for `ttl` at least, before any is enqueued: their
+    /// enqueue then writes no index entry (one index write per workflow,
+    /// not one per launch). The embedded broker finds every job by id.
+    async fn wf_index(&self, members: &[(JobId, String)], ttl: Duration) -> BrokerResult<()> {
+        let _ = (members, ttl);
+        Ok(())
+    }
+
     /// Removes applied entries from `queue`'s outbox.
     async fn outbox_done(&self, queue: &str, ids: &[JobId]) -> BrokerResult<()>;
 

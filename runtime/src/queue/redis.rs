@@ -29,7 +29,9 @@
 //!
 //! Outside the queues: `runner:{ids}:<hour>` (hash id -> queue of the jobs
 //! whose ids were made in that hour: the index by which status and revoke
-//! find a job's queue, kept at least as long as the records it names),
+//! find a job's queue, kept at least as long as the records it names;
+//! written by the enqueue, and for a workflow's steps by `wf_index` when it
+//! starts),
 //! `runner:queues` (set of names), `runner:{workers}:<id>`
 //! (heartbeats with a TTL) and `runner:{workers}` (their ids: listing
 //! workers scans nothing and, all in one slot, reads one node of a
@@ -1650,6 +1652,15 @@ impl Broker for RedisBroker {
         Ok(reply.and_then(|s| WfState::parse(&s)))
     }
 
+    async fn wf_index(&self, members: &[(JobId, String)], ttl: Duration) -> BrokerResult<()> {
+        let ttl = ttl_ms(ttl).saturating_add(INDEX_RETAIN_MS);
+        let entries: Vec<(JobId, &str, u64)> = members
+            .iter()
+            .map(|(id, q)| (*id, q.as_str(), ttl))
+            .collect();
+        self.index(&entries).await
+    }
+
     async fn outbox_done(&self, queue: &str, ids: &[JobId]) -> BrokerResult<()> {
         if ids.is_empty() {
             return Ok(());
@@ -1955,9 +1966,11 @@ impl RedisBroker {
                 .unwrap_or(0)
         };
         // The index outlives the record: a day past the due time (or the
-        // expiry) and the result's TTL.
+        // expiry) and the result's TTL. A workflow's steps were indexed
+        // when it started (`wf_index`).
         let entries: Vec<(JobId, &str, u64)> = chunk
             .iter()
+            .filter(|&&i| jobs[i].workflow.is_none())
             .map(|&i| {
                 let j = &jobs[i];
                 let wait = (delay_of(j).max(0) as u64 + INDEX_RETAIN_MS).max(ttl_of(j));

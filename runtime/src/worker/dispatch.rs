@@ -561,8 +561,8 @@ impl Dispatcher {
     }
 
     /// Applies the ends of workflow members this settle stored (and the
-    /// stale outbox entries its due check found) in the background: a
-    /// failure leaves them in the outbox, applied again later.
+    /// stale outbox entries its due check found) in the background
+    /// ([`crate::workflow::Workflows::apply_soon`]).
     fn advance_workflows(&self, queue: &str, completions: &[Completion], reply: &SettleReply) {
         let ended: Vec<Job> = completions
             .iter()
@@ -572,22 +572,9 @@ impl Dispatcher {
                 _ => None,
             })
             .collect();
-        if ended.is_empty() && reply.outbox.is_empty() {
-            return;
-        }
-        let workflows = self.ctx.workflows.clone();
-        let queue = queue.to_string();
-        let stale = reply.outbox.clone();
-        tokio::spawn(async move {
-            if let Err(e) = workflows.apply_ended(&queue, &ended).await {
-                tracing::warn!(queue = %queue, error = %e, "advancing workflows; the outbox keeps their ends");
-            }
-            if !stale.is_empty()
-                && let Err(e) = workflows.drain(&queue, &stale).await
-            {
-                tracing::warn!(queue = %queue, error = %e, "applying stale workflow ends");
-            }
-        });
+        self.ctx
+            .workflows
+            .apply_soon(queue, ended, reply.outbox.clone());
     }
 
     fn outage_backoff(&mut self, e: &BrokerError) -> Duration {

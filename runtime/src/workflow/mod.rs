@@ -55,6 +55,32 @@ const CACHE_MAX: usize = 256;
 pub struct Workflows {
     producer: Producer,
     trees: Arc<Mutex<HashMap<JobId, Arc<Tree>>>>,
+    /// Ends handed to [`Workflows::apply_soon`] not applied yet.
+    soon: Arc<Mutex<Soon>>,
+}
+
+/// Ends waiting for the background applier, with their queues.
+#[derive(Default)]
+struct Soon {
+    /// An applier task is under way: it takes what is added.
+    running: bool,
+    ended: Vec<(String, Job)>,
+    /// Stale outbox entries (found by due checks) to apply from their records.
+    stale: Vec<(String, Vec<JobId>)>,
+}
+
+/// Clears [`Soon::running`] when the applier task panics, so that the
+/// next end starts a new one (it clears it itself when it runs out of work).
+struct SoonRunning(Arc<Mutex<Soon>>);
+
+impl Drop for SoonRunning {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Ok(mut s) = self.0.lock()
+        {
+            s.running = false;
+        }
+    }
 }
 
 /// A workflow as `GET /v1/workflows/{id}` shows it.
@@ -120,6 +146,7 @@ impl Workflows {
         Workflows {
             producer,
             trees: Arc::new(Mutex::new(HashMap::new())),
+            soon: Arc::default(),
         }
     }
 
@@ -159,6 +186,7 @@ impl Workflows {
                 .await?
                 .ok_or_else(|| BrokerError::Protocol(format!("workflow {id} vanished")))?
         };
+        self.index_members(id, &tree).await?;
         // Launched even when it existed: a request retried after a crash
         // between the two finishes the launch (launched steps are skipped).
         self.launch(id, &tree, &tree.spec.root, None).await?;
@@ -167,6 +195,38 @@ impl Workflows {
             created,
             total: tree.total(),
         })
+    }
+
+    /// Makes every step's job of workflow `id` findable by id before any
+    /// is launched (again when a retried request comes: a crash may have
+    /// come between the record and this). An entry lasts as long as the
+    /// workflow may still launch its job, plus the job's wait and result.
+    async fn index_members(&self, id: JobId, tree: &Tree) -> BrokerResult<()> {
+        let mut longest = 0u64;
+        let members: Vec<(JobId, String)> = tree
+            .job_steps()
+            .into_iter()
+            .filter_map(|n| match &n.kind {
+                Kind::Job(step) => {
+                    let ms = [
+                        step.countdown_ms.unwrap_or(0),
+                        step.expires_in_ms.unwrap_or(0),
+                        step.template.result_ttl_ms,
+                    ]
+                    .iter()
+                    .fold(0u64, |a, b| a.saturating_add(*b));
+                    longest = longest.max(ms);
+                    Some((
+                        member_id(id, tree.spec.created_ms, &n.path),
+                        step.template.queue.clone(),
+                    ))
+                }
+                _ => None,
+            })
+            .collect();
+        let ttl =
+            crate::queue::workflow::RUNNING_TTL.saturating_add(Duration::from_millis(longest));
+        self.broker().wf_index(&members, ttl).await
     }
 
     fn remember(&self, id: JobId, tree: Arc<Tree>) {
@@ -193,12 +253,80 @@ impl Workflows {
         Ok(Some(tree))
     }
 
-    /// Applies the ends of workflow members `ended` (final records; other
-    /// jobs are skipped), then removes them from `queue`'s outbox.
-    pub async fn apply_ended(&self, queue: &str, ended: &[Job]) -> BrokerResult<()> {
-        self.apply(ended).await?;
-        let ids: Vec<JobId> = ended.iter().map(|j| j.id).collect();
-        self.broker().outbox_done(queue, &ids).await
+    /// Applies the ends of workflow members `ended` (final records of
+    /// jobs of their queues; other jobs are skipped), then removes them from
+    /// their queues' outboxes.
+    pub async fn apply_ended(&self, ended: &[(String, Job)]) -> BrokerResult<()> {
+        let jobs: Vec<Job> = ended.iter().map(|(_, j)| j.clone()).collect();
+        self.apply(&jobs).await?;
+        let mut by_queue: Vec<(&str, Vec<JobId>)> = Vec::new();
+        for (q, j) in ended {
+            match by_queue.iter_mut().find(|(bq, _)| bq == q) {
+                Some((_, ids)) => ids.push(j.id),
+                None => by_queue.push((q, vec![j.id])),
+            }
+        }
+        for (q, ids) in by_queue {
+            self.broker().outbox_done(q, &ids).await?;
+        }
+        Ok(())
+    }
+
+    /// Applies the ends `ended` of `queue`'s members and its stale outbox
+    /// entries `stale` in the background, one applier at a time: ends
+    /// handed over while an apply is under way wait for it and are applied
+    /// together next (one mark per workflow for all of them, one outbox
+    /// removal per queue). A failure leaves them in the outbox, whose due
+    /// check hands them out again.
+    pub fn apply_soon(&self, queue: &str, ended: Vec<Job>, stale: Vec<JobId>) {
+        if ended.is_empty() && stale.is_empty() {
+            return;
+        }
+        {
+            let Ok(mut soon) = self.soon.lock() else {
+                return;
+            };
+            soon.ended
+                .extend(ended.into_iter().map(|j| (queue.to_string(), j)));
+            if !stale.is_empty() {
+                soon.stale.push((queue.to_string(), stale));
+            }
+            if soon.running {
+                return;
+            }
+            soon.running = true;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let _running = SoonRunning(this.soon.clone());
+            loop {
+                let (ended, stale) = {
+                    let Ok(mut soon) = this.soon.lock() else {
+                        return;
+                    };
+                    if soon.ended.is_empty() && soon.stale.is_empty() {
+                        // Under the lock that found nothing: an end added
+                        // after this starts a new applier.
+                        soon.running = false;
+                        return;
+                    }
+                    (
+                        std::mem::take(&mut soon.ended),
+                        std::mem::take(&mut soon.stale),
+                    )
+                };
+                if !ended.is_empty()
+                    && let Err(e) = this.apply_ended(&ended).await
+                {
+                    tracing::warn!(error = %e, "advancing workflows; the outbox keeps their ends");
+                }
+                for (queue, ids) in stale {
+                    if let Err(e) = this.drain(&queue, &ids).await {
+                        tracing::warn!(queue = %queue, error = %e, "applying stale workflow ends");
+                    }
+                }
+            }
+        });
     }
 
     /// Applies the outbox entries `ids` of `queue` (ends nobody applied),
@@ -664,24 +792,16 @@ impl crate::producer::ChildWorkflows for Workflows {
                 WorkflowError::Enqueue(e) => crate::producer::enqueue_error(e),
                 other => HostError::Invalid(other.to_string()),
             })?;
-            let mut jobs = Vec::new();
-            fn walk(n: &Node, out: &mut Vec<(String, Option<String>)>) {
-                match &n.kind {
-                    Kind::Job(j) => out.push((
+            let jobs: Vec<(String, Option<String>)> = model::job_steps(&spec.root)
+                .into_iter()
+                .filter_map(|n| match &n.kind {
+                    Kind::Job(j) => Some((
                         j.template.task.clone().unwrap_or_default(),
                         j.asked_queue.clone(),
                     )),
-                    Kind::Chain(s) | Kind::Group(s) => s.iter().for_each(|c| walk(c, out)),
-                    Kind::Chord { members, callback } => {
-                        members.iter().for_each(|c| walk(c, out));
-                        walk(callback, out);
-                    }
-                }
-                if let Some(e) = &n.on_error {
-                    walk(e, out);
-                }
-            }
-            walk(&spec.root, &mut jobs);
+                    _ => None,
+                })
+                .collect();
             children.admit_jobs(&jobs)?;
             let started = self
                 .start(spec, req.idempotency_key.as_deref())

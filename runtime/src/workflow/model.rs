@@ -501,6 +501,26 @@ fn build(raw: Raw, jobs: &mut HashMap<String, Job>) -> Node {
     }
 }
 
+/// Every job step under `root` (itself included), error callbacks too.
+pub fn job_steps(root: &Node) -> Vec<&Node> {
+    fn walk<'a>(n: &'a Node, out: &mut Vec<&'a Node>) {
+        match &n.kind {
+            Kind::Job(_) => out.push(n),
+            Kind::Chain(s) | Kind::Group(s) => s.iter().for_each(|c| walk(c, out)),
+            Kind::Chord { members, callback } => {
+                members.iter().for_each(|c| walk(c, out));
+                walk(callback, out);
+            }
+        }
+        if let Some(e) = &n.on_error {
+            walk(e, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, &mut out);
+    out
+}
+
 /// The compiled tree, indexed for the engine: every step by its path,
 /// with the way to it from the root and its parent's path.
 pub struct Tree {
@@ -577,6 +597,11 @@ impl Tree {
     /// Whether `path` is an error callback.
     pub fn is_error_callback(&self, path: &str) -> bool {
         path.ends_with(".on_error")
+    }
+
+    /// Every job step of the tree, error callbacks included.
+    pub fn job_steps(&self) -> Vec<&Node> {
+        job_steps(&self.spec.root)
     }
 
     /// The member jobs of the workflow's success path (error callbacks

@@ -103,7 +103,7 @@ pub async fn redis() -> Env {
 }
 
 /// An environment on a server the caller keeps.
-async fn redis_on(server: &RedisServer) -> Env {
+pub(crate) async fn redis_on(server: &RedisServer) -> Env {
     let broker: Arc<dyn Broker> = Arc::new(RedisBroker::connect(&server.url()).await.unwrap());
     Env {
         producer: Producer::new(broker.clone(), registry().await),

@@ -80,10 +80,8 @@ async fn chord_callback_runs_once_under_races_and_repeats(env: Env) {
         Workflows::new(env.producer.clone()),
         Workflows::new(env.producer.clone()),
     );
-    let (a, b) = tokio::join!(
-        e1.apply_ended("work", std::slice::from_ref(&j1)),
-        e2.apply_ended("work", std::slice::from_ref(&j2))
-    );
+    let (w1, w2) = ([("work".into(), j1.clone())], [("work".into(), j2.clone())]);
+    let (a, b) = tokio::join!(e1.apply_ended(&w1), e2.apply_ended(&w2));
     a.unwrap();
     b.unwrap();
     assert!(
@@ -111,7 +109,7 @@ async fn chord_callback_runs_once_under_races_and_repeats(env: Env) {
     assert_eq!((st.done, st.total), (2, 3));
     // The callback ends: the workflow succeeded with its result.
     let cbj = finish(&env, "w3", cb, r#"{"total": 2}"#).await;
-    wf.apply_ended("work", &[cbj]).await.unwrap();
+    wf.apply_ended(&[("work".into(), cbj)]).await.unwrap();
     let st = wf.status(s.id).await.unwrap().unwrap();
     assert_eq!(st.state, WfState::Succeeded);
     assert_eq!((st.done, st.total), (3, 3));
@@ -155,12 +153,12 @@ async fn a_failed_member_runs_on_error_once_and_never_the_callback(env: Env) {
         .settle(settle("work", "w2", vec![c], 0))
         .await
         .unwrap();
-    wf.apply_ended("work", std::slice::from_ref(&failed))
+    wf.apply_ended(&[("work".into(), failed.clone())])
         .await
         .unwrap();
     wf.apply(std::slice::from_ref(&failed)).await.unwrap();
     let ok = finish(&env, "w1", &d1, "1").await;
-    wf.apply_ended("work", &[ok]).await.unwrap();
+    wf.apply_ended(&[("work".into(), ok)]).await.unwrap();
     let st = wf.status(s.id).await.unwrap().unwrap();
     assert_eq!(st.state, WfState::Failed);
     let path = d2.job.workflow.as_ref().unwrap().path.clone();
@@ -233,6 +231,126 @@ async fn an_unapplied_end_is_applied_after_it_goes_stale(env: Env) {
     );
     let st = wf.status(s.id).await.unwrap().unwrap();
     assert_eq!(st.done, 1);
+}
+
+/// Every step's job of a workflow is in the id index from the start, with
+/// its queue: a step launched later is found by id without a scan of the
+/// queues, and no launch writes the index again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflows_steps_are_indexed_when_it_starts() {
+    let server = RedisServer::start();
+    let env = crate::queue_conformance::redis_on(&server).await;
+    let wf = Workflows::new(env.producer.clone());
+    wf.submit(
+        Caller::Admin,
+        &request(json!({"workflow": {
+            "chain": [{"task": "echo"}, {"task": "other"}],
+            "on_error": {"task": "echo"}
+        }})),
+    )
+    .await
+    .unwrap();
+    let client = redis::Client::open(server.url()).unwrap();
+    let index = || {
+        let mut c = client.get_connection().unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("runner:{ids}:*")
+            .query(&mut c)
+            .unwrap();
+        let mut entries: Vec<(String, String)> = Vec::new();
+        for k in keys {
+            let h: std::collections::HashMap<String, String> =
+                redis::cmd("HGETALL").arg(&k).query(&mut c).unwrap();
+            entries.extend(h);
+        }
+        entries.sort();
+        entries
+    };
+    // Both steps and the error callback, though only the first is launched.
+    let before = index();
+    assert_eq!(before.len(), 3, "{before:?}");
+    assert!(before.iter().all(|(_, q)| q == "work"), "{before:?}");
+    let d = lease_one(&env, "work", "w1").await;
+    assert!(before.iter().any(|(id, _)| *id == d.job.id.to_string()));
+    finish(&env, "w1", &d, "1").await;
+    wf.drain_queue("work").await.unwrap();
+    let next = lease_one(&env, "work", "w1").await;
+    assert_eq!(next.job.task.as_deref(), Some("other"));
+    assert!(
+        before.iter().any(|(id, _)| *id == next.job.id.to_string()),
+        "the step launched later was indexed before: {before:?}"
+    );
+    assert_eq!(index(), before, "the launch wrote no entry of its own");
+    assert_eq!(
+        env.broker.get(next.job.id).await.unwrap().unwrap().state,
+        JobState::Started
+    );
+}
+
+/// Ends handed to the background applier while it is busy (here: before
+/// it first runs, on a runtime of one thread) are applied together: one
+/// mark call, so one progress event, for the three members of a group.
+async fn ends_handed_over_together_are_applied_together(env: Env) {
+    let wf = Workflows::new(env.producer.clone());
+    let s = wf
+        .submit(
+            Caller::Admin,
+            &request(json!({"workflow": {"chain": [
+                {"group": [{"task": "echo"}, {"task": "echo"}, {"task": "echo"}]},
+                {"task": "other"}
+            ]}})),
+        )
+        .await
+        .unwrap();
+    let mut ended = Vec::new();
+    for i in 0..3 {
+        let d = lease_one(&env, "work", "w1").await;
+        ended.push(finish(&env, "w1", &d, &i.to_string()).await);
+    }
+    let mut events = env.broker.subscribe().await.unwrap();
+    for j in ended {
+        wf.apply_soon("work", vec![j], vec![]);
+    }
+    let mut progress = Vec::new();
+    while progress.last() != Some(&3) {
+        let ev = tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .expect("the ends are applied")
+            .unwrap();
+        if ev.id == s.id {
+            progress.push(
+                ev.progress
+                    .expect("a workflow event counts its members")
+                    .done,
+            );
+        }
+    }
+    assert_eq!(progress, [3], "one mark for the three ends");
+    // The applier launches the next step, then empties the outbox.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !env
+        .broker
+        .outbox("work", Duration::ZERO, 10)
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "the outbox empties");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let next = lease_one(&env, "work", "w1").await;
+    assert_eq!(next.job.task.as_deref(), Some("other"));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn engine_ends_applied_together_embedded() {
+    ends_handed_over_together_are_applied_together(crate::queue_conformance::embedded().await)
+        .await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn engine_ends_applied_together_redis() {
+    ends_handed_over_together_are_applied_together(crate::queue_conformance::redis().await).await;
 }
 
 /// The engine's cases on every broker: embedded, Redis, and a Redis
