@@ -1658,7 +1658,11 @@ impl Broker for RedisBroker {
             .iter()
             .map(|(id, q)| (*id, q.as_str(), ttl))
             .collect();
-        self.index(&entries).await
+        // A workflow may have 10,000 steps: one call per thousand.
+        for chunk in entries.chunks(ENQUEUE_CHUNK) {
+            self.index(chunk).await?;
+        }
+        Ok(())
     }
 
     async fn outbox_done(&self, queue: &str, ids: &[JobId]) -> BrokerResult<()> {
