@@ -359,6 +359,10 @@ struct Inner {
     liveness: Liveness,
     /// Heartbeats sent per worker id by this process.
     heartbeats: Mutex<HashMap<String, u64>>,
+    /// Per queue, the minute its history last began (`hist` `last`) as the
+    /// scripts last said: a script that runs in that minute still need not
+    /// read it (`hist_known` in `check.lua`).
+    hist_minutes: Mutex<HashMap<String, String>>,
 }
 
 /// How this process's clock relates to the Redis server's. Every script
@@ -433,6 +437,7 @@ impl RedisBroker {
                 clock: Arc::new(Clock::default()),
                 liveness: Liveness::default(),
                 heartbeats: Mutex::new(HashMap::new()),
+                hist_minutes: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -1772,6 +1777,36 @@ fn member_id(member: &str) -> &str {
 }
 
 impl RedisBroker {
+    /// The history minute of `queue` the scripts last reported ('' none).
+    fn hist_minute(&self, queue: &str) -> String {
+        self.inner
+            .hist_minutes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(queue)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Keeps the history minute a script reported for `queue` (`reply`:
+    /// '' when the call changed nothing, which says nothing new).
+    fn saw_hist_minute(&self, queue: &str, reply: Option<&Value>) {
+        let Some(m) = reply.and_then(as_string).filter(|m| !m.is_empty()) else {
+            return;
+        };
+        let mut known = self
+            .inner
+            .hist_minutes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match known.get_mut(queue) {
+            Some(k) => *k = m,
+            None => {
+                known.insert(queue.to_string(), m);
+            }
+        }
+    }
+
     /// One settle call (see [`Broker::settle`]), and the rate-limit keys of
     /// jobs it could not lease because their logs were not declared.
     async fn settle_once(&self, req: &SettleRequest) -> BrokerResult<(SettleReply, Vec<String>)> {
@@ -1812,6 +1847,7 @@ impl RedisBroker {
         for c in req.completions.iter() {
             push_completion(&mut inv, c, sent);
         }
+        inv.arg(self.hist_minute(q));
         let reindex = reindexed(&req.completions, q, sent);
         let reply: Value = if reindex.is_empty() {
             inv.invoke_async(&mut self.conn()).await?
@@ -1852,6 +1888,7 @@ impl RedisBroker {
             .iter()
             .filter_map(as_string)
             .collect();
+        self.saw_hist_minute(q, parts.next().as_ref());
         let mut out = SettleReply {
             popped,
             reclaimed,
@@ -2018,6 +2055,7 @@ impl RedisBroker {
                     .arg(j.priority)
                     .arg(earlier);
             }
+            inv.arg(self.hist_minute(q));
             let mut conn = self.conn();
             let reply = if first {
                 first = false;
@@ -2033,9 +2071,10 @@ impl RedisBroker {
                 inv.invoke_async::<Value>(&mut conn).await?
             };
             let reply = as_array(reply);
-            if reply.len() != todo.len() * 2 {
+            if reply.len() != todo.len() * 2 + 1 {
                 return Err(protocol("enqueue reply has the wrong length"));
             }
+            self.saw_hist_minute(q, reply.last());
             let mut again = Vec::new();
             for (k, (i, _)) in todo.iter().enumerate() {
                 let flag = as_string(&reply[2 * k]).unwrap_or_default();

@@ -51,6 +51,14 @@ end
 -- writes that depth as `<last>:depth` and `<last>:running` (`hist_begin`).
 local HIST_MINUTES = 60
 local hist_counts, hist_begun = {}, false
+-- The minute the caller last saw as `last` (from an earlier reply: see
+-- `hist_known`), and the one this call saw or wrote, for its reply. `last`
+-- only moves forward, to the server's current minute, so when the caller's
+-- minute is the current one it is `last` still, and need not be read.
+local hist_hint, hist_seen = nil, nil
+local function hist_known(v)
+  hist_hint = tonumber(v)
+end
 local function hist_count(what, n)
   hist_counts[what] = (hist_counts[what] or 0) + (n or 1)
 end
@@ -64,6 +72,8 @@ local function hist_begin(P, now, dw)
   now = now or server_ms()
   local k = P .. 'hist'
   local m = math.floor(now / 60000)
+  hist_seen = m
+  if hist_hint == m then return end
   local last = tonumber(redis.call('HGET', k, 'last'))
   if last == m then return end
   if not last then

@@ -6,12 +6,14 @@
 -- ARGV: prefix, channel, queue, idempotency ttl ms, n,
 --       then per job: id, record, delay ms (0 = ready now), idempotency key ('=': stored
 --       once by its id, a workflow's step), record ttl ms (0 = none), priority (0-9),
---       earlier id (whose record key is declared: '' none)
+--       earlier id (whose record key is declared: '' none);
+--       last, the history minute the caller knows ('': none; `hist_known`)
 -- Due times are the server's now plus the delay (the producer's clock may be off).
 -- Returns per job: 'new' or 'dup', then the earlier record for a dup ('' otherwise);
 -- or 'again', then the id its idempotency key names, whose final record
 -- the call could not read (nothing of that job was written: the caller
--- sends it again, declaring that record's key).
+-- sends it again, declaring that record's key); then the history minute
+-- the call saw ('' when it changed nothing).
 -- A record lives in `live` until its job ends (`redis.rs`, "Keys").
 -- A worker idle on the queue (`idle`, registered by its settle call) gets
 -- the first jobs made ready leased to it at once, published with the
@@ -22,7 +24,8 @@ local PUSH_MARK_MS = 10000
 local idem_ttl = ttl_ms(ARGV[4], 'idempotency ttl')
 local n = count(ARGV[5], 'n')
 local W = 7 -- arguments per job
-if #ARGV ~= 5 + n * W then arg_error('count', #ARGV) end
+if #ARGV ~= 6 + n * W then arg_error('count', #ARGV) end
+hist_known(ARGV[6 + n * W])
 for j = 0, n - 1 do
   local b = 6 + j * W
   int_in(ARGV[b + 2], 0, MAX_MS, 'delay of job ' .. j)
@@ -30,7 +33,7 @@ for j = 0, n - 1 do
   int_in(ARGV[b + 5], 0, 9, 'priority of job ' .. j)
 end
 local out = {}
-if n == 0 then return out end
+if n == 0 then return { '' } end
 
 local hset, ready, delayed, indexed, prio = {}, {}, {}, {}, {}
 local now = nil
@@ -237,4 +240,5 @@ if readied > 0 or wake or push then
   if wake then msg.wake = wake end
   publish(chan, cjson.encode(msg))
 end
+out[#out + 1] = hist_seen and tostring(hist_seen) or ''
 return out

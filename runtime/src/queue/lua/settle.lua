@@ -12,7 +12,8 @@
 --       idle slots (when the fetch drains the queue, register this many of the
 --       worker's free slots in `idle`, for the enqueue script to push jobs to;
 --       0: none), whether the worker is registered there (1/0: else it is left alone),
---       then per completion: lease member, action, record, arg, id, alt record, alt ttl, state
+--       then per completion: lease member, action, record, arg, id, alt record, alt ttl, state,
+--       then the history minute the caller knows ('': none; `hist_known`)
 -- action: F final (arg = ttl ms), D final + dead letter (arg = ttl ms),
 --         R retry (arg = delay ms from now), H hand back;
 --         a trailing 'p' clears stored progress.
@@ -22,7 +23,8 @@
 -- left ('1'/'0'; '' when not asked), workflow ends to apply again (due check),
 -- whether the worker is registered as idle ('1'/'0'), whether jobs pushed to
 -- it are on their way (so nothing was leased; '1'/'0'), rate-limit keys
--- a job needed but the call did not declare}.
+-- a job needed but the call did not declare, the history minute the call
+-- saw ('' when it changed nothing)}.
 -- A job's record lives in `live` until it ends, then in `job:<id>` (a
 -- final record found by a due check, whose key the call could not name,
 -- stays in `live` until it expires: see `ends`).
@@ -35,7 +37,8 @@ local check_prio = ARGV[10] == '1'
 local idle_slots = count(ARGV[11], 'idle slots')
 local was_idle = ARGV[12] == '1'
 local C = 13 -- the first completion's first argument
-if #ARGV ~= C - 1 + nc * 8 then arg_error('count', #ARGV) end
+if #ARGV ~= C + nc * 8 then arg_error('count', #ARGV) end
+hist_known(ARGV[C + nc * 8])
 for j = 0, nc - 1 do
   local b = C + j * 8
   local kind = string.sub(ARGV[b + 1], 1, 1)
@@ -405,4 +408,5 @@ if #ev > 0 or readied > 0 or deferred then
   if #out > 0 then msg.lease = now + lease_ms end
   publish(chan, cjson.encode(msg))
 end
-return { out, stale, next_due and tostring(next_due) or '', deferred and tostring(deferred) or '', popped, now, reclaimed, prio_left, outbox, registered, in_flight, undeclared }
+return { out, stale, next_due and tostring(next_due) or '', deferred and tostring(deferred) or '', popped, now, reclaimed, prio_left, outbox, registered, in_flight, undeclared,
+  hist_seen and tostring(hist_seen) or '' }
