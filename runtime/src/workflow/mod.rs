@@ -203,25 +203,21 @@ impl Workflows {
     /// workflow may still launch its job, plus the job's wait and result.
     async fn index_members(&self, id: JobId, tree: &Tree) -> BrokerResult<()> {
         let mut longest = 0u64;
-        let members: Vec<(JobId, String)> = tree
-            .job_steps()
+        let members: Vec<(JobId, String)> = model::job_steps(&tree.spec.root)
             .into_iter()
-            .filter_map(|n| match &n.kind {
-                Kind::Job(step) => {
-                    let ms = [
-                        step.countdown_ms.unwrap_or(0),
-                        step.expires_in_ms.unwrap_or(0),
-                        step.template.result_ttl_ms,
-                    ]
-                    .iter()
-                    .fold(0u64, |a, b| a.saturating_add(*b));
-                    longest = longest.max(ms);
-                    Some((
-                        member_id(id, tree.spec.created_ms, &n.path),
-                        step.template.queue.clone(),
-                    ))
-                }
-                _ => None,
+            .map(|(n, step)| {
+                let ms = [
+                    step.countdown_ms.unwrap_or(0),
+                    step.expires_in_ms.unwrap_or(0),
+                    step.template.result_ttl_ms,
+                ]
+                .iter()
+                .fold(0u64, |a, b| a.saturating_add(*b));
+                longest = longest.max(ms);
+                (
+                    member_id(id, tree.spec.created_ms, &n.path),
+                    step.template.queue.clone(),
+                )
             })
             .collect();
         let ttl =
@@ -257,8 +253,7 @@ impl Workflows {
     /// jobs of their queues; other jobs are skipped), then removes them from
     /// their queues' outboxes.
     pub async fn apply_ended(&self, ended: &[(String, Job)]) -> BrokerResult<()> {
-        let jobs: Vec<Job> = ended.iter().map(|(_, j)| j.clone()).collect();
-        self.apply(&jobs).await?;
+        self.apply(ended.iter().map(|(_, j)| j)).await?;
         let mut by_queue: Vec<(&str, Vec<JobId>)> = Vec::new();
         for (q, j) in ended {
             match by_queue.iter_mut().find(|(bq, _)| bq == q) {
@@ -369,7 +364,7 @@ impl Workflows {
     }
 
     /// Advances the workflows of `ended` (final records of their members).
-    pub async fn apply(&self, ended: &[Job]) -> BrokerResult<()> {
+    pub async fn apply<'a>(&self, ended: impl IntoIterator<Item = &'a Job>) -> BrokerResult<()> {
         let mut by_wf: Vec<(JobId, Vec<&Job>)> = Vec::new();
         for job in ended {
             let Some(w) = &job.workflow else { continue };
@@ -794,12 +789,11 @@ impl crate::producer::ChildWorkflows for Workflows {
             })?;
             let jobs: Vec<(String, Option<String>)> = model::job_steps(&spec.root)
                 .into_iter()
-                .filter_map(|n| match &n.kind {
-                    Kind::Job(j) => Some((
+                .map(|(_, j)| {
+                    (
                         j.template.task.clone().unwrap_or_default(),
                         j.asked_queue.clone(),
-                    )),
-                    _ => None,
+                    )
                 })
                 .collect();
             children.admit_jobs(&jobs)?;

@@ -501,11 +501,12 @@ fn build(raw: Raw, jobs: &mut HashMap<String, Job>) -> Node {
     }
 }
 
-/// Every job step under `root` (itself included), error callbacks too.
-pub fn job_steps(root: &Node) -> Vec<&Node> {
-    fn walk<'a>(n: &'a Node, out: &mut Vec<&'a Node>) {
+/// Every job step under `root` (itself included), error callbacks too,
+/// each with its job.
+pub fn job_steps(root: &Node) -> Vec<(&Node, &JobStep)> {
+    fn walk<'a>(n: &'a Node, out: &mut Vec<(&'a Node, &'a JobStep)>) {
         match &n.kind {
-            Kind::Job(_) => out.push(n),
+            Kind::Job(j) => out.push((n, j)),
             Kind::Chain(s) | Kind::Group(s) => s.iter().for_each(|c| walk(c, out)),
             Kind::Chord { members, callback } => {
                 members.iter().for_each(|c| walk(c, out));
@@ -597,11 +598,6 @@ impl Tree {
     /// Whether `path` is an error callback.
     pub fn is_error_callback(&self, path: &str) -> bool {
         path.ends_with(".on_error")
-    }
-
-    /// Every job step of the tree, error callbacks included.
-    pub fn job_steps(&self) -> Vec<&Node> {
-        job_steps(&self.spec.root)
     }
 
     /// The member jobs of the workflow's success path (error callbacks
