@@ -2,7 +2,8 @@
 //! starts itself (a fresh `redis-server` on a free loopback port):
 //!
 //! - jobs/s for N no-op WASM jobs (the built-in `hello`) with one worker, the
-//!   producer enqueueing in batches;
+//!   producer enqueueing in batches: all of them before the worker starts,
+//!   then N more while the running worker drains them;
 //! - Redis commands per job from enqueue to stored result
 //!   (`total_commands_processed` delta over the run; commands run inside
 //!   Lua scripts are counted by Redis itself, and the worker's start-up and
@@ -244,18 +245,31 @@ pub async fn execute(args: QueueBench) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `--jobs` jobs enqueued in batches, then drained by the worker.
+/// `--jobs` jobs enqueued in batches, then drained by the worker; then as
+/// many again enqueued while the (now running) worker drains them.
 struct Throughput {
     enqueue: Duration,
     process: Duration,
     total: Duration,
+    commands: Commands,
+    live: Live,
+}
+
+/// Jobs enqueued while a running worker drains them, the way a deployment
+/// (and Celery's side of this bench) runs: its workers are up before the
+/// jobs come.
+struct Live {
+    /// First enqueue to last result.
+    total: Duration,
+    /// First enqueue to the last batch enqueued.
+    enqueue: Duration,
     commands: Commands,
 }
 
 impl Throughput {
     fn print(&self, jobs: usize) {
         let rate = |d: Duration| jobs as f64 / d.as_secs_f64();
-        println!("throughput");
+        println!("throughput, a full queue (all {jobs} enqueued, then the worker starts)");
         println!(
             "  enqueue:            {:>10.0} jobs/s ({:.2?} for {jobs})",
             rate(self.enqueue),
@@ -271,13 +285,28 @@ impl Throughput {
             rate(self.total),
             self.total
         );
-        println!("redis commands");
         println!(
-            "  per job:            {:>10.2} ({} commands for {jobs} jobs, enqueue to stored result; budget <= 4)",
+            "  redis per job:      {:>10.2} ({} commands, enqueue to stored result; budget <= 4)",
             self.commands.total as f64 / jobs as f64,
             self.commands.total,
         );
         println!("  by command:         {}", self.commands.breakdown);
+        let live = &self.live;
+        println!(
+            "throughput, enqueued while the worker drains ({jobs} more, the worker already running)"
+        );
+        println!(
+            "  end to end:         {:>10.0} jobs/s ({:.2?}, first enqueue to last result; the enqueue took {:.2?})",
+            rate(live.total),
+            live.total,
+            live.enqueue
+        );
+        println!(
+            "  redis per job:      {:>10.2} ({} commands, enqueue to stored result; budget <= 4)",
+            live.commands.total as f64 / jobs as f64,
+            live.commands.total,
+        );
+        println!("  by command:         {}", live.commands.breakdown);
     }
 }
 
@@ -316,15 +345,54 @@ async fn measure_throughput<W>(
     if failed > 0 {
         bail!("{failed} jobs did not succeed");
     }
+    let live = measure_live(args, producer, events, count).await?;
     Ok((
         Throughput {
             enqueue,
             process,
             total,
             commands,
+            live,
         },
         worker,
     ))
+}
+
+/// `args.jobs` jobs enqueued in batches while the running worker drains
+/// them.
+async fn measure_live(
+    args: &QueueBench,
+    producer: &Producer,
+    events: &mut broadcast::Receiver<JobEvent>,
+    count: &mut CommandCount,
+) -> anyhow::Result<Live> {
+    // The worker goes idle first, as between two bursts of a deployment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    count.reset().await?;
+    let bar = progress_bar(args.jobs as u64, "enqueue while it drains");
+    let t0 = Instant::now();
+    let enqueue = {
+        let producer = producer.clone();
+        let (input, jobs, batch) = (args.input.clone(), args.jobs, args.batch);
+        tokio::spawn(async move {
+            enqueue_jobs(&producer, "bench", &input, jobs, batch, None).await?;
+            anyhow::Ok(t0.elapsed())
+        })
+    };
+    let failed = wait_finals(events, &["bench"], args.jobs, Some(&bar)).await;
+    let total = t0.elapsed();
+    bar.finish_and_clear();
+    let enqueue = enqueue.await??;
+    let failed = failed?;
+    let commands = count.read().await?;
+    if failed > 0 {
+        bail!("{failed} jobs did not succeed");
+    }
+    Ok(Live {
+        total,
+        enqueue,
+        commands,
+    })
 }
 
 /// Single jobs, one after the other, on an idle worker.
