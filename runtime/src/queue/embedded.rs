@@ -1190,8 +1190,12 @@ impl Broker for EmbeddedBroker {
             f.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
         };
         let mut ended = 0;
+        // The counters this call moved, and the uncounted marks it added.
+        let mut moved: Vec<&str> = Vec::new();
+        let mut fresh = Vec::with_capacity(marks.len());
         for m in marks {
             let new = !f.contains_key(&m.field);
+            fresh.push(new);
             if new {
                 f.insert(m.field.clone(), m.value.clone());
                 if m.kind != MarkKind::Complete {
@@ -1203,6 +1207,7 @@ impl Broker for EmbeddedBroker {
             {
                 let c = num(f, k) + 1;
                 f.insert(k.clone(), c.to_string());
+                moved.push(k);
             }
             if m.kind == MarkKind::Failure && new && state == WfState::Running {
                 state = WfState::Failed;
@@ -1218,6 +1223,14 @@ impl Broker for EmbeddedBroker {
             .iter()
             .map(|m| m.counter.as_ref().map_or(0, |k| num(f, k)))
             .collect();
+        let fresh = marks
+            .iter()
+            .zip(fresh)
+            .map(|(m, new)| match &m.counter {
+                Some(k) if m.kind != MarkKind::Failure => moved.contains(&k.as_str()),
+                _ => new,
+            })
+            .collect();
         let done = num(f, DONE) + ended;
         f.insert(DONE.into(), done.to_string());
         let failed = f.get(FAILED).cloned().filter(|_| state == WfState::Failed);
@@ -1230,6 +1243,7 @@ impl Broker for EmbeddedBroker {
             done,
             failed,
             counts,
+            fresh,
         }))
     }
 

@@ -142,6 +142,11 @@ pub struct WfMarked {
     /// Per mark: its counter's value after the whole call (0 without
     /// one): marks of one group in one call all see the same count.
     pub counts: Vec<u64>,
+    /// Per mark: whether this call wrote a new mark of its counter (of
+    /// the mark itself, without one). Marks are only ever added, so one
+    /// call alone sees its group's count reach the group's size with this
+    /// set: the call that completed the group, the first to know it.
+    pub fresh: Vec<bool>,
 }
 
 /// A workflow record as stored.

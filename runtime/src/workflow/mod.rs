@@ -189,7 +189,7 @@ impl Workflows {
         self.index_members(id, &tree).await?;
         // Launched even when it existed: a request retried after a crash
         // between the two finishes the launch (launched steps are skipped).
-        self.launch(id, &tree, &tree.spec.root, None).await?;
+        self.launch(id, &tree, &tree.spec.root, None, false).await?;
         Ok(Submitted {
             id,
             created,
@@ -436,7 +436,8 @@ impl Workflows {
         }
         // Marks of one group share its count: the group is looked at once.
         let mut seen: Vec<&str> = Vec::new();
-        for ((mark, node), count) in marks.iter().zip(&nodes).zip(&marked.counts) {
+        let per_mark = marked.counts.iter().zip(&marked.fresh);
+        for ((mark, node), (count, &fresh)) in marks.iter().zip(&nodes).zip(per_mark) {
             if mark.kind != MarkKind::Success {
                 continue;
             }
@@ -447,19 +448,24 @@ impl Workflows {
                 seen.push(c);
             }
             let counted = mark.counter.as_ref().map(|_| *count);
-            self.completed(id, &tree, node, counted, ttl).await?;
+            self.completed(id, &tree, node, counted, fresh, ttl).await?;
         }
         Ok(())
     }
 
     /// `node` completed (its count in its group, `counted`, known when the
     /// mark that completed it counted it): advance what it completes.
+    /// `fresh`: this call's mark was new (`WfMarked::fresh`). Marks are
+    /// only added, so one call alone completes a step with a new mark:
+    /// what follows that step was never launched, and is launched without
+    /// looking for earlier launches.
     async fn completed(
         &self,
         id: JobId,
         tree: &Tree,
         node: &Node,
         mut counted: Option<u64>,
+        mut fresh: bool,
         ttl: Duration,
     ) -> BrokerResult<()> {
         let mut node = node;
@@ -486,7 +492,7 @@ impl Workflows {
                             None
                         };
                         return self
-                            .launch(id, tree, next, out.map(|o| o.to_string()))
+                            .launch(id, tree, next, out.map(|o| o.to_string()), fresh)
                             .await;
                     }
                     node = parent;
@@ -510,6 +516,9 @@ impl Workflows {
                             if m.state != WfState::Running {
                                 return Ok(());
                             }
+                            // Whichever call came first to this node: this
+                            // mark completes the group for this call alone.
+                            fresh = m.fresh.first().copied().unwrap_or(false);
                             m.counts.first().copied().unwrap_or(0)
                         }
                     };
@@ -519,7 +528,7 @@ impl Workflows {
                     if let Kind::Chord { callback, .. } = &parent.kind {
                         let input = Value::Array(self.outputs(id, tree, steps).await?);
                         return self
-                            .launch(id, tree, callback, Some(input.to_string()))
+                            .launch(id, tree, callback, Some(input.to_string()), fresh)
                             .await;
                     }
                     node = parent;
@@ -553,20 +562,27 @@ impl Workflows {
     /// Enqueues the jobs that start `node`, each given `input` (the output
     /// of the step before), idempotently; records them in the workflow.
     /// A launch that finds the workflow no longer running revokes what it
-    /// launched (it raced a revoke or a failure).
+    /// launched (it raced a revoke or a failure). `first`: this is the
+    /// first launch of `node` (see `completed`).
     async fn launch(
         &self,
         id: JobId,
         tree: &Tree,
         node: &Node,
         input: Option<String>,
+        first: bool,
     ) -> BrokerResult<()> {
         let mut entry = Vec::new();
         tree.entry_jobs(node, &mut entry);
         // Steps launched before (by an end applied again) are not
-        // launched again, even once their jobs' records have expired.
-        let fields: Vec<String> = entry.iter().map(|n| format!("l:{}", n.path)).collect();
-        let launched = self.broker().wf_fields(id, &fields).await?;
+        // launched again, even once their jobs' records have expired. A
+        // first launch has nothing to look for.
+        let launched = if first {
+            vec![None; entry.len()]
+        } else {
+            let fields: Vec<String> = entry.iter().map(|n| format!("l:{}", n.path)).collect();
+            self.broker().wf_fields(id, &fields).await?
+        };
         let jobs: Vec<Job> = entry
             .iter()
             .zip(launched)
@@ -576,7 +592,7 @@ impl Workflows {
         if jobs.is_empty() {
             return Ok(());
         }
-        let state = self.enqueue_members(id, jobs).await?;
+        let state = self.enqueue_members(id, jobs, first).await?;
         if state.is_some_and(|s| s != WfState::Running) {
             let mut paths: Vec<&str> = entry.iter().map(|n| n.path.as_str()).collect();
             paths.sort();
@@ -585,14 +601,24 @@ impl Workflows {
         Ok(())
     }
 
-    /// Enqueues `jobs` (each stored once by its derived id) and records
-    /// them; the state after.
-    async fn enqueue_members(&self, id: JobId, jobs: Vec<Job>) -> BrokerResult<Option<WfState>> {
+    /// Enqueues `jobs` (each stored once by its derived id; `first`: as
+    /// first launches, `Broker::enqueue_launch`) and records them; the
+    /// state after.
+    async fn enqueue_members(
+        &self,
+        id: JobId,
+        jobs: Vec<Job>,
+        first: bool,
+    ) -> BrokerResult<Option<WfState>> {
         let paths: Vec<String> = jobs
             .iter()
             .filter_map(|j| j.workflow.as_ref().map(|w| w.path.clone()))
             .collect();
-        let enqueued = self.broker().enqueue(jobs).await?;
+        let enqueued = if first {
+            self.broker().enqueue_launch(jobs).await?
+        } else {
+            self.broker().enqueue(jobs).await?
+        };
         let launched: Vec<(String, JobId)> = paths
             .into_iter()
             .zip(enqueued)
@@ -660,7 +686,7 @@ impl Workflows {
         let Some(job) = self.member_job(id, tree, cb, Some(&info)) else {
             return Ok(());
         };
-        self.enqueue_members(id, vec![job]).await?;
+        self.enqueue_members(id, vec![job], false).await?;
         Ok(())
     }
 

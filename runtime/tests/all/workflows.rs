@@ -287,6 +287,143 @@ async fn a_workflows_steps_are_indexed_when_it_starts() {
     );
 }
 
+/// `wf_mark` tells the one call that moved a group's count (or added an
+/// uncounted mark) apart from every repeat: the call that completes a
+/// group is the only one to see its full count with `fresh` set.
+async fn a_marks_first_call_alone_is_fresh(env: Env) {
+    use runner::queue::{MarkKind, WfMark};
+    let wf = Workflows::new(env.producer.clone());
+    let s = wf
+        .submit(
+            Caller::Admin,
+            &request(json!({"workflow": {"task": "echo"}})),
+        )
+        .await
+        .unwrap();
+    let ttl = Duration::from_secs(60);
+    let mark = |kind, field: &str, counter: Option<&str>| WfMark {
+        kind,
+        field: field.into(),
+        value: "1".into(),
+        counter: counter.map(Into::into),
+    };
+    let marked = |marks: Vec<WfMark>| {
+        let b = env.broker.clone();
+        async move {
+            let m = b.wf_mark(s.id, &marks, ttl).await.unwrap().unwrap();
+            (m.counts, m.fresh)
+        }
+    };
+    let x = || mark(MarkKind::Success, "r:x", Some("n:g"));
+    let y = || mark(MarkKind::Success, "r:y", Some("n:g"));
+    assert_eq!(marked(vec![x()]).await, (vec![1], vec![true]));
+    assert_eq!(marked(vec![x()]).await, (vec![1], vec![false]), "a repeat");
+    // A repeat beside a new mark of the same group: both see it moved.
+    assert_eq!(marked(vec![y(), x()]).await, (vec![2, 2], vec![true, true]));
+    assert_eq!(
+        marked(vec![y(), x()]).await,
+        (vec![2, 2], vec![false, false])
+    );
+    // A completed step counts in its group like a member.
+    let c = || mark(MarkKind::Complete, "c:z", Some("n:g"));
+    assert_eq!(marked(vec![c()]).await, (vec![3], vec![true]));
+    assert_eq!(marked(vec![c()]).await, (vec![3], vec![false]));
+    // Without a counter: the mark itself.
+    let alone = || mark(MarkKind::Success, "r:w", None);
+    assert_eq!(marked(vec![alone()]).await, (vec![0], vec![true]));
+    assert_eq!(marked(vec![alone()]).await, (vec![0], vec![false]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_a_marks_first_call_alone_is_fresh_embedded() {
+    a_marks_first_call_alone_is_fresh(crate::queue_conformance::embedded().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_a_marks_first_call_alone_is_fresh_redis() {
+    a_marks_first_call_alone_is_fresh(crate::queue_conformance::redis().await).await;
+}
+
+/// The apply that completes a group launches the next step as a first
+/// launch: it reads no launch records and the enqueue looks up no earlier
+/// records (no `HMGET`, no `MGET`). Applied again, or after a crash that
+/// lost the launch records, the next step is still stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_launch_looks_nothing_up() {
+    let server = RedisServer::start();
+    let env = crate::queue_conformance::redis_on(&server).await;
+    let wf = Workflows::new(env.producer.clone());
+    let s = wf
+        .submit(
+            Caller::Admin,
+            &request(json!({"workflow": {"chain": [
+                {"group": [{"task": "echo", "input": 1}, {"task": "echo", "input": 2}]},
+                {"group": [{"task": "other", "input": 3}, {"task": "other", "input": 4}]}
+            ]}})),
+        )
+        .await
+        .unwrap();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let mut calls = |cmd: &str| -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut conn)
+            .unwrap();
+        let key = format!("cmdstat_{cmd}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+    };
+    let d1 = lease_one(&env, "work", "w1").await;
+    let d2 = lease_one(&env, "work", "w1").await;
+    let j1 = finish(&env, "w1", &d1, "\"a\"").await;
+    let j2 = finish(&env, "w1", &d2, "\"b\"").await;
+    let ends = [("work".to_string(), j1), ("work".to_string(), j2)];
+    let (hmget, mget) = (calls("hmget"), calls("mget"));
+    wf.apply_ended(&ends).await.unwrap();
+    assert_eq!(
+        calls("hmget"),
+        hmget,
+        "the first launch read no launch records"
+    );
+    assert_eq!(calls("mget"), mget, "the first launch looked no records up");
+    // Applied again: the launch records are read, nothing is stored twice.
+    wf.apply_ended(&ends).await.unwrap();
+    assert!(calls("hmget") > hmget, "a repeat reads the launch records");
+    // A crash between the enqueue and the launch records: the repeat
+    // finds the jobs by their ids.
+    let wf_key = format!("runner:{{wf:{}}}", s.id);
+    let launched: Vec<String> = redis::cmd("HKEYS")
+        .arg(&wf_key)
+        .query::<Vec<String>>(&mut client.get_connection().unwrap())
+        .unwrap()
+        .into_iter()
+        .filter(|f| f.starts_with("l:"))
+        .collect();
+    assert_eq!(launched.len(), 4, "{launched:?}");
+    let _: () = redis::cmd("HDEL")
+        .arg(&wf_key)
+        .arg(&launched)
+        .query(&mut client.get_connection().unwrap())
+        .unwrap();
+    wf.apply_ended(&ends).await.unwrap();
+    // The next step's two jobs, each stored once by its id.
+    let r = env
+        .broker
+        .settle(settle("work", "w2", vec![], 10))
+        .await
+        .unwrap();
+    let mut inputs: Vec<&str> = r.deliveries.iter().map(|d| d.job.input.as_str()).collect();
+    inputs.sort();
+    assert_eq!(inputs, ["3", "4"]);
+    assert!(
+        r.deliveries
+            .iter()
+            .all(|d| d.job.task.as_deref() == Some("other"))
+    );
+}
+
 /// Ends handed to the background applier while it is busy (here: before
 /// it first runs, on a runtime of one thread) are applied together: one
 /// mark call, so one progress event, for the three members of a group.

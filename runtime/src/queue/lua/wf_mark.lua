@@ -5,8 +5,10 @@
 -- ARGV: channel, workflow id, ttl ms once failed, n, then per mark:
 --       kind (S success, F failure, C completed group or chain), field, value, counter field ('' none)
 -- Returns false when the record is gone, else
--- {state, done, failed path ('' none), per mark its counter's value after
--- the call (0 without a counter)...}.
+-- {state, done, failed path ('' none), then per mark: its counter's value
+-- after the call (0 without a counter), and 1 when this call wrote a new
+-- mark of that counter (or, without a counter, this mark itself) else 0}.
+-- The one call that brings a group's counter to its size has that 1.
 local chan, wid = ARGV[1], ARGV[2]
 local ttl = ttl_ms(ARGV[3], 'ttl')
 local n = count(ARGV[4], 'n')
@@ -24,6 +26,8 @@ local ended = 0
 -- says how many fields are new, and a repeated mark rewrites the same
 -- outcome (one member has one final record).
 local groups, order = {}, {}
+-- Per uncounted mark (by its index): whether it was new.
+local fresh = {}
 for j = 0, n - 1 do
   local b = 5 + j * 4
   local kind, field, value, counter = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
@@ -38,6 +42,7 @@ for j = 0, n - 1 do
     fv[#fv + 1] = value
   else
     local new = redis.call('HSETNX', K, field, value)
+    fresh[j] = new
     if kind ~= 'C' then ended = ended + new end
     if kind == 'F' and new == 1 and st == 'running' then
       st = 'failed'
@@ -46,12 +51,13 @@ for j = 0, n - 1 do
     end
   end
 end
-local counts = {}
+local counts, moved = {}, {}
 for _, g in ipairs(order) do
   local grp = groups[g]
   local new = redis.call('HSET', K, unpack(grp.fv))
   if grp.kind == 'S' then ended = ended + new end
   if new > 0 then
+    moved[grp.counter] = 1
     counts[grp.counter] = redis.call('HINCRBY', K, grp.counter, new)
   elseif not counts[grp.counter] then
     counts[grp.counter] = tonumber(redis.call('HGET', K, grp.counter) or '0')
@@ -70,7 +76,12 @@ if ended > 0 or st ~= was then
 end
 local out = { st, done, failed }
 for j = 0, n - 1 do
-  local counter = ARGV[8 + j * 4]
+  local kind, counter = ARGV[5 + j * 4], ARGV[8 + j * 4]
   out[#out + 1] = (counter ~= '' and counts[counter]) or 0
+  if counter ~= '' and kind ~= 'F' then
+    out[#out + 1] = moved[counter] or 0
+  else
+    out[#out + 1] = fresh[j] or 0
+  end
 end
 return out
