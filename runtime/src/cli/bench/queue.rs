@@ -285,12 +285,7 @@ impl Throughput {
             rate(self.total),
             self.total
         );
-        println!(
-            "  redis per job:      {:>10.2} ({} commands, enqueue to stored result; budget <= 4)",
-            self.commands.total as f64 / jobs as f64,
-            self.commands.total,
-        );
-        println!("  by command:         {}", self.commands.breakdown);
+        print_per_job(&self.commands, jobs);
         let live = &self.live;
         println!(
             "throughput, enqueued while the worker drains ({jobs} more, the worker already running)"
@@ -301,13 +296,18 @@ impl Throughput {
             live.total,
             live.enqueue
         );
-        println!(
-            "  redis per job:      {:>10.2} ({} commands, enqueue to stored result; budget <= 4)",
-            live.commands.total as f64 / jobs as f64,
-            live.commands.total,
-        );
-        println!("  by command:         {}", live.commands.breakdown);
+        print_per_job(&live.commands, jobs);
     }
+}
+
+/// Redis commands per job of a throughput figure, and which.
+fn print_per_job(commands: &Commands, jobs: usize) {
+    println!(
+        "  redis per job:      {:>10.2} ({} commands, enqueue to stored result; budget <= 4)",
+        commands.total as f64 / jobs as f64,
+        commands.total,
+    );
+    println!("  by command:         {}", commands.breakdown);
 }
 
 /// Enqueues `args.jobs` jobs, starts the worker (`start_worker`), and waits
