@@ -516,8 +516,9 @@ impl Workflows {
                             if m.state != WfState::Running {
                                 return Ok(());
                             }
-                            // Whichever call came first to this node: this
-                            // mark completes the group for this call alone.
+                            // Only the call whose mark of this node is new
+                            // can complete the group with it (even when an
+                            // earlier apply saw the node complete and died).
                             fresh = m.fresh.first().copied().unwrap_or(false);
                             m.counts.first().copied().unwrap_or(0)
                         }
