@@ -524,14 +524,6 @@ pub trait Broker: Send + Sync + 'static {
     /// same way.
     async fn enqueue(&self, jobs: Vec<Job>) -> BrokerResult<Vec<Enqueued>>;
 
-    /// Stores the jobs of workflow steps launched for the first time, as
-    /// [`Broker::enqueue`] does, for a caller that knows no job of these
-    /// steps was ever stored: the one apply whose mark completed what
-    /// they follow (`WfMarked::fresh`). So no earlier record is looked up.
-    async fn enqueue_launch(&self, jobs: Vec<Job>) -> BrokerResult<Vec<Enqueued>> {
-        self.enqueue(jobs).await
-    }
-
     /// The job as it is now: STARTED with its worker while leased, with its
     /// latest progress.
     async fn get(&self, id: JobId) -> BrokerResult<Option<Job>>;

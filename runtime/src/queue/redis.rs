@@ -979,11 +979,26 @@ impl Broker for RedisBroker {
     }
 
     async fn enqueue(&self, jobs: Vec<Job>) -> BrokerResult<Vec<Enqueued>> {
-        self.enqueue_jobs(jobs, false).await
-    }
-
-    async fn enqueue_launch(&self, jobs: Vec<Job>) -> BrokerResult<Vec<Enqueued>> {
-        self.enqueue_jobs(jobs, true).await
+        let mut out = Vec::with_capacity(jobs.len());
+        // Group by queue, keeping the caller's order within each queue.
+        let mut queues: Vec<String> = Vec::new();
+        for j in &jobs {
+            if !queues.contains(&j.queue) {
+                queues.push(j.queue.clone());
+            }
+        }
+        let mut results: Vec<Option<Enqueued>> = vec![None; jobs.len()];
+        for q in &queues {
+            self.register_queue(q).await?;
+            let idx: Vec<usize> = (0..jobs.len()).filter(|&i| jobs[i].queue == *q).collect();
+            for chunk in idx.chunks(ENQUEUE_CHUNK) {
+                self.enqueue_chunk(q, &jobs, chunk, &mut results).await?;
+            }
+        }
+        for r in results {
+            out.push(r.ok_or_else(|| protocol("a job of the batch got no reply"))?);
+        }
+        Ok(out)
     }
 
     async fn get(&self, id: JobId) -> BrokerResult<Option<Job>> {
@@ -1974,48 +1989,16 @@ impl RedisBroker {
         Ok(())
     }
 
-    /// [`Broker::enqueue`], or with `first_launch` [`Broker::enqueue_launch`].
-    async fn enqueue_jobs(
-        &self,
-        jobs: Vec<Job>,
-        first_launch: bool,
-    ) -> BrokerResult<Vec<Enqueued>> {
-        let mut out = Vec::with_capacity(jobs.len());
-        // Group by queue, keeping the caller's order within each queue.
-        let mut queues: Vec<String> = Vec::new();
-        for j in &jobs {
-            if !queues.contains(&j.queue) {
-                queues.push(j.queue.clone());
-            }
-        }
-        let mut results: Vec<Option<Enqueued>> = vec![None; jobs.len()];
-        for q in &queues {
-            self.register_queue(q).await?;
-            let idx: Vec<usize> = (0..jobs.len()).filter(|&i| jobs[i].queue == *q).collect();
-            for chunk in idx.chunks(ENQUEUE_CHUNK) {
-                self.enqueue_chunk(q, &jobs, chunk, first_launch, &mut results)
-                    .await?;
-            }
-        }
-        for r in results {
-            out.push(r.ok_or_else(|| protocol("a job of the batch got no reply"))?);
-        }
-        Ok(out)
-    }
-
     /// Stores jobs `chunk` (indexes into `jobs`) of queue `q` with one
     /// enqueue call, and indexes them beside it. A job whose idempotency
     /// key names an earlier job that has ended is sent again, declaring
     /// that job's record key (a call cannot read a key it did not
     /// declare, and the earlier id is only known once the key is read).
-    /// With `first_launch`, workflow steps are sent as first launches
-    /// (`'+'` in `enqueue.lua`).
     async fn enqueue_chunk(
         &self,
         q: &str,
         jobs: &[Job],
         chunk: &[usize],
-        first_launch: bool,
         results: &mut [Option<Enqueued>],
     ) -> BrokerResult<()> {
         let p = prefix(q);
@@ -2064,9 +2047,6 @@ impl RedisBroker {
                         inv.key(final_key(&p, j.id));
                         k.as_str()
                     }
-                    // A workflow's step launched for the first time: no
-                    // earlier record to look up.
-                    (None, Some(_)) if first_launch => "+",
                     // A workflow's step: stored once by its id.
                     (None, Some(_)) => {
                         inv.key(final_key(&p, j.id));

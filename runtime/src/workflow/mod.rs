@@ -457,8 +457,8 @@ impl Workflows {
     /// mark that completed it counted it): advance what it completes.
     /// `fresh`: this call's mark was new (`WfMarked::fresh`). Marks are
     /// only added, so one call alone completes a step with a new mark:
-    /// what follows that step was never launched, and is launched without
-    /// looking for earlier launches.
+    /// no launch of what follows the step came before it, and it skips
+    /// reading the launch records (see `launch`).
     async fn completed(
         &self,
         id: JobId,
@@ -577,7 +577,10 @@ impl Workflows {
         tree.entry_jobs(node, &mut entry);
         // Steps launched before (by an end applied again) are not
         // launched again, even once their jobs' records have expired. A
-        // first launch has nothing to look for.
+        // first launch skips that read: nothing launched them before it.
+        // A repeat racing it (an end applied again while this one stalls
+        // past the outbox's staleness) may launch them too; the enqueue's
+        // lookup by id, which no launch skips, stores them once.
         let launched = if first {
             vec![None; entry.len()]
         } else {
@@ -593,7 +596,7 @@ impl Workflows {
         if jobs.is_empty() {
             return Ok(());
         }
-        let state = self.enqueue_members(id, jobs, first).await?;
+        let state = self.enqueue_members(id, jobs).await?;
         if state.is_some_and(|s| s != WfState::Running) {
             let mut paths: Vec<&str> = entry.iter().map(|n| n.path.as_str()).collect();
             paths.sort();
@@ -602,24 +605,14 @@ impl Workflows {
         Ok(())
     }
 
-    /// Enqueues `jobs` (each stored once by its derived id; `first`: as
-    /// first launches, `Broker::enqueue_launch`) and records them; the
-    /// state after.
-    async fn enqueue_members(
-        &self,
-        id: JobId,
-        jobs: Vec<Job>,
-        first: bool,
-    ) -> BrokerResult<Option<WfState>> {
+    /// Enqueues `jobs` (each stored once by its derived id) and records
+    /// them; the state after.
+    async fn enqueue_members(&self, id: JobId, jobs: Vec<Job>) -> BrokerResult<Option<WfState>> {
         let paths: Vec<String> = jobs
             .iter()
             .filter_map(|j| j.workflow.as_ref().map(|w| w.path.clone()))
             .collect();
-        let enqueued = if first {
-            self.broker().enqueue_launch(jobs).await?
-        } else {
-            self.broker().enqueue(jobs).await?
-        };
+        let enqueued = self.broker().enqueue(jobs).await?;
         let launched: Vec<(String, JobId)> = paths
             .into_iter()
             .zip(enqueued)
@@ -687,7 +680,7 @@ impl Workflows {
         let Some(job) = self.member_job(id, tree, cb, Some(&info)) else {
             return Ok(());
         };
-        self.enqueue_members(id, vec![job], false).await?;
+        self.enqueue_members(id, vec![job]).await?;
         Ok(())
     }
 

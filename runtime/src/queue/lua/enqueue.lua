@@ -5,9 +5,7 @@
 --       known earlier id its `job:<earlier id>`.
 -- ARGV: prefix, channel, queue, idempotency ttl ms, n,
 --       then per job: id, record, delay ms (0 = ready now), idempotency key ('=': stored
---       once by its id, a workflow's step; '+': a workflow's step launched
---       for the first time, which no earlier record can exist for, so none
---       is looked up), record ttl ms (0 = none), priority (0-9),
+--       once by its id, a workflow's step), record ttl ms (0 = none), priority (0-9),
 --       earlier id (whose record key is declared: '' none);
 --       last, the history minute the caller knows ('': none; `hist_known`)
 -- Due times are the server's now plus the delay (the producer's clock may be off).
@@ -97,7 +95,7 @@ for j = 0, n - 1 do
   local earlier = ARGV[b + 6]
   local dup = nil
   local again = nil
-  if idem == '=' or idem == '+' then
+  if idem == '=' then
     -- A workflow's step: its id is derived from the workflow and the
     -- step, and a second enqueue of it finds the first record.
     dup = seen_steps[id] or step_earlier[id]
