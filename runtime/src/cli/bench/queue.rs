@@ -371,7 +371,7 @@ async fn measure_live(
     count.reset().await?;
     let bar = progress_bar(args.jobs as u64, "enqueue while it drains");
     let t0 = Instant::now();
-    let enqueue = {
+    let mut enqueue = {
         let producer = producer.clone();
         let (input, jobs, batch) = (args.input.clone(), args.jobs, args.batch);
         tokio::spawn(async move {
@@ -379,10 +379,20 @@ async fn measure_live(
             anyhow::Ok(t0.elapsed())
         })
     };
-    let failed = wait_finals(events, &["bench"], args.jobs, Some(&bar)).await;
+    let finals = wait_finals(events, &["bench"], args.jobs, Some(&bar));
+    tokio::pin!(finals);
+    // A failed enqueue is reported at once, not after the wait for
+    // results that will never come runs out.
+    let (failed, enqueue) = tokio::select! {
+        failed = &mut finals => (failed, enqueue.await),
+        took = &mut enqueue => {
+            let took = took??;
+            (finals.await, Ok(Ok(took)))
+        }
+    };
     let total = t0.elapsed();
     bar.finish_and_clear();
-    let enqueue = enqueue.await??;
+    let enqueue = enqueue??;
     let failed = failed?;
     let commands = count.read().await?;
     if failed > 0 {
