@@ -438,8 +438,10 @@ fn redis_command_errors_are_counted_by_command_and_kind() {
 }
 
 /// `runner bench queue --workers 1,2` drains its jobs with that many
-/// `runner worker` processes and prints a line per step (the figures
-/// themselves are not asserted: tests never assert speed).
+/// `runner worker` processes and prints a line per step, after its own
+/// worker's figures for a full queue and for jobs enqueued while it
+/// drains (the figures themselves are not asserted: tests never assert
+/// speed).
 #[test]
 fn bench_queue_drains_with_worker_processes() {
     let out = Command::new(env!("CARGO_BIN_EXE_runner"))
@@ -459,7 +461,13 @@ fn bench_queue_drains_with_worker_processes() {
         .output()
         .unwrap();
     let stdout = crate::support::ok_stdout(&out);
-    for line in ["1 worker process:", "2 worker processes:", "per 10k jobs/s"] {
+    for line in [
+        "throughput, a full queue",
+        "throughput, enqueued while the worker drains",
+        "1 worker process:",
+        "2 worker processes:",
+        "per 10k jobs/s",
+    ] {
         assert!(stdout.contains(line), "no {line:?} in {stdout}");
     }
     assert!(!stdout.contains("celery"), "{stdout}");
