@@ -17,7 +17,7 @@ use runner::queue::{
 };
 use runner::registry::{LocalRegistry, Registry, TaskBinding};
 
-use crate::redis_support::{RedisCluster, RedisServer};
+use crate::redis_support::{RedisCluster, RedisServer, calls_of, command_calls};
 
 pub struct Env {
     pub broker: Arc<dyn Broker>,
@@ -2125,12 +2125,6 @@ async fn commands_run(conn: &mut redis::aio::MultiplexedConnection) -> String {
         .unwrap()
 }
 
-/// Costs that do not grow with the data: listing workers scans no
-/// keyspace, replaying one dead letter reads only its record, a job's
-/// lease is found by its id, an expired heartbeat leaves the listing.
-/// Before, `workers()` ran SCAN over every key, `replay` read up to
-/// 100,000 dead letters to replay one, status and revoke scanned every
-/// lease of the queue.
 /// The queue's history is begun once a minute: the scripts say which
 /// minute they saw, the broker passes it to its next call, and a call in
 /// that same minute does not read the history's `last` again (one `HGET`
@@ -2147,18 +2141,11 @@ async fn a_queues_history_minute_is_read_once_a_minute() {
         let t: Vec<String> = redis::cmd("TIME").query(c).unwrap();
         t[0].parse::<i64>().unwrap() / 60
     };
-    let hgets = |c: &mut redis::Connection| -> u64 {
-        let info: String = redis::cmd("INFO").arg("commandstats").query(c).unwrap();
-        info.lines()
-            .find_map(|l| l.strip_prefix("cmdstat_hget:"))
-            .and_then(|f| f.split(',').find_map(|kv| kv.strip_prefix("calls=")))
-            .map_or(0, |n| n.parse().unwrap())
-    };
     // A minute may turn between the calls: then they read it, rightly.
     for _ in 0..3 {
         let m = minute(&mut c);
         env.producer.enqueue(call("{}")).await.unwrap();
-        let before = hgets(&mut c);
+        let before = command_calls(&server, "hget");
         env.producer.enqueue(call("{}")).await.unwrap();
         let r = env
             .broker
@@ -2177,7 +2164,7 @@ async fn a_queues_history_minute_is_read_once_a_minute() {
             .await
             .unwrap();
         assert!(r.stale.is_empty());
-        let after = hgets(&mut c);
+        let after = command_calls(&server, "hget");
         if minute(&mut c) != m {
             continue;
         }
@@ -2197,6 +2184,12 @@ async fn a_queues_history_minute_is_read_once_a_minute() {
     panic!("the minute turned three times");
 }
 
+/// Costs that do not grow with the data: listing workers scans no
+/// keyspace, replaying one dead letter reads only its record, a job's
+/// lease is found by its id, an expired heartbeat leaves the listing.
+/// Before, `workers()` ran SCAN over every key, `replay` read up to
+/// 100,000 dead letters to replay one, status and revoke scanned every
+/// lease of the queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_listings_and_replays_read_only_what_they_need() {
     let server = RedisServer::start();
@@ -2358,16 +2351,6 @@ async fn index_buckets(conn: &mut redis::aio::MultiplexedConnection) -> Vec<Stri
         .query_async(conn)
         .await
         .unwrap()
-}
-
-/// How many times command `name` ran, from INFO commandstats.
-fn calls_of(stats: &str, name: &str) -> u64 {
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:calls=")))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Status and revoke find a job's queue through the id index: one HGET and

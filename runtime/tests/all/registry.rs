@@ -10,17 +10,7 @@ use crate::redis_support::RedisServer;
 
 /// `HGET` calls the server has run (INFO commandstats).
 fn hgets(server: &RedisServer) -> u64 {
-    let client = redis::Client::open(server.url()).unwrap();
-    let mut c = client.get_connection().unwrap();
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut c)
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_hget:"))
-        .and_then(|f| f.split(',').find_map(|kv| kv.strip_prefix("calls=")))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    crate::redis_support::command_calls(server, "hget")
 }
 
 async fn registry(server: &RedisServer, cached: bool) -> RedisRegistry {

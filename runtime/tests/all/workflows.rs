@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::api::{ADMIN, SUBMIT, TestApi, message, module_hash, on_both_brokers};
 use crate::queue_conformance::{Env, settle, success};
-use crate::redis_support::RedisServer;
+use crate::redis_support::{RedisServer, command_calls};
 use crate::support::{echo_component, guest_bytes, task_error_component};
 
 fn request(v: Value) -> WorkflowRequest {
@@ -365,17 +365,7 @@ async fn a_first_launch_reads_no_launch_records() {
         .await
         .unwrap();
     let client = redis::Client::open(server.url()).unwrap();
-    let mut conn = client.get_connection().unwrap();
-    let mut calls = |cmd: &str| -> u64 {
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query(&mut conn)
-            .unwrap();
-        let key = format!("cmdstat_{cmd}:calls=");
-        info.lines()
-            .find_map(|l| l.strip_prefix(&key))
-            .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
-    };
+    let calls = |cmd: &str| command_calls(&server, cmd);
     let d1 = lease_one(&env, "work", "w1").await;
     let d2 = lease_one(&env, "work", "w1").await;
     let j1 = finish(&env, "w1", &d1, "\"a\"").await;
