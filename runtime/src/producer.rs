@@ -619,11 +619,13 @@ fn after_secs(
         .ok_or_else(too_far)
 }
 
-/// Parses `30s`, `1m`, `1500ms` or a plain number of seconds.
+/// Parses `30s`, `1m`, `1500ms` or a plain number of seconds; `None`
+/// for anything else, a negative number, or one too large for a
+/// `Duration` (callers cap what they accept).
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     if let Ok(n) = s.parse::<f64>() {
-        return (n >= 0.0 && n.is_finite()).then(|| Duration::from_secs_f64(n));
+        return Duration::try_from_secs_f64(n).ok();
     }
     humantime::parse_duration(s).ok()
 }
@@ -894,4 +896,21 @@ pub fn enqueue_error(e: EnqueueError) -> HostError {
 
 fn invalid(e: JobError) -> HostError {
     HostError::Invalid(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_too_large_negative_or_not_numbers_are_refused() {
+        assert_eq!(parse_duration("1.5"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration(" 30s "), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        // Each of these used to panic in `Duration::from_secs_f64`, or
+        // would: a request must not take its handler down.
+        for bad in ["1e20", "1e300", "-1", "NaN", "inf", "-inf", "soon", ""] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -19,7 +19,7 @@ use super::auth::{Admin, Role, Submit};
 use super::error::ErrorBody;
 use super::schema::{NeedsAdmin, NeedsToken, TakesBody, UsesStorage};
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState};
-use crate::producer::{Caller, parse_duration};
+use crate::producer::Caller;
 use crate::queue::{Broker, Heard, JobId, WfState};
 use crate::workflow::{Submitted, WorkflowError, WorkflowRequest, WorkflowStatus, Workflows};
 
@@ -122,13 +122,7 @@ async fn get_workflow(
     let status = match &q.wait {
         None => wf.status(id).await?,
         Some(w) => {
-            let wait = parse_duration(w)
-                .ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "wait: {w:?} is not a duration (e.g. 30s, 2m, 1.5)"
-                    ))
-                })?
-                .min(MAX_WAIT);
+            let wait = super::jobs::duration_param("wait", w, "30s")?.min(MAX_WAIT);
             wait_for_end(ctx.broker.as_ref(), &wf, id, wait).await?
         }
     };

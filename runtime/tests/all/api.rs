@@ -1492,7 +1492,9 @@ async fn find_jobs(api: &TestApi) {
         ("?limit=many", "limit"),
         ("?state=DONE", "state"),
         ("?since=yesterday", "since"),
+        ("?since=1e20", "since"),
         ("?until=-1h", "until"),
+        ("?until=NaN", "until"),
         ("?cursor=page2", "cursor"),
         ("?parent=42", "parent"),
         ("?queue=bad%20queue", "queue"),
@@ -1501,6 +1503,14 @@ async fn find_jobs(api: &TestApi) {
         let (s, v) = list(query).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{query}: {v}");
         assert!(message(&v).contains(field), "{query}: {v}");
+    }
+    for wait in ["1e20", "-5", "soon"] {
+        let path = format!("/v1/jobs/{boom}?wait={wait}");
+        let (s, v) = api
+            .call(api.req(reqwest::Method::GET, &path, Some(SUBMIT)))
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{path}: {v}");
+        assert!(message(&v).contains("wait"), "{path}: {v}");
     }
     let (s, _) = api
         .call(api.req(reqwest::Method::GET, "/v1/jobs", None))
@@ -1623,6 +1633,17 @@ async fn inspect_what_workers_hold(api: &TestApi) {
         .call(api.req(
             reqwest::Method::GET,
             "/v1/inspect?timeout=soon",
+            Some(SUBMIT),
+        ))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(message(&v).contains("timeout"), "{v}");
+    // A number of seconds too large for a duration is refused, not a
+    // panic that drops the connection.
+    let (s, v) = api
+        .call(api.req(
+            reqwest::Method::GET,
+            "/v1/inspect?timeout=1e20",
             Some(SUBMIT),
         ))
         .await;

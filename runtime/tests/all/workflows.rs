@@ -891,6 +891,13 @@ async fn api_bad_workflows_are_refused_naming_the_step() {
         assert_eq!(s, StatusCode::BAD_REQUEST, "{want}: {v}");
         assert!(message(&v).contains(want), "want {want:?} in {v}");
     }
+    // A wait too long for a duration is a 400, not a dropped connection.
+    let path = format!("/v1/workflows/{}?wait=1e20", uuid::Uuid::now_v7());
+    let (s, v) = api
+        .call(api.req(reqwest::Method::GET, &path, Some(SUBMIT)))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(message(&v).contains("wait"), "{v}");
     let (s, list) = api
         .call(api.req(reqwest::Method::GET, "/v1/jobs", Some(SUBMIT)))
         .await;
