@@ -2010,10 +2010,15 @@ impl RedisBroker {
                 .map(|e| (e - now).num_milliseconds().max(1))
                 .unwrap_or(0)
         };
-        // A job that expires unrun is kept a result-TTL past its expiry.
+        // A job that expires unrun is kept a result-TTL past its expiry,
+        // at most the longest TTL the script takes (each may be that long).
         let ttl_of = |j: &Job| {
             j.expires
-                .map(|e| (e - now).num_milliseconds().max(1) as u64 + j.result_ttl_ms)
+                .map(|e| {
+                    ((e - now).num_milliseconds().max(1) as u64)
+                        .saturating_add(j.result_ttl_ms)
+                        .min(MAX_TTL_MS)
+                })
                 .unwrap_or(0)
         };
         // The index outlives the record: a day past the due time (or the

@@ -825,6 +825,21 @@ async fn signals_announce_work_and_delays(env: Env) {
     }
 }
 
+/// The longest expiry and a long result TTL, each allowed on its own, are
+/// stored together: the record is kept a result-TTL past the expiry,
+/// capped at the longest TTL (Redis's enqueue refused their sum before, so
+/// the API answered 500 to a valid job).
+async fn the_longest_expiry_with_a_long_result_ttl_is_stored(env: Env) {
+    let mut r = call("{}");
+    r.expires_in_secs = Some(runner::producer::MAX_DELAY_SECS - 60.0);
+    r.result_ttl_secs = Some(3_000_000_000);
+    let far = env.producer.enqueue(r).await.unwrap();
+    let stored = env.broker.get(far.job.id).await.unwrap().unwrap();
+    assert_eq!(stored.state, JobState::Pending);
+    assert_eq!(stored.result_ttl_ms, 3_000_000_000_000);
+    assert!(stored.expires.is_some());
+}
+
 async fn bad_input_enqueues_nothing(env: Env) {
     let p = &env.producer;
     let err = p
@@ -1004,6 +1019,7 @@ conformance!(
     a_job_given_back_unrun_did_not_start,
     signals_announce_work_and_delays,
     bad_input_enqueues_nothing,
+    the_longest_expiry_with_a_long_result_ttl_is_stored,
     progress_is_stored_and_published,
     workers_are_listed_by_heartbeat,
     a_job_waiting_past_its_expiry_shows_expired,
