@@ -84,6 +84,12 @@ pub enum Caller {
     /// retries); may not set a rate limit, pin a module or send to a queue
     /// that is neither the task's nor configured.
     Submitter,
+    /// A running task, for the steps of a workflow it starts: like a
+    /// submitter, except that the queues its steps name are its jobs
+    /// grant's to allow (checked before), and the workflow's idempotency
+    /// key may be one the runner derived for it. A plain child
+    /// (`jobs.enqueue`) can set none of these fields at all.
+    Task,
 }
 
 /// Idempotency keys the runner derives itself; a caller may not use them.
@@ -274,8 +280,8 @@ impl Producer {
         {
             check_caller_key(k)?;
         }
-        if caller == Caller::Submitter {
-            self.check_submitter(&req, binding.as_ref())?;
+        if matches!(caller, Caller::Submitter | Caller::Task) {
+            self.check_submitter(caller, &req, binding.as_ref())?;
         }
         let rate_limits = self.rate_limits(&req, binding.as_ref(), module.as_ref(), &queue)?;
         let eta = match (req.eta, req.countdown_secs) {
@@ -340,14 +346,21 @@ impl Producer {
         Ok(job)
     }
 
-    /// What a submitter may not do (see [`Caller`]): everything here is
-    /// the operator's to decide.
+    /// What a submitter (or a task, for its workflow's steps) may not do
+    /// (see [`Caller`]): everything here is the operator's to decide.
     fn check_submitter(
         &self,
+        caller: Caller,
         req: &EnqueueRequest,
         binding: Option<&TaskBinding>,
     ) -> Result<(), JobError> {
         let forbidden = |field, reason: String| JobError::Forbidden { field, reason };
+        // Who asks, for the reasons given.
+        let who = if caller == Caller::Task {
+            "a task's workflow"
+        } else {
+            "a submit token"
+        };
         if req.module.is_some() {
             return Err(forbidden(
                 "module",
@@ -365,7 +378,9 @@ impl Producer {
         let Some(b) = binding else {
             return Err(JobError::NoTask);
         };
-        if let Some(q) = &req.queue
+        // A task's queues are its grant's word (`ChildJobs::admit_jobs`).
+        if caller == Caller::Submitter
+            && let Some(q) = &req.queue
             && q != &b.queue
             && q != DEFAULT_QUEUE
             && !self.queues.contains(q)
@@ -401,9 +416,7 @@ impl Producer {
                 {
                     return Err(forbidden(
                         field,
-                        format!(
-                            "{asked} is above the task's {ceiling}; a submit token may only lower it"
-                        ),
+                        format!("{asked} is above the task's {ceiling}; {who} may only lower it"),
                     ));
                 }
             }
@@ -414,7 +427,7 @@ impl Producer {
                 return Err(forbidden(
                     "retry.max_retries",
                     format!(
-                        "{} is above the task's {}; a submit token may only lower it",
+                        "{} is above the task's {}; {who} may only lower it",
                         r.max_retries, allowed.max_retries
                     ),
                 ));
@@ -423,7 +436,7 @@ impl Producer {
                 return Err(forbidden(
                     "retry.backoff_base_ms",
                     format!(
-                        "{} is below the task's {}; a submit token may only retry more slowly",
+                        "{} is below the task's {}; {who} may only retry more slowly",
                         r.backoff_base_ms, allowed.backoff_base_ms
                     ),
                 ));

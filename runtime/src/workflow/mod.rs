@@ -795,9 +795,11 @@ impl crate::producer::ChildWorkflows for Workflows {
                 ttl_secs,
                 idempotency_key: Some(key),
             };
+            // Its steps may only lower what their tasks' bindings allow,
+            // like a submit token's (a plain child sets none of it).
             let spec = model::compile(
                 children.producer(),
-                Caller::Runner,
+                Caller::Task,
                 &req,
                 Some(children.parent()),
             )

@@ -400,7 +400,8 @@ pub async fn compile(
                 "must be 1 to 200 bytes",
             ));
         }
-        if caller != Caller::Runner {
+        // A task's workflow key is checked (or derived) by `ChildJobs`.
+        if !matches!(caller, Caller::Runner | Caller::Task) {
             crate::producer::check_caller_key(k)
                 .map_err(|e| WorkflowError::at("idempotency_key", e.to_string()))?;
         }

@@ -655,3 +655,100 @@ async fn a_task_starts_a_chord_of_children_on_the_embedded_broker() {
 async fn a_task_starts_a_chord_of_children_on_redis() {
     a_task_starts_a_chord_of_children(Env::redis().await).await;
 }
+
+/// The steps of a workflow a task starts are held to what a submit token
+/// may ask (they were compiled as the runner's own, so a task with a jobs
+/// grant could pin any module under a granted task's name, or raise its
+/// limits and retries past the binding's): only lowering is allowed, and a
+/// queue the grant names is the grant's to allow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tasks_workflow_may_only_lower_what_the_binding_allows() {
+    use runner::sandbox::wit::jobs::WorkflowOptions;
+    let env = Env::embedded().await;
+    env.bind("hello", "hello", "default", |b| {
+        b.limits.fuel = Some(1_000_000);
+    })
+    .await;
+    let other = env
+        .registry
+        .put_module(&guest_bytes("counter"))
+        .await
+        .unwrap();
+    let parent = env
+        .producer
+        .prepare(EnqueueRequest::task("hello", "{}"))
+        .await
+        .unwrap();
+    let grant = JobsGrant {
+        queues: vec!["side".into()],
+        ..JobsGrant::tasks(["hello"])
+    };
+    let workflows = Arc::new(runner::workflow::Workflows::new(env.producer.clone()));
+    let start = |step: serde_json::Value| {
+        let children = ChildJobs::new(env.producer.clone(), &parent, Some(grant.clone()))
+            .with_workflows(workflows.clone());
+        async move {
+            let tree = serde_json::json!({ "group": [step] }).to_string();
+            let options = WorkflowOptions {
+                idempotency_key: None,
+                ttl_secs: None,
+            };
+            children.start_workflow(tree, options).await
+        }
+    };
+    for (step, field) in [
+        (
+            serde_json::json!({"task": "hello", "module": other.to_string()}),
+            "module",
+        ),
+        (
+            serde_json::json!({"task": "hello", "rate_limit": "1/s"}),
+            "rate_limit",
+        ),
+        (
+            serde_json::json!({"task": "hello", "limits": {"fuel": 2_000_000}}),
+            "limits.fuel",
+        ),
+        (
+            serde_json::json!({"task": "hello", "limits": {"memory_bytes": 1u64 << 30}}),
+            "limits.memory_bytes",
+        ),
+        (
+            serde_json::json!({"task": "hello", "retry": {"max_retries": 50}}),
+            "retry.max_retries",
+        ),
+    ] {
+        let err = format!("{:?}", start(step.clone()).await.unwrap_err());
+        assert!(err.contains(field), "{step}: {err}");
+        assert!(err.contains("workflow.group[0]"), "{step}: {err}");
+    }
+    let total: u64 = env
+        .broker
+        .queues()
+        .await
+        .unwrap()
+        .iter()
+        .map(|q| q.ready + q.delayed + q.in_flight)
+        .sum();
+    assert_eq!(total, 0, "a refused workflow enqueued something");
+
+    // Lowering is allowed, and so is a queue the grant names.
+    let id: JobId = start(serde_json::json!({
+        "task": "hello", "queue": "side", "limits": {"fuel": 500_000}
+    }))
+    .await
+    .unwrap()
+    .parse()
+    .unwrap();
+    let st = workflows.status(id).await.unwrap().unwrap();
+    let job = env
+        .broker
+        .get(st.tree.steps[0].job.unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (job.queue.as_str(), job.limits.fuel),
+        ("side", Some(500_000))
+    );
+}
