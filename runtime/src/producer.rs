@@ -531,6 +531,21 @@ fn check_request(
     if let Some(p) = req.priority {
         check_priority("priority", p)?;
     }
+    // One time, one way: neither silently wins.
+    if req.eta.is_some() && req.countdown_secs.is_some() {
+        return Err(JobError::Both {
+            field: "countdown",
+            other: "eta",
+        }
+        .into());
+    }
+    if req.expires.is_some() && req.expires_in_secs.is_some() {
+        return Err(JobError::Both {
+            field: "expires_in",
+            other: "expires",
+        }
+        .into());
+    }
     if let Some(c) = req.countdown_secs
         && (c < 0.0 || !c.is_finite())
     {

@@ -66,20 +66,22 @@ pub struct JobRequest {
     /// Seconds before the job may run: 0 to 100 years.
     #[schema(minimum = 0, maximum = 3_155_760_000_u64)]
     pub countdown: Option<f64>,
-    /// When the job may run (RFC 3339), at most 100 years from now.
+    /// When the job may run (RFC 3339), at most 100 years from now (not
+    /// with `countdown`).
     pub eta: Option<DateTime<Utc>>,
     /// Drop the job unrun after this many seconds: more than 0, at most 100 years.
     #[schema(exclusive_minimum = 0, maximum = 3_155_760_000_u64)]
     pub expires_in: Option<f64>,
     /// Drop the job unrun at this time (RFC 3339): in the future, at most
-    /// 100 years from now.
+    /// 100 years from now (not with `expires_in`).
     pub expires: Option<DateTime<Utc>>,
     #[serde(deserialize_with = "optional_object")]
     pub retry: Option<RetryPolicy>,
     #[serde(deserialize_with = "optional_object")]
     pub limits: Option<JobLimits>,
-    /// `N/period` (`10/m`, `5/2s`, `100/h`; units ms, s, m, h, d), N at
-    /// least 1: at most N starts of this task per period (admin tokens only).
+    /// `N/period` (`10/m`, `5/2s`, `100/h`; units ms, s, m, h, d; at most
+    /// 366 days), N at least 1: at most N starts of this task per period
+    /// (admin tokens only).
     #[schema(pattern = "^\\s*[0-9]+\\s*/\\s*[0-9]*(ms|s|sec|m|min|h|d)\\s*$")]
     pub rate_limit: Option<String>,
     /// A second request with the same key for the same queue (within 24

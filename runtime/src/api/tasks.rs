@@ -37,7 +37,7 @@ pub struct BindRequest {
     #[schema(value_type = Option<QueueName>)]
     pub queue: Option<String>,
     /// `30/m`: global limit on starts of this task (`N/period`, units ms,
-    /// s, m, h, d).
+    /// s, m, h, d; at most 366 days).
     #[schema(pattern = "^\\s*[0-9]+\\s*/\\s*[0-9]*(ms|s|sec|m|min|h|d)\\s*$")]
     pub rate_limit: Option<String>,
     /// `60s` style wall-clock limit per run: at most a day.

@@ -305,6 +305,10 @@ impl JobLimits {
     }
 }
 
+/// The longest window a rate limit may have: 366 days (its log's keys
+/// live twice as long; the brokers do arithmetic on it).
+pub const MAX_RATE_PERIOD_MS: u64 = 366 * 86_400_000;
+
 /// A global rate limit: at most `count` starts in any window of `period_ms`,
 /// shared by every worker. `key` names what is limited (`task:send_mail`,
 /// `queue:email`).
@@ -349,6 +353,9 @@ impl RateLimit {
         let period_ms = n.saturating_mul(unit_ms);
         if period_ms == 0 {
             return Err(bad("the period must be positive"));
+        }
+        if period_ms > MAX_RATE_PERIOD_MS {
+            return Err(bad("the period must be at most 366d"));
         }
         Ok(RateLimit {
             key: key.into(),
@@ -732,6 +739,11 @@ pub enum JobError {
     },
     #[error("{field}: {reason}")]
     Forbidden { field: &'static str, reason: String },
+    #[error("{field} and {other} both set the same time: give one of them")]
+    Both {
+        field: &'static str,
+        other: &'static str,
+    },
     #[error("{field} {at} is more than 100 years from now")]
     TooFar {
         field: &'static str,
@@ -851,6 +863,17 @@ mod tests {
         assert_eq!((r.count, r.period_ms), (5, 2000));
         assert!(RateLimit::parse("q", "0/m").is_err());
         assert!(RateLimit::parse("q", "5/2y").is_err());
+        // A period past any window the brokers can keep: refused by name
+        // (it wrapped to a negative window in the embedded broker, and
+        // made Redis refuse the lease script's PEXPIRE).
+        assert_eq!(
+            RateLimit::parse("q", "1/366d").unwrap().period_ms,
+            MAX_RATE_PERIOD_MS
+        );
+        for spec in ["1/367d", "1/999999999999d", "1/18446744073709551615ms"] {
+            let err = RateLimit::parse("q", spec).unwrap_err().to_string();
+            assert!(err.contains("at most 366d"), "{spec}: {err}");
+        }
         assert!(RateLimit::parse("q", "abc").is_err());
     }
 

@@ -897,6 +897,28 @@ async fn bad_input_enqueues_nothing(env: Env) {
         assert!(err.to_string().contains(field), "{err}");
     }
 
+    // Two ways to give one time: refused, not one silently ignored.
+    let soon = Utc::now() + chrono::Duration::seconds(60);
+    let mut r = call("{}");
+    r.eta = Some(soon);
+    r.countdown_secs = Some(5.0);
+    let err = p.enqueue(r).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EnqueueError::Invalid(JobError::Both {
+                field: "countdown",
+                other: "eta"
+            })
+        ),
+        "{err}"
+    );
+    let mut r = call("{}");
+    r.expires = Some(soon);
+    r.expires_in_secs = Some(5.0);
+    let err = p.enqueue(r).await.unwrap_err();
+    assert!(err.to_string().contains("expires_in and expires"), "{err}");
+
     let mut r = call("{}");
     r.queue = Some("my queue".into());
     let err = p.enqueue(r).await.unwrap_err();
