@@ -21,6 +21,29 @@ use tracing::Instrument;
 
 use crate::HostError;
 
+/// The most of a failed call's message a log line carries: a message can
+/// quote what a task sent (a method, a path), as long as the task likes.
+pub const LOGGED_ERROR_MAX: usize = 1024;
+
+/// `e` as its kind and message, the message cut at [`LOGGED_ERROR_MAX`]
+/// bytes (on a character boundary) with the length it had.
+fn logged(e: &HostError) -> String {
+    let msg = e.message();
+    if msg.len() <= LOGGED_ERROR_MAX {
+        return e.to_string();
+    }
+    let mut cut = LOGGED_ERROR_MAX;
+    while !msg.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(
+        "{}: {} [... {} more bytes]",
+        e.kind(),
+        &msg[..cut],
+        msg.len() - cut
+    )
+}
+
 /// Runs `fut` inside a `host_call` span and records its outcome.
 pub async fn traced<T, F>(
     capability: &'static str,
@@ -50,7 +73,15 @@ where
     match &result {
         Ok(_) => tracing::debug!(capability, op, outcome, duration_ms, "host call"),
         Err(e) => {
-            tracing::info!(capability, op, outcome, duration_ms, error = %e, "host call failed")
+            let error = logged(e);
+            tracing::info!(
+                capability,
+                op,
+                outcome,
+                duration_ms,
+                error,
+                "host call failed"
+            )
         }
     }
     result

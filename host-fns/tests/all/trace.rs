@@ -54,3 +54,37 @@ async fn host_calls_are_traced_with_outcome_and_duration() {
     assert!(get.contains(r#"outcome="denied""#), "{get}");
     assert!(get.contains("duration_ms="), "{get}");
 }
+
+/// A failed call's line quotes at most `LOGGED_ERROR_MAX` bytes of its
+/// message: a task that sends a huge method (quoted back in the error) gets
+/// one short line per call, not a line as long as what it sent.
+#[tokio::test]
+async fn a_failed_calls_line_is_capped() {
+    use runner_host_fns::HostError;
+    use runner_host_fns::trace::{LOGGED_ERROR_MAX, traced};
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let huge = "X".repeat(1 << 20);
+    let e = traced("http", "send", async {
+        Err::<(), _>(HostError::invalid(format!("unsupported method '{huge}'")))
+    })
+    .await
+    .unwrap_err();
+    // The task still gets its error whole (the sandbox caps what it sees).
+    assert!(e.message().len() > 1 << 20);
+
+    let out = String::from_utf8(captured.0.lock().expect("buffer").clone()).expect("utf-8");
+    let line = out
+        .lines()
+        .find(|l| l.contains("host call failed"))
+        .unwrap_or_else(|| panic!("no line for the failed call:\n{out}"));
+    assert!(line.len() < LOGGED_ERROR_MAX + 512, "{} bytes", line.len());
+    assert!(line.contains("invalid: unsupported method 'XXX"), "{line}");
+    assert!(line.contains("more bytes]"), "{line}");
+}
