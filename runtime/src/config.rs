@@ -236,11 +236,19 @@ impl WorkerSection {
 }
 
 fn duration(key: &str, text: Option<&str>) -> anyhow::Result<Option<std::time::Duration>> {
-    text.map(|t| {
-        humantime::parse_duration(t)
-            .with_context(|| format!("{key} = {t:?}: expected e.g. \"30s\""))
-    })
-    .transpose()
+    text.map(|t| parse_bounded_duration(t).map_err(|e| anyhow::anyhow!("{key} = {t:?}: {e}")))
+        .transpose()
+}
+
+/// A duration of a setting or a command-line flag (`30s`, `2m`, `1h`): at
+/// most 100 years. Past that, deadlines (`now + d`) overflow and panic, and
+/// Redis refuses lease times; `humantime` alone takes billions of years.
+pub fn parse_bounded_duration(t: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(t).map_err(|e| format!("{e} (expected e.g. \"30s\")"))?;
+    if d > crate::queue::job::MAX_DELAY {
+        return Err(format!("{t:?} is more than 100 years"));
+    }
+    Ok(d)
 }
 
 fn positive_duration(key: &str, text: Option<&str>) -> anyhow::Result<Option<std::time::Duration>> {
@@ -580,6 +588,22 @@ pub fn parse_size(s: &str) -> anyhow::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A worker duration past any deadline is refused by name at load:
+    /// `humantime` takes billions of years, and `now + lease` (or
+    /// `heartbeat * 3`) panicked once the worker used it.
+    #[test]
+    fn worker_durations_are_bounded() {
+        for key in ["lease", "grace", "heartbeat"] {
+            let err = Config::from_toml(&format!("[worker]\n{key} = \"300000000000y\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("worker.{key}")), "{err}");
+            assert!(err.contains("more than 100 years"), "{err}");
+            let ok = Config::from_toml(&format!("[worker]\n{key} = \"1h\"\n")).unwrap();
+            assert!(ok.worker.lease().is_ok());
+        }
+    }
 
     #[test]
     fn a_task_section_may_ignore_results() {

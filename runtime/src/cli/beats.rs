@@ -60,7 +60,7 @@ pub enum BeatsCommand {
     Fire {
         name: String,
         /// Wait this long for the job to end and print it.
-        #[arg(long, value_parser = humantime::parse_duration, num_args = 0..=1, default_missing_value = "60s")]
+        #[arg(long, value_parser = crate::config::parse_bounded_duration, num_args = 0..=1, default_missing_value = "60s")]
         wait: Option<std::time::Duration>,
     },
     Enable {

@@ -20,10 +20,10 @@ pub struct CallArgs {
     #[arg(long, short = 'Q')]
     pub queue: Option<String>,
     /// Seconds to wait before the job may run.
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long, allow_hyphen_values = true, value_parser = seconds)]
     pub countdown: Option<f64>,
     /// Seconds after which the job is dropped unrun.
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long, allow_hyphen_values = true, value_parser = seconds)]
     pub expires: Option<f64>,
     #[arg(long)]
     pub idempotency_key: Option<String>,
@@ -32,7 +32,7 @@ pub struct CallArgs {
     #[arg(long)]
     pub priority: Option<u64>,
     /// Wait this long for the result (e.g. 30s) and print it.
-    #[arg(long, value_parser = humantime::parse_duration, num_args = 0..=1, default_missing_value = "60s")]
+    #[arg(long, value_parser = crate::config::parse_bounded_duration, num_args = 0..=1, default_missing_value = "60s")]
     pub wait: Option<Duration>,
     /// Enqueue this many jobs with the same input (in batches, with a
     /// progress bar).
@@ -43,6 +43,16 @@ pub struct CallArgs {
 }
 
 const BATCH: u64 = 500;
+
+/// A number of seconds; NaN and infinity are refused here: JSON has
+/// neither, so the flag would reach the server as null ("not set") and be
+/// silently dropped. The server checks the range.
+fn seconds(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds")),
+    }
+}
 
 pub async fn execute(args: CallArgs) -> anyhow::Result<ExitCode> {
     let input = json_arg("--input", &text_or_file(&args.input)?)?;
@@ -73,7 +83,8 @@ pub async fn execute(args: CallArgs) -> anyhow::Result<ExitCode> {
         );
         let started = std::time::Instant::now();
         let mut left = args.repeat;
-        let mut ids = Vec::with_capacity(args.repeat as usize);
+        // Grown as ids come back, not sized by the flag up front.
+        let mut ids = Vec::new();
         while left > 0 {
             let n = left.min(BATCH);
             let jobs: Vec<Value> = (0..n).map(|_| job.clone()).collect();

@@ -79,7 +79,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "64MiB")]
     pub memory: ByteSize,
     /// Wall-clock limit, e.g. `30s`, `500ms`, `2m`.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = crate::config::parse_bounded_duration)]
     pub timeout: Duration,
     #[command(flatten)]
     pub cache: super::CacheArgs,

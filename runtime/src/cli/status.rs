@@ -13,7 +13,7 @@ use super::client::{ApiArgs, ApiClient, report};
 pub struct StatusArgs {
     pub id: String,
     /// Wait up to this long for the job to end.
-    #[arg(long, value_parser = humantime::parse_duration, num_args = 0..=1, default_missing_value = "60s")]
+    #[arg(long, value_parser = crate::config::parse_bounded_duration, num_args = 0..=1, default_missing_value = "60s")]
     pub wait: Option<Duration>,
     #[command(flatten)]
     pub api: ApiArgs,

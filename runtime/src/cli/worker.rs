@@ -41,14 +41,14 @@ pub struct WorkerArgs {
     pub prefetch: Option<usize>,
     /// Lease length; a running job's lease is extended every third of it
     /// (default: `[worker] lease`, else 30s).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = crate::config::parse_bounded_duration)]
     pub lease: Option<Duration>,
     /// On SIGTERM, how long running jobs may finish before they are handed
     /// back (default: `[worker] grace`, else 30s).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = crate::config::parse_bounded_duration)]
     pub grace: Option<Duration>,
     /// Default: `[worker] heartbeat`, else 60s.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = crate::config::parse_bounded_duration)]
     pub heartbeat: Option<Duration>,
     #[command(flatten)]
     pub cache: super::CacheArgs,

@@ -36,7 +36,7 @@ pub enum WorkflowCommand {
     Status {
         id: String,
         /// Wait up to this long for it to end.
-        #[arg(long, value_parser = humantime::parse_duration, num_args = 0..=1, default_missing_value = "60s")]
+        #[arg(long, value_parser = crate::config::parse_bounded_duration, num_args = 0..=1, default_missing_value = "60s")]
         wait: Option<Duration>,
         #[command(flatten)]
         api: ApiArgs,

@@ -156,6 +156,12 @@ fn bad_input_is_named_and_exits_2() {
     assert_exit(&run_file(&ok, &["--memory", "lots"]), 2, "--memory");
     assert_exit(&run_file(&ok, &["--memory", "8GiB"]), 2, "above the 4 GiB");
     assert_exit(&run_file(&ok, &["--timeout", "soon"]), 2, "--timeout");
+    // humantime takes it; the deadline `now + timeout` panicked.
+    assert_exit(
+        &run_file(&ok, &["--timeout", "300000000000y"]),
+        2,
+        "more than 100 years",
+    );
 }
 
 #[test]

@@ -218,6 +218,19 @@ fn dev_runs_the_readme_tour() {
     let out = dev.runner(&["call", "no-such-task"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-task"));
+    // Flags JSON cannot carry, or past any deadline: refused by name
+    // before anything is sent (NaN went as null, "not set", and the job
+    // ran at once; the long wait panicked).
+    for (flag, value) in [
+        ("--countdown", "nan"),
+        ("--expires", "inf"),
+        ("--wait", "300000000000y"),
+    ] {
+        let out = dev.runner(&["call", "hello", flag, value]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {err}");
+        assert!(err.contains(flag), "{flag} {value}: {err}");
+    }
 
     let status = dev.stop();
     assert!(status.success(), "runner dev exited with {status}");

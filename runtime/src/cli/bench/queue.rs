@@ -56,7 +56,7 @@ pub struct QueueBench {
     #[arg(long, default_value_t = 300)]
     pub single: usize,
     /// How long to watch the idle worker.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = crate::config::parse_bounded_duration)]
     pub idle: Duration,
     /// The component to run (default: the built-in `hello`).
     #[arg(long)]

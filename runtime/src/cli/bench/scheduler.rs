@@ -37,7 +37,7 @@ const MODULE: ModuleHash = ModuleHash([0; 32]);
 #[derive(Args, Debug)]
 pub struct SchedulerBench {
     /// How long the second-level beats fire.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = crate::config::parse_bounded_duration)]
     pub duration: Duration,
     /// Beats firing every second.
     #[arg(long, default_value_t = 5)]
@@ -46,7 +46,7 @@ pub struct SchedulerBench {
     #[arg(long, default_value_t = 2)]
     pub replicas: usize,
     /// How long to watch the idle schedulers.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = crate::config::parse_bounded_duration)]
     pub idle: Duration,
     #[arg(long, default_value = "redis-server")]
     pub redis_server: String,
