@@ -12,7 +12,6 @@ use std::panic::AssertUnwindSafe;
 
 use chrono::Utc;
 use futures::FutureExt as _;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::settle::{
@@ -299,7 +298,7 @@ async fn run_job(
         .with_workflows(Arc::new(ctx.workflows.clone())),
     );
 
-    let (ptx, prx) = mpsc::unbounded_channel::<crate::sandbox::Progress>();
+    let (ptx, prx) = progress::slot();
     let run_over = CancelToken::new();
     let forward = progress::forward(
         ctx.broker.clone(),
@@ -315,7 +314,7 @@ async fn run_job(
         Some(children.clone() as Arc<dyn JobEnqueuer>),
     );
     host.progress = Some(Arc::new(move |p: &crate::sandbox::Progress| {
-        let _ = ptx.send(p.clone());
+        ptx.send_replace(Some(p.clone()));
     }));
     let req = RunRequest {
         input: job.input.clone(),
