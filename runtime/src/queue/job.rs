@@ -698,6 +698,11 @@ pub fn validate_queue_name(name: &str) -> Result<(), JobError> {
     if name.len() > 100 {
         return Err(bad("it is longer than 100 bytes"));
     }
+    // A URL resolves these segments away: `/v1/queues/../purge` is
+    // `/v1/purge`, so no client could name the queue to the API.
+    if name == "." || name == ".." {
+        return Err(bad("\".\" and \"..\" are not names a URL can carry"));
+    }
     if let Some(c) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')))
@@ -886,6 +891,12 @@ mod tests {
         ));
         assert!(validate_queue_name("a{b}").is_err());
         assert!(validate_queue_name("").is_err());
+        for dots in [".", ".."] {
+            let err = validate_queue_name(dots).unwrap_err().to_string();
+            assert!(err.contains("a URL"), "{dots}: {err}");
+        }
+        assert!(validate_queue_name("...").is_ok());
+        assert!(validate_queue_name("v1.mail").is_ok());
     }
 
     #[test]
