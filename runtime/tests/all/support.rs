@@ -283,3 +283,15 @@ pub fn ok_stdout(out: &std::process::Output) -> String {
     );
     stdout
 }
+
+/// Jobs not yet final in all of `broker`'s queues: ready, delayed and in
+/// flight (0 after input that must enqueue nothing).
+pub async fn jobs_not_final(broker: &dyn runner::queue::Broker) -> u64 {
+    broker
+        .queues()
+        .await
+        .unwrap()
+        .iter()
+        .map(|q| q.ready + q.delayed + q.in_flight)
+        .sum()
+}
