@@ -926,6 +926,12 @@ impl WireMessage {
 }
 
 /// The jobs of a lease reply or a push: pairs of lease member and record.
+/// A record this build cannot read (written by a newer one, or damaged)
+/// is left out, logged, and left to its lease: it runs out, the job is
+/// redelivered (a worker that reads it runs it) and, after its
+/// redeliveries, dead-lettered with its record as it was. Failing the
+/// whole reply instead threw away the jobs leased with it, and the next
+/// fetch took the same batch again: the queue stalled.
 fn deliveries(queue: &str, pairs: impl Iterator<Item = String>) -> BrokerResult<Vec<Delivery>> {
     let pairs: Vec<String> = pairs.collect();
     let mut out = Vec::with_capacity(pairs.len() / 2);
@@ -934,7 +940,19 @@ fn deliveries(queue: &str, pairs: impl Iterator<Item = String>) -> BrokerResult<
         let Some(parsed) = LeaseMember::parse(member) else {
             return Err(protocol("bad lease member"));
         };
-        let mut job = Job::from_json(rec)?;
+        let mut job = match Job::from_json(rec) {
+            Ok(job) => job,
+            Err(e) => {
+                let id = member.split('|').next().unwrap_or_default();
+                tracing::error!(
+                    queue,
+                    job = id,
+                    error = %e,
+                    "a leased job's record cannot be read by this build: left to its lease (redelivered, then dead-lettered)"
+                );
+                continue;
+            }
+        };
         parsed.show_started(&mut job);
         out.push(Delivery {
             job,

@@ -2703,6 +2703,82 @@ async fn redis_a_minutes_depth_is_written_by_the_next_minutes_first_change() {
     assert_eq!((p[59].waiting, p[59].running), (Some(0), Some(2)));
 }
 
+/// A leased job whose record this build cannot read (a newer build's
+/// field, or damage) is left out of the reply, not the reason to drop it:
+/// the jobs leased with it run, and it stays leased until its lease runs
+/// out (then redelivered, and dead-lettered after its redeliveries, its
+/// record as it was). The whole reply failed before, and the next fetch
+/// took the same batch again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_record_it_cannot_read_does_not_hold_back_the_others() {
+    let server = RedisServer::start();
+    let env = redis_on(&server).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            env.producer
+                .enqueue(call(&format!("{{\"n\": {i}}}")))
+                .await
+                .unwrap()
+                .job
+                .id,
+        );
+    }
+    let mut conn = admin_connection(&server).await;
+    let rec: String = redis::cmd("HGET")
+        .arg("runner:{work}:live")
+        .arg(ids[1].to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // A field this build does not know where it refuses unknown ones, or
+    // else a record cut short.
+    let unreadable = if rec.contains("\"limits\":{") {
+        rec.replacen("\"limits\":{", "\"limits\":{\"from_a_newer_build\":1,", 1)
+    } else {
+        rec[..rec.len() / 2].to_string()
+    };
+    assert!(
+        unreadable.starts_with("{\"state\":\"PENDING\""),
+        "{unreadable}"
+    );
+    assert!(
+        runner::queue::Job::from_json(&unreadable).is_err(),
+        "{unreadable}"
+    );
+    let _: () = redis::cmd("HSET")
+        .arg("runner:{work}:live")
+        .arg(ids[1].to_string())
+        .arg(&unreadable)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let got: Vec<_> = fetch(&env.broker, 3)
+        .await
+        .iter()
+        .map(|d| d.job.id)
+        .collect();
+    assert_eq!(got, vec![ids[0], ids[2]]);
+    // It is leased (not lost, not handed out again at once) and its record
+    // is as it was.
+    assert!(fetch(&env.broker, 3).await.is_empty());
+    let kept: String = redis::cmd("HGET")
+        .arg("runner:{work}:live")
+        .arg(ids[1].to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(kept, unreadable);
+    let leased: Option<String> = redis::cmd("HGET")
+        .arg("runner:{work}:leased")
+        .arg(ids[1].to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(leased.is_some());
+}
+
 /// On Redis the first sample of a minute drops the minutes that left the
 /// hour (their newest depth kept as `base`) and keeps the hash alive for
 /// as long as it may matter: the Lua side of `history.rs`.
