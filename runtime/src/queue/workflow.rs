@@ -26,6 +26,12 @@ use serde::{Deserialize, Serialize};
 
 /// An outbox entry this old was not applied by whoever wrote it.
 pub const OUTBOX_STALE: Duration = Duration::from_secs(10);
+/// A workflow member's record is kept at least this long, whatever result
+/// TTL its step asks for: an end nobody applied is applied again from the
+/// member's record once its outbox entry is stale (by any worker of the
+/// queue, after a restart of all of them), and a record gone by then would
+/// leave the workflow running with nothing to advance it.
+pub const MEMBER_MIN_RESULT_TTL: Duration = Duration::from_secs(600);
 /// The most stale entries one due check hands out.
 pub const OUTBOX_BATCH: usize = 100;
 /// How long a running workflow's record lives without an end (it is then

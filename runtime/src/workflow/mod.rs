@@ -336,8 +336,12 @@ impl Workflows {
                     ended.push(job);
                 }
                 Some(_) => {}
-                // Its record is gone: nothing left to apply.
-                None => done.push(*id),
+                // Its record is gone (kept at least `MEMBER_MIN_RESULT_TTL`,
+                // so nobody applied it for that long): nothing left to apply.
+                None => {
+                    tracing::warn!(queue, job = %id, "a workflow member's end was never applied and its record is gone: its workflow does not advance from it");
+                    done.push(*id);
+                }
             }
         }
         self.apply(&ended).await?;

@@ -476,7 +476,9 @@ fn collect_jobs(raw: &Raw, reqs: &mut Vec<EnqueueRequest>, paths: &mut Vec<Strin
 fn build(raw: Raw, jobs: &mut HashMap<String, Job>) -> Node {
     let kind = match raw.kind {
         RawKind::Job(j) => {
-            let template = jobs.remove(&raw.path).expect("every job step was prepared");
+            let mut template = jobs.remove(&raw.path).expect("every job step was prepared");
+            let min_ttl = crate::queue::workflow::MEMBER_MIN_RESULT_TTL.as_millis() as u64;
+            template.result_ttl_ms = template.result_ttl_ms.max(min_ttl);
             let ms = |s: Option<f64>| s.filter(|s| *s > 0.0).map(|s| (s * 1000.0) as u64);
             Kind::Job(Box::new(JobStep {
                 asked_queue: j.req.queue.clone(),

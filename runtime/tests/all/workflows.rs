@@ -518,6 +518,42 @@ on_every_broker!(
     engine_failed_member_redis,
     engine_failed_member_cluster
 );
+/// A member's record outlives a stale outbox entry by far, whatever result
+/// TTL its step asks for: an end nobody applied is applied again from that
+/// record, and a record gone by then left the workflow running with
+/// nothing to advance it (a step with `result_ttl: 1` lost it in a second).
+async fn a_members_record_outlives_its_outbox_entry(env: Env) {
+    let wf = Workflows::new(env.producer.clone());
+    let s = wf
+        .submit(
+            Caller::Admin,
+            &request(json!({"workflow": {"chain": [
+                {"task": "echo", "result_ttl": 1},
+                {"task": "echo", "result_ttl": 7200}
+            ]}})),
+        )
+        .await
+        .unwrap();
+    let min = runner::queue::workflow::MEMBER_MIN_RESULT_TTL.as_millis() as u64;
+    let d = lease_one(&env, "work", "w1").await;
+    assert_eq!(d.job.result_ttl_ms, min);
+    let j = finish(&env, "w1", &d, "\"a\"").await;
+    let stored = env.broker.get(j.id).await.unwrap().unwrap();
+    assert_eq!(stored.result_ttl_ms, min);
+    // Nobody applied it here; the stale entry's drain still finds it.
+    wf.drain("work", &[j.id]).await.unwrap();
+    let next = lease_one(&env, "work", "w1").await;
+    assert_eq!(next.job.result_ttl_ms, 7_200_000, "a longer TTL is kept");
+    let st = wf.status(s.id).await.unwrap().unwrap();
+    assert_eq!(st.done, 1);
+}
+
+on_every_broker!(
+    a_members_record_outlives_its_outbox_entry,
+    engine_member_record_outlives_outbox_embedded,
+    engine_member_record_outlives_outbox_redis,
+    engine_member_record_outlives_outbox_cluster
+);
 on_every_broker!(
     an_unapplied_end_is_applied_after_it_goes_stale,
     engine_stale_outbox_embedded,
