@@ -851,9 +851,27 @@ impl Dispatcher {
             if self.pending.values().all(|v| v.is_empty()) {
                 break;
             }
-            if self.talk().await.is_err() {
+            if let Err(e) = self.talk().await {
+                // Says once that the broker is away (and when it is back).
+                self.outage_backoff(&e);
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
+        }
+        let unsettled: Vec<JobId> = self
+            .pending
+            .values()
+            .flatten()
+            .map(|c| c.lease.id)
+            .collect();
+        if !unsettled.is_empty() {
+            // Their runs are over, but nothing stored them: their leases
+            // run out and they run again elsewhere (a second run of each).
+            tracing::error!(
+                worker = %self.id,
+                count = unsettled.len(),
+                jobs = ?unsettled,
+                "stopped with results the broker never took: these jobs run again when their leases run out"
+            );
         }
         let _ = self.ctx.broker.worker_gone(&self.id).await;
         tracing::info!(worker = %self.id, stats = ?self.stats, "worker stopped");

@@ -748,3 +748,43 @@ async fn a_tasks_workflow_may_only_lower_what_the_binding_allows() {
         ("side", Some(500_000))
     );
 }
+
+/// A worker that stops while Redis is away cannot store the results it
+/// holds: it says so at error level, naming the jobs (they run again once
+/// their leases run out), instead of a quiet "worker stopped". One thread,
+/// so that the subscriber sees the worker's tasks.
+#[tokio::test(flavor = "current_thread")]
+async fn a_worker_stopping_with_results_it_could_not_store_names_them() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _tracing = tracing::subscriber::set_default(subscriber);
+
+    let mut env = Env::redis().await;
+    env.bind("sleep", "sleeper", "default", |_| {}).await;
+    let w = env.worker(cfg(&["default"], 1)).await;
+    let id = enqueue(&env, "sleep", r#"{"ms": 1500}"#).await;
+    // Leased and running (an idle worker is pushed it at once).
+    let started = std::time::Instant::now();
+    while env.broker.get(id).await.unwrap().unwrap().state != JobState::Started {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "never leased"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    env.redis.as_mut().unwrap().stop();
+    w.stop().await;
+
+    let out = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let line = out
+        .lines()
+        .find(|l| l.contains("stopped with results the broker never took"))
+        .unwrap_or_else(|| panic!("no line names the unsettled results:\n{out}"));
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(line.contains(&id.to_string()), "{line}");
+    assert!(line.contains("count=1"), "{line}");
+}
