@@ -43,13 +43,13 @@ pub const MODULE_HASH_PATTERN: &str = "^sha256:[0-9a-f]{64}$";
 /// A task or beat name: 1 to 100 of `A-Z a-z 0-9 _ - . :`, starting with
 /// a letter or digit (`crate::names::check_name`).
 pub const NAME_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$";
-/// A queue name: 1 to 100 of `A-Z a-z 0-9 _ - . :`
+/// A queue name: 1 to 100 of `A-Z a-z 0-9 _ - . :`, not `.` or `..`
 /// (`crate::queue::job::validate_queue_name`).
-pub const QUEUE_PATTERN: &str = "^[A-Za-z0-9_.:-]{1,100}$";
+pub const QUEUE_PATTERN: &str = "^(?!\\.{1,2}$)[A-Za-z0-9_.:-]{1,100}$";
 /// A queue's name, or one partition's: `x~0` to `x~63`
 /// (`crate::queue::partition::validate_queue_or_partition`).
 pub const QUEUE_OR_PARTITION_PATTERN: &str =
-    "^[A-Za-z0-9_.:-]{1,100}(~([0-9]|[1-5][0-9]|6[0-3]))?$";
+    "^(?!\\.{1,2}(~|$))[A-Za-z0-9_.:-]{1,100}(~([0-9]|[1-5][0-9]|6[0-3]))?$";
 
 fn pattern_string(pattern: &str, description: &str) -> RefOr<Schema> {
     ObjectBuilder::new()
@@ -112,7 +112,7 @@ impl PartialSchema for QueueName {
     fn schema() -> RefOr<Schema> {
         pattern_string(
             QUEUE_PATTERN,
-            "A queue name: 1 to 100 bytes of `A-Z a-z 0-9 _ - . :`.",
+            "A queue name: 1 to 100 bytes of `A-Z a-z 0-9 _ - . :`, not `.` or `..`.",
         )
     }
 }
@@ -127,7 +127,7 @@ impl PartialSchema for QueueOrPartition {
     fn schema() -> RefOr<Schema> {
         pattern_string(
             QUEUE_OR_PARTITION_PATTERN,
-            "A queue name (1 to 100 bytes of `A-Z a-z 0-9 _ - . :`), or the name of one of a \
+            "A queue name (1 to 100 bytes of `A-Z a-z 0-9 _ - . :`, not `.` or `..`), or the name of one of a \
              partitioned queue's partitions: the queue's name, `~` and the partition's number \
              (0 to 63).",
         )

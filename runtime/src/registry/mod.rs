@@ -32,7 +32,7 @@ pub struct TaskBinding {
     pub name: String,
     pub module: ModuleHash,
     #[serde(default = "default_queue")]
-    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,100}$")]
+    #[schema(pattern = "^(?!\\.{1,2}$)[A-Za-z0-9_.:-]{1,100}$")]
     pub queue: String,
     #[serde(default)]
     pub retry: RetryPolicy,

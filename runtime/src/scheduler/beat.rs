@@ -50,7 +50,7 @@ pub struct Beat {
     pub input: serde_json::Value,
     /// Overrides the task binding's queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,100}$")]
+    #[schema(pattern = "^(?!\\.{1,2}$)[A-Za-z0-9_.:-]{1,100}$")]
     pub queue: Option<String>,
     /// A crontab line: 5 fields, or 6 with seconds first, or an alias
     /// (`@hourly`, `@daily`, `@weekly`, `@monthly`, `@yearly`).
