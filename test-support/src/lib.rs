@@ -1,6 +1,7 @@
 //! Helpers the crates' tests share. [`RedisServer`]: a real `redis-server`
 //! per test on a free loopback port with its own temp dir, killed when
-//! dropped; never the one on 6379.
+//! dropped; never the one on 6379. [`capture_logs`]: the log lines a test
+//! makes, as text.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -595,4 +596,43 @@ fn wait_until(what: &str, mut ready: impl FnMut() -> bool) -> Fallible<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
+}
+
+/// The log lines written since [`capture_logs`], as `tracing_subscriber`'s
+/// plain format prints them (one line per event, its span's fields first).
+#[derive(Clone, Default)]
+pub struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    pub fn text(&self) -> String {
+        let bytes = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Captures this thread's log events at `level` and above until the guard
+/// drops (a test on a current-thread runtime sees its tasks' events too).
+pub fn capture_logs(level: tracing::Level) -> (CapturedLogs, tracing::subscriber::DefaultGuard) {
+    let captured = CapturedLogs::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    (captured, tracing::subscriber::set_default(subscriber))
 }

@@ -1,35 +1,11 @@
 //! Every service call is traced with its capability, operation, outcome
 //! and duration.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use runner_host_fns::kv::{KvQuota, KvService};
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("buffer").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test]
 async fn host_calls_are_traced_with_outcome_and_duration() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = runner_test_support::capture_logs(tracing::Level::DEBUG);
 
     let kv = KvService::in_memory();
     kv.set("reminder", &KvQuota::default(), "k", b"v", None)
@@ -37,7 +13,7 @@ async fn host_calls_are_traced_with_outcome_and_duration() {
         .expect("set");
     kv.get("", "k").await.expect_err("no task name");
 
-    let out = String::from_utf8(captured.0.lock().expect("buffer").clone()).expect("utf-8");
+    let out = captured.text();
     let lines: Vec<&str> = out.lines().collect();
     let set = lines
         .iter()
@@ -62,13 +38,7 @@ async fn host_calls_are_traced_with_outcome_and_duration() {
 async fn a_failed_calls_line_is_capped() {
     use runner_host_fns::HostError;
     use runner_host_fns::trace::{LOGGED_ERROR_MAX, traced};
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = runner_test_support::capture_logs(tracing::Level::INFO);
 
     let huge = "X".repeat(1 << 20);
     let e = traced("http", "send", async {
@@ -79,7 +49,7 @@ async fn a_failed_calls_line_is_capped() {
     // The task still gets its error whole (the sandbox caps what it sees).
     assert!(e.message().len() > 1 << 20);
 
-    let out = String::from_utf8(captured.0.lock().expect("buffer").clone()).expect("utf-8");
+    let out = captured.text();
     let line = out
         .lines()
         .find(|l| l.contains("host call failed"))

@@ -3,7 +3,6 @@
 //! every job and host call is traced and counted.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -407,33 +406,13 @@ impl Recorded {
     }
 }
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 // One thread: the recorder and the subscriber below are this thread's, and
 // the worker's tasks run on it.
 #[tokio::test(flavor = "current_thread")]
 async fn jobs_and_host_calls_are_traced_and_counted() {
     let recorded = Recorded::default();
     let _metrics = metrics::set_default_local_recorder(&recorded);
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _tracing = tracing::subscriber::set_default(subscriber);
+    let (captured, _tracing) = runner_test_support::capture_logs(tracing::Level::DEBUG);
 
     let env = Env::embedded().await;
     env.bind("counted", "kv_guard", "default", |b| b.grants = kv_grant())
@@ -476,7 +455,7 @@ async fn jobs_and_host_calls_are_traced_and_counted() {
     assert_eq!(seconds.len(), 3, "{seconds:?}");
     assert!(seconds.iter().all(|s| *s >= 0.0));
 
-    let out = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let out = captured.text();
     let line = out
         .lines()
         .find(|l| l.contains("host call failed") && l.contains("task=uncounted"))
@@ -755,13 +734,7 @@ async fn a_tasks_workflow_may_only_lower_what_the_binding_allows() {
 /// so that the subscriber sees the worker's tasks.
 #[tokio::test(flavor = "current_thread")]
 async fn a_worker_stopping_with_results_it_could_not_store_names_them() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _tracing = tracing::subscriber::set_default(subscriber);
+    let (captured, _tracing) = runner_test_support::capture_logs(tracing::Level::INFO);
 
     let mut env = Env::redis().await;
     env.bind("sleep", "sleeper", "default", |_| {}).await;
@@ -779,7 +752,7 @@ async fn a_worker_stopping_with_results_it_could_not_store_names_them() {
     env.redis.as_mut().unwrap().stop();
     w.stop().await;
 
-    let out = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let out = captured.text();
     let line = out
         .lines()
         .find(|l| l.contains("stopped with results the broker never took"))
