@@ -25,23 +25,11 @@ use crate::HostError;
 /// quote what a task sent (a method, a path), as long as the task likes.
 pub const LOGGED_ERROR_MAX: usize = 1024;
 
-/// `e` as its kind and message, the message cut at [`LOGGED_ERROR_MAX`]
-/// bytes (on a character boundary) with the length it had.
+/// `e` as its kind and message, the message capped at [`LOGGED_ERROR_MAX`]
+/// bytes ([`crate::error::cap_text`]).
 fn logged(e: &HostError) -> String {
-    let msg = e.message();
-    if msg.len() <= LOGGED_ERROR_MAX {
-        return e.to_string();
-    }
-    let mut cut = LOGGED_ERROR_MAX;
-    while !msg.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!(
-        "{}: {} [... {} more bytes]",
-        e.kind(),
-        &msg[..cut],
-        msg.len() - cut
-    )
+    let msg = crate::error::cap_text(e.message().to_owned(), LOGGED_ERROR_MAX);
+    format!("{}: {msg}", e.kind())
 }
 
 /// Runs `fut` inside a `host_call` span and records its outcome.

@@ -44,25 +44,7 @@ pub const MAX_MESSAGE_BYTES: usize = 4096;
 /// The longest progress message: 1 KiB.
 pub const MAX_PROGRESS_MESSAGE_BYTES: usize = 1024;
 
-/// `text` if it has at most `max` bytes; else its start (cut at a
-/// character boundary) and how many bytes were dropped, `max` bytes at most.
-pub fn cap_text(mut text: String, max: usize) -> String {
-    if text.len() <= max {
-        return text;
-    }
-    let total = text.len();
-    // Room for the note: " [... 18446744073709551615 more bytes]" is 38.
-    let mut cut = max.saturating_sub(40);
-    while cut > 0 && !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    text.truncate(cut);
-    let note = format!(" [... {} more bytes]", total - cut);
-    if text.len() + note.len() <= max {
-        text.push_str(&note);
-    }
-    text
-}
+pub use runner_host_fns::error::cap_text;
 
 /// The queue of a job that names none and whose task binding names none.
 pub const DEFAULT_QUEUE: &str = "default";

@@ -943,10 +943,9 @@ fn deliveries(queue: &str, pairs: impl Iterator<Item = String>) -> BrokerResult<
         let mut job = match Job::from_json(rec) {
             Ok(job) => job,
             Err(e) => {
-                let id = member.split('|').next().unwrap_or_default();
                 tracing::error!(
                     queue,
-                    job = id,
+                    job = %parsed.id,
                     error = %e,
                     "a leased job's record cannot be read by this build: left to its lease (redelivered, then dead-lettered)"
                 );
