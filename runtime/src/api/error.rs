@@ -183,52 +183,28 @@ pub fn describe_limit(bytes: usize) -> String {
 }
 
 /// Reads the whole body; a body over the limit is 413 with the limit in the
-/// message.
-///
-/// An oversized body is still read (and thrown away, up to [`DRAIN_MAX`]
-/// bytes or [`DRAIN_TIME`]) before the 413 goes out: a server that answers
-/// and closes while the client is still sending makes the kernel reset the
-/// connection, and the client sees "connection reset" instead of the 413
-/// that says what the limit is.
+/// message. (What is left of an oversized body is read and thrown away
+/// before the 413 goes out, `drain.rs`: the client then sees the 413, not
+/// "connection reset".)
 pub async fn read_body(req: Request, limit: usize) -> Result<Bytes, ApiError> {
     let declared = req
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let mut stream = req.into_body().into_data_stream();
     if declared.is_some_and(|n| n > limit as u64) {
-        drain(stream).await;
         return Err(too_large(limit));
     }
+    let mut stream = req.into_body().into_data_stream();
     let mut buf = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
     while let Some(chunk) = stream.next().await {
         let chunk = chunk
             .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
         if buf.len() + chunk.len() > limit {
-            drain(stream).await;
             return Err(too_large(limit));
         }
         buf.extend_from_slice(&chunk);
     }
     Ok(buf.freeze())
-}
-
-/// The most of an oversized body read and discarded before answering 413.
-const DRAIN_MAX: usize = 256 * 1024 * 1024;
-/// The longest time spent discarding an oversized body.
-const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
-
-async fn drain(mut stream: axum::body::BodyDataStream) {
-    let discard = async {
-        let mut seen = 0usize;
-        while let Some(Ok(chunk)) = stream.next().await {
-            seen += chunk.len();
-            if seen > DRAIN_MAX {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(DRAIN_TIME, discard).await;
 }
 
 fn too_large(limit: usize) -> ApiError {

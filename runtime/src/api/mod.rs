@@ -14,6 +14,7 @@
 
 pub mod auth;
 mod dashboard;
+mod drain;
 mod error;
 mod events;
 mod jobs;
@@ -148,6 +149,7 @@ pub fn router(ctx: ApiContext) -> Router {
         })
         .with_state(Arc::new(ctx))
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(drain::drain_unread))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request<_>| {

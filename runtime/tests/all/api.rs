@@ -814,6 +814,69 @@ async fn api_bad_input_gets_the_right_status_and_says_what_is_wrong() {
     api.stop().await;
 }
 
+/// A request refused before its body is read (no token, the wrong token,
+/// an unknown route, a body over the limit) gets its answer, whatever the
+/// size of the body: the server reads the rest of the body before it
+/// answers. (It closed with the body still arriving, and the client,
+/// still sending, got "connection reset" instead of a 401 or a 403.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_a_request_refused_before_its_body_is_read_is_answered() {
+    let api = TestApi::start(None, "16MiB", false).await;
+    let body = vec![7u8; 12 * 1024 * 1024];
+    let hash = module_hash(&body);
+    let cases: [(reqwest::Method, String, Option<&'static str>, StatusCode); 4] = [
+        (
+            reqwest::Method::PUT,
+            format!("/v1/modules/{hash}"),
+            None,
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            reqwest::Method::PUT,
+            format!("/v1/modules/{hash}"),
+            Some(SUBMIT),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/no-such-route".into(),
+            Some(ADMIN),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            reqwest::Method::PUT,
+            "/v1/modules/sha256:abc".into(),
+            Some(ADMIN),
+            StatusCode::BAD_REQUEST,
+        ),
+    ];
+    for round in 0..3 {
+        for (method, path, token, want) in &cases {
+            let res = api
+                .req(method.clone(), path, *token)
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{method} {path} (round {round}): {e:?}"));
+            assert_eq!(res.status(), *want, "{method} {path}");
+            let v: Value = res.json().await.unwrap();
+            assert!(!message(&v).is_empty(), "{v}");
+        }
+    }
+    // Over the limit, with no length declared (sent in chunks): a 413.
+    let chunks = futures::stream::iter(
+        (0..32).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![1u8; 1024 * 1024]))),
+    );
+    let (s, v) = api
+        .call(
+            api.req(reqwest::Method::POST, "/v1/modules", Some(ADMIN))
+                .body(reqwest::Body::wrap_stream(chunks)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    api.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_readyz_is_503_when_redis_is_down() {
     let mut redis = RedisServer::start();
