@@ -1302,6 +1302,22 @@ impl Broker for EmbeddedBroker {
         Ok(())
     }
 
+    async fn outbox_later(&self, queue: &str, ids: &[JobId], after: Duration) -> BrokerResult<()> {
+        // Stale (handed out) once `OUTBOX_STALE` old: written as if it
+        // ended that long before `after` from now.
+        let shift = after.saturating_sub(OUTBOX_STALE).as_millis();
+        let at = now_ms().saturating_add(i64::try_from(shift).unwrap_or(i64::MAX));
+        let mut st = self.lock();
+        if let Some(q) = st.queues.get_mut(queue) {
+            for id in ids {
+                if let Some(t) = q.wfout.get_mut(id) {
+                    *t = at;
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn outbox(
         &self,
         queue: &str,

@@ -650,6 +650,12 @@ pub trait Broker: Send + Sync + 'static {
     /// Removes applied entries from `queue`'s outbox.
     async fn outbox_done(&self, queue: &str, ids: &[JobId]) -> BrokerResult<()>;
 
+    /// Puts the entries `ids` of `queue`'s outbox (ends that failed to
+    /// apply) behind the others: a due check hands them out again `after`
+    /// from now, not at once, so that one that always fails cannot hold
+    /// back the entries behind it. Entries already removed stay removed.
+    async fn outbox_later(&self, queue: &str, ids: &[JobId], after: Duration) -> BrokerResult<()>;
+
     /// Entries of `queue`'s outbox at least `min_age` old, oldest first.
     async fn outbox(
         &self,

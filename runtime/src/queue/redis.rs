@@ -289,6 +289,7 @@ struct Scripts {
     wf_end: Script,
     wf_launched: Script,
     outbox: Script,
+    outbox_later: Script,
     migrate: Script,
 }
 
@@ -314,12 +315,13 @@ impl Scripts {
             wf_end: script(include_str!("lua/wf_end.lua")),
             wf_launched: script(include_str!("lua/wf_launched.lua")),
             outbox: script(include_str!("lua/outbox.lua")),
+            outbox_later: script(include_str!("lua/outbox_later.lua")),
             migrate: script(include_str!("lua/migrate.lua")),
         }
     }
 
     /// Their names, for the `command` label of Redis errors.
-    fn named(&self) -> [(&'static str, &Script); 14] {
+    fn named(&self) -> [(&'static str, &Script); 15] {
         [
             ("enqueue", &self.enqueue),
             ("settle", &self.settle),
@@ -334,6 +336,7 @@ impl Scripts {
             ("wf_end", &self.wf_end),
             ("wf_launched", &self.wf_launched),
             ("outbox", &self.outbox),
+            ("outbox_later", &self.outbox_later),
             ("migrate", &self.migrate),
         ]
     }
@@ -1706,6 +1709,26 @@ impl Broker for RedisBroker {
             .conn()
             .zrem(format!("{}wfout", prefix(queue)), ids)
             .await?;
+        Ok(())
+    }
+
+    async fn outbox_later(&self, queue: &str, ids: &[JobId], after: Duration) -> BrokerResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        // Scored as if it ended `OUTBOX_STALE` before `after` from now, by
+        // the server's clock (the one the due check reads).
+        let shift = after.saturating_sub(super::workflow::OUTBOX_STALE);
+        let mut call = self
+            .inner
+            .scripts
+            .outbox_later
+            .key(format!("{}wfout", prefix(queue)));
+        call.arg(shift.as_millis() as u64);
+        for id in ids {
+            call.arg(id.to_string());
+        }
+        let _: i64 = call.invoke_async(&mut self.conn()).await?;
         Ok(())
     }
 

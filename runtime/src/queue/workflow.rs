@@ -32,6 +32,10 @@ pub const OUTBOX_STALE: Duration = Duration::from_secs(10);
 /// queue, after a restart of all of them), and a record gone by then would
 /// leave the workflow running with nothing to advance it.
 pub const MEMBER_MIN_RESULT_TTL: Duration = Duration::from_secs(600);
+/// An outbox entry that failed to apply (its workflow's record or its
+/// member's record cannot be read, a launch failed) is handed out again
+/// this long after, behind the others.
+pub const OUTBOX_RETRY: Duration = Duration::from_secs(60);
 /// The most stale entries one due check hands out.
 pub const OUTBOX_BATCH: usize = 100;
 /// How long a running workflow's record lives without an end (it is then

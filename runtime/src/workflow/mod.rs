@@ -45,6 +45,7 @@ use crate::queue::{
     Broker, BrokerError, BrokerResult, Job, JobId, JobState, MarkKind, WfMark, WfState, WfStored,
 };
 
+use crate::queue::workflow::OUTBOX_RETRY;
 pub use crate::queue::workflow::{EVENT_QUEUE, event};
 
 /// Trees read from records, by workflow id (a tree never changes).
@@ -81,6 +82,13 @@ impl Drop for SoonRunning {
             s.running = false;
         }
     }
+}
+
+/// A workflow that failed to advance from the ends of `members`.
+struct Unapplied {
+    workflow: JobId,
+    members: Vec<JobId>,
+    error: BrokerError,
 }
 
 /// A workflow as `GET /v1/workflows/{id}` shows it.
@@ -251,11 +259,16 @@ impl Workflows {
 
     /// Applies the ends of workflow members `ended` (final records of
     /// jobs of their queues; other jobs are skipped), then removes them from
-    /// their queues' outboxes.
+    /// their queues' outboxes. A workflow that fails to advance does not
+    /// hold back the others: its ends stay in the outbox (to be applied
+    /// again once stale) and the first such error is returned.
     pub async fn apply_ended(&self, ended: &[(String, Job)]) -> BrokerResult<()> {
-        self.apply(ended.iter().map(|(_, j)| j)).await?;
+        let failed = self.apply_each(ended.iter().map(|(_, j)| j)).await;
         let mut by_queue: Vec<(&str, Vec<JobId>)> = Vec::new();
         for (q, j) in ended {
+            if failed.iter().any(|f| f.members.contains(&j.id)) {
+                continue;
+            }
             match by_queue.iter_mut().find(|(bq, _)| bq == q) {
                 Some((_, ids)) => ids.push(j.id),
                 None => by_queue.push((q, vec![j.id])),
@@ -264,7 +277,10 @@ impl Workflows {
         for (q, ids) in by_queue {
             self.broker().outbox_done(q, &ids).await?;
         }
-        Ok(())
+        match failed.into_iter().next() {
+            Some(f) => Err(f.error),
+            None => Ok(()),
+        }
     }
 
     /// Applies the ends `ended` of `queue`'s members and its stale outbox
@@ -325,27 +341,50 @@ impl Workflows {
     }
 
     /// Applies the outbox entries `ids` of `queue` (ends nobody applied),
-    /// read from their records, and removes them.
+    /// read from their records, and removes them. An entry that fails
+    /// (its record or its workflow's cannot be read, a launch fails) is
+    /// logged and put behind the others, handed out again after
+    /// [`OUTBOX_RETRY`]: one that always fails cannot hold back the rest
+    /// of the queue's outbox.
     pub async fn drain(&self, queue: &str, ids: &[JobId]) -> BrokerResult<()> {
         let mut ended = Vec::with_capacity(ids.len());
         let mut done = Vec::with_capacity(ids.len());
+        let mut later = Vec::new();
         for id in ids {
-            match self.broker().get(*id).await? {
-                Some(job) if job.state.is_final() => {
+            match self.broker().get(*id).await {
+                Ok(Some(job)) if job.state.is_final() => {
                     done.push(job.id);
                     ended.push(job);
                 }
-                Some(_) => {}
+                Ok(Some(_)) => {}
                 // Its record is gone (kept at least `MEMBER_MIN_RESULT_TTL`,
                 // so nobody applied it for that long): nothing left to apply.
-                None => {
+                Ok(None) => {
                     tracing::warn!(queue, job = %id, "a workflow member's end was never applied and its record is gone: its workflow does not advance from it");
                     done.push(*id);
                 }
+                Err(e) if e.is_unavailable() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(queue, job = %id, error = %e, retry_in_s = OUTBOX_RETRY.as_secs(), "reading a workflow member's end failed");
+                    later.push(*id);
+                }
             }
         }
-        self.apply(&ended).await?;
-        self.broker().outbox_done(queue, &done).await
+        for f in self.apply_each(&ended).await {
+            if f.error.is_unavailable() {
+                return Err(f.error);
+            }
+            tracing::warn!(queue, workflow = %f.workflow, error = %f.error, retry_in_s = OUTBOX_RETRY.as_secs(), "advancing a workflow from ends nobody applied failed");
+            done.retain(|id| !f.members.contains(id));
+            later.extend(f.members);
+        }
+        self.broker().outbox_done(queue, &done).await?;
+        if !later.is_empty() {
+            self.broker()
+                .outbox_later(queue, &later, OUTBOX_RETRY)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Applies all of `queue`'s outbox now (after a revoke or a purge that
@@ -368,7 +407,18 @@ impl Workflows {
     }
 
     /// Advances the workflows of `ended` (final records of their members).
+    /// Each workflow on its own: one that fails does not stop the others;
+    /// the first failure is returned.
     pub async fn apply<'a>(&self, ended: impl IntoIterator<Item = &'a Job>) -> BrokerResult<()> {
+        match self.apply_each(ended).await.into_iter().next() {
+            Some(f) => Err(f.error),
+            None => Ok(()),
+        }
+    }
+
+    /// Advances the workflows of `ended`, each on its own, and says which
+    /// failed to.
+    async fn apply_each<'a>(&self, ended: impl IntoIterator<Item = &'a Job>) -> Vec<Unapplied> {
         let mut by_wf: Vec<(JobId, Vec<&Job>)> = Vec::new();
         for job in ended {
             let Some(w) = &job.workflow else { continue };
@@ -380,10 +430,17 @@ impl Workflows {
                 None => by_wf.push((w.id, vec![job])),
             }
         }
+        let mut failed = Vec::new();
         for (id, jobs) in by_wf {
-            self.apply_one(id, &jobs).await?;
+            if let Err(error) = self.apply_one(id, &jobs).await {
+                failed.push(Unapplied {
+                    workflow: id,
+                    members: jobs.iter().map(|j| j.id).collect(),
+                    error,
+                });
+            }
         }
-        Ok(())
+        failed
     }
 
     async fn apply_one(&self, id: JobId, jobs: &[&Job]) -> BrokerResult<()> {

@@ -362,6 +362,9 @@ impl Broker for Deaf {
     async fn outbox_done(&self, queue: &str, ids: &[JobId]) -> BrokerResult<()> {
         self.0.outbox_done(queue, ids).await
     }
+    async fn outbox_later(&self, queue: &str, ids: &[JobId], after: Duration) -> BrokerResult<()> {
+        self.0.outbox_later(queue, ids, after).await
+    }
     async fn outbox(
         &self,
         queue: &str,

@@ -554,6 +554,93 @@ on_every_broker!(
     engine_member_record_outlives_outbox_redis,
     engine_member_record_outlives_outbox_cluster
 );
+/// A stale end that fails to apply (here its workflow's stored tree
+/// cannot be read) does not hold back the ends behind it: they are
+/// applied and removed, and it is put behind them, handed out again after
+/// `OUTBOX_RETRY` rather than at every due check. (Before, the drain
+/// stopped at the first failure and removed nothing, so one such entry
+/// held back its queue's stale ends for good.)
+async fn an_end_that_fails_to_apply_does_not_hold_back_the_others(env: Env) {
+    let bad = runner::queue::JobId::new();
+    assert!(env.broker.wf_create(bad, "{not a tree", 1).await.unwrap());
+    let mut member = runner::queue::Job::new("work", "1", chrono::Utc::now());
+    member.task = Some("echo".into());
+    member.workflow = Some(runner::queue::job::WorkflowRef {
+        id: bad,
+        path: "workflow".into(),
+    });
+    env.broker.enqueue(vec![member.clone()]).await.unwrap();
+    let wf = Workflows::new(env.producer.clone());
+    let s = wf
+        .submit(
+            Caller::Admin,
+            &request(json!({"workflow": {"chain": [{"task": "echo"}, {"task": "other"}]}})),
+        )
+        .await
+        .unwrap();
+    // Both end; nobody applies them (their worker died).
+    let d = lease_one(&env, "work", "w1").await;
+    assert_eq!(d.job.id, member.id);
+    finish(&env, "w1", &d, "1").await;
+    let d = lease_one(&env, "work", "w1").await;
+    let good = finish(&env, "w1", &d, "42").await;
+    tokio::time::sleep(runner::queue::workflow::OUTBOX_STALE + Duration::from_millis(300)).await;
+    let r = env
+        .broker
+        .settle(settle("work", "w2", vec![], 0))
+        .await
+        .unwrap();
+    // (Both may have ended in one millisecond: in either order.)
+    let mut stale = r.outbox.clone();
+    stale.sort();
+    let mut want = vec![member.id, good.id];
+    want.sort();
+    assert_eq!(stale, want);
+    Workflows::new(env.producer.clone())
+        .drain("work", &r.outbox)
+        .await
+        .unwrap();
+    // The good one advanced its workflow.
+    let next = lease_one(&env, "work", "w2").await;
+    assert_eq!(next.job.task.as_deref(), Some("other"));
+    assert_eq!(next.job.input, "42");
+    let last = finish(&env, "w2", &next, "true").await;
+    wf.apply_ended(&[("work".into(), last)]).await.unwrap();
+    assert_eq!(
+        wf.status(s.id).await.unwrap().unwrap().state,
+        WfState::Succeeded
+    );
+    // The bad one is still there, behind: not handed out now, and the
+    // queue wakes for it when its retry is due.
+    let r = env
+        .broker
+        .settle(settle("work", "w3", vec![], 0))
+        .await
+        .unwrap();
+    assert!(r.outbox.is_empty(), "{:?}", r.outbox);
+    let wake = r.next_due.expect("a wake-up for the entry put behind");
+    let retry = chrono::Duration::from_std(runner::queue::workflow::OUTBOX_RETRY).unwrap();
+    let now = chrono::Utc::now();
+    assert!(
+        wake > now + retry - chrono::Duration::seconds(15) && wake <= now + retry,
+        "{wake} vs now {now}"
+    );
+    assert!(
+        env.broker
+            .outbox("work", Duration::ZERO, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the entry is not stale before its retry"
+    );
+}
+
+on_every_broker!(
+    an_end_that_fails_to_apply_does_not_hold_back_the_others,
+    engine_outbox_failure_is_put_behind_embedded,
+    engine_outbox_failure_is_put_behind_redis,
+    engine_outbox_failure_is_put_behind_cluster
+);
 on_every_broker!(
     an_unapplied_end_is_applied_after_it_goes_stale,
     engine_stale_outbox_embedded,
