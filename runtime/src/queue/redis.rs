@@ -943,17 +943,13 @@ fn deliveries(queue: &str, pairs: impl Iterator<Item = String>) -> BrokerResult<
         let Some(parsed) = LeaseMember::parse(member) else {
             return Err(protocol("bad lease member"));
         };
-        let mut job = match Job::from_json(rec) {
-            Ok(job) => job,
-            Err(e) => {
-                tracing::error!(
-                    queue,
-                    job = %parsed.id,
-                    error = %e,
-                    "a leased job's record cannot be read by this build: left to its lease (redelivered, then dead-lettered)"
-                );
-                continue;
-            }
+        let Some(mut job) = readable(
+            queue,
+            &parsed.id,
+            rec,
+            "a leased job's record cannot be read by this build: left to its lease (redelivered, then dead-lettered)",
+        ) else {
+            continue;
         };
         parsed.show_started(&mut job);
         out.push(Delivery {
@@ -965,6 +961,30 @@ fn deliveries(queue: &str, pairs: impl Iterator<Item = String>) -> BrokerResult<
         });
     }
     Ok(out)
+}
+
+/// `rec`, the record of job `id` of `queue`, as a job; `None`, logged
+/// at error with `fate`, when this build cannot read it (written by a
+/// newer build, or damaged). A reply or a listing leaves it out and shows
+/// the others rather than failing whole.
+fn readable(queue: &str, id: &dyn std::fmt::Display, rec: &str, fate: &str) -> Option<Job> {
+    match Job::from_json(rec) {
+        Ok(job) => Some(job),
+        Err(e) => {
+            tracing::error!(queue, job = %id, error = %e, "{fate}");
+            None
+        }
+    }
+}
+
+/// [`readable`] for listings.
+fn listed(queue: &str, id: &dyn std::fmt::Display, rec: &str) -> Option<Job> {
+    readable(
+        queue,
+        id,
+        rec,
+        "a job's record cannot be read by this build: left out of the listing",
+    )
 }
 
 fn as_string(v: &Value) -> Option<String> {
@@ -1397,7 +1417,7 @@ impl Broker for RedisBroker {
         let mut gone = Vec::new();
         for (id, rec) in ids.iter().zip(recs) {
             match rec {
-                Some(r) => out.push(Job::from_json(&r)?),
+                Some(r) => out.extend(listed(queue, id, &r)),
                 None => gone.push(id.clone()),
             }
         }
@@ -1467,9 +1487,10 @@ impl Broker for RedisBroker {
             .await?;
         let ids: Vec<&str> = due.iter().map(|(m, _)| member_id(m)).collect();
         let mut out = Vec::with_capacity(due.len());
-        for ((_, at), rec) in due.iter().zip(self.records(queue, &ids).await?) {
-            let Some(rec) = rec else { continue };
-            let job = Job::from_json(&rec)?;
+        for ((member, at), rec) in due.iter().zip(self.records(queue, &ids).await?) {
+            let Some(job) = rec.and_then(|r| listed(queue, &member_id(member), &r)) else {
+                continue;
+            };
             if !job.state.is_final() {
                 out.push((self.inner.clock.local(*at as i64), job));
             }
@@ -1757,11 +1778,13 @@ impl Broker for RedisBroker {
             .await?;
         let ids: Vec<&str> = leased.iter().map(|(id, _)| id.as_str()).collect();
         let mut out = Vec::new();
-        for ((_, member), rec) in leased.iter().zip(self.records(queue, &ids).await?) {
+        for ((id, member), rec) in leased.iter().zip(self.records(queue, &ids).await?) {
             let (Some(rec), Some(member)) = (rec, LeaseMember::parse(member)) else {
                 continue;
             };
-            let mut job = Job::from_json(&rec)?;
+            let Some(mut job) = listed(queue, id, &rec) else {
+                continue;
+            };
             if !job.state.is_final() {
                 member.show_started(&mut job);
                 out.push(job);
@@ -1792,9 +1815,10 @@ impl RedisBroker {
                 .collect();
             let ids: Vec<String> = at.iter().map(|&i| entries[i].1.to_string()).collect();
             let mut open = Vec::new();
-            for (&i, rec) in at.iter().zip(self.records(queue, &ids).await?) {
-                let Some(rec) = rec else { continue };
-                let job = Job::from_json(&rec)?;
+            for ((&i, id), rec) in at.iter().zip(&ids).zip(self.records(queue, &ids).await?) {
+                let Some(job) = rec.and_then(|r| listed(queue, id, &r)) else {
+                    continue;
+                };
                 if !job.state.is_final() {
                     open.push(i);
                 }

@@ -2779,6 +2779,82 @@ async fn redis_a_record_it_cannot_read_does_not_hold_back_the_others() {
     assert!(leased.is_some());
 }
 
+/// On Redis, a listing (dead letters, scheduled, running, `list`) with a
+/// record this build cannot read shows the others and leaves that one
+/// out (logged); before, the whole listing failed (a 500).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_listing_leaves_out_a_record_it_cannot_read() {
+    let server = RedisServer::start();
+    let env = redis_on(&server).await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let mut req = call(&format!("{{\"n\": {i}}}"));
+        if i >= 4 {
+            req.countdown_secs = Some(600.0);
+        }
+        ids.push(env.producer.enqueue(req).await.unwrap().job.id);
+    }
+    // 0 and 1 dead letters, 2 and 3 running, 4 and 5 scheduled.
+    let leased = fetch(&env.broker, 4).await;
+    assert_eq!(leased.len(), 4);
+    let dead: Vec<Completion> = leased[..2]
+        .iter()
+        .map(|d| ended(d, JobState::Failure, None, true))
+        .collect();
+    env.broker
+        .settle(settle("work", "w", dead, 0))
+        .await
+        .unwrap();
+    // Cut short where each is kept: a final key or the `live` hash.
+    let mut conn = admin_connection(&server).await;
+    for id in [ids[0], ids[2], ids[4]] {
+        let key = format!("runner:{{work}}:job:{id}");
+        let fin: Option<String> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if let Some(rec) = fin {
+            let _: () = redis::cmd("SET")
+                .arg(&key)
+                .arg(&rec[..rec.len() / 2])
+                .arg("KEEPTTL")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            continue;
+        }
+        let rec: String = redis::cmd("HGET")
+            .arg("runner:{work}:live")
+            .arg(id.to_string())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("HSET")
+            .arg("runner:{work}:live")
+            .arg(id.to_string())
+            .arg(&rec[..rec.len() / 2])
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let b = &env.broker;
+    let dead = b.dead_letters("work", 10).await.unwrap();
+    assert_eq!(ids_of(&dead), vec![ids[1]]);
+    let running = b.running("work").await.unwrap();
+    assert_eq!(ids_of(&running), vec![ids[3]]);
+    let scheduled = b.scheduled("work", 10).await.unwrap();
+    assert_eq!(
+        scheduled.iter().map(|(_, j)| j.id).collect::<Vec<_>>(),
+        vec![ids[5]]
+    );
+    let mut listed = ids_of(&list_all(b, query(2)).await);
+    listed.sort();
+    let mut want = vec![ids[1], ids[3], ids[5]];
+    want.sort();
+    assert_eq!(listed, want);
+}
+
 /// On Redis the first sample of a minute drops the minutes that left the
 /// hour (their newest depth kept as `base`) and keeps the hash alive for
 /// as long as it may matter: the Lua side of `history.rs`.
