@@ -131,7 +131,9 @@ pub trait Registry: Send + Sync + 'static {
 
 /// The registry in Redis: `runner:module:<hex>` (bytes), `runner:modules`
 /// (hash of metadata), `runner:tasks` (hash of bindings),
-/// `runner:task-history:<name>` (list, newest first).
+/// `runner:task-history:{runner:tasks}:<name>` (list, newest first, in the
+/// slot of `runner:tasks`; an earlier build kept it at
+/// `runner:task-history:<name>`, still read).
 #[derive(Clone)]
 pub struct RedisRegistry {
     conn: Counted,
@@ -166,7 +168,7 @@ impl RedisRegistry {
     }
 
     async fn read_task(&self, name: &str) -> Result<Option<TaskBinding>, RegistryError> {
-        let v: Option<String> = self.conn.clone().hget("runner:tasks", name).await?;
+        let v: Option<String> = self.conn.clone().hget(TASKS_KEY, name).await?;
         v.map(|v| serde_json::from_str(&v).map_err(|e| RegistryError::Corrupt(e.to_string())))
             .transpose()
     }
@@ -179,6 +181,37 @@ impl RedisRegistry {
 }
 
 const HISTORY_KEEP: isize = 50;
+
+/// The hash of bindings, by task name.
+const TASKS_KEY: &str = "runner:tasks";
+
+/// The earlier bindings of `name`, newest first: a list in the slot of
+/// [`TASKS_KEY`] (its hash tag is that key's name), so that one script
+/// writes both on a cluster.
+fn history_key(name: &str) -> String {
+    format!("runner:task-history:{{{TASKS_KEY}}}:{name}")
+}
+
+/// Binds a name, pushing the binding it replaces to the history, and
+/// tells every cached registry (`cache.rs`).
+fn bind_script() -> &'static redis::Script {
+    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| {
+        redis::Script::new(
+            r"
+-- KEYS: the bindings hash, the name's history
+-- ARGV: name, binding, how many earlier bindings to keep, change channel
+local prev = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if prev then
+  redis.call('LPUSH', KEYS[2], prev)
+  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]) - 1)
+end
+redis.call('PUBLISH', ARGV[4], ARGV[1])
+",
+        )
+    })
+}
 
 #[async_trait]
 impl Registry for RedisRegistry {
@@ -248,21 +281,19 @@ impl Registry for RedisRegistry {
         let json =
             serde_json::to_string(&binding).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
         let mut conn = self.conn.clone();
-        let prev: Option<String> = conn.hget("runner:tasks", &binding.name).await?;
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hset("runner:tasks", &binding.name, json)
-            .ignore();
-        if let Some(prev) = prev {
-            let key = format!("runner:task-history:{}", binding.name);
-            pipe.lpush(&key, prev)
-                .ignore()
-                .ltrim(&key, 0, HISTORY_KEEP - 1)
-                .ignore();
-        }
-        // Every cached registry forgets the name (`cache.rs`).
-        pipe.publish(cache::TASKS_CHANNEL, &binding.name).ignore();
-        pipe.query_async::<()>(&mut conn).await?;
+        // One script: the binding it replaces is the one it pushes to the
+        // history, however many binds race (a read apart from the write
+        // pushed the same binding for each of them, and lost the others).
+        // Both keys share a slot, so one script writes both on a cluster.
+        let _: () = bind_script()
+            .key(TASKS_KEY)
+            .key(history_key(&binding.name))
+            .arg(&binding.name)
+            .arg(json)
+            .arg(HISTORY_KEEP)
+            .arg(cache::TASKS_CHANNEL)
+            .invoke_async(&mut conn)
+            .await?;
         if let Some(cache) = &self.cache {
             cache.forget(&binding.name);
         }
@@ -285,7 +316,7 @@ impl Registry for RedisRegistry {
     }
 
     async fn tasks(&self) -> Result<Vec<TaskBinding>, RegistryError> {
-        let all: HashMap<String, String> = self.conn.clone().hgetall("runner:tasks").await?;
+        let all: HashMap<String, String> = self.conn.clone().hgetall(TASKS_KEY).await?;
         let mut out: Vec<TaskBinding> = all
             .values()
             .filter_map(|v| serde_json::from_str(v).ok())
@@ -295,11 +326,20 @@ impl Registry for RedisRegistry {
     }
 
     async fn history(&self, name: &str) -> Result<Vec<TaskBinding>, RegistryError> {
-        let v: Vec<String> = self
-            .conn
-            .clone()
-            .lrange(format!("runner:task-history:{name}"), 0, -1)
-            .await?;
+        let mut conn = self.conn.clone();
+        let mut v: Vec<String> = conn.lrange(history_key(name), 0, HISTORY_KEEP - 1).await?;
+        // Bindings replaced before the history moved to `history_key`
+        // (older, so after), read-only: nothing writes there now.
+        if (v.len() as isize) < HISTORY_KEEP {
+            let older: Vec<String> = conn
+                .lrange(
+                    format!("runner:task-history:{name}"),
+                    0,
+                    HISTORY_KEEP - 1 - v.len() as isize,
+                )
+                .await?;
+            v.extend(older);
+        }
         Ok(v.iter()
             .filter_map(|s| serde_json::from_str(s).ok())
             .collect())
@@ -448,12 +488,28 @@ impl Registry for LocalRegistry {
 
     async fn bind(&self, binding: TaskBinding) -> Result<(), RegistryError> {
         let mut st = self.lock();
-        if let Some(prev) = st.tasks.insert(binding.name.clone(), binding.clone()) {
-            let h = st.history.entry(binding.name.clone()).or_default();
-            h.insert(0, prev);
+        let name = binding.name.clone();
+        let history = st.history.get(&name).cloned();
+        let prev = st.tasks.insert(name.clone(), binding);
+        if let Some(prev) = &prev {
+            let h = st.history.entry(name.clone()).or_default();
+            h.insert(0, prev.clone());
             h.truncate(HISTORY_KEEP as usize);
         }
-        self.save_tasks(&st)
+        if let Err(e) = self.save_tasks(&st) {
+            // Not saved: memory goes back to what the directory holds (a
+            // binding that ran until a restart, then vanished).
+            match prev {
+                Some(prev) => st.tasks.insert(name.clone(), prev),
+                None => st.tasks.remove(&name),
+            };
+            match history {
+                Some(h) => st.history.insert(name, h),
+                None => st.history.remove(&name),
+            };
+            return Err(e);
+        }
+        Ok(())
     }
 
     async fn task(&self, name: &str) -> Result<Option<TaskBinding>, RegistryError> {

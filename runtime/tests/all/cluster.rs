@@ -595,3 +595,31 @@ async fn a_feed_hears_the_queues_its_process_enqueues_to() {
     assert_eq!(j.state, JobState::Success, "{j:?}");
     worker.stop().await;
 }
+
+/// A task re-bound on a cluster keeps the binding it replaced: the
+/// script that binds writes the bindings and the name's history, which
+/// must share a slot for it to run there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_is_re_bound_on_a_cluster() {
+    let cluster = start_cluster(3, 0).await;
+    let registry = RedisRegistry::new(connect(&cluster).await.connection());
+    let first = registry.put_module(&guest_bytes("hello")).await.unwrap();
+    let second = registry.put_module(b"second module").await.unwrap();
+    registry
+        .bind(TaskBinding::new("deployed", first))
+        .await
+        .unwrap();
+    registry
+        .bind(TaskBinding::new("deployed", second))
+        .await
+        .expect("a re-bind on a cluster");
+    assert_eq!(
+        registry.task("deployed").await.unwrap().unwrap().module,
+        second
+    );
+    let history = registry.history("deployed").await.unwrap();
+    assert_eq!(
+        history.iter().map(|b| b.module).collect::<Vec<_>>(),
+        vec![first]
+    );
+}

@@ -91,3 +91,94 @@ async fn the_first_read_after_a_redis_restart_succeeds() {
     assert_eq!(tasks.len(), 1);
     assert_eq!(module_of(&r).await, module(1));
 }
+
+/// Binds racing on one name each push the binding they replaced: the
+/// history holds every earlier binding once. (The binding replaced was
+/// read before the write, apart from it: racing binds all read the same
+/// one, pushed it again and again, and lost the others.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_binds_each_keep_the_one_they_replace() {
+    let server = RedisServer::start();
+    let r = registry(&server, false).await;
+    bind(&r, module(0)).await;
+    let binds = (1..=20u8).map(|i| {
+        let r = r.clone();
+        async move { bind(&r, module(i)).await }
+    });
+    futures::future::join_all(binds).await;
+    let now = module_of(&r).await;
+    let mut seen: Vec<ModuleHash> = r
+        .history("t")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.module)
+        .collect();
+    seen.push(now);
+    seen.sort_by_key(|m| m.to_hex());
+    let mut want: Vec<ModuleHash> = (0..=20u8).map(module).collect();
+    want.sort_by_key(|m| m.to_hex());
+    assert_eq!(seen, want, "each binding once: in the history or bound now");
+}
+
+/// The history an earlier build kept (`runner:task-history:<name>`) is
+/// still read, after the bindings replaced since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_earlier_builds_history_is_still_read() {
+    let server = RedisServer::start();
+    let r = registry(&server, false).await;
+    let old = serde_json::to_string(&TaskBinding::new("t", module(9))).unwrap();
+    let mut conn = redis::Client::open(server.url().as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("LPUSH")
+        .arg("runner:task-history:t")
+        .arg(old)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    bind(&r, module(1)).await;
+    bind(&r, module(2)).await;
+    let history: Vec<ModuleHash> = r
+        .history("t")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.module)
+        .collect();
+    assert_eq!(history, vec![module(1), module(9)]);
+}
+
+/// A local registry that cannot save a bind keeps what it had, in memory
+/// as on disk: the bind fails and nothing changed (before, memory already
+/// held the new binding, which then ran until a restart brought the old
+/// one back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_bind_that_cannot_be_saved_changes_nothing() {
+    use runner::registry::LocalRegistry;
+    let dir = tempfile::tempdir().unwrap();
+    let r = LocalRegistry::open(dir.path()).unwrap();
+    r.bind(TaskBinding::new("t", module(1))).await.unwrap();
+    // The save writes `tasks.json.tmp` first: a directory there fails it.
+    std::fs::create_dir(dir.path().join("tasks.json.tmp")).unwrap();
+    assert!(r.bind(TaskBinding::new("t", module(2))).await.is_err());
+    assert!(r.bind(TaskBinding::new("u", module(3))).await.is_err());
+    assert_eq!(r.task("t").await.unwrap().unwrap().module, module(1));
+    assert!(r.task("u").await.unwrap().is_none());
+    assert!(r.history("t").await.unwrap().is_empty());
+    // Once it can save again, binds work, and a restart sees what memory had.
+    std::fs::remove_dir(dir.path().join("tasks.json.tmp")).unwrap();
+    r.bind(TaskBinding::new("t", module(4))).await.unwrap();
+    let again = LocalRegistry::open(dir.path()).unwrap();
+    assert_eq!(again.task("t").await.unwrap().unwrap().module, module(4));
+    let history: Vec<ModuleHash> = again
+        .history("t")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.module)
+        .collect();
+    assert_eq!(history, vec![module(1)]);
+}
