@@ -46,6 +46,21 @@ struct QueueView {
     awaiting_push: Option<Instant>,
 }
 
+impl QueueView {
+    /// Jobs may be leased to this worker without its knowing (a call whose
+    /// reply was lost, a push that never arrived): they come back when
+    /// their lease runs out, unextended, so look again a little after.
+    /// (The broker leaves this worker's own leases out of `next_due` while
+    /// it holds any: only the safety check, every 15 minutes, would find
+    /// them otherwise.) One look after the latest such lease finds them
+    /// all; an earlier one would find the later ones still leased.
+    fn look_for_orphans(&mut self, lease: Duration) {
+        let at = Utc::now()
+            + chrono::Duration::milliseconds(lease.as_millis().min(i64::MAX as u128) as i64 + 100);
+        self.orphan_check = Some(self.orphan_check.map_or(at, |d| d.max(at)));
+    }
+}
+
 struct Held {
     lease: Lease,
     cancel: CancelToken,
@@ -195,9 +210,13 @@ impl Dispatcher {
                 _ = sleep_until_opt(sleep_until) => {
                     let now = Utc::now();
                     let instant = Instant::now();
+                    let lease = self.ctx.cfg.lease;
                     for q in self.queues.values_mut() {
                         if q.awaiting_push.is_some_and(|t| t <= instant) {
+                            // The push never came (lost with the signal
+                            // connection): its jobs are leased to us.
                             q.awaiting_push = None;
+                            q.look_for_orphans(lease);
                         }
                         if q.next_due.is_some_and(|t| t <= now) {
                             q.next_due = None;
@@ -459,15 +478,9 @@ impl Dispatcher {
                     self.pending_since
                         .entry(q.clone())
                         .or_insert_with(Instant::now);
-                    // The call may have leased jobs whose reply was lost: they
-                    // are ours, unknown to us, and come back once the lease
-                    // runs out, so look again then.
-                    let at = Utc::now()
-                        + chrono::Duration::milliseconds(
-                            self.ctx.cfg.lease.as_millis() as i64 + 100,
-                        );
+                    // The call may have leased jobs whose reply was lost.
                     if let Some(v) = self.queues.get_mut(&q) {
-                        v.orphan_check = Some(v.orphan_check.map_or(at, |d| d.min(at)));
+                        v.look_for_orphans(self.ctx.cfg.lease);
                     }
                     return Err(e);
                 }
@@ -682,7 +695,13 @@ impl Dispatcher {
                 });
             }
             Signal::Reconnected => {
+                let lease = self.ctx.cfg.lease;
                 for v in self.queues.values_mut() {
+                    // A push to this worker while the signal connection was
+                    // down is lost, its jobs leased to us.
+                    if v.registered || v.awaiting_push.is_some() {
+                        v.look_for_orphans(lease);
+                    }
                     v.due_check = true;
                     v.maybe_work = true;
                     v.maybe_prio = true;

@@ -436,3 +436,79 @@ async fn a_worker_that_misses_a_revoke_learns_it_from_its_lease_on_redis() {
 async fn a_worker_that_misses_a_revoke_learns_it_from_its_lease_embedded() {
     a_worker_that_misses_a_revoke_learns_it_from_its_lease(Env::embedded().await).await;
 }
+
+/// A push lost with its worker's signal connection (killed just before the
+/// enqueue that pushed to the worker, idle in one slot while the other runs
+/// a long job) runs once its lease runs out: the worker, reconnected,
+/// looks again then for jobs leased to it that it never heard of. Before,
+/// a worker holding leases in the queue left its own out of the wake-up
+/// (`next_due`), and the pushed job waited for the 15-minute safety check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_lost_with_the_signal_connection_runs_after_its_lease() {
+    let env = Env::redis().await;
+    env.bind("hello", "hello", "work", |_| {}).await;
+    env.bind("sleep", "sleeper", "work", |_| {}).await;
+    let mut c = cfg(&["work"], 2);
+    c.lease = Duration::from_secs(2);
+    let w = env.worker(c).await;
+    let server = env.redis.as_ref().unwrap();
+    let mut admin = redis::Client::open(server.url().as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut events = env.broker.subscribe().await.unwrap();
+    let long = env
+        .producer
+        .enqueue(EnqueueRequest::task("sleep", r#"{"ms": 8000}"#))
+        .await
+        .unwrap()
+        .job
+        .id;
+    wait_started(&mut events, long).await;
+    // A job run in the other slot: its settle registers the worker for
+    // pushes with its free slot (the push that brought the long job used
+    // the first registration up).
+    let first = env
+        .producer
+        .enqueue(EnqueueRequest::task("hello", r#"{"name": "first"}"#))
+        .await
+        .unwrap()
+        .job
+        .id;
+    assert_eq!(
+        wait_final(&env.broker, first).await.state,
+        JobState::Success
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let idle: Vec<String> = redis::cmd("HVALS")
+            .arg("runner:{work}:idle")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        if idle.iter().any(|v| !v.starts_with("p|")) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never registered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    kill_pubsub_connections(server).await;
+    // The enqueue leases the job to the worker (a push) and publishes it
+    // while the worker's signal connection is down (it reconnects after
+    // 100 ms).
+    let id = env
+        .producer
+        .enqueue(EnqueueRequest::task("hello", r#"{"name": "lost"}"#))
+        .await
+        .unwrap()
+        .job
+        .id;
+    let j = wait_final(&env.broker, id).await;
+    assert_eq!(j.state, JobState::Success, "{j:?}");
+    assert_eq!(wait_final(&env.broker, long).await.state, JobState::Success);
+    w.stop().await;
+}
