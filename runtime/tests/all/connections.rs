@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use runner::producer::EnqueueRequest;
 use runner::queue::redis::Liveness;
 use runner::queue::{
     Broker, BrokerResult, Enqueued, Extended, Job, JobEvent, JobId, JobState, Lease, Progress,
@@ -411,13 +410,7 @@ async fn a_worker_that_misses_a_revoke_learns_it_from_its_lease(env: Env) {
         cfg(&["default"], 1),
     );
     let mut events = env.broker.subscribe().await.unwrap();
-    let id = env
-        .producer
-        .enqueue(EnqueueRequest::task("sleeper", r#"{"ms":30000}"#))
-        .await
-        .unwrap()
-        .job
-        .id;
+    let id = env.enqueue("sleeper", r#"{"ms":30000}"#).await;
     wait_started(&mut events, id).await;
     env.broker.revoke(id, true).await.unwrap();
     let j = tokio::time::timeout(Duration::from_secs(15), wait_final(&env.broker, id))
@@ -458,24 +451,12 @@ async fn a_push_lost_with_the_signal_connection_runs_after_its_lease() {
         .await
         .unwrap();
     let mut events = env.broker.subscribe().await.unwrap();
-    let long = env
-        .producer
-        .enqueue(EnqueueRequest::task("sleep", r#"{"ms": 8000}"#))
-        .await
-        .unwrap()
-        .job
-        .id;
+    let long = env.enqueue("sleep", r#"{"ms": 8000}"#).await;
     wait_started(&mut events, long).await;
     // A job run in the other slot: its settle registers the worker for
     // pushes with its free slot (the push that brought the long job used
     // the first registration up).
-    let first = env
-        .producer
-        .enqueue(EnqueueRequest::task("hello", r#"{"name": "first"}"#))
-        .await
-        .unwrap()
-        .job
-        .id;
+    let first = env.enqueue("hello", r#"{"name": "first"}"#).await;
     assert_eq!(
         wait_final(&env.broker, first).await.state,
         JobState::Success
@@ -500,13 +481,7 @@ async fn a_push_lost_with_the_signal_connection_runs_after_its_lease() {
     // The enqueue leases the job to the worker (a push) and publishes it
     // while the worker's signal connection is down (it reconnects after
     // 100 ms).
-    let id = env
-        .producer
-        .enqueue(EnqueueRequest::task("hello", r#"{"name": "lost"}"#))
-        .await
-        .unwrap()
-        .job
-        .id;
+    let id = env.enqueue("hello", r#"{"name": "lost"}"#).await;
     let j = wait_final(&env.broker, id).await;
     assert_eq!(j.state, JobState::Success, "{j:?}");
     assert_eq!(wait_final(&env.broker, long).await.state, JobState::Success);

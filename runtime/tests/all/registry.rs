@@ -32,6 +32,12 @@ async fn bind(r: &RedisRegistry, m: ModuleHash) {
     r.bind(TaskBinding::new("t", m)).await.unwrap();
 }
 
+/// The modules `t` was bound to before, newest first.
+async fn history_of(r: &dyn Registry) -> Vec<ModuleHash> {
+    let history = r.history("t").await.unwrap();
+    history.into_iter().map(|b| b.module).collect()
+}
+
 async fn module_of(r: &RedisRegistry) -> ModuleHash {
     r.task("t").await.unwrap().expect("bound").module
 }
@@ -107,13 +113,7 @@ async fn racing_binds_each_keep_the_one_they_replace() {
     });
     futures::future::join_all(binds).await;
     let now = module_of(&r).await;
-    let mut seen: Vec<ModuleHash> = r
-        .history("t")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|b| b.module)
-        .collect();
+    let mut seen = history_of(&r).await;
     seen.push(now);
     seen.sort_by_key(|m| m.to_hex());
     let mut want: Vec<ModuleHash> = (0..=20u8).map(module).collect();
@@ -141,13 +141,7 @@ async fn an_earlier_builds_history_is_still_read() {
         .unwrap();
     bind(&r, module(1)).await;
     bind(&r, module(2)).await;
-    let history: Vec<ModuleHash> = r
-        .history("t")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|b| b.module)
-        .collect();
+    let history = history_of(&r).await;
     assert_eq!(history, vec![module(1), module(9)]);
 }
 
@@ -173,12 +167,6 @@ async fn a_local_bind_that_cannot_be_saved_changes_nothing() {
     r.bind(TaskBinding::new("t", module(4))).await.unwrap();
     let again = LocalRegistry::open(dir.path()).unwrap();
     assert_eq!(again.task("t").await.unwrap().unwrap().module, module(4));
-    let history: Vec<ModuleHash> = again
-        .history("t")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|b| b.module)
-        .collect();
+    let history = history_of(&again).await;
     assert_eq!(history, vec![module(1)]);
 }

@@ -105,6 +105,16 @@ impl Env {
         self.registry.bind(b).await.unwrap();
     }
 
+    /// Enqueues a job of `task` with `input`; its id.
+    pub async fn enqueue(&self, task: &str, input: &str) -> JobId {
+        self.producer
+            .enqueue(EnqueueRequest::task(task, input))
+            .await
+            .unwrap()
+            .job
+            .id
+    }
+
     /// A worker with its own broker connection when on Redis.
     pub async fn worker(&self, cfg: WorkerConfig) -> RunningWorker {
         self.worker_with(HostServices::default(), cfg).await
@@ -236,13 +246,7 @@ pub async fn wait_final(b: &Arc<dyn Broker>, id: JobId) -> runner::queue::Job {
 async fn hello_runs_to_success(env: Env) {
     env.bind("hello", "hello", "mail", |_| {}).await;
     let w = env.worker(cfg(&["mail"], 2)).await;
-    let id = env
-        .producer
-        .enqueue(EnqueueRequest::task("hello", r#"{"name":"Ada"}"#))
-        .await
-        .unwrap()
-        .job
-        .id;
+    let id = env.enqueue("hello", r#"{"name":"Ada"}"#).await;
     let j = wait_final(&env.broker, id).await;
     assert_eq!(j.state, JobState::Success, "{j:?}");
     let out = j.result_value().unwrap();
@@ -253,13 +257,7 @@ async fn hello_runs_to_success(env: Env) {
     assert_eq!(j.progress.as_ref().map(|p| (p.done, p.total)), Some((1, 1)));
 
     // A task `fail` is final and lands in the dead letters.
-    let id = env
-        .producer
-        .enqueue(EnqueueRequest::task("hello", r#"{"name":"  "}"#))
-        .await
-        .unwrap()
-        .job
-        .id;
+    let id = env.enqueue("hello", r#"{"name":"  "}"#).await;
     let j = wait_final(&env.broker, id).await;
     assert_eq!(j.state, JobState::Failure);
     assert_eq!(j.attempt, 1, "fail is not retried");
@@ -298,23 +296,10 @@ async fn retries_with_backoff_then_success_or_dead_letter(env: Env) {
     })
     .await;
     let w = env.worker(cfg(&["default"], 2)).await;
-    let ok = env
-        .producer
-        .enqueue(EnqueueRequest::task("flaky", r#"{"succeed_on_attempt":3}"#))
-        .await
-        .unwrap()
-        .job
-        .id;
+    let ok = env.enqueue("flaky", r#"{"succeed_on_attempt":3}"#).await;
     let gives_up = env
-        .producer
-        .enqueue(EnqueueRequest::task(
-            "flaky-once",
-            r#"{"succeed_on_attempt":3}"#,
-        ))
-        .await
-        .unwrap()
-        .job
-        .id;
+        .enqueue("flaky-once", r#"{"succeed_on_attempt":3}"#)
+        .await;
     let j = wait_final(&env.broker, ok).await;
     assert_eq!(j.state, JobState::Success);
     assert_eq!(j.result_value().unwrap()["attempt"], 3);
@@ -349,26 +334,14 @@ async fn a_backoff_past_any_date_ends_the_job_and_frees_its_slot(env: Env) {
     .await;
     env.bind("hello", "hello", "default", |_| {}).await;
     let w = env.worker(cfg(&["default"], 1)).await;
-    let far = env
-        .producer
-        .enqueue(EnqueueRequest::task("far", r#"{"succeed_on_attempt":2}"#))
-        .await
-        .unwrap()
-        .job
-        .id;
+    let far = env.enqueue("far", r#"{"succeed_on_attempt":2}"#).await;
     let j = wait_final(&env.broker, far).await;
     assert_eq!(j.state, JobState::Failure, "{j:?}");
     assert!(
         j.error.as_ref().unwrap().message.contains("past any date"),
         "{j:?}"
     );
-    let next = env
-        .producer
-        .enqueue(EnqueueRequest::task("hello", r#"{"name":"next"}"#))
-        .await
-        .unwrap()
-        .job
-        .id;
+    let next = env.enqueue("hello", r#"{"name":"next"}"#).await;
     assert_eq!(wait_final(&env.broker, next).await.state, JobState::Success);
     w.stop().await;
 }
@@ -380,13 +353,7 @@ async fn revoke_terminates_a_running_job(env: Env) {
     .await;
     let w = env.worker(cfg(&["default"], 2)).await;
     let mut events = env.broker.subscribe().await.unwrap();
-    let id = env
-        .producer
-        .enqueue(EnqueueRequest::task("sleeper", r#"{"ms":20000}"#))
-        .await
-        .unwrap()
-        .job
-        .id;
+    let id = env.enqueue("sleeper", r#"{"ms":20000}"#).await;
     wait_started(&mut events, id).await;
     let t = std::time::Instant::now();
     assert_eq!(
@@ -421,13 +388,7 @@ async fn long_job_outlives_its_lease_and_runs_once(env: Env) {
     let b = env.worker(c).await;
     let mut events = env.broker.subscribe().await.unwrap();
     // Three times the lease.
-    let id = env
-        .producer
-        .enqueue(EnqueueRequest::task("sleeper", r#"{"ms":1800}"#))
-        .await
-        .unwrap()
-        .job
-        .id;
+    let id = env.enqueue("sleeper", r#"{"ms":1800}"#).await;
     let j = wait_final(&env.broker, id).await;
     assert_eq!(j.state, JobState::Success);
     assert_eq!(j.redeliveries, 0);
@@ -842,12 +803,7 @@ async fn state(env: &Env, id: JobId) -> JobState {
 
 /// Enqueues one job of `task`; its id.
 pub async fn enqueue(env: &Env, task: &str, input: &str) -> JobId {
-    env.producer
-        .enqueue(EnqueueRequest::task(task, input))
-        .await
-        .unwrap()
-        .job
-        .id
+    env.enqueue(task, input).await
 }
 
 /// The slots a worker runs, as inspect shows them, until `done` (at most

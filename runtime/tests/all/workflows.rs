@@ -30,6 +30,15 @@ async fn lease_one(env: &Env, queue: &str, worker: &str) -> Delivery {
     r.deliveries.remove(0)
 }
 
+/// A due check of `work` by `worker`, leasing nothing: what it hands out
+/// (stale outbox entries) and when to look next.
+async fn due_check(env: &Env, worker: &str) -> runner::queue::SettleReply {
+    env.broker
+        .settle(settle("work", worker, vec![], 0))
+        .await
+        .unwrap()
+}
+
 /// Settles `d` as a success with `result` and returns its final record.
 async fn finish(env: &Env, worker: &str, d: &Delivery, result: &str) -> runner::queue::Job {
     let c = success(d, result);
@@ -184,27 +193,23 @@ async fn a_failed_member_runs_on_error_once_and_never_the_callback(env: Env) {
     assert_eq!(input["error"]["message"], json!("the mail server refused"));
 }
 
+/// Starts a chain of `echo`, then `other` (on its output).
+async fn echo_then_other(wf: &Workflows) -> runner::workflow::Submitted {
+    let req = request(json!({"workflow": {"chain": [{"task": "echo"}, {"task": "other"}]}}));
+    wf.submit(Caller::Admin, &req).await.unwrap()
+}
+
 /// An end whose applier died before applying it (settled, never applied)
 /// is handed out by a due check once it is stale, and applying it then
 /// launches what it should.
 async fn an_unapplied_end_is_applied_after_it_goes_stale(env: Env) {
     let wf = Workflows::new(env.producer.clone());
-    let s = wf
-        .submit(
-            Caller::Admin,
-            &request(json!({"workflow": {"chain": [{"task": "echo"}, {"task": "other"}]}})),
-        )
-        .await
-        .unwrap();
+    let s = echo_then_other(&wf).await;
     let d = lease_one(&env, "work", "w1").await;
     let job = finish(&env, "w1", &d, "42").await;
     // (w1 dies here.) A due check before the entry is stale hands out
     // nothing; one after it does.
-    let r = env
-        .broker
-        .settle(settle("work", "w2", vec![], 0))
-        .await
-        .unwrap();
+    let r = due_check(&env, "w2").await;
     assert!(r.outbox.is_empty());
     let wake = r.next_due.expect("a wake-up for the outbox");
     assert!(
@@ -212,11 +217,7 @@ async fn an_unapplied_end_is_applied_after_it_goes_stale(env: Env) {
         "{wake}"
     );
     tokio::time::sleep(runner::queue::workflow::OUTBOX_STALE + Duration::from_millis(300)).await;
-    let r = env
-        .broker
-        .settle(settle("work", "w2", vec![], 0))
-        .await
-        .unwrap();
+    let r = due_check(&env, "w2").await;
     assert_eq!(r.outbox, vec![job.id]);
     wf.drain("work", &r.outbox).await.unwrap();
     let next = lease_one(&env, "work", "w2").await;
@@ -571,13 +572,7 @@ async fn an_end_that_fails_to_apply_does_not_hold_back_the_others(env: Env) {
     });
     env.broker.enqueue(vec![member.clone()]).await.unwrap();
     let wf = Workflows::new(env.producer.clone());
-    let s = wf
-        .submit(
-            Caller::Admin,
-            &request(json!({"workflow": {"chain": [{"task": "echo"}, {"task": "other"}]}})),
-        )
-        .await
-        .unwrap();
+    let s = echo_then_other(&wf).await;
     // Both end; nobody applies them (their worker died).
     let d = lease_one(&env, "work", "w1").await;
     assert_eq!(d.job.id, member.id);
@@ -585,11 +580,7 @@ async fn an_end_that_fails_to_apply_does_not_hold_back_the_others(env: Env) {
     let d = lease_one(&env, "work", "w1").await;
     let good = finish(&env, "w1", &d, "42").await;
     tokio::time::sleep(runner::queue::workflow::OUTBOX_STALE + Duration::from_millis(300)).await;
-    let r = env
-        .broker
-        .settle(settle("work", "w2", vec![], 0))
-        .await
-        .unwrap();
+    let r = due_check(&env, "w2").await;
     // (Both may have ended in one millisecond: in either order.)
     let mut stale = r.outbox.clone();
     stale.sort();
@@ -612,11 +603,7 @@ async fn an_end_that_fails_to_apply_does_not_hold_back_the_others(env: Env) {
     );
     // The bad one is still there, behind: not handed out now, and the
     // queue wakes for it when its retry is due.
-    let r = env
-        .broker
-        .settle(settle("work", "w3", vec![], 0))
-        .await
-        .unwrap();
+    let r = due_check(&env, "w3").await;
     assert!(r.outbox.is_empty(), "{:?}", r.outbox);
     let wake = r.next_due.expect("a wake-up for the entry put behind");
     let retry = chrono::Duration::from_std(runner::queue::workflow::OUTBOX_RETRY).unwrap();
