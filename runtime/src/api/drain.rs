@@ -62,6 +62,13 @@ impl Drop for Tracked {
     }
 }
 
+/// The body's length as `req` declares it (`Content-Length`), if it does.
+pub fn declared_length(req: &Request) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+}
+
 /// Whether `req` may come with a body its client is sending now.
 fn may_have_body(req: &Request) -> bool {
     let h = req.headers();
@@ -70,10 +77,7 @@ fn may_have_body(req: &Request) -> bool {
     if h.get(header::EXPECT).is_some() {
         return false;
     }
-    let declared = h
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    declared.is_some_and(|n| n > 0) || h.contains_key(header::TRANSFER_ENCODING)
+    declared_length(req).is_some_and(|n| n > 0) || h.contains_key(header::TRANSFER_ENCODING)
 }
 
 /// The layer (`axum::middleware::from_fn`): runs the request, then reads

@@ -187,10 +187,7 @@ pub fn describe_limit(bytes: usize) -> String {
 /// before the 413 goes out, `drain.rs`: the client then sees the 413, not
 /// "connection reset".)
 pub async fn read_body(req: Request, limit: usize) -> Result<Bytes, ApiError> {
-    let declared = req
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let declared = super::drain::declared_length(&req);
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large(limit));
     }

@@ -91,6 +91,11 @@ struct Unapplied {
     error: BrokerError,
 }
 
+/// The error of the first workflow of `failed`, if any failed.
+fn first_error(failed: Vec<Unapplied>) -> BrokerResult<()> {
+    failed.into_iter().next().map_or(Ok(()), |f| Err(f.error))
+}
+
 /// A workflow as `GET /v1/workflows/{id}` shows it.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct WorkflowStatus {
@@ -277,10 +282,7 @@ impl Workflows {
         for (q, ids) in by_queue {
             self.broker().outbox_done(q, &ids).await?;
         }
-        match failed.into_iter().next() {
-            Some(f) => Err(f.error),
-            None => Ok(()),
-        }
+        first_error(failed)
     }
 
     /// Applies the ends `ended` of `queue`'s members and its stale outbox
@@ -410,10 +412,7 @@ impl Workflows {
     /// Each workflow on its own: one that fails does not stop the others;
     /// the first failure is returned.
     pub async fn apply<'a>(&self, ended: impl IntoIterator<Item = &'a Job>) -> BrokerResult<()> {
-        match self.apply_each(ended).await.into_iter().next() {
-            Some(f) => Err(f.error),
-            None => Ok(()),
-        }
+        first_error(self.apply_each(ended).await)
     }
 
     /// Advances the workflows of `ended`, each on its own, and says which
