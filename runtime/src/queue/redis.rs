@@ -977,14 +977,15 @@ fn readable(queue: &str, id: &dyn std::fmt::Display, rec: &str, fate: &str) -> O
     }
 }
 
+/// Why a dead letter stays one: [`readable`]'s note for replays.
+const UNREPLAYABLE: &str = "a dead letter's record cannot be read by this build: not replayed";
+
+/// [`readable`]'s note for listings.
+const UNLISTED: &str = "a job's record cannot be read by this build: left out of the listing";
+
 /// [`readable`] for listings.
 fn listed(queue: &str, id: &dyn std::fmt::Display, rec: &str) -> Option<Job> {
-    readable(
-        queue,
-        id,
-        rec,
-        "a job's record cannot be read by this build: left out of the listing",
-    )
+    readable(queue, id, rec, UNLISTED)
 }
 
 fn as_string(v: &Value) -> Option<String> {
@@ -1407,50 +1408,43 @@ impl Broker for RedisBroker {
     }
 
     async fn dead_letters(&self, queue: &str, limit: usize) -> BrokerResult<Vec<Job>> {
-        let mut conn = self.conn();
-        let p = prefix(queue);
-        let ids: Vec<String> = conn
-            .zrange(format!("{p}dead"), 0, limit.max(1) as isize - 1)
-            .await?;
-        let recs = self.records(queue, &ids).await?;
-        let mut out = Vec::new();
-        let mut gone = Vec::new();
-        for (id, rec) in ids.iter().zip(recs) {
-            match rec {
-                Some(r) => out.extend(listed(queue, id, &r)),
-                None => gone.push(id.clone()),
-            }
-        }
-        if !gone.is_empty() {
-            // Their records expired: nothing left to replay.
-            let _: () = conn.zrem(format!("{p}dead"), gone).await?;
-        }
-        Ok(out)
+        Ok(self.dead_page(queue, 0, limit, UNLISTED).await?.2)
     }
 
     /// Replays the dead letters `ids` (reading only their records), or all
     /// of them, a page at a time (memory does not grow with the dead set).
+    /// A record this build cannot read stays a dead letter (logged); the
+    /// others are replayed.
     async fn replay(&self, queue: &str, ids: &[JobId]) -> BrokerResult<Vec<JobId>> {
         if !ids.is_empty() {
             let ids: Vec<String> = ids.iter().map(JobId::to_string).collect();
-            let chosen = self
-                .records(queue, &ids)
-                .await?
-                .into_iter()
-                .flatten()
-                .map(|r| Job::from_json(&r))
-                .collect::<Result<Vec<_>, _>>()?;
+            let recs = self.records(queue, &ids).await?;
+            let chosen: Vec<Job> = ids
+                .iter()
+                .zip(recs)
+                .filter_map(|(id, rec)| readable(queue, id, &rec?, UNREPLAYABLE))
+                .collect();
             // The script replays only those still in the dead set.
             return self.replay_jobs(queue, &chosen).await;
         }
         let mut replayed = Vec::new();
+        // The entries left in place: records this build cannot read. They
+        // are older than the rest, so they stay at the set's start and the
+        // next page begins after them. (One of them expiring meanwhile
+        // shifts the set by one: a readable letter is then left for the
+        // next replay, not lost.)
+        let mut kept = 0;
         loop {
-            let page = self.dead_letters(queue, ENQUEUE_CHUNK).await?;
-            let done = self.replay_jobs(queue, &page).await?;
-            if done.is_empty() {
+            let (held, unreadable, page) = self
+                .dead_page(queue, kept, ENQUEUE_CHUNK, UNREPLAYABLE)
+                .await?;
+            if held == 0 {
                 return Ok(replayed);
             }
-            replayed.extend(done);
+            // A readable letter the script does not replay was taken out of
+            // the dead set by someone else (a replay at the same time).
+            replayed.extend(self.replay_jobs(queue, &page).await?);
+            kept += unreadable;
         }
     }
 
@@ -2359,6 +2353,44 @@ impl RedisBroker {
         let removed = purged.len() + entries.iter().filter(|e| e[3].is_empty()).count();
         out.extend(purged);
         Ok(removed)
+    }
+
+    /// Up to `limit` dead letters from rank `start`: how many entries the
+    /// page held, how many of them have records this build cannot read
+    /// (left in place), and the readable ones. Entries whose records
+    /// expired are dropped from the set.
+    async fn dead_page(
+        &self,
+        queue: &str,
+        start: usize,
+        limit: usize,
+        fate: &str,
+    ) -> BrokerResult<(usize, usize, Vec<Job>)> {
+        let mut conn = self.conn();
+        let p = prefix(queue);
+        let first = start as isize;
+        let ids: Vec<String> = conn
+            .zrange(
+                format!("{p}dead"),
+                first,
+                first.saturating_add(limit.max(1) as isize - 1),
+            )
+            .await?;
+        let recs = self.records(queue, &ids).await?;
+        let mut out = Vec::new();
+        let mut gone = Vec::new();
+        for (id, rec) in ids.iter().zip(recs) {
+            match rec {
+                Some(r) => out.extend(readable(queue, id, &r, fate)),
+                None => gone.push(id.clone()),
+            }
+        }
+        if !gone.is_empty() {
+            // Their records expired: nothing left to replay.
+            let _: () = conn.zrem(format!("{p}dead"), &gone).await?;
+        }
+        let unreadable = ids.len() - gone.len() - out.len();
+        Ok((ids.len(), unreadable, out))
     }
 
     /// Puts `jobs` back as fresh attempts if they are still dead letters.

@@ -2808,20 +2808,7 @@ async fn redis_a_listing_leaves_out_a_record_it_cannot_read() {
     // Cut short where each is kept: a final key or the `live` hash.
     let mut conn = admin_connection(&server).await;
     for id in [ids[0], ids[2], ids[4]] {
-        let key = format!("runner:{{work}}:job:{id}");
-        let fin: Option<String> = redis::cmd("GET")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if let Some(rec) = fin {
-            let _: () = redis::cmd("SET")
-                .arg(&key)
-                .arg(&rec[..rec.len() / 2])
-                .arg("KEEPTTL")
-                .query_async(&mut conn)
-                .await
-                .unwrap();
+        if cut_final_record(&mut conn, id).await {
             continue;
         }
         let rec: String = redis::cmd("HGET")
@@ -2853,6 +2840,75 @@ async fn redis_a_listing_leaves_out_a_record_it_cannot_read() {
     let mut want = vec![ids[1], ids[3], ids[5]];
     want.sort();
     assert_eq!(listed, want);
+}
+
+/// Cuts job `id`'s final record (in queue `work`) short, so that this
+/// build cannot read it; false when the job has no final record.
+async fn cut_final_record(conn: &mut redis::aio::MultiplexedConnection, id: JobId) -> bool {
+    let key = format!("runner:{{work}}:job:{id}");
+    let fin: Option<String> = redis::cmd("GET").arg(&key).query_async(conn).await.unwrap();
+    let Some(rec) = fin else {
+        return false;
+    };
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(&rec[..rec.len() / 2])
+        .arg("KEEPTTL")
+        .query_async(conn)
+        .await
+        .unwrap();
+    true
+}
+
+/// On Redis a dead letter whose record this build cannot read stays one
+/// and the others are replayed: named by id (before, the whole replay
+/// failed), or all of them behind more than a page of unreadable ones
+/// (before, replay-all took a page with nothing to replay for the end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_replay_goes_past_dead_letters_it_cannot_read() {
+    let server = RedisServer::start();
+    let env = redis_on(&server).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let req = call(&format!("{{\"n\": {i}}}"));
+        ids.push(env.producer.enqueue(req).await.unwrap().job.id);
+    }
+    let leased = fetch(&env.broker, 3).await;
+    assert_eq!(leased.len(), 3);
+    let dead: Vec<Completion> = leased
+        .iter()
+        .map(|d| ended(d, JobState::Failure, None, true))
+        .collect();
+    env.broker
+        .settle(settle("work", "w", dead, 0))
+        .await
+        .unwrap();
+    let mut conn = admin_connection(&server).await;
+    assert!(cut_final_record(&mut conn, ids[0]).await);
+    let b = &env.broker;
+    let replayed = b.replay("work", &[ids[0], ids[1]]).await.unwrap();
+    assert_eq!(replayed, vec![ids[1]]);
+    // More than a page (1,000) of unreadable dead letters, older than the
+    // readable one left.
+    let mut pipe = redis::pipe();
+    for _ in 0..1_200 {
+        let id = JobId::new();
+        pipe.zadd("runner:{work}:dead", id.to_string(), 1)
+            .ignore()
+            .set_ex(format!("runner:{{work}}:job:{id}"), "{\"id\":", 600)
+            .ignore();
+    }
+    let _: () = pipe.query_async(&mut conn).await.unwrap();
+    let replayed = b.replay("work", &[]).await.unwrap();
+    assert_eq!(replayed, vec![ids[2]]);
+    // The unreadable ones are still dead letters, ids[0] among them.
+    let left: usize = redis::cmd("ZCARD")
+        .arg("runner:{work}:dead")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, 1_201);
+    assert!(b.replay("work", &[]).await.unwrap().is_empty());
 }
 
 /// On Redis the first sample of a minute drops the minutes that left the
