@@ -228,7 +228,9 @@ impl State {
         }
         let q = self.queues.entry(queue.to_string()).or_default();
         for id in members {
-            q.wfout.entry(id).or_insert(now);
+            // Due from this end, as on Redis (an entry put behind by
+            // `outbox_later` comes forward again).
+            q.wfout.insert(id, now);
         }
     }
 

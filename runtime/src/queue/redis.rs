@@ -1734,16 +1734,18 @@ impl Broker for RedisBroker {
         // Scored as if it ended `OUTBOX_STALE` before `after` from now, by
         // the server's clock (the one the due check reads).
         let shift = after.saturating_sub(super::workflow::OUTBOX_STALE);
-        let mut call = self
-            .inner
-            .scripts
-            .outbox_later
-            .key(format!("{}wfout", prefix(queue)));
-        call.arg(shift.as_millis() as u64);
-        for id in ids {
-            call.arg(id.to_string());
+        for chunk in ids.chunks(ENQUEUE_CHUNK) {
+            let mut call = self
+                .inner
+                .scripts
+                .outbox_later
+                .key(format!("{}wfout", prefix(queue)));
+            call.arg(shift.as_millis() as u64);
+            for id in chunk {
+                call.arg(id.to_string());
+            }
+            let _: i64 = call.invoke_async(&mut self.conn()).await?;
         }
-        let _: i64 = call.invoke_async(&mut self.conn()).await?;
         Ok(())
     }
 

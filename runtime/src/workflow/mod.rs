@@ -358,7 +358,12 @@ impl Workflows {
                     done.push(job.id);
                     ended.push(job);
                 }
-                Ok(Some(_)) => {}
+                // Waiting or running again (a dead letter replayed before
+                // its end was applied): its next end writes the entry anew.
+                // Put behind, not left among the oldest entries that every
+                // due check hands out. (Not removed: its next end may have
+                // written the entry since it was read.)
+                Ok(Some(_)) => later.push(*id),
                 // Its record is gone (kept at least `MEMBER_MIN_RESULT_TTL`,
                 // so nobody applied it for that long): nothing left to apply.
                 Ok(None) => {

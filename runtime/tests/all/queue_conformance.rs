@@ -134,7 +134,7 @@ pub(crate) fn settle(
 }
 
 /// `d` ended in `state` (with `result`), kept as a dead letter when `dead`.
-fn ended(
+pub(crate) fn ended(
     d: &runner::queue::Delivery,
     state: JobState,
     result: Option<&str>,

@@ -622,6 +622,84 @@ async fn an_end_that_fails_to_apply_does_not_hold_back_the_others(env: Env) {
     );
 }
 
+/// Outbox entries whose members are waiting again (dead letters replayed
+/// before their ends were applied) are put behind when drained, not left
+/// among the oldest: with a full batch of them, draining the queue's
+/// outbox (after a purge or a revoke) went round the same batch for
+/// ever. A member's next end makes its entry due again and advances the
+/// workflow.
+async fn an_entry_whose_member_runs_again_is_put_behind(env: Env) {
+    let n = runner::queue::workflow::OUTBOX_BATCH + 1;
+    let members: Vec<Value> = (0..n)
+        .map(|i| json!({"task": "echo", "input": {"n": i}}))
+        .collect();
+    let wf = Workflows::new(env.producer.clone());
+    let s = wf
+        .submit(
+            Caller::Admin,
+            &request(json!({"workflow": {"group": members}})),
+        )
+        .await
+        .unwrap();
+    let r = env
+        .broker
+        .settle(settle("work", "w1", vec![], n))
+        .await
+        .unwrap();
+    assert_eq!(r.deliveries.len(), n);
+    // All fail for good; nobody applies their ends (w1 dies).
+    let dead: Vec<_> = r
+        .deliveries
+        .iter()
+        .map(|d| crate::queue_conformance::ended(d, JobState::Failure, None, true))
+        .collect();
+    env.broker
+        .settle(settle("work", "w1", dead, 0))
+        .await
+        .unwrap();
+    let ids: Vec<_> = r.deliveries.iter().map(|d| d.job.id).collect();
+    assert_eq!(env.broker.replay("work", &ids).await.unwrap().len(), n);
+    tokio::time::timeout(Duration::from_secs(20), wf.drain_queue("work"))
+        .await
+        .expect("the drain ends")
+        .unwrap();
+    assert!(
+        env.broker
+            .outbox("work", Duration::ZERO, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the entries are put behind"
+    );
+    let st = wf.status(s.id).await.unwrap().unwrap();
+    assert_eq!(st.state, WfState::Running);
+    assert_eq!(st.done, 0);
+    // One runs again and succeeds; its worker dies too. Its entry is due
+    // from that end, and applying it counts it.
+    let d = lease_one(&env, "work", "w2").await;
+    let job = finish(&env, "w2", &d, "42").await;
+    assert_eq!(
+        env.broker.outbox("work", Duration::ZERO, 10).await.unwrap(),
+        vec![job.id]
+    );
+    wf.drain_queue("work").await.unwrap();
+    let st = wf.status(s.id).await.unwrap().unwrap();
+    assert_eq!(st.done, 1);
+    assert!(
+        env.broker
+            .outbox("work", Duration::ZERO, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+on_every_broker!(
+    an_entry_whose_member_runs_again_is_put_behind,
+    engine_outbox_member_running_again_embedded,
+    engine_outbox_member_running_again_redis,
+    engine_outbox_member_running_again_cluster
+);
 on_every_broker!(
     an_end_that_fails_to_apply_does_not_hold_back_the_others,
     engine_outbox_failure_is_put_behind_embedded,
