@@ -355,17 +355,25 @@ impl State {
                         events.push((job.id, JobState::Retry));
                     }
                 }
-                Settlement::Release => {
+                Settlement::Release { started } => {
                     let rec = st_ref.records.get(&c.lease.id);
                     let priority = rec.map_or(0, |r| r.job.priority);
                     // Given back unrun: it did not start.
                     if let (Some(r), Some(m)) = (rec, LeaseMember::parse(&c.lease.member))
                         && !r.job.rate_limits.is_empty()
+                        && !started
                     {
                         q.limiter.unstart(&r.job.rate_limits, m.leased_ms);
                     }
-                    prioritized |= q.make_ready_again(c.lease.id, c.lease.redeliveries, priority);
-                    readied = true;
+                    if st_ref.revoked.contains_key(&c.lease.id) {
+                        // Revoked meanwhile (its worker missed it): not
+                        // put back.
+                        end_revoked(&mut st_ref.records, c.lease.id, now, events);
+                    } else {
+                        prioritized |=
+                            q.make_ready_again(c.lease.id, c.lease.redeliveries, priority);
+                        readied = true;
+                    }
                 }
             }
         }
@@ -408,11 +416,8 @@ impl State {
             reply.reclaimed += 1;
             let n = LeaseMember::parse(&m).map_or(0, |m| m.redeliveries);
             if st_ref.revoked.contains_key(&id) {
-                if let Some(rec) = st_ref.records.get_mut(&id) {
-                    rec.job.state = JobState::Revoked;
-                    rec.expires_at = Some(now + rec.job.result_ttl_ms as i64);
-                    events.push((id, JobState::Revoked));
-                }
+                // Revoked while its worker was lost: end it here.
+                end_revoked(&mut st_ref.records, id, now, events);
             } else {
                 let priority = st_ref.records.get(&id).map_or(0, |r| r.job.priority);
                 prioritized |= q.make_ready_again(id, n + 1, priority);
@@ -536,6 +541,21 @@ impl State {
 }
 
 /// Keeps the earliest time a deferred job comes due.
+/// Ends job `id`, revoked while leased, when its lease is given back or
+/// runs out: no run follows.
+fn end_revoked(
+    records: &mut HashMap<JobId, Record>,
+    id: JobId,
+    now: i64,
+    events: &mut Vec<(JobId, JobState)>,
+) {
+    if let Some(rec) = records.get_mut(&id) {
+        rec.job.state = JobState::Revoked;
+        rec.expires_at = Some(now + rec.job.result_ttl_ms as i64);
+        events.push((id, JobState::Revoked));
+    }
+}
+
 fn defer(reply: &mut SettleReply, t: i64) {
     let t = ms_to_time(t);
     reply.deferred_until = Some(reply.deferred_until.map_or(t, |d| d.min(t)));
@@ -955,6 +975,9 @@ impl Broker for EmbeddedBroker {
             };
             rec.job = rec.job.fresh_attempt();
             rec.expires_at = None;
+            // A revoke of its last run (it failed for good even so) does
+            // not reach the new one.
+            st.revoked.remove(&id);
             prioritized |= q.make_ready(id, 0, rec.job.priority);
             done.push(id);
         }

@@ -145,8 +145,11 @@ pub enum Settlement {
         due: DateTime<Utc>,
         if_revoked: Job,
     },
-    /// Give the job back untouched (graceful shutdown).
-    Release,
+    /// Give the job back to run again: leased ahead and never started
+    /// (`started: false`: its start leaves the rate-limit logs), or a run
+    /// stopped by the worker's shutdown (`started: true`: it ran, so its
+    /// start still counts).
+    Release { started: bool },
 }
 
 #[derive(Clone, Debug)]

@@ -1887,7 +1887,7 @@ impl RedisBroker {
         let mut inv = self.inner.scripts.settle.prepare_invoke();
         queue_keys(&mut inv, &p);
         for c in req.completions.iter() {
-            if !matches!(c.settlement, Settlement::Release) {
+            if !matches!(c.settlement, Settlement::Release { .. }) {
                 inv.key(final_key(&p, c.lease.id));
             }
         }
@@ -2485,9 +2485,11 @@ fn push_completion(inv: &mut redis::ScriptInvocation<'_>, c: &Completion, now: i
                 .arg(if_revoked.result_ttl_ms.max(1))
                 .arg("RETRY");
         }
-        Settlement::Release => {
+        Settlement::Release { started } => {
+            // `s`: it ran (its start stays in the rate-limit logs).
+            let s = if *started { "s" } else { "" };
             inv.arg(&c.lease.member)
-                .arg(format!("H{p}"))
+                .arg(format!("H{p}{s}"))
                 .arg("")
                 .arg(0)
                 .arg(c.lease.id.to_string())

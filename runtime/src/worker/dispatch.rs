@@ -318,7 +318,7 @@ impl Dispatcher {
         } else {
             Completion {
                 lease: d.lease.clone(),
-                settlement: Settlement::Release,
+                settlement: Settlement::Release { started: false },
                 had_progress: false,
             }
         };
@@ -383,7 +383,7 @@ impl Dispatcher {
                 self.stats.processed += 1;
                 self.stats.retried += 1;
             }
-            Settlement::Release => self.stats.handed_back += 1,
+            Settlement::Release { .. } => self.stats.handed_back += 1,
         }
         self.pending_since
             .entry(d.lease.queue.clone())

@@ -105,7 +105,7 @@ fn count_job(d: &Delivery, settlement: &Settlement, took: Duration) {
             _ => "other",
         },
         Settlement::Retry { .. } => "retry",
-        Settlement::Release => "released",
+        Settlement::Release { .. } => "released",
     };
     let queue = d.lease.queue.clone();
     let task = d.job.task.clone().unwrap_or_default();

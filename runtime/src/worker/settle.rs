@@ -149,7 +149,7 @@ pub(super) fn settlement_for(d: &Delivery, outcome: Outcome, shutting_down: bool
             failure(d, FailureKind::Trap, "trap", m)
         }
         Outcome::InvalidOutput(m) => failure(d, FailureKind::InvalidOutput, "invalid_output", m),
-        Outcome::Revoked if shutting_down => Settlement::Release,
+        Outcome::Revoked if shutting_down => Settlement::Release { started: true },
         Outcome::Revoked => finish(
             d,
             JobState::Revoked,
@@ -165,7 +165,7 @@ pub(super) fn settlement_for(d: &Delivery, outcome: Outcome, shutting_down: bool
 pub(super) fn record_children(settlement: &mut Settlement, children: Vec<JobId>) {
     let record = match settlement {
         Settlement::Finish { job, .. } | Settlement::Retry { job, .. } => job,
-        Settlement::Release => return,
+        Settlement::Release { .. } => return,
     };
     for id in children {
         if !record.children.contains(&id) {
@@ -311,7 +311,7 @@ mod tests {
         assert!(!dead);
         assert!(matches!(
             settlement_for(&d, Outcome::Revoked, true),
-            Settlement::Release
+            Settlement::Release { started: true }
         ));
     }
 

@@ -700,7 +700,7 @@ async fn a_job_given_back_unrun_did_not_start(env: Env) {
     assert_eq!(b.rate_usage("slow", &usage).await.unwrap(), vec![1]);
     let back = Completion {
         lease: r.deliveries[0].lease.clone(),
-        settlement: Settlement::Release,
+        settlement: Settlement::Release { started: false },
         had_progress: false,
     };
     b.settle(settle("slow", "a", vec![back], 0)).await.unwrap();
@@ -709,6 +709,65 @@ async fn a_job_given_back_unrun_did_not_start(env: Env) {
         vec![0],
         "after release"
     );
+}
+
+/// A job revoked while leased and then given back unrun (its worker
+/// missed the revoke and handed its prefetched jobs back, or stopped) ends
+/// REVOKED, as when its lease runs out; before, it went back to the queue
+/// and the next worker ran it.
+async fn a_revoked_job_given_back_ends_revoked(env: Env) {
+    let b = &env.broker;
+    let id = env.producer.enqueue(call("{}")).await.unwrap().job.id;
+    let leased = fetch(b, 1).await;
+    assert_eq!(leased.len(), 1);
+    b.revoke(id, false).await.unwrap();
+    let back = Completion {
+        lease: leased[0].lease.clone(),
+        settlement: Settlement::Release { started: false },
+        had_progress: false,
+    };
+    let r = b.settle(settle("work", "w", vec![back], 1)).await.unwrap();
+    assert!(r.stale.is_empty());
+    assert!(r.deliveries.is_empty(), "{:?}", r.deliveries);
+    assert!(fetch(b, 1).await.is_empty());
+    let job = b.get(id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Revoked);
+}
+
+/// A dead letter whose last run was revoked (it failed for good even so)
+/// runs again when replayed: that revoke does not reach the new run.
+/// Before, on Redis, the new run's lease extension said it was revoked and
+/// its retry ended REVOKED; the embedded broker forgot the mark a second
+/// later.
+async fn a_replayed_dead_letter_is_not_revoked(env: Env) {
+    let b = &env.broker;
+    let id = env.producer.enqueue(call("{}")).await.unwrap().job.id;
+    let leased = fetch(b, 1).await;
+    assert_eq!(leased.len(), 1);
+    b.revoke(id, true).await.unwrap();
+    let dead = ended(&leased[0], JobState::Failure, None, true);
+    b.settle(settle("work", "w", vec![dead], 0)).await.unwrap();
+    assert_eq!(b.replay("work", &[id]).await.unwrap(), vec![id]);
+    let again = fetch(b, 1).await;
+    assert_eq!(again.len(), 1);
+    let ext = b
+        .extend(&[again[0].lease.clone()], Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(ext.revoked.is_empty(), "{:?}", ext.revoked);
+    let mut job = again[0].job.clone();
+    job.state = JobState::Retry;
+    let retry = Completion {
+        lease: again[0].lease.clone(),
+        settlement: Settlement::Retry {
+            if_revoked: job.revoked("revoked", Utc::now()),
+            job,
+            due: Utc::now() + chrono::Duration::seconds(60),
+        },
+        had_progress: false,
+    };
+    b.settle(settle("work", "w", vec![retry], 0)).await.unwrap();
+    assert_eq!(b.get(id).await.unwrap().unwrap().state, JobState::Retry);
 }
 
 async fn rate_limit_is_global_and_exact(env: Env) {
@@ -1035,6 +1094,8 @@ conformance!(
     wait_is_woken_by_the_end,
     rate_limit_is_global_and_exact,
     a_job_given_back_unrun_did_not_start,
+    a_revoked_job_given_back_ends_revoked,
+    a_replayed_dead_letter_is_not_revoked,
     signals_announce_work_and_delays,
     bad_input_enqueues_nothing,
     the_longest_expiry_with_a_long_result_ttl_is_stored,
@@ -1354,7 +1415,7 @@ async fn a_job_back_from_a_worker_keeps_its_priority(env: Env) {
     assert_eq!(ids(&r), [first]);
     let back = Completion {
         lease: r.deliveries[0].lease.clone(),
-        settlement: Settlement::Release,
+        settlement: Settlement::Release { started: false },
         had_progress: false,
     };
     b.settle(settle("work", "w", vec![back], 0)).await.unwrap();

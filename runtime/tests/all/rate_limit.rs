@@ -153,3 +153,47 @@ async fn task_rate_limit_counts_per_queue_on_redis() {
 async fn task_rate_limit_counts_per_queue_embedded() {
     task_rate_limit_counts_per_queue(Env::embedded().await).await;
 }
+
+/// A run stopped by its worker's shutdown (the grace over) goes back to
+/// its queue to run again, but it did start: its start stays in the
+/// task's rate-limit log. Before, the hand-back withdrew it as for a job
+/// leased ahead and never run, and another job of the task could start
+/// in the same window.
+async fn a_run_stopped_by_shutdown_still_counts_against_its_rate_limit(env: Env) {
+    env.bind("sleepy", "sleeper", "default", |b| {
+        b.rate_limit = Some("1/h".into());
+        b.limits.time_limit_ms = Some(60_000);
+    })
+    .await;
+    let mut config = cfg(&["default"], 1);
+    config.grace = Duration::from_millis(500);
+    let w = env.worker(config).await;
+    let mut events = env.broker.subscribe().await.unwrap();
+    let id = env.enqueue("sleepy", r#"{"ms":30000}"#).await;
+    crate::worker::wait_started(&mut events, id).await;
+    // (Leased is not yet running: give the run time to start.)
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    w.stop().await;
+    let j = env.broker.get(id).await.unwrap().unwrap();
+    assert!(!j.state.is_final(), "handed back to run again: {j:?}");
+    let usage = [runner::queue::RateLimit {
+        key: "task:sleepy".into(),
+        count: 1,
+        period_ms: 3_600_000,
+    }];
+    assert_eq!(
+        env.broker.rate_usage("default", &usage).await.unwrap(),
+        vec![1],
+        "the start that ran is still counted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_stopped_by_shutdown_still_counts_against_its_rate_limit_on_redis() {
+    a_run_stopped_by_shutdown_still_counts_against_its_rate_limit(Env::redis().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_stopped_by_shutdown_still_counts_against_its_rate_limit_embedded() {
+    a_run_stopped_by_shutdown_still_counts_against_its_rate_limit(Env::embedded().await).await;
+}

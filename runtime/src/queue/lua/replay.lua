@@ -18,8 +18,11 @@ for i = 4, #ARGV, 2 do
   end
 end
 if #done > 0 then
-  -- Waiting again: no longer ended, nor expiring.
+  -- Waiting again: no longer ended, nor expiring; a revoke of its last
+  -- run (it failed for good even so) does not reach the new one.
   index_forget(P, done, false)
+  redis.call('ZREM', P .. 'revoked', unpack(done))
+  redis.call('ZREM', P .. 'terminate', unpack(done))
   now = now or server_ms()
   hist_begin(P, now)
   if #ready > 0 then redis.call('RPUSH', P .. 'ready', unpack(ready)) end

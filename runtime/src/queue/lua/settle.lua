@@ -68,6 +68,20 @@ local function defer(t)
 end
 -- Ids whose record leaves `live` (it ended, and went to `job:<id>`).
 local ended = {}
+-- Ends job `id`, revoked while leased, when its lease is given back or
+-- runs out: no run follows. The record's state is its first field, so a
+-- prefix swap keeps the JSON intact. Its key was not declared: the final
+-- record stays in `live` until it expires (`ends`), where reads find it.
+local function end_revoked(id)
+  local rec = redis.call('HGET', P .. 'live', id)
+  if rec then
+    local ttl = tonumber(string.match(rec, '"result_ttl_ms":(%d+)')) or 3600000
+    local s = string.gsub(rec, '^{"state":"%u+"', '{"state":"REVOKED"', 1)
+    redis.call('HSET', P .. 'live', id, s)
+    index_end(id, 'REVOKED', now + ttl, s)
+    ev[#ev + 1] = { id, 'REVOKED' }
+  end
+end
 
 if nc > 0 then
   hist_begin(P, now)
@@ -122,11 +136,17 @@ if nc > 0 then
           ev[#ev + 1] = { id, 'RETRY' }
         end
       elseif kind == 'H' then
-        local n = string.match(member, '^[^|]+|(%d+)|') or '0'
-        stage_back(back, back_prio, P, id, id .. '|' .. n)
-        -- Given back unrun: it did not start, so its start (logged at
-        -- the lease's time) leaves the rate-limit logs.
-        local leased = string.match(member, '|(%d+)$')
+        if redis.call('ZSCORE', P .. 'revoked', id) then
+          -- Revoked meanwhile (its worker missed it): not put back.
+          end_revoked(id)
+        else
+          local n = string.match(member, '^[^|]+|(%d+)|') or '0'
+          stage_back(back, back_prio, P, id, id .. '|' .. n)
+        end
+        -- Given back unrun (no `s` flag: a run the worker's shutdown
+        -- stopped did start): its start (logged at the lease's time)
+        -- leaves the rate-limit logs.
+        local leased = not string.find(action, 's', 2, true) and string.match(member, '|(%d+)$')
         local rec = leased and redis.call('HGET', P .. 'live', id)
         if rec and string.find(rec, '"rate_limits":[', 1, true) then
           for _, r in ipairs(cjson.decode(rec).rate_limits) do
@@ -189,18 +209,8 @@ if due_check then
       local id, n = string.match(m, '^([^|]+)|(%d+)|')
       if id then
         if redis.call('ZSCORE', P .. 'revoked', id) then
-          -- Revoked while its worker was lost: end it here. The record's
-          -- state is its first field, so a prefix swap keeps the JSON intact.
-          -- Its key was not declared: the final record stays in `live`
-          -- until it expires (`ends`, below), where reads find it.
-          local rec = redis.call('HGET', P .. 'live', id)
-          if rec then
-            local ttl = tonumber(string.match(rec, '"result_ttl_ms":(%d+)')) or 3600000
-            local s = string.gsub(rec, '^{"state":"%u+"', '{"state":"REVOKED"', 1)
-            redis.call('HSET', P .. 'live', id, s)
-            index_end(id, 'REVOKED', now + ttl, s)
-            ev[#ev + 1] = { id, 'REVOKED' }
-          end
+          -- Revoked while its worker was lost: end it here.
+          end_revoked(id)
         else
           stage_back(back, back_prio, P, id, id .. '|' .. (tonumber(n) + 1))
         end
