@@ -365,11 +365,15 @@ impl Dispatcher {
         }
     }
 
-    fn finished(&mut self, d: Delivery, c: Completion) {
-        if let Some(t) = self.held.remove(&d.job.id).and_then(|h| h.run_started) {
-            self.prefetch.observe(t.elapsed());
-            // A slot is free: lease ahead again.
-            self.stalled = false;
+    fn finished(&mut self, d: Delivery, mut c: Completion) {
+        if let Some(h) = self.held.remove(&d.job.id) {
+            // Settled under the lease held now (see [`Self::take`]).
+            c.lease = h.lease;
+            if let Some(t) = h.run_started {
+                self.prefetch.observe(t.elapsed());
+                // A slot is free: lease ahead again.
+                self.stalled = false;
+            }
         }
         match &c.settlement {
             Settlement::Finish { job, .. } => {
@@ -544,8 +548,20 @@ impl Dispatcher {
         (self.capacity() / queues.max(1)).max(1)
     }
 
-    /// Holds a leased job: it waits in the buffer for a slot.
+    /// Holds a leased job: it waits in the buffer for a slot. A job held
+    /// already was leased to this worker again: its lease ran out
+    /// unextended (a broker outage longer than the lease) and a due check
+    /// put it back. It keeps its place, or its run, under the new lease (the
+    /// one extended and settled from now on): it is not run twice.
     fn take(&mut self, d: Delivery) {
+        if let Some(h) = self.held.get_mut(&d.job.id) {
+            if h.lease.member != d.lease.member {
+                tracing::warn!(job = %d.job.id, "leased again while held (its lease ran out): kept, under the new lease");
+                h.lease = d.lease;
+                h.shown.redeliveries = h.lease.redeliveries;
+            }
+            return;
+        }
         let shown = HeldJob {
             id: d.job.id,
             queue: d.lease.queue.clone(),
@@ -671,9 +687,6 @@ impl Dispatcher {
                 }
                 let stopping = self.ctx.shutting_down.load(Ordering::Relaxed);
                 for d in deliveries {
-                    if self.held.contains_key(&d.job.id) {
-                        continue;
-                    }
                     self.take(d);
                 }
                 // Pushed while this worker stops (before its call ended the

@@ -237,42 +237,75 @@ async fn a_long_poll_reads_again_after_its_feed_was_cut() {
     assert_eq!(job.state, JobState::Success);
 }
 
-/// A broker whose revoke messages never arrive (as on a connection that
-/// dropped them): everything else is the real broker's.
-struct Deaf(Arc<dyn Broker>);
+/// The real broker with a fault a connection can show: its revoke
+/// messages never arrive (`deaf`: a connection that dropped them), or
+/// lease extensions never reach it (`unextended`: an outage longer than
+/// the lease, for them alone). It notes every completion settled through
+/// it.
+struct Faulty {
+    inner: Arc<dyn Broker>,
+    deaf: bool,
+    unextended: bool,
+    settled: std::sync::Mutex<Vec<JobId>>,
+}
+
+impl Faulty {
+    fn new(inner: Arc<dyn Broker>) -> Self {
+        Faulty {
+            inner,
+            deaf: false,
+            unextended: false,
+            settled: Default::default(),
+        }
+    }
+
+    fn settled(&self) -> Vec<JobId> {
+        self.settled.lock().unwrap().clone()
+    }
+}
 
 #[async_trait]
-impl Broker for Deaf {
+impl Broker for Faulty {
     fn kind(&self) -> &'static str {
-        self.0.kind()
+        self.inner.kind()
     }
     async fn enqueue(&self, jobs: Vec<Job>) -> BrokerResult<Vec<Enqueued>> {
-        self.0.enqueue(jobs).await
+        self.inner.enqueue(jobs).await
     }
     async fn get(&self, id: JobId) -> BrokerResult<Option<Job>> {
-        self.0.get(id).await
+        self.inner.get(id).await
     }
     async fn subscribe(&self) -> BrokerResult<broadcast::Receiver<JobEvent>> {
-        self.0.subscribe().await
+        self.inner.subscribe().await
     }
     async fn revoke(&self, id: JobId, terminate: bool) -> BrokerResult<RevokeOutcome> {
-        self.0.revoke(id, terminate).await
+        self.inner.revoke(id, terminate).await
     }
     async fn settle(&self, req: SettleRequest) -> BrokerResult<SettleReply> {
-        self.0.settle(req).await
+        self.settled
+            .lock()
+            .unwrap()
+            .extend(req.completions.iter().map(|c| c.lease.id));
+        self.inner.settle(req).await
     }
     async fn extend(&self, leases: &[Lease], lease: Duration) -> BrokerResult<Extended> {
-        self.0.extend(leases, lease).await
+        if self.unextended {
+            return Ok(Extended::default());
+        }
+        self.inner.extend(leases, lease).await
     }
     async fn progress(&self, lease: &Lease, progress: &Progress) -> BrokerResult<()> {
-        self.0.progress(lease, progress).await
+        self.inner.progress(lease, progress).await
     }
     async fn signals(
         &self,
         worker: &str,
         queues: &[String],
     ) -> BrokerResult<mpsc::UnboundedReceiver<Signal>> {
-        let mut inner = self.0.signals(worker, queues).await?;
+        let mut inner = self.inner.signals(worker, queues).await?;
+        if !self.deaf {
+            return Ok(inner);
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Some(s) = inner.recv().await {
@@ -284,53 +317,53 @@ impl Broker for Deaf {
         Ok(rx)
     }
     async fn heartbeat(&self, worker: &WorkerInfo, ttl: Duration) -> BrokerResult<()> {
-        self.0.heartbeat(worker, ttl).await
+        self.inner.heartbeat(worker, ttl).await
     }
     async fn worker_gone(&self, worker_id: &str) -> BrokerResult<()> {
-        self.0.worker_gone(worker_id).await
+        self.inner.worker_gone(worker_id).await
     }
     async fn workers(&self) -> BrokerResult<Vec<WorkerInfo>> {
-        self.0.workers().await
+        self.inner.workers().await
     }
     async fn register_queue(&self, queue: &str) -> BrokerResult<()> {
-        self.0.register_queue(queue).await
+        self.inner.register_queue(queue).await
     }
     async fn queues(&self) -> BrokerResult<Vec<QueueStats>> {
-        self.0.queues().await
+        self.inner.queues().await
     }
     async fn history(
         &self,
         queues: &[String],
     ) -> BrokerResult<Vec<runner::queue::history::Minutes>> {
-        self.0.history(queues).await
+        self.inner.history(queues).await
     }
     async fn rate_usage(
         &self,
         queue: &str,
         limits: &[runner::queue::RateLimit],
     ) -> BrokerResult<Vec<u64>> {
-        self.0.rate_usage(queue, limits).await
+        self.inner.rate_usage(queue, limits).await
     }
     async fn dead_letters(&self, queue: &str, limit: usize) -> BrokerResult<Vec<Job>> {
-        self.0.dead_letters(queue, limit).await
+        self.inner.dead_letters(queue, limit).await
     }
     async fn replay(&self, queue: &str, ids: &[JobId]) -> BrokerResult<Vec<JobId>> {
-        self.0.replay(queue, ids).await
+        self.inner.replay(queue, ids).await
     }
     async fn purge(&self, queue: &str, filter: &PurgeFilter) -> BrokerResult<Vec<JobId>> {
-        self.0.purge(queue, filter).await
+        self.inner.purge(queue, filter).await
     }
     async fn running(&self, queue: &str) -> BrokerResult<Vec<Job>> {
-        self.0.running(queue).await
+        self.inner.running(queue).await
     }
     async fn wf_create(&self, id: JobId, spec: &str, total: u64) -> BrokerResult<bool> {
-        self.0.wf_create(id, spec, total).await
+        self.inner.wf_create(id, spec, total).await
     }
     async fn wf_read(&self, id: JobId) -> BrokerResult<Option<runner::queue::WfStored>> {
-        self.0.wf_read(id).await
+        self.inner.wf_read(id).await
     }
     async fn wf_spec(&self, id: JobId) -> BrokerResult<Option<String>> {
-        self.0.wf_spec(id).await
+        self.inner.wf_spec(id).await
     }
     async fn wf_mark(
         &self,
@@ -338,17 +371,17 @@ impl Broker for Deaf {
         marks: &[runner::queue::WfMark],
         ttl: Duration,
     ) -> BrokerResult<Option<runner::queue::WfMarked>> {
-        self.0.wf_mark(id, marks, ttl).await
+        self.inner.wf_mark(id, marks, ttl).await
     }
     async fn wf_fields(&self, id: JobId, fields: &[String]) -> BrokerResult<Vec<Option<String>>> {
-        self.0.wf_fields(id, fields).await
+        self.inner.wf_fields(id, fields).await
     }
     async fn wf_launched(
         &self,
         id: JobId,
         launched: &[(String, JobId)],
     ) -> BrokerResult<Option<runner::queue::WfState>> {
-        self.0.wf_launched(id, launched).await
+        self.inner.wf_launched(id, launched).await
     }
     async fn wf_end(
         &self,
@@ -356,13 +389,13 @@ impl Broker for Deaf {
         to: runner::queue::WfState,
         ttl: Duration,
     ) -> BrokerResult<Option<runner::queue::WfState>> {
-        self.0.wf_end(id, to, ttl).await
+        self.inner.wf_end(id, to, ttl).await
     }
     async fn outbox_done(&self, queue: &str, ids: &[JobId]) -> BrokerResult<()> {
-        self.0.outbox_done(queue, ids).await
+        self.inner.outbox_done(queue, ids).await
     }
     async fn outbox_later(&self, queue: &str, ids: &[JobId], after: Duration) -> BrokerResult<()> {
-        self.0.outbox_later(queue, ids, after).await
+        self.inner.outbox_later(queue, ids, after).await
     }
     async fn outbox(
         &self,
@@ -370,27 +403,27 @@ impl Broker for Deaf {
         min_age: Duration,
         limit: usize,
     ) -> BrokerResult<Vec<JobId>> {
-        self.0.outbox(queue, min_age, limit).await
+        self.inner.outbox(queue, min_age, limit).await
     }
     async fn list(&self, query: &runner::queue::JobQuery) -> BrokerResult<runner::queue::JobPage> {
-        self.0.list(query).await
+        self.inner.list(query).await
     }
     async fn inspect(&self, timeout: Duration) -> BrokerResult<Vec<runner::queue::WorkerSnapshot>> {
-        self.0.inspect(timeout).await
+        self.inner.inspect(timeout).await
     }
     async fn answer(
         &self,
         reply: &str,
         snapshot: &runner::queue::WorkerSnapshot,
     ) -> BrokerResult<()> {
-        self.0.answer(reply, snapshot).await
+        self.inner.answer(reply, snapshot).await
     }
     async fn scheduled(
         &self,
         queue: &str,
         limit: usize,
     ) -> BrokerResult<Vec<(chrono::DateTime<chrono::Utc>, Job)>> {
-        self.0.scheduled(queue, limit).await
+        self.inner.scheduled(queue, limit).await
     }
 }
 
@@ -402,7 +435,10 @@ async fn a_worker_that_misses_a_revoke_learns_it_from_its_lease(env: Env) {
         b.limits.time_limit_ms = Some(60_000)
     })
     .await;
-    let deaf: Arc<dyn Broker> = Arc::new(Deaf(env.broker.clone()));
+    let deaf: Arc<dyn Broker> = Arc::new(Faulty {
+        deaf: true,
+        ..Faulty::new(env.broker.clone())
+    });
     let w = start_worker_with(
         deaf,
         env.registry.clone(),
@@ -428,6 +464,59 @@ async fn a_worker_that_misses_a_revoke_learns_it_from_its_lease_on_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_misses_a_revoke_learns_it_from_its_lease_embedded() {
     a_worker_that_misses_a_revoke_learns_it_from_its_lease(Env::embedded().await).await;
+}
+
+/// A running job whose lease ran out unextended (an outage longer than
+/// the lease, for the extensions) and that a due check put back is leased
+/// to the same worker again: it keeps running under the new lease and is
+/// settled once, under it. Before, the new lease replaced the old one's
+/// entry: the job started a second time in the worker, and the first run's
+/// end was settled under the old lease (stale) and dropped the new one's
+/// entry.
+async fn a_job_leased_again_to_its_worker_runs_once(env: Env) {
+    env.bind("sleeper", "sleeper", "default", |b| {
+        b.limits.time_limit_ms = Some(60_000)
+    })
+    .await;
+    let faulty = Arc::new(Faulty {
+        unextended: true,
+        ..Faulty::new(env.broker.clone())
+    });
+    let mut config = cfg(&["default"], 2);
+    config.lease = Duration::from_secs(2);
+    let w = start_worker_with(
+        faulty.clone(),
+        env.registry.clone(),
+        Default::default(),
+        config,
+    );
+    let mut events = env.broker.subscribe().await.unwrap();
+    let id = env.enqueue("sleeper", r#"{"ms":6000}"#).await;
+    wait_started(&mut events, id).await;
+    // Past the lease: a due check (another worker's, if the worker's own
+    // did not come first) takes it back, and the worker, a slot free,
+    // leases it again.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut check = settle("default", "other", vec![], 0);
+    check.due_check = true;
+    env.broker.settle(check).await.unwrap();
+    wait_started(&mut events, id).await;
+    let j = wait_final(&env.broker, id).await;
+    assert_eq!(j.state, JobState::Success, "{j:?}");
+    // (A second run would end about 2.5 s after the first.)
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(faulty.settled(), vec![id]);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_leased_again_to_its_worker_runs_once_on_redis() {
+    a_job_leased_again_to_its_worker_runs_once(Env::redis().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_leased_again_to_its_worker_runs_once_embedded() {
+    a_job_leased_again_to_its_worker_runs_once(Env::embedded().await).await;
 }
 
 /// A push lost with its worker's signal connection (killed just before the
