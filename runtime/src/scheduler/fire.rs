@@ -117,10 +117,13 @@ impl Scheduler {
         initial: bool,
     ) -> Result<(), StoreError> {
         let beats = self.effective().await?;
-        let fired = if initial {
-            self.inner.store.fires(false).await?
+        let (fired, claims) = if initial {
+            (
+                self.inner.store.fires(false).await?,
+                self.inner.store.claims().await?,
+            )
         } else {
-            HashMap::new()
+            (HashMap::new(), HashMap::new())
         };
         let now = Utc::now();
         let grace = chrono::Duration::from_std(ON_TIME_GRACE).unwrap_or_default();
@@ -145,21 +148,44 @@ impl Scheduler {
                     ..old
                 },
                 _ if initial => {
-                    // Due times after the last recorded fire (or after the
-                    // beat last changed) and before now were missed.
-                    let from = match (fired.get(&name).map(|f| f.due), e.updated_at) {
+                    // A claim later than the last recorded fire is a fire
+                    // too: its claimant may have died after its enqueue
+                    // and before recording it. One made just now is checked
+                    // as any other replica's claim is ([`Self::confirm`]);
+                    // an older one is taken as fired, not fired again.
+                    let claim = claims
+                        .get(&name)
+                        .filter(|c| fired.get(&name).is_none_or(|f| c.due > f.due) && c.due <= now);
+                    let last = fired.get(&name).map(|f| f.due).max(claim.map(|c| c.due));
+                    // Due times after the last fire (or after the beat last
+                    // changed) and before now were missed.
+                    let from = match (last, e.updated_at) {
                         (Some(a), Some(b)) => a.max(b),
                         (Some(a), None) | (None, Some(a)) => a,
                         (None, None) => now,
                     }
                     .min(now);
-                    Entry::new(e.beat, schedule, from, now)
+                    let mut entry = Entry::new(e.beat, schedule, from, now);
+                    if let Some(c) = claim
+                        && c.fired_at + claim_timeout() + grace > now
+                    {
+                        entry
+                            .unconfirmed
+                            .push((c.clone(), (c.fired_at + claim_timeout()).max(now)));
+                    }
+                    entry
                 }
-                _ => {
+                old => {
                     // New or re-timed while running: its schedule starts at
                     // the change (another host's clock may differ a little).
                     let from = e.updated_at.unwrap_or(now).clamp(now - grace, now);
-                    Entry::new(e.beat, schedule, from, from)
+                    let mut entry = Entry::new(e.beat, schedule, from, from);
+                    // Claims of other replicas still to check are checked
+                    // all the same: their due times were claimed.
+                    if let Some(old) = old {
+                        entry.unconfirmed = old.unconfirmed;
+                    }
+                    entry
                 }
             };
             next.insert(name, entry);
@@ -235,12 +261,7 @@ impl Scheduler {
     /// back after [`CLAIM_TIMEOUT`] ([`Self::confirm`]).
     async fn fire_one(&self, e: &mut Entry, due: DateTime<Utc>, now: DateTime<Utc>) -> bool {
         let name = e.beat.name.clone();
-        let job = match self
-            .inner
-            .producer
-            .prepare(request(&e.beat, due, None))
-            .await
-        {
+        let job = match self.inner.producer.prepare(request(&e.beat, due)).await {
             Ok(job) => job,
             Err(err) => return self.failed(e, due, now, err),
         };
@@ -290,17 +311,39 @@ impl Scheduler {
                 keep.push((claim, at));
                 continue;
             }
-            let req = request(&e.beat, claim.due, Some(&claim));
-            match self.inner.producer.enqueue(req).await {
-                Ok(enq) if enq.created => {
-                    tracing::warn!(
-                        beat = e.beat.name,
-                        due = %claim.due,
-                        "the replica that claimed this fire did not enqueue it; enqueued it in its place"
-                    );
-                    self.recorded(&e.beat.name, claim.due, &enq).await;
+            // The job the claimant prepared, on the queue its claim names
+            // (a partition of the beat's queue, or the queue its config
+            // gave the beat), as the claimant enqueues it: not through the
+            // producer, which takes no partition for a queue and might
+            // place the job in another.
+            let enqueued = match self
+                .inner
+                .producer
+                .prepare(request(&e.beat, claim.due))
+                .await
+            {
+                Ok(mut job) => {
+                    job.queue = claim.queue.clone();
+                    self.inner
+                        .producer
+                        .broker()
+                        .enqueue(vec![job])
+                        .await
+                        .map_err(EnqueueError::from)
                 }
-                Ok(_) => {}
+                Err(err) => Err(err),
+            };
+            match enqueued {
+                Ok(enq) => {
+                    if let Some(enq) = enq.first().filter(|enq| enq.created) {
+                        tracing::warn!(
+                            beat = e.beat.name,
+                            due = %claim.due,
+                            "the replica that claimed this fire did not enqueue it; enqueued it in its place"
+                        );
+                        self.recorded(&e.beat.name, claim.due, enq).await;
+                    }
+                }
                 Err(err) if is_transient(&err) => {
                     keep.push((claim, now + chrono::Duration::seconds(1)));
                 }
@@ -394,19 +437,13 @@ impl Scheduler {
 }
 
 /// The job a beat's fire enqueues: on every replica the same id and
-/// idempotency key; on the queue of `claim` when given.
-pub(super) fn request(
-    beat: &Beat,
-    due: DateTime<Utc>,
-    claim: Option<&FireRecord>,
-) -> EnqueueRequest {
+/// idempotency key.
+pub(super) fn request(beat: &Beat, due: DateTime<Utc>) -> EnqueueRequest {
     EnqueueRequest {
         id: Some(fire_id(&beat.name, due)),
         task: Some(beat.task.clone()),
         input: beat.input.to_string(),
-        queue: claim
-            .map(|c| c.queue.clone())
-            .or_else(|| beat.queue.clone()),
+        queue: beat.queue.clone(),
         retry: beat.retry.clone(),
         limits: beat.limits.clone(),
         priority: beat.priority,

@@ -494,7 +494,7 @@ impl Scheduler {
             .find(|e| e.beat.name == name)
             .ok_or_else(|| BeatError::NotFound(name.to_string()))?;
         let now = Utc::now();
-        let mut req = request(&e.beat, now, None);
+        let mut req = request(&e.beat, now);
         req.idempotency_key = None;
         req.id = None;
         let enqueued = self.inner.producer.enqueue(req).await?;

@@ -106,6 +106,9 @@ pub trait BeatStore: Send + Sync + 'static {
     /// The newest scheduled (`manual = false`) or manual fire of every beat.
     async fn fires(&self, manual: bool) -> StoreResult<HashMap<String, FireRecord>>;
 
+    /// The latest claim ([`Self::claim_fire`]) of every beat.
+    async fn claims(&self) -> StoreResult<HashMap<String, FireRecord>>;
+
     /// Records a fire. A scheduled fire replaces the stored one only if its
     /// due time is later (replicas may record out of order).
     async fn record_fire(&self, name: &str, record: &FireRecord, manual: bool) -> StoreResult<()>;
@@ -272,18 +275,12 @@ impl BeatStore for RedisBeatStore {
     }
 
     async fn fires(&self, manual: bool) -> StoreResult<HashMap<String, FireRecord>> {
-        let key = if manual { MANUAL_KEY } else { FIRED_KEY };
-        let all: HashMap<String, String> = self.conn.clone().hgetall(key).await?;
-        let mut out = HashMap::with_capacity(all.len());
-        for (name, text) in all {
-            match decode::<WireFire>(&format!("{key}[{name}]"), &text) {
-                Ok(w) => {
-                    out.insert(name, w.record);
-                }
-                Err(e) => tracing::warn!("ignoring fire record of {name:?}: {e}"),
-            }
-        }
-        Ok(out)
+        self.records(if manual { MANUAL_KEY } else { FIRED_KEY })
+            .await
+    }
+
+    async fn claims(&self) -> StoreResult<HashMap<String, FireRecord>> {
+        self.records(CLAIMS_KEY).await
     }
 
     async fn record_fire(&self, name: &str, record: &FireRecord, manual: bool) -> StoreResult<()> {
@@ -305,6 +302,22 @@ impl BeatStore for RedisBeatStore {
 }
 
 impl RedisBeatStore {
+    /// Every beat's fire record (or claim) in hash `key`; one this build
+    /// cannot read is left out (logged).
+    async fn records(&self, key: &str) -> StoreResult<HashMap<String, FireRecord>> {
+        let all: HashMap<String, String> = self.conn.clone().hgetall(key).await?;
+        let mut out = HashMap::with_capacity(all.len());
+        for (name, text) in all {
+            match decode::<WireFire>(&format!("{key}[{name}]"), &text) {
+                Ok(w) => {
+                    out.insert(name, w.record);
+                }
+                Err(e) => tracing::warn!("ignoring fire record of {name:?}: {e}"),
+            }
+        }
+        Ok(out)
+    }
+
     /// Stores `record` under `name` in hash `key` unless the stored one is
     /// as late or later, which is returned.
     async fn keep_later(
@@ -406,6 +419,10 @@ impl BeatStore for MemoryBeatStore {
         } else {
             st.fired.clone()
         })
+    }
+
+    async fn claims(&self) -> StoreResult<HashMap<String, FireRecord>> {
+        Ok(self.lock().claims.clone())
     }
 
     async fn record_fire(&self, name: &str, record: &FireRecord, manual: bool) -> StoreResult<()> {

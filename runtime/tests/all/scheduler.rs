@@ -497,6 +497,89 @@ async fn a_changed_beat_is_picked_up_without_restart() {
     looping.abort();
 }
 
+/// At start, a claim later than a beat's last recorded fire counts as a
+/// fire (its claimant may have died after its enqueue, before recording
+/// it): an old one is not fired again, and one made just now is checked
+/// as any other replica's claim is, enqueued if its claimant did not.
+/// Before, the start went by the recorded fire alone: catching up once
+/// fired the old claim's due time again (a second job once its
+/// idempotency key had expired), and the fresh claim was skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_later_than_the_last_fire_counts_at_start() {
+    let server = RedisServer::start();
+    bind_task(&server.url(), "tick").await;
+    // Daily, 18 hours ago: claimed then, the fire before it recorded.
+    let at = Utc::now() - chrono::Duration::hours(18);
+    let old = Beat {
+        missed: MissedPolicy::CatchUpOnce,
+        ..Beat::cron(
+            "old-claim",
+            "tick",
+            &at.format("%S %M %H * * *").to_string(),
+        )
+    };
+    let daily = old.schedule().unwrap();
+    let claimed = daily.latest_at_or_before(Utc::now()).unwrap();
+    let store = RedisBeatStore::connect(&server.url()).await.unwrap();
+    let record = |due: DateTime<Utc>, fired_at: DateTime<Utc>, name: &str| FireRecord {
+        due,
+        fired_at,
+        job: runner::scheduler::fire_id(name, due),
+        queue: QUEUE.into(),
+    };
+    let day = chrono::Duration::days(1);
+    store
+        .record_fire(
+            "old-claim",
+            &record(claimed - day, claimed - day, "old-claim"),
+            false,
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .claim_fire("old-claim", &record(claimed, claimed, "old-claim"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Every second: claimed a second ago by a replica that died before
+    // its enqueue.
+    let fresh = Beat::cron("fresh-claim", "tick", "* * * * * *");
+    let just = DateTime::from_timestamp(Utc::now().timestamp() - 1, 0).unwrap();
+    assert!(
+        store
+            .claim_fire("fresh-claim", &record(just, just, "fresh-claim"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let r = replica(&server.url(), vec![old, fresh]).await;
+    let looping = spawn_loop(&r.scheduler);
+    // Past the check of the fresh claim (5 s after it).
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    looping.abort();
+    let jobs = take_jobs(&r.broker).await;
+    let of = |name: &str| -> Vec<DateTime<Utc>> {
+        jobs.iter()
+            .filter(|j| j.schedule.as_deref() == Some(name))
+            .map(|j| j.scheduled_for.unwrap())
+            .collect()
+    };
+    assert!(
+        of("old-claim").is_empty(),
+        "fired again: {:?}",
+        of("old-claim")
+    );
+    let fresh = of("fresh-claim");
+    assert_eq!(
+        fresh.iter().filter(|d| **d == just).count(),
+        1,
+        "{just}: {fresh:?}"
+    );
+    assert!(fresh.iter().all(|d| *d >= just), "{fresh:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missed_fires_skip_or_catch_up_once() {
     let server = RedisServer::start();

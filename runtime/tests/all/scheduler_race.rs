@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use runner::queue::Job;
-use runner::scheduler::Beat;
+use runner::scheduler::{Beat, BeatStore, FireRecord, RedisBeatStore, fire_id};
 use tempfile::TempDir;
 
 use crate::redis_support::{RedisCluster, RedisServer};
@@ -59,6 +59,103 @@ async fn replicas_that_disagree_on_a_beats_queue_fire_it_once() {
     let dups: Vec<_> = fires.iter().filter(|(_, n)| **n > 1).collect();
     assert!(dups.is_empty(), "fired more than once: {dups:?}");
     assert!(fires.len() >= 7, "only {} fires in 9 s", fires.len());
+}
+
+/// Claims the fire of beat `name` 2 s from now (a whole second) for
+/// `queue`, as a replica that dies before its enqueue leaves it.
+async fn claim_of_a_dead_replica(url: &str, name: &str, queue: &str) -> FireRecord {
+    let due = DateTime::from_timestamp(Utc::now().timestamp() + 2, 0).unwrap();
+    let claim = FireRecord {
+        due,
+        fired_at: due,
+        job: fire_id(name, due),
+        queue: queue.into(),
+    };
+    let store = RedisBeatStore::connect(url).await.unwrap();
+    assert!(store.claim_fire(name, &claim).await.unwrap().is_none());
+    claim
+}
+
+/// A beat re-timed (here its time zone) while a fire another replica
+/// claimed is still to be checked keeps the check: that replica died
+/// before its enqueue, and the fire is enqueued in its place. Before, the
+/// entry rebuilt for the new timing dropped the check, and the fire was
+/// lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimed_fire_is_checked_after_the_beat_is_re_timed() {
+    let server = RedisServer::start();
+    let url = server.url();
+    bind_task(&url, "tick").await;
+    let claim = claim_of_a_dead_replica(&url, "ticker", QUEUE).await;
+    let beat = Beat::cron("ticker", "tick", "* * * * * *");
+    let r = replica(&url, vec![beat.clone()]).await;
+    let l = run_loop(&r);
+    // The due time passes (the check is set for 5 s after the claim), then
+    // the beat changes.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    r.scheduler
+        .put(Beat {
+            timezone: "Europe/Paris".into(),
+            ..beat
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    l.abort();
+    let jobs = take_jobs_from(&r.broker, QUEUE).await;
+    let fires = per_due(&jobs, "ticker");
+    assert_eq!(fires.get(&claim.due), Some(&1), "{fires:?}");
+    assert!(fires.values().all(|n| *n == 1), "{fires:?}");
+}
+
+/// A fire claimed by a replica that died before its enqueue is enqueued by
+/// another in its place on a partitioned queue too, in the partition the
+/// claim names. Before, the other asked the producer for the queue
+/// `beats~i`, a name no caller may give: refused, and the fire was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fire_claimed_by_a_dead_replica_is_enqueued_on_a_partitioned_queue() {
+    use runner::queue::partition::{Partitions, partition_name};
+    let server = RedisServer::start();
+    let url = server.url();
+    bind_task(&url, "tick").await;
+    let broker: Arc<dyn runner::queue::Broker> =
+        Arc::new(runner::queue::RedisBroker::connect(&url).await.unwrap());
+    let registry: Arc<dyn runner::registry::Registry> = Arc::new(
+        runner::registry::RedisRegistry::connect(&url)
+            .await
+            .unwrap(),
+    );
+    let producer = runner::producer::Producer::new(broker.clone(), registry.clone())
+        .with_partitions(Partitions::new([(QUEUE, 4)]).unwrap());
+    // The dead replica's claim: a due time 2 s ahead, in partition 1.
+    let claimed_in = partition_name(QUEUE, 1);
+    let claim = claim_of_a_dead_replica(&url, "ticker", &claimed_in).await;
+    let due = claim.due;
+    let scheduler = runner::scheduler::Scheduler::connect_redis(
+        &url,
+        producer,
+        registry,
+        vec![Beat::cron("ticker", "tick", "* * * * * *")],
+    )
+    .await
+    .unwrap();
+    let r = crate::scheduler::Replica { scheduler, broker };
+    let l = run_loop(&r);
+    // Past the due time and the claim timeout (5 s).
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    l.abort();
+    let mut jobs = Vec::new();
+    for i in 0..4 {
+        jobs.extend(take_jobs_from(&r.broker, &partition_name(QUEUE, i)).await);
+    }
+    let fired: Vec<&Job> = jobs
+        .iter()
+        .filter(|j| j.scheduled_for == Some(due))
+        .collect();
+    assert_eq!(fired.len(), 1, "the claimed fire, once: {jobs:?}");
+    assert_eq!(fired[0].queue, claimed_in);
+    assert_eq!(fired[0].id, claim.job);
+    assert!(per_due(&jobs, "ticker").len() >= 6, "{jobs:?}");
 }
 
 /// A replica paused (SIGSTOP) for less than the on-time grace does not
