@@ -37,6 +37,7 @@
 //!   broker and the embedded one. It knows nothing of tasks or modules.
 //! - [`names`]: [`names::ModuleHash`] and [`names::TaskName`].
 //! - [`builtin`]: the components embedded in the binary (`builtin:NAME`).
+//! - [`json_object`]: JSON fields read as objects only (never as arrays).
 //!
 //! Data takes one path: CLI/HTTP -> producer -> queue -> worker -> sandbox
 //! -> host functions -> result.
@@ -47,6 +48,7 @@ pub mod builtin;
 pub mod cli;
 pub mod config;
 pub mod deploy;
+pub mod json_object;
 pub mod names;
 pub mod producer;
 pub mod queue;

@@ -26,6 +26,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// Only the jobs of these queues (comma-separated); all when absent.
@@ -70,6 +71,9 @@ async fn events(
                 return Err(ApiError::bad_request(
                     "queue: give one or more queue names, comma-separated",
                 ));
+            }
+            for name in &names {
+                super::queues::check_queue(name)?;
             }
             // A partitioned queue's jobs are in its partitions.
             Some(ctx.producer.partitions().expand(&names))

@@ -249,6 +249,7 @@ fn caller(role: Role) -> Caller {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 pub struct WaitQuery {
     /// Long-poll: answer as soon as the job ends, or after this long
     /// (`30s`, `500ms`, seconds; at most 300 s).

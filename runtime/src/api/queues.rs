@@ -229,6 +229,7 @@ async fn all_history(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 pub struct LimitQuery {
     /// At most this many (default 100; more than 10000 counts as 10000).
     pub limit: Option<usize>,

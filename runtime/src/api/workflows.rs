@@ -94,6 +94,7 @@ async fn submit(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 pub struct WaitQuery {
     /// Answer as soon as the workflow ends, or after this long (`30s`,
     /// `2m`; at most 5 minutes).
@@ -330,6 +331,7 @@ pub struct RevokeWorkflow {
 
 #[derive(Deserialize, IntoParams, Default)]
 #[serde(default)]
+#[serde(deny_unknown_fields)]
 pub struct TerminateQuery {
     /// Also stop its running jobs (as `terminate` in the body).
     pub terminate: Option<bool>,

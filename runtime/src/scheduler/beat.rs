@@ -69,9 +69,17 @@ pub struct Beat {
     /// A disabled beat keeps its definition and fires nothing.
     #[serde(default = "yes")]
     pub enabled: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::json_object::optional_object"
+    )]
     pub retry: Option<RetryPolicy>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::json_object::optional_object"
+    )]
     pub limits: Option<JobLimits>,
     /// The priority of its jobs (0 to 9, higher first); the task's when
     /// absent.

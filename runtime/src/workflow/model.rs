@@ -39,7 +39,9 @@ pub struct StepOptions {
     /// Seconds from the step's launch.
     pub expires_in: Option<f64>,
     pub expires: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default, deserialize_with = "crate::json_object::optional_object")]
     pub retry: Option<crate::queue::RetryPolicy>,
+    #[serde(default, deserialize_with = "crate::json_object::optional_object")]
     pub limits: Option<crate::queue::JobLimits>,
     pub rate_limit: Option<String>,
     pub result_ttl: Option<u64>,

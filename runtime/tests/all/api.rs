@@ -641,6 +641,107 @@ async fn api_a_submit_token_may_only_lower_what_the_binding_allows() {
     api.stop().await;
 }
 
+/// `retry` and `limits` given as arrays (serde's fields by position) are
+/// refused by beats and workflow steps as by `POST /v1/jobs`: before, a
+/// beat stored `"limits": [1000]` as a time limit of 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_an_object_field_given_as_an_array_is_refused() {
+    let api = TestApi::start_with(None, "1MiB", false, true).await;
+    api.bind_example("greet", "hello").await;
+    let send = |method: reqwest::Method, path: &'static str, body: serde_json::Value| {
+        api.call(api.req(method, path, Some(ADMIN)).json(&body))
+    };
+    for field in ["retry", "limits"] {
+        let mut beat = serde_json::json!({"task": "greet", "every": "1h"});
+        beat[field] = serde_json::json!([1000]);
+        let (s, v) = send(reqwest::Method::PUT, "/v1/schedules/b", beat).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(message(&v).contains("a JSON object"), "{v}");
+        let mut step = serde_json::json!({"task": "greet"});
+        step[field] = serde_json::json!([1000]);
+        let body = serde_json::json!({"workflow": {"chain": [step]}});
+        let (s, v) = send(reqwest::Method::POST, "/v1/workflows", body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(message(&v).contains("a JSON object"), "{v}");
+    }
+    let (s, v) = send(
+        reqwest::Method::GET,
+        "/v1/schedules",
+        serde_json::json!(null),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v.as_array().map(Vec::len), Some(0), "nothing stored: {v}");
+    // As objects, both are taken.
+    let beat = serde_json::json!({"task": "greet", "every": "1h",
+        "retry": {"max_retries": 1}, "limits": {"time_limit_ms": 1000}});
+    let (s, v) = send(reqwest::Method::PUT, "/v1/schedules/b", beat).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let body = serde_json::json!({"workflow": {"chain": [{"task": "greet",
+        "retry": {"max_retries": 1}, "limits": {"time_limit_ms": 1000}}]}});
+    let (s, v) = send(reqwest::Method::POST, "/v1/workflows", body).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    api.stop().await;
+}
+
+/// A query parameter an endpoint does not take (a misspelling) is a 400
+/// naming it, not ignored: `?terminated=true` revoked without stopping the
+/// running jobs, and `?timeout=30s` answered at once. A bad queue name in
+/// the events filter is a 400 too, not a stream that never sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_a_query_parameter_it_does_not_take_is_refused() {
+    let api = TestApi::start(None, "1MiB", false).await;
+    let id = runner::queue::JobId::new();
+    // (A stream taken instead of refused would never end: cut short.)
+    let get = |path: String| {
+        api.call(
+            api.req(reqwest::Method::GET, &path, Some(ADMIN))
+                .timeout(std::time::Duration::from_secs(10)),
+        )
+    };
+    for (path, named) in [
+        (format!("/v1/jobs/{id}?timeout=30s"), "timeout"),
+        (format!("/v1/workflows/{id}?wiat=1s"), "wiat"),
+        ("/v1/queues/default/dead?limt=5".to_string(), "limt"),
+        ("/v1/queues/default/scheduled?max=5".to_string(), "max"),
+        ("/v1/events?queues=default".to_string(), "queues"),
+        ("/v1/events?queue=a%20b".to_string(), "spaces"),
+    ] {
+        let (s, v) = get(path.clone()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{path}: {v}");
+        assert!(message(&v).contains(named), "{path}: {v}");
+    }
+    let (s, v) = api
+        .call(
+            api.req(
+                reqwest::Method::POST,
+                &format!("/v1/workflows/{id}/revoke?terminated=true"),
+                Some(ADMIN),
+            )
+            .json(&serde_json::json!({})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(message(&v).contains("terminated"), "{v}");
+    // Spelled right, the same requests are taken.
+    let (s, v) = get(format!("/v1/jobs/{id}?wait=10ms")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    let (s, v) = get("/v1/queues/default/dead?limit=5".to_string()).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = api
+        .call(
+            api.req(
+                reqwest::Method::POST,
+                &format!("/v1/workflows/{id}/revoke?terminate=true"),
+                Some(ADMIN),
+            )
+            .json(&serde_json::json!({})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    api.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_bad_input_gets_the_right_status_and_says_what_is_wrong() {
     let api = TestApi::start(None, "1MiB", false).await;

@@ -20,7 +20,7 @@ const LAYERS: &[&[&str]] = &[
     &["sandbox"],
     &["registry"],
     &["queue"],
-    &["names", "builtin"],
+    &["names", "builtin", "json_object"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {
