@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::client::{ApiArgs, ApiClient, cell, json_arg, report, text_or_file};
+use super::client::{ApiArgs, ApiClient, api_path, cell, json_arg, report, text_or_file};
 
 #[derive(Args, Debug)]
 pub struct BeatsArgs {
@@ -106,7 +106,7 @@ pub async fn execute(args: BeatsArgs) -> anyhow::Result<ExitCode> {
             }
         }),
         BeatsCommand::Show { name } => client
-            .get(&format!("/v1/schedules/{name}"))
+            .get(&api_path(&["v1", "schedules", &name]))
             .await
             .map(|v| println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default())),
         BeatsCommand::Add {
@@ -141,7 +141,7 @@ pub async fn execute(args: BeatsArgs) -> anyhow::Result<ExitCode> {
                 obj.insert("input".into(), json_arg("--input", &text_or_file(&i)?)?);
             }
             client
-                .put_json(&format!("/v1/schedules/{name}"), &beat)
+                .put_json(&api_path(&["v1", "schedules", &name]), &beat)
                 .await
                 .map(|v| {
                     println!(
@@ -152,11 +152,11 @@ pub async fn execute(args: BeatsArgs) -> anyhow::Result<ExitCode> {
                 })
         }
         BeatsCommand::Rm { name } => client
-            .send(client.request(Method::DELETE, &format!("/v1/schedules/{name}")))
+            .send(client.request(Method::DELETE, &api_path(&["v1", "schedules", &name])))
             .await
             .map(|_| println!("deleted {name}")),
         BeatsCommand::Fire { name, wait } => match client
-            .post_json(&format!("/v1/schedules/{name}/fire"), &json!({}))
+            .post_json(&api_path(&["v1", "schedules", &name, "fire"]), &json!({}))
             .await
         {
             Ok(job) => {
@@ -172,11 +172,14 @@ pub async fn execute(args: BeatsArgs) -> anyhow::Result<ExitCode> {
             Err(e) => Err(e),
         },
         BeatsCommand::Enable { name } => client
-            .post_json(&format!("/v1/schedules/{name}/enable"), &json!({}))
+            .post_json(&api_path(&["v1", "schedules", &name, "enable"]), &json!({}))
             .await
             .map(|_| println!("enabled {name}")),
         BeatsCommand::Disable { name } => client
-            .post_json(&format!("/v1/schedules/{name}/disable"), &json!({}))
+            .post_json(
+                &api_path(&["v1", "schedules", &name, "disable"]),
+                &json!({}),
+            )
             .await
             .map(|_| println!("disabled {name}")),
     };

@@ -10,7 +10,7 @@ use clap::Args;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::client::{ApiArgs, ApiClient, json_arg, report, text_or_file};
+use super::client::{ApiArgs, ApiClient, api_path, json_arg, report, text_or_file};
 use crate::names::ModuleHash;
 
 /// A binding's defaults and grants, as flags.
@@ -88,7 +88,10 @@ pub async fn execute(args: BindArgs) -> anyhow::Result<ExitCode> {
     let client = ApiClient::new(&args.api)?;
     let answer = if args.rollback {
         client
-            .post_json(&format!("/v1/tasks/{}/rollback", args.name), &json!({}))
+            .post_json(
+                &api_path(&["v1", "tasks", &args.name, "rollback"]),
+                &json!({}),
+            )
             .await
     } else {
         let module = args.module.clone().unwrap_or_default();
@@ -108,7 +111,7 @@ pub async fn execute(args: BindArgs) -> anyhow::Result<ExitCode> {
         };
         let body = args.opts.body(&module)?;
         client
-            .put_json(&format!("/v1/tasks/{}", args.name), &body)
+            .put_json(&api_path(&["v1", "tasks", &args.name]), &body)
             .await
     };
     match answer {

@@ -35,8 +35,10 @@ pub struct CallArgs {
     #[arg(long, value_parser = crate::config::parse_bounded_duration, num_args = 0..=1, default_missing_value = "60s")]
     pub wait: Option<Duration>,
     /// Enqueue this many jobs with the same input (in batches, with a
-    /// progress bar).
-    #[arg(long, default_value_t = 1, conflicts_with = "wait")]
+    /// progress bar). Not with an idempotency key: the jobs would all be
+    /// the first one.
+    #[arg(long, default_value_t = 1, conflicts_with_all = ["wait", "idempotency_key"],
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub repeat: u64,
     #[command(flatten)]
     pub api: ApiArgs,

@@ -58,6 +58,18 @@ pub struct ApiClient {
     http: reqwest::Client,
 }
 
+/// The path `/<segments...>`, each segment percent-encoded: a name typed
+/// with `#`, `?`, `/` or `%` reaches the server as written (which refuses
+/// it, naming it), never as the path of another beat, task or queue.
+pub fn api_path(segments: &[&str]) -> String {
+    let mut url = reqwest::Url::parse("http://runner/").expect("a valid URL");
+    url.path_segments_mut()
+        .expect("an http URL has a path")
+        .pop_if_empty()
+        .extend(segments);
+    url.path().to_string()
+}
+
 impl ApiClient {
     pub fn new(args: &ApiArgs) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
@@ -143,5 +155,27 @@ pub fn cell(v: &Value) -> String {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),
         v => v.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::api_path;
+
+    #[test]
+    fn a_path_segment_is_sent_as_written() {
+        assert_eq!(
+            api_path(&["v1", "schedules", "nightly"]),
+            "/v1/schedules/nightly"
+        );
+        assert_eq!(
+            api_path(&["v1", "schedules", "report#2"]),
+            "/v1/schedules/report%232"
+        );
+        assert_eq!(
+            api_path(&["v1", "tasks", "a?b/c%d"]),
+            "/v1/tasks/a%3Fb%2Fc%25d"
+        );
+        assert_eq!(api_path(&["v1", "queues", "é"]), "/v1/queues/%C3%A9");
     }
 }

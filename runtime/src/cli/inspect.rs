@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use super::client::{ApiArgs, ApiClient, cell, report};
+use super::client::{ApiArgs, ApiClient, api_path, cell, report};
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
@@ -92,7 +92,10 @@ pub async fn execute(args: InspectArgs) -> anyhow::Result<ExitCode> {
         InspectWhat::Active { queues } => held(&client, queues, "active").await,
         InspectWhat::Reserved { queues } => held(&client, queues, "reserved").await,
         InspectWhat::Scheduled { queue, limit } => client
-            .get(&format!("/v1/queues/{queue}/scheduled?limit={limit}"))
+            .get(&format!(
+                "{}?limit={limit}",
+                api_path(&["v1", "queues", queue, "scheduled"])
+            ))
             .await
             .map(|v| {
                 println!(
@@ -141,7 +144,7 @@ pub async fn execute(args: InspectArgs) -> anyhow::Result<ExitCode> {
         } => {
             if *replay {
                 client
-                    .post_json(&format!("/v1/queues/{queue}/replay"), &json!({}))
+                    .post_json(&api_path(&["v1", "queues", queue, "replay"]), &json!({}))
                     .await
                     .map(|v| {
                         println!(
@@ -151,7 +154,10 @@ pub async fn execute(args: InspectArgs) -> anyhow::Result<ExitCode> {
                     })
             } else {
                 client
-                    .get(&format!("/v1/queues/{queue}/dead?limit={limit}"))
+                    .get(&format!(
+                        "{}?limit={limit}",
+                        api_path(&["v1", "queues", queue, "dead"])
+                    ))
                     .await
                     .map(|v| {
                         for j in v.as_array().into_iter().flatten() {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Args;
 use serde_json::{Value, json};
 
-use super::client::{ApiArgs, ApiClient, cell, report};
+use super::client::{ApiArgs, ApiClient, api_path, cell, report};
 
 #[derive(Args, Debug)]
 pub struct PurgeArgs {
@@ -46,7 +46,7 @@ pub async fn execute(args: PurgeArgs) -> anyhow::Result<ExitCode> {
         .map(|t| format!(" of task {t}"))
         .unwrap_or_default();
     match client
-        .post_json(&format!("/v1/queues/{}/purge", args.queue), &body)
+        .post_json(&api_path(&["v1", "queues", &args.queue, "purge"]), &body)
         .await
     {
         Ok(v) if args.yes => {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Args;
 use serde_json::json;
 
-use super::client::{ApiArgs, ApiClient, cell, report};
+use super::client::{ApiArgs, ApiClient, api_path, cell, report};
 
 #[derive(Args, Debug)]
 pub struct RevokeArgs {
@@ -37,7 +37,7 @@ pub async fn execute(args: RevokeArgs) -> anyhow::Result<ExitCode> {
     };
     match client
         .post_json(
-            &format!("/v1/jobs/{id}/revoke"),
+            &api_path(&["v1", "jobs", id, "revoke"]),
             &json!({ "terminate": args.terminate }),
         )
         .await

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::client::{ApiArgs, ApiClient, report};
+use serde_json::Value;
+
+use super::client::{ApiArgs, ApiClient, CallError, api_path, report};
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
@@ -31,26 +33,17 @@ pub async fn wait_and_print(
     id: &str,
     wait: Duration,
 ) -> anyhow::Result<ExitCode> {
-    let deadline = tokio::time::Instant::now() + wait;
-    let job = loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let path = if left.is_zero() {
-            format!("/v1/jobs/{id}")
-        } else {
-            format!(
-                "/v1/jobs/{id}?wait={}ms",
-                left.min(Duration::from_secs(300)).as_millis()
-            )
-        };
-        let job = match client.get(&path).await {
-            Ok(j) => j,
-            Err(e) => return Ok(report(e)),
-        };
-        let state = job["state"].as_str().unwrap_or_default();
-        let is_final = matches!(state, "SUCCESS" | "FAILURE" | "REVOKED" | "EXPIRED");
-        if is_final || tokio::time::Instant::now() >= deadline {
-            break job;
-        }
+    let path = api_path(&["v1", "jobs", id]);
+    let job = match poll_until(client, &path, wait, |job| {
+        matches!(
+            job["state"].as_str().unwrap_or_default(),
+            "SUCCESS" | "FAILURE" | "REVOKED" | "EXPIRED"
+        )
+    })
+    .await
+    {
+        Ok(j) => j,
+        Err(e) => return Ok(report(e)),
     };
     println!("{}", serde_json::to_string_pretty(&job)?);
     Ok(match job["state"].as_str().unwrap_or_default() {
@@ -59,4 +52,32 @@ pub async fn wait_and_print(
         "REVOKED" | "EXPIRED" => ExitCode::from(4),
         _ => ExitCode::from(3),
     })
+}
+
+/// Reads `path` (a job or a workflow) until `ended` holds of the answer or
+/// `wait` is over, in long-polls (`?wait=`) of at most 5 minutes each: a
+/// wait longer than one poll, or a poll the server answers early, polls
+/// again until the deadline.
+pub async fn poll_until(
+    client: &ApiClient,
+    path: &str,
+    wait: Duration,
+    ended: impl Fn(&Value) -> bool,
+) -> Result<Value, CallError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let url = if left.is_zero() {
+            path.to_string()
+        } else {
+            format!(
+                "{path}?wait={}ms",
+                left.min(Duration::from_secs(300)).as_millis()
+            )
+        };
+        let v = client.get(&url).await?;
+        if ended(&v) || tokio::time::Instant::now() >= deadline {
+            return Ok(v);
+        }
+    }
 }

@@ -10,7 +10,7 @@ use clap::Args;
 use reqwest::Method;
 
 use super::bind::BindOpts;
-use super::client::{ApiArgs, ApiClient, report};
+use super::client::{ApiArgs, ApiClient, api_path, report};
 use crate::names::ModuleHash;
 
 #[derive(Args, Debug)]
@@ -90,7 +90,10 @@ pub async fn execute(args: UploadArgs) -> anyhow::Result<ExitCode> {
     }
     if let (Some(name), Some(hash)) = (&args.bind, last) {
         let body = args.opts.body(&hash)?;
-        match client.put_json(&format!("/v1/tasks/{name}"), &body).await {
+        match client
+            .put_json(&api_path(&["v1", "tasks", name]), &body)
+            .await
+        {
             Ok(v) => println!(
                 "bound {name} -> {}",
                 v["binding"]["module"].as_str().unwrap_or(&hash)

@@ -12,7 +12,8 @@ use futures::StreamExt as _;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::client::{ApiArgs, ApiClient, CallError, report};
+use super::client::{ApiArgs, ApiClient, CallError, api_path, report};
+use super::status::poll_until;
 
 #[derive(Args, Debug)]
 pub struct WorkflowArgs {
@@ -81,14 +82,9 @@ pub async fn execute(args: WorkflowArgs) -> anyhow::Result<ExitCode> {
         }
         WorkflowCommand::Status { id, wait, api } => {
             let client = ApiClient::new(&api)?;
-            let path = match wait {
-                Some(w) => format!(
-                    "/v1/workflows/{id}?wait={}ms",
-                    w.min(Duration::from_secs(300)).as_millis()
-                ),
-                None => format!("/v1/workflows/{id}"),
-            };
-            match client.get(&path).await {
+            let path = api_path(&["v1", "workflows", &id]);
+            let ended = |wf: &Value| wf["state"].as_str().is_some_and(|s| s != "running");
+            match poll_until(&client, &path, wait.unwrap_or_default(), ended).await {
                 Ok(wf) => {
                     println!("{}", serde_json::to_string_pretty(&wf)?);
                     Ok(exit_of(&wf))
@@ -104,7 +100,7 @@ pub async fn execute(args: WorkflowArgs) -> anyhow::Result<ExitCode> {
             let client = ApiClient::new(&api)?;
             match client
                 .post_json(
-                    &format!("/v1/workflows/{id}/revoke"),
+                    &api_path(&["v1", "workflows", &id, "revoke"]),
                     &json!({ "terminate": terminate }),
                 )
                 .await
@@ -133,7 +129,7 @@ fn exit_of(wf: &Value) -> ExitCode {
 /// status.
 async fn follow(client: &ApiClient, id: &str) -> anyhow::Result<ExitCode> {
     let res = client
-        .request(Method::GET, &format!("/v1/workflows/{id}/events"))
+        .request(Method::GET, &api_path(&["v1", "workflows", id, "events"]))
         .send()
         .await;
     let res = match res {
@@ -186,7 +182,7 @@ async fn follow(client: &ApiClient, id: &str) -> anyhow::Result<ExitCode> {
         }
     }
     if last.is_null() {
-        last = match client.get(&format!("/v1/workflows/{id}")).await {
+        last = match client.get(&api_path(&["v1", "workflows", id])).await {
             Ok(v) => v,
             Err(e) => return Ok(report(e)),
         };

@@ -276,3 +276,66 @@ fn ctrl_c_interrupts_a_running_task_with_exit_17() {
     let output = child.wait_with_output().unwrap();
     assert_exit(&output, 17, "error: interrupted");
 }
+
+/// `runner call --repeat` refuses 0 (it enqueued one job) and an
+/// idempotency key (every job would have been the first one, printed
+/// again and again as new), before it sends anything.
+#[test]
+fn call_repeat_refuses_zero_and_an_idempotency_key() {
+    let nowhere = ["--url", "http://127.0.0.1:9"];
+    for (args, said) in [
+        (&["call", "hello", "--repeat", "0"][..], "0 is not in 1.."),
+        (
+            &["call", "hello", "--repeat", "3", "--idempotency-key", "k"][..],
+            "cannot be used with",
+        ),
+    ] {
+        let mut all = args.to_vec();
+        all.extend(nowhere);
+        let out = runner(&all);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(said) && stderr.contains("--repeat"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+/// `runner workflow status --wait` asks again until its wait is over when
+/// a long poll comes back before the workflow ends (the server holds one
+/// at most 5 minutes): before, it made one request and exited 3 (still
+/// running). Against a server that answers at once: running, running,
+/// succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflow_status_waits_across_long_polls() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let app = axum::Router::new().route(
+        "/v1/workflows/{id}",
+        axum::routing::get(move || {
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            let state = if n < 2 { "running" } else { "succeeded" };
+            async move { axum::Json(serde_json::json!({ "state": state })) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(["workflow", "status", "wf-1", "--wait", "30s", "--url", &url])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("succeeded"), "{stdout}");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}

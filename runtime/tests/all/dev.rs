@@ -267,6 +267,42 @@ fn dev_runs_on_redis_with_the_redis_flag() {
     assert!(status.success(), "runner dev exited with {status}");
 }
 
+/// The CLI sends a name as written, percent-encoded in the path: one with
+/// `#` or `?` is refused by the server (naming it) and changes nothing.
+/// Before, `report#2` and `report?` reached the server as `report`: `beats
+/// add` replaced that beat and `beats rm` deleted it.
+#[test]
+fn dev_cli_sends_names_as_written() {
+    let data = TempDir::new().unwrap();
+    let dev = Dev::start(data.path());
+    ok(&dev.runner(&["beats", "add", "report", "--task", "hello", "--every", "1h"]));
+    let show = || -> serde_json::Value {
+        serde_json::from_str(&ok(&dev.runner(&["beats", "show", "report"]))).unwrap()
+    };
+    let before = show();
+    assert_eq!(before["every"], "1h", "{before}");
+    // Each refused (400, or 404 for a beat of that name), naming it.
+    for (args, name) in [
+        (
+            vec![
+                "beats", "add", "report#2", "--task", "hello", "--every", "5m",
+            ],
+            "report#2",
+        ),
+        (vec!["beats", "rm", "report?"], "report?"),
+        (vec!["beats", "disable", "report#"], "report#"),
+        (vec!["bind", "hello#v2", "--rollback"], "hello#v2"),
+        (vec!["purge", "report?x", "--yes"], "report?x"),
+    ] {
+        let out = dev.runner(&args);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {said}");
+        assert!(said.contains(name), "{args:?}: {said}");
+    }
+    assert_eq!(show(), before);
+    dev.stop();
+}
+
 /// `runner purge` and `runner revoke --task`: without `--yes` they say
 /// what they would do and do nothing (exit 1); with it they do it and list
 /// every job touched.
