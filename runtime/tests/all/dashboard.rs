@@ -774,6 +774,46 @@ async fn events_stream_every_jobs_state_changes() {
 
 /// The workflow view: a workflow's tree with each step's state, live, its
 /// counts, a member job one click away, and Revoke.
+/// A token in the fragment that is not valid percent-encoding is taken as
+/// written (and refused by the API, which the page says) instead of
+/// stopping the page's start; an encoded one is decoded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dashboard_starts_with_a_token_it_cannot_decode() {
+    let api = TestApi::start(None, "64MiB", true).await;
+    let b = Browser::start().await;
+    b.go(&format!("{}/dashboard#token=%E0%A4%A", api.url)).await;
+    b.wait_text("#error", "the refusal of the token", |t| {
+        t.contains("no valid token")
+    })
+    .await;
+    // The page works: a good token typed in is used.
+    b.type_into("#token", ADMIN).await;
+    b.click("#token-form button[type=submit]").await;
+    b.wait_text("#status", "a refresh", |t| t.starts_with("updated"))
+        .await;
+    // Percent-encoded in the fragment: decoded ("%61" is "a"), and kept
+    // in place of the one the tab had.
+    b.js(
+        "sessionStorage.setItem('runner.token', 'stale'); return null;",
+        json!(null),
+    )
+    .await;
+    let encoded = format!("%61{}", &ADMIN[1..]);
+    b.go(&format!("{}/dashboard?again#token={encoded}", api.url))
+        .await;
+    b.wait_text("#status", "a refresh", |t| t.starts_with("updated"))
+        .await;
+    let kept = b
+        .js(
+            "return sessionStorage.getItem('runner.token');",
+            json!(null),
+        )
+        .await;
+    assert_eq!(kept, json!(ADMIN));
+    b.quit().await;
+    api.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dashboard_shows_a_workflow_live_and_revokes_it() {
     let api = TestApi::start(None, "64MiB", true).await;

@@ -797,7 +797,9 @@ function start() {
   // from the address bar.
   const m = /(?:^|[#&])token=([^&]+)/.exec(location.hash);
   if (m) {
-    state.token = decodeURIComponent(m[1]);
+    // Taken as written when it is not valid percent-encoding (the API
+    // then refuses it, and the page says so).
+    try { state.token = decodeURIComponent(m[1]); } catch (e) { state.token = m[1]; }
     sessionStorage.setItem("runner.token", state.token);
     history.replaceState(null, "", location.pathname + location.search);
   } else {
