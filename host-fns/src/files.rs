@@ -10,7 +10,10 @@
 //! rename, delete or swap anything in it at any moment, so no path string
 //! is ever checked and then used again:
 //! - absolute paths and `..` components are refused (`denied`) before the
-//!   filesystem is consulted;
+//!   filesystem is consulted, and so are paths of more than
+//!   [`MAX_DEPTH`] components (`invalid`): a write makes the directories
+//!   it needs, which no quota counts, and makes none when the quota
+//!   refuses it;
 //! - every call opens the root directory, then everything beneath it
 //!   relative to that directory with `openat2(2)` and
 //!   `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`: the kernel resolves the
@@ -736,20 +739,26 @@ fn write_blocking(root: &Root, limits: &Limits, rel: &str, data: &[u8]) -> Resul
         .split_last()
         .ok_or_else(|| HostError::invalid("empty path"))?;
     let root_fd = root.open()?;
-    let dir = make_dirs(root_fd.as_fd(), parents, rel)?;
-    let old = match stat_at(dir.as_fd(), last).map_err(|e| fs_error(rel, e))? {
-        None => None,
-        Some(st) => match file_type(&st) {
-            FileType::Directory => {
-                return Err(HostError::invalid(format!("'{rel}' is a directory")));
-            }
-            FileType::Symlink => return Err(symlink_refused(rel)),
-            FileType::RegularFile => Some(size(&st)),
-            // A FIFO, socket or device node is replaced (not opened).
-            _ => None,
+    // What the write replaces, looked at before anything is created: a
+    // write the quota refuses leaves no directories behind.
+    let old = match open_dir(root_fd.as_fd(), parents) {
+        Ok(dir) => match stat_at(dir.as_fd(), last).map_err(|e| fs_error(rel, e))? {
+            None => None,
+            Some(st) => match file_type(&st) {
+                FileType::Directory => {
+                    return Err(HostError::invalid(format!("'{rel}' is a directory")));
+                }
+                FileType::Symlink => return Err(symlink_refused(rel)),
+                FileType::RegularFile => Some(size(&st)),
+                // A FIFO, socket or device node is replaced (not opened).
+                _ => None,
+            },
         },
+        Err(Errno::NOENT) => None,
+        Err(e) => return Err(fs_error(rel, e)),
     };
     let charge = root.charge(limits, rel, old, data.len() as u64)?;
+    let dir = make_dirs(root_fd.as_fd(), parents, rel)?;
     let tmp = format!(".runner-{}.tmp", uuid::Uuid::now_v7().simple());
     let written = open_beneath(
         dir.as_fd(),
@@ -1114,6 +1123,10 @@ fn join(prefix: &str, name: &CStr) -> String {
 
 /// Splits a relative path into its components, refusing absolute paths and
 /// `..` outright; `.` and empty components are dropped.
+/// Most components of a path a task names (directories and the file): a
+/// write creates the missing directories, which no quota counts.
+pub const MAX_DEPTH: usize = 32;
+
 fn split_path(rel: &str, allow_empty: bool) -> Result<Vec<&str>, HostError> {
     if rel.contains('\0') {
         return Err(HostError::invalid("path contains a NUL byte"));
@@ -1129,6 +1142,12 @@ fn split_path(rel: &str, allow_empty: bool) -> Result<Vec<&str>, HostError> {
         .collect();
     if parts.contains(&"..") {
         return Err(HostError::denied(format!("'..' in '{rel}' is refused")));
+    }
+    if parts.len() > MAX_DEPTH {
+        return Err(HostError::invalid(format!(
+            "'{rel}' is {} levels deep, more than {MAX_DEPTH}",
+            parts.len()
+        )));
     }
     if parts.is_empty() && !allow_empty {
         return Err(HostError::invalid("empty path"));

@@ -6,7 +6,8 @@
 //! Whatever the rule, an address that is not plainly public (loopback,
 //! private, link-local, unique-local, cloud metadata, IPv4-mapped IPv6,
 //! multicast, reserved...) is refused unless the grant names it explicitly:
-//! as the IP literal of a rule, or inside one of its `private_networks`.
+//! as the IP literal of a rule that allows the URL (its scheme and port
+//! too), or inside one of its `private_networks`.
 //! This is checked
 //! - for IP-literal URLs, before anything is sent;
 //! - after DNS resolution, by the client's resolver, which drops refused
@@ -539,8 +540,12 @@ fn check_url(url: &Url, rules: &[HostRule], grant: &HttpGrant) -> Result<(), Hos
         url::Host::Domain(_) => None,
     };
     if let Some(ip) = literal {
+        // Named by a rule that allows this very URL (its scheme and port
+        // too): `http://10.0.0.5:8080` beside `http://*:*` opens that
+        // address on port 8080, not on every port.
         let named: Vec<IpAddr> = rules
             .iter()
+            .filter(|r| r.matches(url))
             .filter_map(|r| match r.host {
                 HostPattern::Ip(ip) => Some(ip),
                 _ => None,

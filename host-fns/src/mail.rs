@@ -12,6 +12,12 @@
 //! lettre. CR and LF in any header value are replaced by spaces, so a task
 //! can never add a header.
 //!
+//! Sizes: at most [`MAX_RECIPIENTS`] recipients (to, cc and bcc), a
+//! subject of [`MAX_SUBJECT_BYTES`], text and HTML bodies of
+//! [`MAX_BODY_BYTES`] together and attachments of
+//! [`MAX_ATTACHMENT_BYTES`]; more is `invalid`, checked before the host
+//! copies anything.
+//!
 //! Errors: SMTP 4xx, timeouts and connection or TLS failures are
 //! `transient`; SMTP 5xx (including a recipient the server refuses) is
 //! `permanent`; an address that does not parse, no recipient or no body is
@@ -37,6 +43,13 @@ const CAPABILITY: &str = "mail";
 
 /// Largest total size of attachments in one message.
 pub const MAX_ATTACHMENT_BYTES: usize = 20 * 1024 * 1024;
+/// Largest total size of the text and HTML bodies of one message.
+pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+/// Longest subject, in bytes (RFC 5322 lines are at most 998 characters).
+pub const MAX_SUBJECT_BYTES: usize = 998;
+/// Most recipients (to, cc and bcc together) of one message: what every
+/// SMTP server must accept (RFC 5321 4.5.3.1.8).
+pub const MAX_RECIPIENTS: usize = 100;
 
 /// How the connection to the SMTP server is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -364,6 +377,25 @@ impl Mailer {
             return Err(HostError::invalid(
                 "the message has neither a text nor an HTML body",
             ));
+        }
+        let recipients = mail.to.len() + mail.cc.len() + mail.bcc.len();
+        if recipients > MAX_RECIPIENTS {
+            return Err(HostError::invalid(format!(
+                "{recipients} recipients, more than {MAX_RECIPIENTS}"
+            )));
+        }
+        if mail.subject.len() > MAX_SUBJECT_BYTES {
+            return Err(HostError::invalid(format!(
+                "the subject is {} bytes, more than {MAX_SUBJECT_BYTES}",
+                mail.subject.len()
+            )));
+        }
+        let body =
+            mail.text.as_ref().map_or(0, String::len) + mail.html.as_ref().map_or(0, String::len);
+        if body > MAX_BODY_BYTES {
+            return Err(HostError::invalid(format!(
+                "the bodies total {body} bytes, more than {MAX_BODY_BYTES}"
+            )));
         }
         let attached: usize = mail.attachments.iter().map(|a| a.data.len()).sum();
         if attached > MAX_ATTACHMENT_BYTES {

@@ -553,6 +553,49 @@ fn service_from_toml(base: &Path, extra: &str) -> FilesService {
     FilesService::new(config).expect("service")
 }
 
+/// A write the quota refuses creates no directories, and a path deeper
+/// than the cap is refused before anything is made. Before, every write
+/// made its directories first, which no quota counts and no task can
+/// remove: a task could fill a root with thousands of them per call until
+/// every quota walk of the root failed.
+#[tokio::test]
+async fn a_refused_write_leaves_no_directories() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let base = tmp.path();
+    fs::create_dir_all(base.join("reports")).expect("mkdir");
+    let service = service_from_toml(base, "[quotas]\nreports = { max_files = 1 }\n");
+    let g = rw();
+    service
+        .write(&g, "reports", "a.bin", vec![0; 10])
+        .await
+        .expect("the one file");
+    let over = service
+        .write(&g, "reports", "new/deeper/b.bin", vec![0; 10])
+        .await;
+    assert!(
+        matches!(&over, Err(HostError::Permanent(m)) if m.contains("1 files")),
+        "{over:?}"
+    );
+    assert!(!base.join("reports/new").exists(), "a directory was made");
+    let deep = format!("{}x.bin", "d/".repeat(runner_host_fns::files::MAX_DEPTH));
+    let refused = service.write(&g, "logs", &deep, vec![0; 1]).await;
+    assert!(
+        matches!(&refused, Err(HostError::Invalid(m)) if m.contains("levels deep")),
+        "{refused:?}"
+    );
+    assert!(!base.join("logs/d").exists(), "a directory was made");
+    // At the cap: written.
+    let at_cap = format!(
+        "{}x.bin",
+        "d/".repeat(runner_host_fns::files::MAX_DEPTH - 1)
+    );
+    service
+        .write(&g, "logs", &at_cap, vec![0; 1])
+        .await
+        .expect("32 levels");
+    assert!(base.join("logs").join(&at_cap).exists());
+}
+
 #[tokio::test]
 async fn a_root_quota_caps_bytes_and_files() {
     let tmp = tempfile::tempdir().expect("tempdir");

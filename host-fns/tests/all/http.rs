@@ -202,6 +202,22 @@ async fn webhook_reaches_loopback_only_when_the_grant_allows_it() {
             .await,
         "other port",
     );
+    // Named on another port beside a rule for every host and port: the
+    // address is not opened on every port. (Before, any rule naming the
+    // address counted, whatever its port or scheme.)
+    assert_denied(
+        http.send(&grant(&["http://127.0.0.1:1", "http://*:*"]), &post(&hook))
+            .await,
+        "named on another port",
+    );
+    assert_denied(
+        http.send(
+            &grant(&[&format!("https://127.0.0.1:{port}"), "http://*:*"]),
+            &post(&hook),
+        )
+        .await,
+        "named for another scheme",
+    );
     assert!(hits.all().is_empty(), "nothing reached the server");
 
     // The grant names the loopback address: delivered.

@@ -488,6 +488,56 @@ async fn sender_grant_and_bad_messages() {
         mailer.send(&grant, &bad_addr).await,
         Err(HostError::Invalid(_))
     ));
+
+    // Over the caps: refused, saying which, and nothing written. Before,
+    // only attachments were capped: a task's 100 MB body was copied four
+    // or five times by the host and sent.
+    let written = || std::fs::read_dir(dir.path()).unwrap().count();
+    let before = written();
+    let someone = |i: usize| MailAddress::new(format!("r{i}@example.org"), None);
+    for (mail, said) in [
+        (
+            OutgoingMail {
+                text: Some("a".repeat(runner_host_fns::mail::MAX_BODY_BYTES / 2 + 1)),
+                html: Some("b".repeat(runner_host_fns::mail::MAX_BODY_BYTES / 2)),
+                ..report_mail()
+            },
+            "the bodies total",
+        ),
+        (
+            OutgoingMail {
+                subject: "s".repeat(runner_host_fns::mail::MAX_SUBJECT_BYTES + 1),
+                ..report_mail()
+            },
+            "the subject is",
+        ),
+        (
+            OutgoingMail {
+                to: (0..60).map(someone).collect(),
+                cc: vec![],
+                bcc: (60..101).map(someone).collect(),
+                ..report_mail()
+            },
+            "101 recipients",
+        ),
+    ] {
+        match mailer.send(&grant, &mail).await {
+            Err(HostError::Invalid(m)) => assert!(m.contains(said), "{m}"),
+            other => panic!("{said}: {other:?}"),
+        }
+    }
+    assert_eq!(written(), before);
+    // At the caps: sent.
+    let full = OutgoingMail {
+        subject: "s".repeat(runner_host_fns::mail::MAX_SUBJECT_BYTES),
+        to: (0..runner_host_fns::mail::MAX_RECIPIENTS)
+            .map(someone)
+            .collect(),
+        cc: vec![],
+        bcc: vec![],
+        ..report_mail()
+    };
+    mailer.send(&grant, &full).await.expect("at the caps");
 }
 
 #[tokio::test]
