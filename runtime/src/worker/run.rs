@@ -49,7 +49,7 @@ pub(super) async fn caught(d: &Delivery, run: impl Future<Output = Completion>) 
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "a panic without a message".into());
-            let what = cap(&what, 1024);
+            let what = crate::queue::job::cap_text(what, 1024);
             tracing::error!(job = %d.job.id, panic = %what, "running a job panicked");
             Completion {
                 lease: d.lease.clone(),
@@ -62,15 +62,6 @@ pub(super) async fn caught(d: &Delivery, run: impl Future<Output = Completion>) 
             }
         }
     }
-}
-
-/// At most `max` bytes of `text`, cut at a character boundary.
-fn cap(text: &str, max: usize) -> &str {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 async fn run_to_completion(
@@ -468,11 +459,20 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_long_panic_message_is_capped_at_a_char_boundary() {
-        let text = "é".repeat(1000);
-        let capped = cap(&text, 1023);
-        assert_eq!(capped.len(), 1022);
-        assert_eq!(cap("short", 1024), "short");
+    #[tokio::test]
+    async fn a_long_panic_message_is_capped_at_a_char_boundary() {
+        let d = delivery(0);
+        let long = "é".repeat(1000);
+        let c = caught(&d, async move { panic!("{long}") }).await;
+        let Settlement::Finish { job, .. } = c.settlement else {
+            panic!("not final: {:?}", c.settlement);
+        };
+        let message = job.error.unwrap().message;
+        let what = message
+            .strip_prefix("the worker panicked running it: ")
+            .unwrap();
+        assert!(what.len() <= 1024, "{}", what.len());
+        assert!(what.starts_with("éé"), "{what}");
+        assert!(what.ends_with(" more bytes]"), "{what}");
     }
 }
