@@ -134,7 +134,7 @@ pub(crate) fn settle(
 }
 
 /// `d` ended in `state` (with `result`), kept as a dead letter when `dead`.
-pub(crate) fn ended(
+fn ended(
     d: &runner::queue::Delivery,
     state: JobState,
     result: Option<&str>,
@@ -745,8 +745,7 @@ async fn a_replayed_dead_letter_is_not_revoked(env: Env) {
     let leased = fetch(b, 1).await;
     assert_eq!(leased.len(), 1);
     b.revoke(id, true).await.unwrap();
-    let dead = ended(&leased[0], JobState::Failure, None, true);
-    b.settle(settle("work", "w", vec![dead], 0)).await.unwrap();
+    settle_dead(b, &leased).await;
     assert_eq!(b.replay("work", &[id]).await.unwrap(), vec![id]);
     let again = fetch(b, 1).await;
     assert_eq!(again.len(), 1);
@@ -2047,6 +2046,13 @@ fn dead_letter(d: &runner::queue::Delivery) -> Completion {
     ended(d, JobState::Failure, None, true)
 }
 
+/// Settles `leased` (of queue `work`, worker `w`) as failed for good: dead
+/// letters.
+pub(crate) async fn settle_dead(b: &Arc<dyn Broker>, leased: &[runner::queue::Delivery]) {
+    let dead: Vec<Completion> = leased.iter().map(dead_letter).collect();
+    b.settle(settle("work", "w", dead, 0)).await.unwrap();
+}
+
 /// Two replays of one dead letter at once queue it once, on both brokers
 /// (the embedded one read the dead letters and queued them under two
 /// locks, so both could take it).
@@ -2858,14 +2864,7 @@ async fn redis_a_listing_leaves_out_a_record_it_cannot_read() {
     // 0 and 1 dead letters, 2 and 3 running, 4 and 5 scheduled.
     let leased = fetch(&env.broker, 4).await;
     assert_eq!(leased.len(), 4);
-    let dead: Vec<Completion> = leased[..2]
-        .iter()
-        .map(|d| ended(d, JobState::Failure, None, true))
-        .collect();
-    env.broker
-        .settle(settle("work", "w", dead, 0))
-        .await
-        .unwrap();
+    settle_dead(&env.broker, &leased[..2]).await;
     // Cut short where each is kept: a final key or the `live` hash.
     let mut conn = admin_connection(&server).await;
     for id in [ids[0], ids[2], ids[4]] {
@@ -2936,14 +2935,7 @@ async fn redis_replay_goes_past_dead_letters_it_cannot_read() {
     }
     let leased = fetch(&env.broker, 3).await;
     assert_eq!(leased.len(), 3);
-    let dead: Vec<Completion> = leased
-        .iter()
-        .map(|d| ended(d, JobState::Failure, None, true))
-        .collect();
-    env.broker
-        .settle(settle("work", "w", dead, 0))
-        .await
-        .unwrap();
+    settle_dead(&env.broker, &leased).await;
     let mut conn = admin_connection(&server).await;
     assert!(cut_final_record(&mut conn, ids[0]).await);
     let b = &env.broker;

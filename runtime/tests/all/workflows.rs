@@ -39,6 +39,11 @@ async fn due_check(env: &Env, worker: &str) -> runner::queue::SettleReply {
         .unwrap()
 }
 
+/// The outbox entries of `work` due now (any age).
+async fn due_entries(env: &Env) -> Vec<runner::queue::JobId> {
+    env.broker.outbox("work", Duration::ZERO, 10).await.unwrap()
+}
+
 /// Settles `d` as a success with `result` and returns its final record.
 async fn finish(env: &Env, worker: &str, d: &Delivery, result: &str) -> runner::queue::Job {
     let c = success(d, result);
@@ -80,7 +85,7 @@ async fn chord_callback_runs_once_under_races_and_repeats(env: Env) {
         finish(&env, "w2", &d2, "\"b\"")
     );
     // Both ends wait in the outbox until applied.
-    let mut out = env.broker.outbox("work", Duration::ZERO, 10).await.unwrap();
+    let mut out = due_entries(&env).await;
     out.sort();
     let mut want = vec![j1.id, j2.id];
     want.sort();
@@ -93,13 +98,7 @@ async fn chord_callback_runs_once_under_races_and_repeats(env: Env) {
     let (a, b) = tokio::join!(e1.apply_ended(&w1), e2.apply_ended(&w2));
     a.unwrap();
     b.unwrap();
-    assert!(
-        env.broker
-            .outbox("work", Duration::ZERO, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(due_entries(&env).await.is_empty());
     // Applied again, together and apart: nothing more happens.
     e1.apply(&[j1.clone(), j2.clone()]).await.unwrap();
     e2.apply(std::slice::from_ref(&j2)).await.unwrap();
@@ -223,13 +222,7 @@ async fn an_unapplied_end_is_applied_after_it_goes_stale(env: Env) {
     let next = lease_one(&env, "work", "w2").await;
     assert_eq!(next.job.task.as_deref(), Some("other"));
     assert_eq!(next.job.input, "42", "the chain hands on the output");
-    assert!(
-        env.broker
-            .outbox("work", Duration::ZERO, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(due_entries(&env).await.is_empty());
     let st = wf.status(s.id).await.unwrap().unwrap();
     assert_eq!(st.done, 1);
 }
@@ -462,13 +455,7 @@ async fn ends_handed_over_together_are_applied_together(env: Env) {
     assert_eq!(progress, [3], "one mark for the three ends");
     // The applier launches the next step, then empties the outbox.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !env
-        .broker
-        .outbox("work", Duration::ZERO, 10)
-        .await
-        .unwrap()
-        .is_empty()
-    {
+    while !due_entries(&env).await.is_empty() {
         assert!(tokio::time::Instant::now() < deadline, "the outbox empties");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -613,11 +600,7 @@ async fn an_end_that_fails_to_apply_does_not_hold_back_the_others(env: Env) {
         "{wake} vs now {now}"
     );
     assert!(
-        env.broker
-            .outbox("work", Duration::ZERO, 10)
-            .await
-            .unwrap()
-            .is_empty(),
+        due_entries(&env).await.is_empty(),
         "the entry is not stale before its retry"
     );
 }
@@ -647,16 +630,8 @@ async fn an_entry_whose_member_runs_again_is_put_behind(env: Env) {
         .await
         .unwrap();
     assert_eq!(r.deliveries.len(), n);
-    // All fail for good; nobody applies their ends (w1 dies).
-    let dead: Vec<_> = r
-        .deliveries
-        .iter()
-        .map(|d| crate::queue_conformance::ended(d, JobState::Failure, None, true))
-        .collect();
-    env.broker
-        .settle(settle("work", "w1", dead, 0))
-        .await
-        .unwrap();
+    // All fail for good; nobody applies their ends (their worker dies).
+    crate::queue_conformance::settle_dead(&env.broker, &r.deliveries).await;
     let ids: Vec<_> = r.deliveries.iter().map(|d| d.job.id).collect();
     assert_eq!(env.broker.replay("work", &ids).await.unwrap().len(), n);
     tokio::time::timeout(Duration::from_secs(20), wf.drain_queue("work"))
@@ -664,11 +639,7 @@ async fn an_entry_whose_member_runs_again_is_put_behind(env: Env) {
         .expect("the drain ends")
         .unwrap();
     assert!(
-        env.broker
-            .outbox("work", Duration::ZERO, 10)
-            .await
-            .unwrap()
-            .is_empty(),
+        due_entries(&env).await.is_empty(),
         "the entries are put behind"
     );
     let st = wf.status(s.id).await.unwrap().unwrap();
@@ -678,20 +649,11 @@ async fn an_entry_whose_member_runs_again_is_put_behind(env: Env) {
     // from that end, and applying it counts it.
     let d = lease_one(&env, "work", "w2").await;
     let job = finish(&env, "w2", &d, "42").await;
-    assert_eq!(
-        env.broker.outbox("work", Duration::ZERO, 10).await.unwrap(),
-        vec![job.id]
-    );
+    assert_eq!(due_entries(&env).await, vec![job.id]);
     wf.drain_queue("work").await.unwrap();
     let st = wf.status(s.id).await.unwrap().unwrap();
     assert_eq!(st.done, 1);
-    assert!(
-        env.broker
-            .outbox("work", Duration::ZERO, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(due_entries(&env).await.is_empty());
 }
 
 on_every_broker!(
