@@ -756,6 +756,9 @@ impl Broker for EmbeddedBroker {
             },
         );
         if let Some(q) = st.queues.get_mut(&queue) {
+            // A delayed job leaves the delayed set now, as on Redis (a
+            // ready one is skipped when popped).
+            q.delayed.retain(|(_, i, _)| *i != id);
             q.note(now, [JobState::Revoked]);
         }
         st.outbox_ends(&queue, &[(id, JobState::Revoked)], now);

@@ -769,6 +769,26 @@ async fn a_replayed_dead_letter_is_not_revoked(env: Env) {
     assert_eq!(b.get(id).await.unwrap().unwrap().state, JobState::Retry);
 }
 
+/// A delayed job revoked before it is due leaves the delayed set at once
+/// on both brokers: the queue's counts agree. Before, the embedded broker
+/// kept counting it as delayed until its due time.
+async fn a_revoked_delayed_job_is_no_longer_counted(env: Env) {
+    let b = &env.broker;
+    let mut req = call("{}");
+    req.countdown_secs = Some(600.0);
+    let id = env.producer.enqueue(req).await.unwrap().job.id;
+    let delayed = |stats: Vec<runner::queue::QueueStats>| {
+        stats
+            .iter()
+            .find(|q| q.name == "work")
+            .map_or(0, |q| q.delayed)
+    };
+    assert_eq!(delayed(b.queues().await.unwrap()), 1);
+    b.revoke(id, false).await.unwrap();
+    assert_eq!(b.get(id).await.unwrap().unwrap().state, JobState::Revoked);
+    assert_eq!(delayed(b.queues().await.unwrap()), 0);
+}
+
 async fn rate_limit_is_global_and_exact(env: Env) {
     let b = &env.broker;
     let reqs: Vec<_> = (0..12)
@@ -1095,6 +1115,7 @@ conformance!(
     a_job_given_back_unrun_did_not_start,
     a_revoked_job_given_back_ends_revoked,
     a_replayed_dead_letter_is_not_revoked,
+    a_revoked_delayed_job_is_no_longer_counted,
     signals_announce_work_and_delays,
     bad_input_enqueues_nothing,
     the_longest_expiry_with_a_long_result_ttl_is_stored,
