@@ -441,6 +441,27 @@ impl Producer {
                     ),
                 ));
             }
+            // The longest wait is the cap, or the base if larger (see
+            // `RetryPolicy::backoff`).
+            let longest = |p: &RetryPolicy| p.backoff_cap_ms.max(p.backoff_base_ms);
+            if r.max_retries > 0 && longest(r) < longest(allowed) {
+                return Err(forbidden(
+                    "retry.backoff_cap_ms",
+                    format!(
+                        "{} is below the task's {}; {who} may only retry more slowly",
+                        longest(r),
+                        longest(allowed)
+                    ),
+                ));
+            }
+            if r.max_retries > 0 && r.jitter && !allowed.jitter {
+                return Err(forbidden(
+                    "retry.jitter",
+                    format!(
+                        "the task's retries wait their whole backoff; with jitter they would come sooner, and {who} may only retry more slowly"
+                    ),
+                ));
+            }
             if let Some(kind) = r.retry_on.iter().find(|k| !allowed.retry_on.contains(k)) {
                 return Err(forbidden(
                     "retry.retry_on",

@@ -533,12 +533,41 @@ async fn api_a_submit_token_may_only_lower_what_the_binding_allows() {
             json!({ "retry": { "max_retries": 1, "backoff_base_ms": 1000, "retry_on": ["fail"] } }),
             "retry.retry_on",
         ),
+        // The task's retries wait up to 600 s (the default cap): a cap of
+        // 0 makes every wait the base (1 s).
+        (
+            json!({ "retry": { "max_retries": 1, "backoff_base_ms": 1000, "backoff_cap_ms": 0 } }),
+            "retry.backoff_cap_ms",
+        ),
     ] {
         let (s, v) = as_token(SUBMIT, extra.clone()).await;
         assert_eq!(s, StatusCode::FORBIDDEN, "{extra}: {v}");
         assert!(message(&v).starts_with(field), "{extra}: {v}");
         let (s, v) = as_token(ADMIN, extra.clone()).await;
         assert_eq!(s, StatusCode::ACCEPTED, "{extra}: {v}");
+    }
+    // Jitter shortens waits (to between half and all of each): refused when
+    // the task's retries have none.
+    let (s, v) = api
+        .bind(
+            "steady",
+            json!({ "module": hash, "retry": { "max_retries": 2, "backoff_base_ms": 1000, "jitter": false } }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    for (jitter, status) in [(true, StatusCode::FORBIDDEN), (false, StatusCode::ACCEPTED)] {
+        let body = json!({ "task": "steady",
+            "retry": { "max_retries": 1, "backoff_base_ms": 1000, "jitter": jitter } });
+        let (s, v) = api
+            .call(
+                api.req(reqwest::Method::POST, "/v1/jobs", Some(SUBMIT))
+                    .json(&body),
+            )
+            .await;
+        assert_eq!(s, status, "{v}");
+        if jitter {
+            assert!(message(&v).starts_with("retry.jitter"), "{v}");
+        }
     }
     // In a batch, the job is named.
     let (s, v) = api
