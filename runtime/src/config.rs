@@ -4,7 +4,7 @@
 //! ```toml
 //! [server]
 //! listen = "0.0.0.0:8080"
-//! max_body = "64MiB"          # larger request bodies get 413
+//! max_body = "64MiB"          # larger request bodies get 413 (at most 1GiB)
 //! # open = true               # no tokens at all: only for a laptop
 //!
 //! [auth]                      # bearer tokens; usually from the env
@@ -150,7 +150,14 @@ fn default_max_body() -> String {
 
 impl ServerConfig {
     pub fn max_body_bytes(&self) -> anyhow::Result<usize> {
-        parse_size(&self.max_body).with_context(|| format!("server.max_body = {:?}", self.max_body))
+        let n = parse_size(&self.max_body)
+            .with_context(|| format!("server.max_body = {:?}", self.max_body))?;
+        anyhow::ensure!(
+            n <= MAX_BODY_LIMIT,
+            "server.max_body = {:?}: at most 1 GiB (a request body is held in memory whole)",
+            self.max_body
+        );
+        Ok(n)
     }
 }
 
@@ -180,6 +187,9 @@ pub struct BrokerConfig {
 
 /// The most jobs one worker may run at once (`max_concurrency`).
 pub const MAX_CONCURRENCY: usize = 1000;
+
+/// The largest `server.max_body`: a request body is held in memory whole.
+pub const MAX_BODY_LIMIT: usize = 1024 * 1024 * 1024;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -409,6 +419,11 @@ impl Config {
         if self.worker.concurrency == Some(0) {
             bail!("worker.concurrency must be at least 1");
         }
+        if let Some(c) = self.worker.concurrency
+            && c > MAX_CONCURRENCY
+        {
+            bail!("worker.concurrency ({c}) must be at most {MAX_CONCURRENCY}");
+        }
         if let Some(max) = self.worker.max_concurrency {
             let base = self.worker.concurrency.unwrap_or(1);
             if max == 0 || max < base {
@@ -625,6 +640,11 @@ mod tests {
                 "at least worker.concurrency (8)",
             ),
             ("[worker]\nmax_concurrency = 5000\n", "at most 1000"),
+            (
+                "[worker]\nconcurrency = 5000\n",
+                "worker.concurrency (5000) must be at most 1000",
+            ),
+            ("[server]\nmax_body = \"1TiB\"\n", "at most 1 GiB"),
         ] {
             let e = Config::from_toml(text)
                 .and_then(|c| c.check().map(|_| c))

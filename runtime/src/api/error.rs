@@ -190,7 +190,11 @@ pub async fn read_body(req: Request, limit: usize) -> Result<Bytes, ApiError> {
         return Err(too_large(limit));
     }
     let mut stream = req.into_body().into_data_stream();
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    // The declared length is the client's word: memory is taken as the
+    // bytes arrive, beyond a first MiB (a client declaring the limit and
+    // sending nothing took it all at once, per connection).
+    const FIRST: u64 = 1024 * 1024;
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(FIRST) as usize);
     while let Some(chunk) = stream.next().await {
         let chunk = chunk
             .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;

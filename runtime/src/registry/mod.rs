@@ -447,12 +447,19 @@ impl Registry for LocalRegistry {
         };
         if let Some(dir) = &self.dir {
             let path = dir.join("modules").join(format!("{hex}.wasm"));
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, bytes)?;
-            std::fs::rename(&tmp, &path)?;
             let meta = serde_json::to_string_pretty(&info)
                 .map_err(|e| RegistryError::Corrupt(e.to_string()))?;
-            std::fs::write(path.with_extension("json"), meta)?;
+            // Each store writes its own temporary files, renamed into place:
+            // two stores of one module at once (two binds of a new module)
+            // neither fail nor leave a file cut short.
+            for (to, data) in [
+                (&path, bytes),
+                (&path.with_extension("json"), meta.as_bytes()),
+            ] {
+                let tmp = to.with_extension(format!("{}.tmp", uuid::Uuid::now_v7().simple()));
+                std::fs::write(&tmp, data)?;
+                std::fs::rename(&tmp, to)?;
+            }
         }
         let mut st = self.lock();
         let entry = st

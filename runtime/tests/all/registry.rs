@@ -170,3 +170,38 @@ async fn a_local_bind_that_cannot_be_saved_changes_nothing() {
     let history = history_of(&again).await;
     assert_eq!(history, vec![module(1)]);
 }
+
+/// One new module stored by several callers at once on the local registry
+/// (two binds of a new module in `runner dev`): every store succeeds, and
+/// a restart finds the module whole. Before, the stores shared one
+/// temporary file: a rename found it gone (an error for a good upload),
+/// or moved a file another store was rewriting.
+#[test]
+fn a_module_stored_by_several_at_once_is_stored_once_whole() {
+    use runner::registry::LocalRegistry;
+    let dir = tempfile::tempdir().unwrap();
+    let r = std::sync::Arc::new(LocalRegistry::open(dir.path()).unwrap());
+    for round in 0..20u8 {
+        // Large enough that the writes overlap.
+        let bytes: Vec<u8> = (0..4 << 20).map(|i| (i as u8) ^ round).collect();
+        let start = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let stores: Vec<_> = (0..8)
+            .map(|_| {
+                let (r, start, bytes) = (r.clone(), start.clone(), bytes.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    futures::executor::block_on(r.store_module(&bytes, Vec::new()))
+                })
+            })
+            .collect();
+        for s in stores {
+            s.join().unwrap().unwrap();
+        }
+        let again = LocalRegistry::open(dir.path()).unwrap();
+        let stored = futures::executor::block_on(again.module(&ModuleHash::of(&bytes)))
+            .unwrap()
+            .expect("stored");
+        assert_eq!(stored.len(), bytes.len(), "round {round}");
+        assert!(stored == bytes, "round {round}");
+    }
+}
