@@ -12,7 +12,7 @@ use futures::StreamExt as _;
 use serde::de::DeserializeOwned;
 
 use crate::deploy::DeployError;
-pub use crate::json_object::{Object, object, objects, optional_object};
+use crate::json_object::Object;
 use crate::producer::EnqueueError;
 use crate::queue::{BrokerError, JobError};
 use crate::registry::RegistryError;

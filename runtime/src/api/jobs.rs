@@ -17,9 +17,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::{Admin, Role, Submit};
-use super::error::{ErrorBody, objects, optional_object};
+use super::error::ErrorBody;
 use super::schema::{NeedsAdmin, NeedsToken, QueueName, QueueOrPartition, TakesBody, UsesStorage};
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState};
+use crate::json_object::{objects, optional_object};
 use crate::names::{ModuleHash, TaskName};
 use crate::producer::parse_duration;
 use crate::producer::{Caller, EnqueueRequest};

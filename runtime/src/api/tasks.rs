@@ -10,11 +10,12 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::{Admin, Submit};
-use super::error::{ErrorBody, object, optional_object};
+use super::error::ErrorBody;
 use super::schema::{NeedsAdmin, NeedsToken, QueueName, TakesBody, UsesStorage};
 use super::{ApiError, ApiJson, ApiPath, AppState};
 use crate::config::{ModuleSource, TaskSpec, parse_module_source};
 use crate::deploy;
+use crate::json_object::{object, optional_object};
 use crate::queue::RetryPolicy;
 use crate::registry::{ModuleHash, TaskBinding, TaskGrants, TaskName};
 

@@ -540,7 +540,6 @@ impl State {
     }
 }
 
-/// Keeps the earliest time a deferred job comes due.
 /// Ends job `id`, revoked while leased, when its lease is given back or
 /// runs out: no run follows.
 fn end_revoked(
@@ -556,6 +555,7 @@ fn end_revoked(
     }
 }
 
+/// Keeps the earliest time a deferred job comes due.
 fn defer(reply: &mut SettleReply, t: i64) {
     let t = ms_to_time(t);
     reply.deferred_until = Some(reply.deferred_until.map_or(t, |d| d.min(t)));
@@ -1331,9 +1331,7 @@ impl Broker for EmbeddedBroker {
     }
 
     async fn outbox_later(&self, queue: &str, ids: &[JobId], after: Duration) -> BrokerResult<()> {
-        // Stale (handed out) once `OUTBOX_STALE` old: written as if it
-        // ended that long before `after` from now.
-        let shift = after.saturating_sub(OUTBOX_STALE).as_millis();
+        let shift = super::workflow::later_shift(after).as_millis();
         let at = now_ms().saturating_add(i64::try_from(shift).unwrap_or(i64::MAX));
         let mut st = self.lock();
         if let Some(q) = st.queues.get_mut(queue) {

@@ -1731,9 +1731,8 @@ impl Broker for RedisBroker {
         if ids.is_empty() {
             return Ok(());
         }
-        // Scored as if it ended `OUTBOX_STALE` before `after` from now, by
-        // the server's clock (the one the due check reads).
-        let shift = after.saturating_sub(super::workflow::OUTBOX_STALE);
+        // Scored by the server's clock (the one the due check reads).
+        let shift = super::workflow::later_shift(after);
         for chunk in ids.chunks(ENQUEUE_CHUNK) {
             let mut call = self
                 .inner

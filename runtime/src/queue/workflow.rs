@@ -36,6 +36,12 @@ pub const MEMBER_MIN_RESULT_TTL: Duration = Duration::from_secs(600);
 /// member's record cannot be read, a launch failed) is handed out again
 /// this long after, behind the others.
 pub const OUTBOX_RETRY: Duration = Duration::from_secs(60);
+/// How far ahead of now an outbox entry put behind (`outbox_later`) is
+/// scored so that a due check hands it out again `after` from now: it is
+/// stale [`OUTBOX_STALE`] after its score.
+pub fn later_shift(after: Duration) -> Duration {
+    after.saturating_sub(OUTBOX_STALE)
+}
 /// The most stale entries one due check hands out.
 pub const OUTBOX_BATCH: usize = 100;
 /// How long a running workflow's record lives without an end (it is then
