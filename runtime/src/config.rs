@@ -154,8 +154,9 @@ impl ServerConfig {
             .with_context(|| format!("server.max_body = {:?}", self.max_body))?;
         anyhow::ensure!(
             n <= MAX_BODY_LIMIT,
-            "server.max_body = {:?}: at most 1 GiB (a request body is held in memory whole)",
-            self.max_body
+            "server.max_body = {:?}: at most {} GiB (a request body is held in memory whole)",
+            self.max_body,
+            MAX_BODY_LIMIT >> 30
         );
         Ok(n)
     }
