@@ -503,9 +503,21 @@ pub struct LogEntry {
     pub at_ms: u64,
 }
 
-/// The most log text (messages, in bytes) a job record keeps: the last
-/// lines that fit, after a line saying how many earlier ones were dropped.
+/// The most log text a job record keeps, in bytes counted by
+/// [`log_line_bytes`]: the last lines that fit, after a line saying how
+/// many earlier ones were dropped.
 pub const MAX_RECORD_LOG_BYTES: usize = 16 * 1024;
+
+/// What one log line counts against a cap on log bytes besides its
+/// message: its level and time (`{"level":"INFO","message":"","at_ms":0}`
+/// is 40 bytes of JSON, more in memory). Without it, empty lines passed
+/// every cap.
+pub const LOG_LINE_OVERHEAD: usize = 64;
+
+/// The bytes a log line of `message` counts against a cap.
+pub fn log_line_bytes(message: &str) -> usize {
+    message.len().saturating_add(LOG_LINE_OVERHEAD)
+}
 
 /// The lines of `log` a record keeps (see [`MAX_RECORD_LOG_BYTES`]).
 pub fn kept_log(mut log: Vec<LogEntry>) -> Vec<LogEntry> {
@@ -514,7 +526,7 @@ pub fn kept_log(mut log: Vec<LogEntry>) -> Vec<LogEntry> {
         .iter()
         .rev()
         .take_while(|l| {
-            bytes += l.message.len();
+            bytes += log_line_bytes(&l.message);
             bytes <= MAX_RECORD_LOG_BYTES
         })
         .count();
@@ -791,12 +803,33 @@ mod tests {
         };
         let few = vec![line(1, 10), line(2, 10)];
         assert_eq!(kept_log(few.clone()), few);
-        let many: Vec<LogEntry> = (0..10).map(|i| line(i, 4096)).collect();
+        let many: Vec<LogEntry> = (0..10).map(|i| line(i, 4000)).collect();
         let kept = kept_log(many);
-        assert_eq!(kept.len(), 5, "a note and the last four of 4 KiB");
+        assert_eq!(kept.len(), 5, "a note and the last four of 4,000 bytes");
         assert_eq!(kept[0].message, "[6 earlier lines not kept]");
         assert_eq!(kept[0].at_ms, 6);
         assert_eq!(kept[4].at_ms, 9);
+    }
+
+    /// Empty lines count too: a task logging nothing a million times once
+    /// filled its record with all of them.
+    #[test]
+    fn a_record_keeps_a_bounded_number_of_empty_log_lines() {
+        let empty: Vec<LogEntry> = (0..100_000)
+            .map(|i| LogEntry {
+                level: "INFO".into(),
+                message: String::new(),
+                at_ms: i,
+            })
+            .collect();
+        let kept = kept_log(empty);
+        assert_eq!(kept.len(), 1 + MAX_RECORD_LOG_BYTES / LOG_LINE_OVERHEAD);
+        let json = serde_json::to_string(&kept).unwrap();
+        assert!(
+            json.len() <= 2 * MAX_RECORD_LOG_BYTES,
+            "{} bytes",
+            json.len()
+        );
     }
 
     /// A misspelt option is an error, not a silent default (`max_retry`

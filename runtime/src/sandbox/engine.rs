@@ -62,7 +62,11 @@ impl Default for SandboxConfig {
 
 /// Per run, at most this many core instances, memories and tables from the
 /// pools. A Rust `wasm32-wasip2` component uses a handful of each (the
-/// program, the WASI adapter and the glue modules `wit-component` adds).
+/// program, the WASI adapter and the glue modules `wit-component` adds); a
+/// Python component from componentize-py 14 core instances, 1 memory and
+/// 2 tables. The pools hold this much per run, and each component is held
+/// to it: one that needs more is refused when it is loaded, so that no run
+/// can take the pool slots of others (they would fail to instantiate).
 const CORE_INSTANCES_PER_RUN: u32 = 16;
 const MEMORIES_PER_RUN: u32 = 2;
 const TABLES_PER_RUN: u32 = 4;
@@ -107,6 +111,9 @@ pub(crate) fn build_engine(cfg: &SandboxConfig) -> anyhow::Result<Engine> {
         .total_tables(runs.saturating_mul(TABLES_PER_RUN))
         // One fiber stack for instantiation and the call, per run.
         .total_stacks(runs)
+        .max_core_instances_per_component(CORE_INSTANCES_PER_RUN)
+        .max_memories_per_component(MEMORIES_PER_RUN)
+        .max_tables_per_component(TABLES_PER_RUN)
         .max_memory_size(usize::try_from(cfg.max_memory_bytes).context("max_memory_bytes")?)
         .table_keep_resident(TABLE_KEEP_RESIDENT_BYTES);
     if PoolingAllocationConfig::is_pagemap_scan_available() {

@@ -69,7 +69,10 @@ pub use bindings::runner::task as wit;
 pub use engine::SandboxConfig;
 pub use host::{HostEnv, LogLevel, LogLine, Progress, ProgressSink};
 pub use module::{LoadError, LoadedModule, ModuleHash, ModuleOrigin, ParseHashError};
-pub use run::{CancelToken, FuelMeter, JobInfo, Outcome, RunLimits, RunReport, RunRequest};
+pub use run::{
+    CancelToken, FuelMeter, JobInfo, MAX_RANDOM_BYTES, MAX_RESOURCES, Outcome, RunLimits,
+    RunReport, RunRequest,
+};
 
 use bindings::{Task, TaskPre};
 use run::RunState;

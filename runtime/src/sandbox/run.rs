@@ -195,6 +195,16 @@ impl fmt::Display for Outcome {
     }
 }
 
+/// The most bytes one `wasi:random` call may ask for; more traps. The
+/// host makes them before the guest sees any, outside the run's memory
+/// limit and fuel (WASI's own default is 64 MiB).
+pub const MAX_RANDOM_BYTES: u64 = 1 << 20;
+
+/// The most resources (WASI streams, pollables, ...) a run may hold at
+/// once; one more traps. Each lives in host memory, outside the run's
+/// memory limit (WASI's own default is a million).
+pub const MAX_RESOURCES: usize = 10_000;
+
 /// How a run ended and what it left behind.
 #[derive(Debug, Clone)]
 pub struct RunReport {
@@ -306,11 +316,14 @@ pub(crate) async fn run(env: RunEnv<'_>, module: &LoadedModule, req: RunRequest)
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false)
+        .max_random_size(MAX_RANDOM_BYTES)
         .build();
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_RESOURCES);
     let deadline = started + limits.timeout;
     let state = RunState {
         wasi,
-        table: ResourceTable::new(),
+        table,
         limiter: MemoryLimiter::new(limits.memory_bytes.min(env.max_memory_bytes)),
         host,
         job,

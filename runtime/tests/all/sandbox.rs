@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use runner::sandbox::{
-    CancelToken, HostEnv, JobInfo, LoadError, LoadedModule, ModuleOrigin, Outcome, Progress,
-    RunLimits, RunReport, RunRequest, Sandbox, SandboxConfig,
+    CancelToken, HostEnv, JobInfo, LoadError, LoadedModule, MAX_RANDOM_BYTES, MAX_RESOURCES,
+    ModuleOrigin, Outcome, Progress, RunLimits, RunReport, RunRequest, Sandbox, SandboxConfig,
 };
 
 use crate::support::{self, guest_bytes, sandbox};
@@ -352,6 +352,73 @@ fn bad_modules_are_refused_with_what_is_wrong() {
         sandbox.load(&truncated).unwrap_err(),
         LoadError::Invalid(_)
     ));
+}
+
+/// A component needing more of the pools than one run's share (here,
+/// memories) is refused when loaded. It used to load, and each of its runs
+/// took the pool slots of others, whose runs then failed to instantiate.
+#[tokio::test]
+async fn a_component_needing_more_than_a_runs_share_of_the_pools_is_refused() {
+    let sandbox = sandbox();
+    // One memory of its own and one idle one: within a run's share.
+    let within = sandbox
+        .load(&support::ok_component_with_idle_memories(1))
+        .unwrap();
+    assert_kind(
+        &run_with(
+            &sandbox,
+            &within,
+            "{}",
+            limits(None, 16, Duration::from_secs(5)),
+        )
+        .await,
+        "success",
+    );
+    // The test sandbox holds 64 runs, two memories and 16 instances each:
+    // this one would take them all.
+    let err = sandbox
+        .load(&support::ok_component_with_idle_memories(200))
+        .unwrap_err();
+    let LoadError::Invalid(why) = &err else {
+        panic!("expected an invalid module, got {err:?}");
+    };
+    assert!(why.contains("exceeds the configured maximum"), "{why}");
+}
+
+/// What WASI makes on the host for a guest is bounded: the bytes of one
+/// `wasi:random` call, and the resources a run holds. Each used to be far
+/// larger (64 MiB a call, a million resources), outside the run's limits.
+#[tokio::test]
+async fn wasi_random_bytes_and_resources_are_bounded() {
+    let sandbox = sandbox();
+    let run = |bytes: Vec<u8>| {
+        let sandbox = &sandbox;
+        async move {
+            let module = sandbox.load(&bytes).unwrap();
+            run_with(
+                sandbox,
+                &module,
+                "{}",
+                limits(None, 16, Duration::from_secs(20)),
+            )
+            .await
+        }
+    };
+    assert_kind(
+        &run(support::random_bytes_component(MAX_RANDOM_BYTES)).await,
+        "success",
+    );
+    let report = run(support::random_bytes_component(MAX_RANDOM_BYTES + 1)).await;
+    assert_kind(&report, "trap");
+    assert!(
+        report.outcome.to_string().contains("exceeds limit"),
+        "{}",
+        report.outcome
+    );
+
+    assert_kind(&run(support::pollables_component(1_000)).await, "success");
+    let report = run(support::pollables_component(MAX_RESOURCES as u32 + 1)).await;
+    assert_kind(&report, "trap");
 }
 
 // ---- Loading and the disk cache ----

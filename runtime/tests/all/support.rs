@@ -84,7 +84,33 @@ pub fn task_component_with_memory(pages: u32) -> Vec<u8> {
 }
 
 fn task_component_full(pages: u32, funcs: &str, run_body: &str, data: &str) -> Vec<u8> {
-    wat(&format!(
+    wat(&task_component_text(pages, funcs, run_body, data))
+}
+
+/// `ok_component`, plus `n` instances of a core module whose memory has
+/// no pages: each costs nothing to grow, but takes a memory (and an
+/// instance) from the sandbox's pools.
+pub fn ok_component_with_idle_memories(n: usize) -> Vec<u8> {
+    let text = task_component_text(
+        1,
+        "",
+        "(i32.store8 (i32.const 64) (i32.const 0))
+         (i32.store (i32.const 68) (i32.const 16))
+         (i32.store (i32.const 72) (i32.const 11))
+         (i32.const 64)",
+        "",
+    );
+    let idle = "(core module $idle (memory 0))\n".to_string()
+        + &"  (core instance (instantiate $idle))\n".repeat(n);
+    wat(&text.replacen(
+        "(core instance $i",
+        &format!("{idle}  (core instance $i"),
+        1,
+    ))
+}
+
+fn task_component_text(pages: u32, funcs: &str, run_body: &str, data: &str) -> String {
+    format!(
         r#"
 (component
   (core module $m
@@ -108,6 +134,100 @@ fn task_component_full(pages: u32, funcs: &str, run_body: &str, data: &str) -> V
   (export $te "task-error" (type $task-error))
   (func (export "run") (param "input" string) (result (result string (error $te)))
     (canon lift (core func $i "run") (memory (core memory $i "memory")) (realloc (core func $i "cabi_realloc")))))
+"#
+    )
+}
+
+/// Asks `wasi:random` for `len` bytes once, then returns `{"ok":true}`
+/// (its memory, 4 MiB, holds up to about 4 MiB of them).
+pub fn random_bytes_component(len: u64) -> Vec<u8> {
+    wat(&format!(
+        r#"
+(component
+  (import "wasi:random/random@0.2.0" (instance $random
+    (export "get-random-bytes" (func (param "len" u64) (result (list u8))))))
+  (core module $mem
+    (memory (export "memory") 64)
+    (global $heap (mut i32) (i32.const 4096))
+    (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
+      (local $p i32)
+      (local.set $p
+        (i32.and
+          (i32.add (global.get $heap) (i32.sub (local.get 2) (i32.const 1)))
+          (i32.sub (i32.const 0) (local.get 2))))
+      (global.set $heap (i32.add (local.get $p) (local.get 3)))
+      (local.get $p)))
+  (core instance $m (instantiate $mem))
+  (core func $get (canon lower (func $random "get-random-bytes")
+    (memory (core memory $m "memory")) (realloc (core func $m "cabi_realloc"))))
+  (core module $main
+    (import "m" "memory" (memory 1))
+    (import "r" "get" (func $get (param i64 i32)))
+    (data (i32.const 16) "{{\22ok\22:true}}")
+    (func (export "run") (param i32 i32) (result i32)
+      (call $get (i64.const {len}) (i32.const 128))
+      (i32.store8 (i32.const 64) (i32.const 0))
+      (i32.store (i32.const 68) (i32.const 16))
+      (i32.store (i32.const 72) (i32.const 11))
+      (i32.const 64)))
+  (core instance $i (instantiate $main
+    (with "m" (instance $m))
+    (with "r" (instance (export "get" (func $get))))))
+  (type $task-error (variant (case "retry" string) (case "fail" string)))
+  (export $te "task-error" (type $task-error))
+  (func (export "run") (param "input" string) (result (result string (error $te)))
+    (canon lift (core func $i "run") (memory (core memory $m "memory"))
+      (realloc (core func $m "cabi_realloc")))))
+"#
+    ))
+}
+
+/// Makes `count` `wasi:clocks` pollables and keeps them all (never drops
+/// one), then returns `{"ok":true}`.
+pub fn pollables_component(count: u32) -> Vec<u8> {
+    wat(&format!(
+        r#"
+(component
+  (import "wasi:io/poll@0.2.0" (instance $poll
+    (export "pollable" (type (sub resource)))))
+  (alias export $poll "pollable" (type $pollable))
+  (import "wasi:clocks/monotonic-clock@0.2.0" (instance $clock
+    (alias outer 1 $pollable (type $p))
+    (export "subscribe-duration" (func (param "when" u64) (result (own $p))))))
+  (core func $subscribe (canon lower (func $clock "subscribe-duration")))
+  (core module $main
+    (import "c" "subscribe" (func $subscribe (param i64) (result i32)))
+    (memory (export "memory") 1)
+    (global $heap (mut i32) (i32.const 4096))
+    (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
+      (local $p i32)
+      (local.set $p
+        (i32.and
+          (i32.add (global.get $heap) (i32.sub (local.get 2) (i32.const 1)))
+          (i32.sub (i32.const 0) (local.get 2))))
+      (global.set $heap (i32.add (local.get $p) (local.get 3)))
+      (local.get $p))
+    (data (i32.const 16) "{{\22ok\22:true}}")
+    (func (export "run") (param i32 i32) (result i32)
+      (local $n i32)
+      (local.set $n (i32.const {count}))
+      (block $done
+        (loop $more
+          (br_if $done (i32.eqz (local.get $n)))
+          (drop (call $subscribe (i64.const 1000000000)))
+          (local.set $n (i32.sub (local.get $n) (i32.const 1)))
+          (br $more)))
+      (i32.store8 (i32.const 64) (i32.const 0))
+      (i32.store (i32.const 68) (i32.const 16))
+      (i32.store (i32.const 72) (i32.const 11))
+      (i32.const 64)))
+  (core instance $i (instantiate $main
+    (with "c" (instance (export "subscribe" (func $subscribe))))))
+  (type $task-error (variant (case "retry" string) (case "fail" string)))
+  (export $te "task-error" (type $task-error))
+  (func (export "run") (param "input" string) (result (result string (error $te)))
+    (canon lift (core func $i "run") (memory (core memory $i "memory"))
+      (realloc (core func $i "cabi_realloc")))))
 "#
     ))
 }

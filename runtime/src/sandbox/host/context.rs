@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::queue::job::{MAX_MESSAGE_BYTES, MAX_PROGRESS_MESSAGE_BYTES, cap_text};
+use crate::queue::job::{MAX_MESSAGE_BYTES, MAX_PROGRESS_MESSAGE_BYTES, cap_text, log_line_bytes};
 use crate::sandbox::bindings::runner::task::context::{self, Level};
 use crate::sandbox::run::RunState;
 
@@ -53,7 +53,8 @@ pub struct LogLine {
     pub at: Duration,
 }
 
-/// A run's log lines, capped in total bytes like its stdout and stderr.
+/// A run's log lines, capped in total bytes like its stdout and stderr
+/// (each line counting [`log_line_bytes`]).
 #[derive(Debug, Default)]
 pub(crate) struct LogBook {
     pub(crate) lines: Vec<LogLine>,
@@ -71,11 +72,12 @@ impl LogBook {
     }
 
     fn push(&mut self, line: LogLine) {
-        if self.bytes.saturating_add(line.message.len()) > self.cap {
+        let bytes = log_line_bytes(&line.message);
+        if self.bytes.saturating_add(bytes) > self.cap {
             self.dropped += 1;
             return;
         }
-        self.bytes += line.message.len();
+        self.bytes += bytes;
         self.lines.push(line);
     }
 }

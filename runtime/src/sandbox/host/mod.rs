@@ -498,4 +498,20 @@ mod tests {
         let job = state.job().await.unwrap();
         assert_eq!(job.attempt, 1);
     }
+
+    /// An empty line counts against the cap too: a task logging nothing in
+    /// a loop used to grow the run's log without bound.
+    #[tokio::test]
+    async fn empty_log_lines_count_against_the_cap() {
+        let mut state = RunState::for_tests(HostEnv::default());
+        for _ in 0..100_000 {
+            state.log(Level::Info, String::new()).await.unwrap();
+        }
+        // The test cap is 1 KiB.
+        assert_eq!(
+            state.logs.lines.len(),
+            1024 / crate::queue::job::LOG_LINE_OVERHEAD
+        );
+        assert_eq!(state.logs.dropped, 100_000 - state.logs.lines.len() as u64);
+    }
 }
