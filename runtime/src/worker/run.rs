@@ -20,10 +20,13 @@ use super::settle::{
 };
 use super::{CachedGrants, GRANTS_CACHE_FOR, GRANTS_CACHE_MAX, RunCtx, progress};
 use crate::producer::ChildJobs;
+use crate::queue::job::{LOG_LINE_OVERHEAD, LogEntry, MAX_RECORD_LOG_BYTES};
 use crate::queue::{Completion, Delivery, Job, JobState, Settlement};
 use crate::registry::{ModuleHash, RegistryError, TaskGrants};
 use crate::sandbox::host::JobEnqueuer;
-use crate::sandbox::{CancelToken, FuelMeter, JobInfo, LoadedModule, RunLimits, RunRequest};
+use crate::sandbox::{
+    CancelToken, FuelMeter, JobInfo, LoadedModule, LogLine, RunLimits, RunReport, RunRequest,
+};
 
 /// Runs one delivery to its settlement; a panic while it runs is settled
 /// too (see [`caught`]).
@@ -315,7 +318,7 @@ async fn run_job(
         cancel,
         meter,
     };
-    let report = ctx.sandbox.run(&module, req).await;
+    let mut report = ctx.sandbox.run(&module, req).await;
     let task = job.task.clone().unwrap_or_default();
     if let Some(fuel) = report.fuel_used {
         metrics::histogram!("runner_job_fuel", "task" => task.clone()).record(fuel as f64);
@@ -326,19 +329,11 @@ async fn run_job(
     // the forwarder stops at once; the last report goes into the record.
     run_over.cancel();
     let _ = forward.await;
+    let log = record_log(std::mem::take(&mut report.logs), &report);
     let shutting_down = ctx.shutting_down.load(Ordering::Relaxed);
     let mut settlement = settlement_for(d, report.outcome, shutting_down);
     record_children(&mut settlement, children.children());
     record_last_progress(&mut settlement, report.last_progress);
-    let log = report
-        .logs
-        .into_iter()
-        .map(|l| crate::queue::job::LogEntry {
-            level: l.level.to_string(),
-            message: l.message,
-            at_ms: l.at.as_millis() as u64,
-        })
-        .collect();
     record_usage(
         &mut settlement,
         report.fuel_used,
@@ -346,6 +341,61 @@ async fn run_job(
         log,
     );
     settlement
+}
+
+/// A run's log for its record: its `context.log` lines, a line saying how
+/// many were dropped at the run's cap, then what it wrote to stdout (as
+/// `INFO` lines) and stderr (`WARN`), each line marked with its stream, at
+/// the run's end (when they were written is not known).
+fn record_log(lines: Vec<LogLine>, report: &RunReport) -> Vec<LogEntry> {
+    let end = report.duration.as_millis() as u64;
+    let mut log: Vec<LogEntry> = lines
+        .into_iter()
+        .map(|l| LogEntry {
+            level: l.level.to_string(),
+            message: l.message,
+            at_ms: l.at.as_millis() as u64,
+        })
+        .collect();
+    if report.logs_dropped > 0 {
+        log.push(LogEntry {
+            level: "WARN".into(),
+            message: format!(
+                "[{} more lines past the run's cap on log bytes]",
+                report.logs_dropped
+            ),
+            at_ms: end,
+        });
+    }
+    for (level, stream, text, cut) in [
+        ("INFO", "stdout", &report.stdout, report.stdout_truncated),
+        ("WARN", "stderr", &report.stderr, report.stderr_truncated),
+    ] {
+        // Only the last lines can fit in the record: 1 MiB of newlines
+        // would otherwise be a million entries here.
+        let total = text.lines().count();
+        let kept = total.min(MAX_RECORD_LOG_BYTES / LOG_LINE_OVERHEAD);
+        if kept < total {
+            log.push(LogEntry {
+                level: "WARN".into(),
+                message: format!("[{} earlier {stream} lines not kept]", total - kept),
+                at_ms: end,
+            });
+        }
+        log.extend(text.lines().skip(total - kept).map(|line| LogEntry {
+            level: level.into(),
+            message: format!("[{stream}] {line}"),
+            at_ms: end,
+        }));
+        if cut {
+            log.push(LogEntry {
+                level: "WARN".into(),
+                message: format!("[{stream} cut at the run's cap on output bytes]"),
+                at_ms: end,
+            });
+        }
+    }
+    log
 }
 
 /// The settlement of a delivery that must not run at all: expired, or

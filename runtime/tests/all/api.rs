@@ -1631,6 +1631,19 @@ async fn find_jobs(api: &TestApi) {
     for id in greets.iter().chain([&boom]) {
         api.wait(id).await;
     }
+    // What the panicking run wrote to stderr is in its record's log.
+    let job = api.wait(&boom).await;
+    assert!(
+        job["log"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["level"] == "WARN"
+                && l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("[stderr] ") && m.contains("deliberate panic"))),
+        "{job}"
+    );
     let list = |query: &str| {
         let path = format!("/v1/jobs{query}");
         async move {
