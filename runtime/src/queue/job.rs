@@ -262,8 +262,16 @@ pub struct JobLimits {
 
 impl JobLimits {
     /// Refuses numbers above their maxima ([`MAX_TIME_LIMIT_MS`],
-    /// [`MAX_FUEL`], [`MAX_MEMORY_BYTES`]).
+    /// [`MAX_FUEL`], [`MAX_MEMORY_BYTES`]), and a time limit of 0 (whether
+    /// such a run did anything depended on how fast it was).
     pub fn check(&self) -> Result<(), JobError> {
+        if self.time_limit_ms == Some(0) {
+            return Err(JobError::BelowMinimum {
+                field: "limits.time_limit_ms",
+                value: 0,
+                min: 1,
+            });
+        }
         let checks = [
             (
                 "limits.time_limit_ms",
@@ -735,6 +743,12 @@ pub enum JobError {
         field: &'static str,
         value: u64,
         max: u64,
+    },
+    #[error("{field} is {value}, below its minimum of {min}")]
+    BelowMinimum {
+        field: &'static str,
+        value: u64,
+        min: u64,
     },
     #[error("{field}: {reason}")]
     Forbidden { field: &'static str, reason: String },

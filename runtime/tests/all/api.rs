@@ -608,8 +608,14 @@ async fn api_a_submit_token_may_only_lower_what_the_binding_allows() {
         assert_eq!(s, StatusCode::ACCEPTED, "{extra}: {v}");
     }
 
-    // Above a maximum: 400 naming the field and the maximum, for anyone.
+    // Above a maximum (or no time at all): 400 naming the field and the
+    // bound, for anyone.
     for (extra, field, max) in [
+        (
+            json!({ "limits": { "time_limit_ms": 0 } }),
+            "limits.time_limit_ms",
+            "below its minimum of 1",
+        ),
         (
             json!({ "limits": { "time_limit_ms": 10_u64.pow(12) } }),
             "limits.time_limit_ms",
