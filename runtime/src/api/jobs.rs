@@ -648,7 +648,8 @@ async fn revoke_many(
 
 /// The job's state changes and progress as server-sent events, pushed as
 /// they happen: first `state` with the job as it is, then `state` and
-/// `progress` events; the stream ends after the final state.
+/// `progress` events; the stream ends after the final state (a job that
+/// expires while it waits ends EXPIRED at its expiry).
 #[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs",
     params(("id" = uuid::Uuid, Path, description = "job id")),
     security(("bearer" = [])),
@@ -676,6 +677,9 @@ async fn job_events(
     let state = EventsState {
         first: Some(first),
         done: job.state.is_final(),
+        expiry: crate::queue::expiry_wake(&job),
+        retry: None,
+        missed: false,
         rx,
         id,
         ctx: ctx.clone(),
@@ -684,12 +688,31 @@ async fn job_events(
         if let Some(first) = st.first.take() {
             return Some((Ok(first), st));
         }
-        if st.done {
-            return None;
-        }
         loop {
-            match st.rx.recv().await {
-                Ok(ev) if ev.id == st.id => {
+            if st.done {
+                return None;
+            }
+            let wake = match (st.expiry, st.retry) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let heard = match wake {
+                Some(at) => tokio::time::timeout_at(at, st.rx.recv()).await.ok(),
+                None => Some(st.rx.recv().await),
+            };
+            match heard {
+                // Its expiry passed, or a read failed: read again.
+                None => {
+                    let now = tokio::time::Instant::now();
+                    st.expiry = st.expiry.filter(|at| *at > now);
+                    st.retry = st.retry.filter(|at| *at > now);
+                    match st.read_again().await {
+                        Reread::Send(ev) => return Some((Ok(ev), st)),
+                        Reread::Nothing => continue,
+                        Reread::Gone => return None,
+                    }
+                }
+                Some(Ok(ev)) if ev.id == st.id => {
                     st.done = ev.state.is_final();
                     if st.done
                         && let Ok(Some(job)) = st.ctx.broker.get(st.id).await
@@ -699,14 +722,17 @@ async fn job_events(
                     }
                     return Some((Ok(event_of(&ev)), st));
                 }
-                Ok(ev) if !ev.is_gap() => continue,
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                Some(Ok(ev)) if !ev.is_gap() => continue,
+                Some(Ok(_)) | Some(Err(broadcast::error::RecvError::Lagged(_))) => {
                     // Missed some: send the job as it is now.
-                    let job = st.ctx.broker.get(st.id).await.ok().flatten()?;
-                    st.done = job.state.is_final();
-                    return Some((Ok(state_event(&job)), st));
+                    st.missed = true;
+                    match st.read_again().await {
+                        Reread::Send(ev) => return Some((Ok(ev), st)),
+                        Reread::Nothing => continue,
+                        Reread::Gone => return None,
+                    }
                 }
-                Err(broadcast::error::RecvError::Closed) => return None,
+                Some(Err(broadcast::error::RecvError::Closed)) => return None,
             }
         }
     });
@@ -724,9 +750,59 @@ fn state_event(job: &Job) -> Event {
 struct EventsState {
     first: Option<Event>,
     done: bool,
+    /// When its expiry passes (a job still waiting then is shown EXPIRED,
+    /// and no event says so): read it again then, once.
+    expiry: Option<tokio::time::Instant>,
+    /// A read failed: try again then.
+    retry: Option<tokio::time::Instant>,
+    /// Events may have been missed and the job was not read since: the
+    /// next read is sent whatever it shows.
+    missed: bool,
     rx: broadcast::Receiver<JobEvent>,
     id: JobId,
     ctx: AppState,
+}
+
+/// How long a job's event stream waits to read the job again after a read
+/// failed (the broker restarting, say).
+const REREAD_AFTER: Duration = Duration::from_secs(1);
+
+/// What [`EventsState::read_again`] found.
+enum Reread {
+    /// Send this `state` event.
+    Send(Event),
+    /// Nothing to send (yet): keep listening.
+    Nothing,
+    /// The record is gone: end the stream.
+    Gone,
+}
+
+impl EventsState {
+    /// Reads the job again (events may have been missed, or its expiry
+    /// passed). A read that fails is logged and tried again a little later
+    /// (or at the next gap): the stream is kept, as a workflow's is.
+    async fn read_again(&mut self) -> Reread {
+        match self.ctx.broker.get(self.id).await {
+            Ok(Some(job)) => {
+                self.done = job.state.is_final();
+                self.retry = None;
+                let missed = std::mem::take(&mut self.missed);
+                if self.done || missed {
+                    Reread::Send(state_event(&job))
+                } else {
+                    // Not final at its expiry: leased (its worker's settle
+                    // sends the end). The expiry is not waited for again.
+                    Reread::Nothing
+                }
+            }
+            Ok(None) => Reread::Gone,
+            Err(e) => {
+                tracing::warn!(job = %self.id, error = %e, "reading a job for its events");
+                self.retry = tokio::time::Instant::now().checked_add(REREAD_AFTER);
+                Reread::Nothing
+            }
+        }
+    }
 }
 
 fn event_of(ev: &JobEvent) -> Event {

@@ -194,7 +194,13 @@ async fn workflow_events(
         .status(id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("unknown workflow {id}")))?;
-    let members = member_ids(&first.tree);
+    // Every job it may run, from the start: steps launched later too.
+    let members: std::collections::HashSet<JobId> = wf
+        .member_ids(id)
+        .await?
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     let total = first.total;
     let ended = first.state.is_final();
     let first_event = status_event(&first);
@@ -281,7 +287,6 @@ async fn workflow_events(
             if reread {
                 match s.wf.status(id).await {
                     Ok(Some(st)) => {
-                        s.members.extend(member_ids(&st.tree));
                         s.done = st.state.is_final();
                         s.pending.push(status_event(&st));
                     }
@@ -301,24 +306,6 @@ fn status_event(st: &WorkflowStatus) -> Event {
         .event("workflow")
         .json_data(st)
         .unwrap_or_default()
-}
-
-/// The jobs of a workflow known so far (launched steps).
-fn member_ids(step: &crate::workflow::StepStatus) -> std::collections::HashSet<JobId> {
-    let mut out = std::collections::HashSet::new();
-    fn walk(s: &crate::workflow::StepStatus, out: &mut std::collections::HashSet<JobId>) {
-        if let Some(j) = s.job {
-            out.insert(j);
-        }
-        for c in &s.steps {
-            walk(c, out);
-        }
-        if let Some(e) = &s.on_error {
-            walk(e, out);
-        }
-    }
-    walk(step, &mut out);
-    out
 }
 
 #[derive(Deserialize, ToSchema, Default)]

@@ -667,21 +667,30 @@ pub trait Broker: Send + Sync + 'static {
         limit: usize,
     ) -> BrokerResult<Vec<JobId>>;
 
-    /// Waits until the job is final or `timeout` passes, woken by events.
-    /// Returns the job as it is then (`None` if unknown).
+    /// Waits until the job is final or `timeout` passes, woken by events,
+    /// and by the job's expiry: a job still waiting then is shown EXPIRED
+    /// ([`show_open`]) though no event says so. Returns the job as it is
+    /// then (`None` if unknown).
     async fn wait(&self, id: JobId, timeout: Duration) -> BrokerResult<Option<Job>> {
         // Subscribe before reading, so that an end between the read and the
         // subscription cannot be missed.
         let mut events = self.subscribe().await?;
         let deadline = tokio::time::Instant::now() + timeout;
+        // Woken once by the expiry: a job leased then is not shown expired,
+        // and its worker's settle sends the end.
+        let mut expiry_woke = false;
         loop {
             let job = self.get(id).await?;
-            match &job {
+            let wake = match &job {
                 None => return Ok(None),
                 Some(j) if j.state.is_final() => return Ok(job),
-                Some(_) => {}
-            }
-            match await_end(&mut events, id, deadline).await {
+                Some(j) => expiry_wake(j)
+                    .filter(|at| !expiry_woke && *at < deadline)
+                    .unwrap_or(deadline),
+            };
+            match await_end(&mut events, id, wake).await {
+                // Its expiry passed: read again.
+                Heard::TimedOut if wake < deadline => expiry_woke = true,
                 Heard::TimedOut => return self.get(id).await,
                 Heard::Closed => events = self.subscribe().await?,
                 // The end came with the record: no read.
@@ -730,6 +739,22 @@ pub async fn await_end(
             Ok(Err(broadcast::error::RecvError::Closed)) => return Heard::Closed,
         }
     }
+}
+
+/// When whoever waits for `job` (not final) reads it again because its
+/// expiry passes: a job still waiting then is shown EXPIRED
+/// ([`show_open`]), and no event says so. Now when the expiry is already
+/// past; `None` for a final job or one without an expiry. The brokers
+/// compare whole milliseconds: this is the first one at or after the
+/// expiry. A waiter wakes for it once (a job leased past its expiry stays
+/// as it is until its worker settles it).
+pub fn expiry_wake(job: &Job) -> Option<tokio::time::Instant> {
+    let expires = job.expires.filter(|_| !job.state.is_final())?;
+    let at_ms = expires
+        .timestamp_millis()
+        .saturating_add(i64::from(expires.timestamp_subsec_nanos() % 1_000_000 != 0));
+    let left = at_ms.saturating_sub(Utc::now().timestamp_millis()).max(0);
+    tokio::time::Instant::now().checked_add(Duration::from_millis(left as u64))
 }
 
 pub(crate) fn ms_to_time(ms: i64) -> DateTime<Utc> {

@@ -749,6 +749,21 @@ impl Workflows {
         Ok(())
     }
 
+    /// The ids of every job workflow `id` may run, launched or not: each
+    /// job step's, error callbacks' too (derived from the workflow and the
+    /// step, see `member_id`). `None` when the workflow is unknown.
+    pub async fn member_ids(&self, id: JobId) -> BrokerResult<Option<Vec<JobId>>> {
+        let Some(tree) = self.tree(id).await? else {
+            return Ok(None);
+        };
+        Ok(Some(
+            model::job_steps(&tree.spec.root)
+                .into_iter()
+                .map(|(n, _)| member_id(id, tree.spec.created_ms, &n.path))
+                .collect(),
+        ))
+    }
+
     /// The workflow as stored, with each step's state.
     pub async fn status(&self, id: JobId) -> BrokerResult<Option<WorkflowStatus>> {
         let Some(stored) = self.broker().wf_read(id).await? else {

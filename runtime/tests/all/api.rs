@@ -1072,6 +1072,60 @@ async fn api_job_events_stream_state_changes_until_the_end() {
     api.stop().await;
 }
 
+/// A job that expires while it waits, with no worker to settle it: a long
+/// poll returns it EXPIRED at its expiry, and its event stream sends the
+/// EXPIRED state then and ends. Before, nothing woke either: the poll ran
+/// to its timeout and the stream never ended.
+async fn a_job_expiring_while_it_waits_wakes_its_waiters(api: &TestApi) {
+    api.bind_example("late", "hello").await;
+    let body = json!({ "task": "late", "input": { "name": "x" }, "expires_in": 1 });
+    // Polled for 20 s: it comes back at its expiry. (The timeout detects a
+    // hang, it measures nothing.)
+    let id = api.submit(body.clone()).await;
+    let polled = tokio::time::timeout(
+        Duration::from_secs(10),
+        api.call(api.req(
+            reqwest::Method::GET,
+            &format!("/v1/jobs/{id}?wait=20s"),
+            Some(SUBMIT),
+        )),
+    )
+    .await
+    .expect("the long poll was not woken by the job's expiry");
+    assert_eq!(polled.0, StatusCode::OK, "{}", polled.1);
+    assert_eq!(polled.1["state"], "EXPIRED", "{}", polled.1);
+    assert_eq!(polled.1["error"]["kind"], "expired", "{}", polled.1);
+    // Streamed: PENDING, then EXPIRED, then the end.
+    let id = api.submit(body).await;
+    let res = api.event_stream(&format!("/v1/jobs/{id}/events")).await;
+    let text = tokio::time::timeout(Duration::from_secs(10), res.text())
+        .await
+        .expect("the stream did not end at the job's expiry")
+        .unwrap();
+    let states: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| serde_json::from_str::<Value>(d.trim()).unwrap())
+        .filter_map(|d| d["state"].as_str().map(String::from))
+        .collect();
+    assert_eq!(states, ["PENDING", "EXPIRED"], "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api_a_job_expiring_while_it_waits_wakes_its_waiters_embedded() {
+    let api = TestApi::start(None, "64MiB", false).await;
+    a_job_expiring_while_it_waits_wakes_its_waiters(&api).await;
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api_a_job_expiring_while_it_waits_wakes_its_waiters_redis() {
+    let redis = RedisServer::start();
+    let api = TestApi::start(Some(redis.url()), "64MiB", false).await;
+    a_job_expiring_while_it_waits_wakes_its_waiters(&api).await;
+    api.stop().await;
+}
+
 /// The OpenAPI document is served, well-formed, its references resolve,
 /// and it lists every route the router serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

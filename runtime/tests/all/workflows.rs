@@ -963,6 +963,70 @@ async fn a_group_of_chains_hands_outputs_on(api: &TestApi) {
     assert_eq!(st["tree"]["steps"][1]["state"], json!("succeeded"));
 }
 
+/// A workflow's event stream follows the members launched after it
+/// opened: `member` events come for a chain's later steps, with their
+/// ends. Before, it knew only the members launched when it opened (here
+/// the first step alone, which waits a second) and sent nothing of the
+/// others.
+async fn the_event_stream_follows_members_launched_later(api: &TestApi) {
+    bind_echo(api, &["stage"]).await;
+    let v = start_workflow(
+        api,
+        json!({"workflow": {"chain": [
+            {"task": "stage", "input": {"n": 1}, "countdown": 1},
+            {"task": "stage", "input": {"n": 2}},
+            {"task": "stage", "input": {"n": 3}}
+        ]}}),
+    )
+    .await;
+    let id = v["id"].as_str().unwrap().to_string();
+    let res = api
+        .event_stream(&format!("/v1/workflows/{id}/events"))
+        .await;
+    let body = tokio::time::timeout(Duration::from_secs(60), res.text())
+        .await
+        .expect("the stream ends when the workflow does")
+        .unwrap();
+    let st = workflow(api, &id, "?wait=30s").await;
+    assert_eq!(st["state"], json!("succeeded"), "{st}");
+    // The step launched first is what the stream knew when it opened.
+    assert_eq!(st["tree"]["steps"][0]["state"], json!("succeeded"), "{st}");
+    let job = |i: usize| st["tree"]["steps"][i]["job"].as_str().unwrap().to_string();
+    let mut members: Vec<(String, String)> = Vec::new();
+    let mut event = "";
+    for line in body.lines() {
+        if let Some(e) = line.strip_prefix("event:") {
+            event = e.trim();
+        } else if let Some(d) = line.strip_prefix("data:")
+            && event == "member"
+        {
+            let d: Value = serde_json::from_str(d.trim()).unwrap();
+            members.push((
+                d["id"].as_str().unwrap().to_string(),
+                d["state"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    let states = |job: &str| -> Vec<&str> {
+        members
+            .iter()
+            .filter(|(j, _)| j == job)
+            .map(|(_, s)| s.as_str())
+            .collect()
+    };
+    // The middle step ended long before the workflow did: its end is
+    // there. The last one's end may come after the workflow's (two
+    // channels): it started, at least.
+    assert!(states(&job(0)).contains(&"SUCCESS"), "{body}");
+    assert!(states(&job(1)).contains(&"SUCCESS"), "{body}");
+    assert!(!states(&job(2)).is_empty(), "{body}");
+}
+
+on_both_brokers!(
+    api_workflow_events_follow_later_members_embedded,
+    api_workflow_events_follow_later_members_redis,
+    the_event_stream_follows_members_launched_later
+);
 on_both_brokers!(
     api_bulk_generation_embedded,
     api_bulk_generation_redis,
