@@ -101,6 +101,15 @@ pub enum RegistryError {
     UnknownModule(ModuleHash),
     #[error("corrupt registry entry: {0}")]
     Corrupt(String),
+    /// Another registry (in this process or another) has the directory
+    /// open: each keeps its bindings in memory and rewrites `tasks.json`
+    /// whole, so two would lose each other's binds.
+    #[error(
+        "{} is in use by another runner (another `runner dev` on the same data directory?): \
+         stop it, or give this one another data directory",
+        .0.display()
+    )]
+    InUse(PathBuf),
 }
 
 #[async_trait]
@@ -355,10 +364,14 @@ struct LocalState {
 
 /// A registry in this process, optionally persisted under a directory
 /// (`modules/<hex>.wasm`, `tasks.json`) so that `runner dev` keeps its
-/// uploads across restarts.
+/// uploads across restarts. One registry at a time has a directory open:
+/// it holds an exclusive lock on `<dir>/lock` until it is dropped.
 pub struct LocalRegistry {
     dir: Option<PathBuf>,
     state: Mutex<LocalState>,
+    /// The open `<dir>/lock`, locked: released when the registry is dropped
+    /// (or its process ends, however it ends).
+    _lock: Option<std::fs::File>,
 }
 
 impl LocalRegistry {
@@ -367,12 +380,27 @@ impl LocalRegistry {
         LocalRegistry {
             dir: None,
             state: Mutex::new(LocalState::default()),
+            _lock: None,
         }
     }
 
-    /// Loads (and later saves) the registry under `dir`.
+    /// Loads (and later saves) the registry under `dir`. Refused with
+    /// [`RegistryError::InUse`] while another registry has `dir` open, in
+    /// this process or another.
     pub fn open(dir: &Path) -> Result<Self, RegistryError> {
         std::fs::create_dir_all(dir.join("modules"))?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(RegistryError::InUse(dir.to_path_buf()));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
         let mut st = LocalState::default();
         for entry in std::fs::read_dir(dir.join("modules"))? {
             let path = entry?.path();
@@ -406,6 +434,7 @@ impl LocalRegistry {
         Ok(LocalRegistry {
             dir: Some(dir.to_path_buf()),
             state: Mutex::new(st),
+            _lock: Some(lock),
         })
     }
 
@@ -419,9 +448,16 @@ impl LocalRegistry {
         if let Some(dir) = &self.dir {
             let text = serde_json::to_string_pretty(&(&st.tasks, &st.history))
                 .map_err(|e| RegistryError::Corrupt(e.to_string()))?;
-            let tmp = dir.join("tasks.json.tmp");
-            std::fs::write(&tmp, text)?;
-            std::fs::rename(tmp, dir.join("tasks.json"))?;
+            // A temporary file of its own, renamed into place: a save never
+            // leaves `tasks.json` cut short, nor moves another's half-written
+            // file.
+            let tmp = dir.join(format!("tasks.json.{}.tmp", uuid::Uuid::now_v7().simple()));
+            let saved = std::fs::write(&tmp, text)
+                .and_then(|()| std::fs::rename(&tmp, dir.join("tasks.json")));
+            if let Err(e) = saved {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e.into());
+            }
         }
         Ok(())
     }

@@ -148,23 +148,32 @@ async fn an_earlier_builds_history_is_still_read() {
 /// A local registry that cannot save a bind keeps what it had, in memory
 /// as on disk: the bind fails and nothing changed (before, memory already
 /// held the new binding, which then ran until a restart brought the old
-/// one back).
+/// one back). The failed save leaves no temporary file behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_bind_that_cannot_be_saved_changes_nothing() {
     use runner::registry::LocalRegistry;
     let dir = tempfile::tempdir().unwrap();
     let r = LocalRegistry::open(dir.path()).unwrap();
     r.bind(TaskBinding::new("t", module(1))).await.unwrap();
-    // The save writes `tasks.json.tmp` first: a directory there fails it.
-    std::fs::create_dir(dir.path().join("tasks.json.tmp")).unwrap();
+    // The save renames a temporary file onto `tasks.json`: a directory
+    // there fails it.
+    let tasks = dir.path().join("tasks.json");
+    std::fs::remove_file(&tasks).unwrap();
+    std::fs::create_dir(&tasks).unwrap();
     assert!(r.bind(TaskBinding::new("t", module(2))).await.is_err());
     assert!(r.bind(TaskBinding::new("u", module(3))).await.is_err());
     assert_eq!(r.task("t").await.unwrap().unwrap().module, module(1));
     assert!(r.task("u").await.unwrap().is_none());
     assert!(r.history("t").await.unwrap().is_empty());
+    let stray: Vec<_> = crate::support::files_in(dir.path())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
     // Once it can save again, binds work, and a restart sees what memory had.
-    std::fs::remove_dir(dir.path().join("tasks.json.tmp")).unwrap();
+    std::fs::remove_dir(&tasks).unwrap();
     r.bind(TaskBinding::new("t", module(4))).await.unwrap();
+    drop(r);
     let again = LocalRegistry::open(dir.path()).unwrap();
     assert_eq!(again.task("t").await.unwrap().unwrap().module, module(4));
     let history = history_of(&again).await;
@@ -180,8 +189,8 @@ async fn a_local_bind_that_cannot_be_saved_changes_nothing() {
 fn a_module_stored_by_several_at_once_is_stored_once_whole() {
     use runner::registry::LocalRegistry;
     let dir = tempfile::tempdir().unwrap();
-    let r = std::sync::Arc::new(LocalRegistry::open(dir.path()).unwrap());
     for round in 0..20u8 {
+        let r = std::sync::Arc::new(LocalRegistry::open(dir.path()).unwrap());
         // Large enough that the writes overlap.
         let bytes: Vec<u8> = (0..4 << 20).map(|i| (i as u8) ^ round).collect();
         let start = std::sync::Arc::new(std::sync::Barrier::new(8));
@@ -197,6 +206,7 @@ fn a_module_stored_by_several_at_once_is_stored_once_whole() {
         for s in stores {
             s.join().unwrap().unwrap();
         }
+        drop(r);
         let again = LocalRegistry::open(dir.path()).unwrap();
         let stored = futures::executor::block_on(again.module(&ModuleHash::of(&bytes)))
             .unwrap()
@@ -204,4 +214,41 @@ fn a_module_stored_by_several_at_once_is_stored_once_whole() {
         assert_eq!(stored.len(), bytes.len(), "round {round}");
         assert!(stored == bytes, "round {round}");
     }
+}
+
+/// A local registry directory is used by one registry at a time: a second
+/// open (here in the same process; another `runner dev` on the same data
+/// directory alike) is refused, naming the directory, while the first is
+/// open, and works once it is dropped. Before, both opened it, each kept
+/// its own bindings in memory and rewrote `tasks.json` whole: each save
+/// dropped the other's binds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_registry_directory_is_used_by_one_registry_at_a_time() {
+    use runner::registry::{LocalRegistry, RegistryError};
+    let dir = tempfile::tempdir().unwrap();
+    let first = LocalRegistry::open(dir.path()).unwrap();
+    first.bind(TaskBinding::new("a", module(1))).await.unwrap();
+    let refused = match LocalRegistry::open(dir.path()) {
+        Ok(_) => panic!("a second registry opened {}", dir.path().display()),
+        Err(e) => e,
+    };
+    assert!(matches!(refused, RegistryError::InUse(_)), "{refused:?}");
+    let said = refused.to_string();
+    assert!(
+        said.contains(&dir.path().display().to_string()),
+        "the directory is not named: {said}"
+    );
+    assert!(said.contains("another `runner dev`"), "{said}");
+    // The refusal changed nothing: the first still binds and saves.
+    first.bind(TaskBinding::new("b", module(2))).await.unwrap();
+    drop(first);
+    let again = LocalRegistry::open(dir.path()).unwrap();
+    let names: Vec<String> = again
+        .tasks()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, ["a", "b"]);
 }
