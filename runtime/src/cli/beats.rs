@@ -9,6 +9,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::client::{ApiArgs, ApiClient, api_path, cell, json_arg, report, text_or_file};
+use super::out::{self, ListError, outln};
 
 #[derive(Args, Debug)]
 pub struct BeatsArgs {
@@ -74,37 +75,7 @@ pub enum BeatsCommand {
 pub async fn execute(args: BeatsArgs) -> anyhow::Result<ExitCode> {
     let client = ApiClient::new(&args.api)?;
     let result = match args.what {
-        BeatsCommand::List => client.get("/v1/schedules").await.map(|v| {
-            println!(
-                "{:<22} {:<14} {:<18} {:<16} {:<26} LAST JOB",
-                "BEAT", "TASK", "SCHEDULE", "ZONE", "NEXT FIRE (LOCAL)"
-            );
-            for b in v.as_array().into_iter().flatten() {
-                let schedule = b["cron"]
-                    .as_str()
-                    .map(str::to_string)
-                    .or_else(|| b["every"].as_str().map(|e| format!("every {e}")))
-                    .unwrap_or_default();
-                let next = if b["enabled"] == false {
-                    "disabled".to_string()
-                } else {
-                    cell(&b["next_fire"]["local"])
-                };
-                let last = match &b["last_job"] {
-                    Value::Null => "-".to_string(),
-                    j => format!("{} {}", cell(&j["id"]), cell(&j["state"])),
-                };
-                println!(
-                    "{:<22} {:<14} {:<18} {:<16} {:<26} {}",
-                    cell(&b["name"]),
-                    cell(&b["task"]),
-                    schedule,
-                    cell(&b["timezone"]),
-                    next,
-                    last
-                );
-            }
-        }),
+        BeatsCommand::List => return out::exit_code(list(&client).await),
         BeatsCommand::Show { name } => client
             .get(&api_path(&["v1", "schedules", &name]))
             .await
@@ -187,4 +158,43 @@ pub async fn execute(args: BeatsArgs) -> anyhow::Result<ExitCode> {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => report(e),
     })
+}
+
+/// Every beat, a line each.
+async fn list(client: &ApiClient) -> Result<(), ListError> {
+    let v = client.get("/v1/schedules").await?;
+    outln!(
+        "{:<22} {:<14} {:<18} {:<16} {:<26} LAST JOB",
+        "BEAT",
+        "TASK",
+        "SCHEDULE",
+        "ZONE",
+        "NEXT FIRE (LOCAL)"
+    )?;
+    for b in v.as_array().into_iter().flatten() {
+        let schedule = b["cron"]
+            .as_str()
+            .map(str::to_string)
+            .or_else(|| b["every"].as_str().map(|e| format!("every {e}")))
+            .unwrap_or_default();
+        let next = if b["enabled"] == false {
+            "disabled".to_string()
+        } else {
+            cell(&b["next_fire"]["local"])
+        };
+        let last = match &b["last_job"] {
+            Value::Null => "-".to_string(),
+            j => format!("{} {}", cell(&j["id"]), cell(&j["state"])),
+        };
+        outln!(
+            "{:<22} {:<14} {:<18} {:<16} {:<26} {}",
+            cell(&b["name"]),
+            cell(&b["task"]),
+            schedule,
+            cell(&b["timezone"]),
+            next,
+            last
+        )?;
+    }
+    Ok(())
 }

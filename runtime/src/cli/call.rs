@@ -9,6 +9,7 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use super::client::{ApiArgs, ApiClient, json_arg, report, text_or_file};
+use super::out::outln;
 
 #[derive(Args, Debug)]
 pub struct CallArgs {
@@ -115,14 +116,9 @@ pub async fn execute(args: CallArgs) -> anyhow::Result<ExitCode> {
             left -= n;
         }
         bar.finish_and_clear();
-        // The ids on stdout (one per line, for scripts); the summary on stderr.
-        let mut out = std::io::stdout().lock();
-        for id in &ids {
-            use std::io::Write as _;
-            if writeln!(out, "{id}").is_err() {
-                break;
-            }
-        }
+        // The ids on stdout (one per line, for scripts); the summary on
+        // stderr, also when the reader of the ids stopped early.
+        let printed = ids.iter().try_for_each(|id| outln!("{id}"));
         let secs = started.elapsed().as_secs_f64().max(1e-6);
         eprintln!(
             "enqueued {} jobs of {} in {:.2} s ({:.0} jobs/s)",
@@ -131,6 +127,7 @@ pub async fn execute(args: CallArgs) -> anyhow::Result<ExitCode> {
             secs,
             ids.len() as f64 / secs
         );
+        printed?;
         return Ok(ExitCode::SUCCESS);
     }
 

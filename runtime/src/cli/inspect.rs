@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use super::client::{ApiArgs, ApiClient, api_path, cell, report};
+use super::client::{ApiArgs, ApiClient, api_path, cell};
+use super::out::{self, ListError, outln};
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
@@ -54,31 +55,46 @@ fn strings(v: &Value) -> Vec<String> {
 
 pub async fn execute(args: InspectArgs) -> anyhow::Result<ExitCode> {
     let client = ApiClient::new(&args.api)?;
-    let result = match &args.what {
-        InspectWhat::Queues => client.get("/v1/queues").await.map(|v| {
-            println!(
+    out::exit_code(show(&client, &args.what).await)
+}
+
+/// Asks the API for `what` and prints it.
+async fn show(client: &ApiClient, what: &InspectWhat) -> Result<(), ListError> {
+    match what {
+        InspectWhat::Queues => {
+            let v = client.get("/v1/queues").await?;
+            outln!(
                 "{:<24} {:>10} {:>10} {:>10} {:>10}",
-                "QUEUE", "READY", "DELAYED", "IN-FLIGHT", "DEAD"
-            );
+                "QUEUE",
+                "READY",
+                "DELAYED",
+                "IN-FLIGHT",
+                "DEAD"
+            )?;
             for q in v.as_array().into_iter().flatten() {
-                println!(
+                outln!(
                     "{:<24} {:>10} {:>10} {:>10} {:>10}",
                     cell(&q["name"]),
                     cell(&q["ready"]),
                     cell(&q["delayed"]),
                     cell(&q["in_flight"]),
                     cell(&q["dead"])
-                );
+                )?;
             }
-        }),
-        InspectWhat::Workers => client.get("/v1/workers").await.map(|v| {
-            println!(
+        }
+        InspectWhat::Workers => {
+            let v = client.get("/v1/workers").await?;
+            outln!(
                 "{:<32} {:<24} {:>4} {:>8} {:>9}  LAST SEEN",
-                "WORKER", "QUEUES", "C", "RUNNING", "DONE"
-            );
+                "WORKER",
+                "QUEUES",
+                "C",
+                "RUNNING",
+                "DONE"
+            )?;
             for w in v.as_array().into_iter().flatten() {
                 let queues = strings(&w["queues"]);
-                println!(
+                outln!(
                     "{:<32} {:<24} {:>4} {:>8} {:>9}  {}",
                     cell(&w["id"]),
                     queues.join(","),
@@ -86,111 +102,110 @@ pub async fn execute(args: InspectArgs) -> anyhow::Result<ExitCode> {
                     w["running"].as_array().map(|a| a.len()).unwrap_or(0),
                     cell(&w["processed"]),
                     cell(&w["last_seen"])
-                );
+                )?;
             }
-        }),
-        InspectWhat::Active { queues } => held(&client, queues, "active").await,
-        InspectWhat::Reserved { queues } => held(&client, queues, "reserved").await,
-        InspectWhat::Scheduled { queue, limit } => client
-            .get(&format!(
-                "{}?limit={limit}",
-                api_path(&["v1", "queues", queue, "scheduled"])
-            ))
-            .await
-            .map(|v| {
-                println!(
+        }
+        InspectWhat::Active { queues } => held(client, queues, "active").await?,
+        InspectWhat::Reserved { queues } => held(client, queues, "reserved").await?,
+        InspectWhat::Scheduled { queue, limit } => {
+            let v = client
+                .get(&format!(
+                    "{}?limit={limit}",
+                    api_path(&["v1", "queues", queue, "scheduled"])
+                ))
+                .await?;
+            outln!(
+                "{:<30} {:<36} {:<20} {:>7}",
+                "DUE",
+                "JOB",
+                "TASK",
+                "ATTEMPT"
+            )?;
+            for s in v.as_array().into_iter().flatten() {
+                outln!(
                     "{:<30} {:<36} {:<20} {:>7}",
-                    "DUE", "JOB", "TASK", "ATTEMPT"
-                );
-                for s in v.as_array().into_iter().flatten() {
-                    println!(
-                        "{:<30} {:<36} {:<20} {:>7}",
-                        cell(&s["due"]),
-                        cell(&s["job"]["id"]),
-                        cell(&s["job"]["task"]),
-                        cell(&s["job"]["attempt"])
-                    );
-                }
-            }),
-        InspectWhat::Tasks => client.get("/v1/tasks").await.map(|v| {
-            println!("{:<20} {:<16} {:<20} BOUND AT", "TASK", "QUEUE", "MODULE");
+                    cell(&s["due"]),
+                    cell(&s["job"]["id"]),
+                    cell(&s["job"]["task"]),
+                    cell(&s["job"]["attempt"])
+                )?;
+            }
+        }
+        InspectWhat::Tasks => {
+            let v = client.get("/v1/tasks").await?;
+            outln!("{:<20} {:<16} {:<20} BOUND AT", "TASK", "QUEUE", "MODULE")?;
             for t in v.as_array().into_iter().flatten() {
                 let module = cell(&t["module"]);
-                println!(
+                outln!(
                     "{:<20} {:<16} {:<20} {}",
                     cell(&t["name"]),
                     cell(&t["queue"]),
                     module.get(..19).unwrap_or(&module),
                     cell(&t["bound_at"])
-                );
+                )?;
             }
-        }),
-        InspectWhat::Modules => client.get("/v1/modules").await.map(|v| {
-            println!("{:<73} {:>10}  NEEDS", "MODULE", "BYTES");
+        }
+        InspectWhat::Modules => {
+            let v = client.get("/v1/modules").await?;
+            outln!("{:<73} {:>10}  NEEDS", "MODULE", "BYTES")?;
             for m in v.as_array().into_iter().flatten() {
                 let caps = strings(&m["capabilities"]);
-                println!(
+                outln!(
                     "{:<73} {:>10}  {}",
                     cell(&m["hash"]),
                     cell(&m["size"]),
                     caps.join(",")
-                );
+                )?;
             }
-        }),
+        }
         InspectWhat::Dead {
             queue,
             limit,
             replay,
         } => {
             if *replay {
-                client
+                let v = client
                     .post_json(&api_path(&["v1", "queues", queue, "replay"]), &json!({}))
-                    .await
-                    .map(|v| {
-                        println!(
-                            "replayed {} jobs",
-                            v["replayed"].as_array().map(|a| a.len()).unwrap_or(0)
-                        )
-                    })
+                    .await?;
+                outln!(
+                    "replayed {} jobs",
+                    v["replayed"].as_array().map(|a| a.len()).unwrap_or(0)
+                )?;
             } else {
-                client
+                let v = client
                     .get(&format!(
                         "{}?limit={limit}",
                         api_path(&["v1", "queues", queue, "dead"])
                     ))
-                    .await
-                    .map(|v| {
-                        for j in v.as_array().into_iter().flatten() {
-                            println!(
-                                "{}  {}  {}: {}",
-                                cell(&j["id"]),
-                                cell(&j["task"]),
-                                cell(&j["error"]["kind"]),
-                                cell(&j["error"]["message"])
-                            );
-                        }
-                    })
+                    .await?;
+                for j in v.as_array().into_iter().flatten() {
+                    outln!(
+                        "{}  {}  {}: {}",
+                        cell(&j["id"]),
+                        cell(&j["task"]),
+                        cell(&j["error"]["kind"]),
+                        cell(&j["error"]["message"])
+                    )?;
+                }
             }
         }
-    };
-    Ok(match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => report(e),
-    })
+    }
+    Ok(())
 }
 
 /// The jobs the workers hold (`which`: "active" or "reserved") of
 /// `queues` (every queue when empty), by worker.
-async fn held(
-    client: &ApiClient,
-    queues: &[String],
-    which: &str,
-) -> Result<(), super::client::CallError> {
+async fn held(client: &ApiClient, queues: &[String], which: &str) -> Result<(), ListError> {
     let v = client.get("/v1/inspect").await?;
-    println!(
+    outln!(
         "{:<32} {:<16} {:<36} {:<20} {:>7} {:>14}  SINCE",
-        "WORKER", "QUEUE", "JOB", "TASK", "ATTEMPT", "FUEL USED"
-    );
+        "WORKER",
+        "QUEUE",
+        "JOB",
+        "TASK",
+        "ATTEMPT",
+        "FUEL USED"
+    )?;
     for w in v.as_array().into_iter().flatten() {
         for j in w[which].as_array().into_iter().flatten() {
             if !queues.is_empty() && !queues.iter().any(|q| j["queue"] == q.as_str()) {
@@ -201,7 +216,7 @@ async fn held(
             } else {
                 &j["leased_at"]
             };
-            println!(
+            outln!(
                 "{:<32} {:<16} {:<36} {:<20} {:>7} {:>14}  {}",
                 cell(&w["id"]),
                 cell(&j["queue"]),
@@ -210,7 +225,7 @@ async fn held(
                 cell(&j["attempt"]),
                 cell(&j["fuel_used"]),
                 cell(since)
-            );
+            )?;
         }
     }
     Ok(())

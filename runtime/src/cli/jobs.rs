@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use super::client::{ApiArgs, ApiClient, CallError, cell, report};
+use super::client::{ApiArgs, ApiClient, cell};
+use super::out::{self, ListError, outln};
 
 #[derive(Args, Debug)]
 pub struct JobsArgs {
@@ -84,21 +85,21 @@ impl ListArgs {
 
 pub async fn execute(args: JobsArgs) -> anyhow::Result<ExitCode> {
     let client = ApiClient::new(&args.api)?;
-    let result = match &args.what {
+    out::exit_code(match &args.what {
         JobsWhat::List(list) => print_list(&client, list).await,
-    };
-    Ok(match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => report(e),
     })
 }
 
-async fn print_list(client: &ApiClient, args: &ListArgs) -> Result<(), CallError> {
+async fn print_list(client: &ApiClient, args: &ListArgs) -> Result<(), ListError> {
     if !args.json {
-        println!(
+        outln!(
             "{:<36} {:<14} {:<20} {:<8} {:<24} FINISHED",
-            "JOB", "QUEUE", "TASK", "STATE", "CREATED"
-        );
+            "JOB",
+            "QUEUE",
+            "TASK",
+            "STATE",
+            "CREATED"
+        )?;
     }
     let mut cursor = args.cursor.clone();
     let mut printed = 0;
@@ -109,9 +110,9 @@ async fn print_list(client: &ApiClient, args: &ListArgs) -> Result<(), CallError
         for j in v["jobs"].as_array().into_iter().flatten() {
             printed += 1;
             if args.json {
-                println!("{j}");
+                outln!("{j}")?;
             } else {
-                println!(
+                outln!(
                     "{:<36} {:<14} {:<20} {:<8} {:<24} {}",
                     cell(&j["id"]),
                     cell(&j["queue"]),
@@ -119,7 +120,7 @@ async fn print_list(client: &ApiClient, args: &ListArgs) -> Result<(), CallError
                     cell(&j["state"]),
                     cell(&j["created_at"]),
                     cell(&j["finished_at"])
-                );
+                )?;
             }
         }
         cursor = v["next"].as_str().map(str::to_string);

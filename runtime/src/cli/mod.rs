@@ -16,6 +16,7 @@ pub mod client;
 pub mod dev;
 pub mod inspect;
 pub mod jobs;
+pub mod out;
 pub mod purge;
 pub mod revoke;
 pub mod run;
@@ -109,6 +110,8 @@ pub fn main() -> ExitCode {
     });
     match result {
         Ok(code) => code,
+        // `| head` read what it wanted: not an error (`out.rs`).
+        Err(e) if out::reader_gone(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -6,6 +6,7 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use super::client::{ApiArgs, ApiClient, api_path, cell, report};
+use super::out::{PrintError, outln};
 
 #[derive(Args, Debug)]
 pub struct PurgeArgs {
@@ -50,12 +51,12 @@ pub async fn execute(args: PurgeArgs) -> anyhow::Result<ExitCode> {
         .await
     {
         Ok(v) if args.yes => {
-            println!(
+            outln!(
                 "purged {} {what} jobs{of_task} from queue {}",
                 cell(&v["count"]),
                 args.queue
-            );
-            print_ids(&v["purged"]);
+            )?;
+            print_ids(&v["purged"])?;
             Ok(ExitCode::SUCCESS)
         }
         Ok(v) => {
@@ -72,8 +73,9 @@ pub async fn execute(args: PurgeArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// One id per line.
-pub(super) fn print_ids(ids: &Value) {
+pub(super) fn print_ids(ids: &Value) -> Result<(), PrintError> {
     for id in ids.as_array().into_iter().flatten() {
-        println!("{}", cell(id));
+        outln!("{}", cell(id))?;
     }
+    Ok(())
 }

@@ -7,6 +7,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::client::{ApiArgs, ApiClient, api_path, cell, report};
+use super::out::outln;
 
 #[derive(Args, Debug)]
 pub struct RevokeArgs {
@@ -45,8 +46,8 @@ pub async fn execute(args: RevokeArgs) -> anyhow::Result<ExitCode> {
         Ok(v) => {
             let outcome = v["outcome"].as_str().unwrap_or_default();
             match v["state"].as_str() {
-                Some(state) => println!("{outcome} ({state})"),
-                None => println!("{outcome}"),
+                Some(state) => outln!("{outcome} ({state})")?,
+                None => outln!("{outcome}")?,
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -74,10 +75,10 @@ async fn revoke_many(client: &ApiClient, args: &RevokeArgs) -> anyhow::Result<Ex
         );
         return Ok(ExitCode::FAILURE);
     }
-    println!("revoked {waiting} waiting jobs; {running} running");
-    super::purge::print_ids(&v["purged"]);
+    outln!("revoked {waiting} waiting jobs; {running} running")?;
+    super::purge::print_ids(&v["purged"])?;
     for r in v["running"].as_array().into_iter().flatten() {
-        println!("{} {}", cell(&r["id"]), cell(&r["outcome"]));
+        outln!("{} {}", cell(&r["id"]), cell(&r["outcome"]))?;
     }
     Ok(ExitCode::SUCCESS)
 }

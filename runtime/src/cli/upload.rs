@@ -11,6 +11,7 @@ use reqwest::Method;
 
 use super::bind::BindOpts;
 use super::client::{ApiArgs, ApiClient, api_path, report};
+use super::out::outln;
 use crate::names::ModuleHash;
 
 #[derive(Args, Debug)]
@@ -81,7 +82,7 @@ pub async fn execute(args: UploadArgs) -> anyhow::Result<ExitCode> {
                 bar.println(line);
                 bar.inc(1);
             }
-            None => println!("{line}"),
+            None => outln!("{line}")?,
         }
         last = Some(hash);
     }
@@ -94,10 +95,10 @@ pub async fn execute(args: UploadArgs) -> anyhow::Result<ExitCode> {
             .put_json(&api_path(&["v1", "tasks", name]), &body)
             .await
         {
-            Ok(v) => println!(
+            Ok(v) => outln!(
                 "bound {name} -> {}",
                 v["binding"]["module"].as_str().unwrap_or(&hash)
-            ),
+            )?,
             Err(e) => return Ok(report(e)),
         }
     }

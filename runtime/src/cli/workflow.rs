@@ -13,6 +13,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::client::{ApiArgs, ApiClient, CallError, api_path, report};
+use super::out::outln;
 use super::status::poll_until;
 
 #[derive(Args, Debug)]
@@ -74,7 +75,7 @@ pub async fn execute(args: WorkflowArgs) -> anyhow::Result<ExitCode> {
                 Ok(v) => v,
                 Err(e) => return Ok(report(e)),
             };
-            println!("{}", serde_json::to_string_pretty(&done)?);
+            outln!("{}", serde_json::to_string_pretty(&done)?)?;
             match (watch, done["id"].as_str()) {
                 (true, Some(id)) => follow(&client, id).await,
                 _ => Ok(ExitCode::SUCCESS),
@@ -86,7 +87,7 @@ pub async fn execute(args: WorkflowArgs) -> anyhow::Result<ExitCode> {
             let ended = |wf: &Value| wf["state"].as_str().is_some_and(|s| s != "running");
             match poll_until(&client, &path, wait.unwrap_or_default(), ended).await {
                 Ok(wf) => {
-                    println!("{}", serde_json::to_string_pretty(&wf)?);
+                    outln!("{}", serde_json::to_string_pretty(&wf)?)?;
                     Ok(exit_of(&wf))
                 }
                 Err(e) => Ok(report(e)),
@@ -106,7 +107,7 @@ pub async fn execute(args: WorkflowArgs) -> anyhow::Result<ExitCode> {
                 .await
             {
                 Ok(v) => {
-                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    outln!("{}", serde_json::to_string_pretty(&v)?)?;
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => Ok(report(e)),
@@ -161,19 +162,19 @@ async fn follow(client: &ApiClient, id: &str) -> anyhow::Result<ExitCode> {
                     continue;
                 };
                 match event.as_str() {
-                    "progress" => println!(
+                    "progress" => outln!(
                         "{} {}/{}",
                         v["state"].as_str().unwrap_or("?"),
                         v["done"],
                         v["total"]
-                    ),
+                    )?,
                     "workflow" => {
-                        println!(
+                        outln!(
                             "{} {}/{}",
                             v["state"].as_str().unwrap_or("?"),
                             v["done"],
                             v["total"]
-                        );
+                        )?;
                         last = v;
                     }
                     _ => {}
@@ -187,6 +188,6 @@ async fn follow(client: &ApiClient, id: &str) -> anyhow::Result<ExitCode> {
             Err(e) => return Ok(report(e)),
         };
     }
-    println!("{}", serde_json::to_string_pretty(&last)?);
+    outln!("{}", serde_json::to_string_pretty(&last)?)?;
     Ok(exit_of(&last))
 }
