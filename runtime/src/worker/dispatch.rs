@@ -193,9 +193,10 @@ impl Dispatcher {
                 }
                 s = signals.recv() => match s {
                     Some(s) => self.on_signal(s),
-                    None => {
-                        signals = self.resubscribe().await?;
-                    }
+                    None => match self.resubscribe(shutdown.as_mut()).await? {
+                        Some(s) => signals = s,
+                        None => break,
+                    },
                 },
                 _ = heartbeat.tick() => self.heartbeat().await,
                 _ = adapt.tick(), if self.slots.adaptive() => self.adapt(),
@@ -730,19 +731,13 @@ impl Dispatcher {
         }
     }
 
-    async fn resubscribe(&mut self) -> anyhow::Result<mpsc::UnboundedReceiver<Signal>> {
-        loop {
-            match self
-                .ctx
-                .broker
-                .signals(&self.id, &self.ctx.cfg.queues)
-                .await
-            {
-                Ok(s) => return Ok(s),
-                Err(e) if e.is_unavailable() => tokio::time::sleep(Duration::from_secs(1)).await,
-                Err(e) => return Err(e.into()),
-            }
-        }
+    /// Subscribes again once the signals ended; `None` if `shutdown`
+    /// resolved first (the worker then shuts down).
+    async fn resubscribe(
+        &self,
+        shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) -> anyhow::Result<Option<mpsc::UnboundedReceiver<Signal>>> {
+        super::subscribe(&*self.ctx.broker, &self.id, &self.ctx.cfg.queues, shutdown).await
     }
 
     fn info(&self) -> WorkerInfo {

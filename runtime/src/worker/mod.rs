@@ -249,15 +249,13 @@ impl Worker {
                 tracing::warn!(queue = %q, error = %e, "cannot register the queue yet");
             }
         }
-        let signals = loop {
-            match self.broker.signals(&self.id, &self.cfg.queues).await {
-                Ok(s) => break s,
-                Err(e) if e.is_unavailable() => {
-                    tracing::warn!(error = %e, "broker unreachable at start; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
+        tokio::pin!(shutdown);
+        // Told to stop before it could subscribe: nothing was leased, there
+        // is nothing to hand back.
+        let Some(signals) =
+            subscribe(&*self.broker, &self.id, &self.cfg.queues, shutdown.as_mut()).await?
+        else {
+            return Ok(WorkerStats::default());
         };
         let ctx = Arc::new(RunCtx {
             broker: self.broker.clone(),
@@ -321,6 +319,45 @@ impl Worker {
             }
         }
         queues
+    }
+}
+
+/// Subscribes `worker` to the signals of `queues` (at start, and again when
+/// the subscription ended), retrying every second while the broker is
+/// unreachable: said once per outage, and once more when it worked. `None`
+/// if `shutdown` resolves first: a worker told to stop while Redis is away
+/// stops then, not once Redis is back.
+async fn subscribe(
+    broker: &dyn Broker,
+    worker: &str,
+    queues: &[String],
+    mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> anyhow::Result<Option<tokio::sync::mpsc::UnboundedReceiver<crate::queue::Signal>>> {
+    let mut outage: Option<Instant> = None;
+    loop {
+        let e = tokio::select! {
+            biased;
+            () = shutdown.as_mut() => return Ok(None),
+            r = broker.signals(worker, queues) => match r {
+                Ok(signals) => {
+                    if let Some(since) = outage {
+                        tracing::info!(after = ?since.elapsed(), "subscribed to the queues' signals");
+                    }
+                    return Ok(Some(signals));
+                }
+                Err(e) if e.is_unavailable() => e,
+                Err(e) => return Err(e.into()),
+            },
+        };
+        if outage.is_none() {
+            tracing::warn!(error = %e, "cannot subscribe to the queues' signals: the broker is unreachable; retrying");
+            outage = Some(Instant::now());
+        }
+        tokio::select! {
+            biased;
+            () = shutdown.as_mut() => return Ok(None),
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
     }
 }
 

@@ -11,9 +11,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use runner::queue::redis::Liveness;
 use runner::queue::{
-    Broker, BrokerResult, Enqueued, Extended, Job, JobEvent, JobId, JobState, Lease, Progress,
-    PurgeFilter, QueueStats, RedisBroker, RevokeOutcome, SettleReply, SettleRequest, Signal,
-    WorkerInfo,
+    Broker, BrokerError, BrokerResult, Enqueued, Extended, Job, JobEvent, JobId, JobState, Lease,
+    Progress, PurgeFilter, QueueStats, RedisBroker, RevokeOutcome, SettleReply, SettleRequest,
+    Signal, WorkerInfo,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -240,12 +240,19 @@ async fn a_long_poll_reads_again_after_its_feed_was_cut() {
 /// The real broker with a fault a connection can show: its revoke
 /// messages never arrive (`deaf`: a connection that dropped them), or
 /// lease extensions never reach it (`unextended`: an outage longer than
-/// the lease, for them alone). It notes every completion settled through
-/// it.
+/// the lease, for them alone), or its next `failing_gets` reads of a job
+/// fail (a Redis restarting answers LOADING), or no subscription to
+/// signals can be made (`refuse_signals`, as while Redis refuses
+/// connections) and those made end ([`Faulty::lose_signals`]). It notes
+/// every completion settled through it and counts the calls of `signals`.
 struct Faulty {
     inner: Arc<dyn Broker>,
     deaf: bool,
     unextended: bool,
+    failing_gets: AtomicU64,
+    refuse_signals: std::sync::atomic::AtomicBool,
+    signal_calls: AtomicU64,
+    cut: tokio::sync::watch::Sender<()>,
     settled: std::sync::Mutex<Vec<JobId>>,
 }
 
@@ -255,12 +262,34 @@ impl Faulty {
             inner,
             deaf: false,
             unextended: false,
+            failing_gets: AtomicU64::new(0),
+            refuse_signals: Default::default(),
+            signal_calls: AtomicU64::new(0),
+            cut: tokio::sync::watch::Sender::new(()),
             settled: Default::default(),
         }
     }
 
     fn settled(&self) -> Vec<JobId> {
         self.settled.lock().unwrap().clone()
+    }
+
+    /// From now on `signals` fails as when Redis refuses connections, and
+    /// every subscription made so far ends.
+    fn lose_signals(&self) {
+        self.refuse_signals.store(true, Ordering::SeqCst);
+        self.cut.send_replace(());
+    }
+
+    /// Waits (10 s at most) until `signals` was called `n` times.
+    async fn wait_signal_calls(&self, n: u64) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while self.signal_calls.load(Ordering::SeqCst) < n {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("`signals` not called {n} times"));
     }
 }
 
@@ -273,6 +302,14 @@ impl Broker for Faulty {
         self.inner.enqueue(jobs).await
     }
     async fn get(&self, id: JobId) -> BrokerResult<Option<Job>> {
+        let fail = self
+            .failing_gets
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if fail.is_ok() {
+            return Err(BrokerError::Protocol(
+                "LOADING Redis is loading the dataset in memory".into(),
+            ));
+        }
         self.inner.get(id).await
     }
     async fn subscribe(&self) -> BrokerResult<broadcast::Receiver<JobEvent>> {
@@ -302,15 +339,32 @@ impl Broker for Faulty {
         worker: &str,
         queues: &[String],
     ) -> BrokerResult<mpsc::UnboundedReceiver<Signal>> {
-        let mut inner = self.inner.signals(worker, queues).await?;
-        if !self.deaf {
-            return Ok(inner);
+        self.signal_calls.fetch_add(1, Ordering::SeqCst);
+        if self.refuse_signals.load(Ordering::SeqCst) {
+            let refused = std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "Connection refused (a test's fault)",
+            );
+            return Err(redis::RedisError::from(refused).into());
         }
+        let mut inner = self.inner.signals(worker, queues).await?;
+        let deaf = self.deaf;
+        let mut cut = self.cut.subscribe();
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
-            while let Some(s) = inner.recv().await {
-                if !matches!(s, Signal::Revoke { .. }) && tx.send(s).is_err() {
-                    return;
+            loop {
+                tokio::select! {
+                    s = inner.recv() => match s {
+                        Some(Signal::Revoke { .. }) if deaf => {}
+                        Some(s) => {
+                            if tx.send(s).is_err() {
+                                return;
+                            }
+                        }
+                        None => return,
+                    },
+                    // Cut (or the broker gone): the subscription ends.
+                    _ = cut.changed() => return,
                 }
             }
         });
@@ -425,6 +479,85 @@ impl Broker for Faulty {
     ) -> BrokerResult<Vec<(chrono::DateTime<chrono::Utc>, Job)>> {
         self.inner.scheduled(queue, limit).await
     }
+}
+
+/// A job's event stream whose read after a gap fails (Redis, restarting,
+/// answers LOADING) keeps going: it logs, reads again later, and the job's
+/// end still reaches the client. Before, the failed read ended the stream
+/// as if the job had ended, with no final state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_stream_outlives_a_failed_read_after_a_gap() {
+    use runner::app::{self, Core};
+    let server = RedisServer::start();
+    let mut config = runner::config::Config::default();
+    config.broker.redis_url = Some(server.url());
+    config.auth.admin.push(crate::api::ADMIN.into());
+    config.auth.submit.push(crate::api::SUBMIT.into());
+    config.check().unwrap();
+    let core = Core::open(&config, crate::support::sandbox())
+        .await
+        .unwrap();
+    let faulty = Arc::new(Faulty::new(core.broker.clone()));
+    let mut ctx = app::api_context(&core, &config, app::auth_from(&config).unwrap()).unwrap();
+    ctx.broker = faulty.clone();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let serving = tokio::spawn(runner::api::serve(listener, ctx, async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+    // A job nobody runs.
+    let job = Job::new("work", "{}", chrono::Utc::now());
+    let id = job.id;
+    core.broker.enqueue(vec![job]).await.unwrap();
+    let mut res = crate::support::http_client()
+        .get(format!("{url}/v1/jobs/{id}/events"))
+        .bearer_auth(crate::api::SUBMIT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    /// Reads `res` into `body` until it holds `until`; false when the
+    /// stream ends first.
+    async fn read_until(body: &mut String, res: &mut reqwest::Response, until: &str) -> bool {
+        while !body.contains(until) {
+            match res.chunk().await.unwrap() {
+                Some(c) => body.push_str(&String::from_utf8_lossy(&c)),
+                None => return false,
+            }
+        }
+        true
+    }
+    let mut body = String::new();
+    // The first state: the stream has subscribed and read the job.
+    let first = tokio::time::timeout(
+        Duration::from_secs(10),
+        read_until(&mut body, &mut res, "PENDING"),
+    )
+    .await
+    .unwrap();
+    assert!(first, "{body}");
+    // The feed is cut and comes back (a gap): the read that follows fails.
+    faulty.failing_gets.store(1, Ordering::SeqCst);
+    kill_pubsub_connections(&server).await;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while faulty.failing_gets.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("no read after the gap");
+    core.broker.revoke(id, false).await.unwrap();
+    let ended = tokio::time::timeout(
+        Duration::from_secs(30),
+        read_until(&mut body, &mut res, "REVOKED"),
+    )
+    .await
+    .expect("the stream neither ended nor sent the end");
+    assert!(ended, "the stream ended without the job's end: {body}");
+    let _ = stop.send(true);
+    drop(res);
+    let _ = tokio::time::timeout(Duration::from_secs(30), serving).await;
 }
 
 /// A worker that never hears a revoke-terminate stops the run at its next
@@ -575,4 +708,53 @@ async fn a_push_lost_with_the_signal_connection_runs_after_its_lease() {
     assert_eq!(j.state, JobState::Success, "{j:?}");
     assert_eq!(wait_final(&env.broker, long).await.state, JobState::Success);
     w.stop().await;
+}
+
+/// A worker that cannot subscribe to its queues' signals at start (Redis
+/// refuses connections) stops as soon as it is told to. Before, it
+/// retried every second and heard the stop only once Redis was back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_cannot_subscribe_stops_when_told() {
+    let env = Env::embedded().await;
+    let faulty = Arc::new(Faulty::new(env.broker.clone()));
+    faulty.lose_signals();
+    let w = start_worker_with(
+        faulty.clone(),
+        env.registry.clone(),
+        Default::default(),
+        cfg(&["default"], 1),
+    );
+    // Refused, and tried again.
+    faulty.wait_signal_calls(2).await;
+    let stats = tokio::time::timeout(Duration::from_secs(5), w.stop())
+        .await
+        .expect("the worker did not stop while it could not subscribe");
+    assert_eq!(stats.processed, 0);
+}
+
+/// A worker whose subscription ended and that cannot subscribe again
+/// stops as soon as it is told to, and a job it ran before is counted.
+/// Before, it retried every second and heard the stop only once Redis was
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_cannot_subscribe_again_stops_when_told() {
+    let env = Env::embedded().await;
+    env.bind("hello", "hello", "default", |_| {}).await;
+    let faulty = Arc::new(Faulty::new(env.broker.clone()));
+    let w = start_worker_with(
+        faulty.clone(),
+        env.registry.clone(),
+        Default::default(),
+        cfg(&["default"], 1),
+    );
+    let id = env.enqueue("hello", r#"{"name": "before"}"#).await;
+    assert_eq!(wait_final(&env.broker, id).await.state, JobState::Success);
+    faulty.lose_signals();
+    // The subscription ended; subscribing again was refused, and tried
+    // again.
+    faulty.wait_signal_calls(3).await;
+    let stats = tokio::time::timeout(Duration::from_secs(5), w.stop())
+        .await
+        .expect("the worker did not stop while it could not subscribe again");
+    assert_eq!(stats.processed, 1);
 }
