@@ -176,18 +176,30 @@ pub fn require_redis(config: &Config, process: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How [`wait_for_redis`] ended.
+#[must_use]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedisWait {
+    /// Redis answers (or the config names none): go on starting.
+    Answered,
+    /// The process was told to stop (SIGTERM) before Redis answered: it
+    /// ends, successfully, as it would have once started.
+    Stopped,
+}
+
 /// Waits until the broker's Redis answers a PING, so that a process started
 /// before Redis (a boot, a restart of Redis) comes up once it can, instead
 /// of exiting: it logs once while it waits and once when connected. A
 /// refusal that waiting cannot fix (a wrong password, an ACL without PING,
-/// bad TLS files) fails at once. Ends early, with an error, if `stopping`
-/// resolves first (SIGTERM while waiting).
+/// bad TLS files) fails at once. Ends early with [`RedisWait::Stopped`]
+/// (and says so on stderr) if `stopping` resolves first (SIGTERM while
+/// waiting): a stop, not a failure, for the caller to end on.
 pub async fn wait_for_redis(
     config: &Config,
     stopping: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<RedisWait> {
     let Some(url) = &config.broker.redis_url else {
-        return Ok(());
+        return Ok(RedisWait::Answered);
     };
     let shown = redact_url(url);
     let endpoint = crate::queue::redis::RedisEndpoint::open(url, &redis_tls(config))
@@ -225,11 +237,16 @@ pub async fn wait_for_redis(
         if logged {
             tracing::info!("Redis at {shown} answers");
         }
-        Ok(())
+        Ok(RedisWait::Answered)
     };
     tokio::select! {
+        // `stopping` first: a stop already requested wins over a PING.
+        biased;
+        () = stopping => {
+            eprintln!("stopped before Redis at {shown} answered");
+            Ok(RedisWait::Stopped)
+        }
         r = wait => r,
-        () = stopping => anyhow::bail!("stopped while waiting for Redis at {shown}"),
     }
 }
 
@@ -506,23 +523,64 @@ pub fn auth_from(config: &Config) -> anyhow::Result<crate::api::Auth> {
     ))
 }
 
-/// Resolves on SIGINT or SIGTERM.
+/// How many stop signals (SIGINT, SIGTERM) the process had, counted by the
+/// listener [`listen_for_stop`] starts.
+static STOPS: std::sync::OnceLock<tokio::sync::watch::Receiver<u32>> = std::sync::OnceLock::new();
+
+/// Listens for SIGINT and SIGTERM from now on, for the rest of the
+/// process's life (the first call starts the listener; later calls share
+/// it), and returns the count of stops. Called first thing by each
+/// long-running command, so that a stop that comes while the process
+/// still starts (connects, compiles its tasks' modules) is kept and ends it
+/// once started. Before, the listeners lived only while a stop was awaited:
+/// a signal between two waits was dropped, and the process, no longer
+/// killed by it either, ran on. A second stop while stopping ends the
+/// process at once (exit 1): whatever it still runs is cut short, and
+/// leased jobs go back to their queues when their leases run out.
+pub fn listen_for_stop() -> tokio::sync::watch::Receiver<u32> {
+    STOPS
+        .get_or_init(|| {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (tx, rx) = tokio::sync::watch::channel(0u32);
+            let stopped = move || {
+                tx.send_modify(|n| *n = n.saturating_add(1));
+                if *tx.borrow() >= 2 {
+                    eprintln!("a second stop signal: stopping at once");
+                    std::process::exit(1);
+                }
+            };
+            match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(mut term), Ok(mut int)) => tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            _ = term.recv() => {}
+                            _ = int.recv() => {}
+                        }
+                        stopped();
+                    }
+                }),
+                // Without signal handlers there is no graceful way to stop.
+                _ => tokio::spawn(async move {
+                    while tokio::signal::ctrl_c().await.is_ok() {
+                        stopped();
+                    }
+                }),
+            };
+            rx
+        })
+        .clone()
+}
+
+/// Resolves once the process was told to stop (SIGINT or SIGTERM), at
+/// once if it already was (see [`listen_for_stop`]).
 pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        // Without signal handlers there is no graceful way to stop.
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+    let mut stops = listen_for_stop();
+    if stops.wait_for(|n| *n > 0).await.is_err() {
+        // The listener is gone (its runtime ended): no stop can come.
+        std::future::pending::<()>().await;
     }
 }
 

@@ -453,7 +453,12 @@ async fn get_job(
         None => ctx.broker.get(id).await?,
         Some(w) => {
             let wait = duration_param("wait", w, "30s")?;
-            ctx.broker.wait(id, wait.min(MAX_WAIT)).await?
+            super::unless_closing(
+                &ctx,
+                ctx.broker.wait(id, wait.min(MAX_WAIT)),
+                ctx.broker.get(id),
+            )
+            .await?
         }
     };
     let job = job.ok_or_else(|| ApiError::not_found(format!("unknown job {id}")))?;

@@ -170,9 +170,24 @@ pub fn router(ctx: ApiContext) -> Router {
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
 }
 
+/// A long poll's `wait`, cut short when the server starts shutting down:
+/// then it answers `now` (what a long poll answers when its wait is over:
+/// the state as it is). Otherwise a stop waited for every open long poll,
+/// up to five minutes.
+pub(crate) async fn unless_closing<T>(
+    ctx: &ApiContext,
+    wait: impl std::future::Future<Output = T>,
+    now: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::select! {
+        answer = wait => answer,
+        () = ctx.closing.cancelled() => now.await,
+    }
+}
+
 /// Serves the app of `ctx` on `listener` until `shutdown` resolves. Then
-/// event streams end (`ctx.closing` is cancelled) and the requests still in
-/// flight, long polls included, are waited for.
+/// event streams end and long polls answer at once (`ctx.closing` is
+/// cancelled), and the requests still in flight are waited for.
 pub async fn serve(
     listener: TcpListener,
     ctx: ApiContext,

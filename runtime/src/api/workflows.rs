@@ -124,7 +124,12 @@ async fn get_workflow(
         None => wf.status(id).await?,
         Some(w) => {
             let wait = super::jobs::duration_param("wait", w, "30s")?.min(MAX_WAIT);
-            wait_for_end(ctx.broker.as_ref(), &wf, id, wait).await?
+            super::unless_closing(
+                &ctx,
+                wait_for_end(ctx.broker.as_ref(), &wf, id, wait),
+                async { Ok(wf.status(id).await?) },
+            )
+            .await?
         }
     };
     status

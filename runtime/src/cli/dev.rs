@@ -55,6 +55,8 @@ pub fn dev_config(data: &Path) -> anyhow::Result<Config> {
 }
 
 pub async fn execute(args: DevArgs) -> anyhow::Result<ExitCode> {
+    // From now on a stop is never lost, even while starting.
+    app::listen_for_stop();
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let data = std::fs::canonicalize(&args.data_dir)?;

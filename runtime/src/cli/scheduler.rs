@@ -30,6 +30,8 @@ pub struct SchedulerArgs {
 }
 
 pub async fn execute(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
+    // From now on a stop is never lost, even while starting.
+    app::listen_for_stop();
     // The file first: a bad beat is reported without waiting on Redis.
     let mut config = Config::load_or_default(args.config.as_deref())?;
     if let Some(url) = &args.redis {
@@ -48,7 +50,12 @@ pub async fn execute(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
         app::serve_ops(&mut process, listen, ops.clone()).await?;
     }
     // Started before Redis (a boot): wait for it rather than exit.
-    app::wait_for_redis(&config, app::shutdown_signal()).await?;
+    if app::wait_for_redis(&config, app::shutdown_signal()).await? == app::RedisWait::Stopped {
+        // A stop, not a failure (systemd would record a failed unit): the
+        // metrics server ends as it does after a stop once started.
+        process.run_until(std::future::ready(())).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let (broker, registry) = app::connect(&config).await?;
     let producer = app::producer(&config, &broker, &registry)?;
     let scheduler = app::scheduler(&config, &producer, &registry).await?;

@@ -34,6 +34,8 @@ pub struct ServeArgs {
 }
 
 pub async fn execute(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    // From now on a stop is never lost, even while starting.
+    app::listen_for_stop();
     let mut config = Config::load_or_default(args.config.as_deref())?;
     if let Some(l) = &args.listen {
         config.server.listen = l.clone();
@@ -50,7 +52,10 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let auth = app::auth_from(&config)?;
     let sandbox = app::sandbox(&config, args.cache.dir(), None)?;
     // Started before Redis (a boot): wait for it rather than exit.
-    app::wait_for_redis(&config, app::shutdown_signal()).await?;
+    if app::wait_for_redis(&config, app::shutdown_signal()).await? == app::RedisWait::Stopped {
+        // A stop, not a failure (systemd would record a failed unit).
+        return Ok(ExitCode::SUCCESS);
+    }
     let core = Core::open(&config, sandbox).await?;
     let bound = core.apply_tasks(&config).await?;
     if !bound.is_empty() {

@@ -90,6 +90,15 @@ impl Dev {
     }
 }
 
+/// A test that fails leaves no `runner dev` behind.
+impl Drop for Dev {
+    fn drop(&mut self) {
+        // Nothing is sent to a child already waited for (`stop`).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn dev_runs_the_readme_tour() {
     let data = TempDir::new().unwrap();
@@ -481,4 +490,185 @@ fn dev_runs_workflows_from_the_cli() {
     let out = dev.runner(&["workflow", "status", "0190a0a0-0000-7000-8000-000000000000"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(dev.stop().success());
+}
+
+/// Waits at most `within` for `child` to exit; kills it and fails if it
+/// has not (a hang).
+fn exit_within(child: &mut Child, within: Duration, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A listing read by a reader that stops early (`runner jobs list | head
+/// -1`) stops quietly: exit 0, no panic. Before, `println!` panicked on the
+/// closed pipe (exit 101, "Broken pipe" in a panic message). The outputs
+/// are far larger than a pipe's buffer, so they are still being written
+/// when the reader goes.
+#[test]
+fn dev_listings_stop_quietly_when_their_reader_goes() {
+    let data = TempDir::new().unwrap();
+    let dev = Dev::start(data.path());
+    let out = dev.runner(&[
+        "call",
+        "hello",
+        "--input",
+        r#"{"name":"later"}"#,
+        "--countdown",
+        "600",
+        "--repeat",
+        "1000",
+    ]);
+    let ids = ok(&out);
+    assert_eq!(ids.lines().count(), 1000);
+    let job: serde_json::Value = dev
+        .http(
+            reqwest::Method::GET,
+            &format!("/v1/jobs/{}", ids.lines().next().unwrap()),
+        )
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let queue = job["queue"].as_str().expect("a queue").to_string();
+    for args in [
+        vec!["jobs", "list", "--limit", "1000", "--json"],
+        vec!["jobs", "list", "--limit", "1000"],
+        vec!["inspect", "scheduled", &queue, "--limit", "1000"],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_runner"))
+            .args(&args)
+            .env("RUNNER_URL", &dev.url)
+            .env("RUNNER_TOKEN", &dev.token)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let said = std::thread::spawn(move || {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut stderr, &mut text).unwrap();
+            text
+        });
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert!(!first.is_empty(), "{args:?}: nothing printed");
+        // The reader goes (dropped above): the pipe is closed.
+        let status = exit_within(&mut child, Duration::from_secs(60), &args.join(" "));
+        let said = said.join().unwrap();
+        assert!(!said.contains("panicked"), "{args:?}: {said}");
+        assert!(status.success(), "{args:?}: {status}: {said}");
+    }
+    assert!(dev.stop().success());
+}
+
+/// A second `runner dev` on a data directory another one uses is refused
+/// (exit 1, naming the directory) and the first goes on. Before, both
+/// ran, each with its own copy of the task bindings, and each bind saved
+/// over the other's.
+#[test]
+fn dev_refuses_a_data_directory_another_dev_uses() {
+    let data = TempDir::new().unwrap();
+    let dev = Dev::start(data.path());
+    let mut second = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
+        .env_remove("RUNNER_TOKEN")
+        .env_remove("RUNNER_REDIS_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = exit_within(
+        &mut second,
+        Duration::from_secs(60),
+        "the second runner dev",
+    );
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut said).unwrap();
+    assert_eq!(status.code(), Some(1), "{said}");
+    let dir = std::fs::canonicalize(data.path()).unwrap();
+    assert!(
+        said.contains(&dir.display().to_string()) && said.contains("another `runner dev`"),
+        "{said}"
+    );
+    // The first still works.
+    let out = ok(&dev.runner(&["inspect", "tasks"]));
+    assert!(out.contains("hello"), "{out}");
+    assert!(dev.stop().success());
+}
+
+/// Stopping `runner dev` answers its open long polls at once, with the job
+/// as it is. Before, the stop waited for each of them, up to five minutes.
+#[test]
+fn dev_stops_without_waiting_for_its_long_polls() {
+    let data = TempDir::new().unwrap();
+    let mut dev = Dev::start(data.path());
+    let out = dev.runner(&["call", "hello", "--input", "{}", "--countdown", "600"]);
+    let id = ok(&out).trim().to_string();
+    let poll = dev
+        .http(reqwest::Method::GET, &format!("/v1/jobs/{id}?wait=300s"))
+        .timeout(Duration::from_secs(400));
+    let answer = std::thread::spawn(move || {
+        let r = poll.send().unwrap();
+        (r.status(), r.json::<serde_json::Value>().unwrap())
+    });
+    // Long enough for a loopback request to be in its wait.
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = dev.child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = exit_within(&mut dev.child, Duration::from_secs(60), "runner dev");
+    assert!(status.success(), "{status}");
+    let (s, job) = answer.join().unwrap();
+    assert_eq!(s, reqwest::StatusCode::OK, "{job}");
+    assert_eq!(job["state"], "PENDING", "{job}");
+}
+
+/// A second stop while `runner dev` waits for a running job (its grace
+/// period is 30 s) ends it at once, as a second Ctrl-C does with Celery.
+#[test]
+fn dev_stops_at_once_when_told_twice() {
+    let data = TempDir::new().unwrap();
+    let mut dev = Dev::start(data.path());
+    let wasm = guest("sleeper");
+    ok(&dev.runner(&["upload", wasm.to_str().unwrap(), "--bind", "nap"]));
+    let out = dev.runner(&["call", "nap", "--input", r#"{"ms":300000}"#]);
+    let id = ok(&out).trim().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let job: serde_json::Value = dev
+            .http(reqwest::Method::GET, &format!("/v1/jobs/{id}"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if job["state"] == "STARTED" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never started: {job}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = dev.child.id().to_string();
+    Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    // The first stop is under way (the worker waits for the nap)...
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        dev.child.try_wait().unwrap().is_none(),
+        "stopped before its grace"
+    );
+    // ...and the second ends it, well before the grace period is over.
+    Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    let status = exit_within(&mut dev.child, Duration::from_secs(15), "runner dev");
+    assert_eq!(status.code(), Some(1), "{status}");
 }

@@ -288,6 +288,113 @@ async fn processes_started_before_redis_wait_for_it_and_report_readiness() {
     assert_eq!(get(&w("/healthz")).await.map(|a| a.0), Some(200));
 }
 
+/// Stopped as systemd stops a unit (SIGTERM) while it still waits for
+/// Redis, each process says so and exits successfully, as it does when
+/// stopped once up. Before, the wait ended in an error (exit 1): systemd
+/// recorded a failed unit for an ordinary stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_stopped_while_waiting_for_redis_exit_successfully() {
+    let port = free_port();
+    let (worker_ops, scheduler_ops) = (free_port(), free_port());
+    let dir = TempDir::new().unwrap();
+    let text = format!(
+        "[broker]\nredis_url = {}\n\n\
+         [worker]\nqueues = [\"default\"]\nconcurrency = 1\nmetrics_listen = \"127.0.0.1:{worker_ops}\"\n\n\
+         [scheduler]\nmetrics_listen = \"127.0.0.1:{scheduler_ops}\"\n",
+        toml_str(&format!("redis://127.0.0.1:{port}/")),
+    );
+    let path = write_config(&dir, &text);
+    let api = format!("127.0.0.1:{}", free_port());
+    let mut processes = [
+        Logged::start(
+            &["serve", "--listen", &api],
+            &path,
+            dir.path().join("api.log"),
+            &[(
+                "RUNNER_ADMIN_TOKENS",
+                "ops-admin-token-0123456789".to_string(),
+            )],
+        ),
+        Logged::start(&["worker"], &path, dir.path().join("worker.log"), &[]),
+        Logged::start(&["scheduler"], &path, dir.path().join("scheduler.log"), &[]),
+    ];
+    for url in [worker_ops, scheduler_ops].map(|p| format!("http://127.0.0.1:{p}/healthz")) {
+        until(&url, "alive", |status, _| status == 200).await;
+    }
+    // Each is in its wait (it listens for SIGTERM from before its first
+    // try).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for p in &processes {
+        while !p.log().contains("waiting for Redis at") {
+            assert!(Instant::now() < deadline, "not waiting:\n{}", p.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for p in &mut processes {
+        p.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = p.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "still running:\n{}", p.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let log = p.log();
+        assert!(status.success(), "{status}:\n{log}");
+        assert!(log.contains("stopped before Redis at"), "{log}");
+    }
+}
+
+/// A stop that comes while `runner serve` still starts (here, while it
+/// compiles a Python task's module, once Redis answered) ends it once
+/// started, successfully. Before, the signal listeners lived only while a
+/// stop was awaited: this one was dropped, and the process ran on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_while_starting_is_kept() {
+    let port = free_port();
+    let dir = TempDir::new().unwrap();
+    let module = dir.path().join("hello.wasm");
+    std::fs::write(&module, crate::python::python_task("examples/python/hello")).unwrap();
+    let text = format!(
+        "[broker]\nredis_url = {}\n\n[tasks.pyhello]\nmodule = {}\n",
+        toml_str(&format!("redis://127.0.0.1:{port}/")),
+        toml_str(module.to_str().unwrap()),
+    );
+    let path = write_config(&dir, &text);
+    let api = format!("127.0.0.1:{}", free_port());
+    let mut serve = Logged::start(
+        &["serve", "--listen", &api, "--no-cache"],
+        &path,
+        dir.path().join("api.log"),
+        &[(
+            "RUNNER_ADMIN_TOKENS",
+            "ops-admin-token-0123456789".to_string(),
+        )],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !serve.log().contains("waiting for Redis at") {
+        assert!(Instant::now() < deadline, "not waiting:\n{}", serve.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _redis = RedisServer::start_on(port);
+    while !serve.log().contains(" answers") {
+        assert!(Instant::now() < deadline, "no answer:\n{}", serve.log());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // It now compiles the module (seconds, without a cache).
+    serve.signal(libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = serve.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running:\n{}", serve.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}:\n{}", serve.log());
+}
+
 /// The metrics of `docs/metrics.md`: (name, type).
 pub(crate) fn documented_metrics() -> Vec<(String, String)> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
