@@ -70,6 +70,19 @@ impl Logged {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Its exit status, once it exits; fails the test (a hang) if it has
+    /// not within `within`.
+    pub(crate) async fn exit_within(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "still running:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Sends `signal` (SIGSTOP, SIGCONT, SIGTERM...) to the process.
     pub(crate) fn signal(&self, signal: i32) {
         // SAFETY: plain kill(2) on a child we spawned and have not reaped.
@@ -332,14 +345,7 @@ async fn processes_stopped_while_waiting_for_redis_exit_successfully() {
     }
     for p in &mut processes {
         p.signal(libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = p.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "still running:\n{}", p.log());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let status = p.exit_within(Duration::from_secs(30)).await;
         let log = p.log();
         assert!(status.success(), "{status}:\n{log}");
         assert!(log.contains("stopped before Redis at"), "{log}");
@@ -384,14 +390,7 @@ async fn a_stop_while_starting_is_kept() {
     }
     // It now compiles the module (seconds, without a cache).
     serve.signal(libc::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = serve.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "still running:\n{}", serve.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = serve.exit_within(Duration::from_secs(120)).await;
     assert!(status.success(), "{status}:\n{}", serve.log());
 }
 

@@ -72,16 +72,26 @@ pub fn task_component_with(funcs: &str, run_body: &str, data: &str) -> Vec<u8> {
 
 /// [`ok_component`] with `pages` of initial memory (64 KiB each).
 pub fn task_component_with_memory(pages: u32) -> Vec<u8> {
-    task_component_full(
-        pages,
-        "",
-        "(i32.store8 (i32.const 64) (i32.const 0))
+    task_component_full(pages, "", RETURN_OK, "")
+}
+
+/// A core module's bump allocator from byte 4096 (`cabi_realloc`), as WAT.
+const BUMP_REALLOC: &str = r#"(global $heap (mut i32) (i32.const 4096))
+    (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
+      (local $p i32)
+      (local.set $p
+        (i32.and
+          (i32.add (global.get $heap) (i32.sub (local.get 2) (i32.const 1)))
+          (i32.sub (i32.const 0) (local.get 2))))
+      (global.set $heap (i32.add (local.get $p) (local.get 3)))
+      (local.get $p))"#;
+
+/// The end of a core `run` returning `ok` with the 11 bytes at 16
+/// (`{"ok":true}`), as WAT.
+const RETURN_OK: &str = "(i32.store8 (i32.const 64) (i32.const 0))
          (i32.store (i32.const 68) (i32.const 16))
          (i32.store (i32.const 72) (i32.const 11))
-         (i32.const 64)",
-        "",
-    )
-}
+         (i32.const 64)";
 
 fn task_component_full(pages: u32, funcs: &str, run_body: &str, data: &str) -> Vec<u8> {
     wat(&task_component_text(pages, funcs, run_body, data))
@@ -91,15 +101,7 @@ fn task_component_full(pages: u32, funcs: &str, run_body: &str, data: &str) -> V
 /// no pages: each costs nothing to grow, but takes a memory (and an
 /// instance) from the sandbox's pools.
 pub fn ok_component_with_idle_memories(n: usize) -> Vec<u8> {
-    let text = task_component_text(
-        1,
-        "",
-        "(i32.store8 (i32.const 64) (i32.const 0))
-         (i32.store (i32.const 68) (i32.const 16))
-         (i32.store (i32.const 72) (i32.const 11))
-         (i32.const 64)",
-        "",
-    );
+    let text = task_component_text(1, "", RETURN_OK, "");
     let idle = "(core module $idle (memory 0))\n".to_string()
         + &"  (core instance (instantiate $idle))\n".repeat(n);
     wat(&text.replacen(
@@ -115,15 +117,7 @@ fn task_component_text(pages: u32, funcs: &str, run_body: &str, data: &str) -> S
 (component
   (core module $m
     (memory (export "memory") {pages})
-    (global $heap (mut i32) (i32.const 4096))
-    (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
-      (local $p i32)
-      (local.set $p
-        (i32.and
-          (i32.add (global.get $heap) (i32.sub (local.get 2) (i32.const 1)))
-          (i32.sub (i32.const 0) (local.get 2))))
-      (global.set $heap (i32.add (local.get $p) (local.get 3)))
-      (local.get $p))
+    {BUMP_REALLOC}
     (data (i32.const 16) "{{\22ok\22:true}}")
     (data (i32.const 32) "{data}")
     {funcs}
@@ -148,15 +142,7 @@ pub fn random_bytes_component(len: u64) -> Vec<u8> {
     (export "get-random-bytes" (func (param "len" u64) (result (list u8))))))
   (core module $mem
     (memory (export "memory") 64)
-    (global $heap (mut i32) (i32.const 4096))
-    (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
-      (local $p i32)
-      (local.set $p
-        (i32.and
-          (i32.add (global.get $heap) (i32.sub (local.get 2) (i32.const 1)))
-          (i32.sub (i32.const 0) (local.get 2))))
-      (global.set $heap (i32.add (local.get $p) (local.get 3)))
-      (local.get $p)))
+    {BUMP_REALLOC})
   (core instance $m (instantiate $mem))
   (core func $get (canon lower (func $random "get-random-bytes")
     (memory (core memory $m "memory")) (realloc (core func $m "cabi_realloc"))))
@@ -166,10 +152,7 @@ pub fn random_bytes_component(len: u64) -> Vec<u8> {
     (data (i32.const 16) "{{\22ok\22:true}}")
     (func (export "run") (param i32 i32) (result i32)
       (call $get (i64.const {len}) (i32.const 128))
-      (i32.store8 (i32.const 64) (i32.const 0))
-      (i32.store (i32.const 68) (i32.const 16))
-      (i32.store (i32.const 72) (i32.const 11))
-      (i32.const 64)))
+      {RETURN_OK}))
   (core instance $i (instantiate $main
     (with "m" (instance $m))
     (with "r" (instance (export "get" (func $get))))))
@@ -198,15 +181,7 @@ pub fn pollables_component(count: u32) -> Vec<u8> {
   (core module $main
     (import "c" "subscribe" (func $subscribe (param i64) (result i32)))
     (memory (export "memory") 1)
-    (global $heap (mut i32) (i32.const 4096))
-    (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32)
-      (local $p i32)
-      (local.set $p
-        (i32.and
-          (i32.add (global.get $heap) (i32.sub (local.get 2) (i32.const 1)))
-          (i32.sub (i32.const 0) (local.get 2))))
-      (global.set $heap (i32.add (local.get $p) (local.get 3)))
-      (local.get $p))
+    {BUMP_REALLOC}
     (data (i32.const 16) "{{\22ok\22:true}}")
     (func (export "run") (param i32 i32) (result i32)
       (local $n i32)
@@ -217,10 +192,7 @@ pub fn pollables_component(count: u32) -> Vec<u8> {
           (drop (call $subscribe (i64.const 1000000000)))
           (local.set $n (i32.sub (local.get $n) (i32.const 1)))
           (br $more)))
-      (i32.store8 (i32.const 64) (i32.const 0))
-      (i32.store (i32.const 68) (i32.const 16))
-      (i32.store (i32.const 72) (i32.const 11))
-      (i32.const 64)))
+      {RETURN_OK}))
   (core instance $i (instantiate $main
     (with "c" (instance (export "subscribe" (func $subscribe))))))
   (type $task-error (variant (case "retry" string) (case "fail" string)))
@@ -234,13 +206,7 @@ pub fn pollables_component(count: u32) -> Vec<u8> {
 
 /// Returns `{"ok":true}`.
 pub fn ok_component() -> Vec<u8> {
-    task_component(
-        "(i32.store8 (i32.const 64) (i32.const 0))
-         (i32.store (i32.const 68) (i32.const 16))
-         (i32.store (i32.const 72) (i32.const 11))
-         (i32.const 64)",
-        "",
-    )
+    task_component(RETURN_OK, "")
 }
 
 /// Returns its input unchanged (so non-JSON input gives non-JSON output).
