@@ -94,7 +94,9 @@ pub async fn execute(args: DevArgs) -> anyhow::Result<ExitCode> {
     config.auth.admin.push(token.clone());
     let auth = app::auth_from(&config)?;
 
-    let sandbox = app::sandbox(&config, Some(data.join("cache")), None)?;
+    // Pools for as many runs as its worker may hold at once.
+    let runs = app::worker_config(&config)?.most_slots();
+    let sandbox = app::sandbox(&config, Some(data.join("cache")), Some(runs))?;
     let core = Core::open(&config, sandbox).await?;
     let bound = core.apply_tasks(&config).await?;
 

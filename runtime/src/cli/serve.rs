@@ -50,7 +50,12 @@ pub async fn execute(args: ServeArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let auth = app::auth_from(&config)?;
-    let sandbox = app::sandbox(&config, args.cache.dir(), None)?;
+    // Pools for as many runs as its worker may hold at once.
+    let runs = match args.worker {
+        true => Some(app::worker_config(&config)?.most_slots()),
+        false => None,
+    };
+    let sandbox = app::sandbox(&config, args.cache.dir(), runs)?;
     // Started before Redis (a boot): wait for it rather than exit.
     if app::wait_for_redis(&config, app::shutdown_signal()).await? == app::RedisWait::Stopped {
         // A stop, not a failure (systemd would record a failed unit).

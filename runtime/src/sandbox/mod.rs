@@ -219,25 +219,17 @@ impl Sandbox {
 
     /// Runs the module once with the request's input, limits and host
     /// environment. Never fails: how the run ended is the report's outcome.
+    /// A run cancelled while it waits for a slot (every slot busy) ends
+    /// revoked without starting.
     pub async fn run(&self, module: &LoadedModule, req: RunRequest) -> RunReport {
         let inner = &self.inner;
-        let _slot = match inner.slots.acquire().await {
-            Ok(permit) => permit,
-            Err(_) => {
-                return RunReport {
-                    outcome: Outcome::HostFailure("the sandbox is shutting down".into()),
-                    stdout: String::new(),
-                    stdout_truncated: false,
-                    stderr: String::new(),
-                    stderr_truncated: false,
-                    logs: Vec::new(),
-                    logs_dropped: 0,
-                    last_progress: None,
-                    fuel_used: None,
-                    memory_peak_bytes: 0,
-                    duration: std::time::Duration::ZERO,
-                };
-            }
+        let slot = tokio::select! {
+            biased;
+            () = req.cancel.cancelled() => return RunReport::not_run(Outcome::Revoked),
+            slot = inner.slots.acquire() => slot,
+        };
+        let Ok(_slot) = slot else {
+            return RunReport::not_run(Outcome::HostFailure("the sandbox is shutting down".into()));
         };
         let env = run::RunEnv {
             engine: &inner.engine,

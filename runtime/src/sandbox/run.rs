@@ -225,6 +225,25 @@ pub struct RunReport {
     pub duration: Duration,
 }
 
+impl RunReport {
+    /// The report of a run that ended as `outcome` before it started.
+    pub(crate) fn not_run(outcome: Outcome) -> RunReport {
+        RunReport {
+            outcome,
+            stdout: String::new(),
+            stdout_truncated: false,
+            stderr: String::new(),
+            stderr_truncated: false,
+            logs: Vec::new(),
+            logs_dropped: 0,
+            last_progress: None,
+            fuel_used: None,
+            memory_peak_bytes: 0,
+            duration: Duration::ZERO,
+        }
+    }
+}
+
 /// The data of a run's store: what host functions see.
 pub(crate) struct RunState {
     wasi: WasiCtx,

@@ -354,6 +354,48 @@ fn bad_modules_are_refused_with_what_is_wrong() {
     ));
 }
 
+/// A run cancelled while it waits for a slot (every slot busy) ends
+/// revoked at once, without starting. It used to wait for the slot, then
+/// run (a job revoked with `terminate` could still succeed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_run_waiting_for_a_slot_ends_it_unstarted() {
+    let sandbox = Sandbox::new(SandboxConfig {
+        max_concurrent_runs: 1,
+        ..SandboxConfig::default()
+    })
+    .unwrap();
+    let spin = sandbox.load(&support::spin_component()).unwrap();
+    let ok = sandbox.load(&support::ok_component()).unwrap();
+    let stop_spinner = CancelToken::new();
+    let spinner = tokio::spawn({
+        let sandbox = sandbox.clone();
+        let request = RunRequest {
+            limits: limits(None, 16, Duration::from_secs(60)),
+            cancel: stop_spinner.clone(),
+            ..RunRequest::new("{}")
+        };
+        async move { sandbox.run(&spin, request).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let cancel = CancelToken::new();
+    let waiting = tokio::spawn({
+        let sandbox = sandbox.clone();
+        let request = RunRequest {
+            cancel: cancel.clone(),
+            ..RunRequest::new("{}")
+        };
+        async move { sandbox.run(&ok, request).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished(), "ran without a slot");
+    cancel.cancel();
+    let report = waiting.await.unwrap();
+    assert_eq!(report.outcome, Outcome::Revoked);
+    assert!(!spinner.is_finished(), "the slot was free");
+    stop_spinner.cancel();
+    assert_eq!(spinner.await.unwrap().outcome, Outcome::Revoked);
+}
+
 /// A component needing more of the pools than one run's share (here,
 /// memories) is refused when loaded. It used to load, and each of its runs
 /// took the pool slots of others, whose runs then failed to instantiate.
