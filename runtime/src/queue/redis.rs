@@ -1054,23 +1054,34 @@ impl Broker for RedisBroker {
     }
 
     async fn subscribe(&self) -> BrokerResult<broadcast::Receiver<JobEvent>> {
-        let existing = self.inner.hub.lock().ok().and_then(|h| h.clone());
-        let (hub, started) = match existing {
-            Some(hub) => (hub, false),
+        // The receiver joins under the lock: `hub_idle` decides under it
+        // that nobody listens, so it cannot stop a hub between our finding
+        // it and joining it (the receiver would then hear nothing, ever).
+        let existing = self
+            .inner
+            .hub
+            .lock()
+            .ok()
+            .and_then(|h| h.as_ref().map(|hub| (hub.clone(), hub.tx.subscribe())));
+        let (hub, rx, started) = match existing {
+            Some((hub, rx)) => (hub, rx, false),
             None => {
                 let hub = self.start_hub().await?;
-                if let Ok(mut slot) = self.inner.hub.lock() {
-                    // Two callers may race to start a hub; the loser's hub
-                    // keeps serving its own receivers and stops when they
-                    // are gone.
-                    if slot.is_none() {
-                        *slot = Some(hub.clone());
+                let rx = match self.inner.hub.lock() {
+                    Ok(mut slot) => {
+                        // Two callers may race to start a hub; the loser's
+                        // hub keeps serving its own receivers and stops
+                        // when they are gone.
+                        if slot.is_none() {
+                            *slot = Some(hub.clone());
+                        }
+                        hub.tx.subscribe()
                     }
-                }
-                (hub, true)
+                    Err(_) => hub.tx.subscribe(),
+                };
+                (hub, rx, true)
             }
         };
-        let rx = hub.tx.subscribe();
         // On shard channels, every queue that exists now is heard before
         // the receiver is handed out: a caller that waits for a job of a
         // queue made a moment ago (before its announcement reached the
