@@ -697,10 +697,7 @@ async fn job_events(
             if st.done {
                 return None;
             }
-            let wake = match (st.expiry, st.retry) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let wake = [st.expiry, st.retry].into_iter().flatten().min();
             let heard = match wake {
                 Some(at) => tokio::time::timeout_at(at, st.rx.recv()).await.ok(),
                 None => Some(st.rx.recv().await),
@@ -711,11 +708,6 @@ async fn job_events(
                     let now = tokio::time::Instant::now();
                     st.expiry = st.expiry.filter(|at| *at > now);
                     st.retry = st.retry.filter(|at| *at > now);
-                    match st.read_again().await {
-                        Reread::Send(ev) => return Some((Ok(ev), st)),
-                        Reread::Nothing => continue,
-                        Reread::Gone => return None,
-                    }
                 }
                 Some(Ok(ev)) if ev.id == st.id => {
                     st.done = ev.state.is_final();
@@ -728,16 +720,14 @@ async fn job_events(
                     return Some((Ok(event_of(&ev)), st));
                 }
                 Some(Ok(ev)) if !ev.is_gap() => continue,
-                Some(Ok(_)) | Some(Err(broadcast::error::RecvError::Lagged(_))) => {
-                    // Missed some: send the job as it is now.
-                    st.missed = true;
-                    match st.read_again().await {
-                        Reread::Send(ev) => return Some((Ok(ev), st)),
-                        Reread::Nothing => continue,
-                        Reread::Gone => return None,
-                    }
-                }
+                // Missed some: send the job as it is now.
+                Some(Ok(_)) | Some(Err(broadcast::error::RecvError::Lagged(_))) => st.missed = true,
                 Some(Err(broadcast::error::RecvError::Closed)) => return None,
+            }
+            match st.read_again().await {
+                Reread::Send(ev) => return Some((Ok(ev), st)),
+                Reread::Nothing => {}
+                Reread::Gone => return None,
             }
         }
     });
