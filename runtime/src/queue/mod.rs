@@ -341,14 +341,85 @@ pub struct JobEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
     /// The job's final record (JSON) when the broker sent it with the end
-    /// (Redis does for records up to [`EVENT_RECORD_MAX`] bytes): whoever
-    /// waits for the end needs no read.
+    /// (Redis does for records up to [`EVENT_RECORD_MAX`] bytes) and this
+    /// process wants it ([`Broker::want_record`]): whoever waits for the
+    /// end needs no read.
     #[serde(skip)]
     pub record: Option<Arc<str>>,
 }
 
 /// The largest final record sent with a job's end event (`settle.lua`).
 pub const EVENT_RECORD_MAX: usize = 16384;
+
+/// The final records this process's job events carry: only those of jobs
+/// someone waits for ([`Broker::want_record`]). Every receiver of the
+/// event feed shares one ring of events, and a receiver that stops
+/// reading (an event stream whose client went quiet) holds every event
+/// after its place until the ring wraps: 65,536 of them on Redis. With
+/// every record of up to 16 KiB in them, that was up to 1 GiB held by one
+/// quiet client; without the records nobody asked for, a few MiB.
+#[derive(Default)]
+pub struct RecordWants {
+    /// Receivers that want every record (they read eagerly: a benchmark).
+    all: usize,
+    ids: std::collections::HashMap<JobId, usize>,
+}
+
+impl RecordWants {
+    /// Whether a final record of `id` is wanted.
+    pub fn wants(&self, id: &JobId) -> bool {
+        self.all > 0 || self.ids.contains_key(id)
+    }
+
+    /// Wants `id`'s final record (every record: `None`) until the guard
+    /// is dropped.
+    pub fn want(wants: &Arc<std::sync::Mutex<RecordWants>>, id: Option<JobId>) -> RecordWant {
+        let mut w = wants.lock().unwrap_or_else(|e| e.into_inner());
+        match id {
+            None => w.all += 1,
+            Some(id) => *w.ids.entry(id).or_default() += 1,
+        }
+        RecordWant {
+            wants: Some(wants.clone()),
+            id,
+        }
+    }
+}
+
+/// A wish for final records in job events ([`Broker::want_record`]),
+/// withdrawn when dropped.
+pub struct RecordWant {
+    wants: Option<Arc<std::sync::Mutex<RecordWants>>>,
+    id: Option<JobId>,
+}
+
+impl RecordWant {
+    /// For a broker whose events never carry records.
+    pub fn unneeded() -> RecordWant {
+        RecordWant {
+            wants: None,
+            id: None,
+        }
+    }
+}
+
+impl Drop for RecordWant {
+    fn drop(&mut self) {
+        let Some(wants) = &self.wants else { return };
+        let mut w = wants.lock().unwrap_or_else(|e| e.into_inner());
+        match self.id {
+            None => w.all = w.all.saturating_sub(1),
+            Some(id) => {
+                if let std::collections::hash_map::Entry::Occupied(mut e) = w.ids.entry(id) {
+                    *e.get_mut() -= 1;
+                    if *e.get() == 0 {
+                        e.remove();
+                    }
+                }
+            }
+        }
+    }
+}
 
 impl JobEvent {
     /// Not a job's event: the feed was cut (Redis restarted, a connection
@@ -534,6 +605,15 @@ pub trait Broker: Send + Sync + 'static {
     /// Job events of every queue, pushed.
     async fn subscribe(&self) -> BrokerResult<broadcast::Receiver<JobEvent>>;
 
+    /// Has the end events of job `id` (of every job: `None`, for a
+    /// receiver that reads eagerly) carry the final record when the broker
+    /// sends it, until the guard is dropped ([`RecordWants`]). Take it
+    /// before the end can come.
+    fn want_record(&self, id: Option<JobId>) -> RecordWant {
+        let _ = id;
+        RecordWant::unneeded()
+    }
+
     async fn revoke(&self, id: JobId, terminate: bool) -> BrokerResult<RevokeOutcome>;
 
     /// Settles `completions` and leases up to `fetch` jobs, atomically.
@@ -674,6 +754,7 @@ pub trait Broker: Send + Sync + 'static {
     async fn wait(&self, id: JobId, timeout: Duration) -> BrokerResult<Option<Job>> {
         // Subscribe before reading, so that an end between the read and the
         // subscription cannot be missed.
+        let _record = self.want_record(Some(id));
         let mut events = self.subscribe().await?;
         let deadline = tokio::time::Instant::now() + timeout;
         // Woken once by the expiry: a job leased then is not shown expired,

@@ -125,9 +125,9 @@ use super::shard_feed::{ShardChannels, ShardFeed};
 use super::workflow::RUNNING_TTL;
 use super::{
     Broker, BrokerError, BrokerResult, Completion, Delivery, Enqueued, Extended, JobEvent, Lease,
-    LeaseMember, PURGED, PurgeFilter, QueueStats, RevokeOutcome, SettleReply, SettleRequest,
-    Settlement, Signal, WfMark, WfMarked, WfState, WfStored, WorkerInfo, WorkerSnapshot,
-    gather_answers, ms_to_time, show_open,
+    LeaseMember, PURGED, PurgeFilter, QueueStats, RecordWant, RecordWants, RevokeOutcome,
+    SettleReply, SettleRequest, Settlement, Signal, WfMark, WfMarked, WfState, WfStored,
+    WorkerInfo, WorkerSnapshot, gather_answers, ms_to_time, show_open,
 };
 
 const QUEUES_KEY: &str = "runner:queues";
@@ -366,6 +366,8 @@ struct Inner {
     /// scripts last said: a script that runs in that minute still need not
     /// read it (`hist_known` in `check.lua`).
     hist_minutes: Mutex<HashMap<String, String>>,
+    /// The final records the event feed hands on ([`RecordWants`]).
+    record_wants: Arc<Mutex<RecordWants>>,
 }
 
 /// How this process's clock relates to the Redis server's. Every script
@@ -441,6 +443,7 @@ impl RedisBroker {
                 liveness: Liveness::default(),
                 heartbeats: Mutex::new(HashMap::new()),
                 hist_minutes: Mutex::new(HashMap::new()),
+                record_wants: Arc::default(),
             }),
         })
     }
@@ -663,6 +666,7 @@ impl RedisBroker {
         let sender = tx.clone();
         let live = self.inner.liveness;
         let weak = Arc::downgrade(&self.inner);
+        let wants = self.inner.record_wants.clone();
         tokio::spawn(async move {
             let idle = || hub_idle(&weak, &tx, false);
             let mut next = Some(first);
@@ -671,7 +675,7 @@ impl RedisBroker {
                 if let Some(ps) = next.take() {
                     let stopped = listen(ps, live, idle, |msg| {
                         if let Ok(payload) = msg.get_payload::<String>() {
-                            hub_send(&tx, &payload);
+                            hub_send(&tx, &wants, &payload);
                         }
                         true
                     })
@@ -716,6 +720,7 @@ impl RedisBroker {
         let sender = tx.clone();
         let live = self.inner.liveness;
         let weak = Arc::downgrade(&self.inner);
+        let wants = self.inner.record_wants.clone();
         let more = channels.clone();
         let mut stop = self.inner.stop.subscribe();
         let task = tokio::spawn(async move {
@@ -735,7 +740,7 @@ impl RedisBroker {
                                 }
                             });
                         } else {
-                            hub_send(&tx, payload);
+                            hub_send(&tx, &wants, payload);
                         }
                         true
                     },
@@ -797,10 +802,17 @@ struct Hub {
 }
 
 /// Sends the events of one message to the hub's receivers (none is fine:
-/// nobody waits right now).
-fn hub_send(tx: &broadcast::Sender<JobEvent>, payload: &str) {
+/// nobody waits right now), with the final records that are `wants`ed.
+fn hub_send(tx: &broadcast::Sender<JobEvent>, wants: &Mutex<RecordWants>, payload: &str) {
     if let Ok(m) = serde_json::from_str::<WireMessage>(payload) {
-        for ev in m.events() {
+        let events = match m.rec {
+            Some(_) => {
+                let wants = wants.lock().unwrap_or_else(|e| e.into_inner());
+                m.events(|id| wants.wants(id))
+            }
+            None => m.events(|_| false),
+        };
+        for ev in events {
             let _ = tx.send(ev);
         }
     }
@@ -889,14 +901,18 @@ struct WireProgress {
 }
 
 impl WireMessage {
-    fn events(&self) -> Vec<JobEvent> {
+    /// The message's events, with the final records of the jobs that are
+    /// `wanted` (the others' ends go without theirs).
+    fn events(&self, wanted: impl Fn(&JobId) -> bool) -> Vec<JobEvent> {
         let mut out = Vec::new();
         // cjson encodes an empty list as `{}`, so an absent or odd `ev`
         // simply yields nothing.
         for (key, state) in self.ev.iter().flatten() {
             if let (Ok(id), Ok(state)) = (key.parse(), state.parse::<JobState>()) {
                 let record = match &self.rec {
-                    Some(recs) if state.is_final() => recs.get(key).map(|r| Arc::from(r.as_str())),
+                    Some(recs) if state.is_final() && wanted(&id) => {
+                        recs.get(key).map(|r| Arc::from(r.as_str()))
+                    }
                     _ => None,
                 };
                 out.push(JobEvent {
@@ -1051,6 +1067,10 @@ impl Broker for RedisBroker {
             }
             other => other,
         }
+    }
+
+    fn want_record(&self, id: Option<JobId>) -> RecordWant {
+        RecordWants::want(&self.inner.record_wants, id)
     }
 
     async fn subscribe(&self) -> BrokerResult<broadcast::Receiver<JobEvent>> {

@@ -315,6 +315,9 @@ impl Broker for Faulty {
     async fn subscribe(&self) -> BrokerResult<broadcast::Receiver<JobEvent>> {
         self.inner.subscribe().await
     }
+    fn want_record(&self, id: Option<JobId>) -> runner::queue::RecordWant {
+        self.inner.want_record(id)
+    }
     async fn revoke(&self, id: JobId, terminate: bool) -> BrokerResult<RevokeOutcome> {
         self.inner.revoke(id, terminate).await
     }

@@ -1178,22 +1178,34 @@ async fn a_worker_whose_push_is_on_its_way_leases_nothing_more(env: Env) {
 }
 
 /// On Redis a job's end event carries its final record (up to
-/// `EVENT_RECORD_MAX` bytes), so that a waiter needs no read; a larger one
-/// is left out and read. The embedded broker's waiters read memory.
+/// `EVENT_RECORD_MAX` bytes) when this process waits for that job, so that
+/// the waiter needs no read; a larger one is left out and read. Records
+/// nobody wants stay out of the event feed, whose ring a quiet receiver
+/// holds. The embedded broker's waiters read memory.
 async fn an_end_event_carries_the_final_record(env: Env) {
     let b = &env.broker;
     let mut events = b.subscribe().await.unwrap();
     let small = env.producer.enqueue(call("{}")).await.unwrap().job.id;
     let big = env.producer.enqueue(call("{}")).await.unwrap().job.id;
-    let r = b.settle(settle("work", "w", vec![], 2)).await.unwrap();
+    let unwanted = env.producer.enqueue(call("{}")).await.unwrap().job.id;
+    let wants = [b.want_record(Some(small)), b.want_record(Some(big))];
+    let r = b.settle(settle("work", "w", vec![], 3)).await.unwrap();
     let large = format!("\"{}\"", "x".repeat(runner::queue::EVENT_RECORD_MAX));
-    let done = vec![
-        success(&r.deliveries[0], "{\"ok\":1}"),
-        success(&r.deliveries[1], &large),
-    ];
+    let output = |id| {
+        if id == big {
+            large.as_str()
+        } else {
+            "{\"ok\":1}"
+        }
+    };
+    let done = r
+        .deliveries
+        .iter()
+        .map(|d| success(d, output(d.job.id)))
+        .collect();
     b.settle(settle("work", "w", done, 0)).await.unwrap();
     let mut records = std::collections::HashMap::new();
-    while records.len() < 2 {
+    while records.len() < 3 {
         let ev = tokio::time::timeout(Duration::from_secs(5), events.recv())
             .await
             .unwrap()
@@ -1216,8 +1228,28 @@ async fn an_end_event_carries_the_final_record(env: Env) {
             records[&big].is_none(),
             "a record over the cap is read, not sent"
         );
+        assert!(
+            records[&unwanted].is_none(),
+            "a record nobody waits for stays out of the feed"
+        );
     }
-    for id in [small, big] {
+    // Once nobody wants it, a record stays out too.
+    drop(wants);
+    let again = env.producer.enqueue(call("{}")).await.unwrap().job.id;
+    let r = b.settle(settle("work", "w", vec![], 1)).await.unwrap();
+    let done = vec![success(&r.deliveries[0], "{\"ok\":1}")];
+    b.settle(settle("work", "w", done, 0)).await.unwrap();
+    let ev = loop {
+        let ev = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if ev.id == again && ev.state.is_final() {
+            break ev;
+        }
+    };
+    assert!(ev.record.is_none());
+    for id in [small, big, unwanted, again] {
         assert_eq!(
             b.wait(id, Duration::from_secs(1))
                 .await
