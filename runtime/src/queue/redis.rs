@@ -121,7 +121,7 @@ pub use super::endpoint::{
 use super::history::Minutes;
 use super::job::{DEAD_LETTER_TTL, Job, JobId, JobState, MAX_DELAY, Progress, RateLimit};
 use super::list::{JobPage, JobQuery, Walk, Window, parse_cursor};
-use super::shard_feed::{ShardChannels, ShardFeed};
+use super::shard_feed::{Discover, ShardChannels, ShardFeed};
 use super::workflow::RUNNING_TTL;
 use super::{
     Broker, BrokerError, BrokerResult, Completion, Delivery, Enqueued, Extended, JobEvent, Lease,
@@ -714,7 +714,11 @@ impl RedisBroker {
     async fn start_shard_hub(&self, seeds: &ShardSeeds) -> BrokerResult<Hub> {
         let queues: Vec<String> = self.conn().smembers(QUEUES_KEY).await?;
         let classic = vec![WF_CHANNEL.to_string(), NEW_QUEUE_CHANNEL.to_string()];
-        let feed = ShardFeed::open(seeds, shard_channels(&queues), classic).await?;
+        let discover = Discover {
+            set: QUEUES_KEY,
+            channel: shard_channel,
+        };
+        let feed = ShardFeed::open(seeds, shard_channels(&queues), classic, Some(discover)).await?;
         let channels = feed.channels();
         let (tx, _) = broadcast::channel(65_536);
         let sender = tx.clone();
@@ -775,8 +779,8 @@ impl RedisBroker {
     /// long poll, an event stream) misses none of its jobs' events, even
     /// when the queue is new to the hub and its announcement is still on
     /// its way. (A hub started later reads every queue as it starts.) A
-    /// subscription that fails is logged: the feed's own recovery says
-    /// when events were missed.
+    /// subscription that fails is logged: the feed finds the queue at its
+    /// next check ([`Discover`]) and then says events were missed.
     async fn hear_queue(&self, queue: &str) {
         let shards = self
             .inner
@@ -2598,7 +2602,7 @@ enum SignalFeed {
 async fn connect_signals(client: &RedisEndpoint, queues: &[String]) -> BrokerResult<SignalFeed> {
     if let Some(seeds) = client.shards() {
         let control = vec![CONTROL_CHANNEL.to_string()];
-        let feed = ShardFeed::open(seeds, shard_channels(queues), control).await?;
+        let feed = ShardFeed::open(seeds, shard_channels(queues), control, None).await?;
         return Ok(SignalFeed::Sharded(feed));
     }
     let mut ps = client.pubsub().await?;

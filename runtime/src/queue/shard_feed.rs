@@ -21,10 +21,16 @@
 //! - **A connection that went silent.** Every `Liveness::every`, the feed
 //!   subscribes its channels again (each is confirmed; a channel already
 //!   subscribed stays as it was), within `Liveness::timeout`.
+//! - **A channel it never heard of.** A feed given a [`Discover`] set
+//!   (the hub: the set of queues) reads it at each of those checks and
+//!   after each recovery, and subscribes the channels of members it does
+//!   not have: a queue whose announcement it missed (the announcement
+//!   came while it was cut off, or was never sent because the process
+//!   that made the queue failed to), or whose subscription failed.
 //!
 //! Whatever was published while a channel was not subscribed is lost: the
 //! listener is told once the channels are back (`on_recovered`), as after
-//! a classic subscription's reconnect.
+//! a classic subscription's reconnect, and once a channel was found.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -52,6 +58,15 @@ pub(crate) struct ShardChannels {
     conn: ClusterConnection,
     shard: Arc<Mutex<BTreeSet<String>>>,
     classic: Arc<Vec<String>>,
+    discover: Option<Discover>,
+}
+
+/// A set whose members each need a shard channel: its key, and the
+/// channel of a member.
+#[derive(Clone)]
+pub(crate) struct Discover {
+    pub(crate) set: &'static str,
+    pub(crate) channel: fn(&str) -> String,
 }
 
 impl ShardChannels {
@@ -86,13 +101,36 @@ impl ShardChannels {
         Ok(())
     }
 
-    /// Subscribes every channel again.
-    async fn all(&self) -> RedisResult<()> {
+    /// Subscribes every channel again, and (if `discover`) those of
+    /// members of the [`Discover`] set it did not have: whether there were
+    /// any.
+    async fn all(&self, discover: bool) -> RedisResult<bool> {
+        let found = match self.discover.as_ref().filter(|_| discover) {
+            Some(d) => {
+                let members: Vec<String> = redis::cmd("SMEMBERS")
+                    .arg(d.set)
+                    .query_async(&mut self.conn.clone())
+                    .await?;
+                let have = self.shard.lock().unwrap_or_else(|e| e.into_inner());
+                let found: Vec<String> = members
+                    .iter()
+                    .map(|m| (d.channel)(m))
+                    .filter(|c| !have.contains(c))
+                    .collect();
+                drop(have);
+                if !found.is_empty() {
+                    tracing::warn!(channels = ?found, "the event feed had not heard of these queues; subscribing");
+                }
+                found
+            }
+            None => Vec::new(),
+        };
         let shard: Vec<String> = self
             .shard
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
+            .chain(&found)
             .cloned()
             .collect();
         self.ssubscribe(&shard).await?;
@@ -101,7 +139,12 @@ impl ShardChannels {
             async move { conn.subscribe(c).await }
         }))
         .await?;
-        Ok(())
+        let any = !found.is_empty();
+        self.shard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(found);
+        Ok(any)
     }
 
     /// Until every channel is subscribed again (tries each within
@@ -109,7 +152,7 @@ impl ShardChannels {
     async fn recover(self, live: Liveness) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            if let Ok(Ok(())) = tokio::time::timeout(live.timeout, self.all()).await {
+            if let Ok(Ok(_)) = tokio::time::timeout(live.timeout, self.all(true)).await {
                 return;
             }
             tokio::time::sleep(backoff).await;
@@ -120,12 +163,14 @@ impl ShardChannels {
 
 impl ShardFeed {
     /// A feed subscribed to the shard channels `shard` and the classic
-    /// channels `classic`; an error if one of them cannot be subscribed
-    /// (e.g. a server before Redis 7, which has no sharded pub/sub).
+    /// channels `classic`, and later to those `discover` finds; an error
+    /// if one of them cannot be subscribed (e.g. a server before Redis 7,
+    /// which has no sharded pub/sub).
     pub(crate) async fn open(
         seeds: &ShardSeeds,
         shard: Vec<String>,
         classic: Vec<String>,
+        discover: Option<Discover>,
     ) -> RedisResult<Self> {
         let explain = |e: redis::RedisError| {
             redis::RedisError::from((
@@ -146,8 +191,9 @@ impl ShardFeed {
             conn,
             shard: Arc::new(Mutex::new(shard.into_iter().collect())),
             classic: Arc::new(classic),
+            discover,
         };
-        channels.all().await.map_err(explain)?;
+        channels.all(false).await.map_err(explain)?;
         Ok(ShardFeed { channels, rx })
     }
 
@@ -160,7 +206,8 @@ impl ShardFeed {
     /// false, `stop` completes, or `closed()` says the listener is gone
     /// (asked every `live.every` and when a channel is lost); returns true
     /// then. Channels lost on the way are subscribed again, then
-    /// `on_recovered` is called (false: stop). Returns false if the
+    /// `on_recovered` is called (false: stop); so it is after channels
+    /// were found ([`Discover`]). Returns false if the
     /// connection itself ended (open a new feed). The connection closes
     /// when this returns.
     pub(crate) async fn listen(
@@ -209,11 +256,21 @@ impl ShardFeed {
                     if closed() {
                         return true;
                     }
-                    recovering.is_none()
-                        && !matches!(
-                            tokio::time::timeout(live.timeout, self.channels.all()).await,
-                            Ok(Ok(()))
-                        )
+                    if recovering.is_some() {
+                        false
+                    } else {
+                        match tokio::time::timeout(live.timeout, self.channels.all(true)).await {
+                            // A channel found: whatever it carried before is lost.
+                            Ok(Ok(true)) => {
+                                if !on_recovered() {
+                                    return true;
+                                }
+                                false
+                            }
+                            Ok(Ok(false)) => false,
+                            _ => true,
+                        }
+                    }
                 }
             };
             if lost {

@@ -596,6 +596,58 @@ async fn a_feed_hears_the_queues_its_process_enqueues_to() {
     worker.stop().await;
 }
 
+/// A feed that missed a queue's announcement (it came while the feed was
+/// cut off, or the process that made the queue failed to send it) finds
+/// the queue at its next check, subscribes its channel and says that
+/// events may have been missed; from then on it hears the queue's jobs.
+/// Before, it never heard them until it was started again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_finds_a_queue_whose_announcement_it_missed() {
+    let cluster = start_cluster(3, 0).await;
+    // The event feed of one process (an API), checking every second.
+    let live = runner::queue::redis::Liveness {
+        every: Duration::from_secs(1),
+        timeout: Duration::from_secs(5),
+    };
+    let api = connect(&cluster).await.with_liveness(live);
+    let mut conn = api.connection();
+    let mut events = api.subscribe().await.unwrap();
+    // Known to the cluster, as when another process made it, but never
+    // announced.
+    let _: u64 = redis::cmd("SADD")
+        .arg("runner:queues")
+        .arg("quiet")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let chan = "runner:{quiet}:ev";
+    let master = cluster.master_of("runner:{quiet}:ready");
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while subscribers(&cluster, master, chan).0 < 1 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the feed subscribes the queue's channel");
+    // Told that events may have been missed.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !events.recv().await.unwrap().is_gap() {}
+    })
+    .await
+    .expect("a gap after the queue was found");
+    // Another process enqueues there, and a worker runs the job.
+    let (registry, _, producer) = deploy(connect(&cluster).await, &[("hello_q", "quiet")]).await;
+    let worker = start_worker_with(
+        Arc::new(connect(&cluster).await),
+        registry,
+        HostServices::default(),
+        cfg(&["quiet"], 1),
+    );
+    let id = enqueue(&producer, &["hello_q"], 1, 0).await[0];
+    hear_end(&mut events, id).await;
+    worker.stop().await;
+}
+
 /// A task re-bound on a cluster keeps the binding it replaced: the
 /// script that binds writes the bindings and the name's history, which
 /// must share a slot for it to run there.
