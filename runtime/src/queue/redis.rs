@@ -1713,12 +1713,25 @@ impl Broker for RedisBroker {
         id: JobId,
         launched: &[(String, JobId)],
     ) -> BrokerResult<Option<WfState>> {
-        let mut inv = self.inner.scripts.wf_launched.prepare_invoke();
-        inv.key(wf_key(id));
-        for (path, job) in launched {
-            inv.arg(format!("l:{path}")).arg(job.to_string());
+        // In calls of a bounded size: a script hands Redis at most 8,000
+        // values at once (`unpack`), and a group may launch 10,000 jobs.
+        // Each call reads the state again: the last says how it is after
+        // all of them (a record gone stops them).
+        let mut chunks = launched.chunks(ENQUEUE_CHUNK);
+        let none: &[(String, JobId)] = &[];
+        let first = chunks.next().unwrap_or(none);
+        let mut state = None;
+        for chunk in std::iter::once(first).chain(chunks) {
+            let mut inv = self.inner.scripts.wf_launched.prepare_invoke();
+            inv.key(wf_key(id));
+            for (path, job) in chunk {
+                inv.arg(format!("l:{path}")).arg(job.to_string());
+            }
+            state = inv.invoke_async::<Option<String>>(&mut self.conn()).await?;
+            if state.is_none() {
+                break;
+            }
         }
-        let state: Option<String> = inv.invoke_async(&mut self.conn()).await?;
         Ok(state.and_then(|s| WfState::parse(&s)))
     }
 

@@ -663,9 +663,13 @@ impl Workflows {
         }
         let state = self.enqueue_members(id, jobs).await?;
         if state.is_some_and(|s| s != WfState::Running) {
+            // The workflow ended while this launch was under way, so these
+            // steps are of the rest that never runs. They may have started
+            // already (the enqueue pushes to idle workers), and the revoke
+            // could not see them: they are stopped, whatever it asked.
             let mut paths: Vec<&str> = entry.iter().map(|n| n.path.as_str()).collect();
             paths.sort();
-            self.revoke_launched(id, Some(&paths), false).await?;
+            self.revoke_launched(id, Some(&paths), true).await?;
         }
         Ok(())
     }
@@ -731,6 +735,18 @@ impl Workflows {
         let Some(cb) = tree.on_error_for(failed) else {
             return Ok(());
         };
+        // Every apply of the failure comes here (the failure is marked
+        // once, but its end may be applied again: a redelivery, a stale
+        // outbox entry, a dead letter replayed that fails again). The
+        // launch record says whether the callback went, also once its
+        // job's record has expired (the enqueue's lookup by id would not).
+        let launched = self
+            .broker()
+            .wf_fields(id, &[format!("l:{}", cb.path)])
+            .await?;
+        if launched.first().is_some_and(Option::is_some) {
+            return Ok(());
+        }
         let member = jobs
             .iter()
             .find(|j| j.workflow.as_ref().is_some_and(|w| w.path == failed));

@@ -243,8 +243,10 @@ async fn a_long_poll_reads_again_after_its_feed_was_cut() {
 /// the lease, for them alone), or its next `failing_gets` reads of a job
 /// fail (a Redis restarting answers LOADING), or no subscription to
 /// signals can be made (`refuse_signals`, as while Redis refuses
-/// connections) and those made end ([`Faulty::lose_signals`]). It notes
-/// every completion settled through it and counts the calls of `signals`.
+/// connections) and those made end ([`Faulty::lose_signals`]), or its
+/// workflow launch records wait until released (`hold_launches`: a launch
+/// that stalls). It notes every completion settled through it and counts
+/// the calls of `signals`.
 struct Faulty {
     inner: Arc<dyn Broker>,
     deaf: bool,
@@ -254,6 +256,10 @@ struct Faulty {
     signal_calls: AtomicU64,
     cut: tokio::sync::watch::Sender<()>,
     settled: std::sync::Mutex<Vec<JobId>>,
+    hold_launches: bool,
+    /// Launch records waiting, and their release.
+    launches_held: AtomicU64,
+    launch_gate: tokio::sync::Semaphore,
 }
 
 impl Faulty {
@@ -267,6 +273,9 @@ impl Faulty {
             signal_calls: AtomicU64::new(0),
             cut: tokio::sync::watch::Sender::new(()),
             settled: Default::default(),
+            hold_launches: false,
+            launches_held: AtomicU64::new(0),
+            launch_gate: tokio::sync::Semaphore::new(0),
         }
     }
 
@@ -438,6 +447,10 @@ impl Broker for Faulty {
         id: JobId,
         launched: &[(String, JobId)],
     ) -> BrokerResult<Option<runner::queue::WfState>> {
+        if self.hold_launches {
+            self.launches_held.fetch_add(1, Ordering::SeqCst);
+            self.launch_gate.acquire().await.unwrap().forget();
+        }
         self.inner.wf_launched(id, launched).await
     }
     async fn wf_end(
@@ -600,6 +613,70 @@ async fn a_worker_that_misses_a_revoke_learns_it_from_its_lease_on_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_misses_a_revoke_learns_it_from_its_lease_embedded() {
     a_worker_that_misses_a_revoke_learns_it_from_its_lease(Env::embedded().await).await;
+}
+
+/// A step launched while its workflow is revoked with terminate runs no
+/// further: its launch pushed it to an idle worker, which started it, but
+/// the launch was not yet recorded, so the revoke could not see it. The
+/// launch finds the workflow revoked and stops it. Before, it revoked the
+/// step without terminate, and the step ran to its end.
+async fn a_step_launched_as_its_workflow_is_terminated_is_stopped(env: Env) {
+    env.bind("sleeper", "sleeper", "default", |b| {
+        b.limits.time_limit_ms = Some(60_000)
+    })
+    .await;
+    let faulty = Arc::new(Faulty {
+        hold_launches: true,
+        ..Faulty::new(env.broker.clone())
+    });
+    let w = start_worker_with(
+        faulty.clone(),
+        env.registry.clone(),
+        Default::default(),
+        cfg(&["default"], 2),
+    );
+    let mut events = env.broker.subscribe().await.unwrap();
+    let wf = runner::workflow::Workflows::new(env.producer.clone());
+    let req = serde_json::from_value(serde_json::json!({"workflow": {"chain": [
+        {"task": "sleeper", "input": {"ms": 1}},
+        {"task": "sleeper", "input": {"ms": 30000}}
+    ]}}))
+    .unwrap();
+    let s = wf
+        .submit(runner::producer::Caller::Admin, &req)
+        .await
+        .unwrap();
+    let ids = wf.member_ids(s.id).await.unwrap().unwrap();
+    // The worker ran the first step and launched the second: it runs,
+    // and its launch record waits.
+    wait_started(&mut events, ids[1]).await;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while faulty.launches_held.load(Ordering::SeqCst) < 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the launch record is held");
+    assert_eq!(
+        wf.revoke(s.id, true).await.unwrap(),
+        Some(runner::queue::WfState::Revoked)
+    );
+    faulty.launch_gate.add_permits(1);
+    let j = tokio::time::timeout(Duration::from_secs(15), wait_final(&env.broker, ids[1]))
+        .await
+        .expect("the step was not stopped: it would have slept 30 s");
+    assert_eq!(j.state, JobState::Revoked, "{j:?}");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_launched_as_its_workflow_is_terminated_is_stopped_on_redis() {
+    a_step_launched_as_its_workflow_is_terminated_is_stopped(Env::redis().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_launched_as_its_workflow_is_terminated_is_stopped_embedded() {
+    a_step_launched_as_its_workflow_is_terminated_is_stopped(Env::embedded().await).await;
 }
 
 /// A running job whose lease ran out unextended (an outage longer than

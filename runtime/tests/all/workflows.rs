@@ -192,6 +192,69 @@ async fn a_failed_member_runs_on_error_once_and_never_the_callback(env: Env) {
     assert_eq!(input["error"]["message"], json!("the mail server refused"));
 }
 
+/// A workflow's error callback runs once, even when the failure that
+/// launched it is applied again after the callback's record expired (its
+/// step's dead letter, kept 7 days, replayed and failing again): the
+/// launch record says it went. Before, only the enqueue's lookup by id
+/// stood in the way, and with the record gone the callback ran again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_callback_runs_once_after_its_record_expired() {
+    let server = RedisServer::start();
+    let env = crate::queue_conformance::redis_on(&server).await;
+    let wf = Workflows::new(env.producer.clone());
+    wf.submit(
+        Caller::Admin,
+        &request(json!({"workflow": {
+            "task": "echo",
+            "on_error": {"task": "other", "queue": "errors"}
+        }})),
+    )
+    .await
+    .unwrap();
+    let d = lease_one(&env, "work", "w1").await;
+    let mut failed = d.job.clone();
+    failed.state = JobState::Failure;
+    failed.error = Some(runner::queue::JobFailure::new("fail", "no"));
+    let c = runner::queue::Completion {
+        lease: d.lease.clone(),
+        settlement: runner::queue::Settlement::Finish {
+            job: failed.clone(),
+            dead: true,
+        },
+        had_progress: false,
+    };
+    env.broker
+        .settle(settle("work", "w1", vec![c], 0))
+        .await
+        .unwrap();
+    wf.apply_ended(&[("work".into(), failed.clone())])
+        .await
+        .unwrap();
+    let e = lease_one(&env, "errors", "w2").await;
+    finish(&env, "w2", &e, "1").await;
+    // The callback's record expires.
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let gone: u64 = redis::cmd("DEL")
+        .arg(format!("runner:{{errors}}:job:{}", e.job.id))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(gone, 1);
+    // The failure is applied again.
+    wf.apply_ended(&[("work".into(), failed)]).await.unwrap();
+    let r = env
+        .broker
+        .settle(settle("errors", "w2", vec![], 10))
+        .await
+        .unwrap();
+    assert!(
+        r.deliveries.is_empty(),
+        "the error callback ran again: {:?}",
+        r.deliveries.iter().map(|d| d.job.id).collect::<Vec<_>>()
+    );
+}
+
 /// Starts a chain of `echo`, then `other` (on its output).
 async fn echo_then_other(wf: &Workflows) -> runner::workflow::Submitted {
     let req = request(json!({"workflow": {"chain": [{"task": "echo"}, {"task": "other"}]}}));
@@ -326,6 +389,59 @@ async fn a_marks_first_call_alone_is_fresh(env: Env) {
     let alone = || mark(MarkKind::Success, "r:w", None);
     assert_eq!(marked(vec![alone()]).await, (vec![0], vec![true]));
     assert_eq!(marked(vec![alone()]).await, (vec![0], vec![false]));
+    // A member's first outcome stays: a member that failed the workflow
+    // and then succeeded (a replayed dead letter) is still shown failed.
+    let mut failure = mark(MarkKind::Failure, "r:v", None);
+    failure.value = "failed".into();
+    assert_eq!(marked(vec![failure]).await, (vec![0], vec![true]));
+    let success = mark(MarkKind::Success, "r:v", Some("n:g"));
+    assert_eq!(marked(vec![success]).await, (vec![3], vec![false]));
+    let fields = env.broker.wf_fields(s.id, &["r:v".into()]).await.unwrap();
+    assert_eq!(fields, [Some("failed".to_string())]);
+}
+
+/// A group of thousands of jobs launches whole: every job's launch is
+/// recorded (in calls of a bounded size on Redis, whose scripts take at
+/// most 8,000 values at once), so the workflow's status shows them and a
+/// revoke finds them all. Before, the submit failed once the jobs were
+/// queued, and a revoke left every one of them to run.
+async fn a_group_of_thousands_launches_whole(env: Env) {
+    const N: usize = 5000;
+    let wf = Workflows::new(env.producer.clone());
+    let members: Vec<Value> = (0..N)
+        .map(|i| json!({"task": "echo", "input": i}))
+        .collect();
+    let s = wf
+        .submit(
+            Caller::Admin,
+            &request(json!({"workflow": {"group": members}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.total, N as u64);
+    let stored = env.broker.wf_read(s.id).await.unwrap().unwrap();
+    let launched = stored.fields.keys().filter(|k| k.starts_with("l:")).count();
+    assert_eq!(launched, N);
+    assert_eq!(
+        wf.revoke(s.id, false).await.unwrap(),
+        Some(WfState::Revoked)
+    );
+    let r = env
+        .broker
+        .settle(settle("work", "w", vec![], 100))
+        .await
+        .unwrap();
+    assert!(r.deliveries.is_empty(), "{} still run", r.deliveries.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_a_group_of_thousands_launches_whole_embedded() {
+    a_group_of_thousands_launches_whole(crate::queue_conformance::embedded().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_a_group_of_thousands_launches_whole_redis() {
+    a_group_of_thousands_launches_whole(crate::queue_conformance::redis().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

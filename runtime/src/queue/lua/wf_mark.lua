@@ -24,7 +24,8 @@ local was = st
 local ended = 0
 -- Counted marks of one kind and counter are written with one HSET: it
 -- says how many fields are new, and a repeated mark rewrites the same
--- outcome (one member has one final record).
+-- outcome (while the workflow runs, a member's mark there is its own
+-- success: a failure would have ended the workflow).
 local groups, order = {}, {}
 -- Per uncounted mark (by its index): whether it was new.
 local fresh = {}
@@ -54,7 +55,16 @@ end
 local counts, moved = {}, {}
 for _, g in ipairs(order) do
   local grp = groups[g]
-  local new = redis.call('HSET', K, unpack(grp.fv))
+  local new = 0
+  if st == 'running' then
+    new = redis.call('HSET', K, unpack(grp.fv))
+  else
+    -- Ended: a member's mark may be there with another outcome (it failed
+    -- the workflow, then its dead letter was replayed), and it stays.
+    for i = 1, #grp.fv, 2 do
+      new = new + redis.call('HSETNX', K, grp.fv[i], grp.fv[i + 1])
+    end
+  end
   if grp.kind == 'S' then ended = ended + new end
   if new > 0 then
     moved[grp.counter] = 1
