@@ -670,8 +670,11 @@ impl Broker for EmbeddedBroker {
                 st.idem
                     .insert(k, (job.id, now + self.idempotency_ttl.as_millis() as i64));
             }
+            // As on Redis: a workflow's step waits for a worker to end it
+            // EXPIRED, whose end advances its workflow.
             let expires_at = job
                 .expires
+                .filter(|_| job.workflow.is_none())
                 .map(|e| e.timestamp_millis().max(now + 1) + job.result_ttl_ms as i64);
             st.records.insert(
                 job.id,

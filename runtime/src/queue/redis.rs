@@ -2119,8 +2119,11 @@ impl RedisBroker {
         };
         // A job that expires unrun is kept a result-TTL past its expiry,
         // at most the longest TTL the script takes (each may be that long).
+        // A workflow's step is kept until a worker takes it and ends it
+        // EXPIRED: that end is what advances (fails) its workflow.
         let ttl_of = |j: &Job| {
             j.expires
+                .filter(|_| j.workflow.is_none())
                 .map(|e| {
                     ((e - now).num_milliseconds().max(1) as u64)
                         .saturating_add(j.result_ttl_ms)

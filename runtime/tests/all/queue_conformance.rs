@@ -1103,6 +1103,7 @@ conformance!(
     enqueue_lease_and_succeed,
     idempotency_key_returns_first_job,
     a_workflow_step_is_stored_once_by_its_id,
+    a_workflow_step_that_expires_unrun_is_kept_for_its_end,
     countdown_waits_in_the_broker,
     expired_lease_is_redelivered_and_late_settlement_is_stale,
     next_due_names_the_earliest_lease_of_another_worker,
@@ -1175,6 +1176,36 @@ async fn a_worker_whose_push_is_on_its_way_leases_nothing_more(env: Env) {
     let r = b.settle(req).await.unwrap();
     assert!(!r.push_in_flight);
     assert_eq!(r.deliveries[0].job.id, id);
+}
+
+/// A job that expires unrun is forgotten a result-TTL after its expiry if
+/// no worker took it by then. A workflow's step is kept until a worker
+/// takes it and ends it EXPIRED: that end fails its workflow, which would
+/// otherwise wait for the step for good.
+async fn a_workflow_step_that_expires_unrun_is_kept_for_its_end(env: Env) {
+    let b = &env.broker;
+    let soon = Utc::now() + chrono::Duration::milliseconds(20);
+    let job = |step: bool| {
+        let mut j = Job::new("work", "{}", Utc::now());
+        j.task = Some("echo".into());
+        j.expires = Some(soon);
+        j.result_ttl_ms = 1;
+        if step {
+            j.workflow = Some(runner::queue::job::WorkflowRef {
+                id: JobId::new(),
+                path: "workflow".into(),
+            });
+        }
+        j
+    };
+    let (plain, step) = (job(false), job(true));
+    b.enqueue(vec![plain, step.clone()]).await.unwrap();
+    // Past the expiry and the TTL (and the embedded broker's sweep).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    b.settle(settle("work", "w", vec![], 0)).await.unwrap();
+    let r = b.settle(settle("work", "w", vec![], 10)).await.unwrap();
+    let ids: Vec<JobId> = r.deliveries.iter().map(|d| d.job.id).collect();
+    assert_eq!(ids, [step.id], "only the step is left, for a worker to end");
 }
 
 /// On Redis a job's end event carries its final record (up to
