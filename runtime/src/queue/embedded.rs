@@ -114,6 +114,8 @@ pub struct Held {
     pub idempotency_keys: usize,
     pub revoked: usize,
     pub progress: usize,
+    /// Inspections waiting for workers' answers.
+    pub inspections: usize,
 }
 
 impl State {
@@ -146,6 +148,7 @@ impl State {
             idempotency_keys: self.idem.len(),
             revoked: self.revoked.len(),
             progress: self.progress.len(),
+            inspections: self.replies.len(),
         }
     }
 
@@ -1108,10 +1111,17 @@ impl Broker for EmbeddedBroker {
                 },
             )
         };
+        // Forgotten however the wait ends: also when whoever asked is
+        // gone (an HTTP client that hung up drops this future).
+        struct Forget<'a>(&'a EmbeddedBroker, String);
+        impl Drop for Forget<'_> {
+            fn drop(&mut self) {
+                self.0.lock().replies.remove(&self.1);
+            }
+        }
+        let _forget = Forget(self, reply);
         let answers = futures::stream::poll_fn(|cx| rx.poll_recv(cx));
-        let out = gather_answers(answers, asked, timeout).await;
-        self.lock().replies.remove(&reply);
-        Ok(out)
+        Ok(gather_answers(answers, asked, timeout).await)
     }
 
     async fn answer(&self, reply: &str, snapshot: &WorkerSnapshot) -> BrokerResult<()> {
@@ -1139,11 +1149,15 @@ impl Broker for EmbeddedBroker {
             lower.map_or(Bound::Unbounded, |b| Bound::Included(b.id())),
             upper.map_or(Bound::Unbounded, |b| Bound::Excluded(b.id())),
         );
+        // `since` after `until` (or after the cursor) holds nothing, and a
+        // range given its ends the wrong way round panics.
+        let empty = matches!((lower, upper), (Some(l), Some(u)) if l.id() > u.id());
         let st = &*st;
         let windows = names
             .into_iter()
             .map(|queue| {
-                let ids = st.queues.get(&queue).map_or_else(Vec::new, |q| {
+                let q = st.queues.get(&queue).filter(|_| !empty);
+                let ids = q.map_or_else(Vec::new, |q| {
                     q.index
                         .range(range)
                         .rev()

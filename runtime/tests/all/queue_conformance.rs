@@ -1863,6 +1863,25 @@ async fn list_finds_jobs_newest_first_by_any_filter(env: Env) {
         .jobs
         .is_empty()
     );
+    // A range that holds nothing: `since` after `until`, or a cursor (the
+    // next page of a listing `since` a time relative to now, asked for
+    // later) older than `since`. Before, the embedded broker panicked.
+    let now = Utc::now();
+    for q in [
+        JobQuery {
+            since: Some(now),
+            until: Some(now - chrono::Duration::hours(1)),
+            ..query(10)
+        },
+        JobQuery {
+            since: Some(now + chrono::Duration::seconds(1)),
+            cursor: Some(started[0].id),
+            ..query(10)
+        },
+    ] {
+        let page = b.list(&q).await.unwrap();
+        assert!(page.jobs.is_empty() && page.next.is_none(), "{page:?}");
+    }
 }
 
 /// A job leaves the listing when its record expires, and a job that ended
@@ -2206,6 +2225,31 @@ async fn embedded_broker_forgets_what_expired() {
         Default::default(),
         "everything expired is gone"
     );
+}
+
+/// An inspection whose asker is gone (an HTTP client that hung up drops
+/// the request's future) leaves nothing behind. Before, the embedded
+/// broker kept its reply channel for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_broker_forgets_an_inspection_nobody_waits_for() {
+    let broker = Arc::new(EmbeddedBroker::new());
+    let b: Arc<dyn Broker> = broker.clone();
+    // A worker that never answers.
+    let _signals = b.signals("w", &["work".into()]).await.unwrap();
+    let asking = tokio::spawn({
+        let b = b.clone();
+        async move { b.inspect(Duration::from_secs(10)).await }
+    });
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while broker.held().inspections == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the inspection waits for the worker");
+    asking.abort();
+    assert!(asking.await.unwrap_err().is_cancelled());
+    assert_eq!(broker.held().inspections, 0);
 }
 
 /// A Redis script checks every argument before its first write: a
