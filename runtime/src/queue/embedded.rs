@@ -361,10 +361,13 @@ impl State {
                 Settlement::Release { started } => {
                     let rec = st_ref.records.get(&c.lease.id);
                     let priority = rec.map_or(0, |r| r.job.priority);
-                    // Given back unrun: it did not start.
+                    // Given back unrun: it did not start. (One leased past
+                    // its expiry took no start: another's may share the
+                    // millisecond.)
                     if let (Some(r), Some(m)) = (rec, LeaseMember::parse(&c.lease.member))
                         && !r.job.rate_limits.is_empty()
                         && !started
+                        && !r.job.is_expired_at(ms_to_time(m.leased_ms))
                     {
                         q.limiter.unstart(&r.job.rate_limits, m.leased_ms);
                     }
@@ -483,7 +486,10 @@ impl State {
             if !matches!(job.state, JobState::Pending | JobState::Retry) {
                 continue;
             }
+            // A job past its expiry does not run (its worker ends it
+            // EXPIRED): it takes no start and waits for none.
             if !job.rate_limits.is_empty()
+                && !job.is_expired_at(ms_to_time(now))
                 && let Err(slot) = q.limiter.try_start(&job.rate_limits, now)
             {
                 q.delayed.insert((slot, id, n));

@@ -8,8 +8,11 @@
 //!   `(now - period, now]`; its start is logged;
 //! - otherwise it waits in the delayed set until the earliest time a start
 //!   leaves the window, and no earlier than `period / count` after the
-//!   previous deferred job (the log's "tail"), so that a backlog comes back
-//!   one by one at the allowed rate instead of all at once.
+//!   previous job those limits deferred (the "tail" of each limit that
+//!   holds it back), so that a backlog comes back one by one at the
+//!   allowed rate instead of all at once. A limit the job is within keeps
+//!   its tail: a task's backlog under its own limit, deferred for hours,
+//!   does not push the queue's other jobs after it.
 //!
 //! The check at lease time is exact; the tail only spreads wake-ups. A job
 //! given back unrun (a worker hands back what it leased ahead, or shuts
@@ -44,6 +47,7 @@ impl Limiter {
     /// logged), `Err(slot)` with the time to try again otherwise.
     pub fn try_start(&mut self, rules: &[RateLimit], now: i64) -> Result<(), i64> {
         let mut blocked: Option<i64> = None;
+        let mut holding: Vec<&RateLimit> = Vec::new();
         for r in rules {
             let log = self.logs.entry(r.key.clone()).or_default();
             let period = r.period_ms as i64;
@@ -55,15 +59,16 @@ impl Limiter {
             if c >= n {
                 let until = log.starts[c - n] + period;
                 blocked = Some(blocked.map_or(until, |b| b.max(until)));
+                holding.push(r);
             }
         }
         if let Some(until) = blocked {
             let mut slot = until.max(now);
-            for r in rules {
+            for r in &holding {
                 let log = self.logs.entry(r.key.clone()).or_default();
                 slot = slot.max(log.tail + (r.period_ms / r.count as u64) as i64);
             }
-            for r in rules {
+            for r in &holding {
                 if let Some(log) = self.logs.get_mut(&r.key) {
                     log.tail = slot;
                 }
@@ -128,5 +133,24 @@ mod tests {
             assert!(in_window <= 5, "{in_window} starts after {s}");
         }
         assert_eq!(starts.len(), 40);
+    }
+
+    /// A job held back by one of its limits moves that limit's tail only:
+    /// the others' jobs are not pushed after it.
+    #[test]
+    fn a_limit_a_job_is_within_keeps_its_tail() {
+        let own = RateLimit::parse("task:slow", "1/h").unwrap();
+        let queue = RateLimit::parse("queue:work", "2/s").unwrap();
+        let both = [own, queue.clone()];
+        let alone = std::slice::from_ref(&queue);
+        let mut l = Limiter::default();
+        assert_eq!(l.try_start(&both, 0), Ok(()));
+        // Its own limit holds the second back for an hour.
+        assert_eq!(l.try_start(&both, 0), Err(3_600_000));
+        assert_eq!(l.try_start(alone, 0), Ok(()));
+        // The queue's limit is full until the first start leaves its
+        // window: a second, not an hour.
+        assert_eq!(l.try_start(alone, 0), Err(1000));
+        assert_eq!(l.try_start(alone, 0), Err(1500));
     }
 }

@@ -401,7 +401,9 @@ fn record_log(lines: Vec<LogLine>, report: &RunReport) -> Vec<LogEntry> {
 /// The settlement of a delivery that must not run at all: expired, or
 /// redelivered more often than a live worker would need.
 fn refuse_before_run(ctx: &RunCtx, d: &Delivery) -> Option<Settlement> {
-    if d.job.is_expired_at(Utc::now()) {
+    // Past its expiry when it was leased, by the broker's clock, it took
+    // no rate-limit start there: it must not run, whatever this clock says.
+    if d.job.is_expired_at(Utc::now().max(d.leased_at)) {
         let mut expired = finish(
             d,
             JobState::Expired,

@@ -789,6 +789,89 @@ async fn a_revoked_delayed_job_is_no_longer_counted(env: Env) {
     assert_eq!(delayed(b.queues().await.unwrap()), 0);
 }
 
+/// A job held back by one of its limits (its task's, for hours) leaves
+/// the others (its queue's) as they were: the queue's other jobs wait for
+/// the queue's limit alone, not behind the task's backlog.
+async fn one_limits_backlog_does_not_hold_back_another(env: Env) {
+    let b = &env.broker;
+    let rule = |key: &str, spec: &str| RateLimit::parse(key, spec).unwrap();
+    let job = |task: &str, rules: Vec<RateLimit>| {
+        let mut j = Job::new("work", "{}", Utc::now());
+        j.task = Some(task.into());
+        j.rate_limits = rules;
+        j
+    };
+    let own = rule("task:slow", "1/h");
+    let queue = rule("queue:work", "2/h");
+    let jobs = vec![
+        job("slow", vec![own.clone(), queue.clone()]),
+        job("slow", vec![own, queue.clone()]),
+        job("fast", vec![queue.clone()]),
+        job("fast", vec![queue]),
+    ];
+    let fast = jobs[3].id;
+    b.enqueue(jobs).await.unwrap();
+    // (On Redis the first call learns which logs to declare.)
+    let mut started = 0;
+    for _ in 0..3 {
+        started += fetch(b, 4).await.len();
+    }
+    assert_eq!(started, 2, "the first of each task");
+    let due = b
+        .scheduled("work", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|(_, j)| j.id == fast)
+        .expect("the second fast job waits")
+        .0;
+    // The queue's limit frees a start an hour after the first; the slow
+    // task's next start is an hour away too, but its backlog's place in
+    // line (its tail) is not the queue's.
+    assert!(
+        due <= Utc::now() + chrono::Duration::minutes(61),
+        "the fast job waits until {due}"
+    );
+}
+
+/// A job leased past its expiry does not run (its worker ends it EXPIRED
+/// at once), so it takes no rate-limit start and waits for none: a
+/// backlog that expired does not hold back the jobs that come after it.
+/// Before, each took a start, or a deferral at the limit's rate.
+async fn expired_jobs_take_no_rate_limit_starts(env: Env) {
+    let b = &env.broker;
+    let rule = RateLimit::parse("queue:work", "2/h").unwrap();
+    let job = |expires: Option<chrono::DateTime<Utc>>| {
+        let mut j = Job::new("work", "{}", Utc::now());
+        j.task = Some("notify".into());
+        j.rate_limits = vec![rule.clone()];
+        j.expires = expires;
+        j
+    };
+    let soon = Utc::now() + chrono::Duration::milliseconds(30);
+    b.enqueue((0..3).map(|_| job(Some(soon))).collect())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let expired = fetch(b, 10).await;
+    assert_eq!(expired.len(), 3, "leased at once, for their worker to end");
+    assert!(expired.iter().all(|d| d.job.is_expired_at(d.leased_at)));
+    let usage = b
+        .rate_usage("work", std::slice::from_ref(&rule))
+        .await
+        .unwrap();
+    assert_eq!(usage, [0]);
+    // Fresh jobs start at the limit's rate as if nothing came before.
+    b.enqueue((0..2).map(|_| job(None)).collect())
+        .await
+        .unwrap();
+    let mut started = 0;
+    for _ in 0..3 {
+        started += fetch(b, 10).await.len();
+    }
+    assert_eq!(started, 2);
+}
+
 async fn rate_limit_is_global_and_exact(env: Env) {
     let b = &env.broker;
     let reqs: Vec<_> = (0..12)
@@ -1113,6 +1196,8 @@ conformance!(
     revoke_queued_running_and_final,
     wait_is_woken_by_the_end,
     rate_limit_is_global_and_exact,
+    expired_jobs_take_no_rate_limit_starts,
+    one_limits_backlog_does_not_hold_back_another,
     a_job_given_back_unrun_did_not_start,
     a_revoked_job_given_back_ends_revoked,
     a_replayed_dead_letter_is_not_revoked,

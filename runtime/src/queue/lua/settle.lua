@@ -264,6 +264,26 @@ end
 -- job may start now, else the time to try again; false when a log's keys
 -- were not declared (they are noted in `undeclared`).
 local undeclared, undeclared_seen = {}, {}
+-- When the job of record `rec` expires (server ms, rounded up to the
+-- next whole one as `expiry_wake` does), or nil without `expires`. The
+-- record's times are RFC 3339 in UTC, as serde writes `DateTime<Utc>`.
+local function rec_expires_ms(rec)
+  local y, mo, d, h, mi, sec, frac = string.match(rec,
+    '"expires":"(%d%d%d%d)-(%d%d)-(%d%d)T(%d%d):(%d%d):(%d%d)%.?(%d*)')
+  if not y then return nil end
+  y, mo, d = tonumber(y), tonumber(mo), tonumber(d)
+  -- Days since 1970-01-01 of a proleptic Gregorian date.
+  if mo <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local doy = math.floor((153 * ((mo + 9) % 12) + 2) / 5) + d - 1
+  local days = era * 146097 + yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy - 719468
+  local ms = ((days * 24 + tonumber(h)) * 60 + tonumber(mi)) * 60 + tonumber(sec)
+  ms = ms * 1000 + (tonumber(string.sub(frac .. '000', 1, 3)) or 0)
+  if string.find(string.sub(frac, 4), '[1-9]') then ms = ms + 1 end
+  return ms
+end
+
 local function limit(rules, id)
   local missing = false
   for _, r in ipairs(rules) do
@@ -278,6 +298,8 @@ local function limit(rules, id)
   end
   if missing then return false end
   local blocked = nil
+  -- The limits that hold the job back: only their tails move (`ratelimit.rs`).
+  local holding = {}
   for _, r in ipairs(rules) do
     local k = P .. 'rl:' .. r.key
     local period, cnt = tonumber(r.period_ms), tonumber(r.count)
@@ -288,16 +310,17 @@ local function limit(rules, id)
       local start = redis.call('ZRANGE', k, c - cnt, c - cnt, 'WITHSCORES')
       local until_ = tonumber(start[2]) + period
       if not blocked or until_ > blocked then blocked = until_ end
+      holding[#holding + 1] = r
     end
   end
   if blocked then
     local slot = math.max(blocked, now)
-    for _, r in ipairs(rules) do
+    for _, r in ipairs(holding) do
       local tail = tonumber(redis.call('GET', P .. 'rl:' .. r.key .. ':tail') or '0')
       local step = math.floor(tonumber(r.period_ms) / tonumber(r.count))
       if tail + step > slot then slot = tail + step end
     end
-    for _, r in ipairs(rules) do
+    for _, r in ipairs(holding) do
       redis.call('SET', P .. 'rl:' .. r.key .. ':tail', slot, 'PX', (slot - now) + tonumber(r.period_ms) * 2)
     end
     return slot
@@ -357,8 +380,13 @@ if fetch_max > 0 then
           local id = string.match(e, '^[^|]+')
           local n = string.match(e, '|(%d+)') or '0'
           local slot = nil
+          -- A job past its expiry does not run (its worker ends it
+          -- EXPIRED): it takes no start and waits for none.
           if string.find(rec, '"rate_limits":[', 1, true) then
-            slot = limit(cjson.decode(rec).rate_limits, id)
+            local exp = rec_expires_ms(rec)
+            if not (exp and exp <= now) then
+              slot = limit(cjson.decode(rec).rate_limits, id)
+            end
           end
           if slot == false then
             stage_back(undo, undo_prio, P, id, id .. '|' .. n)
