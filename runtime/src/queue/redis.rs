@@ -134,6 +134,26 @@ const QUEUES_KEY: &str = "runner:queues";
 const CONTROL_CHANNEL: &str = "runner:control";
 /// Jobs per enqueue script call: keeps Lua's `unpack` well inside its stack.
 const ENQUEUE_CHUNK: usize = 1000;
+/// The most jobs one settle script leases, and ends ([`RedisBroker::settle`]).
+const SETTLE_MAX: usize = 1000;
+
+/// Adds what a further call of one settle leased (`r`) to its reply.
+fn merge_leases(out: &mut SettleReply, r: SettleReply) {
+    out.deliveries.extend(r.deliveries);
+    out.popped += r.popped;
+    out.deferred_until = earlier(out.deferred_until, r.deferred_until);
+    out.prioritized_left |= r.prioritized_left;
+    out.registered = r.registered;
+    out.push_in_flight |= r.push_in_flight;
+}
+
+/// The earlier of two times, either of which may be unknown.
+fn earlier(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
 /// Enqueue calls for one chunk at most: an idempotency key that names an
 /// ended job costs a second (`enqueue_chunk`), and only a key replaced
 /// between the two (by another producer) a third.
@@ -1166,45 +1186,77 @@ impl Broker for RedisBroker {
         Err(protocol("revoke: the job kept changing"))
     }
 
-    async fn settle(&self, req: SettleRequest) -> BrokerResult<SettleReply> {
+    async fn settle(&self, mut req: SettleRequest) -> BrokerResult<SettleReply> {
         self.migrate_layout(&req.queue).await?;
+        // A script takes at most 8,000 values at once (`unpack`), two per
+        // job it leases or ends: one call leases and ends at most
+        // `SETTLE_MAX` jobs. Ends beyond that are settled first, in calls
+        // that lease and check nothing; leases beyond it, after, in calls
+        // made while the queue gives all they ask.
+        let want = req.fetch;
+        req.fetch = want.min(SETTLE_MAX);
+        let mut early = SettleReply::default();
+        while req.completions.len() > SETTLE_MAX {
+            let head = SettleRequest {
+                completions: Arc::from(&req.completions[..SETTLE_MAX]),
+                fetch: 0,
+                due_check: false,
+                prioritized: false,
+                idle: 0,
+                // (A worker registered as idle stays so.)
+                registered: false,
+                ..req.clone()
+            };
+            let (r, _) = self.settle_once(&head).await?;
+            early.stale.extend(r.stale);
+            early.deferred_until = earlier(early.deferred_until, r.deferred_until);
+            req.completions = Arc::from(&req.completions[SETTLE_MAX..]);
+        }
         let (mut out, undeclared) = self.settle_once(&req).await?;
-        if undeclared.is_empty() {
-            return Ok(out);
-        }
-        // Leased jobs needed rate-limit logs the call did not declare:
-        // they were left first in line. Declared from now on, and leased
-        // at once (the rest of the reply stands).
-        {
-            let mut known = self
-                .inner
-                .limit_keys
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let keys = known.entry(req.queue.clone()).or_default();
-            for k in undeclared {
-                if !keys.contains(&k) {
-                    keys.push(k);
-                }
-            }
-        }
-        let again = SettleRequest {
+        out.stale.splice(0..0, early.stale);
+        out.deferred_until = earlier(out.deferred_until, early.deferred_until);
+        let mut asked = req.fetch;
+        let more = SettleRequest {
             completions: Arc::from(Vec::new()),
-            fetch: req.fetch.saturating_sub(out.deliveries.len()),
             due_check: false,
-            registered: out.registered,
             ..req
         };
-        let (more, _) = self.settle_once(&again).await?;
-        out.deliveries.extend(more.deliveries);
-        out.popped += more.popped;
-        out.deferred_until = match (out.deferred_until, more.deferred_until) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        out.prioritized_left |= more.prioritized_left;
-        out.registered = more.registered;
-        out.push_in_flight |= more.push_in_flight;
+        if !undeclared.is_empty() {
+            // Leased jobs needed rate-limit logs the call did not declare:
+            // they were left first in line. Declared from now on, and
+            // leased at once (the rest of the reply stands).
+            {
+                let mut known = self
+                    .inner
+                    .limit_keys
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let keys = known.entry(more.queue.clone()).or_default();
+                for k in undeclared {
+                    if !keys.contains(&k) {
+                        keys.push(k);
+                    }
+                }
+            }
+            let again = SettleRequest {
+                fetch: more.fetch.saturating_sub(out.deliveries.len()),
+                registered: out.registered,
+                ..more.clone()
+            };
+            let (r, _) = self.settle_once(&again).await?;
+            merge_leases(&mut out, r);
+        }
+        while out.popped >= asked && asked < want && !out.push_in_flight {
+            let fetch = (want - asked).min(SETTLE_MAX);
+            let next = SettleRequest {
+                fetch,
+                registered: out.registered,
+                ..more.clone()
+            };
+            let (r, _) = self.settle_once(&next).await?;
+            asked += fetch;
+            merge_leases(&mut out, r);
+        }
         Ok(out)
     }
 

@@ -1196,6 +1196,7 @@ conformance!(
     revoke_queued_running_and_final,
     wait_is_woken_by_the_end,
     rate_limit_is_global_and_exact,
+    thousands_of_jobs_lease_and_end_in_one_call,
     expired_jobs_take_no_rate_limit_starts,
     one_limits_backlog_does_not_hold_back_another,
     a_job_given_back_unrun_did_not_start,
@@ -2310,6 +2311,33 @@ async fn embedded_broker_forgets_what_expired() {
         Default::default(),
         "everything expired is gone"
     );
+}
+
+/// A worker may lease thousands of jobs in one call and end thousands in
+/// one call (a large prefetch, many slots). A Redis script takes at most
+/// 8,000 values at once, so the broker splits such calls. Before, the
+/// script popped the jobs and then failed: they were in no list and held
+/// no lease, lost.
+async fn thousands_of_jobs_lease_and_end_in_one_call(env: Env) {
+    const N: usize = 4500;
+    let b = &env.broker;
+    for _ in 0..N / 500 {
+        let reqs = (0..500).map(|_| call("{}")).collect();
+        env.producer.enqueue_batch(reqs).await.unwrap();
+    }
+    let r = b.settle(settle("work", "w", vec![], N)).await.unwrap();
+    assert_eq!(r.deliveries.len(), N);
+    assert_eq!(r.popped, N);
+    let done: Vec<Completion> = r.deliveries.iter().map(|d| success(d, "1")).collect();
+    let ended = b.settle(settle("work", "w", done, 0)).await.unwrap();
+    assert!(ended.stale.is_empty(), "{} stale", ended.stale.len());
+    let q = b.queues().await.unwrap();
+    let work = q.iter().find(|q| q.name == "work").unwrap();
+    assert_eq!((work.ready, work.in_flight), (0, 0), "{work:?}");
+    for d in [&r.deliveries[0], &r.deliveries[N - 1]] {
+        let j = b.get(d.job.id).await.unwrap().unwrap();
+        assert_eq!(j.state, JobState::Success);
+    }
 }
 
 /// An inspection whose asker is gone (an HTTP client that hung up drops
