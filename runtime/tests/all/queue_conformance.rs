@@ -2340,6 +2340,119 @@ async fn thousands_of_jobs_lease_and_end_in_one_call(env: Env) {
     }
 }
 
+/// Runs `cmd` on `server`, as a test looks at what the broker wrote.
+fn ask<T: redis::FromRedisValue>(server: &RedisServer, cmd: &mut redis::Cmd) -> T {
+    let mut conn = redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    cmd.query(&mut conn).unwrap()
+}
+
+/// The records of ended jobs expire, and a due check forgets them from the
+/// queue's indexes 1,000 at a time. It says when to look again: at once
+/// while more are past, else when 1,000 more will be. Before, it said
+/// nothing of them, and a worker alone on a queue (no delays, no other
+/// worker's leases) forgot 1,000 every 15 minutes: the indexes grew
+/// without bound above about one job a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_due_checks_keep_up_with_expiring_records() {
+    let server = RedisServer::start();
+    let env = redis_on(&server).await;
+    let b = &env.broker;
+    for _ in 0..3 {
+        let reqs = (0..500)
+            .map(|_| {
+                let mut r = call("{}");
+                r.result_ttl_secs = Some(1);
+                r
+            })
+            .collect();
+        env.producer.enqueue_batch(reqs).await.unwrap();
+    }
+    let r = b.settle(settle("work", "w", vec![], 1500)).await.unwrap();
+    let done: Vec<Completion> = r.deliveries.iter().map(|d| success(d, "1")).collect();
+    let mut req = settle("work", "w", done, 0);
+    req.due_check = false;
+    b.settle(req).await.unwrap();
+    let ends = || -> u64 { ask(&server, redis::cmd("ZCARD").arg("runner:{work}:ends")) };
+    assert_eq!(ends(), 1500);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = b.settle(settle("work", "w", vec![], 0)).await.unwrap();
+    assert_eq!(ends(), 500);
+    let next = r.next_due.expect("more expired records to forget");
+    assert!(next <= Utc::now(), "look again at once, not at {next}");
+    b.settle(settle("work", "w", vec![], 0)).await.unwrap();
+    assert_eq!(ends(), 0);
+}
+
+/// A job's dead-letter entry and stored progress go when its record
+/// expires. Before, nothing removed a dead letter's entry but a listing
+/// of them, so the queue's dead count kept counting letters long gone,
+/// and the progress of a job that ended without clearing it (its run
+/// panicked, or it ran again elsewhere after its worker died) stayed for
+/// good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_an_expired_record_takes_its_dead_letter_entry_and_progress() {
+    let server = RedisServer::start();
+    let env = redis_on(&server).await;
+    let b = &env.broker;
+    let reqs = (0..2).map(|_| call("{}")).collect();
+    env.producer.enqueue_batch(reqs).await.unwrap();
+    let d = b
+        .settle(settle("work", "w", vec![], 2))
+        .await
+        .unwrap()
+        .deliveries;
+    let progress = runner::queue::Progress {
+        done: 1,
+        total: 2,
+        message: None,
+    };
+    b.progress(&d[1].lease, &progress).await.unwrap();
+    let done = vec![
+        ended(&d[0], JobState::Failure, None, true),
+        success(&d[1], "1"),
+    ];
+    b.settle(settle("work", "w", done, 0)).await.unwrap();
+    let dead = |b: &Arc<dyn Broker>| {
+        let b = b.clone();
+        async move {
+            let q = b.queues().await.unwrap();
+            q.iter().find(|q| q.name == "work").unwrap().dead
+        }
+    };
+    assert_eq!(dead(b).await, 1);
+    let kept: bool = ask(
+        &server,
+        redis::cmd("HEXISTS")
+            .arg("runner:{work}:progress")
+            .arg(d[1].job.id.to_string()),
+    );
+    assert!(kept, "the run ended without clearing its progress");
+    // Both records' TTLs run out.
+    for x in &d {
+        let id = x.job.id.to_string();
+        let _: () = ask(
+            &server,
+            redis::cmd("ZADD").arg("runner:{work}:ends").arg(0).arg(&id),
+        );
+        let _: () = ask(
+            &server,
+            redis::cmd("DEL").arg(format!("runner:{{work}}:job:{id}")),
+        );
+    }
+    b.settle(settle("work", "w", vec![], 0)).await.unwrap();
+    assert_eq!(dead(b).await, 0);
+    let kept: bool = ask(
+        &server,
+        redis::cmd("HEXISTS")
+            .arg("runner:{work}:progress")
+            .arg(d[1].job.id.to_string()),
+    );
+    assert!(!kept);
+}
+
 /// An inspection whose asker is gone (an HTTP client that hung up drops
 /// the request's future) leaves nothing behind. Before, the embedded
 /// broker kept its reply channel for good.

@@ -152,11 +152,16 @@ local function index_flush(P, now)
     redis.call('ZADD', P .. 'wfout', unpack(o))
   end
 end
--- Drops `ids` from the expiry and state indexes (and from `jobs` too when
--- `all`: their records are gone).
+-- Drops `ids` from the expiry and state indexes (and when `all`, their
+-- records being gone, from `jobs`, the dead letters and stored progress,
+-- which nothing else removes for a job that ended without it).
 local function index_forget(P, ids, all)
   redis.call('ZREM', P .. 'ends', unpack(ids))
-  if all then redis.call('ZREM', P .. 'jobs', unpack(ids)) end
+  if all then
+    redis.call('ZREM', P .. 'jobs', unpack(ids))
+    redis.call('ZREM', P .. 'dead', unpack(ids))
+    redis.call('HDEL', P .. 'progress', unpack(ids))
+  end
   for _, s in ipairs(INDEXED) do redis.call('ZREM', P .. 'jobs:' .. s, unpack(ids)) end
 end
 

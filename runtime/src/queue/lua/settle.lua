@@ -258,6 +258,19 @@ if due_check then
   if first_other and (not next_due or first_other < next_due) then
     next_due = first_other
   end
+  -- Records expire as jobs end, and a check forgets at most 1,000: the
+  -- next comes at once when more are past, else once 1,000 more are, so
+  -- that the indexes keep within the records' TTLs at any rate of jobs.
+  local forget_at = nil
+  if #gone == 1000 then
+    forget_at = now
+  else
+    local e = redis.call('ZRANGE', P .. 'ends', 999, 999, 'WITHSCORES')
+    if e[2] then forget_at = tonumber(e[2]) end
+  end
+  if forget_at and (not next_due or forget_at < next_due) then
+    next_due = forget_at
+  end
 end
 
 -- Global rate limits (see ratelimit.rs for the rule). Returns nil when the
