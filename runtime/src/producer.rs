@@ -623,6 +623,11 @@ fn check_request(
     {
         return Err(JobError::InvalidIdempotencyKey("must be 1 to 200 bytes".into()).into());
     }
+    // The enqueue script's mark of a workflow's step (stored once by its
+    // id): as a key it deduplicated nothing on Redis.
+    if req.idempotency_key.as_deref() == Some("=") {
+        return Err(JobError::InvalidIdempotencyKey("\"=\" is reserved".into()).into());
+    }
     if let Some(r) = &req.retry {
         r.check()?;
     }

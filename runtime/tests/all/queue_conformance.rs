@@ -1021,6 +1021,16 @@ async fn bad_input_enqueues_nothing(env: Env) {
         other => panic!("{other}"),
     }
 
+    // The enqueue script's mark of a workflow's step.
+    let mut r = call("{}");
+    r.idempotency_key = Some("=".into());
+    let err = p.enqueue(r).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid idempotency key: \"=\" is reserved",
+        "{err}"
+    );
+
     let mut r = call("{}");
     r.countdown_secs = Some(-5.0);
     let err = p.enqueue(r).await.unwrap_err();
