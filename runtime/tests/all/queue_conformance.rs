@@ -2433,13 +2433,18 @@ async fn redis_an_expired_record_takes_its_dead_letter_entry_and_progress() {
         }
     };
     assert_eq!(dead(b).await, 1);
-    let kept: bool = ask(
-        &server,
-        redis::cmd("HEXISTS")
-            .arg("runner:{work}:progress")
-            .arg(d[1].job.id.to_string()),
+    let progress_kept = || -> bool {
+        ask(
+            &server,
+            redis::cmd("HEXISTS")
+                .arg("runner:{work}:progress")
+                .arg(d[1].job.id.to_string()),
+        )
+    };
+    assert!(
+        progress_kept(),
+        "the run ended without clearing its progress"
     );
-    assert!(kept, "the run ended without clearing its progress");
     // Both records' TTLs run out.
     for x in &d {
         let id = x.job.id.to_string();
@@ -2454,13 +2459,7 @@ async fn redis_an_expired_record_takes_its_dead_letter_entry_and_progress() {
     }
     b.settle(settle("work", "w", vec![], 0)).await.unwrap();
     assert_eq!(dead(b).await, 0);
-    let kept: bool = ask(
-        &server,
-        redis::cmd("HEXISTS")
-            .arg("runner:{work}:progress")
-            .arg(d[1].job.id.to_string()),
-    );
-    assert!(!kept);
+    assert!(!progress_kept());
 }
 
 /// An inspection whose asker is gone (an HTTP client that hung up drops

@@ -60,6 +60,36 @@ async fn finish(env: &Env, worker: &str, d: &Delivery, result: &str) -> runner::
     job
 }
 
+/// Settles `d` as failed for good (a dead letter, with `message`), applies
+/// its end, and returns its final record.
+async fn fail_for_good(
+    env: &Env,
+    wf: &Workflows,
+    worker: &str,
+    d: &Delivery,
+    message: &str,
+) -> runner::queue::Job {
+    let mut failed = d.job.clone();
+    failed.state = JobState::Failure;
+    failed.error = Some(runner::queue::JobFailure::new("fail", message));
+    let c = runner::queue::Completion {
+        lease: d.lease.clone(),
+        settlement: runner::queue::Settlement::Finish {
+            job: failed.clone(),
+            dead: true,
+        },
+        had_progress: false,
+    };
+    env.broker
+        .settle(settle(&d.lease.queue, worker, vec![c], 0))
+        .await
+        .unwrap();
+    wf.apply_ended(&[(d.lease.queue.clone(), failed.clone())])
+        .await
+        .unwrap();
+    failed
+}
+
 /// A chord's two members end at the same instant on two workers, each
 /// applying its end with its own engine, and both ends are applied again
 /// (a redelivery, a stale outbox entry): the callback is enqueued once,
@@ -143,27 +173,7 @@ async fn a_failed_member_runs_on_error_once_and_never_the_callback(env: Env) {
         .unwrap();
     let d1 = lease_one(&env, "work", "w1").await;
     let d2 = lease_one(&env, "work", "w2").await;
-    let mut failed = d2.job.clone();
-    failed.state = JobState::Failure;
-    failed.error = Some(runner::queue::JobFailure::new(
-        "fail",
-        "the mail server refused",
-    ));
-    let c = runner::queue::Completion {
-        lease: d2.lease.clone(),
-        settlement: runner::queue::Settlement::Finish {
-            job: failed.clone(),
-            dead: true,
-        },
-        had_progress: false,
-    };
-    env.broker
-        .settle(settle("work", "w2", vec![c], 0))
-        .await
-        .unwrap();
-    wf.apply_ended(&[("work".into(), failed.clone())])
-        .await
-        .unwrap();
+    let failed = fail_for_good(&env, &wf, "w2", &d2, "the mail server refused").await;
     wf.apply(std::slice::from_ref(&failed)).await.unwrap();
     let ok = finish(&env, "w1", &d1, "1").await;
     wf.apply_ended(&[("work".into(), ok)]).await.unwrap();
@@ -212,24 +222,7 @@ async fn an_error_callback_runs_once_after_its_record_expired() {
     .await
     .unwrap();
     let d = lease_one(&env, "work", "w1").await;
-    let mut failed = d.job.clone();
-    failed.state = JobState::Failure;
-    failed.error = Some(runner::queue::JobFailure::new("fail", "no"));
-    let c = runner::queue::Completion {
-        lease: d.lease.clone(),
-        settlement: runner::queue::Settlement::Finish {
-            job: failed.clone(),
-            dead: true,
-        },
-        had_progress: false,
-    };
-    env.broker
-        .settle(settle("work", "w1", vec![c], 0))
-        .await
-        .unwrap();
-    wf.apply_ended(&[("work".into(), failed.clone())])
-        .await
-        .unwrap();
+    let failed = fail_for_good(&env, &wf, "w1", &d, "no").await;
     let e = lease_one(&env, "errors", "w2").await;
     finish(&env, "w2", &e, "1").await;
     // The callback's record expires.
