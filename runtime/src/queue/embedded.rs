@@ -25,8 +25,8 @@ use super::workflow::{
 use super::{
     Broker, BrokerResult, Delivery, Enqueued, Extended, JobEvent, Lease, LeaseMember, MarkKind,
     PURGED, PurgeFilter, QueueStats, RevokeOutcome, SettleReply, SettleRequest, Settlement, Signal,
-    WfMark, WfMarked, WfState, WfStored, WorkerInfo, WorkerSnapshot, gather_answers, ms_to_time,
-    show_open,
+    WfMark, WfMarked, WfState, WfStored, WorkerInfo, WorkerSnapshot, earlier, gather_answers,
+    ms_to_time, show_open,
 };
 
 struct Record {
@@ -438,11 +438,7 @@ impl State {
             .filter(|(m, _)| !(req.holds_leases && m.contains(&own)))
             .map(|(_, (_, t))| *t)
             .min();
-        reply.next_due = match (d, l) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-        .map(ms_to_time);
+        reply.next_due = earlier(d, l).map(ms_to_time);
         (readied, prioritized)
     }
 

@@ -838,6 +838,14 @@ pub fn expiry_wake(job: &Job) -> Option<tokio::time::Instant> {
     tokio::time::Instant::now().checked_add(Duration::from_millis(left as u64))
 }
 
+/// The earlier of two times, either of which may be unknown.
+pub(crate) fn earlier<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 pub(crate) fn ms_to_time(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }

@@ -127,7 +127,7 @@ use super::{
     Broker, BrokerError, BrokerResult, Completion, Delivery, Enqueued, Extended, JobEvent, Lease,
     LeaseMember, PURGED, PurgeFilter, QueueStats, RecordWant, RecordWants, RevokeOutcome,
     SettleReply, SettleRequest, Settlement, Signal, WfMark, WfMarked, WfState, WfStored,
-    WorkerInfo, WorkerSnapshot, gather_answers, ms_to_time, show_open,
+    WorkerInfo, WorkerSnapshot, earlier, gather_answers, ms_to_time, show_open,
 };
 
 const QUEUES_KEY: &str = "runner:queues";
@@ -145,14 +145,6 @@ fn merge_leases(out: &mut SettleReply, r: SettleReply) {
     out.prioritized_left |= r.prioritized_left;
     out.registered = r.registered;
     out.push_in_flight |= r.push_in_flight;
-}
-
-/// The earlier of two times, either of which may be unknown.
-fn earlier(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
 }
 /// Enqueue calls for one chunk at most: an idempotency key that names an
 /// ended job costs a second (`enqueue_chunk`), and only a key replaced

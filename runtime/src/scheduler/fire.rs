@@ -511,10 +511,7 @@ impl Entry {
             .retry_at
             .or_else(|| self.schedule.next_after(self.cursor));
         let confirm = self.unconfirmed.iter().map(|(_, at)| *at).min();
-        match (fire, confirm) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        crate::queue::earlier(fire, confirm)
     }
 }
 
