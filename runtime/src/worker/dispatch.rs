@@ -162,6 +162,12 @@ impl Dispatcher {
         tracing::info!(worker = %self.id, queues = ?cfg.queues, concurrency = cfg.concurrency, max_concurrency = self.slots.max(), "worker started");
 
         loop {
+            // Lease extensions run while jobs are held: a period after the
+            // first is leased, not at once in a burst of the ticks missed
+            // while idle.
+            if self.held.is_empty() {
+                extend.reset();
+            }
             self.start_buffered();
             self.hand_back_if_stalled();
             let now = Instant::now();
@@ -173,7 +179,7 @@ impl Dispatcher {
                 }
             }
             let sleep_until = self
-                .next_timer()
+                .next_timer(retry_at)
                 .map(|t| t.min(retry_at.unwrap_or(t)))
                 .or(retry_at);
             tokio::select! {
@@ -627,8 +633,16 @@ impl Dispatcher {
         }
     }
 
-    fn next_timer(&self) -> Option<Instant> {
-        let flush = self.pending_since.values().min().map(|t| *t + FLUSH_AFTER);
+    /// When the loop must wake next. While a failed call waits for
+    /// `retry_at`, results waiting to be stored wake it no sooner: their
+    /// flush is past, and a wake-up that cannot call the broker would
+    /// come back at once (a busy loop for the whole outage).
+    fn next_timer(&self, retry_at: Option<Instant>) -> Option<Instant> {
+        let flush = self
+            .pending_since
+            .values()
+            .min()
+            .map(|t| (*t + FLUSH_AFTER).max(retry_at.unwrap_or(*t)));
         let due = self
             .queues
             .values()
@@ -875,7 +889,12 @@ impl Dispatcher {
         }
         for _ in 0..50 {
             self.drain_signals(signals);
-            if self.pending.values().all(|v| v.is_empty()) {
+            // Results stored, and no registration as idle left (a call
+            // that failed above left it: jobs would be pushed to this
+            // worker once it is gone).
+            if self.pending.values().all(|v| v.is_empty())
+                && !self.queues.values().any(|v| v.registered)
+            {
                 break;
             }
             if let Err(e) = self.talk().await {

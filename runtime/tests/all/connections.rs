@@ -21,7 +21,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::queue_conformance::{settle, success};
 use crate::redis_support::RedisServer;
-use crate::worker::{Env, cfg, start_worker_with, wait_final, wait_started};
+use crate::worker::{Env, RunningWorker, cfg, start_worker_with, wait_final, wait_started};
 
 /// A TCP proxy to Redis that can go silent: `freeze` makes every
 /// connection open at that moment stop forwarding, in both directions,
@@ -260,6 +260,10 @@ struct Faulty {
     /// Launch records waiting, and their release.
     launches_held: AtomicU64,
     launch_gate: tokio::sync::Semaphore,
+    /// While set, `settle` fails as when Redis refuses connections.
+    settles_down: std::sync::atomic::AtomicBool,
+    /// `extend` calls so far.
+    extends: AtomicU64,
 }
 
 impl Faulty {
@@ -276,6 +280,8 @@ impl Faulty {
             hold_launches: false,
             launches_held: AtomicU64::new(0),
             launch_gate: tokio::sync::Semaphore::new(0),
+            settles_down: Default::default(),
+            extends: AtomicU64::new(0),
         }
     }
 
@@ -300,6 +306,44 @@ impl Faulty {
         .await
         .unwrap_or_else(|_| panic!("`signals` not called {n} times"));
     }
+}
+
+/// `hello` bound on `default`, and a worker of `concurrency` slots on it
+/// through a [`Faulty`] over `env`'s broker.
+async fn hello_worker(env: &Env, concurrency: usize) -> (Arc<Faulty>, RunningWorker) {
+    env.bind("hello", "hello", "default", |_| {}).await;
+    let faulty = Arc::new(Faulty::new(env.broker.clone()));
+    let w = start_worker_with(
+        faulty.clone(),
+        env.registry.clone(),
+        Default::default(),
+        cfg(&["default"], concurrency),
+    );
+    (faulty, w)
+}
+
+/// The error a call gets while Redis refuses connections.
+fn refused() -> redis::RedisError {
+    let refused = std::io::Error::new(
+        std::io::ErrorKind::ConnectionRefused,
+        "Connection refused (a test's fault)",
+    );
+    redis::RedisError::from(refused)
+}
+
+/// CPU time this process has used (user and system), from `/proc`.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // The fields after the command name, which ends with the last ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<u64> = rest
+        .split(' ')
+        .skip(11)
+        .take(2)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis((f[0] + f[1]) * 1000 / ticks)
 }
 
 #[async_trait]
@@ -331,6 +375,9 @@ impl Broker for Faulty {
         self.inner.revoke(id, terminate).await
     }
     async fn settle(&self, req: SettleRequest) -> BrokerResult<SettleReply> {
+        if self.settles_down.load(Ordering::SeqCst) {
+            return Err(refused().into());
+        }
         self.settled
             .lock()
             .unwrap()
@@ -338,6 +385,7 @@ impl Broker for Faulty {
         self.inner.settle(req).await
     }
     async fn extend(&self, leases: &[Lease], lease: Duration) -> BrokerResult<Extended> {
+        self.extends.fetch_add(1, Ordering::SeqCst);
         if self.unextended {
             return Ok(Extended::default());
         }
@@ -353,11 +401,7 @@ impl Broker for Faulty {
     ) -> BrokerResult<mpsc::UnboundedReceiver<Signal>> {
         self.signal_calls.fetch_add(1, Ordering::SeqCst);
         if self.refuse_signals.load(Ordering::SeqCst) {
-            let refused = std::io::Error::new(
-                std::io::ErrorKind::ConnectionRefused,
-                "Connection refused (a test's fault)",
-            );
-            return Err(redis::RedisError::from(refused).into());
+            return Err(refused().into());
         }
         let mut inner = self.inner.signals(worker, queues).await?;
         let deaf = self.deaf;
@@ -819,14 +863,7 @@ async fn a_worker_that_cannot_subscribe_stops_when_told() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_cannot_subscribe_again_stops_when_told() {
     let env = Env::embedded().await;
-    env.bind("hello", "hello", "default", |_| {}).await;
-    let faulty = Arc::new(Faulty::new(env.broker.clone()));
-    let w = start_worker_with(
-        faulty.clone(),
-        env.registry.clone(),
-        Default::default(),
-        cfg(&["default"], 1),
-    );
+    let (faulty, w) = hello_worker(&env, 1).await;
     let id = env.enqueue("hello", r#"{"name": "before"}"#).await;
     assert_eq!(wait_final(&env.broker, id).await.state, JobState::Success);
     faulty.lose_signals();
@@ -837,4 +874,96 @@ async fn a_worker_that_cannot_subscribe_again_stops_when_told() {
         .await
         .expect("the worker did not stop while it could not subscribe again");
     assert_eq!(stats.processed, 1);
+}
+
+/// A worker whose calls fail waits for its retry time. Before, a failed
+/// call marked results as waiting to be stored (even when it carried
+/// none) and their flush time, 20 ms later, woke the loop; the loop could
+/// not call the broker before its retry time, so it woke again at once:
+/// one core busy for the whole outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_waits_quietly_while_its_broker_is_down() {
+    let env = Env::embedded().await;
+    let (faulty, w) = hello_worker(&env, 2).await;
+    // Started and idle; then every call fails, and a job wakes it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    faulty.settles_down.store(true, Ordering::SeqCst);
+    env.enqueue("hello", r#"{"name":"a"}"#).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = cpu_time();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let used = cpu_time() - before;
+    // A busy loop takes a core: about 3 s in 3 s.
+    assert!(
+        used < Duration::from_secs(1),
+        "the worker used {used:?} of CPU in 3 s of outage"
+    );
+    faulty.settles_down.store(false, Ordering::SeqCst);
+    w.stop().await;
+}
+
+/// Lease extensions start a period after a job is leased. Before, the
+/// extension timer was polled only while jobs were held, and its ticks
+/// missed while the worker was idle fired together: a burst of calls to
+/// the broker (three per lease of idle time) when the next job came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_idle_for_long_extends_no_burst_of_leases() {
+    let env = Env::embedded().await;
+    env.bind("sleeper", "sleeper", "default", |b| {
+        b.limits.time_limit_ms = Some(60_000)
+    })
+    .await;
+    let faulty = Arc::new(Faulty::new(env.broker.clone()));
+    let mut config = cfg(&["default"], 1);
+    // Extended every 100 ms while a job runs.
+    config.lease = Duration::from_millis(300);
+    let w = start_worker_with(
+        faulty.clone(),
+        env.registry.clone(),
+        Default::default(),
+        config,
+    );
+    // Idle for 30 periods.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(faulty.extends.load(Ordering::SeqCst), 0);
+    let id = env.enqueue("sleeper", r#"{"ms":250}"#).await;
+    let j = wait_final(&env.broker, id).await;
+    assert_eq!(j.state, JobState::Success, "{j:?}");
+    w.stop().await;
+    // A run of 250 ms spans two or three periods; the burst was about 30.
+    let n = faulty.extends.load(Ordering::SeqCst);
+    assert!(n <= 10, "{n} lease extensions for one run of 250 ms");
+}
+
+/// A worker that stops while its broker is away ends its registration as
+/// idle once the broker is back: it tries again before it stops. Before,
+/// it gave up after its first failed call, the registration stayed, and
+/// the next job was pushed to the stopped worker: it waited a lease and
+/// ran as a redelivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_during_an_outage_is_pushed_nothing() {
+    let env = Env::redis().await;
+    let (faulty, w) = hello_worker(&env, 2).await;
+    let first = env.enqueue("hello", r#"{"name":"Ada"}"#).await;
+    assert_eq!(
+        wait_final(&env.broker, first).await.state,
+        JobState::Success
+    );
+    // Its call after the run found the queue empty: it is idle.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    faulty.settles_down.store(true, Ordering::SeqCst);
+    let stopping = tokio::spawn(w.stop());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    faulty.settles_down.store(false, Ordering::SeqCst);
+    stopping.await.unwrap();
+    let next = env.enqueue("hello", r#"{"name":"Bo"}"#).await;
+    let w = start_worker_with(
+        env.broker.clone(),
+        env.registry.clone(),
+        Default::default(),
+        cfg(&["default"], 2),
+    );
+    let j = wait_final(&env.broker, next).await;
+    assert_eq!((j.state, j.redeliveries), (JobState::Success, 0));
+    w.stop().await;
 }
