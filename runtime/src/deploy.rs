@@ -34,14 +34,43 @@ pub async fn upload(
     registry: &Arc<dyn Registry>,
     bytes: Vec<u8>,
 ) -> Result<(ModuleInfo, bool), DeployError> {
-    let sb = sandbox.clone();
-    let (imports, bytes) =
-        tokio::task::spawn_blocking(move || sb.load(&bytes).map(|m| (m.imports.clone(), bytes)))
-            .await
-            .map_err(|e| {
-                DeployError::Refused(format!("compiling the component panicked: {e}"))
-            })??;
+    let (imports, bytes) = load(sandbox, bytes).await?;
     Ok(registry.store_module(&bytes, imports).await?)
+}
+
+/// Binds `binding` to the component `bytes` (its `module` is set to their
+/// hash), storing them only once the binding is accepted: a refused one
+/// stores nothing.
+pub async fn upload_and_bind(
+    sandbox: &Sandbox,
+    registry: &Arc<dyn Registry>,
+    bytes: Vec<u8>,
+    mut binding: TaskBinding,
+) -> Result<TaskBinding, DeployError> {
+    let (imports, bytes) = load(sandbox, bytes).await?;
+    binding.module = ModuleHash::of(&bytes);
+    check(&binding)?;
+    check_grants(&imports, &binding.grants).map_err(|e| DeployError::Refused(e.to_string()))?;
+    registry.store_module(&bytes, imports).await?;
+    bind(sandbox, registry, binding).await
+}
+
+/// Compiles `bytes` as a task component: its imports, and the bytes.
+async fn load(sandbox: &Sandbox, bytes: Vec<u8>) -> Result<(Vec<String>, Vec<u8>), DeployError> {
+    let sb = sandbox.clone();
+    tokio::task::spawn_blocking(move || sb.load(&bytes).map(|m| (m.imports.clone(), bytes)))
+        .await
+        .map_err(|e| DeployError::Refused(format!("compiling the component panicked: {e}")))?
+        .map_err(DeployError::from)
+}
+
+/// A binding's name and grants, checked before its module is looked at.
+fn check(binding: &TaskBinding) -> Result<(), DeployError> {
+    TaskName::validate(&binding.name).map_err(|e| DeployError::Refused(e.to_string()))?;
+    binding
+        .grants
+        .check()
+        .map_err(|e| DeployError::Refused(e.to_string()))
 }
 
 /// Binds (or re-binds) a task name after checking the name, the module and
@@ -51,11 +80,7 @@ pub async fn bind(
     registry: &Arc<dyn Registry>,
     binding: TaskBinding,
 ) -> Result<TaskBinding, DeployError> {
-    TaskName::validate(&binding.name).map_err(|e| DeployError::Refused(e.to_string()))?;
-    binding
-        .grants
-        .check()
-        .map_err(|e| DeployError::Refused(e.to_string()))?;
+    check(&binding)?;
     let info = registry
         .module_info(&binding.module)
         .await?

@@ -7,7 +7,7 @@
 use std::marker::PhantomData;
 
 use serde::de::value::MapAccessDeserializer;
-use serde::de::{MapAccess, Visitor};
+use serde::de::{MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 /// A value that must be a JSON object.
@@ -47,14 +47,39 @@ where
     Ok(Object::<T>::deserialize(d)?.0)
 }
 
-/// `#[serde(deserialize_with)]` for a list of objects.
-pub fn objects<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+/// `#[serde(deserialize_with)]`, through a function that gives `max`: a
+/// list of at most `max` objects, refused as soon as it holds more (so a
+/// long list of small objects is never read whole).
+pub fn objects_at_most<'de, D, T>(d: D, max: usize) -> Result<Vec<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,
 {
-    Ok(Vec::<Object<T>>::deserialize(d)?
-        .into_iter()
-        .map(|Object(v)| v)
-        .collect())
+    struct ListVisitor<T> {
+        max: usize,
+        item: PhantomData<T>,
+    }
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for ListVisitor<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "a list of at most {} objects", self.max)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.max));
+            while let Some(Object(v)) = seq.next_element::<Object<T>>()? {
+                if out.len() == self.max {
+                    return Err(serde::de::Error::custom(format_args!(
+                        "more than the maximum of {} in one list",
+                        self.max
+                    )));
+                }
+                out.push(v);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(ListVisitor {
+        max,
+        item: PhantomData,
+    })
 }

@@ -668,7 +668,8 @@ fn after_secs(
     if !secs.is_finite() || !(0.0..=MAX_DELAY_SECS).contains(&secs) {
         return Err(too_far());
     }
-    chrono::Duration::try_milliseconds((secs * 1000.0) as i64)
+    // Up to the next millisecond: a delay or expiry under 1 ms is not 0.
+    chrono::Duration::try_milliseconds((secs * 1000.0).ceil() as i64)
         .and_then(|d| now.checked_add_signed(d))
         .ok_or_else(too_far)
 }

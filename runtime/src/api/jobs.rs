@@ -20,7 +20,7 @@ use super::auth::{Admin, Role, Submit};
 use super::error::ErrorBody;
 use super::schema::{NeedsAdmin, NeedsToken, QueueName, QueueOrPartition, TakesBody, UsesStorage};
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState};
-use crate::json_object::{objects, optional_object};
+use crate::json_object::{objects_at_most, optional_object};
 use crate::names::{ModuleHash, TaskName};
 use crate::producer::parse_duration;
 use crate::producer::{Caller, EnqueueRequest};
@@ -58,8 +58,9 @@ pub struct JobRequest {
     /// Run this uploaded module with no task name (admin tokens only).
     #[schema(value_type = Option<ModuleHash>)]
     pub module: Option<String>,
-    /// Any JSON value; `{}` when absent.
+    /// Any JSON value (`null` too); `{}` when absent.
     #[schema(value_type = Value)]
+    #[serde(deserialize_with = "present")]
     pub input: Option<serde_json::Value>,
     /// The task binding's queue when absent.
     #[schema(value_type = Option<QueueName>)]
@@ -101,6 +102,12 @@ pub struct JobRequest {
     /// when absent.
     #[schema(maximum = 9)]
     pub priority: Option<u64>,
+}
+
+/// A field that is there, whatever its value: `null` too, which serde
+/// would read as absent into an `Option`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
 }
 
 impl JobRequest {
@@ -171,13 +178,23 @@ fn state_name(job: &Job) -> String {
         .unwrap_or_default()
 }
 
+/// The most jobs one batch holds.
+pub const MAX_BATCH: usize = 10_000;
+
 /// Jobs to enqueue together: all of them, or none if one is refused.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
-    #[schema(min_items = 1)]
-    #[serde(deserialize_with = "objects")]
+    /// 1 to 10,000 jobs.
+    #[schema(min_items = 1, max_items = 10_000)]
+    #[serde(deserialize_with = "batch_jobs")]
     pub jobs: Vec<JobRequest>,
+}
+
+/// A batch's jobs, refused while it is read once it holds too many (a
+/// long list of small objects takes far more memory than its body).
+fn batch_jobs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<JobRequest>, D::Error> {
+    objects_at_most(d, MAX_BATCH)
 }
 
 #[derive(Serialize, ToSchema)]
@@ -218,7 +235,7 @@ async fn enqueue(
     security(("bearer" = [])),
     responses(
         (status = 202, description = "enqueued, in the order given", body = BatchAccepted),
-        (status = 400, description = "malformed JSON, an empty batch, or an invalid job (named by its index and field)", body = ErrorBody),
+        (status = 400, description = "malformed JSON, an empty batch or one of more than 10,000 jobs, or an invalid job (named by its index and field)", body = ErrorBody),
         (status = 403, description = "a job asks for what only an admin may (named by its index)", body = ErrorBody),
         (status = 404, description = "unknown task or module", body = ErrorBody),
         NeedsToken, TakesBody, UsesStorage,

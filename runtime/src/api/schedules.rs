@@ -105,14 +105,19 @@ async fn put_schedule(
     let obj = value
         .as_object_mut()
         .ok_or_else(|| ApiError::bad_request("a beat is a JSON object"))?;
-    match obj.get("name").and_then(|n| n.as_str()) {
-        Some(n) if n != name => {
+    match obj.get("name") {
+        Some(serde_json::Value::String(n)) if *n != name => {
             return Err(ApiError::bad_request(format!(
                 "name: the body says {n:?} but the URL says {name:?}"
             )));
         }
-        _ => {
+        Some(serde_json::Value::String(_)) | None => {
             obj.insert("name".into(), serde_json::Value::String(name.clone()));
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(format!(
+                "name: expected a string (the URL's {name:?})"
+            )));
         }
     }
     // Parsed again from text so that a field of the wrong type is named

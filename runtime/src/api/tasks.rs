@@ -105,18 +105,15 @@ async fn put_task(
     ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<BindRequest>,
 ) -> Result<axum::Json<TaskView>, ApiError> {
-    let module = match parse_module_source(&req.module)
+    // A built-in is stored only once its binding is accepted.
+    let (module, builtin) = match parse_module_source(&req.module)
         .map_err(|e| ApiError::bad_request(format!("module: {e:#}")))?
     {
-        ModuleSource::Hash(h) => h,
+        ModuleSource::Hash(h) => (h, None),
         ModuleSource::Builtin(b) => {
             let bytes = crate::builtin::module(&b)
-                .ok_or_else(|| ApiError::bad_request(format!("module: no built-in {b}")))?
-                .to_vec();
-            deploy::upload(&ctx.sandbox, &ctx.registry, bytes)
-                .await?
-                .0
-                .hash
+                .ok_or_else(|| ApiError::bad_request(format!("module: no built-in {b}")))?;
+            (ModuleHash::of(bytes), Some(bytes.to_vec()))
         }
         ModuleSource::Path(_) => {
             return Err(ApiError::bad_request(format!(
@@ -142,7 +139,10 @@ async fn put_task(
     let binding = spec
         .defaults(&name, &module)
         .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
-    let binding = deploy::bind(&ctx.sandbox, &ctx.registry, binding).await?;
+    let binding = match builtin {
+        Some(bytes) => deploy::upload_and_bind(&ctx.sandbox, &ctx.registry, bytes, binding).await?,
+        None => deploy::bind(&ctx.sandbox, &ctx.registry, binding).await?,
+    };
     let history = ctx.registry.history(&name).await?;
     Ok(axum::Json(TaskView { binding, history }))
 }

@@ -2208,3 +2208,123 @@ async fn a_partitioned_queue_is_one_queue_redis() {
     let redis = RedisServer::start();
     a_partitioned_queue_is_one_queue(Some(redis.url())).await;
 }
+
+/// A batch holds at most 10,000 jobs; a longer one is refused as it is
+/// read, and nothing is stored. Before, any number was taken, and all of
+/// it was read first: a body of `{}`s (3 bytes each, hundreds in memory)
+/// took gigabytes before any check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_a_batch_over_the_maximum_is_refused() {
+    let api = TestApi::start(None, "1MiB", false).await;
+    api.bind_example("greet", "hello").await;
+    let send = |n: usize| {
+        let body = json!({ "jobs": vec![json!({ "task": "greet" }); n] });
+        api.call(
+            api.req(reqwest::Method::POST, "/v1/jobs/batch", Some(SUBMIT))
+                .json(&body),
+        )
+    };
+    let (s, v) = send(10_001).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        message(&v).contains("jobs") && message(&v).contains("10000"),
+        "{v}"
+    );
+    let (s, v) = api
+        .call(api.req(reqwest::Method::GET, "/v1/jobs", Some(ADMIN)))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["jobs"].as_array().map(Vec::len), Some(0), "{v}");
+    let (s, v) = send(10_000).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(v["jobs"].as_array().map(Vec::len), Some(10_000));
+    api.stop().await;
+}
+
+/// A job's `input` may be `null`, as a beat's and a workflow step's may:
+/// it is stored as `null`. Before, a `null` sent was stored as `{}`, as
+/// if no input had been sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_a_null_input_is_kept() {
+    let api = TestApi::start(None, "1MiB", false).await;
+    api.bind_example("greet", "hello").await;
+    let id = api.submit(json!({ "task": "greet", "input": null })).await;
+    assert!(api.job(&id, "").await["input"].is_null());
+    let id = api.submit(json!({ "task": "greet" })).await;
+    assert_eq!(api.job(&id, "").await["input"], json!({}));
+    api.stop().await;
+}
+
+/// A binding to a built-in that is refused stores nothing: not the
+/// built-in's module either. Before, the module was stored first, then
+/// the binding refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_a_refused_binding_to_a_builtin_stores_no_module() {
+    let api = TestApi::start(None, "1MiB", false).await;
+    let modules = || async {
+        let (s, v) = api
+            .call(api.req(reqwest::Method::GET, "/v1/modules", Some(ADMIN)))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v.as_array().unwrap().len()
+    };
+    for (name, body, status) in [
+        (
+            "bad%20name",
+            json!({ "module": "builtin:hello" }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "x",
+            json!({ "module": "builtin:hello", "rate_limit": "0/m" }),
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let (s, v) = api.bind(name, body).await;
+        assert_eq!(s, status, "{v}");
+        assert_eq!(modules().await, 0, "after {name}: {v}");
+    }
+    let (s, v) = api.bind("x", json!({ "module": "builtin:hello" })).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(modules().await, 1);
+    api.stop().await;
+}
+
+/// A beat's `name` in the body, when given, is a string: another type is
+/// refused like any other field of the wrong type. Before, it was
+/// replaced by the URL's name and the beat stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_a_beat_name_of_the_wrong_type_is_refused() {
+    let api = TestApi::start_with(None, "1MiB", false, true).await;
+    api.bind_example("greet", "hello").await;
+    for name in [json!(5), json!(true), json!({})] {
+        let body = json!({ "name": name, "task": "greet", "every": "1m" });
+        let (s, v) = api
+            .call(
+                api.req(reqwest::Method::PUT, "/v1/schedules/a", Some(ADMIN))
+                    .json(&body),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(message(&v).contains("name"), "{v}");
+    }
+    let (_, v) = api
+        .call(api.req(reqwest::Method::GET, "/v1/schedules", Some(ADMIN)))
+        .await;
+    assert_eq!(v.as_array().map(Vec::len), Some(0), "nothing stored: {v}");
+    api.stop().await;
+}
+
+/// An expiry under a millisecond away is a millisecond away, not now:
+/// `expires_in` is more than 0 by its schema. Before, it was truncated
+/// to now and refused as an `expires` in the past (a field not sent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_an_expiry_under_a_millisecond_is_taken() {
+    let api = TestApi::start(None, "1MiB", false).await;
+    api.bind_example("greet", "hello").await;
+    let (s, v) = api
+        .enqueue(json!({ "task": "greet", "expires_in": 0.0004 }))
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    api.stop().await;
+}
