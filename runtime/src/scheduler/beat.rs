@@ -200,7 +200,10 @@ impl Beat {
         };
         let rule = match (&self.cron, &self.every) {
             (Some(c), None) => match parse_cron(c) {
-                Ok(cron) => Some(Rule::Cron(Box::new(cron))),
+                Ok(cron) => Some(Rule::Cron(Box::new(CronRule {
+                    times: fixed_times(c, &cron),
+                    cron,
+                }))),
                 Err(e) => {
                     problems.push(FieldError::new("cron", e.to_string()));
                     None
@@ -321,9 +324,84 @@ fn join(v: &[FieldError]) -> String {
 
 #[derive(Clone, Debug)]
 enum Rule {
-    Cron(Box<Cron>),
+    Cron(Box<CronRule>),
     /// Seconds; due times are the multiples of it since the Unix epoch.
     Every(i64),
+}
+
+#[derive(Clone, Debug)]
+struct CronRule {
+    cron: Cron,
+    /// The pattern split into one pattern per fixed time of day, when it
+    /// has several (see [`fixed_times`]); searched instead of `cron`.
+    times: Vec<Cron>,
+}
+
+impl CronRule {
+    /// The first match after `start` (exclusive).
+    fn next(&self, start: &DateTime<Tz>) -> Option<DateTime<Tz>> {
+        if self.times.is_empty() {
+            return self.cron.find_next_occurrence(start, false).ok();
+        }
+        let each = self.times.iter();
+        each.filter_map(|c| c.find_next_occurrence(start, false).ok())
+            .min()
+    }
+
+    /// The last match at or before `start`.
+    fn previous(&self, start: &DateTime<Tz>) -> Option<DateTime<Tz>> {
+        if self.times.is_empty() {
+            return self.cron.find_previous_occurrence(start, true).ok();
+        }
+        let each = self.times.iter();
+        each.filter_map(|c| c.find_previous_occurrence(start, true).ok())
+            .max()
+    }
+}
+
+/// The most times of day a pattern is split into (see [`fixed_times`]).
+const MAX_FIXED_TIMES: usize = 256;
+
+/// A pattern of several fixed times of day (`0 9,17 * * *`, `0 0 9-17 * *
+/// *`: no wildcard or step in its seconds, minutes or hours) as one
+/// pattern per time of day. croner reads DST changes the fixed-time way
+/// (a repeated time once, a time in a gap just after it) only for a
+/// pattern of one time of day, and reads a list or a range with the
+/// rhythm of a wildcard; split, each time of day is fixed. Empty when
+/// there is nothing to split: one time of day, a wildcard or step, an
+/// alias, or more than [`MAX_FIXED_TIMES`] times (those keep croner's
+/// reading).
+fn fixed_times(expr: &str, cron: &Cron) -> Vec<Cron> {
+    let p = &cron.pattern;
+    let fields = [&p.seconds, &p.minutes, &p.hours];
+    if expr.trim_start().starts_with('@') || fields.iter().any(|f| f.from_wildcard || f.step != 1) {
+        return Vec::new();
+    }
+    let [secs, mins, hours] = fields.map(|f| f.values());
+    let n = secs.len() * mins.len() * hours.len();
+    if n <= 1 || n > MAX_FIXED_TIMES {
+        return Vec::new();
+    }
+    let words: Vec<&str> = expr.split_whitespace().collect();
+    // Day of month, month and day of week: the last three fields.
+    let Some(days) = words.get(words.len().saturating_sub(3)..) else {
+        return Vec::new();
+    };
+    let days = days.join(" ");
+    let mut out = Vec::with_capacity(n);
+    for h in &hours {
+        for m in &mins {
+            for s in &secs {
+                match parser().parse(&format!("{s} {m} {h} {days}")) {
+                    Ok(c) => out.push(c),
+                    // Cannot happen (the pattern parsed whole); croner's
+                    // reading is kept if it does.
+                    Err(_) => return Vec::new(),
+                }
+            }
+        }
+    }
+    out
 }
 
 /// A compiled schedule: the rule and the zone it is read in.
@@ -348,7 +426,8 @@ impl Schedule {
     /// rhythm and simply have no tick in the gap. A time that occurs twice
     /// (fall back) fires once, at its first occurrence, for a fixed time of
     /// day; a wildcard/step pattern fires on both real instants, which are
-    /// an hour apart (an hourly job stays hourly).
+    /// an hour apart (an hourly job stays hourly). A list or range of
+    /// times (`0 1,13 * * *`) is that many fixed times of day.
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let secs = t.timestamp();
         match &self.rule {
@@ -357,9 +436,7 @@ impl Schedule {
                 // Whole seconds: `t` itself is never returned, and a
                 // fraction of a second cannot leak into a due time.
                 let start = Utc.timestamp_opt(secs, 0).single()?.with_timezone(&self.tz);
-                cron.find_next_occurrence(&start, false)
-                    .ok()
-                    .map(|d| d.with_timezone(&Utc))
+                cron.next(&start).map(|d| d.with_timezone(&Utc))
             }
         }
     }
@@ -371,9 +448,7 @@ impl Schedule {
             Rule::Every(n) => Utc.timestamp_opt(secs.div_euclid(*n) * n, 0).single(),
             Rule::Cron(cron) => {
                 let start = Utc.timestamp_opt(secs, 0).single()?.with_timezone(&self.tz);
-                cron.find_previous_occurrence(&start, true)
-                    .ok()
-                    .map(|d| d.with_timezone(&Utc))
+                cron.previous(&start).map(|d| d.with_timezone(&Utc))
             }
         }
     }
@@ -545,11 +620,7 @@ pub fn parse_cron(expr: &str) -> Result<Cron, RuleError> {
     } else {
         check_fields(expr).map_err(RuleError::Field)?;
     }
-    let parser = CronParser::builder()
-        .seconds(Seconds::Optional)
-        .year(Year::Disallowed)
-        .build();
-    let cron = parser.parse(expr).map_err(|e| RuleError::Invalid {
+    let cron = parser().parse(expr).map_err(|e| RuleError::Invalid {
         expr: expr.to_string(),
         reason: e.to_string(),
     })?;
@@ -560,6 +631,14 @@ pub fn parse_cron(expr: &str) -> Result<Cron, RuleError> {
         return Err(RuleError::NeverDue(expr.to_string()));
     }
     Ok(cron)
+}
+
+/// Crontab lines: 5 fields, or 6 with seconds first.
+fn parser() -> CronParser {
+    CronParser::builder()
+        .seconds(Seconds::Optional)
+        .year(Year::Disallowed)
+        .build()
 }
 
 /// Parses `30s`, `5m`, `1h`, `1h30m`, `2d`: whole seconds, at least one.

@@ -72,7 +72,9 @@
 //! process was down or suspended, Redis was unreachable, or they fell before
 //! start-up) are *missed*: `skip` drops them, `catch-up-once` enqueues one
 //! job for the latest of them. The last recorded fire tells a fresh replica
-//! what was missed; a beat never fired before has missed nothing.
+//! what was missed; a beat never fired before has missed what came due
+//! since it was stored or changed through the API (a beat of
+//! `runner.toml`, which has no such time, has missed nothing).
 //!
 //! # Idle cost
 //!
@@ -448,22 +450,34 @@ impl Scheduler {
 
     /// Enables or disables a beat without deleting it. For a beat from
     /// `runner.toml`, this stores an override (see the module docs).
+    ///
+    /// The beat is read and written back only if it did not change in
+    /// between: a `put` made meanwhile is never undone (read again, and
+    /// the switch applied to it).
     pub async fn set_enabled(&self, name: &str, enabled: bool) -> Result<BeatStatus, BeatError> {
-        let current = self.get(name).await?;
-        if current.beat.enabled == enabled {
-            return Ok(current);
-        }
-        let mut beat = current.beat;
-        beat.enabled = enabled;
-        beat.validate()?;
-        self.inner
-            .store
-            .put(&StoredBeat {
+        loop {
+            let dynamic = self.inner.store.beats().await?;
+            let stored = dynamic.iter().find(|b| b.beat.name == name).cloned();
+            let Some(current) = merge(&self.inner.config, dynamic)
+                .into_iter()
+                .find(|e| e.beat.name == name)
+            else {
+                return Err(BeatError::NotFound(name.to_string()));
+            };
+            if current.beat.enabled == enabled {
+                return self.get(name).await;
+            }
+            let mut beat = current.beat;
+            beat.enabled = enabled;
+            beat.validate()?;
+            let new = StoredBeat {
                 beat,
                 updated_at: Utc::now(),
-            })
-            .await?;
-        self.get(name).await
+            };
+            if self.inner.store.replace(stored.as_ref(), &new).await? {
+                return self.get(name).await;
+            }
+        }
     }
 
     /// Deletes a dynamic beat. If it overrode a beat of `runner.toml`, that

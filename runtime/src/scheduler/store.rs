@@ -95,6 +95,11 @@ pub trait BeatStore: Send + Sync + 'static {
     /// Stores (or replaces) a beat and announces it.
     async fn put(&self, beat: &StoredBeat) -> StoreResult<()>;
 
+    /// Stores `beat` (and announces it) only if the beat of that name
+    /// stored now is `previous` (`None`: none is): says whether it did.
+    /// A read, a change and this write lose no write made in between.
+    async fn replace(&self, previous: Option<&StoredBeat>, beat: &StoredBeat) -> StoreResult<bool>;
+
     /// Removes a beat and announces it; with `forget_fires`, its fire
     /// records too. Returns whether it existed.
     async fn delete(&self, name: &str, forget_fires: bool) -> StoreResult<bool>;
@@ -134,6 +139,16 @@ fn encode<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
+/// Replaces a beat if it is still the one read (`''`: none was stored),
+/// and announces it: 1 if replaced, 0 if it had changed.
+const REPLACE: &str = r#"#!lua
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if (cur or '') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[1])
+return 1
+"#;
+
 /// Keeps the record with the later due time (fires and claims): returns
 /// the record kept when it is not the new one, else nil.
 const KEEP_LATER: &str = r#"#!lua
@@ -154,6 +169,7 @@ pub struct RedisBeatStore {
     client: RedisEndpoint,
     conn: Counted,
     keep_later: Script,
+    replace: Script,
 }
 
 impl RedisBeatStore {
@@ -166,10 +182,12 @@ impl RedisBeatStore {
         let client = RedisEndpoint::open(url, tls)?;
         let conn = client.connect().await?;
         let keep_later = Script::new(KEEP_LATER);
+        let replace = Script::new(REPLACE);
         Ok(RedisBeatStore {
             client,
-            conn: conn.with_scripts([("beat_keep_later", &keep_later)]),
+            conn: conn.with_scripts([("beat_keep_later", &keep_later), ("beat_replace", &replace)]),
             keep_later,
+            replace,
         })
     }
 
@@ -210,6 +228,19 @@ impl BeatStore for RedisBeatStore {
             .query_async::<()>(&mut self.conn.clone())
             .await?;
         Ok(())
+    }
+
+    async fn replace(&self, previous: Option<&StoredBeat>, beat: &StoredBeat) -> StoreResult<bool> {
+        let replaced: i64 = self
+            .replace
+            .key(BEATS_KEY)
+            .arg(&beat.beat.name)
+            .arg(previous.map(encode).unwrap_or_default())
+            .arg(encode(beat))
+            .arg(CHANGES_CHANNEL)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(replaced == 1)
     }
 
     async fn delete(&self, name: &str, forget_fires: bool) -> StoreResult<bool> {
@@ -392,6 +423,16 @@ impl BeatStore for MemoryBeatStore {
         st.beats.insert(beat.beat.name.clone(), beat.clone());
         Self::announce(&mut st, &beat.beat.name);
         Ok(())
+    }
+
+    async fn replace(&self, previous: Option<&StoredBeat>, beat: &StoredBeat) -> StoreResult<bool> {
+        let mut st = self.lock();
+        if st.beats.get(&beat.beat.name) != previous {
+            return Ok(false);
+        }
+        st.beats.insert(beat.beat.name.clone(), beat.clone());
+        Self::announce(&mut st, &beat.beat.name);
+        Ok(true)
     }
 
     async fn delete(&self, name: &str, forget_fires: bool) -> StoreResult<bool> {

@@ -14,6 +14,7 @@ use runner::queue::{Broker, EmbeddedBroker, Job, RedisBroker, SettleRequest, Sig
 use runner::registry::{LocalRegistry, RedisRegistry, Registry, TaskBinding};
 use runner::scheduler::{
     Beat, BeatError, BeatSource, BeatStore, FireRecord, MissedPolicy, RedisBeatStore, Scheduler,
+    StoredBeat,
 };
 
 use crate::redis_support::RedisServer;
@@ -169,6 +170,38 @@ fn next_fire_tables() {
                 "2025-11-02T05:00:00Z",
                 "2025-11-02T06:00:00Z",
                 "2025-11-02T07:00:00Z",
+            ],
+        ),
+        // A list or a range of times of day is that many fixed times:
+        // 01:00 once on the day it repeats, 02:00 just after the gap.
+        // (Once read with a wildcard's rhythm: 01:00 EDT and 01:00 EST;
+        // no 02:00 at all.)
+        (
+            "0 1,13 * * *",
+            "America/New_York",
+            "2025-11-02T04:00:00Z",
+            &[
+                "2025-11-02T05:00:00Z",
+                "2025-11-02T18:00:00Z",
+                "2025-11-03T06:00:00Z",
+            ],
+        ),
+        (
+            "0 2,14 * * *",
+            "America/New_York",
+            "2025-03-09T05:00:00Z",
+            &["2025-03-09T07:00:00Z", "2025-03-09T18:00:00Z"],
+        ),
+        (
+            "0 0,30 1-2 * * *",
+            "America/New_York",
+            "2025-11-02T04:50:00Z",
+            &[
+                "2025-11-02T05:00:00Z",
+                "2025-11-02T05:30:00Z",
+                "2025-11-02T07:00:00Z",
+                "2025-11-02T07:30:00Z",
+                "2025-11-03T06:00:00Z",
             ],
         ),
         // --- Europe/Berlin: spring forward 2025-03-30 02:00 CET -> 03:00 CEST.
@@ -698,8 +731,9 @@ async fn missed_fires_skip_or_catch_up_once() {
     looping.abort();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedded_scheduler_fires_and_fires_now() {
+/// An embedded broker, an in-memory registry with `tick` bound on
+/// `QUEUE`, and a producer over both.
+async fn tick_bound() -> (Arc<dyn Broker>, Arc<dyn Registry>, Producer) {
     let broker: Arc<dyn Broker> = Arc::new(EmbeddedBroker::new());
     let registry = LocalRegistry::in_memory();
     let mut b = TaskBinding::new("tick", MODULE.parse().unwrap());
@@ -707,6 +741,12 @@ async fn embedded_scheduler_fires_and_fires_now() {
     registry.bind(b).await.unwrap();
     let registry: Arc<dyn Registry> = Arc::new(registry);
     let producer = Producer::new(broker.clone(), registry.clone());
+    (broker, registry, producer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_scheduler_fires_and_fires_now() {
+    let (broker, registry, producer) = tick_bound().await;
     // A config beat whose task is not bound: refused at fire time, shown in
     // its status, and the other beats fire regardless.
     let orphan = Beat::every("orphan", "unbound", "1s");
@@ -807,4 +847,109 @@ fn shipped_config_beats_are_valid() {
         seen += beats.len();
     }
     assert!(seen > 0, "no [[beats]] found in the shipped configs");
+}
+
+/// A memory store whose next `beats` read waits for `release` once
+/// `armed`: a read-change-write can be caught between its read and its
+/// write.
+struct GatedStore {
+    inner: runner::scheduler::MemoryBeatStore,
+    armed: std::sync::atomic::AtomicBool,
+    parked: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl BeatStore for GatedStore {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    async fn beats(&self) -> runner::scheduler::store::StoreResult<Vec<StoredBeat>> {
+        let read = self.inner.beats().await;
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.parked.notify_one();
+            self.release.notified().await;
+        }
+        read
+    }
+    async fn put(&self, beat: &StoredBeat) -> runner::scheduler::store::StoreResult<()> {
+        self.inner.put(beat).await
+    }
+    async fn replace(
+        &self,
+        previous: Option<&StoredBeat>,
+        beat: &StoredBeat,
+    ) -> runner::scheduler::store::StoreResult<bool> {
+        self.inner.replace(previous, beat).await
+    }
+    async fn delete(
+        &self,
+        name: &str,
+        forget_fires: bool,
+    ) -> runner::scheduler::store::StoreResult<bool> {
+        self.inner.delete(name, forget_fires).await
+    }
+    async fn watch(
+        &self,
+    ) -> runner::scheduler::store::StoreResult<
+        tokio::sync::mpsc::UnboundedReceiver<runner::scheduler::BeatChange>,
+    > {
+        self.inner.watch().await
+    }
+    async fn fires(
+        &self,
+        manual: bool,
+    ) -> runner::scheduler::store::StoreResult<HashMap<String, FireRecord>> {
+        self.inner.fires(manual).await
+    }
+    async fn claims(&self) -> runner::scheduler::store::StoreResult<HashMap<String, FireRecord>> {
+        self.inner.claims().await
+    }
+    async fn record_fire(
+        &self,
+        name: &str,
+        record: &FireRecord,
+        manual: bool,
+    ) -> runner::scheduler::store::StoreResult<()> {
+        self.inner.record_fire(name, record, manual).await
+    }
+    async fn claim_fire(
+        &self,
+        name: &str,
+        claim: &FireRecord,
+    ) -> runner::scheduler::store::StoreResult<Option<FireRecord>> {
+        self.inner.claim_fire(name, claim).await
+    }
+}
+
+/// Disabling a beat never undoes a change made while it read the beat:
+/// the change is kept, and the beat disabled. Before, the disable wrote
+/// back the whole beat it had read: a `PUT` answered 200 meanwhile was
+/// lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disable_keeps_a_change_made_meanwhile() {
+    let (_, registry, producer) = tick_bound().await;
+    let store = Arc::new(GatedStore {
+        inner: runner::scheduler::MemoryBeatStore::new(),
+        armed: Default::default(),
+        parked: Default::default(),
+        release: Default::default(),
+    });
+    let s = Scheduler::new(store.clone(), producer, registry, vec![]).unwrap();
+    s.put(Beat::cron("b", "tick", "0 7 * * *")).await.unwrap();
+    store.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let disabling = {
+        let s = s.clone();
+        tokio::spawn(async move { s.set_enabled("b", false).await })
+    };
+    store.parked.notified().await;
+    s.put(Beat::cron("b", "tick", "0 8 * * *")).await.unwrap();
+    store.release.notify_one();
+    let done = disabling.await.unwrap().unwrap();
+    assert!(!done.beat.enabled);
+    assert_eq!(done.beat.cron.as_deref(), Some("0 8 * * *"), "{done:?}");
+    let stored = store.inner.beats().await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].beat.cron.as_deref(), Some("0 8 * * *"));
+    assert!(!stored[0].beat.enabled);
 }
