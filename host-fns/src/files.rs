@@ -758,17 +758,28 @@ fn write_blocking(root: &Root, limits: &Limits, rel: &str, data: &[u8]) -> Resul
         Err(e) => return Err(fs_error(rel, e)),
     };
     let charge = root.charge(limits, rel, old, data.len() as u64)?;
-    let dir = make_dirs(root_fd.as_fd(), parents, rel)?;
     let tmp = format!(".runner-{}.tmp", uuid::Uuid::now_v7().simple());
-    let written = open_beneath(
-        dir.as_fd(),
-        &tmp,
-        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL,
-        Mode::from_bits_truncate(0o666),
-    )
-    .map_err(io::Error::from)
-    .and_then(|fd| File::from(fd).write_all(data))
-    .and_then(|()| rustix::fs::renameat(&dir, &tmp, &dir, *last).map_err(io::Error::from));
+    // A delete or cleanup that emptied a directory removes it: one made or
+    // opened here can go before the file is created in it. Made again.
+    let mut attempts = 0;
+    let (dir, created) = loop {
+        let dir = make_dirs(root_fd.as_fd(), parents, rel)?;
+        let created = open_beneath(
+            dir.as_fd(),
+            &tmp,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL,
+            Mode::from_bits_truncate(0o666),
+        );
+        attempts += 1;
+        match created {
+            Err(Errno::NOENT) if attempts < 5 => continue,
+            created => break (dir, created),
+        }
+    };
+    let written = created
+        .map_err(io::Error::from)
+        .and_then(|fd| File::from(fd).write_all(data))
+        .and_then(|()| rustix::fs::renameat(&dir, &tmp, &dir, *last).map_err(io::Error::from));
     if let Err(e) = written {
         let _ = rustix::fs::unlinkat(&dir, &tmp, AtFlags::empty());
         return Err(io_error(rel, e));
@@ -880,10 +891,29 @@ fn delete_blocking(root: &Root, rel: &str) -> Result<bool, HostError> {
             if file_type(&st) == FileType::RegularFile {
                 root.adjust(-(size(&st) as i64), -1);
             }
+            remove_empty_dirs(root_fd.as_fd(), parents);
             Ok(true)
         }
         Err(Errno::NOENT) => Ok(false),
         Err(e) => Err(fs_error(rel, e)),
+    }
+}
+
+/// Removes the directory `parents` names if it is empty, then its parent
+/// if that is empty in turn, and so on up to the root (kept): directories
+/// exist to hold files, and a task cannot remove one itself. Left behind,
+/// emptied directories would pile up (a write makes them at no charge)
+/// until every quota walk of the root failed. A write that wants one back
+/// makes it again.
+fn remove_empty_dirs(root: BorrowedFd<'_>, parents: &[&str]) {
+    for depth in (1..=parents.len()).rev() {
+        let Ok(parent) = open_dir(root, &parents[..depth - 1]) else {
+            return;
+        };
+        // Not empty (ENOTEMPTY), or gone: the rest stays.
+        if rustix::fs::unlinkat(&parent, parents[depth - 1], AtFlags::REMOVEDIR).is_err() {
+            return;
+        }
     }
 }
 
@@ -905,6 +935,9 @@ fn cleanup_blocking(
     };
     let dry_run = report.dry_run;
     let mut files = 0i64;
+    // Directories files were deleted from: removed after the walk if
+    // that left them empty.
+    let mut emptied = std::collections::BTreeSet::new();
     let mut budget = Budget::new(limits);
     let walked = walk(
         start,
@@ -927,6 +960,9 @@ fn cleanup_blocking(
                     }
                 }
                 files += 1;
+                if let Some((parent, _)) = rel.rsplit_once('/') {
+                    emptied.insert(parent.to_owned());
+                }
             }
             report.bytes_freed += size(st);
             report.deleted.push(entry(rel.to_owned(), st));
@@ -934,6 +970,13 @@ fn cleanup_blocking(
     );
     if !dry_run {
         root.adjust(-(report.bytes_freed as i64), -files);
+        // Deepest first, so that a parent is looked at once its children
+        // are gone (a name that is not UTF-8 is shown, not opened, and
+        // stops its branch).
+        for dir in emptied.iter().rev() {
+            let parts: Vec<&str> = dir.split('/').collect();
+            remove_empty_dirs(root_fd.as_fd(), &parts);
+        }
     }
     if let Err(stop) = walked {
         let done = if dry_run {

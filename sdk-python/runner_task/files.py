@@ -69,7 +69,8 @@ def list(root: str, dir: str = "") -> builtins.list[Entry]:
 
 
 def delete(root: str, path: str) -> bool:
-    """Deletes a file: True if it existed."""
+    """Deletes a file: True if it existed. Directories it leaves empty are
+    removed too, up to the root (a write makes them again)."""
     with call("files", "delete"):
         from wit_world.imports import files as wit
 
@@ -81,7 +82,8 @@ def cleanup(
 ) -> CleanupReport:
     """Deletes the files under `root` matching `glob` (e.g. `logs/**/*.log`)
     last modified more than `older_than` seconds ago. Never follows symlinks.
-    With `dry_run`, reports what it would delete."""
+    Directories it leaves empty are removed, as by `delete`. With `dry_run`,
+    reports what it would delete."""
     secs = older_than.total_seconds() if isinstance(older_than, timedelta) else older_than
     if not secs >= 0 or secs >= 1 << 64:
         raise ValueError(f"older_than must be seconds >= 0, not {older_than!r}")

@@ -108,15 +108,18 @@ pub fn list(root: &str, dir: &str) -> Result<Vec<Entry>, HostError> {
     Ok(wit::list(root, dir)?.into_iter().map(Into::into).collect())
 }
 
-/// Deletes a file. Returns `true` if it existed.
+/// Deletes a file. Returns `true` if it existed. A directory it leaves
+/// empty is removed too, and so is each parent left empty in turn (the
+/// root stays): directories hold files, and a write makes them again.
 pub fn delete(root: &str, path: &str) -> Result<bool, HostError> {
     Ok(wit::delete(root, path)?)
 }
 
 /// Deletes the files under `root` whose relative path matches `glob` (e.g.
 /// `**/*.log`) and that were last modified more than `older_than` ago. Never
-/// follows symlinks. With `dry_run`, deletes nothing and reports what it
-/// would delete.
+/// follows symlinks. Directories it leaves empty are removed, as by
+/// [`delete`]. With `dry_run`, deletes nothing and reports what it would
+/// delete.
 pub fn cleanup(
     root: &str,
     glob: &str,

@@ -449,6 +449,8 @@ async fn swapping_a_directory_for_a_symlink_cannot_escape_the_root() {
     fs::remove_file(outside.join("secret.txt")).expect("rm");
     fs::write(outside.join("victim.log"), b"victim").expect("victim");
     fs::create_dir(root.join("sub")).expect("mkdir");
+    // Never emptied, so never removed: the swaps need it.
+    fs::write(root.join("sub/keep.txt"), b"keep").expect("keep");
     symlink(&outside, root.join("alt")).expect("symlink");
     // The real directory, whatever it is called at the moment.
     let real = fs::File::open(root.join("sub")).expect("open sub");
@@ -703,5 +705,68 @@ async fn tree_walks_and_listings_are_bounded() {
         .await
         .expect("a small subtree");
     assert_eq!(few.deleted.len(), 5);
-    assert_eq!(service.list(&g, "logs", "").await.expect("list").len(), 2);
+    // `few`, emptied, went with its files.
+    let left = service.list(&g, "logs", "").await.expect("list");
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].path, "many");
+}
+
+/// Deleting a file removes the directories it leaves empty, up to the
+/// root, and so does a cleanup. Before, they stayed, and a task could not
+/// remove them: writing and deleting a deep file over and over filled the
+/// root with empty directories until every quota walk of it failed, and
+/// every write to it with them.
+#[tokio::test]
+async fn directories_a_delete_or_cleanup_empties_are_removed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let base = tmp.path();
+    fs::create_dir_all(base.join("reports")).expect("mkdir");
+    let service = service_from_toml(
+        base,
+        "max_walk_entries = 50\nusage_refresh = 0\n[quotas]\nreports = { max_files = 100 }\n",
+    );
+    let g = rw();
+    for i in 0..10 {
+        let path = format!("d{i}/a/b/c/d/f.txt");
+        service
+            .write(&g, "reports", &path, b"x".to_vec())
+            .await
+            .expect("write");
+        assert!(service.delete(&g, "reports", &path).await.expect("delete"));
+    }
+    service
+        .write(&g, "reports", "ok.txt", b"x".to_vec())
+        .await
+        .expect("a write after the deletes");
+    let left: Vec<_> = fs::read_dir(base.join("reports"))
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(left, ["ok.txt"], "{left:?}");
+
+    // A directory that still holds a file stays, and so do its parents.
+    for path in ["y/keep/k.txt", "y/old/1.log", "y/old/deeper/2.log"] {
+        service
+            .write(&g, "reports", path, b"x".to_vec())
+            .await
+            .expect("write");
+    }
+    assert!(
+        service
+            .delete(&g, "reports", "y/keep/missing.txt")
+            .await
+            .is_ok()
+    );
+    let report = service
+        .cleanup(&g, "reports", "y/old/**/*.log", Duration::ZERO, false)
+        .await
+        .expect("cleanup");
+    assert_eq!(report.deleted.len(), 2, "{report:?}");
+    assert!(!base.join("reports/y/old").exists(), "y/old was left");
+    assert!(base.join("reports/y/keep/k.txt").exists());
+    // Written again where a directory went: made again.
+    service
+        .write(&g, "reports", "y/old/deeper/3.log", b"x".to_vec())
+        .await
+        .expect("write");
 }
