@@ -14,9 +14,10 @@
 //!
 //! Sizes: at most [`MAX_RECIPIENTS`] recipients (to, cc and bcc), a
 //! subject of [`MAX_SUBJECT_BYTES`], text and HTML bodies of
-//! [`MAX_BODY_BYTES`] together and attachments of
-//! [`MAX_ATTACHMENT_BYTES`]; more is `invalid`, checked before the host
-//! copies anything.
+//! [`MAX_BODY_BYTES`] together, [`MAX_ATTACHMENTS`] attachments of
+//! [`MAX_ATTACHMENT_BYTES`] together, and addresses, display names,
+//! attachment file names and content types of [`MAX_HEADER_VALUE_BYTES`]
+//! each; more is `invalid`, checked before the message is built.
 //!
 //! Errors: SMTP 4xx, timeouts and connection or TLS failures are
 //! `transient`; SMTP 5xx (including a recipient the server refuses) is
@@ -25,15 +26,17 @@
 //!
 //! rustls needs a process-wide crypto provider: see the crate docs.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use lettre::message::header::ContentType;
 use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
-use lettre::transport::smtp::PoolConfig;
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
-use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::transport::smtp::authentication::{Credentials, DEFAULT_MECHANISMS};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, Tls, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
+use lettre::{Address, Message};
 use serde::{Deserialize, Serialize};
 
 use crate::HostError;
@@ -50,6 +53,11 @@ pub const MAX_SUBJECT_BYTES: usize = 998;
 /// Most recipients (to, cc and bcc together) of one message: what every
 /// SMTP server must accept (RFC 5321 4.5.3.1.8).
 pub const MAX_RECIPIENTS: usize = 100;
+/// Most attachments of one message.
+pub const MAX_ATTACHMENTS: usize = 100;
+/// Longest address, display name, attachment file name or content type, in
+/// bytes (each goes into one header line).
+pub const MAX_HEADER_VALUE_BYTES: usize = 998;
 
 /// How the connection to the SMTP server is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -123,8 +131,9 @@ pub struct MailConfig {
     pub username: Option<String>,
     #[serde(default)]
     pub password: Option<String>,
-    /// Connect, command and TLS timeout.
-    /// In seconds in configuration files.
+    /// Connect, TLS and command timeout: each step of a send (connecting
+    /// and logging in take up to four, sending up to three plus one per
+    /// recipient and per MiB). In seconds in configuration files.
     #[serde(default = "default_timeout", with = "crate::serde_secs")]
     pub timeout: Duration,
     /// Most SMTP connections kept open and shared by all tasks.
@@ -204,7 +213,7 @@ pub struct OutgoingMail {
 }
 
 enum Transport {
-    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    Smtp(SmtpPool),
     /// Writes each message to `<dir>/<message id>.eml`.
     DryRun(PathBuf),
 }
@@ -279,23 +288,23 @@ impl Mailer {
                 _ => Tls::Opportunistic(params),
             }
         };
-        let mut builder =
-            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(config.host.clone())
-                .port(config.port)
-                .tls(tls)
-                .timeout(Some(config.timeout))
-                .pool_config(PoolConfig::new().max_size(config.pool_max_size.max(1)));
-        if let Some(user) = &config.username {
-            let password = config.password.clone().unwrap_or_default();
-            builder = builder.credentials(Credentials::new(user.clone(), password));
-        }
-        if let Some(name) = &config.hello_name {
-            builder = builder.hello_name(lettre::transport::smtp::extension::ClientId::Domain(
-                name.clone(),
-            ));
-        }
+        let pool = SmtpPool {
+            host: config.host.clone(),
+            port: config.port,
+            tls,
+            timeout: config.timeout,
+            credentials: config.username.as_ref().map(|user| {
+                Credentials::new(user.clone(), config.password.clone().unwrap_or_default())
+            }),
+            hello: config
+                .hello_name
+                .clone()
+                .map_or_else(ClientId::default, ClientId::Domain),
+            idle: Mutex::default(),
+            max_idle: config.pool_max_size.max(1) as usize,
+        };
         Ok(Self {
-            transport: Transport::Smtp(builder.build()),
+            transport: Transport::Smtp(pool),
             from: config.from.clone(),
             reply_to: config.reply_to.clone(),
             return_path: config.return_path.clone(),
@@ -328,9 +337,7 @@ impl Mailer {
         traced(CAPABILITY, "send", async {
             let built = self.build(grant, mail)?;
             match &self.transport {
-                Transport::Smtp(smtp) => {
-                    smtp.send(built.message).await.map_err(smtp_error)?;
-                }
+                Transport::Smtp(pool) => pool.send(&built).await?,
                 Transport::DryRun(dir) => {
                     let mut bytes = format!("Return-Path: <{}>\r\n", built.envelope_from);
                     for rcpt in &built.envelope_to {
@@ -396,6 +403,21 @@ impl Mailer {
             return Err(HostError::invalid(format!(
                 "the bodies total {body} bytes, more than {MAX_BODY_BYTES}"
             )));
+        }
+        if mail.attachments.len() > MAX_ATTACHMENTS {
+            return Err(HostError::invalid(format!(
+                "{} attachments, more than {MAX_ATTACHMENTS}",
+                mail.attachments.len()
+            )));
+        }
+        let addresses = [&mail.to, &mail.cc, &mail.bcc].into_iter().flatten();
+        for a in addresses.chain(&mail.from).chain(&mail.reply_to) {
+            header_value("an address", &a.email)?;
+            header_value("a display name", a.name.as_deref().unwrap_or_default())?;
+        }
+        for a in &mail.attachments {
+            header_value("an attachment's file name", &a.filename)?;
+            header_value("an attachment's content type", &a.content_type)?;
         }
         let attached: usize = mail.attachments.iter().map(|a| a.data.len()).sum();
         if attached > MAX_ATTACHMENT_BYTES {
@@ -482,6 +504,98 @@ impl Mailer {
     }
 }
 
+/// SMTP connections kept open between sends and shared by all tasks.
+///
+/// A connection goes back to the pool only after a send that completed. A
+/// send dropped half way (its task hit its time limit, or was revoked,
+/// while the server answered) closes its connection: reused, it would give
+/// the next send the answers meant for this one, one step late. (lettre's
+/// own pool takes such a connection back.) Every step has a deadline, so
+/// a server that stops answering fails the send as `transient`.
+struct SmtpPool {
+    host: String,
+    port: u16,
+    tls: Tls,
+    /// For each step: connecting, TLS, each command, and each MiB of data.
+    timeout: Duration,
+    credentials: Option<Credentials>,
+    hello: ClientId,
+    idle: Mutex<Vec<AsyncSmtpConnection>>,
+    max_idle: usize,
+}
+
+impl SmtpPool {
+    async fn send(&self, built: &Built) -> Result<(), HostError> {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let kept = match idle {
+            // A kept connection the server may have closed meanwhile.
+            Some(mut conn) => {
+                let alive = self.step(1, conn.test_connected()).await;
+                alive.unwrap_or(false).then_some(conn)
+            }
+            None => None,
+        };
+        let mut conn = match kept {
+            Some(conn) => conn,
+            None => self.step(4, self.connect()).await?.map_err(smtp_error)?,
+        };
+        let raw = built.message.formatted();
+        // The envelope's commands, then the data at one step per MiB.
+        let steps = 3 + built.envelope_to.len() as u32 + (raw.len() >> 20) as u32;
+        let envelope = built.message.envelope();
+        self.step(steps, conn.send(envelope, &raw))
+            .await?
+            .map_err(smtp_error)?;
+        if !conn.has_broken() {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < self.max_idle {
+                idle.push(conn);
+            }
+        }
+        Ok(())
+    }
+
+    /// Connects, secures the connection as configured, and logs in.
+    async fn connect(&self) -> Result<AsyncSmtpConnection, lettre::transport::smtp::Error> {
+        let implicit = match &self.tls {
+            Tls::Wrapper(params) => Some(params.clone()),
+            _ => None,
+        };
+        let server = (self.host.as_str(), self.port);
+        let mut conn = AsyncSmtpConnection::connect_tokio1(
+            server,
+            Some(self.timeout),
+            &self.hello,
+            implicit,
+            None,
+        )
+        .await?;
+        match &self.tls {
+            Tls::Opportunistic(params) if conn.can_starttls() => {
+                conn.starttls(params.clone(), &self.hello).await?;
+            }
+            Tls::Required(params) => conn.starttls(params.clone(), &self.hello).await?,
+            _ => {}
+        }
+        if let Some(credentials) = &self.credentials {
+            conn.auth(DEFAULT_MECHANISMS, credentials).await?;
+        }
+        Ok(conn)
+    }
+
+    /// `f`, given `steps` timeouts; past them, a `transient` error (and
+    /// `f`, with its connection, dropped).
+    async fn step<T>(&self, steps: u32, f: impl Future<Output = T>) -> Result<T, HostError> {
+        let limit = self.timeout.saturating_mul(steps);
+        tokio::time::timeout(limit, f).await.map_err(|_| {
+            HostError::transient(format!(
+                "SMTP: {}:{} did not answer within {limit:?}",
+                self.host, self.port
+            ))
+        })
+    }
+}
+
 enum Body {
     Single(SinglePart),
     Multi(MultiPart),
@@ -492,6 +606,18 @@ struct Built {
     message_id: String,
     envelope_from: Address,
     envelope_to: Vec<Address>,
+}
+
+/// A task's text for a header: refused when longer than one header line
+/// may be (the error names `what` and gives the length, not the text).
+fn header_value(what: &str, value: &str) -> Result<(), HostError> {
+    if value.len() > MAX_HEADER_VALUE_BYTES {
+        return Err(HostError::invalid(format!(
+            "{what} is {} bytes, more than {MAX_HEADER_VALUE_BYTES}",
+            value.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Header values are single lines: a CR or LF from a task would start a

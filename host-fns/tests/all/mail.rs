@@ -63,6 +63,10 @@ impl Handler for Recorder {
     }
 
     fn rcpt(&mut self, to: &str) -> Response {
+        if to.starts_with("slow@") {
+            // A server slow to answer: the client may give up meanwhile.
+            std::thread::sleep(Duration::from_millis(700));
+        }
         if let Some((code, text)) = self.reject {
             return Response::custom(code, text.to_owned());
         }
@@ -520,6 +524,52 @@ async fn sender_grant_and_bad_messages() {
             },
             "101 recipients",
         ),
+        // Before, neither the number of attachments nor these strings
+        // were capped: a million empty attachments, or a 20 MB file name,
+        // took hundreds of MB of the host's memory to build.
+        (
+            OutgoingMail {
+                attachments: vec![
+                    MailAttachment {
+                        filename: "a.txt".to_owned(),
+                        content_type: "text/plain".to_owned(),
+                        data: vec![],
+                    };
+                    runner_host_fns::mail::MAX_ATTACHMENTS + 1
+                ],
+                ..report_mail()
+            },
+            "101 attachments",
+        ),
+        (
+            OutgoingMail {
+                attachments: vec![MailAttachment {
+                    filename: "é".repeat(500),
+                    content_type: "text/plain".to_owned(),
+                    data: vec![],
+                }],
+                ..report_mail()
+            },
+            "an attachment's file name is 1000 bytes",
+        ),
+        (
+            OutgoingMail {
+                attachments: vec![MailAttachment {
+                    filename: "a.txt".to_owned(),
+                    content_type: format!("text/plain; x={}", "y".repeat(1000)),
+                    data: vec![],
+                }],
+                ..report_mail()
+            },
+            "an attachment's content type is",
+        ),
+        (
+            OutgoingMail {
+                cc: vec![MailAddress::new("c@example.org", Some(&"n".repeat(999)))],
+                ..report_mail()
+            },
+            "a display name is 999 bytes",
+        ),
     ] {
         match mailer.send(&grant, &mail).await {
             Err(HostError::Invalid(m)) => assert!(m.contains(said), "{m}"),
@@ -620,4 +670,89 @@ async fn auto_mode_never_sends_a_password_without_tls() {
         .expect_err("no STARTTLS offered");
     assert!(matches!(err, HostError::Transient(_)), "{err}");
     assert!(recorder.messages().is_empty());
+}
+
+/// A send dropped half way (its task hit its time limit while the server
+/// answered) closes its connection, and the next send has a clean one.
+/// Before, lettre's pool took the connection back: the next send read the
+/// answers meant for the dropped one, one step late, and failed (or was
+/// told of another message's fate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_dropped_half_way_leaves_no_connection_behind() {
+    install_crypto_provider();
+    let cert = test_cert();
+    let recorder = Recorder::new(None);
+    let port = start_starttls_server(recorder.clone(), &cert);
+    let mailer = Mailer::smtp(&MailConfig {
+        pool_max_size: 1,
+        ..config(port, TlsMode::StarttlsRequired, &cert)
+    })
+    .expect("mailer");
+    let grant = MailGrant::default();
+    // Connected and logged in: the connection is kept.
+    mailer.send(&grant, &report_mail()).await.expect("first");
+    let slow = OutgoingMail {
+        to: vec![MailAddress::new("slow@example.org", None)],
+        cc: vec![],
+        bcc: vec![],
+        ..report_mail()
+    };
+    let cut = tokio::time::timeout(Duration::from_millis(300), mailer.send(&grant, &slow)).await;
+    assert!(cut.is_err(), "the send was not cut: {cut:?}");
+    // The server answers the dropped send's RCPT meanwhile.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let next = OutgoingMail {
+        subject: "the next one".to_owned(),
+        to: vec![MailAddress::new("next@example.org", None)],
+        cc: vec![],
+        bcc: vec![],
+        ..report_mail()
+    };
+    let id = mailer.send(&grant, &next).await.expect("the next send");
+    let got = recorder.messages();
+    let last = got.last().expect("received");
+    assert_eq!(last.rcpt_to, ["next@example.org"], "{got:?}");
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&last.data)
+        .expect("parse");
+    assert_eq!(parsed.subject(), Some("the next one"));
+    assert_eq!(parsed.message_id(), Some(id.trim_matches(['<', '>'])));
+}
+
+/// A server that accepts the connection and then says nothing fails the
+/// send as `transient` within its timeouts. Before, only connecting had a
+/// deadline: the send waited for the greeting for ever (in a job, until
+/// its time limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_server_is_a_transient_error() {
+    install_crypto_provider();
+    let cert = test_cert();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            held.push(conn);
+        }
+    });
+    let mailer = Mailer::smtp(&MailConfig {
+        host: "127.0.0.1".to_owned(),
+        timeout: Duration::from_millis(300),
+        username: None,
+        password: None,
+        ..config(port, TlsMode::None, &cert)
+    })
+    .expect("mailer");
+    let sent = tokio::time::timeout(
+        Duration::from_secs(20),
+        mailer.send(&MailGrant::default(), &report_mail()),
+    )
+    .await
+    .expect("the send never ended");
+    match sent {
+        Err(HostError::Transient(m)) => assert!(m.contains("did not answer"), "{m}"),
+        other => panic!("{other:?}"),
+    }
 }
