@@ -709,24 +709,27 @@ fn stat_at(dir: BorrowedFd<'_>, name: &str) -> Result<Option<Stat>, Errno> {
 }
 
 /// Creates (as needed) and opens the directories `parents` beneath `root`.
-fn make_dirs(root: BorrowedFd<'_>, parents: &[&str], rel: &str) -> Result<OwnedFd, HostError> {
+/// Opens the directory `parents` names, making what is missing of it.
+/// `NOENT` means a directory on the way went meanwhile (emptied by a
+/// delete or cleanup, which removes it): the caller tries again.
+fn make_dirs(root: BorrowedFd<'_>, parents: &[&str]) -> Result<OwnedFd, Errno> {
     match open_dir(root, parents) {
         Ok(fd) => return Ok(fd),
         Err(Errno::NOENT) => {}
-        Err(e) => return Err(fs_error(rel, e)),
+        Err(e) => return Err(e),
     }
-    let mut current = open_dir(root, &[]).map_err(|e| fs_error(rel, e))?;
+    let mut current = open_dir(root, &[])?;
     for part in parents {
         let next = match open_dir(current.as_fd(), &[*part]) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => {
                 match rustix::fs::mkdirat(&current, *part, Mode::from_bits_truncate(0o777)) {
                     Ok(()) | Err(Errno::EXIST) => {}
-                    Err(e) => return Err(fs_error(rel, e)),
+                    Err(e) => return Err(e),
                 }
-                open_dir(current.as_fd(), &[*part]).map_err(|e| fs_error(rel, e))?
+                open_dir(current.as_fd(), &[*part])?
             }
-            Err(e) => return Err(fs_error(rel, e)),
+            Err(e) => return Err(e),
         };
         current = next;
     }
@@ -763,14 +766,18 @@ fn write_blocking(root: &Root, limits: &Limits, rel: &str, data: &[u8]) -> Resul
     // opened here can go before the file is created in it. Made again.
     let mut attempts = 0;
     let (dir, created) = loop {
-        let dir = make_dirs(root_fd.as_fd(), parents, rel)?;
+        attempts += 1;
+        let dir = match make_dirs(root_fd.as_fd(), parents) {
+            Ok(dir) => dir,
+            Err(Errno::NOENT) if attempts < 5 => continue,
+            Err(e) => return Err(fs_error(rel, e)),
+        };
         let created = open_beneath(
             dir.as_fd(),
             &tmp,
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL,
             Mode::from_bits_truncate(0o666),
         );
-        attempts += 1;
         match created {
             Err(Errno::NOENT) if attempts < 5 => continue,
             created => break (dir, created),

@@ -29,7 +29,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lettre::message::header::ContentType;
 use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
@@ -520,13 +520,19 @@ struct SmtpPool {
     timeout: Duration,
     credentials: Option<Credentials>,
     hello: ClientId,
-    idle: Mutex<Vec<AsyncSmtpConnection>>,
+    /// Connections kept, with when each went idle (newest last).
+    idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
     max_idle: usize,
 }
 
+/// How long a connection is kept idle (as lettre's pool does): servers
+/// and NATs drop idle connections, and a dropped one costs the next send
+/// a timeout to find out.
+const IDLE_MAX: Duration = Duration::from_secs(60);
+
 impl SmtpPool {
     async fn send(&self, built: &Built) -> Result<(), HostError> {
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let idle = self.take_idle();
         let kept = match idle {
             // A kept connection the server may have closed meanwhile.
             Some(mut conn) => {
@@ -549,10 +555,38 @@ impl SmtpPool {
         if !conn.has_broken() {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             if idle.len() < self.max_idle {
-                idle.push(conn);
+                idle.push((conn, Instant::now()));
+            } else {
+                drop(idle);
+                self.quit(conn);
             }
         }
         Ok(())
+    }
+
+    /// The newest kept connection idle for less than [`IDLE_MAX`]; older
+    /// ones are closed.
+    fn take_idle(&self) -> Option<AsyncSmtpConnection> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let stale = idle
+            .iter()
+            .position(|(_, since)| since.elapsed() < IDLE_MAX)
+            .unwrap_or(idle.len());
+        let stale: Vec<_> = idle.drain(..stale).collect();
+        let conn = idle.pop().map(|(conn, _)| conn);
+        drop(idle);
+        for (conn, _) in stale {
+            self.quit(conn);
+        }
+        conn
+    }
+
+    /// Says QUIT and closes, in the background (one timeout at most).
+    fn quit(&self, mut conn: AsyncSmtpConnection) {
+        let limit = self.timeout;
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(limit, conn.abort()).await;
+        });
     }
 
     /// Connects, secures the connection as configured, and logs in.

@@ -32,6 +32,9 @@ impl From<BeatError> for ApiError {
             BeatError::Enqueue(q) => q.into(),
             BeatError::Registry(r) => r.into(),
             BeatError::Store(_) => ApiError::unavailable(e.to_string()),
+            BeatError::Conflict(_) => {
+                ApiError::new(axum::http::StatusCode::CONFLICT, "conflict", e.to_string())
+            }
             e if e.is_bad_input() => ApiError::bad_request(e.to_string()),
             e => ApiError::internal(e.to_string()),
         }
@@ -71,6 +74,7 @@ async fn list_schedules(
         (status = 200, description = "the beat", body = BeatStatus),
         (status = 400, description = "the name is not UTF-8", body = ErrorBody),
         (status = 404, description = "no such beat", body = ErrorBody),
+        (status = 409, description = "the beat kept changing meanwhile: try again", body = ErrorBody),
         NeedsToken, UsesScheduler,
     ))]
 async fn get_schedule(
@@ -135,6 +139,7 @@ async fn put_schedule(
         (status = 204, description = "deleted"),
         (status = 400, description = "defined in runner.toml", body = ErrorBody),
         (status = 404, description = "no such beat", body = ErrorBody),
+        (status = 409, description = "the beat kept changing meanwhile: try again", body = ErrorBody),
         NeedsAdmin, UsesScheduler,
     ))]
 async fn delete_schedule(
@@ -173,6 +178,7 @@ async fn fire_schedule(
         (status = 200, description = "enabled", body = BeatStatus),
         (status = 400, description = "the stored beat no longer validates", body = ErrorBody),
         (status = 404, description = "no such beat", body = ErrorBody),
+        (status = 409, description = "the beat kept changing meanwhile: try again", body = ErrorBody),
         NeedsAdmin, UsesScheduler,
     ))]
 async fn enable_schedule(
@@ -193,6 +199,7 @@ async fn enable_schedule(
         (status = 200, description = "disabled", body = BeatStatus),
         (status = 400, description = "the stored beat no longer validates", body = ErrorBody),
         (status = 404, description = "no such beat", body = ErrorBody),
+        (status = 409, description = "the beat kept changing meanwhile: try again", body = ErrorBody),
         NeedsAdmin, UsesScheduler,
     ))]
 async fn disable_schedule(

@@ -294,6 +294,10 @@ pub enum BeatError {
         "beat {0:?} is defined in runner.toml: remove it there, or disable it (`enabled = false`)"
     )]
     FromConfig(String),
+    /// The beat kept changing while it was being switched on or off
+    /// (409: try again).
+    #[error("beat {0:?} changed while it was being switched; try again")]
+    Conflict(String),
     /// The store or the registry could not be reached (503).
     #[error("beat store: {0}")]
     Store(#[from] super::store::StoreError),

@@ -108,6 +108,10 @@ use crate::queue::{Job, JobId, JobState};
 use crate::registry::Registry;
 use fire::request;
 
+/// How many times [`Scheduler::set_enabled`] reads and writes a beat that
+/// keeps changing under it before it gives up.
+const SWITCH_TRIES: usize = 5;
+
 /// How late a due time may be reached and still count as on time.
 pub const ON_TIME_GRACE: Duration = Duration::from_secs(5);
 
@@ -453,9 +457,9 @@ impl Scheduler {
     ///
     /// The beat is read and written back only if it did not change in
     /// between: a `put` made meanwhile is never undone (read again, and
-    /// the switch applied to it).
+    /// the switch applied to it, a few times at most).
     pub async fn set_enabled(&self, name: &str, enabled: bool) -> Result<BeatStatus, BeatError> {
-        loop {
+        for _ in 0..SWITCH_TRIES {
             let dynamic = self.inner.store.beats().await?;
             let stored = dynamic.iter().find(|b| b.beat.name == name).cloned();
             let Some(current) = merge(&self.inner.config, dynamic)
@@ -478,6 +482,7 @@ impl Scheduler {
                 return self.get(name).await;
             }
         }
+        Err(BeatError::Conflict(name.to_string()))
     }
 
     /// Deletes a dynamic beat. If it overrode a beat of `runner.toml`, that

@@ -96,8 +96,9 @@ pub trait BeatStore: Send + Sync + 'static {
     async fn put(&self, beat: &StoredBeat) -> StoreResult<()>;
 
     /// Stores `beat` (and announces it) only if the beat of that name
-    /// stored now is `previous` (`None`: none is): says whether it did.
-    /// A read, a change and this write lose no write made in between.
+    /// stored now is `previous` (`None`: none is), as its `updated_at`
+    /// tells (every put sets it): says whether it did. A read, a change
+    /// and this write lose no write made in between.
     async fn replace(&self, previous: Option<&StoredBeat>, beat: &StoredBeat) -> StoreResult<bool>;
 
     /// Removes a beat and announces it; with `forget_fires`, its fire
@@ -134,16 +135,28 @@ fn decode<T: for<'de> Deserialize<'de>>(key: &str, text: &str) -> StoreResult<T>
     })
 }
 
+/// A time as `encode` writes it in a record (without the quotes).
+fn stamp(t: &DateTime<Utc>) -> String {
+    encode(t).trim_matches('"').to_string()
+}
+
 fn encode<T: Serialize>(v: &T) -> String {
     // Plain structs of strings, numbers and JSON values always serialize.
     serde_json::to_string(v).unwrap_or_default()
 }
 
-/// Replaces a beat if it is still the one read (`''`: none was stored),
-/// and announces it: 1 if replaced, 0 if it had changed.
+/// Replaces a beat if it is still the one read, by its `updated_at`
+/// (`''`: none was stored), and announces it: 1 if replaced, 0 if it had
+/// changed (or cannot be read).
 const REPLACE: &str = r#"#!lua
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if (cur or '') ~= ARGV[2] then return 0 end
+if ARGV[2] == '' then
+  if cur then return 0 end
+else
+  if not cur then return 0 end
+  local ok, rec = pcall(cjson.decode, cur)
+  if not ok or type(rec) ~= 'table' or rec.updated_at ~= ARGV[2] then return 0 end
+end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 redis.call('PUBLISH', ARGV[4], ARGV[1])
 return 1
@@ -235,7 +248,7 @@ impl BeatStore for RedisBeatStore {
             .replace
             .key(BEATS_KEY)
             .arg(&beat.beat.name)
-            .arg(previous.map(encode).unwrap_or_default())
+            .arg(previous.map(|p| stamp(&p.updated_at)).unwrap_or_default())
             .arg(encode(beat))
             .arg(CHANGES_CHANNEL)
             .invoke_async(&mut self.conn.clone())
@@ -427,7 +440,8 @@ impl BeatStore for MemoryBeatStore {
 
     async fn replace(&self, previous: Option<&StoredBeat>, beat: &StoredBeat) -> StoreResult<bool> {
         let mut st = self.lock();
-        if st.beats.get(&beat.beat.name) != previous {
+        let now = st.beats.get(&beat.beat.name).map(|b| b.updated_at);
+        if now != previous.map(|p| p.updated_at) {
             return Ok(false);
         }
         st.beats.insert(beat.beat.name.clone(), beat.clone());

@@ -161,13 +161,18 @@ impl Dispatcher {
         let mut adapt = tokio::time::interval_at(Instant::now() + slots::WINDOW, slots::WINDOW);
         tracing::info!(worker = %self.id, queues = ?cfg.queues, concurrency = cfg.concurrency, max_concurrency = self.slots.max(), "worker started");
 
+        // Nothing held when the loop last looked.
+        let mut was_idle = true;
         loop {
             // Lease extensions run while jobs are held: a period after the
-            // first is leased, not at once in a burst of the ticks missed
-            // while idle.
-            if self.held.is_empty() {
+            // loop sees the first (leased by a call, or pushed while it
+            // waited), not at once in a burst of the ticks missed while
+            // idle.
+            let idle = self.held.is_empty();
+            if idle || was_idle {
                 extend.reset();
             }
+            was_idle = idle;
             self.start_buffered();
             self.hand_back_if_stalled();
             let now = Instant::now();
@@ -887,13 +892,17 @@ impl Dispatcher {
                 }
             }
         }
+        // A registration left is ended while the broker answers within the
+        // grace period (results, for all 50 rounds).
+        let give_up = Instant::now() + self.ctx.cfg.grace;
         for _ in 0..50 {
             self.drain_signals(signals);
             // Results stored, and no registration as idle left (a call
             // that failed above left it: jobs would be pushed to this
             // worker once it is gone).
+            let registered = self.queues.values().any(|v| v.registered);
             if self.pending.values().all(|v| v.is_empty())
-                && !self.queues.values().any(|v| v.registered)
+                && (!registered || Instant::now() >= give_up)
             {
                 break;
             }

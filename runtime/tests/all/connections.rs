@@ -264,6 +264,11 @@ struct Faulty {
     settles_down: std::sync::atomic::AtomicBool,
     /// `extend` calls so far.
     extends: AtomicU64,
+    /// While set, `settle` answers after 200 ms, with the error of a
+    /// broker that stopped answering (its timeout, shortened).
+    settles_silent: std::sync::atomic::AtomicBool,
+    /// `settle` calls so far.
+    settle_calls: AtomicU64,
 }
 
 impl Faulty {
@@ -282,6 +287,8 @@ impl Faulty {
             launch_gate: tokio::sync::Semaphore::new(0),
             settles_down: Default::default(),
             extends: AtomicU64::new(0),
+            settles_silent: Default::default(),
+            settle_calls: AtomicU64::new(0),
         }
     }
 
@@ -375,6 +382,13 @@ impl Broker for Faulty {
         self.inner.revoke(id, terminate).await
     }
     async fn settle(&self, req: SettleRequest) -> BrokerResult<SettleReply> {
+        self.settle_calls.fetch_add(1, Ordering::SeqCst);
+        if self.settles_silent.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let timeout =
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out (a test's fault)");
+            return Err(redis::RedisError::from(timeout).into());
+        }
         if self.settles_down.load(Ordering::SeqCst) {
             return Err(refused().into());
         }
@@ -905,10 +919,9 @@ async fn a_worker_waits_quietly_while_its_broker_is_down() {
 /// Lease extensions start a period after a job is leased. Before, the
 /// extension timer was polled only while jobs were held, and its ticks
 /// missed while the worker was idle fired together: a burst of calls to
-/// the broker (three per lease of idle time) when the next job came.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_idle_for_long_extends_no_burst_of_leases() {
-    let env = Env::embedded().await;
+/// the broker (three per lease of idle time) when the next job came. On
+/// Redis the job is pushed to the idle worker while it waits.
+async fn a_worker_idle_for_long_extends_no_burst_of_leases(env: Env) {
     env.bind("sleeper", "sleeper", "default", |b| {
         b.limits.time_limit_ms = Some(60_000)
     })
@@ -933,6 +946,16 @@ async fn a_worker_idle_for_long_extends_no_burst_of_leases() {
     // A run of 250 ms spans two or three periods; the burst was about 30.
     let n = faulty.extends.load(Ordering::SeqCst);
     assert!(n <= 10, "{n} lease extensions for one run of 250 ms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_idle_for_long_extends_no_burst_of_leases_on_redis() {
+    a_worker_idle_for_long_extends_no_burst_of_leases(Env::redis().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_idle_for_long_extends_no_burst_of_leases_embedded() {
+    a_worker_idle_for_long_extends_no_burst_of_leases(Env::embedded().await).await;
 }
 
 /// A worker that stops while its broker is away ends its registration as
@@ -966,4 +989,38 @@ async fn a_worker_stopped_during_an_outage_is_pushed_nothing() {
     let j = wait_final(&env.broker, next).await;
     assert_eq!((j.state, j.redeliveries), (JobState::Success, 0));
     w.stop().await;
+}
+
+/// A worker that stops while its broker does not answer gives up ending
+/// its registration as idle once its grace period is over: the
+/// registration expires on its own. (Each call against a silent Redis
+/// waits out its 30 s timeout; 50 of them would hold the stop for 25
+/// minutes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopping_while_its_broker_is_silent_gives_up_in_time() {
+    let env = Env::redis().await;
+    env.bind("hello", "hello", "default", |_| {}).await;
+    let faulty = Arc::new(Faulty::new(env.broker.clone()));
+    let mut config = cfg(&["default"], 2);
+    config.grace = Duration::from_secs(1);
+    let w = start_worker_with(
+        faulty.clone(),
+        env.registry.clone(),
+        Default::default(),
+        config,
+    );
+    let first = env.enqueue("hello", r#"{"name":"Ada"}"#).await;
+    assert_eq!(
+        wait_final(&env.broker, first).await.state,
+        JobState::Success
+    );
+    // Its call after the run found the queue empty: it is idle.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    faulty.settles_silent.store(true, Ordering::SeqCst);
+    let before = faulty.settle_calls.load(Ordering::SeqCst);
+    w.stop().await;
+    // A call every 400 ms for the 1 s of grace: about 4; 51 without a
+    // deadline.
+    let calls = faulty.settle_calls.load(Ordering::SeqCst) - before;
+    assert!(calls <= 12, "{calls} calls while stopping");
 }

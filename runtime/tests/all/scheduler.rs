@@ -953,3 +953,41 @@ async fn a_disable_keeps_a_change_made_meanwhile() {
     assert_eq!(stored[0].beat.cron.as_deref(), Some("0 8 * * *"));
     assert!(!stored[0].beat.enabled);
 }
+
+/// The Redis store's compare-and-set goes by the stored beat's
+/// `updated_at`: it writes over the beat that was read, even when its
+/// record reads back as other text, and not over one written since, nor
+/// over any when none was read. (A first version compared whole records:
+/// one laid out otherwise never matched, and a disable looped for ever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_store_replaces_only_the_beat_it_read() {
+    let server = RedisServer::start();
+    let store = RedisBeatStore::connect(&server.url()).await.unwrap();
+    let at = |cron: &str| StoredBeat {
+        beat: Beat::cron("b", "tick", cron),
+        updated_at: Utc::now(),
+    };
+    assert!(store.replace(None, &at("0 6 * * *")).await.unwrap());
+    assert!(!store.replace(None, &at("0 7 * * *")).await.unwrap());
+    // The same beat, laid out by another hand.
+    let mut conn = redis::Client::open(server.url().as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let pretty = serde_json::to_string_pretty(&at("0 7 * * *")).unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(runner::scheduler::store::BEATS_KEY)
+        .arg("b")
+        .arg(pretty)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let read = store.beats().await.unwrap().remove(0);
+    assert_eq!(read.beat.cron.as_deref(), Some("0 7 * * *"));
+    assert!(store.replace(Some(&read), &at("0 8 * * *")).await.unwrap());
+    assert!(!store.replace(Some(&read), &at("0 9 * * *")).await.unwrap());
+    let now = store.beats().await.unwrap();
+    assert_eq!(now.len(), 1);
+    assert_eq!(now[0].beat.cron.as_deref(), Some("0 8 * * *"));
+}
