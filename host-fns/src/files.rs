@@ -709,7 +709,6 @@ fn stat_at(dir: BorrowedFd<'_>, name: &str) -> Result<Option<Stat>, Errno> {
 }
 
 /// Creates (as needed) and opens the directories `parents` beneath `root`.
-/// Opens the directory `parents` names, making what is missing of it.
 /// `NOENT` means a directory on the way went meanwhile (emptied by a
 /// delete or cleanup, which removes it): the caller tries again.
 fn make_dirs(root: BorrowedFd<'_>, parents: &[&str]) -> Result<OwnedFd, Errno> {

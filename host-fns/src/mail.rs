@@ -532,8 +532,7 @@ const IDLE_MAX: Duration = Duration::from_secs(60);
 
 impl SmtpPool {
     async fn send(&self, built: &Built) -> Result<(), HostError> {
-        let idle = self.take_idle();
-        let kept = match idle {
+        let kept = match self.take_idle() {
             // A kept connection the server may have closed meanwhile.
             Some(mut conn) => {
                 let alive = self.step(1, conn.test_connected()).await;

@@ -50,9 +50,10 @@ pub async fn upload_and_bind(
     let (imports, bytes) = load(sandbox, bytes).await?;
     binding.module = ModuleHash::of(&bytes);
     check(&binding)?;
-    check_grants(&imports, &binding.grants).map_err(|e| DeployError::Refused(e.to_string()))?;
-    registry.store_module(&bytes, imports).await?;
-    bind(sandbox, registry, binding).await
+    covers(&imports, &binding)?;
+    binding.module = registry.store_module(&bytes, imports).await?.0.hash;
+    registry.bind(binding.clone()).await?;
+    Ok(binding)
 }
 
 /// Compiles `bytes` as a task component: its imports, and the bytes.
@@ -62,6 +63,11 @@ async fn load(sandbox: &Sandbox, bytes: Vec<u8>) -> Result<(Vec<String>, Vec<u8>
         .await
         .map_err(|e| DeployError::Refused(format!("compiling the component panicked: {e}")))?
         .map_err(DeployError::from)
+}
+
+/// The binding's grants cover what its module imports.
+fn covers(imports: &[String], binding: &TaskBinding) -> Result<(), DeployError> {
+    check_grants(imports, &binding.grants).map_err(|e| DeployError::Refused(e.to_string()))
 }
 
 /// A binding's name and grants, checked before its module is looked at.
@@ -91,14 +97,11 @@ pub async fn bind(
             .module(&info.hash)
             .await?
             .ok_or_else(|| DeployError::UnknownModule(binding.module))?;
-        let sb = sandbox.clone();
-        tokio::task::spawn_blocking(move || sb.load(&bytes).map(|m| m.imports.clone()))
-            .await
-            .map_err(|e| DeployError::Refused(format!("compiling the component panicked: {e}")))??
+        load(sandbox, bytes).await?.0
     } else {
         info.imports
     };
-    check_grants(&imports, &binding.grants).map_err(|e| DeployError::Refused(e.to_string()))?;
+    covers(&imports, &binding)?;
     let mut binding = binding;
     binding.module = info.hash;
     registry.bind(binding.clone()).await?;

@@ -74,7 +74,6 @@ async fn list_schedules(
         (status = 200, description = "the beat", body = BeatStatus),
         (status = 400, description = "the name is not UTF-8", body = ErrorBody),
         (status = 404, description = "no such beat", body = ErrorBody),
-        (status = 409, description = "the beat kept changing meanwhile: try again", body = ErrorBody),
         NeedsToken, UsesScheduler,
     ))]
 async fn get_schedule(
@@ -139,7 +138,6 @@ async fn put_schedule(
         (status = 204, description = "deleted"),
         (status = 400, description = "defined in runner.toml", body = ErrorBody),
         (status = 404, description = "no such beat", body = ErrorBody),
-        (status = 409, description = "the beat kept changing meanwhile: try again", body = ErrorBody),
         NeedsAdmin, UsesScheduler,
     ))]
 async fn delete_schedule(

@@ -201,8 +201,7 @@ impl Beat {
         let rule = match (&self.cron, &self.every) {
             (Some(c), None) => match parse_cron(c) {
                 Ok(cron) => Some(Rule::Cron(Box::new(CronRule {
-                    times: fixed_times(c, &cron),
-                    cron,
+                    patterns: fixed_times(c, &cron).unwrap_or_else(|| vec![cron]),
                 }))),
                 Err(e) => {
                     problems.push(FieldError::new("cron", e.to_string()));
@@ -335,29 +334,22 @@ enum Rule {
 
 #[derive(Clone, Debug)]
 struct CronRule {
-    cron: Cron,
-    /// The pattern split into one pattern per fixed time of day, when it
-    /// has several (see [`fixed_times`]); searched instead of `cron`.
-    times: Vec<Cron>,
+    /// The beat's pattern, or that pattern split into one per fixed time
+    /// of day (see [`fixed_times`]): a time matches if one of them does.
+    patterns: Vec<Cron>,
 }
 
 impl CronRule {
     /// The first match after `start` (exclusive).
     fn next(&self, start: &DateTime<Tz>) -> Option<DateTime<Tz>> {
-        if self.times.is_empty() {
-            return self.cron.find_next_occurrence(start, false).ok();
-        }
-        let each = self.times.iter();
+        let each = self.patterns.iter();
         each.filter_map(|c| c.find_next_occurrence(start, false).ok())
             .min()
     }
 
     /// The last match at or before `start`.
     fn previous(&self, start: &DateTime<Tz>) -> Option<DateTime<Tz>> {
-        if self.times.is_empty() {
-            return self.cron.find_previous_occurrence(start, true).ok();
-        }
-        let each = self.times.iter();
+        let each = self.patterns.iter();
         each.filter_map(|c| c.find_previous_occurrence(start, true).ok())
             .max()
     }
@@ -371,41 +363,35 @@ const MAX_FIXED_TIMES: usize = 256;
 /// pattern per time of day. croner reads DST changes the fixed-time way
 /// (a repeated time once, a time in a gap just after it) only for a
 /// pattern of one time of day, and reads a list or a range with the
-/// rhythm of a wildcard; split, each time of day is fixed. Empty when
+/// rhythm of a wildcard; split, each time of day is fixed. `None` when
 /// there is nothing to split: one time of day, a wildcard or step, an
 /// alias, or more than [`MAX_FIXED_TIMES`] times (those keep croner's
 /// reading).
-fn fixed_times(expr: &str, cron: &Cron) -> Vec<Cron> {
+fn fixed_times(expr: &str, cron: &Cron) -> Option<Vec<Cron>> {
     let p = &cron.pattern;
     let fields = [&p.seconds, &p.minutes, &p.hours];
     if expr.trim_start().starts_with('@') || fields.iter().any(|f| f.from_wildcard || f.step != 1) {
-        return Vec::new();
+        return None;
     }
     let [secs, mins, hours] = fields.map(|f| f.values());
     let n = secs.len() * mins.len() * hours.len();
     if n <= 1 || n > MAX_FIXED_TIMES {
-        return Vec::new();
+        return None;
     }
     let words: Vec<&str> = expr.split_whitespace().collect();
     // Day of month, month and day of week: the last three fields.
-    let Some(days) = words.get(words.len().saturating_sub(3)..) else {
-        return Vec::new();
-    };
-    let days = days.join(" ");
+    let days = words.get(words.len().saturating_sub(3)..)?.join(" ");
     let mut out = Vec::with_capacity(n);
     for h in &hours {
         for m in &mins {
             for s in &secs {
-                match parser().parse(&format!("{s} {m} {h} {days}")) {
-                    Ok(c) => out.push(c),
-                    // Cannot happen (the pattern parsed whole); croner's
-                    // reading is kept if it does.
-                    Err(_) => return Vec::new(),
-                }
+                // An error cannot happen (the pattern parsed whole);
+                // croner's reading is kept if one does.
+                out.push(parser().parse(&format!("{s} {m} {h} {days}")).ok()?);
             }
         }
     }
-    out
+    Some(out)
 }
 
 /// A compiled schedule: the rule and the zone it is read in.

@@ -15,6 +15,7 @@ use runner::queue::{
     Progress, PurgeFilter, QueueStats, RedisBroker, RevokeOutcome, SettleReply, SettleRequest,
     Signal, WorkerInfo,
 };
+use runner::worker::WorkerConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc};
@@ -315,16 +316,16 @@ impl Faulty {
     }
 }
 
-/// `hello` bound on `default`, and a worker of `concurrency` slots on it
+/// `hello` bound on `default`, and a worker configured by `config` on it
 /// through a [`Faulty`] over `env`'s broker.
-async fn hello_worker(env: &Env, concurrency: usize) -> (Arc<Faulty>, RunningWorker) {
+async fn hello_worker(env: &Env, config: WorkerConfig) -> (Arc<Faulty>, RunningWorker) {
     env.bind("hello", "hello", "default", |_| {}).await;
     let faulty = Arc::new(Faulty::new(env.broker.clone()));
     let w = start_worker_with(
         faulty.clone(),
         env.registry.clone(),
         Default::default(),
-        cfg(&["default"], concurrency),
+        config,
     );
     (faulty, w)
 }
@@ -877,7 +878,7 @@ async fn a_worker_that_cannot_subscribe_stops_when_told() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_cannot_subscribe_again_stops_when_told() {
     let env = Env::embedded().await;
-    let (faulty, w) = hello_worker(&env, 1).await;
+    let (faulty, w) = hello_worker(&env, cfg(&["default"], 1)).await;
     let id = env.enqueue("hello", r#"{"name": "before"}"#).await;
     assert_eq!(wait_final(&env.broker, id).await.state, JobState::Success);
     faulty.lose_signals();
@@ -898,7 +899,7 @@ async fn a_worker_that_cannot_subscribe_again_stops_when_told() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_waits_quietly_while_its_broker_is_down() {
     let env = Env::embedded().await;
-    let (faulty, w) = hello_worker(&env, 2).await;
+    let (faulty, w) = hello_worker(&env, cfg(&["default"], 2)).await;
     // Started and idle; then every call fails, and a job wakes it.
     tokio::time::sleep(Duration::from_millis(300)).await;
     faulty.settles_down.store(true, Ordering::SeqCst);
@@ -966,7 +967,7 @@ async fn a_worker_idle_for_long_extends_no_burst_of_leases_embedded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_stopped_during_an_outage_is_pushed_nothing() {
     let env = Env::redis().await;
-    let (faulty, w) = hello_worker(&env, 2).await;
+    let (faulty, w) = hello_worker(&env, cfg(&["default"], 2)).await;
     let first = env.enqueue("hello", r#"{"name":"Ada"}"#).await;
     assert_eq!(
         wait_final(&env.broker, first).await.state,
@@ -999,16 +1000,9 @@ async fn a_worker_stopped_during_an_outage_is_pushed_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_stopping_while_its_broker_is_silent_gives_up_in_time() {
     let env = Env::redis().await;
-    env.bind("hello", "hello", "default", |_| {}).await;
-    let faulty = Arc::new(Faulty::new(env.broker.clone()));
     let mut config = cfg(&["default"], 2);
     config.grace = Duration::from_secs(1);
-    let w = start_worker_with(
-        faulty.clone(),
-        env.registry.clone(),
-        Default::default(),
-        config,
-    );
+    let (faulty, w) = hello_worker(&env, config).await;
     let first = env.enqueue("hello", r#"{"name":"Ada"}"#).await;
     assert_eq!(
         wait_final(&env.broker, first).await.state,
