@@ -73,6 +73,11 @@ struct Held {
     /// When it was leased, and when its run started.
     leased: Instant,
     run_started: Option<Instant>,
+    /// Its lease was lost (an extension found it gone) and its run told
+    /// to stop: a lease of the job that comes now runs it anew, once this
+    /// run has ended (`next`).
+    lost: bool,
+    next: Option<Delivery>,
 }
 
 /// The loop that owns every conversation with the broker.
@@ -88,6 +93,11 @@ pub(super) struct Dispatcher {
     pending: HashMap<String, Vec<Completion>>,
     /// When the oldest unsettled result of each queue came in.
     pending_since: HashMap<String, Instant>,
+    /// Results the broker refused as stale (their leases ran out before
+    /// they were stored), kept a while with when they were refused: a
+    /// lease of the same job and attempt that comes to this worker stores
+    /// its result rather than running it again ([`Self::reuse_result`]).
+    refused: HashMap<JobId, (Completion, Instant)>,
     stats: WorkerStats,
     /// Since when the broker has been unreachable.
     outage: Option<Instant>,
@@ -131,6 +141,7 @@ impl Dispatcher {
             running: JoinSet::new(),
             pending: HashMap::new(),
             pending_since: HashMap::new(),
+            refused: HashMap::new(),
             stats: WorkerStats::default(),
             outage: None,
             prefetch: Prefetcher::new(ctx.cfg.prefetch, ctx.cfg.concurrency),
@@ -378,13 +389,28 @@ impl Dispatcher {
     }
 
     fn finished(&mut self, d: Delivery, mut c: Completion) {
+        let mut next = None;
         if let Some(h) = self.held.remove(&d.job.id) {
-            // Settled under the lease held now (see [`Self::take`]).
-            c.lease = h.lease;
+            if h.lost {
+                // Its lease is gone: what it says is stale. A run it was
+                // told to stop ends REVOKED, which nobody asked for: that
+                // is dropped (stored under a lease that came meanwhile,
+                // it would end the job).
+                next = h.next;
+            } else {
+                // Settled under the lease held now (see [`Self::take`]).
+                c.lease = h.lease;
+            }
             if let Some(t) = h.run_started {
                 self.prefetch.observe(t.elapsed());
                 // A slot is free: lease ahead again.
                 self.stalled = false;
+            }
+            if h.lost && !reusable(&c) {
+                if let Some(n) = next {
+                    self.take(n);
+                }
+                return;
             }
         }
         match &c.settlement {
@@ -408,6 +434,11 @@ impl Dispatcher {
             .entry(d.lease.queue.clone())
             .or_default()
             .push(c);
+        // Leased again while the run stopped: its result (just kept, and
+        // refused as stale once sent) or a run of its own.
+        if let Some(n) = next {
+            self.take(n);
+        }
     }
 
     /// One settle call per queue that has something to say.
@@ -506,6 +537,7 @@ impl Dispatcher {
             for id in &reply.stale {
                 tracing::warn!(job = %id, "lease was lost before the result was stored; another run owns it");
             }
+            self.keep_refused(&completions, &reply.stale);
             if !reply.stale.is_empty() {
                 metrics::counter!("runner_leases_lost_total", "queue" => q.clone())
                     .increment(reply.stale.len() as u64);
@@ -565,13 +597,25 @@ impl Dispatcher {
     /// unextended (a broker outage longer than the lease) and a due check
     /// put it back. It keeps its place, or its run, under the new lease (the
     /// one extended and settled from now on): it is not run twice.
+    ///
+    /// A job whose run was told to stop because its lease was lost waits
+    /// for that run to end, then runs anew. A job whose result this worker
+    /// holds is not run again: the result is stored under the new lease.
     fn take(&mut self, d: Delivery) {
         if let Some(h) = self.held.get_mut(&d.job.id) {
             if h.lease.member != d.lease.member {
-                tracing::warn!(job = %d.job.id, "leased again while held (its lease ran out): kept, under the new lease");
-                h.lease = d.lease;
-                h.shown.redeliveries = h.lease.redeliveries;
+                if h.lost {
+                    tracing::warn!(job = %d.job.id, "leased again while its run stops for a lost lease: runs anew once stopped");
+                    h.next = Some(d);
+                } else {
+                    tracing::warn!(job = %d.job.id, "leased again while held (its lease ran out): kept, under the new lease");
+                    h.lease = d.lease;
+                    h.shown.redeliveries = h.lease.redeliveries;
+                }
             }
+            return;
+        }
+        if self.reuse_result(&d) {
             return;
         }
         let shown = HeldJob {
@@ -596,9 +640,58 @@ impl Dispatcher {
                 meter: FuelMeter::default(),
                 leased: Instant::now(),
                 run_started: None,
+                lost: false,
+                next: None,
             },
         );
         self.buffer.push_back(d);
+    }
+
+    /// The job of `d` ended in this worker already (same attempt), and its
+    /// result waits to be stored, or was refused as stale (its lease ran
+    /// out during an outage and a due check put the job back): the result
+    /// is stored under `d`'s lease. Its run is not repeated.
+    fn reuse_result(&mut self, d: &Delivery) -> bool {
+        let same = |c: &Completion| {
+            c.lease.id == d.job.id && reusable(c) && attempt_of(c) == Some(d.job.attempt)
+        };
+        let q = &d.lease.queue;
+        if let Some(c) = self
+            .pending
+            .get_mut(q)
+            .and_then(|v| v.iter_mut().find(|c| same(c)))
+        {
+            tracing::warn!(job = %d.job.id, "leased again before its result was stored: stored under the new lease");
+            c.lease = d.lease.clone();
+            return true;
+        }
+        match self.refused.remove(&d.job.id) {
+            Some((mut c, _)) if same(&c) => {
+                tracing::warn!(job = %d.job.id, "leased again after its result was refused as stale: stored under the new lease");
+                c.lease = d.lease.clone();
+                self.pending_since
+                    .entry(q.clone())
+                    .or_insert_with(Instant::now);
+                self.pending.entry(q.clone()).or_default().push(c);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Keeps the results in `completions` that the broker refused as
+    /// `stale`, for three leases, at most [`REFUSED_KEPT`].
+    fn keep_refused(&mut self, completions: &[Completion], stale: &[JobId]) {
+        let keep_for = self.ctx.cfg.lease.saturating_mul(3);
+        self.refused.retain(|_, (_, at)| at.elapsed() < keep_for);
+        for c in completions {
+            if self.refused.len() >= REFUSED_KEPT {
+                break;
+            }
+            if stale.contains(&c.lease.id) && reusable(c) {
+                self.refused.insert(c.lease.id, (c.clone(), Instant::now()));
+            }
+        }
     }
 
     /// Applies the ends of workflow members this settle stored (and the
@@ -840,11 +933,12 @@ impl Dispatcher {
         match self.ctx.broker.extend(&leases, self.ctx.cfg.lease).await {
             Ok(extended) => {
                 for id in extended.lost {
-                    if let Some(h) = self.held.get(&id) {
+                    if let Some(h) = self.held.get_mut(&id) {
                         metrics::counter!("runner_leases_lost_total", "queue" => h.lease.queue.clone())
                             .increment(1);
                         tracing::warn!(job = %id, "lease lost (redelivered elsewhere); stopping this run");
                         h.cancel.cancel();
+                        h.lost = true;
                     }
                 }
                 // Revokes whose message may never have arrived.
@@ -939,6 +1033,31 @@ const PUSH_WAIT: Duration = Duration::from_secs(1);
 
 /// A result waits at most this long for others to be stored with it.
 const FLUSH_AFTER: Duration = Duration::from_millis(20);
+
+/// At most this many results refused as stale are kept for a lease of
+/// their job that comes back ([`Dispatcher::keep_refused`]).
+const REFUSED_KEPT: usize = 1000;
+
+/// A result that may be stored under another lease of its job: a run's
+/// own end (final, or a retry), not a hand back, nor a run stopped
+/// (REVOKED: a revoke's own end comes from the broker, not from a lease
+/// that came back).
+fn reusable(c: &Completion) -> bool {
+    match &c.settlement {
+        Settlement::Finish { job, .. } => job.state != JobState::Revoked,
+        Settlement::Retry { .. } => true,
+        Settlement::Release { .. } => false,
+    }
+}
+
+/// The attempt a result is of (a retry's record is of the next one).
+fn attempt_of(c: &Completion) -> Option<u32> {
+    match &c.settlement {
+        Settlement::Finish { job, .. } => Some(job.attempt),
+        Settlement::Retry { if_revoked, .. } => Some(if_revoked.attempt),
+        Settlement::Release { .. } => None,
+    }
+}
 
 async fn sleep_until_opt(t: Option<Instant>) {
     match t {

@@ -270,6 +270,11 @@ struct Faulty {
     settles_silent: std::sync::atomic::AtomicBool,
     /// `settle` calls so far.
     settle_calls: AtomicU64,
+    /// When set, the next `extend` first runs another worker's due check
+    /// (which takes back leases that ran out, and signals their queue),
+    /// waits 100 ms for that signal to arrive, then extends: it finds
+    /// those leases lost.
+    reclaims_first: std::sync::atomic::AtomicBool,
 }
 
 impl Faulty {
@@ -290,6 +295,7 @@ impl Faulty {
             extends: AtomicU64::new(0),
             settles_silent: Default::default(),
             settle_calls: AtomicU64::new(0),
+            reclaims_first: Default::default(),
         }
     }
 
@@ -401,6 +407,15 @@ impl Broker for Faulty {
     }
     async fn extend(&self, leases: &[Lease], lease: Duration) -> BrokerResult<Extended> {
         self.extends.fetch_add(1, Ordering::SeqCst);
+        if let Some(l) = leases.first()
+            && self.reclaims_first.swap(false, Ordering::SeqCst)
+        {
+            let mut check = settle(&l.queue, "other", vec![], 0);
+            check.due_check = true;
+            self.inner.settle(check).await?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            return self.inner.extend(leases, lease).await;
+        }
         if self.unextended {
             return Ok(Extended::default());
         }
@@ -789,6 +804,95 @@ async fn a_job_leased_again_to_its_worker_runs_once_on_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_leased_again_to_its_worker_runs_once_embedded() {
     a_job_leased_again_to_its_worker_runs_once(Env::embedded().await).await;
+}
+
+/// A running job whose lease ran out unextended is taken back by another
+/// worker's due check, which signals its queue, and the worker's next
+/// extension finds the lease lost and stops the run. The signal is read
+/// before the stopped run is collected, and the worker leases the job
+/// again. The new lease runs it anew once the stopped run has ended.
+/// Before, the new lease was taken as the stopped run's own, which then
+/// ended REVOKED under it: the job ended REVOKED, revoked by nobody.
+async fn a_job_leased_again_while_its_run_stops_runs_anew(env: Env) {
+    env.bind("sleeper", "sleeper", "default", |b| {
+        b.limits.time_limit_ms = Some(60_000)
+    })
+    .await;
+    let faulty = Arc::new(Faulty {
+        unextended: true,
+        ..Faulty::new(env.broker.clone())
+    });
+    let mut config = cfg(&["default"], 2);
+    config.lease = Duration::from_secs(2);
+    let w = start_worker_with(
+        faulty.clone(),
+        env.registry.clone(),
+        Default::default(),
+        config,
+    );
+    let mut events = env.broker.subscribe().await.unwrap();
+    let id = env.enqueue("sleeper", r#"{"ms":3000}"#).await;
+    wait_started(&mut events, id).await;
+    // Past the lease: the next extension finds it taken back.
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    faulty.reclaims_first.store(true, Ordering::SeqCst);
+    wait_started(&mut events, id).await;
+    let j = wait_final(&env.broker, id).await;
+    assert_eq!(j.state, JobState::Success, "{j:?}");
+    w.stop().await;
+}
+
+/// On the embedded broker only: on Redis this sequence does not force the
+/// race (the test passed without the fix: the worker collected the
+/// stopped run before it leased the job again). The fix is the worker's,
+/// the same for both brokers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_leased_again_while_its_run_stops_runs_anew_embedded() {
+    a_job_leased_again_while_its_run_stops_runs_anew(Env::embedded().await).await;
+}
+
+/// A job whose result could not be stored (the broker refused calls) past
+/// its lease is taken back by another worker's due check; when the
+/// broker answers again, the worker's call finds the result stale, and
+/// the worker leases the job again. The result it holds is stored under
+/// the new lease: the job runs once. Before, it ran a second time.
+async fn a_result_refused_as_stale_is_stored_under_the_next_lease(env: Env) {
+    env.bind("sleeper", "sleeper", "default", |_| {}).await;
+    let faulty = Arc::new(Faulty::new(env.broker.clone()));
+    let mut config = cfg(&["default"], 2);
+    config.lease = Duration::from_secs(2);
+    let w = start_worker_with(
+        faulty.clone(),
+        env.registry.clone(),
+        Default::default(),
+        config,
+    );
+    let mut events = env.broker.subscribe().await.unwrap();
+    let id = env.enqueue("sleeper", r#"{"ms":300}"#).await;
+    wait_started(&mut events, id).await;
+    faulty.settles_down.store(true, Ordering::SeqCst);
+    // The run ends, its result is kept, and its lease runs out.
+    tokio::time::sleep(Duration::from_millis(2800)).await;
+    let mut check = settle("default", "other", vec![], 0);
+    check.due_check = true;
+    assert_eq!(env.broker.settle(check).await.unwrap().reclaimed, 1);
+    faulty.settles_down.store(false, Ordering::SeqCst);
+    let j = wait_final(&env.broker, id).await;
+    assert_eq!(j.state, JobState::Success, "{j:?}");
+    // (A second run would end 300 ms after it started.)
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let stats = w.stop().await;
+    assert_eq!(stats.processed, 1, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_refused_as_stale_is_stored_under_the_next_lease_on_redis() {
+    a_result_refused_as_stale_is_stored_under_the_next_lease(Env::redis().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_refused_as_stale_is_stored_under_the_next_lease_embedded() {
+    a_result_refused_as_stale_is_stored_under_the_next_lease(Env::embedded().await).await;
 }
 
 /// A push lost with its worker's signal connection (killed just before the
