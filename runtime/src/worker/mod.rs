@@ -107,11 +107,14 @@ impl Default for WorkerConfig {
 
 impl WorkerConfig {
     /// Sets the slots: `concurrency` fixes them (unless `max` is given
-    /// too); without it they adapt from one per core up to `max`, by
-    /// default [`slots::default_max`] (`slots.rs`).
+    /// too); without it they adapt from one per core (but no more than
+    /// `max`) up to `max`, by default [`slots::default_max`] (`slots.rs`).
     pub fn set_slots(&mut self, concurrency: Option<usize>, max: Option<usize>) {
-        if let Some(c) = concurrency {
-            self.concurrency = c;
+        match (concurrency, max) {
+            (Some(c), _) => self.concurrency = c,
+            // A maximum below the core count caps the start too.
+            (None, Some(max)) => self.concurrency = self.concurrency.min(max.max(1)),
+            (None, None) => {}
         }
         self.max_concurrency = match (concurrency, max) {
             (_, Some(max)) => Some(max.max(self.concurrency)),
@@ -429,5 +432,33 @@ pub(crate) fn test_delivery(attempt: u32, max_retries: u32) -> crate::queue::Del
         },
         job,
         leased_at: chrono::DateTime::from_timestamp_millis(0).unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A maximum below the core count holds: before, the slots started at
+    /// one per core and the maximum was raised to that.
+    #[test]
+    fn a_maximum_below_the_cores_caps_the_slots() {
+        // As on a machine of 8 cores.
+        let eight = WorkerConfig {
+            concurrency: 8,
+            ..WorkerConfig::default()
+        };
+        let mut c = eight.clone();
+        c.set_slots(None, Some(2));
+        assert_eq!((c.concurrency, c.most_slots()), (2, 2));
+        let mut c = eight.clone();
+        c.set_slots(None, Some(16));
+        assert_eq!((c.concurrency, c.most_slots()), (8, 16));
+        let mut c = eight.clone();
+        c.set_slots(Some(3), Some(5));
+        assert_eq!((c.concurrency, c.max_concurrency), (3, Some(5)));
+        let mut c = eight;
+        c.set_slots(Some(3), None);
+        assert_eq!((c.concurrency, c.max_concurrency), (3, None));
     }
 }
