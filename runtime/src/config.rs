@@ -399,7 +399,7 @@ impl Config {
                 mail.password = Some(p);
             }
             if let Some(f) = non_empty("RUNNER_SMTP_FROM") {
-                mail.from = runner_host_fns::mail::MailAddress::new(f.trim(), None);
+                mail.from = sender_from_env(f.trim(), mail.from.name.as_deref());
             }
         }
         Ok(())
@@ -601,9 +601,53 @@ pub fn parse_size(s: &str) -> anyhow::Result<usize> {
     usize::try_from(b.as_u64()).context("size too large")
 }
 
+/// The sender `RUNNER_SMTP_FROM` names: `Name <address>`, or an address
+/// alone, which keeps the display name the file gives (`file_name`).
+fn sender_from_env(value: &str, file_name: Option<&str>) -> runner_host_fns::mail::MailAddress {
+    use runner_host_fns::mail::MailAddress;
+    match value.strip_suffix('>').and_then(|v| v.rsplit_once('<')) {
+        Some((name, email)) => {
+            let name = name.trim().trim_matches('"').trim();
+            MailAddress::new(email.trim(), (!name.is_empty()).then_some(name))
+        }
+        None => MailAddress::new(value, file_name),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `RUNNER_SMTP_FROM` with an address alone keeps the file's display
+    /// name, and may give one of its own. Before, the name was dropped,
+    /// and `Name <address>` was refused at start as an address.
+    #[test]
+    fn the_sender_from_the_environment_keeps_or_gives_a_name() {
+        let file = "[host.mail]\nhost = \"smtp\"\nfrom = { email = \"noreply@example.com\", name = \"業務システム\" }\n";
+        let from = |env: &'static str| {
+            let mut c = Config::from_toml(file).unwrap();
+            c.apply_env(|k| (k == "RUNNER_SMTP_FROM").then(|| env.to_string()))
+                .unwrap();
+            let from = c.host.mail.unwrap().from;
+            (from.email, from.name)
+        };
+        assert_eq!(
+            from("other@example.com"),
+            ("other@example.com".into(), Some("業務システム".into()))
+        );
+        assert_eq!(
+            from("\"Billing\" <billing@example.com>"),
+            ("billing@example.com".into(), Some("Billing".into()))
+        );
+        assert_eq!(
+            from(" Ops <ops@example.com> "),
+            ("ops@example.com".into(), Some("Ops".into()))
+        );
+        assert_eq!(
+            from("<bare@example.com>"),
+            ("bare@example.com".into(), None)
+        );
+    }
 
     /// A worker duration past any deadline is refused by name at load:
     /// `humantime` takes billions of years, and `now + lease` (or

@@ -16,14 +16,15 @@ use crate::config::Config;
 
 #[derive(Args, Debug)]
 pub struct DevArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub listen: String,
+    /// Address to listen on (default: the configuration's; the built-in
+    /// one listens on 127.0.0.1:8080).
+    #[arg(long)]
+    pub listen: Option<String>,
     /// Use this Redis instead of the embedded broker.
-    #[arg(long, env = "RUNNER_REDIS_URL")]
+    #[arg(long, env = "RUNNER_REDIS_URL", hide_env_values = true)]
     pub redis: Option<String>,
     /// A runner.toml to use instead of the built-in dev configuration.
-    #[arg(long)]
+    #[arg(long, env = "RUNNER_CONFIG")]
     pub config: Option<PathBuf>,
     /// Where uploads, compiled modules, dry-run mail and file roots live.
     #[arg(long, default_value = ".runner")]
@@ -65,7 +66,9 @@ pub async fn execute(args: DevArgs) -> anyhow::Result<ExitCode> {
         None => dev_config(&data)?,
     };
     config.apply_env(|k| std::env::var(k).ok())?;
-    config.server.listen = args.listen.clone();
+    if let Some(listen) = &args.listen {
+        config.server.listen = listen.clone();
+    }
     if let Some(r) = &args.redis {
         config.broker.redis_url = Some(r.clone());
     }

@@ -193,6 +193,15 @@ async fn show(client: &ApiClient, what: &InspectWhat) -> Result<(), ListError> {
     Ok(())
 }
 
+/// Whether a job held in queue `held` (a queue or a partition, `hot~3`)
+/// is of `queues` (all when empty): a queue takes in its partitions.
+fn asked_for(held: &str, queues: &[String]) -> bool {
+    queues.is_empty()
+        || queues
+            .iter()
+            .any(|q| q == held || q == crate::queue::partition::queue_of(held))
+}
+
 /// The jobs the workers hold (`which`: "active" or "reserved") of
 /// `queues` (every queue when empty), by worker.
 async fn held(client: &ApiClient, queues: &[String], which: &str) -> Result<(), ListError> {
@@ -208,7 +217,7 @@ async fn held(client: &ApiClient, queues: &[String], which: &str) -> Result<(), 
     )?;
     for w in v.as_array().into_iter().flatten() {
         for j in w[which].as_array().into_iter().flatten() {
-            if !queues.is_empty() && !queues.iter().any(|q| j["queue"] == q.as_str()) {
+            if !asked_for(j["queue"].as_str().unwrap_or(""), queues) {
                 continue;
             }
             let since = if which == "active" {
@@ -229,4 +238,23 @@ async fn held(client: &ApiClient, queues: &[String], which: &str) -> Result<(), 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job held in a partition is shown for its queue. Before, `runner
+    /// inspect active hot` showed nothing of `hot`'s partitions.
+    #[test]
+    fn a_queue_takes_in_its_partitions() {
+        let q = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(asked_for("hot~3", &q(&["hot"])));
+        assert!(asked_for("hot~3", &q(&["hot~3"])));
+        assert!(asked_for("hot", &q(&["hot"])));
+        assert!(asked_for("hot~3", &q(&[])));
+        assert!(!asked_for("hot~3", &q(&["hot~2"])));
+        assert!(!asked_for("hotter", &q(&["hot"])));
+        assert!(!asked_for("cold~1", &q(&["hot", "warm"])));
+    }
 }

@@ -17,18 +17,36 @@ struct Dev {
     token: String,
 }
 
+/// `runner dev --data-dir DATA`, without the variables of the
+/// environment it reads.
+fn dev_command(data: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_runner"));
+    cmd.args(["dev", "--data-dir"]).arg(data);
+    for var in [
+        "RUNNER_TOKEN",
+        "RUNNER_REDIS_URL",
+        "RUNNER_CONFIG",
+        "RUNNER_LISTEN",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
 impl Dev {
     fn start(data: &Path) -> Dev {
         Self::start_with(data, &[])
     }
 
     fn start_with(data: &Path, extra: &[&str]) -> Dev {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_runner"))
-            .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data)
-            .args(extra)
-            .env_remove("RUNNER_TOKEN")
-            .env_remove("RUNNER_REDIS_URL")
+        let mut cmd = dev_command(data);
+        cmd.args(["--listen", "127.0.0.1:0"]).args(extra);
+        Self::spawn(cmd)
+    }
+
+    /// Starts `cmd` (a [`dev_command`]) and reads its URL and token.
+    fn spawn(mut cmd: Command) -> Dev {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -573,6 +591,34 @@ fn dev_listings_stop_quietly_when_their_reader_goes() {
     assert!(dev.stop().success());
 }
 
+/// `runner dev` listens where `RUNNER_LISTEN` says when `--listen` is not
+/// given, and its `--help` does not print the Redis URL of
+/// `RUNNER_REDIS_URL` (its password). Before, `--listen`'s default
+/// overrode the environment (and the file), and the help showed the URL.
+#[test]
+fn dev_listens_where_the_environment_says_and_hides_the_redis_url() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let data = TempDir::new().unwrap();
+    let mut cmd = dev_command(data.path());
+    cmd.env("RUNNER_LISTEN", format!("127.0.0.1:{port}"));
+    let dev = Dev::spawn(cmd);
+    assert_eq!(dev.url, format!("http://127.0.0.1:{port}"));
+    assert!(dev.stop().success());
+
+    let help = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(["dev", "--help"])
+        .env("RUNNER_REDIS_URL", "redis://:s3cretpw@h:1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(text.contains("RUNNER_REDIS_URL"), "{text}");
+    assert!(!text.contains("s3cretpw"), "{text}");
+}
+
 /// A second `runner dev` on a data directory another one uses is refused
 /// (exit 1, naming the directory) and the first goes on. Before, both
 /// ran, each with its own copy of the task bindings, and each bind saved
@@ -581,11 +627,8 @@ fn dev_listings_stop_quietly_when_their_reader_goes() {
 fn dev_refuses_a_data_directory_another_dev_uses() {
     let data = TempDir::new().unwrap();
     let dev = Dev::start(data.path());
-    let mut second = Command::new(env!("CARGO_BIN_EXE_runner"))
-        .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data.path())
-        .env_remove("RUNNER_TOKEN")
-        .env_remove("RUNNER_REDIS_URL")
+    let mut second = dev_command(data.path())
+        .args(["--listen", "127.0.0.1:0"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
