@@ -283,10 +283,27 @@ impl Sandbox {
     /// nothing more.
     fn write_cache(&self, component: &Component, path: &Path) {
         let result = (|| -> anyhow::Result<()> {
+            use std::io::Write as _;
             let bytes = component.serialize()?;
-            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-            std::fs::write(&tmp, bytes)?;
-            std::fs::rename(&tmp, path)?;
+            // A name no other writer uses, created here: processes of one
+            // PID in containers sharing the directory, or two threads
+            // caching the same module, each write a file of their own (a
+            // shared one could be truncated while renamed into place).
+            let tmp = path.with_extension(format!(
+                "tmp{}{}",
+                std::process::id(),
+                rand::random::<u32>()
+            ));
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)?;
+            let written = file.write_all(&bytes).and_then(|()| file.sync_data());
+            drop(file);
+            if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e.into());
+            }
             Ok(())
         })();
         if let Err(e) = result {
@@ -306,7 +323,8 @@ pub fn prune_cache_dir(dir: &Path, max_idle: Duration) -> std::io::Result<usize>
         let entry = entry?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        // `write_cache` writes `<hash>.<engine>.tmp<pid>`, then renames it.
+        // `write_cache` writes `<hash>.<engine>.tmp<pid><random>`, then
+        // renames it.
         let unfinished = name.rsplit_once('.').is_some_and(|(_, ext)| {
             ext.strip_prefix("tmp")
                 .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))

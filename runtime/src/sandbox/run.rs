@@ -261,6 +261,9 @@ pub(crate) struct RunState {
     pub(crate) fuel_budget: Option<u64>,
     pub(crate) meter: FuelMeter,
     pub(crate) cancel: CancelToken,
+    /// Failed host calls of this run so far: the first few are logged at
+    /// `info` (`host/mod.rs`), the rest at `debug`.
+    pub(crate) failed_calls: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
 
 #[cfg(test)]
@@ -282,6 +285,7 @@ impl RunState {
             fuel_budget: None,
             meter: FuelMeter::default(),
             cancel: CancelToken::new(),
+            failed_calls: Default::default(),
         }
     }
 }
@@ -354,6 +358,7 @@ pub(crate) async fn run(env: RunEnv<'_>, module: &LoadedModule, req: RunRequest)
         fuel_budget: env.fuel_metering.then(|| limits.fuel.unwrap_or(u64::MAX)),
         meter: meter.clone(),
         cancel: cancel.clone(),
+        failed_calls: Default::default(),
     };
     let mut store = Store::new(env.engine, state);
     store.limiter(|state| &mut state.limiter);

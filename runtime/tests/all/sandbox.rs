@@ -563,6 +563,47 @@ async fn a_second_sandbox_loads_the_compiled_module_from_disk() {
     assert_kind(&report, "success");
 }
 
+/// A compiled module is cached even when another writer's unfinished
+/// file has the name this process would once have used
+/// (`<hash>.<engine>.tmp<pid>`: processes of one PID in containers that
+/// share the cache, or two threads of one process). Before, both wrote
+/// the same file: the write failed here (a directory stands in for the
+/// other writer's file), and a file truncated by one writer while the
+/// other renamed it could be read as the compiled module.
+#[test]
+fn a_cache_write_uses_a_file_of_its_own() {
+    let cache = tempfile::tempdir().unwrap();
+    let config = SandboxConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        max_concurrent_runs: 8,
+        ..SandboxConfig::default()
+    };
+    let bytes = support::ok_component();
+    Sandbox::new(config.clone()).unwrap().load(&bytes).unwrap();
+    let cached = std::fs::read_dir(cache.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::remove_file(&cached).unwrap();
+    let theirs = cached.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::create_dir(&theirs).unwrap();
+
+    let second = Sandbox::new(config.clone()).unwrap();
+    assert_eq!(second.load(&bytes).unwrap().origin, ModuleOrigin::Compiled);
+    let third = Sandbox::new(config).unwrap();
+    assert_eq!(third.load(&bytes).unwrap().origin, ModuleOrigin::DiskCache);
+    assert!(theirs.is_dir());
+    // Nothing of this writer's is left but the compiled module.
+    let mut names: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec![cached, theirs]);
+}
+
 #[test]
 fn a_corrupt_cache_file_is_recompiled() {
     let cache = tempfile::tempdir().unwrap();

@@ -71,9 +71,14 @@ impl LogBook {
         }
     }
 
+    /// Whether a line of `message` fits within the cap.
+    fn fits(&self, message: &str) -> bool {
+        self.bytes.saturating_add(log_line_bytes(message)) <= self.cap
+    }
+
     fn push(&mut self, line: LogLine) {
         let bytes = log_line_bytes(&line.message);
-        if self.bytes.saturating_add(bytes) > self.cap {
+        if !self.fits(&line.message) {
             self.dropped += 1;
             return;
         }
@@ -141,8 +146,12 @@ impl context::Host for RunState {
     async fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
         let level = LogLevel::from(level);
         let message = cap_text(message, MAX_MESSAGE_BYTES);
-        tracing::debug!(target: "runner::guest", job = %self.job.id, %level, "{message}");
         let at = self.started.elapsed();
+        // Only what the run's log keeps goes to the host's log too: past
+        // the run's cap, lines are counted, not written anywhere.
+        if self.logs.fits(&message) {
+            tracing::debug!(target: "runner::guest", job = %self.job.id, %level, "{message}");
+        }
         self.logs.push(LogLine { level, message, at });
         Ok(())
     }

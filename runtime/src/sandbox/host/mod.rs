@@ -14,6 +14,7 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use tracing::Instrument as _;
@@ -168,7 +169,16 @@ pub(crate) struct HostCall<S: ?Sized> {
     deadline: Instant,
     cancel: CancelToken,
     service: Result<Arc<S>, HostError>,
+    /// The run's failed calls so far ([`RunState::failed_calls`]).
+    failed: Arc<AtomicU32>,
 }
+
+/// The failed host calls of one run logged at `info`; the rest go to
+/// `debug`. A task that calls a capability it lacks in a loop (or goes on
+/// after its soft time limit) fails every call at once, and would
+/// otherwise write a line per call to the host's log, uncapped, for as
+/// long as it runs.
+pub(crate) const FAILED_CALLS_LOGGED: u32 = 20;
 
 impl RunState {
     /// Prepares a call to `capability.function`, with the service `pick`
@@ -197,6 +207,7 @@ impl RunState {
             deadline: self.deadline,
             cancel: self.cancel.clone(),
             service,
+            failed: self.failed_calls.clone(),
         }
     }
 }
@@ -222,6 +233,7 @@ impl<S: ?Sized> HostCall<S> {
             deadline,
             cancel,
             service,
+            failed,
         } = self;
         let span = tracing::info_span!(
             "host_call",
@@ -276,12 +288,27 @@ impl<S: ?Sized> HostCall<S> {
         match &result {
             Ok(Ok(_)) => tracing::debug!(outcome, duration_ms, "host call"),
             Ok(Err(e)) => {
-                tracing::info!(
-                    outcome,
-                    duration_ms,
-                    error = e.message(),
-                    "host call failed"
-                )
+                let before = failed.fetch_add(1, Ordering::Relaxed);
+                if before < FAILED_CALLS_LOGGED {
+                    tracing::info!(
+                        outcome,
+                        duration_ms,
+                        error = e.message(),
+                        "host call failed"
+                    );
+                    if before + 1 == FAILED_CALLS_LOGGED {
+                        tracing::info!(
+                            "{FAILED_CALLS_LOGGED} host calls of this run failed: the next failures are logged at debug level (all are counted in runner_host_calls_total)"
+                        );
+                    }
+                } else {
+                    tracing::debug!(
+                        outcome,
+                        duration_ms,
+                        error = e.message(),
+                        "host call failed"
+                    );
+                }
             }
             Err(_) => tracing::info!(outcome, duration_ms, "host call stopped"),
         }
@@ -501,6 +528,60 @@ mod tests {
 
     /// An empty line counts against the cap too: a task logging nothing in
     /// a loop used to grow the run's log without bound.
+    /// Notes the level and target of every event.
+    struct Events(Arc<Mutex<Vec<(tracing::Level, String)>>>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Events {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let meta = event.metadata();
+            self.0
+                .lock()
+                .unwrap()
+                .push((*meta.level(), meta.target().to_string()));
+        }
+    }
+
+    /// A run that fails host calls in a loop (a capability it lacks) logs
+    /// the first few at `info`, then says so once; its `context.log`
+    /// lines past its cap reach no log at all. Before, every failed call
+    /// was an `info` line on the host (10^5 a second), and every guest
+    /// line a `debug` one, past any cap.
+    #[tokio::test]
+    async fn a_run_failing_calls_in_a_loop_logs_a_few() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let _guard = tracing::subscriber::set_default(
+            tracing_subscriber::registry().with(Events(seen.clone())),
+        );
+        let mut state = RunState::for_tests(HostEnv::default());
+        for _ in 0..1000 {
+            assert!(state.get("k".into()).await.unwrap().is_err());
+        }
+        for _ in 0..1000 {
+            state.log(Level::Info, "x".repeat(100)).await.unwrap();
+        }
+        let seen = seen.lock().unwrap();
+        let count = |level: tracing::Level, target: &str| {
+            seen.iter()
+                .filter(|(l, t)| *l == level && t.starts_with(target))
+                .count()
+        };
+        assert_eq!(
+            count(tracing::Level::INFO, "runner::sandbox::host"),
+            FAILED_CALLS_LOGGED as usize + 1
+        );
+        assert_eq!(count(tracing::Level::DEBUG, "runner::sandbox::host"), 980);
+        assert!(!state.logs.lines.is_empty() && state.logs.dropped > 0);
+        assert_eq!(
+            count(tracing::Level::DEBUG, "runner::guest"),
+            state.logs.lines.len()
+        );
+    }
+
     #[tokio::test]
     async fn empty_log_lines_count_against_the_cap() {
         let mut state = RunState::for_tests(HostEnv::default());
