@@ -188,6 +188,17 @@ impl Workflows {
         let total = tree.total();
         let text = serde_json::to_string(&tree.spec)
             .map_err(|e| BrokerError::Protocol(format!("workflow spec: {e}")))?;
+        // The stored tree nests deeper than the request (a chord takes 4
+        // levels of JSON, a job step 2 more), and serde_json reads at most
+        // 128 back: a tree that would not be read back (chords nested
+        // some 30 deep) is refused now rather than stored, where no member
+        // could advance it, and no read or revoke could see it.
+        if serde_json::from_str::<Spec>(&text).is_err() {
+            return Err(WorkflowError::at(
+                "workflow",
+                "steps nest too deeply to be stored (chords take the most room): nest them less deeply",
+            ));
+        }
         let created = self.broker().wf_create(id, &text, total).await?;
         let tree = if created {
             let tree = Arc::new(tree);
@@ -831,36 +842,59 @@ impl Workflows {
     }
 
     /// Revokes the launched jobs of workflow `id` (of the steps `only`,
-    /// sorted, when given), then applies their ends.
+    /// sorted, when given), then applies their ends. Revoking the whole
+    /// workflow (`only` is `None`) also revokes, by their derived ids, the
+    /// job steps with no launch record: a launch that stored its jobs and
+    /// failed (or died) before recording them leaves them there, and its
+    /// repeat, seeing the workflow revoked, launches nothing and revokes
+    /// nothing. (A step never launched answers "not found".)
     async fn revoke_launched(
         &self,
         id: JobId,
         only: Option<&[&str]>,
         terminate: bool,
     ) -> BrokerResult<()> {
+        use futures::StreamExt as _;
         let (Some(stored), Some(tree)) = (self.broker().wf_read(id).await?, self.tree(id).await?)
         else {
             return Ok(());
         };
-        let mut queues: Vec<String> = Vec::new();
+        let mut steps: Vec<(String, JobId)> = Vec::new();
         for (field, job) in &stored.fields {
-            let Some(path) = field.strip_prefix("l:") else {
-                continue;
-            };
-            if path.ends_with(".on_error") || stored.fields.contains_key(&format!("r:{path}")) {
-                continue;
+            if let Some(path) = field.strip_prefix("l:")
+                && let Ok(job) = job.parse::<JobId>()
+            {
+                steps.push((path.to_string(), job));
             }
-            if only.is_some_and(|o| o.binary_search(&path).is_err()) {
-                continue;
+        }
+        if only.is_none() {
+            for (n, _) in model::job_steps(&tree.spec.root) {
+                if !stored.fields.contains_key(&format!("l:{}", n.path)) {
+                    steps.push((n.path.clone(), member_id(id, tree.spec.created_ms, &n.path)));
+                }
             }
-            let Ok(job) = job.parse::<JobId>() else {
-                continue;
-            };
-            // A queued job ends here (its end is applied below); a running
-            // one ends REVOKED through its worker's settle.
-            let outcome = self.broker().revoke(job, terminate).await?;
-            if outcome == crate::queue::RevokeOutcome::Revoked
-                && let Some(Kind::Job(step)) = tree.node(path).map(|n| &n.kind)
+        }
+        steps.retain(|(path, _)| {
+            !path.ends_with(".on_error")
+                && !stored.fields.contains_key(&format!("r:{path}"))
+                && only.is_none_or(|o| o.binary_search(&path.as_str()).is_ok())
+        });
+        // A queued job ends here (its end is applied below); a running one
+        // ends REVOKED through its worker's settle.
+        let broker = self.broker().clone();
+        let outcomes: Vec<(String, BrokerResult<crate::queue::RevokeOutcome>)> =
+            futures::stream::iter(steps)
+                .map(move |(path, job)| {
+                    let broker = broker.clone();
+                    async move { (path, broker.revoke(job, terminate).await) }
+                })
+                .buffer_unordered(REVOKE_AT_ONCE)
+                .collect()
+                .await;
+        let mut queues: Vec<String> = Vec::new();
+        for (path, outcome) in outcomes {
+            if outcome? == crate::queue::RevokeOutcome::Revoked
+                && let Some(Kind::Job(step)) = tree.node(&path).map(|n| &n.kind)
                 && !queues.contains(&step.template.queue)
             {
                 queues.push(step.template.queue.clone());
@@ -873,6 +907,9 @@ impl Workflows {
         Ok(())
     }
 }
+
+/// Revokes of one workflow's steps in flight at once.
+const REVOKE_AT_ONCE: usize = 16;
 
 impl crate::producer::ChildWorkflows for Workflows {
     fn start<'a>(

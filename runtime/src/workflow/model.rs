@@ -89,7 +89,7 @@ pub enum WorkflowError {
 }
 
 impl WorkflowError {
-    fn at(path: &str, message: impl Into<String>) -> Self {
+    pub(super) fn at(path: &str, message: impl Into<String>) -> Self {
         WorkflowError::Invalid {
             path: path.to_string(),
             message: message.into(),

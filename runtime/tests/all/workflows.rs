@@ -784,6 +784,54 @@ on_every_broker!(
     engine_stale_outbox_cluster
 );
 
+/// A launch that stored its step's job and failed (or died) before
+/// recording it leaves a job the workflow has no launch record of. A
+/// revoke of the workflow revokes it too, by its derived id: it never
+/// runs. Before, the revoke went by the launch records alone, and the
+/// launch's repeat, seeing the workflow revoked, launched and revoked
+/// nothing: the step ran.
+async fn a_revoke_stops_a_step_launched_without_its_record(env: Env) {
+    let wf = Workflows::new(env.producer.clone());
+    let s = echo_then_other(&wf).await;
+    let d = lease_one(&env, "work", "w1").await;
+    let first = finish(&env, "w1", &d, "42").await;
+    // The applier stores the next step's job as a launch does, then dies.
+    let ids = wf.member_ids(s.id).await.unwrap().unwrap();
+    let mut next = runner::queue::Job::new("work", "42", chrono::Utc::now());
+    next.id = ids[1];
+    next.task = Some("other".into());
+    next.workflow = Some(runner::queue::job::WorkflowRef {
+        id: s.id,
+        path: "workflow.chain[1]".into(),
+    });
+    env.broker.enqueue(vec![next]).await.unwrap();
+    assert_eq!(
+        wf.revoke(s.id, false).await.unwrap(),
+        Some(WfState::Revoked)
+    );
+    // The end applied again (a stale entry) changes nothing.
+    wf.apply_ended(&[("work".into(), first)]).await.unwrap();
+    let r = env
+        .broker
+        .settle(settle("work", "w2", vec![], 10))
+        .await
+        .unwrap();
+    assert!(r.deliveries.is_empty(), "{:?}", r.deliveries);
+    let j = env.broker.get(ids[1]).await.unwrap().unwrap();
+    assert_eq!(j.state, JobState::Revoked);
+    assert_eq!(
+        wf.status(s.id).await.unwrap().unwrap().state,
+        WfState::Revoked
+    );
+}
+
+on_every_broker!(
+    a_revoke_stops_a_step_launched_without_its_record,
+    engine_revoke_without_launch_record_embedded,
+    engine_revoke_without_launch_record_redis,
+    engine_revoke_without_launch_record_cluster
+);
+
 async fn bind_echo(api: &TestApi, names: &[&str]) {
     let bytes = echo_component();
     let (s, v) = api.upload(&bytes).await;
@@ -1167,8 +1215,16 @@ async fn api_bad_workflows_are_refused_naming_the_step() {
     for _ in 0..40 {
         deep = json!({ "chain": [deep] });
     }
+    // Within the maximum, but its stored form nests past what serde_json
+    // reads back: before, it was taken and then wedged (no member's end
+    // could be applied, and no read or revoke could see it).
+    let mut chords = json!({"task": "item"});
+    for _ in 0..31 {
+        chords = json!({ "chord": [chords], "callback": {"task": "item"} });
+    }
     let many: Vec<Value> = (0..10_001).map(|_| json!({"task": "item"})).collect();
     let cases = [
+        (chords, "workflow: steps nest too deeply to be stored"),
         (
             json!({"chain": [{"task": "item"}, {"group": []}]}),
             "workflow.chain[1].group: an empty group",
