@@ -84,6 +84,10 @@ pub struct RollbackRequest {
     /// Bind this earlier module (`sha256:<hex>`); the previous binding when absent.
     #[schema(value_type = Option<ModuleHash>)]
     pub to: Option<String>,
+    /// The earlier binding made at this time (its `bound_at`, as the
+    /// history lists it): says which one when the history holds several
+    /// of one module (re-bound with other settings).
+    pub bound_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Binds (or re-binds) a task name. Refused (422, naming the import) when
@@ -209,13 +213,15 @@ async fn rollback_task(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("unknown task {name:?}")))?;
     let history = ctx.registry.history(&name).await?;
+    let at = |b: &&crate::registry::TaskBinding| req.bound_at.is_none_or(|t| b.bound_at == t);
     let target = match &req.to {
+        None if req.bound_at.is_some() => history.iter().find(at),
         None => history.iter().find(|b| b.module != current.module),
         Some(to) => {
             let to = crate::registry::ModuleHash::parse_lenient(to).map_err(|e| {
                 ApiError::bad_request(format!("to: {to:?} is not sha256:<64 hex digits>: {e}"))
             })?;
-            history.iter().find(|b| b.module == to)
+            history.iter().filter(at).find(|b| b.module == to)
         }
     }
     .cloned()

@@ -904,3 +904,55 @@ async fn dashboard_shows_a_workflow_live_and_revokes_it() {
     b.quit().await;
     api.stop().await;
 }
+
+/// *Roll back to this* binds the binding of its row. Bound to one module
+/// on queue `a`, then again on `b`, then to another module: the row of
+/// the first binding binds the module on `a` again. Before, the button
+/// sent the module alone, and the newest binding of that module (on `b`)
+/// came back, with its settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_rolls_back_to_the_binding_of_its_row() {
+    let api = TestApi::start(None, "64MiB", true).await;
+    let hello = guest_bytes("hello");
+    let sleeper = guest_bytes("sleeper");
+    for bytes in [&hello, &sleeper] {
+        let (s, v) = api.upload(bytes).await;
+        assert!(s.is_success(), "{v}");
+    }
+    for (module, queue) in [(&hello, "a"), (&hello, "b"), (&sleeper, "a")] {
+        let (s, v) = api
+            .bind(
+                "flip",
+                json!({ "module": ModuleHash::of(module), "queue": queue }),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let b = Browser::start().await;
+    b.go(&format!("{}/dashboard#token={ADMIN}", api.url)).await;
+    b.click("#nav button[data-view=tasks]").await;
+    b.wait_text("#tasks tr[data-task=flip] td.name", "the task", |t| {
+        t == "flip"
+    })
+    .await;
+    b.click("#tasks tr[data-task=flip] button").await;
+    // The current binding, then the history, newest first.
+    let first = "#history-table tbody tr:nth-child(3)";
+    b.wait_text(
+        &format!("{first} td:nth-child(2)"),
+        "the first binding's row",
+        |t| t == "a",
+    )
+    .await;
+    b.click(&format!("{first} button")).await;
+    b.wait_text("#history-message", "the rollback", |t| t.contains("again"))
+        .await;
+    let (s, v) = api
+        .call(api.req(Method::GET, "/v1/tasks/flip", Some(ADMIN)))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["binding"]["module"], ModuleHash::of(&hello).to_string());
+    assert_eq!(v["binding"]["queue"], "a", "{v}");
+    b.quit().await;
+    api.stop().await;
+}

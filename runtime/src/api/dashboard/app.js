@@ -27,6 +27,9 @@ const state = {
   workflowAsked: 0,   // as jobAsked and jobShown, for the workflow view
   workflowShown: 0,
   workflowJobs: new Set(), // the jobs of its steps
+  refreshing: null,   // the refresh under way (a promise), if any
+  refreshAgain: false, // another was asked for meanwhile
+  findAsked: 0,       // searches so far: a page answers only its own
 };
 
 // ---------------------------------------------------------------- helpers
@@ -73,10 +76,13 @@ function explain(status, message) {
   return message + " (" + status + ")";
 }
 
+const API_TIMEOUT_MS = 30000;
+
 async function api(method, path, body) {
   const headers = {};
   if (state.token) headers["Authorization"] = "Bearer " + state.token;
-  const init = { method, headers };
+  // A request that hangs must not hold the refreshes behind it for ever.
+  const init = { method, headers, signal: AbortSignal.timeout(API_TIMEOUT_MS) };
   if (body !== undefined) {
     headers["Content-Type"] = "application/json";
     init.body = typeof body === "string" ? body : JSON.stringify(body);
@@ -162,7 +168,17 @@ function showView(view) {
   refresh();
 }
 
-async function refresh() {
+// One refresh at a time, and at most one more after it however many are
+// asked for meanwhile (a workflow's members send events by the thousand).
+function refresh() {
+  if (state.refreshing) { state.refreshAgain = true; return state.refreshing; }
+  state.refreshing = (async () => {
+    do { state.refreshAgain = false; await refreshOnce(); } while (state.refreshAgain);
+  })().finally(() => { state.refreshing = null; });
+  return state.refreshing;
+}
+
+async function refreshOnce() {
   try {
     switch (state.view) {
       case "overview": await refreshOverview(); break;
@@ -211,8 +227,11 @@ async function refreshOverview() {
       el("tr", { "data-worker": w.id },
         td(w.id, "name"), td(w.hostname), td((w.queues || []).join(", ")),
         td(w.concurrency, "num"), td((w.running || []).length, "num running"),
-        td(w.processed, "num processed"), td(w.failed, "num failed"), td(ago(w.last_seen)))));
+        td(w.processed, "num processed"), td(w.failed, "num failed"),
+        el("td", { class: "seen", "data-seen": w.last_seen || "", text: ago(w.last_seen) }))));
   }
+  // Ages move on while the data stays the same (a heartbeat a minute).
+  for (const c of $("workers").querySelectorAll("td.seen")) c.textContent = ago(c.dataset.seen || null);
 }
 
 // ---------------------------------------------------------------- charts
@@ -342,6 +361,7 @@ function noteJob(ev) {
     state.lookups.push(ev.id);
   }
   j.state = ev.state;
+  j.resync = false;
   if (ev.progress) j.progress = ev.progress;
   j.seen = Date.now();
   state.live.delete(ev.id);
@@ -368,7 +388,11 @@ function pumpLookups() {
     api("GET", "/v1/jobs/" + encodeURIComponent(id))
       .then(job => {
         const j = state.live.get(id);
-        if (j && job) { j.task = job.task || job.module || ""; renderLiveSoon(); }
+        if (j && job) {
+          j.task = job.task || job.module || "";
+          if (j.resync) { j.state = job.state; j.resync = false; }
+          renderLiveSoon();
+        }
       })
       .catch(() => {})
       .finally(() => { state.lookingUp--; pumpLookups(); });
@@ -377,17 +401,27 @@ function pumpLookups() {
 
 async function followEvents() {
   for (;;) {
-    if (!state.token) { $("live-state").textContent = "(no token)"; await sleep(1000); continue; }
     const ctl = new AbortController();
     state.stream = ctl;
     try {
-      const res = await fetch("/v1/events", { headers: { "Authorization": "Bearer " + state.token }, signal: ctl.signal });
+      // Without a token too: a server with `open = true` asks for none.
+      const token = state.token;
+      const headers = token ? { "Authorization": "Bearer " + token } : {};
+      const res = await fetch("/v1/events", { headers, signal: ctl.signal });
+      if (res.status === 401 && !token) {
+        $("live-state").textContent = "(no token)";
+        while (!state.token) await sleep(1000);
+        continue;
+      }
       if (!res.ok) {
         let msg = res.statusText;
         try { msg = (await res.json()).error.message; } catch (_) {}
         throw new ApiError(res.status, explain(res.status, msg));
       }
       $("live-state").textContent = "(connected)";
+      // Events sent while no stream was open are lost: read again the jobs
+      // shown as not ended.
+      resyncLive();
       const reader = res.body.getReader();
       const decoder = new TextDecoder();
       let buf = "";
@@ -422,7 +456,22 @@ function handleSse(block) {
   try { payload = JSON.parse(data); } catch (_) { return; }
   if (event === "job" && payload.queue === "~wf") noteWorkflow(payload);
   else if (event === "job") noteJob(payload);
-  else if (event === "lagged") $("live-state").textContent = "(missed " + payload.missed + " events)";
+  else if (event === "lagged") {
+    $("live-state").textContent = "(missed " + payload.missed + " events)";
+    resyncLive();
+  }
+}
+
+// Reads again every live job not shown as ended (events were missed); an
+// event that comes meanwhile is newer than the read and wins.
+function resyncLive() {
+  for (const j of state.live.values()) {
+    if (FINAL.has(j.state) || j.resync) continue;
+    j.resync = true;
+    state.lookups.push(j.id);
+  }
+  pumpLookups();
+  if (state.view === "job" || state.view === "workflow") refresh();
 }
 
 function sleep(ms) { return new Promise(r => setTimeout(r, ms)); }
@@ -449,18 +498,27 @@ async function findJobs(more) {
     state.findNext = null;
     $("found").tBodies[0].replaceChildren();
   }
+  if (more && !state.findNext) return;
   let path = "/v1/jobs?" + state.findQuery;
-  if (more && state.findNext) path += "&cursor=" + encodeURIComponent(state.findNext);
+  if (more) path += "&cursor=" + encodeURIComponent(state.findNext);
+  // Only the latest request's answer is shown; "Older jobs" waits for it.
+  const asked = ++state.findAsked;
+  $("find-more").disabled = true;
   say("find-message", "searching…");
   try {
     const page = await api("GET", path);
+    if (asked !== state.findAsked) return;
     $("found").tBodies[0].append(...page.jobs.map(foundRow));
     state.findNext = page.next || null;
     $("find-more").hidden = !state.findNext;
     const shown = $("found").tBodies[0].rows.length;
     say("find-message", shown + (shown === 1 ? " job" : " jobs") + (state.findNext ? "; older ones may be left" : ""));
   } catch (e) {
+    if (asked !== state.findAsked) return;
+    $("find-more").hidden = true;
     say("find-message", e.message, true);
+  } finally {
+    if (asked === state.findAsked) $("find-more").disabled = false;
   }
 }
 
@@ -675,14 +733,15 @@ async function showHistory(name) {
       el("tr", { "data-module": b.module },
         td(b.module), td(b.queue), td(when(b.bound_at)),
         el("td", {}, i === 0 ? el("span", { text: "current" }) :
-          el("button", { type: "button", text: "Roll back to this", onclick: () => rollback(name, b.module) })))));
+          el("button", { type: "button", text: "Roll back to this", onclick: () => rollback(name, b.module, b.bound_at) })))));
     $("history").hidden = false;
   } catch (e) { say("history-message", e.message, true); $("history").hidden = false; }
 }
 
-async function rollback(name, module) {
+// The row's own binding: the history may hold several of one module.
+async function rollback(name, module, boundAt) {
   try {
-    await api("POST", "/v1/tasks/" + encodeURIComponent(name) + "/rollback", { to: module });
+    await api("POST", "/v1/tasks/" + encodeURIComponent(name) + "/rollback", { to: module, bound_at: boundAt });
     delete state.rendered.tasks;
     await showHistory(name);
     say("history-message", name + " is bound to " + module + " again");
