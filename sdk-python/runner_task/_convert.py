@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import types
 import typing
 from collections.abc import Callable
@@ -279,9 +280,27 @@ def to_json(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return to_json(value.value)
     if isinstance(value, dict):
-        return {str(k) if not isinstance(k, str) else k: to_json(v) for k, v in value.items()}
+        return {k if type(k) is str else _key(k): to_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [to_json(v) for v in value]
     if isinstance(value, (bytes, bytearray)):
         raise TypeError("bytes are not JSON: decode them or encode them as base64")
     return value
+
+
+def _key(key: Any) -> str:
+    """A dict key as JSON writes it: an enum as its value, `True` as "true",
+    `None` as "null", a number as `json.dumps` writes it."""
+    if isinstance(key, enum.Enum):
+        return _key(key.value)
+    if isinstance(key, str):
+        return key
+    if key is None:
+        return "null"
+    if isinstance(key, bool):
+        return "true" if key else "false"
+    if isinstance(key, (int, float)):
+        return json.dumps(key, allow_nan=False)
+    raise TypeError(
+        f"a dict key must be a str, int, float, bool, None or an enum, not {type(key).__name__}"
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import keyword
 import os
 import shutil
 import subprocess
@@ -101,6 +102,31 @@ def check_needs(needs: Sequence[str], where: str) -> list[str]:
     return list(dict.fromkeys(needs))
 
 
+# Standard modules newer than the oldest Python that runs the builder (3.10):
+# the component's CPython has them.
+_NEWER_STDLIB = frozenset({"tomllib", "annotationlib", "compression"})
+
+
+def check_module_name(app: Path) -> None:
+    """Refuses a file whose name the component cannot import as the app: the
+    entry imports it by its stem, and a component's path has the standard
+    library first, so a stem that is a standard module (`email.py`) would
+    import that module instead, and the component would have no task."""
+    stem = app.stem
+    if not stem.isidentifier() or keyword.iskeyword(stem):
+        raise BuildError(
+            f"{app}: rename the file; {stem!r} is not a Python module name "
+            f"(letters, digits and _, not a keyword)"
+        )
+    if stem in sys.stdlib_module_names or stem in _NEWER_STDLIB:
+        raise BuildError(
+            f"{app}: rename the file; {stem!r} is a standard library module, "
+            f"which the component would import instead"
+        )
+    if stem == ENTRY or stem in ("wit_world", "runner_task"):
+        raise BuildError(f"{app}: rename the module; {stem!r} is taken by the build")
+
+
 def _wit_dir(work: Path, needs: Sequence[str]) -> Path:
     """A WIT directory with the `runner:task` package and the world `app`."""
     wit = work / "wit"
@@ -141,8 +167,7 @@ def build(
     imports."""
     if app.suffix != ".py" or not app.is_file():
         raise BuildError(f"{app}: not a Python file")
-    if app.stem == ENTRY or app.stem in ("wit_world", "runner_task"):
-        raise BuildError(f"{app}: rename the module; {app.stem!r} is taken by the build")
+    check_module_name(app)
     source = app.read_text(encoding="utf-8")
     try:
         found = declared_needs(source, str(app))
@@ -175,7 +200,15 @@ def build(
             "gc.freeze()\n",
             "utf-8",
         )
-        paths = [entry, app.resolve().parent, Path(__file__).resolve().parent.parent]
+        # The SDK's package alone: the directory it is installed in may be a
+        # whole site-packages, which would be bundled, ahead of the deps.
+        sdk = work / "sdk"
+        shutil.copytree(
+            Path(__file__).resolve().parent,
+            sdk / "runner_task",
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
+        paths = [entry, app.resolve().parent, sdk]
         paths += [p.resolve() for p in python_path]
         if requirements is not None:
             deps = work / "deps"

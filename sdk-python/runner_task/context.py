@@ -84,9 +84,15 @@ def job() -> JobInfo:
 
 def progress(done: int, total: int, message: str | None = None) -> None:
     """Reports progress: `done` of `total` units, with an optional short
-    message, pushed to whoever watches the job (API events, dashboard)."""
+    message, pushed to whoever watches the job (API events, dashboard).
+    The counts are `int`s: a `float` (`50.0`) is a `TypeError`."""
     from wit_world.imports import context as wit
 
+    for count in (done, total):
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise TypeError(f"progress takes two int counts, not a {type(count).__name__}")
+    if message is not None and not isinstance(message, str):
+        raise TypeError(f"progress's message is a str or None, not a {type(message).__name__}")
     if done < 0 or total < 0 or done >= 1 << 64 or total >= 1 << 64:
         raise ValueError(f"progress takes two counts from 0 to 2^64-1, not {done}, {total}")
     wit.progress(done, total, message)

@@ -6,20 +6,22 @@ from __future__ import annotations
 class Retry(Exception):
     """Raise to end the run as a transient failure: the runner tries the job
     again later, per its retry policy (backoff with jitter), until the
-    retries are used up."""
+    retries are used up. `message` may be any object, such as the
+    exception that made the run give up (`raise Retry(e)`): it is kept as
+    its `str()`."""
 
-    def __init__(self, message: str = "retry") -> None:
-        super().__init__(message)
-        self.message = message
+    def __init__(self, message: object = "retry") -> None:
+        self.message = str(message)
+        super().__init__(self.message)
 
 
 class Fail(Exception):
     """Raise to end the run as a permanent failure: the job fails at once,
-    without a retry."""
+    without a retry. `message`, as for `Retry`, is kept as its `str()`."""
 
-    def __init__(self, message: str = "failed") -> None:
-        super().__init__(message)
-        self.message = message
+    def __init__(self, message: object = "failed") -> None:
+        self.message = str(message)
+        super().__init__(self.message)
 
 
 class HostError(Exception):

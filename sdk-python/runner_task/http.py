@@ -49,12 +49,13 @@ class Response:
             raise Invalid(f"the response body is not JSON: {e}", "http.json") from None
 
     def raise_for_status(self) -> Response:
-        """Raises for a status that is not 2xx: `Transient` for 429 and 5xx
-        (left uncaught the job is retried), `Permanent` for the rest."""
-        if self.ok:
+        """The response itself if its status is 1xx-3xx; otherwise raises,
+        saying whether retrying may help: `Transient` for 408, 425, 429 and
+        5xx (left uncaught the job is retried), `Permanent` for other 4xx."""
+        if self.status < 400:
             return self
         message = f"HTTP {self.status}: {self.text()[:200]}"
-        if self.status == 429 or self.status >= 500:
+        if self.status in (408, 425, 429) or self.status >= 500:
             raise Transient(message, "http.send")
         raise Permanent(message, "http.send")
 

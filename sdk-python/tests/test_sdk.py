@@ -4,15 +4,24 @@ componentize-py: the bindings are not needed for any of this."""
 
 from __future__ import annotations
 
+import sys
+import tempfile
+import types
 import unittest
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from decimal import Decimal
 from enum import Enum
+from pathlib import Path
 from typing import Any, Literal
+from unittest import mock
 
-from runner_task import _task, errors
+from runner_task import _task, context, errors, pdf
 from runner_task._convert import InputError, decode, decoder, from_json, to_json
 from runner_task._host import call, to_ms
-from runner_task.build import BuildError, declared_needs, world
+from runner_task.build import BuildError, build, declared_needs, world
+from runner_task.http import Response
 
 
 class Colour(Enum):
@@ -101,6 +110,16 @@ class ConvertTest(unittest.TestCase):
         with self.assertRaises(TypeError):
             to_json({"data": b"x"})
 
+    def test_dict_keys_are_written_as_json_writes_them(self) -> None:
+        self.assertEqual(to_json({Colour.RED: 3, "s": {None: 1}}), {"red": 3, "s": {"null": 1}})
+        self.assertEqual(to_json({True: 1, False: 0}), {"true": 1, "false": 0})
+        self.assertEqual(to_json({1: "a", 1.5: "b", -2: "c"}), {"1": "a", "1.5": "b", "-2": "c"})
+        with self.assertRaises(TypeError) as e:
+            to_json({(1, 2): "pair"})
+        self.assertIn("tuple", str(e.exception))
+        with self.assertRaises(ValueError):
+            to_json({float("nan"): 1})
+
 
 class HostTest(unittest.TestCase):
     def test_ttl(self) -> None:
@@ -128,6 +147,98 @@ class HostTest(unittest.TestCase):
             with call("http", "send"):
                 raise ImportError("no", name="wit_world.imports.http")
         self.assertIn('@task(needs=["http", ...])', str(n.exception))
+
+
+class HttpTest(unittest.TestCase):
+    def test_raise_for_status_follows_the_rust_sdk(self) -> None:
+        for status in (200, 204, 304):
+            with self.subTest(status=status):
+                r = Response(status, [], b"")
+                self.assertIs(r.raise_for_status(), r)
+        for status in (408, 425, 429, 500, 503):
+            with self.subTest(status=status):
+                with self.assertRaises(errors.Transient):
+                    Response(status, [], b"").raise_for_status()
+        for status in (400, 404, 410):
+            with self.subTest(status=status):
+                with self.assertRaises(errors.Permanent):
+                    Response(status, [], b"not here").raise_for_status()
+
+
+class _Bindings(types.ModuleType):
+    """A stand-in for a generated `wit_world.imports` module: each function
+    or record made through it is recorded as (name, args, kwargs)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+        self.Paper = types.SimpleNamespace(A4="A4", LETTER="LETTER")
+
+    def __getattr__(self, attr: str) -> Callable[..., Any]:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+
+        def make(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append((attr, args, kwargs))
+            return b"%PDF" if attr == "render" else (attr, args, kwargs)
+
+        return make
+
+
+@contextmanager
+def bindings(name: str) -> Iterator[_Bindings]:
+    """`wit_world.imports.<name>`, as the SDK imports it, for the block."""
+    module = _Bindings(f"wit_world.imports.{name}")
+    imports = types.ModuleType("wit_world.imports")
+    setattr(imports, name, module)
+    world = types.ModuleType("wit_world")
+    setattr(world, "imports", imports)
+    fake = {"wit_world": world, "wit_world.imports": imports, module.__name__: module}
+    with mock.patch.dict(sys.modules, fake):
+        yield module
+
+
+class ArgumentsTest(unittest.TestCase):
+    """Values the generated bindings cannot take (they would end the run with
+    a trap) are converted or refused before the host call."""
+
+    def test_pdf_cells_and_values(self) -> None:
+        rows: list[list[Any]] = [["a", 3, 1.5, True, Decimal("2.50")]]
+        with bindings("pdf") as wit:
+            pdf.render("t", [pdf.Table(rows, header=["品目", 1]), pdf.KeyValues([("Total", 42)])])
+        made = {name: (args, kwargs) for name, args, kwargs in wit.calls}
+        self.assertEqual(made["Table"], ((), {"header": ["品目", "1"],
+                                              "rows": [["a", "3", "1.5", "True", "2.50"]]}))
+        self.assertEqual(made["Block_KeyValues"], (([("Total", "42")],), {}))
+
+    def test_pdf_refuses_what_it_cannot_write(self) -> None:
+        bad: Any = [None, ["h"], b"2", {"text": "y"}]
+        cases: list[tuple[list[Any], str]] = [
+            ([pdf.Table([["a"], ["b", bad[0]]])], "blocks[0].rows[1][1] is a NoneType"),
+            (["x", pdf.Table([], header=[bad[1]])], "blocks[1].header[0] is a list"),
+            ([pdf.KeyValues([("a", "1"), ("b", bad[2])])], "blocks[0].pairs[1][1] is a bytes"),
+            (["x", bad[3]], "blocks[1] is a dict; a block is a Heading"),
+        ]
+        for blocks, expected in cases:
+            with self.subTest(expected=expected):
+                with bindings("pdf") as wit:
+                    with self.assertRaises(TypeError) as e:
+                        pdf.render("t", blocks)
+                self.assertIn(expected, str(e.exception))
+                self.assertEqual([c for c in wit.calls if c[0] == "render"], [])
+
+    def test_progress_counts_are_ints(self) -> None:
+        with bindings("context") as wit:
+            context.progress(50, 100)
+            context.progress(1, 2, "half")
+            cases: list[tuple[Any, Any, Any]] = [(50.0, 100, None), (1, 2.0, None),
+                                                 (True, 1, None), (1, 2, 3)]
+            for done, total, message in cases:
+                with self.subTest(done=done, total=total, message=message):
+                    with self.assertRaises(TypeError):
+                        context.progress(done, total, message)
+        self.assertEqual(wit.calls, [("progress", (50, 100, None), {}),
+                                     ("progress", (1, 2, "half"), {})])
 
 
 class RunTest(unittest.TestCase):
@@ -167,6 +278,21 @@ class RunTest(unittest.TestCase):
         state["mode"] = "oom"
         with self.assertRaises(MemoryError):
             _task.run(ok)
+
+    def test_retry_and_fail_take_an_exception(self) -> None:
+        state = {"retry": True}
+
+        @_task.task
+        def run() -> Any:
+            try:
+                raise ConnectionError("x")
+            except ConnectionError as e:
+                raise errors.Retry(e) if state["retry"] else errors.Fail(e)
+
+        self.assertEqual(_task.run("null"), ("retry", "x"))
+        state["retry"] = False
+        self.assertEqual(_task.run("null"), ("fail", "x"))
+        self.assertEqual(errors.Retry(ConnectionError("x")).message, "x")
 
     def test_an_input_class_defined_after_the_task(self) -> None:
         ns: dict[str, Any] = {}
@@ -216,11 +342,6 @@ class BuildTest(unittest.TestCase):
             declared_needs("@task\ndef a(): ...\n@task\ndef b(): ...\n", "app.py")
 
     def test_bad_apps_are_refused_before_componentize_py_runs(self) -> None:
-        import tempfile
-        from pathlib import Path
-
-        from runner_task.build import build
-
         with tempfile.TemporaryDirectory() as tmp:
             d = Path(tmp)
             cases = {
@@ -237,6 +358,41 @@ class BuildTest(unittest.TestCase):
                         build(d / name, d / "out.wasm")
                     self.assertIn(expected, str(e.exception))
             self.assertFalse((d / "out.wasm").exists())
+
+    def test_module_names_the_component_cannot_import_are_refused(self) -> None:
+        def componentize(args: list[str]) -> None:
+            raise AssertionError("componentize-py ran")
+
+        cases = {
+            "email.py": "'email' is a standard library module",
+            "calendar.py": "'calendar' is a standard library module",
+            "order-total.py": "'order-total' is not a Python module name",
+            "class.py": "'class' is not a Python module name",
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            d = Path(tmp)
+            for name, expected in cases.items():
+                with self.subTest(name=name):
+                    (d / name).write_text("from runner_task import task\n@task\ndef run(): ...\n")
+                    with mock.patch("runner_task.build._componentize", componentize):
+                        with self.assertRaises(BuildError) as e:
+                            build(d / name, d / "out.wasm")
+                    self.assertIn(f"{d / name}: rename the file; {expected}", str(e.exception))
+
+    def test_the_sdk_is_bundled_without_what_is_installed_next_to_it(self) -> None:
+        bundled: list[list[str]] = []
+
+        def componentize(args: list[str]) -> None:
+            paths = [Path(p) for flag, p in zip(args, args[1:]) if flag == "-p"]
+            sdk = next(p for p in paths if (p / "runner_task" / "_task.py").is_file())
+            bundled.append(sorted(f.name for f in sdk.iterdir()))
+
+        with tempfile.TemporaryDirectory() as tmp:
+            app = Path(tmp) / "app.py"
+            app.write_text("from runner_task import task\n@task\ndef run(): ...\n")
+            with mock.patch("runner_task.build._componentize", componentize):
+                build(app, Path(tmp) / "out.wasm")
+        self.assertEqual(bundled, [["runner_task"]])
 
     def test_world_imports_just_the_needs(self) -> None:
         w = world(["kv"])
