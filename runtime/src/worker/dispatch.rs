@@ -408,7 +408,7 @@ impl Dispatcher {
             }
             if h.lost && !reusable(&c) {
                 if let Some(n) = next {
-                    self.take(n);
+                    self.take_next(n);
                 }
                 return;
             }
@@ -437,6 +437,21 @@ impl Dispatcher {
         // Leased again while the run stopped: its result (just kept, and
         // refused as stale once sent) or a run of its own.
         if let Some(n) = next {
+            self.take_next(n);
+        }
+    }
+
+    /// A lease that came while a stopped run ended ([`Held::next`]): its
+    /// result stored under it when this worker holds one, else taken, or
+    /// handed back at once when the worker stops (its buffer was emptied
+    /// already, and nothing may start now).
+    fn take_next(&mut self, n: Delivery) {
+        if self.reuse_result(&n) {
+            return;
+        }
+        if self.ctx.shutting_down.load(Ordering::Relaxed) {
+            self.hand_back(n);
+        } else {
             self.take(n);
         }
     }
@@ -647,13 +662,19 @@ impl Dispatcher {
         self.buffer.push_back(d);
     }
 
-    /// The job of `d` ended in this worker already (same attempt), and its
+    /// The job of `d` ended in this worker already (same attempt, under an
+    /// earlier lease of this delivery), and its
     /// result waits to be stored, or was refused as stale (its lease ran
     /// out during an outage and a due check put the job back): the result
     /// is stored under `d`'s lease. Its run is not repeated.
     fn reuse_result(&mut self, d: &Delivery) -> bool {
+        // A lease after the result's: the job was put back (its count of
+        // redeliveries grew), not replayed (a replay starts again at 0).
         let same = |c: &Completion| {
-            c.lease.id == d.job.id && reusable(c) && attempt_of(c) == Some(d.job.attempt)
+            c.lease.id == d.job.id
+                && d.lease.redeliveries > c.lease.redeliveries
+                && reusable(c)
+                && attempt_of(c) == Some(d.job.attempt)
         };
         let q = &d.lease.queue;
         if let Some(c) = self
