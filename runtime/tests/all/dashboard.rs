@@ -956,3 +956,58 @@ async fn dashboard_rolls_back_to_the_binding_of_its_row() {
     b.quit().await;
     api.stop().await;
 }
+
+/// On a server with `[server] open = true` (no token anywhere) the live
+/// view follows the event stream; and once the stream was away, a job
+/// that ended meanwhile shows its end (read again on reconnecting), not
+/// the state it had. Before, the page never opened the stream without a
+/// token, and a row kept its last state for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_follows_events_on_an_open_server_and_reads_again_after_a_gap() {
+    let api =
+        TestApi::start_configured(crate::support::sandbox(), None, "64MiB", true, false, |c| {
+            c.server.open = true
+        })
+        .await;
+    api.bind_example("nap", "sleeper").await;
+    let b = Browser::start().await;
+    b.go(&format!("{}/dashboard", api.url)).await;
+    b.click("#nav button[data-view=jobs]").await;
+    b.wait_text("#live-state", "the stream, without a token", |t| {
+        t == "(connected)"
+    })
+    .await;
+    let (s, v) = api
+        .enqueue(json!({ "task": "nap", "input": { "ms": 1500 } }))
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let row = format!("#live tr[data-job=\"{id}\"] td.state");
+    b.wait_text(&row, "the job, running", |t| t == "STARTED")
+        .await;
+    // The stream goes away (a new one waits until let through), and the
+    // job ends meanwhile: its event is lost to the page.
+    b.js(
+        "window.realFetch = window.fetch;
+         window.fetch = (url, init) => String(url).startsWith('/v1/events')
+           ? new Promise((_, reject) => init.signal.addEventListener('abort',
+               () => reject(new DOMException('held', 'AbortError'))))
+           : window.realFetch(url, init);
+         state.stream.abort();
+         return null;",
+        json!(null),
+    )
+    .await;
+    assert_eq!(api.wait(&id).await["state"], "SUCCESS");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(b.text(&row).await.as_deref(), Some("STARTED"));
+    b.js(
+        "window.fetch = window.realFetch; state.stream.abort(); return null;",
+        json!(null),
+    )
+    .await;
+    b.wait_text(&row, "the end, read again", |t| t == "SUCCESS")
+        .await;
+    b.quit().await;
+    api.stop().await;
+}

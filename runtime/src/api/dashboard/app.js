@@ -27,8 +27,9 @@ const state = {
   workflowAsked: 0,   // as jobAsked and jobShown, for the workflow view
   workflowShown: 0,
   workflowJobs: new Set(), // the jobs of its steps
-  refreshing: null,   // the refresh under way (a promise), if any
+  refreshing: null,   // the event-driven refresh under way, if any
   refreshAgain: false, // another was asked for meanwhile
+  resyncs: 0,         // reads of live jobs again after missed events
   findAsked: 0,       // searches so far: a page answers only its own
 };
 
@@ -168,17 +169,17 @@ function showView(view) {
   refresh();
 }
 
-// One refresh at a time, and at most one more after it however many are
-// asked for meanwhile (a workflow's members send events by the thousand).
-function refresh() {
-  if (state.refreshing) { state.refreshAgain = true; return state.refreshing; }
+// The refresh events ask for: one at a time, and at most one more after
+// it however many come meanwhile (a workflow's members send events by the
+// thousand). A user's action or a change of view refreshes at once.
+function refreshSoon() {
+  if (state.refreshing) { state.refreshAgain = true; return; }
   state.refreshing = (async () => {
-    do { state.refreshAgain = false; await refreshOnce(); } while (state.refreshAgain);
+    do { state.refreshAgain = false; await refresh(); } while (state.refreshAgain);
   })().finally(() => { state.refreshing = null; });
-  return state.refreshing;
 }
 
-async function refreshOnce() {
+async function refresh() {
   try {
     switch (state.view) {
       case "overview": await refreshOverview(); break;
@@ -361,7 +362,7 @@ function noteJob(ev) {
     state.lookups.push(ev.id);
   }
   j.state = ev.state;
-  j.resync = false;
+  j.resync = 0;
   if (ev.progress) j.progress = ev.progress;
   j.seen = Date.now();
   state.live.delete(ev.id);
@@ -369,14 +370,14 @@ function noteJob(ev) {
   while (state.live.size > LIVE_MAX) state.live.delete(state.live.keys().next().value);
   pumpLookups();
   renderLiveSoon();
-  if (state.view === "job" && state.job === ev.id) refresh();
+  if (state.view === "job" && state.job === ev.id) refreshSoon();
   // A member of the workflow shown moved.
-  if (state.view === "workflow" && state.workflowJobs.has(ev.id)) refresh();
+  if (state.view === "workflow" && state.workflowJobs.has(ev.id)) refreshSoon();
 }
 
 // A workflow's event (its state or count changed): the view follows it.
 function noteWorkflow(ev) {
-  if (state.view === "workflow" && state.workflow === ev.id) refresh();
+  if (state.view === "workflow" && state.workflow === ev.id) refreshSoon();
 }
 
 // The event carries no task name: read it, a few jobs at a time.
@@ -384,13 +385,14 @@ function pumpLookups() {
   while (state.lookingUp < 4 && state.lookups.length > 0) {
     const id = state.lookups.shift();
     if (!state.live.has(id)) continue;
+    const sent = state.live.get(id).resync || 0;
     state.lookingUp++;
     api("GET", "/v1/jobs/" + encodeURIComponent(id))
       .then(job => {
         const j = state.live.get(id);
         if (j && job) {
           j.task = job.task || job.module || "";
-          if (j.resync) { j.state = job.state; j.resync = false; }
+          if (sent && j.resync === sent) { j.state = job.state; j.resync = 0; }
           renderLiveSoon();
         }
       })
@@ -462,16 +464,19 @@ function handleSse(block) {
   }
 }
 
-// Reads again every live job not shown as ended (events were missed); an
-// event that comes meanwhile is newer than the read and wins.
+// Reads again every live job not shown as ended (events were missed). Only
+// a read sent for this resync sets the state (one sent before it may be
+// older than the missed events), and an event that comes meanwhile is
+// newer than the read and wins.
 function resyncLive() {
+  const stamp = ++state.resyncs;
   for (const j of state.live.values()) {
-    if (FINAL.has(j.state) || j.resync) continue;
-    j.resync = true;
-    state.lookups.push(j.id);
+    if (FINAL.has(j.state)) continue;
+    j.resync = stamp;
+    if (!state.lookups.includes(j.id)) state.lookups.push(j.id);
   }
   pumpLookups();
-  if (state.view === "job" || state.view === "workflow") refresh();
+  if (state.view === "job" || state.view === "workflow") refreshSoon();
 }
 
 function sleep(ms) { return new Promise(r => setTimeout(r, ms)); }
