@@ -99,9 +99,15 @@ def progress(done: int, total: int, message: str | None = None) -> None:
 
 
 def log(level: Level | str, message: str) -> None:
-    """Writes a line into the job's log."""
+    """Writes a line into the job's log. `level` is a `Level` or its name
+    ("info", any case); `message` is a `str`. Another type is a
+    `TypeError` (an unknown name a `ValueError`)."""
     from wit_world.imports import context as wit
 
+    if not isinstance(level, (Level, str)):
+        raise TypeError(f"log's level is a Level or str, not a {type(level).__name__}")
+    if not isinstance(message, str):
+        raise TypeError(f"log's message is a str, not a {type(message).__name__}")
     name = level.value if isinstance(level, Level) else Level(level.lower()).value
     wit.log(wit.Level[name.upper()], message)
 

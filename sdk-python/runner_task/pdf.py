@@ -80,23 +80,43 @@ def _text(value: object, where: str) -> str:
     )
 
 
+def _str(value: object, where: str, *, optional: bool = False) -> None:
+    """A text field (a heading's or paragraph's text, the title, the
+    author): a `str`, not converted. Anything else is a `TypeError`."""
+    if isinstance(value, str) or (optional and value is None):
+        return
+    expected = "a str or None" if optional else "a str"
+    raise TypeError(f"{where} is a {type(value).__name__}; it must be {expected}")
+
+
 _Checked = Heading | Paragraph | _Cells | _Pairs | PageBreak
 
 
 def _checked(blocks: Iterable[Block | str]) -> list[_Checked]:
     """The blocks as the host takes them: cells, labels and values as text.
     A value that cannot be is a `TypeError` naming where it is
-    (`blocks[2].rows[0][1]`), raised before anything is sent."""
+    (`blocks[2].rows[0][1]`, `blocks[0].text`), raised before anything is
+    sent. Headings' and paragraphs' text must be a `str`, a heading's level
+    an `int` (not a `bool`) from 1 to 4."""
     out: list[_Checked] = []
     for i, b in enumerate(blocks):
         where = f"blocks[{i}]"
         if isinstance(b, str):
             out.append(Paragraph(b))
         elif isinstance(b, Heading):
-            if not 1 <= b.level <= 4:
-                raise ValueError(f"a heading's level is 1 to 4, not {b.level}")
+            _str(b.text, f"{where}.text")
+            level: object = b.level
+            if not isinstance(level, int) or isinstance(level, bool):
+                raise TypeError(
+                    f"{where}.level is a {type(level).__name__}; it must be an int from 1 to 4"
+                )
+            if not 1 <= level <= 4:
+                raise ValueError(f"{where}.level is 1 to 4, not {level}")
             out.append(b)
-        elif isinstance(b, (Paragraph, PageBreak)):
+        elif isinstance(b, Paragraph):
+            _str(b.text, f"{where}.text")
+            out.append(b)
+        elif isinstance(b, PageBreak):
             out.append(b)
         elif isinstance(b, Table):
             header = [_text(c, f"{where}.header[{j}]") for j, c in enumerate(b.header)]
@@ -128,9 +148,16 @@ def render(
     landscape: bool = False,
 ) -> bytes:
     """Renders a document (a `str` block is a paragraph); returns the PDF's
-    bytes. `paper` is "a4" or "letter"."""
+    bytes. `paper` is "a4" or "letter". `title`, `author` (or None) and
+    `paper` are `str`s and `landscape` a `bool`: another type is a
+    `TypeError`, raised before anything is sent, as in the blocks."""
+    _str(title, "title")
+    _str(author, "author", optional=True)
+    _str(paper, "paper")
     if paper not in ("a4", "letter"):
         raise ValueError(f'paper must be "a4" or "letter", not {paper!r}')
+    if not isinstance(landscape, bool):
+        raise TypeError(f"landscape is a {type(landscape).__name__}; it must be a bool")
     checked = _checked(blocks)
     with call("pdf", "render"):
         from wit_world.imports import pdf as wit

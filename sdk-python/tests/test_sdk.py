@@ -173,6 +173,7 @@ class _Bindings(types.ModuleType):
         super().__init__(name)
         self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
         self.Paper = types.SimpleNamespace(A4="A4", LETTER="LETTER")
+        self.Level = {n: n for n in ("TRACE", "DEBUG", "INFO", "WARN", "ERROR")}
 
     def __getattr__(self, attr: str) -> Callable[..., Any]:
         if attr.startswith("__"):
@@ -226,6 +227,57 @@ class ArgumentsTest(unittest.TestCase):
                         pdf.render("t", blocks)
                 self.assertIn(expected, str(e.exception))
                 self.assertEqual([c for c in wit.calls if c[0] == "render"], [])
+
+    def test_pdf_text_fields_and_options_are_checked(self) -> None:
+        bad: Any = [42, 5, 1.0, True, b"t", 7, 1, None, "x"]
+        cases: list[tuple[list[Any], dict[str, Any], type[Exception], str]] = [
+            ([pdf.Paragraph(bad[0])], {}, TypeError, "blocks[0].text is a int; it must be a str"),
+            (["x", pdf.Heading(text=bad[1])], {}, TypeError, "blocks[1].text is a int"),
+            ([pdf.Heading("h", level=bad[2])], {}, TypeError, "blocks[0].level is a float"),
+            ([pdf.Heading("h", level=bad[3])], {}, TypeError, "blocks[0].level is a bool"),
+            ([pdf.Heading("h", level=5)], {}, ValueError, "blocks[0].level is 1 to 4, not 5"),
+            (["x"], {"title": bad[4]}, TypeError, "title is a bytes; it must be a str"),
+            (["x"], {"author": bad[5]}, TypeError, "author is a int; it must be a str or None"),
+            (["x"], {"landscape": bad[6]}, TypeError, "landscape is a int; it must be a bool"),
+            (["x"], {"landscape": bad[7]}, TypeError, "landscape is a NoneType"),
+            (["x"], {"paper": bad[2]}, TypeError, "paper is a float; it must be a str"),
+        ]
+        for blocks, kwargs, error, expected in cases:
+            with self.subTest(expected=expected):
+                title = kwargs.pop("title", "t")
+                with bindings("pdf") as wit:
+                    with self.assertRaises(error) as e:
+                        pdf.render(title, blocks, **kwargs)
+                self.assertIn(expected, str(e.exception))
+                self.assertEqual([c for c in wit.calls if c[0] == "render"], [])
+        with bindings("pdf") as wit:
+            pdf.render("t", [pdf.Heading("h", level=4), pdf.Paragraph("p")],
+                       author=None, landscape=True)
+            pdf.render("t", ["p"], author="a", paper="letter")
+        made = [(name, kwargs) for name, _, kwargs in wit.calls if name == "Document"]
+        self.assertEqual([(k["title"], k["author"], k["landscape"]) for _, k in made],
+                         [("t", None, True), ("t", "a", False)])
+
+    def test_log_takes_a_str_message_and_a_level(self) -> None:
+        with bindings("context") as wit:
+            context.info("started")
+            context.log("WARN", "careful")
+            bad: Any = [42, None, b"x", 3]
+            cases: list[tuple[Callable[[], None], str]] = [
+                (lambda: context.info(bad[0]), "log's message is a str, not a int"),
+                (lambda: context.error(bad[1]), "log's message is a str, not a NoneType"),
+                (lambda: context.log(context.Level.DEBUG, bad[2]), "not a bytes"),
+                (lambda: context.log(bad[3], "m"), "log's level is a Level or str, not a int"),
+            ]
+            for f, expected in cases:
+                with self.subTest(expected=expected):
+                    with self.assertRaises(TypeError) as e:
+                        f()
+                    self.assertIn(expected, str(e.exception))
+            with self.assertRaises(ValueError):
+                context.log("loud", "m")
+        self.assertEqual([(n, args[1]) for n, args, _ in wit.calls if n == "log"],
+                         [("log", "started"), ("log", "careful")])
 
     def test_progress_counts_are_ints(self) -> None:
         with bindings("context") as wit:
