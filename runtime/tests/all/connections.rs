@@ -336,6 +336,25 @@ async fn hello_worker(env: &Env, config: WorkerConfig) -> (Arc<Faulty>, RunningW
     (faulty, w)
 }
 
+/// `sleeper` bound on `default` (a 60 s time limit), and a worker of 2
+/// slots and 2 s leases on it through `faulty`.
+async fn sleeper_worker(env: &Env, faulty: Faulty) -> (Arc<Faulty>, RunningWorker) {
+    env.bind("sleeper", "sleeper", "default", |b| {
+        b.limits.time_limit_ms = Some(60_000)
+    })
+    .await;
+    let faulty = Arc::new(faulty);
+    let mut config = cfg(&["default"], 2);
+    config.lease = Duration::from_secs(2);
+    let w = start_worker_with(
+        faulty.clone(),
+        env.registry.clone(),
+        Default::default(),
+        config,
+    );
+    (faulty, w)
+}
+
 /// The error a call gets while Redis refuses connections.
 fn refused() -> redis::RedisError {
     let refused = std::io::Error::new(
@@ -761,22 +780,14 @@ async fn a_step_launched_as_its_workflow_is_terminated_is_stopped_embedded() {
 /// end was settled under the old lease (stale) and dropped the new one's
 /// entry.
 async fn a_job_leased_again_to_its_worker_runs_once(env: Env) {
-    env.bind("sleeper", "sleeper", "default", |b| {
-        b.limits.time_limit_ms = Some(60_000)
-    })
+    let (faulty, w) = sleeper_worker(
+        &env,
+        Faulty {
+            unextended: true,
+            ..Faulty::new(env.broker.clone())
+        },
+    )
     .await;
-    let faulty = Arc::new(Faulty {
-        unextended: true,
-        ..Faulty::new(env.broker.clone())
-    });
-    let mut config = cfg(&["default"], 2);
-    config.lease = Duration::from_secs(2);
-    let w = start_worker_with(
-        faulty.clone(),
-        env.registry.clone(),
-        Default::default(),
-        config,
-    );
     let mut events = env.broker.subscribe().await.unwrap();
     let id = env.enqueue("sleeper", r#"{"ms":6000}"#).await;
     wait_started(&mut events, id).await;
@@ -814,22 +825,14 @@ async fn a_job_leased_again_to_its_worker_runs_once_embedded() {
 /// Before, the new lease was taken as the stopped run's own, which then
 /// ended REVOKED under it: the job ended REVOKED, revoked by nobody.
 async fn a_job_leased_again_while_its_run_stops_runs_anew(env: Env) {
-    env.bind("sleeper", "sleeper", "default", |b| {
-        b.limits.time_limit_ms = Some(60_000)
-    })
+    let (faulty, w) = sleeper_worker(
+        &env,
+        Faulty {
+            unextended: true,
+            ..Faulty::new(env.broker.clone())
+        },
+    )
     .await;
-    let faulty = Arc::new(Faulty {
-        unextended: true,
-        ..Faulty::new(env.broker.clone())
-    });
-    let mut config = cfg(&["default"], 2);
-    config.lease = Duration::from_secs(2);
-    let w = start_worker_with(
-        faulty.clone(),
-        env.registry.clone(),
-        Default::default(),
-        config,
-    );
     let mut events = env.broker.subscribe().await.unwrap();
     let id = env.enqueue("sleeper", r#"{"ms":3000}"#).await;
     wait_started(&mut events, id).await;
@@ -857,16 +860,7 @@ async fn a_job_leased_again_while_its_run_stops_runs_anew_embedded() {
 /// the worker leases the job again. The result it holds is stored under
 /// the new lease: the job runs once. Before, it ran a second time.
 async fn a_result_refused_as_stale_is_stored_under_the_next_lease(env: Env) {
-    env.bind("sleeper", "sleeper", "default", |_| {}).await;
-    let faulty = Arc::new(Faulty::new(env.broker.clone()));
-    let mut config = cfg(&["default"], 2);
-    config.lease = Duration::from_secs(2);
-    let w = start_worker_with(
-        faulty.clone(),
-        env.registry.clone(),
-        Default::default(),
-        config,
-    );
+    let (faulty, w) = sleeper_worker(&env, Faulty::new(env.broker.clone())).await;
     let mut events = env.broker.subscribe().await.unwrap();
     let id = env.enqueue("sleeper", r#"{"ms":300}"#).await;
     wait_started(&mut events, id).await;

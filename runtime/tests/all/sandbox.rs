@@ -534,14 +534,19 @@ fn a_module_is_compiled_once_per_process() {
     assert_eq!(sandbox.get(&first.hash).map(|m| m.hash), Some(first.hash));
 }
 
+/// A sandbox's configuration that caches compiled modules in `dir`.
+fn cached_in(dir: &std::path::Path) -> SandboxConfig {
+    SandboxConfig {
+        cache_dir: Some(dir.to_path_buf()),
+        max_concurrent_runs: 8,
+        ..SandboxConfig::default()
+    }
+}
+
 #[tokio::test]
 async fn a_second_sandbox_loads_the_compiled_module_from_disk() {
     let cache = tempfile::tempdir().unwrap();
-    let config = SandboxConfig {
-        cache_dir: Some(cache.path().to_path_buf()),
-        max_concurrent_runs: 8,
-        ..SandboxConfig::default()
-    };
+    let config = cached_in(cache.path());
     let bytes = support::ok_component();
 
     let first = Sandbox::new(config.clone()).unwrap();
@@ -573,11 +578,7 @@ async fn a_second_sandbox_loads_the_compiled_module_from_disk() {
 #[test]
 fn a_cache_write_uses_a_file_of_its_own() {
     let cache = tempfile::tempdir().unwrap();
-    let config = SandboxConfig {
-        cache_dir: Some(cache.path().to_path_buf()),
-        max_concurrent_runs: 8,
-        ..SandboxConfig::default()
-    };
+    let config = cached_in(cache.path());
     let bytes = support::ok_component();
     Sandbox::new(config.clone()).unwrap().load(&bytes).unwrap();
     let cached = std::fs::read_dir(cache.path())
@@ -607,11 +608,7 @@ fn a_cache_write_uses_a_file_of_its_own() {
 #[test]
 fn a_corrupt_cache_file_is_recompiled() {
     let cache = tempfile::tempdir().unwrap();
-    let config = SandboxConfig {
-        cache_dir: Some(cache.path().to_path_buf()),
-        max_concurrent_runs: 8,
-        ..SandboxConfig::default()
-    };
+    let config = cached_in(cache.path());
     let bytes = support::ok_component();
     let first = Sandbox::new(config.clone()).unwrap();
     first.load(&bytes).unwrap();
