@@ -1487,7 +1487,7 @@ impl Broker for RedisBroker {
     }
 
     async fn dead_letters(&self, queue: &str, limit: usize) -> BrokerResult<Vec<Job>> {
-        Ok(self.dead_page(queue, 0, limit, UNLISTED).await?.2)
+        Ok(self.dead_page(queue, 0, limit, UNLISTED, None).await?.2)
     }
 
     /// Replays the dead letters `ids` (reading only their records), or all
@@ -1513,9 +1513,20 @@ impl Broker for RedisBroker {
         // shifts the set by one: a readable letter is then left for the
         // next replay, not lost.)
         let mut kept = 0;
+        // Only the letters dead when the call began: one replayed that
+        // fails for good again goes back to the set's end, after the newest
+        // then, and would be replayed again by a later page, as long as
+        // workers failed jobs as fast as pages were read.
+        let newest: Vec<(String, f64)> = self
+            .conn()
+            .zrange_withscores(format!("{}dead", prefix(queue)), -1, -1)
+            .await?;
+        let Some((_, until)) = newest.into_iter().next() else {
+            return Ok(replayed);
+        };
         loop {
             let (held, unreadable, page) = self
-                .dead_page(queue, kept, ENQUEUE_CHUNK, UNREPLAYABLE)
+                .dead_page(queue, kept, ENQUEUE_CHUNK, UNREPLAYABLE, Some(until))
                 .await?;
             if held == 0 {
                 return Ok(replayed);
@@ -2451,7 +2462,8 @@ impl RedisBroker {
         Ok(removed)
     }
 
-    /// Up to `limit` dead letters from rank `start`: how many entries the
+    /// Up to `limit` dead letters from rank `start` (among those that died
+    /// at `until` or before, when given): how many entries the
     /// page held, how many of them have records this build cannot read
     /// (left in place), and the readable ones. Entries whose records
     /// expired are dropped from the set.
@@ -2461,17 +2473,32 @@ impl RedisBroker {
         start: usize,
         limit: usize,
         fate: &str,
+        until: Option<f64>,
     ) -> BrokerResult<(usize, usize, Vec<Job>)> {
         let mut conn = self.conn();
         let p = prefix(queue);
         let first = start as isize;
-        let ids: Vec<String> = conn
-            .zrange(
-                format!("{p}dead"),
-                first,
-                first.saturating_add(limit.max(1) as isize - 1),
-            )
-            .await?;
+        let ids: Vec<String> = match until {
+            // Those dead at `until` or before (by score, their time of death).
+            Some(until) => {
+                conn.zrangebyscore_limit(
+                    format!("{p}dead"),
+                    "-inf",
+                    until,
+                    first,
+                    limit.max(1) as isize,
+                )
+                .await?
+            }
+            None => {
+                conn.zrange(
+                    format!("{p}dead"),
+                    first,
+                    first.saturating_add(limit.max(1) as isize - 1),
+                )
+                .await?
+            }
+        };
         let recs = self.records(queue, &ids).await?;
         let mut out = Vec::new();
         let mut gone = Vec::new();

@@ -1203,6 +1203,7 @@ conformance!(
     extended_lease_is_not_redelivered,
     retry_then_dead_letter_then_replay,
     concurrent_replays_queue_a_dead_letter_once,
+    replay_all_takes_the_letters_dead_when_it_began,
     revoke_queued_running_and_final,
     wait_is_woken_by_the_end,
     rate_limit_is_global_and_exact,
@@ -2274,6 +2275,52 @@ async fn concurrent_replays_queue_a_dead_letter_once(env: Env) {
     let work = b.queues().await.unwrap();
     let work = work.iter().find(|q| q.name == "work").unwrap();
     assert_eq!((work.ready, work.dead), (1, 0), "{work:?}");
+}
+
+/// Replaying every dead letter while a worker fails the replayed jobs for
+/// good again at once replays each letter once, and ends. Before, on
+/// Redis, a letter dead again went back to the end of the set, and the
+/// replay's later pages replayed it again, for as long as the worker kept
+/// up.
+async fn replay_all_takes_the_letters_dead_when_it_began(env: Env) {
+    let b = &env.broker;
+    let n = 1500;
+    let reqs: Vec<_> = (0..n).map(|i| call(&i.to_string())).collect();
+    env.producer.enqueue_batch(reqs).await.unwrap();
+    let mut leased = Vec::new();
+    while leased.len() < n {
+        let d = fetch(b, 1000).await;
+        assert!(!d.is_empty(), "{} of {n} leased", leased.len());
+        leased.extend(d);
+    }
+    for chunk in leased.chunks(500) {
+        settle_dead(b, chunk).await;
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let killer = {
+        let (b, stop) = (b.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let d = fetch(&b, 200).await;
+                if d.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                } else {
+                    settle_dead(&b, &d).await;
+                }
+            }
+        })
+    };
+    let replayed = tokio::time::timeout(Duration::from_secs(60), b.replay("work", &[]))
+        .await
+        .expect("the replay ends")
+        .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    killer.await.unwrap();
+    let mut once = replayed.clone();
+    once.sort();
+    once.dedup();
+    assert_eq!(once.len(), replayed.len(), "a letter replayed twice");
+    assert_eq!(replayed.len(), n);
 }
 
 /// The embedded broker forgets what Redis would let expire: records past
