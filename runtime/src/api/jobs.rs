@@ -86,9 +86,12 @@ pub struct JobRequest {
     /// (admin tokens only).
     #[schema(pattern = "^\\s*[0-9]+\\s*/\\s*[0-9]*(ms|s|sec|m|min|h|d)\\s*$")]
     pub rate_limit: Option<String>,
-    /// A second request with the same key for the same queue (within 24
-    /// hours) returns the first job instead. 1 to 200 bytes (UTF-8); keys
-    /// starting with `beat:` or `child:` are the runner's own and refused.
+    /// A second request with the same key for the same queue returns the
+    /// first job instead, while that job's record is kept (until its
+    /// `result_ttl` after it ends: an hour by default) and for at most 24
+    /// hours; after that the key starts a new job. 1 to 200 bytes (UTF-8);
+    /// keys starting with `beat:` or `child:` are the runner's own and
+    /// refused.
     #[schema(min_length = 1, max_length = 200, pattern = "^(?!beat:|child:)")]
     pub idempotency_key: Option<String>,
     /// Seconds the result is kept: at most 100 years.
@@ -230,7 +233,10 @@ async fn enqueue(
     Ok(res)
 }
 
-/// Enqueues many jobs at once; nothing is stored if one is invalid.
+/// Enqueues many jobs at once; nothing is stored if one is invalid. On
+/// Redis a batch is stored in calls of up to 1,000 jobs per queue (or
+/// partition): a storage error part way (a 5xx) leaves the calls before it
+/// stored, so a batch to be sent again needs idempotency keys.
 #[utoipa::path(post, path = "/v1/jobs/batch", tag = "jobs", request_body = BatchRequest,
     security(("bearer" = [])),
     responses(
