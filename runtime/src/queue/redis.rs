@@ -2478,27 +2478,17 @@ impl RedisBroker {
         let mut conn = self.conn();
         let p = prefix(queue);
         let first = start as isize;
-        let ids: Vec<String> = match until {
-            // Those dead at `until` or before (by score, their time of death).
-            Some(until) => {
-                conn.zrangebyscore_limit(
-                    format!("{p}dead"),
-                    "-inf",
-                    until,
-                    first,
-                    limit.max(1) as isize,
-                )
-                .await?
-            }
-            None => {
-                conn.zrange(
-                    format!("{p}dead"),
-                    first,
-                    first.saturating_add(limit.max(1) as isize - 1),
-                )
-                .await?
-            }
-        };
+        // By score (their time of death), up to `until`.
+        let until = until.map_or_else(|| "+inf".to_string(), |u| u.to_string());
+        let ids: Vec<String> = conn
+            .zrangebyscore_limit(
+                format!("{p}dead"),
+                "-inf",
+                until,
+                first,
+                limit.max(1) as isize,
+            )
+            .await?;
         let recs = self.records(queue, &ids).await?;
         let mut out = Vec::new();
         let mut gone = Vec::new();

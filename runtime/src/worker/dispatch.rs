@@ -406,7 +406,7 @@ impl Dispatcher {
                 // A slot is free: lease ahead again.
                 self.stalled = false;
             }
-            if h.lost && !reusable(&c) {
+            if h.lost && reusable_attempt(&c).is_none() {
                 if let Some(n) = next {
                     self.take_next(n);
                 }
@@ -446,13 +446,10 @@ impl Dispatcher {
     /// handed back at once when the worker stops (its buffer was emptied
     /// already, and nothing may start now).
     fn take_next(&mut self, n: Delivery) {
-        if self.reuse_result(&n) {
-            return;
-        }
-        if self.ctx.shutting_down.load(Ordering::Relaxed) {
-            self.hand_back(n);
-        } else {
+        if !self.ctx.shutting_down.load(Ordering::Relaxed) {
             self.take(n);
+        } else if !self.reuse_result(&n) {
+            self.hand_back(n);
         }
     }
 
@@ -673,8 +670,7 @@ impl Dispatcher {
         let same = |c: &Completion| {
             c.lease.id == d.job.id
                 && d.lease.redeliveries > c.lease.redeliveries
-                && reusable(c)
-                && attempt_of(c) == Some(d.job.attempt)
+                && reusable_attempt(c) == Some(d.job.attempt)
         };
         let q = &d.lease.queue;
         if let Some(c) = self
@@ -709,7 +705,7 @@ impl Dispatcher {
             if self.refused.len() >= REFUSED_KEPT {
                 break;
             }
-            if stale.contains(&c.lease.id) && reusable(c) {
+            if stale.contains(&c.lease.id) && reusable_attempt(c).is_some() {
                 self.refused.insert(c.lease.id, (c.clone(), Instant::now()));
             }
         }
@@ -1059,22 +1055,13 @@ const FLUSH_AFTER: Duration = Duration::from_millis(20);
 /// their job that comes back ([`Dispatcher::keep_refused`]).
 const REFUSED_KEPT: usize = 1000;
 
-/// A result that may be stored under another lease of its job: a run's
-/// own end (final, or a retry), not a hand back, nor a run stopped
-/// (REVOKED: a revoke's own end comes from the broker, not from a lease
-/// that came back).
-fn reusable(c: &Completion) -> bool {
+/// The attempt a result is of, when it may be stored under another lease
+/// of its job: a run's own end (final, or a retry, whose record is of the
+/// next attempt), not a hand back, nor a run stopped (REVOKED: a revoke's
+/// own end comes from the broker, not from a lease that came back).
+fn reusable_attempt(c: &Completion) -> Option<u32> {
     match &c.settlement {
-        Settlement::Finish { job, .. } => job.state != JobState::Revoked,
-        Settlement::Retry { .. } => true,
-        Settlement::Release { .. } => false,
-    }
-}
-
-/// The attempt a result is of (a retry's record is of the next one).
-fn attempt_of(c: &Completion) -> Option<u32> {
-    match &c.settlement {
-        Settlement::Finish { job, .. } => Some(job.attempt),
+        Settlement::Finish { job, .. } => (job.state != JobState::Revoked).then_some(job.attempt),
         Settlement::Retry { if_revoked, .. } => Some(if_revoked.attempt),
         Settlement::Release { .. } => None,
     }

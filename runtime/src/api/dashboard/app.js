@@ -229,9 +229,10 @@ async function refreshOverview() {
         td(w.id, "name"), td(w.hostname), td((w.queues || []).join(", ")),
         td(w.concurrency, "num"), td((w.running || []).length, "num running"),
         td(w.processed, "num processed"), td(w.failed, "num failed"),
-        el("td", { class: "seen", "data-seen": w.last_seen || "", text: ago(w.last_seen) }))));
+        el("td", { class: "seen", "data-seen": w.last_seen || "" }))));
   }
-  // Ages move on while the data stays the same (a heartbeat a minute).
+  // Ages move on while the data stays the same (a heartbeat a minute):
+  // written at every refresh, not only when the table is drawn.
   for (const c of $("workers").querySelectorAll("td.seen")) c.textContent = ago(c.dataset.seen || null);
 }
 
