@@ -594,9 +594,10 @@ pub struct RevokedMany {
     pub dry_run: bool,
 }
 
-/// Revokes every job of a task and/or a queue: the running ones first (so
-/// that none comes back as a retry), then the waiting ones. The reply
-/// lists each.
+/// Revokes every job of a task and/or a queue, queue by queue: the
+/// waiting ones, then the running ones, then those waiting again (a run
+/// that ended with a retry meanwhile). A job leased while this goes on is
+/// found by the next step. The reply lists each.
 #[utoipa::path(post, path = "/v1/jobs/revoke", tag = "jobs",
     request_body = RevokeManyRequest,
     security(("bearer" = [])),
@@ -640,6 +641,17 @@ async fn revoke_many(
         dry_run: req.dry_run,
     };
     for queue in &queues {
+        // Waiting jobs first, then running ones, then waiting ones again:
+        // a job leased between two steps is found by the next, and a
+        // running one that ended with a retry before it was revoked is
+        // found by the last. (Running first would miss a job leased
+        // between the read of the running and the purge.)
+        out.purged.extend(
+            super::queues::purge_one(&ctx, queue, &filter)
+                .await?
+                .iter()
+                .map(|i| i.to_string()),
+        );
         for job in ctx.broker.running(queue).await? {
             if !filter.of_task(&job) {
                 continue;
@@ -654,13 +666,14 @@ async fn revoke_many(
             // (Gone meanwhile: its record expired. Nothing to list.)
             out.running.extend(revoke_answer(job.id, outcome));
         }
-        let purged = ctx.broker.purge(queue, &filter).await?;
-        if !purged.is_empty() {
-            crate::workflow::Workflows::new(ctx.producer.clone())
-                .drain_queue(queue)
-                .await?;
+        if !req.dry_run {
+            out.purged.extend(
+                super::queues::purge_one(&ctx, queue, &filter)
+                    .await?
+                    .iter()
+                    .map(|i| i.to_string()),
+            );
         }
-        out.purged.extend(purged.iter().map(|i| i.to_string()));
     }
     if !req.dry_run {
         tracing::info!(

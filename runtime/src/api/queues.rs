@@ -357,14 +357,7 @@ async fn purge(
     check_filter(&filter)?;
     let mut ids = Vec::new();
     for name in ctx.producer.partitions().names(&queue) {
-        let purged = ctx.broker.purge(&name, &filter).await?;
-        if !filter.dry_run {
-            // Purged workflow members end their workflows now.
-            crate::workflow::Workflows::new(ctx.producer.clone())
-                .drain_queue(&name)
-                .await?;
-        }
-        ids.extend(purged);
+        ids.extend(purge_one(&ctx, &name, &filter).await?);
     }
     if !filter.dry_run {
         tracing::info!(queue, count = ids.len(), task = ?filter.task, "purged");
@@ -374,6 +367,23 @@ async fn purge(
         purged: ids.iter().map(|i| i.to_string()).collect(),
         dry_run: filter.dry_run,
     }))
+}
+
+/// Purges the waiting jobs of one queue (or partition) that `filter`
+/// takes, and ends the workflows they were members of.
+pub(super) async fn purge_one(
+    ctx: &AppState,
+    name: &str,
+    filter: &PurgeFilter,
+) -> Result<Vec<JobId>, ApiError> {
+    let purged = ctx.broker.purge(name, filter).await?;
+    if !filter.dry_run {
+        // Purged workflow members end their workflows now.
+        crate::workflow::Workflows::new(ctx.producer.clone())
+            .drain_queue(name)
+            .await?;
+    }
+    Ok(purged)
 }
 
 /// Jobs of a queue under a lease now: running, or prefetched by a worker

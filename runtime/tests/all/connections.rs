@@ -248,7 +248,7 @@ async fn a_long_poll_reads_again_after_its_feed_was_cut() {
 /// workflow launch records wait until released (`hold_launches`: a launch
 /// that stalls). It notes every completion settled through it and counts
 /// the calls of `signals`.
-struct Faulty {
+pub struct Faulty {
     inner: Arc<dyn Broker>,
     deaf: bool,
     unextended: bool,
@@ -275,10 +275,17 @@ struct Faulty {
     /// waits 100 ms for that signal to arrive, then extends: it finds
     /// those leases lost.
     reclaims_first: std::sync::atomic::AtomicBool,
+    /// When set, `running` reads the running jobs, then leases one job of
+    /// that queue as another worker (noted in `leased_in_running`), then
+    /// answers what it read: a lease between the read and what follows.
+    leases_in_running: std::sync::atomic::AtomicBool,
+    leased_in_running: std::sync::Mutex<Vec<JobId>>,
+    /// While set, `enqueue` fails as when Redis refuses connections.
+    pub enqueues_down: std::sync::atomic::AtomicBool,
 }
 
 impl Faulty {
-    fn new(inner: Arc<dyn Broker>) -> Self {
+    pub fn new(inner: Arc<dyn Broker>) -> Self {
         Faulty {
             inner,
             deaf: false,
@@ -296,6 +303,9 @@ impl Faulty {
             settles_silent: Default::default(),
             settle_calls: AtomicU64::new(0),
             reclaims_first: Default::default(),
+            leases_in_running: Default::default(),
+            leased_in_running: Default::default(),
+            enqueues_down: Default::default(),
         }
     }
 
@@ -385,6 +395,9 @@ impl Broker for Faulty {
         self.inner.kind()
     }
     async fn enqueue(&self, jobs: Vec<Job>) -> BrokerResult<Vec<Enqueued>> {
+        if self.enqueues_down.load(Ordering::SeqCst) {
+            return Err(refused().into());
+        }
         self.inner.enqueue(jobs).await
     }
     async fn get(&self, id: JobId) -> BrokerResult<Option<Job>> {
@@ -513,7 +526,15 @@ impl Broker for Faulty {
         self.inner.purge(queue, filter).await
     }
     async fn running(&self, queue: &str) -> BrokerResult<Vec<Job>> {
-        self.inner.running(queue).await
+        let running = self.inner.running(queue).await?;
+        if self.leases_in_running.load(Ordering::SeqCst) {
+            let reply = self.inner.settle(settle(queue, "other", vec![], 1)).await?;
+            self.leased_in_running
+                .lock()
+                .unwrap()
+                .extend(reply.deliveries.iter().map(|d| d.lease.id));
+        }
+        Ok(running)
     }
     async fn wf_create(&self, id: JobId, spec: &str, total: u64) -> BrokerResult<bool> {
         self.inner.wf_create(id, spec, total).await
@@ -596,29 +617,13 @@ impl Broker for Faulty {
 /// as if the job had ended, with no final state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_stream_outlives_a_failed_read_after_a_gap() {
-    use runner::app::{self, Core};
     let server = RedisServer::start();
-    let mut config = runner::config::Config::default();
-    config.broker.redis_url = Some(server.url());
-    config.auth.admin.push(crate::api::ADMIN.into());
-    config.auth.submit.push(crate::api::SUBMIT.into());
-    config.check().unwrap();
-    let core = Core::open(&config, crate::support::sandbox())
-        .await
-        .unwrap();
-    let faulty = Arc::new(Faulty::new(core.broker.clone()));
-    let mut ctx = app::api_context(&core, &config, app::auth_from(&config).unwrap()).unwrap();
-    ctx.broker = faulty.clone();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, mut stopped) = tokio::sync::watch::channel(false);
-    let serving = tokio::spawn(runner::api::serve(listener, ctx, async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    }));
+    let api = FaultyApi::start(Some(server.url())).await;
+    let (faulty, url) = (api.faulty.clone(), api.url.clone());
     // A job nobody runs.
     let job = Job::new("work", "{}", chrono::Utc::now());
     let id = job.id;
-    core.broker.enqueue(vec![job]).await.unwrap();
+    api.broker.enqueue(vec![job]).await.unwrap();
     let mut res = crate::support::http_client()
         .get(format!("{url}/v1/jobs/{id}/events"))
         .bearer_auth(crate::api::SUBMIT)
@@ -656,7 +661,7 @@ async fn a_job_stream_outlives_a_failed_read_after_a_gap() {
     })
     .await
     .expect("no read after the gap");
-    core.broker.revoke(id, false).await.unwrap();
+    api.broker.revoke(id, false).await.unwrap();
     let ended = tokio::time::timeout(
         Duration::from_secs(30),
         read_until(&mut body, &mut res, "REVOKED"),
@@ -664,9 +669,101 @@ async fn a_job_stream_outlives_a_failed_read_after_a_gap() {
     .await
     .expect("the stream neither ended nor sent the end");
     assert!(ended, "the stream ended without the job's end: {body}");
-    let _ = stop.send(true);
     drop(res);
-    let _ = tokio::time::timeout(Duration::from_secs(30), serving).await;
+    api.stop().await;
+}
+
+/// The API served over a [`Faulty`] on the core's broker (Redis at
+/// `redis_url`, or embedded), with the test tokens.
+struct FaultyApi {
+    url: String,
+    /// The core's broker itself.
+    broker: Arc<dyn Broker>,
+    faulty: Arc<Faulty>,
+    stop: tokio::sync::watch::Sender<bool>,
+    serving: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl FaultyApi {
+    async fn start(redis_url: Option<String>) -> FaultyApi {
+        use runner::app::{self, Core};
+        let mut config = runner::config::Config::default();
+        config.broker.redis_url = redis_url;
+        config.auth.admin.push(crate::api::ADMIN.into());
+        config.auth.submit.push(crate::api::SUBMIT.into());
+        config.check().unwrap();
+        let core = Core::open(&config, crate::support::sandbox())
+            .await
+            .unwrap();
+        let faulty = Arc::new(Faulty::new(core.broker.clone()));
+        let mut ctx = app::api_context(&core, &config, app::auth_from(&config).unwrap()).unwrap();
+        ctx.broker = faulty.clone();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let serving = tokio::spawn(runner::api::serve(listener, ctx, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }));
+        FaultyApi {
+            url,
+            broker: core.broker.clone(),
+            faulty,
+            stop,
+            serving,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.serving).await;
+    }
+}
+
+/// A job leased by a worker while a revoke of its task reads the running
+/// jobs is revoked all the same. Before, the revoke read the running jobs
+/// and then purged the waiting ones: a job leased between the two was in
+/// neither, and ran.
+async fn a_revoke_by_task_finds_a_job_leased_while_it_runs(redis_url: Option<String>) {
+    let api = FaultyApi::start(redis_url).await;
+    // On queue `work`, of task `mail`.
+    let mut job = Job::new("work", "{}", chrono::Utc::now());
+    job.task = Some("mail".into());
+    let id = job.id;
+    api.broker.enqueue(vec![job]).await.unwrap();
+    api.faulty.leases_in_running.store(true, Ordering::SeqCst);
+    let res = crate::support::http_client()
+        .post(format!("{}/v1/jobs/revoke", api.url))
+        .bearer_auth(crate::api::ADMIN)
+        .json(&serde_json::json!({ "task": "mail" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    let reply: serde_json::Value = res.json().await.unwrap();
+    let job = api.broker.get(id).await.unwrap().unwrap();
+    assert_eq!(
+        job.state,
+        JobState::Revoked,
+        "{reply}; leased meanwhile: {:?}",
+        api.faulty.leased_in_running.lock().unwrap()
+    );
+    assert_eq!(
+        reply["purged"],
+        serde_json::json!([id.to_string()]),
+        "{reply}"
+    );
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_by_task_finds_a_job_leased_while_it_runs_embedded() {
+    a_revoke_by_task_finds_a_job_leased_while_it_runs(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_by_task_finds_a_job_leased_while_it_runs_on_redis() {
+    let server = RedisServer::start();
+    a_revoke_by_task_finds_a_job_leased_while_it_runs(Some(server.url())).await;
 }
 
 /// A worker that never hears a revoke-terminate stops the run at its next
