@@ -649,7 +649,27 @@ const RESERVED_HEADERS: &[&str] = &[
     "proxy-connection",
 ];
 
+/// The most headers a task's request may carry (hyper's server refuses
+/// more than 100 too).
+pub const MAX_REQUEST_HEADERS: usize = 100;
+/// The most bytes of header names and values a task's request may carry.
+pub const MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
+
 fn parse_headers(headers: &[(String, String)]) -> Result<HeaderMap, HostError> {
+    if headers.len() > MAX_REQUEST_HEADERS {
+        return Err(HostError::invalid(format!(
+            "{} headers: at most {MAX_REQUEST_HEADERS}",
+            headers.len()
+        )));
+    }
+    let bytes = headers.iter().fold(0usize, |n, (k, v)| {
+        n.saturating_add(k.len()).saturating_add(v.len())
+    });
+    if bytes > MAX_REQUEST_HEADER_BYTES {
+        return Err(HostError::invalid(format!(
+            "headers of {bytes} bytes: at most {MAX_REQUEST_HEADER_BYTES}"
+        )));
+    }
     let mut map = HeaderMap::new();
     for (name, value) in headers {
         let name = HeaderName::from_bytes(name.trim().as_bytes())

@@ -448,6 +448,21 @@ async fn size_cap_timeout_and_bad_input() {
         Err(HostError::Invalid(_))
     ));
 
+    // Too many headers, or too long: refused before anything is sent.
+    // (24,577 names made the header map panic.)
+    for (count, len) in [(24_577, 1), (101, 1), (2, 40 * 1024)] {
+        let mut many = get_req(&format!("{base}/hook"));
+        many.headers = (0..count)
+            .map(|i| (format!("x-{i}"), "a".repeat(len)))
+            .collect();
+        let err = http.send(&g, &many).await.expect_err("too many headers");
+        assert!(matches!(err, HostError::Invalid(_)), "{err}");
+        assert!(err.to_string().contains("at most"), "{err}");
+    }
+    let mut hundred = get_req(&format!("{base}/hook"));
+    hundred.headers = (0..100).map(|i| (format!("x-{i}"), "a".into())).collect();
+    http.send(&g, &hundred).await.expect("100 headers are sent");
+
     // Connection refused is transient.
     let closed = crate::support::free_port();
     let err = http
