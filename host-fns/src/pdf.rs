@@ -224,6 +224,20 @@ struct Fonts {
     /// Families listed first in `text(font: ..)`.
     families: Vec<String>,
     has_cjk: bool,
+    /// The CJK characters ([`is_cjk`]) some font covers, one bit each from
+    /// [`CJK_FIRST`]: looked up per character of a document, where asking
+    /// each font's coverage (a walk of its runs) cost thousands of steps.
+    cjk_covered: Vec<u64>,
+}
+
+/// The first and last character [`is_cjk`] takes.
+const CJK_FIRST: u32 = 0x3000;
+const CJK_LAST: u32 = 0x2FA1F;
+
+/// The bit of `c` (a CJK character) in [`Fonts::cjk_covered`].
+fn cjk_bit(c: u32) -> (usize, u64) {
+    let i = (c - CJK_FIRST) as usize;
+    (i / 64, 1 << (i % 64))
 }
 
 /// The pdf capability; one per process (font index and typst library are
@@ -520,11 +534,9 @@ impl PdfService {
             .map_err(|e| HostError::invalid(format!("cannot encode the document: {e}")))
     }
 
+    /// Whether some font covers `c`, a CJK character.
     fn covered(&self, c: char) -> bool {
-        let book = &self.shared.fonts.book;
-        (0..self.shared.fonts.slots.len())
-            .filter_map(|i| book.info(i))
-            .any(|info| info.coverage.contains(c as u32))
+        self.shared.fonts.covers_cjk(c)
     }
 }
 
@@ -588,11 +600,29 @@ fn index_fonts(dirs: &[PathBuf]) -> Fonts {
         .filter_map(|i| book.info(i))
         .any(|info| info.coverage.contains('あ' as u32));
     tracing::debug!(fonts = slots.len(), has_cjk, "pdf fonts indexed");
+    let mut cjk_covered = vec![0u64; cjk_bit(CJK_LAST).0 + 1];
+    for info in (0..slots.len()).filter_map(|i| book.info(i)) {
+        for c in info.coverage.iter() {
+            if char::from_u32(c).is_some_and(is_cjk) {
+                let (word, bit) = cjk_bit(c);
+                cjk_covered[word] |= bit;
+            }
+        }
+    }
     Fonts {
         book: LazyHash::new(book),
         slots,
         families,
         has_cjk,
+        cjk_covered,
+    }
+}
+
+impl Fonts {
+    /// Whether some font covers `c`, a CJK character ([`is_cjk`]).
+    fn covers_cjk(&self, c: char) -> bool {
+        let (word, bit) = cjk_bit(c as u32);
+        self.cjk_covered[word] & bit != 0
     }
 }
 
@@ -706,4 +736,33 @@ fn messages(errors: &[SourceDiagnostic]) -> String {
         .map(|e| e.message.to_string())
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CJK coverage index says what the fonts' own coverage says, for
+    /// every seventh CJK character (asking every font is slow: that is why
+    /// the index is there).
+    #[test]
+    fn the_cjk_index_agrees_with_the_fonts() {
+        let fonts = index_fonts(&PdfConfig::default().font_dirs);
+        let mut covered = 0;
+        let chars = (CJK_FIRST..=CJK_LAST)
+            .step_by(7)
+            .chain([CJK_LAST])
+            .filter_map(char::from_u32)
+            .filter(|c| is_cjk(*c));
+        for c in chars {
+            let scan = (0..fonts.slots.len())
+                .filter_map(|i| fonts.book.info(i))
+                .any(|info| info.coverage.contains(c as u32));
+            assert_eq!(fonts.covers_cjk(c), scan, "{c:?} (U+{:04X})", c as u32);
+            covered += usize::from(scan);
+        }
+        // The machine has a CJK font (scripts/setup installs one): the
+        // index is not empty by accident.
+        assert!(covered > 500, "{covered} CJK characters covered");
+    }
 }
