@@ -86,7 +86,9 @@ pub struct Beat {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(maximum = 9)]
     pub priority: Option<u64>,
-    /// A job not started this many seconds after its due time expires.
+    /// A job not started this many seconds after it is enqueued expires
+    /// (a catch-up fire's job, or one enqueued again by another replica,
+    /// counts from that enqueue, not from its due time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(exclusive_minimum = 0, maximum = 3_155_760_000_u64)]
     pub expires_in_secs: Option<f64>,
@@ -172,18 +174,26 @@ impl Beat {
         }
         // The maxima every job has: a beat's fire is a job.
         let numbers = [
-            self.retry.as_ref().map(RetryPolicy::check),
-            self.limits.as_ref().map(JobLimits::check),
-            self.priority
-                .map(|p| crate::queue::job::check_priority("priority", p).map(|_| ())),
+            ("retry", self.retry.as_ref().map(RetryPolicy::check)),
+            ("limits", self.limits.as_ref().map(JobLimits::check)),
+            (
+                "priority",
+                self.priority
+                    .map(|p| crate::queue::job::check_priority("priority", p).map(|_| ())),
+            ),
         ];
-        for e in numbers.into_iter().flatten().filter_map(Result::err) {
-            match e {
-                JobError::AboveMaximum { field, .. } => {
-                    problems.push(FieldError::new(field, e.to_string()))
+        for (of, e) in numbers
+            .into_iter()
+            .filter_map(|(of, r)| Some((of, r?.err()?)))
+        {
+            // The error names the field within the part (`limits.time_limit_ms`).
+            let field = match &e {
+                JobError::AboveMaximum { field, .. } | JobError::BelowMinimum { field, .. } => {
+                    *field
                 }
-                other => problems.push(FieldError::new("retry", other.to_string())),
-            }
+                _ => of,
+            };
+            problems.push(FieldError::new(field, e.to_string()));
         }
         let tz = match Tz::from_str(self.timezone.trim()) {
             Ok(tz) => Some(tz),

@@ -261,7 +261,7 @@ impl Scheduler {
     /// back after [`CLAIM_TIMEOUT`] ([`Self::confirm`]).
     async fn fire_one(&self, e: &mut Entry, due: DateTime<Utc>, now: DateTime<Utc>) -> bool {
         let name = e.beat.name.clone();
-        let job = match self.inner.producer.prepare(request(&e.beat, due)).await {
+        let mut job = match self.inner.producer.prepare(request(&e.beat, due)).await {
             Ok(job) => job,
             Err(err) => return self.failed(e, due, now, err),
         };
@@ -274,8 +274,13 @@ impl Scheduler {
         match self.inner.store.claim_fire(&name, &claim).await {
             Err(err) => return self.unreachable(e, due, now, &err),
             Ok(None) => e.claimed = Some(due),
-            // Ours: an earlier try whose enqueue failed.
-            Ok(Some(other)) if other.due == due && e.claimed == Some(due) => {}
+            // Ours: an earlier try whose enqueue failed. The job goes to
+            // the queue the claim names, as another replica's check sends
+            // it (the beat may have moved meanwhile): one queue, one
+            // idempotency key, one job.
+            Ok(Some(other)) if other.due == due && e.claimed == Some(due) => {
+                job.queue = other.queue;
+            }
             // Another replica's (every replica prepares the same job, so
             // only this loop's memory tells its own claim from theirs).
             Ok(Some(other)) => {
@@ -305,6 +310,7 @@ impl Scheduler {
     /// queue, same idempotency key, so that it is stored at most once). A
     /// claimant that died between its claim and its enqueue loses nothing.
     async fn confirm(&self, e: &mut Entry, now: DateTime<Utc>) {
+        let grace = chrono::Duration::from_std(ON_TIME_GRACE).unwrap_or_default();
         let mut keep = Vec::new();
         for (claim, at) in std::mem::take(&mut e.unconfirmed) {
             if at > now {
@@ -344,8 +350,23 @@ impl Scheduler {
                         self.recorded(&e.beat.name, claim.due, enq).await;
                     }
                 }
-                Err(err) if is_transient(&err) => {
+                // Tried again every second while the claim is as fresh as
+                // one a starting replica checks; older, its due time is
+                // missed, as the claimant's own would be (not fired late,
+                // after the outage, with every other one it held back).
+                Err(err)
+                    if is_transient(&err) && claim.fired_at + claim_timeout() + grace > now =>
+                {
                     keep.push((claim, now + chrono::Duration::seconds(1)));
+                }
+                Err(err) if is_transient(&err) => {
+                    tracing::warn!(
+                        beat = e.beat.name,
+                        due = %claim.due,
+                        "could not check another replica's claimed fire in time; missed: {err}"
+                    );
+                    metrics::counter!("runner_beat_misses_total", "policy" => "skip").increment(1);
+                    self.note_error(&e.beat.name, format!("{}: {err}", claim.due));
                 }
                 Err(err) => {
                     tracing::warn!(beat = e.beat.name, due = %claim.due, "confirming a fire: {err}");

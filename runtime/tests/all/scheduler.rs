@@ -357,11 +357,21 @@ pub async fn take_jobs_from(broker: &Arc<dyn Broker>, queue: &str) -> Vec<Job> {
 /// Waits (woken by the broker's signals) until a job of `beat` is queued,
 /// and returns every job taken meanwhile.
 pub async fn wait_for_beat(broker: &Arc<dyn Broker>, beat: &str, timeout: Duration) -> Vec<Job> {
-    let mut signals = broker.signals("w", &[QUEUE.to_string()]).await.unwrap();
+    wait_for_beat_in(broker, QUEUE, beat, timeout).await
+}
+
+/// [`wait_for_beat`] on `queue`.
+pub async fn wait_for_beat_in(
+    broker: &Arc<dyn Broker>,
+    queue: &str,
+    beat: &str,
+    timeout: Duration,
+) -> Vec<Job> {
+    let mut signals = broker.signals("w", &[queue.to_string()]).await.unwrap();
     let deadline = tokio::time::Instant::now() + timeout;
     let mut jobs = Vec::new();
     loop {
-        jobs.extend(take_jobs(broker).await);
+        jobs.extend(take_jobs_from(broker, queue).await);
         if jobs.iter().any(|j| j.schedule.as_deref() == Some(beat)) {
             return jobs;
         }
@@ -427,6 +437,20 @@ async fn bad_beats_are_refused_naming_the_problem() {
     assert!(e.to_string().contains("not both"), "{e}");
     let e = put(Beat::every("a", "tick", "soon")).await;
     assert!(e.to_string().starts_with("every: "), "{e}");
+
+    // A number below its minimum is named as it is (it was filed under
+    // `retry`).
+    let mut instant = Beat::cron("a", "tick", "0 9 * * *");
+    instant.limits = Some(runner::queue::JobLimits {
+        time_limit_ms: Some(0),
+        ..Default::default()
+    });
+    let e = put(instant).await;
+    assert!(
+        e.to_string()
+            .starts_with("limits.time_limit_ms: limits.time_limit_ms is 0, below"),
+        "{e}"
+    );
 
     // Several problems at once are all reported.
     let mut many = Beat::cron("", "tick", "0 25 * * *");
@@ -611,6 +635,118 @@ async fn a_claim_later_than_the_last_fire_counts_at_start() {
         "{just}: {fresh:?}"
     );
     assert!(fresh.iter().all(|d| *d >= just), "{fresh:?}");
+}
+
+/// Another replica's claim that cannot be checked (Redis down) is tried
+/// again only while it is fresh; older, its due time counts as missed.
+/// Before, it was tried every second for as long as Redis was down, and
+/// fired late when Redis came back, with every other one held back: a
+/// burst the docs promise never comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_not_checked_in_time_is_missed_not_fired_late() {
+    let mut server = RedisServer::start_with_aof();
+    bind_task(&server.url(), "tick").await;
+    let store = RedisBeatStore::connect(&server.url()).await.unwrap();
+    // Claimed a second ago by a replica that died before its enqueue.
+    let beat = Beat::cron("held", "tick", "* * * * * *");
+    let just = DateTime::from_timestamp(Utc::now().timestamp() - 1, 0).unwrap();
+    let claim = FireRecord {
+        due: just,
+        fired_at: just,
+        job: runner::scheduler::fire_id("held", just),
+        queue: QUEUE.into(),
+    };
+    assert!(store.claim_fire("held", &claim).await.unwrap().is_none());
+    let r = replica(&server.url(), vec![beat]).await;
+    let looping = spawn_loop(&r.scheduler);
+    // Redis goes down before the check (5 s after the claim) and comes
+    // back well after the claim is 10 s old.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.stop();
+    tokio::time::sleep(Duration::from_secs(13)).await;
+    server.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while r.broker.queues().await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Redis did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Fires go on: a job of a due time after the outage.
+    let jobs = wait_for_beat(&r.broker, "held", Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    looping.abort();
+    let jobs: Vec<Job> = jobs.into_iter().chain(take_jobs(&r.broker).await).collect();
+    let dues: Vec<DateTime<Utc>> = jobs.iter().filter_map(|j| j.scheduled_for).collect();
+    assert!(!dues.is_empty());
+    assert!(
+        !dues.contains(&just),
+        "the claim of {just} was fired after the outage: {dues:?}"
+    );
+}
+
+/// A fire whose enqueue failed is enqueued, when tried again, to the
+/// queue its claim names, even if its beat moved to another queue
+/// meanwhile: where another replica's check sends it, so one queue and
+/// one idempotency key hold it. Before, the retry went to the new queue
+/// and the check to the old one: two jobs for one due time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_fire_goes_to_the_queue_it_claimed() {
+    use std::sync::atomic::Ordering;
+    let server = RedisServer::start();
+    let url = server.url();
+    bind_task(&url, "tick").await;
+    let inner: Arc<dyn Broker> = Arc::new(RedisBroker::connect(&url).await.unwrap());
+    let faulty = Arc::new(crate::connections::Faulty::new(inner.clone()));
+    faulty.enqueues_down.store(true, Ordering::SeqCst);
+    let registry: Arc<dyn Registry> = Arc::new(RedisRegistry::connect(&url).await.unwrap());
+    let scheduler = Scheduler::connect_redis(
+        &url,
+        Producer::new(faulty.clone(), registry.clone()),
+        registry,
+        vec![],
+    )
+    .await
+    .unwrap();
+    let moving = |queue: &str| Beat {
+        queue: Some(queue.into()),
+        ..Beat::cron("moving", "tick", "* * * * * *")
+    };
+    scheduler.put(moving("first")).await.unwrap();
+    let store = RedisBeatStore::connect(&url).await.unwrap();
+    let looping = spawn_loop(&scheduler);
+    // A fire is claimed, and its enqueue fails.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let claimed = loop {
+        if let Some(c) = store.claims().await.unwrap().remove("moving") {
+            break c;
+        }
+        assert!(std::time::Instant::now() < deadline, "nothing claimed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(claimed.queue, "first");
+    // The beat moves (same timing), then enqueues work again.
+    scheduler.put(moving("second")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    faulty.enqueues_down.store(false, Ordering::SeqCst);
+    let first = wait_for_beat_in(&inner, "first", "moving", Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    looping.abort();
+    let second = take_jobs_from(&inner, "second").await;
+    let due = |jobs: &[Job]| -> Vec<DateTime<Utc>> {
+        jobs.iter().filter_map(|j| j.scheduled_for).collect()
+    };
+    assert!(
+        due(&first).contains(&claimed.due),
+        "{}: first {:?}, second {:?}",
+        claimed.due,
+        due(&first),
+        due(&second)
+    );
+    assert!(!due(&second).contains(&claimed.due), "{:?}", due(&second));
+    // Later due times go to the new queue.
+    assert!(!second.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
