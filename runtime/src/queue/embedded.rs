@@ -431,11 +431,12 @@ impl State {
             }
         }
         let d = q.delayed.first().map(|(t, _, _)| *t);
-        let own = format!("|{}|", req.worker);
         let l = q
             .leases
             .iter()
-            .filter(|(m, _)| !(req.holds_leases && m.contains(&own)))
+            .filter(|(m, _)| {
+                !(req.holds_leases && LeaseMember::parse(m).is_some_and(|l| l.worker == req.worker))
+            })
             .map(|(_, (_, t))| *t)
             .min();
         reply.next_due = earlier(d, l).map(ms_to_time);
@@ -500,6 +501,11 @@ impl State {
             };
             let member = lease.encode();
             q.leases.insert(member.clone(), (id, lease_until));
+            // Running, its record no longer expires (a job with an expiry
+            // had one): its end, or a retry, sets the time anew.
+            if let Some(r) = st_ref.records.get_mut(&id) {
+                r.expires_at = None;
+            }
             lease.show_started(&mut job);
             events.push((id, JobState::Started));
             reply.deliveries.push(Delivery {

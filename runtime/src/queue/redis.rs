@@ -1259,26 +1259,31 @@ impl Broker for RedisBroker {
         queues.dedup();
         for q in queues {
             let p = prefix(q);
-            let mut inv = self.inner.scripts.extend.prepare_invoke();
-            inv.key(format!("{p}leases"))
-                .key(format!("{p}revoked"))
-                .key(format!("{p}terminate"))
-                .arg(ttl_ms(lease));
-            for l in leases.iter().filter(|l| l.queue == q) {
-                inv.arg(&l.member);
-            }
-            let (gone, revoked): (Vec<String>, Vec<String>) =
-                inv.invoke_async(&mut self.conn()).await?;
-            out.lost.extend(
-                gone.iter()
-                    .filter_map(|m| LeaseMember::parse(m))
-                    .map(|m| m.id),
-            );
-            for pair in revoked.chunks(2) {
-                if let [id, terminate] = pair
-                    && let Ok(id) = id.parse()
-                {
-                    out.revoked.push((id, terminate == "1"));
+            let of_q: Vec<&Lease> = leases.iter().filter(|l| l.queue == q).collect();
+            // At most `SETTLE_MAX` leases a call: the script unpacks two
+            // values a lease, and Lua's `unpack` stops at about 8,000.
+            for chunk in of_q.chunks(SETTLE_MAX) {
+                let mut inv = self.inner.scripts.extend.prepare_invoke();
+                inv.key(format!("{p}leases"))
+                    .key(format!("{p}revoked"))
+                    .key(format!("{p}terminate"))
+                    .arg(ttl_ms(lease));
+                for l in chunk {
+                    inv.arg(&l.member);
+                }
+                let (gone, revoked): (Vec<String>, Vec<String>) =
+                    inv.invoke_async(&mut self.conn()).await?;
+                out.lost.extend(
+                    gone.iter()
+                        .filter_map(|m| LeaseMember::parse(m))
+                        .map(|m| m.id),
+                );
+                for pair in revoked.chunks(2) {
+                    if let [id, terminate] = pair
+                        && let Ok(id) = id.parse()
+                    {
+                        out.revoked.push((id, terminate == "1"));
+                    }
                 }
             }
         }

@@ -156,7 +156,9 @@ for j = 0, n - 1 do
     else
       if p > 0 then now = now or server_ms() end
       stage_ready(ready, prio, id .. '|0', p, now)
-      if p == 0 and #rec <= RECORD_IN_MESSAGE_MAX and not string.find(rec, '"rate_limits":[', 1, true) then
+      -- (A job with an expiry is leased by a call, which stops its
+      -- record's expiry: `settle.lua`.)
+      if p == 0 and ttl == 0 and #rec <= RECORD_IN_MESSAGE_MAX and not string.find(rec, '"rate_limits":[', 1, true) then
         pushable[id .. '|0'] = rec
       end
     end

@@ -240,13 +240,15 @@ if due_check then
   -- leases we extend ourselves, so the earliest lease that is not ours
   -- counts, wherever it is in the order (our own are at most as many as
   -- we hold: read in pages, bounded).
-  local own = '|' .. worker .. '|'
+  -- A lease member is `<id>|<redeliveries>|<worker>|<ms>`: ours when its
+  -- third field is our id (a worker named `0` is not in `<id>|0|w|..`).
+  local function ours(m) return string.match(m, '^[^|]*|[^|]*|([^|]*)|') == worker end
   -- Pages grow from 8 (usually the first holds one of another worker's).
   local from, page, first_other = 0, 8, nil
   while not first_other and from < 8192 do
     local l = redis.call('ZRANGE', P .. 'leases', from, from + page - 1, 'WITHSCORES')
     for i = 1, #l, 2 do
-      if not (skip_own and string.find(l[i], own, 1, true)) then
+      if not (skip_own and ours(l[i])) then
         first_other = tonumber(l[i + 1])
         break
       end
@@ -382,6 +384,9 @@ if fetch_max > 0 then
     for i, e in ipairs(els) do ids[i] = string.match(e, '^[^|]+') end
     local recs = redis.call('HMGET', P .. 'live', unpack(ids))
     local leases, index = {}, {}
+    -- Leased jobs with an expiry: their records no longer expire (`ends`)
+    -- while they run; their end (or a retry) sets their time anew.
+    local unexpire = {}
     -- Jobs whose rate-limit logs were not declared: back where they were.
     local undo, undo_prio = {}, {}
     local until_ = now + lease_ms
@@ -415,6 +420,7 @@ if fetch_max > 0 then
             out[#out + 1] = member
             out[#out + 1] = rec
             ev[#ev + 1] = { id, 'STARTED' }
+            if string.find(rec, '"expires":"', 1, true) then unexpire[#unexpire + 1] = id end
           end
         end
       end
@@ -423,6 +429,7 @@ if fetch_max > 0 then
       redis.call('ZADD', P .. 'leases', unpack(leases))
       redis.call('HSET', P .. 'leased', unpack(index))
     end
+    if #unexpire > 0 then redis.call('ZREM', P .. 'ends', unpack(unexpire)) end
     -- Put back (unpopped), first in line as they were.
     if #undo > 0 or #undo_prio > 0 then
       local back = {}
