@@ -203,3 +203,44 @@ fn the_systemd_units_verify() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.trim().is_empty(), "warnings: {stderr}");
 }
+
+/// The compose file gives a stopping worker longer than its grace before
+/// Docker kills it (Docker's default is 10 s: running jobs were killed),
+/// as the systemd unit does; and it sets no broker URL of its own, which
+/// would win over the one `runner.env` holds (with the password).
+#[test]
+fn compose_waits_for_the_grace_and_takes_the_broker_from_the_env_file() {
+    let grace = runner::worker::WorkerConfig::default().grace;
+    let secs = |text: &str, key: &str| -> u64 {
+        let line = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key}"));
+        line.trim()
+            .trim_end_matches('s')
+            .parse()
+            .unwrap_or_else(|_| panic!("{key}{line}"))
+    };
+    let compose = std::fs::read_to_string(root().join("deploy/compose.yaml")).unwrap();
+    let shared = compose.split("\nservices:").next().unwrap();
+    assert!(secs(shared, "stop_grace_period:") > grace.as_secs());
+    let unit =
+        std::fs::read_to_string(root().join("deploy/systemd/runner-worker@.service")).unwrap();
+    assert!(secs(&unit, "TimeoutStopSec=") > grace.as_secs());
+    assert!(
+        !compose
+            .lines()
+            .any(|l| l.trim_start().starts_with("RUNNER_REDIS_URL")),
+        "compose sets RUNNER_REDIS_URL over runner.env's"
+    );
+    // The example leaves it empty: each runner.toml's own (the compose
+    // one names the `redis` service) unless filled in.
+    let example = std::fs::read_to_string(root().join("deploy/runner.env.example")).unwrap();
+    assert!(
+        example.lines().any(|l| l == "RUNNER_REDIS_URL="),
+        "{example}"
+    );
+    // The unit reads the per-pool file by the queue list as written
+    // (`%I`), not escaped (`%i`: `worker-reports\x2cmaintenance.env`).
+    assert!(unit.contains("EnvironmentFile=-/etc/runner/worker-%I.env"));
+}

@@ -495,6 +495,14 @@ fn the_grafana_dashboard_uses_the_documented_metrics() {
             "no panel shows {name}"
         );
     }
+    // Every process reports the whole broker's queue depths: a sum over
+    // processes would count each job once per process.
+    for e in exprs.iter().filter(|e| e.contains("runner_queue_jobs")) {
+        assert!(
+            e.starts_with("max by"),
+            "`{e}` adds up one figure per process"
+        );
+    }
 }
 
 /// Failed Redis commands are counted by command (a script by its name) and
