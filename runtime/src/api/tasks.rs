@@ -81,7 +81,10 @@ pub struct TaskView {
 #[derive(Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackRequest {
-    /// Bind this earlier module (`sha256:<hex>`); the previous binding when absent.
+    /// Bind this earlier module (`sha256:<hex>`). When absent (and no
+    /// `bound_at`): the newest binding of a module other than the current
+    /// one, so re-binds that changed only settings are passed over; name
+    /// such a binding with `bound_at`.
     #[schema(value_type = Option<ModuleHash>)]
     pub to: Option<String>,
     /// The earlier binding made at this time (its `bound_at`, as the
@@ -226,9 +229,13 @@ async fn rollback_task(
     }
     .cloned()
     .ok_or_else(|| {
-        ApiError::not_found(format!(
-            "task {name:?} has no earlier binding to roll back to"
-        ))
+        ApiError::not_found(match (&req.to, req.bound_at) {
+            (None, None) => format!(
+                "task {name:?} has no earlier module to roll back to \
+                 (name an earlier binding of this module with bound_at)"
+            ),
+            _ => format!("task {name:?} has no such earlier binding to roll back to"),
+        })
     })?;
     let mut binding = target;
     binding.bound_at = chrono::Utc::now();
