@@ -379,6 +379,7 @@ impl State {
                         prioritized |=
                             q.make_ready_again(c.lease.id, c.lease.redeliveries, priority);
                         readied = true;
+                        expire_again(&mut st_ref.records, c.lease.id, now);
                     }
                 }
             }
@@ -428,6 +429,7 @@ impl State {
                 let priority = st_ref.records.get(&id).map_or(0, |r| r.job.priority);
                 prioritized |= q.make_ready_again(id, n + 1, priority);
                 readied = true;
+                expire_again(&mut st_ref.records, id, now);
             }
         }
         let d = q.delayed.first().map(|(t, _, _)| *t);
@@ -548,6 +550,23 @@ impl State {
                 },
             );
         }
+    }
+}
+
+/// When the record of `job`, waiting unrun, expires (ms): its expiry plus
+/// its result TTL; never for a workflow's step, which waits for a worker
+/// to end it EXPIRED (whose end advances its workflow), as on Redis.
+fn unrun_expiry(job: &Job, now: i64) -> Option<i64> {
+    job.expires
+        .filter(|_| job.workflow.is_none())
+        .map(|e| e.timestamp_millis().max(now + 1) + job.result_ttl_ms as i64)
+}
+
+/// Job `id`, leased (its record's expiry stopped) and back in the queue
+/// unrun, expires again as a waiting job does.
+fn expire_again(records: &mut HashMap<JobId, Record>, id: JobId, now: i64) {
+    if let Some(r) = records.get_mut(&id) {
+        r.expires_at = unrun_expiry(&r.job, now);
     }
 }
 
@@ -681,12 +700,7 @@ impl Broker for EmbeddedBroker {
                 st.idem
                     .insert(k, (job.id, now + self.idempotency_ttl.as_millis() as i64));
             }
-            // As on Redis: a workflow's step waits for a worker to end it
-            // EXPIRED, whose end advances its workflow.
-            let expires_at = job
-                .expires
-                .filter(|_| job.workflow.is_none())
-                .map(|e| e.timestamp_millis().max(now + 1) + job.result_ttl_ms as i64);
+            let expires_at = unrun_expiry(&job, now);
             st.records.insert(
                 job.id,
                 Record {

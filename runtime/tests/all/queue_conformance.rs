@@ -1222,6 +1222,7 @@ conformance!(
     workers_are_listed_by_heartbeat,
     a_job_waiting_past_its_expiry_shows_expired,
     a_running_job_keeps_its_record_past_its_expiry,
+    a_job_back_from_its_worker_expires_again,
     a_worker_named_by_a_number_wakes_for_the_others_leases,
     purge_ends_waiting_jobs_and_leaves_running_ones,
     purge_pages_through_long_queues,
@@ -2273,6 +2274,58 @@ async fn a_running_job_keeps_its_record_past_its_expiry(env: Env) {
         .unwrap();
     assert!(r.stale.is_empty());
     assert_eq!(b.get(id).await.unwrap().unwrap().state, JobState::Success);
+}
+
+/// A job with an expiry that comes back unrun (given back by its worker,
+/// or taken back when its lease ran out) expires again as a waiting job
+/// does: its record goes at its expiry plus its result TTL. (Its lease
+/// had stopped that; with no worker to lease it again, it stayed.)
+async fn a_job_back_from_its_worker_expires_again(env: Env) {
+    let b = &env.broker;
+    // One given back and leased again in one call runs: its record stays.
+    let mut req = call("{}");
+    req.expires_in_secs = Some(0.5);
+    req.result_ttl_secs = Some(1);
+    let again = env.producer.enqueue(req).await.unwrap().job.id;
+    let d = fetch(b, 1).await;
+    assert_eq!(d[0].job.id, again);
+    let back = Completion {
+        lease: d[0].lease.clone(),
+        settlement: Settlement::Release { started: false },
+        had_progress: false,
+    };
+    let r = b.settle(settle("work", "w", vec![back], 1)).await.unwrap();
+    assert_eq!(r.deliveries[0].job.id, again);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let mut req = call("{}");
+        req.expires_in_secs = Some(0.5);
+        req.result_ttl_secs = Some(1);
+        ids.push(env.producer.enqueue(req).await.unwrap().job.id);
+    }
+    let mut short = settle("work", "w", vec![], 2);
+    short.lease = Duration::from_millis(300);
+    let d = b.settle(short).await.unwrap().deliveries;
+    assert_eq!(d.len(), 2);
+    // One given back; the other's lease runs out (taken back by a due
+    // check) without a word from its worker.
+    let back = Completion {
+        lease: d[0].lease.clone(),
+        settlement: Settlement::Release { started: false },
+        had_progress: false,
+    };
+    b.settle(settle("work", "w", vec![back], 0)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let r = b.settle(settle("work", "other", vec![], 0)).await.unwrap();
+    assert_eq!(r.reclaimed, 1);
+    // Past their expiry and result TTL, a due check lets the two go.
+    tokio::time::sleep(Duration::from_millis(1400)).await;
+    b.settle(settle("work", "other", vec![], 0)).await.unwrap();
+    for id in ids {
+        assert!(b.get(id).await.unwrap().is_none(), "{id} still stored");
+    }
+    let running = b.get(again).await.unwrap().map(|j| j.state);
+    assert_eq!(running, Some(JobState::Started));
 }
 
 /// A worker whose id is a number tells its own leases from the others' by

@@ -66,6 +66,37 @@ local function rl_start(id, at) return id .. ':' .. at end
 local function defer(t)
   if not deferred or t < deferred then deferred = t end
 end
+-- When the job of record `rec` expires (server ms, rounded up to the
+-- next whole one as `expiry_wake` does), or nil without `expires`. The
+-- record's times are RFC 3339 in UTC, as serde writes `DateTime<Utc>`.
+local function rec_expires_ms(rec)
+  local y, mo, d, h, mi, sec, frac = string.match(rec,
+    '"expires":"(%d%d%d%d)-(%d%d)-(%d%d)T(%d%d):(%d%d):(%d%d)%.?(%d*)')
+  if not y then return nil end
+  y, mo, d = tonumber(y), tonumber(mo), tonumber(d)
+  -- Days since 1970-01-01 of a proleptic Gregorian date.
+  if mo <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local doy = math.floor((153 * ((mo + 9) % 12) + 2) / 5) + d - 1
+  local days = era * 146097 + yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy - 719468
+  local ms = ((days * 24 + tonumber(h)) * 60 + tonumber(mi)) * 60 + tonumber(sec)
+  ms = ms * 1000 + (tonumber(string.sub(frac .. '000', 1, 3)) or 0)
+  if string.find(string.sub(frac, 4), '[1-9]') then ms = ms + 1 end
+  return ms
+end
+-- Job `id`, leased (its record's expiry stopped) and now back in the
+-- queue unrun, expires again as a waiting job does: its record goes at its
+-- expiry plus its result TTL (a workflow's step waits for a worker to end
+-- it EXPIRED, as at enqueue).
+local function expire_again(id)
+  local rec = redis.call('HGET', P .. 'live', id)
+  if not rec or string.find(rec, '"workflow":{', 1, true) then return end
+  local exp = rec_expires_ms(rec)
+  if not exp then return end
+  local ttl = tonumber(string.match(rec, '"result_ttl_ms":(%d+)')) or 3600000
+  index_end(id, nil, math.max(exp, now + 1) + ttl)
+end
 -- Ids whose record leaves `live` (it ended, and went to `job:<id>`).
 local ended = {}
 -- Ends job `id`, revoked while leased, when its lease is given back or
@@ -142,6 +173,7 @@ if nc > 0 then
         else
           local n = string.match(member, '^[^|]+|(%d+)|') or '0'
           stage_back(back, back_prio, P, id, id .. '|' .. n)
+          expire_again(id)
         end
         -- Given back unrun (no `s` flag: a run the worker's shutdown
         -- stopped did start): its start (logged at the lease's time)
@@ -213,6 +245,7 @@ if due_check then
           end_revoked(id)
         else
           stage_back(back, back_prio, P, id, id .. '|' .. (tonumber(n) + 1))
+          expire_again(id)
         end
       end
     end
@@ -279,25 +312,6 @@ end
 -- job may start now, else the time to try again; false when a log's keys
 -- were not declared (they are noted in `undeclared`).
 local undeclared, undeclared_seen = {}, {}
--- When the job of record `rec` expires (server ms, rounded up to the
--- next whole one as `expiry_wake` does), or nil without `expires`. The
--- record's times are RFC 3339 in UTC, as serde writes `DateTime<Utc>`.
-local function rec_expires_ms(rec)
-  local y, mo, d, h, mi, sec, frac = string.match(rec,
-    '"expires":"(%d%d%d%d)-(%d%d)-(%d%d)T(%d%d):(%d%d):(%d%d)%.?(%d*)')
-  if not y then return nil end
-  y, mo, d = tonumber(y), tonumber(mo), tonumber(d)
-  -- Days since 1970-01-01 of a proleptic Gregorian date.
-  if mo <= 2 then y = y - 1 end
-  local era = math.floor(y / 400)
-  local yoe = y - era * 400
-  local doy = math.floor((153 * ((mo + 9) % 12) + 2) / 5) + d - 1
-  local days = era * 146097 + yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy - 719468
-  local ms = ((days * 24 + tonumber(h)) * 60 + tonumber(mi)) * 60 + tonumber(sec)
-  ms = ms * 1000 + (tonumber(string.sub(frac .. '000', 1, 3)) or 0)
-  if string.find(string.sub(frac, 4), '[1-9]') then ms = ms + 1 end
-  return ms
-end
 
 local function limit(rules, id)
   local missing = false
@@ -429,7 +443,21 @@ if fetch_max > 0 then
       redis.call('ZADD', P .. 'leases', unpack(leases))
       redis.call('HSET', P .. 'leased', unpack(index))
     end
-    if #unexpire > 0 then redis.call('ZREM', P .. 'ends', unpack(unexpire)) end
+    if #unexpire > 0 then
+      redis.call('ZREM', P .. 'ends', unpack(unexpire))
+      -- Nor by a time this call noted before (a job handed back above and
+      -- leased again here): `index_flush` writes those at the end.
+      local leased_now = {}
+      for _, id in ipairs(unexpire) do leased_now[id] = true end
+      local keep = {}
+      for k = 1, #index_ends, 2 do
+        if not leased_now[index_ends[k + 1]] then
+          keep[#keep + 1] = index_ends[k]
+          keep[#keep + 1] = index_ends[k + 1]
+        end
+      end
+      index_ends = keep
+    end
     -- Put back (unpopped), first in line as they were.
     if #undo > 0 or #undo_prio > 0 then
       local back = {}
