@@ -649,8 +649,9 @@ const RESERVED_HEADERS: &[&str] = &[
     "proxy-connection",
 ];
 
-/// The most headers a task's request may carry (hyper's server refuses
-/// more than 100 too).
+/// The most headers a task's request may carry (many more made the header
+/// map panic; a server such as hyper's takes 100 in all, the client's own
+/// among them).
 pub const MAX_REQUEST_HEADERS: usize = 100;
 /// The most bytes of header names and values a task's request may carry.
 pub const MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
