@@ -243,4 +243,6 @@ fn compose_waits_for_the_grace_and_takes_the_broker_from_the_env_file() {
     // The unit reads the per-pool file by the queue list as written
     // (`%I`), not escaped (`%i`: `worker-reports\x2cmaintenance.env`).
     assert!(unit.contains("EnvironmentFile=-/etc/runner/worker-%I.env"));
+    // (The escaped name stays, for files made for the earlier unit.)
+    assert!(unit.contains("EnvironmentFile=-/etc/runner/worker-%i.env"));
 }
