@@ -699,11 +699,7 @@ async fn a_job_given_back_unrun_did_not_start(env: Env) {
     let r = b.settle(settle("slow", "a", vec![], 1)).await.unwrap();
     assert_eq!(r.deliveries.len(), 1);
     assert_eq!(b.rate_usage("slow", &usage).await.unwrap(), vec![1]);
-    let back = Completion {
-        lease: r.deliveries[0].lease.clone(),
-        settlement: Settlement::Release { started: false },
-        had_progress: false,
-    };
+    let back = given_back(&r.deliveries[0]);
     b.settle(settle("slow", "a", vec![back], 0)).await.unwrap();
     assert_eq!(
         b.rate_usage("slow", &usage).await.unwrap(),
@@ -722,11 +718,7 @@ async fn a_revoked_job_given_back_ends_revoked(env: Env) {
     let leased = fetch(b, 1).await;
     assert_eq!(leased.len(), 1);
     b.revoke(id, false).await.unwrap();
-    let back = Completion {
-        lease: leased[0].lease.clone(),
-        settlement: Settlement::Release { started: false },
-        had_progress: false,
-    };
+    let back = given_back(&leased[0]);
     let r = b.settle(settle("work", "w", vec![back], 1)).await.unwrap();
     assert!(r.stale.is_empty());
     assert!(r.deliveries.is_empty(), "{:?}", r.deliveries);
@@ -1597,11 +1589,7 @@ async fn a_job_back_from_a_worker_keeps_its_priority(env: Env) {
     // Handed back.
     let r = b.settle(settle("work", "w", vec![], 1)).await.unwrap();
     assert_eq!(ids(&r), [first]);
-    let back = Completion {
-        lease: r.deliveries[0].lease.clone(),
-        settlement: Settlement::Release { started: false },
-        had_progress: false,
-    };
+    let back = given_back(&r.deliveries[0]);
     b.settle(settle("work", "w", vec![back], 0)).await.unwrap();
     let mut req = settle("work", "w2", vec![], 3);
     req.lease = Duration::from_millis(100);
@@ -2245,6 +2233,23 @@ async fn a_job_waiting_past_its_expiry_shows_expired(env: Env) {
     assert!(b.get(id).await.unwrap().is_none(), "still stored");
 }
 
+/// Enqueues a job that expires in 0.5 s, with a result TTL of 1 s.
+async fn enqueue_expiring(env: &Env) -> JobId {
+    let mut req = call("{}");
+    req.expires_in_secs = Some(0.5);
+    req.result_ttl_secs = Some(1);
+    env.producer.enqueue(req).await.unwrap().job.id
+}
+
+/// `d` given back unrun.
+fn given_back(d: &runner::queue::Delivery) -> Completion {
+    Completion {
+        lease: d.lease.clone(),
+        settlement: Settlement::Release { started: false },
+        had_progress: false,
+    }
+}
+
 /// A job leased before its expiry keeps its record while it runs, however
 /// long past its expiry and result TTL: it can be read, revoked and ended.
 /// Before, the next due check deleted the running job's record at its
@@ -2252,10 +2257,7 @@ async fn a_job_waiting_past_its_expiry_shows_expired(env: Env) {
 /// unrun goes).
 async fn a_running_job_keeps_its_record_past_its_expiry(env: Env) {
     let b = &env.broker;
-    let mut req = call("{}");
-    req.expires_in_secs = Some(0.5);
-    req.result_ttl_secs = Some(1);
-    let id = env.producer.enqueue(req).await.unwrap().job.id;
+    let id = enqueue_expiring(&env).await;
     let d = fetch(b, 1).await;
     assert_eq!(d[0].job.id, id);
     tokio::time::sleep(Duration::from_millis(1800)).await;
@@ -2283,38 +2285,24 @@ async fn a_running_job_keeps_its_record_past_its_expiry(env: Env) {
 async fn a_job_back_from_its_worker_expires_again(env: Env) {
     let b = &env.broker;
     // One given back and leased again in one call runs: its record stays.
-    let mut req = call("{}");
-    req.expires_in_secs = Some(0.5);
-    req.result_ttl_secs = Some(1);
-    let again = env.producer.enqueue(req).await.unwrap().job.id;
+    let again = enqueue_expiring(&env).await;
     let d = fetch(b, 1).await;
     assert_eq!(d[0].job.id, again);
-    let back = Completion {
-        lease: d[0].lease.clone(),
-        settlement: Settlement::Release { started: false },
-        had_progress: false,
-    };
-    let r = b.settle(settle("work", "w", vec![back], 1)).await.unwrap();
+    let r = b
+        .settle(settle("work", "w", vec![given_back(&d[0])], 1))
+        .await
+        .unwrap();
     assert_eq!(r.deliveries[0].job.id, again);
-    let mut ids = Vec::new();
-    for _ in 0..2 {
-        let mut req = call("{}");
-        req.expires_in_secs = Some(0.5);
-        req.result_ttl_secs = Some(1);
-        ids.push(env.producer.enqueue(req).await.unwrap().job.id);
-    }
+    let ids = [enqueue_expiring(&env).await, enqueue_expiring(&env).await];
     let mut short = settle("work", "w", vec![], 2);
     short.lease = Duration::from_millis(300);
     let d = b.settle(short).await.unwrap().deliveries;
     assert_eq!(d.len(), 2);
     // One given back; the other's lease runs out (taken back by a due
     // check) without a word from its worker.
-    let back = Completion {
-        lease: d[0].lease.clone(),
-        settlement: Settlement::Release { started: false },
-        had_progress: false,
-    };
-    b.settle(settle("work", "w", vec![back], 0)).await.unwrap();
+    b.settle(settle("work", "w", vec![given_back(&d[0])], 0))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
     let r = b.settle(settle("work", "other", vec![], 0)).await.unwrap();
     assert_eq!(r.reclaimed, 1);
