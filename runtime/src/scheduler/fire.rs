@@ -25,6 +25,14 @@ fn claim_timeout() -> chrono::Duration {
     chrono::Duration::from_std(CLAIM_TIMEOUT).unwrap_or_default()
 }
 
+/// Whether another replica's claim is still checked ([`Scheduler::confirm`]):
+/// made within the claim timeout and the on-time grace, as a starting
+/// replica takes it. Older, its due time counts as missed.
+fn claim_checkable(claim: &FireRecord, now: DateTime<Utc>) -> bool {
+    let grace = chrono::Duration::from_std(ON_TIME_GRACE).unwrap_or_default();
+    claim.fired_at + claim_timeout() + grace > now
+}
+
 impl Scheduler {
     /// Runs the loop until `shutdown` completes. Store or broker outages are
     /// waited out (logged once each); this never returns an error.
@@ -167,7 +175,7 @@ impl Scheduler {
                     .min(now);
                     let mut entry = Entry::new(e.beat, schedule, from, now);
                     if let Some(c) = claim
-                        && c.fired_at + claim_timeout() + grace > now
+                        && claim_checkable(c, now)
                     {
                         entry
                             .unconfirmed
@@ -310,7 +318,6 @@ impl Scheduler {
     /// queue, same idempotency key, so that it is stored at most once). A
     /// claimant that died between its claim and its enqueue loses nothing.
     async fn confirm(&self, e: &mut Entry, now: DateTime<Utc>) {
-        let grace = chrono::Duration::from_std(ON_TIME_GRACE).unwrap_or_default();
         let mut keep = Vec::new();
         for (claim, at) in std::mem::take(&mut e.unconfirmed) {
             if at > now {
@@ -354,9 +361,7 @@ impl Scheduler {
                 // one a starting replica checks; older, its due time is
                 // missed, as the claimant's own would be (not fired late,
                 // after the outage, with every other one it held back).
-                Err(err)
-                    if is_transient(&err) && claim.fired_at + claim_timeout() + grace > now =>
-                {
+                Err(err) if is_transient(&err) && claim_checkable(&claim, now) => {
                     keep.push((claim, now + chrono::Duration::seconds(1)));
                 }
                 Err(err) if is_transient(&err) => {

@@ -377,6 +377,11 @@ end
 local out = {}
 local popped = 0
 local prio_left = ''
+-- Leased jobs with an expiry: their records no longer expire (`ends`)
+-- while they run; their end (or a retry) sets their time anew. Taken out
+-- of `ends` after `index_flush`, which may write a time this call noted
+-- for them before (one handed back above and leased again here).
+local leased_expiring = {}
 if fetch_max > 0 then
   -- Prioritized jobs first (highest, then earliest), then the list.
   local els = {}
@@ -398,9 +403,6 @@ if fetch_max > 0 then
     for i, e in ipairs(els) do ids[i] = string.match(e, '^[^|]+') end
     local recs = redis.call('HMGET', P .. 'live', unpack(ids))
     local leases, index = {}, {}
-    -- Leased jobs with an expiry: their records no longer expire (`ends`)
-    -- while they run; their end (or a retry) sets their time anew.
-    local unexpire = {}
     -- Jobs whose rate-limit logs were not declared: back where they were.
     local undo, undo_prio = {}, {}
     local until_ = now + lease_ms
@@ -434,7 +436,9 @@ if fetch_max > 0 then
             out[#out + 1] = member
             out[#out + 1] = rec
             ev[#ev + 1] = { id, 'STARTED' }
-            if string.find(rec, '"expires":"', 1, true) then unexpire[#unexpire + 1] = id end
+            if string.find(rec, '"expires":"', 1, true) then
+              leased_expiring[#leased_expiring + 1] = id
+            end
           end
         end
       end
@@ -442,21 +446,6 @@ if fetch_max > 0 then
     if #leases > 0 then
       redis.call('ZADD', P .. 'leases', unpack(leases))
       redis.call('HSET', P .. 'leased', unpack(index))
-    end
-    if #unexpire > 0 then
-      redis.call('ZREM', P .. 'ends', unpack(unexpire))
-      -- Nor by a time this call noted before (a job handed back above and
-      -- leased again here): `index_flush` writes those at the end.
-      local leased_now = {}
-      for _, id in ipairs(unexpire) do leased_now[id] = true end
-      local keep = {}
-      for k = 1, #index_ends, 2 do
-        if not leased_now[index_ends[k + 1]] then
-          keep[#keep + 1] = index_ends[k]
-          keep[#keep + 1] = index_ends[k + 1]
-        end
-      end
-      index_ends = keep
     end
     -- Put back (unpopped), first in line as they were.
     if #undo > 0 or #undo_prio > 0 then
@@ -483,6 +472,7 @@ end
 if registered == '0' and was_idle then redis.call('HDEL', P .. 'idle', worker) end
 
 index_flush(P, now)
+if #leased_expiring > 0 then redis.call('ZREM', P .. 'ends', unpack(leased_expiring)) end
 hist_flush(P, now)
 if #ev > 0 or readied > 0 or deferred then
   local msg = { q = qname, w = worker }
