@@ -538,6 +538,25 @@ pub fn kept_log(mut log: Vec<LogEntry>) -> Vec<LogEntry> {
             bytes <= MAX_RECORD_LOG_BYTES
         })
         .count();
+    if keep == 0 {
+        // The last line alone is over the cap (a line from anywhere but
+        // `context.log`, which caps its own): keep its start.
+        let Some(mut last) = log.pop() else {
+            return log;
+        };
+        let dropped = log.len();
+        last.message = cap_text(last.message, MAX_MESSAGE_BYTES);
+        let mut out = Vec::with_capacity(2);
+        if dropped > 0 {
+            out.push(LogEntry {
+                level: "WARN".into(),
+                message: format!("[{dropped} earlier lines not kept]"),
+                at_ms: last.at_ms,
+            });
+        }
+        out.push(last);
+        return out;
+    }
     let dropped = log.len() - keep;
     if dropped == 0 {
         return log;
@@ -823,6 +842,31 @@ mod tests {
         assert_eq!(kept[0].message, "[6 earlier lines not kept]");
         assert_eq!(kept[0].at_ms, 6);
         assert_eq!(kept[4].at_ms, 9);
+    }
+
+    /// A last line over the whole cap (one long line of stdout) once made
+    /// the worker panic here, and the job was retried as "infrastructure".
+    #[test]
+    fn a_record_keeps_the_start_of_a_last_line_over_the_cap() {
+        let long = |at_ms: u64| LogEntry {
+            level: "INFO".into(),
+            message: "y".repeat(2 * MAX_RECORD_LOG_BYTES),
+            at_ms,
+        };
+        let kept = kept_log(vec![long(7)]);
+        assert_eq!(kept.len(), 1);
+        assert!(kept[0].message.len() <= MAX_MESSAGE_BYTES);
+        assert!(kept[0].message.starts_with("yyyy"), "{}", kept[0].message);
+        assert!(
+            kept[0].message.ends_with("more bytes]"),
+            "{}",
+            kept[0].message
+        );
+        let kept = kept_log(vec![long(1), long(2), long(3)]);
+        assert_eq!(kept.len(), 2);
+        assert_eq!(kept[0].message, "[2 earlier lines not kept]");
+        assert_eq!((kept[0].at_ms, kept[1].at_ms), (3, 3));
+        assert!(kept[1].message.len() <= MAX_MESSAGE_BYTES);
     }
 
     /// Empty lines count too: a task logging nothing a million times once

@@ -20,7 +20,9 @@ use super::settle::{
 };
 use super::{CachedGrants, GRANTS_CACHE_FOR, GRANTS_CACHE_MAX, RunCtx, progress};
 use crate::producer::ChildJobs;
-use crate::queue::job::{LOG_LINE_OVERHEAD, LogEntry, MAX_RECORD_LOG_BYTES};
+use crate::queue::job::{
+    LOG_LINE_OVERHEAD, LogEntry, MAX_MESSAGE_BYTES, MAX_RECORD_LOG_BYTES, cap_text,
+};
 use crate::queue::{Completion, Delivery, Job, JobState, Settlement};
 use crate::registry::{ModuleHash, RegistryError, TaskGrants};
 use crate::sandbox::host::JobEnqueuer;
@@ -384,7 +386,7 @@ fn record_log(lines: Vec<LogLine>, report: &RunReport) -> Vec<LogEntry> {
         }
         log.extend(text.lines().skip(total - kept).map(|line| LogEntry {
             level: level.into(),
-            message: format!("[{stream}] {line}"),
+            message: cap_text(format!("[{stream}] {line}"), MAX_MESSAGE_BYTES),
             at_ms: end,
         }));
         if cut {

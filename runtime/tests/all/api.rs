@@ -1072,6 +1072,53 @@ async fn api_job_events_stream_state_changes_until_the_end() {
     api.stop().await;
 }
 
+/// What a run writes to stdout and stderr reaches its record's log, a
+/// line at a time, each line cut at 4 KiB. A last line longer than the
+/// record's whole log once made the worker panic building the record, so
+/// a run that succeeded was retried as "infrastructure".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api_a_runs_long_output_lines_are_cut_in_its_record() {
+    let api = TestApi::start(None, "64MiB", true).await;
+    let printer = guest_bytes("printer");
+    api.upload(&printer).await;
+    let (s, v) = api
+        .bind(
+            "print",
+            json!({ "module": module_hash(&printer), "retry": { "max_retries": 0 } }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let long = "o".repeat(40_000);
+    for input in [
+        json!({ "stdout": long }),
+        json!({ "stdout": "first\n", "stderr": format!("{long}\n") }),
+    ] {
+        let (s, v) = api
+            .enqueue(json!({ "task": "print", "input": input }))
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        let job = api.wait(v["id"].as_str().unwrap()).await;
+        assert_eq!(job["state"], "SUCCESS", "{job}");
+        assert_eq!(job["result"], json!({ "ok": true }), "{job}");
+        let log = job["log"].as_array().unwrap();
+        let last = log.last().unwrap()["message"].as_str().unwrap();
+        let stream = if input["stderr"].is_null() {
+            "stdout"
+        } else {
+            "stderr"
+        };
+        assert!(last.starts_with(&format!("[{stream}] ooo")), "{job}");
+        assert!(
+            last.ends_with("more bytes]") && last.len() <= 4096,
+            "{last}"
+        );
+        if stream == "stderr" {
+            assert_eq!(log[log.len() - 2]["message"], "[stdout] first", "{job}");
+        }
+    }
+    api.stop().await;
+}
+
 /// A job that expires while it waits, with no worker to settle it: a long
 /// poll returns it EXPIRED at its expiry, and its event stream sends the
 /// EXPIRED state then and ends. Before, nothing woke either: the poll ran
