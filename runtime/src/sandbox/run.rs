@@ -470,9 +470,14 @@ fn classify(
     if memory_hit {
         return Outcome::MemoryLimit;
     }
-    // A trap in a start function is the guest's; anything else failing
-    // before `run` is ours (no pool slot, a broken link).
-    if !instantiated && error.downcast_ref::<Trap>().is_none() {
+    // What fails while a start function runs is the guest's: a trap, an
+    // `exit`, a host call it made wrongly (such errors carry the guest's
+    // backtrace). Anything else failing before `run` is ours (no pool
+    // slot, a broken link).
+    let guests = error.downcast_ref::<Trap>().is_some()
+        || error.downcast_ref::<I32Exit>().is_some()
+        || error.downcast_ref::<WasmBacktrace>().is_some();
+    if !instantiated && !guests {
         return Outcome::HostFailure(format!("cannot instantiate the module: {error:#}"));
     }
     let backtrace = error

@@ -458,6 +458,27 @@ async fn wasi_random_bytes_and_resources_are_bounded() {
         report.outcome
     );
 
+    // Asked for while the guest is instantiated, the error is the guest's
+    // too, not the host's (which would be retried as "infrastructure").
+    let report = run(support::random_bytes_component_at(
+        MAX_RANDOM_BYTES + 1,
+        true,
+    ))
+    .await;
+    assert_kind(&report, "trap");
+    assert!(
+        report.outcome.to_string().contains("exceeds limit"),
+        "{}",
+        report.outcome
+    );
+    let report = run(support::exit_in_start_component()).await;
+    assert_kind(&report, "trap");
+    assert!(
+        report.outcome.to_string().contains("called exit(1)"),
+        "{}",
+        report.outcome
+    );
+
     assert_kind(&run(support::pollables_component(1_000)).await, "success");
     let report = run(support::pollables_component(MAX_RESOURCES as u32 + 1)).await;
     assert_kind(&report, "trap");

@@ -135,6 +135,23 @@ fn task_component_text(pages: u32, funcs: &str, run_body: &str, data: &str) -> S
 /// Asks `wasi:random` for `len` bytes once, then returns `{"ok":true}`
 /// (its memory, 4 MiB, holds up to about 4 MiB of them).
 pub fn random_bytes_component(len: u64) -> Vec<u8> {
+    random_bytes_component_at(len, false)
+}
+
+/// [`random_bytes_component`], asking in its start function if `in_start`
+/// (while it is instantiated), else in `run`.
+pub fn random_bytes_component_at(len: u64, in_start: bool) -> Vec<u8> {
+    let (start, in_run) = if in_start {
+        (
+            format!("(func $init (call $get (i64.const {len}) (i32.const 128))) (start $init)"),
+            String::new(),
+        )
+    } else {
+        (
+            String::new(),
+            format!("(call $get (i64.const {len}) (i32.const 128))"),
+        )
+    };
     wat(&format!(
         r#"
 (component
@@ -150,12 +167,46 @@ pub fn random_bytes_component(len: u64) -> Vec<u8> {
     (import "m" "memory" (memory 1))
     (import "r" "get" (func $get (param i64 i32)))
     (data (i32.const 16) "{{\22ok\22:true}}")
+    {start}
     (func (export "run") (param i32 i32) (result i32)
-      (call $get (i64.const {len}) (i32.const 128))
+      {in_run}
       {RETURN_OK}))
   (core instance $i (instantiate $main
     (with "m" (instance $m))
     (with "r" (instance (export "get" (func $get))))))
+  (type $task-error (variant (case "retry" string) (case "fail" string)))
+  (export $te "task-error" (type $task-error))
+  (func (export "run") (param "input" string) (result (result string (error $te)))
+    (canon lift (core func $i "run") (memory (core memory $m "memory"))
+      (realloc (core func $m "cabi_realloc")))))
+"#
+    ))
+}
+
+/// Calls `wasi:cli/exit` with an error in its start function, while it is
+/// instantiated.
+pub fn exit_in_start_component() -> Vec<u8> {
+    wat(&format!(
+        r#"
+(component
+  (import "wasi:cli/exit@0.2.0" (instance $exit
+    (export "exit" (func (param "status" (result))))))
+  (core func $exit (canon lower (func $exit "exit")))
+  (core module $mem
+    (memory (export "memory") 1)
+    {BUMP_REALLOC})
+  (core instance $m (instantiate $mem))
+  (core module $main
+    (import "m" "memory" (memory 1))
+    (import "e" "exit" (func $exit (param i32)))
+    (data (i32.const 16) "{{\22ok\22:true}}")
+    (func $init (call $exit (i32.const 1)))
+    (start $init)
+    (func (export "run") (param i32 i32) (result i32)
+      {RETURN_OK}))
+  (core instance $i (instantiate $main
+    (with "m" (instance $m))
+    (with "e" (instance (export "exit" (func $exit))))))
   (type $task-error (variant (case "retry" string) (case "fail" string)))
   (export $te "task-error" (type $task-error))
   (func (export "run") (param "input" string) (result (result string (error $te)))
