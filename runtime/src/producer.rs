@@ -191,6 +191,16 @@ impl Producer {
         &self.broker
     }
 
+    pub fn registry(&self) -> &Arc<dyn Registry> {
+        &self.registry
+    }
+
+    /// The module task `name` is bound to now (`None` when it is not
+    /// bound): what a job of it enqueued now would run.
+    pub async fn bound_module(&self, name: &str) -> Result<Option<ModuleHash>, RegistryError> {
+        Ok(self.registry.task(name).await?.map(|b| b.module))
+    }
+
     /// Enqueues `req` for the runner itself (see [`Caller`]).
     pub async fn enqueue(&self, req: EnqueueRequest) -> Result<Enqueued, EnqueueError> {
         self.enqueue_as(Caller::Runner, req).await

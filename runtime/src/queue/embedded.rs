@@ -20,7 +20,8 @@ use super::job::{DEAD_LETTER_TTL, Job, JobId, JobState, MAX_PRIORITY, Progress, 
 use super::list::{JobPage, JobQuery, Walk, Window};
 use super::ratelimit::Limiter;
 use super::workflow::{
-    CREATED, DONE, FAILED, FINISHED, OUTBOX_BATCH, OUTBOX_STALE, RUNNING_TTL, SPEC, STATE, TOTAL,
+    CREATED, DONE, FAILED, FINISHED, MADE, OUTBOX_BATCH, OUTBOX_STALE, RUNNING_TTL, SPEC, STATE,
+    TOTAL,
 };
 use super::{
     Broker, BrokerResult, Delivery, Enqueued, Extended, JobEvent, Lease, LeaseMember, MarkKind,
@@ -1208,7 +1209,7 @@ impl Broker for EmbeddedBroker {
         Ok(walk.page())
     }
 
-    async fn wf_create(&self, id: JobId, spec: &str, total: u64) -> BrokerResult<bool> {
+    async fn wf_create(&self, id: JobId, spec: &str, total: u64, made: i64) -> BrokerResult<bool> {
         let now = now_ms();
         let mut st = self.lock();
         if st.workflow(id, now).is_some() {
@@ -1220,6 +1221,7 @@ impl Broker for EmbeddedBroker {
             (DONE.to_string(), "0".to_string()),
             (TOTAL.to_string(), total.to_string()),
             (CREATED.to_string(), now.to_string()),
+            (MADE.to_string(), made.to_string()),
         ]);
         st.workflows
             .insert(id, (fields, now + RUNNING_TTL.as_millis() as i64));
@@ -1243,6 +1245,7 @@ impl Broker for EmbeddedBroker {
     async fn wf_mark(
         &self,
         id: JobId,
+        made: i64,
         marks: &[WfMark],
         ttl: Duration,
     ) -> BrokerResult<Option<WfMarked>> {
@@ -1251,6 +1254,9 @@ impl Broker for EmbeddedBroker {
         let Some((f, until)) = st.workflows.get_mut(&id).filter(|(_, u)| *u > now) else {
             return Ok(None);
         };
+        if f.get(MADE).is_some_and(|m| *m != made.to_string()) {
+            return Ok(None);
+        }
         let was = f.get(STATE).and_then(|s| WfState::parse(s));
         let mut state = was.unwrap_or(WfState::Running);
         let num = |f: &HashMap<String, String>, k: &str| {

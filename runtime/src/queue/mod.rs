@@ -687,8 +687,9 @@ pub trait Broker: Send + Sync + 'static {
     async fn list(&self, query: &JobQuery) -> BrokerResult<JobPage>;
 
     /// Stores a new workflow record (running, nothing done) unless one with
-    /// this id exists; says whether it stored it.
-    async fn wf_create(&self, id: JobId, spec: &str, total: u64) -> BrokerResult<bool>;
+    /// this id exists; says whether it stored it. `made`: when its tree
+    /// was made (`Spec::created_ms`), which the record keeps.
+    async fn wf_create(&self, id: JobId, spec: &str, total: u64, made: i64) -> BrokerResult<bool>;
 
     /// The workflow record, all of it.
     async fn wf_read(&self, id: JobId) -> BrokerResult<Option<WfStored>>;
@@ -698,10 +699,13 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Applies `marks` atomically, each set-if-absent (see
     /// [`workflow`]); a new failure mark fails a running workflow, which
-    /// is then kept for `ttl`. `None` when the record is gone.
+    /// is then kept for `ttl`. `None` when the record is gone, or is of a
+    /// tree made at another time than `made` (another workflow with this
+    /// id: a key's, made again after the first one's record expired).
     async fn wf_mark(
         &self,
         id: JobId,
+        made: i64,
         marks: &[WfMark],
         ttl: Duration,
     ) -> BrokerResult<Option<WfMarked>>;

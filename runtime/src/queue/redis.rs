@@ -1680,7 +1680,7 @@ impl Broker for RedisBroker {
         Ok(walk.page())
     }
 
-    async fn wf_create(&self, id: JobId, spec: &str, total: u64) -> BrokerResult<bool> {
+    async fn wf_create(&self, id: JobId, spec: &str, total: u64, made: i64) -> BrokerResult<bool> {
         let created: i64 = self
             .inner
             .scripts
@@ -1689,6 +1689,7 @@ impl Broker for RedisBroker {
             .arg(spec)
             .arg(total)
             .arg(ttl_ms(RUNNING_TTL))
+            .arg(made)
             .invoke_async(&mut self.conn())
             .await?;
         Ok(created == 1)
@@ -1709,6 +1710,7 @@ impl Broker for RedisBroker {
     async fn wf_mark(
         &self,
         id: JobId,
+        made: i64,
         marks: &[WfMark],
         ttl: Duration,
     ) -> BrokerResult<Option<WfMarked>> {
@@ -1724,6 +1726,7 @@ impl Broker for RedisBroker {
                 .arg(&m.value)
                 .arg(m.counter.as_deref().unwrap_or(""));
         }
+        inv.arg(made);
         let reply: Value = inv.invoke_async(&mut self.conn()).await?;
         if matches!(reply, Value::Nil) {
             return Ok(None);

@@ -175,6 +175,11 @@ pub struct WfStored {
     pub failed: Option<String>,
     pub created_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// When its tree was made (see [`Broker::wf_mark`]); `None` in a
+    /// record stored before this was kept.
+    ///
+    /// [`Broker::wf_mark`]: super::Broker::wf_mark
+    pub made: Option<i64>,
     /// `r:`, `c:`, `n:` and `l:` fields.
     pub fields: HashMap<String, String>,
 }
@@ -186,6 +191,10 @@ pub(crate) const DONE: &str = "done";
 pub(crate) const TOTAL: &str = "total";
 pub(crate) const FAILED: &str = "failed";
 pub(crate) const CREATED: &str = "created";
+/// When the record's tree was made (`Spec::created_ms`): the ids of its
+/// jobs are derived from it. (Records stored before it was kept have
+/// none.)
+pub(crate) const MADE: &str = "made";
 pub(crate) const FINISHED: &str = "finished";
 
 impl WfStored {
@@ -205,6 +214,7 @@ impl WfStored {
             .map(super::ms_to_time);
         let spec = f.remove(SPEC)?;
         let failed = f.remove(FAILED).filter(|s| !s.is_empty());
+        let made = f.remove(MADE).and_then(|v| v.parse::<i64>().ok());
         for k in [STATE, DONE, TOTAL, CREATED, FINISHED] {
             f.remove(k);
         }
@@ -216,6 +226,7 @@ impl WfStored {
             failed,
             created_at,
             finished_at,
+            made,
             fields: f,
         })
     }

@@ -175,37 +175,37 @@ impl Workflows {
         req: &WorkflowRequest,
     ) -> Result<Submitted, WorkflowError> {
         let spec = model::compile(&self.producer, caller, req, None).await?;
-        self.start(spec, req.idempotency_key.as_deref()).await
+        let text = stored_form(&spec)?;
+        self.start(spec, &text, req.idempotency_key.as_deref())
+            .await
     }
 
-    /// Stores the compiled workflow `spec` and launches its first steps.
-    async fn start(&self, spec: Spec, key: Option<&str>) -> Result<Submitted, WorkflowError> {
+    /// Stores the compiled workflow `spec` (`text`, its [`stored_form`])
+    /// and launches its first steps.
+    async fn start(
+        &self,
+        spec: Spec,
+        text: &str,
+        key: Option<&str>,
+    ) -> Result<Submitted, WorkflowError> {
         let id = match key {
             Some(k) => keyed_id(k),
             None => JobId::new(),
         };
         let tree = Tree::new(spec);
         let total = tree.total();
-        let text = serde_json::to_string(&tree.spec)
-            .map_err(|e| BrokerError::Protocol(format!("workflow spec: {e}")))?;
-        // The stored tree nests deeper than the request (a chord takes 4
-        // levels of JSON, a job step 2 more), and serde_json reads at most
-        // 128 back: a tree that would not be read back (chords nested
-        // some 30 deep) is refused now rather than stored, where no member
-        // could advance it, and no read or revoke could see it.
-        if serde_json::from_str::<Spec>(&text).is_err() {
-            return Err(WorkflowError::at(
-                "workflow",
-                "steps nest too deeply to be stored (chords take the most room): nest them less deeply",
-            ));
-        }
-        let created = self.broker().wf_create(id, &text, total).await?;
+        let created = self
+            .broker()
+            .wf_create(id, text, total, tree.spec.created_ms)
+            .await?;
         let tree = if created {
             let tree = Arc::new(tree);
             self.remember(id, tree.clone());
             tree
         } else {
-            // The key's workflow exists: its own tree, not this request's.
+            // The key's workflow exists: its own tree, not this request's
+            // (read again: a cached one may be an earlier workflow's).
+            self.forget(id);
             self.tree(id)
                 .await?
                 .ok_or_else(|| BrokerError::Protocol(format!("workflow {id} vanished")))?
@@ -258,7 +258,18 @@ impl Workflows {
         }
     }
 
+    fn forget(&self, id: JobId) {
+        if let Ok(mut trees) = self.trees.lock() {
+            trees.remove(&id);
+        }
+    }
+
     /// The tree of workflow `id` (cached); `None` when the record is gone.
+    /// A cached tree can be an earlier workflow's: a key's workflow made
+    /// again after its record expired has the same id (`keyed_id`) and
+    /// maybe another tree. So what must see the workflow as it is now
+    /// either checks the tree against its members' ids
+    /// ([`is_member`]) or reads it with the record ([`Self::read`]).
     async fn tree(&self, id: JobId) -> BrokerResult<Option<Arc<Tree>>> {
         if let Some(t) = self.trees.lock().ok().and_then(|t| t.get(&id).cloned()) {
             return Ok(Some(t));
@@ -266,11 +277,19 @@ impl Workflows {
         let Some(text) = self.broker().wf_spec(id).await? else {
             return Ok(None);
         };
-        let spec: Spec = serde_json::from_str(&text)
-            .map_err(|e| BrokerError::Protocol(format!("workflow {id}: stored tree: {e}")))?;
-        let tree = Arc::new(Tree::new(spec));
+        let tree = Arc::new(parse_tree(id, &text)?);
         self.remember(id, tree.clone());
         Ok(Some(tree))
+    }
+
+    /// Workflow `id`'s record and its tree, both read now; `None` when
+    /// the record is gone.
+    async fn read(&self, id: JobId) -> BrokerResult<Option<(WfStored, Tree)>> {
+        let Some(stored) = self.broker().wf_read(id).await? else {
+            return Ok(None);
+        };
+        let tree = parse_tree(id, &stored.spec)?;
+        Ok(Some((stored, tree)))
     }
 
     /// Applies the ends of workflow members `ended` (final records of
@@ -459,14 +478,28 @@ impl Workflows {
     }
 
     async fn apply_one(&self, id: JobId, jobs: &[&Job]) -> BrokerResult<()> {
-        let Some(tree) = self.tree(id).await? else {
+        let Some(mut tree) = self.tree(id).await? else {
             return Ok(());
         };
+        if !jobs.iter().all(|j| is_member(&tree, id, j)) {
+            // Cached from an earlier workflow with this id, or the ends
+            // are that one's: the stored tree says which.
+            self.forget(id);
+            let Some(now) = self.tree(id).await? else {
+                return Ok(());
+            };
+            tree = now;
+        }
         let ttl = Duration::from_millis(tree.spec.ttl_ms);
         let mut marks = Vec::with_capacity(jobs.len());
         let mut nodes = Vec::with_capacity(jobs.len());
         for job in jobs {
             let path = &job.workflow.as_ref().expect("filtered").path;
+            if !is_member(&tree, id, job) {
+                // Its end must not advance a workflow it is not part of.
+                tracing::warn!(workflow = %id, job = %job.id, path, "the end of a job of an earlier workflow with this id (its idempotency key's); skipped");
+                continue;
+            }
             let Some(node) = tree.node(path) else {
                 tracing::warn!(workflow = %id, job = %job.id, path, "a member of a step the workflow does not have");
                 continue;
@@ -496,7 +529,11 @@ impl Workflows {
             });
             nodes.push(node);
         }
-        let Some(marked) = self.broker().wf_mark(id, &marks, ttl).await? else {
+        let Some(marked) = self
+            .broker()
+            .wf_mark(id, tree.spec.created_ms, &marks, ttl)
+            .await?
+        else {
             return Ok(());
         };
         if marked.state == WfState::Failed
@@ -586,7 +623,11 @@ impl Workflows {
                                 value: "1".into(),
                                 counter: Some(format!("n:{}", parent.path)),
                             };
-                            let Some(m) = self.broker().wf_mark(id, &[mark], ttl).await? else {
+                            let Some(m) = self
+                                .broker()
+                                .wf_mark(id, tree.spec.created_ms, &[mark], ttl)
+                                .await?
+                            else {
                                 return Ok(());
                             };
                             if m.state != WfState::Running {
@@ -672,7 +713,7 @@ impl Workflows {
         if jobs.is_empty() {
             return Ok(());
         }
-        let state = self.enqueue_members(id, jobs).await?;
+        let state = self.enqueue_members(id, tree, jobs).await?;
         if state.is_some_and(|s| s != WfState::Running) {
             // The workflow ended while this launch was under way, so these
             // steps are of the rest that never runs. They may have started
@@ -687,7 +728,13 @@ impl Workflows {
 
     /// Enqueues `jobs` (each stored once by its derived id) and records
     /// them; the state after.
-    async fn enqueue_members(&self, id: JobId, jobs: Vec<Job>) -> BrokerResult<Option<WfState>> {
+    async fn enqueue_members(
+        &self,
+        id: JobId,
+        tree: &Tree,
+        jobs: Vec<Job>,
+    ) -> BrokerResult<Option<WfState>> {
+        let jobs = self.current_modules(tree, jobs).await?;
         let paths: Vec<String> = jobs
             .iter()
             .filter_map(|j| j.workflow.as_ref().map(|w| w.path.clone()))
@@ -699,6 +746,44 @@ impl Workflows {
             .map(|(p, e)| (p, e.job.id))
             .collect();
         self.broker().wf_launched(id, &launched).await
+    }
+
+    /// Each of `jobs` whose step names no module runs its task's module as
+    /// bound now, as a job enqueued now would: a re-bind or a rollback
+    /// after the workflow started reaches the steps launched after it.
+    /// (The rest of the job, its queue and limits, is as the workflow's
+    /// start made it.) A task no longer bound keeps the module it had.
+    async fn current_modules(&self, tree: &Tree, mut jobs: Vec<Job>) -> BrokerResult<Vec<Job>> {
+        let mut bound: HashMap<String, Option<crate::registry::ModuleHash>> = HashMap::new();
+        for job in &mut jobs {
+            let pinned = job
+                .workflow
+                .as_ref()
+                .and_then(|w| tree.node(&w.path))
+                .is_some_and(|n| matches!(&n.kind, Kind::Job(s) if s.pinned));
+            let Some(task) = job.task.as_deref().filter(|_| !pinned) else {
+                continue;
+            };
+            let module = match bound.get(task) {
+                Some(m) => *m,
+                None => {
+                    let m = self
+                        .producer
+                        .bound_module(task)
+                        .await
+                        .map_err(|e| match e {
+                            crate::registry::RegistryError::Redis(e) => BrokerError::Redis(e),
+                            e => BrokerError::Protocol(format!("the binding of {task}: {e}")),
+                        })?;
+                    bound.insert(task.to_string(), m);
+                    m
+                }
+            };
+            if module.is_some() {
+                job.module = module;
+            }
+        }
+        Ok(jobs)
     }
 
     /// The job of step `node` of workflow `id`, given `previous`. Its id
@@ -772,7 +857,7 @@ impl Workflows {
         let Some(job) = self.member_job(id, tree, cb, Some(&info)) else {
             return Ok(());
         };
-        self.enqueue_members(id, vec![job]).await?;
+        self.enqueue_members(id, tree, vec![job]).await?;
         Ok(())
     }
 
@@ -780,7 +865,7 @@ impl Workflows {
     /// job step's, error callbacks' too (derived from the workflow and the
     /// step, see `member_id`). `None` when the workflow is unknown.
     pub async fn member_ids(&self, id: JobId) -> BrokerResult<Option<Vec<JobId>>> {
-        let Some(tree) = self.tree(id).await? else {
+        let Some((_, tree)) = self.read(id).await? else {
             return Ok(None);
         };
         Ok(Some(
@@ -793,12 +878,9 @@ impl Workflows {
 
     /// The workflow as stored, with each step's state.
     pub async fn status(&self, id: JobId) -> BrokerResult<Option<WorkflowStatus>> {
-        let Some(stored) = self.broker().wf_read(id).await? else {
+        let Some((stored, tree)) = self.read(id).await? else {
             return Ok(None);
         };
-        let spec: Spec = serde_json::from_str(&stored.spec)
-            .map_err(|e| BrokerError::Protocol(format!("workflow {id}: stored tree: {e}")))?;
-        let tree = Tree::new(spec);
         let root = &tree.spec.root;
         let result = (stored.state == WfState::Succeeded).then(|| {
             let mut jobs = Vec::new();
@@ -830,7 +912,7 @@ impl Workflows {
     /// are revoked (running ones stopped when `terminate`). The state
     /// after (an ended workflow keeps its end); `None` when unknown.
     pub async fn revoke(&self, id: JobId, terminate: bool) -> BrokerResult<Option<WfState>> {
-        let Some(tree) = self.tree(id).await? else {
+        let Some((_, tree)) = self.read(id).await? else {
             return Ok(None);
         };
         let ttl = Duration::from_millis(tree.spec.ttl_ms);
@@ -855,8 +937,7 @@ impl Workflows {
         terminate: bool,
     ) -> BrokerResult<()> {
         use futures::StreamExt as _;
-        let (Some(stored), Some(tree)) = (self.broker().wf_read(id).await?, self.tree(id).await?)
-        else {
+        let Some((stored, tree)) = self.read(id).await? else {
             return Ok(());
         };
         let mut steps: Vec<(String, JobId)> = Vec::new();
@@ -937,11 +1018,7 @@ impl crate::producer::ChildWorkflows for Workflows {
                 Some(children.parent()),
             )
             .await
-            .map_err(|e| match e {
-                WorkflowError::Broker(b) => HostError::Transient(format!("broker: {b}")),
-                WorkflowError::Enqueue(e) => crate::producer::enqueue_error(e),
-                other => HostError::Invalid(other.to_string()),
-            })?;
+            .map_err(host_error)?;
             let jobs: Vec<(String, Option<String>)> = model::job_steps(&spec.root)
                 .into_iter()
                 .map(|(_, j)| {
@@ -951,11 +1028,14 @@ impl crate::producer::ChildWorkflows for Workflows {
                     )
                 })
                 .collect();
+            // Refused before it counts against the run's children: a
+            // refusal is the task's mistake, which no retry mends.
+            let text = stored_form(&spec).map_err(host_error)?;
             children.admit_jobs(&jobs)?;
             let started = self
-                .start(spec, req.idempotency_key.as_deref())
+                .start(spec, &text, req.idempotency_key.as_deref())
                 .await
-                .map_err(|e| HostError::Transient(e.to_string()))?;
+                .map_err(host_error)?;
             Ok(started.id.to_string())
         })
     }
@@ -985,6 +1065,48 @@ fn result_in(outcome: Option<&str>) -> Value {
         .and_then(|v| serde_json::from_str::<Value>(v).ok())
         .and_then(|o| o.get("result").cloned())
         .unwrap_or(Value::Null)
+}
+
+/// Whether `job` is a job of workflow `id` as `tree` says it was made:
+/// its id is the one its step's job has (see `member_id`).
+fn is_member(tree: &Tree, id: JobId, job: &Job) -> bool {
+    job.workflow
+        .as_ref()
+        .is_some_and(|w| member_id(id, tree.spec.created_ms, &w.path) == job.id)
+}
+
+/// What a task is told of workflow error `e`: the broker's may pass, the
+/// rest is the task's own mistake.
+fn host_error(e: WorkflowError) -> crate::sandbox::HostError {
+    use crate::sandbox::HostError;
+    match e {
+        WorkflowError::Broker(b) => HostError::Transient(format!("broker: {b}")),
+        WorkflowError::Enqueue(e) => crate::producer::enqueue_error(e),
+        other => HostError::Invalid(other.to_string()),
+    }
+}
+
+/// `spec` as stored. The stored tree nests deeper than the request (a
+/// chord takes 4 levels of JSON, a job step 2 more), and serde_json reads
+/// at most 128 back: a tree that would not be read back (chords nested
+/// some 30 deep) is refused rather than stored, where no member could
+/// advance it, and no read or revoke could see it.
+fn stored_form(spec: &Spec) -> Result<String, WorkflowError> {
+    let text = serde_json::to_string(spec)
+        .map_err(|e| BrokerError::Protocol(format!("workflow spec: {e}")))?;
+    if serde_json::from_str::<Spec>(&text).is_err() {
+        return Err(WorkflowError::at(
+            "workflow",
+            "steps nest too deeply to be stored (chords take the most room): nest them less deeply",
+        ));
+    }
+    Ok(text)
+}
+
+fn parse_tree(id: JobId, text: &str) -> BrokerResult<Tree> {
+    let spec: Spec = serde_json::from_str(text)
+        .map_err(|e| BrokerError::Protocol(format!("workflow {id}: stored tree: {e}")))?;
+    Ok(Tree::new(spec))
 }
 
 /// The id of step `path`'s job in workflow `id` started at `created_ms`: a

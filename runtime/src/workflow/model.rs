@@ -124,6 +124,10 @@ pub struct JobStep {
     /// An expiry, from the launch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_in_ms: Option<u64>,
+    /// The step names its module: it runs that one, not the module its
+    /// task is bound to when it launches.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pinned: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -226,6 +230,14 @@ impl Parser {
                 no_collect(&raw)?;
                 if !matches!(raw.kind, RawKind::Job(_)) {
                     return Err(WorkflowError::at(&p, "an error callback is one job step"));
+                }
+                // Its own failure ends nothing more: such a step would
+                // never run.
+                if raw.on_error.is_some() {
+                    return Err(WorkflowError::at(
+                        &format!("{p}.on_error"),
+                        "an error callback has no error callback of its own",
+                    ));
                 }
                 Some(Box::new(raw))
             }
@@ -486,6 +498,7 @@ fn build(raw: Raw, jobs: &mut HashMap<String, Job>) -> Node {
                 asked_queue: j.req.queue.clone(),
                 countdown_ms: ms(j.req.countdown_secs),
                 expires_in_ms: ms(j.req.expires_in_secs),
+                pinned: j.req.module.is_some(),
                 template,
                 input: j.input,
                 previous: j.previous,

@@ -536,8 +536,8 @@ impl Broker for Faulty {
         }
         Ok(running)
     }
-    async fn wf_create(&self, id: JobId, spec: &str, total: u64) -> BrokerResult<bool> {
-        self.inner.wf_create(id, spec, total).await
+    async fn wf_create(&self, id: JobId, spec: &str, total: u64, made: i64) -> BrokerResult<bool> {
+        self.inner.wf_create(id, spec, total, made).await
     }
     async fn wf_read(&self, id: JobId) -> BrokerResult<Option<runner::queue::WfStored>> {
         self.inner.wf_read(id).await
@@ -548,10 +548,11 @@ impl Broker for Faulty {
     async fn wf_mark(
         &self,
         id: JobId,
+        made: i64,
         marks: &[runner::queue::WfMark],
         ttl: Duration,
     ) -> BrokerResult<Option<runner::queue::WfMarked>> {
-        self.inner.wf_mark(id, marks, ttl).await
+        self.inner.wf_mark(id, made, marks, ttl).await
     }
     async fn wf_fields(&self, id: JobId, fields: &[String]) -> BrokerResult<Vec<Option<String>>> {
         self.inner.wf_fields(id, fields).await

@@ -728,6 +728,55 @@ async fn a_tasks_workflow_may_only_lower_what_the_binding_allows() {
     );
 }
 
+/// A task's workflow that nests too deeply to be stored is the task's
+/// mistake: an `invalid` error, which no retry mends, and its jobs do not
+/// count against the run's children. Before, it was `transient` (the task
+/// retried it, and failed again) and each try used up children.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tasks_workflow_too_deep_to_store_is_invalid_and_costs_no_children() {
+    use runner::sandbox::HostError;
+    use runner::sandbox::wit::jobs::WorkflowOptions;
+    let env = Env::embedded().await;
+    env.bind("hello", "hello", "default", |_| {}).await;
+    let parent = env
+        .producer
+        .prepare(EnqueueRequest::task("hello", "{}"))
+        .await
+        .unwrap();
+    let grant = JobsGrant {
+        max_children: Some(40),
+        ..JobsGrant::tasks(["hello"])
+    };
+    let workflows = Arc::new(runner::workflow::Workflows::new(env.producer.clone()));
+    let children =
+        ChildJobs::new(env.producer.clone(), &parent, Some(grant)).with_workflows(workflows);
+    let options = || WorkflowOptions {
+        idempotency_key: None,
+        ttl_secs: None,
+    };
+    // 32 jobs, within every limit but the stored form's depth.
+    let mut deep = serde_json::json!({"task": "hello"});
+    for _ in 0..31 {
+        deep = serde_json::json!({ "chord": [deep], "callback": {"task": "hello"} });
+    }
+    for _ in 0..2 {
+        match children.start_workflow(deep.to_string(), options()).await {
+            Err(HostError::Invalid(m)) => assert!(m.contains("nest too deeply"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    // The 40 children are all still there to use.
+    let many: Vec<_> = (0..40)
+        .map(|_| serde_json::json!({"task": "hello"}))
+        .collect();
+    let tree = serde_json::json!({ "group": many }).to_string();
+    children.start_workflow(tree, options()).await.unwrap();
+    assert_eq!(
+        crate::support::jobs_not_final(env.broker.as_ref()).await,
+        40
+    );
+}
+
 /// A worker that stops while Redis is away cannot store the results it
 /// holds: it says so at error level, naming the jobs (they run again once
 /// their leases run out), instead of a quiet "worker stopped". One thread,

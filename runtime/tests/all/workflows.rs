@@ -360,7 +360,8 @@ async fn a_marks_first_call_alone_is_fresh(env: Env) {
     let marked = |marks: Vec<WfMark>| {
         let b = env.broker.clone();
         async move {
-            let m = b.wf_mark(s.id, &marks, ttl).await.unwrap().unwrap();
+            let made = b.wf_read(s.id).await.unwrap().unwrap().made.unwrap();
+            let m = b.wf_mark(s.id, made, &marks, ttl).await.unwrap().unwrap();
             (m.counts, m.fresh)
         }
     };
@@ -476,10 +477,12 @@ async fn a_first_launch_reads_no_launch_records() {
     let ends = [("work".to_string(), j1), ("work".to_string(), j2)];
     let hmget = calls("hmget");
     wf.apply_ended(&ends).await.unwrap();
+    // (The mark reads the record's state and when its tree was made with
+    // one `HMGET`.)
     assert_eq!(
         calls("hmget") - hmget,
-        1,
-        "the enqueue's lookup, and no read of the launch records"
+        2,
+        "the mark's read and the enqueue's lookup, and no read of the launch records"
     );
     // Applied again: the launch records are read, and they say the step
     // was launched, so nothing is enqueued.
@@ -487,8 +490,8 @@ async fn a_first_launch_reads_no_launch_records() {
     wf.apply_ended(&ends).await.unwrap();
     assert_eq!(
         calls("hmget") - first,
-        1,
-        "a repeat reads the launch records"
+        2,
+        "the mark's read, and a repeat reads the launch records"
     );
     // A crash between the enqueue and the launch records: the repeat
     // finds the jobs by their ids.
@@ -659,7 +662,12 @@ on_every_broker!(
 /// held back its queue's stale ends for good.)
 async fn an_end_that_fails_to_apply_does_not_hold_back_the_others(env: Env) {
     let bad = runner::queue::JobId::new();
-    assert!(env.broker.wf_create(bad, "{not a tree", 1).await.unwrap());
+    assert!(
+        env.broker
+            .wf_create(bad, "{not a tree", 1, 0)
+            .await
+            .unwrap()
+    );
     let mut member = runner::queue::Job::new("work", "1", chrono::Utc::now());
     member.task = Some("echo".into());
     member.workflow = Some(runner::queue::job::WorkflowRef {
@@ -782,6 +790,122 @@ on_every_broker!(
     engine_stale_outbox_embedded,
     engine_stale_outbox_redis,
     engine_stale_outbox_cluster
+);
+
+/// A key names a workflow while its record is kept: after that, the same
+/// key starts a new workflow with the same id (and a new tree, made at
+/// another time). An engine that had applied the first workflow's ends
+/// kept its tree and advanced the second with it: the next step's id was
+/// the first workflow's, whose job had ended, so nothing ran and the
+/// workflow stayed running. A late end of the first workflow's job must
+/// not advance the second either.
+async fn a_keys_workflow_made_again_is_advanced_with_its_own_tree(env: Env) {
+    let api = Workflows::new(env.producer.clone());
+    let worker = Workflows::new(env.producer.clone());
+    let req = request(json!({
+        "workflow": {"chain": [{"task": "echo"}, {"task": "other"}]},
+        "idempotency_key": "nightly",
+        "ttl_secs": 1,
+    }));
+    let first = api.submit(Caller::Admin, &req).await.unwrap();
+    assert!(first.created);
+    let d = lease_one(&env, "work", "w1").await;
+    let old_echo = finish(&env, "w1", &d, "1").await;
+    worker
+        .apply_ended(&[("work".into(), old_echo.clone())])
+        .await
+        .unwrap();
+    let d = lease_one(&env, "work", "w1").await;
+    assert_eq!(d.job.input, "1");
+    let other = finish(&env, "w1", &d, "2").await;
+    worker.apply_ended(&[("work".into(), other)]).await.unwrap();
+    let st = worker.status(first.id).await.unwrap().unwrap();
+    assert_eq!(st.state, WfState::Succeeded);
+    // The record expires; the key starts the workflow again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(worker.status(first.id).await.unwrap().is_none());
+    let again = Workflows::new(env.producer.clone())
+        .submit(Caller::Admin, &req)
+        .await
+        .unwrap();
+    assert!(again.created);
+    assert_eq!(again.id, first.id);
+    // A late repeat of the first workflow's end is not this one's.
+    worker
+        .apply_ended(&[("work".into(), old_echo)])
+        .await
+        .unwrap();
+    let st = worker.status(again.id).await.unwrap().unwrap();
+    assert_eq!((st.state, st.done), (WfState::Running, 0));
+    let d = lease_one(&env, "work", "w1").await;
+    assert_eq!(d.job.task.as_deref(), Some("echo"));
+    let echo = finish(&env, "w1", &d, "3").await;
+    worker.apply_ended(&[("work".into(), echo)]).await.unwrap();
+    let d = lease_one(&env, "work", "w1").await;
+    assert_eq!(d.job.task.as_deref(), Some("other"));
+    assert_eq!(d.job.input, "3", "the second workflow's output");
+    let st = worker.status(again.id).await.unwrap().unwrap();
+    assert_eq!((st.state, st.done), (WfState::Running, 1));
+}
+
+on_every_broker!(
+    a_keys_workflow_made_again_is_advanced_with_its_own_tree,
+    engine_key_reused_after_expiry_embedded,
+    engine_key_reused_after_expiry_redis,
+    engine_key_reused_after_expiry_cluster
+);
+
+/// A step launched after its task was bound to another module runs that
+/// module, as a job enqueued then would (a fix or a rollback reaches the
+/// steps still to come); a step that names its module keeps it. Before,
+/// every step ran the module bound when the workflow started.
+async fn a_step_runs_its_tasks_module_as_bound_when_it_launches(env: Env) {
+    let wf = Workflows::new(env.producer.clone());
+    let registry = env.producer.registry();
+    let old = registry.task("other").await.unwrap().unwrap().module;
+    let s = wf
+        .submit(
+            Caller::Admin,
+            &request(json!({"workflow": {"chain": [
+                {"task": "echo"},
+                {"group": [
+                    {"task": "other"},
+                    {"task": "other", "module": old.to_string()},
+                ]},
+            ]}})),
+        )
+        .await
+        .unwrap();
+    let new = registry.put_module(b"other, fixed").await.unwrap();
+    let mut b = registry.task("other").await.unwrap().unwrap();
+    b.module = new;
+    registry.bind(b).await.unwrap();
+    let d = lease_one(&env, "work", "w1").await;
+    let echo = finish(&env, "w1", &d, "1").await;
+    wf.apply_ended(&[("work".into(), echo)]).await.unwrap();
+    let mut modules = Vec::new();
+    for _ in 0..2 {
+        let d = lease_one(&env, "work", "w1").await;
+        let path = d.job.workflow.as_ref().unwrap().path.clone();
+        modules.push((path, d.job.module.unwrap()));
+    }
+    modules.sort();
+    assert_eq!(
+        modules,
+        vec![
+            ("workflow.chain[1].group[0]".to_string(), new),
+            ("workflow.chain[1].group[1]".to_string(), old),
+        ],
+        "workflow {}",
+        s.id
+    );
+}
+
+on_every_broker!(
+    a_step_runs_its_tasks_module_as_bound_when_it_launches,
+    engine_step_module_at_launch_embedded,
+    engine_step_module_at_launch_redis,
+    engine_step_module_at_launch_cluster
 );
 
 /// A launch that stored its step's job and failed (or died) before
@@ -1259,6 +1383,11 @@ async fn api_bad_workflows_are_refused_naming_the_step() {
             "workflow.chain[0]: \"idempotency_key\" is set by the workflow",
         ),
         (json!([1]), "workflow: a step is an object"),
+        // Before, taken: the inner callback could never run.
+        (
+            json!({"task": "item", "on_error": {"task": "item", "on_error": {"task": "item"}}}),
+            "workflow.on_error.on_error: an error callback has no error callback",
+        ),
     ];
     for (tree, want) in cases {
         let (s, v) = api

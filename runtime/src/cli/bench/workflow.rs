@@ -47,7 +47,12 @@ pub async fn execute(args: WorkflowBench) -> anyhow::Result<ExitCode> {
     let url = redis.url();
     let mut count = CommandCount::connect(&url).await?;
     let broker = RedisBroker::connect(&url).await?;
-    let registry: Arc<dyn Registry> = Arc::new(RedisRegistry::new(broker.connection()));
+    // Cached as `runner serve` and `runner worker` keep it (`app.rs`): a
+    // launch reads its steps' bindings, from the cache.
+    let registry: Arc<dyn Registry> = Arc::new(RedisRegistry::cached(
+        broker.connection(),
+        broker.endpoint(),
+    ));
     let (bytes, module_name) = bench_module(None)?;
     let hash = registry.put_module(&bytes).await?;
     for task in ["generate", "finalise"] {

@@ -3,8 +3,10 @@
 -- with a new mark (see `workflow.rs`).
 -- KEYS[1]: the workflow's hash
 -- ARGV: channel, workflow id, ttl ms once failed, n, then per mark:
---       kind (S success, F failure, C completed group or chain), field, value, counter field ('' none)
--- Returns false when the record is gone, else
+--       kind (S success, F failure, C completed group or chain), field, value, counter field ('' none),
+--       then when the marks' tree was made (ms)
+-- Returns false when the record is gone or is of a tree made at another
+-- time (another workflow with this id), else
 -- {state, done, failed path ('' none), then per mark: its counter's value
 -- after the call (0 without a counter), and 1 when this call wrote a new
 -- mark of that counter (or, without a counter, this mark itself) else 0}.
@@ -12,14 +14,17 @@
 local chan, wid = ARGV[1], ARGV[2]
 local ttl = ttl_ms(ARGV[3], 'ttl')
 local n = count(ARGV[4], 'n')
-if #ARGV ~= 4 + n * 4 then arg_error('count', #ARGV) end
+if #ARGV ~= 5 + n * 4 then arg_error('count', #ARGV) end
+local made = ARGV[5 + n * 4]
 for j = 0, n - 1 do
   local k = ARGV[5 + j * 4]
   if k ~= 'S' and k ~= 'F' and k ~= 'C' then arg_error('kind of mark ' .. j, k) end
 end
 local K = KEYS[1]
-local st = redis.call('HGET', K, 'state')
+local rec = redis.call('HMGET', K, 'state', 'made')
+local st = rec[1]
 if not st then return false end
+if rec[2] and rec[2] ~= made then return false end
 local was = st
 local ended = 0
 -- Counted marks of one kind and counter are written with one HSET: it
