@@ -38,9 +38,11 @@ struct QueueView {
     /// check then reclaims them (the broker leaves our own leases out of
     /// `next_due`).
     orphan_check: Option<DateTime<Utc>>,
-    /// Registered as idle in the queue: an enqueue may lease jobs straight
-    /// to this worker ([`Signal::Pushed`]).
-    registered: bool,
+    /// Registered as idle in the queue for this many jobs (0: not
+    /// registered): an enqueue may lease them straight to this worker
+    /// ([`Signal::Pushed`]). What all queues' registrations offer together
+    /// is at most [`Worker::capacity`] (see `talk`).
+    registered: usize,
     /// A push to this worker is on its way (its call found the marker):
     /// fetch nothing until it arrives, or until then at the latest.
     awaiting_push: Option<Instant>,
@@ -129,7 +131,7 @@ impl Dispatcher {
                             due_check: true,
                             next_due: None,
                             orphan_check: None,
-                            registered: false,
+                            registered: 0,
                             awaiting_push: None,
                         },
                     )
@@ -489,21 +491,36 @@ impl Dispatcher {
                         .pending_since
                         .get(&q)
                         .is_some_and(|t| t.elapsed() >= FLUSH_AFTER));
+            // What this queue's registration may offer: the capacity
+            // the others' registrations leave. Each push uses up its
+            // registration and takes no more jobs than it offered, so the
+            // worker is never pushed more than it can take, even by jobs
+            // enqueued at once in all its queues.
+            let others: usize = self
+                .queues
+                .iter()
+                .filter(|(k, _)| **k != q)
+                .map(|(_, v)| v.registered)
+                .sum();
+            let room = self.capacity().saturating_sub(others);
             // Free slots: a call made anyway also fetches, so that finding
             // the queue empty registers them for pushes (`idle`).
             let idle = if shutting || !need_jobs {
                 0
             } else {
-                self.idle_slots(n)
+                self.idle_slots(n).min(room)
             };
             let want = if want == 0 && idle > 0 && (flush || due_check) {
                 self.capacity()
             } else {
                 want
             };
-            let registered = view.is_some_and(|v| v.registered);
-            // A worker that stops ends its registration as idle.
-            let unregister = shutting && registered;
+            let offered = view.map_or(0, |v| v.registered);
+            let registered = offered > 0;
+            // A worker that stops ends its registration as idle, and so
+            // does one whose registration offers more than it can now take
+            // (its capacity shrank: leases ahead, fewer slots).
+            let unregister = registered && (shutting || offered > room);
             if !flush && want == 0 && !due_check && !unregister {
                 if !completions.is_empty() {
                     self.pending.insert(q.clone(), completions);
@@ -580,7 +597,13 @@ impl Dispatcher {
                 if asked_prio {
                     v.maybe_prio = reply.prioritized_left;
                 }
-                v.registered = reply.registered;
+                // What the script registered: the free slots asked for,
+                // less the jobs this call leased.
+                v.registered = if reply.registered {
+                    idle.min(want).saturating_sub(reply.deliveries.len())
+                } else {
+                    0
+                };
                 v.awaiting_push = reply.push_in_flight.then(|| Instant::now() + PUSH_WAIT);
             }
             for d in reply.deliveries {
@@ -595,7 +618,8 @@ impl Dispatcher {
     /// while no slot is free (a busy worker leaves them to idle ones),
     /// else what a lease call would take now (the free slots and the
     /// prefetch ahead of them, [`Self::capacity`]), shared among the
-    /// `queues`; at least one per queue.
+    /// `queues`; at least one per queue (`talk` then keeps the sum within
+    /// the capacity).
     fn idle_slots(&self, queues: usize) -> usize {
         let busy = self.running.len() + self.buffer.len();
         if self.slots.current() <= busy {
@@ -812,7 +836,7 @@ impl Dispatcher {
                 }
                 // The push used the registration up.
                 if let Some(v) = self.queues.get_mut(&queue) {
-                    v.registered = false;
+                    v.registered = 0;
                     v.awaiting_push = None;
                 }
                 let stopping = self.ctx.shutting_down.load(Ordering::Relaxed);
@@ -842,7 +866,7 @@ impl Dispatcher {
                 for v in self.queues.values_mut() {
                     // A push to this worker while the signal connection was
                     // down is lost, its jobs leased to us.
-                    if v.registered || v.awaiting_push.is_some() {
+                    if v.registered > 0 || v.awaiting_push.is_some() {
                         v.look_for_orphans(lease);
                     }
                     v.due_check = true;
@@ -994,7 +1018,14 @@ impl Dispatcher {
                     }
                     let _ = self.talk().await;
                 }
-                Some(s) = signals.recv() => self.on_signal(s),
+                Some(s) = signals.recv() => {
+                    self.on_signal(s);
+                    // A job pushed meanwhile is handed back now, not when
+                    // a run ends.
+                    if self.pending.values().any(|v| !v.is_empty()) {
+                        let _ = self.talk().await;
+                    }
+                }
                 _ = extend.tick() => self.extend().await,
                 _ = tokio::time::sleep_until(deadline), if !cancelled => {
                     tracing::warn!(running = self.running.len(), "grace period over: stopping and handing back the rest");
@@ -1011,11 +1042,33 @@ impl Dispatcher {
             // Results stored, and no registration as idle left (a call
             // that failed above left it: jobs would be pushed to this
             // worker once it is gone).
-            let registered = self.queues.values().any(|v| v.registered);
-            if self.pending.values().all(|v| v.is_empty())
-                && (!registered || Instant::now() >= give_up)
-            {
+            let registered = self.queues.values().any(|v| v.registered > 0);
+            // A push its call found on the way (`push_in_flight`): its
+            // jobs are leased to this worker, which hands them back.
+            let push_due = self
+                .queues
+                .values()
+                .filter_map(|v| v.awaiting_push)
+                .filter(|t| *t > Instant::now())
+                .max();
+            let settled = self.pending.values().all(|v| v.is_empty());
+            if settled && ((!registered && push_due.is_none()) || Instant::now() >= give_up) {
                 break;
+            }
+            if settled
+                && !registered
+                && let Some(t) = push_due
+            {
+                match tokio::time::timeout_at(t.min(give_up), signals.recv()).await {
+                    Ok(Some(s)) => self.on_signal(s),
+                    // Never came (the lease brings its jobs back), or the
+                    // signals ended.
+                    _ => self
+                        .queues
+                        .values_mut()
+                        .for_each(|v| v.awaiting_push = None),
+                }
+                continue;
             }
             if let Err(e) = self.talk().await {
                 // Says once that the broker is away (and when it is back).

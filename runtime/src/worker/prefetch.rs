@@ -10,9 +10,9 @@
 //! - it leases ahead as many jobs as its slots would start within
 //!   [`HORIZON`]: `concurrency * HORIZON / average run`, at most
 //!   [`cap`] (`max(64, 4 * concurrency)`) and at least none. Microsecond
-//!   runs lease the cap (one call per 64 jobs); runs of `HORIZON /
-//!   concurrency` or more lease nothing ahead (a job is leased when a slot
-//!   is free);
+//!   runs lease the cap (one call per 64 jobs); runs of `concurrency *
+//!   HORIZON` or more lease nothing ahead (a job is leased when a slot is
+//!   free);
 //! - before its first run ends it leases `concurrency` ahead;
 //! - **no hostages**: while every slot is busy and a leased job has waited
 //!   longer than [`Prefetcher::hand_back_after`] (`max(250 ms, 4 * average

@@ -282,6 +282,8 @@ pub struct Faulty {
     leased_in_running: std::sync::Mutex<Vec<JobId>>,
     /// While set, `enqueue` fails as when Redis refuses connections.
     pub enqueues_down: std::sync::atomic::AtomicBool,
+    /// While set, a push reaches the worker 300 ms late.
+    pushes_late: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Faulty {
@@ -306,6 +308,7 @@ impl Faulty {
             leases_in_running: Default::default(),
             leased_in_running: Default::default(),
             enqueues_down: Default::default(),
+            pushes_late: Default::default(),
         }
     }
 
@@ -467,6 +470,7 @@ impl Broker for Faulty {
         }
         let mut inner = self.inner.signals(worker, queues).await?;
         let deaf = self.deaf;
+        let late = self.pushes_late.clone();
         let mut cut = self.cut.subscribe();
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
@@ -474,6 +478,13 @@ impl Broker for Faulty {
                 tokio::select! {
                     s = inner.recv() => match s {
                         Some(Signal::Revoke { .. }) if deaf => {}
+                        Some(s @ Signal::Pushed { .. }) if late.load(Ordering::SeqCst) => {
+                            let tx = tx.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(Duration::from_millis(300)).await;
+                                let _ = tx.send(s);
+                            });
+                        }
                         Some(s) => {
                             if tx.send(s).is_err() {
                                 return;
@@ -1177,6 +1188,44 @@ async fn a_worker_stopped_during_an_outage_is_pushed_nothing() {
     faulty.settles_down.store(false, Ordering::SeqCst);
     stopping.await.unwrap();
     let next = env.enqueue("hello", r#"{"name":"Bo"}"#).await;
+    let w = start_worker_with(
+        env.broker.clone(),
+        env.registry.clone(),
+        Default::default(),
+        cfg(&["default"], 2),
+    );
+    let j = wait_final(&env.broker, next).await;
+    assert_eq!((j.state, j.redeliveries), (JobState::Success, 0));
+    w.stop().await;
+}
+
+/// A worker told to stop just as a job is pushed to it, before the push
+/// reaches it, learns from its last call that a push is on its way: it
+/// waits for it and hands the job back. Before, it stopped at once, and
+/// the job stayed leased to it until its lease ran out, then ran
+/// elsewhere as a redelivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopping_as_a_job_is_pushed_to_it_hands_it_back() {
+    let env = Env::redis().await;
+    let (faulty, w) = hello_worker(&env, cfg(&["default"], 2)).await;
+    let first = env.enqueue("hello", r#"{"name":"Ada"}"#).await;
+    assert_eq!(
+        wait_final(&env.broker, first).await.state,
+        JobState::Success
+    );
+    // Its call after the run found the queue empty: it is idle.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    faulty.pushes_late.store(true, Ordering::SeqCst);
+    let next = env.enqueue("hello", r#"{"name":"Bo"}"#).await;
+    let leased = env.broker.get(next).await.unwrap().unwrap();
+    assert_eq!(leased.state, JobState::Started, "pushed to the idle worker");
+    w.stop().await;
+    let j = env.broker.get(next).await.unwrap().unwrap();
+    assert_eq!(
+        (j.state, j.worker.as_deref(), j.redeliveries),
+        (JobState::Pending, None, 0),
+        "handed back"
+    );
     let w = start_worker_with(
         env.broker.clone(),
         env.registry.clone(),

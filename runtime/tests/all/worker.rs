@@ -749,6 +749,67 @@ async fn an_idle_worker_registers_its_prefetch_for_pushes() {
     w.stop().await;
 }
 
+/// A worker of two queues with one slot and no prefetch can take one job:
+/// its registrations for pushes offer one in all, not one per queue. So
+/// once a push on one queue fills its slot, a job enqueued on the other
+/// waits in the queue for a free worker. Before, both queues kept a
+/// registration, and the second job was pushed to the busy worker, where
+/// it waited for the first to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_of_two_queues_is_pushed_no_more_than_it_can_take() {
+    let env = Env::redis().await;
+    env.bind("sleep", "sleeper", "b", |_| {}).await;
+    env.bind("hello", "hello", "a", |_| {}).await;
+    let url = env.redis.as_ref().unwrap().url_as("runner", "worker-tests");
+    let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let offers = |c: &mut redis::Connection| -> Vec<String> {
+        ["a", "b"]
+            .iter()
+            .filter_map(|q| {
+                redis::cmd("HGET")
+                    .arg(format!("runner:{{{q}}}:idle"))
+                    .arg("two")
+                    .query::<Option<String>>(c)
+                    .unwrap()
+                    .filter(|r| !r.starts_with("p|"))
+            })
+            .collect()
+    };
+    let w = env
+        .worker(WorkerConfig {
+            id: Some("two".into()),
+            prefetch: runner::worker::Prefetch::Fixed(0),
+            ..cfg(&["a", "b"], 1)
+        })
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while offers(&mut c).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the worker registers");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Its first calls are over: one registration of one job.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let now = offers(&mut c);
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert!(now[0].starts_with("1|"), "{now:?}");
+
+    let mut events = env.broker.subscribe().await.unwrap();
+    let slow = enqueue(&env, "sleep", r#"{"ms": 3000}"#).await;
+    wait_started(&mut events, slow).await;
+    let next = enqueue(&env, "hello", r#"{"name":"Ada"}"#).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let j = env.broker.get(next).await.unwrap().unwrap();
+    assert_eq!(
+        (j.state, j.worker.as_deref()),
+        (JobState::Pending, None),
+        "not pushed to the busy worker"
+    );
+    for id in [slow, next] {
+        assert_eq!(wait_final(&env.broker, id).await.state, JobState::Success);
+    }
+    w.stop().await;
+}
+
 /// A worker's process keeps the modules its jobs used last (`[worker]
 /// module_cache`, here 2), with those it loaded at start-up: the first job
 /// of a task bound at start-up compiles nothing, and a version used longest
