@@ -40,6 +40,21 @@ pub struct BindOpts {
 }
 
 impl BindOpts {
+    /// The first of these flags given, if any.
+    pub fn first_set(&self) -> Option<&'static str> {
+        [
+            ("--queue", self.queue.is_some()),
+            ("--grants", self.grants.is_some()),
+            ("--time-limit", self.time_limit.is_some()),
+            ("--memory", self.memory.is_some()),
+            ("--fuel", self.fuel.is_some()),
+            ("--rate-limit", self.rate_limit.is_some()),
+            ("--retry", self.retry.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(flag, set)| set.then_some(flag))
+    }
+
     pub fn body(&self, module: &str) -> anyhow::Result<Value> {
         let mut body = json!({ "module": module });
         let obj = body.as_object_mut().context("json object")?;

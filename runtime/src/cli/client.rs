@@ -31,12 +31,10 @@ pub enum CallError {
     /// The server answered with an error: the request was refused.
     #[error("{status}: {message}")]
     Refused { status: StatusCode, message: String },
-    #[error("cannot reach {url}: {source}")]
-    Unreachable {
-        url: String,
-        #[source]
-        source: reqwest::Error,
-    },
+    /// Says why, whole: reqwest's own message does not ("error sending
+    /// request for url (...)"); its causes do ("Connection refused").
+    #[error("cannot reach {url}: {}", causes(.cause))]
+    Unreachable { url: String, cause: reqwest::Error },
     #[error("{0}")]
     Other(String),
 }
@@ -94,15 +92,15 @@ impl ApiClient {
     /// Sends and reads a JSON answer; an error status becomes `Refused`
     /// with the server's message.
     pub async fn send(&self, rb: RequestBuilder) -> Result<Value, CallError> {
-        let res = rb.send().await.map_err(|source| CallError::Unreachable {
+        let res = rb.send().await.map_err(|cause| CallError::Unreachable {
             url: self.base.clone(),
-            source,
+            cause,
         })?;
         let status = res.status();
         let text = res
             .text()
             .await
-            .map_err(|e| CallError::Other(format!("reading the answer: {e}")))?;
+            .map_err(|e| CallError::Other(format!("reading the answer: {}", causes(&e))))?;
         if !status.is_success() {
             let message = serde_json::from_str::<Value>(&text)
                 .ok()
@@ -128,6 +126,22 @@ impl ApiClient {
     pub async fn put_json(&self, path: &str, body: &Value) -> Result<Value, CallError> {
         self.send(self.request(Method::PUT, path).json(body)).await
     }
+}
+
+/// `e` and each error under it, joined by ": ".
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let s_text = s.to_string();
+        // A cause may repeat the text of the error above it.
+        if !text.ends_with(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        next = s.source();
+    }
+    text
 }
 
 /// Prints a failed call and returns its exit code.

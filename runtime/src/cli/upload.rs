@@ -32,6 +32,13 @@ pub async fn execute(args: UploadArgs) -> anyhow::Result<ExitCode> {
     if args.bind.is_some() && args.files.len() != 1 {
         anyhow::bail!("--bind takes exactly one file ({} given)", args.files.len());
     }
+    if args.bind.is_none()
+        && let Some(flag) = args.opts.first_set()
+    {
+        anyhow::bail!(
+            "{flag} sets the binding of --bind NAME: give --bind too, or run `runner bind`"
+        );
+    }
     let client = ApiClient::new(&args.api)?;
     let bar = (args.files.len() > 1).then(|| {
         let bar = indicatif::ProgressBar::new(args.files.len() as u64);
@@ -78,8 +85,11 @@ pub async fn execute(args: UploadArgs) -> anyhow::Result<ExitCode> {
             }
         );
         match &bar {
+            // The lines go to stdout, as with one file: `bar.println`
+            // wrote them to stderr, and nowhere when stderr was no
+            // terminal (the bar hides itself there).
             Some(bar) => {
-                bar.println(line);
+                bar.suspend(|| outln!("{line}"))?;
                 bar.inc(1);
             }
             None => outln!("{line}")?,

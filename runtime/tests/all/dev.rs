@@ -146,6 +146,21 @@ fn dev_runs_the_readme_tour() {
     let wasm = guest("my_first_task");
     let out = ok(&dev.runner(&["upload", wasm.to_str().unwrap(), "--bind", "order-total"]));
     assert!(out.contains("bound order-total"), "{out}");
+    // Several files: a line each on stdout, as for one. (They went to the
+    // progress bar, which wrote nothing when stderr was no terminal.)
+    let sleeper = guest("sleeper");
+    let out = ok(&dev.runner(&["upload", wasm.to_str().unwrap(), sleeper.to_str().unwrap()]));
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("sha256:")).collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[1].contains("sleeper"), "{out}");
+    // A binding's flag with no binding is refused, not ignored.
+    let out = dev.runner(&["upload", wasm.to_str().unwrap(), "--queue", "q"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--queue sets the binding of --bind NAME"),
+        "{stderr}"
+    );
     let out = ok(&dev.runner(&[
         "call",
         "order-total",
@@ -714,4 +729,24 @@ fn dev_stops_at_once_when_told_twice() {
     Command::new("kill").args(["-INT", &pid]).status().unwrap();
     let status = exit_within(&mut dev.child, Duration::from_secs(15), "runner dev");
     assert_eq!(status.code(), Some(1), "{status}");
+}
+
+/// A server that cannot be reached is said with its cause ("Connection
+/// refused"), not only reqwest's "error sending request for url".
+#[test]
+fn an_unreachable_server_is_said_with_its_cause() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args(["status", &uuid::Uuid::now_v7().to_string()])
+        .env("RUNNER_URL", format!("http://127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot reach"), "{stderr}");
+    assert!(stderr.contains("refused"), "{stderr}");
 }
