@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -47,13 +48,24 @@ def decoder(tp: Any) -> Decoder:
     `@task` is defined, so it is part of the component's snapshot)."""
     try:
         return _decoders[tp]
-    except (KeyError, TypeError):
+    except KeyError:
         pass
-    built = _build(tp)
-    try:
-        _decoders[tp] = built
     except TypeError:
-        pass
+        return _build(tp)  # not hashable: not kept
+
+    def forward(value: Any) -> Any:
+        return decoder(tp)(value)
+
+    # `forward` stands for `tp` while it is built, so that a type that
+    # refers to itself (`children: list[Node]` in `Node`) gets it, instead
+    # of building `tp` again for ever.
+    _decoders[tp] = forward
+    try:
+        built = _build(tp)
+    except BaseException:
+        del _decoders[tp]
+        raise
+    _decoders[tp] = built
     return built
 
 
@@ -107,7 +119,9 @@ def _build(tp: Any) -> Decoder:
             return _fixed_tuple([decoder(a) for a in args])
         return _sequence(decoder(args[0]) if args else _identity, origin is tuple or tp is tuple)
     if origin is dict or tp is dict:
-        return _mapping(decoder(args[1]) if len(args) == 2 else _identity)
+        if len(args) != 2:
+            return _mapping(_identity, _identity)
+        return _mapping(_key_decoder(tp, args[0]), decoder(args[1]))
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _dataclass_decoder(tp)
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
@@ -207,16 +221,48 @@ def _fixed_tuple(items: list[Decoder]) -> Decoder:
     return fixed
 
 
-def _mapping(item: Decoder) -> Decoder:
+_INTEGER = re.compile(r"-?(?:0|[1-9][0-9]*)")
+
+
+def _integer_key(key: str) -> int:
+    # An integer as JSON writes one, as serde_json reads an integer key.
+    if _INTEGER.fullmatch(key):
+        return int(key)
+    raise _Misfit(f"expected an integer key, got {key!r}")
+
+
+def _key_decoder(tp: Any, key: Any) -> Decoder:
+    """The decoder of the keys of `tp`, a `dict[key, ...]`. JSON's keys are
+    strings: a key type that no string can be is refused here, when the
+    `@task` is defined, rather than when a job runs."""
+    if key is Any or key is object or key is str:
+        return _identity
+    if key is int:
+        return _integer_key
+    if typing.get_origin(key) is typing.Literal:
+        values: tuple[Any, ...] = typing.get_args(key)
+    elif isinstance(key, type) and issubclass(key, enum.Enum):
+        values = tuple(m.value for m in key)
+    else:
+        values = ()
+    if values and all(type(v) is str for v in values):
+        return decoder(key)
+    raise TypeError(
+        f"{tp}: a dict key is a JSON string, so its type is str, int, "
+        f"or an Enum or Literal of strings, not {key.__name__ if isinstance(key, type) else key}"
+    )
+
+
+def _mapping(key: Decoder, item: Decoder) -> Decoder:
     def mapping(value: Any) -> Any:
         if type(value) is not dict:
             raise _expected("an object", value)
-        if item is _identity:
+        if key is _identity and item is _identity:
             return value
         out = {}
         for k, v in value.items():
             try:
-                out[k] = item(v)
+                out[key(k)] = item(v)
             except _Misfit as e:
                 e.where.append(f".{k}")
                 raise
@@ -271,6 +317,23 @@ def _dataclass_decoder(tp: type) -> Decoder:
         fields.clear()
         names.clear()
     return dataclass
+
+
+# Compact, UTF-8 as it is, no NaN (not JSON); made once (`json.dumps` with
+# options builds an encoder per call).
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def dumps(value: Any, what: str) -> str:
+    """`value` as JSON text, converted by `to_json`: a task's output, a
+    child job's input, an HTTP request's `json`. A value that is not JSON
+    (bytes, a set, NaN) is a `TypeError` or `ValueError` naming `what`."""
+    try:
+        return _ENCODER.encode(to_json(value))
+    except TypeError as e:
+        raise TypeError(f"{what} is not JSON: {e}") from None
+    except ValueError as e:
+        raise ValueError(f"{what} is not JSON: {e}") from None
 
 
 def to_json(value: Any) -> Any:

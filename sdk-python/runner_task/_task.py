@@ -11,15 +11,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
-from ._convert import Decoder, InputError, decode, decoder, to_json
+from ._convert import Decoder, InputError, decode, decoder, dumps
 from ._host import CAPABILITIES
 from .errors import Fail, HostError, NotDeclared, Retry
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-# Compact, UTF-8 as it is, no NaN (not JSON); made once (`json.dumps` with
-# options builds an encoder per call).
-_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 # Strings from the task are capped before they leave it.
 MAX_MESSAGE = 4000
@@ -140,7 +136,7 @@ def warm_up() -> None:
     component's snapshot keeps it specialized, so no job pays for it."""
     sample = '{"s": "x", "i": 1, "f": 2.5, "l": [true, null], "o": {"k": []}}'
     for _ in range(16):
-        _ENCODER.encode(to_json(json.loads(sample)))
+        dumps(json.loads(sample), "the sample")
 
 
 def _cap(message: str) -> str:
@@ -169,9 +165,9 @@ def run(input: str) -> tuple[str, str]:
             raise Fail(str(e)) from None
         result = t.fn(*args)
         try:
-            return "ok", _ENCODER.encode(to_json(result))
+            return "ok", dumps(result, "the task's output")
         except (TypeError, ValueError) as e:
-            raise Fail(f"the task's output is not JSON: {e}") from None
+            raise Fail(str(e)) from None
     except Retry as e:
         return Outcome.RETRY, _cap(e.message)
     except Fail as e:

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ._convert import dumps
 from ._host import call, to_bytes, to_ms
 from .errors import Invalid, Permanent, Transient
 
@@ -70,12 +71,13 @@ def request(
     timeout: float | None = None,
 ) -> Response:
     """Sends a request and returns the response, whatever its status. `json`
-    sends a value as JSON (with its content type); `timeout` is in seconds,
-    capped by the host at the job's time left."""
+    sends a value as JSON (with its content type), converted as a task's
+    output is (dataclasses, enums); `timeout` is in seconds, capped by the
+    host at the job's time left."""
     pairs = list(headers.items() if isinstance(headers, Mapping) else headers)
     data = None if body is None else to_bytes(body)
     if json is not _UNSET:
-        data = _json.dumps(json, ensure_ascii=False).encode()
+        data = dumps(json, "json").encode()
         if not any(k.lower() == "content-type" for k, _ in pairs):
             pairs.append(("content-type", "application/json"))
     timeout_ms = to_ms("timeout", timeout)

@@ -10,19 +10,12 @@ the grant's limit of children. See `docs/workflows.md` for the model.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
+from ._convert import dumps
 from ._host import call, to_ms
-
-
-def _json(what: str, value: Any) -> str:
-    try:
-        return json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{what} is not JSON: {e}") from None
 
 
 def enqueue(
@@ -33,10 +26,11 @@ def enqueue(
     countdown: float | timedelta | None = None,
     idempotency_key: str | None = None,
 ) -> str:
-    """Enqueues a job of `task` with `input` (any JSON value) as a child of
-    the current job; returns its id. `countdown`: seconds before it may run;
-    `idempotency_key`: a second enqueue with the key returns the first id."""
-    data = _json("input", input)
+    """Enqueues a job of `task` with `input` (any value a task may return:
+    JSON data, dataclasses, enums) as a child of the current job; returns
+    its id. `countdown`: seconds before it may run; `idempotency_key`: a
+    second enqueue with the key returns the first id."""
+    data = dumps(input, "input")
     countdown_ms = to_ms("countdown", countdown)
     with call("jobs", "enqueue"):
         from wit_world.imports import jobs as wit
@@ -103,7 +97,7 @@ class Step:
 
     def to_json(self) -> str:
         """The step as the `workflow` field of `POST /v1/workflows`."""
-        return _json("a step's input", self.value)
+        return dumps(self.value, "a step's input")
 
 
 def _flat(steps: tuple[Step | Iterable[Step], ...]) -> list[Step]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 from unittest import mock
 
-from runner_task import _task, context, errors, pdf
+from runner_task import _task, context, errors, http, jobs, pdf
 from runner_task._convert import InputError, decode, decoder, from_json, to_json
 from runner_task._host import call, to_ms
 from runner_task.build import BuildError, build, declared_needs, world
@@ -42,6 +42,30 @@ class Order:
     tags: dict[str, int] = field(default_factory=dict)
     colour: Colour = Colour.RED
     mode: Literal["fast", "slow"] = "fast"
+
+
+@dataclass
+class Node:
+    name: str
+    children: list[Node] = field(default_factory=list)
+
+
+@dataclass
+class Folder:
+    name: str
+    files: list[File] = field(default_factory=list)
+
+
+@dataclass
+class File:
+    name: str
+    parent: Folder | None = None
+
+
+@dataclass
+class Stock:
+    by_id: dict[int, Line]
+    by_colour: dict[Colour, int] = field(default_factory=dict)
 
 
 class ConvertTest(unittest.TestCase):
@@ -100,6 +124,65 @@ class ConvertTest(unittest.TestCase):
         with self.assertRaises(InputError) as e:
             from_json(1.5, int | str, "input")
         self.assertEqual(str(e.exception), "input: a number fits none of int | str")
+
+    def test_recursive_dataclasses(self) -> None:
+        self.assertEqual(from_json({"name": "a", "children": [{"name": "b"}]}, Node, "input"),
+                         Node("a", [Node("b")]))
+        with self.assertRaises(InputError) as e:
+            from_json({"name": "a", "children": [{"name": "b", "children": [{"name": 1}]}]},
+                      Node, "input")
+        self.assertEqual(str(e.exception),
+                         "input.children[0].children[0].name: expected a string, got a number")
+        # Mutually recursive, entered from either side.
+        f = from_json({"name": "d", "files": [{"name": "x", "parent": {"name": "e"}}]}, Folder, "input")
+        self.assertEqual(f, Folder("d", [File("x", Folder("e"))]))
+        self.assertEqual(from_json({"name": "x", "parent": {"name": "d", "files": [{"name": "y"}]}},
+                                   File, "input"), File("x", Folder("d", [File("y")])))
+        with self.assertRaises(InputError) as e:
+            from_json({"name": "d", "files": [{"name": "x", "parent": {"name": "e", "files": 1}}]},
+                      Folder, "input")
+        self.assertEqual(str(e.exception), "input.files[0].parent.files: expected a list, got a number")
+
+    def test_dict_keys_are_converted_to_the_key_type(self) -> None:
+        s = from_json({"by_id": {"1": {"item": "a", "quantity": 2}, "-20": {"item": "b", "quantity": 1}},
+                       "by_colour": {"red": 3}}, Stock, "input")
+        self.assertEqual(s, Stock({1: Line("a", 2), -20: Line("b", 1)}, {Colour.RED: 3}))
+        # What `to_json` writes comes back as it was.
+        self.assertEqual(from_json(to_json(s), Stock, "input"), s)
+        self.assertEqual(from_json({"0": "z", "-0": "z"}, dict[int, str], "input"), {0: "z"})
+        self.assertEqual(from_json({"1": 1}, dict[str, int], "input"), {"1": 1})
+        # An integer key is written as JSON writes an integer, as serde_json
+        # reads it for the Rust SDK.
+        for key in ("x", "1.5", "1e3", " 1", "1 ", "+1", "01", "1_000", "١", "", "-"):
+            with self.subTest(key=key):
+                with self.assertRaises(InputError) as e:
+                    from_json({"by_id": {key: {"item": "a", "quantity": 1}}}, Stock, "input")
+                self.assertEqual(str(e.exception),
+                                 f"input.by_id.{key}: expected an integer key, got {key!r}")
+        with self.assertRaises(InputError) as e:
+            from_json({"by_id": {}, "by_colour": {"blue": 1}}, Stock, "input")
+        self.assertEqual(str(e.exception), "input.by_colour.blue: expected one of ['red'], got 'blue'")
+        with self.assertRaises(InputError) as e:
+            from_json({"2": {"item": "a"}}, dict[int, Line], "input")
+        self.assertEqual(str(e.exception), "input.2.quantity: missing")
+
+    def test_dict_keys_that_json_cannot_give_are_refused_up_front(self) -> None:
+        class Level(Enum):
+            LOW = 1
+
+        for tp in (dict[float, int], dict[bool, int], dict[Line, int], dict[tuple[int, int], int],
+                   dict[Level, int], dict[int | str, int]):
+            with self.subTest(tp=tp):
+                with self.assertRaises(TypeError) as e:
+                    decoder(tp)
+                self.assertIn("dict key", str(e.exception))
+        try:
+            with self.assertRaises(TypeError):
+                @_task.task
+                def run(x: dict[str, dict[float, int]]) -> None: ...
+        finally:
+            _task._TASK = None
+        self.assertEqual(from_json({"a": 1}, dict[Literal["a", "b"], int], "input"), {"a": 1})
 
     def test_output(self) -> None:
         self.assertEqual(
@@ -291,6 +374,49 @@ class ArgumentsTest(unittest.TestCase):
                         context.progress(done, total, message)
         self.assertEqual(wit.calls, [("progress", (50, 100, None), {}),
                                      ("progress", (1, 2, "half"), {})])
+
+
+class JsonArgumentsTest(unittest.TestCase):
+    """`jobs` and `http` write a value as JSON as a task's output is written."""
+
+    def test_jobs_input(self) -> None:
+        with bindings("jobs") as wit:
+            jobs.enqueue("t", Node("a", [Node("b")]))
+            jobs.enqueue("t", {Colour.RED: (1, Line("a", 1))})
+            step = jobs.Step.task("t", input=Line("b", 2))
+        self.assertEqual([args[:2] for name, args, _ in wit.calls if name == "enqueue"],
+                         [("t", '{"name":"a","children":[{"name":"b","children":[]}]}'),
+                          ("t", '{"red":[1,{"item":"a","quantity":1,"price":0.0}]}')])
+        self.assertEqual(step.to_json(), '{"task":"t","input":{"item":"b","quantity":2,"price":0.0}}')
+
+    def test_jobs_input_without_nan(self) -> None:
+        for bad in (float("nan"), float("inf"), [Line("a", 1, float("-inf"))]):
+            with self.subTest(bad=bad):
+                with bindings("jobs") as wit:
+                    with self.assertRaises(ValueError) as e:
+                        jobs.enqueue("t", bad)
+                    self.assertTrue(str(e.exception).startswith("input is not JSON: "), str(e.exception))
+                    with self.assertRaises(ValueError) as e:
+                        jobs.start_workflow(jobs.Step.task("t", input=bad))
+                    self.assertTrue(str(e.exception).startswith("a step's input is not JSON: "))
+                self.assertEqual([c for c in wit.calls if c[0] in ("enqueue", "start_workflow")], [])
+
+    def test_http_json_body(self) -> None:
+        with bindings("http") as wit:
+            setattr(wit, "send", lambda request: types.SimpleNamespace(status=200, headers=[], body=b""))
+            http.post("https://example.com/", json=Line("りんご", 1))
+        sent = [kwargs for name, _, kwargs in wit.calls if name == "Request"]
+        self.assertEqual(len(sent), 1)
+        self.assertEqual(sent[0]["body"], '{"item":"りんご","quantity":1,"price":0.0}'.encode())
+        self.assertIn(("content-type", "application/json"), sent[0]["headers"])
+
+    def test_http_json_body_without_nan(self) -> None:
+        with bindings("http") as wit:
+            setattr(wit, "send", lambda request: types.SimpleNamespace(status=200, headers=[], body=b""))
+            with self.assertRaises(ValueError) as e:
+                http.post("https://example.com/", json={"x": float("nan")})
+            self.assertTrue(str(e.exception).startswith("json is not JSON: "), str(e.exception))
+        self.assertEqual(wit.calls, [])
 
 
 class RunTest(unittest.TestCase):
