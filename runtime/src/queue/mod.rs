@@ -230,6 +230,9 @@ pub struct SettleReply {
     /// The worker is now registered as idle in the queue (see
     /// [`SettleRequest::idle`]).
     pub registered: bool,
+    /// How many jobs that registration offers: the call's free slots, less
+    /// the jobs the call leased (0 when not registered).
+    pub offered: usize,
     /// A push used the worker's registration up and its jobs have not
     /// reached the worker yet ([`Signal::Pushed`]): they come first, so this
     /// call leased nothing.

@@ -144,6 +144,7 @@ fn merge_leases(out: &mut SettleReply, r: SettleReply) {
     out.deferred_until = earlier(out.deferred_until, r.deferred_until);
     out.prioritized_left |= r.prioritized_left;
     out.registered = r.registered;
+    out.offered = r.offered;
     out.push_in_flight |= r.push_in_flight;
 }
 /// Enqueue calls for one chunk at most: an idempotency key that names an
@@ -2062,7 +2063,11 @@ impl RedisBroker {
             .filter_map(as_string)
             .filter_map(|s| s.parse().ok())
             .collect();
-        let registered = parts.next().and_then(|v| as_string(&v)).as_deref() == Some("1");
+        let offered = parts
+            .next()
+            .and_then(|v| as_string(&v))
+            .and_then(|s| s.parse::<usize>().ok())
+            .unwrap_or(0);
         let push_in_flight = parts.next().and_then(|v| as_string(&v)).as_deref() == Some("1");
         let undeclared: Vec<String> = as_array(parts.next().unwrap_or(Value::Nil))
             .iter()
@@ -2074,7 +2079,8 @@ impl RedisBroker {
             reclaimed,
             prioritized_left,
             outbox,
-            registered,
+            registered: offered > 0,
+            offered,
             push_in_flight,
             deliveries: deliveries(q, leased.iter().filter_map(as_string))?,
             ..SettleReply::default()

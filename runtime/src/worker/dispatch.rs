@@ -510,17 +510,17 @@ impl Dispatcher {
             } else {
                 self.idle_slots(n).min(room)
             };
-            let want = if want == 0 && idle > 0 && (flush || due_check) {
-                self.capacity()
-            } else {
-                want
-            };
             let offered = view.map_or(0, |v| v.registered);
             let registered = offered > 0;
             // A worker that stops ends its registration as idle, and so
             // does one whose registration offers more than it can now take
             // (its capacity shrank: leases ahead, fewer slots).
             let unregister = registered && (shutting || offered > room);
+            let want = if want == 0 && idle > 0 && (flush || due_check) {
+                self.capacity()
+            } else {
+                want
+            };
             if !flush && want == 0 && !due_check && !unregister {
                 if !completions.is_empty() {
                     self.pending.insert(q.clone(), completions);
@@ -597,13 +597,7 @@ impl Dispatcher {
                 if asked_prio {
                     v.maybe_prio = reply.prioritized_left;
                 }
-                // What the script registered: the free slots asked for,
-                // less the jobs this call leased.
-                v.registered = if reply.registered {
-                    idle.min(want).saturating_sub(reply.deliveries.len())
-                } else {
-                    0
-                };
+                v.registered = reply.offered;
                 v.awaiting_push = reply.push_in_flight.then(|| Instant::now() + PUSH_WAIT);
             }
             for d in reply.deliveries {

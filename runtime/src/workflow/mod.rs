@@ -754,6 +754,9 @@ impl Workflows {
     /// (The rest of the job, its queue and limits, is as the workflow's
     /// start made it.) A task no longer bound keeps the module it had.
     async fn current_modules(&self, tree: &Tree, mut jobs: Vec<Job>) -> BrokerResult<Vec<Job>> {
+        if !tree.spec.modules_at_launch {
+            return Ok(jobs);
+        }
         let mut bound: HashMap<String, Option<crate::registry::ModuleHash>> = HashMap::new();
         for job in &mut jobs {
             let pinned = job

@@ -161,6 +161,12 @@ pub struct Spec {
     pub created_ms: i64,
     /// How long the record is kept once the workflow ended.
     pub ttl_ms: u64,
+    /// Its steps that name no module run their task's module as bound
+    /// when they launch, and `JobStep::pinned` says which name one. A
+    /// tree stored before then has neither: its steps run the modules it
+    /// was made with.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub modules_at_launch: bool,
 }
 
 /// `POST /v1/workflows`.
@@ -447,6 +453,7 @@ pub async fn compile(
         root,
         created_ms: chrono::Utc::now().timestamp_millis(),
         ttl_ms: ttl_secs * 1000,
+        modules_at_launch: true,
     })
 }
 

@@ -1269,6 +1269,18 @@ async fn a_worker_whose_push_is_on_its_way_leases_nothing_more(env: Env) {
     let r = b.settle(req).await.unwrap();
     assert!(!r.push_in_flight);
     assert_eq!(r.deliveries[0].job.id, id);
+    // A call that leases jobs and finds the queue empty registers the
+    // rest of its free slots, and says how many: its worker keeps what
+    // all its registrations offer within what it can take.
+    let id = env.producer.enqueue(call("{}")).await.unwrap().job.id;
+    let mut req = settle("work", "w-3", vec![], 5);
+    req.idle = 3;
+    let r = b.settle(req).await.unwrap();
+    assert_eq!(
+        r.deliveries.iter().map(|d| d.job.id).collect::<Vec<_>>(),
+        [id]
+    );
+    assert_eq!((r.registered, r.offered), (true, 2));
 }
 
 /// A job that expires unrun is forgotten a result-TTL after its expiry if
@@ -1412,6 +1424,7 @@ async fn register_idle(env: &Env, w: &str, slots: usize, lease: Duration) -> boo
     req.lease = lease;
     let r = env.broker.settle(req).await.unwrap();
     assert!(r.deliveries.is_empty());
+    assert_eq!(r.offered, if r.registered { slots } else { 0 });
     r.registered
 }
 

@@ -901,6 +901,60 @@ async fn a_step_runs_its_tasks_module_as_bound_when_it_launches(env: Env) {
     );
 }
 
+/// A tree stored before steps took their task's module at launch keeps
+/// the modules it was made with, a step that named its own among them:
+/// its record says nothing of which steps named one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_tree_keeps_the_modules_it_was_made_with() {
+    let server = RedisServer::start();
+    let env = crate::queue_conformance::redis_on(&server).await;
+    let registry = env.producer.registry();
+    let old = registry.task("other").await.unwrap().unwrap().module;
+    let s = Workflows::new(env.producer.clone())
+        .submit(
+            Caller::Admin,
+            &request(json!({"workflow": {"chain": [
+                {"task": "echo"},
+                {"task": "other", "module": old.to_string()},
+            ]}})),
+        )
+        .await
+        .unwrap();
+    // The record as the build before stored it.
+    let key = format!("runner:{{wf:{}}}", s.id);
+    let mut c = redis::Client::open(server.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let spec: String = redis::cmd("HGET")
+        .arg(&key)
+        .arg("spec")
+        .query(&mut c)
+        .unwrap();
+    let older = spec
+        .replace(r#","modules_at_launch":true"#, "")
+        .replace(r#","pinned":true"#, "");
+    assert!(older.len() < spec.len() - 20, "{spec}");
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("spec")
+        .arg(&older)
+        .query(&mut c)
+        .unwrap();
+    let new = registry.put_module(b"other, fixed").await.unwrap();
+    let mut b = registry.task("other").await.unwrap().unwrap();
+    b.module = new;
+    registry.bind(b).await.unwrap();
+    // Another engine, which reads the tree from the record.
+    let wf = Workflows::new(env.producer.clone());
+    let d = lease_one(&env, "work", "w1").await;
+    let echo = finish(&env, "w1", &d, "1").await;
+    wf.apply_ended(&[("work".into(), echo)]).await.unwrap();
+    let d = lease_one(&env, "work", "w1").await;
+    assert_eq!(d.job.task.as_deref(), Some("other"));
+    assert_eq!(d.job.module, Some(old));
+}
+
 on_every_broker!(
     a_step_runs_its_tasks_module_as_bound_when_it_launches,
     engine_step_module_at_launch_embedded,

@@ -21,7 +21,7 @@
 -- number of entries taken from ready (leased, deferred or dropped), now,
 -- number of expired leases taken back, whether prioritized jobs may be
 -- left ('1'/'0'; '' when not asked), workflow ends to apply again (due check),
--- whether the worker is registered as idle ('1'/'0'), whether jobs pushed to
+-- how many jobs the worker's registration as idle offers ('0': none), whether jobs pushed to
 -- it are on their way (so nothing was leased; '1'/'0'), rate-limit keys
 -- a job needed but the call did not declare, the history minute the call
 -- saw ('' when it changed nothing)}.
@@ -466,7 +466,7 @@ if idle_slots > 0 and fetch_max > 0 and popped < fetch_max and #undeclared == 0 
   local free = math.min(idle_slots, fetch_max) - #out / 2
   if free > 0 then
     redis.call('HSET', P .. 'idle', worker, free .. '|' .. lease_ms .. '|' .. (now + IDLE_MS))
-    registered = '1'
+    registered = tostring(free)
   end
 end
 if registered == '0' and was_idle then redis.call('HDEL', P .. 'idle', worker) end
