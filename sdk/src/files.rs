@@ -126,7 +126,14 @@ pub fn cleanup(
     older_than: Duration,
     dry_run: bool,
 ) -> Result<CleanupReport, HostError> {
-    Ok(wit::cleanup(root, glob, older_than.as_secs(), dry_run)?.into())
+    Ok(wit::cleanup(root, glob, whole_secs_up(older_than), dry_run)?.into())
+}
+
+/// `d` in whole seconds, rounded up: the host counts ages in seconds, and
+/// rounding down would delete files younger than asked (500 ms became 0:
+/// every file).
+fn whole_secs_up(d: Duration) -> u64 {
+    d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
 }
 
 /// Space on the filesystem that holds `root`, and what the root uses.
@@ -137,6 +144,15 @@ pub fn disk_usage(root: &str) -> Result<DiskUsage, HostError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cleanup_age_is_never_rounded_down() {
+        assert_eq!(whole_secs_up(Duration::from_millis(500)), 1);
+        assert_eq!(whole_secs_up(Duration::from_secs_f64(1.9)), 2);
+        assert_eq!(whole_secs_up(Duration::from_secs(3)), 3);
+        assert_eq!(whole_secs_up(Duration::ZERO), 0);
+        assert_eq!(whole_secs_up(Duration::MAX), u64::MAX);
+    }
 
     #[test]
     fn cleanup_report_converts() {

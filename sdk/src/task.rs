@@ -40,14 +40,26 @@ where
     to_json(&task(&ctx, input)?)
 }
 
-/// An empty input counts as `null`, so that `Option<T>` and `()` inputs work
-/// when the job was enqueued without one.
+/// No input counts as `null`, so that `Option<T>` and `()` inputs work when
+/// the job was enqueued without one. The runner gives such a job `{}` (the
+/// API, `runner call` and `runner run` without `--input`, a beat without
+/// input): `{}` that does not fit the type is read as `null` too.
 pub(crate) fn parse_input<I: DeserializeOwned>(input: &str) -> Result<I, TaskError> {
-    let text = if input.trim().is_empty() {
-        "null"
-    } else {
-        input
-    };
+    let text = input.trim();
+    if text.is_empty() {
+        return parse("null");
+    }
+    let parsed = parse(text);
+    if parsed.is_err()
+        && text == "{}"
+        && let Ok(none) = parse("null")
+    {
+        return Ok(none);
+    }
+    parsed
+}
+
+fn parse<I: DeserializeOwned>(text: &str) -> Result<I, TaskError> {
     serde_json::from_str(text).map_err(|e| TaskError::fail(format!("invalid input: {e}")))
 }
 
@@ -109,6 +121,21 @@ mod tests {
     fn empty_input_is_null() {
         let out = run_inner::<Option<u32>, _, _>("  ", |_, n| Ok(n.unwrap_or(7))).expect("runs");
         assert_eq!(out, "7");
+    }
+
+    /// A job enqueued without input carries `{}`: before, a `()` input and
+    /// an `Option<T>` whose `T` has a required field failed on it.
+    #[test]
+    fn the_runners_empty_object_is_no_input_where_it_does_not_fit() {
+        run_inner::<(), _, _>("{}", |_, ()| Ok(())).expect("a unit input");
+        let out = run_inner::<Option<Greet>, _, _>(" {} ", |_, g| Ok(g.is_none())).expect("runs");
+        assert_eq!(out, "true");
+        // Where it fits, it is what it says.
+        let out = run_inner::<Option<serde_json::Value>, _, _>("{}", |_, v| Ok(v)).expect("runs");
+        assert_eq!(out, "{}");
+        // Another input that does not fit still fails.
+        let err = run_inner::<(), _, _>("{\"a\":1}", |_, ()| Ok(())).expect_err("not unit");
+        assert!(err.message().starts_with("invalid input"), "{err}");
     }
 
     #[test]

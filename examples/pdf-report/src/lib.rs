@@ -31,7 +31,13 @@ struct Output {
 
 #[task]
 fn run(ctx: &Context, input: Input) -> Result<Output, TaskError> {
-    let total: u64 = input.rows.iter().map(|(_, n)| n).sum();
+    // Checked: a release build wraps silently (the total of u64::MAX and 1
+    // was printed as 0).
+    let total = input
+        .rows
+        .iter()
+        .try_fold(0u64, |sum, (_, n)| sum.checked_add(*n))
+        .ok_or_else(|| TaskError::fail("the rows' total is too large"))?;
     let table_rows: Vec<[String; 2]> = input
         .rows
         .iter()

@@ -675,6 +675,23 @@ async fn monthly_report_fetches_its_figures_from_a_granted_endpoint() {
         10,
         "tables[0].rows[0] has 1 cells but there are 2 columns",
     );
+    // A period is a date as written, or refused: before, chrono's lenient
+    // reading took these, and the report went to `daily/2026-1-5.pdf`,
+    // `daily/ 2026-01-05.pdf` or the year 26.
+    for (kind, period) in [
+        ("daily", "2026-1-5"),
+        ("daily", " 2026-01-05"),
+        ("daily", "26-11-22"),
+        ("monthly", "2026-1"),
+    ] {
+        let bad = json!({ "kind": kind, "period": period, "data": {} });
+        ended_with(
+            &setup.run("report", "report", &bad).await,
+            10,
+            &format!("period: {period:?} is not a"),
+        );
+    }
+    assert!(!reports.join("daily").exists(), "nothing written");
 }
 
 // ---------------------------------------------------------------- cleanup

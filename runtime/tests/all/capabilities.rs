@@ -210,6 +210,16 @@ fn pdf_report_saves_a_pdf_that_pdftotext_reads() {
     ] {
         assert!(text.contains(expected), "{expected:?} not in:\n{text}");
     }
+
+    // A total past u64 is refused: it was printed as 0.
+    let huge = r#"{"title": "t", "summary": "s",
+        "rows": [["a", 18446744073709551615], ["b", 1]],
+        "save_to": {"root": "reports", "path": "huge.pdf"}}"#;
+    failed_with(
+        &run("pdf_report", &config, Some("report"), huge),
+        "the rows' total is too large",
+    );
+    assert!(!reports.join("huge.pdf").exists());
 }
 
 /// One message as the SMTP server received it.

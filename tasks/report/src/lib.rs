@@ -266,12 +266,17 @@ fn default_period(kind: Kind, today: NaiveDate) -> String {
     }
 }
 
+/// `period` if it is a date of `kind`'s form exactly as written: it names
+/// the file and fills the source URL, so `2026-1-5` or ` 2026-01-05` (which
+/// chrono reads) would name another file than the report's.
 fn check_period(kind: Kind, period: &str) -> Result<String, TaskError> {
-    let ok = match kind {
-        Kind::Daily => NaiveDate::parse_from_str(period, "%Y-%m-%d").is_ok(),
-        Kind::Monthly => NaiveDate::parse_from_str(&format!("{period}-01"), "%Y-%m-%d").is_ok(),
+    let canonical = match kind {
+        Kind::Daily => NaiveDate::parse_from_str(period, "%Y-%m-%d")
+            .map(|d| d.format("%Y-%m-%d").to_string()),
+        Kind::Monthly => NaiveDate::parse_from_str(&format!("{period}-01"), "%Y-%m-%d")
+            .map(|d| d.format("%Y-%m").to_string()),
     };
-    if ok {
+    if canonical.is_ok_and(|c| c == period) {
         Ok(period.to_string())
     } else {
         let form = match kind {
