@@ -246,3 +246,62 @@ fn compose_waits_for_the_grace_and_takes_the_broker_from_the_env_file() {
     // (The escaped name stays, for files made for the earlier unit.)
     assert!(unit.contains("EnvironmentFile=-/etc/runner/worker-%i.env"));
 }
+
+/// Every queue of a deployment's `runner.toml` (its `[queues.*]`, its
+/// tasks' queues, and `default`) is consumed by one of its workers: a
+/// queue no worker serves keeps its jobs for ever, and nothing says so.
+/// (Compose and the systemd steps ran no worker for `default`,
+/// `notifications` and `verification`: every `notify` job waited.)
+#[test]
+fn every_queue_of_a_deployment_has_a_worker() {
+    fn queues_of(config: &str) -> std::collections::BTreeSet<String> {
+        let text = std::fs::read_to_string(root().join(config)).unwrap();
+        let v: toml::Value = toml::from_str(&text).unwrap();
+        let mut queues = std::collections::BTreeSet::from(["default".to_string()]);
+        if let Some(t) = v.get("queues").and_then(|q| q.as_table()) {
+            queues.extend(t.keys().cloned());
+        }
+        if let Some(t) = v.get("tasks").and_then(|q| q.as_table()) {
+            queues.extend(
+                t.values()
+                    .filter_map(|task| task.get("queue")?.as_str().map(str::to_string)),
+            );
+        }
+        queues
+    }
+    fn split(list: &str) -> impl Iterator<Item = String> + '_ {
+        list.split(',').map(|q| q.trim().to_string())
+    }
+    // Compose: the `-Q` of each worker's command.
+    let compose = std::fs::read_to_string(root().join("deploy/compose.yaml")).unwrap();
+    let served: std::collections::BTreeSet<String> = compose
+        .split(r#""-Q", ""#)
+        .skip(1)
+        .flat_map(|rest| split(rest.split('"').next().unwrap()))
+        .collect();
+    let missing: Vec<_> = queues_of("deploy/runner.toml")
+        .into_iter()
+        .filter(|q| !served.contains(q))
+        .collect();
+    assert!(missing.is_empty(), "compose serves no {missing:?}");
+    // systemd: the worker instances deploy/README.md enables, for the
+    // runner.toml it installs.
+    let readme = std::fs::read_to_string(root().join("deploy/README.md")).unwrap();
+    assert!(readme.contains("install -m 0644 examples/runner.toml /etc/runner/runner.toml"));
+    let mut instances = std::collections::BTreeSet::new();
+    for line in readme.lines().filter(|l| l.starts_with("systemctl enable")) {
+        for word in line.split_whitespace() {
+            if let Some(q) = word.strip_prefix("runner-worker@") {
+                instances.extend(split(q));
+            }
+        }
+        if let Some(rest) = line.split("systemd-escape ").nth(1) {
+            instances.extend(split(rest.split(')').next().unwrap()));
+        }
+    }
+    let missing: Vec<_> = queues_of("examples/runner.toml")
+        .into_iter()
+        .filter(|q| !instances.contains(q))
+        .collect();
+    assert!(missing.is_empty(), "the systemd steps serve no {missing:?}");
+}
