@@ -187,6 +187,18 @@ pub enum RedisWait {
     Stopped,
 }
 
+/// The TLS handshake refused the server or its data (a certificate of
+/// another CA or for another name): waiting cannot fix it. The redis crate
+/// reports it as an I/O error, which reads as "not reachable yet", and
+/// tokio-rustls gives it the kind `InvalidData`.
+fn tls_refused(e: &redis::RedisError) -> bool {
+    use std::error::Error as _;
+    e.source()
+        .and_then(|s| s.downcast_ref::<std::sync::Arc<dyn std::error::Error + Send + Sync>>())
+        .and_then(|inner| (**inner).downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
+}
+
 /// Waits until the broker's Redis answers a PING, so that a process started
 /// before Redis (a boot, a restart of Redis) comes up once it can, instead
 /// of exiting: it logs once while it waits and once when connected. A
@@ -221,6 +233,7 @@ pub async fn wait_for_redis(
                 e.kind(),
                 redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::InvalidClientConfig
             ) || e.code() == Some("NOPERM")
+                || tls_refused(&e)
                 || !crate::queue::redis_unavailable(&e);
             if fatal {
                 return Err(

@@ -258,6 +258,49 @@ async fn redis_over_tls_with_a_ca_file_and_with_a_client_certificate() {
     assert!(!text.contains("hunter2"), "{text}");
 }
 
+/// A process whose Redis answers TLS with a certificate its CA does not
+/// sign stops at once and says why: waiting cannot fix that. Before, it
+/// took the refusal for a Redis not up yet and waited for ever (a systemd
+/// unit stayed "activating").
+#[test]
+fn a_certificate_of_another_ca_stops_a_process_at_once() {
+    let certs = Certs::new();
+    let other = Certs::new();
+    let server = TlsRedis::start(&certs, false, None);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .args([
+            "scheduler",
+            "--redis",
+            &server.url(""),
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .env("RUNNER_REDIS_TLS_CA", other.path("ca.pem"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "still waiting after 20 s:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("certificate"), "{stderr}");
+}
+
 /// The `user runner` line of `deploy/redis-users.acl`, with `password`.
 pub(crate) fn runner_acl(password: &str) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
