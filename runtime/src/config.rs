@@ -233,16 +233,18 @@ pub struct SchedulerSection {
 }
 
 impl WorkerSection {
+    /// At least [`MIN_LEASE`].
     pub fn lease(&self) -> anyhow::Result<Option<std::time::Duration>> {
-        positive_duration("worker.lease", self.lease.as_deref())
+        at_least("worker.lease", self.lease.as_deref(), MIN_LEASE)
     }
 
     pub fn grace(&self) -> anyhow::Result<Option<std::time::Duration>> {
         duration("worker.grace", self.grace.as_deref())
     }
 
+    /// At least [`MIN_HEARTBEAT`].
     pub fn heartbeat(&self) -> anyhow::Result<Option<std::time::Duration>> {
-        positive_duration("worker.heartbeat", self.heartbeat.as_deref())
+        at_least("worker.heartbeat", self.heartbeat.as_deref(), MIN_HEARTBEAT)
     }
 }
 
@@ -262,10 +264,22 @@ pub fn parse_bounded_duration(t: &str) -> Result<std::time::Duration, String> {
     Ok(d)
 }
 
-fn positive_duration(key: &str, text: Option<&str>) -> anyhow::Result<Option<std::time::Duration>> {
+/// The shortest lease: a worker extends leases at most every 50 ms, and a
+/// lease that runs out while its job runs sends the job to another worker
+/// (`10ms`: every job ran twice, and each first run was stopped).
+pub const MIN_LEASE: std::time::Duration = std::time::Duration::from_secs(1);
+/// The shortest heartbeat: each is a Redis command (`1ms`: a thousand a
+/// second per worker).
+pub const MIN_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn at_least(
+    key: &str,
+    text: Option<&str>,
+    min: std::time::Duration,
+) -> anyhow::Result<Option<std::time::Duration>> {
     let d = duration(key, text)?;
-    if d.is_some_and(|d| d.is_zero()) {
-        bail!("{key} must be longer than zero");
+    if d.is_some_and(|d| d < min) {
+        bail!("{key} must be at least {}", humantime::format_duration(min));
     }
     Ok(d)
 }
@@ -663,6 +677,18 @@ mod tests {
             let ok = Config::from_toml(&format!("[worker]\n{key} = \"1h\"\n")).unwrap();
             assert!(ok.worker.lease().is_ok());
         }
+        // Too short to work: a lease the worker cannot extend in time, a
+        // heartbeat of a thousand commands a second.
+        for (key, short) in [("lease", "10ms"), ("heartbeat", "1ms"), ("lease", "0s")] {
+            let err = Config::from_toml(&format!("[worker]\n{key} = \"{short}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("worker.{key} must be at least 1s")),
+                "{err}"
+            );
+        }
+        Config::from_toml("[worker]\nlease = \"1s\"\nheartbeat = \"1s\"\n").unwrap();
     }
 
     #[test]

@@ -43,7 +43,9 @@ const DEV_CONFIG: &str = include_str!("dev.toml");
 /// The built-in dev configuration with its paths under `data`; tasks whose
 /// built-in component is not in this binary are left out.
 pub fn dev_config(data: &Path) -> anyhow::Result<Config> {
-    let text = DEV_CONFIG.replace("{data}", &data.display().to_string());
+    // Inside TOML strings: a `"` ended the string, and `\u0041` in a path
+    // was read as `A` (a root outside the data directory).
+    let text = DEV_CONFIG.replace("{data}", &toml_escaped(&data.display().to_string()));
     let mut config: Config = toml::from_str(&text).context("the built-in dev configuration")?;
     config.tasks.retain(|_, t| {
         match t.module.as_deref().and_then(|m| m.strip_prefix("builtin:")) {
@@ -53,6 +55,20 @@ pub fn dev_config(data: &Path) -> anyhow::Result<Config> {
     });
     config.base_dir = data.to_path_buf();
     Ok(config)
+}
+
+/// `s` as the inside of a TOML basic string.
+fn toml_escaped(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 pub async fn execute(args: DevArgs) -> anyhow::Result<ExitCode> {
@@ -152,4 +168,24 @@ pub async fn execute(args: DevArgs) -> anyhow::Result<ExitCode> {
 
     process.run_until_shutdown().await?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The data directory's path goes into the configuration as written:
+    /// before, a `"` in it broke the TOML, and `\u0041` put the file roots
+    /// under `xAy`, outside it.
+    #[test]
+    fn the_data_directory_is_taken_as_written() {
+        for data in ["/tmp/x\\u0041y", "/tmp/a\"b", "/tmp/tab\there"] {
+            let config = dev_config(Path::new(data)).unwrap_or_else(|e| panic!("{data}: {e:#}"));
+            let roots = &config.host.files.as_ref().unwrap().roots;
+            assert!(!roots.is_empty());
+            for root in roots.values() {
+                assert!(root.starts_with(data), "{data}: {}", root.display());
+            }
+        }
+    }
 }

@@ -72,8 +72,29 @@ pub enum Command {
     Workflow(workflow::WorkflowArgs),
 }
 
+/// A `RUNNER_*` variable set to nothing is not set: `runner.toml` and the
+/// defaults decide, as for the variables `Config::apply_env` reads (an
+/// env file's `RUNNER_REDIS_URL=` means "runner.toml's"). The flags that
+/// read a variable through clap took `""` as a value: `runner dev` with
+/// `RUNNER_REDIS_URL=` tried to connect to "".
+fn forget_empty_env() {
+    let empty: Vec<std::ffi::OsString> = std::env::vars_os()
+        .filter(|(k, v)| {
+            k.to_str().is_some_and(|k| k.starts_with("RUNNER_"))
+                && v.to_str().is_some_and(|v| v.trim().is_empty())
+        })
+        .map(|(k, _)| k)
+        .collect();
+    for k in empty {
+        // SAFETY: called first thing in `main`, before the runtime or any
+        // other thread starts: nothing reads the environment meanwhile.
+        unsafe { std::env::remove_var(k) };
+    }
+}
+
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> ExitCode {
+    forget_empty_env();
     let cli = Cli::parse();
     init_logging();
     // reqwest (the CLI's client, webhooks) takes rustls's process default.

@@ -750,3 +750,26 @@ fn an_unreachable_server_is_said_with_its_cause() {
     assert!(stderr.contains("cannot reach"), "{stderr}");
     assert!(stderr.contains("refused"), "{stderr}");
 }
+
+/// A `RUNNER_*` variable set to nothing counts as unset, as an env file's
+/// `RUNNER_REDIS_URL=` means: `runner dev` runs on its embedded broker with
+/// a token of its own. Before, it tried to connect to Redis at "" (and an
+/// empty `RUNNER_CONFIG` or `RUNNER_TOKEN` was refused).
+#[test]
+fn empty_variables_count_as_unset() {
+    let data = TempDir::new().unwrap();
+    let mut cmd = dev_command(data.path());
+    cmd.args(["--listen", "127.0.0.1:0"]);
+    for var in [
+        "RUNNER_REDIS_URL",
+        "RUNNER_TOKEN",
+        "RUNNER_CONFIG",
+        "RUNNER_METRICS_LISTEN",
+    ] {
+        cmd.env(var, "");
+    }
+    let dev = Dev::spawn(cmd);
+    assert!(dev.token.len() >= 16, "{}", dev.token);
+    let tasks = ok(&dev.runner(&["inspect", "tasks"]));
+    assert!(tasks.lines().any(|l| l.starts_with("hello")), "{tasks}");
+}
