@@ -349,6 +349,33 @@ async fn hello_worker(env: &Env, config: WorkerConfig) -> (Arc<Faulty>, RunningW
     (faulty, w)
 }
 
+/// [`hello_worker`], once it ran a first job and its call after the run
+/// found the queue empty: it is idle, registered for pushes.
+async fn idle_hello_worker(env: &Env, config: WorkerConfig) -> (Arc<Faulty>, RunningWorker) {
+    let (faulty, w) = hello_worker(env, config).await;
+    let first = env.enqueue("hello", r#"{"name":"Ada"}"#).await;
+    assert_eq!(
+        wait_final(&env.broker, first).await.state,
+        JobState::Success
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    (faulty, w)
+}
+
+/// Job `next` runs once, on a worker started now: no earlier worker held
+/// it (it was never delivered before).
+async fn runs_once_on_a_new_worker(env: &Env, next: JobId) {
+    let w = start_worker_with(
+        env.broker.clone(),
+        env.registry.clone(),
+        Default::default(),
+        cfg(&["default"], 2),
+    );
+    let j = wait_final(&env.broker, next).await;
+    assert_eq!((j.state, j.redeliveries), (JobState::Success, 0));
+    w.stop().await;
+}
+
 /// `sleeper` bound on `default` (a 60 s time limit), and a worker of 2
 /// slots and 2 s leases on it through `faulty`.
 async fn sleeper_worker(env: &Env, faulty: Faulty) -> (Arc<Faulty>, RunningWorker) {
@@ -1174,29 +1201,14 @@ async fn a_worker_idle_for_long_extends_no_burst_of_leases_embedded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_stopped_during_an_outage_is_pushed_nothing() {
     let env = Env::redis().await;
-    let (faulty, w) = hello_worker(&env, cfg(&["default"], 2)).await;
-    let first = env.enqueue("hello", r#"{"name":"Ada"}"#).await;
-    assert_eq!(
-        wait_final(&env.broker, first).await.state,
-        JobState::Success
-    );
-    // Its call after the run found the queue empty: it is idle.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (faulty, w) = idle_hello_worker(&env, cfg(&["default"], 2)).await;
     faulty.settles_down.store(true, Ordering::SeqCst);
     let stopping = tokio::spawn(w.stop());
     tokio::time::sleep(Duration::from_millis(500)).await;
     faulty.settles_down.store(false, Ordering::SeqCst);
     stopping.await.unwrap();
     let next = env.enqueue("hello", r#"{"name":"Bo"}"#).await;
-    let w = start_worker_with(
-        env.broker.clone(),
-        env.registry.clone(),
-        Default::default(),
-        cfg(&["default"], 2),
-    );
-    let j = wait_final(&env.broker, next).await;
-    assert_eq!((j.state, j.redeliveries), (JobState::Success, 0));
-    w.stop().await;
+    runs_once_on_a_new_worker(&env, next).await;
 }
 
 /// A worker told to stop just as a job is pushed to it, before the push
@@ -1207,14 +1219,7 @@ async fn a_worker_stopped_during_an_outage_is_pushed_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_stopping_as_a_job_is_pushed_to_it_hands_it_back() {
     let env = Env::redis().await;
-    let (faulty, w) = hello_worker(&env, cfg(&["default"], 2)).await;
-    let first = env.enqueue("hello", r#"{"name":"Ada"}"#).await;
-    assert_eq!(
-        wait_final(&env.broker, first).await.state,
-        JobState::Success
-    );
-    // Its call after the run found the queue empty: it is idle.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (faulty, w) = idle_hello_worker(&env, cfg(&["default"], 2)).await;
     faulty.pushes_late.store(true, Ordering::SeqCst);
     let next = env.enqueue("hello", r#"{"name":"Bo"}"#).await;
     let leased = env.broker.get(next).await.unwrap().unwrap();
@@ -1226,15 +1231,7 @@ async fn a_worker_stopping_as_a_job_is_pushed_to_it_hands_it_back() {
         (JobState::Pending, None, 0),
         "handed back"
     );
-    let w = start_worker_with(
-        env.broker.clone(),
-        env.registry.clone(),
-        Default::default(),
-        cfg(&["default"], 2),
-    );
-    let j = wait_final(&env.broker, next).await;
-    assert_eq!((j.state, j.redeliveries), (JobState::Success, 0));
-    w.stop().await;
+    runs_once_on_a_new_worker(&env, next).await;
 }
 
 /// A worker that stops while its broker does not answer gives up ending
@@ -1247,14 +1244,7 @@ async fn a_worker_stopping_while_its_broker_is_silent_gives_up_in_time() {
     let env = Env::redis().await;
     let mut config = cfg(&["default"], 2);
     config.grace = Duration::from_secs(1);
-    let (faulty, w) = hello_worker(&env, config).await;
-    let first = env.enqueue("hello", r#"{"name":"Ada"}"#).await;
-    assert_eq!(
-        wait_final(&env.broker, first).await.state,
-        JobState::Success
-    );
-    // Its call after the run found the queue empty: it is idle.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (faulty, w) = idle_hello_worker(&env, config).await;
     faulty.settles_silent.store(true, Ordering::SeqCst);
     let before = faulty.settle_calls.load(Ordering::SeqCst);
     w.stop().await;

@@ -183,11 +183,9 @@ async fn children_stay_within_the_jobs_grant_on_redis() {
     children_stay_within_the_jobs_grant(Env::redis().await).await;
 }
 
-/// A run repeated after its worker was lost (same job, same attempt)
-/// enqueues the same children, not new ones: a child that names no key
-/// gets one from its parent, the attempt and the call's sequence number.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_repeated_run_enqueues_the_same_children() {
+/// The embedded broker with `hello` bound, and a job of it prepared (not
+/// enqueued): the parent of the children a test enqueues.
+async fn hello_parent() -> (Env, Job) {
     let env = Env::embedded().await;
     env.bind("hello", "hello", "default", |_| {}).await;
     let parent = env
@@ -195,6 +193,15 @@ async fn a_repeated_run_enqueues_the_same_children() {
         .prepare(EnqueueRequest::task("hello", "{}"))
         .await
         .unwrap();
+    (env, parent)
+}
+
+/// A run repeated after its worker was lost (same job, same attempt)
+/// enqueues the same children, not new ones: a child that names no key
+/// gets one from its parent, the attempt and the call's sequence number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_run_enqueues_the_same_children() {
+    let (env, parent) = hello_parent().await;
     let grant = Some(JobsGrant::tasks(["hello"]));
     let run = |p: &Job| ChildJobs::new(env.producer.clone(), p, grant.clone());
     let options = EnqueueOptions {
@@ -736,13 +743,7 @@ async fn a_tasks_workflow_may_only_lower_what_the_binding_allows() {
 async fn a_tasks_workflow_too_deep_to_store_is_invalid_and_costs_no_children() {
     use runner::sandbox::HostError;
     use runner::sandbox::wit::jobs::WorkflowOptions;
-    let env = Env::embedded().await;
-    env.bind("hello", "hello", "default", |_| {}).await;
-    let parent = env
-        .producer
-        .prepare(EnqueueRequest::task("hello", "{}"))
-        .await
-        .unwrap();
+    let (env, parent) = hello_parent().await;
     let grant = JobsGrant {
         max_children: Some(40),
         ..JobsGrant::tasks(["hello"])
