@@ -6,7 +6,7 @@
 #   docker build -t runner .
 #   docker run --rm -p 8080:8080 runner dev --listen 0.0.0.0:8080
 #
-# deploy/compose.yaml runs the whole deployment (Redis, API, two worker
+# deploy/compose.yaml runs the whole deployment (Redis, API, three worker
 # pools, scheduler) from this image.
 
 # ---------------------------------------------------------------- build

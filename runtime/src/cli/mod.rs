@@ -76,13 +76,11 @@ pub enum Command {
 /// defaults decide, as for the variables `Config::apply_env` reads (an
 /// env file's `RUNNER_REDIS_URL=` means "runner.toml's"). The flags that
 /// read a variable through clap took `""` as a value: `runner dev` with
-/// `RUNNER_REDIS_URL=` tried to connect to "".
+/// `RUNNER_REDIS_URL=` tried to connect to "". (`RUNNER_SMTP_PASSWORD` of
+/// spaces is a password: `Config::apply_env` takes it as one.)
 fn forget_empty_env() {
     let empty: Vec<std::ffi::OsString> = std::env::vars_os()
-        .filter(|(k, v)| {
-            k.to_str().is_some_and(|k| k.starts_with("RUNNER_"))
-                && v.to_str().is_some_and(|v| v.trim().is_empty())
-        })
+        .filter(|(k, v)| unset_by_empty(k, v))
         .map(|(k, _)| k)
         .collect();
     for k in empty {
@@ -90,6 +88,13 @@ fn forget_empty_env() {
         // other thread starts: nothing reads the environment meanwhile.
         unsafe { std::env::remove_var(k) };
     }
+}
+
+/// Whether variable `k`, set to `v`, counts as unset ([`forget_empty_env`]).
+fn unset_by_empty(k: &std::ffi::OsStr, v: &std::ffi::OsStr) -> bool {
+    k.to_str()
+        .is_some_and(|k| k.starts_with("RUNNER_") && k != "RUNNER_SMTP_PASSWORD")
+        && v.to_str().is_some_and(|v| v.trim().is_empty())
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -205,4 +210,20 @@ fn default_cache_dir() -> Option<std::path::PathBuf> {
                 .map(|h| std::path::PathBuf::from(h).join(".cache"))
         })?;
     Some(base.join("runner").join("modules"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_runner_variables_count_as_unset_but_a_password_of_spaces() {
+        let unset = |k: &str, v: &str| unset_by_empty(k.as_ref(), v.as_ref());
+        assert!(unset("RUNNER_REDIS_URL", ""));
+        assert!(unset("RUNNER_TOKEN", "  "));
+        assert!(!unset("RUNNER_REDIS_URL", "redis://r/0"));
+        assert!(!unset("HOME", ""));
+        // `Config::apply_env` takes a password of spaces as a password.
+        assert!(!unset("RUNNER_SMTP_PASSWORD", "   "));
+    }
 }

@@ -39,15 +39,15 @@ pub struct WorkerArgs {
     /// 0 means a job is leased only when a slot is free.
     #[arg(long)]
     pub prefetch: Option<usize>,
-    /// Lease length; a running job's lease is extended every third of it
-    /// (default: `[worker] lease`, else 30s).
+    /// Lease length, at least 1s; a running job's lease is extended every
+    /// third of it (default: `[worker] lease`, else 30s).
     #[arg(long, value_parser = crate::config::parse_bounded_duration)]
     pub lease: Option<Duration>,
     /// On SIGTERM, how long running jobs may finish before they are handed
     /// back (default: `[worker] grace`, else 30s).
     #[arg(long, value_parser = crate::config::parse_bounded_duration)]
     pub grace: Option<Duration>,
-    /// Default: `[worker] heartbeat`, else 60s.
+    /// At least 1s. Default: `[worker] heartbeat`, else 60s.
     #[arg(long, value_parser = crate::config::parse_bounded_duration)]
     pub heartbeat: Option<Duration>,
     #[command(flatten)]
