@@ -69,6 +69,20 @@ impl HostError {
     }
 }
 
+/// `e` and each error under it, joined by ": ": what reqwest's own
+/// message leaves out ("error sending request" says nothing of "Connection
+/// refused" or a certificate).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(err) = source {
+        message.push_str(": ");
+        message.push_str(&err.to_string());
+        source = err.source();
+    }
+    message
+}
+
 /// `text` if it has at most `max` bytes; else its start (cut at a
 /// character boundary) and how many bytes were dropped, `max` bytes at most.
 pub fn cap_text(mut text: String, max: usize) -> String {

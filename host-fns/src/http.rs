@@ -698,12 +698,5 @@ fn request_error(e: reqwest::Error) -> HostError {
     if e.is_builder() {
         return HostError::invalid(format!("bad request: {e}"));
     }
-    let mut message = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(err) = source {
-        message.push_str(": ");
-        message.push_str(&err.to_string());
-        source = err.source();
-    }
-    HostError::transient(message)
+    HostError::transient(crate::error::error_chain(&e))
 }

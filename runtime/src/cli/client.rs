@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use reqwest::{Method, RequestBuilder, StatusCode};
+use runner_host_fns::error::error_chain;
 use serde_json::Value;
 
 #[derive(Args, Debug, Clone)]
@@ -33,7 +34,7 @@ pub enum CallError {
     Refused { status: StatusCode, message: String },
     /// Says why, whole: reqwest's own message does not ("error sending
     /// request for url (...)"); its causes do ("Connection refused").
-    #[error("cannot reach {url}: {}", causes(.cause))]
+    #[error("cannot reach {url}: {}", error_chain(.cause))]
     Unreachable { url: String, cause: reqwest::Error },
     #[error("{0}")]
     Other(String),
@@ -100,7 +101,7 @@ impl ApiClient {
         let text = res
             .text()
             .await
-            .map_err(|e| CallError::Other(format!("reading the answer: {}", causes(&e))))?;
+            .map_err(|e| CallError::Other(format!("reading the answer: {}", error_chain(&e))))?;
         if !status.is_success() {
             let message = serde_json::from_str::<Value>(&text)
                 .ok()
@@ -126,22 +127,6 @@ impl ApiClient {
     pub async fn put_json(&self, path: &str, body: &Value) -> Result<Value, CallError> {
         self.send(self.request(Method::PUT, path).json(body)).await
     }
-}
-
-/// `e` and each error under it, joined by ": ".
-fn causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut next = e.source();
-    while let Some(s) = next {
-        let s_text = s.to_string();
-        // A cause may repeat the text of the error above it.
-        if !text.ends_with(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        next = s.source();
-    }
-    text
 }
 
 /// Prints a failed call and returns its exit code.

@@ -530,7 +530,7 @@ pub fn log_line_bytes(message: &str) -> usize {
 /// The lines of `log` a record keeps (see [`MAX_RECORD_LOG_BYTES`]).
 pub fn kept_log(mut log: Vec<LogEntry>) -> Vec<LogEntry> {
     let mut bytes = 0;
-    let keep = log
+    let mut keep = log
         .iter()
         .rev()
         .take_while(|l| {
@@ -538,24 +538,13 @@ pub fn kept_log(mut log: Vec<LogEntry>) -> Vec<LogEntry> {
             bytes <= MAX_RECORD_LOG_BYTES
         })
         .count();
-    if keep == 0 {
+    if keep == 0
+        && let Some(last) = log.last_mut()
+    {
         // The last line alone is over the cap (a line from anywhere but
         // `context.log`, which caps its own): keep its start.
-        let Some(mut last) = log.pop() else {
-            return log;
-        };
-        let dropped = log.len();
-        last.message = cap_text(last.message, MAX_MESSAGE_BYTES);
-        let mut out = Vec::with_capacity(2);
-        if dropped > 0 {
-            out.push(LogEntry {
-                level: "WARN".into(),
-                message: format!("[{dropped} earlier lines not kept]"),
-                at_ms: last.at_ms,
-            });
-        }
-        out.push(last);
-        return out;
+        last.message = cap_text(std::mem::take(&mut last.message), MAX_MESSAGE_BYTES);
+        keep = 1;
     }
     let dropped = log.len() - keep;
     if dropped == 0 {

@@ -227,16 +227,21 @@ pub struct SettleReply {
     /// than [`workflow::OUTBOX_STALE`] ago and never applied (their
     /// applier died): found by a due check, to apply again.
     pub outbox: Vec<JobId>,
-    /// The worker is now registered as idle in the queue (see
-    /// [`SettleRequest::idle`]).
-    pub registered: bool,
-    /// How many jobs that registration offers: the call's free slots, less
-    /// the jobs the call leased (0 when not registered).
+    /// How many jobs the worker's registration as idle in the queue offers
+    /// now (see [`SettleRequest::idle`]): the call's free slots, less the
+    /// jobs the call leased; 0 when it is not registered.
     pub offered: usize,
     /// A push used the worker's registration up and its jobs have not
     /// reached the worker yet ([`Signal::Pushed`]): they come first, so this
     /// call leased nothing.
     pub push_in_flight: bool,
+}
+
+impl SettleReply {
+    /// The worker is now registered as idle in the queue.
+    pub fn registered(&self) -> bool {
+        self.offered > 0
+    }
 }
 
 /// What wakes a worker.

@@ -143,7 +143,6 @@ fn merge_leases(out: &mut SettleReply, r: SettleReply) {
     out.popped += r.popped;
     out.deferred_until = earlier(out.deferred_until, r.deferred_until);
     out.prioritized_left |= r.prioritized_left;
-    out.registered = r.registered;
     out.offered = r.offered;
     out.push_in_flight |= r.push_in_flight;
 }
@@ -1233,7 +1232,7 @@ impl Broker for RedisBroker {
             }
             let again = SettleRequest {
                 fetch: more.fetch.saturating_sub(out.deliveries.len()),
-                registered: out.registered,
+                registered: out.registered(),
                 ..more.clone()
             };
             let (r, _) = self.settle_once(&again).await?;
@@ -1243,7 +1242,7 @@ impl Broker for RedisBroker {
             let fetch = (want - asked).min(SETTLE_MAX);
             let next = SettleRequest {
                 fetch,
-                registered: out.registered,
+                registered: out.registered(),
                 ..more.clone()
             };
             let (r, _) = self.settle_once(&next).await?;
@@ -2079,7 +2078,6 @@ impl RedisBroker {
             reclaimed,
             prioritized_left,
             outbox,
-            registered: offered > 0,
             offered,
             push_in_flight,
             deliveries: deliveries(q, leased.iter().filter_map(as_string))?,

@@ -721,7 +721,7 @@ impl Workflows {
             // could not see them: they are stopped, whatever it asked.
             let mut paths: Vec<&str> = entry.iter().map(|n| n.path.as_str()).collect();
             paths.sort();
-            self.revoke_launched(id, Some(&paths), true).await?;
+            self.revoke_launched(id, tree, Some(&paths), true).await?;
         }
         Ok(())
     }
@@ -921,13 +921,13 @@ impl Workflows {
         let ttl = Duration::from_millis(tree.spec.ttl_ms);
         let state = self.broker().wf_end(id, WfState::Revoked, ttl).await?;
         if state == Some(WfState::Revoked) {
-            self.revoke_launched(id, None, terminate).await?;
+            self.revoke_launched(id, &tree, None, terminate).await?;
         }
         Ok(state)
     }
 
-    /// Revokes the launched jobs of workflow `id` (of the steps `only`,
-    /// sorted, when given), then applies their ends. Revoking the whole
+    /// Revokes the launched jobs of workflow `id` (its `tree`; of the
+    /// steps `only`, sorted, when given), then applies their ends. Revoking the whole
     /// workflow (`only` is `None`) also revokes, by their derived ids, the
     /// job steps with no launch record: a launch that stored its jobs and
     /// failed (or died) before recording them leaves them there, and its
@@ -936,11 +936,13 @@ impl Workflows {
     async fn revoke_launched(
         &self,
         id: JobId,
+        tree: &Tree,
         only: Option<&[&str]>,
         terminate: bool,
     ) -> BrokerResult<()> {
         use futures::StreamExt as _;
-        let Some((stored, tree)) = self.read(id).await? else {
+        // Read after the workflow ended: the launch records as they are now.
+        let Some(stored) = self.broker().wf_read(id).await? else {
             return Ok(());
         };
         let mut steps: Vec<(String, JobId)> = Vec::new();

@@ -1255,7 +1255,7 @@ async fn a_worker_whose_push_is_on_its_way_leases_nothing_more(env: Env) {
     let r = b.settle(req).await.unwrap();
     assert!(r.push_in_flight);
     assert!(r.deliveries.is_empty(), "{:?}", r.deliveries.len());
-    assert!(!r.registered);
+    assert!(!r.registered());
     // The jobs behind the pushed ones still wait, in order, for anyone.
     let r = b.settle(settle("work", "w-2", vec![], 4)).await.unwrap();
     assert_eq!(
@@ -1280,7 +1280,7 @@ async fn a_worker_whose_push_is_on_its_way_leases_nothing_more(env: Env) {
         r.deliveries.iter().map(|d| d.job.id).collect::<Vec<_>>(),
         [id]
     );
-    assert_eq!((r.registered, r.offered), (true, 2));
+    assert_eq!((r.registered(), r.offered), (true, 2));
 }
 
 /// A job that expires unrun is forgotten a result-TTL after its expiry if
@@ -1424,8 +1424,8 @@ async fn register_idle(env: &Env, w: &str, slots: usize, lease: Duration) -> boo
     req.lease = lease;
     let r = env.broker.settle(req).await.unwrap();
     assert!(r.deliveries.is_empty());
-    assert_eq!(r.offered, if r.registered { slots } else { 0 });
-    r.registered
+    assert_eq!(r.offered, if r.registered() { slots } else { 0 });
+    r.registered()
 }
 
 /// A worker whose fetch finds the queue empty registers its free slots as
@@ -1542,7 +1542,7 @@ async fn only_plain_jobs_with_nothing_before_them_are_pushed(env: Env) {
     req.registered = true;
     let r = b.settle(req).await.unwrap();
     assert_eq!(r.deliveries[0].job.id, high);
-    assert!(!r.registered);
+    assert!(!r.registered());
     let r = b.settle(settle("work", "w-2", vec![], 1)).await.unwrap();
     assert_eq!(r.deliveries[0].job.id, plain);
     let next = enqueue_at(&env, None).await;

@@ -855,6 +855,18 @@ on_every_broker!(
     engine_key_reused_after_expiry_cluster
 );
 
+/// Binds `other` to a new module (a fix deployed), keeping the rest of
+/// its binding; the new module's hash.
+async fn bind_other_anew(
+    registry: &std::sync::Arc<dyn runner::registry::Registry>,
+) -> runner::registry::ModuleHash {
+    let new = registry.put_module(b"other, fixed").await.unwrap();
+    let mut b = registry.task("other").await.unwrap().unwrap();
+    b.module = new;
+    registry.bind(b).await.unwrap();
+    new
+}
+
 /// A step launched after its task was bound to another module runs that
 /// module, as a job enqueued then would (a fix or a rollback reaches the
 /// steps still to come); a step that names its module keeps it. Before,
@@ -876,10 +888,7 @@ async fn a_step_runs_its_tasks_module_as_bound_when_it_launches(env: Env) {
         )
         .await
         .unwrap();
-    let new = registry.put_module(b"other, fixed").await.unwrap();
-    let mut b = registry.task("other").await.unwrap().unwrap();
-    b.module = new;
-    registry.bind(b).await.unwrap();
+    let new = bind_other_anew(registry).await;
     let d = lease_one(&env, "work", "w1").await;
     let echo = finish(&env, "w1", &d, "1").await;
     wf.apply_ended(&[("work".into(), echo)]).await.unwrap();
@@ -941,10 +950,7 @@ async fn an_older_tree_keeps_the_modules_it_was_made_with() {
         .arg(&older)
         .query(&mut c)
         .unwrap();
-    let new = registry.put_module(b"other, fixed").await.unwrap();
-    let mut b = registry.task("other").await.unwrap().unwrap();
-    b.module = new;
-    registry.bind(b).await.unwrap();
+    bind_other_anew(registry).await;
     // Another engine, which reads the tree from the record.
     let wf = Workflows::new(env.producer.clone());
     let d = lease_one(&env, "work", "w1").await;
